@@ -3,6 +3,8 @@
 //! The data path runs one way: source → decode → flows → dissect → detect → sinks.
 
 pub mod app;
+pub mod decode;
 pub mod dissect;
 pub mod event;
+pub mod source;
 pub mod timestamp;

@@ -1,0 +1,778 @@
+//! Decode: from a captured frame to the innermost IP packet's addresses, ports and payload.
+//!
+//! Link layers (Ethernet, 802.1Q/QinQ, MPLS, PPPoE, Linux SLL/SLL2, BSD NULL/LOOP, raw IP)
+//! and the encapsulations that SPAN/TAP feeds of VPN concentrators carry (GRE, ERSPAN II/III,
+//! VXLAN, GENEVE, IP-in-IP, Teredo) are peeled here; IP and TCP headers are read with
+//! etherparse. Fragments are reassembled in a bounded pool. A frame cut by the snaplen is
+//! still used for its headers: counts come from the IP length fields, not the capture.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use etherparse::defrag::IpDefragBuf;
+use etherparse::{
+    IpFragOffset, IpNumber, Ipv6ExtensionSlice, LaxIpSlice, TcpHeaderSlice, TcpOptionElement,
+};
+
+use crate::source::{LinkType, Packet};
+use crate::timestamp::Timestamp;
+
+/// Transport protocols the flow table tracks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+            Proto::Icmpv6 => "icmp6",
+        }
+    }
+
+    /// The IANA protocol number, as the Community ID hashes it.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Icmp => 1,
+            Proto::Icmpv6 => 58,
+        }
+    }
+}
+
+/// TCP header fields the session tracker reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tcp {
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub window: u16,
+    pub mss: Option<u16>,
+}
+
+pub const FIN: u8 = 0x01;
+pub const SYN: u8 = 0x02;
+pub const RST: u8 = 0x04;
+pub const PSH: u8 = 0x08;
+pub const ACK: u8 = 0x10;
+
+/// The innermost transport packet of a frame. `payload` is what was captured of the
+/// transport payload; `payload_len` is what the headers say it was.
+#[derive(Clone, Copy, Debug)]
+pub struct Decoded<'a> {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: Proto,
+    /// For ICMP, the type and code (the Community ID convention).
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub tcp: Option<Tcp>,
+    pub payload: &'a [u8],
+    pub payload_len: u32,
+    /// Length of the innermost IP packet per its header.
+    pub ip_len: u32,
+    pub ttl: u8,
+    /// The innermost encapsulation peeled off, if any.
+    pub tunnel: Option<&'static str>,
+}
+
+/// Why a frame yielded no transport packet; each is a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DecodeError {
+    UnsupportedLink,
+    TruncatedLink,
+    NotIp,
+    TruncatedIp,
+    BadIp,
+    UnsupportedIpProto,
+    TruncatedTransport,
+    BadTcp,
+    FragmentOverflow,
+    BadFragment,
+    TunnelDepth,
+}
+
+impl DecodeError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeError::UnsupportedLink => "unsupported_link",
+            DecodeError::TruncatedLink => "truncated_link",
+            DecodeError::NotIp => "not_ip",
+            DecodeError::TruncatedIp => "truncated_ip",
+            DecodeError::BadIp => "bad_ip",
+            DecodeError::UnsupportedIpProto => "unsupported_ip_proto",
+            DecodeError::TruncatedTransport => "truncated_transport",
+            DecodeError::BadTcp => "bad_tcp",
+            DecodeError::FragmentOverflow => "fragment_overflow",
+            DecodeError::BadFragment => "bad_fragment",
+            DecodeError::TunnelDepth => "tunnel_depth",
+        }
+    }
+}
+
+const ETH_IPV4: u16 = 0x0800;
+const ETH_IPV6: u16 = 0x86dd;
+const ETH_VLAN: u16 = 0x8100;
+const ETH_QINQ: u16 = 0x88a8;
+const ETH_QINQ_OLD: u16 = 0x9100;
+const ETH_MPLS: u16 = 0x8847;
+const ETH_PPPOE: u16 = 0x8864;
+const ETH_BRIDGE: u16 = 0x6558;
+const ETH_ERSPAN2: u16 = 0x88be;
+const ETH_ERSPAN3: u16 = 0x22eb;
+
+const VXLAN_PORT: u16 = 4789;
+const GENEVE_PORT: u16 = 6081;
+const TEREDO_PORT: u16 = 3544;
+
+/// Encapsulations inside encapsulations are followed this deep.
+const MAX_DEPTH: usize = 4;
+
+/// A layer still to be peeled.
+enum Layer<'a> {
+    Ether(&'a [u8]),
+    EtherType(u16, &'a [u8]),
+    Ip(&'a [u8]),
+}
+
+/// Decodes frames; owns the fragment pool and a buffer for reassembled datagrams.
+pub struct Decoder {
+    fragments: Fragments,
+    reassembled: Vec<u8>,
+}
+
+impl Decoder {
+    pub fn new(max_fragment_sets: usize, fragment_timeout: std::time::Duration) -> Decoder {
+        Decoder {
+            fragments: Fragments {
+                sets: HashMap::new(),
+                max_sets: max_fragment_sets,
+                timeout_ns: fragment_timeout.as_nanos() as u64,
+                evicted: 0,
+            },
+            reassembled: Vec::new(),
+        }
+    }
+
+    /// Fragment sets dropped unfinished (timed out or pushed out by the limit).
+    pub fn fragments_evicted(&self) -> u64 {
+        self.fragments.evicted
+    }
+
+    /// Ok(None): the frame was a fragment held for reassembly.
+    pub fn decode<'a>(&'a mut self, pkt: &'a Packet) -> Result<Option<Decoded<'a>>, DecodeError> {
+        let mut layer = link_layer(pkt.link, &pkt.data)?;
+        let mut tunnel = None;
+        let mut depth = 0;
+        // Every link step consumes header bytes, so this ends; encapsulations are capped.
+        loop {
+            let ip = match layer {
+                Layer::Ether(frame) => {
+                    layer = ethernet(frame)?;
+                    continue;
+                }
+                Layer::EtherType(ty, rest) => {
+                    layer = ether_type(ty, rest)?;
+                    continue;
+                }
+                Layer::Ip(ip) => ip,
+            };
+            let net = ip_layer(ip)?;
+            let net = match net.fragment {
+                None => net,
+                Some(frag) => {
+                    let Some(whole) = self.fragments.add(pkt.ts, &net, frag)? else {
+                        return Ok(None);
+                    };
+                    self.reassembled = whole;
+                    return transport(
+                        Net {
+                            payload: &self.reassembled,
+                            payload_len: self.reassembled.len() as u32,
+                            fragment: None,
+                            ..net
+                        },
+                        tunnel,
+                    )
+                    .map(Some);
+                }
+            };
+            match inner(&net) {
+                Some(_) if depth == MAX_DEPTH => return Err(DecodeError::TunnelDepth),
+                Some((kind, next)) => {
+                    depth += 1;
+                    tunnel = Some(kind);
+                    layer = next;
+                }
+                None => return transport(net, tunnel).map(Some),
+            }
+        }
+    }
+}
+
+fn link_layer(link: LinkType, data: &[u8]) -> Result<Layer<'_>, DecodeError> {
+    match link {
+        LinkType::ETHERNET => Ok(Layer::Ether(data)),
+        LinkType::RAW | LinkType::IPV4 | LinkType::IPV6 => Ok(Layer::Ip(data)),
+        // BSD loopback: a 4-byte address family in the writer's byte order (NULL) or in
+        // network order (LOOP). AF_INET is 2 everywhere; AF_INET6 is 24, 28 or 30.
+        LinkType::NULL | LinkType::LOOP => {
+            let family = data.get(..4).ok_or(DecodeError::TruncatedLink)?;
+            let rest = &data[4..];
+            let le = u32::from_le_bytes([family[0], family[1], family[2], family[3]]);
+            let be = u32::from_be_bytes([family[0], family[1], family[2], family[3]]);
+            match (le, be) {
+                (2, _) | (_, 2) | (24 | 28 | 30, _) | (_, 24 | 28 | 30) => Ok(Layer::Ip(rest)),
+                _ => Err(DecodeError::NotIp),
+            }
+        }
+        // Linux cooked v1: 16-byte header, protocol in the last two bytes.
+        LinkType::LINUX_SLL => {
+            let proto = be16(data, 14).ok_or(DecodeError::TruncatedLink)?;
+            Ok(Layer::EtherType(proto, &data[16..]))
+        }
+        // Linux cooked v2: 20-byte header, protocol first.
+        LinkType::LINUX_SLL2 => {
+            let proto = be16(data, 0).ok_or(DecodeError::TruncatedLink)?;
+            let rest = data.get(20..).ok_or(DecodeError::TruncatedLink)?;
+            Ok(Layer::EtherType(proto, rest))
+        }
+        _ => Err(DecodeError::UnsupportedLink),
+    }
+}
+
+fn ethernet(frame: &[u8]) -> Result<Layer<'_>, DecodeError> {
+    let ty = be16(frame, 12).ok_or(DecodeError::TruncatedLink)?;
+    Ok(Layer::EtherType(ty, &frame[14..]))
+}
+
+fn ether_type(ty: u16, rest: &[u8]) -> Result<Layer<'_>, DecodeError> {
+    match ty {
+        ETH_IPV4 | ETH_IPV6 => Ok(Layer::Ip(rest)),
+        // 802.1Q / 802.1ad: 2 bytes TCI, then the next type.
+        ETH_VLAN | ETH_QINQ | ETH_QINQ_OLD => {
+            let next = be16(rest, 2).ok_or(DecodeError::TruncatedLink)?;
+            Ok(Layer::EtherType(next, &rest[4..]))
+        }
+        // MPLS (RFC 3032): labels until bottom-of-stack, then IP by its version nibble.
+        ETH_MPLS => {
+            let mut at = 0;
+            loop {
+                let entry = rest.get(at..at + 4).ok_or(DecodeError::TruncatedLink)?;
+                at += 4;
+                if entry[2] & 0x01 != 0 {
+                    break;
+                }
+            }
+            Ok(Layer::Ip(&rest[at..]))
+        }
+        // PPPoE session (RFC 2516): 6-byte header, then a PPP protocol number.
+        ETH_PPPOE => match be16(rest, 6) {
+            Some(0x0021) | Some(0x0057) => Ok(Layer::Ip(&rest[8..])),
+            Some(_) => Err(DecodeError::NotIp),
+            None => Err(DecodeError::TruncatedLink),
+        },
+        ETH_BRIDGE => Ok(Layer::Ether(rest)),
+        _ => Err(DecodeError::NotIp),
+    }
+}
+
+/// Where a fragment sits in its datagram.
+#[derive(Clone, Copy, Debug)]
+struct Fragment {
+    id: u32,
+    offset: IpFragOffset,
+    more: bool,
+}
+
+/// An IP packet, headers read.
+#[derive(Clone, Copy)]
+struct Net<'a> {
+    src: IpAddr,
+    dst: IpAddr,
+    proto: IpNumber,
+    ttl: u8,
+    ip_len: u32,
+    payload: &'a [u8],
+    payload_len: u32,
+    fragment: Option<Fragment>,
+}
+
+fn ip_layer(data: &[u8]) -> Result<Net<'_>, DecodeError> {
+    let version = data.first().ok_or(DecodeError::TruncatedIp)? >> 4;
+    let (ip, _ext_err) = LaxIpSlice::from_slice(data).map_err(|e| match e {
+        etherparse::err::ip::LaxHeaderSliceError::Len(_) => DecodeError::TruncatedIp,
+        etherparse::err::ip::LaxHeaderSliceError::Content(_) => DecodeError::BadIp,
+    })?;
+    let payload = ip.payload();
+    let (ttl, ip_len, header_len, fragment) = match (&ip, version) {
+        (LaxIpSlice::Ipv4(v4), 4) => {
+            let h = v4.header();
+            let frag = h.is_fragmenting_payload().then(|| Fragment {
+                id: h.identification() as u32,
+                offset: h.fragments_offset(),
+                more: h.more_fragments(),
+            });
+            (h.ttl(), h.total_len() as u32, h.slice().len() as u32, frag)
+        }
+        (LaxIpSlice::Ipv6(v6), 6) => {
+            let h = v6.header();
+            let mut frag = None;
+            for ext in v6.extensions().clone().into_iter() {
+                if let Ipv6ExtensionSlice::Fragment(f) = ext
+                    && f.is_fragmenting_payload()
+                {
+                    frag = Some(Fragment {
+                        id: f.identification(),
+                        offset: f.fragment_offset(),
+                        more: f.more_fragments(),
+                    });
+                }
+            }
+            let ext_len = v6.extensions().slice().len() as u32;
+            (
+                h.hop_limit(),
+                40 + h.payload_length() as u32,
+                40 + ext_len,
+                frag,
+            )
+        }
+        _ => return Err(DecodeError::BadIp),
+    };
+    // With a snaplen cut the captured payload is short; the header still knows the size.
+    let payload_len = if payload.incomplete {
+        ip_len.saturating_sub(header_len)
+    } else {
+        payload.payload.len() as u32
+    };
+    Ok(Net {
+        src: ip.source_addr(),
+        dst: ip.destination_addr(),
+        proto: payload.ip_number,
+        ttl,
+        ip_len,
+        payload: payload.payload,
+        payload_len,
+        fragment,
+    })
+}
+
+/// The next layer if `net` carries an encapsulation we peel.
+fn inner<'a>(net: &Net<'a>) -> Option<(&'static str, Layer<'a>)> {
+    let p = net.payload;
+    match net.proto {
+        IpNumber::IPV4 | IpNumber::IPV6 => Some(("ip-in-ip", Layer::Ip(p))),
+        IpNumber::GRE => gre(p),
+        IpNumber::UDP => {
+            let sport = be16(p, 0)?;
+            let dport = be16(p, 2)?;
+            let body = p.get(8..)?;
+            if dport == VXLAN_PORT {
+                // RFC 7348 §5: flags with the I bit, then 24-bit VNI; inner Ethernet.
+                (body.len() >= 8 + 14 && body[0] & 0x08 != 0)
+                    .then(|| ("vxlan", Layer::Ether(&body[8..])))
+            } else if dport == GENEVE_PORT {
+                // RFC 8926 §3.4: version 0, options length in 4-byte words, protocol type.
+                let opt_len = (*body.first()? & 0x3f) as usize * 4;
+                let ty = be16(body, 2)?;
+                let rest = body.get(8 + opt_len..)?;
+                (body[0] >> 6 == 0 && !rest.is_empty())
+                    .then_some(("geneve", Layer::EtherType(ty, rest)))
+            } else if sport == TEREDO_PORT || dport == TEREDO_PORT {
+                teredo(body)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// GRE (RFC 2784/2890, and PPTP's enhanced GRE of RFC 2637), with ERSPAN type II/III.
+fn gre(p: &[u8]) -> Option<(&'static str, Layer<'_>)> {
+    let flags = be16(p, 0)?;
+    let version = flags & 0x7;
+    let proto = be16(p, 2)?;
+    let mut at = 4;
+    if version == 1 {
+        // Enhanced GRE: key (payload length + call id) is mandatory, seq/ack optional.
+        at += 4;
+        if flags & 0x1000 != 0 {
+            at += 4;
+        }
+        if flags & 0x0080 != 0 {
+            at += 4;
+        }
+        // PPP inside: address/control (0xff03) optional, protocol 0x0021 or 0x0057.
+        let ppp = p.get(at..)?;
+        let ppp = if ppp.starts_with(&[0xff, 0x03]) {
+            &ppp[2..]
+        } else {
+            ppp
+        };
+        let (skip, ppp_proto) = match *ppp.first()? {
+            0x21 => (1, 0x0021),
+            0x57 => (1, 0x0057),
+            _ => (2, be16(ppp, 0)?),
+        };
+        return matches!(ppp_proto, 0x0021 | 0x0057)
+            .then(|| ("gre", Layer::Ip(ppp.get(skip..).unwrap_or_default())));
+    }
+    if version != 0 {
+        return None;
+    }
+    if flags & 0x8000 != 0 {
+        at += 4; // checksum + reserved
+    }
+    if flags & 0x2000 != 0 {
+        at += 4; // key
+    }
+    if flags & 0x1000 != 0 {
+        at += 4; // sequence
+    }
+    let body = p.get(at..)?;
+    match proto {
+        // ERSPAN type II: 8-byte header (version 1) before the mirrored frame.
+        ETH_ERSPAN2 if flags & 0x1000 != 0 => Some(("erspan", Layer::Ether(body.get(8..)?))),
+        // Type I has no sequence number and no ERSPAN header.
+        ETH_ERSPAN2 => Some(("erspan", Layer::Ether(body))),
+        // ERSPAN type III: 12 bytes, plus 8 of platform-specific subheader when O is set.
+        ETH_ERSPAN3 => {
+            let o = body.get(11)? & 0x01 != 0;
+            Some(("erspan", Layer::Ether(body.get(if o { 20 } else { 12 }..)?)))
+        }
+        _ => Some(("gre", Layer::EtherType(proto, body))),
+    }
+}
+
+/// Teredo (RFC 4380 §5.1.1): IPv6 in UDP, optionally after authentication and origin
+/// indication headers.
+fn teredo(mut body: &[u8]) -> Option<(&'static str, Layer<'_>)> {
+    if body.starts_with(&[0x00, 0x01]) {
+        let id_len = *body.get(2)? as usize;
+        let au_len = *body.get(3)? as usize;
+        body = body.get(4 + id_len + au_len + 9..)?;
+    }
+    if body.starts_with(&[0x00, 0x00]) {
+        body = body.get(8..)?;
+    }
+    (body.len() >= 40 && body[0] >> 4 == 6).then_some(("teredo", Layer::Ip(body)))
+}
+
+fn transport<'a>(net: Net<'a>, tunnel: Option<&'static str>) -> Result<Decoded<'a>, DecodeError> {
+    let p = net.payload;
+    let base = |proto, src_port, dst_port, tcp, payload: &'a [u8], payload_len| Decoded {
+        src: net.src,
+        dst: net.dst,
+        proto,
+        src_port,
+        dst_port,
+        tcp,
+        payload,
+        payload_len,
+        ip_len: net.ip_len,
+        ttl: net.ttl,
+        tunnel,
+    };
+    match net.proto {
+        IpNumber::TCP => {
+            let h = TcpHeaderSlice::from_slice(p).map_err(|e| match e {
+                etherparse::err::tcp::HeaderSliceError::Len(_) => DecodeError::TruncatedTransport,
+                etherparse::err::tcp::HeaderSliceError::Content(_) => DecodeError::BadTcp,
+            })?;
+            let hl = h.slice().len();
+            let mss = h.options_iterator().find_map(|o| match o {
+                Ok(TcpOptionElement::MaximumSegmentSize(m)) => Some(m),
+                _ => None,
+            });
+            let tcp = Tcp {
+                flags: p[13],
+                seq: h.sequence_number(),
+                ack: h.acknowledgment_number(),
+                window: h.window_size(),
+                mss,
+            };
+            Ok(base(
+                Proto::Tcp,
+                h.source_port(),
+                h.destination_port(),
+                Some(tcp),
+                &p[hl..],
+                net.payload_len.saturating_sub(hl as u32),
+            ))
+        }
+        IpNumber::UDP => {
+            let sport = be16(p, 0).ok_or(DecodeError::TruncatedTransport)?;
+            let dport = be16(p, 2).ok_or(DecodeError::TruncatedTransport)?;
+            let body = p.get(8..).ok_or(DecodeError::TruncatedTransport)?;
+            Ok(base(
+                Proto::Udp,
+                sport,
+                dport,
+                None,
+                body,
+                net.payload_len.saturating_sub(8),
+            ))
+        }
+        IpNumber::ICMP | IpNumber::IPV6_ICMP => {
+            let ty = *p.first().ok_or(DecodeError::TruncatedTransport)?;
+            let code = *p.get(1).ok_or(DecodeError::TruncatedTransport)?;
+            let proto = if net.proto == IpNumber::ICMP {
+                Proto::Icmp
+            } else {
+                Proto::Icmpv6
+            };
+            let body = p.get(8..).unwrap_or_default();
+            Ok(base(
+                proto,
+                ty as u16,
+                code as u16,
+                None,
+                body,
+                net.payload_len.saturating_sub(8),
+            ))
+        }
+        _ => Err(DecodeError::UnsupportedIpProto),
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+/// Key of one datagram being reassembled (RFC 791 §3.2, RFC 8200 §4.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FragKey {
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    id: u32,
+}
+
+/// Bounded reassembly: at most `max_sets` datagrams in progress, each dropped after
+/// `timeout_ns` of packet time without a new fragment. The hole and overlap logic is
+/// etherparse's `IpDefragBuf`.
+struct Fragments {
+    sets: HashMap<FragKey, (IpDefragBuf, Timestamp)>,
+    max_sets: usize,
+    timeout_ns: u64,
+    evicted: u64,
+}
+
+impl Fragments {
+    fn add(
+        &mut self,
+        now: Timestamp,
+        net: &Net<'_>,
+        f: Fragment,
+    ) -> Result<Option<Vec<u8>>, DecodeError> {
+        // A fragment cut by the snaplen cannot be placed; count it rather than guess.
+        if (net.payload.len() as u32) < net.payload_len {
+            return Err(DecodeError::BadFragment);
+        }
+        let key = FragKey {
+            src: net.src,
+            dst: net.dst,
+            proto: net.proto.0,
+            id: f.id,
+        };
+        if !self.sets.contains_key(&key) {
+            self.expire(now);
+            if self.sets.len() >= self.max_sets {
+                return Err(DecodeError::FragmentOverflow);
+            }
+        }
+        let entry = self
+            .sets
+            .entry(key)
+            .or_insert_with(|| (IpDefragBuf::new(net.proto, Vec::new(), Vec::new()), now));
+        entry.1 = now;
+        if entry.0.add(f.offset, f.more, net.payload).is_err() {
+            self.sets.remove(&key);
+            self.evicted += 1;
+            return Err(DecodeError::BadFragment);
+        }
+        if !entry.0.is_complete() {
+            return Ok(None);
+        }
+        let (buf, _) = self
+            .sets
+            .remove(&key)
+            .map(|(b, _)| b.take_bufs())
+            .unwrap_or_default();
+        Ok(Some(buf))
+    }
+
+    fn expire(&mut self, now: Timestamp) {
+        let before = self.sets.len();
+        let timeout = self.timeout_ns;
+        self.sets
+            .retain(|_, (_, last)| now.0.saturating_sub(last.0) < timeout);
+        self.evicted += (before - self.sets.len()) as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    fn packet(link: LinkType, data: Vec<u8>) -> Packet {
+        Packet {
+            ts: Timestamp::from_secs(1),
+            link,
+            orig_len: data.len() as u32,
+            data,
+        }
+    }
+
+    fn decoder() -> Decoder {
+        Decoder::new(16, std::time::Duration::from_secs(30))
+    }
+
+    fn tcp_frame(payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([192, 0, 2, 1], [198, 51, 100, 2], 64)
+            .tcp(40000, 3389, 1000, 65535)
+            .syn();
+        let mut out = Vec::new();
+        b.write(&mut out, payload).unwrap();
+        out
+    }
+
+    #[test]
+    fn decodes_ethernet_ipv4_tcp() {
+        let pkt = packet(LinkType::ETHERNET, tcp_frame(b"hello"));
+        let mut d = decoder();
+        let got = d.decode(&pkt).unwrap().unwrap();
+        assert_eq!(got.src, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(got.dst_port, 3389);
+        assert_eq!(got.proto, Proto::Tcp);
+        assert_eq!(got.tcp.unwrap().flags & SYN, SYN);
+        assert_eq!(got.payload, b"hello");
+        assert_eq!(got.ip_len, 20 + 20 + 5);
+    }
+
+    #[test]
+    fn snaplen_cut_frame_keeps_header_lengths() {
+        let mut frame = tcp_frame(&[7u8; 1000]);
+        frame.truncate(64);
+        let pkt = packet(LinkType::ETHERNET, frame);
+        let mut d = decoder();
+        let got = d.decode(&pkt).unwrap().unwrap();
+        assert_eq!(got.payload_len, 1000);
+        assert_eq!(got.payload.len(), 64 - 54);
+    }
+
+    #[test]
+    fn peels_vlan_and_qinq() {
+        let inner = tcp_frame(b"x");
+        let mut frame = inner[..12].to_vec();
+        frame.extend_from_slice(&[0x88, 0xa8, 0x00, 0x64, 0x81, 0x00, 0x00, 0x0a]);
+        frame.extend_from_slice(&inner[12..]);
+        let pkt = packet(LinkType::ETHERNET, frame);
+        assert_eq!(decoder().decode(&pkt).unwrap().unwrap().payload, b"x");
+    }
+
+    #[test]
+    fn peels_vxlan() {
+        let inner = tcp_frame(b"inner");
+        let mut vx = vec![0x08, 0, 0, 0, 0, 0, 0x2a, 0];
+        vx.extend_from_slice(&inner);
+        let b = PacketBuilder::ethernet2([3; 6], [4; 6])
+            .ipv4([203, 0, 113, 1], [203, 0, 113, 2], 64)
+            .udp(50000, VXLAN_PORT);
+        let mut outer = Vec::new();
+        b.write(&mut outer, &vx).unwrap();
+        let pkt = packet(LinkType::ETHERNET, outer);
+        let mut d = decoder();
+        let got = d.decode(&pkt).unwrap().unwrap();
+        assert_eq!(got.tunnel, Some("vxlan"));
+        assert_eq!(got.payload, b"inner");
+        assert_eq!(got.dst_port, 3389);
+    }
+
+    #[test]
+    fn reassembles_ipv4_fragments_out_of_order() {
+        // One UDP datagram of 8 + 40 bytes split at offsets 0, 16 and 32 (RFC 791 §3.2).
+        let payload: Vec<u8> = (0..40).collect();
+        let b = PacketBuilder::ipv4([192, 0, 2, 9], [192, 0, 2, 10], 64).udp(5353, 53);
+        let mut whole = Vec::new();
+        b.write(&mut whole, &payload).unwrap();
+        let l4 = &whole[20..];
+        let frag = |off: usize, len: usize, more: bool| {
+            let mut h = whole[..20].to_vec();
+            let total = (20 + len) as u16;
+            h[2..4].copy_from_slice(&total.to_be_bytes());
+            h[4..6].copy_from_slice(&77u16.to_be_bytes());
+            let fo = (off / 8) as u16 | if more { 0x2000 } else { 0 };
+            h[6..8].copy_from_slice(&fo.to_be_bytes());
+            h.extend_from_slice(&l4[off..off + len]);
+            packet(LinkType::RAW, h)
+        };
+        let mut d = decoder();
+        assert!(d.decode(&frag(16, 16, true)).unwrap().is_none());
+        assert!(d.decode(&frag(32, 16, false)).unwrap().is_none());
+        let first = frag(0, 16, true);
+        let got = d.decode(&first).unwrap().unwrap();
+        assert_eq!(got.dst_port, 53);
+        assert_eq!(got.payload, &payload[..]);
+    }
+
+    #[test]
+    fn linux_sll2_and_null() {
+        let ip = {
+            let b = PacketBuilder::ipv6(
+                [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+                64,
+            )
+            .udp(1000, 2000);
+            let mut v = Vec::new();
+            b.write(&mut v, b"abc").unwrap();
+            v
+        };
+        let mut sll2 = vec![
+            0x86, 0xdd, 0, 0, 0, 0, 0, 2, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        sll2.extend_from_slice(&ip);
+        let mut d = decoder();
+        let sll2 = packet(LinkType::LINUX_SLL2, sll2);
+        let got = d.decode(&sll2).unwrap().unwrap();
+        assert_eq!(
+            got.src,
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))
+        );
+        let mut null = 30u32.to_le_bytes().to_vec();
+        null.extend_from_slice(&ip);
+        let null = packet(LinkType::NULL, null);
+        assert_eq!(d.decode(&null).unwrap().unwrap().payload, b"abc");
+    }
+
+    #[test]
+    fn counts_non_ip_and_garbage() {
+        let mut d = decoder();
+        let mut arp = tcp_frame(b"");
+        arp[12] = 0x08;
+        arp[13] = 0x06;
+        assert_eq!(
+            d.decode(&packet(LinkType::ETHERNET, arp)).unwrap_err(),
+            DecodeError::NotIp
+        );
+        assert_eq!(
+            d.decode(&packet(LinkType::RAW, vec![0x45])).unwrap_err(),
+            DecodeError::TruncatedIp
+        );
+        assert_eq!(
+            d.decode(&packet(LinkType(147), vec![0; 40])).unwrap_err(),
+            DecodeError::UnsupportedLink
+        );
+    }
+}

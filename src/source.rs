@@ -1,0 +1,448 @@
+//! Capture files: pcap (both byte orders, µs and ns) and pcapng (any number of sections
+//! and interfaces), optionally gzip-compressed, read in pure Rust. Several files are
+//! merged into one stream in timestamp order, so a replay of a rotated capture set sees
+//! packets as the sensor did.
+
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use pcap_parser::pcapng::Block;
+use pcap_parser::traits::PcapNGPacketBlock;
+use pcap_parser::traits::PcapReaderIterator;
+use pcap_parser::{PcapBlockOwned, PcapError};
+
+use crate::timestamp::Timestamp;
+
+/// Link-layer header types (tcpdump.org/linktypes.html) that the decoder understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkType(pub u32);
+
+impl LinkType {
+    pub const NULL: LinkType = LinkType(0);
+    pub const ETHERNET: LinkType = LinkType(1);
+    pub const RAW: LinkType = LinkType(101);
+    pub const LOOP: LinkType = LinkType(108);
+    pub const LINUX_SLL: LinkType = LinkType(113);
+    pub const IPV4: LinkType = LinkType(228);
+    pub const IPV6: LinkType = LinkType(229);
+    pub const LINUX_SLL2: LinkType = LinkType(276);
+}
+
+/// One captured frame. `data` may be shorter than `orig_len` when the capture's snaplen
+/// cut it.
+#[derive(Debug, Default, Clone)]
+pub struct Packet {
+    pub ts: Timestamp,
+    pub link: LinkType,
+    pub orig_len: u32,
+    pub data: Vec<u8>,
+}
+
+impl Default for LinkType {
+    fn default() -> LinkType {
+        LinkType::ETHERNET
+    }
+}
+
+/// A problem that stops reading a file. Truncation at the end of a file is not one of
+/// them: it is counted (see [`FileReader::truncated`]) and the file ends there.
+#[derive(Debug)]
+pub enum SourceError {
+    Open(PathBuf, io::Error),
+    NotACapture(PathBuf),
+    Corrupt(PathBuf, String),
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceError::Open(p, e) => write!(f, "{}: cannot read: {e}", p.display()),
+            SourceError::NotACapture(p) => {
+                write!(f, "{}: not a pcap or pcapng capture", p.display())
+            }
+            SourceError::Corrupt(p, why) => write!(f, "{}: corrupt capture: {why}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+/// Per pcapng interface: what its packets' link type and clock are.
+#[derive(Clone, Copy, Debug)]
+struct Interface {
+    link: LinkType,
+    /// Timestamp units per second (if_tsresol).
+    units_per_sec: u64,
+    /// Seconds added to every timestamp (if_tsoffset).
+    offset_secs: i64,
+}
+
+/// What the pcap file header says about every record that follows.
+#[derive(Clone, Copy, Debug)]
+struct LegacyInfo {
+    link: LinkType,
+    nanos: bool,
+}
+
+/// Reads one capture file, record by record.
+pub struct FileReader {
+    path: PathBuf,
+    reader: Box<dyn PcapReaderIterator + Send>,
+    legacy: Option<LegacyInfo>,
+    interfaces: Vec<Interface>,
+    /// Records cut off by the end of the file (at most one per file, in practice).
+    pub truncated: u64,
+    /// Packets whose link type or interface is unknown, skipped.
+    pub skipped: u64,
+    /// Bytes of the file consumed so far (compressed files: uncompressed bytes).
+    pub consumed: u64,
+    done: bool,
+}
+
+const BUFFER: usize = 1 << 20;
+const MAX_BUFFER: usize = 1 << 26;
+
+impl FileReader {
+    pub fn open(path: &Path) -> Result<FileReader, SourceError> {
+        let file = File::open(path).map_err(|e| SourceError::Open(path.to_path_buf(), e))?;
+        let mut buffered = BufReader::with_capacity(1 << 16, file);
+        let mut magic = [0u8; 2];
+        let gz = match buffered.get_mut().read(&mut magic) {
+            Ok(2) => magic == [0x1f, 0x8b],
+            Ok(_) => false,
+            Err(e) => return Err(SourceError::Open(path.to_path_buf(), e)),
+        };
+        // Re-open rather than seek: the reader must start at byte 0 in both cases.
+        let file = File::open(path).map_err(|e| SourceError::Open(path.to_path_buf(), e))?;
+        let input: Box<dyn Read + Send> = if gz {
+            Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
+        } else {
+            Box::new(file)
+        };
+        FileReader::from_reader(path, input)
+    }
+
+    pub fn from_reader(
+        path: &Path,
+        input: Box<dyn Read + Send>,
+    ) -> Result<FileReader, SourceError> {
+        let reader = match pcap_parser::create_reader(BUFFER, input) {
+            Ok(r) => r,
+            Err(PcapError::ReadError) => {
+                return Err(SourceError::Open(
+                    path.to_path_buf(),
+                    io::Error::other("read failed (a damaged .gz file?)"),
+                ));
+            }
+            Err(_) => return Err(SourceError::NotACapture(path.to_path_buf())),
+        };
+        Ok(FileReader {
+            path: path.to_path_buf(),
+            reader,
+            legacy: None,
+            interfaces: Vec::new(),
+            truncated: 0,
+            skipped: 0,
+            consumed: 0,
+            done: false,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the next packet into `out`. Ok(false) at the end of the file.
+    pub fn next_into(&mut self, out: &mut Packet) -> Result<bool, SourceError> {
+        while !self.done {
+            let step = match self.reader.next() {
+                Ok((len, block)) => Step::Record(
+                    len,
+                    record(&mut self.legacy, &mut self.interfaces, block, out),
+                ),
+                Err(PcapError::Eof) => Step::Eof,
+                Err(PcapError::Incomplete(_)) => Step::Refill,
+                Err(PcapError::UnexpectedEof) => Step::Truncated,
+                Err(PcapError::BufferTooSmall) => Step::Grow,
+                Err(PcapError::ReadError) => Step::Corrupt("read error".to_string()),
+                Err(e) => Step::Corrupt(format!("{e:?}")),
+            };
+            match step {
+                Step::Record(len, got) => {
+                    self.reader.consume(len);
+                    self.consumed += len as u64;
+                    match got {
+                        Record::Packet => return Ok(true),
+                        Record::Skipped => self.skipped += 1,
+                        Record::Meta => {}
+                    }
+                }
+                Step::Eof => self.done = true,
+                Step::Truncated => {
+                    self.truncated += 1;
+                    self.done = true;
+                }
+                Step::Refill => self.refill(),
+                Step::Grow => {
+                    let size = (self.reader.position() + BUFFER).max(BUFFER * 2);
+                    if size > MAX_BUFFER || !self.reader.grow(size) {
+                        return Err(self.corrupt("a record larger than 64 MiB"));
+                    }
+                    self.refill();
+                }
+                Step::Corrupt(why) => return Err(self.corrupt(&why)),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Reads more of the file; a failed read ends it as truncated.
+    fn refill(&mut self) {
+        if self.reader.refill().is_err() {
+            self.truncated += 1;
+            self.done = true;
+        }
+    }
+
+    fn corrupt(&mut self, why: &str) -> SourceError {
+        self.done = true;
+        SourceError::Corrupt(
+            self.path.clone(),
+            format!("{why} after {} bytes", self.consumed),
+        )
+    }
+}
+
+enum Step {
+    Record(usize, Record),
+    Eof,
+    Truncated,
+    Refill,
+    Grow,
+    Corrupt(String),
+}
+
+enum Record {
+    Packet,
+    Meta,
+    Skipped,
+}
+
+fn record(
+    legacy: &mut Option<LegacyInfo>,
+    interfaces: &mut Vec<Interface>,
+    block: PcapBlockOwned<'_>,
+    out: &mut Packet,
+) -> Record {
+    match block {
+        PcapBlockOwned::LegacyHeader(h) => {
+            *legacy = Some(LegacyInfo {
+                link: LinkType(h.network.0 as u32),
+                nanos: h.is_nanosecond_precision(),
+            });
+            Record::Meta
+        }
+        PcapBlockOwned::Legacy(b) => {
+            let Some(info) = legacy else {
+                return Record::Skipped;
+            };
+            let frac = if info.nanos {
+                b.ts_usec as u64
+            } else {
+                b.ts_usec as u64 * 1_000
+            };
+            out.ts = Timestamp((b.ts_sec as u64) * 1_000_000_000 + frac);
+            out.link = info.link;
+            out.orig_len = b.origlen;
+            let caplen = (b.caplen as usize).min(b.data.len());
+            out.data.clear();
+            out.data.extend_from_slice(&b.data[..caplen]);
+            Record::Packet
+        }
+        PcapBlockOwned::NG(Block::SectionHeader(_)) => {
+            // Interface ids are numbered per section.
+            interfaces.clear();
+            Record::Meta
+        }
+        PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
+            interfaces.push(Interface {
+                link: LinkType(idb.linktype.0 as u32),
+                units_per_sec: idb.ts_resolution().unwrap_or(1_000_000),
+                offset_secs: idb.ts_offset(),
+            });
+            Record::Meta
+        }
+        PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
+            let Some(iface) = interfaces.get(epb.if_id as usize) else {
+                return Record::Skipped;
+            };
+            let raw = ((epb.ts_high as u64) << 32) | epb.ts_low as u64;
+            out.ts = ng_time(raw, iface);
+            out.link = iface.link;
+            out.orig_len = epb.origlen;
+            out.data.clear();
+            out.data.extend_from_slice(epb.packet_data());
+            Record::Packet
+        }
+        PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
+            // SPBs carry no timestamp; they belong to interface 0 (pcapng §4.4).
+            let Some(iface) = interfaces.first() else {
+                return Record::Skipped;
+            };
+            out.link = iface.link;
+            out.orig_len = spb.origlen;
+            out.data.clear();
+            out.data.extend_from_slice(spb.packet_data());
+            Record::Packet
+        }
+        PcapBlockOwned::NG(_) => Record::Meta,
+    }
+}
+
+fn ng_time(raw: u64, iface: &Interface) -> Timestamp {
+    let units = iface.units_per_sec.max(1);
+    let secs = (raw / units) as i64 + iface.offset_secs;
+    let frac = raw % units;
+    let nanos = (frac as u128 * 1_000_000_000 / units as u128) as u64;
+    Timestamp((secs.max(0) as u64).saturating_mul(1_000_000_000) + nanos)
+}
+
+/// Several capture files merged into one stream in timestamp order (ties keep file order).
+pub struct Replay {
+    readers: Vec<FileReader>,
+    heads: Vec<Packet>,
+    heap: BinaryHeap<std::cmp::Reverse<(Timestamp, usize)>>,
+    /// Index of the packet handed out last, refilled on the next call.
+    pending: Option<usize>,
+}
+
+impl Replay {
+    /// Opens every file first, so that an unreadable one is reported before any work.
+    pub fn open(paths: &[PathBuf]) -> Result<Replay, SourceError> {
+        let readers = paths
+            .iter()
+            .map(|p| FileReader::open(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut replay = Replay {
+            heads: vec![Packet::default(); readers.len()],
+            readers,
+            heap: BinaryHeap::new(),
+            pending: None,
+        };
+        for i in 0..replay.readers.len() {
+            replay.advance(i)?;
+        }
+        Ok(replay)
+    }
+
+    fn advance(&mut self, i: usize) -> Result<(), SourceError> {
+        if self.readers[i].next_into(&mut self.heads[i])? {
+            self.heap.push(std::cmp::Reverse((self.heads[i].ts, i)));
+        }
+        Ok(())
+    }
+
+    /// The next packet in time order, or None when every file is done.
+    pub fn next_packet(&mut self) -> Result<Option<&Packet>, SourceError> {
+        if let Some(i) = self.pending.take() {
+            self.advance(i)?;
+        }
+        match self.heap.pop() {
+            Some(std::cmp::Reverse((_, i))) => {
+                self.pending = Some(i);
+                Ok(Some(&self.heads[i]))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn readers(&self) -> &[FileReader] {
+        &self.readers
+    }
+
+    /// Bytes consumed across all files, for the progress bar.
+    pub fn consumed(&self) -> u64 {
+        self.readers.iter().map(|r| r.consumed).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pcap file (LE, µs) with one 4-byte Ethernet-less record, built from the layout in
+    /// draft-ietf-opsawg-pcap §4–5.
+    fn tiny_pcap(magic: u32, ts_frac: u32, cut: usize) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&magic.to_le_bytes());
+        f.extend_from_slice(&2u16.to_le_bytes());
+        f.extend_from_slice(&4u16.to_le_bytes());
+        f.extend_from_slice(&0i32.to_le_bytes());
+        f.extend_from_slice(&0u32.to_le_bytes());
+        f.extend_from_slice(&65535u32.to_le_bytes());
+        f.extend_from_slice(&101u32.to_le_bytes());
+        f.extend_from_slice(&1_700_000_000u32.to_le_bytes());
+        f.extend_from_slice(&ts_frac.to_le_bytes());
+        f.extend_from_slice(&4u32.to_le_bytes());
+        f.extend_from_slice(&60u32.to_le_bytes());
+        f.extend_from_slice(&[0x45, 0, 0, 60]);
+        f.truncate(f.len() - cut);
+        f
+    }
+
+    fn read_all(bytes: Vec<u8>) -> Result<(Vec<Packet>, u64), SourceError> {
+        let mut r = FileReader::from_reader(Path::new("t.pcap"), Box::new(io::Cursor::new(bytes)))?;
+        let mut out = Vec::new();
+        let mut p = Packet::default();
+        while r.next_into(&mut p)? {
+            out.push(p.clone());
+        }
+        Ok((out, r.truncated))
+    }
+
+    #[test]
+    fn reads_microsecond_and_nanosecond_pcap() {
+        let (us, _) = read_all(tiny_pcap(0xa1b2c3d4, 250_000, 0)).unwrap();
+        assert_eq!(us.len(), 1);
+        assert_eq!(us[0].ts.0, 1_700_000_000_250_000_000);
+        assert_eq!(us[0].link, LinkType::RAW);
+        assert_eq!(us[0].orig_len, 60);
+        assert_eq!(us[0].data, [0x45, 0, 0, 60]);
+        let (ns, _) = read_all(tiny_pcap(0xa1b23c4d, 250_000, 0)).unwrap();
+        assert_eq!(ns[0].ts.0, 1_700_000_000_000_250_000);
+    }
+
+    #[test]
+    fn counts_a_record_cut_off_by_the_end_of_file() {
+        let (pkts, truncated) = read_all(tiny_pcap(0xa1b2c3d4, 0, 2)).unwrap();
+        assert!(pkts.is_empty());
+        assert_eq!(truncated, 1);
+    }
+
+    #[test]
+    fn rejects_a_file_that_is_not_a_capture() {
+        let err = read_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n".to_vec()).unwrap_err();
+        assert!(matches!(err, SourceError::NotACapture(_)), "{err}");
+        let err = read_all(Vec::new()).unwrap_err();
+        assert!(matches!(err, SourceError::NotACapture(_)), "{err}");
+    }
+
+    #[test]
+    fn pcapng_time_follows_interface_resolution() {
+        let iface = Interface {
+            link: LinkType::ETHERNET,
+            units_per_sec: 1_000_000_000,
+            offset_secs: 10,
+        };
+        assert_eq!(ng_time(1_500_000_000, &iface).0, 11_500_000_000);
+        let binary = Interface {
+            units_per_sec: 1 << 10,
+            offset_secs: 0,
+            ..iface
+        };
+        assert_eq!(ng_time(1024 + 512, &binary).0, 1_500_000_000);
+    }
+}
