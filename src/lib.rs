@@ -6,5 +6,6 @@ pub mod app;
 pub mod decode;
 pub mod dissect;
 pub mod event;
+pub mod flows;
 pub mod source;
 pub mod timestamp;

@@ -1,0 +1,492 @@
+//! One flow: who started it, what each side sent, the TCP handshake and state.
+
+use std::net::IpAddr;
+
+use crate::decode::{ACK, Decoded, FIN, Proto, RST, SYN};
+use crate::flows::activity::Activity;
+use crate::flows::reassembly::{Segment, Stream};
+use crate::timestamp::Timestamp;
+
+/// Direction-free flow identity: the lower (address, port) endpoint comes first, so both
+/// directions of a conversation find the same entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub proto: Proto,
+    pub lo: (IpAddr, u16),
+    pub hi: (IpAddr, u16),
+}
+
+impl FlowKey {
+    pub fn of(d: &Decoded<'_>) -> FlowKey {
+        let a = (d.src, d.src_port);
+        let b = (d.dst, d.dst_port);
+        // ICMP echo request and reply differ in type; key them on the echo pair so both
+        // directions meet (type 8/0, 128/129 share the request's "port").
+        let (a, b) = match d.proto {
+            Proto::Icmp | Proto::Icmpv6 => ((d.src, 0), (d.dst, 0)),
+            Proto::Tcp | Proto::Udp => (a, b),
+        };
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        FlowKey {
+            proto: d.proto,
+            lo,
+            hi,
+        }
+    }
+}
+
+/// Index of a direction in per-direction arrays.
+pub const ORIG: usize = 0;
+pub const RESP: usize = 1;
+
+/// Zeek's connection history: a letter per event the first time it happens, upper case
+/// for the originator, lower case for the responder.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct History {
+    letters: [u8; 24],
+    len: u8,
+}
+
+impl History {
+    pub fn push(&mut self, letter: u8, from_orig: bool) {
+        let l = if from_orig {
+            letter.to_ascii_uppercase()
+        } else {
+            letter.to_ascii_lowercase()
+        };
+        let now = &self.letters[..self.len as usize];
+        if now.contains(&l) || self.len as usize == self.letters.len() {
+            return;
+        }
+        self.letters[self.len as usize] = l;
+        self.len += 1;
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.letters[..self.len as usize]).unwrap_or("")
+    }
+}
+
+/// TCP handshake times and what each side has sent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpTrack {
+    pub syn: Option<Timestamp>,
+    pub synack: Option<Timestamp>,
+    /// The originator's ACK that completed the handshake.
+    pub ack: Option<Timestamp>,
+    /// OR of the TCP flags each side has sent.
+    pub flags: [u8; 2],
+    /// Highest sequence number (end of data) each side has sent, for retransmissions.
+    seq_end: [Option<u32>; 2],
+    pub retransmissions: [u32; 2],
+    /// Payload bytes of each direction that were never seen (holes in the sequence space).
+    pub missed_bytes: u64,
+    /// The originator's first payload after the responder's first payload (the client's
+    /// second flight, e.g. its answer to a ServerHello).
+    pub orig_second_flight: Option<Timestamp>,
+}
+
+impl TcpTrack {
+    /// SYN→SYN/ACK: round trip between the sensor and the responder.
+    pub fn rtt_resp_ns(&self) -> Option<u64> {
+        Some(self.synack?.0.checked_sub(self.syn?.0)?)
+    }
+
+    /// SYN/ACK→ACK: round trip between the sensor and the originator.
+    pub fn rtt_orig_ns(&self) -> Option<u64> {
+        Some(self.ack?.0.checked_sub(self.synack?.0)?)
+    }
+
+    pub fn established(&self) -> bool {
+        self.syn.is_some() && self.synack.is_some()
+    }
+}
+
+/// Per-direction reassembly, alive only while dissectors still want bytes.
+#[derive(Debug)]
+pub struct Streams {
+    pub dir: [Stream; 2],
+    /// UDP: the first datagrams of each direction.
+    pub datagrams: [Vec<Vec<u8>>; 2],
+}
+
+pub const MAX_DATAGRAMS: usize = 8;
+
+/// Why a flow record was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// FIN from both sides or a RST, then the close delay passed.
+    Closed,
+    /// No packet for the inactivity timeout of its state.
+    Timeout,
+    /// Pushed out by a newer flow when the table was full.
+    Evicted,
+    /// The input ended (end of replay, or shutdown).
+    Shutdown,
+    /// A new connection reused the ports of a closed one.
+    Reused,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Closed => "closed",
+            EndReason::Timeout => "timeout",
+            EndReason::Evicted => "evicted",
+            EndReason::Shutdown => "shutdown",
+            EndReason::Reused => "reused",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Flow {
+    /// Sequence number of the flow in the input, for deterministic ordering.
+    pub seq: u64,
+    pub proto: Proto,
+    pub orig: (IpAddr, u16),
+    pub resp: (IpAddr, u16),
+    pub first: Timestamp,
+    pub last: Timestamp,
+    pub dir: [Activity; 2],
+    pub tcp: TcpTrack,
+    pub history: History,
+    pub streams: Option<Box<Streams>>,
+    pub tunnel: Option<&'static str>,
+    /// When the next interim record is due.
+    pub next_interim: Option<Timestamp>,
+    pub interim_records: u32,
+    /// The second (of packet time) at which the table next looks at this flow.
+    pub(super) timer_at: u64,
+}
+
+/// What a packet did to its flow, for the table's bookkeeping.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Update {
+    pub resumed: bool,
+    /// New in-order stream bytes (or a new datagram) arrived for the dissectors.
+    pub new_bytes: bool,
+    pub closing: bool,
+}
+
+impl Flow {
+    /// A flow from its first packet. A SYN/ACK seen first was sent by the responder
+    /// (history gets `^`); otherwise the first sender is the originator.
+    pub fn new(seq: u64, d: &Decoded<'_>, ts: Timestamp, reassembly_bytes: usize) -> Flow {
+        let flags = d.tcp.map(|t| t.flags).unwrap_or(0);
+        let flipped = flags & (SYN | ACK) == SYN | ACK;
+        let (orig, resp) = if flipped {
+            ((d.dst, d.dst_port), (d.src, d.src_port))
+        } else {
+            ((d.src, d.src_port), (d.dst, d.dst_port))
+        };
+        let mut history = History::default();
+        if flipped {
+            history.push(b'^', true);
+        }
+        let streams =
+            (reassembly_bytes > 0 && matches!(d.proto, Proto::Tcp | Proto::Udp)).then(|| {
+                Box::new(Streams {
+                    dir: [Stream::new(reassembly_bytes), Stream::new(reassembly_bytes)],
+                    datagrams: [Vec::new(), Vec::new()],
+                })
+            });
+        Flow {
+            seq,
+            proto: d.proto,
+            orig,
+            resp,
+            first: ts,
+            last: ts,
+            dir: [Activity::default(), Activity::default()],
+            tcp: TcpTrack::default(),
+            history,
+            streams,
+            tunnel: d.tunnel,
+            next_interim: None,
+            interim_records: 0,
+            timer_at: 0,
+        }
+    }
+
+    pub fn is_from_orig(&self, d: &Decoded<'_>) -> bool {
+        (d.src, d.src_port) == self.orig && (d.dst, d.dst_port) == self.resp
+            || (matches!(self.proto, Proto::Icmp | Proto::Icmpv6) && d.src == self.orig.0)
+    }
+
+    pub fn duration_ns(&self) -> u64 {
+        self.last.0.saturating_sub(self.first.0)
+    }
+
+    /// Whether this flow's TCP connection has finished: both FINs or a RST.
+    pub fn is_closed(&self) -> bool {
+        let f = self.tcp.flags;
+        f[ORIG] & RST != 0 || f[RESP] & RST != 0 || (f[ORIG] & FIN != 0 && f[RESP] & FIN != 0)
+    }
+
+    pub fn observe(
+        &mut self,
+        d: &Decoded<'_>,
+        ts: Timestamp,
+        wire_len: u32,
+        idle_ns: u64,
+    ) -> Update {
+        let from_orig = self.is_from_orig(d);
+        let side = if from_orig { ORIG } else { RESP };
+        self.last = self.last.max(ts);
+        let mut up = Update {
+            resumed: self.dir[side].observe(ts, d.payload_len, d.ip_len, wire_len, d.ttl, idle_ns),
+            ..Update::default()
+        };
+        match d.tcp {
+            Some(t) => self.observe_tcp(t, d, ts, side, &mut up),
+            None => {
+                if d.payload_len > 0 {
+                    self.history.push(b'd', from_orig);
+                    if let Some(s) = self.streams.as_mut()
+                        && s.datagrams[side].len() < MAX_DATAGRAMS
+                    {
+                        s.datagrams[side].push(d.payload.to_vec());
+                        up.new_bytes = true;
+                    }
+                }
+            }
+        }
+        if self.proto == Proto::Tcp
+            && side == ORIG
+            && d.payload_len > 0
+            && self.tcp.orig_second_flight.is_none()
+            && self.dir[RESP].first_data.is_some()
+        {
+            self.tcp.orig_second_flight = Some(ts);
+        }
+        up
+    }
+
+    fn observe_tcp(
+        &mut self,
+        t: crate::decode::Tcp,
+        d: &Decoded<'_>,
+        ts: Timestamp,
+        side: usize,
+        up: &mut Update,
+    ) {
+        let from_orig = side == ORIG;
+        let was_closed = self.is_closed();
+        self.tcp.flags[side] |= t.flags;
+        let syn = t.flags & SYN != 0;
+        let ack = t.flags & ACK != 0;
+        if syn && t.flags & FIN != 0 {
+            self.history.push(b'q', from_orig);
+        }
+        if syn && !ack {
+            self.history.push(b's', from_orig);
+            if from_orig && self.tcp.syn.is_none() {
+                self.tcp.syn = Some(ts);
+            }
+        } else if syn && ack {
+            self.history.push(b'h', from_orig);
+            if !from_orig && self.tcp.synack.is_none() {
+                self.tcp.synack = Some(ts);
+            }
+        } else if ack && d.payload_len == 0 && t.flags & (FIN | RST) == 0 {
+            self.history.push(b'a', from_orig);
+        }
+        if from_orig && ack && !syn && self.tcp.ack.is_none() && self.tcp.synack.is_some() {
+            self.tcp.ack = Some(ts);
+        }
+        if d.payload_len > 0 {
+            self.history.push(b'd', from_orig);
+        }
+        if t.flags & FIN != 0 {
+            self.history.push(b'f', from_orig);
+        }
+        if t.flags & RST != 0 {
+            self.history.push(b'r', from_orig);
+        }
+        if t.window == 0 && t.flags & (SYN | FIN | RST) == 0 {
+            self.history.push(b'w', from_orig);
+        }
+        // Retransmission: data that ends at or before what this side already sent.
+        let end = t.seq.wrapping_add(d.payload_len);
+        if d.payload_len > 0 {
+            match self.tcp.seq_end[side] {
+                Some(prev) if (end.wrapping_sub(prev) as i32) <= 0 => {
+                    self.tcp.retransmissions[side] += 1;
+                    self.history.push(b't', from_orig);
+                }
+                Some(prev) if (t.seq.wrapping_sub(prev) as i32) > 0 => {
+                    self.tcp.missed_bytes += t.seq.wrapping_sub(prev) as u64;
+                    self.history.push(b'g', from_orig);
+                    self.tcp.seq_end[side] = Some(end);
+                }
+                _ => self.tcp.seq_end[side] = Some(end),
+            }
+        } else if syn {
+            self.tcp.seq_end[side] = Some(t.seq.wrapping_add(1));
+        }
+        if let Some(s) = self.streams.as_mut() {
+            let stream = &mut s.dir[side];
+            if syn {
+                stream.start(t.seq);
+            } else if d.payload_len > 0 {
+                up.new_bytes = stream.add(t.seq, d.payload, d.payload_len) == Segment::Appended;
+            }
+        }
+        up.closing = !was_closed && self.is_closed();
+    }
+
+    /// Zeek's conn_state, from the flags each side sent.
+    pub fn conn_state(&self) -> &'static str {
+        let pkts_resp = self.dir[RESP].pkts;
+        if self.proto != Proto::Tcp {
+            return if pkts_resp == 0 { "S0" } else { "SF" };
+        }
+        let [o, r] = self.tcp.flags;
+        let syn_o = self.tcp.syn.is_some();
+        let synack_r = self.tcp.synack.is_some();
+        match (syn_o, synack_r) {
+            (true, true) => {
+                if o & RST != 0 {
+                    "RSTO"
+                } else if r & RST != 0 {
+                    "RSTR"
+                } else if o & FIN != 0 && r & FIN != 0 {
+                    "SF"
+                } else if o & FIN != 0 {
+                    "S2"
+                } else if r & FIN != 0 {
+                    "S3"
+                } else {
+                    "S1"
+                }
+            }
+            (true, false) => {
+                if r & RST != 0 {
+                    "REJ"
+                } else if o & RST != 0 {
+                    "RSTOS0"
+                } else if o & FIN != 0 {
+                    "SH"
+                } else {
+                    "S0"
+                }
+            }
+            (false, true) => {
+                if r & RST != 0 {
+                    "RSTRH"
+                } else if r & FIN != 0 {
+                    "SHR"
+                } else {
+                    "OTH"
+                }
+            }
+            (false, false) => "OTH",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{PSH, Tcp};
+
+    fn seg<'a>(from_client: bool, flags: u8, seq: u32, payload: &'a [u8]) -> Decoded<'a> {
+        let c: IpAddr = "192.0.2.1".parse().unwrap();
+        let s: IpAddr = "198.51.100.7".parse().unwrap();
+        let (src, dst, sp, dp) = if from_client {
+            (c, s, 50000, 22)
+        } else {
+            (s, c, 22, 50000)
+        };
+        Decoded {
+            src,
+            dst,
+            proto: Proto::Tcp,
+            src_port: sp,
+            dst_port: dp,
+            tcp: Some(Tcp {
+                flags,
+                seq,
+                ack: 0,
+                window: 1000,
+                mss: None,
+            }),
+            payload,
+            payload_len: payload.len() as u32,
+            ip_len: 40 + payload.len() as u32,
+            ttl: 64,
+            tunnel: None,
+        }
+    }
+
+    fn ms(m: u64) -> Timestamp {
+        Timestamp(m * 1_000_000)
+    }
+
+    #[test]
+    fn handshake_rtts_history_and_state() {
+        let syn = seg(true, SYN, 100, b"");
+        let mut f = Flow::new(1, &syn, ms(0), 1024);
+        let idle = 500_000_000;
+        f.observe(&syn, ms(0), 54, idle);
+        f.observe(&seg(false, SYN | ACK, 900, b""), ms(30), 54, idle);
+        f.observe(&seg(true, ACK, 101, b""), ms(32), 54, idle);
+        f.observe(
+            &seg(true, ACK | PSH, 101, b"SSH-2.0-x\r\n"),
+            ms(33),
+            65,
+            idle,
+        );
+        f.observe(
+            &seg(true, ACK | PSH, 101, b"SSH-2.0-x\r\n"),
+            ms(40),
+            65,
+            idle,
+        );
+        f.observe(
+            &seg(false, ACK | PSH, 901, b"SSH-2.0-y\r\n"),
+            ms(70),
+            65,
+            idle,
+        );
+        f.observe(&seg(true, ACK | PSH, 112, b"more"), ms(100), 58, idle);
+        f.observe(&seg(true, FIN | ACK, 116, b""), ms(200), 54, idle);
+        let up = f.observe(&seg(false, FIN | ACK, 912, b""), ms(210), 54, idle);
+        assert!(up.closing);
+        assert_eq!(f.tcp.rtt_resp_ns(), Some(30_000_000));
+        assert_eq!(f.tcp.rtt_orig_ns(), Some(2_000_000));
+        assert_eq!(f.history.as_str(), "ShADTdFf");
+        assert_eq!(f.tcp.retransmissions, [1, 0]);
+        assert_eq!(f.tcp.orig_second_flight, Some(ms(100)));
+        assert_eq!(f.conn_state(), "SF");
+        let s = f.streams.as_ref().unwrap();
+        assert_eq!(s.dir[ORIG].bytes(), b"SSH-2.0-x\r\nmore");
+        assert_eq!(s.dir[RESP].bytes(), b"SSH-2.0-y\r\n");
+    }
+
+    #[test]
+    fn synack_first_flips_direction() {
+        let sa = seg(false, SYN | ACK, 900, b"");
+        let f = Flow::new(1, &sa, ms(0), 0);
+        assert_eq!(f.orig.1, 50000);
+        assert_eq!(f.history.as_str(), "^");
+    }
+
+    #[test]
+    fn rejected_and_unanswered_states() {
+        let syn = seg(true, SYN, 1, b"");
+        let mut f = Flow::new(1, &syn, ms(0), 0);
+        f.observe(&syn, ms(0), 54, 1);
+        assert_eq!(f.conn_state(), "S0");
+        f.observe(&seg(false, RST | ACK, 0, b""), ms(1), 54, 1);
+        assert_eq!(f.conn_state(), "REJ");
+    }
+
+    #[test]
+    fn key_is_direction_free() {
+        let a = seg(true, SYN, 1, b"");
+        let b = seg(false, ACK, 1, b"");
+        assert_eq!(FlowKey::of(&a), FlowKey::of(&b));
+    }
+}

@@ -1,0 +1,419 @@
+//! The flow table: every packet finds its flow, flows end on packet time, and the table
+//! never grows past its limit.
+//!
+//! Expiry uses a wheel of one-second slots keyed by packet time: each flow sits in the
+//! slot of its next deadline (inactivity timeout or interim record). When a slot comes
+//! due the flow is checked and either ended or moved to its new deadline, so a packet
+//! costs O(1) and no wall clock is read — a replay ends flows exactly as the live sensor
+//! did.
+
+pub mod activity;
+pub mod community_id;
+pub mod flow;
+pub mod reassembly;
+pub mod record;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::decode::{Decoded, Proto};
+use crate::timestamp::Timestamp;
+pub use flow::{EndReason, Flow, FlowKey, ORIG, RESP};
+
+/// `[flows]` in farmwatch.toml.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowConfig {
+    /// Most flows tracked at once; beyond it the flow closest to its timeout is evicted.
+    pub max_flows: usize,
+    /// Bytes of each TCP direction reassembled in order for the dissectors.
+    pub reassembly_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub tcp_half_open_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tcp_established_timeout: Duration,
+    /// How long a closed connection (FINs or RST) lingers for stray packets.
+    #[serde(with = "humantime_serde")]
+    pub tcp_close_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub udp_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub icmp_timeout: Duration,
+    /// A flow still open this long gets an interim record, and again every interval.
+    #[serde(with = "humantime_serde")]
+    pub interim_interval: Duration,
+    /// Silence after which the next data packet starts a new ON period.
+    #[serde(with = "humantime_serde")]
+    pub idle_threshold: Duration,
+}
+
+impl Default for FlowConfig {
+    fn default() -> FlowConfig {
+        FlowConfig {
+            max_flows: 1_000_000,
+            reassembly_bytes: 8192,
+            tcp_half_open_timeout: Duration::from_secs(30),
+            tcp_established_timeout: Duration::from_secs(3600),
+            tcp_close_delay: Duration::from_secs(5),
+            udp_timeout: Duration::from_secs(60),
+            icmp_timeout: Duration::from_secs(60),
+            interim_interval: Duration::from_secs(3600),
+            idle_threshold: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Parses durations written like "15m" or "500ms" (humantime) in config files.
+pub mod humantime_serde {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
+/// What the table reports to the stages after it.
+#[derive(Debug)]
+pub enum FlowEvent {
+    /// One direction became active after being idle (an ON period starts).
+    Resumed {
+        key: FlowKey,
+        from_orig: bool,
+        ts: Timestamp,
+    },
+    /// New in-order bytes (TCP) or a new datagram (UDP) for the dissectors.
+    NewBytes { key: FlowKey },
+    /// The flow is still open after the interim interval: time for an interim record.
+    Interim { key: FlowKey, ts: Timestamp },
+    /// The flow is over and out of the table.
+    Ended { flow: Box<Flow>, why: EndReason },
+}
+
+pub struct FlowTable {
+    config: FlowConfig,
+    flows: HashMap<FlowKey, Flow, ahash::RandomState>,
+    wheel: BTreeMap<u64, Vec<FlowKey>>,
+    /// Packet time: the newest timestamp seen (captures are not always in order).
+    now: Timestamp,
+    next_seq: u64,
+    pub flows_total: u64,
+    pub evicted_table_full: u64,
+}
+
+impl FlowTable {
+    pub fn new(config: FlowConfig) -> FlowTable {
+        FlowTable {
+            config,
+            flows: HashMap::with_hasher(ahash::RandomState::with_seeds(1, 2, 3, 4)),
+            wheel: BTreeMap::new(),
+            now: Timestamp::ZERO,
+            next_seq: 0,
+            flows_total: 0,
+            evicted_table_full: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    pub fn get(&self, key: &FlowKey) -> Option<&Flow> {
+        self.flows.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut Flow> {
+        self.flows.get_mut(key)
+    }
+
+    /// Accounts one packet to its flow. `wire_len` is the frame's original length.
+    pub fn process(
+        &mut self,
+        ts: Timestamp,
+        d: &Decoded<'_>,
+        wire_len: u32,
+        out: &mut Vec<FlowEvent>,
+    ) {
+        self.advance(ts, out);
+        let key = FlowKey::of(d);
+        let syn_only = d.tcp.is_some_and(|t| t.flags & 0x12 == 0x02);
+        // A SYN on a finished connection starts a new one (port reuse).
+        if syn_only
+            && let Some(old) = self.flows.get(&key)
+            && old.is_closed()
+        {
+            if let Some(flow) = self.flows.remove(&key) {
+                out.push(FlowEvent::Ended {
+                    flow: Box::new(flow),
+                    why: EndReason::Reused,
+                });
+            }
+        }
+        if !self.flows.contains_key(&key) {
+            if self.flows.len() >= self.config.max_flows {
+                self.evict_one(out);
+            }
+            let mut flow = Flow::new(self.next_seq, d, ts, self.config.reassembly_bytes);
+            self.next_seq += 1;
+            self.flows_total += 1;
+            flow.next_interim = Some(ts.add(self.config.interim_interval));
+            flow.timer_at = u64::MAX;
+            self.flows.insert(key, flow);
+        }
+        let idle_ns = self.config.idle_threshold.as_nanos() as u64;
+        let Some(flow) = self.flows.get_mut(&key) else {
+            return;
+        };
+        let from_orig = flow.is_from_orig(d);
+        let up = flow.observe(d, ts, wire_len, idle_ns);
+        let due =
+            deadline(&self.config, flow).min(flow.next_interim.unwrap_or(Timestamp(u64::MAX)));
+        // Only move the flow to an earlier slot; a later deadline is found lazily when the
+        // current slot comes due.
+        let slot = due.secs() + 1;
+        if slot < flow.timer_at {
+            flow.timer_at = slot;
+            self.wheel.entry(slot).or_default().push(key);
+        }
+        if up.resumed {
+            out.push(FlowEvent::Resumed { key, from_orig, ts });
+        }
+        if up.new_bytes {
+            out.push(FlowEvent::NewBytes { key });
+        }
+    }
+
+    /// Moves packet time forward, ending flows whose deadline passed.
+    pub fn advance(&mut self, ts: Timestamp, out: &mut Vec<FlowEvent>) {
+        if ts <= self.now {
+            return;
+        }
+        self.now = ts;
+        let now_slot = ts.secs();
+        while let Some(entry) = self.wheel.first_entry() {
+            if *entry.key() > now_slot {
+                break;
+            }
+            let (slot, keys) = entry.remove_entry();
+            for key in keys {
+                self.check(slot, key, out);
+            }
+        }
+    }
+
+    fn check(&mut self, slot: u64, key: FlowKey, out: &mut Vec<FlowEvent>) {
+        let Some(flow) = self.flows.get_mut(&key) else {
+            return;
+        };
+        if flow.timer_at != slot {
+            return; // a stale entry: the flow was moved to an earlier slot since
+        }
+        let now = self.now;
+        let end = deadline(&self.config, flow);
+        if end <= now {
+            let why = if flow.is_closed() {
+                EndReason::Closed
+            } else {
+                EndReason::Timeout
+            };
+            if let Some(flow) = self.flows.remove(&key) {
+                out.push(FlowEvent::Ended {
+                    flow: Box::new(flow),
+                    why,
+                });
+            }
+            return;
+        }
+        if let Some(due) = flow.next_interim
+            && due <= now
+        {
+            flow.interim_records += 1;
+            flow.next_interim = Some(due.add(self.config.interim_interval));
+            out.push(FlowEvent::Interim { key, ts: due });
+        }
+        let next = end.min(flow.next_interim.unwrap_or(Timestamp(u64::MAX)));
+        let slot = (next.secs() + 1).max(now.secs() + 1);
+        flow.timer_at = slot;
+        self.wheel.entry(slot).or_default().push(key);
+    }
+
+    /// Makes room by ending the flow that is next due in the wheel.
+    fn evict_one(&mut self, out: &mut Vec<FlowEvent>) {
+        while let Some(mut entry) = self.wheel.first_entry() {
+            let slot = *entry.key();
+            let keys = entry.get_mut();
+            let Some(key) = keys.pop() else {
+                entry.remove();
+                continue;
+            };
+            if keys.is_empty() {
+                entry.remove();
+            }
+            if self.flows.get(&key).is_some_and(|f| f.timer_at == slot)
+                && let Some(flow) = self.flows.remove(&key)
+            {
+                self.evicted_table_full += 1;
+                out.push(FlowEvent::Ended {
+                    flow: Box::new(flow),
+                    why: EndReason::Evicted,
+                });
+                return;
+            }
+        }
+    }
+
+    /// Ends every flow (end of input or shutdown), in the order they started.
+    pub fn drain(&mut self, out: &mut Vec<FlowEvent>) {
+        let mut flows: Vec<Flow> = self.flows.drain().map(|(_, f)| f).collect();
+        flows.sort_by_key(|f| f.seq);
+        self.wheel.clear();
+        out.extend(flows.into_iter().map(|flow| FlowEvent::Ended {
+            flow: Box::new(flow),
+            why: EndReason::Shutdown,
+        }));
+    }
+}
+
+/// When the flow ends if nothing more arrives, by its state.
+fn deadline(c: &FlowConfig, f: &Flow) -> Timestamp {
+    let timeout = match f.proto {
+        Proto::Tcp if f.is_closed() => c.tcp_close_delay,
+        Proto::Tcp
+            if f.tcp.established()
+                || (f.dir[ORIG].pkts > 0 && f.dir[RESP].pkts > 0 && f.tcp.syn.is_none()) =>
+        {
+            c.tcp_established_timeout
+        }
+        Proto::Tcp => c.tcp_half_open_timeout,
+        Proto::Udp => c.udp_timeout,
+        Proto::Icmp | Proto::Icmpv6 => c.icmp_timeout,
+    };
+    f.last.add(timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{ACK, FIN, SYN, Tcp};
+    use std::net::IpAddr;
+
+    fn pkt(client_port: u16, from_client: bool, flags: u8, seq: u32) -> Decoded<'static> {
+        let c: IpAddr = "192.0.2.1".parse().unwrap();
+        let s: IpAddr = "198.51.100.7".parse().unwrap();
+        let (src, dst, sp, dp) = if from_client {
+            (c, s, client_port, 443)
+        } else {
+            (s, c, 443, client_port)
+        };
+        Decoded {
+            src,
+            dst,
+            proto: Proto::Tcp,
+            src_port: sp,
+            dst_port: dp,
+            tcp: Some(Tcp {
+                flags,
+                seq,
+                ack: 0,
+                window: 100,
+                mss: None,
+            }),
+            payload: b"",
+            payload_len: 0,
+            ip_len: 40,
+            ttl: 64,
+            tunnel: None,
+        }
+    }
+
+    fn secs(s: u64) -> Timestamp {
+        Timestamp::from_secs(s)
+    }
+
+    fn ended(events: &[FlowEvent]) -> Vec<(u16, EndReason)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                FlowEvent::Ended { flow, why } => Some((flow.orig.1, *why)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn half_open_flows_time_out_on_packet_time() {
+        let mut t = FlowTable::new(FlowConfig::default());
+        let mut out = Vec::new();
+        t.process(secs(100), &pkt(1000, true, SYN, 1), 54, &mut out);
+        t.advance(secs(120), &mut out);
+        assert!(ended(&out).is_empty());
+        t.advance(secs(132), &mut out);
+        assert_eq!(ended(&out), vec![(1000, EndReason::Timeout)]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn closed_flows_end_after_the_close_delay_and_interim_records_come_due() {
+        let config = FlowConfig {
+            interim_interval: Duration::from_secs(60),
+            ..FlowConfig::default()
+        };
+        let mut t = FlowTable::new(config);
+        let mut out = Vec::new();
+        t.process(secs(0), &pkt(1000, true, SYN, 1), 54, &mut out);
+        t.process(secs(0), &pkt(1000, false, SYN | ACK, 1), 54, &mut out);
+        for s in (10..200).step_by(10) {
+            t.process(secs(s), &pkt(1000, true, ACK, 2), 54, &mut out);
+        }
+        let interims = out
+            .iter()
+            .filter(|e| matches!(e, FlowEvent::Interim { .. }))
+            .count();
+        assert_eq!(interims, 3);
+        t.process(secs(200), &pkt(1000, true, FIN | ACK, 2), 54, &mut out);
+        t.process(secs(200), &pkt(1000, false, FIN | ACK, 2), 54, &mut out);
+        t.advance(secs(207), &mut out);
+        assert_eq!(ended(&out), vec![(1000, EndReason::Closed)]);
+    }
+
+    #[test]
+    fn a_full_table_evicts_and_counts() {
+        let config = FlowConfig {
+            max_flows: 2,
+            ..FlowConfig::default()
+        };
+        let mut t = FlowTable::new(config);
+        let mut out = Vec::new();
+        for port in 1000..1005 {
+            t.process(secs(1), &pkt(port, true, SYN, 1), 54, &mut out);
+        }
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.evicted_table_full, 3);
+        assert_eq!(ended(&out).len(), 3);
+        t.drain(&mut out);
+        assert_eq!(ended(&out).len(), 5);
+    }
+
+    #[test]
+    fn syn_after_close_starts_a_new_flow() {
+        let mut t = FlowTable::new(FlowConfig::default());
+        let mut out = Vec::new();
+        t.process(secs(1), &pkt(1000, true, SYN, 1), 54, &mut out);
+        t.process(secs(1), &pkt(1000, false, SYN | ACK, 1), 54, &mut out);
+        t.process(secs(2), &pkt(1000, true, ACK | 0x04, 2), 54, &mut out);
+        t.process(secs(3), &pkt(1000, true, SYN, 500), 54, &mut out);
+        assert_eq!(ended(&out), vec![(1000, EndReason::Reused)]);
+        assert_eq!(t.flows_total, 2);
+    }
+}

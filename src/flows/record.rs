@@ -1,0 +1,121 @@
+//! Flow records (`--flows`), one JSON object per finished flow, like a Zeek conn log
+//! (DESIGN §4, a public contract: fields are added, never renamed).
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::flows::activity::{ActivitySummary, round2};
+use crate::flows::community_id::community_id;
+use crate::flows::flow::{Flow, ORIG, RESP};
+use crate::timestamp::Timestamp;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowRecord {
+    pub ts: Timestamp,
+    pub end: Timestamp,
+    pub duration_s: f64,
+    pub proto: &'static str,
+    pub src_ip: IpAddr,
+    pub src_port: u16,
+    pub dst_ip: IpAddr,
+    pub dst_port: u16,
+    pub app: Option<&'static str>,
+    /// A port-only hint, never evidence.
+    pub guess: Option<&'static str>,
+    pub sni: Option<String>,
+    pub ja4: Option<String>,
+    pub bytes_orig: u64,
+    pub bytes_resp: u64,
+    pub pkts_orig: u64,
+    pub pkts_resp: u64,
+    pub ip_bytes_orig: u64,
+    pub ip_bytes_resp: u64,
+    pub wire_bytes_orig: u64,
+    pub wire_bytes_resp: u64,
+    /// SYN → handshake-completing ACK, as seen at the sensor.
+    pub tcp_rtt_ms: Option<f64>,
+    /// SYN → SYN/ACK: the sensor↔responder leg.
+    pub tcp_rtt_resp_ms: Option<f64>,
+    /// SYN/ACK → ACK: the sensor↔originator leg.
+    pub tcp_rtt_orig_ms: Option<f64>,
+    pub history: String,
+    pub conn_state: &'static str,
+    pub account: Option<String>,
+    pub resp_country: Option<String>,
+    pub resp_asn: Option<u32>,
+    pub interim: bool,
+    pub community_id: String,
+    /// Why the record was written: closed, timeout, evicted, shutdown, reused (null on
+    /// interim records).
+    pub end_reason: Option<&'static str>,
+    pub tunnel: Option<&'static str>,
+    pub retransmissions_orig: u32,
+    pub retransmissions_resp: u32,
+    pub missed_bytes: u64,
+    pub ttl_orig: u8,
+    pub ttl_resp: Option<u8>,
+    pub activity_orig: ActivitySummary,
+    pub activity_resp: ActivitySummary,
+}
+
+fn ms(ns: Option<u64>) -> Option<f64> {
+    ns.map(|n| round2(n as f64 / 1e6))
+}
+
+impl FlowRecord {
+    pub fn new(flow: &Flow, interim: bool, end_reason: Option<&'static str>) -> FlowRecord {
+        let [o, r] = &flow.dir;
+        FlowRecord {
+            ts: flow.first,
+            end: flow.last,
+            duration_s: (flow.duration_ns() as f64 / 1e3).round() / 1e6,
+            proto: flow.proto.as_str(),
+            src_ip: flow.orig.0,
+            src_port: flow.orig.1,
+            dst_ip: flow.resp.0,
+            dst_port: flow.resp.1,
+            app: None,
+            guess: None,
+            sni: None,
+            ja4: None,
+            bytes_orig: o.bytes,
+            bytes_resp: r.bytes,
+            pkts_orig: o.pkts,
+            pkts_resp: r.pkts,
+            ip_bytes_orig: o.ip_bytes,
+            ip_bytes_resp: r.ip_bytes,
+            wire_bytes_orig: o.wire_bytes,
+            wire_bytes_resp: r.wire_bytes,
+            tcp_rtt_ms: ms(flow
+                .tcp
+                .ack
+                .zip(flow.tcp.syn)
+                .and_then(|(a, s)| a.0.checked_sub(s.0))),
+            tcp_rtt_resp_ms: ms(flow.tcp.rtt_resp_ns()),
+            tcp_rtt_orig_ms: ms(flow.tcp.rtt_orig_ns()),
+            history: flow.history.as_str().to_string(),
+            conn_state: flow.conn_state(),
+            account: None,
+            resp_country: None,
+            resp_asn: None,
+            interim,
+            community_id: community_id(
+                flow.proto,
+                flow.orig.0,
+                flow.orig.1,
+                flow.resp.0,
+                flow.resp.1,
+            ),
+            end_reason,
+            tunnel: flow.tunnel,
+            retransmissions_orig: flow.tcp.retransmissions[ORIG],
+            retransmissions_resp: flow.tcp.retransmissions[RESP],
+            missed_bytes: flow.tcp.missed_bytes,
+            ttl_orig: o.min_ttl,
+            ttl_resp: (r.pkts > 0).then_some(r.min_ttl),
+            activity_orig: o.summary(),
+            activity_resp: r.summary(),
+        }
+    }
+}
