@@ -7,7 +7,7 @@
 //! still used for its headers: counts come from the IP length fields, not the capture.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use etherparse::defrag::IpDefragBuf;
 use etherparse::{
@@ -623,6 +623,7 @@ impl Fragments {
 mod tests {
     use super::*;
     use etherparse::PacketBuilder;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn packet(link: LinkType, data: Vec<u8>) -> Packet {
         Packet {

@@ -3,9 +3,14 @@
 //! The data path runs one way: source → decode → flows → dissect → detect → sinks.
 
 pub mod app;
+pub mod config;
 pub mod decode;
 pub mod dissect;
 pub mod event;
 pub mod flows;
+pub mod metrics;
+pub mod pipeline;
+pub mod replay;
+pub mod sink;
 pub mod source;
 pub mod timestamp;

@@ -317,6 +317,8 @@ pub struct Replay {
     heap: BinaryHeap<std::cmp::Reverse<(Timestamp, usize)>>,
     /// Index of the packet handed out last, refilled on the next call.
     pending: Option<usize>,
+    /// Files that stopped early on a corrupt record; the others go on.
+    pub errors: Vec<SourceError>,
 }
 
 impl Replay {
@@ -331,32 +333,30 @@ impl Replay {
             readers,
             heap: BinaryHeap::new(),
             pending: None,
+            errors: Vec::new(),
         };
         for i in 0..replay.readers.len() {
-            replay.advance(i)?;
+            replay.advance(i);
         }
         Ok(replay)
     }
 
-    fn advance(&mut self, i: usize) -> Result<(), SourceError> {
-        if self.readers[i].next_into(&mut self.heads[i])? {
-            self.heap.push(std::cmp::Reverse((self.heads[i].ts, i)));
+    fn advance(&mut self, i: usize) {
+        match self.readers[i].next_into(&mut self.heads[i]) {
+            Ok(true) => self.heap.push(std::cmp::Reverse((self.heads[i].ts, i))),
+            Ok(false) => {}
+            Err(e) => self.errors.push(e),
         }
-        Ok(())
     }
 
     /// The next packet in time order, or None when every file is done.
-    pub fn next_packet(&mut self) -> Result<Option<&Packet>, SourceError> {
+    pub fn next_packet(&mut self) -> Option<&Packet> {
         if let Some(i) = self.pending.take() {
-            self.advance(i)?;
+            self.advance(i);
         }
-        match self.heap.pop() {
-            Some(std::cmp::Reverse((_, i))) => {
-                self.pending = Some(i);
-                Ok(Some(&self.heads[i]))
-            }
-            None => Ok(None),
-        }
+        let std::cmp::Reverse((_, i)) = self.heap.pop()?;
+        self.pending = Some(i);
+        Some(&self.heads[i])
     }
 
     pub fn readers(&self) -> &[FileReader] {

@@ -31,7 +31,7 @@ impl Timestamp {
         self.0 / 1_000_000_000
     }
 
-    pub fn add(self, d: std::time::Duration) -> Timestamp {
+    pub fn plus(self, d: std::time::Duration) -> Timestamp {
         Timestamp(self.0.saturating_add(d.as_nanos() as u64))
     }
 

@@ -89,12 +89,12 @@ pub struct TcpTrack {
 impl TcpTrack {
     /// SYN→SYN/ACK: round trip between the sensor and the responder.
     pub fn rtt_resp_ns(&self) -> Option<u64> {
-        Some(self.synack?.0.checked_sub(self.syn?.0)?)
+        self.synack?.0.checked_sub(self.syn?.0)
     }
 
     /// SYN/ACK→ACK: round trip between the sensor and the originator.
     pub fn rtt_orig_ns(&self) -> Option<u64> {
-        Some(self.ack?.0.checked_sub(self.synack?.0)?)
+        self.ack?.0.checked_sub(self.synack?.0)
     }
 
     pub fn established(&self) -> bool {

@@ -167,7 +167,7 @@ impl FlowTable {
             let mut flow = Flow::new(self.next_seq, d, ts, self.config.reassembly_bytes);
             self.next_seq += 1;
             self.flows_total += 1;
-            flow.next_interim = Some(ts.add(self.config.interim_interval));
+            flow.next_interim = Some(ts.plus(self.config.interim_interval));
             flow.timer_at = u64::MAX;
             self.flows.insert(key, flow);
         }
@@ -239,7 +239,7 @@ impl FlowTable {
             && due <= now
         {
             flow.interim_records += 1;
-            flow.next_interim = Some(due.add(self.config.interim_interval));
+            flow.next_interim = Some(due.plus(self.config.interim_interval));
             out.push(FlowEvent::Interim { key, ts: due });
         }
         let next = end.min(flow.next_interim.unwrap_or(Timestamp(u64::MAX)));
@@ -299,7 +299,7 @@ fn deadline(c: &FlowConfig, f: &Flow) -> Timestamp {
         Proto::Udp => c.udp_timeout,
         Proto::Icmp | Proto::Icmpv6 => c.icmp_timeout,
     };
-    f.last.add(timeout)
+    f.last.plus(timeout)
 }
 
 #[cfg(test)]

@@ -1,0 +1,141 @@
+//! `farmwatch replay`: capture files through the pipeline as fast as the machine allows,
+//! with packet timestamps as the clock.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::pipeline::{Pipeline, Sinks};
+use crate::sink::{self, JsonLines, Target};
+use crate::source::{Replay, SourceError};
+
+pub struct ReplayArgs {
+    pub files: Vec<PathBuf>,
+    pub config: Config,
+    pub events: Target,
+    pub flows: Option<PathBuf>,
+}
+
+/// How a replay went wrong, by exit code.
+pub enum Failure {
+    /// Bad input named on the command line (exit 2).
+    Usage(String),
+    /// Something broke while running (exit 1).
+    Runtime(String),
+}
+
+pub fn run(args: ReplayArgs) -> Result<(), Failure> {
+    let mut replay = Replay::open(&args.files).map_err(|e| match e {
+        SourceError::Corrupt(..) => Failure::Runtime(e.to_string()),
+        _ => Failure::Usage(e.to_string()),
+    })?;
+    let events = match &args.events {
+        Target::Stdout => JsonLines::open(Target::Stdout),
+        Target::File(p) => sink::create_file(p),
+    }
+    .map_err(|e| Failure::Usage(format!("cannot open events output: {e}")))?;
+    let flows = args
+        .flows
+        .as_deref()
+        .map(sink::create_file)
+        .transpose()
+        .map_err(|e| Failure::Usage(format!("cannot open flows output: {e}")))?;
+    let mut pipeline = Pipeline::new(
+        &args.config,
+        Sinks {
+            events: Some(events),
+            flows,
+        },
+    );
+
+    let total: u64 = args
+        .files
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut n: u64 = 0;
+    while let Some(pkt) = replay.next_packet() {
+        pipeline.packet(pkt);
+        n += 1;
+        if n % 65_536 == 0
+            && let Some(bar) = &progress
+        {
+            bar.set_position(replay.consumed().min(total));
+            bar.set_message(format!("{n} packets"));
+        }
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    pipeline.stats.truncated_records = replay.readers().iter().map(|r| r.truncated).sum();
+    pipeline.finish();
+    print_summary(&replay, &pipeline);
+
+    let mut problems: Vec<String> = replay.errors.iter().map(|e| e.to_string()).collect();
+    problems.extend(pipeline.sink_failures());
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(problems.join("; ")))
+    }
+}
+
+fn print_summary(replay: &Replay, p: &Pipeline) {
+    let s = &p.stats;
+    let mut err = std::io::stderr().lock();
+    let span = match (p.first_ts, p.last_ts) {
+        (Some(a), Some(b)) => format!(
+            "{a} .. {b} ({})",
+            humantime::format_duration(std::time::Duration::from_secs(b.since(a).as_secs()))
+        ),
+        _ => "no packets".to_string(),
+    };
+    let _ = writeln!(
+        err,
+        "farmwatch: {} file(s), {} packets, {} bytes, {span}",
+        replay.readers().len(),
+        s.packets,
+        s.bytes
+    );
+    let evicted: u64 = s.flows_evicted.values().sum();
+    let _ = writeln!(
+        err,
+        "flows: {} ({} evicted because the table was full)",
+        s.flows_total, evicted
+    );
+    if !s.decode_errors.is_empty() {
+        let parts: Vec<String> = s
+            .decode_errors
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(err, "decode problems: {}", parts.join(", "));
+    }
+    for r in replay.readers() {
+        if r.truncated > 0 || r.skipped > 0 {
+            let _ = writeln!(
+                err,
+                "{}: {} record(s) cut off at the end of the file, {} skipped",
+                r.path().display(),
+                r.truncated,
+                r.skipped
+            );
+        }
+    }
+    let total: u64 = s.events.values().sum();
+    let _ = writeln!(err, "events: {total}");
+    for ((kind, reason, severity), n) in &s.events {
+        let _ = writeln!(err, "  {kind}/{reason} [{severity}]: {n}");
+    }
+}
