@@ -342,4 +342,13 @@ fn dashboard_names_only_exported_metrics() {
         }
     }
     assert!(exprs >= 7, "dashboard has {exprs} queries");
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(query) = variable["definition"].as_str() {
+            assert_only_exported(&format!("{file} variable {}", variable["name"]), query);
+        }
+    }
 }

@@ -81,3 +81,40 @@ fn every_alert_is_tested_both_ways_and_documented() {
     assert_eq!(firing, alerts, "alerts with a firing test");
     assert_eq!(quiet, alerts, "alerts with a not-firing test");
 }
+
+/// The dashboard's queries are valid PromQL: with Grafana's variables filled in, promtool
+/// checks each as a recording rule.
+#[test]
+fn dashboard_queries_parse() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("deploy/grafana/farmwatch.json").unwrap())
+            .unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut panels: Vec<&serde_json::Value> =
+        dashboard["panels"].as_array().unwrap().iter().collect();
+    let mut queries = 0;
+    while let Some(panel) = panels.pop() {
+        panels.extend(panel["panels"].as_array().into_iter().flatten());
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            queries += 1;
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "5m")
+                .replace("$__range", "6h")
+                .replace("$instance", ".+");
+            // A JSON string is a valid YAML double-quoted scalar.
+            rules.push_str(&format!(
+                "      - record: dashboard:query_{queries}\n        expr: {}\n",
+                serde_json::Value::String(expr)
+            ));
+        }
+    }
+    let path = std::env::temp_dir().join(format!("farmwatch-dashboard-{}.yml", std::process::id()));
+    std::fs::write(&path, &rules).unwrap();
+    let out = promtool(&["check", "rules", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    if let Some(out) = out {
+        assert!(out.contains("SUCCESS"), "{out}");
+    }
+}
