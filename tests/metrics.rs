@@ -250,10 +250,9 @@ fn label_values_are_escaped() {
 fn write_to_file_writes_the_rendering() {
     let metrics = Metrics::new();
     metrics.publish(&busy_stats(), 1_793_000_010.0);
-    let path = std::env::temp_dir().join(format!("farmwatch-metrics-{}.prom", std::process::id()));
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("farmwatch-metrics.prom");
     metrics.write_to_file(&path).unwrap();
     let written = std::fs::read_to_string(&path).unwrap();
-    std::fs::remove_file(&path).unwrap();
     assert_eq!(written, metrics.render());
 }
 

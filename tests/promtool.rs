@@ -110,10 +110,11 @@ fn dashboard_queries_parse() {
             ));
         }
     }
-    let path = std::env::temp_dir().join(format!("farmwatch-dashboard-{}.yml", std::process::id()));
+    // Left in place for a look after a failure; the next run overwrites it.
+    let path =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("farmwatch-dashboard-rules.yml");
     std::fs::write(&path, &rules).unwrap();
     let out = promtool(&["check", "rules", path.to_str().unwrap()]);
-    std::fs::remove_file(&path).unwrap();
     if let Some(out) = out {
         assert!(out.contains("SUCCESS"), "{out}");
     }
