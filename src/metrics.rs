@@ -399,6 +399,13 @@ mod tests {
             .and_then(|value| value.parse().ok())
     }
 
+    /// The HTTP endpoint shares one `Metrics` between the publisher and request handlers.
+    #[test]
+    fn metrics_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Metrics>();
+    }
+
     #[test]
     fn counter_restart_counts_as_reset() {
         let metrics = Metrics::new();
