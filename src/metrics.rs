@@ -1,23 +1,446 @@
-//! Counters the pipeline keeps with plain integers (the packet path never touches an
-//! atomic); the metrics module publishes them.
+//! Prometheus metrics (DESIGN §4; the names are a public contract that the shipped alert rules
+//! and dashboard in `deploy/` depend on).
+//!
+//! The packet path never touches Prometheus atomics: the pipeline keeps plain counters in
+//! [`Stats`] and hands a snapshot to [`Metrics::publish`] now and then. Counters advance by the
+//! difference to the previously published snapshot, so a pipeline may rebuild its `Stats`
+//! (a restart from zero counts as a reset, never as a decrease). Labels come only from bounded
+//! sets: static reason strings, app labels and inventory account ids — never an address or SNI.
 
 use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
+use prometheus::core::Collector;
+use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Plain counters the pipeline fills; cheap to clone into [`Metrics::publish`].
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub packets: u64,
     pub bytes: u64,
+    /// Decode problems by reason (a bounded set of static labels).
     pub decode_errors: BTreeMap<&'static str, u64>,
     pub capture_drops_kernel: u64,
     pub capture_drops_interface: u64,
     pub flows_active: u64,
     pub flows_total: u64,
+    /// Flows dropped before their end, by reason: `table_full`, ...
     pub flows_evicted: BTreeMap<&'static str, u64>,
+    /// Flows by `App::as_str()`.
     pub flows_by_app: BTreeMap<&'static str, u64>,
+    /// Events by (kind, reason, severity).
     pub events: BTreeMap<(&'static str, &'static str, &'static str), u64>,
+    /// Open remote-desktop sessions by (app, account); the account only from the inventory.
     pub remote_desktop_active: BTreeMap<(&'static str, String), u64>,
+    /// Current risk score per inventory account.
     pub account_risk: BTreeMap<String, f64>,
+    /// Failed writes by sink: `events`, `flows`.
     pub sink_errors: BTreeMap<&'static str, u64>,
+    /// Packet time (unix seconds) of the newest packet.
     pub last_packet_ts: Option<f64>,
+    /// Capture records cut short (snaplen or a truncated file).
     pub truncated_records: u64,
+}
+
+/// The registry and the snapshot last published into it.
+pub struct Metrics {
+    registry: Registry,
+    packets: IntCounter,
+    bytes: IntCounter,
+    capture_drops: IntCounterVec,
+    decode_errors: IntCounterVec,
+    truncated_records: IntCounter,
+    flows_active: Gauge,
+    flows_total: IntCounter,
+    flows_evicted: IntCounterVec,
+    flows_by_app: IntCounterVec,
+    events: IntCounterVec,
+    remote_desktop_active: GaugeVec,
+    account_risk: GaugeVec,
+    sink_errors: IntCounterVec,
+    last_packet_timestamp: Gauge,
+    processing_lag: Gauge,
+    /// What the counters stand at, and whether the packet-clock gauges are registered (they
+    /// appear with the first packet: before it, "0" would be a lie).
+    published: Mutex<Published>,
+}
+
+#[derive(Default)]
+struct Published {
+    stats: Stats,
+    packet_clock: bool,
+}
+
+/// Drop sources of `farmwatch_capture_drops_total`, as pcap's statistics name them.
+const DROP_SOURCES: [&str; 2] = ["kernel", "interface"];
+/// Sinks reported from the start, so an alert on their rate has a series before the first error.
+const SINKS: [&str; 2] = ["events", "flows"];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let r = &registry;
+        let metrics = Metrics {
+            packets: register(
+                r,
+                IntCounter::new("farmwatch_packets_total", "Packets seen."),
+            ),
+            bytes: register(
+                r,
+                IntCounter::new("farmwatch_bytes_total", "Bytes seen on the wire."),
+            ),
+            capture_drops: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "farmwatch_capture_drops_total",
+                        "Packets the capture lost, by where they were dropped.",
+                    ),
+                    &["source"],
+                ),
+            ),
+            decode_errors: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "farmwatch_decode_errors_total",
+                        "Packets that could not be decoded, by reason.",
+                    ),
+                    &["reason"],
+                ),
+            ),
+            truncated_records: register(
+                r,
+                IntCounter::new(
+                    "farmwatch_capture_truncated_records_total",
+                    "Capture records shorter than the packet on the wire.",
+                ),
+            ),
+            flows_active: register(
+                r,
+                Gauge::new("farmwatch_flows_active", "Flows currently tracked."),
+            ),
+            flows_total: register(
+                r,
+                IntCounter::new("farmwatch_flows_total", "Flows started since launch."),
+            ),
+            flows_evicted: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "farmwatch_flows_evicted_total",
+                        "Flows dropped from the table before their end, by reason.",
+                    ),
+                    &["reason"],
+                ),
+            ),
+            flows_by_app: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "farmwatch_flows_by_app_total",
+                        "Flows by application label.",
+                    ),
+                    &["app"],
+                ),
+            ),
+            events: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "farmwatch_events_total",
+                        "Events written, by kind, reason and severity.",
+                    ),
+                    &["kind", "reason", "severity"],
+                ),
+            ),
+            remote_desktop_active: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "farmwatch_remote_desktop_sessions_active",
+                        "Open remote-desktop sessions by application and inventory account.",
+                    ),
+                    &["app", "account"],
+                ),
+            ),
+            account_risk: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "farmwatch_account_risk_score",
+                        "Current laptop-farm risk score of an inventory account.",
+                    ),
+                    &["account"],
+                ),
+            ),
+            sink_errors: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "farmwatch_sink_errors_total",
+                        "Failed writes to an output, by sink.",
+                    ),
+                    &["sink"],
+                ),
+            ),
+            last_packet_timestamp: unregistered(Gauge::new(
+                "farmwatch_last_packet_timestamp_seconds",
+                "Packet time of the newest packet, in unix seconds.",
+            )),
+            processing_lag: unregistered(Gauge::new(
+                "farmwatch_processing_lag_seconds",
+                "Wall-clock time minus the packet time of the newest packet.",
+            )),
+            published: Mutex::new(Published::default()),
+            registry,
+        };
+        let build_info: IntGaugeVec = register(
+            &metrics.registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "farmwatch_build_info",
+                    "Always 1; the version label says which build runs.",
+                ),
+                &["version"],
+            ),
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for source in DROP_SOURCES {
+            metrics.capture_drops.with_label_values(&[source]);
+        }
+        for sink in SINKS {
+            metrics.sink_errors.with_label_values(&[sink]);
+        }
+        metrics
+    }
+
+    /// Brings the registry to `stats`. `wall_now_unix` is the wall clock (unix seconds), used
+    /// only for the processing lag; the caller reads it so this stays deterministic to test.
+    pub fn publish(&self, stats: &Stats, wall_now_unix: f64) {
+        let mut published = self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let before = &published.stats;
+
+        advance(&self.packets, stats.packets, before.packets);
+        advance(&self.bytes, stats.bytes, before.bytes);
+        advance(
+            &self.capture_drops.with_label_values(&[DROP_SOURCES[0]]),
+            stats.capture_drops_kernel,
+            before.capture_drops_kernel,
+        );
+        advance(
+            &self.capture_drops.with_label_values(&[DROP_SOURCES[1]]),
+            stats.capture_drops_interface,
+            before.capture_drops_interface,
+        );
+        advance(
+            &self.truncated_records,
+            stats.truncated_records,
+            before.truncated_records,
+        );
+        advance(&self.flows_total, stats.flows_total, before.flows_total);
+        advance_each(
+            &self.decode_errors,
+            &stats.decode_errors,
+            &before.decode_errors,
+            |reason| [*reason],
+        );
+        advance_each(
+            &self.flows_evicted,
+            &stats.flows_evicted,
+            &before.flows_evicted,
+            |reason| [*reason],
+        );
+        advance_each(
+            &self.flows_by_app,
+            &stats.flows_by_app,
+            &before.flows_by_app,
+            |app| [*app],
+        );
+        advance_each(
+            &self.events,
+            &stats.events,
+            &before.events,
+            |(kind, reason, severity)| [*kind, *reason, *severity],
+        );
+        advance_each(
+            &self.sink_errors,
+            &stats.sink_errors,
+            &before.sink_errors,
+            |sink| [*sink],
+        );
+
+        self.flows_active.set(stats.flows_active as f64);
+        set_each(
+            &self.remote_desktop_active,
+            &stats.remote_desktop_active,
+            &before.remote_desktop_active,
+            |(app, account)| [*app, account.as_str()],
+            |sessions| *sessions as f64,
+        );
+        set_each(
+            &self.account_risk,
+            &stats.account_risk,
+            &before.account_risk,
+            |account| [account.as_str()],
+            |score| *score,
+        );
+
+        let show_clock = stats.last_packet_ts.is_some();
+        if show_clock != published.packet_clock {
+            for gauge in [&self.last_packet_timestamp, &self.processing_lag] {
+                let collector = Box::new(gauge.clone());
+                // Both calls only fail for a registration state we just checked.
+                let _ = if show_clock {
+                    self.registry.register(collector)
+                } else {
+                    self.registry.unregister(collector)
+                };
+            }
+            published.packet_clock = show_clock;
+        }
+        if let Some(ts) = stats.last_packet_ts {
+            self.last_packet_timestamp.set(ts);
+            self.processing_lag.set(wall_now_unix - ts);
+        }
+
+        published.stats = stats.clone();
+    }
+
+    /// The metrics in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            // Only malformed families fail to encode; a comment keeps the scrape parseable.
+            .unwrap_or_else(|e| format!("# farmwatch: cannot encode metrics: {e}\n"))
+    }
+
+    /// Writes [`Metrics::render`] to `path` (`replay --metrics-out`).
+    pub fn write_to_file(&self, path: impl AsRef<Path>) -> io::Result<()> {
+        std::fs::write(path, self.render())
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+/// Registers a metric defined above. Definitions are constants with distinct valid names, so
+/// a failure is a programming error that `Metrics::new` in any test reveals.
+fn register<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<C>,
+) -> C {
+    let metric = unregistered(metric);
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("farmwatch metric names are distinct");
+    metric
+}
+
+fn unregistered<C>(metric: prometheus::Result<C>) -> C {
+    metric.expect("farmwatch metric definitions are valid")
+}
+
+/// Advances `counter` by how far `now` moved since `before`; a value below `before` means the
+/// source restarted from zero, so all of `now` is new.
+fn advance(counter: &IntCounter, now: u64, before: u64) {
+    counter.inc_by(now.checked_sub(before).unwrap_or(now));
+}
+
+fn advance_each<K: Ord, const N: usize>(
+    vec: &IntCounterVec,
+    now: &BTreeMap<K, u64>,
+    before: &BTreeMap<K, u64>,
+    labels: impl for<'a> Fn(&'a K) -> [&'a str; N],
+) {
+    for (key, value) in now {
+        let old = before.get(key).copied().unwrap_or(0);
+        advance(&vec.with_label_values(&labels(key)), *value, old);
+    }
+}
+
+/// Sets one gauge per key of `now` and removes those of `before` that are gone, so a closed
+/// session or a removed account stops being reported.
+fn set_each<K: Ord, V, const N: usize>(
+    vec: &GaugeVec,
+    now: &BTreeMap<K, V>,
+    before: &BTreeMap<K, V>,
+    labels: impl for<'a> Fn(&'a K) -> [&'a str; N],
+    value: impl Fn(&V) -> f64,
+) {
+    for (key, v) in now {
+        vec.with_label_values(&labels(key)).set(value(v));
+    }
+    for key in before.keys().filter(|key| !now.contains_key(key)) {
+        // Err only says the series was never created; nothing to remove then.
+        let _ = vec.remove_label_values(&labels(key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the sample line that starts with `series` followed by a space.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+    }
+
+    /// The HTTP endpoint shares one `Metrics` between the publisher and request handlers.
+    #[test]
+    fn metrics_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Metrics>();
+    }
+
+    #[test]
+    fn counter_restart_counts_as_reset() {
+        let metrics = Metrics::new();
+        let mut stats = Stats {
+            packets: 10,
+            ..Stats::default()
+        };
+        metrics.publish(&stats, 0.0);
+        stats.packets = 4;
+        metrics.publish(&stats, 0.0);
+        assert_eq!(
+            sample(&metrics.render(), "farmwatch_packets_total"),
+            Some(14.0)
+        );
+    }
+
+    #[test]
+    fn packet_clock_appears_with_first_packet() {
+        let metrics = Metrics::new();
+        metrics.publish(&Stats::default(), 100.0);
+        assert!(
+            !metrics
+                .render()
+                .contains("farmwatch_processing_lag_seconds")
+        );
+        let stats = Stats {
+            last_packet_ts: Some(90.5),
+            ..Stats::default()
+        };
+        metrics.publish(&stats, 100.0);
+        let text = metrics.render();
+        assert_eq!(sample(&text, "farmwatch_processing_lag_seconds"), Some(9.5));
+        assert_eq!(
+            sample(&text, "farmwatch_last_packet_timestamp_seconds"),
+            Some(90.5)
+        );
+    }
 }
