@@ -37,6 +37,9 @@ enum Command {
         /// Where flow records go, as JSON lines.
         #[arg(long)]
         flows: Option<PathBuf>,
+        /// Write Prometheus metrics (text format) here at the end.
+        #[arg(long)]
+        metrics_out: Option<PathBuf>,
     },
 }
 
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
             config,
             events,
             flows,
+            metrics_out,
         } => Config::load(config.as_deref())
             .map_err(|e| Failure::Usage(e.to_string()))
             .and_then(|config| {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
                     config,
                     events: Target::parse(&events),
                     flows,
+                    metrics_out,
                 })
             }),
     };

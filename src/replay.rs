@@ -14,6 +14,8 @@ pub struct ReplayArgs {
     pub config: Config,
     pub events: Target,
     pub flows: Option<PathBuf>,
+    /// Prometheus text-format metrics written at the end.
+    pub metrics_out: Option<PathBuf>,
 }
 
 /// How a replay went wrong, by exit code.
@@ -81,6 +83,15 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
     pipeline.stats.truncated_records = replay.readers().iter().map(|r| r.truncated).sum();
     pipeline.finish();
     print_summary(&replay, &pipeline);
+    if let Some(path) = &args.metrics_out {
+        let metrics = crate::metrics::Metrics::new();
+        // Lag is measured against the capture's own clock, so a replay reports none.
+        let now = pipeline.stats.last_packet_ts.unwrap_or(0.0);
+        metrics.publish(&pipeline.stats, now);
+        metrics
+            .write_to_file(path)
+            .map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
+    }
 
     let mut problems: Vec<String> = replay.errors.iter().map(|e| e.to_string()).collect();
     problems.extend(pipeline.sink_failures());
