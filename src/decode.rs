@@ -131,6 +131,7 @@ const ETH_ERSPAN3: u16 = 0x22eb;
 const VXLAN_PORT: u16 = 4789;
 const GENEVE_PORT: u16 = 6081;
 const TEREDO_PORT: u16 = 3544;
+const AYIYA_PORT: u16 = 5072;
 
 /// Encapsulations inside encapsulations are followed this deep.
 const MAX_DEPTH: usize = 4;
@@ -387,6 +388,8 @@ fn inner<'a>(net: &Net<'a>) -> Option<(&'static str, Layer<'a>)> {
                     .then_some(("geneve", Layer::EtherType(ty, rest)))
             } else if sport == TEREDO_PORT || dport == TEREDO_PORT {
                 teredo(body)
+            } else if sport == AYIYA_PORT || dport == AYIYA_PORT {
+                ayiya(body)
             } else {
                 None
             }
@@ -464,6 +467,19 @@ fn teredo(mut body: &[u8]) -> Option<(&'static str, Layer<'_>)> {
         body = body.get(8..)?;
     }
     (body.len() >= 40 && body[0] >> 4 == 6).then_some(("teredo", Layer::Ip(body)))
+}
+
+/// AYIYA (draft-massar-v6ops-ayiya §5): a header whose identity and signature lengths
+/// are in its first bytes, then the packet named by its next-header byte.
+fn ayiya(body: &[u8]) -> Option<(&'static str, Layer<'_>)> {
+    let id_len = 1usize << (body.first()? >> 4);
+    let sig_len = (body.get(1)? >> 4) as usize * 4;
+    let opcode = body.get(2)? & 0x0f;
+    let next = *body.get(3)?;
+    let inner = body.get(8 + id_len + sig_len..)?;
+    // Opcode 1 is "forward": only those carry a packet.
+    (opcode == 1 && matches!(next, 4 | 41) && !inner.is_empty())
+        .then_some(("ayiya", Layer::Ip(inner)))
 }
 
 fn transport<'a>(net: Net<'a>, tunnel: Option<&'static str>) -> Result<Decoded<'a>, DecodeError> {
