@@ -134,8 +134,8 @@ fn truncated_hash(present: bool, raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dissect::tls::tests::{RFC8448_CLIENT_HELLO, hex, records};
     use crate::dissect::tls::parse_client_hello;
+    use crate::dissect::tls::tests::{RFC8448_CLIENT_HELLO, hex, records};
 
     /// The worked example of FoxIO's JA4.md: its cipher and extension lists, signature
     /// algorithms and the fingerprint `t13d1516h2_8daaf6152771_e5627efa2ab1`.

@@ -101,18 +101,25 @@ pub fn parse_client_hello(stream: &[u8]) -> Result<ClientHello> {
     let mut messages = Reader::new(&flight.bytes);
     let (kind, body) = flight.complete(next_message(&mut messages))?;
     if kind != handshake::CLIENT_HELLO {
-        return Err(Error::Invalid("first handshake message is not a ClientHello"));
+        return Err(Error::Invalid(
+            "first handshake message is not a ClientHello",
+        ));
     }
     client_hello_body(body, false, Transport::Tcp)
 }
 
 /// Parses a ClientHello handshake message (type, length, body; RFC 8446 §4) carried
 /// without a record layer, as in QUIC CRYPTO frames (RFC 9001 §4.1.3).
-pub(crate) fn parse_client_hello_message(message: &[u8], transport: Transport) -> Result<ClientHello> {
+pub(crate) fn parse_client_hello_message(
+    message: &[u8],
+    transport: Transport,
+) -> Result<ClientHello> {
     let mut r = Reader::new(message);
     let (kind, body) = next_message(&mut r)?;
     if kind != handshake::CLIENT_HELLO {
-        return Err(Error::Invalid("first handshake message is not a ClientHello"));
+        return Err(Error::Invalid(
+            "first handshake message is not a ClientHello",
+        ));
     }
     client_hello_body(body, false, transport)
 }
@@ -152,7 +159,9 @@ pub fn parse_dtls_client_hello(datagram: &[u8]) -> Result<ClientHello> {
             let fragment = fragments.vec24()?;
             if kind != handshake::CLIENT_HELLO {
                 if length.is_none() {
-                    return Err(Error::Invalid("first handshake message is not a ClientHello"));
+                    return Err(Error::Invalid(
+                        "first handshake message is not a ClientHello",
+                    ));
                 }
                 continue;
             }
@@ -169,9 +178,7 @@ pub fn parse_dtls_client_hello(datagram: &[u8]) -> Result<ClientHello> {
         }
     }
     match length {
-        Some(total) if message.len() == total => {
-            client_hello_body(&message, true, Transport::Dtls)
-        }
+        Some(total) if message.len() == total => client_hello_body(&message, true, Transport::Dtls),
         _ => Err(Error::Incomplete),
     }
 }
@@ -182,7 +189,9 @@ pub fn parse_server_hello(stream: &[u8]) -> Result<ServerHello> {
     let mut messages = Reader::new(&flight.bytes);
     let (kind, body) = flight.complete(next_message(&mut messages))?;
     if kind != handshake::SERVER_HELLO {
-        return Err(Error::Invalid("first server handshake message is not a ServerHello"));
+        return Err(Error::Invalid(
+            "first server handshake message is not a ServerHello",
+        ));
     }
     server_hello_body(body)
 }
@@ -201,13 +210,14 @@ pub fn parse_server_certificate(stream: &[u8]) -> Result<Option<Certificate>> {
             other => other?,
         };
         match kind {
-            handshake::SERVER_HELLO => {
-                if server_hello_body(body)?.version == TLS13 {
-                    return Ok(None);
-                }
+            handshake::SERVER_HELLO if server_hello_body(body)?.version == TLS13 => {
+                return Ok(None);
             }
+            handshake::SERVER_HELLO => {}
             _ if first => {
-                return Err(Error::Invalid("first server handshake message is not a ServerHello"));
+                return Err(Error::Invalid(
+                    "first server handshake message is not a ServerHello",
+                ));
             }
             handshake::CERTIFICATE => return leaf_certificate(body),
             handshake::SERVER_KEY_EXCHANGE | handshake::SERVER_HELLO_DONE => return Ok(None),
@@ -238,7 +248,10 @@ struct Flight {
 impl Flight {
     fn read(stream: &[u8]) -> Result<Flight> {
         // Reject other protocols from the first bytes rather than waiting for a record.
-        if stream.get(record::TYPE).is_some_and(|&t| t != record::HANDSHAKE) {
+        if stream
+            .get(record::TYPE)
+            .is_some_and(|&t| t != record::HANDSHAKE)
+        {
             return Err(Error::Invalid("not a TLS handshake record"));
         }
         if stream.get(record::VERSION_MAJOR).is_some_and(|&v| v != 3) {
@@ -280,9 +293,9 @@ impl Flight {
     /// A message cut short is `Incomplete` only while more records may come.
     fn complete<T>(&self, message: Result<T>) -> Result<T> {
         match message {
-            Err(Error::Incomplete) if self.end != End::More => {
-                Err(Error::Invalid("handshake message cut short by another record"))
-            }
+            Err(Error::Incomplete) if self.end != End::More => Err(Error::Invalid(
+                "handshake message cut short by another record",
+            )),
             other => other,
         }
     }
@@ -307,7 +320,10 @@ fn overrun<T>(result: Result<T>, what: &'static str) -> Result<T> {
 }
 
 fn client_hello_body(body: &[u8], dtls: bool, transport: Transport) -> Result<ClientHello> {
-    let mut hello = overrun(client_hello_fields(body, dtls), "ClientHello fields overrun the message")?;
+    let mut hello = overrun(
+        client_hello_fields(body, dtls),
+        "ClientHello fields overrun the message",
+    )?;
     (hello.ja4, hello.ja4_r) = ja4::ja4(&hello, transport);
     Ok(hello)
 }
@@ -374,7 +390,10 @@ fn server_name(data: &mut Reader<'_>) -> Result<Option<String>> {
 /// ServerHello body: legacy_version(2) random(32) legacy_session_id_echo<0..32>
 /// cipher_suite(2) legacy_compression_method(1) extensions<6..2^16-1> (RFC 8446 §4.1.3).
 fn server_hello_body(body: &[u8]) -> Result<ServerHello> {
-    overrun(server_hello_fields(body), "ServerHello fields overrun the message")
+    overrun(
+        server_hello_fields(body),
+        "ServerHello fields overrun the message",
+    )
 }
 
 fn server_hello_fields(body: &[u8]) -> Result<ServerHello> {
@@ -444,7 +463,9 @@ fn leaf_certificate(body: &[u8]) -> Result<Option<Certificate>> {
 fn first_value<'a, 'b: 'a>(
     mut values: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'b>>,
 ) -> Option<String> {
-    values.find_map(|v| v.as_str().ok()).map(|s| wire_string(s.as_bytes()))
+    values
+        .find_map(|v| v.as_str().ok())
+        .map(|s| wire_string(s.as_bytes()))
 }
 
 fn u16_list(bytes: &[u8]) -> Result<Vec<u16>> {
@@ -484,11 +505,6 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn remaining(&self) -> usize {
         self.buf.len()
-    }
-
-    /// The bytes not yet read.
-    pub(crate) fn rest(&self) -> &'a [u8] {
-        self.buf
     }
 
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8]> {
@@ -539,6 +555,12 @@ impl<'a> Reader<'a> {
     pub(crate) fn vec16(&mut self) -> Result<&'a [u8]> {
         let n = self.u16()?;
         self.take(usize::from(n))
+    }
+
+    /// A vector with a variable-length integer length (RFC 9000 §16).
+    pub(crate) fn vec_varint(&mut self) -> Result<&'a [u8]> {
+        let n = usize::try_from(self.varint()?).map_err(|_| Error::Invalid("length too large"))?;
+        self.take(n)
     }
 
     pub(crate) fn vec24(&mut self) -> Result<&'a [u8]> {
@@ -597,7 +619,9 @@ pub(crate) mod tests {
         assert_eq!(hello.ciphers, vec![0x1301, 0x1303, 0x1302]);
         assert_eq!(
             hello.extensions,
-            vec![0x0000, 0xff01, 0x000a, 0x0023, 0x0033, 0x002b, 0x000d, 0x002d, 0x001c]
+            vec![
+                0x0000, 0xff01, 0x000a, 0x0023, 0x0033, 0x002b, 0x000d, 0x002d, 0x001c
+            ]
         );
         assert_eq!(hello.signature_algorithms.len(), 15);
         assert_eq!(hello.signature_algorithms[..2], [0x0403, 0x0503]);
@@ -612,7 +636,11 @@ pub(crate) mod tests {
         // The same hello split into 50-byte records: every proper prefix is Incomplete.
         let stream = records(&message, 50);
         for cut in 0..stream.len() {
-            assert_eq!(parse_client_hello(&stream[..cut]).unwrap_err(), Error::Incomplete, "{cut}");
+            assert_eq!(
+                parse_client_hello(&stream[..cut]).unwrap_err(),
+                Error::Incomplete,
+                "{cut}"
+            );
         }
         assert_eq!(parse_client_hello(&stream).unwrap(), whole);
     }
@@ -630,7 +658,10 @@ pub(crate) mod tests {
         // An alert after a partial hello: the hello will never complete.
         let mut stream = records(&hex(RFC8448_CLIENT_HELLO)[..100], 1 << 14);
         stream.extend_from_slice(&[21, 3, 3, 0, 2, 2, 40]);
-        assert!(matches!(parse_client_hello(&stream), Err(Error::Invalid(_))));
+        assert!(matches!(
+            parse_client_hello(&stream),
+            Err(Error::Invalid(_))
+        ));
     }
 
     #[test]
@@ -689,7 +720,10 @@ pub(crate) mod tests {
     fn empty_certificate_list_is_none() {
         let mut flight = tls12_server_hello();
         flight.extend_from_slice(&message(handshake::CERTIFICATE, &[0, 0, 0]));
-        assert_eq!(parse_server_certificate(&records(&flight, 1 << 14)), Ok(None));
+        assert_eq!(
+            parse_server_certificate(&records(&flight, 1 << 14)),
+            Ok(None)
+        );
         let mut garbage = tls12_server_hello();
         garbage.extend_from_slice(&message(handshake::CERTIFICATE, &[0, 0, 4, 0, 0, 1, 0x30]));
         assert!(matches!(
@@ -728,8 +762,14 @@ pub(crate) mod tests {
         // supported_versions says 0x0304, which JA4 reports as "13" even over DTLS.
         assert!(hello.ja4.starts_with("d13d030900_"), "{}", hello.ja4);
         let first_record = 13 + 12 + 100;
-        assert_eq!(parse_dtls_client_hello(&datagram[..first_record]), Err(Error::Incomplete));
-        assert!(matches!(parse_dtls_client_hello(&records(&tls, 1 << 14)), Err(Error::Invalid(_))));
+        assert_eq!(
+            parse_dtls_client_hello(&datagram[..first_record]),
+            Err(Error::Incomplete)
+        );
+        assert!(matches!(
+            parse_dtls_client_hello(&records(&tls, 1 << 14)),
+            Err(Error::Invalid(_))
+        ));
     }
 
     #[test]
