@@ -87,7 +87,12 @@ pub fn parse_initial(datagram: &[u8]) -> Result<Initial> {
         if first & long_header::FORM == 0 {
             break; // a short header packet or padding: it runs to the datagram's end
         }
-        let (packet, next) = open_packet(rest)?;
+        // Trailing bytes that do not parse (another version, junk) cannot undo the
+        // Initials already opened.
+        let (packet, next) = match open_packet(rest) {
+            Err(_) if initial.is_some() => break,
+            other => other?,
+        };
         if let Some(packet) = packet {
             match &mut initial {
                 None => initial = Some(packet),
