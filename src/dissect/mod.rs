@@ -14,4 +14,10 @@ pub enum Error {
     Invalid(&'static str),
 }
 
+pub mod dns;
+pub mod http;
+pub mod ja4;
+pub mod quic;
+pub mod tls;
+
 pub type Result<T> = std::result::Result<T, Error>;
