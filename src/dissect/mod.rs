@@ -15,3 +15,14 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+pub mod ipsec;
+pub mod openvpn;
+pub mod radius;
+pub mod rdp;
+pub mod rfb;
+pub mod socks;
+pub mod ssh;
+pub mod stun;
+pub mod tools;
+pub mod wireguard;
