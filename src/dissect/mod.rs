@@ -21,3 +21,14 @@ pub mod quic;
 pub mod tls;
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+pub mod ipsec;
+pub mod openvpn;
+pub mod radius;
+pub mod rdp;
+pub mod rfb;
+pub mod socks;
+pub mod ssh;
+pub mod stun;
+pub mod tools;
+pub mod wireguard;
