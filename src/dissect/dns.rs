@@ -275,7 +275,7 @@ impl NameCache {
             let entry = CacheEntry {
                 name: name.to_string(),
                 cnames,
-                expires: now.add(ttl),
+                expires: now.plus(ttl),
             };
             self.put(now, addr, entry);
         }
