@@ -5,4 +5,5 @@
 pub mod app;
 pub mod dissect;
 pub mod event;
+pub mod geo;
 pub mod timestamp;
