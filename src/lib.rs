@@ -2,6 +2,7 @@
 //!
 //! The data path runs one way: source → decode → flows → dissect → detect → sinks.
 
+pub mod accounts;
 pub mod app;
 pub mod dissect;
 pub mod event;
