@@ -31,8 +31,7 @@ kind = "service"
 
 fn problems(text: &str) -> Vec<String> {
     Inventory::parse(text, "accounts.toml")
-        .err()
-        .expect("inventory should be rejected")
+        .expect_err("inventory should be rejected")
         .iter()
         .map(|p| p.to_string())
         .collect()
