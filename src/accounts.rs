@@ -276,10 +276,15 @@ impl Inventory {
     /// The account whose static `hosts` contain `ip` (hosts never overlap between
     /// accounts, so there is at most one).
     pub fn static_owner(&self, ip: IpAddr) -> Option<&Account> {
+        self.accounts.get(self.static_index(ip)?)
+    }
+
+    /// Index into `accounts` of [`Inventory::static_owner`].
+    pub fn static_index(&self, ip: IpAddr) -> Option<usize> {
         let ip = ip.to_canonical();
         self.accounts
             .iter()
-            .find(|a| a.hosts.iter().any(|n| n.contains(&ip)))
+            .position(|a| a.hosts.iter().any(|n| n.contains(&ip)))
     }
 
     /// Findings about declared data, in file order: `phone_format`, `unknown_country`,

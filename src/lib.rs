@@ -7,4 +7,5 @@ pub mod app;
 pub mod dissect;
 pub mod event;
 pub mod geo;
+pub mod identity;
 pub mod timestamp;
