@@ -468,6 +468,16 @@ pub fn inventory_events(inv: &Inventory, ts: Timestamp) -> Vec<Event> {
         .collect()
 }
 
+/// `farmwatch check` for the inventory: prints every problem, one per line, to `out`;
+/// returns whether it is clean (exit 0) or not (exit 2).
+pub fn run_check(accounts_path: &Path, out: &mut impl std::io::Write) -> std::io::Result<bool> {
+    let (lines, ok) = check(accounts_path);
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
+    Ok(ok)
+}
+
 /// What `farmwatch check` prints for the inventory: every problem, one per line, and
 /// whether it is clean (exit 0) or not (exit 2).
 pub fn check(accounts_path: &Path) -> (Vec<String>, bool) {

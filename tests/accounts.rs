@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use farmwatch::accounts::{AccountKind, Inventory, check, inventory_events};
+use farmwatch::accounts::{AccountKind, Inventory, check, inventory_events, run_check};
 use farmwatch::event::Kind;
 use farmwatch::timestamp::Timestamp;
 
@@ -180,6 +180,10 @@ fn check_lists_problems_and_findings() {
             bad.display()
         )]
     );
+
+    let mut out = Vec::new();
+    assert!(!run_check(&bad, &mut out).unwrap());
+    assert_eq!(String::from_utf8(out).unwrap(), format!("{}\n", lines[0]));
 
     let missing = dir.join("no-such-accounts.toml");
     let (lines, ok) = check(&missing);
