@@ -452,7 +452,9 @@ pub fn inventory_events(inv: &Inventory, ts: Timestamp) -> Vec<Event> {
                 "phone_format" => Severity::Medium,
                 _ => Severity::Low,
             };
-            let mut e = Event::new(ts, Kind::Inventory, f.reason, severity, &f.field)
+            // The id comes from kind, reason and account; the key adds nothing that
+            // shifts when accounts are reordered in the file.
+            let mut e = Event::new(ts, Kind::Inventory, f.reason, severity, "")
                 .evidence("field", f.field.clone())
                 .evidence("detail", f.message.clone());
             if let Some(line) = f.line {

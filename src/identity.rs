@@ -144,6 +144,15 @@ impl Identity {
         }
     }
 
+    /// A reloaded inventory (SIGHUP): static hosts and kinds from now on; session ranges
+    /// already held keep the account they were made with.
+    pub fn reload_inventory(&mut self, inventory: Arc<Inventory>) {
+        let fresh = Identity::new(inventory);
+        self.refs.extend(fresh.refs);
+        self.static_refs = fresh.static_refs;
+        self.inventory = fresh.inventory;
+    }
+
     pub fn with_retention(mut self, retention: Duration) -> Identity {
         self.retention = retention;
         self

@@ -225,3 +225,12 @@ fn memory_is_bounded() {
     assert_eq!(id.stats().ranges_expired, MAX_RANGES_PER_ADDRESS as u64);
     assert_eq!(who(&id, "10.8.0.50", t((n - 1) * 10 + 1)), None);
 }
+
+#[test]
+fn reloaded_inventory_changes_static_hosts() {
+    let mut id = identity();
+    let text = INVENTORY.replace("10.20.0.5", "10.20.0.6");
+    id.reload_inventory(Arc::new(Inventory::parse(&text, "accounts.toml").unwrap()));
+    assert_eq!(who(&id, "10.20.0.5", t(0)), None);
+    assert_eq!(who(&id, "10.20.0.6", t(0)).as_deref(), Some("jdoe"));
+}
