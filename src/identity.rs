@@ -193,26 +193,31 @@ impl Identity {
         let account = self.account_ref(account);
         let addr = assigned_ip.to_canonical();
         let list = self.ranges.entry(addr).or_default();
-        let open = list.iter_mut().rev().find(|r| r.end.is_none());
-        match status {
-            SessionStatus::Start | SessionStatus::Interim => match open {
-                Some(r) if r.account == account => {}
-                Some(r) => {
+        // The range in force at `ts`: the latest that started by then and has not ended.
+        // Ranges that start later may exist (a feed is loaded ahead of the packets).
+        let at = list.partition_point(|r| r.start <= ts);
+        let next_start = list.get(at).map(|r| r.start);
+        let current = at
+            .checked_sub(1)
+            .and_then(|i| list.get_mut(i))
+            .filter(|r| r.end.is_none_or(|end| ts <= end));
+        match (status, current) {
+            // The session already known.
+            (SessionStatus::Start | SessionStatus::Interim, Some(r)) if r.account == account => {}
+            (SessionStatus::Start | SessionStatus::Interim, current) => {
+                if let Some(r) = current {
                     // Handed to someone else without a stop: the old session ended here.
                     r.end = Some(ts);
-                    push_range(list, ts, None, account.clone(), &mut self.stats);
                 }
-                None => push_range(list, ts, None, account.clone(), &mut self.stats),
-            },
-            SessionStatus::Stop => match open {
-                Some(r) if r.account == account => r.end = Some(ts),
-                _ => {
-                    // A stop for a session whose start this sensor never saw: all we
-                    // know is that the address was this account's at `ts`.
-                    self.stats.unmatched_stops += 1;
-                    push_range(list, ts, Some(ts), account.clone(), &mut self.stats);
-                }
-            },
+                push_range(list, ts, next_start, account.clone(), &mut self.stats);
+            }
+            (SessionStatus::Stop, Some(r)) if r.account == account => r.end = Some(ts),
+            (SessionStatus::Stop, _) => {
+                // A stop for a session whose start this sensor never saw: all we know
+                // is that the address was this account's at `ts`.
+                self.stats.unmatched_stops += 1;
+                push_range(list, ts, Some(ts), account.clone(), &mut self.stats);
+            }
         }
         if let Some(public_ip) = public_ip {
             self.observations.push(PublicIpObservation {

@@ -234,3 +234,20 @@ fn reloaded_inventory_changes_static_hosts() {
     assert_eq!(who(&id, "10.20.0.5", t(0)), None);
     assert_eq!(who(&id, "10.20.0.6", t(0)).as_deref(), Some("jdoe"));
 }
+
+#[test]
+fn radius_between_feed_sessions_does_not_cut_later_ones() {
+    // The feed is loaded ahead of the packets; RADIUS seen on the wire in between must
+    // not end the feed's later session.
+    let feed = r#"{"ts":"2026-11-02T16:00:00Z","account":"jdoe","assigned_ip":"10.8.0.12","event":"start"}
+"#;
+    let mut id = identity();
+    id.load_sessions(feed.as_bytes());
+    let a = ip("10.8.0.12");
+    id.observe_radius(t(3600), "asmith", a, None, SessionStatus::Start);
+    assert_eq!(who(&id, "10.8.0.12", t(3700)).as_deref(), Some("asmith"));
+    assert_eq!(who(&id, "10.8.0.12", t(7300)).as_deref(), Some("jdoe"));
+    id.observe_radius(t(4000), "asmith", a, None, SessionStatus::Stop);
+    assert_eq!(who(&id, "10.8.0.12", t(4001)), None);
+    assert_eq!(who(&id, "10.8.0.12", t(7300)).as_deref(), Some("jdoe"));
+}
