@@ -122,6 +122,12 @@ impl Location {
         let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
         2.0 * 6371.0088 * a.sqrt().min(1.0).asin()
     }
+
+    /// The least distance between the two places given both uncertainty radii: zero when
+    /// the circles overlap (neighbouring countries, a city inside its country).
+    pub fn min_distance_km(&self, other: &Location) -> f64 {
+        (self.distance_km(other) - self.radius_km - other.radius_km).max(0.0)
+    }
 }
 
 /// What the databases say about one address.
@@ -568,6 +574,23 @@ mod tests {
         };
         let d = p.distance_km(&b);
         assert!((d - 878.0).abs() < 5.0, "{d}");
+    }
+
+    #[test]
+    fn neighbouring_countries_overlap() {
+        let at = |cc: &str| {
+            let (lat, lon, radius_km) = CENTROID_TABLE[cc];
+            Location {
+                lat,
+                lon,
+                radius_km,
+                source: LocationSource::CountryCentroid,
+            }
+        };
+        assert_eq!(at("DE").min_distance_km(&at("PL")), 0.0);
+        assert_eq!(at("US").min_distance_km(&at("CA")), 0.0);
+        // Chicago to Shenyang is ~10,300 km; the country radii leave several thousand.
+        assert!(at("US").min_distance_km(&at("CN")) > 5000.0);
     }
 
     #[test]
