@@ -2,12 +2,15 @@
 //!
 //! The data path runs one way: source → decode → flows → dissect → detect → sinks.
 
+pub mod accounts;
 pub mod app;
 pub mod config;
 pub mod decode;
 pub mod dissect;
 pub mod event;
 pub mod flows;
+pub mod geo;
+pub mod identity;
 pub mod metrics;
 pub mod pipeline;
 pub mod replay;
