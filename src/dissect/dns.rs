@@ -490,6 +490,6 @@ pub(crate) mod tests {
         let entry = cache
             .lookup_entry(later, "10.0.0.5".parse().unwrap())
             .unwrap();
-        assert_eq!(entry.expires, later.add(MAX_TTL));
+        assert_eq!(entry.expires, later.plus(MAX_TTL));
     }
 }
