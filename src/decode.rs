@@ -31,8 +31,8 @@ impl Proto {
         match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
-            Proto::Icmp => "icmp",
-            Proto::Icmpv6 => "icmp6",
+            // Zeek's conn log says "icmp" for both; the addresses tell the versions apart.
+            Proto::Icmp | Proto::Icmpv6 => "icmp",
         }
     }
 
@@ -193,10 +193,12 @@ impl Decoder {
                         return Ok(None);
                     };
                     self.reassembled = whole;
+                    let len = self.reassembled.len() as u32;
                     return transport(
                         Net {
                             payload: &self.reassembled,
-                            payload_len: self.reassembled.len() as u32,
+                            payload_len: len,
+                            ip_len: net.base_header_len + len,
                             fragment: None,
                             ..net
                         },
@@ -301,6 +303,9 @@ struct Net<'a> {
     proto: IpNumber,
     ttl: u8,
     ip_len: u32,
+    /// The IPv4 header with options, or the fixed IPv6 header: what a reassembled
+    /// datagram's length adds to its payload.
+    base_header_len: u32,
     payload: &'a [u8],
     payload_len: u32,
     fragment: Option<Fragment>,
@@ -327,14 +332,8 @@ fn ip_layer(data: &[u8]) -> Result<Net<'_>, DecodeError> {
             let h = v6.header();
             let mut frag = None;
             for ext in v6.extensions().clone().into_iter() {
-                if let Ipv6ExtensionSlice::Fragment(f) = ext
-                    && f.is_fragmenting_payload()
-                {
-                    frag = Some(Fragment {
-                        id: f.identification(),
-                        offset: f.fragment_offset(),
-                        more: f.more_fragments(),
-                    });
+                if let Ipv6ExtensionSlice::Fragment(f) = ext {
+                    frag = ipv6_fragment(f.slice());
                 }
             }
             let ext_len = v6.extensions().slice().len() as u32;
@@ -359,10 +358,22 @@ fn ip_layer(data: &[u8]) -> Result<Net<'_>, DecodeError> {
         proto: payload.ip_number,
         ttl,
         ip_len,
+        base_header_len: if version == 4 { header_len } else { 40 },
         payload: payload.payload,
         payload_len,
         fragment,
     })
+}
+
+/// RFC 8200 §4.5: offset in the top 13 bits of bytes 2..4, M in the lowest bit. (Read
+/// here because etherparse 0.18's `Ipv6FragmentHeaderSlice` takes these bits from the
+/// wrong places.) An atomic fragment (offset 0, M clear) is a whole datagram.
+fn ipv6_fragment(header: &[u8]) -> Option<Fragment> {
+    let word = be16(header, 2)?;
+    let offset = IpFragOffset::try_new(word >> 3).ok()?;
+    let more = word & 1 != 0;
+    let id = u32::from_be_bytes(header.get(4..8)?.try_into().ok()?);
+    (offset.value() != 0 || more).then_some(Fragment { id, offset, more })
 }
 
 /// The next layer if `net` carries an encapsulation we peel.
@@ -612,7 +623,6 @@ impl Fragments {
         entry.1 = now;
         if entry.0.add(f.offset, f.more, net.payload).is_err() {
             self.sets.remove(&key);
-            self.evicted += 1;
             return Err(DecodeError::BadFragment);
         }
         if !entry.0.is_complete() {

@@ -132,7 +132,7 @@ impl Pipeline {
             .insert("table_full", self.flows.evicted_table_full);
         let frag = self.decoder.fragments_evicted();
         if frag > 0 {
-            self.stats.decode_errors.insert("fragment_timeout", frag);
+            self.stats.decode_errors.insert("fragment_expired", frag);
         }
         for (name, sink) in [("events", &self.events), ("flows", &self.flow_records)] {
             if let Some(s) = sink

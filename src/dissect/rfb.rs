@@ -27,13 +27,22 @@ const MAX_REASON: usize = 4096;
 pub fn parse_version(stream: &[u8]) -> Result<(u8, u16, usize)> {
     let want = b"RFB 000.000\n";
     for (i, (&b, &w)) in stream.iter().zip(want).enumerate() {
-        let ok = if w == b'0' { b.is_ascii_digit() } else { b == w };
+        let ok = if w == b'0' {
+            b.is_ascii_digit()
+        } else {
+            b == w
+        };
         if !ok {
-            return Err(Error::Invalid(if i < 4 { "not rfb" } else { "rfb version" }));
+            return Err(Error::Invalid(if i < 4 {
+                "not rfb"
+            } else {
+                "rfb version"
+            }));
         }
     }
     let v = stream.get(..VERSION_LEN).ok_or(Error::Incomplete)?;
-    let num = |r: std::ops::Range<usize>| v[r].iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    let num =
+        |r: std::ops::Range<usize>| v[r].iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
     let major = u8::try_from(num(4..7)).map_err(|_| Error::Invalid("rfb version"))?;
     Ok((major, num(8..11), VERSION_LEN))
 }
@@ -129,7 +138,11 @@ fn walk(st: &mut Session, c: &mut Cursor, s: &mut Cursor) -> Result<()> {
     if st.auth_types.is_empty() {
         return Ok(());
     }
-    let chosen = if offers_list(minor) { c.u8()? } else { st.auth_types[0] };
+    let chosen = if offers_list(minor) {
+        c.u8()?
+    } else {
+        st.auth_types[0]
+    };
     st.auth_type = Some(chosen);
     st.ard |= chosen == SECURITY_ARD;
     let has_result = match chosen {
@@ -198,16 +211,28 @@ mod tests {
         // zeek/Traces/rfb/vncmac.pcap server and client both send "RFB 003.889\n".
         assert_eq!(parse_version(b"RFB 003.889\n").unwrap(), (3, 889, 12));
         assert_eq!(parse_version(b"RFB 003.00").unwrap_err(), Error::Incomplete);
-        assert!(matches!(parse_version(b"SSH-2.0-x\r\n"), Err(Error::Invalid(_))));
-        assert!(matches!(parse_version(b"RFB 003.0a8\n"), Err(Error::Invalid(_))));
+        assert!(matches!(
+            parse_version(b"SSH-2.0-x\r\n"),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_version(b"RFB 003.0a8\n"),
+            Err(Error::Invalid(_))
+        ));
     }
 
     #[test]
     fn security_types_by_version() {
         // vncmac.pcap: "02 1e 23" (3.889 list); vnc-mac-to-linux.pcap: "00 00 00 02" (3.3).
-        assert_eq!(parse_security_types(&[2, 0x1e, 0x23], 889).unwrap(), [30, 35]);
+        assert_eq!(
+            parse_security_types(&[2, 0x1e, 0x23], 889).unwrap(),
+            [30, 35]
+        );
         assert_eq!(parse_security_types(&[0, 0, 0, 2], 3).unwrap(), [2]);
-        assert_eq!(parse_security_types(&[2, 0x1e], 8).unwrap_err(), Error::Incomplete);
+        assert_eq!(
+            parse_security_types(&[2, 0x1e], 8).unwrap_err(),
+            Error::Incomplete
+        );
         assert_eq!(security_type_name(30), "Apple Remote Desktop");
     }
 
@@ -230,7 +255,10 @@ mod tests {
         let s = parse_session(&client, &server).unwrap();
         assert_eq!(s.client_version, Some((3, 8)));
         assert_eq!(s.auth_types, [2, 16]);
-        assert_eq!((s.auth_type, s.auth_ok, s.share_flag), (Some(2), Some(true), Some(true)));
+        assert_eq!(
+            (s.auth_type, s.auth_ok, s.share_flag),
+            (Some(2), Some(true), Some(true))
+        );
         assert_eq!((s.width, s.height), (Some(1024), Some(768)));
         assert_eq!(s.desktop_name.as_deref(), Some("desk"));
         assert!(!s.ard);

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use crate::decode::{ACK, Decoded, FIN, Proto, RST, SYN};
 use crate::flows::activity::Activity;
+use crate::flows::community_id::icmp_counterpart;
 use crate::flows::reassembly::{Segment, Stream};
 use crate::timestamp::Timestamp;
 
@@ -177,6 +178,10 @@ impl Flow {
         let flipped = flags & (SYN | ACK) == SYN | ACK;
         let (orig, resp) = if flipped {
             ((d.dst, d.dst_port), (d.src, d.src_port))
+        } else if matches!(d.proto, Proto::Icmp | Proto::Icmpv6) {
+            // As Zeek: the type, and the reply type of a request/reply pair (else the code).
+            let other = icmp_counterpart(d.proto, d.src_port).unwrap_or(d.dst_port);
+            ((d.src, d.src_port), (d.dst, other))
         } else {
             ((d.src, d.src_port), (d.dst, d.dst_port))
         };
