@@ -56,7 +56,7 @@ fn offers_list(minor: u16) -> bool {
 /// Parses the security types a server offers right after its version (§7.1.2); for 3.3 the
 /// one type it chose. An empty list means the server refused the connection.
 pub fn parse_security_types(server_after_version: &[u8], minor: u16) -> Result<Vec<u8>> {
-    Ok(security_types(&mut Cursor(server_after_version), minor)?)
+    security_types(&mut Cursor(server_after_version), minor)
 }
 
 fn security_types(s: &mut Cursor, minor: u16) -> Result<Vec<u8>> {
