@@ -18,6 +18,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 pub mod dns;
 pub mod http;
+pub mod identify;
 pub mod ipsec;
 pub mod ja4;
 pub mod openvpn;
