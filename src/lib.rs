@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod app;
 pub mod config;
 pub mod decode;
+pub mod detect;
 pub mod dissect;
 pub mod event;
 pub mod flows;
