@@ -18,7 +18,7 @@ use crate::flows::flow::{ORIG, RESP};
 use crate::flows::record::FlowRecord;
 use crate::flows::{Flow, FlowEvent, FlowTable};
 use crate::geo::Geo;
-use crate::identity::Identity;
+use crate::identity::{Identity, PublicIpObservation};
 use crate::metrics::Stats;
 use crate::sink::JsonLines;
 use crate::source::Packet;
@@ -79,6 +79,18 @@ impl Context {
     }
 }
 
+/// Detectors' view of the context, from disjoint fields so the pipeline can lend it while
+/// it updates other state.
+macro_rules! scope {
+    ($p:expr) => {
+        Scope {
+            network: &$p.network,
+            identity: &$p.context.identity,
+            geo: &$p.context.geo,
+        }
+    };
+}
+
 pub struct Pipeline {
     decoder: Decoder,
     flows: FlowTable,
@@ -89,6 +101,9 @@ pub struct Pipeline {
     findings: Vec<Event>,
     /// The last whole second of packet time the detectors were ticked at.
     ticked: u64,
+    /// Public-address observations (session feed, RADIUS) not yet due by packet time,
+    /// newest first.
+    observations: Vec<PublicIpObservation>,
     pending: Vec<FlowEvent>,
     events: Option<JsonLines>,
     flow_records: Option<JsonLines>,
@@ -115,6 +130,7 @@ impl Pipeline {
             detectors: Detectors::new(&config.detect),
             findings: Vec::new(),
             ticked: 0,
+            observations: Vec::new(),
             pending: Vec::new(),
             events: sinks.events,
             flow_records: sinks.flows,
@@ -152,9 +168,8 @@ impl Pipeline {
         if now.secs() > self.ticked {
             self.ticked = now.secs();
             self.context.identity.advance(now);
-            let scope = Scope {
-                network: &self.network,
-            };
+            self.release_observations(now);
+            let scope = scope!(self);
             self.detectors
                 .on_tick(&scope, now, &self.flows, &mut self.findings);
             self.emit_findings();
@@ -165,9 +180,8 @@ impl Pipeline {
     pub fn finish(&mut self) {
         self.flows.drain(&mut self.pending);
         self.drain_flow_events();
-        let scope = Scope {
-            network: &self.network,
-        };
+        self.release_observations(Timestamp(u64::MAX));
+        let scope = scope!(self);
         self.detectors
             .finish(&scope, self.flows.now(), &mut self.findings);
         self.emit_findings();
@@ -199,6 +213,23 @@ impl Pipeline {
         }
     }
 
+    /// Hands the detectors every public-address observation up to `now`, in time order.
+    fn release_observations(&mut self, now: Timestamp) {
+        let mut fresh = self.context.identity.drain_public_ip_observations();
+        if !fresh.is_empty() {
+            self.observations.append(&mut fresh);
+            self.observations.sort_by(|a, b| b.ts.cmp(&a.ts));
+        }
+        while self.observations.last().is_some_and(|o| o.ts <= now) {
+            let Some(obs) = self.observations.pop() else {
+                break;
+            };
+            let scope = scope!(self);
+            self.detectors
+                .on_public_ip(&scope, &obs, &mut self.findings);
+        }
+    }
+
     fn emit_findings(&mut self) {
         let findings = std::mem::take(&mut self.findings);
         for event in findings {
@@ -218,13 +249,11 @@ impl Pipeline {
             return;
         }
         let mut pending = std::mem::take(&mut self.pending);
-        let scope = Scope {
-            network: &self.network,
-        };
         for ev in pending.drain(..) {
             match ev {
                 FlowEvent::Resumed { key, from_orig, ts } => {
                     if let Some(flow) = self.flows.get(&key) {
+                        let scope = scope!(self);
                         self.detectors.on_resume(
                             &scope,
                             &key,
@@ -248,6 +277,7 @@ impl Pipeline {
                             false,
                         );
                         if flow.dissected {
+                            let scope = scope!(self);
                             self.detectors.on_identified(
                                 &scope,
                                 &key,
@@ -288,6 +318,7 @@ impl Pipeline {
                             true,
                         );
                     }
+                    let scope = scope!(self);
                     self.detectors.on_end(&scope, &flow, ts, &mut self.findings);
                     let record = flow_record(
                         &flow,

@@ -8,6 +8,8 @@ use serde::Deserialize;
 use crate::config::NetworkConfig;
 use crate::event::Event;
 use crate::flows::{Flow, FlowKey, FlowTable};
+use crate::geo::Geo;
+use crate::identity::{Identity, PublicIpObservation};
 use crate::timestamp::Timestamp;
 
 /// `[detect.*]` in farmwatch.toml: one sub-table per detector.
@@ -15,9 +17,12 @@ use crate::timestamp::Timestamp;
 #[serde(deny_unknown_fields, default)]
 pub struct DetectConfig {}
 
-/// What detectors know about the network around a flow.
+/// What detectors know about the world around a flow: which addresses are ours, who is
+/// behind an address at a time, and where an address is.
 pub struct Scope<'a> {
     pub network: &'a NetworkConfig,
+    pub identity: &'a Identity,
+    pub geo: &'a Geo,
 }
 
 /// All detectors, fed in one place so the pipeline stays one direction.
@@ -66,6 +71,15 @@ impl Detectors {
         _scope: &Scope<'_>,
         _now: Timestamp,
         _flows: &FlowTable,
+        _out: &mut Vec<Event>,
+    ) {
+    }
+
+    /// An account was seen at a public address (session feed or RADIUS), in time order.
+    pub fn on_public_ip(
+        &mut self,
+        _scope: &Scope<'_>,
+        _obs: &PublicIpObservation,
         _out: &mut Vec<Event>,
     ) {
     }
