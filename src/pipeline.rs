@@ -218,7 +218,7 @@ impl Pipeline {
         let mut fresh = self.context.identity.drain_public_ip_observations();
         if !fresh.is_empty() {
             self.observations.append(&mut fresh);
-            self.observations.sort_by(|a, b| b.ts.cmp(&a.ts));
+            self.observations.sort_by_key(|o| std::cmp::Reverse(o.ts));
         }
         while self.observations.last().is_some_and(|o| o.ts <= now) {
             let Some(obs) = self.observations.pop() else {
