@@ -290,13 +290,18 @@ impl FlowTable {
 
     /// Ends every flow (end of input or shutdown), in the order they started.
     pub fn drain(&mut self, out: &mut Vec<FlowEvent>) {
-        let mut flows: Vec<Flow> = self.flows.drain().map(|(_, f)| f).collect();
-        flows.sort_by_key(|f| f.seq);
+        // Sort the small keys, not the flows.
+        let mut order: Vec<(u64, FlowKey)> = self.flows.iter().map(|(k, f)| (f.seq, *k)).collect();
+        order.sort_unstable_by_key(|(seq, _)| *seq);
         self.wheel.clear();
-        out.extend(flows.into_iter().map(|flow| FlowEvent::Ended {
-            flow: Box::new(flow),
-            why: EndReason::Shutdown,
-        }));
+        for (_, key) in order {
+            if let Some(flow) = self.flows.remove(&key) {
+                out.push(FlowEvent::Ended {
+                    flow: Box::new(flow),
+                    why: EndReason::Shutdown,
+                });
+            }
+        }
     }
 }
 
