@@ -4,10 +4,12 @@
 
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod decode;
 pub mod dissect;
 pub mod event;
 pub mod flows;
+pub mod live;
 pub mod metrics;
 pub mod pipeline;
 pub mod replay;

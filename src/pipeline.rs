@@ -77,6 +77,16 @@ impl Pipeline {
         self.sync_stats();
     }
 
+    /// Pushes buffered records out to the sinks (live: every second, so output is timely).
+    pub fn flush_sinks(&mut self) {
+        for sink in [self.events.as_mut(), self.flow_records.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = sink.flush();
+        }
+    }
+
     /// Writes one finding.
     pub fn emit(&mut self, mut event: Event) {
         event.seal();
