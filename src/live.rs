@@ -60,6 +60,8 @@ pub struct Sensor {
     pub metrics: Metrics,
     capturing: AtomicBool,
     stop: AtomicBool,
+    /// Wakes a capture blocked in libpcap: its read timeout does not fire on an idle link.
+    breaker: pcap::BreakLoop,
     /// Each worker's latest counters, summed into the metrics.
     worker_stats: Mutex<Vec<Stats>>,
     drops_kernel: AtomicU64,
@@ -81,6 +83,7 @@ impl Sensor {
     /// Asks the capture loop to end (SIGTERM, SIGINT).
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.breaker.breakloop();
     }
 
     /// Sums the workers' counters with the capture's drop counts into the metrics, and logs
@@ -245,6 +248,7 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
         metrics: Metrics::new(),
         capturing: AtomicBool::new(false),
         stop: AtomicBool::new(false),
+        breaker: capture.breakloop_handle(),
         worker_stats: Mutex::new(vec![Stats::default(); args.workers]),
         drops_kernel: AtomicU64::new(0),
         drops_interface: AtomicU64::new(0),
@@ -408,6 +412,8 @@ fn capture_loop(
                 }
             }
             Err(pcap::Error::TimeoutExpired) => {}
+            // What a live capture returns after `pcap_breakloop`.
+            Err(pcap::Error::NoMorePackets) => {}
             Err(e) => return Some(format!("capture failed: {e}")),
         }
         if Instant::now() >= next_stats {
