@@ -392,11 +392,14 @@ fn capture_loop(
     while !sensor.stop.load(Ordering::Relaxed) {
         match capture.next_packet() {
             Ok(p) => {
+                // time_t and suseconds_t are i64 here but narrower on some targets.
+                #[allow(clippy::useless_conversion)]
+                let ts = timestamp(
+                    i64::from(p.header.ts.tv_sec),
+                    i64::from(p.header.ts.tv_usec),
+                );
                 let pkt = Packet {
-                    ts: timestamp(
-                        i64::from(p.header.ts.tv_sec),
-                        i64::from(p.header.ts.tv_usec),
-                    ),
+                    ts,
                     link,
                     orig_len: p.header.len,
                     data: p.data.to_vec(),
