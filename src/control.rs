@@ -133,3 +133,51 @@ async fn healthz(State(sensor): State<Arc<Sensor>>) -> (StatusCode, &'static str
         (StatusCode::SERVICE_UNAVAILABLE, "not capturing\n")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// `GET path` over HTTP/1.1: the status line's code, the header block and the body.
+    fn get(port: u16, path: &str) -> (u16, String, String) {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, head.to_ascii_lowercase(), body.to_string())
+    }
+
+    #[test]
+    fn serves_metrics_and_health_by_capture_state() {
+        let mut dead = pcap::Capture::dead(pcap::Linktype::ETHERNET).unwrap();
+        let sensor = Arc::new(Sensor::new(dead.breakloop_handle(), 1, Vec::new(), None));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let control = start(listener, Arc::clone(&sensor)).unwrap();
+        let port = control.local_addr.port();
+
+        let (code, _, body) = get(port, "/healthz");
+        assert_eq!((code, body.as_str()), (503, "not capturing\n"));
+        sensor.set_capturing(true);
+        let (code, _, body) = get(port, "/healthz");
+        assert_eq!((code, body.as_str()), (200, "ok\n"));
+
+        let (code, head, body) = get(port, "/metrics");
+        assert_eq!(code, 200);
+        assert!(
+            head.contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        assert!(body.contains("farmwatch_build_info{version="), "{body}");
+        assert!(body.contains("farmwatch_packets_total 0"), "{body}");
+
+        assert_eq!(get(port, "/").0, 404);
+        control.shutdown();
+    }
+}

@@ -75,9 +75,34 @@ pub struct Sensor {
 }
 
 impl Sensor {
+    pub(crate) fn new(
+        breaker: pcap::BreakLoop,
+        workers: usize,
+        outputs: Vec<SharedFile>,
+        config_path: Option<PathBuf>,
+    ) -> Sensor {
+        Sensor {
+            metrics: Metrics::new(),
+            capturing: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            breaker,
+            worker_stats: Mutex::new(vec![Stats::default(); workers]),
+            drops_kernel: AtomicU64::new(0),
+            drops_interface: AtomicU64::new(0),
+            drops_queue: AtomicU64::new(0),
+            outputs,
+            config_path,
+            sink_log: Mutex::new((0, None)),
+        }
+    }
+
     /// True while the capture loop runs (`/healthz`).
     pub fn is_capturing(&self) -> bool {
         self.capturing.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_capturing(&self, on: bool) {
+        self.capturing.store(on, Ordering::Relaxed);
     }
 
     /// Asks the capture loop to end (SIGTERM, SIGINT).
@@ -184,7 +209,7 @@ fn merge(a: &mut Stats, b: &Stats) {
 /// lines and hands them over in a single `write`, under the lock, so lines never interleave;
 /// SIGHUP swaps the file underneath.
 #[derive(Clone)]
-struct SharedFile {
+pub(crate) struct SharedFile {
     target: Target,
     out: Arc<Mutex<Box<dyn Write + Send>>>,
 }
@@ -244,22 +269,15 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
         .transpose()
         .map_err(|e| Failure::Usage(format!("cannot open flows output: {e}")))?;
 
-    let sensor = Arc::new(Sensor {
-        metrics: Metrics::new(),
-        capturing: AtomicBool::new(false),
-        stop: AtomicBool::new(false),
-        breaker: capture.breakloop_handle(),
-        worker_stats: Mutex::new(vec![Stats::default(); args.workers]),
-        drops_kernel: AtomicU64::new(0),
-        drops_interface: AtomicU64::new(0),
-        drops_queue: AtomicU64::new(0),
-        outputs: [Some(events.clone()), flows.clone()]
+    let sensor = Arc::new(Sensor::new(
+        capture.breakloop_handle(),
+        args.workers,
+        [Some(events.clone()), flows.clone()]
             .into_iter()
             .flatten()
             .collect(),
-        config_path: args.config_path.clone(),
-        sink_log: Mutex::new((0, None)),
-    });
+        args.config_path.clone(),
+    ));
     let control = crate::control::start(listener, Arc::clone(&sensor))
         .map_err(|e| Failure::Runtime(format!("cannot start the control plane: {e}")))?;
 
@@ -294,9 +312,9 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
             .map(|f| format!(" bpf={f:?}"))
             .unwrap_or_default()
     );
-    sensor.capturing.store(true, Ordering::Relaxed);
+    sensor.set_capturing(true);
     let capture_error = capture_loop(&mut capture, link, &queues, &sensor);
-    sensor.capturing.store(false, Ordering::Relaxed);
+    sensor.set_capturing(false);
     drop(queues);
 
     let mut failures: Vec<String> = capture_error.into_iter().collect();
@@ -348,7 +366,7 @@ fn open_capture(args: &LiveArgs) -> Result<Capture<pcap::Active>, Failure> {
         )));
     }
     let privileges = |e: pcap::Error| {
-        let text = e.to_string();
+        let text = pcap_message(&e);
         if text.contains("permission") || text.contains("not permitted") {
             Failure::Usage(format!(
                 "cannot capture on {}: needs CAP_NET_RAW and CAP_NET_ADMIN (or root)",
@@ -371,12 +389,19 @@ fn open_capture(args: &LiveArgs) -> Result<Capture<pcap::Active>, Failure> {
         .map_err(privileges)?;
     if let Some(filter) = &args.bpf {
         capture.filter(filter, true).map_err(|e| {
-            let text = e.to_string();
-            let text = text.strip_prefix("libpcap error: ").unwrap_or(&text);
-            Failure::Usage(format!("bad BPF filter {filter:?}: {text}"))
+            Failure::Usage(format!("bad BPF filter {filter:?}: {}", pcap_message(&e)))
         })?;
     }
     Ok(capture)
+}
+
+/// libpcap's own words, without the crate's "libpcap error: " prefix.
+fn pcap_message(e: &pcap::Error) -> String {
+    let text = e.to_string();
+    match text.strip_prefix("libpcap error: ") {
+        Some(rest) => rest.to_string(),
+        None => text,
+    }
 }
 
 /// Reads packets until a stop is requested; Some(message) when the capture broke.
@@ -566,5 +591,155 @@ fn report(sensor: &Sensor, index: usize, stats: &Stats) {
         .unwrap_or_else(PoisonError::into_inner);
     if let Some(slot) = all.get_mut(index) {
         slot.clone_from(stats);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    fn frame(link: LinkType, data: Vec<u8>) -> Packet {
+        Packet {
+            ts: Timestamp::from_secs(1),
+            link,
+            orig_len: data.len() as u32,
+            data,
+        }
+    }
+
+    /// Ethernet + IPv4 + UDP, synthesized with etherparse (RFC 791, RFC 768 headers).
+    fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Packet {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4(src, dst, 64)
+            .udp(sport, dport)
+            .write(&mut out, b"payload")
+            .unwrap();
+        frame(LinkType::ETHERNET, out)
+    }
+
+    /// The first fragment of a UDP datagram from 10.0.0.1 to 10.0.0.2, written out by hand:
+    /// RFC 791 §3.1, flags = MF (0x2000), fragment offset 0, 8 bytes of payload.
+    const FIRST_FRAGMENT: [u8; 42] = [
+        0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x08, 0x00, 0x45,
+        0x00, 0x00, 0x1c, 0x12, 0x34, 0x20, 0x00, 0x40, 0x11, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x01,
+        0x0a, 0x00, 0x00, 0x02, 0x14, 0xe9, 0x00, 0x35, 0x00, 0x30, 0x00, 0x00,
+    ];
+
+    #[test]
+    fn both_directions_and_fragments_of_a_flow_meet_on_one_worker() {
+        let a = [10, 0, 0, 1];
+        let b = [10, 0, 0, 2];
+        let fragment = frame(LinkType::ETHERNET, FIRST_FRAGMENT.to_vec());
+        for workers in 2..=9 {
+            let mut sharder = Sharder::new(workers);
+            let there = sharder.worker(&udp(a, b, 5353, 53));
+            assert_eq!(sharder.worker(&udp(b, a, 53, 5353)), there);
+            assert_eq!(sharder.worker(&fragment), there, "workers={workers}");
+            assert!(there < workers);
+        }
+    }
+
+    #[test]
+    fn address_pairs_spread_over_workers() {
+        let mut sharder = Sharder::new(4);
+        let used: std::collections::BTreeSet<usize> = (1..=64)
+            .map(|host| sharder.worker(&udp([10, 0, 0, host], [10, 9, 9, 9], 1000, 53)))
+            .collect();
+        assert_eq!(used.len(), 4);
+    }
+
+    #[test]
+    fn frames_without_addresses_go_to_the_first_worker() {
+        let mut sharder = Sharder::new(4);
+        assert_eq!(sharder.worker(&frame(LinkType::ETHERNET, vec![0; 6])), 0);
+        assert_eq!(sharder.worker(&frame(LinkType(147), vec![0x45; 40])), 0);
+    }
+
+    #[test]
+    fn capture_timestamps_are_nanoseconds_and_never_negative() {
+        assert_eq!(
+            timestamp(1_700_000_000, 123_456_789).0,
+            1_700_000_000_123_456_789
+        );
+        assert_eq!(timestamp(-5, 7).0, 7);
+        assert_eq!(timestamp(i64::MAX, 0).0, u64::MAX);
+    }
+
+    #[test]
+    fn merged_stats_sum_counters_and_keep_the_newest_packet_time() {
+        let mut one = Stats {
+            packets: 3,
+            last_packet_ts: Some(10.0),
+            ..Stats::default()
+        };
+        one.events
+            .insert(("alert", "laptop_farm_suspected", "high"), 1);
+        one.account_risk.insert("jdoe".to_string(), 0.4);
+        let mut two = Stats {
+            packets: 4,
+            last_packet_ts: Some(12.5),
+            ..Stats::default()
+        };
+        two.events
+            .insert(("alert", "laptop_farm_suspected", "high"), 2);
+        two.account_risk.insert("jdoe".to_string(), 0.7);
+        two.sink_errors.insert("events", 1);
+        let mut total = Stats::default();
+        merge(&mut total, &one);
+        merge(&mut total, &two);
+        assert_eq!(total.packets, 7);
+        assert_eq!(total.last_packet_ts, Some(12.5));
+        assert_eq!(total.events[&("alert", "laptop_farm_suspected", "high")], 3);
+        assert_eq!(total.account_risk["jdoe"], 0.7);
+        assert_eq!(total.sink_errors["events"], 1);
+    }
+
+    /// Two workers' sinks over one file: every line arrives whole; after the file is moved
+    /// away, a reopen creates it anew and later lines go there.
+    #[test]
+    fn shared_file_keeps_lines_whole_and_reopens() {
+        let dir = std::env::temp_dir().join(format!("live-shared-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.jsonl");
+        let shared = SharedFile::open(Target::File(path.clone())).unwrap();
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let mut sink = shared.sink();
+                std::thread::spawn(move || {
+                    for i in 0..5000 {
+                        sink.write(
+                            &serde_json::json!({"worker": w, "i": i, "pad": "x".repeat(i % 97)}),
+                        );
+                    }
+                    sink.flush().unwrap();
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 10_000);
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(
+                v["pad"].as_str().unwrap().len(),
+                v["i"].as_u64().unwrap() as usize % 97
+            );
+        }
+
+        std::fs::rename(&path, dir.join("events.jsonl.1")).unwrap();
+        shared.reopen().unwrap();
+        let mut sink = shared.sink();
+        sink.write(&serde_json::json!({"after": "rotation"}));
+        sink.flush().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"after\":\"rotation\"}\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
