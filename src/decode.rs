@@ -31,8 +31,8 @@ impl Proto {
         match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
-            Proto::Icmp => "icmp",
-            Proto::Icmpv6 => "icmp6",
+            // Zeek's conn log says "icmp" for both; the addresses tell the versions apart.
+            Proto::Icmp | Proto::Icmpv6 => "icmp",
         }
     }
 
@@ -131,6 +131,7 @@ const ETH_ERSPAN3: u16 = 0x22eb;
 const VXLAN_PORT: u16 = 4789;
 const GENEVE_PORT: u16 = 6081;
 const TEREDO_PORT: u16 = 3544;
+const AYIYA_PORT: u16 = 5072;
 
 /// Encapsulations inside encapsulations are followed this deep.
 const MAX_DEPTH: usize = 4;
@@ -192,10 +193,12 @@ impl Decoder {
                         return Ok(None);
                     };
                     self.reassembled = whole;
+                    let len = self.reassembled.len() as u32;
                     return transport(
                         Net {
                             payload: &self.reassembled,
-                            payload_len: self.reassembled.len() as u32,
+                            payload_len: len,
+                            ip_len: net.base_header_len + len,
                             fragment: None,
                             ..net
                         },
@@ -300,6 +303,9 @@ struct Net<'a> {
     proto: IpNumber,
     ttl: u8,
     ip_len: u32,
+    /// The IPv4 header with options, or the fixed IPv6 header: what a reassembled
+    /// datagram's length adds to its payload.
+    base_header_len: u32,
     payload: &'a [u8],
     payload_len: u32,
     fragment: Option<Fragment>,
@@ -326,14 +332,8 @@ fn ip_layer(data: &[u8]) -> Result<Net<'_>, DecodeError> {
             let h = v6.header();
             let mut frag = None;
             for ext in v6.extensions().clone().into_iter() {
-                if let Ipv6ExtensionSlice::Fragment(f) = ext
-                    && f.is_fragmenting_payload()
-                {
-                    frag = Some(Fragment {
-                        id: f.identification(),
-                        offset: f.fragment_offset(),
-                        more: f.more_fragments(),
-                    });
+                if let Ipv6ExtensionSlice::Fragment(f) = ext {
+                    frag = ipv6_fragment(f.slice());
                 }
             }
             let ext_len = v6.extensions().slice().len() as u32;
@@ -358,10 +358,22 @@ fn ip_layer(data: &[u8]) -> Result<Net<'_>, DecodeError> {
         proto: payload.ip_number,
         ttl,
         ip_len,
+        base_header_len: if version == 4 { header_len } else { 40 },
         payload: payload.payload,
         payload_len,
         fragment,
     })
+}
+
+/// RFC 8200 §4.5: offset in the top 13 bits of bytes 2..4, M in the lowest bit. (Read
+/// here because etherparse 0.18's `Ipv6FragmentHeaderSlice` takes these bits from the
+/// wrong places.) An atomic fragment (offset 0, M clear) is a whole datagram.
+fn ipv6_fragment(header: &[u8]) -> Option<Fragment> {
+    let word = be16(header, 2)?;
+    let offset = IpFragOffset::try_new(word >> 3).ok()?;
+    let more = word & 1 != 0;
+    let id = u32::from_be_bytes(header.get(4..8)?.try_into().ok()?);
+    (offset.value() != 0 || more).then_some(Fragment { id, offset, more })
 }
 
 /// The next layer if `net` carries an encapsulation we peel.
@@ -387,6 +399,8 @@ fn inner<'a>(net: &Net<'a>) -> Option<(&'static str, Layer<'a>)> {
                     .then_some(("geneve", Layer::EtherType(ty, rest)))
             } else if sport == TEREDO_PORT || dport == TEREDO_PORT {
                 teredo(body)
+            } else if sport == AYIYA_PORT || dport == AYIYA_PORT {
+                ayiya(body)
             } else {
                 None
             }
@@ -464,6 +478,19 @@ fn teredo(mut body: &[u8]) -> Option<(&'static str, Layer<'_>)> {
         body = body.get(8..)?;
     }
     (body.len() >= 40 && body[0] >> 4 == 6).then_some(("teredo", Layer::Ip(body)))
+}
+
+/// AYIYA (draft-massar-v6ops-ayiya §5): a header whose identity and signature lengths
+/// are in its first bytes, then the packet named by its next-header byte.
+fn ayiya(body: &[u8]) -> Option<(&'static str, Layer<'_>)> {
+    let id_len = 1usize << (body.first()? >> 4);
+    let sig_len = (body.get(1)? >> 4) as usize * 4;
+    let opcode = body.get(2)? & 0x0f;
+    let next = *body.get(3)?;
+    let inner = body.get(8 + id_len + sig_len..)?;
+    // Opcode 1 is "forward": only those carry a packet.
+    (opcode == 1 && matches!(next, 4 | 41) && !inner.is_empty())
+        .then_some(("ayiya", Layer::Ip(inner)))
 }
 
 fn transport<'a>(net: Net<'a>, tunnel: Option<&'static str>) -> Result<Decoded<'a>, DecodeError> {
@@ -596,7 +623,6 @@ impl Fragments {
         entry.1 = now;
         if entry.0.add(f.offset, f.more, net.payload).is_err() {
             self.sets.remove(&key);
-            self.evicted += 1;
             return Err(DecodeError::BadFragment);
         }
         if !entry.0.is_complete() {

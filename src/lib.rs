@@ -2,6 +2,7 @@
 //!
 //! The data path runs one way: source → decode → flows → dissect → detect → sinks.
 
+pub mod accounts;
 pub mod app;
 pub mod config;
 pub mod control;
@@ -9,6 +10,8 @@ pub mod decode;
 pub mod dissect;
 pub mod event;
 pub mod flows;
+pub mod geo;
+pub mod identity;
 pub mod live;
 pub mod metrics;
 pub mod pipeline;

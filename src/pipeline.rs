@@ -2,9 +2,13 @@
 //! live capture both push packets through one `Pipeline`; it reads no clock but the
 //! packets' own.
 
+use crate::app::App;
 use crate::config::Config;
-use crate::decode::Decoder;
+use crate::decode::{Decoder, Proto};
+use crate::dissect::dns::{self, NameCache};
+use crate::dissect::identify::{self, Input};
 use crate::event::Event;
+use crate::flows::flow::{ORIG, RESP};
 use crate::flows::record::FlowRecord;
 use crate::flows::{Flow, FlowEvent, FlowTable};
 use crate::metrics::Stats;
@@ -15,10 +19,13 @@ use crate::timestamp::Timestamp;
 /// Fragment sets in reassembly at once, and how long one may wait for its last piece.
 const MAX_FRAGMENT_SETS: usize = 4096;
 const FRAGMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Addresses remembered from DNS answers, so a flow reached without SNI is still named.
+const DNS_CACHE_ENTRIES: usize = 100_000;
 
 pub struct Pipeline {
     decoder: Decoder,
     flows: FlowTable,
+    names: NameCache,
     pending: Vec<FlowEvent>,
     events: Option<JsonLines>,
     flow_records: Option<JsonLines>,
@@ -39,6 +46,7 @@ impl Pipeline {
         Pipeline {
             decoder: Decoder::new(MAX_FRAGMENT_SETS, FRAGMENT_TIMEOUT),
             flows: FlowTable::new(config.flows.clone()),
+            names: NameCache::new(DNS_CACHE_ENTRIES),
             pending: Vec::new(),
             events: sinks.events,
             flow_records: sinks.flows,
@@ -107,14 +115,24 @@ impl Pipeline {
         let mut pending = std::mem::take(&mut self.pending);
         for ev in pending.drain(..) {
             match ev {
-                FlowEvent::Resumed { .. } | FlowEvent::NewBytes { .. } => {}
+                FlowEvent::Resumed { .. } => {}
+                FlowEvent::NewBytes { key, ts } => self.dissect(&key, ts),
+                FlowEvent::Datagram { ts, bytes, .. } => self.datagram(ts, &bytes),
                 FlowEvent::Interim { key, .. } => {
                     if let Some(flow) = self.flows.get(&key) {
-                        let record = FlowRecord::new(flow, true, None);
+                        let mut record = FlowRecord::new(flow, true, None);
+                        record.dns_name = self
+                            .names
+                            .lookup(flow.last, flow.resp.0)
+                            .map(str::to_string);
                         self.write_flow(&record);
                     }
                 }
-                FlowEvent::Ended { flow, why } => {
+                FlowEvent::Ended { mut flow, why } => {
+                    if !flow.dissected {
+                        let ts = flow.last;
+                        identify_flow(&mut flow, &mut self.names, &mut self.stats, ts, true);
+                    }
                     self.flow_ended(&flow, why.as_str());
                 }
             }
@@ -122,8 +140,30 @@ impl Pipeline {
         self.pending = pending;
     }
 
+    /// Runs identification on a flow that got new bytes.
+    fn dissect(&mut self, key: &crate::flows::FlowKey, ts: Timestamp) {
+        if let Some(flow) = self.flows.get_mut(key)
+            && !flow.dissected
+        {
+            identify_flow(flow, &mut self.names, &mut self.stats, ts, false);
+        }
+    }
+
+    /// A datagram of a followed flow: DNS answers feed the name cache.
+    fn datagram(&mut self, ts: Timestamp, bytes: &[u8]) {
+        if let Ok(msg) = dns::parse_message(bytes)
+            && msg.response
+        {
+            self.names.insert(ts, &msg);
+        }
+    }
+
     fn flow_ended(&mut self, flow: &Flow, why: &'static str) {
-        let record = FlowRecord::new(flow, false, Some(why));
+        let mut record = FlowRecord::new(flow, false, Some(why));
+        record.dns_name = self
+            .names
+            .lookup(flow.last, flow.resp.0)
+            .map(str::to_string);
         self.write_flow(&record);
     }
 
@@ -142,7 +182,7 @@ impl Pipeline {
             .insert("table_full", self.flows.evicted_table_full);
         let frag = self.decoder.fragments_evicted();
         if frag > 0 {
-            self.stats.decode_errors.insert("fragment_timeout", frag);
+            self.stats.decode_errors.insert("fragment_expired", frag);
         }
         for (name, sink) in [("events", &self.events), ("flows", &self.flow_records)] {
             if let Some(s) = sink
@@ -165,5 +205,52 @@ impl Pipeline {
                     .map(|e| format!("{:?}: {e}", s.target()))
             })
             .collect()
+    }
+}
+
+/// Identifies `flow` from its reassembled prefixes; once settled (or `ending`), frees the
+/// buffers and counts the label. DNS answers seen on the way feed the name cache.
+fn identify_flow(
+    flow: &mut Flow,
+    names: &mut NameCache,
+    stats: &mut Stats,
+    ts: Timestamp,
+    ending: bool,
+) {
+    let Some(streams) = flow.streams.as_deref() else {
+        return;
+    };
+    let input = Input {
+        proto: flow.proto,
+        orig_port: flow.orig.1,
+        resp_port: flow.resp.1,
+        client: streams.dir[ORIG].bytes(),
+        server: streams.dir[RESP].bytes(),
+        client_closed: ending || streams.dir[ORIG].is_closed(),
+        server_closed: ending || streams.dir[RESP].is_closed(),
+        client_datagrams: &streams.datagrams[ORIG],
+        server_datagrams: &streams.datagrams[RESP],
+        dns_name: names.lookup(ts, flow.resp.0),
+    };
+    let id = identify::identify(&input);
+    if id.app == Some(App::Dns) {
+        for d in streams.datagrams.iter().flatten() {
+            if let Ok(msg) = dns::parse_message(d)
+                && msg.response
+            {
+                names.insert(ts, &msg);
+            }
+        }
+    }
+    flow.app = id.app;
+    flow.details = Some(Box::new(id.details));
+    if id.done || ending {
+        flow.dissected = true;
+        flow.guess = id.guess;
+        flow.streams = None;
+        flow.follow =
+            flow.proto == Proto::Udp && matches!(id.app, Some(App::Dns) | Some(App::Radius));
+        let label = flow.app.map_or("unknown", App::as_str);
+        *stats.flows_by_app.entry(label).or_default() += 1;
     }
 }

@@ -15,3 +15,20 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+pub mod dns;
+pub mod http;
+pub mod identify;
+pub mod ipsec;
+pub mod ja4;
+pub mod openvpn;
+pub mod quic;
+pub mod radius;
+pub mod rdp;
+pub mod rfb;
+pub mod socks;
+pub mod ssh;
+pub mod stun;
+pub mod tls;
+pub mod tools;
+pub mod wireguard;

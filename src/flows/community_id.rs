@@ -9,7 +9,7 @@ use sha1::{Digest, Sha1};
 use crate::decode::Proto;
 
 /// ICMP types whose reply type maps back to the request (spec: "ICMP/ICMPv6 one-way").
-fn icmp_counterpart(proto: Proto, ty: u16) -> Option<u16> {
+pub fn icmp_counterpart(proto: Proto, ty: u16) -> Option<u16> {
     let pairs: &[(u16, u16)] = match proto {
         // echo, timestamp, info, router solicit/advert, address mask
         Proto::Icmp => &[(8, 0), (13, 14), (15, 16), (10, 9), (17, 18)],

@@ -2,8 +2,11 @@
 
 use std::net::IpAddr;
 
+use crate::app::App;
 use crate::decode::{ACK, Decoded, FIN, Proto, RST, SYN};
+use crate::dissect::identify::Details;
 use crate::flows::activity::Activity;
+use crate::flows::community_id::icmp_counterpart;
 use crate::flows::reassembly::{Segment, Stream};
 use crate::timestamp::Timestamp;
 
@@ -158,6 +161,15 @@ pub struct Flow {
     pub interim_records: u32,
     /// The second (of packet time) at which the table next looks at this flow.
     pub(super) timer_at: u64,
+    /// The application label, from evidence in the bytes.
+    pub app: Option<App>,
+    /// A port-only hint, when the bytes said nothing.
+    pub guess: Option<App>,
+    pub details: Option<Box<Details>>,
+    /// Identification is over: the reassembly buffers are gone.
+    pub dissected: bool,
+    /// Every later datagram is handed on too (DNS answers, RADIUS accounting).
+    pub follow: bool,
 }
 
 /// What a packet did to its flow, for the table's bookkeeping.
@@ -166,6 +178,8 @@ pub struct Update {
     pub resumed: bool,
     /// New in-order stream bytes (or a new datagram) arrived for the dissectors.
     pub new_bytes: bool,
+    /// A datagram of a followed flow.
+    pub follow: bool,
     pub closing: bool,
 }
 
@@ -177,6 +191,10 @@ impl Flow {
         let flipped = flags & (SYN | ACK) == SYN | ACK;
         let (orig, resp) = if flipped {
             ((d.dst, d.dst_port), (d.src, d.src_port))
+        } else if matches!(d.proto, Proto::Icmp | Proto::Icmpv6) {
+            // As Zeek: the type, and the reply type of a request/reply pair (else the code).
+            let other = icmp_counterpart(d.proto, d.src_port).unwrap_or(d.dst_port);
+            ((d.src, d.src_port), (d.dst, other))
         } else {
             ((d.src, d.src_port), (d.dst, d.dst_port))
         };
@@ -206,6 +224,11 @@ impl Flow {
             next_interim: None,
             interim_records: 0,
             timer_at: 0,
+            app: None,
+            guess: None,
+            details: None,
+            dissected: false,
+            follow: false,
         }
     }
 
@@ -243,6 +266,7 @@ impl Flow {
             None => {
                 if d.payload_len > 0 {
                     self.history.push(b'd', from_orig);
+                    up.follow = self.follow;
                     if let Some(s) = self.streams.as_mut()
                         && s.datagrams[side].len() < MAX_DATAGRAMS
                     {

@@ -86,7 +86,14 @@ pub enum FlowEvent {
         ts: Timestamp,
     },
     /// New in-order bytes (TCP) or a new datagram (UDP) for the dissectors.
-    NewBytes { key: FlowKey },
+    NewBytes { key: FlowKey, ts: Timestamp },
+    /// A datagram of a flow whose every message matters (DNS, RADIUS).
+    Datagram {
+        key: FlowKey,
+        from_orig: bool,
+        ts: Timestamp,
+        bytes: Vec<u8>,
+    },
     /// The flow is still open after the interim interval: time for an interim record.
     Interim { key: FlowKey, ts: Timestamp },
     /// The flow is over and out of the table.
@@ -190,7 +197,15 @@ impl FlowTable {
             out.push(FlowEvent::Resumed { key, from_orig, ts });
         }
         if up.new_bytes {
-            out.push(FlowEvent::NewBytes { key });
+            out.push(FlowEvent::NewBytes { key, ts });
+        }
+        if up.follow {
+            out.push(FlowEvent::Datagram {
+                key,
+                from_orig,
+                ts,
+                bytes: d.payload.to_vec(),
+            });
         }
     }
 

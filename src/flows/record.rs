@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use crate::app::App;
+use crate::dissect::identify::Details;
 use crate::flows::activity::{ActivitySummary, round2};
 use crate::flows::community_id::community_id;
 use crate::flows::flow::{Flow, ORIG, RESP};
@@ -57,6 +59,12 @@ pub struct FlowRecord {
     pub ttl_resp: Option<u8>,
     pub activity_orig: ActivitySummary,
     pub activity_resp: ActivitySummary,
+    /// The name a DNS answer gave the responder's address.
+    pub dns_name: Option<String>,
+    /// Protocol details (`tls`, `quic`, `dns`, `http`, `ssh`, `rdp`, `rfb`, `socks`,
+    /// `wireguard`, `openvpn`, `ipsec`, `stun`, `radius`), present when dissected.
+    #[serde(flatten)]
+    pub details: Option<Details>,
 }
 
 fn ms(ns: Option<u64>) -> Option<f64> {
@@ -66,6 +74,7 @@ fn ms(ns: Option<u64>) -> Option<f64> {
 impl FlowRecord {
     pub fn new(flow: &Flow, interim: bool, end_reason: Option<&'static str>) -> FlowRecord {
         let [o, r] = &flow.dir;
+        let details = flow.details.as_deref();
         FlowRecord {
             ts: flow.first,
             end: flow.last,
@@ -75,10 +84,20 @@ impl FlowRecord {
             src_port: flow.orig.1,
             dst_ip: flow.resp.0,
             dst_port: flow.resp.1,
-            app: None,
-            guess: None,
-            sni: None,
-            ja4: None,
+            app: flow.app.map(App::as_str),
+            guess: flow.guess.map(App::as_str),
+            sni: details.and_then(|d| {
+                d.tls
+                    .as_ref()
+                    .and_then(|t| t.sni.clone())
+                    .or_else(|| d.quic.as_ref().and_then(|q| q.sni.clone()))
+            }),
+            ja4: details.and_then(|d| {
+                d.tls
+                    .as_ref()
+                    .and_then(|t| t.ja4.clone())
+                    .or_else(|| d.quic.as_ref().and_then(|q| q.ja4.clone()))
+            }),
             bytes_orig: o.bytes,
             bytes_resp: r.bytes,
             pkts_orig: o.pkts,
@@ -116,6 +135,8 @@ impl FlowRecord {
             ttl_resp: (r.pkts > 0).then_some(r.min_ttl),
             activity_orig: o.summary(),
             activity_resp: r.summary(),
+            dns_name: None,
+            details: details.cloned(),
         }
     }
 }

@@ -1,0 +1,495 @@
+//! DNS message dissector (RFC 1035 §4) and a passive address→name cache, so a flow to an
+//! address can be labelled with the name its client resolved just before.
+
+use super::tls::Reader;
+use super::{Error, Result};
+use crate::timestamp::Timestamp;
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+/// Header (RFC 1035 §4.1.1): ID(2) flags(2) QDCOUNT(2) ANCOUNT(2) NSCOUNT(2) ARCOUNT(2).
+mod header {
+    pub const LEN: usize = 12;
+    pub const QR: u16 = 0x8000;
+    pub const RCODE_MASK: u16 = 0x000f;
+}
+
+/// RR types we decode (RFC 1035 §3.2.2, RFC 3596 §2.1).
+mod rr_type {
+    pub const A: u16 = 1;
+    pub const CNAME: u16 = 5;
+    pub const AAAA: u16 = 28;
+}
+
+/// Names are at most 255 octets (RFC 1035 §2.3.4); the text form with escapes may be longer.
+const MAX_NAME_TEXT: usize = 1024;
+/// Compression pointers followed per name before we call it a loop.
+const MAX_POINTERS: usize = 64;
+/// Label length byte: two top bits 11 = pointer (RFC 1035 §4.1.4), 00 = length.
+const POINTER: u8 = 0xc0;
+
+/// A DNS message's header and the question and answer sections (RFC 1035 §4.1).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Message {
+    pub id: u16,
+    pub response: bool,
+    pub rcode: u8,
+    pub questions: Vec<Question>,
+    pub answers: Vec<Answer>,
+}
+
+/// RFC 1035 §4.1.2. Names are lower-cased, dot-separated, without the root dot; bytes
+/// outside printable ASCII (and dots inside a label) are escaped as `\DDD` (RFC 4343 §2.1).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Question {
+    pub name: String,
+    pub qtype: u16,
+}
+
+/// RFC 1035 §4.1.3, the answer section only.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Answer {
+    pub name: String,
+    pub ttl: u32,
+    pub data: AnswerData,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum AnswerData {
+    /// A (RFC 1035 §3.4.1) or AAAA (RFC 3596 §2.2).
+    Addr(IpAddr),
+    /// CNAME target (RFC 1035 §3.3.1).
+    Cname(String),
+    /// Any other type, by number.
+    Other(u16),
+}
+
+/// Parses one DNS message (a UDP payload, or one TCP-framed message).
+pub fn parse_message(bytes: &[u8]) -> Result<Message> {
+    let mut r = Reader::new(bytes);
+    let id = r.u16()?;
+    let flags = r.u16()?;
+    let qdcount = r.u16()?;
+    let ancount = r.u16()?;
+    r.take(header::LEN - 8)?; // NSCOUNT, ARCOUNT: authority and additional are not read
+    let mut message = Message {
+        id,
+        response: flags & header::QR != 0,
+        rcode: (flags & header::RCODE_MASK) as u8,
+        questions: Vec::new(),
+        answers: Vec::new(),
+    };
+    // Counts come from the wire: entries are pushed as parsed, never preallocated.
+    for _ in 0..qdcount {
+        let name = read_name(bytes, &mut r)?;
+        let qtype = r.u16()?;
+        r.u16()?; // QCLASS
+        message.questions.push(Question { name, qtype });
+    }
+    for _ in 0..ancount {
+        let name = read_name(bytes, &mut r)?;
+        let kind = r.u16()?;
+        r.u16()?; // CLASS
+        let ttl = r.u32()?;
+        let rdata = r.vec16()?;
+        let data = match (kind, rdata.len()) {
+            (rr_type::A, 4) => AnswerData::Addr(IpAddr::V4(Ipv4Addr::new(
+                rdata[0], rdata[1], rdata[2], rdata[3],
+            ))),
+            (rr_type::AAAA, 16) => {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(rdata);
+                AnswerData::Addr(IpAddr::V6(Ipv6Addr::from(octets)))
+            }
+            (rr_type::A | rr_type::AAAA, _) => {
+                return Err(Error::Invalid("address record of the wrong length"));
+            }
+            (rr_type::CNAME, _) => {
+                // The target may point back into the message, but must end with its RDATA.
+                let offset = bytes.len() - r.remaining() - rdata.len();
+                let (cname, end) = name_at(bytes, offset)?;
+                if end != offset + rdata.len() {
+                    return Err(Error::Invalid("CNAME target does not fill its RDATA"));
+                }
+                AnswerData::Cname(cname)
+            }
+            (other, _) => AnswerData::Other(other),
+        };
+        message.answers.push(Answer { name, ttl, data });
+    }
+    Ok(message)
+}
+
+/// Splits a DNS-over-TCP stream into messages: each has a two-byte length prefix (RFC 1035
+/// §4.2.2). Returns the complete messages; `Incomplete` only when there is none yet.
+pub fn parse_tcp_stream(stream: &[u8]) -> Result<Vec<Message>> {
+    let mut r = Reader::new(stream);
+    let mut messages = Vec::new();
+    while let Ok(framed) = r.vec16() {
+        let message = parse_message(framed).map_err(|e| match e {
+            Error::Incomplete => Error::Invalid("DNS message shorter than its sections"),
+            other => other,
+        })?;
+        messages.push(message);
+    }
+    if messages.is_empty() {
+        return Err(Error::Incomplete);
+    }
+    Ok(messages)
+}
+
+/// Reads the name at the cursor of a reader over `message` and advances past it.
+fn read_name(message: &[u8], r: &mut Reader<'_>) -> Result<String> {
+    let start = message.len() - r.remaining();
+    let (name, end) = name_at(message, start)?;
+    r.take(end - start)?;
+    Ok(name)
+}
+
+/// Decodes a possibly compressed domain name (RFC 1035 §3.1, §4.1.4) starting at `start`;
+/// returns it and the offset just past it where it was written. A pointer must point
+/// strictly before itself, which rules out loops; pointer hops are capped as well.
+fn name_at(message: &[u8], start: usize) -> Result<(String, usize)> {
+    let mut text = String::new();
+    let mut pos = start;
+    let mut end = None;
+    let mut pointers = 0;
+    loop {
+        let len = *message.get(pos).ok_or(Error::Incomplete)?;
+        match len & POINTER {
+            POINTER => {
+                let low = *message.get(pos + 1).ok_or(Error::Incomplete)?;
+                let target = usize::from(u16::from_be_bytes([len & !POINTER, low]));
+                end.get_or_insert(pos + 2);
+                if target >= pos || pointers == MAX_POINTERS {
+                    return Err(Error::Invalid(
+                        "DNS compression pointer does not point back",
+                    ));
+                }
+                pointers += 1;
+                pos = target;
+            }
+            0 if len == 0 => return Ok((text, end.unwrap_or(pos + 1))),
+            0 => {
+                let label = message
+                    .get(pos + 1..pos + 1 + usize::from(len))
+                    .ok_or(Error::Incomplete)?;
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                for &b in label {
+                    match b {
+                        0x21..=0x7e if b != b'.' && b != b'\\' => {
+                            text.push(b.to_ascii_lowercase() as char)
+                        }
+                        _ => text.push_str(&format!("\\{b:03}")),
+                    }
+                }
+                if text.len() > MAX_NAME_TEXT {
+                    return Err(Error::Invalid("DNS name too long"));
+                }
+                pos += 1 + label.len();
+            }
+            _ => return Err(Error::Invalid("DNS label type reserved")),
+        }
+    }
+}
+
+/// How long an answer labels an address: its TTL (the smallest along a CNAME chain),
+/// clamped. The floor keeps TTL-0 answers useful for the connection the client opens right
+/// after resolving; the ceiling bounds stale labels after an address moves.
+const MIN_TTL: Duration = Duration::from_secs(30);
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// CNAME hops followed back from an address record.
+const MAX_CHAIN: usize = 16;
+
+/// What the cache knows about one address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// The name the client asked for: the question, at the head of any CNAME chain.
+    pub name: String,
+    /// The CNAME targets from `name` down to the address record's owner, in order
+    /// (empty without a chain).
+    pub cnames: Vec<String>,
+    pub expires: Timestamp,
+}
+
+/// A bounded address→name cache fed by DNS responses seen on the wire, with packet time
+/// for its clock. When full it evicts the entry that expires first (ties by address), so
+/// its contents depend only on its input.
+#[derive(Debug)]
+pub struct NameCache {
+    capacity: usize,
+    entries: HashMap<IpAddr, CacheEntry>,
+    /// (expiry, address) of every entry, in eviction order.
+    by_expiry: BTreeSet<(Timestamp, IpAddr)>,
+    evictions: u64,
+}
+
+impl NameCache {
+    pub fn new(capacity: usize) -> NameCache {
+        NameCache {
+            capacity,
+            entries: HashMap::new(),
+            by_expiry: BTreeSet::new(),
+            evictions: 0,
+        }
+    }
+
+    /// Records the A/AAAA answers of a successful response, each under the queried name.
+    pub fn insert(&mut self, now: Timestamp, msg: &Message) {
+        const NO_ERROR: u8 = 0;
+        if !msg.response || msg.rcode != NO_ERROR || self.capacity == 0 {
+            return;
+        }
+        // CNAME target → (owner, ttl), to walk chains back in constant time per hop.
+        let links: HashMap<&str, (&str, u32)> = msg
+            .answers
+            .iter()
+            .filter_map(|a| match &a.data {
+                AnswerData::Cname(target) => Some((target.as_str(), (a.name.as_str(), a.ttl))),
+                _ => None,
+            })
+            .collect();
+        for answer in &msg.answers {
+            let AnswerData::Addr(addr) = answer.data else {
+                continue;
+            };
+            let mut name = answer.name.as_str();
+            let mut ttl = answer.ttl;
+            let mut cnames = Vec::new();
+            for _ in 0..MAX_CHAIN {
+                if msg.questions.iter().any(|q| q.name == name) {
+                    break;
+                }
+                let Some(&(owner, link_ttl)) = links.get(name) else {
+                    break;
+                };
+                cnames.push(name.to_string());
+                name = owner;
+                ttl = ttl.min(link_ttl);
+            }
+            cnames.reverse();
+            let ttl = Duration::from_secs(u64::from(ttl)).clamp(MIN_TTL, MAX_TTL);
+            let entry = CacheEntry {
+                name: name.to_string(),
+                cnames,
+                expires: now.plus(ttl),
+            };
+            self.put(now, addr, entry);
+        }
+    }
+
+    fn put(&mut self, now: Timestamp, addr: IpAddr, entry: CacheEntry) {
+        if let Some(old) = self.entries.remove(&addr) {
+            self.by_expiry.remove(&(old.expires, addr));
+        }
+        // Dropping expired entries is housekeeping, not eviction.
+        while let Some(&(expires, old)) = self.by_expiry.first() {
+            if expires > now {
+                break;
+            }
+            self.by_expiry.pop_first();
+            self.entries.remove(&old);
+        }
+        if self.entries.len() >= self.capacity {
+            if let Some((_, old)) = self.by_expiry.pop_first() {
+                self.entries.remove(&old);
+                self.evictions += 1;
+            }
+        }
+        self.by_expiry.insert((entry.expires, addr));
+        self.entries.insert(addr, entry);
+    }
+
+    /// The name a client resolved to reach `addr`, while the answer is still valid.
+    pub fn lookup(&self, now: Timestamp, addr: IpAddr) -> Option<&str> {
+        self.lookup_entry(now, addr).map(|e| e.name.as_str())
+    }
+
+    /// The whole entry for `addr`, CNAME chain included, while still valid.
+    pub fn lookup_entry(&self, now: Timestamp, addr: IpAddr) -> Option<&CacheEntry> {
+        self.entries.get(&addr).filter(|e| e.expires > now)
+    }
+
+    /// Valid entries dropped because the cache was full.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::dissect::tls::tests::hex;
+
+    /// A response synthesized per RFC 1035 §4.1 with §4.1.4 compression: question
+    /// www.example.com A; answers www.example.com CNAME cdn.example.com (TTL 300, target
+    /// "cdn" + pointer to offset 16) and cdn.example.com (pointer to offset 45) A
+    /// 93.184.216.34 (TTL 60).
+    pub(crate) const RESPONSE: &str = "
+        1234 8180 0001 0002 0000 0000
+        03777777 076578616d706c65 03636f6d 00 0001 0001
+        c00c 0005 0001 0000012c 0006 0363646e c010
+        c02d 0001 0001 0000003c 0004 5db8d822";
+
+    #[test]
+    fn response_with_compressed_cname_chain() {
+        let msg = parse_message(&hex(RESPONSE)).unwrap();
+        assert_eq!(msg.id, 0x1234);
+        assert!(msg.response);
+        assert_eq!(msg.rcode, 0);
+        assert_eq!(
+            msg.questions,
+            vec![Question {
+                name: "www.example.com".into(),
+                qtype: 1
+            }]
+        );
+        assert_eq!(
+            msg.answers,
+            vec![
+                Answer {
+                    name: "www.example.com".into(),
+                    ttl: 300,
+                    data: AnswerData::Cname("cdn.example.com".into())
+                },
+                Answer {
+                    name: "cdn.example.com".into(),
+                    ttl: 60,
+                    data: AnswerData::Addr("93.184.216.34".parse().unwrap())
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_and_malformed() {
+        let bytes = hex(RESPONSE);
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                parse_message(&bytes[..cut]),
+                Err(Error::Incomplete),
+                "{cut}"
+            );
+        }
+        // A name that points at itself, and one that points forward.
+        let looped = hex("0000 0000 0001 0000 0000 0000 c00c 0001 0001");
+        assert!(matches!(parse_message(&looped), Err(Error::Invalid(_))));
+        let forward = hex("0000 0000 0001 0000 0000 0000 c00e 00 0001 0001");
+        assert!(matches!(parse_message(&forward), Err(Error::Invalid(_))));
+        // An A record with five bytes of RDATA.
+        let mut bad_a = bytes.clone();
+        let a_len = bad_a.len() - 6;
+        bad_a[a_len + 1] = 5;
+        bad_a.push(0);
+        assert!(matches!(parse_message(&bad_a), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn names_escape_odd_bytes() {
+        let msg = hex("0000 0000 0001 0000 0000 0000 03 412e20 02 c3a9 00 0001 0001");
+        let name = &parse_message(&msg).unwrap().questions[0].name;
+        assert_eq!(name, "a\\046\\032.\\195\\169");
+    }
+
+    #[test]
+    fn tcp_stream_framing() {
+        let msg = hex(RESPONSE);
+        let mut stream = (msg.len() as u16).to_be_bytes().to_vec();
+        stream.extend_from_slice(&msg);
+        stream.extend_from_slice(&stream.clone());
+        assert_eq!(parse_tcp_stream(&stream).unwrap().len(), 2);
+        assert_eq!(
+            parse_tcp_stream(&stream[..stream.len() - 1]).unwrap().len(),
+            1
+        );
+        assert_eq!(parse_tcp_stream(&stream[..10]), Err(Error::Incomplete));
+        assert!(matches!(
+            parse_tcp_stream(&[0, 3, 0, 0, 0]),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn cache_maps_address_to_queried_name() {
+        let msg = parse_message(&hex(RESPONSE)).unwrap();
+        let addr: IpAddr = "93.184.216.34".parse().unwrap();
+        let t0 = Timestamp::from_secs(1_000);
+        let mut cache = NameCache::new(4);
+        cache.insert(t0, &msg);
+        assert_eq!(cache.lookup(t0, addr), Some("www.example.com"));
+        assert_eq!(
+            cache.lookup_entry(t0, addr).unwrap().cnames,
+            vec!["cdn.example.com"]
+        );
+        // The chain's smallest TTL (60 s) bounds the entry.
+        assert_eq!(
+            cache.lookup(Timestamp::from_secs(1_059), addr),
+            Some("www.example.com")
+        );
+        assert_eq!(cache.lookup(Timestamp::from_secs(1_060), addr), None);
+        // Queries and failed responses teach nothing.
+        let mut query = msg.clone();
+        query.response = false;
+        let mut empty = NameCache::new(4);
+        empty.insert(t0, &query);
+        assert!(empty.is_empty());
+    }
+
+    fn answer(name: &str, addr: &str, ttl: u32) -> Message {
+        Message {
+            id: 0,
+            response: true,
+            rcode: 0,
+            questions: vec![Question {
+                name: name.into(),
+                qtype: 1,
+            }],
+            answers: vec![Answer {
+                name: name.into(),
+                ttl,
+                data: AnswerData::Addr(addr.parse().unwrap()),
+            }],
+        }
+    }
+
+    #[test]
+    fn cache_evicts_the_entry_expiring_first() {
+        let t0 = Timestamp::from_secs(1_000);
+        let mut cache = NameCache::new(2);
+        cache.insert(t0, &answer("long.example", "10.0.0.1", 3600));
+        cache.insert(t0, &answer("short.example", "10.0.0.2", 120));
+        cache.insert(t0, &answer("new.example", "10.0.0.3", 600));
+        assert_eq!(cache.evictions(), 1);
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.lookup(t0, "10.0.0.2".parse().unwrap()), None);
+        assert_eq!(
+            cache.lookup(t0, "10.0.0.1".parse().unwrap()),
+            Some("long.example")
+        );
+        // Expired entries make room without counting as evictions; TTL 0 still lasts 30 s.
+        let later = Timestamp::from_secs(1_000 + 601);
+        cache.insert(later, &answer("zero.example", "10.0.0.4", 0));
+        assert_eq!(cache.evictions(), 1);
+        assert_eq!(
+            cache.lookup(later, "10.0.0.4".parse().unwrap()),
+            Some("zero.example")
+        );
+        // A ttl far above a day is clamped.
+        cache.insert(later, &answer("far.example", "10.0.0.5", u32::MAX));
+        let entry = cache
+            .lookup_entry(later, "10.0.0.5".parse().unwrap())
+            .unwrap();
+        assert_eq!(entry.expires, later.plus(MAX_TTL));
+    }
+}

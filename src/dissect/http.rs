@@ -1,0 +1,248 @@
+//! HTTP/1.x message-head dissector (RFC 9112): the request or status line and the few
+//! headers that name the client, the server and the destination.
+
+use super::tls::wire_string;
+use super::{Error, Result};
+
+/// Longest message head (start line and header section) we wait for.
+const MAX_HEAD: usize = 16 * 1024;
+/// Most header fields read from one head.
+const MAX_HEADERS: usize = 100;
+/// Longest method token: the registered ones are short, and a long one is not HTTP.
+const MAX_METHOD: usize = 24;
+
+/// A request head (RFC 9112 §3: request-line = method SP request-target SP HTTP-version).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Request {
+    pub method: String,
+    /// As sent: origin-form, absolute-form, or CONNECT's authority-form (§3.2.3).
+    pub target: String,
+    pub version: String,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A response head (RFC 9112 §4: status-line = HTTP-version SP status-code SP [reason]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Response {
+    pub version: String,
+    pub status: u16,
+    pub server: Option<String>,
+}
+
+/// Parses the request head at the start of a client's byte stream.
+pub fn parse_request(stream: &[u8]) -> Result<Request> {
+    check_method_prefix(stream)?;
+    let (start, headers) = head(stream)?;
+    let mut parts = start.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Error::Invalid("HTTP request line is not three fields"));
+    };
+    if target.is_empty() || !is_version(version) {
+        return Err(Error::Invalid("HTTP request line malformed"));
+    }
+    Ok(Request {
+        method: wire_string(method),
+        target: wire_string(target),
+        version: wire_string(version),
+        host: header(&headers, b"host"),
+        user_agent: header(&headers, b"user-agent"),
+    })
+}
+
+/// Parses the response head at the start of a server's byte stream.
+pub fn parse_response(stream: &[u8]) -> Result<Response> {
+    const PREFIX: &[u8] = b"HTTP/";
+    let n = stream.len().min(PREFIX.len());
+    if stream[..n] != PREFIX[..n] {
+        return Err(Error::Invalid("not an HTTP status line"));
+    }
+    let (start, headers) = head(stream)?;
+    let mut parts = start.splitn(3, |&b| b == b' ');
+    let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
+        return Err(Error::Invalid("HTTP status line is too short"));
+    };
+    // status-code = 3DIGIT (RFC 9110 §15).
+    let status = match code {
+        [a, b, c] if code.iter().all(u8::is_ascii_digit) => {
+            u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0')
+        }
+        _ => return Err(Error::Invalid("HTTP status code is not three digits")),
+    };
+    if !is_version(version) {
+        return Err(Error::Invalid("HTTP version malformed"));
+    }
+    Ok(Response {
+        version: wire_string(version),
+        status,
+        server: header(&headers, b"server"),
+    })
+}
+
+/// Rejects non-HTTP clients from their first bytes: a method is a token (RFC 9110 §9.1,
+/// tchar of §5.6.2) followed by a space.
+fn check_method_prefix(stream: &[u8]) -> Result<()> {
+    let method_end = stream.iter().position(|&b| !is_tchar(b));
+    match method_end {
+        None if stream.len() <= MAX_METHOD => Ok(()),
+        Some(end) if end > 0 && end <= MAX_METHOD && stream[end] == b' ' => Ok(()),
+        _ => Err(Error::Invalid("not an HTTP request method")),
+    }
+}
+
+/// token characters (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// HTTP-version = "HTTP/" DIGIT "." DIGIT (RFC 9112 §2.3).
+fn is_version(v: &[u8]) -> bool {
+    matches!(v, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+        if major.is_ascii_digit() && minor.is_ascii_digit())
+}
+
+/// A header field's name and value (RFC 9112 §5).
+type Field<'a> = (&'a [u8], &'a [u8]);
+
+/// Splits a message head into its start line and header fields (RFC 9112 §2.1). Lines end
+/// in CRLF; a bare LF is accepted as §2.2 allows. `Incomplete` until the empty line.
+fn head(stream: &[u8]) -> Result<(&[u8], Vec<Field<'_>>)> {
+    let window = stream.get(..MAX_HEAD).unwrap_or(stream);
+    let mut lines = Vec::new();
+    let mut rest = window;
+    loop {
+        let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+            return Err(if stream.len() >= MAX_HEAD {
+                Error::Invalid("HTTP head too long")
+            } else {
+                Error::Incomplete
+            });
+        };
+        let line = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
+        rest = &rest[end + 1..];
+        if line.is_empty() {
+            break;
+        }
+        lines.push(line);
+        if lines.len() > MAX_HEADERS + 1 {
+            return Err(Error::Invalid("too many HTTP header fields"));
+        }
+    }
+    let (&start, fields) = lines
+        .split_first()
+        .ok_or(Error::Invalid("HTTP head without a start line"))?;
+    let mut headers = Vec::new();
+    for line in fields {
+        // obs-fold continuation lines (§5.2) carry no field we read: skip them.
+        if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+            continue;
+        }
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(Error::Invalid("HTTP header field without a colon"))?;
+        headers.push((&line[..colon], line[colon + 1..].trim_ascii()));
+    }
+    Ok((start, headers))
+}
+
+/// The first value of a header field, by case-insensitive name (RFC 9110 §5.1).
+fn header(headers: &[Field<'_>], name: &[u8]) -> Option<String> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| wire_string(v))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Request in the form of RFC 9112 §3.2.1's example, with a User-Agent added.
+    pub(crate) const REQUEST: &[u8] = b"GET /where?q=now HTTP/1.1\r\nHost: www.example.org\r\n\
+        user-agent:  curl/8.5.0 \r\nAccept: */*\r\n\r\n";
+    /// Status line as in RFC 9112 §4, with a Server field (RFC 9110 §10.2.4).
+    pub(crate) const RESPONSE: &[u8] =
+        b"HTTP/1.1 200 OK\r\nServer: nginx/1.25.3\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn request() {
+        let req = parse_request(REQUEST).unwrap();
+        assert_eq!(req.method, "GET");
+        assert_eq!(req.target, "/where?q=now");
+        assert_eq!(req.version, "HTTP/1.1");
+        assert_eq!(req.host.as_deref(), Some("www.example.org"));
+        assert_eq!(req.user_agent.as_deref(), Some("curl/8.5.0"));
+        for cut in 0..REQUEST.len() - 1 {
+            assert_eq!(
+                parse_request(&REQUEST[..cut]),
+                Err(Error::Incomplete),
+                "{cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn connect_authority_form() {
+        // RFC 9112 §3.2.3's example.
+        let req =
+            parse_request(b"CONNECT server.example.com:80 HTTP/1.1\nHost: server.example.com\n\n")
+                .unwrap();
+        assert_eq!(req.method, "CONNECT");
+        assert_eq!(req.target, "server.example.com:80");
+    }
+
+    #[test]
+    fn response() {
+        let resp = parse_response(RESPONSE).unwrap();
+        assert_eq!(resp.version, "HTTP/1.1");
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.server.as_deref(), Some("nginx/1.25.3"));
+        assert_eq!(parse_response(b"HTTP/1.0 404\r\n\r\n").unwrap().status, 404);
+        assert_eq!(parse_response(b"HTT"), Err(Error::Incomplete));
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 20x OK\r\n\r\n"),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_other_protocols_and_bounds() {
+        assert!(matches!(
+            parse_request(b"\x16\x03\x01"),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_request(b"SSH-2.0-OpenSSH_9.6\r\n"),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_request(b"GET / FTP/1.0\r\n\r\n"),
+            Err(Error::Invalid(_))
+        ));
+        let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        long.resize(MAX_HEAD + 1, b'a');
+        assert_eq!(
+            parse_request(&long),
+            Err(Error::Invalid("HTTP head too long"))
+        );
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for _ in 0..=MAX_HEADERS {
+            many.extend_from_slice(b"X: y\r\n");
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(
+            parse_request(&many),
+            Err(Error::Invalid("too many HTTP header fields"))
+        );
+        let ua = [
+            b"GET / HTTP/1.1\r\nUser-Agent: ".as_slice(),
+            &[b'u'; 1000],
+            b"\r\n\r\n",
+        ]
+        .concat();
+        assert_eq!(parse_request(&ua).unwrap().user_agent.unwrap().len(), 256);
+    }
+}

@@ -1,0 +1,704 @@
+//! Application identification: runs the protocol parsers over a flow's first bytes and
+//! decides its label from what they found. The label always rests on evidence in the
+//! bytes (a handshake, an SNI, a certificate, a DNS answer seen earlier); a port-only hint
+//! goes into `guess`.
+//!
+//! Identification is re-run from the start of each direction's reassembled prefix as more
+//! bytes arrive (the prefix is a few KB, so this is cheap) until every parser that applies
+//! has an answer; then the flow's buffers are freed and it costs only counters.
+
+use serde::Serialize;
+
+use crate::app::App;
+use crate::decode::Proto;
+use crate::dissect::tools::{self, NameKind};
+use crate::dissect::{
+    Error, dns, http, ipsec, ja4, openvpn, quic, radius, rdp, rfb, socks, ssh, stun, tls, wireguard,
+};
+
+/// What a flow looks like to the dissectors right now.
+pub struct Input<'a> {
+    pub proto: Proto,
+    pub orig_port: u16,
+    pub resp_port: u16,
+    /// In-order bytes from the start of each TCP direction.
+    pub client: &'a [u8],
+    pub server: &'a [u8],
+    /// No more bytes will come for the direction (prefix full, gap, or connection over).
+    pub client_closed: bool,
+    pub server_closed: bool,
+    /// UDP: the first datagrams of each direction.
+    pub client_datagrams: &'a [Vec<u8>],
+    pub server_datagrams: &'a [Vec<u8>],
+    /// The name a DNS answer gave the responder's address, if one was seen.
+    pub dns_name: Option<&'a str>,
+}
+
+/// The protocol details written into flow records, one object per protocol.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Details {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quic: Option<QuicDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rdp: Option<RdpDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rfb: Option<rfb::Session>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socks: Option<SocksDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireguardDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub openvpn: Option<OpenvpnDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipsec: Option<IpsecDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stun: Option<StunDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub radius: Option<radius::Accounting>,
+    /// What named the remote-access tool: "sni", "dns_name", "cert_name", "alpn", "payload".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_evidence: Option<&'static str>,
+    /// The flow goes to a remote-access vendor's relay or broker, not to the peer itself.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub relay: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TlsDetails {
+    pub client_version: Option<u16>,
+    pub version: Option<u16>,
+    pub sni: Option<String>,
+    pub alpn: Vec<String>,
+    pub ja4: Option<String>,
+    pub cipher: Option<u16>,
+    pub server_alpn: Option<String>,
+    pub cert_subject: Option<String>,
+    pub cert_issuer: Option<String>,
+    pub cert_san: Vec<String>,
+    /// Datagram TLS (RFC 6347), as WebRTC media uses.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dtls: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct QuicDetails {
+    pub version: u32,
+    pub sni: Option<String>,
+    pub alpn: Vec<String>,
+    pub ja4: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DnsDetails {
+    pub query: Option<String>,
+    pub qtype: Option<u16>,
+    pub rcode: Option<u8>,
+    pub answers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HttpDetails {
+    pub method: String,
+    pub target: String,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+    pub status: Option<u16>,
+    /// An explicit proxy request (RFC 9110 §9.3.6).
+    pub connect: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SshDetails {
+    pub client: Option<String>,
+    pub server: Option<String>,
+    pub hassh: Option<String>,
+    pub hassh_server: Option<String>,
+    pub kex: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RdpDetails {
+    pub cookie: Option<String>,
+    pub requested_protocols: Vec<&'static str>,
+    pub selected_protocol: Option<&'static str>,
+    pub failure_code: Option<u32>,
+    /// The session moved to TLS/CredSSP after the X.224 exchange.
+    pub tls: bool,
+    /// MS-RDPEUDP: the UDP transport's SYN (and SYN/ACK).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp: Option<rdp::RdpeudpSyn>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SocksDetails {
+    pub version: u8,
+    pub command: u8,
+    pub target: String,
+    pub granted: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WireguardDetails {
+    pub handshake_initiation: bool,
+    pub handshake_response: bool,
+    pub transport: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OpenvpnDetails {
+    pub opcode: u8,
+    pub tls_auth: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IpsecDetails {
+    pub ike_version: Option<u8>,
+    pub exchange: Option<u8>,
+    pub esp: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StunDetails {
+    pub method: Option<&'static str>,
+    pub software: Option<String>,
+    /// A TURN allocation answered with a relayed address: media goes through a relay.
+    pub relayed: bool,
+    pub channel_data: bool,
+}
+
+/// The outcome of one identification pass.
+#[derive(Clone, Debug, Default)]
+pub struct Identification {
+    pub app: Option<App>,
+    pub guess: Option<App>,
+    pub details: Details,
+    /// Every parser that applies has its answer: the buffers can go.
+    pub done: bool,
+}
+
+/// Parser state of one pass: did it find the protocol, and is it finished.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Found {
+    No,
+    Partial,
+    Full,
+}
+
+fn found<T>(r: &crate::dissect::Result<T>, closed: bool) -> Found {
+    match r {
+        Ok(_) => Found::Full,
+        Err(Error::Incomplete) if !closed => Found::Partial,
+        Err(_) => Found::No,
+    }
+}
+
+pub fn identify(input: &Input<'_>) -> Identification {
+    let mut id = Identification::default();
+    let settled = match input.proto {
+        Proto::Tcp => tcp(input, &mut id),
+        Proto::Udp => udp(input, &mut id),
+        Proto::Icmp | Proto::Icmpv6 => true,
+    };
+    names(input, &mut id);
+    let proto = match input.proto {
+        Proto::Udp => tools::Proto::Udp,
+        _ => tools::Proto::Tcp,
+    };
+    if id.app.is_none() {
+        let (client, server) = match input.proto {
+            Proto::Tcp => (Some(input.client), Some(input.server)),
+            _ => (
+                input.client_datagrams.first().map(Vec::as_slice),
+                input.server_datagrams.first().map(Vec::as_slice),
+            ),
+        };
+        let by_bytes = client
+            .filter(|c| !c.is_empty())
+            .and_then(|c| tools::match_payload(proto, true, c))
+            .or_else(|| {
+                server
+                    .filter(|s| !s.is_empty())
+                    .and_then(|s| tools::match_payload(proto, false, s))
+            });
+        if let Some(app) = by_bytes {
+            id.app = Some(app);
+            id.details.tool_evidence = Some("payload");
+        }
+    }
+    let all_closed = match input.proto {
+        Proto::Tcp => input.client_closed && input.server_closed,
+        _ => {
+            input.client_datagrams.len() >= crate::flows::flow::MAX_DATAGRAMS
+                || input.server_datagrams.len() >= crate::flows::flow::MAX_DATAGRAMS
+        }
+    };
+    id.done = settled || all_closed;
+    if id.app.is_none() && id.done {
+        id.guess = tools::port_guess(proto, input.resp_port);
+    }
+    id
+}
+
+/// TCP probes, each guarded by the first bytes so that only plausible parsers run.
+/// Returns whether identification is settled.
+fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
+    let (c, s) = (input.client, input.server);
+    let (cc, sc) = (input.client_closed, input.server_closed);
+    if c.is_empty() && s.is_empty() {
+        return false;
+    }
+    // SSH: either side may speak first (RFC 4253 §4.2).
+    if c.starts_with(b"SSH-") || s.starts_with(b"SSH-") {
+        return ssh_probe(c, s, cc, sc, id);
+    }
+    if c.first() == Some(&0x16) {
+        let f = tls_probe(c, s, cc, sc, id);
+        if f != Found::No {
+            return f == Found::Full;
+        }
+    }
+    if c.starts_with(&[0x03, 0x00]) {
+        let f = rdp_probe(c, s, cc, sc, id);
+        if f != Found::No {
+            return f == Found::Full;
+        }
+    }
+    if s.starts_with(b"RFB ") {
+        let r = rfb::parse_session(c, s);
+        if let Ok(session) = &r {
+            id.app = Some(App::Vnc);
+            id.details.rfb = Some(session.clone());
+        }
+        // The session summary grows with the handshake; settle once the auth is chosen.
+        let settled = r.as_ref().is_ok_and(|s| s.auth_type.is_some()) || (cc && sc);
+        if id.app.is_some() {
+            return settled;
+        }
+    }
+    if c.first().is_some_and(|b| b.is_ascii_uppercase()) {
+        let req = http::parse_request(c);
+        if let Ok(req) = &req {
+            let resp = http::parse_response(s).ok();
+            id.app = Some(App::Http);
+            id.details.http = Some(HttpDetails {
+                connect: req.method.eq_ignore_ascii_case("CONNECT"),
+                method: req.method.clone(),
+                target: req.target.clone(),
+                host: req.host.clone(),
+                user_agent: req.user_agent.clone(),
+                status: resp.as_ref().map(|r| r.status),
+            });
+            return resp.is_some() || sc;
+        }
+        if found(&req, cc) == Found::Partial {
+            return false;
+        }
+    }
+    if matches!(c.first(), Some(4) | Some(5)) {
+        let req = socks::parse_request(c);
+        if let Ok(req) = &req {
+            let version = req.version;
+            let reply = socks::parse_reply(s, version);
+            // A SOCKS request alone is a guess; the server's well-formed reply confirms it.
+            if let Ok(reply) = &reply {
+                id.app = Some(App::Socks);
+                id.details.socks = Some(SocksDetails {
+                    version,
+                    command: req.command,
+                    target: match (&req.host, req.addr) {
+                        (Some(h), _) => format!("{h}:{}", req.port),
+                        (None, Some(a)) => format!("{a}:{}", req.port),
+                        (None, None) => format!(":{}", req.port),
+                    },
+                    granted: Some(reply.granted),
+                });
+                return true;
+            }
+            if found(&reply, sc) == Found::Partial {
+                return false;
+            }
+        } else if found(&req, cc) == Found::Partial {
+            return false;
+        }
+    }
+    if let Ok(p) = openvpn::parse(c, true)
+        && openvpn::is_hard_reset(p.opcode)
+    {
+        let answered = openvpn::parse(s, true).is_ok_and(|r| openvpn::is_hard_reset(r.opcode));
+        if answered || s.is_empty() {
+            id.app = Some(App::Openvpn);
+            id.details.openvpn = Some(OpenvpnDetails {
+                opcode: p.opcode,
+                tls_auth: p.hmac_len.is_some(),
+            });
+            return answered || sc;
+        }
+    }
+    if (input.resp_port == 53 || input.orig_port == 53)
+        && let Ok(msgs) = dns::parse_tcp_stream(c)
+        && !msgs.is_empty()
+    {
+        id.app = Some(App::Dns);
+        let resp = dns::parse_tcp_stream(s).ok();
+        id.details.dns = Some(dns_details(
+            msgs.first(),
+            resp.as_ref().and_then(|r| r.first()),
+        ));
+        return resp.is_some_and(|r| !r.is_empty()) || sc;
+    }
+    // Nothing matched yet: a few more bytes may still tell; stop when both sides closed.
+    false
+}
+
+fn ssh_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) -> bool {
+    let cb = ssh::parse_banner(c);
+    let sb = ssh::parse_banner(s);
+    if cb.is_err() && sb.is_err() {
+        return found(&cb, cc) == Found::No && found(&sb, sc) == Found::No;
+    }
+    id.app = Some(App::Ssh);
+    let mut d = SshDetails {
+        client: cb.as_ref().ok().map(|b| b.raw.clone()),
+        server: sb.as_ref().ok().map(|b| b.raw.clone()),
+        ..SshDetails::default()
+    };
+    let ck = cb
+        .as_ref()
+        .ok()
+        .map(|b| ssh::parse_kexinit(c.get(b.len..).unwrap_or_default()));
+    let sk = sb
+        .as_ref()
+        .ok()
+        .map(|b| ssh::parse_kexinit(s.get(b.len..).unwrap_or_default()));
+    if let Some(Ok(k)) = &ck {
+        d.hassh = Some(ssh::hassh(k, true).1);
+        d.kex = k.kex.first().cloned();
+    }
+    if let Some(Ok(k)) = &sk {
+        d.hassh_server = Some(ssh::hassh(k, false).1);
+    }
+    id.details.ssh = Some(d);
+    let settled = |k: &Option<crate::dissect::Result<ssh::KexInit>>, closed: bool| match k {
+        Some(r) => found(r, closed) != Found::Partial,
+        None => closed,
+    };
+    settled(&ck, cc) && settled(&sk, sc)
+}
+
+fn tls_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) -> Found {
+    let hello = tls::parse_client_hello(c);
+    let Ok(hello) = hello else {
+        return found(&hello, cc);
+    };
+    id.app = Some(App::Tls);
+    let mut d = TlsDetails {
+        client_version: Some(hello.legacy_version),
+        sni: hello.sni.clone(),
+        alpn: hello.alpn.clone(),
+        ja4: Some(hello.ja4.clone()),
+        ..TlsDetails::default()
+    };
+    let server = tls::parse_server_hello(s);
+    if let Ok(sh) = &server {
+        d.version = Some(sh.version);
+        d.cipher = Some(sh.cipher);
+        d.server_alpn = sh.alpn.clone();
+    }
+    let cert = tls::parse_server_certificate(s);
+    if let Ok(Some(cert)) = &cert {
+        d.cert_subject = Some(cert.subject.clone());
+        d.cert_issuer = Some(cert.issuer.clone());
+        d.cert_san = cert.san_dns.iter().take(8).cloned().collect();
+        d.cert_san.extend(cert.subject_cn.clone());
+    }
+    id.details.tls = Some(d);
+    if found(&server, sc) == Found::Partial || found(&cert, sc) == Found::Partial {
+        Found::Partial
+    } else {
+        Found::Full
+    }
+}
+
+fn rdp_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) -> Found {
+    let req = rdp::parse_connection_request(c);
+    let Ok(req) = req else {
+        return found(&req, cc);
+    };
+    id.app = Some(App::Rdp);
+    let confirm = rdp::parse_connection_confirm(s);
+    let mut d = RdpDetails {
+        cookie: req.cookie.clone(),
+        requested_protocols: req
+            .requested_protocols
+            .map(rdp::protocol_names)
+            .unwrap_or_default(),
+        ..RdpDetails::default()
+    };
+    if let Ok(cc) = &confirm {
+        d.selected_protocol = cc.selected_protocol.and_then(rdp::selected_protocol_name);
+        d.failure_code = cc.failure_code;
+        d.tls = cc.selected_protocol.is_some_and(|p| p != 0);
+    }
+    // A TLS ClientHello after the X.224 request: record its fingerprint as well.
+    let tpkt_len = c
+        .get(2..4)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize);
+    if let Some(rest) = tpkt_len.and_then(|n| c.get(n..))
+        && let Ok(hello) = tls::parse_client_hello(rest)
+    {
+        d.tls = true;
+        id.details.tls = Some(TlsDetails {
+            client_version: Some(hello.legacy_version),
+            sni: hello.sni,
+            alpn: hello.alpn,
+            ja4: Some(hello.ja4),
+            ..TlsDetails::default()
+        });
+    }
+    id.details.rdp = Some(d);
+    if found(&confirm, sc) == Found::Partial {
+        Found::Partial
+    } else {
+        Found::Full
+    }
+}
+
+/// UDP probes over the first datagrams; returns whether identification is settled.
+fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
+    let (cd, sd) = (input.client_datagrams, input.server_datagrams);
+    let Some(first) = cd.first().or(sd.first()) else {
+        return false;
+    };
+    let ports = [input.orig_port, input.resp_port];
+    let on = |p: &[u16]| ports.iter().any(|x| p.contains(x));
+    if on(&[53, 5353, 5355])
+        && let Ok(q) = dns::parse_message(first)
+    {
+        id.app = Some(App::Dns);
+        let answer = sd.first().and_then(|d| dns::parse_message(d).ok());
+        id.details.dns = Some(dns_details(Some(&q), answer.as_ref()));
+        // Settled with the answer, so the record carries it.
+        return answer.is_some();
+    }
+    if on(&[1812, 1813, 1645, 1646])
+        && let Ok(p) = radius::parse(first)
+    {
+        id.app = Some(App::Radius);
+        id.details.radius = p.accounting;
+        return true;
+    }
+    if first.first().is_some_and(|b| b & 0xc0 == 0xc0)
+        && let Ok(initial) = quic::parse_initial(first)
+    {
+        let initials: Vec<quic::Initial> = cd
+            .iter()
+            .filter_map(|d| quic::parse_initial(d).ok())
+            .collect();
+        let hello = quic::client_hello(&initials);
+        id.app = Some(App::Quic);
+        let mut d = QuicDetails {
+            version: initial.version,
+            ..QuicDetails::default()
+        };
+        if let Ok(h) = &hello {
+            d.sni = h.sni.clone();
+            d.alpn = h.alpn.clone();
+            d.ja4 = Some(ja4::ja4(h, ja4::Transport::Quic).0);
+        }
+        id.details.quic = Some(d);
+        return hello.is_ok() || cd.len() >= 3;
+    }
+    if let Ok(h) = tls::parse_dtls_client_hello(first) {
+        id.details.tls = Some(TlsDetails {
+            client_version: Some(h.legacy_version),
+            sni: h.sni,
+            alpn: h.alpn,
+            ja4: Some(h.ja4),
+            dtls: true,
+            ..TlsDetails::default()
+        });
+        return true;
+    }
+    let stun_msgs: Vec<stun::Message> = cd
+        .iter()
+        .chain(sd)
+        .filter_map(|d| stun::parse(d).ok())
+        .collect();
+    if !stun_msgs.is_empty() {
+        id.app = Some(App::Stun);
+        id.details.stun = Some(StunDetails {
+            method: stun_msgs.first().and_then(|m| stun::method_name(m.method)),
+            software: stun_msgs.iter().find_map(|m| m.software.clone()),
+            relayed: stun_msgs.iter().any(|m| m.xor_relayed.is_some()),
+            channel_data: cd.iter().chain(sd).any(|d| stun::is_channel_data(d)),
+        });
+        return true;
+    }
+    let wg: Vec<wireguard::Message> = cd
+        .iter()
+        .chain(sd)
+        .filter_map(|d| wireguard::parse(d).ok())
+        .collect();
+    let initiation = wg
+        .iter()
+        .any(|m| matches!(m, wireguard::Message::HandshakeInitiation { .. }));
+    let response = wg
+        .iter()
+        .any(|m| matches!(m, wireguard::Message::HandshakeResponse { .. }));
+    let transport = wg
+        .iter()
+        .any(|m| matches!(m, wireguard::Message::Transport { .. }));
+    // One message type alone is too weak (transport packets are just sized bytes): the
+    // handshake, or a handshake message with transport, identifies WireGuard.
+    if (initiation || response) && (initiation && response || transport) {
+        id.app = Some(App::Wireguard);
+        id.details.wireguard = Some(WireguardDetails {
+            handshake_initiation: initiation,
+            handshake_response: response,
+            transport,
+        });
+        return true;
+    }
+    if on(&[500, 4500]) {
+        let natt = ports.contains(&4500);
+        if let Ok(ike) = ipsec::parse_ike(first, natt) {
+            id.app = Some(App::Ipsec);
+            id.details.ipsec = Some(IpsecDetails {
+                ike_version: Some(ike.version),
+                exchange: Some(ike.exchange),
+                esp: false,
+            });
+            return true;
+        }
+        if natt && ipsec::parse_esp(first).is_ok() && !ipsec::is_nat_keepalive(first) {
+            id.app = Some(App::Ipsec);
+            id.details.ipsec = Some(IpsecDetails {
+                esp: true,
+                ..IpsecDetails::default()
+            });
+            return true;
+        }
+    }
+    // OpenVPN over UDP: a client hard reset answered by a server hard reset. One packet
+    // alone is too weak (a NetBIOS datagram can look like a reset).
+    if let Some(Ok(p)) = cd.first().map(|d| openvpn::parse(d, false))
+        && matches!(
+            p.opcode,
+            openvpn::P_CONTROL_HARD_RESET_CLIENT_V1
+                | openvpn::P_CONTROL_HARD_RESET_CLIENT_V2
+                | openvpn::P_CONTROL_HARD_RESET_CLIENT_V3
+        )
+    {
+        let answered = sd
+            .first()
+            .map(|d| openvpn::parse(d, false))
+            .is_some_and(|r| {
+                r.is_ok_and(|r| {
+                    matches!(
+                        r.opcode,
+                        openvpn::P_CONTROL_HARD_RESET_SERVER_V1
+                            | openvpn::P_CONTROL_HARD_RESET_SERVER_V2
+                    )
+                })
+            });
+        if answered {
+            id.app = Some(App::Openvpn);
+            id.details.openvpn = Some(OpenvpnDetails {
+                opcode: p.opcode,
+                tls_auth: p.hmac_len.is_some(),
+            });
+            return true;
+        }
+        if sd.is_empty() {
+            return false;
+        }
+    }
+    if let Ok(syn) = rdp::parse_rdpeudp_syn(first) {
+        id.app = Some(App::Rdp);
+        let synack = sd.first().and_then(|d| rdp::parse_rdpeudp_syn(d).ok());
+        id.details.rdp = Some(RdpDetails {
+            udp: Some(synack.unwrap_or(syn)),
+            ..RdpDetails::default()
+        });
+        return true;
+    }
+    false
+}
+
+fn dns_details(q: Option<&dns::Message>, r: Option<&dns::Message>) -> DnsDetails {
+    let question = q.and_then(|m| m.questions.first());
+    DnsDetails {
+        query: question.map(|q| q.name.clone()),
+        qtype: question.map(|q| q.qtype),
+        rcode: r.map(|m| m.rcode),
+        answers: r
+            .map(|m| {
+                m.answers
+                    .iter()
+                    .filter_map(|a| match &a.data {
+                        dns::AnswerData::Addr(ip) => Some(ip.to_string()),
+                        dns::AnswerData::Cname(n) => Some(n.clone()),
+                        dns::AnswerData::Other(_) => None,
+                    })
+                    .take(16)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// Names that point at a remote-access tool relabel the flow: a TLS session to AnyDesk is
+/// AnyDesk. The strongest evidence wins: handshake names, then the DNS name.
+fn names(input: &Input<'_>, id: &mut Identification) {
+    let d = &id.details;
+    let tls = d.tls.as_ref();
+    let quic = d.quic.as_ref();
+    let mut candidates: Vec<(NameKind, &str, &'static str)> = Vec::new();
+    for sni in [
+        tls.and_then(|t| t.sni.as_deref()),
+        quic.and_then(|q| q.sni.as_deref()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        candidates.push((NameKind::Sni, sni, "sni"));
+    }
+    for alpn in tls.map(|t| t.alpn.as_slice()).unwrap_or_default() {
+        candidates.push((NameKind::Alpn, alpn, "alpn"));
+    }
+    if let Some(t) = tls {
+        for name in t.cert_subject.iter().chain(t.cert_san.iter()) {
+            candidates.push((NameKind::CertName, name, "cert_name"));
+        }
+    }
+    if let Some(h) = d.http.as_ref().and_then(|h| h.host.as_deref()) {
+        candidates.push((NameKind::Sni, h.split(':').next().unwrap_or(h), "http_host"));
+    }
+    if let Some(n) = input.dns_name {
+        candidates.push((NameKind::DnsName, n, "dns_name"));
+    }
+    let hit = candidates.iter().find_map(|(kind, name, what)| {
+        // A certificate subject is a DN: try its CN and O values.
+        if *kind == NameKind::CertName && name.contains('=') {
+            name.split(',').find_map(|part| {
+                let (_, v) = part.split_once('=')?;
+                tools::match_name(*kind, v.trim()).map(|m| (m, *what))
+            })
+        } else {
+            tools::match_name(*kind, name).map(|m| (m, *what))
+        }
+    });
+    if let Some((m, what)) = hit {
+        id.app = Some(m.app);
+        id.details.relay = m.relay;
+        id.details.tool_evidence = Some(what);
+    }
+}

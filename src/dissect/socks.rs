@@ -1,0 +1,282 @@
+//! SOCKS 4/4a and 5: the proxy request that names where a client really connects, and the
+//! proxy's reply. A host that talks SOCKS out of the corporate tunnel is relaying.
+
+use super::{Error, Result};
+use serde::Serialize;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// User ids and host names are kept up to this many bytes (SOCKS5 caps both at 255).
+const MAX_TEXT: usize = 255;
+/// SOCKS4 user ids and 4a host names are NUL-terminated; give up on a missing NUL after this.
+const MAX_NUL_SCAN: usize = 512;
+/// RFC 1928 §3: username/password method; RFC 1929 §2: its sub-negotiation version.
+const METHOD_USER_PASS: u8 = 0x02;
+const USER_PASS_VERSION: u8 = 0x01;
+
+/// A proxy request: SOCKS4 (socks4 protocol document), SOCKS4a, or SOCKS5 (RFC 1928 §4).
+#[derive(Clone, Debug, Serialize)]
+pub struct Request {
+    pub version: u8,
+    /// 1 connect, 2 bind, 3 UDP associate (SOCKS5).
+    pub command: u8,
+    /// The destination by name (SOCKS4a, SOCKS5 ATYP 3).
+    pub host: Option<String>,
+    pub addr: Option<IpAddr>,
+    pub port: u16,
+    /// SOCKS4 USERID or the RFC 1929 UNAME (the password is never kept).
+    pub user: Option<String>,
+}
+
+/// The proxy's answer to a request (SOCKS4 reply; RFC 1928 §6).
+#[derive(Clone, Debug, Serialize)]
+pub struct Reply {
+    /// SOCKS4 CD (90 granted) or SOCKS5 REP (0 succeeded); for SOCKS5 a refused method
+    /// selection (0xFF) or failed RFC 1929 authentication reports 0xFF / the auth status.
+    pub status: u8,
+    pub granted: bool,
+    pub bound_addr: Option<IpAddr>,
+    pub bound_port: Option<u16>,
+}
+
+/// A forward-only reader; Incomplete at the end of the bytes so far.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n).ok_or(Error::Incomplete)?;
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    /// A NUL-terminated string (SOCKS4 USERID, 4a host).
+    fn cstr(&mut self) -> Result<String> {
+        match self.0.iter().take(MAX_NUL_SCAN).position(|&b| b == 0) {
+            Some(n) => {
+                let s = text(self.take(n)?);
+                self.take(1)?;
+                Ok(s)
+            }
+            None if self.0.len() >= MAX_NUL_SCAN => Err(Error::Invalid("socks4 string too long")),
+            None => Err(Error::Incomplete),
+        }
+    }
+    /// RFC 1928 §4/§5: ATYP then IPv4, a length-prefixed name, or IPv6; then the port.
+    fn address(&mut self) -> Result<(Option<IpAddr>, Option<String>, u16)> {
+        let (addr, host) = match self.u8()? {
+            1 => (Some(ipv4(self.take(4)?)), None),
+            3 => {
+                let n = self.u8()? as usize;
+                (None, Some(text(self.take(n)?)))
+            }
+            4 => {
+                let b: [u8; 16] = self.take(16)?.try_into().unwrap_or_default();
+                (Some(IpAddr::V6(Ipv6Addr::from(b))), None)
+            }
+            _ => return Err(Error::Invalid("socks5 address type")),
+        };
+        Ok((addr, host, self.u16()?))
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(MAX_TEXT)]).into_owned()
+}
+
+fn ipv4(b: &[u8]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+}
+
+/// Parses the client's side of the stream up to and including its request.
+pub fn parse_request(client_stream: &[u8]) -> Result<Request> {
+    let mut c = Cursor(client_stream);
+    match c.u8()? {
+        4 => {
+            let command = c.u8()?;
+            if !matches!(command, 1 | 2) {
+                return Err(Error::Invalid("socks4 command"));
+            }
+            let port = c.u16()?;
+            let ip = c.take(4)?;
+            let user = Some(c.cstr()?).filter(|u| !u.is_empty());
+            // SOCKS4a: 0.0.0.x with x != 0 means a host name follows the user id.
+            let (addr, host) = if ip[..3] == [0, 0, 0] && ip[3] != 0 {
+                (None, Some(c.cstr()?))
+            } else {
+                (Some(ipv4(ip)), None)
+            };
+            Ok(Request {
+                version: 4,
+                command,
+                host,
+                addr,
+                port,
+                user,
+            })
+        }
+        5 => {
+            // RFC 1928 §3: NMETHODS, METHODS.
+            let n = c.u8()? as usize;
+            if n == 0 {
+                return Err(Error::Invalid("socks5 no methods"));
+            }
+            let methods = c.take(n)?;
+            let mut user = None;
+            // The client's next byte tells whether the server chose username/password.
+            if c.0.first() == Some(&USER_PASS_VERSION) && methods.contains(&METHOD_USER_PASS) {
+                c.take(1)?;
+                let ulen = c.u8()? as usize;
+                user = Some(text(c.take(ulen)?));
+                let plen = c.u8()? as usize;
+                c.take(plen)?;
+            }
+            if c.u8()? != 5 {
+                return Err(Error::Invalid("socks5 request version"));
+            }
+            let command = c.u8()?;
+            if !matches!(command, 1..=3) || c.u8()? != 0 {
+                return Err(Error::Invalid("socks5 request"));
+            }
+            let (addr, host, port) = c.address()?;
+            Ok(Request {
+                version: 5,
+                command,
+                host,
+                addr,
+                port,
+                user,
+            })
+        }
+        _ => Err(Error::Invalid("socks version")),
+    }
+}
+
+/// Parses the server's side of the stream up to its reply to the request.
+pub fn parse_reply(server_stream: &[u8], version: u8) -> Result<Reply> {
+    let mut s = Cursor(server_stream);
+    let refused = |status| {
+        Ok(Reply {
+            status,
+            granted: false,
+            bound_addr: None,
+            bound_port: None,
+        })
+    };
+    match version {
+        4 => {
+            if s.u8()? != 0 {
+                return Err(Error::Invalid("socks4 reply version"));
+            }
+            let status = s.u8()?;
+            if !(90..=93).contains(&status) {
+                return Err(Error::Invalid("socks4 reply code"));
+            }
+            let port = s.u16()?;
+            let addr = ipv4(s.take(4)?);
+            Ok(Reply {
+                status,
+                granted: status == 90,
+                bound_addr: Some(addr),
+                bound_port: Some(port),
+            })
+        }
+        5 => {
+            if s.u8()? != 5 {
+                return Err(Error::Invalid("socks5 method selection"));
+            }
+            let method = s.u8()?;
+            if method == 0xFF {
+                return refused(0xFF);
+            }
+            if method == METHOD_USER_PASS {
+                if s.u8()? != USER_PASS_VERSION {
+                    return Err(Error::Invalid("socks5 auth reply"));
+                }
+                let status = s.u8()?;
+                if status != 0 {
+                    return refused(status);
+                }
+            }
+            if s.u8()? != 5 {
+                return Err(Error::Invalid("socks5 reply version"));
+            }
+            let status = s.u8()?;
+            if s.u8()? != 0 {
+                return Err(Error::Invalid("socks5 reply reserved"));
+            }
+            let (addr, _, port) = s.address()?;
+            Ok(Reply {
+                status,
+                granted: status == 0,
+                bound_addr: addr,
+                bound_port: Some(port),
+            })
+        }
+        _ => Err(Error::Invalid("socks version")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dissect::tools::hex;
+
+    #[test]
+    fn socks5_with_username_password() {
+        // zeek/Traces/socks-auth.pcap: greeting, RFC 1929 auth bob/alice, CONNECT
+        // 192.168.0.2:22; server chose method 2, auth ok, reply bound 192.168.0.1:55951.
+        let c = hex(concat!(
+            "0503000302",
+            "0103626f6205616c696365",
+            "05010001c0a800020016"
+        ));
+        let r = parse_request(&c).unwrap();
+        assert_eq!((r.version, r.command, r.port), (5, 1, 22));
+        assert_eq!(r.user.as_deref(), Some("bob"));
+        assert_eq!(r.addr, Some("192.168.0.2".parse().unwrap()));
+        let s = hex(concat!("0502", "0100", "05000001c0a80001da8f"));
+        let rep = parse_reply(&s, 5).unwrap();
+        assert!(rep.granted);
+        assert_eq!(
+            (rep.bound_addr, rep.bound_port),
+            (Some("192.168.0.1".parse().unwrap()), Some(55951))
+        );
+        assert_eq!(parse_request(&c[..12]).unwrap_err(), Error::Incomplete);
+    }
+
+    #[test]
+    fn socks5_domain_name() {
+        // zeek/Traces/socks.pcap: CONNECT www.osnews.com:80.
+        let r = parse_request(&hex("050100050100030e7777772e6f736e6577732e636f6d0050")).unwrap();
+        assert_eq!(
+            (r.host.as_deref(), r.port, r.user),
+            (Some("www.osnews.com"), 80, None)
+        );
+    }
+
+    #[test]
+    fn socks4_and_4a() {
+        // SOCKS4 protocol document: VN 4, CD 1, port 80, 0.0.0.1 (4a), USERID "u", host
+        // "example.com" (synthesized); reply 00 5a granted.
+        let mut b = vec![4, 1, 0, 80, 0, 0, 0, 1, b'u', 0];
+        b.extend(b"example.com\0");
+        let r = parse_request(&b).unwrap();
+        assert_eq!(
+            (r.version, r.host.as_deref(), r.user.as_deref()),
+            (4, Some("example.com"), Some("u"))
+        );
+        let r = parse_request(&[4, 1, 0, 22, 10, 0, 0, 1, 0]).unwrap();
+        assert_eq!(r.addr, Some("10.0.0.1".parse().unwrap()));
+        assert!(parse_reply(&[0, 90, 0, 0, 0, 0, 0, 0], 4).unwrap().granted);
+        assert!(!parse_reply(&[0, 91, 0, 0, 0, 0, 0, 0], 4).unwrap().granted);
+        assert!(matches!(
+            parse_request(b"GET / HTTP/1.1"),
+            Err(Error::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,278 @@
+//! SSH: the identification banner and the first KEXINIT of each side, enough to name the
+//! software and compute its HASSH fingerprint before the channel turns encrypted.
+
+use super::{Error, Result};
+use serde::Serialize;
+
+/// RFC 4253 §4.2: a banner line is at most 255 bytes including CR LF.
+const MAX_LINE: usize = 255;
+/// How much pre-banner text a server may send before we stop calling it SSH (RFC 4253 §4.2
+/// allows "other lines"; OpenSSH gives up after 1024 of them, we after 8 KiB).
+const MAX_PRE_BANNER: usize = 8192;
+/// RFC 4253 §6.1: implementations must handle packets of 35000 bytes; KEXINIT is far smaller.
+const MAX_PACKET: usize = 35000;
+/// SSH_MSG_KEXINIT, RFC 4253 §12.
+const MSG_KEXINIT: u8 = 20;
+/// A name-list is kept up to this many bytes (real lists are a few hundred).
+const MAX_NAME_LIST: usize = 4096;
+
+/// The identification string, RFC 4253 §4.2: `SSH-protoversion-softwareversion SP comments`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Banner {
+    /// The whole line without CR LF.
+    pub raw: String,
+    /// "2.0", or "1.99" for a server that also speaks SSH-1.
+    pub proto: String,
+    pub software: String,
+    pub comments: Option<String>,
+    /// Bytes consumed from the start of the stream, pre-banner lines and CR LF included.
+    pub len: usize,
+}
+
+/// Parses the banner at the start of one direction's stream, skipping the other lines a
+/// server may send first.
+pub fn parse_banner(stream: &[u8]) -> Result<Banner> {
+    let mut start = 0;
+    loop {
+        let rest = stream.get(start..).unwrap_or_default();
+        let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+            // No full line yet: a prefix of "SSH-" or of a pre-banner line.
+            let head = &rest[..rest.len().min(4)];
+            return if rest.len() > MAX_LINE && rest.starts_with(b"SSH-") {
+                Err(Error::Invalid("ssh banner too long"))
+            } else if start + rest.len() > MAX_PRE_BANNER {
+                Err(Error::Invalid("ssh banner not found"))
+            } else if start == 0 && !b"SSH-".starts_with(head) && rest.contains(&0) {
+                Err(Error::Invalid("not ssh"))
+            } else {
+                Err(Error::Incomplete)
+            };
+        };
+        let line = &rest[..nl];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let len = start + nl + 1;
+        if line.starts_with(b"SSH-") {
+            if nl + 1 > MAX_LINE {
+                return Err(Error::Invalid("ssh banner too long"));
+            }
+            return banner_from_line(line, len);
+        }
+        if line.contains(&0) {
+            return Err(Error::Invalid("not ssh"));
+        }
+        start = len;
+        if start > MAX_PRE_BANNER {
+            return Err(Error::Invalid("ssh banner not found"));
+        }
+    }
+}
+
+fn banner_from_line(line: &[u8], len: usize) -> Result<Banner> {
+    let raw = String::from_utf8_lossy(line).into_owned();
+    let body = raw.get(4..).ok_or(Error::Invalid("ssh banner"))?;
+    let (proto, rest) = body
+        .split_once('-')
+        .ok_or(Error::Invalid("ssh banner without software"))?;
+    if proto.is_empty() || !proto.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(Error::Invalid("ssh protocol version"));
+    }
+    let (software, comments) = match rest.split_once(' ') {
+        Some((s, c)) => (s, Some(c.to_owned())),
+        None => (rest, None),
+    };
+    Ok(Banner {
+        proto: proto.to_owned(),
+        software: software.to_owned(),
+        comments,
+        len,
+        raw,
+    })
+}
+
+/// The algorithm lists of SSH_MSG_KEXINIT, RFC 4253 §7.1 (languages are not kept).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct KexInit {
+    pub kex: Vec<String>,
+    pub host_key: Vec<String>,
+    pub enc_c2s: Vec<String>,
+    pub enc_s2c: Vec<String>,
+    pub mac_c2s: Vec<String>,
+    pub mac_s2c: Vec<String>,
+    pub comp_c2s: Vec<String>,
+    pub comp_s2c: Vec<String>,
+}
+
+/// RFC 4253 §6 binary packet: `uint32 packet_length, byte padding_length, payload, padding`.
+mod packet {
+    pub const LENGTH: std::ops::Range<usize> = 0..4;
+    pub const PADDING: usize = 4;
+    pub const PAYLOAD: usize = 5;
+}
+/// RFC 4253 §7.1: message number, then a 16-byte cookie, then the name-lists.
+const KEXINIT_LISTS: usize = 17;
+
+/// Parses the first binary packet after the banner, which must be KEXINIT (RFC 4253 §7.1).
+pub fn parse_kexinit(after_banner: &[u8]) -> Result<KexInit> {
+    let len = be32(after_banner, packet::LENGTH.start).ok_or(Error::Incomplete)? as usize;
+    if !(12..=MAX_PACKET).contains(&len) {
+        return Err(Error::Invalid("ssh packet length"));
+    }
+    let padding = *after_banner.get(packet::PADDING).ok_or(Error::Incomplete)? as usize;
+    if padding < 4 || padding + 1 >= len {
+        return Err(Error::Invalid("ssh padding length"));
+    }
+    if after_banner
+        .get(packet::PAYLOAD)
+        .is_some_and(|&m| m != MSG_KEXINIT)
+    {
+        return Err(Error::Invalid("ssh first packet is not kexinit"));
+    }
+    let end = packet::LENGTH.end + len;
+    let whole = after_banner.get(..end).ok_or(Error::Incomplete)?;
+    let payload = whole
+        .get(packet::PAYLOAD..end - padding)
+        .ok_or(Error::Invalid("ssh padding length"))?;
+    let mut at = KEXINIT_LISTS;
+    let mut next = || -> Result<Vec<String>> {
+        let n = be32(payload, at).ok_or(Error::Invalid("ssh kexinit truncated"))? as usize;
+        let list = payload
+            .get(at + 4..(at + 4).saturating_add(n))
+            .ok_or(Error::Invalid("ssh name-list length"))?;
+        at += 4 + n;
+        let list = &list[..list.len().min(MAX_NAME_LIST)];
+        Ok(String::from_utf8_lossy(list)
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect())
+    };
+    Ok(KexInit {
+        kex: next()?,
+        host_key: next()?,
+        enc_c2s: next()?,
+        enc_s2c: next()?,
+        mac_c2s: next()?,
+        mac_s2c: next()?,
+        comp_c2s: next()?,
+        comp_s2c: next()?,
+    })
+}
+
+/// Salesforce HASSH: the algorithm string (client `kex;enc_c2s;mac_c2s;comp_c2s`, server
+/// `kex;enc_s2c;mac_s2c;comp_s2c`) and its MD5 in lowercase hex.
+pub fn hassh(k: &KexInit, client: bool) -> (String, String) {
+    let (enc, mac, comp) = if client {
+        (&k.enc_c2s, &k.mac_c2s, &k.comp_c2s)
+    } else {
+        (&k.enc_s2c, &k.mac_s2c, &k.comp_s2c)
+    };
+    let s = [&k.kex, enc, mac, comp].map(|l| l.join(",")).join(";");
+    let digest = <md5::Md5 as md5::Digest>::digest(s.as_bytes());
+    let hex = digest.iter().map(|b| format!("{b:02x}")).collect();
+    (s, hex)
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A KEXINIT packet built per RFC 4253 §6/§7.1 (synthesized) with short lists.
+    fn kexinit_packet(lists: [&str; 10]) -> Vec<u8> {
+        let mut payload = vec![MSG_KEXINIT];
+        payload.extend([0x11; 16]);
+        for l in lists {
+            payload.extend((l.len() as u32).to_be_bytes());
+            payload.extend(l.as_bytes());
+        }
+        payload.extend([0, 0, 0, 0, 0]);
+        let padding = 8 - (payload.len() + 5) % 8 + 4;
+        let mut p = ((payload.len() + padding + 1) as u32)
+            .to_be_bytes()
+            .to_vec();
+        p.push(padding as u8);
+        p.extend(payload);
+        p.extend(vec![0; padding]);
+        p
+    }
+
+    #[test]
+    fn banner_with_comments() {
+        // RFC 4253 §4.2 example form.
+        let b = parse_banner(b"SSH-2.0-billsSSH_3.6.3q3 comment\r\n\0\0").unwrap();
+        assert_eq!(b.proto, "2.0");
+        assert_eq!(b.software, "billsSSH_3.6.3q3");
+        assert_eq!(b.comments.as_deref(), Some("comment"));
+        assert_eq!(b.len, 34);
+    }
+
+    #[test]
+    fn banner_after_other_lines_and_partial() {
+        // Shape of zeek/Traces/ssh/server-pre-banner-data.pcap: text lines before "SSH-".
+        let s = b"Welcome\r\nto the server\r\nSSH-1.99-OpenSSH_7.4\n";
+        let b = parse_banner(s).unwrap();
+        assert_eq!(
+            (b.proto.as_str(), b.software.as_str()),
+            ("1.99", "OpenSSH_7.4")
+        );
+        assert_eq!(b.len, s.len());
+        assert_eq!(
+            parse_banner(b"SSH-2.0-Open").unwrap_err(),
+            Error::Incomplete
+        );
+        assert!(matches!(
+            parse_banner(b"SSH-2.0\r\n"),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_banner(b"\x16\x03\x01\x00\x00"),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn kexinit_and_hassh() {
+        let p = kexinit_packet([
+            "curve25519-sha256,diffie-hellman-group14-sha256",
+            "ssh-ed25519",
+            "aes128-ctr",
+            "aes256-ctr",
+            "hmac-sha2-256",
+            "hmac-sha1",
+            "none",
+            "none,zlib",
+            "",
+            "",
+        ]);
+        let k = parse_kexinit(&p).unwrap();
+        assert_eq!(k.host_key, ["ssh-ed25519"]);
+        assert_eq!(k.comp_s2c, ["none", "zlib"]);
+        let (s, h) = hassh(&k, true);
+        assert_eq!(
+            s,
+            "curve25519-sha256,diffie-hellman-group14-sha256;aes128-ctr;hmac-sha2-256;none"
+        );
+        assert_eq!(h.len(), 32);
+        assert_eq!(hassh(&k, false).0.split(';').nth(1), Some("aes256-ctr"));
+        assert_eq!(
+            parse_kexinit(&p[..p.len() - 1]).unwrap_err(),
+            Error::Incomplete
+        );
+        let mut bad = p.clone();
+        bad[5] = 21;
+        assert!(matches!(parse_kexinit(&bad), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn hassh_md5_of_known_string() {
+        // The expected digest is `printf ';;;' | md5sum`.
+        let (s, h) = hassh(&KexInit::default(), true);
+        assert_eq!(s, ";;;");
+        assert_eq!(h, "95420f9d932ddd22833f17b96a80bedb");
+    }
+}

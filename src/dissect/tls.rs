@@ -1,0 +1,796 @@
+//! TLS and DTLS handshake dissector: the ClientHello fields that JA4 and the flow record
+//! need, the server's choice, and the server's leaf certificate when it is sent in clear.
+//!
+//! Record layer: RFC 8446 §5.1 (TLS), RFC 6347 §4.1 (DTLS). Handshake messages: RFC 8446 §4,
+//! RFC 5246 §7.4. A handshake message may span several records, and a record several TCP
+//! segments, so the TCP parsers take a direction's in-order bytes from the flow start.
+//!
+//! This module also holds the small byte cursor and string helper the sibling dissectors
+//! (QUIC, DNS, HTTP) share.
+
+use super::ja4::{self, Transport};
+use super::{Error, Result};
+
+/// Longest string taken from the wire (SNI, ALPN, header values, certificate names).
+pub(crate) const MAX_STRING: usize = 256;
+
+/// Longest handshake message we wait for. A ClientHello with post-quantum key shares is
+/// about 2 KiB and certificate chains rarely pass 16 KiB; anything longer is not worth
+/// buffering on a sensor.
+const MAX_HANDSHAKE_LEN: usize = 1 << 17;
+
+/// Most SAN names kept from one certificate.
+const MAX_SAN_NAMES: usize = 64;
+
+/// TLSPlaintext header (RFC 8446 §5.1): type(1) legacy_record_version(2) length(2).
+mod record {
+    pub const HEADER_LEN: usize = 5;
+    pub const TYPE: usize = 0;
+    pub const VERSION_MAJOR: usize = 1;
+    pub const LENGTH: std::ops::Range<usize> = 3..5;
+    /// RFC 8446 §5.2: no record is longer than 2^14 + 256 (we allow the TLS 1.2 bound).
+    pub const MAX_LEN: usize = (1 << 14) + 2048;
+    pub const CHANGE_CIPHER_SPEC: u8 = 20;
+    pub const HANDSHAKE: u8 = 22;
+}
+
+/// Handshake message types (RFC 8446 §4, RFC 5246 §7.4).
+mod handshake {
+    pub const CLIENT_HELLO: u8 = 1;
+    pub const SERVER_HELLO: u8 = 2;
+    pub const CERTIFICATE: u8 = 11;
+    pub const SERVER_KEY_EXCHANGE: u8 = 12;
+    pub const SERVER_HELLO_DONE: u8 = 14;
+}
+
+/// Extension types (IANA TLS ExtensionType registry).
+mod ext {
+    pub const SERVER_NAME: u16 = 0x0000;
+    pub const SIGNATURE_ALGORITHMS: u16 = 0x000d;
+    pub const ALPN: u16 = 0x0010;
+    pub const SUPPORTED_VERSIONS: u16 = 0x002b;
+}
+
+const TLS13: u16 = 0x0304;
+
+/// A ClientHello (RFC 8446 §4.1.2; RFC 5246 §7.4.1.2; DTLS adds a cookie, RFC 6347 §4.2.1).
+/// Lists are in wire order with GREASE values kept; JA4 drops them itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClientHello {
+    pub legacy_version: u16,
+    /// supported_versions extension (RFC 8446 §4.2.1), empty when absent.
+    pub versions: Vec<u16>,
+    /// First host_name of the server_name extension (RFC 6066 §3).
+    pub sni: Option<String>,
+    /// ALPN protocol names (RFC 7301 §3.1), lossily decoded.
+    pub alpn: Vec<String>,
+    /// The first ALPN value as sent: JA4 looks at its raw bytes.
+    #[serde(skip)]
+    pub alpn_first_raw: Vec<u8>,
+    pub ciphers: Vec<u16>,
+    pub extensions: Vec<u16>,
+    pub signature_algorithms: Vec<u16>,
+    pub ja4: String,
+    pub ja4_r: String,
+}
+
+/// What the server chose (RFC 8446 §4.1.3).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ServerHello {
+    /// The negotiated version: supported_versions' selected_version when present.
+    pub version: u16,
+    pub cipher: u16,
+    pub alpn: Option<String>,
+}
+
+/// The server's leaf certificate (RFC 5246 §7.4.2, X.509 per RFC 5280 §4.1).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Certificate {
+    /// RFC 4514-style distinguished names.
+    pub subject: String,
+    pub issuer: String,
+    pub subject_cn: Option<String>,
+    pub subject_org: Option<String>,
+    /// dNSName entries of subjectAltName (RFC 5280 §4.2.1.6).
+    pub san_dns: Vec<String>,
+}
+
+/// Parses the ClientHello at the start of a client's TLS-over-TCP byte stream.
+pub fn parse_client_hello(stream: &[u8]) -> Result<ClientHello> {
+    let flight = Flight::read(stream)?;
+    let mut messages = Reader::new(&flight.bytes);
+    let (kind, body) = flight.complete(next_message(&mut messages))?;
+    if kind != handshake::CLIENT_HELLO {
+        return Err(Error::Invalid(
+            "first handshake message is not a ClientHello",
+        ));
+    }
+    client_hello_body(body, false, Transport::Tcp)
+}
+
+/// Parses a ClientHello handshake message (type, length, body; RFC 8446 §4) carried
+/// without a record layer, as in QUIC CRYPTO frames (RFC 9001 §4.1.3).
+pub(crate) fn parse_client_hello_message(
+    message: &[u8],
+    transport: Transport,
+) -> Result<ClientHello> {
+    let mut r = Reader::new(message);
+    let (kind, body) = next_message(&mut r)?;
+    if kind != handshake::CLIENT_HELLO {
+        return Err(Error::Invalid(
+            "first handshake message is not a ClientHello",
+        ));
+    }
+    client_hello_body(body, false, transport)
+}
+
+/// DTLSPlaintext header (RFC 6347 §4.1): type(1) version(2) epoch(2) sequence_number(6)
+/// length(2).
+mod dtls_record {
+    pub const EPOCH_AND_SEQUENCE_LEN: usize = 8;
+    /// DTLS versions are the one's complement of TLS ones: the major byte is 0xfe.
+    pub const VERSION_MAJOR: u8 = 0xfe;
+}
+
+/// Parses the ClientHello in one DTLS 1.0/1.2 datagram (RFC 6347 §4.2.2 handshake header:
+/// type(1) length(3) message_seq(2) fragment_offset(3) fragment_length(3)). Fragments must
+/// arrive in order; a ClientHello split over several datagrams is `Incomplete`.
+pub fn parse_dtls_client_hello(datagram: &[u8]) -> Result<ClientHello> {
+    let mut records = Reader::new(datagram);
+    let mut message = Vec::new();
+    let mut length = None;
+    while records.remaining() > 0 {
+        if records.u8()? != record::HANDSHAKE {
+            if length.is_none() {
+                return Err(Error::Invalid("not a DTLS handshake record"));
+            }
+            break;
+        }
+        if records.u16()? >> 8 != u16::from(dtls_record::VERSION_MAJOR) {
+            return Err(Error::Invalid("not a DTLS record version"));
+        }
+        records.take(dtls_record::EPOCH_AND_SEQUENCE_LEN)?;
+        let mut fragments = Reader::new(records.vec16()?);
+        while fragments.remaining() > 0 {
+            let kind = fragments.u8()?;
+            let total = fragments.u24()?;
+            let _message_seq = fragments.u16()?;
+            let offset = fragments.u24()?;
+            let fragment = fragments.vec24()?;
+            if kind != handshake::CLIENT_HELLO {
+                if length.is_none() {
+                    return Err(Error::Invalid(
+                        "first handshake message is not a ClientHello",
+                    ));
+                }
+                continue;
+            }
+            if total > MAX_HANDSHAKE_LEN {
+                return Err(Error::Invalid("handshake message too long"));
+            }
+            length = Some(total);
+            if offset == message.len() {
+                message.extend_from_slice(fragment);
+            }
+            if message.len() > total {
+                return Err(Error::Invalid("DTLS fragment past the message end"));
+            }
+        }
+    }
+    match length {
+        Some(total) if message.len() == total => client_hello_body(&message, true, Transport::Dtls),
+        _ => Err(Error::Incomplete),
+    }
+}
+
+/// Parses the ServerHello at the start of a server's TLS-over-TCP byte stream.
+pub fn parse_server_hello(stream: &[u8]) -> Result<ServerHello> {
+    let flight = Flight::read(stream)?;
+    let mut messages = Reader::new(&flight.bytes);
+    let (kind, body) = flight.complete(next_message(&mut messages))?;
+    if kind != handshake::SERVER_HELLO {
+        return Err(Error::Invalid(
+            "first server handshake message is not a ServerHello",
+        ));
+    }
+    server_hello_body(body)
+}
+
+/// Finds the server's leaf certificate in its first flight. `Ok(None)` when the flight
+/// shows the certificate will not come in clear: TLS 1.3 (RFC 8446 §2 encrypts it), a
+/// resumed session (ChangeCipherSpec before any Certificate), an anonymous or PSK suite
+/// (ServerKeyExchange/ServerHelloDone first), an empty list, or an alert.
+pub fn parse_server_certificate(stream: &[u8]) -> Result<Option<Certificate>> {
+    let flight = Flight::read(stream)?;
+    let mut messages = Reader::new(&flight.bytes);
+    let mut first = true;
+    loop {
+        let (kind, body) = match next_message(&mut messages) {
+            Err(Error::Incomplete) if flight.end != End::More => return Ok(None),
+            other => other?,
+        };
+        match kind {
+            handshake::SERVER_HELLO if server_hello_body(body)?.version == TLS13 => {
+                return Ok(None);
+            }
+            handshake::SERVER_HELLO => {}
+            _ if first => {
+                return Err(Error::Invalid(
+                    "first server handshake message is not a ServerHello",
+                ));
+            }
+            handshake::CERTIFICATE => return leaf_certificate(body),
+            handshake::SERVER_KEY_EXCHANGE | handshake::SERVER_HELLO_DONE => return Ok(None),
+            _ => {}
+        }
+        first = false;
+    }
+}
+
+/// How the leading run of handshake records ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// The stream ran out: more records may come.
+    More,
+    /// ChangeCipherSpec: what follows is encrypted.
+    ChangeCipherSpec,
+    /// Another content type (alert, application data).
+    Other,
+}
+
+/// The handshake bytes of the leading handshake records of one direction, joined
+/// (a handshake message may span records, RFC 8446 §5.1).
+struct Flight {
+    bytes: Vec<u8>,
+    end: End,
+}
+
+impl Flight {
+    fn read(stream: &[u8]) -> Result<Flight> {
+        // Reject other protocols from the first bytes rather than waiting for a record.
+        if stream
+            .get(record::TYPE)
+            .is_some_and(|&t| t != record::HANDSHAKE)
+        {
+            return Err(Error::Invalid("not a TLS handshake record"));
+        }
+        if stream.get(record::VERSION_MAJOR).is_some_and(|&v| v != 3) {
+            return Err(Error::Invalid("not a TLS record version"));
+        }
+        let mut bytes = Vec::new();
+        let mut rest = stream;
+        let end = loop {
+            let Some(header) = rest.get(..record::HEADER_LEN) else {
+                break End::More;
+            };
+            let kind = header[record::TYPE];
+            let len = header
+                .get(record::LENGTH)
+                .map_or(0, |l| usize::from(u16::from_be_bytes([l[0], l[1]])));
+            if header[record::VERSION_MAJOR] != 3 {
+                return Err(Error::Invalid("not a TLS record version"));
+            }
+            if len > record::MAX_LEN {
+                return Err(Error::Invalid("TLS record too long"));
+            }
+            match kind {
+                record::HANDSHAKE => {}
+                record::CHANGE_CIPHER_SPEC => break End::ChangeCipherSpec,
+                _ => break End::Other,
+            }
+            let Some(fragment) = rest.get(record::HEADER_LEN..record::HEADER_LEN + len) else {
+                break End::More;
+            };
+            bytes.extend_from_slice(fragment);
+            rest = &rest[record::HEADER_LEN + len..];
+            if bytes.len() > MAX_HANDSHAKE_LEN {
+                break End::Other;
+            }
+        };
+        Ok(Flight { bytes, end })
+    }
+
+    /// A message cut short is `Incomplete` only while more records may come.
+    fn complete<T>(&self, message: Result<T>) -> Result<T> {
+        match message {
+            Err(Error::Incomplete) if self.end != End::More => Err(Error::Invalid(
+                "handshake message cut short by another record",
+            )),
+            other => other,
+        }
+    }
+}
+
+/// Takes the next whole handshake message: msg_type(1) length(3) body (RFC 8446 §4).
+fn next_message<'a>(r: &mut Reader<'a>) -> Result<(u8, &'a [u8])> {
+    let kind = r.u8()?;
+    let len = r.u24()?;
+    if len > MAX_HANDSHAKE_LEN {
+        return Err(Error::Invalid("handshake message too long"));
+    }
+    Ok((kind, r.take(len)?))
+}
+
+/// A whole message whose inner lengths overrun it is malformed, not incomplete.
+fn overrun<T>(result: Result<T>, what: &'static str) -> Result<T> {
+    result.map_err(|e| match e {
+        Error::Incomplete => Error::Invalid(what),
+        other => other,
+    })
+}
+
+fn client_hello_body(body: &[u8], dtls: bool, transport: Transport) -> Result<ClientHello> {
+    let mut hello = overrun(
+        client_hello_fields(body, dtls),
+        "ClientHello fields overrun the message",
+    )?;
+    (hello.ja4, hello.ja4_r) = ja4::ja4(&hello, transport);
+    Ok(hello)
+}
+
+/// ClientHello body: legacy_version(2) random(32) legacy_session_id<0..32>
+/// [cookie<0..2^8-1> in DTLS] cipher_suites<2..2^16-2> legacy_compression_methods<1..2^8-1>
+/// extensions<8..2^16-1> (absent in some TLS 1.0 hellos).
+fn client_hello_fields(body: &[u8], dtls: bool) -> Result<ClientHello> {
+    const RANDOM_LEN: usize = 32;
+    let mut r = Reader::new(body);
+    let mut hello = ClientHello {
+        legacy_version: r.u16()?,
+        ..ClientHello::default()
+    };
+    r.take(RANDOM_LEN)?;
+    r.vec8()?;
+    if dtls {
+        r.vec8()?;
+    }
+    hello.ciphers = u16_list(r.vec16()?)?;
+    r.vec8()?;
+    if r.remaining() == 0 {
+        return Ok(hello);
+    }
+    let mut exts = Reader::new(r.vec16()?);
+    while exts.remaining() > 0 {
+        let kind = exts.u16()?;
+        let mut data = Reader::new(exts.vec16()?);
+        hello.extensions.push(kind);
+        match kind {
+            ext::SERVER_NAME => hello.sni = server_name(&mut data)?,
+            ext::ALPN => {
+                let mut names = Reader::new(data.vec16()?);
+                while names.remaining() > 0 {
+                    let name = names.vec8()?;
+                    if hello.alpn.is_empty() {
+                        hello.alpn_first_raw = name.to_vec();
+                    }
+                    hello.alpn.push(wire_string(name));
+                }
+            }
+            ext::SIGNATURE_ALGORITHMS => hello.signature_algorithms = u16_list(data.vec16()?)?,
+            ext::SUPPORTED_VERSIONS => hello.versions = u16_list(data.vec8()?)?,
+            _ => {}
+        }
+    }
+    Ok(hello)
+}
+
+/// server_name extension (RFC 6066 §3): ServerNameList of (name_type, HostName).
+fn server_name(data: &mut Reader<'_>) -> Result<Option<String>> {
+    const HOST_NAME: u8 = 0;
+    let mut list = Reader::new(data.vec16()?);
+    while list.remaining() > 0 {
+        let kind = list.u8()?;
+        let name = list.vec16()?;
+        if kind == HOST_NAME {
+            return Ok(Some(wire_string(name)));
+        }
+    }
+    Ok(None)
+}
+
+/// ServerHello body: legacy_version(2) random(32) legacy_session_id_echo<0..32>
+/// cipher_suite(2) legacy_compression_method(1) extensions<6..2^16-1> (RFC 8446 §4.1.3).
+fn server_hello_body(body: &[u8]) -> Result<ServerHello> {
+    overrun(
+        server_hello_fields(body),
+        "ServerHello fields overrun the message",
+    )
+}
+
+fn server_hello_fields(body: &[u8]) -> Result<ServerHello> {
+    let mut r = Reader::new(body);
+    let mut version = r.u16()?;
+    r.take(32)?;
+    r.vec8()?;
+    let cipher = r.u16()?;
+    r.u8()?;
+    let mut alpn = None;
+    if r.remaining() > 0 {
+        let mut exts = Reader::new(r.vec16()?);
+        while exts.remaining() > 0 {
+            let kind = exts.u16()?;
+            let mut data = Reader::new(exts.vec16()?);
+            match kind {
+                ext::SUPPORTED_VERSIONS => version = data.u16()?,
+                ext::ALPN => {
+                    let mut names = Reader::new(data.vec16()?);
+                    alpn = Some(wire_string(names.vec8()?));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(ServerHello {
+        version,
+        cipher,
+        alpn,
+    })
+}
+
+/// Certificate body (RFC 5246 §7.4.2): certificate_list<0..2^24-1> of ASN.1Cert<1..2^24-1>,
+/// the sender's own certificate first.
+fn leaf_certificate(body: &[u8]) -> Result<Option<Certificate>> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let mut r = Reader::new(body);
+    let mut list = Reader::new(overrun(r.vec24(), "Certificate list overruns the message")?);
+    if list.remaining() == 0 {
+        return Ok(None);
+    }
+    let der = overrun(list.vec24(), "certificate overruns the list")?;
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|_| Error::Invalid("certificate is not DER X.509"))?;
+    let subject = cert.subject();
+    let mut san_dns = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(dns) = name {
+                if san_dns.len() == MAX_SAN_NAMES {
+                    break;
+                }
+                san_dns.push(wire_string(dns.as_bytes()));
+            }
+        }
+    }
+    Ok(Some(Certificate {
+        subject: wire_string(subject.to_string().as_bytes()),
+        issuer: wire_string(cert.issuer().to_string().as_bytes()),
+        subject_cn: first_value(subject.iter_common_name()),
+        subject_org: first_value(subject.iter_organization()),
+        san_dns,
+    }))
+}
+
+/// The first attribute value that is a string, e.g. the subject's CN.
+fn first_value<'a, 'b: 'a>(
+    mut values: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'b>>,
+) -> Option<String> {
+    values
+        .find_map(|v| v.as_str().ok())
+        .map(|s| wire_string(s.as_bytes()))
+}
+
+fn u16_list(bytes: &[u8]) -> Result<Vec<u16>> {
+    if bytes.len() % 2 != 0 {
+        return Err(Error::Invalid("odd length of a 16-bit list"));
+    }
+    Ok(bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect())
+}
+
+/// A string from the wire: lossily decoded UTF-8, cut to `MAX_STRING` bytes on a character
+/// boundary, so a hostile peer cannot make records huge or invalid.
+pub(crate) fn wire_string(bytes: &[u8]) -> String {
+    let mut s = String::from_utf8_lossy(bytes.get(..MAX_STRING * 3).unwrap_or(bytes)).into_owned();
+    if s.len() > MAX_STRING {
+        let mut cut = MAX_STRING;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// A bounds-checked cursor over big-endian wire data. Running out of bytes is
+/// `Error::Incomplete`; callers that hold a whole message turn that into `Invalid`.
+pub(crate) struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf }
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.buf.len() {
+            return Err(Error::Incomplete);
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    fn uint(&mut self, n: usize) -> Result<u64> {
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0, |acc, &b| (acc << 8) | u64::from(b)))
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8> {
+        Ok(self.uint(1)? as u8)
+    }
+
+    pub(crate) fn u16(&mut self) -> Result<u16> {
+        Ok(self.uint(2)? as u16)
+    }
+
+    pub(crate) fn u24(&mut self) -> Result<usize> {
+        Ok(self.uint(3)? as usize)
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32> {
+        Ok(self.uint(4)? as u32)
+    }
+
+    /// A variable-length integer (RFC 9000 §16): the top two bits give its length.
+    pub(crate) fn varint(&mut self) -> Result<u64> {
+        let first = *self.buf.first().ok_or(Error::Incomplete)?;
+        let len = 1 << (first >> 6);
+        Ok(self.uint(len)? & (u64::MAX >> (64 - 8 * len + 2)))
+    }
+
+    /// A vector with a one-byte length prefix (RFC 8446 §3.4).
+    pub(crate) fn vec8(&mut self) -> Result<&'a [u8]> {
+        let n = self.u8()?;
+        self.take(usize::from(n))
+    }
+
+    pub(crate) fn vec16(&mut self) -> Result<&'a [u8]> {
+        let n = self.u16()?;
+        self.take(usize::from(n))
+    }
+
+    /// A vector with a variable-length integer length (RFC 9000 §16).
+    pub(crate) fn vec_varint(&mut self) -> Result<&'a [u8]> {
+        let n = usize::try_from(self.varint()?).map_err(|_| Error::Invalid("length too large"))?;
+        self.take(n)
+    }
+
+    pub(crate) fn vec24(&mut self) -> Result<&'a [u8]> {
+        let n = self.u24()?;
+        self.take(n)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn hex(s: &str) -> Vec<u8> {
+        let digits: Vec<u8> = s.bytes().filter(u8::is_ascii_hexdigit).collect();
+        digits
+            .chunks(2)
+            .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+            .collect()
+    }
+
+    /// RFC 8448 §3 (Simple 1-RTT Handshake): the ClientHello handshake message.
+    pub(crate) const RFC8448_CLIENT_HELLO: &str = "
+        010000c00303cb34ecb1e78163ba1c38c6dacb196a6dffa21a8d9912ec18a2ef
+        6283024dece7000006130113031302010000910000000b000900000673657276
+        6572ff01000100000a00140012001d0017001800190100010101020103010400
+        230000003300260024001d002099381de560e4bd43d23d8e435a7dbafeb3c06e
+        51c13cae4d5413691e529aaf2c002b0003020304000d0020001e040305030603
+        020308040805080604010501060102010402050206020202002d00020101001c
+        00024001";
+
+    /// RFC 8448 §3: the ServerHello handshake message.
+    const RFC8448_SERVER_HELLO: &str = "
+        020000560303a6af06a4121860dc5e6e60249cd34c95930c8ac5cb1434dac155
+        772ed3e2692800130100002e00330024001d0020c9828876112095fe66762bdb
+        f7c672e156d6cc253b833df1dd69b1b04e751f0f002b00020304";
+
+    /// Wraps handshake bytes in TLS records of at most `chunk` bytes (RFC 8446 §5.1).
+    pub(crate) fn records(handshake: &[u8], chunk: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in handshake.chunks(chunk) {
+            out.extend_from_slice(&[22, 3, 1]);
+            out.extend_from_slice(&(part.len() as u16).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    #[test]
+    fn rfc8448_client_hello() {
+        let stream = records(&hex(RFC8448_CLIENT_HELLO), 1 << 14);
+        let hello = parse_client_hello(&stream).unwrap();
+        assert_eq!(hello.legacy_version, 0x0303);
+        assert_eq!(hello.versions, vec![0x0304]);
+        assert_eq!(hello.sni.as_deref(), Some("server"));
+        assert!(hello.alpn.is_empty());
+        assert_eq!(hello.ciphers, vec![0x1301, 0x1303, 0x1302]);
+        assert_eq!(
+            hello.extensions,
+            vec![
+                0x0000, 0xff01, 0x000a, 0x0023, 0x0033, 0x002b, 0x000d, 0x002d, 0x001c
+            ]
+        );
+        assert_eq!(hello.signature_algorithms.len(), 15);
+        assert_eq!(hello.signature_algorithms[..2], [0x0403, 0x0503]);
+        // 3 ciphers, 9 extensions, no ALPN; the hashes are checked in ja4.rs.
+        assert!(hello.ja4.starts_with("t13d030900_"), "{}", hello.ja4);
+    }
+
+    #[test]
+    fn client_hello_across_records_and_segments() {
+        let message = hex(RFC8448_CLIENT_HELLO);
+        let whole = parse_client_hello(&records(&message, 1 << 14)).unwrap();
+        // The same hello split into 50-byte records: every proper prefix is Incomplete.
+        let stream = records(&message, 50);
+        for cut in 0..stream.len() {
+            assert_eq!(
+                parse_client_hello(&stream[..cut]).unwrap_err(),
+                Error::Incomplete,
+                "{cut}"
+            );
+        }
+        assert_eq!(parse_client_hello(&stream).unwrap(), whole);
+    }
+
+    #[test]
+    fn rejects_other_protocols_early() {
+        assert_eq!(
+            parse_client_hello(b"G").unwrap_err(),
+            Error::Invalid("not a TLS handshake record")
+        );
+        assert_eq!(
+            parse_client_hello(b"\x16\x00").unwrap_err(),
+            Error::Invalid("not a TLS record version")
+        );
+        // An alert after a partial hello: the hello will never complete.
+        let mut stream = records(&hex(RFC8448_CLIENT_HELLO)[..100], 1 << 14);
+        stream.extend_from_slice(&[21, 3, 3, 0, 2, 2, 40]);
+        assert!(matches!(
+            parse_client_hello(&stream),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn rfc8448_server_hello() {
+        let stream = records(&hex(RFC8448_SERVER_HELLO), 1 << 14);
+        let hello = parse_server_hello(&stream).unwrap();
+        assert_eq!(
+            hello,
+            ServerHello {
+                version: 0x0304,
+                cipher: 0x1301,
+                alpn: None
+            }
+        );
+        // TLS 1.3 sends the certificate encrypted.
+        assert_eq!(parse_server_certificate(&stream), Ok(None));
+    }
+
+    /// A TLS 1.2 ServerHello (RFC 5246 §7.4.1.3) synthesized for these tests: version 0x0303,
+    /// zero random, empty session id, cipher 0xc030, null compression, extensions
+    /// renegotiation_info (ff01, empty) and ALPN "h2".
+    fn tls12_server_hello() -> Vec<u8> {
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[0; 32]);
+        body.extend_from_slice(&[0, 0xc0, 0x30, 0]);
+        let exts = hex("ff01 0001 00  0010 0005 0003 02 6832");
+        body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+        body.extend_from_slice(&exts);
+        message(handshake::SERVER_HELLO, &body)
+    }
+
+    fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![kind];
+        m.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn tls12_server_hello_alpn() {
+        let hello = parse_server_hello(&records(&tls12_server_hello(), 1 << 14)).unwrap();
+        assert_eq!(hello.version, 0x0303);
+        assert_eq!(hello.cipher, 0xc030);
+        assert_eq!(hello.alpn.as_deref(), Some("h2"));
+    }
+
+    #[test]
+    fn resumed_tls12_session_has_no_certificate() {
+        let mut stream = records(&tls12_server_hello(), 1 << 14);
+        assert_eq!(parse_server_certificate(&stream), Err(Error::Incomplete));
+        stream.extend_from_slice(&[20, 3, 3, 0, 1, 1]);
+        assert_eq!(parse_server_certificate(&stream), Ok(None));
+    }
+
+    #[test]
+    fn empty_certificate_list_is_none() {
+        let mut flight = tls12_server_hello();
+        flight.extend_from_slice(&message(handshake::CERTIFICATE, &[0, 0, 0]));
+        assert_eq!(
+            parse_server_certificate(&records(&flight, 1 << 14)),
+            Ok(None)
+        );
+        let mut garbage = tls12_server_hello();
+        garbage.extend_from_slice(&message(handshake::CERTIFICATE, &[0, 0, 4, 0, 0, 1, 0x30]));
+        assert!(matches!(
+            parse_server_certificate(&records(&garbage, 1 << 14)),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    /// The RFC 8448 ClientHello body re-framed as DTLS 1.2 (RFC 6347 §4.2.1 adds an empty
+    /// cookie after the session id; §4.1/§4.2.2 headers), split in two fragments.
+    #[test]
+    fn dtls_client_hello_in_fragments() {
+        let tls = hex(RFC8448_CLIENT_HELLO);
+        let body = &tls[4..];
+        // legacy_version(2) random(32) session_id len(1)=0, then the empty cookie.
+        let mut dtls_body = vec![0xfe, 0xfd];
+        dtls_body.extend_from_slice(&body[2..35]);
+        dtls_body.push(0);
+        dtls_body.extend_from_slice(&body[35..]);
+        let total = dtls_body.len();
+        let mut datagram = Vec::new();
+        for (offset, part) in [(0, &dtls_body[..100]), (100, &dtls_body[100..])] {
+            let mut fragment = vec![handshake::CLIENT_HELLO];
+            fragment.extend_from_slice(&(total as u32).to_be_bytes()[1..]);
+            fragment.extend_from_slice(&[0, 0]);
+            fragment.extend_from_slice(&(offset as u32).to_be_bytes()[1..]);
+            fragment.extend_from_slice(&(part.len() as u32).to_be_bytes()[1..]);
+            fragment.extend_from_slice(part);
+            datagram.extend_from_slice(&[22, 0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, offset as u8]);
+            datagram.extend_from_slice(&(fragment.len() as u16).to_be_bytes());
+            datagram.extend_from_slice(&fragment);
+        }
+        let hello = parse_dtls_client_hello(&datagram).unwrap();
+        assert_eq!(hello.legacy_version, 0xfefd);
+        assert_eq!(hello.sni.as_deref(), Some("server"));
+        // supported_versions says 0x0304, which JA4 reports as "13" even over DTLS.
+        assert!(hello.ja4.starts_with("d13d030900_"), "{}", hello.ja4);
+        let first_record = 13 + 12 + 100;
+        assert_eq!(
+            parse_dtls_client_hello(&datagram[..first_record]),
+            Err(Error::Incomplete)
+        );
+        assert!(matches!(
+            parse_dtls_client_hello(&records(&tls, 1 << 14)),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn wire_string_caps_on_char_boundary() {
+        let long = "é".repeat(200);
+        let s = wire_string(long.as_bytes());
+        assert_eq!(s.len(), MAX_STRING);
+        assert_eq!(wire_string(b"a\xffb"), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn varint_lengths() {
+        // RFC 9000 §A.1 examples.
+        for (bytes, value) in [
+            (&hex("c2197c5eff14e88c")[..], 151_288_809_941_952_652u64),
+            (&hex("9d7f3e7d"), 494_878_333),
+            (&hex("7bbd"), 15_293),
+            (&hex("25"), 37),
+        ] {
+            assert_eq!(Reader::new(bytes).varint(), Ok(value));
+        }
+        assert_eq!(Reader::new(&[0x40]).varint(), Err(Error::Incomplete));
+    }
+}
