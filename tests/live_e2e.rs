@@ -4,13 +4,15 @@
 //! captures. The traces' addresses are only bytes on the veth: nothing is routed.
 
 mod live_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use live_support::{Sensor, can_capture, have_tool, http_get, run, sample, scratch, wait_for};
+use live_support::{Sensor, can_capture, http_get, must, sample, wait_for};
+use support::{has_tool, read_jsonl, require, scratch};
 
 /// Ethernet traces: an SSH session set and an RDP session upgraded to TLS.
 const TRACES: [&str; 2] = [
@@ -36,11 +38,11 @@ impl Veth {
             host: format!("fwh{id}"),
             peer: format!("fwp{id}"),
         };
-        run(Command::new("ip").args(["netns", "add", &veth.netns]));
-        run(Command::new("ip").args([
+        must(Command::new("ip").args(["netns", "add", &veth.netns]));
+        must(Command::new("ip").args([
             "link", "add", &veth.host, "type", "veth", "peer", "name", &veth.peer,
         ]));
-        run(Command::new("ip").args(["link", "set", &veth.peer, "netns", &veth.netns]));
+        must(Command::new("ip").args(["link", "set", &veth.peer, "netns", &veth.netns]));
         // No IPv6 autoconfiguration chatter (router solicitations, MLD): the sensor must see
         // the replayed frames and nothing else. Jumbo MTU: some traces hold offloaded frames.
         let _ = std::fs::write(
@@ -54,8 +56,8 @@ impl Veth {
                 veth.peer
             ))
             .status();
-        run(Command::new("ip").args(["link", "set", &veth.host, "mtu", "9000", "up"]));
-        run(Command::new("ip").args([
+        must(Command::new("ip").args(["link", "set", &veth.host, "mtu", "9000", "up"]));
+        must(Command::new("ip").args([
             "netns",
             "exec",
             &veth.netns,
@@ -72,17 +74,19 @@ impl Veth {
 
     /// Sends the traces out of the peer end, paced so a loaded CI machine keeps up.
     fn replay(&self, traces: &[&str]) -> String {
-        run(Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.netns,
-                "tcpreplay",
-                "--pps=2000",
-                "-i",
-                &self.peer,
-            ])
-            .args(traces))
+        must(
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.netns,
+                    "tcpreplay",
+                    "--pps=2000",
+                    "-i",
+                    &self.peer,
+                ])
+                .args(traces),
+        )
     }
 }
 
@@ -100,79 +104,63 @@ impl Drop for Veth {
     }
 }
 
-/// The fields of a flow record that do not depend on when packets were seen.
-type FlowTuple = (String, String, u64, String, u64, u64, u64, u64, u64, String);
-
-fn records(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
-}
-
-fn flow_set(path: &Path) -> BTreeSet<FlowTuple> {
-    let s = |r: &serde_json::Value, k: &str| r[k].as_str().unwrap_or_default().to_string();
-    let n = |r: &serde_json::Value, k: &str| r[k].as_u64().unwrap_or(u64::MAX);
-    records(path)
+/// The fields of a final flow record that do not depend on when packets were seen, as one
+/// string: proto, endpoints, packet and byte counts per side, state and app label.
+fn flow_set(records: &[serde_json::Value]) -> BTreeSet<String> {
+    const FIELDS: [&str; 11] = [
+        "proto",
+        "src_ip",
+        "src_port",
+        "dst_ip",
+        "dst_port",
+        "pkts_orig",
+        "pkts_resp",
+        "bytes_orig",
+        "bytes_resp",
+        "conn_state",
+        "app",
+    ];
+    records
         .iter()
         .filter(|r| r["interim"] == false)
         .map(|r| {
-            (
-                s(r, "proto"),
-                s(r, "src_ip"),
-                n(r, "src_port"),
-                s(r, "dst_ip"),
-                n(r, "dst_port"),
-                n(r, "pkts_orig"),
-                n(r, "pkts_resp"),
-                n(r, "bytes_orig"),
-                n(r, "bytes_resp"),
-                s(r, "conn_state"),
-            )
+            let values: Vec<String> = FIELDS.iter().map(|f| r[*f].to_string()).collect();
+            values.join(" ")
         })
         .collect()
 }
 
-fn event_set(path: &Path) -> BTreeSet<(String, String)> {
-    records(path)
+/// (kind, reason, account) of every event.
+fn event_set(records: &[serde_json::Value]) -> BTreeSet<String> {
+    records
         .iter()
-        .map(|r| {
-            (
-                r["kind"].as_str().unwrap_or_default().to_string(),
-                r["reason"].as_str().unwrap_or_default().to_string(),
-            )
-        })
+        .map(|r| format!("{} {} {}", r["kind"], r["reason"], r["account"]))
         .collect()
 }
 
 #[test]
 fn live_capture_matches_replay() {
-    let test = "live_capture_matches_replay";
-    if !can_capture(test)
-        || !have_tool(test, "ip")
-        || !have_tool(test, "tcpreplay")
-        || !have_tool(test, "promtool")
+    let ip = Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !can_capture()
+        || !require(ip, "ip (iproute2)")
+        || !require(has_tool("tcpreplay"), "tcpreplay")
+        || !require(has_tool("promtool"), "promtool")
     {
         return;
     }
     let dir = scratch("live-e2e");
 
     // What replay says about the traces.
-    let (replay_events, replay_flows, replay_metrics) = (
-        dir.join("replay-events.jsonl"),
-        dir.join("replay-flows.jsonl"),
-        dir.join("replay.prom"),
+    let replay_metrics = dir.join("replay.prom");
+    let traces: Vec<&Path> = TRACES.iter().map(Path::new).collect();
+    let (replay_events, replay_flows) = support::replay(
+        &traces,
+        &["--metrics-out", replay_metrics.to_str().unwrap()],
+        "live-e2e-replay",
     );
-    run(Command::new(live_support::BIN)
-        .arg("replay")
-        .args(TRACES)
-        .arg("--events")
-        .arg(&replay_events)
-        .arg("--flows")
-        .arg(&replay_flows)
-        .arg("--metrics-out")
-        .arg(&replay_metrics));
     let replay_prom = std::fs::read_to_string(&replay_metrics).unwrap();
     let packets = sample(&replay_prom, "farmwatch_packets_total").expect("replay packets");
 
@@ -234,7 +222,7 @@ fn live_capture_matches_replay() {
     let status = sensor.wait_exit();
     assert_eq!(status.code(), Some(0), "{}", sensor.stderr());
 
-    let (live, replayed) = (flow_set(&flows), flow_set(&replay_flows));
+    let (live, replayed) = (flow_set(&read_jsonl(&flows)), flow_set(&replay_flows));
     assert!(!replayed.is_empty());
     assert_eq!(
         live.difference(&replayed).collect::<Vec<_>>(),
@@ -242,5 +230,5 @@ fn live_capture_matches_replay() {
         "flow records differ (left: live only, right: replay only)"
     );
     assert_eq!(live, replayed);
-    assert_eq!(event_set(&events), event_set(&replay_events));
+    assert_eq!(event_set(&read_jsonl(&events)), event_set(&replay_events));
 }

@@ -2,11 +2,13 @@
 //! reopened for logrotate, a broken config rejected while the sensor keeps running.
 
 mod live_support;
+mod support;
 
 use std::net::TcpListener;
 use std::process::Command;
 
-use live_support::{Sensor, can_capture, http_get, live_fails, scratch, wait_for};
+use live_support::{Sensor, can_capture, http_get, live_fails, wait_for};
+use support::scratch;
 
 /// The one line a startup failure prints.
 fn one_line(stderr: &str) -> &str {
@@ -30,7 +32,7 @@ fn missing_interface_is_named_with_the_available_ones() {
 
 #[test]
 fn bad_bpf_filter_is_a_usage_error() {
-    if !can_capture("bad_bpf_filter_is_a_usage_error") {
+    if !can_capture() {
         return;
     }
     let dir = scratch("live-bad-bpf");
@@ -45,7 +47,7 @@ fn bad_bpf_filter_is_a_usage_error() {
 
 #[test]
 fn listen_address_in_use_is_a_usage_error() {
-    if !can_capture("listen_address_in_use_is_a_usage_error") {
+    if !can_capture() {
         return;
     }
     let dir = scratch("live-port-used");
@@ -66,9 +68,7 @@ fn listen_address_in_use_is_a_usage_error() {
 /// `nobody` with every capability dropped (setpriv, util-linux).
 #[test]
 fn missing_privileges_name_the_capabilities() {
-    if !can_capture("missing_privileges_name_the_capabilities")
-        || !live_support::have_tool("missing_privileges_name_the_capabilities", "setpriv")
-    {
+    if !can_capture() || !support::require(support::has_tool("setpriv"), "setpriv") {
         return;
     }
     let out = Command::new("setpriv")
@@ -78,7 +78,7 @@ fn missing_privileges_name_the_capabilities() {
             "--clear-groups",
             "--inh-caps=-all",
         ])
-        .arg(live_support::BIN)
+        .arg(support::bin())
         .args(["live", "--interface", "lo"])
         .output()
         .unwrap();
@@ -95,7 +95,7 @@ fn missing_privileges_name_the_capabilities() {
 /// broken in between is rejected with one line and the sensor carries on.
 #[test]
 fn sighup_reopens_outputs_and_rejects_a_broken_config() {
-    if !can_capture("sighup_reopens_outputs_and_rejects_a_broken_config") {
+    if !can_capture() {
         return;
     }
     let dir = scratch("live-sighup");

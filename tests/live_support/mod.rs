@@ -1,20 +1,16 @@
-//! Helpers for the `farmwatch live` tests: a sensor process, a minimal HTTP GET, and the
-//! rule for skipping: capture needs root; CI runs as root and sets `CI=true`, so there a
-//! missing privilege or tool fails the test instead of skipping it.
+//! Helpers for the `farmwatch live` tests (next to the shared `support` module): a sensor
+//! process, a minimal HTTP GET, and the rule for skipping: capture needs root; CI runs as
+//! root and sets `CI=true`, so there a missing privilege fails the test instead of skipping.
 
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+
+use crate::support;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-pub const BIN: &str = env!("CARGO_BIN_EXE_farmwatch");
-
-fn in_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
@@ -26,39 +22,8 @@ fn is_root() -> bool {
 }
 
 /// False (with a note) when the test cannot run here: not root, outside CI.
-pub fn can_capture(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        !in_ci(),
-        "{test}: live capture tests must run as root in CI"
-    );
-    eprintln!("skipped {test}: live capture needs root (CI runs it as root)");
-    false
-}
-
-/// False (with a note) when `tool` is not installed, outside CI.
-pub fn have_tool(test: &str, tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(!in_ci(), "{test}: {tool} is missing in CI");
-        eprintln!("skipped {test}: {tool} is not installed");
-    }
-    found
-}
-
-/// A scratch directory under Cargo's per-test temp dir, empty.
-pub fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+pub fn can_capture() -> bool {
+    support::require(is_root(), "root (live capture)")
 }
 
 /// A TCP port nobody listens on right now.
@@ -70,7 +35,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Runs `cmd`, panicking with its output when it fails.
-pub fn run(cmd: &mut Command) -> String {
+pub fn must(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let text = format!(
         "{}{}",
@@ -140,7 +105,7 @@ impl Sensor {
 
     pub fn start_on(dir: &Path, port: u16, args: &[&str]) -> Sensor {
         let stderr = dir.join("sensor.stderr");
-        let child = Command::new(BIN)
+        let child = Command::new(support::bin())
             .arg("live")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
@@ -169,9 +134,11 @@ impl Sensor {
     }
 
     pub fn signal(&self, name: &str) {
-        run(Command::new("kill")
-            .args(["-s", name])
-            .arg(self.child.id().to_string()));
+        must(
+            Command::new("kill")
+                .args(["-s", name])
+                .arg(self.child.id().to_string()),
+        );
     }
 
     /// Waits for the process to end (bounded), returning its status.
