@@ -36,8 +36,18 @@ const QUEUE_PACKETS: usize = 8192;
 const WORKER_TICK: Duration = Duration::from_secs(1);
 /// How often libpcap's drop counters are read.
 const CAPTURE_STATS_EVERY: Duration = Duration::from_secs(2);
+/// How far packet time moves before the capture tells every worker (see [`Work::Clock`]).
+const CLOCK_EVERY: Duration = Duration::from_secs(1);
 /// Sink write failures are logged at most this often.
 const SINK_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// What the capture thread hands a worker.
+enum Work {
+    Packet(Packet),
+    /// The capture's packet time. A worker sees only its shard of the traffic; without this
+    /// its clock, and with it its flows' timeouts, would stall while its shard is quiet.
+    Clock(Timestamp),
+}
 
 /// The `live` command line, validated.
 pub struct LiveArgs {
@@ -408,12 +418,13 @@ fn pcap_message(e: &pcap::Error) -> String {
 fn capture_loop(
     capture: &mut Capture<pcap::Active>,
     link: LinkType,
-    queues: &[SyncSender<Packet>],
+    queues: &[SyncSender<Work>],
     sensor: &Sensor,
 ) -> Option<String> {
     let mut shard = Sharder::new(queues.len());
     let mut drops = DropCounter::default();
     let mut next_stats = Instant::now() + CAPTURE_STATS_EVERY;
+    let mut clock_told = Timestamp::ZERO;
     while !sensor.stop.load(Ordering::Relaxed) {
         match capture.next_packet() {
             Ok(p) => {
@@ -429,14 +440,22 @@ fn capture_loop(
                     orig_len: p.header.len,
                     data: p.data.to_vec(),
                 };
+                let now = pkt.ts;
                 let queue = shard.worker(&pkt);
-                match queues.get(queue).map(|q| q.try_send(pkt)) {
+                match queues.get(queue).map(|q| q.try_send(Work::Packet(pkt))) {
                     Some(Ok(())) => {}
                     Some(Err(TrySendError::Full(_))) | None => {
                         sensor.drops_queue.fetch_add(1, Ordering::Relaxed);
                     }
                     // A worker ended early (it panicked); its failure is reported at join.
                     Some(Err(TrySendError::Disconnected(_))) => return None,
+                }
+                if queues.len() > 1 && now.since(clock_told) >= CLOCK_EVERY {
+                    clock_told = now;
+                    // A full queue skips this tick: that worker is busy with newer packets.
+                    for q in queues {
+                        let _ = q.try_send(Work::Clock(now));
+                    }
                 }
             }
             Err(pcap::Error::TimeoutExpired) => {}
@@ -559,16 +578,12 @@ fn symmetric_hash(a: IpAddr, b: IpAddr) -> u64 {
 
 /// A worker: runs its pipeline over its queue until the capture ends, then ends every flow.
 /// Returns the sinks' write failures.
-fn work(
-    index: usize,
-    mut pipeline: Pipeline,
-    rx: Receiver<Packet>,
-    sensor: &Sensor,
-) -> Vec<String> {
+fn work(index: usize, mut pipeline: Pipeline, rx: Receiver<Work>, sensor: &Sensor) -> Vec<String> {
     let mut next_tick = Instant::now() + WORKER_TICK;
     loop {
         match rx.recv_timeout(WORKER_TICK) {
-            Ok(pkt) => pipeline.packet(&pkt),
+            Ok(Work::Packet(pkt)) => pipeline.packet(&pkt),
+            Ok(Work::Clock(ts)) => pipeline.advance(ts),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -741,5 +756,32 @@ mod tests {
             "{\"after\":\"rotation\"}\n"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A worker whose shard went quiet still ends its flows when the capture's clock passes
+    /// their timeout (UDP: 60 s by default), before any shutdown.
+    #[test]
+    fn the_capture_clock_expires_a_quiet_workers_flows() {
+        let path = std::env::temp_dir().join(format!("live-clock-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let shared = SharedFile::open(Target::File(path.clone())).unwrap();
+        let mut pipeline = Pipeline::new(
+            &Config::default(),
+            Sinks {
+                events: None,
+                flows: Some(shared.sink()),
+            },
+        );
+        pipeline.packet(&udp([10, 0, 0, 1], [10, 0, 0, 2], 5353, 53));
+        pipeline.advance(Timestamp::from_secs(30));
+        pipeline.flush_sinks();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        pipeline.advance(Timestamp::from_secs(120));
+        pipeline.flush_sinks();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let record: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(record["dst_port"], 53);
+        assert_eq!(record["interim"], false);
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -85,6 +85,13 @@ impl Pipeline {
         self.sync_stats();
     }
 
+    /// Moves packet time forward without a packet of this pipeline's own: a live worker learns
+    /// the capture's clock this way, so its flows expire as in a replay that sees every packet.
+    pub fn advance(&mut self, ts: Timestamp) {
+        self.flows.advance(ts, &mut self.pending);
+        self.drain_flow_events();
+    }
+
     /// Pushes buffered records out to the sinks (live: every second, so output is timely).
     pub fn flush_sinks(&mut self) {
         for sink in [self.events.as_mut(), self.flow_records.as_mut()]
