@@ -166,3 +166,38 @@ fn sighup_reopens_outputs_and_rejects_a_broken_config() {
         "no final record of the HTTP flow to port {port} in the new flows file:\n{text}"
     );
 }
+
+/// A sink that cannot write (a full disk: /dev/full) is logged as an error and makes the
+/// exit status 1 instead of losing flow records silently.
+#[test]
+fn full_disk_is_logged_and_fails_the_exit_status() {
+    if !can_capture() {
+        return;
+    }
+    let dir = scratch("live-full-disk");
+    let mut sensor = Sensor::start(
+        &dir,
+        &[
+            "--interface",
+            "lo",
+            "--bpf",
+            "tcp",
+            "--events",
+            dir.join("events.jsonl").to_str().unwrap(),
+            "--flows",
+            "/dev/full",
+        ],
+    );
+    // These requests are TCP flows on lo whose records must go to /dev/full.
+    sensor.wait_healthy();
+    http_get(sensor.port, "/metrics").expect("scrape");
+    sensor.signal("TERM");
+    let status = sensor.wait_exit();
+    let stderr = sensor.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("farmwatch: error: output writes are failing"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+}
