@@ -160,19 +160,18 @@ impl Sensor {
     /// SIGHUP: reopens the output files (logrotate moved them away; they are created anew)
     /// and re-reads the config file, keeping the old one when the new one is invalid.
     pub fn reload(&self) {
+        let mut reopened = 0;
         for out in &self.outputs {
             match out.reopen() {
-                Ok(()) => {}
+                Ok(()) => reopened += 1,
                 Err(e) => eprintln!("farmwatch: error: cannot reopen output: {e}"),
             }
         }
-        match Config::load(self.config_path.as_deref()) {
-            // Nothing in the config can change under a running capture yet; reading it
-            // still tells the operator now, not at the next restart, that it is broken.
-            Ok(_) => eprintln!("farmwatch: reopened outputs and re-read the config"),
-            Err(e) => eprintln!(
-                "farmwatch: reopened outputs; new config rejected, keeping the old one: {e}"
-            ),
+        eprintln!("farmwatch: SIGHUP: reopened outputs count={reopened}");
+        // Nothing in the config can change under a running capture yet; reading it still
+        // tells the operator now, not at the next restart, that the file is broken.
+        if let Err(e) = Config::load(self.config_path.as_deref()) {
+            eprintln!("farmwatch: new config rejected, keeping the old one: {e}");
         }
     }
 }
