@@ -7,13 +7,17 @@ use std::path::Path;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::detect::DetectConfig;
 use crate::flows::FlowConfig;
+use crate::geo::GeoConfig;
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub sensor: SensorConfig,
     pub network: NetworkConfig,
+    pub geoip: GeoConfig,
+    pub detect: DetectConfig,
     pub flows: FlowConfig,
 }
 

@@ -7,6 +7,7 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod decode;
+pub mod detect;
 pub mod dissect;
 pub mod event;
 pub mod flows;

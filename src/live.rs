@@ -22,7 +22,7 @@ use pcap::{Capture, Device, Precision};
 use crate::config::Config;
 use crate::decode::Decoder;
 use crate::metrics::{Metrics, Stats};
-use crate::pipeline::{Pipeline, Sinks};
+use crate::pipeline::{Context, Pipeline, Sinks};
 use crate::replay::Failure;
 use crate::sink::{self, JsonLines, Target};
 use crate::source::{LinkType, Packet};
@@ -265,6 +265,12 @@ impl Write for SharedFile {
 }
 
 pub fn run(args: LiveArgs) -> Result<(), Failure> {
+    // Each worker has its own view of identity and geo (the inventory and the session feed
+    // come with the identity work).
+    let contexts = (0..args.workers)
+        .map(|_| Context::load(&args.config, None, None))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::Usage)?;
     let mut capture = open_capture(&args)?;
     let link = LinkType(capture.get_datalink().0 as u32);
     let listener = TcpListener::bind(args.listen)
@@ -292,13 +298,13 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
 
     let mut queues = Vec::with_capacity(args.workers);
     let mut workers = Vec::with_capacity(args.workers);
-    for index in 0..args.workers {
+    for (index, context) in contexts.into_iter().enumerate() {
         let (tx, rx) = sync_channel(QUEUE_PACKETS);
         let sinks = Sinks {
             events: Some(events.sink()),
             flows: flows.as_ref().map(SharedFile::sink),
         };
-        let pipeline = Pipeline::new(&args.config, sinks);
+        let pipeline = Pipeline::new(&args.config, sinks, context);
         let sensor = Arc::clone(&sensor);
         let worker = std::thread::Builder::new()
             .name(format!("farmwatch-worker-{index}"))
@@ -764,12 +770,14 @@ mod tests {
         let path = std::env::temp_dir().join(format!("live-clock-{}.jsonl", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let shared = SharedFile::open(Target::File(path.clone())).unwrap();
+        let config = Config::default();
         let mut pipeline = Pipeline::new(
-            &Config::default(),
+            &config,
             Sinks {
                 events: None,
                 flows: Some(shared.sink()),
             },
+            Context::load(&config, None, None).unwrap(),
         );
         pipeline.packet(&udp([10, 0, 0, 1], [10, 0, 0, 2], 5353, 53));
         pipeline.advance(Timestamp::from_secs(30));

@@ -33,6 +33,12 @@ enum Command {
         /// farmwatch.toml.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Account inventory (accounts.toml).
+        #[arg(long)]
+        accounts: Option<PathBuf>,
+        /// VPN session feed (JSON lines: ts, account, assigned_ip, public_ip, event).
+        #[arg(long)]
+        sessions: Option<PathBuf>,
         /// Where events go, as JSON lines ("-" = stdout).
         #[arg(long, default_value = "-")]
         events: String,
@@ -79,6 +85,21 @@ enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
         workers: u16,
     },
+    /// Say what the configured geo databases know about addresses.
+    Geoip {
+        #[arg(required = true)]
+        ips: Vec<std::net::IpAddr>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config and the account inventory, list every problem, then exit
+    /// (0 clean, 2 problems).
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        accounts: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,6 +108,8 @@ fn main() -> ExitCode {
         Command::Replay {
             files,
             config,
+            accounts,
+            sessions,
             events,
             flows,
             metrics_out,
@@ -96,6 +119,8 @@ fn main() -> ExitCode {
                 replay::run(ReplayArgs {
                     files,
                     config,
+                    accounts,
+                    sessions,
                     events: Target::parse(&events),
                     flows,
                     metrics_out,
@@ -130,6 +155,8 @@ fn main() -> ExitCode {
                     workers: usize::from(workers),
                 })
             }),
+        Command::Geoip { ips, config } => geoip(config, &ips),
+        Command::Check { config, accounts } => check(config, accounts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -141,5 +168,41 @@ fn main() -> ExitCode {
             eprintln!("farmwatch: {msg}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn geoip(config: Option<PathBuf>, ips: &[std::net::IpAddr]) -> Result<(), Failure> {
+    let config = Config::load(config.as_deref()).map_err(|e| Failure::Usage(e.to_string()))?;
+    let geo =
+        farmwatch::geo::Geo::open(&config.geoip).map_err(|e| Failure::Usage(e.to_string()))?;
+    farmwatch::geo::run_geoip(&geo, ips, &mut std::io::stdout().lock())
+        .map_err(|e| Failure::Runtime(e.to_string()))
+}
+
+/// Every problem of the config and the inventory, one per line on stdout.
+fn check(config: Option<PathBuf>, accounts: Option<PathBuf>) -> Result<(), Failure> {
+    let mut ok = true;
+    match Config::load(config.as_deref()) {
+        Ok(config) => {
+            if let Err(e) = farmwatch::geo::Geo::open(&config.geoip) {
+                println!("{e}");
+                ok = false;
+            }
+        }
+        Err(e) => {
+            println!("{e}");
+            ok = false;
+        }
+    }
+    if let Some(path) = accounts {
+        ok &= farmwatch::accounts::run_check(&path, &mut std::io::stdout().lock())
+            .map_err(|e| Failure::Runtime(e.to_string()))?;
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::Usage(
+            "check found problems (listed above)".to_string(),
+        ))
     }
 }

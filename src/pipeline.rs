@@ -2,15 +2,23 @@
 //! live capture both push packets through one `Pipeline`; it reads no clock but the
 //! packets' own.
 
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::accounts::{self, Inventory};
 use crate::app::App;
-use crate::config::Config;
+use crate::config::{Config, NetworkConfig};
 use crate::decode::{Decoder, Proto};
+use crate::detect::{Detectors, Scope};
 use crate::dissect::dns::{self, NameCache};
 use crate::dissect::identify::{self, Input};
 use crate::event::Event;
 use crate::flows::flow::{ORIG, RESP};
 use crate::flows::record::FlowRecord;
 use crate::flows::{Flow, FlowEvent, FlowTable};
+use crate::geo::Geo;
+use crate::identity::{Identity, PublicIpObservation};
 use crate::metrics::Stats;
 use crate::sink::JsonLines;
 use crate::source::Packet;
@@ -22,10 +30,80 @@ const FRAGMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30)
 /// Addresses remembered from DNS answers, so a flow reached without SNI is still named.
 const DNS_CACHE_ENTRIES: usize = 100_000;
 
+/// Who is behind an address and where it is: the account inventory, the identity
+/// mappings (inventory hosts, session feed, RADIUS) and the geo databases.
+pub struct Context {
+    pub identity: Identity,
+    pub geo: Geo,
+}
+
+impl Context {
+    /// Opens the geo databases named by the config (or the embedded ones), the inventory
+    /// and the session feed. Every problem is one line, for exit code 2.
+    pub fn load(
+        config: &Config,
+        accounts: Option<&Path>,
+        sessions: Option<&Path>,
+    ) -> Result<Context, String> {
+        let geo = Geo::open(&config.geoip).map_err(|e| e.to_string())?;
+        let inventory = match accounts {
+            Some(p) => Inventory::load(p).map_err(|problems| {
+                let first = problems.first().map(|p| p.to_string()).unwrap_or_default();
+                match problems.len() {
+                    1 => first,
+                    n => format!(
+                        "{first} (and {} more problems; run `farmwatch check`)",
+                        n - 1
+                    ),
+                }
+            })?,
+            None => Inventory::default(),
+        };
+        let mut identity = Identity::new(Arc::new(inventory));
+        if let Some(p) = sessions {
+            let file =
+                std::fs::File::open(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))?;
+            let report = identity.load_sessions(std::io::BufReader::new(file));
+            if let Some(e) = report.errors.first() {
+                eprintln!(
+                    "farmwatch: {}: {} of {} session lines skipped (first: line {}: {})",
+                    p.display(),
+                    report.errors_total,
+                    report.lines,
+                    e.line,
+                    e.message
+                );
+            }
+        }
+        Ok(Context { identity, geo })
+    }
+}
+
+/// Detectors' view of the context, from disjoint fields so the pipeline can lend it while
+/// it updates other state.
+macro_rules! scope {
+    ($p:expr) => {
+        Scope {
+            network: &$p.network,
+            identity: &$p.context.identity,
+            geo: &$p.context.geo,
+        }
+    };
+}
+
 pub struct Pipeline {
     decoder: Decoder,
     flows: FlowTable,
     names: NameCache,
+    context: Context,
+    network: NetworkConfig,
+    detectors: Detectors,
+    findings: Vec<Event>,
+    /// The last whole second of packet time the detectors were ticked at.
+    ticked: u64,
+    /// Public-address observations (session feed, RADIUS) not yet due by packet time,
+    /// newest first.
+    observations: Vec<PublicIpObservation>,
     pending: Vec<FlowEvent>,
     events: Option<JsonLines>,
     flow_records: Option<JsonLines>,
@@ -42,11 +120,17 @@ pub struct Sinks {
 }
 
 impl Pipeline {
-    pub fn new(config: &Config, sinks: Sinks) -> Pipeline {
+    pub fn new(config: &Config, sinks: Sinks, context: Context) -> Pipeline {
         Pipeline {
             decoder: Decoder::new(MAX_FRAGMENT_SETS, FRAGMENT_TIMEOUT),
             flows: FlowTable::new(config.flows.clone()),
             names: NameCache::new(DNS_CACHE_ENTRIES),
+            context,
+            network: config.network.clone(),
+            detectors: Detectors::new(&config.detect),
+            findings: Vec::new(),
+            ticked: 0,
+            observations: Vec::new(),
             pending: Vec::new(),
             events: sinks.events,
             flow_records: sinks.flows,
@@ -56,10 +140,21 @@ impl Pipeline {
         }
     }
 
+    /// Findings that do not wait for traffic (inventory checks), stamped with the first
+    /// packet's time.
+    fn start(&mut self, ts: Timestamp) {
+        for event in accounts::inventory_events(self.context.identity.inventory(), ts) {
+            self.emit(event);
+        }
+    }
+
     pub fn packet(&mut self, pkt: &Packet) {
         self.stats.packets += 1;
         self.stats.bytes += pkt.orig_len as u64;
-        self.first_ts.get_or_insert(pkt.ts);
+        if self.first_ts.is_none() {
+            self.first_ts = Some(pkt.ts);
+            self.start(pkt.ts);
+        }
         self.last_ts = Some(self.last_ts.map_or(pkt.ts, |t| t.max(pkt.ts)));
         match self.decoder.decode(pkt) {
             Ok(Some(d)) => self
@@ -69,12 +164,32 @@ impl Pipeline {
             Err(e) => *self.stats.decode_errors.entry(e.as_str()).or_default() += 1,
         }
         self.drain_flow_events();
+        self.tick();
+    }
+
+    /// Once per second of packet time, identity, observations and detectors catch up.
+    fn tick(&mut self) {
+        let now = self.flows.now();
+        if now.secs() > self.ticked {
+            self.ticked = now.secs();
+            self.context.identity.advance(now);
+            self.release_observations(now);
+            let scope = scope!(self);
+            self.detectors
+                .on_tick(&scope, now, &self.flows, &mut self.findings);
+            self.emit_findings();
+        }
     }
 
     /// Ends every flow and flushes every sink: end of a replay, or shutdown.
     pub fn finish(&mut self) {
         self.flows.drain(&mut self.pending);
         self.drain_flow_events();
+        self.release_observations(Timestamp(u64::MAX));
+        let scope = scope!(self);
+        self.detectors
+            .finish(&scope, self.flows.now(), &mut self.findings);
+        self.emit_findings();
         self.sync_stats();
         for sink in [self.events.as_mut(), self.flow_records.as_mut()]
             .into_iter()
@@ -90,6 +205,7 @@ impl Pipeline {
     pub fn advance(&mut self, ts: Timestamp) {
         self.flows.advance(ts, &mut self.pending);
         self.drain_flow_events();
+        self.tick();
     }
 
     /// Pushes buffered records out to the sinks (live: every second, so output is timely).
@@ -102,8 +218,13 @@ impl Pipeline {
         }
     }
 
-    /// Writes one finding.
+    /// Writes one finding, naming the account behind its host when the detector did not.
     pub fn emit(&mut self, mut event: Event) {
+        if event.account.is_none()
+            && let Some(host) = event.host
+        {
+            event.account = self.account_of(host, event.ts);
+        }
         event.seal();
         *self
             .stats
@@ -115,6 +236,37 @@ impl Pipeline {
         }
     }
 
+    /// Hands the detectors every public-address observation up to `now`, in time order.
+    fn release_observations(&mut self, now: Timestamp) {
+        let mut fresh = self.context.identity.drain_public_ip_observations();
+        if !fresh.is_empty() {
+            self.observations.append(&mut fresh);
+            self.observations.sort_by_key(|o| std::cmp::Reverse(o.ts));
+        }
+        while self.observations.last().is_some_and(|o| o.ts <= now) {
+            let Some(obs) = self.observations.pop() else {
+                break;
+            };
+            let scope = scope!(self);
+            self.detectors
+                .on_public_ip(&scope, &obs, &mut self.findings);
+        }
+    }
+
+    fn emit_findings(&mut self) {
+        let findings = std::mem::take(&mut self.findings);
+        for event in findings {
+            self.emit(event);
+        }
+    }
+
+    fn account_of(&self, host: IpAddr, ts: Timestamp) -> Option<String> {
+        self.context
+            .identity
+            .account_at(host, ts)
+            .map(|a| a.id.to_string())
+    }
+
     fn drain_flow_events(&mut self) {
         if self.pending.is_empty() {
             return;
@@ -122,62 +274,91 @@ impl Pipeline {
         let mut pending = std::mem::take(&mut self.pending);
         for ev in pending.drain(..) {
             match ev {
-                FlowEvent::Resumed { .. } => {}
-                FlowEvent::NewBytes { key, ts } => self.dissect(&key, ts),
-                FlowEvent::Datagram { ts, bytes, .. } => self.datagram(ts, &bytes),
+                FlowEvent::Resumed { key, from_orig, ts } => {
+                    if let Some(flow) = self.flows.get(&key) {
+                        let scope = scope!(self);
+                        self.detectors.on_resume(
+                            &scope,
+                            &key,
+                            flow,
+                            from_orig,
+                            ts,
+                            &mut self.findings,
+                        );
+                    }
+                }
+                FlowEvent::NewBytes { key, ts } => {
+                    if let Some(flow) = self.flows.get_mut(&key)
+                        && !flow.dissected
+                    {
+                        identify_flow(
+                            flow,
+                            &mut self.names,
+                            &mut self.context.identity,
+                            &mut self.stats,
+                            ts,
+                            false,
+                        );
+                        if flow.dissected {
+                            let scope = scope!(self);
+                            self.detectors.on_identified(
+                                &scope,
+                                &key,
+                                flow,
+                                ts,
+                                &mut self.findings,
+                            );
+                        }
+                    }
+                }
+                FlowEvent::Datagram { ts, bytes, .. } => {
+                    datagram(&mut self.names, &mut self.context.identity, ts, &bytes)
+                }
                 FlowEvent::Interim { key, .. } => {
                     if let Some(flow) = self.flows.get(&key) {
-                        let mut record = FlowRecord::new(flow, true, None);
-                        record.dns_name = self
-                            .names
-                            .lookup(flow.last, flow.resp.0)
-                            .map(str::to_string);
-                        self.write_flow(&record);
+                        let record = flow_record(
+                            flow,
+                            true,
+                            None,
+                            &self.names,
+                            &self.context,
+                            &self.network,
+                        );
+                        if let Some(sink) = self.flow_records.as_mut() {
+                            sink.write(&record);
+                        }
                     }
                 }
                 FlowEvent::Ended { mut flow, why } => {
+                    let ts = flow.last;
                     if !flow.dissected {
-                        let ts = flow.last;
-                        identify_flow(&mut flow, &mut self.names, &mut self.stats, ts, true);
+                        identify_flow(
+                            &mut flow,
+                            &mut self.names,
+                            &mut self.context.identity,
+                            &mut self.stats,
+                            ts,
+                            true,
+                        );
                     }
-                    self.flow_ended(&flow, why.as_str());
+                    let scope = scope!(self);
+                    self.detectors.on_end(&scope, &flow, ts, &mut self.findings);
+                    let record = flow_record(
+                        &flow,
+                        false,
+                        Some(why.as_str()),
+                        &self.names,
+                        &self.context,
+                        &self.network,
+                    );
+                    if let Some(sink) = self.flow_records.as_mut() {
+                        sink.write(&record);
+                    }
                 }
             }
         }
         self.pending = pending;
-    }
-
-    /// Runs identification on a flow that got new bytes.
-    fn dissect(&mut self, key: &crate::flows::FlowKey, ts: Timestamp) {
-        if let Some(flow) = self.flows.get_mut(key)
-            && !flow.dissected
-        {
-            identify_flow(flow, &mut self.names, &mut self.stats, ts, false);
-        }
-    }
-
-    /// A datagram of a followed flow: DNS answers feed the name cache.
-    fn datagram(&mut self, ts: Timestamp, bytes: &[u8]) {
-        if let Ok(msg) = dns::parse_message(bytes)
-            && msg.response
-        {
-            self.names.insert(ts, &msg);
-        }
-    }
-
-    fn flow_ended(&mut self, flow: &Flow, why: &'static str) {
-        let mut record = FlowRecord::new(flow, false, Some(why));
-        record.dns_name = self
-            .names
-            .lookup(flow.last, flow.resp.0)
-            .map(str::to_string);
-        self.write_flow(&record);
-    }
-
-    fn write_flow(&mut self, record: &FlowRecord) {
-        if let Some(sink) = self.flow_records.as_mut() {
-            sink.write(record);
-        }
+        self.emit_findings();
     }
 
     /// Copies counters kept elsewhere (table, decoder, sinks) into `stats`.
@@ -220,6 +401,7 @@ impl Pipeline {
 fn identify_flow(
     flow: &mut Flow,
     names: &mut NameCache,
+    identity: &mut Identity,
     stats: &mut Stats,
     ts: Timestamp,
     ending: bool,
@@ -240,24 +422,88 @@ fn identify_flow(
         dns_name: names.lookup(ts, flow.resp.0),
     };
     let id = identify::identify(&input);
-    if id.app == Some(App::Dns) {
-        for d in streams.datagrams.iter().flatten() {
-            if let Ok(msg) = dns::parse_message(d)
-                && msg.response
-            {
-                names.insert(ts, &msg);
-            }
-        }
-    }
+    let follow = flow.proto == Proto::Udp && matches!(id.app, Some(App::Dns) | Some(App::Radius));
     flow.app = id.app;
     flow.details = Some(Box::new(id.details));
     if id.done || ending {
+        if follow {
+            // The datagrams seen so far; later ones arrive as they come.
+            for d in streams.datagrams.iter().flatten() {
+                datagram(names, identity, ts, d);
+            }
+        }
         flow.dissected = true;
         flow.guess = id.guess;
         flow.streams = None;
-        flow.follow =
-            flow.proto == Proto::Udp && matches!(id.app, Some(App::Dns) | Some(App::Radius));
+        flow.follow = follow;
         let label = flow.app.map_or("unknown", App::as_str);
         *stats.flows_by_app.entry(label).or_default() += 1;
     }
+}
+
+/// A datagram of a followed flow: DNS answers feed the name cache, RADIUS accounting
+/// feeds identity.
+fn datagram(names: &mut NameCache, identity: &mut Identity, ts: Timestamp, bytes: &[u8]) {
+    if let Ok(msg) = dns::parse_message(bytes) {
+        if msg.response {
+            names.insert(ts, &msg);
+        }
+        return;
+    }
+    if let Ok(packet) = crate::dissect::radius::parse(bytes) {
+        radius_accounting(identity, ts, &packet);
+    }
+}
+
+/// RFC 2866 §5.1 Acct-Status-Type: 1 start, 2 stop, 3 interim update.
+fn radius_accounting(
+    identity: &mut Identity,
+    ts: Timestamp,
+    packet: &crate::dissect::radius::Packet,
+) {
+    use crate::identity::SessionStatus;
+    let Some(acct) = packet.accounting.as_ref() else {
+        return;
+    };
+    let status = match acct.status_type {
+        Some(1) => SessionStatus::Start,
+        Some(2) => SessionStatus::Stop,
+        Some(3) => SessionStatus::Interim,
+        _ => return,
+    };
+    if let (Some(user), Some(ip)) = (acct.user_name.as_deref(), acct.framed_ip) {
+        identity.observe_radius(
+            ts,
+            user,
+            IpAddr::V4(ip),
+            acct.calling_station_id.as_deref(),
+            status,
+        );
+    }
+}
+
+/// The flow record, with the account behind its inside end and where its ends are.
+fn flow_record(
+    flow: &Flow,
+    interim: bool,
+    why: Option<&'static str>,
+    names: &NameCache,
+    context: &Context,
+    network: &NetworkConfig,
+) -> FlowRecord {
+    let mut record = FlowRecord::new(flow, interim, why);
+    record.dns_name = names.lookup(flow.last, flow.resp.0).map(str::to_string);
+    let host = [flow.orig.0, flow.resp.0]
+        .into_iter()
+        .find(|ip| network.is_inside(*ip));
+    record.account = host
+        .and_then(|h| context.identity.account_at(h, flow.first))
+        .map(|a| a.id.to_string());
+    let resp = context.geo.lookup(flow.resp.0);
+    record.resp_country = resp.country;
+    record.resp_asn = resp.asn;
+    let orig = context.geo.lookup(flow.orig.0);
+    record.orig_country = orig.country;
+    record.orig_asn = orig.asn;
+    record
 }

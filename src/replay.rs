@@ -5,13 +5,15 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use crate::config::Config;
-use crate::pipeline::{Pipeline, Sinks};
+use crate::pipeline::{Context, Pipeline, Sinks};
 use crate::sink::{self, JsonLines, Target};
 use crate::source::{Replay, SourceError};
 
 pub struct ReplayArgs {
     pub files: Vec<PathBuf>,
     pub config: Config,
+    pub accounts: Option<PathBuf>,
+    pub sessions: Option<PathBuf>,
     pub events: Target,
     pub flows: Option<PathBuf>,
     /// Prometheus text-format metrics written at the end.
@@ -27,6 +29,12 @@ pub enum Failure {
 }
 
 pub fn run(args: ReplayArgs) -> Result<(), Failure> {
+    let context = Context::load(
+        &args.config,
+        args.accounts.as_deref(),
+        args.sessions.as_deref(),
+    )
+    .map_err(Failure::Usage)?;
     let mut replay = Replay::open(&args.files).map_err(|e| match e {
         SourceError::Corrupt(..) => Failure::Runtime(e.to_string()),
         _ => Failure::Usage(e.to_string()),
@@ -48,6 +56,7 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
             events: Some(events),
             flows,
         },
+        context,
     );
 
     let total: u64 = args

@@ -46,6 +46,8 @@ pub struct FlowRecord {
     pub account: Option<String>,
     pub resp_country: Option<String>,
     pub resp_asn: Option<u32>,
+    pub orig_country: Option<String>,
+    pub orig_asn: Option<u32>,
     pub interim: bool,
     pub community_id: String,
     /// Why the record was written: closed, timeout, evicted, shutdown, reused (null on
@@ -118,6 +120,8 @@ impl FlowRecord {
             account: None,
             resp_country: None,
             resp_asn: None,
+            orig_country: None,
+            orig_asn: None,
             interim,
             community_id: community_id(
                 flow.proto,
