@@ -164,6 +164,11 @@ impl Pipeline {
             Err(e) => *self.stats.decode_errors.entry(e.as_str()).or_default() += 1,
         }
         self.drain_flow_events();
+        self.tick();
+    }
+
+    /// Once per second of packet time, identity, observations and detectors catch up.
+    fn tick(&mut self) {
         let now = self.flows.now();
         if now.secs() > self.ticked {
             self.ticked = now.secs();
@@ -193,6 +198,24 @@ impl Pipeline {
             let _ = sink.flush();
         }
         self.sync_stats();
+    }
+
+    /// Moves packet time forward without a packet of this pipeline's own: a live worker learns
+    /// the capture's clock this way, so its flows expire as in a replay that sees every packet.
+    pub fn advance(&mut self, ts: Timestamp) {
+        self.flows.advance(ts, &mut self.pending);
+        self.drain_flow_events();
+        self.tick();
+    }
+
+    /// Pushes buffered records out to the sinks (live: every second, so output is timely).
+    pub fn flush_sinks(&mut self) {
+        for sink in [self.events.as_mut(), self.flow_records.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = sink.flush();
+        }
     }
 
     /// Writes one finding, naming the account behind its host when the detector did not.
