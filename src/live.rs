@@ -53,6 +53,8 @@ enum Work {
 pub struct LiveArgs {
     pub interface: String,
     pub bpf: Option<String>,
+    pub accounts: Option<PathBuf>,
+    pub sessions: Option<PathBuf>,
     /// Re-read on SIGHUP.
     pub config_path: Option<PathBuf>,
     pub config: Config,
@@ -265,10 +267,15 @@ impl Write for SharedFile {
 }
 
 pub fn run(args: LiveArgs) -> Result<(), Failure> {
-    // Each worker has its own view of identity and geo (the inventory and the session feed
-    // come with the identity work).
+    // Each worker has its own view of identity and geo.
     let contexts = (0..args.workers)
-        .map(|_| Context::load(&args.config, None, None))
+        .map(|_| {
+            Context::load(
+                &args.config,
+                args.accounts.as_deref(),
+                args.sessions.as_deref(),
+            )
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(Failure::Usage)?;
     let mut capture = open_capture(&args)?;
@@ -304,7 +311,11 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
             events: Some(events.sink()),
             flows: flows.as_ref().map(SharedFile::sink),
         };
-        let pipeline = Pipeline::new(&args.config, sinks, context);
+        let mut pipeline = Pipeline::new(&args.config, sinks, context);
+        if index > 0 {
+            // Inventory findings once per sensor, not once per worker.
+            pipeline.skip_inventory_findings();
+        }
         let sensor = Arc::clone(&sensor);
         let worker = std::thread::Builder::new()
             .name(format!("farmwatch-worker-{index}"))

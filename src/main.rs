@@ -60,6 +60,12 @@ enum Command {
         /// farmwatch.toml (re-read on SIGHUP).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Account inventory (accounts.toml).
+        #[arg(long)]
+        accounts: Option<PathBuf>,
+        /// VPN session feed (JSON lines), read at start.
+        #[arg(long)]
+        sessions: Option<PathBuf>,
         /// Where events go, as JSON lines ("-" = stdout); appended to, reopened on SIGHUP.
         #[arg(long, default_value = "-")]
         events: String,
@@ -130,6 +136,8 @@ fn main() -> ExitCode {
             interface,
             bpf,
             config,
+            accounts,
+            sessions,
             events,
             flows,
             listen,
@@ -144,6 +152,8 @@ fn main() -> ExitCode {
                 live::run(LiveArgs {
                     interface,
                     bpf,
+                    accounts,
+                    sessions,
                     config_path: config,
                     config: loaded,
                     events: Target::parse(&events),

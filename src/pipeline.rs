@@ -104,6 +104,7 @@ pub struct Pipeline {
     /// Public-address observations (session feed, RADIUS) not yet due by packet time,
     /// newest first.
     observations: Vec<PublicIpObservation>,
+    inventory_findings: bool,
     pending: Vec<FlowEvent>,
     events: Option<JsonLines>,
     flow_records: Option<JsonLines>,
@@ -131,6 +132,7 @@ impl Pipeline {
             findings: Vec::new(),
             ticked: 0,
             observations: Vec::new(),
+            inventory_findings: true,
             pending: Vec::new(),
             events: sinks.events,
             flow_records: sinks.flows,
@@ -140,9 +142,17 @@ impl Pipeline {
         }
     }
 
+    /// Leaves the inventory findings to another pipeline of the same sensor.
+    pub fn skip_inventory_findings(&mut self) {
+        self.inventory_findings = false;
+    }
+
     /// Findings that do not wait for traffic (inventory checks), stamped with the first
     /// packet's time.
     fn start(&mut self, ts: Timestamp) {
+        if !self.inventory_findings {
+            return;
+        }
         for event in accounts::inventory_events(self.context.identity.inventory(), ts) {
             self.emit(event);
         }

@@ -95,7 +95,13 @@ mod tests {
 
     #[test]
     fn formats_like_chrono_across_centuries() {
-        for secs in [0u64, 951_782_400, 4_107_542_399, 1_709_164_800, 16_725_225_599] {
+        for secs in [
+            0u64,
+            951_782_400,
+            4_107_542_399,
+            1_709_164_800,
+            16_725_225_599,
+        ] {
             let ns = secs * 1_000_000_000 + 987_654_321;
             let ours = Timestamp(ns).rfc3339();
             let theirs = chrono::DateTime::from_timestamp(secs as i64, 987_654_321)
