@@ -193,8 +193,10 @@ impl Pipeline {
 
     /// Ends every flow and flushes every sink: end of a replay, or shutdown.
     pub fn finish(&mut self) {
-        self.flows.drain(&mut self.pending);
-        self.drain_flow_events();
+        for key in self.flows.keys_by_start() {
+            self.flows.end(&key, &mut self.pending);
+            self.drain_flow_events();
+        }
         self.release_observations(Timestamp(u64::MAX));
         let scope = scope!(self);
         self.detectors

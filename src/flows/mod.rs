@@ -288,19 +288,31 @@ impl FlowTable {
         }
     }
 
-    /// Ends every flow (end of input or shutdown), in the order they started.
-    pub fn drain(&mut self, out: &mut Vec<FlowEvent>) {
-        // Sort the small keys, not the flows.
+    /// The keys of every flow, in the order they started: end them one at a time with
+    /// [`FlowTable::end`] so that a shutdown never holds two copies of the table.
+    pub fn keys_by_start(&self) -> Vec<FlowKey> {
         let mut order: Vec<(u64, FlowKey)> = self.flows.iter().map(|(k, f)| (f.seq, *k)).collect();
         order.sort_unstable_by_key(|(seq, _)| *seq);
-        self.wheel.clear();
-        for (_, key) in order {
-            if let Some(flow) = self.flows.remove(&key) {
-                out.push(FlowEvent::Ended {
-                    flow: Box::new(flow),
-                    why: EndReason::Shutdown,
-                });
-            }
+        order.into_iter().map(|(_, k)| k).collect()
+    }
+
+    /// Ends one flow now (end of input or shutdown).
+    pub fn end(&mut self, key: &FlowKey, out: &mut Vec<FlowEvent>) {
+        if let Some(flow) = self.flows.remove(key) {
+            out.push(FlowEvent::Ended {
+                flow: Box::new(flow),
+                why: EndReason::Shutdown,
+            });
+        }
+        if self.flows.is_empty() {
+            self.wheel.clear();
+        }
+    }
+
+    /// Ends every flow, in the order they started.
+    pub fn drain(&mut self, out: &mut Vec<FlowEvent>) {
+        for key in self.keys_by_start() {
+            self.end(&key, out);
         }
     }
 }
