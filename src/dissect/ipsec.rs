@@ -42,7 +42,9 @@ pub fn parse_ike(datagram: &[u8], non_esp_marker: bool) -> Result<Ike> {
     } else {
         datagram
     };
-    let h = d.get(..field::HEADER_LEN).ok_or(Error::Invalid("ike too short"))?;
+    let h = d
+        .get(..field::HEADER_LEN)
+        .ok_or(Error::Invalid("ike too short"))?;
     let be64 = |r: std::ops::Range<usize>| u64::from_be_bytes(h[r].try_into().unwrap_or_default());
     let version = h[field::VERSION] >> 4;
     let exchange = h[field::EXCHANGE];
@@ -51,7 +53,10 @@ pub fn parse_ike(datagram: &[u8], non_esp_marker: bool) -> Result<Ike> {
         // RFC 2408 §3.1 (0..=5) and RFC 2409 Quick Mode 32 / New Group 33.
         1 => matches!(exchange, 0..=5 | 32 | 33) && next_payload <= 33,
         // RFC 7296 §3.1 (34..=37), RFC 5723 38, RFC 9242 43, RFC 9370 44.
-        2 => matches!(exchange, 34..=38 | 43 | 44) && (next_payload == 0 || (33..=55).contains(&next_payload)),
+        2 => {
+            matches!(exchange, 34..=38 | 43 | 44)
+                && (next_payload == 0 || (33..=55).contains(&next_payload))
+        }
         _ => return Err(Error::Invalid("ike version")),
     };
     if !ok_exchange {
@@ -96,7 +101,10 @@ pub fn parse_esp(bytes: &[u8]) -> Result<Esp> {
     if spi <= 255 {
         return Err(Error::Invalid("esp reserved spi"));
     }
-    Ok(Esp { spi, seq: u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) })
+    Ok(Esp {
+        spi,
+        seq: u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+    })
 }
 
 /// RFC 3948 §2.3: the one-byte 0xFF NAT-keepalive on port 4500.
@@ -130,7 +138,9 @@ mod tests {
     #[test]
     fn ikev2_sa_init_and_esp() {
         // RFC 7296 §3.1 layout, IKE_SA_INIT (34), version 0x20, flag I (0x08) (synthesized).
-        let mut d = vec![1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 0, 33, 0x20, 34, 0x08];
+        let mut d = vec![
+            1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 0, 33, 0x20, 34, 0x08,
+        ];
         d.extend([0, 0, 0, 0, 0, 0, 0, 28]);
         let i = parse_ike(&d, false).unwrap();
         assert_eq!((i.version, i.exchange, i.flags), (2, 34, 8));

@@ -66,9 +66,23 @@ pub fn parse(bytes: &[u8], over_tcp: bool) -> Result<Packet> {
     match opcode {
         P_DATA_V1 | P_DATA_V2 => {
             let head = if opcode == P_DATA_V2 { 4 } else { 1 };
-            let data_len = p.len().checked_sub(head).filter(|&n| n > 0).ok_or(Error::Invalid("openvpn data too short"))?;
+            let data_len = p
+                .len()
+                .checked_sub(head)
+                .filter(|&n| n > 0)
+                .ok_or(Error::Invalid("openvpn data too short"))?;
             let peer_id = (opcode == P_DATA_V2).then(|| u32::from_be_bytes([0, p[1], p[2], p[3]]));
-            Ok(Packet { opcode, key_id, session_id: 0, hmac_len: None, remote_session_id: None, acks: vec![], packet_id: None, data_len, peer_id })
+            Ok(Packet {
+                opcode,
+                key_id,
+                session_id: 0,
+                hmac_len: None,
+                remote_session_id: None,
+                acks: vec![],
+                packet_id: None,
+                data_len,
+                peer_id,
+            })
         }
         1..=5 | 7 | 8 | 10 | 11 => HMAC_LENS
             .iter()
@@ -81,8 +95,14 @@ pub fn parse(bytes: &[u8], over_tcp: bool) -> Result<Packet> {
 /// Reads a control packet assuming an HMAC of `hmac` bytes (0: no tls-auth); None when the
 /// structure does not hold together under that assumption.
 fn control(p: &[u8], opcode: u8, key_id: u8, hmac: usize) -> Option<Packet> {
-    let u32_at = |at: usize| p.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-    let u64_at = |at: usize| p.get(at..at + 8).map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()));
+    let u32_at = |at: usize| {
+        p.get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |at: usize| {
+        p.get(at..at + 8)
+            .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
+    };
     let session_id = u64_at(SESSION_ID.start)?;
     let mut at = SESSION_ID.end;
     if hmac > 0 {
@@ -98,7 +118,9 @@ fn control(p: &[u8], opcode: u8, key_id: u8, hmac: usize) -> Option<Packet> {
     if n > MAX_ACKS {
         return None;
     }
-    let acks = (0..n).map(|i| u32_at(at + 4 * i)).collect::<Option<Vec<_>>>()?;
+    let acks = (0..n)
+        .map(|i| u32_at(at + 4 * i))
+        .collect::<Option<Vec<_>>>()?;
     if acks.iter().any(|&a| a >= MAX_PACKET_ID) {
         return None;
     }
@@ -120,7 +142,17 @@ fn control(p: &[u8], opcode: u8, key_id: u8, hmac: usize) -> Option<Packet> {
     if opcode == P_ACK_V1 && (data_len != 0 || n == 0) {
         return None;
     }
-    Some(Packet { opcode, key_id, session_id, hmac_len: (hmac > 0).then_some(hmac), remote_session_id, acks, packet_id, data_len, peer_id: None })
+    Some(Packet {
+        opcode,
+        key_id,
+        session_id,
+        hmac_len: (hmac > 0).then_some(hmac),
+        remote_session_id,
+        acks,
+        packet_id,
+        data_len,
+        peer_id: None,
+    })
 }
 
 /// True for the opcodes that start a session (client or server hard reset).
@@ -144,9 +176,16 @@ mod tests {
     fn plain_udp_handshake() {
         // zeek-spicy-analyzers/Traces/openvpn.pcap, first two datagrams.
         let c = parse(&hex("389aa6b1e434889ad30000000000"), false).unwrap();
-        assert_eq!((c.opcode, c.key_id, c.session_id), (7, 0, 0x9aa6b1e434889ad3));
+        assert_eq!(
+            (c.opcode, c.key_id, c.session_id),
+            (7, 0, 0x9aa6b1e434889ad3)
+        );
         assert_eq!((c.hmac_len, c.packet_id, c.data_len), (None, Some(0), 0));
-        let s = parse(&hex("40e7a77eba7c1c51b501000000009aa6b1e434889ad300000000"), false).unwrap();
+        let s = parse(
+            &hex("40e7a77eba7c1c51b501000000009aa6b1e434889ad300000000"),
+            false,
+        )
+        .unwrap();
         assert_eq!((s.opcode, s.acks.as_slice()), (8, &[0][..]));
         assert_eq!(s.remote_session_id, Some(0x9aa6b1e434889ad3));
     }
@@ -154,7 +193,9 @@ mod tests {
     #[test]
     fn tls_auth_sha1_over_tcp() {
         // zeek-spicy-analyzers/Traces/openvpn-tcp-tls-auth.pcap, client's first segment.
-        let b = hex("002a3828e1328a7185e6ca779cda2d2230e4755040a78df956f0268c51fb710000000150ff20fd0000000000");
+        let b = hex(
+            "002a3828e1328a7185e6ca779cda2d2230e4755040a78df956f0268c51fb710000000150ff20fd0000000000",
+        );
         let p = parse(&b, true).unwrap();
         assert_eq!((p.opcode, p.hmac_len, p.packet_id), (7, Some(20), Some(0)));
         assert_eq!(p.session_id, 0x28e1328a7185e6ca);
@@ -164,7 +205,9 @@ mod tests {
     #[test]
     fn tls_auth_sha256_udp() {
         // zeek-spicy-analyzers/Traces/openvpn_udp_hmac_256.pcap, first datagram.
-        let b = hex("38a5f634996d295c25ba6bb43be6a33727c99a57f0aa5a32915328c14663c5d22858d31a0b661fac5a0000000160df195a0000000000");
+        let b = hex(
+            "38a5f634996d295c25ba6bb43be6a33727c99a57f0aa5a32915328c14663c5d22858d31a0b661fac5a0000000160df195a0000000000",
+        );
         assert_eq!(parse(&b, false).unwrap().hmac_len, Some(32));
         assert!(parse(&hex("f8000000"), false).is_err());
     }

@@ -54,7 +54,9 @@ fn known_code(code: u8) -> bool {
 
 /// Parses one RADIUS datagram; attributes must tile the packet exactly (RFC 2865 §5).
 pub fn parse(datagram: &[u8]) -> Result<Packet> {
-    let h = datagram.get(..HEADER_LEN).ok_or(Error::Invalid("radius too short"))?;
+    let h = datagram
+        .get(..HEADER_LEN)
+        .ok_or(Error::Invalid("radius too short"))?;
     let (code, identifier) = (h[0], h[1]);
     let len = u16::from_be_bytes([h[2], h[3]]) as usize;
     if !known_code(code) {
@@ -71,7 +73,9 @@ pub fn parse(datagram: &[u8]) -> Result<Packet> {
             [t, n, ..] if *n >= 2 => (*t, *n as usize),
             _ => return Err(Error::Invalid("radius attribute length")),
         };
-        let v = rest.get(2..n).ok_or(Error::Invalid("radius attribute length"))?;
+        let v = rest
+            .get(2..n)
+            .ok_or(Error::Invalid("radius attribute length"))?;
         let text = || Some(String::from_utf8_lossy(&v[..v.len().min(MAX_TEXT)]).into_owned());
         let v4: Option<[u8; 4]> = v.try_into().ok();
         let v16: Option<[u8; 16]> = v.try_into().ok();

@@ -78,12 +78,20 @@ fn tpdu(stream: &[u8], code: u8) -> Result<&[u8]> {
 /// Reads a negotiation structure of one of `kinds`: (type, flags, value).
 fn negotiation(b: &[u8]) -> Result<Option<(u8, u8, u32)>> {
     let Some(s) = b.get(..neg::LEN) else {
-        return if b.is_empty() { Ok(None) } else { Err(Error::Invalid("rdp negotiation truncated")) };
+        return if b.is_empty() {
+            Ok(None)
+        } else {
+            Err(Error::Invalid("rdp negotiation truncated"))
+        };
     };
     if u16::from_le_bytes([s[2], s[3]]) as usize != neg::LEN {
         return Err(Error::Invalid("rdp negotiation length"));
     }
-    Ok(Some((s[0], s[1], u32::from_le_bytes([s[4], s[5], s[6], s[7]]))))
+    Ok(Some((
+        s[0],
+        s[1],
+        u32::from_le_bytes([s[4], s[5], s[6], s[7]]),
+    )))
 }
 
 /// Parses the client's first TPKT: X.224 CR with optional cookie or routing token and
@@ -161,7 +169,10 @@ pub fn selected_protocol_name(selected: u32) -> Option<&'static str> {
     if selected == 0 {
         return Some("rdp");
     }
-    PROTOCOLS.iter().find(|(b, _)| *b == selected).map(|&(_, n)| n)
+    PROTOCOLS
+        .iter()
+        .find(|(b, _)| *b == selected)
+        .map(|&(_, n)| n)
 }
 
 /// The first datagram of each side of an RDP-UDP connection, MS-RDPEUDP 3.1.5.1.
@@ -259,7 +270,9 @@ mod tests {
     #[test]
     fn request_without_cookie() {
         // MS-RDPBCGR 4.1.1 shape without the cookie: TPKT + CR + RDP_NEG_REQ (synthesized).
-        let b = [3, 0, 0, 19, 14, 0xe0, 0, 0, 0, 0, 0, 1, 0, 8, 0, 0x0b, 0, 0, 0];
+        let b = [
+            3, 0, 0, 19, 14, 0xe0, 0, 0, 0, 0, 0, 1, 0, 8, 0, 0x0b, 0, 0, 0,
+        ];
         let r = parse_connection_request(&b).unwrap();
         assert_eq!(r.cookie, None);
         assert_eq!(r.requested_protocols, Some(0x0b));
@@ -271,7 +284,10 @@ mod tests {
         let c = parse_connection_confirm(&hex(CC_HYBRID)).unwrap();
         assert_eq!(c.selected_protocol, Some(2));
         assert_eq!(selected_protocol_name(2), Some("hybrid"));
-        assert!(matches!(parse_connection_confirm(&hex(CR_COOKIE)), Err(Error::Invalid(_))));
+        assert!(matches!(
+            parse_connection_confirm(&hex(CR_COOKIE)),
+            Err(Error::Invalid(_))
+        ));
         // RDP_NEG_FAILURE SSL_NOT_ALLOWED_BY_SERVER (2.2.1.2.2), synthesized.
         let f = [3, 0, 0, 19, 14, 0xd0, 0, 0, 0, 0, 0, 3, 0, 8, 0, 2, 0, 0, 0];
         assert_eq!(parse_connection_confirm(&f).unwrap().failure_code, Some(2));

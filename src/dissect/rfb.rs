@@ -27,13 +27,22 @@ const MAX_REASON: usize = 4096;
 pub fn parse_version(stream: &[u8]) -> Result<(u8, u16, usize)> {
     let want = b"RFB 000.000\n";
     for (i, (&b, &w)) in stream.iter().zip(want).enumerate() {
-        let ok = if w == b'0' { b.is_ascii_digit() } else { b == w };
+        let ok = if w == b'0' {
+            b.is_ascii_digit()
+        } else {
+            b == w
+        };
         if !ok {
-            return Err(Error::Invalid(if i < 4 { "not rfb" } else { "rfb version" }));
+            return Err(Error::Invalid(if i < 4 {
+                "not rfb"
+            } else {
+                "rfb version"
+            }));
         }
     }
     let v = stream.get(..VERSION_LEN).ok_or(Error::Incomplete)?;
-    let num = |r: std::ops::Range<usize>| v[r].iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    let num =
+        |r: std::ops::Range<usize>| v[r].iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
     let major = u8::try_from(num(4..7)).map_err(|_| Error::Invalid("rfb version"))?;
     Ok((major, num(8..11), VERSION_LEN))
 }
@@ -47,7 +56,7 @@ fn offers_list(minor: u16) -> bool {
 /// Parses the security types a server offers right after its version (§7.1.2); for 3.3 the
 /// one type it chose. An empty list means the server refused the connection.
 pub fn parse_security_types(server_after_version: &[u8], minor: u16) -> Result<Vec<u8>> {
-    Ok(security_types(&mut Cursor(server_after_version), minor)?)
+    security_types(&mut Cursor(server_after_version), minor)
 }
 
 fn security_types(s: &mut Cursor, minor: u16) -> Result<Vec<u8>> {
@@ -101,6 +110,8 @@ pub struct Session {
     pub width: Option<u16>,
     pub height: Option<u16>,
     pub desktop_name: Option<String>,
+    /// The server's reason text for refusing the connection or the credentials.
+    pub failure_reason: Option<String>,
 }
 
 /// Walks both directions' stream prefixes as far as they go. Fails only when the server's
@@ -127,9 +138,14 @@ fn walk(st: &mut Session, c: &mut Cursor, s: &mut Cursor) -> Result<()> {
     st.auth_types = security_types(s, minor)?;
     st.ard = st.auth_types.contains(&SECURITY_ARD);
     if st.auth_types.is_empty() {
+        st.failure_reason = Some(text(s)?);
         return Ok(());
     }
-    let chosen = if offers_list(minor) { c.u8()? } else { st.auth_types[0] };
+    let chosen = if offers_list(minor) {
+        c.u8()?
+    } else {
+        st.auth_types[0]
+    };
     st.auth_type = Some(chosen);
     st.ard |= chosen == SECURITY_ARD;
     let has_result = match chosen {
@@ -154,6 +170,10 @@ fn walk(st: &mut Session, c: &mut Cursor, s: &mut Cursor) -> Result<()> {
         let ok = s.u32()? == 0;
         st.auth_ok = Some(ok);
         if !ok {
+            // 3.8 adds a reason string to a failed SecurityResult (§7.1.3).
+            if minor >= 8 {
+                st.failure_reason = Some(text(s)?);
+            }
             return Ok(());
         }
     }
@@ -161,10 +181,18 @@ fn walk(st: &mut Session, c: &mut Cursor, s: &mut Cursor) -> Result<()> {
     st.width = Some(s.u16()?);
     st.height = Some(s.u16()?);
     s.take(SERVER_INIT_NAME - 4 - 4)?;
-    let n = s.u32()? as usize;
-    let name = s.take(n.min(MAX_REASON))?;
-    st.desktop_name = Some(String::from_utf8_lossy(&name[..name.len().min(MAX_NAME)]).into_owned());
+    st.desktop_name = Some(text(s)?);
     Ok(())
+}
+
+/// A u32-length-prefixed string (§7.1.2 reason-string, §7.3.2 name-string).
+fn text(s: &mut Cursor) -> Result<String> {
+    let n = s.u32()? as usize;
+    if n > MAX_REASON {
+        return Err(Error::Invalid("rfb string length"));
+    }
+    let b = s.take(n)?;
+    Ok(String::from_utf8_lossy(&b[..n.min(MAX_NAME)]).into_owned())
 }
 
 /// A forward-only reader over one direction's bytes; every read reports Incomplete at the end.
@@ -198,16 +226,28 @@ mod tests {
         // zeek/Traces/rfb/vncmac.pcap server and client both send "RFB 003.889\n".
         assert_eq!(parse_version(b"RFB 003.889\n").unwrap(), (3, 889, 12));
         assert_eq!(parse_version(b"RFB 003.00").unwrap_err(), Error::Incomplete);
-        assert!(matches!(parse_version(b"SSH-2.0-x\r\n"), Err(Error::Invalid(_))));
-        assert!(matches!(parse_version(b"RFB 003.0a8\n"), Err(Error::Invalid(_))));
+        assert!(matches!(
+            parse_version(b"SSH-2.0-x\r\n"),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_version(b"RFB 003.0a8\n"),
+            Err(Error::Invalid(_))
+        ));
     }
 
     #[test]
     fn security_types_by_version() {
         // vncmac.pcap: "02 1e 23" (3.889 list); vnc-mac-to-linux.pcap: "00 00 00 02" (3.3).
-        assert_eq!(parse_security_types(&[2, 0x1e, 0x23], 889).unwrap(), [30, 35]);
+        assert_eq!(
+            parse_security_types(&[2, 0x1e, 0x23], 889).unwrap(),
+            [30, 35]
+        );
         assert_eq!(parse_security_types(&[0, 0, 0, 2], 3).unwrap(), [2]);
-        assert_eq!(parse_security_types(&[2, 0x1e], 8).unwrap_err(), Error::Incomplete);
+        assert_eq!(
+            parse_security_types(&[2, 0x1e], 8).unwrap_err(),
+            Error::Incomplete
+        );
         assert_eq!(security_type_name(30), "Apple Remote Desktop");
     }
 
@@ -230,7 +270,10 @@ mod tests {
         let s = parse_session(&client, &server).unwrap();
         assert_eq!(s.client_version, Some((3, 8)));
         assert_eq!(s.auth_types, [2, 16]);
-        assert_eq!((s.auth_type, s.auth_ok, s.share_flag), (Some(2), Some(true), Some(true)));
+        assert_eq!(
+            (s.auth_type, s.auth_ok, s.share_flag),
+            (Some(2), Some(true), Some(true))
+        );
         assert_eq!((s.width, s.height), (Some(1024), Some(768)));
         assert_eq!(s.desktop_name.as_deref(), Some("desk"));
         assert!(!s.ard);

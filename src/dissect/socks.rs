@@ -110,7 +110,14 @@ pub fn parse_request(client_stream: &[u8]) -> Result<Request> {
             } else {
                 (Some(ipv4(ip)), None)
             };
-            Ok(Request { version: 4, command, host, addr, port, user })
+            Ok(Request {
+                version: 4,
+                command,
+                host,
+                addr,
+                port,
+                user,
+            })
         }
         5 => {
             // RFC 1928 §3: NMETHODS, METHODS.
@@ -136,7 +143,14 @@ pub fn parse_request(client_stream: &[u8]) -> Result<Request> {
                 return Err(Error::Invalid("socks5 request"));
             }
             let (addr, host, port) = c.address()?;
-            Ok(Request { version: 5, command, host, addr, port, user })
+            Ok(Request {
+                version: 5,
+                command,
+                host,
+                addr,
+                port,
+                user,
+            })
         }
         _ => Err(Error::Invalid("socks version")),
     }
@@ -145,7 +159,14 @@ pub fn parse_request(client_stream: &[u8]) -> Result<Request> {
 /// Parses the server's side of the stream up to its reply to the request.
 pub fn parse_reply(server_stream: &[u8], version: u8) -> Result<Reply> {
     let mut s = Cursor(server_stream);
-    let refused = |status| Ok(Reply { status, granted: false, bound_addr: None, bound_port: None });
+    let refused = |status| {
+        Ok(Reply {
+            status,
+            granted: false,
+            bound_addr: None,
+            bound_port: None,
+        })
+    };
     match version {
         4 => {
             if s.u8()? != 0 {
@@ -157,7 +178,12 @@ pub fn parse_reply(server_stream: &[u8], version: u8) -> Result<Reply> {
             }
             let port = s.u16()?;
             let addr = ipv4(s.take(4)?);
-            Ok(Reply { status, granted: status == 90, bound_addr: Some(addr), bound_port: Some(port) })
+            Ok(Reply {
+                status,
+                granted: status == 90,
+                bound_addr: Some(addr),
+                bound_port: Some(port),
+            })
         }
         5 => {
             if s.u8()? != 5 {
@@ -184,7 +210,12 @@ pub fn parse_reply(server_stream: &[u8], version: u8) -> Result<Reply> {
                 return Err(Error::Invalid("socks5 reply reserved"));
             }
             let (addr, _, port) = s.address()?;
-            Ok(Reply { status, granted: status == 0, bound_addr: addr, bound_port: Some(port) })
+            Ok(Reply {
+                status,
+                granted: status == 0,
+                bound_addr: addr,
+                bound_port: Some(port),
+            })
         }
         _ => Err(Error::Invalid("socks version")),
     }
@@ -199,7 +230,11 @@ mod tests {
     fn socks5_with_username_password() {
         // zeek/Traces/socks-auth.pcap: greeting, RFC 1929 auth bob/alice, CONNECT
         // 192.168.0.2:22; server chose method 2, auth ok, reply bound 192.168.0.1:55951.
-        let c = hex(concat!("0503000302", "0103626f6205616c696365", "05010001c0a800020016"));
+        let c = hex(concat!(
+            "0503000302",
+            "0103626f6205616c696365",
+            "05010001c0a800020016"
+        ));
         let r = parse_request(&c).unwrap();
         assert_eq!((r.version, r.command, r.port), (5, 1, 22));
         assert_eq!(r.user.as_deref(), Some("bob"));
@@ -207,7 +242,10 @@ mod tests {
         let s = hex(concat!("0502", "0100", "05000001c0a80001da8f"));
         let rep = parse_reply(&s, 5).unwrap();
         assert!(rep.granted);
-        assert_eq!((rep.bound_addr, rep.bound_port), (Some("192.168.0.1".parse().unwrap()), Some(55951)));
+        assert_eq!(
+            (rep.bound_addr, rep.bound_port),
+            (Some("192.168.0.1".parse().unwrap()), Some(55951))
+        );
         assert_eq!(parse_request(&c[..12]).unwrap_err(), Error::Incomplete);
     }
 
@@ -215,7 +253,10 @@ mod tests {
     fn socks5_domain_name() {
         // zeek/Traces/socks.pcap: CONNECT www.osnews.com:80.
         let r = parse_request(&hex("050100050100030e7777772e6f736e6577732e636f6d0050")).unwrap();
-        assert_eq!((r.host.as_deref(), r.port, r.user), (Some("www.osnews.com"), 80, None));
+        assert_eq!(
+            (r.host.as_deref(), r.port, r.user),
+            (Some("www.osnews.com"), 80, None)
+        );
     }
 
     #[test]
@@ -225,11 +266,17 @@ mod tests {
         let mut b = vec![4, 1, 0, 80, 0, 0, 0, 1, b'u', 0];
         b.extend(b"example.com\0");
         let r = parse_request(&b).unwrap();
-        assert_eq!((r.version, r.host.as_deref(), r.user.as_deref()), (4, Some("example.com"), Some("u")));
+        assert_eq!(
+            (r.version, r.host.as_deref(), r.user.as_deref()),
+            (4, Some("example.com"), Some("u"))
+        );
         let r = parse_request(&[4, 1, 0, 22, 10, 0, 0, 1, 0]).unwrap();
         assert_eq!(r.addr, Some("10.0.0.1".parse().unwrap()));
         assert!(parse_reply(&[0, 90, 0, 0, 0, 0, 0, 0], 4).unwrap().granted);
         assert!(!parse_reply(&[0, 91, 0, 0, 0, 0, 0, 0], 4).unwrap().granted);
-        assert!(matches!(parse_request(b"GET / HTTP/1.1"), Err(Error::Invalid(_))));
+        assert!(matches!(
+            parse_request(b"GET / HTTP/1.1"),
+            Err(Error::Invalid(_))
+        ));
     }
 }

@@ -121,7 +121,10 @@ pub fn parse_kexinit(after_banner: &[u8]) -> Result<KexInit> {
     if padding < 4 || padding + 1 >= len {
         return Err(Error::Invalid("ssh padding length"));
     }
-    if after_banner.get(packet::PAYLOAD).is_some_and(|&m| m != MSG_KEXINIT) {
+    if after_banner
+        .get(packet::PAYLOAD)
+        .is_some_and(|&m| m != MSG_KEXINIT)
+    {
         return Err(Error::Invalid("ssh first packet is not kexinit"));
     }
     let end = packet::LENGTH.end + len;
@@ -170,7 +173,9 @@ pub fn hassh(k: &KexInit, client: bool) -> (String, String) {
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_be_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 #[cfg(test)]
@@ -187,7 +192,9 @@ mod tests {
         }
         payload.extend([0, 0, 0, 0, 0]);
         let padding = 8 - (payload.len() + 5) % 8 + 4;
-        let mut p = ((payload.len() + padding + 1) as u32).to_be_bytes().to_vec();
+        let mut p = ((payload.len() + padding + 1) as u32)
+            .to_be_bytes()
+            .to_vec();
         p.push(padding as u8);
         p.extend(payload);
         p.extend(vec![0; padding]);
@@ -209,11 +216,23 @@ mod tests {
         // Shape of zeek/Traces/ssh/server-pre-banner-data.pcap: text lines before "SSH-".
         let s = b"Welcome\r\nto the server\r\nSSH-1.99-OpenSSH_7.4\n";
         let b = parse_banner(s).unwrap();
-        assert_eq!((b.proto.as_str(), b.software.as_str()), ("1.99", "OpenSSH_7.4"));
+        assert_eq!(
+            (b.proto.as_str(), b.software.as_str()),
+            ("1.99", "OpenSSH_7.4")
+        );
         assert_eq!(b.len, s.len());
-        assert_eq!(parse_banner(b"SSH-2.0-Open").unwrap_err(), Error::Incomplete);
-        assert!(matches!(parse_banner(b"SSH-2.0\r\n"), Err(Error::Invalid(_))));
-        assert!(matches!(parse_banner(b"\x16\x03\x01\x00\x00"), Err(Error::Invalid(_))));
+        assert_eq!(
+            parse_banner(b"SSH-2.0-Open").unwrap_err(),
+            Error::Incomplete
+        );
+        assert!(matches!(
+            parse_banner(b"SSH-2.0\r\n"),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            parse_banner(b"\x16\x03\x01\x00\x00"),
+            Err(Error::Invalid(_))
+        ));
     }
 
     #[test]
@@ -240,7 +259,10 @@ mod tests {
         );
         assert_eq!(h.len(), 32);
         assert_eq!(hassh(&k, false).0.split(';').nth(1), Some("aes256-ctr"));
-        assert_eq!(parse_kexinit(&p[..p.len() - 1]).unwrap_err(), Error::Incomplete);
+        assert_eq!(
+            parse_kexinit(&p[..p.len() - 1]).unwrap_err(),
+            Error::Incomplete
+        );
         let mut bad = p.clone();
         bad[5] = 21;
         assert!(matches!(parse_kexinit(&bad), Err(Error::Invalid(_))));

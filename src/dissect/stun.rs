@@ -66,7 +66,9 @@ pub fn method_name(method: u16) -> Option<&'static str> {
 /// Parses one STUN datagram (RFC 5389 §6): the header length must cover the datagram exactly
 /// and every attribute must fit.
 pub fn parse(datagram: &[u8]) -> Result<Message> {
-    let h = datagram.get(..HEADER_LEN).ok_or(Error::Invalid("stun too short"))?;
+    let h = datagram
+        .get(..HEADER_LEN)
+        .ok_or(Error::Invalid("stun too short"))?;
     let ty = u16::from_be_bytes([h[0], h[1]]);
     let len = u16::from_be_bytes([h[2], h[3]]) as usize;
     if ty & 0xC000 != 0 {
@@ -101,18 +103,27 @@ pub fn parse(datagram: &[u8]) -> Result<Message> {
     let mut rest = &datagram[HEADER_LEN..];
     while !rest.is_empty() {
         let (t, n) = match rest {
-            [a, b, c, d, ..] => (u16::from_be_bytes([*a, *b]), u16::from_be_bytes([*c, *d]) as usize),
+            [a, b, c, d, ..] => (
+                u16::from_be_bytes([*a, *b]),
+                u16::from_be_bytes([*c, *d]) as usize,
+            ),
             _ => return Err(Error::Invalid("stun attribute header")),
         };
-        let value = rest.get(4..4 + n).ok_or(Error::Invalid("stun attribute length"))?;
+        let value = rest
+            .get(4..4 + n)
+            .ok_or(Error::Invalid("stun attribute length"))?;
         let text = || Some(String::from_utf8_lossy(&value[..n.min(MAX_TEXT)]).into_owned());
         match t {
             attr::SOFTWARE => m.software = text(),
             attr::USERNAME => m.username = text(),
             attr::REALM => m.realm = text(),
             attr::MAPPED_ADDRESS => m.mapped = Some(address(value, None)?),
-            attr::XOR_MAPPED_ADDRESS => m.xor_mapped = Some(address(value, Some(&m.transaction_id))?),
-            attr::XOR_RELAYED_ADDRESS => m.xor_relayed = Some(address(value, Some(&m.transaction_id))?),
+            attr::XOR_MAPPED_ADDRESS => {
+                m.xor_mapped = Some(address(value, Some(&m.transaction_id))?)
+            }
+            attr::XOR_RELAYED_ADDRESS => {
+                m.xor_relayed = Some(address(value, Some(&m.transaction_id))?)
+            }
             // §15.6: class (hundreds) and number in the low bits of the 4th byte.
             attr::ERROR_CODE => match value {
                 [_, _, class, number, ..] if (3..=6).contains(class) && *number < 100 => {
@@ -136,10 +147,15 @@ fn address(v: &[u8], xor: Option<&[u8; 12]>) -> Result<SocketAddr> {
         mask[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
         mask[4..].copy_from_slice(tid);
     }
-    let port = u16::from_be_bytes(v.get(2..4).map_or([0, 0], |p| [p[0], p[1]])) ^ u16::from_be_bytes([mask[0], mask[1]]);
+    let port = u16::from_be_bytes(v.get(2..4).map_or([0, 0], |p| [p[0], p[1]]))
+        ^ u16::from_be_bytes([mask[0], mask[1]]);
     let ip = match (v.get(1), v.len()) {
-        (Some(1), 8) => IpAddr::V4(Ipv4Addr::from(std::array::from_fn::<u8, 4, _>(|i| v[4 + i] ^ mask[i]))),
-        (Some(2), 20) => IpAddr::V6(Ipv6Addr::from(std::array::from_fn::<u8, 16, _>(|i| v[4 + i] ^ mask[i]))),
+        (Some(1), 8) => IpAddr::V4(Ipv4Addr::from(std::array::from_fn::<u8, 4, _>(|i| {
+            v[4 + i] ^ mask[i]
+        }))),
+        (Some(2), 20) => IpAddr::V6(Ipv6Addr::from(std::array::from_fn::<u8, 16, _>(|i| {
+            v[4 + i] ^ mask[i]
+        }))),
         _ => return Err(Error::Invalid("stun address")),
     };
     Ok(SocketAddr::new(ip, port))
@@ -148,10 +164,13 @@ fn address(v: &[u8], xor: Option<&[u8; 12]>) -> Result<SocketAddr> {
 /// TURN ChannelData (RFC 5766 §11.4): channel number 0x4000..=0x7FFF, a length, the data,
 /// and over UDP optionally padding up to a multiple of 4.
 pub fn is_channel_data(datagram: &[u8]) -> bool {
-    let [a, b, c, d, ..] = *datagram else { return false };
+    let [a, b, c, d, ..] = *datagram else {
+        return false;
+    };
     let channel = u16::from_be_bytes([a, b]);
     let len = u16::from_be_bytes([c, d]) as usize;
-    (0x4000..=0x7FFF).contains(&channel) && (4 + len..=4 + len.next_multiple_of(4)).contains(&datagram.len())
+    (0x4000..=0x7FFF).contains(&channel)
+        && (4 + len..=4 + len.next_multiple_of(4)).contains(&datagram.len())
 }
 
 #[cfg(test)]
@@ -166,7 +185,10 @@ mod tests {
         let r = parse(&hex("000100002112a442534f70436969354a6663317a")).unwrap();
         assert_eq!((r.class, r.method), (Class::Request, 1));
         assert_eq!(&r.transaction_id, b"SOpCii5Jfc1z");
-        let s = parse(&hex("0101000c2112a442534f70436969354a6663317a00010008000111fc46c7802e")).unwrap();
+        let s = parse(&hex(
+            "0101000c2112a442534f70436969354a6663317a00010008000111fc46c7802e",
+        ))
+        .unwrap();
         assert_eq!(s.class, Class::Success);
         assert_eq!(s.mapped, Some("70.199.128.46:4604".parse().unwrap()));
     }
@@ -196,7 +218,10 @@ mod tests {
         // 192.0.2.15:50000 and an ERROR-CODE-less body (synthesized).
         let b = hex("0103000c2112a442000102030405060708090a0b001600080001e242e112a64d");
         let m = parse(&b).unwrap();
-        assert_eq!((m.class, method_name(m.method)), (Class::Success, Some("allocate")));
+        assert_eq!(
+            (m.class, method_name(m.method)),
+            (Class::Success, Some("allocate"))
+        );
         assert_eq!(m.xor_relayed, Some("192.0.2.15:50000".parse().unwrap()));
         assert!(is_channel_data(&hex("40000003aabbcc00")));
         assert!(!is_channel_data(&hex("80000003aabbcc")));

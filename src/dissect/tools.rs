@@ -91,7 +91,12 @@ pub struct Rule {
 }
 
 const fn host(app: App, name: &'static str, confidence: Confidence) -> Rule {
-    Rule { app, evidence: Evidence::Host(name), relay: true, confidence }
+    Rule {
+        app,
+        evidence: Evidence::Host(name),
+        relay: true,
+        confidence,
+    }
 }
 
 /// The table. Each row names its public source.
@@ -100,23 +105,43 @@ pub static RULES: &[Rule] = &[
     // also nDPI ndpi_content_match.c.inc host list.
     host(App::Anydesk, "net.anydesk.com", Confidence::High),
     // source: nDPI src/lib/protocols/tls.c tls_subclassify_by_alpn ("anydesk/" ALPN prefix).
-    Rule { app: App::Anydesk, evidence: Evidence::AlpnPrefix("anydesk/"), relay: false, confidence: Confidence::High },
+    Rule {
+        app: App::Anydesk,
+        evidence: Evidence::AlpnPrefix("anydesk/"),
+        relay: false,
+        confidence: Confidence::High,
+    },
     // source: nDPI issue ntop/nDPI#916 and PR #919 (peer certificate CN "AnyDesk Client").
-    Rule { app: App::Anydesk, evidence: Evidence::CertName("AnyDesk Client"), relay: false, confidence: Confidence::High },
+    Rule {
+        app: App::Anydesk,
+        evidence: Evidence::CertName("AnyDesk Client"),
+        relay: false,
+        confidence: Confidence::High,
+    },
     // source: TeamViewer knowledge base "Which ports are used by TeamViewer?" (allow
     // *.teamviewer.com on 5938/443/80: routers, masters, ping servers).
     host(App::Teamviewer, "teamviewer.com", Confidence::High),
     // source: nDPI src/lib/protocols/teamviewer.c (TCP payload starts 0x17 0x24, len > 2).
     Rule {
         app: App::Teamviewer,
-        evidence: Evidence::TcpPrefix { dir: Dir::Either, bytes: &[0x17, 0x24], mask: None, len: (3, usize::MAX) },
+        evidence: Evidence::TcpPrefix {
+            dir: Dir::Either,
+            bytes: &[0x17, 0x24],
+            mask: None,
+            len: (3, usize::MAX),
+        },
         relay: false,
         confidence: Confidence::Low,
     },
     // source: nDPI teamviewer.c (UDP: byte 0 = 0x00 counter, bytes 11..13 = 0x17 0x24, len > 13).
     Rule {
         app: App::Teamviewer,
-        evidence: Evidence::UdpPattern { dir: Dir::Either, offset: 11, bytes: &[0x17, 0x24], len: (14, usize::MAX) },
+        evidence: Evidence::UdpPattern {
+            dir: Dir::Either,
+            offset: 11,
+            bytes: &[0x17, 0x24],
+            len: (14, usize::MAX),
+        },
         relay: false,
         confidence: Confidence::Low,
     },
@@ -127,8 +152,16 @@ pub static RULES: &[Rule] = &[
     host(App::Rustdesk, "rs-cn.rustdesk.com", Confidence::Medium),
     // source: Google Chrome Enterprise help "Chrome Remote Desktop" network requirements
     // (remotedesktop-pa.googleapis.com for host/client signalling; remotedesktop.google.com UI).
-    host(App::ChromeRemoteDesktop, "remotedesktop-pa.googleapis.com", Confidence::Medium),
-    host(App::ChromeRemoteDesktop, "remotedesktop.google.com", Confidence::Medium),
+    host(
+        App::ChromeRemoteDesktop,
+        "remotedesktop-pa.googleapis.com",
+        Confidence::Medium,
+    ),
+    host(
+        App::ChromeRemoteDesktop,
+        "remotedesktop.google.com",
+        Confidence::Medium,
+    ),
     // source: Splashtop support "Firewall exceptions and ports" (*.splashtop.com, *.splashtop.eu).
     host(App::Splashtop, "splashtop.com", Confidence::Medium),
     host(App::Splashtop, "splashtop.eu", Confidence::Medium),
@@ -142,13 +175,23 @@ pub static RULES: &[Rule] = &[
     // before TLS).
     Rule {
         app: App::Nomachine,
-        evidence: Evidence::TcpPrefix { dir: Dir::Either, bytes: b"NXSH-", mask: None, len: (11, 14) },
+        evidence: Evidence::TcpPrefix {
+            dir: Dir::Either,
+            bytes: b"NXSH-",
+            mask: None,
+            len: (11, 14),
+        },
         relay: false,
         confidence: Confidence::High,
     },
     Rule {
         app: App::Nomachine,
-        evidence: Evidence::TcpPrefix { dir: Dir::Either, bytes: b"NXD-", mask: None, len: (11, 14) },
+        evidence: Evidence::TcpPrefix {
+            dir: Dir::Either,
+            bytes: b"NXD-",
+            mask: None,
+            len: (11, 14),
+        },
         relay: false,
         confidence: Confidence::High,
     },
@@ -166,13 +209,23 @@ pub static RULES: &[Rule] = &[
     // 46 bytes 01 00 00 00 25 ..).
     Rule {
         app: App::Radmin,
-        evidence: Evidence::TcpPrefix { dir: Dir::Originator, bytes: &[1, 0, 0, 0, 1], mask: None, len: (10, 10) },
+        evidence: Evidence::TcpPrefix {
+            dir: Dir::Originator,
+            bytes: &[1, 0, 0, 0, 1],
+            mask: None,
+            len: (10, 10),
+        },
         relay: false,
         confidence: Confidence::Medium,
     },
     Rule {
         app: App::Radmin,
-        evidence: Evidence::TcpPrefix { dir: Dir::Responder, bytes: &[1, 0, 0, 0, 0x25], mask: None, len: (46, 46) },
+        evidence: Evidence::TcpPrefix {
+            dir: Dir::Responder,
+            bytes: &[1, 0, 0, 0, 0x25],
+            mask: None,
+            len: (46, 46),
+        },
         relay: false,
         confidence: Confidence::Medium,
     },
@@ -192,7 +245,9 @@ fn domain_match(name: &str, pattern: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
     let (n, p) = (name.len(), pattern.len());
     n >= p
-        && name.get(n - p..).is_some_and(|tail| tail.eq_ignore_ascii_case(pattern))
+        && name
+            .get(n - p..)
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(pattern))
         && (n == p || name.as_bytes().get(n - p - 1) == Some(&b'.'))
 }
 
@@ -201,16 +256,26 @@ pub fn match_name(kind: NameKind, name: &str) -> Option<Match> {
     RULES
         .iter()
         .filter(|r| match (r.evidence, kind) {
-            (Evidence::Host(p), NameKind::Sni | NameKind::DnsName | NameKind::CertName) => domain_match(name, p),
-            (Evidence::Sni(p), NameKind::Sni) | (Evidence::DnsName(p), NameKind::DnsName) => domain_match(name, p),
+            (Evidence::Host(p), NameKind::Sni | NameKind::DnsName | NameKind::CertName) => {
+                domain_match(name, p)
+            }
+            (Evidence::Sni(p), NameKind::Sni) | (Evidence::DnsName(p), NameKind::DnsName) => {
+                domain_match(name, p)
+            }
             (Evidence::CertName(p), NameKind::CertName) => domain_match(name, p),
             (Evidence::AlpnPrefix(p), NameKind::Alpn) => {
-                name.len() > p.len() && name.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p))
+                name.len() > p.len()
+                    && name
+                        .get(..p.len())
+                        .is_some_and(|h| h.eq_ignore_ascii_case(p))
             }
             _ => false,
         })
         .min_by_key(|r| r.confidence)
-        .map(|r| Match { app: r.app, relay: r.relay })
+        .map(|r| Match {
+            app: r.app,
+            relay: r.relay,
+        })
 }
 
 /// Looks the first payload of one direction up in the table's byte rules.
@@ -224,7 +289,15 @@ pub fn match_payload(proto: Proto, from_originator: bool, first_payload: &[u8]) 
     RULES
         .iter()
         .filter(|r| match (r.evidence, proto) {
-            (Evidence::TcpPrefix { dir, bytes, mask, len }, Proto::Tcp) => {
+            (
+                Evidence::TcpPrefix {
+                    dir,
+                    bytes,
+                    mask,
+                    len,
+                },
+                Proto::Tcp,
+            ) => {
                 dir_ok(dir)
                     && len_ok(len)
                     && first_payload.get(..bytes.len()).is_some_and(|head| {
@@ -234,8 +307,18 @@ pub fn match_payload(proto: Proto, from_originator: bool, first_payload: &[u8]) 
                         })
                     })
             }
-            (Evidence::UdpPattern { dir, offset, bytes, len }, Proto::Udp) => {
-                dir_ok(dir) && len_ok(len) && first_payload.get(offset..offset + bytes.len()) == Some(bytes)
+            (
+                Evidence::UdpPattern {
+                    dir,
+                    offset,
+                    bytes,
+                    len,
+                },
+                Proto::Udp,
+            ) => {
+                dir_ok(dir)
+                    && len_ok(len)
+                    && first_payload.get(offset..offset + bytes.len()) == Some(bytes)
             }
             _ => false,
         })
@@ -289,32 +372,65 @@ mod tests {
     #[test]
     fn names_on_label_boundaries() {
         let m = match_name(NameKind::Sni, "relay-4e2d1b.net.AnyDesk.com.").unwrap();
-        assert_eq!(m, Match { app: App::Anydesk, relay: true });
+        assert_eq!(
+            m,
+            Match {
+                app: App::Anydesk,
+                relay: true
+            }
+        );
         assert_eq!(match_name(NameKind::DnsName, "notteamviewer.com"), None);
-        assert_eq!(match_name(NameKind::DnsName, "router7.teamviewer.com").map(|m| m.app), Some(App::Teamviewer));
-        assert_eq!(match_name(NameKind::Sni, "rs-ny.rustdesk.com").map(|m| m.app), Some(App::Rustdesk));
+        assert_eq!(
+            match_name(NameKind::DnsName, "router7.teamviewer.com").map(|m| m.app),
+            Some(App::Teamviewer)
+        );
+        assert_eq!(
+            match_name(NameKind::Sni, "rs-ny.rustdesk.com").map(|m| m.app),
+            Some(App::Rustdesk)
+        );
         assert_eq!(match_name(NameKind::Sni, "rustdesk.com"), None);
         let cert = match_name(NameKind::CertName, "anydesk client").unwrap();
-        assert_eq!(cert, Match { app: App::Anydesk, relay: false });
+        assert_eq!(
+            cert,
+            Match {
+                app: App::Anydesk,
+                relay: false
+            }
+        );
         assert_eq!(match_name(NameKind::Sni, "AnyDesk Client"), None);
-        assert_eq!(match_name(NameKind::Alpn, "anydesk/6.2.0/windows").map(|m| m.app), Some(App::Anydesk));
+        assert_eq!(
+            match_name(NameKind::Alpn, "anydesk/6.2.0/windows").map(|m| m.app),
+            Some(App::Anydesk)
+        );
         assert_eq!(match_name(NameKind::Alpn, "h2"), None);
     }
 
     #[test]
     fn payloads() {
         // nomachine.c: the banner "NXSH-8.4.2\n" (synthesized from the documented shape).
-        assert_eq!(match_payload(Proto::Tcp, true, b"NXSH-8.4.2\n"), Some(App::Nomachine));
-        assert_eq!(match_payload(Proto::Tcp, false, b"NXD-8.4.2\n\0"), Some(App::Nomachine));
+        assert_eq!(
+            match_payload(Proto::Tcp, true, b"NXSH-8.4.2\n"),
+            Some(App::Nomachine)
+        );
+        assert_eq!(
+            match_payload(Proto::Tcp, false, b"NXD-8.4.2\n\0"),
+            Some(App::Nomachine)
+        );
         // radmin.c: 10-byte client hello, only from the originator.
         let radmin = [1, 0, 0, 0, 1, 0, 0, 0, 8, 8];
         assert_eq!(match_payload(Proto::Tcp, true, &radmin), Some(App::Radmin));
         assert_eq!(match_payload(Proto::Tcp, false, &radmin), None);
-        assert_eq!(match_payload(Proto::Tcp, true, &[0x17, 0x24, 0x0a, 0]), Some(App::Teamviewer));
+        assert_eq!(
+            match_payload(Proto::Tcp, true, &[0x17, 0x24, 0x0a, 0]),
+            Some(App::Teamviewer)
+        );
         let mut udp = [0u8; 20];
         udp[11..13].copy_from_slice(&[0x17, 0x24]);
         assert_eq!(match_payload(Proto::Udp, true, &udp), Some(App::Teamviewer));
-        assert_eq!(match_payload(Proto::Tcp, true, b"\x16\x03\x01\x02\x00"), None);
+        assert_eq!(
+            match_payload(Proto::Tcp, true, b"\x16\x03\x01\x02\x00"),
+            None
+        );
     }
 
     #[test]

@@ -10,6 +10,9 @@ const RESPONSE_LEN: usize = 92;
 const COOKIE_REPLY_LEN: usize = 64;
 /// Transport: 16-byte header, then the AEAD tag (16) over zero-padded plaintext (multiple of 16).
 const TRANSPORT_MIN: usize = 32;
+/// Padding stops at the tunnel MTU (§5.4.6: "padded to a multiple of 16, not exceeding the
+/// MTU"), so a full-MTU packet need not be a multiple of 16; real MTUs are ≥ 1280 (IPv6 min).
+const MIN_TUNNEL_MTU: usize = 1280;
 
 /// Field offsets after the 4-byte type/reserved word (all little-endian).
 const SENDER: usize = 4;
@@ -29,26 +32,45 @@ pub enum Message {
 
 /// Parses one UDP datagram strictly: any deviation is Invalid (a datagram is whole).
 pub fn parse(datagram: &[u8]) -> Result<Message> {
-    let head = datagram.get(..4).ok_or(Error::Invalid("wireguard too short"))?;
+    let head = datagram
+        .get(..4)
+        .ok_or(Error::Invalid("wireguard too short"))?;
     if head[1..] != [0, 0, 0] {
         return Err(Error::Invalid("wireguard reserved bytes"));
     }
-    let le32 = |at: usize| datagram.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let le32 = |at: usize| {
+        datagram
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
     let len = datagram.len();
-    let want = |n: usize| if len == n { Ok(()) } else { Err(Error::Invalid("wireguard length")) };
+    let want = |n: usize| {
+        if len == n {
+            Ok(())
+        } else {
+            Err(Error::Invalid("wireguard length"))
+        }
+    };
     match head[0] {
-        1 => want(INITIATION_LEN).map(|_| Message::HandshakeInitiation { sender: le32(SENDER).unwrap_or_default() }),
+        1 => want(INITIATION_LEN).map(|_| Message::HandshakeInitiation {
+            sender: le32(SENDER).unwrap_or_default(),
+        }),
         2 => want(RESPONSE_LEN).map(|_| Message::HandshakeResponse {
             sender: le32(SENDER).unwrap_or_default(),
             receiver: le32(RECEIVER_IN_RESPONSE).unwrap_or_default(),
         }),
-        3 => want(COOKIE_REPLY_LEN).map(|_| Message::CookieReply { receiver: le32(RECEIVER).unwrap_or_default() }),
-        4 if len >= TRANSPORT_MIN && len % 16 == 0 => {
+        3 => want(COOKIE_REPLY_LEN).map(|_| Message::CookieReply {
+            receiver: le32(RECEIVER).unwrap_or_default(),
+        }),
+        4 if len >= TRANSPORT_MIN && (len % 16 == 0 || len - TRANSPORT_MIN >= MIN_TUNNEL_MTU) => {
             let counter = datagram
                 .get(COUNTER..COUNTER + 8)
                 .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
                 .unwrap_or_default();
-            Ok(Message::Transport { receiver: le32(RECEIVER).unwrap_or_default(), counter })
+            Ok(Message::Transport {
+                receiver: le32(RECEIVER).unwrap_or_default(),
+                counter,
+            })
         }
         4 => Err(Error::Invalid("wireguard length")),
         _ => Err(Error::Invalid("wireguard type")),
@@ -66,12 +88,18 @@ mod tests {
         // and of the response, padded with their real lengths' worth of zeros.
         let mut init = hex("01000000622863c4ffb0f7a584483804");
         init.resize(148, 0);
-        assert_eq!(parse(&init).unwrap(), Message::HandshakeInitiation { sender: 0xc4632862 });
+        assert_eq!(
+            parse(&init).unwrap(),
+            Message::HandshakeInitiation { sender: 0xc4632862 }
+        );
         let mut resp = hex("020000008868e60a622863c44a827afb");
         resp.resize(92, 0);
         assert_eq!(
             parse(&resp).unwrap(),
-            Message::HandshakeResponse { sender: 0x0ae66888, receiver: 0xc4632862 }
+            Message::HandshakeResponse {
+                sender: 0x0ae66888,
+                receiver: 0xc4632862
+            }
         );
         assert!(parse(&init[..147]).is_err());
         init[3] = 1;
@@ -83,9 +111,18 @@ mod tests {
         // Whitepaper §5.4.6: type 4, receiver, 8-byte counter, then ≥16 bytes (synthesized).
         let mut t = vec![4, 0, 0, 0, 7, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0];
         t.resize(32, 0xaa);
-        assert_eq!(parse(&t).unwrap(), Message::Transport { receiver: 7, counter: 2 });
+        assert_eq!(
+            parse(&t).unwrap(),
+            Message::Transport {
+                receiver: 7,
+                counter: 2
+            }
+        );
         t.push(0);
         assert!(parse(&t).is_err());
+        // wireguard.pcap carries 1452-byte transports: 1420 (the default MTU) + 32.
+        t.resize(1452, 0);
+        assert!(matches!(parse(&t), Ok(Message::Transport { .. })));
         let mut c = vec![3, 0, 0, 0, 9, 0, 0, 0];
         c.resize(64, 0);
         assert_eq!(parse(&c).unwrap(), Message::CookieReply { receiver: 9 });
