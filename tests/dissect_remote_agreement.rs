@@ -513,6 +513,8 @@ fn ssh_matches_zeek() {
             let s = ssh_conn(c, trace);
             assert_eq!(s.client.raw, row["client"], "{trace}");
             assert_eq!(s.server.raw, row["server"], "{trace}");
+            assert_eq!(s.client.skipped, 0, "{trace}");
+            assert_eq!(s.server.skipped > 0, baseline == "pre-banner", "{trace}");
             if let (Some(ck), Some(sk)) = (&s.client_kex, &s.server_kex) {
                 let want = |f: &str| Some(row[f].clone()).filter(|v| !unset(v));
                 assert_eq!(negotiate(&ck.kex, &sk.kex), want("kex_alg"), "{trace} kex");
