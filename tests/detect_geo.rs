@@ -188,3 +188,46 @@ fn replays_are_byte_identical() {
     assert!(!events.is_empty());
     assert!(a == b, "two replays of the geo scenario differ");
 }
+
+#[test]
+fn account_scores_reach_the_metrics() {
+    let dir = support::scratch("geo-metrics");
+    let metrics = dir.join("metrics.prom");
+    let args: Vec<String> = [
+        "replay",
+        geo("week.pcap").to_str().unwrap_or(""),
+        "--config",
+        geo("farmwatch.toml").to_str().unwrap_or(""),
+        "--accounts",
+        geo("accounts.toml").to_str().unwrap_or(""),
+        "--sessions",
+        geo("sessions.jsonl").to_str().unwrap_or(""),
+        "--events",
+        dir.join("events.jsonl").to_str().unwrap_or(""),
+        "--metrics-out",
+        metrics.to_str().unwrap_or(""),
+    ]
+    .map(String::from)
+    .to_vec();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = support::run(&refs);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(metrics).unwrap();
+    let score = |account: &str| {
+        let series = format!("farmwatch_account_risk_score{{account=\"{account}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    // Scored at the last packet: asmith's evidence is days old by then, but not gone.
+    let asmith = score("asmith").unwrap_or(0.0);
+    assert!(asmith > 40.0 && asmith <= 100.0, "{asmith}");
+    assert!(score("jdoe").is_some());
+    // No evidence, no series (and lmartin's only finding is info).
+    assert_eq!(score("hklein"), None);
+    assert_eq!(score("lmartin"), None);
+}

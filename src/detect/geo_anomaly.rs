@@ -23,6 +23,9 @@ use crate::geo::{GeoInfo, Location, LocationSource};
 use crate::identity::PublicIpObservation;
 use crate::timestamp::Timestamp;
 
+/// Half the Earth's circumference (mean radius 6371.0088 km): the farthest two places are.
+const HALF_CIRCUMFERENCE_KM: f64 = std::f64::consts::PI * 6371.0088;
+
 /// `[detect.geo]` in farmwatch.toml (shared with `rtt_distance`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -218,10 +221,15 @@ impl GeoAnomaly {
         out.push(e);
     }
 
-    /// Forgets reports older than `repeat_after`.
+    /// Forgets reports older than `repeat_after`, and positions too old for any later
+    /// one to be out of reach (no two places are farther apart than half the Earth's
+    /// circumference).
     pub fn expire(&mut self, now: Timestamp) {
         let keep = self.config.repeat_after;
         self.reported.retain(|_, at| now.since(*at) < keep);
+        let reach =
+            Duration::from_secs_f64(HALF_CIRCUMFERENCE_KM / self.config.max_speed_kmh * 3600.0);
+        self.last.retain(|_, seen| now.since(seen.ts) < reach);
     }
 }
 

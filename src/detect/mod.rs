@@ -76,14 +76,14 @@ impl Detectors {
     pub fn on_resume(
         &mut self,
         scope: &Scope<'_>,
-        key: &FlowKey,
+        _key: &FlowKey,
         flow: &Flow,
-        _from_orig: bool,
+        from_orig: bool,
         ts: Timestamp,
         out: &mut Vec<Event>,
     ) {
         self.rtt_distance.on_flow(scope, flow, ts, out);
-        self.off_hours.on_resume(scope, key, ts, out);
+        self.off_hours.on_resume(scope, flow, from_orig, ts, out);
     }
 
     /// `flow` got its application label.

@@ -1,9 +1,11 @@
 //! `off_hours` / `foreign_working_hours`: an account whose working day sits in another
 //! time zone than the one it declares.
 //!
-//! Activity is counted in hour slots of packet time: an hour is active when a flow of
-//! one of the account's inside addresses resumed in it (an ON period started: someone
-//! typed, clicked or moved the screen). Over the last `window`, once activity falls on at
+//! Activity is counted in hour slots of packet time: an hour is active when one of the
+//! account's inside addresses started sending again on a flow after a pause (an ON
+//! period: someone typed, clicked or moved the screen). Background traffic at all hours
+//! (updates, telemetry) spreads activity over the day, which lowers every fit: it can
+//! hide a foreign working day, not invent one. Over the last `window`, once activity falls on at
 //! least `min_days` local days of the declared zone:
 //! - the *fit* of a UTC offset is the share of active hours that fall inside the working
 //!   day (`work_start`..`work_end`, local) at that offset; the declared zone's fit uses its
@@ -25,7 +27,7 @@ use crate::accounts::AccountKind;
 use crate::detect::Scope;
 use crate::detect::geo_anomaly::round1;
 use crate::event::{Event, Kind, Severity};
-use crate::flows::FlowKey;
+use crate::flows::Flow;
 use crate::flows::humantime_serde;
 use crate::timestamp::Timestamp;
 
@@ -116,52 +118,53 @@ impl OffHours {
         }
     }
 
-    /// A direction of the flow `key` resumed at `ts`: an active hour for each account behind
-    /// an inside end.
+    /// A direction of `flow` resumed at `ts`: an active hour for the account behind the
+    /// sender, when that is an inside host. Only the sender counts: a server pushing to
+    /// a laptop at night is not the person at it.
     pub fn on_resume(
         &mut self,
         scope: &Scope<'_>,
-        key: &FlowKey,
+        flow: &Flow,
+        from_orig: bool,
         ts: Timestamp,
         out: &mut Vec<Event>,
     ) {
-        for end in [key.lo.0, key.hi.0] {
-            if !scope.network.is_inside(end) {
-                continue;
-            }
-            let Some(account) = scope.identity.account_at(end, ts) else {
-                continue;
-            };
-            if account.kind.is_none_or(|k| k == AccountKind::Service) {
-                continue;
-            }
-            let Some(tz) = scope
-                .identity
-                .inventory()
-                .get(&account.id)
-                .and_then(|a| a.timezone)
-            else {
-                continue;
-            };
-            let slot = ts.secs() / 3600;
-            let a = self.accounts.entry(account.id.clone()).or_default();
-            if !a.slots.insert(slot) {
-                continue;
-            }
-            let keep = self.config.window.as_secs() / 3600;
-            a.slots.retain(|s| s.saturating_add(keep) > slot);
-            let Some(fit) = fit(&a.slots, tz, &self.config) else {
-                continue;
-            };
-            if fit.best_fit < self.config.min_fit
-                || fit.best_fit - fit.declared_fit < self.config.min_gain
-                || a.reported == Some(fit.best_offset)
-            {
-                continue;
-            }
-            a.reported = Some(fit.best_offset);
-            out.push(self.event(account.id.as_ref(), tz, &fit, end, ts));
+        let sender = if from_orig { flow.orig.0 } else { flow.resp.0 };
+        if !scope.network.is_inside(sender) {
+            return;
         }
+        let Some(account) = scope.identity.account_at(sender, ts) else {
+            return;
+        };
+        if account.kind.is_none_or(|k| k == AccountKind::Service) {
+            return;
+        }
+        let Some(tz) = scope
+            .identity
+            .inventory()
+            .get(&account.id)
+            .and_then(|a| a.timezone)
+        else {
+            return;
+        };
+        let slot = ts.secs() / 3600;
+        let a = self.accounts.entry(account.id.clone()).or_default();
+        if !a.slots.insert(slot) {
+            return;
+        }
+        let keep = self.config.window.as_secs() / 3600;
+        a.slots.retain(|s| s.saturating_add(keep) > slot);
+        let Some(fit) = fit(&a.slots, tz, &self.config) else {
+            return;
+        };
+        if fit.best_fit < self.config.min_fit
+            || fit.best_fit - fit.declared_fit < self.config.min_gain
+            || a.reported == Some(fit.best_offset)
+        {
+            return;
+        }
+        a.reported = Some(fit.best_offset);
+        out.push(self.event(account.id.as_ref(), tz, &fit, sender, ts));
     }
 
     fn event(
