@@ -361,7 +361,8 @@ impl Pipeline {
         }
         self.stats.last_packet_ts = self.last_ts.map(|t| t.as_secs_f64());
         let inventory = self.context.identity.inventory();
-        self.stats.account_risk = (self.detectors)
+        self.stats.account_risk = self
+            .detectors
             .account_scores(self.last_ts.unwrap_or_default())
             .into_iter()
             .filter(|(id, _)| inventory.get(id).is_some())
