@@ -34,7 +34,9 @@ pub struct FarmClusterConfig {
     #[serde(deserialize_with = "at_least_two")]
     pub min_accounts: usize,
     /// Prefix lengths taken as one residential line.
+    #[serde(deserialize_with = "ipv4_len")]
     pub ipv4_prefix: u8,
+    #[serde(deserialize_with = "ipv6_len")]
     pub ipv6_prefix: u8,
 }
 
@@ -56,6 +58,25 @@ fn at_least_two<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     } else {
         Err(serde::de::Error::custom("min_accounts must be at least 2"))
     }
+}
+
+fn prefix_len<'de, D: Deserializer<'de>>(d: D, max: u8) -> Result<u8, D::Error> {
+    let v = u8::deserialize(d)?;
+    if v <= max {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "prefix length {v} is longer than {max}"
+        )))
+    }
+}
+
+fn ipv4_len<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    prefix_len(d, 32)
+}
+
+fn ipv6_len<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    prefix_len(d, 128)
 }
 
 /// A contractor's latest session from a prefix.

@@ -337,6 +337,32 @@ mod tests {
     }
 
     #[test]
+    fn detect_sections_parse_strictly() {
+        let c: crate::config::Config = toml::from_str(
+            "[detect.geo]\nmax_speed_kmh = 1000\nrtt_allowance = \"60ms\"\n[detect.farm_cluster]\nipv4_prefix = 28\n[detect.off_hours]\nwork_start = 8\n[detect.score.weights]\nhosting_asn = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.detect.geo.max_speed_kmh, 1000.0);
+        assert_eq!(c.detect.geo.rtt_allowance, Duration::from_millis(60));
+        assert_eq!(c.detect.farm_cluster.ipv4_prefix, 28);
+        assert_eq!(c.detect.off_hours.work_start, 8);
+        assert_eq!(c.detect.score.weights["hosting_asn"], 5.0);
+        for bad in [
+            "[detect.geo]\nmax_speed_kmh = 0\n",
+            "[detect.geo]\nmax_speed = 900\n",
+            "[detect.farm_cluster]\nmin_accounts = 1\n",
+            "[detect.farm_cluster]\nipv4_prefix = 33\n",
+            "[detect.off_hours]\nwork_end = 25\n",
+            "[detect.off_hours]\nmin_fit = 1.5\n",
+        ] {
+            assert!(
+                toml::from_str::<crate::config::Config>(bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn berlin_to_poland_in_twenty_minutes_is_a_plausible_hop() {
         // Berlin to Poland's centroid is ~450 km: 1,350 km/h from the centres alone,
         // but the country's radius (±450 km) covers Berlin.

@@ -16,7 +16,9 @@
 //!   so the expected ceiling is `rtt_stretch · d_max / 100 + rtt_allowance` (defaults 3
 //!   and 40 ms: Chicago–Ashburn, ~960 km, may take up to 69 ms). Above that, over at
 //!   least `rtt_min_samples` handshakes, the client sits behind a relay that forwards
-//!   its packets from farther away (verdict `relayed`).
+//!   its packets from farther away (verdict `relayed`). A geostationary satellite line
+//!   (≥ 480 ms) looks the same; low-orbit ones (Starlink, ~40 ms) stay within the
+//!   allowance.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
