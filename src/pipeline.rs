@@ -128,7 +128,7 @@ impl Pipeline {
             names: NameCache::new(DNS_CACHE_ENTRIES),
             context,
             network: config.network.clone(),
-            detectors: Detectors::new(&config.detect),
+            detectors: Detectors::new(config),
             findings: Vec::new(),
             ticked: 0,
             observations: Vec::new(),
@@ -245,6 +245,9 @@ impl Pipeline {
             .or_default() += 1;
         if let Some(sink) = self.events.as_mut() {
             sink.write(&event);
+        }
+        if let Some(alert) = self.detectors.on_event(&event) {
+            self.emit(alert);
         }
     }
 
@@ -392,6 +395,13 @@ impl Pipeline {
             }
         }
         self.stats.last_packet_ts = self.last_ts.map(|t| t.as_secs_f64());
+        let inventory = self.context.identity.inventory();
+        self.stats.account_risk = self
+            .detectors
+            .account_scores(self.last_ts.unwrap_or_default())
+            .into_iter()
+            .filter(|(id, _)| inventory.get(id).is_some())
+            .collect();
     }
 
     /// The first write error of each sink, for the exit status.
