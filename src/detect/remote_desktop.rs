@@ -1,0 +1,535 @@
+//! `remote_desktop` / `persistent_stream`: a remote-desktop session that stays up.
+//!
+//! A session is every flow of one remote-desktop tool at one inside host whose activity
+//! never pauses longer than `reconnect_gap`: reconnects and a tool's parallel flows
+//! (control channel, relay, UDP transport) are one session. It is reported while it runs,
+//! when its span first reaches `min_duration` and again at each longer tier.
+//!
+//! Who is controlled: the controlled machine sends the screen, the controller sends input.
+//! A host counts as controlled when, over the session, it sent at least `screen_ratio`
+//! times the bytes it received, at least `min_screen_pkts` large packets (≥ 1000 B), and
+//! received at least `min_input_pkts` small packets (≤ 100 B). The reverse figures make it
+//! the controller; anything else is `undetermined`, so one-way bulk with no input never
+//! makes a host "controlled".
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::event::{Event, FlowRef, Kind, Severity};
+use crate::flows::flow::{ORIG, RESP};
+use crate::flows::{Flow, FlowKey, FlowTable, humantime_serde};
+use crate::timestamp::Timestamp;
+
+use super::Scope;
+
+/// `[detect.remote_desktop]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteDesktopConfig {
+    /// Span of activity after which a session is reported. Default `"15m"`.
+    #[serde(with = "humantime_serde")]
+    pub min_duration: Duration,
+    /// Longer spans that report the session again. Default `["1h", "4h", "8h", "12h"]`.
+    #[serde(deserialize_with = "durations")]
+    pub tiers: Vec<Duration>,
+    /// A pause in all of a session's flows longer than this ends it; a flow of the same
+    /// tool at the same host within it continues the session. Default `"5m"`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_gap: Duration,
+    /// Bytes sent over bytes received for the screen side. Default 4.0.
+    pub screen_ratio: f64,
+    /// Large packets (≥ 1000 B payload) the screen side must have sent. Default 20.
+    pub min_screen_pkts: u64,
+    /// Small packets (≤ 100 B payload) the screen side must have received. Default 20.
+    pub min_input_pkts: u64,
+    /// Sessions followed at once; more are not followed (and counted). Default 4096.
+    pub max_sessions: usize,
+}
+
+impl Default for RemoteDesktopConfig {
+    fn default() -> RemoteDesktopConfig {
+        RemoteDesktopConfig {
+            min_duration: Duration::from_secs(15 * 60),
+            tiers: [1, 4, 8, 12]
+                .iter()
+                .map(|h| Duration::from_secs(h * 3600))
+                .collect(),
+            reconnect_gap: Duration::from_secs(5 * 60),
+            screen_ratio: 4.0,
+            min_screen_pkts: 20,
+            min_input_pkts: 20,
+            max_sessions: 4096,
+        }
+    }
+}
+
+/// A list of humantime durations (`["1h", "4h"]`).
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            humantime::parse_duration(s)
+                .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+        })
+        .collect()
+}
+
+/// The flow as events name it, initiator first.
+pub(crate) fn flow_ref(flow: &Flow) -> FlowRef {
+    FlowRef {
+        proto: flow.proto.as_str(),
+        src_ip: flow.orig.0,
+        src_port: flow.orig.1,
+        dst_ip: flow.resp.0,
+        dst_port: flow.resp.1,
+    }
+}
+
+/// Adds `<prefix>`, `<prefix>_country` and `<prefix>_asn` (null when unknown).
+pub(crate) fn with_place(scope: &Scope<'_>, e: Event, prefix: &str, ip: IpAddr) -> Event {
+    let g = scope.geo.lookup(ip);
+    e.evidence(prefix, ip.to_string())
+        .evidence(&format!("{prefix}_country"), json!(g.country))
+        .evidence(&format!("{prefix}_asn"), json!(g.asn))
+}
+
+/// The inside end a finding about `flow` is about: the responder when it is inside (a
+/// host being reached), else the originator when it is, else none.
+pub(crate) fn inside_end(scope: &Scope<'_>, flow: &Flow) -> Option<(IpAddr, bool)> {
+    if scope.network.is_inside(flow.resp.0) {
+        Some((flow.resp.0, false))
+    } else if scope.network.is_inside(flow.orig.0) {
+        Some((flow.orig.0, true))
+    } else {
+        None
+    }
+}
+
+/// An address the VPN assigns to accounts, or one an account is known to use at `ts`:
+/// findings about it are about a person, not a server.
+pub(crate) fn is_account_host(scope: &Scope<'_>, ip: IpAddr, ts: Timestamp) -> bool {
+    scope.network.vpn_pool.iter().any(|n| n.contains(&ip))
+        || scope.identity.account_at(ip, ts).is_some()
+}
+
+pub(crate) fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Counters of one flow seen from the session's host: `[from host, to host]`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Figures {
+    bytes: [u64; 2],
+    large: [u64; 2],
+    small: [u64; 2],
+    active_ns: u64,
+}
+
+impl Figures {
+    fn of(flow: &Flow, host_is_orig: bool) -> Figures {
+        let (from, to) = if host_is_orig {
+            (&flow.dir[ORIG], &flow.dir[RESP])
+        } else {
+            (&flow.dir[RESP], &flow.dir[ORIG])
+        };
+        Figures {
+            bytes: [from.bytes, to.bytes],
+            large: [from.large_pkts, to.large_pkts],
+            small: [from.small_pkts, to.small_pkts],
+            active_ns: from.active_ns.max(to.active_ns),
+        }
+    }
+
+    fn add(&mut self, o: &Figures) {
+        for i in 0..2 {
+            self.bytes[i] = self.bytes[i].saturating_add(o.bytes[i]);
+            self.large[i] = self.large[i].saturating_add(o.large[i]);
+            self.small[i] = self.small[i].saturating_add(o.small[i]);
+        }
+        self.active_ns = self.active_ns.saturating_add(o.active_ns);
+    }
+}
+
+/// Which end of a session sends the screen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The inside host sends the screen: someone at the peer operates it.
+    Controlled,
+    /// The inside host receives the screen: it operates the peer.
+    Controller,
+    Undetermined,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Controlled => "controlled",
+            Role::Controller => "controller",
+            Role::Undetermined => "undetermined",
+        }
+    }
+}
+
+/// One flow of a session while it is in the table.
+#[derive(Clone, Debug)]
+struct Member {
+    host_is_orig: bool,
+    flow: FlowRef,
+    peer: IpAddr,
+    relay: bool,
+    first: Timestamp,
+    last_data: Timestamp,
+    figures: Figures,
+}
+
+impl Member {
+    fn refresh(&mut self, flow: &Flow) {
+        let last = flow.dir[ORIG].last_data.max(flow.dir[RESP].last_data);
+        self.last_data = last.unwrap_or(flow.first).max(self.last_data);
+        self.figures = Figures::of(flow, self.host_is_orig);
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Session {
+    start: Timestamp,
+    last_data: Timestamp,
+    live: BTreeMap<FlowKey, Member>,
+    /// Flows of the session that ended, summed.
+    ended: Figures,
+    flows: u32,
+    relay: bool,
+    /// The peer of the session's busiest flow so far, and that flow.
+    main: Option<(u64, IpAddr, FlowRef)>,
+    /// Tiers reported so far.
+    reported: usize,
+}
+
+impl Session {
+    fn figures(&self) -> Figures {
+        let mut f = self.ended;
+        for m in self.live.values() {
+            f.add(&m.figures);
+        }
+        f
+    }
+
+    fn note(&mut self, m: &Member) {
+        let total = m.figures.bytes[0].saturating_add(m.figures.bytes[1]);
+        if self.main.as_ref().is_none_or(|(b, _, _)| total > *b) {
+            self.main = Some((total, m.peer, m.flow.clone()));
+        }
+        self.relay |= m.relay;
+        self.last_data = self.last_data.max(m.last_data);
+    }
+}
+
+pub struct RemoteDesktop {
+    config: RemoteDesktopConfig,
+    /// Report points: `min_duration`, then the longer tiers, ascending.
+    points: Vec<Duration>,
+    sessions: BTreeMap<(IpAddr, App), Session>,
+    /// Sessions not followed because `max_sessions` were.
+    pub sessions_dropped: u64,
+}
+
+impl RemoteDesktop {
+    pub fn new(config: &RemoteDesktopConfig) -> RemoteDesktop {
+        let mut points = vec![config.min_duration];
+        let mut tiers: Vec<Duration> = config
+            .tiers
+            .iter()
+            .copied()
+            .filter(|t| *t > config.min_duration)
+            .collect();
+        tiers.sort();
+        tiers.dedup();
+        points.extend(tiers);
+        RemoteDesktop {
+            config: config.clone(),
+            points,
+            sessions: BTreeMap::new(),
+            sessions_dropped: 0,
+        }
+    }
+
+    /// The tool of a session at `host` still running at `now`, if one is.
+    pub fn active_app(&self, host: IpAddr, now: Timestamp) -> Option<App> {
+        self.sessions
+            .range((host, App::Rdp)..=(host, App::Unknown))
+            .find(|(_, s)| {
+                !s.live.is_empty() || now.since(s.last_data) <= self.config.reconnect_gap
+            })
+            .map(|((_, app), _)| *app)
+    }
+
+    pub fn on_identified(&mut self, scope: &Scope<'_>, key: &FlowKey, flow: &Flow) {
+        let Some(app) = flow.app.filter(|a| a.is_remote_desktop()) else {
+            return;
+        };
+        let Some((host, host_is_orig)) = inside_end(scope, flow) else {
+            return;
+        };
+        let peer = if host_is_orig {
+            flow.resp.0
+        } else {
+            flow.orig.0
+        };
+        let details = flow.details.as_deref();
+        let mut member = Member {
+            host_is_orig,
+            flow: flow_ref(flow),
+            peer,
+            relay: details.is_some_and(|d| d.relay || d.stun.as_ref().is_some_and(|s| s.relayed)),
+            first: flow.first,
+            last_data: flow.first,
+            figures: Figures::default(),
+        };
+        member.refresh(flow);
+        let gap = self.config.reconnect_gap;
+        let fresh = |s: &Session| !s.live.is_empty() || member.first.since(s.last_data) <= gap;
+        if self.sessions.get(&(host, app)).is_some_and(|s| !fresh(s)) {
+            self.sessions.remove(&(host, app));
+        }
+        if !self.sessions.contains_key(&(host, app)) {
+            if self.sessions.len() >= self.config.max_sessions {
+                self.sessions_dropped += 1;
+                return;
+            }
+            self.sessions.insert(
+                (host, app),
+                Session {
+                    start: member.first,
+                    last_data: member.first,
+                    live: BTreeMap::new(),
+                    ended: Figures::default(),
+                    flows: 0,
+                    relay: false,
+                    main: None,
+                    reported: 0,
+                },
+            );
+        }
+        if let Some(s) = self.sessions.get_mut(&(host, app)) {
+            s.start = s.start.min(member.first);
+            s.flows += 1;
+            s.note(&member);
+            s.live.insert(*key, member);
+        }
+    }
+
+    pub fn on_end(&mut self, scope: &Scope<'_>, flow: &Flow) {
+        let Some(app) = flow.app.filter(|a| a.is_remote_desktop()) else {
+            return;
+        };
+        let Some((host, _)) = inside_end(scope, flow) else {
+            return;
+        };
+        let key = flow_key(flow);
+        if let Some(s) = self.sessions.get_mut(&(host, app))
+            && let Some(mut m) = s.live.remove(&key)
+        {
+            m.refresh(flow);
+            s.note(&m);
+            s.ended.add(&m.figures);
+        }
+    }
+
+    pub fn on_tick(
+        &mut self,
+        scope: &Scope<'_>,
+        now: Timestamp,
+        flows: &FlowTable,
+        out: &mut Vec<Event>,
+    ) {
+        let gap = self.config.reconnect_gap;
+        self.sessions.retain(|_, s| {
+            for (key, m) in s.live.iter_mut() {
+                if let Some(f) = flows.get(key) {
+                    m.refresh(f);
+                }
+            }
+            let members: Vec<Member> = s.live.values().cloned().collect();
+            for m in &members {
+                s.note(m);
+            }
+            !s.live.is_empty() || now.since(s.last_data) <= gap
+        });
+        for ((host, app), s) in self.sessions.iter_mut() {
+            let span = s.last_data.since(s.start);
+            while let Some(point) = self.points.get(s.reported).copied()
+                && span >= point
+            {
+                out.push(report(&self.config, scope, *host, *app, s, point, now));
+                s.reported += 1;
+            }
+        }
+    }
+}
+
+/// The table's key of `flow`.
+pub(crate) fn flow_key(flow: &Flow) -> FlowKey {
+    let (lo, hi) = if flow.orig <= flow.resp {
+        (flow.orig, flow.resp)
+    } else {
+        (flow.resp, flow.orig)
+    };
+    FlowKey {
+        proto: flow.proto,
+        lo,
+        hi,
+    }
+}
+
+/// The role of the inside host from a session's figures (module doc).
+fn role(c: &RemoteDesktopConfig, f: &Figures) -> Role {
+    let screen = |from: usize, to: usize| {
+        f.bytes[from] as f64 >= c.screen_ratio * f.bytes[to].max(1) as f64
+            && f.large[from] >= c.min_screen_pkts
+            && f.small[to] >= c.min_input_pkts
+    };
+    if screen(0, 1) {
+        Role::Controlled
+    } else if screen(1, 0) {
+        Role::Controller
+    } else {
+        Role::Undetermined
+    }
+}
+
+/// Severity grows with the span when someone outside operates an inside host; an inside
+/// peer is administration (info); other outside sessions stay low or medium.
+fn severity(role: Role, peer_inside: bool, span: Duration) -> Severity {
+    let h = |n: u64| Duration::from_secs(n * 3600);
+    match (peer_inside, role) {
+        (true, _) => Severity::Info,
+        (false, Role::Controlled) if span >= h(12) => Severity::Critical,
+        (false, Role::Controlled) if span >= h(1) => Severity::High,
+        (false, Role::Controlled) => Severity::Medium,
+        (false, Role::Undetermined) if span >= h(4) => Severity::Medium,
+        (false, _) => Severity::Low,
+    }
+}
+
+fn report(
+    c: &RemoteDesktopConfig,
+    scope: &Scope<'_>,
+    host: IpAddr,
+    app: App,
+    s: &Session,
+    point: Duration,
+    now: Timestamp,
+) -> Event {
+    let f = s.figures();
+    let role = role(c, &f);
+    let span = s.last_data.since(s.start);
+    let (peer, flow) = match &s.main {
+        Some((_, p, f)) => (Some(*p), Some(f.clone())),
+        None => (None, None),
+    };
+    let peer_inside = peer.is_some_and(|p| scope.network.is_inside(p));
+    let tier = humantime::format_duration(point).to_string();
+    let mut e = Event::new(
+        now,
+        Kind::RemoteDesktop,
+        "persistent_stream",
+        severity(role, peer_inside, span),
+        &format!("{app} {} {tier}", s.start.secs()),
+    );
+    e.host = Some(host);
+    e.flow = flow;
+    e.app = Some(app);
+    let via = if s.relay { "vendor_relay" } else { "direct" };
+    e.summary = format!(
+        "{app} session at {host} active for {} (tier {tier}); the host is {} {}",
+        humantime::format_duration(Duration::from_secs(span.as_secs())),
+        role.as_str(),
+        match peer {
+            Some(p) if s.relay => format!("via a vendor relay ({p})"),
+            Some(p) => format!("with peer {p}"),
+            None => String::new(),
+        }
+    );
+    let ratio = |a: u64, b: u64| round2(a as f64 / b.max(1) as f64);
+    e = e
+        .evidence("tier", tier)
+        .evidence("role", role.as_str())
+        .evidence("via", via)
+        .evidence("peer_inside", peer_inside)
+        .evidence("session_start", s.start.rfc3339())
+        .evidence("duration_s", span.as_secs())
+        .evidence("active_s", round2(f.active_ns as f64 / 1e9))
+        .evidence("flows", s.flows)
+        .evidence("bytes_from_host", f.bytes[0])
+        .evidence("bytes_to_host", f.bytes[1])
+        .evidence("byte_ratio", ratio(f.bytes[0], f.bytes[1]))
+        .evidence("large_pkts_from_host", f.large[0])
+        .evidence("large_pkts_to_host", f.large[1])
+        .evidence("small_pkts_from_host", f.small[0])
+        .evidence("small_pkts_to_host", f.small[1]);
+    match peer {
+        Some(p) => with_place(scope, e, "peer", p),
+        None => e.evidence("peer", Value::Null),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(up: u64, down: u64, large_up: u64, small_down: u64) -> Figures {
+        Figures {
+            bytes: [up, down],
+            large: [large_up, 0],
+            small: [0, small_down],
+            active_ns: 0,
+        }
+    }
+
+    #[test]
+    fn screen_side_needs_input_evidence() {
+        let c = RemoteDesktopConfig::default();
+        assert_eq!(
+            role(&c, &figures(50_000_000, 400_000, 30_000, 5_000)),
+            Role::Controlled
+        );
+        // One-way bulk with no small packets back: not called controlled.
+        assert_eq!(
+            role(&c, &figures(50_000_000, 400_000, 30_000, 0)),
+            Role::Undetermined
+        );
+        let mut rev = figures(400_000, 50_000_000, 0, 0);
+        rev.large = [0, 30_000];
+        rev.small = [5_000, 0];
+        assert_eq!(role(&c, &rev), Role::Controller);
+    }
+
+    #[test]
+    fn severity_rises_with_span_only_from_outside() {
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        assert_eq!(
+            severity(Role::Controlled, false, Duration::from_secs(900)),
+            Severity::Medium
+        );
+        assert_eq!(severity(Role::Controlled, false, h(1)), Severity::High);
+        assert_eq!(severity(Role::Controlled, false, h(12)), Severity::Critical);
+        assert_eq!(severity(Role::Controlled, true, h(12)), Severity::Info);
+        assert_eq!(severity(Role::Undetermined, false, h(1)), Severity::Low);
+    }
+
+    #[test]
+    fn config_parses_durations() {
+        let c: RemoteDesktopConfig =
+            toml::from_str("min_duration = \"20m\"\ntiers = [\"2h\", \"10m\"]").unwrap();
+        let rd = RemoteDesktop::new(&c);
+        assert_eq!(
+            rd.points,
+            vec![Duration::from_secs(1200), Duration::from_secs(7200)]
+        );
+    }
+}
