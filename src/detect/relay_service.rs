@@ -184,3 +184,92 @@ impl RelayService {
         out.push(with_place(scope, e, "relay", relay));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::remote_desktop::RemoteDesktopConfig;
+    use crate::detect::remote_desktop::testkit::*;
+    use crate::dissect::identify::{Details, StunDetails};
+
+    fn label(wire: &mut Wire, key: &FlowKey, app: App, details: Details) {
+        let f = wire.table.get_mut(key).unwrap();
+        f.app = Some(app);
+        f.details = Some(Box::new(details));
+    }
+
+    #[test]
+    fn vendor_relay_is_reported_once() {
+        let world = World::new();
+        let scope = world.scope();
+        let mut wire = Wire::new();
+        let rd = RemoteDesktop::new(&RemoteDesktopConfig::default());
+        let mut rs = RelayService::new(&RelayServiceConfig::default());
+        let mut out = Vec::new();
+        let relay = Details {
+            relay: true,
+            tool_evidence: Some("sni"),
+            ..Details::default()
+        };
+        for port in ["10.8.0.19:50000", "10.8.0.19:50001"] {
+            let key = wire.tcp(T0, port, "192.0.2.72:443", 300);
+            label(&mut wire, &key, App::Anydesk, relay.clone());
+            let f = wire.table.get(&key).unwrap();
+            rs.on_identified(&scope, &key, f, Timestamp(T0), &rd, &mut out);
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].evidence["via"], "vendor_relay");
+        assert_eq!(out[0].evidence["relay_country"], "CN");
+        // The same tool straight to its peer is not brokered.
+        let key = wire.tcp(T0, "10.8.0.20:50000", "192.0.2.73:443", 300);
+        label(&mut wire, &key, App::Anydesk, Details::default());
+        rs.on_identified(
+            &scope,
+            &key,
+            wire.table.get(&key).unwrap(),
+            Timestamp(T0),
+            &rd,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn turn_counts_only_beside_a_remote_desktop_session() {
+        let world = World::new();
+        let scope = world.scope();
+        let mut wire = Wire::new();
+        let mut rd = RemoteDesktop::new(&RemoteDesktopConfig::default());
+        let mut rs = RelayService::new(&RelayServiceConfig::default());
+        let mut out = Vec::new();
+        let turn = Details {
+            stun: Some(StunDetails {
+                relayed: true,
+                ..StunDetails::default()
+            }),
+            ..Details::default()
+        };
+        let key = wire.udp(T0, "10.8.0.19:50100", "192.0.2.74:3478", 20);
+        label(&mut wire, &key, App::Stun, turn);
+        rs.on_identified(
+            &scope,
+            &key,
+            wire.table.get(&key).unwrap(),
+            Timestamp(T0),
+            &rd,
+            &mut out,
+        );
+        rs.on_tick(&scope, Timestamp(T0 + SEC), &wire.table, &rd, &mut out);
+        assert!(out.is_empty(), "no session yet");
+        // A remote-desktop flow at the same host starts: the TURN flow is its relay.
+        let rdp = wire.udp(T0 + 2 * SEC, "10.8.0.19:50200", "192.0.2.75:3389", 40);
+        label(&mut wire, &rdp, App::Rdp, Details::default());
+        rd.on_identified(&scope, &rdp, wire.table.get(&rdp).unwrap());
+        rs.on_tick(&scope, Timestamp(T0 + 3 * SEC), &wire.table, &rd, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].evidence["via"], "turn");
+        assert_eq!(out[0].app, Some(App::Rdp));
+        rs.on_tick(&scope, Timestamp(T0 + 4 * SEC), &wire.table, &rd, &mut out);
+        assert_eq!(out.len(), 1);
+    }
+}

@@ -145,6 +145,17 @@ impl Figures {
         }
     }
 
+    /// What accrued since `base` was taken.
+    fn since(&self, base: &Figures) -> Figures {
+        let d = |a: [u64; 2], b: [u64; 2]| [a[0].saturating_sub(b[0]), a[1].saturating_sub(b[1])];
+        Figures {
+            bytes: d(self.bytes, base.bytes),
+            large: d(self.large, base.large),
+            small: d(self.small, base.small),
+            active_ns: self.active_ns.saturating_sub(base.active_ns),
+        }
+    }
+
     fn add(&mut self, o: &Figures) {
         for i in 0..2 {
             self.bytes[i] = self.bytes[i].saturating_add(o.bytes[i]);
@@ -184,7 +195,9 @@ struct Member {
     relay: bool,
     first: Timestamp,
     last_data: Timestamp,
+    /// The flow's counters, and their values when the session (re)started.
     figures: Figures,
+    base: Figures,
 }
 
 impl Member {
@@ -192,6 +205,11 @@ impl Member {
         let last = flow.dir[ORIG].last_data.max(flow.dir[RESP].last_data);
         self.last_data = last.unwrap_or(flow.first).max(self.last_data);
         self.figures = Figures::of(flow, self.host_is_orig);
+    }
+
+    /// The flow's share of the current session.
+    fn share(&self) -> Figures {
+        self.figures.since(&self.base)
     }
 }
 
@@ -211,16 +229,42 @@ struct Session {
 }
 
 impl Session {
+    fn new(start: Timestamp) -> Session {
+        Session {
+            start,
+            last_data: start,
+            live: BTreeMap::new(),
+            ended: Figures::default(),
+            flows: 0,
+            relay: false,
+            main: None,
+            reported: 0,
+        }
+    }
+
+    /// Activity came back after a pause longer than the reconnect gap: a new session
+    /// starts at `at` with the flows that are still open.
+    fn restart(&mut self, at: Timestamp) {
+        let mut live = std::mem::take(&mut self.live);
+        for m in live.values_mut() {
+            m.base = m.figures;
+        }
+        *self = Session::new(at);
+        self.flows = live.len() as u32;
+        self.live = live;
+    }
+
     fn figures(&self) -> Figures {
         let mut f = self.ended;
         for m in self.live.values() {
-            f.add(&m.figures);
+            f.add(&m.share());
         }
         f
     }
 
     fn note(&mut self, m: &Member) {
-        let total = m.figures.bytes[0].saturating_add(m.figures.bytes[1]);
+        let share = m.share();
+        let total = share.bytes[0].saturating_add(share.bytes[1]);
         if self.main.as_ref().is_none_or(|(b, _, _)| total > *b) {
             self.main = Some((total, m.peer, m.flow.clone()));
         }
@@ -289,31 +333,22 @@ impl RemoteDesktop {
             first: flow.first,
             last_data: flow.first,
             figures: Figures::default(),
+            base: Figures::default(),
         };
         member.refresh(flow);
         let gap = self.config.reconnect_gap;
-        let fresh = |s: &Session| !s.live.is_empty() || member.first.since(s.last_data) <= gap;
-        if self.sessions.get(&(host, app)).is_some_and(|s| !fresh(s)) {
-            self.sessions.remove(&(host, app));
-        }
-        if !self.sessions.contains_key(&(host, app)) {
-            if self.sessions.len() >= self.config.max_sessions {
+        let full = self.sessions.len() >= self.config.max_sessions;
+        match self.sessions.get_mut(&(host, app)) {
+            Some(s) if member.first.since(s.last_data) > gap => s.restart(member.first),
+            Some(_) => {}
+            None if full => {
                 self.sessions_dropped += 1;
                 return;
             }
-            self.sessions.insert(
-                (host, app),
-                Session {
-                    start: member.first,
-                    last_data: member.first,
-                    live: BTreeMap::new(),
-                    ended: Figures::default(),
-                    flows: 0,
-                    relay: false,
-                    main: None,
-                    reported: 0,
-                },
-            );
+            None => {
+                self.sessions
+                    .insert((host, app), Session::new(member.first));
+            }
         }
         if let Some(s) = self.sessions.get_mut(&(host, app)) {
             s.start = s.start.min(member.first);
@@ -336,7 +371,7 @@ impl RemoteDesktop {
         {
             m.refresh(flow);
             s.note(&m);
-            s.ended.add(&m.figures);
+            s.ended.add(&m.share());
         }
     }
 
@@ -349,10 +384,15 @@ impl RemoteDesktop {
     ) {
         let gap = self.config.reconnect_gap;
         self.sessions.retain(|_, s| {
+            let mut latest = s.last_data;
             for (key, m) in s.live.iter_mut() {
                 if let Some(f) = flows.get(key) {
                     m.refresh(f);
                 }
+                latest = latest.max(m.last_data);
+            }
+            if latest.since(s.last_data) > gap {
+                s.restart(latest);
             }
             let members: Vec<Member> = s.live.values().cloned().collect();
             for m in &members {
@@ -478,8 +518,160 @@ fn report(
     }
 }
 
+/// Test inputs for the detectors: a scope over the test geo database and a flow table
+/// fed with packets, so hours of behaviour run in milliseconds.
+#[cfg(test)]
+pub(crate) mod testkit {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use crate::accounts::Inventory;
+    use crate::config::NetworkConfig;
+    use crate::decode::{ACK, Decoded, PSH, Proto, SYN, Tcp};
+    use crate::flows::{FlowConfig, FlowEvent, FlowKey, FlowTable};
+    use crate::geo::{Geo, GeoConfig};
+    use crate::identity::Identity;
+    use crate::timestamp::Timestamp;
+
+    use super::Scope;
+
+    pub const MS: u64 = 1_000_000;
+    pub const SEC: u64 = 1_000 * MS;
+    pub const MIN: u64 = 60 * SEC;
+    /// 2026-11-02T14:00:00Z, as in the fixtures.
+    pub const T0: u64 = 1_793_628_000 * SEC;
+
+    pub struct World {
+        pub network: NetworkConfig,
+        identity: Identity,
+        geo: Geo,
+    }
+
+    impl World {
+        /// Inside: 10.8.0.0/16 (the VPN pool) and 10.20.0.0/16.
+        pub fn new() -> World {
+            let db =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip/test/test-geo.mmdb");
+            let geo = Geo::open(&GeoConfig {
+                country: Some(db.clone()),
+                asn: Some(db),
+                ..GeoConfig::default()
+            })
+            .expect("test geo database");
+            World {
+                network: NetworkConfig {
+                    inside: vec![
+                        "10.8.0.0/16".parse().unwrap(),
+                        "10.20.0.0/16".parse().unwrap(),
+                    ],
+                    vpn_pool: vec!["10.8.0.0/16".parse().unwrap()],
+                    concentrators: Vec::new(),
+                },
+                identity: Identity::new(Arc::new(Inventory::default())),
+                geo,
+            }
+        }
+
+        pub fn scope(&self) -> Scope<'_> {
+            Scope {
+                network: &self.network,
+                identity: &self.identity,
+                geo: &self.geo,
+            }
+        }
+    }
+
+    static ZEROS: [u8; 1500] = [0; 1500];
+
+    /// A flow table fed packet by packet; its events collect in `events`.
+    pub struct Wire {
+        pub table: FlowTable,
+        pub events: Vec<FlowEvent>,
+        seq: BTreeMap<(SocketAddr, SocketAddr), u32>,
+    }
+
+    impl Wire {
+        pub fn new() -> Wire {
+            Wire {
+                table: FlowTable::new(FlowConfig {
+                    reassembly_bytes: 0,
+                    udp_timeout: std::time::Duration::from_secs(7200),
+                    tcp_established_timeout: std::time::Duration::from_secs(7200),
+                    ..FlowConfig::default()
+                }),
+                events: Vec::new(),
+                seq: BTreeMap::new(),
+            }
+        }
+
+        fn send(
+            &mut self,
+            ts: u64,
+            src: &str,
+            dst: &str,
+            proto: Proto,
+            flags: u8,
+            len: usize,
+        ) -> FlowKey {
+            let (s, d): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            let seq = self.seq.entry((s, d)).or_insert(1000);
+            let tcp = (proto == Proto::Tcp).then(|| Tcp {
+                flags,
+                seq: *seq,
+                ack: 0,
+                window: 1000,
+                mss: None,
+            });
+            *seq = seq.wrapping_add(len as u32 + u32::from(flags & SYN != 0));
+            let dec = Decoded {
+                src: s.ip(),
+                dst: d.ip(),
+                proto,
+                src_port: s.port(),
+                dst_port: d.port(),
+                tcp,
+                payload: &ZEROS[..len.min(ZEROS.len())],
+                payload_len: len as u32,
+                ip_len: 40 + len as u32,
+                ttl: 64,
+                tunnel: None,
+            };
+            self.table
+                .process(Timestamp(ts), &dec, 54 + len as u32, &mut self.events);
+            FlowKey::of(&dec)
+        }
+
+        pub fn udp(&mut self, ts: u64, src: &str, dst: &str, len: usize) -> FlowKey {
+            self.send(ts, src, dst, Proto::Udp, 0, len)
+        }
+
+        /// A TCP segment with ACK (and PSH when it carries data).
+        pub fn tcp(&mut self, ts: u64, src: &str, dst: &str, len: usize) -> FlowKey {
+            let flags = if len > 0 { ACK | PSH } else { ACK };
+            self.send(ts, src, dst, Proto::Tcp, flags, len)
+        }
+
+        /// SYN, SYN/ACK `syn_rtt` later, ACK `ack_rtt` after that.
+        pub fn handshake(
+            &mut self,
+            ts: u64,
+            client: &str,
+            server: &str,
+            syn_rtt: u64,
+            ack_rtt: u64,
+        ) -> FlowKey {
+            self.send(ts, client, server, Proto::Tcp, SYN, 0);
+            self.send(ts + syn_rtt, server, client, Proto::Tcp, SYN | ACK, 0);
+            self.send(ts + syn_rtt + ack_rtt, client, server, Proto::Tcp, ACK, 0)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn figures(up: u64, down: u64, large_up: u64, small_down: u64) -> Figures {
@@ -520,6 +712,107 @@ mod tests {
         assert_eq!(severity(Role::Controlled, false, h(12)), Severity::Critical);
         assert_eq!(severity(Role::Controlled, true, h(12)), Severity::Info);
         assert_eq!(severity(Role::Undetermined, false, h(1)), Severity::Low);
+    }
+
+    /// 13 hours of an RDP-over-UDP session controlled from 192.0.2.70 (CN), one burst a
+    /// minute, with a reconnect from a new port: one session, reported at each tier.
+    #[test]
+    fn thirteen_hours_report_every_tier_once() {
+        use testkit::*;
+        let world = World::new();
+        let scope = world.scope();
+        let mut wire = Wire::new();
+        let mut rd = RemoteDesktop::new(&RemoteDesktopConfig::default());
+        let mut out = Vec::new();
+        let mut client = "192.0.2.70:50000";
+        let mut identified = BTreeSet::new();
+        for minute in 0..13 * 60 {
+            if minute == 300 {
+                // Reconnect two minutes later from a new port.
+                client = "192.0.2.70:50001";
+            }
+            if (300..302).contains(&minute) {
+                continue;
+            }
+            let t = T0 + minute * MIN;
+            wire.udp(t, client, "10.8.0.12:3389", 40);
+            wire.udp(t + 100 * MS, client, "10.8.0.12:3389", 40);
+            let key = wire.udp(t + 150 * MS, "10.8.0.12:3389", client, 1200);
+            wire.udp(t + 151 * MS, "10.8.0.12:3389", client, 1200);
+            if identified.insert(key) {
+                let f = wire.table.get_mut(&key).unwrap();
+                f.app = Some(App::Rdp);
+                rd.on_identified(&scope, &key, wire.table.get(&key).unwrap());
+            }
+            rd.on_tick(&scope, Timestamp(t + SEC), &wire.table, &mut out);
+        }
+        let tiers: Vec<(&str, Severity)> = out
+            .iter()
+            .map(|e| (e.evidence["tier"].as_str().unwrap(), e.severity))
+            .collect();
+        assert_eq!(
+            tiers,
+            [
+                ("15m", Severity::Medium),
+                ("1h", Severity::High),
+                ("4h", Severity::High),
+                ("8h", Severity::High),
+                ("12h", Severity::Critical),
+            ]
+        );
+        let last = out.last().unwrap();
+        assert_eq!(last.evidence["role"], "controlled");
+        assert_eq!(last.evidence["flows"], 2);
+        assert_eq!(last.evidence["peer_country"], "CN");
+        assert_eq!(last.host, Some("10.8.0.12".parse().unwrap()));
+        // Five different keys: the tier is part of each finding's identity.
+        let keys: BTreeSet<&str> = out.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys.len(), 5);
+    }
+
+    /// A pause longer than the reconnect gap ends the session; the next one starts over.
+    #[test]
+    fn long_pause_starts_a_new_session() {
+        use testkit::*;
+        let world = World::new();
+        let scope = world.scope();
+        let mut wire = Wire::new();
+        let mut rd = RemoteDesktop::new(&RemoteDesktopConfig::default());
+        let mut out = Vec::new();
+        // One flow: 10 minutes, a 6-minute pause, 10 minutes; neither part reaches 15.
+        for minute in (0..10).chain(16..26) {
+            let t = T0 + minute * MIN;
+            let key = wire.udp(t, "192.0.2.70:50000", "10.8.0.12:3389", 40);
+            if minute == 0 {
+                wire.table.get_mut(&key).unwrap().app = Some(App::Rdp);
+                rd.on_identified(&scope, &key, wire.table.get(&key).unwrap());
+            }
+            rd.on_tick(&scope, Timestamp(t + SEC), &wire.table, &mut out);
+        }
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    /// An inside administrator's long session is info, not a farm.
+    #[test]
+    fn inside_to_inside_is_info() {
+        use testkit::*;
+        let world = World::new();
+        let scope = world.scope();
+        let mut wire = Wire::new();
+        let mut rd = RemoteDesktop::new(&RemoteDesktopConfig::default());
+        let mut out = Vec::new();
+        for minute in 0..20 {
+            let t = T0 + minute * MIN;
+            let key = wire.udp(t, "10.20.0.5:50000", "10.20.0.9:3389", 40);
+            if minute == 0 {
+                wire.table.get_mut(&key).unwrap().app = Some(App::Rdp);
+                rd.on_identified(&scope, &key, wire.table.get(&key).unwrap());
+            }
+            rd.on_tick(&scope, Timestamp(t + SEC), &wire.table, &mut out);
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].severity, Severity::Info);
+        assert_eq!(out[0].evidence["peer_inside"], true);
     }
 
     #[test]

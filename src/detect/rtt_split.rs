@@ -258,3 +258,129 @@ impl RttSplit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::remote_desktop::testkit::*;
+    use crate::dissect::identify::{Details, TlsDetails};
+
+    const C: &str = "10.8.0.18:50000";
+    const S: &str = "192.0.2.140:443";
+
+    /// A TLS opening: handshake (`syn`, `ack` each side), ClientHello 1 ms after the ACK,
+    /// the server's flight `reply` later, the client's next flight `second` after that.
+    fn opening(wire: &mut Wire, syn: u64, ack: u64, reply: u64, second: u64) -> FlowKey {
+        let key = wire.handshake(T0, C, S, syn, ack);
+        let t = T0 + syn + ack + MS;
+        wire.tcp(t, C, S, 300);
+        wire.tcp(t + reply, S, C, 1200);
+        wire.tcp(t + reply + second, C, S, 80);
+        let f = wire.table.get_mut(&key).unwrap();
+        f.details = Some(Box::new(Details {
+            tls: Some(TlsDetails::default()),
+            ..Details::default()
+        }));
+        key
+    }
+
+    fn judge(wire: &Wire, key: &FlowKey) -> Vec<Event> {
+        let world = World::new();
+        let mut r = RttSplit::new(&RttSplitConfig::default());
+        let mut out = Vec::new();
+        let flow = wire.table.get(key).unwrap();
+        r.on_identified(&world.scope(), key, flow, Timestamp(T0 + SEC), &mut out);
+        out
+    }
+
+    #[test]
+    fn relay_toward_the_server() {
+        let mut wire = Wire::new();
+        let key = opening(&mut wire, 10 * MS, 10 * MS, 180 * MS, 12 * MS);
+        let out = judge(&wire, &key);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].evidence["relay_side"], "responder");
+        assert_eq!(out[0].severity, Severity::Low);
+        assert_eq!(out[0].evidence["responder_side"]["ratio"], 18.0);
+    }
+
+    #[test]
+    fn relay_toward_an_account_host_is_medium() {
+        let mut wire = Wire::new();
+        let key = opening(&mut wire, 10 * MS, 10 * MS, 12 * MS, 150 * MS);
+        let out = judge(&wire, &key);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].evidence["relay_side"], "originator");
+        assert_eq!(out[0].severity, Severity::Medium);
+        assert_eq!(out[0].host, Some("10.8.0.18".parse().unwrap()));
+    }
+
+    #[test]
+    fn small_absolute_gaps_are_noise() {
+        // Ratio 40 on a LAN, but only 3.9 ms: a server's work, not a relay.
+        let mut wire = Wire::new();
+        let key = opening(&mut wire, 100_000, 100_000, 4 * MS, 4 * MS);
+        assert!(judge(&wire, &key).is_empty());
+    }
+
+    #[test]
+    fn unreliable_timing_is_skipped_and_said() {
+        let mut wire = Wire::new();
+        let key = opening(&mut wire, 10 * MS, 10 * MS, 180 * MS, 12 * MS);
+        wire.table.get_mut(&key).unwrap().tcp.retransmissions[ORIG] = 1;
+        let flow = wire.table.get(&key).unwrap();
+        assert_eq!(measure(flow), [Side::Skipped("retransmission"); 2]);
+        assert!(judge(&wire, &key).is_empty());
+
+        // No handshake seen: the capture started mid-connection.
+        let mut wire = Wire::new();
+        wire.tcp(T0, C, S, 300);
+        let key = wire.tcp(T0 + 180 * MS, S, C, 1200);
+        let flow = wire.table.get(&key).unwrap();
+        assert_eq!(measure(flow)[0], Side::Skipped("no_handshake"));
+        assert_eq!(
+            Side::Skipped("no_handshake").json(),
+            json!({"skipped": "no_handshake"})
+        );
+
+        // The server spoke first (an SSH banner): nothing to time.
+        let mut wire = Wire::new();
+        let key = wire.handshake(T0, C, S, 10 * MS, 10 * MS);
+        wire.tcp(T0 + 30 * MS, S, C, 20);
+        wire.tcp(T0 + 300 * MS, C, S, 20);
+        let flow = wire.table.get(&key).unwrap();
+        assert_eq!(measure(flow), [Side::Skipped("server_first"); 2]);
+    }
+
+    #[test]
+    fn waits_for_the_second_flight_then_judges() {
+        let world = World::new();
+        let scope = world.scope();
+        let mut wire = Wire::new();
+        let key = wire.handshake(T0, C, S, 10 * MS, 10 * MS);
+        wire.tcp(T0 + 21 * MS, C, S, 300);
+        wire.tcp(T0 + 33 * MS, S, C, 1200);
+        wire.table.get_mut(&key).unwrap().details = Some(Box::new(Details {
+            tls: Some(TlsDetails::default()),
+            ..Details::default()
+        }));
+        let mut r = RttSplit::new(&RttSplitConfig::default());
+        let mut out = Vec::new();
+        r.on_identified(
+            &scope,
+            &key,
+            wire.table.get(&key).unwrap(),
+            Timestamp(T0 + 33 * MS),
+            &mut out,
+        );
+        r.on_tick(&scope, Timestamp(T0 + SEC), &wire.table, &mut out);
+        assert!(out.is_empty());
+        wire.tcp(T0 + 233 * MS + SEC, C, S, 80);
+        r.on_tick(&scope, Timestamp(T0 + 2 * SEC), &wire.table, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].evidence["relay_side"], "originator");
+        // Judged once.
+        r.on_tick(&scope, Timestamp(T0 + 3 * SEC), &wire.table, &mut out);
+        assert_eq!(out.len(), 1);
+    }
+}

@@ -298,3 +298,119 @@ impl SteppingStone {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::App;
+    use crate::detect::remote_desktop::testkit::*;
+    use crate::flows::FlowEvent;
+
+    /// Feeds the table's resume events to the detector.
+    fn drain(wire: &mut Wire, ss: &mut SteppingStone, scope: &Scope<'_>, out: &mut Vec<Event>) {
+        for ev in std::mem::take(&mut wire.events) {
+            if let FlowEvent::Resumed { key, from_orig, ts } = ev
+                && let Some(f) = wire.table.get_mut(&key)
+            {
+                f.app = Some(App::Ssh);
+                let f = wire.table.get(&key).unwrap();
+                ss.on_resume(scope, &key, f, from_orig, ts, out);
+            }
+        }
+    }
+
+    /// Keystroke times 0.7–4 s apart for an hour, from a fixed linear congruential
+    /// sequence.
+    fn typing(seed: u64) -> Vec<u64> {
+        let mut x = seed;
+        let mut t = T0 + 10 * SEC;
+        let mut out = Vec::new();
+        while t < T0 + 3600 * SEC {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            t += (700 + (x >> 33) % 3300) * MS;
+            out.push(t);
+        }
+        out
+    }
+
+    const IN_C: &str = "192.0.2.70:50000";
+    const HOST_IN: &str = "10.8.0.14:22";
+    const HOST_OUT: &str = "10.8.0.14:50001";
+    const TARGET: &str = "10.20.0.30:22";
+
+    #[test]
+    fn relayed_keystrokes_are_a_stepping_stone() {
+        let world = World::new();
+        let scope = world.scope();
+        let mut wire = Wire::new();
+        let mut ss = SteppingStone::new(&SteppingStoneConfig::default());
+        let mut out = Vec::new();
+        wire.handshake(T0, IN_C, HOST_IN, 30 * MS, 30 * MS);
+        wire.handshake(T0 + SEC, HOST_OUT, TARGET, MS, MS);
+        for t in typing(1) {
+            wire.tcp(t, IN_C, HOST_IN, 36);
+            wire.tcp(t + 2 * MS, HOST_OUT, TARGET, 36);
+            wire.tcp(t + 3 * MS, TARGET, HOST_OUT, 36);
+            wire.tcp(t + 5 * MS, HOST_IN, IN_C, 36);
+            drain(&mut wire, &mut ss, &scope, &mut out);
+        }
+        assert_eq!(out.len(), 1, "{out:?}");
+        let e = &out[0];
+        assert_eq!(e.reason, "stepping_stone");
+        assert_eq!(e.severity, Severity::High);
+        assert_eq!(e.host, Some("10.8.0.14".parse().unwrap()));
+        assert_eq!(e.evidence["source_country"], "CN");
+        assert_eq!(
+            e.evidence["outbound_flow"],
+            "tcp 10.8.0.14:50001 -> 10.20.0.30:22"
+        );
+        assert!(e.evidence["consecutive_hits"].as_u64().unwrap() >= 2);
+    }
+
+    #[test]
+    fn independent_typing_is_not() {
+        let world = World::new();
+        let scope = world.scope();
+        let mut wire = Wire::new();
+        let mut ss = SteppingStone::new(&SteppingStoneConfig::default());
+        let mut out = Vec::new();
+        wire.handshake(T0, IN_C, HOST_IN, 30 * MS, 30 * MS);
+        wire.handshake(T0 + SEC, HOST_OUT, TARGET, MS, MS);
+        let mut all: Vec<(u64, bool)> = typing(1)
+            .into_iter()
+            .map(|t| (t, true))
+            .chain(typing(2).into_iter().map(|t| (t, false)))
+            .collect();
+        all.sort();
+        for (t, inbound) in all {
+            if inbound {
+                wire.tcp(t, IN_C, HOST_IN, 36);
+                wire.tcp(t + 40 * MS, HOST_IN, IN_C, 36);
+            } else {
+                wire.tcp(t, HOST_OUT, TARGET, 36);
+                wire.tcp(t + 3 * MS, TARGET, HOST_OUT, 36);
+            }
+            drain(&mut wire, &mut ss, &scope, &mut out);
+        }
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn full_tables_drop_and_count() {
+        let world = World::new();
+        let scope = world.scope();
+        let mut wire = Wire::new();
+        let mut ss = SteppingStone::new(&SteppingStoneConfig {
+            max_flows: 1,
+            ..SteppingStoneConfig::default()
+        });
+        let mut out = Vec::new();
+        wire.tcp(T0, IN_C, HOST_IN, 36);
+        wire.tcp(T0 + MS, HOST_OUT, TARGET, 36);
+        drain(&mut wire, &mut ss, &scope, &mut out);
+        assert_eq!(ss.flows.len(), 1);
+        assert_eq!(ss.dropped, 1);
+    }
+}

@@ -134,3 +134,113 @@ impl Tunnel {
         out.push(with_place(scope, e, "peer", peer));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::remote_desktop::testkit::*;
+    use crate::dissect::identify::{Details, HttpDetails};
+
+    fn run(t: &mut Tunnel, src: &str, dst: &str, app: App, details: Details) -> Vec<Event> {
+        let world = World::new();
+        let mut wire = Wire::new();
+        let key = wire.udp(T0, src, dst, 148);
+        let f = wire.table.get_mut(&key).unwrap();
+        f.app = Some(app);
+        f.details = Some(Box::new(details));
+        let mut out = Vec::new();
+        t.on_identified(
+            &world.scope(),
+            wire.table.get(&key).unwrap(),
+            Timestamp(T0),
+            &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn tunnels_from_inside_to_outside() {
+        let mut t = Tunnel::new(&TunnelConfig {
+            allowed_endpoints: vec!["203.0.113.10/32".parse().unwrap()],
+            ..TunnelConfig::default()
+        });
+        let d = Details::default;
+        let out = run(
+            &mut t,
+            "10.8.0.16:41000",
+            "192.0.2.100:51820",
+            App::Wireguard,
+            d(),
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].severity, Severity::Medium);
+        assert_eq!(out[0].evidence["peer_country"], "RU");
+        // Once per host, protocol and endpoint.
+        assert!(
+            run(
+                &mut t,
+                "10.8.0.16:41001",
+                "192.0.2.100:51820",
+                App::Wireguard,
+                d()
+            )
+            .is_empty()
+        );
+        // The corporate endpoint, an inside peer, a tunnel coming in: not reported.
+        assert!(
+            run(
+                &mut t,
+                "10.8.0.17:41000",
+                "203.0.113.10:51820",
+                App::Wireguard,
+                d()
+            )
+            .is_empty()
+        );
+        assert!(
+            run(
+                &mut t,
+                "10.8.0.17:41000",
+                "10.20.0.1:1194",
+                App::Openvpn,
+                d()
+            )
+            .is_empty()
+        );
+        assert!(
+            run(
+                &mut t,
+                "192.0.2.100:41000",
+                "10.8.0.17:51820",
+                App::Wireguard,
+                d()
+            )
+            .is_empty()
+        );
+        // Tor is high; an inside host that is no account's is low.
+        let tor = run(&mut t, "10.8.0.17:41000", "192.0.2.33:9001", App::Tor, d());
+        assert_eq!(tor[0].severity, Severity::High);
+        let server = run(&mut t, "10.20.0.7:41000", "192.0.2.33:500", App::Ipsec, d());
+        assert_eq!(server[0].severity, Severity::Low);
+        // Plain HTTP is no tunnel; CONNECT is.
+        assert!(run(&mut t, "10.8.0.17:50000", "192.0.2.120:80", App::Http, d()).is_empty());
+        let connect = Details {
+            http: Some(HttpDetails {
+                method: "CONNECT".into(),
+                target: "example.net:443".into(),
+                connect: true,
+                ..HttpDetails::default()
+            }),
+            ..Details::default()
+        };
+        let out = run(
+            &mut t,
+            "10.8.0.17:50000",
+            "192.0.2.120:3128",
+            App::Http,
+            connect,
+        );
+        assert_eq!(out[0].evidence["tunnel"], "http_connect");
+        assert_eq!(out[0].evidence["target"], "example.net:443");
+    }
+}
