@@ -616,7 +616,7 @@ pub(crate) mod testkit {
         ) -> FlowKey {
             let (s, d): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
             let seq = self.seq.entry((s, d)).or_insert(1000);
-            let tcp = (proto == Proto::Tcp).then(|| Tcp {
+            let tcp = (proto == Proto::Tcp).then_some(Tcp {
                 flags,
                 seq: *seq,
                 ack: 0,
