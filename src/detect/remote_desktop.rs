@@ -1,16 +1,29 @@
 //! `remote_desktop` / `persistent_stream`: a remote-desktop session that stays up.
 //!
 //! A session is every flow of one remote-desktop tool at one inside host whose activity
-//! never pauses longer than `reconnect_gap`: reconnects and a tool's parallel flows
-//! (control channel, relay, UDP transport) are one session. It is reported while it runs,
-//! when its span first reaches `min_duration` and again at each longer tier.
+//! (payload, not bare ACKs or keep-alives) never pauses longer than `reconnect_gap`:
+//! reconnects and a tool's parallel flows (control channel, relay, UDP transport) are one
+//! session, and a longer pause, even inside one open flow, starts a new one. Its span runs
+//! from its first packet to its latest payload. It is reported while it runs, when the
+//! span first reaches `min_duration` and again at each longer tier. Flows join a session
+//! when the identification engine labels them; a flow labelled only at its end is not
+//! followed.
+//!
+//! The inside host of a flow is its responder when that is inside (someone reaches it),
+//! else its originator (it reaches out, e.g. to a vendor relay).
 //!
 //! Who is controlled: the controlled machine sends the screen, the controller sends input.
 //! A host counts as controlled when, over the session, it sent at least `screen_ratio`
 //! times the bytes it received, at least `min_screen_pkts` large packets (≥ 1000 B), and
 //! received at least `min_input_pkts` small packets (≤ 100 B). The reverse figures make it
 //! the controller; anything else is `undetermined`, so one-way bulk with no input never
-//! makes a host "controlled".
+//! makes a host "controlled". (Screen updates of RDP, VNC and the commercial tools run to
+//! kilobytes per change, input events to tens of bytes: a 4× byte ratio is far below a
+//! working session's and far above an idle one's.)
+//!
+//! Severity: an inside peer is administration (info). From outside, a controlled host is
+//! medium, high from 1 h, critical from 12 h (the laptop-farm pattern); an undetermined
+//! role is low, medium from 4 h; a controlling host is low.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -394,10 +407,11 @@ impl RemoteDesktop {
             if latest.since(s.last_data) > gap {
                 s.restart(latest);
             }
-            let members: Vec<Member> = s.live.values().cloned().collect();
-            for m in &members {
+            let live = std::mem::take(&mut s.live);
+            for m in live.values() {
                 s.note(m);
             }
+            s.live = live;
             !s.live.is_empty() || now.since(s.last_data) <= gap
         });
         for ((host, app), s) in self.sessions.iter_mut() {
@@ -485,15 +499,15 @@ fn report(
     e.flow = flow;
     e.app = Some(app);
     let via = if s.relay { "vendor_relay" } else { "direct" };
+    let peer_text = match peer {
+        Some(p) if s.relay => format!(", peer {p} (vendor relay)"),
+        Some(p) => format!(", peer {p}"),
+        None => String::new(),
+    };
     e.summary = format!(
-        "{app} session at {host} active for {} (tier {tier}); the host is {} {}",
+        "{app} session at {host} active for {}: host {}{peer_text}",
         humantime::format_duration(Duration::from_secs(span.as_secs())),
         role.as_str(),
-        match peer {
-            Some(p) if s.relay => format!("via a vendor relay ({p})"),
-            Some(p) => format!("with peer {p}"),
-            None => String::new(),
-        }
     );
     let ratio = |a: u64, b: u64| round2(a as f64 / b.max(1) as f64);
     e = e
