@@ -12,6 +12,10 @@
 //! The inside host of a flow is its responder when that is inside (someone reaches it),
 //! else its originator (it reaches out, e.g. to a vendor relay).
 //!
+//! `via` in the evidence: `vendor_relay` when a flow of the session goes to the vendor's
+//! relay or broker (`details.relay`), `turn_relay` when the host had a TURN-relayed STUN
+//! flow during the session or up to `reconnect_gap` before it, else `direct`.
+//!
 //! Who is controlled: the controlled machine sends the screen, the controller sends input.
 //! A host counts as controlled when, over the session, it sent at least `screen_ratio`
 //! times the bytes it received, at least `min_screen_pkts` large packets (≥ 1000 B), and
@@ -291,6 +295,9 @@ pub struct RemoteDesktop {
     /// Report points: `min_duration`, then the longer tiers, ascending.
     points: Vec<Duration>,
     sessions: BTreeMap<(IpAddr, App), Session>,
+    /// Inside hosts with a TURN-relayed STUN flow (RFC 8656), and when it was labelled:
+    /// WebRTC-based tools carry their media through such relays.
+    turn: BTreeMap<IpAddr, Timestamp>,
     /// Sessions not followed because `max_sessions` were.
     pub sessions_dropped: u64,
 }
@@ -311,6 +318,7 @@ impl RemoteDesktop {
             config: config.clone(),
             points,
             sessions: BTreeMap::new(),
+            turn: BTreeMap::new(),
             sessions_dropped: 0,
         }
     }
@@ -326,6 +334,19 @@ impl RemoteDesktop {
     }
 
     pub fn on_identified(&mut self, scope: &Scope<'_>, key: &FlowKey, flow: &Flow) {
+        if flow.app == Some(App::Stun)
+            && let Some((host, _)) = inside_end(scope, flow)
+            && flow
+                .details
+                .as_deref()
+                .and_then(|d| d.stun.as_ref())
+                .is_some_and(|s| s.relayed)
+        {
+            if self.turn.len() >= self.config.max_sessions {
+                self.turn.pop_first();
+            }
+            self.turn.insert(host, flow.first);
+        }
         let Some(app) = flow.app.filter(|a| a.is_remote_desktop()) else {
             return;
         };
@@ -342,7 +363,7 @@ impl RemoteDesktop {
             host_is_orig,
             flow: flow_ref(flow),
             peer,
-            relay: details.is_some_and(|d| d.relay || d.stun.as_ref().is_some_and(|s| s.relayed)),
+            relay: details.is_some_and(|d| d.relay),
             first: flow.first,
             last_data: flow.first,
             figures: Figures::default(),
@@ -419,7 +440,20 @@ impl RemoteDesktop {
             while let Some(point) = self.points.get(s.reported).copied()
                 && span >= point
             {
-                out.push(report(&self.config, scope, *host, *app, s, point, now));
+                // A TURN relay at the host during the session, or just before it.
+                let turn = self
+                    .turn
+                    .get(host)
+                    .is_some_and(|t| *t <= s.last_data && s.start.since(*t) <= gap);
+                out.push(report(
+                    &self.config,
+                    scope,
+                    (*host, *app),
+                    s,
+                    turn,
+                    point,
+                    now,
+                ));
                 s.reported += 1;
             }
         }
@@ -473,9 +507,9 @@ fn severity(role: Role, peer_inside: bool, span: Duration) -> Severity {
 fn report(
     c: &RemoteDesktopConfig,
     scope: &Scope<'_>,
-    host: IpAddr,
-    app: App,
+    (host, app): (IpAddr, App),
     s: &Session,
+    turn: bool,
     point: Duration,
     now: Timestamp,
 ) -> Event {
@@ -498,9 +532,13 @@ fn report(
     e.host = Some(host);
     e.flow = flow;
     e.app = Some(app);
-    let via = if s.relay { "vendor_relay" } else { "direct" };
+    let via = match (s.relay, turn) {
+        (true, _) => "vendor_relay",
+        (false, true) => "turn_relay",
+        (false, false) => "direct",
+    };
     let peer_text = match peer {
-        Some(p) if s.relay => format!(", peer {p} (vendor relay)"),
+        Some(p) if via != "direct" => format!(", peer {p} ({})", via.replace('_', " ")),
         Some(p) => format!(", peer {p}"),
         None => String::new(),
     };
@@ -827,6 +865,41 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].severity, Severity::Info);
         assert_eq!(out[0].evidence["peer_inside"], true);
+    }
+
+    /// Media through a TURN relay beside the session: the session is relayed.
+    #[test]
+    fn turn_relay_beside_the_session() {
+        use crate::dissect::identify::{Details, StunDetails};
+        use testkit::*;
+        let world = World::new();
+        let scope = world.scope();
+        let mut wire = Wire::new();
+        let mut rd = RemoteDesktop::new(&RemoteDesktopConfig::default());
+        let mut out = Vec::new();
+        let stun = wire.udp(T0, "10.8.0.19:50100", "192.0.2.74:3478", 20);
+        let f = wire.table.get_mut(&stun).unwrap();
+        f.app = Some(App::Stun);
+        f.details = Some(Box::new(Details {
+            stun: Some(StunDetails {
+                relayed: true,
+                ..StunDetails::default()
+            }),
+            ..Details::default()
+        }));
+        rd.on_identified(&scope, &stun, wire.table.get(&stun).unwrap());
+        for minute in 0..16 {
+            let t = T0 + 10 * SEC + minute * MIN;
+            let key = wire.udp(t, "10.8.0.19:50200", "192.0.2.75:443", 40);
+            if minute == 0 {
+                wire.table.get_mut(&key).unwrap().app = Some(App::ChromeRemoteDesktop);
+                rd.on_identified(&scope, &key, wire.table.get(&key).unwrap());
+            }
+            rd.on_tick(&scope, Timestamp(t + SEC), &wire.table, &mut out);
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].evidence["via"], "turn_relay");
+        assert_eq!(out[0].app, Some(App::ChromeRemoteDesktop));
     }
 
     #[test]
