@@ -2,7 +2,9 @@
 //! an interactive session out of it (Zhang & Paxson, "Detecting Stepping Stones", USENIX
 //! Security 2000; parameters of Bro's `SteppingStone.cc`, REFERENCE.md §3.1).
 //!
-//! Each direction of an interactive flow is an endpoint; the flow table reports an
+//! Interactive flows are those labelled with an interactive protocol (SSH, Telnet, the
+//! remote-desktop tools) and, unless `unlabelled = false`, unlabelled TCP flows whose
+//! data packets are mostly small (typing). Each direction of such a flow is an endpoint; the flow table reports an
 //! idle→active transition ("resume") after `[flows] idle_threshold` (0.5 s, the paper's
 //! T_idle) without data. A resume at a host pairs with the resumes of other flows at the
 //! same host in the previous `delta`. A pair counts coincidences (`hits`) and coincidences
@@ -20,6 +22,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::app::App;
+use crate::decode::Proto;
 use crate::event::{Event, FlowRef, Kind, Severity};
 use crate::flows::{Flow, FlowKey, humantime_serde};
 use crate::timestamp::Timestamp;
@@ -43,6 +47,13 @@ pub struct SteppingStoneConfig {
     /// Resumes each flow must have before a decision; the paper decides on long
     /// sessions, and this keeps a few early coincidences from deciding. Default 10.
     pub min_resumes: u32,
+    /// Also follow unlabelled TCP flows that look typed: at least `min_small_pkts` data
+    /// packets, `small_share` of them ≤ 100 B. Default true.
+    pub unlabelled: bool,
+    /// Data packets an unlabelled flow needs before it counts. Default 20.
+    pub min_small_pkts: u64,
+    /// Share of small data packets of an unlabelled flow. Default 0.8.
+    pub small_share: f64,
     /// Flows followed at once. Default 65536.
     pub max_flows: usize,
     /// Flow pairs followed at once. Default 65536.
@@ -57,6 +68,9 @@ impl Default for SteppingStoneConfig {
             min_consecutive: 2,
             scale: 100,
             min_resumes: 10,
+            unlabelled: true,
+            min_small_pkts: 20,
+            small_share: 0.8,
             max_flows: 65536,
             max_pairs: 65536,
         }
@@ -73,7 +87,7 @@ struct Endpoint {
 #[derive(Clone, Debug)]
 struct FlowState {
     flow: FlowRef,
-    app: Option<crate::app::App>,
+    app: Option<App>,
     dirs: [Endpoint; 2],
     resumes: u32,
 }
@@ -119,6 +133,25 @@ impl SteppingStone {
         }
     }
 
+    /// A labelled interactive protocol, or an unlabelled TCP flow of mostly small
+    /// packets: the paper applies the method to any connection that carries typing, and a
+    /// chain may run over a tool the dissectors do not name (an obfuscated SSH, a custom
+    /// relay).
+    fn interactive(&self, flow: &Flow) -> bool {
+        match flow.app {
+            Some(App::Unknown) | None => {
+                let c = &self.config;
+                let data = flow.dir[0].data_pkts + flow.dir[1].data_pkts;
+                let small = flow.dir[0].small_pkts + flow.dir[1].small_pkts;
+                c.unlabelled
+                    && flow.proto == Proto::Tcp
+                    && data >= c.min_small_pkts
+                    && small as f64 >= c.small_share * data as f64
+            }
+            Some(app) => app.is_interactive(),
+        }
+    }
+
     pub fn on_resume(
         &mut self,
         scope: &Scope<'_>,
@@ -128,7 +161,7 @@ impl SteppingStone {
         ts: Timestamp,
         out: &mut Vec<Event>,
     ) {
-        if !flow.app.is_some_and(|a| a.is_interactive()) {
+        if !self.interactive(flow) {
             return;
         }
         if !self.flows.contains_key(key) && self.flows.len() >= self.config.max_flows {
@@ -302,21 +335,30 @@ impl SteppingStone {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::App;
     use crate::detect::remote_desktop::testkit::*;
     use crate::flows::FlowEvent;
 
-    /// Feeds the table's resume events to the detector.
-    fn drain(wire: &mut Wire, ss: &mut SteppingStone, scope: &Scope<'_>, out: &mut Vec<Event>) {
+    /// Feeds the table's resume events to the detector, labelling flows `app`.
+    fn drain_as(
+        app: Option<App>,
+        wire: &mut Wire,
+        ss: &mut SteppingStone,
+        scope: &Scope<'_>,
+        out: &mut Vec<Event>,
+    ) {
         for ev in std::mem::take(&mut wire.events) {
             if let FlowEvent::Resumed { key, from_orig, ts } = ev
                 && let Some(f) = wire.table.get_mut(&key)
             {
-                f.app = Some(App::Ssh);
+                f.app = app;
                 let f = wire.table.get(&key).unwrap();
                 ss.on_resume(scope, &key, f, from_orig, ts, out);
             }
         }
+    }
+
+    fn drain(wire: &mut Wire, ss: &mut SteppingStone, scope: &Scope<'_>, out: &mut Vec<Event>) {
+        drain_as(Some(App::Ssh), wire, ss, scope, out);
     }
 
     /// Keystroke times 0.7–4 s apart for an hour, from a fixed linear congruential
@@ -367,6 +409,34 @@ mod tests {
             "tcp 10.8.0.14:50001 -> 10.20.0.30:22"
         );
         assert!(e.evidence["consecutive_hits"].as_u64().unwrap() >= 2);
+    }
+
+    /// The same chain over a protocol nobody named counts once its flows look typed;
+    /// with `unlabelled = false`, or as bulk, it does not.
+    #[test]
+    fn unlabelled_typed_flows_count() {
+        let world = World::new();
+        let scope = world.scope();
+        let run = |config: SteppingStoneConfig, size: usize| {
+            let mut wire = Wire::new();
+            let mut ss = SteppingStone::new(&config);
+            let mut out = Vec::new();
+            for t in typing(3) {
+                wire.tcp(t, IN_C, HOST_IN, size);
+                wire.tcp(t + 2 * MS, HOST_OUT, TARGET, size);
+                wire.tcp(t + 3 * MS, TARGET, HOST_OUT, size);
+                wire.tcp(t + 5 * MS, HOST_IN, IN_C, size);
+                drain_as(None, &mut wire, &mut ss, &scope, &mut out);
+            }
+            out.len()
+        };
+        assert_eq!(run(SteppingStoneConfig::default(), 36), 1);
+        let off = SteppingStoneConfig {
+            unlabelled: false,
+            ..SteppingStoneConfig::default()
+        };
+        assert_eq!(run(off, 36), 0);
+        assert_eq!(run(SteppingStoneConfig::default(), 1400), 0);
     }
 
     #[test]
