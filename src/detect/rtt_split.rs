@@ -216,30 +216,23 @@ impl RttSplit {
         let sides = measure(flow);
         let names = ["responder", "originator"];
         let ends = [flow.resp.0, flow.orig.0];
+        // The host a finding is about: the inside end, the originator when both are.
+        let host = [flow.orig.0, flow.resp.0]
+            .into_iter()
+            .find(|ip| scope.network.is_inside(*ip));
         for i in 0..2 {
             if !self.split(sides[i]) {
                 continue;
             }
-            // The host a finding is about: the inside end, the originator when both are.
-            let (o_in, r_in) = (
-                scope.network.is_inside(flow.orig.0),
-                scope.network.is_inside(flow.resp.0),
-            );
-            let host = if o_in {
-                Some(flow.orig.0)
-            } else if r_in {
-                Some(flow.resp.0)
-            } else {
-                None
-            };
             // An account host whose own side hides a relay is itself relaying someone's
             // session: the farm pattern. A relay toward a server is a proxy or a CDN far
             // more often.
-            let severity = if i == 1 && o_in && is_account_host(scope, flow.orig.0, ts) {
-                Severity::Medium
-            } else {
-                Severity::Low
-            };
+            let severity =
+                if i == 1 && host == Some(flow.orig.0) && is_account_host(scope, flow.orig.0, ts) {
+                    Severity::Medium
+                } else {
+                    Severity::Low
+                };
             let mut e = Event::new(ts, Kind::RelayChain, "rtt_split", severity, names[i]);
             e.host = host;
             e.flow = Some(flow_ref(flow));
