@@ -34,7 +34,7 @@ pub struct Input<'a> {
     pub dns_name: Option<&'a str>,
 }
 
-fn boxed<T>(value: T) -> Option<Box<T>> {
+pub fn boxed<T>(value: T) -> Option<Box<T>> {
     Some(Box::new(value))
 }
 
@@ -546,7 +546,11 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
             relayed: stun_msgs.iter().any(|m| m.xor_relayed.is_some()),
             channel_data: cd.iter().chain(sd).any(|d| stun::is_channel_data(d)),
         });
-        return true;
+        // Settle once a request has its answer, so a TURN allocation's relayed address
+        // (in the success response) is seen.
+        return stun_msgs
+            .iter()
+            .any(|m| matches!(m.class, stun::Class::Success | stun::Class::Error));
     }
     let wg: Vec<wireguard::Message> = cd
         .iter()
