@@ -173,6 +173,14 @@ impl Detectors {
         self.scorer.observe(event)
     }
 
+    /// Remote-desktop sessions running at `now`, as (inside host, tool).
+    pub fn active_remote_desktop(
+        &self,
+        now: Timestamp,
+    ) -> Vec<(std::net::IpAddr, crate::app::App)> {
+        self.remote_desktop.active_sessions(now).collect()
+    }
+
     /// Risk score of every account with evidence, at `now`.
     pub fn account_scores(&self, now: Timestamp) -> BTreeMap<String, f64> {
         self.scorer.scores(now)

@@ -323,6 +323,16 @@ impl RemoteDesktop {
         }
     }
 
+    /// Every session still running at `now`, as (inside host, tool).
+    pub fn active_sessions(&self, now: Timestamp) -> impl Iterator<Item = (IpAddr, App)> + '_ {
+        self.sessions
+            .iter()
+            .filter(move |(_, s)| {
+                !s.live.is_empty() || now.since(s.last_data) <= self.config.reconnect_gap
+            })
+            .map(|(key, _)| *key)
+    }
+
     /// The tool of a session at `host` still running at `now`, if one is.
     pub fn active_app(&self, host: IpAddr, now: Timestamp) -> Option<App> {
         self.sessions
