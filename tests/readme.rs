@@ -4,7 +4,8 @@
 use std::path::Path;
 
 fn readme() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README.md")
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md")
 }
 
 fn toml_blocks(text: &str) -> Vec<String> {
@@ -33,12 +34,16 @@ fn every_metric_the_readme_lists_is_exported() {
     let metrics = farmwatch::metrics::Metrics::new();
     let mut stats = farmwatch::metrics::Stats::default();
     stats.last_packet_ts = Some(1.0);
-    stats.remote_desktop_active.insert(("rdp", "jdoe".into()), 1);
+    stats
+        .remote_desktop_active
+        .insert(("rdp", "jdoe".into()), 1);
     stats.account_risk.insert("jdoe".into(), 50.0);
     stats.decode_errors.insert("not_ip", 1);
     stats.flows_evicted.insert("table_full", 1);
     stats.flows_by_app.insert("rdp", 1);
-    stats.events.insert(("alert", "laptop_farm_suspected", "high"), 1);
+    stats
+        .events
+        .insert(("alert", "laptop_farm_suspected", "high"), 1);
     metrics.publish(&stats, 2.0);
     let text = metrics.render();
     let readme = readme();
@@ -48,6 +53,9 @@ fn every_metric_the_readme_lists_is_exported() {
         .collect();
     assert!(listed.len() >= 15);
     for name in listed {
-        assert!(text.contains(&format!("# TYPE {name} ")), "README lists {name}, which is not exported");
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "README lists {name}, which is not exported"
+        );
     }
 }
