@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use etherparse::{LaxNetSlice, LaxSlicedPacket};
 use pcap::{Capture, Device, Precision};
 
+use crate::accounts::Inventory;
 use crate::config::Config;
 use crate::decode::Decoder;
 use crate::metrics::{Metrics, Stats};
@@ -47,6 +48,10 @@ enum Work {
     /// The capture's packet time. A worker sees only its shard of the traffic; without this
     /// its clock, and with it its flows' timeouts, would stall while its shard is quiet.
     Clock(Timestamp),
+    /// A new account inventory (SIGHUP).
+    Inventory(Arc<Inventory>),
+    /// Lines appended to the session feed since it was last read.
+    Sessions(Arc<String>),
 }
 
 /// The `live` command line, validated.
@@ -78,6 +83,8 @@ pub struct Sensor {
     worker_stats: Mutex<Vec<Stats>>,
     drops_kernel: AtomicU64,
     drops_interface: AtomicU64,
+    /// SIGHUP asked for the account inventory to be read again.
+    inventory_reload: AtomicBool,
     /// Packets dropped because a worker's queue was full.
     drops_queue: AtomicU64,
     outputs: Vec<SharedFile>,
@@ -101,6 +108,7 @@ impl Sensor {
             worker_stats: Mutex::new(vec![Stats::default(); workers]),
             drops_kernel: AtomicU64::new(0),
             drops_interface: AtomicU64::new(0),
+            inventory_reload: AtomicBool::new(false),
             drops_queue: AtomicU64::new(0),
             outputs,
             config_path,
@@ -162,6 +170,9 @@ impl Sensor {
     /// SIGHUP: reopens the output files (logrotate moved them away; they are created anew)
     /// and re-reads the config file, keeping the old one when the new one is invalid.
     pub fn reload(&self) {
+        // The capture thread reads the inventory and hands it to every worker before the
+        // next packet it dispatches.
+        self.inventory_reload.store(true, Ordering::Relaxed);
         let mut reopened = 0;
         for out in &self.outputs {
             match out.reopen() {
@@ -339,7 +350,15 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
             .unwrap_or_default()
     );
     sensor.set_capturing(true);
-    let capture_error = capture_loop(&mut capture, link, &queues, &sensor, &args.config.network);
+    let mut feeds = Feeds::new(args.accounts.clone(), args.sessions.clone());
+    let capture_error = capture_loop(
+        &mut capture,
+        link,
+        &queues,
+        &sensor,
+        &args.config.network,
+        &mut feeds,
+    );
     sensor.set_capturing(false);
     drop(queues);
 
@@ -437,10 +456,12 @@ fn capture_loop(
     queues: &[SyncSender<Work>],
     sensor: &Sensor,
     network: &crate::config::NetworkConfig,
+    feeds: &mut Feeds,
 ) -> Option<String> {
     let mut shard = Sharder::new(queues.len(), network.clone());
     let mut drops = DropCounter::default();
     let mut next_stats = Instant::now() + CAPTURE_STATS_EVERY;
+    let mut next_feeds = Instant::now();
     let mut clock_told = Timestamp::ZERO;
     while !sensor.stop.load(Ordering::Relaxed) {
         match capture.next_packet() {
@@ -458,6 +479,10 @@ fn capture_loop(
                     data: p.data.to_vec(),
                 };
                 let now = pkt.ts;
+                if Instant::now() >= next_feeds || sensor.inventory_reload.load(Ordering::Relaxed) {
+                    next_feeds = Instant::now() + FEEDS_EVERY;
+                    feeds.poll(queues, sensor);
+                }
                 let queue = shard.worker(&pkt);
                 match queues.get(queue).map(|q| q.try_send(Work::Packet(pkt))) {
                     Some(Ok(())) => {}
@@ -487,6 +512,83 @@ fn capture_loop(
     }
     drops.poll(capture, sensor);
     None
+}
+
+/// How often the session feed is looked at for new lines (before a packet is dispatched:
+/// feed lines matter only for the packets after them).
+const FEEDS_EVERY: Duration = Duration::from_secs(1);
+
+/// The identity inputs that change while the sensor runs: the inventory (re-read on
+/// SIGHUP) and the session feed (followed as the concentrator appends to it). Both go to
+/// every worker, since each has its own view of identity.
+pub struct Feeds {
+    accounts: Option<PathBuf>,
+    sessions: Option<(PathBuf, u64)>,
+}
+
+impl Feeds {
+    /// `sessions_read`: bytes of the feed already read at start.
+    pub fn new(accounts: Option<PathBuf>, sessions: Option<PathBuf>) -> Feeds {
+        let sessions = sessions.map(|p| {
+            let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            (p, len)
+        });
+        Feeds { accounts, sessions }
+    }
+
+    fn poll(&mut self, queues: &[SyncSender<Work>], sensor: &Sensor) {
+        if sensor.inventory_reload.swap(false, Ordering::Relaxed)
+            && let Some(path) = &self.accounts
+        {
+            match Inventory::load(path) {
+                Ok(inv) => {
+                    let inv = Arc::new(inv);
+                    eprintln!(
+                        "farmwatch: SIGHUP: inventory reloaded accounts={}",
+                        inv.accounts.len()
+                    );
+                    broadcast(queues, || Work::Inventory(Arc::clone(&inv)));
+                }
+                Err(problems) => eprintln!(
+                    "farmwatch: new inventory rejected, keeping the old one: {}",
+                    problems.first().map(|p| p.to_string()).unwrap_or_default()
+                ),
+            }
+        }
+        if let Some((path, read)) = &mut self.sessions
+            && let Some(lines) = new_lines(path, read)
+        {
+            let lines = Arc::new(lines);
+            broadcast(queues, || Work::Sessions(Arc::clone(&lines)));
+        }
+    }
+}
+
+/// Control messages are rare and must not be lost: they wait for room in the queues.
+fn broadcast(queues: &[SyncSender<Work>], work: impl Fn() -> Work) {
+    for q in queues {
+        let _ = q.send(work());
+    }
+}
+
+/// The complete lines appended to `path` after byte `read`; a file that got shorter was
+/// rotated or truncated and is read from its start.
+fn new_lines(path: &std::path::Path, read: &mut u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    if len < *read {
+        *read = 0;
+    }
+    if len == *read {
+        return None;
+    }
+    file.seek(SeekFrom::Start(*read)).ok()?;
+    let mut buf = Vec::new();
+    file.take(len - *read).read_to_end(&mut buf).ok()?;
+    let end = buf.iter().rposition(|&b| b == b'\n')? + 1;
+    *read += end as u64;
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
 /// libpcap's drop counters are 32 bits and wrap; this keeps 64-bit totals and logs growth.
@@ -611,6 +713,8 @@ fn work(index: usize, mut pipeline: Pipeline, rx: Receiver<Work>, sensor: &Senso
         match rx.recv_timeout(WORKER_TICK) {
             Ok(Work::Packet(pkt)) => pipeline.packet(&pkt),
             Ok(Work::Clock(ts)) => pipeline.advance(ts),
+            Ok(Work::Inventory(inv)) => pipeline.reload_inventory(inv),
+            Ok(Work::Sessions(lines)) => pipeline.load_sessions(lines.as_bytes()),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }

@@ -144,6 +144,22 @@ impl Pipeline {
         }
     }
 
+    /// A new account inventory (SIGHUP): static hosts and account kinds change from now on.
+    pub fn reload_inventory(&mut self, inventory: Arc<Inventory>) {
+        self.context.identity.reload_inventory(inventory);
+    }
+
+    /// More of the session feed (lines appended since it was last read).
+    pub fn load_sessions(&mut self, feed: impl std::io::BufRead) {
+        let report = self.context.identity.load_sessions(feed);
+        if let Some(e) = report.errors.first() {
+            eprintln!(
+                "farmwatch: session feed: {} of {} new lines skipped (first: {})",
+                report.errors_total, report.lines, e.message
+            );
+        }
+    }
+
     /// Makes this pipeline a secondary worker of a sensor: the inventory findings and the
     /// session feed's observations are the primary worker's, so they are reported once.
     pub fn secondary(&mut self) {

@@ -32,8 +32,10 @@ fn every_config_example_in_the_readme_parses() {
 #[test]
 fn every_metric_the_readme_lists_is_exported() {
     let metrics = farmwatch::metrics::Metrics::new();
-    let mut stats = farmwatch::metrics::Stats::default();
-    stats.last_packet_ts = Some(1.0);
+    let mut stats = farmwatch::metrics::Stats {
+        last_packet_ts: Some(1.0),
+        ..Default::default()
+    };
     stats
         .remote_desktop_active
         .insert(("rdp", "jdoe".into()), 1);
