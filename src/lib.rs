@@ -15,6 +15,7 @@ pub mod identity;
 pub mod metrics;
 pub mod pipeline;
 pub mod replay;
+pub mod report;
 pub mod sink;
 pub mod source;
 pub mod timestamp;

@@ -46,6 +46,9 @@ enum Command {
         /// Write Prometheus metrics (text format) here at the end.
         #[arg(long)]
         metrics_out: Option<PathBuf>,
+        /// Write an HTML case file here (self-contained: findings, timelines, charts).
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<PathBuf>,
     },
     /// Say what the configured geo databases know about addresses.
     Geoip {
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
             events,
             flows,
             metrics_out,
+            report,
         } => Config::load(config.as_deref())
             .map_err(|e| Failure::Usage(e.to_string()))
             .and_then(|config| {
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
                     events: Target::parse(&events),
                     flows,
                     metrics_out,
+                    report,
                 })
             }),
         Command::Geoip { ips, config } => geoip(config, &ips),

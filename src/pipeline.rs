@@ -20,6 +20,7 @@ use crate::flows::{Flow, FlowEvent, FlowTable};
 use crate::geo::Geo;
 use crate::identity::{Identity, PublicIpObservation};
 use crate::metrics::Stats;
+use crate::report::Collector;
 use crate::sink::JsonLines;
 use crate::source::Packet;
 use crate::timestamp::Timestamp;
@@ -107,6 +108,8 @@ pub struct Pipeline {
     pending: Vec<FlowEvent>,
     events: Option<JsonLines>,
     flow_records: Option<JsonLines>,
+    /// Keeps findings and flow records for the replay's summary and report.
+    pub collector: Option<Collector>,
     pub stats: Stats,
     pub first_ts: Option<Timestamp>,
     pub last_ts: Option<Timestamp>,
@@ -134,6 +137,7 @@ impl Pipeline {
             pending: Vec::new(),
             events: sinks.events,
             flow_records: sinks.flows,
+            collector: None,
             stats: Stats::default(),
             first_ts: None,
             last_ts: None,
@@ -208,6 +212,9 @@ impl Pipeline {
             .events
             .entry((event.kind.as_str(), event.reason, event.severity.as_str()))
             .or_default() += 1;
+        if let Some(c) = self.collector.as_mut() {
+            c.event(&event);
+        }
         if let Some(sink) = self.events.as_mut() {
             sink.write(&event);
         }
@@ -224,6 +231,9 @@ impl Pipeline {
             let Some(obs) = self.observations.pop() else {
                 break;
             };
+            if let Some(c) = self.collector.as_mut() {
+                c.observation(&obs);
+            }
             let scope = scope!(self);
             self.detectors
                 .on_public_ip(&scope, &obs, &mut self.findings);
@@ -328,6 +338,9 @@ impl Pipeline {
                         &self.context,
                         &self.network,
                     );
+                    if let Some(c) = self.collector.as_mut() {
+                        c.flow(&record);
+                    }
                     if let Some(sink) = self.flow_records.as_mut() {
                         sink.write(&record);
                     }
@@ -336,6 +349,11 @@ impl Pipeline {
         }
         self.pending = pending;
         self.emit_findings();
+    }
+
+    /// Who is behind an address and where it is, as the pipeline used it.
+    pub fn context(&self) -> &Context {
+        &self.context
     }
 
     /// Copies counters kept elsewhere (table, decoder, sinks) into `stats`.

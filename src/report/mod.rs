@@ -1,0 +1,889 @@
+//! The forensic case file (`replay --report FILE.html`): one self-contained HTML file an
+//! analyst can read and hand on without the JSON lines. Rust does the arithmetic (ranking,
+//! time zones, RTT bounds, clusters) and embeds the result as JSON; a small inline script
+//! draws tables and SVG charts from it. Nothing from the wire reaches the page as markup:
+//! the JSON is escaped so it cannot end its `<script>` element, and the script inserts
+//! every value with `textContent`.
+
+pub mod collect;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::Path;
+
+use chrono::{Datelike, FixedOffset, Offset, TimeZone, Timelike};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::app::App;
+use crate::config::Config;
+use crate::geo::{Geo, Location, LocationSource};
+use crate::identity::PublicIpObservation;
+use crate::metrics::Stats;
+use crate::pipeline::Context;
+use crate::timestamp::Timestamp;
+pub use collect::Collector;
+use collect::{Tally, TallyKey};
+
+const TEMPLATE: &str = include_str!("template.html");
+const STYLE: &str = include_str!("report.css");
+const SCRIPT: &str = include_str!("report.js");
+
+/// Accounts drawn with charts; the rest are listed in the ranking only.
+const CHARTED_ACCOUNTS: usize = 50;
+/// Findings listed under one account (all are in the findings table).
+const EVENTS_PER_ACCOUNT: usize = 200;
+/// Flow records linked from one finding.
+const LINKS_PER_EVENT: usize = 5;
+/// Light in fibre covers about 200 km per millisecond, so a round trip over `d` km takes
+/// at least d / 100 ms.
+const KM_PER_MS_ROUND_TRIP: f64 = 100.0;
+/// Working hours for the time-zone fit: Monday to Friday, 09:00 to 18:00 local.
+const WORK_HOURS: std::ops::Range<u32> = 9..18;
+/// Flows an account needs before a foreign zone is named from its own activity.
+const MIN_ACTIVITY_FOR_FIT: u32 = 20;
+
+/// A capture file as the report's header names it.
+#[derive(Clone, Debug, Serialize)]
+pub struct InputFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Records cut off at the end of the file, and packets skipped (unknown link type).
+    pub truncated: u64,
+    pub skipped: u64,
+}
+
+impl InputFile {
+    /// Size and SHA-256 of the file as it is on disk now.
+    pub fn hash(path: &Path) -> std::io::Result<InputFile> {
+        let mut file = std::fs::File::open(path)?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut size = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            size = size.saturating_add(n as u64);
+            h.update(buf.get(..n).unwrap_or_default());
+        }
+        Ok(InputFile {
+            path: path.display().to_string(),
+            size,
+            sha256: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+            truncated: 0,
+            skipped: 0,
+        })
+    }
+}
+
+/// Everything besides the collector that the report states.
+pub struct ReportInput<'a> {
+    pub files: Vec<InputFile>,
+    pub config: &'a Config,
+    pub context: &'a Context,
+    pub stats: &'a Stats,
+    pub first_ts: Option<Timestamp>,
+    pub last_ts: Option<Timestamp>,
+}
+
+/// One line of the top-findings table (terminal and report).
+#[derive(Clone, Debug, Serialize)]
+pub struct TopFinding {
+    pub account: Option<String>,
+    pub kind: &'static str,
+    pub reason: &'static str,
+    pub severity: &'static str,
+    pub count: u64,
+    pub first: Timestamp,
+    pub last: Timestamp,
+}
+
+/// The tallies ranked: severity, then count, then first seen.
+pub fn top_findings(c: &Collector, limit: usize) -> Vec<TopFinding> {
+    let mut rows: Vec<(&TallyKey, &Tally)> = c.tally.iter().collect();
+    rows.sort_by(|(ka, a), (kb, b)| {
+        kb.3.cmp(&ka.3)
+            .then(b.count.cmp(&a.count))
+            .then(a.first.cmp(&b.first))
+    });
+    rows.into_iter()
+        .take(limit)
+        .map(|((account, kind, reason, sev), t)| TopFinding {
+            account: account.clone(),
+            kind,
+            reason,
+            severity: sev.as_str(),
+            count: t.count,
+            first: t.first,
+            last: t.last,
+        })
+        .collect()
+}
+
+/// The top findings as a fixed-width text table, for the terminal.
+pub fn top_findings_table(c: &Collector, limit: usize) -> String {
+    let rows = top_findings(c, limit);
+    if rows.is_empty() {
+        return String::new();
+    }
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.account.clone().unwrap_or_else(|| "-".to_string()),
+                format!("{}/{}", r.kind, r.reason),
+                r.severity.to_string(),
+                r.count.to_string(),
+                r.first.rfc3339(),
+            ]
+        })
+        .collect();
+    let head = ["account", "finding", "severity", "count", "first seen"];
+    let mut width = head.map(|h| h.chars().count());
+    for row in &cells {
+        for (w, c) in width.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |row: &[String]| {
+        let mut s = String::from(" ");
+        for (i, (c, w)) in row.iter().zip(width).enumerate() {
+            // Counts align right, text left.
+            if i == 3 {
+                s.push_str(&format!(" {c:>w$}"));
+            } else {
+                s.push_str(&format!(" {c:<w$}"));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(&head.map(str::to_string));
+    for row in &cells {
+        out.push_str(&line(row));
+    }
+    let total = c.tally.len();
+    if total > rows.len() {
+        out.push_str(&format!("  ... and {} more\n", total - rows.len()));
+    }
+    out
+}
+
+/// The report page: template, style, script and the data.
+pub fn render(c: &Collector, input: &ReportInput<'_>) -> String {
+    let data = build(c, input);
+    let json = serde_json::to_string(&data).unwrap_or_else(|_| "{}".to_string());
+    TEMPLATE
+        .replacen("/*STYLE*/", STYLE, 1)
+        .replacen("/*SCRIPT*/", SCRIPT, 1)
+        // Last, so nothing in the data is ever taken for a placeholder.
+        .replacen("/*DATA*/", &script_safe(&json), 1)
+}
+
+/// JSON that cannot leave a `<script>` element: `<`, `>` and `&` only occur inside JSON
+/// strings, where their `\u` escapes mean the same, so `</script>` and `<!--` never appear.
+fn script_safe(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() + 64);
+    for ch in json.chars() {
+        match ch {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct Data {
+    meta: Meta,
+    health: Health,
+    top: Vec<TopFinding>,
+    accounts: Vec<AccountView>,
+    events: Vec<EventView>,
+    flows: Vec<Value>,
+    rd_sessions: Vec<RdSession>,
+    clusters: Vec<Cluster>,
+}
+
+#[derive(Serialize)]
+struct Meta {
+    version: &'static str,
+    files: Vec<InputFile>,
+    first_ts: Option<Timestamp>,
+    last_ts: Option<Timestamp>,
+    packets: u64,
+    bytes: u64,
+    flows_total: u64,
+    sensor: Vec<(&'static str, String)>,
+    databases: Vec<String>,
+    accounts_file: String,
+    limits: Limits,
+}
+
+/// What the report left out, so the reader knows.
+#[derive(Serialize)]
+struct Limits {
+    flows_seen: u64,
+    flows_kept: usize,
+    flows_not_kept: u64,
+    uncited_flows_kept_max: usize,
+    notable_flows_kept_max: usize,
+    events_not_kept: u64,
+    observations_not_kept: u64,
+    charted_accounts: usize,
+    events_per_account: usize,
+}
+
+#[derive(Serialize)]
+struct Health {
+    decode_errors: BTreeMap<&'static str, u64>,
+    truncated_records: u64,
+    capture_drops_kernel: u64,
+    capture_drops_interface: u64,
+    flows_evicted: BTreeMap<&'static str, u64>,
+    flows_by_app: BTreeMap<&'static str, u64>,
+    sink_errors: BTreeMap<&'static str, u64>,
+    geo_cache_evictions: u64,
+}
+
+#[derive(Serialize)]
+struct EventView {
+    ts: Timestamp,
+    id: String,
+    kind: &'static str,
+    reason: &'static str,
+    severity: &'static str,
+    account: Option<String>,
+    host: Option<IpAddr>,
+    flow: Option<String>,
+    app: Option<&'static str>,
+    summary: String,
+    evidence: Value,
+    /// Indices into `flows` of the records this finding cites.
+    flows: Vec<usize>,
+}
+
+#[derive(Serialize)]
+struct AccountView {
+    id: String,
+    name: Option<String>,
+    kind: Option<&'static str>,
+    declared_country: Option<String>,
+    declared_timezone: Option<String>,
+    in_inventory: bool,
+    risk: f64,
+    /// `scorer` (the alert detector's score) or `severity` (summed severity weights).
+    risk_source: &'static str,
+    reasons: Vec<TopFinding>,
+    events: Vec<usize>,
+    events_total: usize,
+    charted: bool,
+    heat: Option<Heat>,
+    sessions: Vec<SessionView>,
+    rtt: Vec<RttPoint>,
+    rd: Vec<usize>,
+    flows: u64,
+}
+
+/// Flows started by hour of day × weekday (Monday first) in the declared zone.
+#[derive(Serialize)]
+struct Heat {
+    zone: String,
+    grid: [[u32; 24]; 7],
+    total: u32,
+    declared_fit: f64,
+    foreign: Option<Foreign>,
+}
+
+/// The zone whose working week best explains the activity, and the cells (in declared
+/// time) that are its working hours.
+#[derive(Serialize)]
+struct Foreign {
+    zone: String,
+    fit: f64,
+    source: String,
+    mark: [[bool; 24]; 7],
+}
+
+#[derive(Serialize)]
+struct SessionView {
+    ts: Timestamp,
+    public_ip: IpAddr,
+    assigned_ip: Option<IpAddr>,
+    country: Option<String>,
+    asn: Option<u32>,
+    as_org: Option<String>,
+    source: &'static str,
+}
+
+#[derive(Serialize)]
+struct RttPoint {
+    ip: Option<String>,
+    country: Option<String>,
+    distance_km: f64,
+    rtt_ms: f64,
+    bound_ms: f64,
+    source: String,
+}
+
+#[derive(Serialize)]
+struct RdSession {
+    flow: usize,
+    ts: Timestamp,
+    duration_s: f64,
+    app: &'static str,
+    account: Option<String>,
+    /// `src` or `dst`: the side sending the screen (more bytes).
+    controlled: &'static str,
+    controlled_ip: IpAddr,
+    peer: IpAddr,
+    /// Whether the account's own host is the controlled one.
+    account_role: Option<&'static str>,
+    bytes_orig: u64,
+    bytes_resp: u64,
+}
+
+#[derive(Serialize)]
+struct Cluster {
+    public_ip: IpAddr,
+    country: Option<String>,
+    asn: Option<u32>,
+    accounts: Vec<ClusterAccount>,
+    days: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ClusterAccount {
+    id: String,
+    days: Vec<String>,
+}
+
+fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
+    let geo = &input.context.geo;
+    let inventory = input.context.identity.inventory();
+    let flows: Vec<Value> = c
+        .flows
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+        .collect();
+    let events = event_views(c);
+
+    let sensor_location = sensor_location(input.config, geo);
+    let mut ids: BTreeSet<String> = inventory.accounts.iter().map(|a| a.id.clone()).collect();
+    ids.extend(c.events.iter().filter_map(|e| e.account.clone()));
+    ids.extend(c.activity.keys().map(|(a, _)| a.clone()));
+    ids.extend(c.observations.iter().map(|o| o.account.id.to_string()));
+
+    let rd = rd_sessions(c, input.config);
+    let mut accounts: Vec<AccountView> = ids
+        .into_iter()
+        .map(|id| {
+            let declared = inventory.get(&id);
+            let reasons: Vec<TopFinding> = top_findings(c, usize::MAX)
+                .into_iter()
+                .filter(|t| t.account.as_deref() == Some(id.as_str()))
+                .collect();
+            let mine: Vec<usize> = (0..c.events.len())
+                .filter(|&i| c.events.get(i).and_then(|e| e.account.as_deref()) == Some(&id))
+                .collect();
+            let (risk, risk_source) = match input.stats.account_risk.get(&id) {
+                Some(r) => (*r, "scorer"),
+                None => (
+                    reasons
+                        .iter()
+                        .map(|t| severity_weight(t.severity) * t.count as f64)
+                        .sum(),
+                    "severity",
+                ),
+            };
+            let sessions: Vec<SessionView> = c
+                .observations
+                .iter()
+                .filter(|o| *o.account.id == *id)
+                .map(|o| session_view(o, geo))
+                .collect();
+            let flows_n: u64 = c
+                .activity
+                .range((id.clone(), i64::MIN)..=(id.clone(), i64::MAX))
+                .map(|(_, n)| u64::from(*n))
+                .sum();
+            AccountView {
+                name: declared.and_then(|a| a.name.clone()),
+                kind: declared.map(|a| a.kind.as_str()),
+                declared_country: declared.and_then(|a| a.declared_country.clone()),
+                declared_timezone: declared.and_then(|a| a.declared_timezone.clone()),
+                in_inventory: declared.is_some(),
+                risk: (risk * 100.0).round() / 100.0,
+                risk_source,
+                events_total: mine.len(),
+                events: mine.iter().copied().take(EVENTS_PER_ACCOUNT).collect(),
+                reasons,
+                charted: false,
+                heat: None,
+                rtt: Vec::new(),
+                rd: rd
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.account.as_deref() == Some(&id))
+                    .map(|(i, _)| i)
+                    .collect(),
+                sessions,
+                flows: flows_n,
+                id,
+            }
+        })
+        .collect();
+    accounts.sort_by(|a, b| {
+        b.risk
+            .total_cmp(&a.risk)
+            .then(b.events_total.cmp(&a.events_total))
+            .then(b.flows.cmp(&a.flows))
+            .then(a.id.cmp(&b.id))
+    });
+    for a in accounts.iter_mut().take(CHARTED_ACCOUNTS) {
+        a.charted = true;
+        let declared = inventory.get(&a.id);
+        a.heat = Some(heat(c, &a.id, declared.and_then(|d| d.timezone), &a.events));
+        a.rtt = rtt_points(c, a, geo, sensor_location.as_ref());
+    }
+
+    let s = &input.config.sensor;
+    let net = &input.config.network;
+    let join = |v: Vec<String>| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let mut sensor = vec![("name", s.name.clone())];
+    if let (Some(lat), Some(lon)) = (s.latitude, s.longitude) {
+        sensor.push(("position", format!("{lat}, {lon}")));
+    }
+    if let Some(cc) = &s.country {
+        sensor.push(("country", cc.clone()));
+    }
+    sensor.push((
+        "inside",
+        join(net.inside.iter().map(|n| n.to_string()).collect()),
+    ));
+    sensor.push((
+        "vpn_pool",
+        join(net.vpn_pool.iter().map(|n| n.to_string()).collect()),
+    ));
+    sensor.push((
+        "concentrators",
+        join(net.concentrators.iter().map(|n| n.to_string()).collect()),
+    ));
+
+    let st = input.stats;
+    Data {
+        meta: Meta {
+            version: env!("CARGO_PKG_VERSION"),
+            files: input.files.clone(),
+            first_ts: input.first_ts,
+            last_ts: input.last_ts,
+            packets: st.packets,
+            bytes: st.bytes,
+            flows_total: st.flows_total,
+            sensor,
+            databases: geo.describe(),
+            accounts_file: inventory.file.clone(),
+            limits: Limits {
+                flows_seen: c.flows_seen,
+                flows_kept: c.flows.len(),
+                flows_not_kept: c.flows_not_kept(),
+                uncited_flows_kept_max: collect::MAX_UNCITED_FLOWS,
+                notable_flows_kept_max: collect::MAX_NOTABLE_FLOWS,
+                events_not_kept: c.events_not_kept,
+                observations_not_kept: c.observations_not_kept,
+                charted_accounts: CHARTED_ACCOUNTS,
+                events_per_account: EVENTS_PER_ACCOUNT,
+            },
+        },
+        health: Health {
+            decode_errors: st.decode_errors.clone(),
+            truncated_records: st.truncated_records,
+            capture_drops_kernel: st.capture_drops_kernel,
+            capture_drops_interface: st.capture_drops_interface,
+            flows_evicted: st.flows_evicted.clone(),
+            flows_by_app: st.flows_by_app.clone(),
+            sink_errors: st.sink_errors.clone(),
+            geo_cache_evictions: geo.cache_evictions(),
+        },
+        top: top_findings(c, 20),
+        accounts,
+        events,
+        flows,
+        rd_sessions: rd,
+        clusters: clusters(&c.observations, geo),
+    }
+}
+
+fn severity_weight(s: &str) -> f64 {
+    match s {
+        "critical" => 10.0,
+        "high" => 6.0,
+        "medium" => 3.0,
+        "low" => 1.0,
+        _ => 0.0,
+    }
+}
+
+/// Findings with the indices of the flow records they cite: by 5-tuple (the event's
+/// `flow` and tuples in its evidence) and by Community ID in its evidence.
+fn event_views(c: &Collector) -> Vec<EventView> {
+    let mut by_tuple: HashMap<collect::Tuple, Vec<usize>> = HashMap::new();
+    let mut by_id: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in c.flows.iter().enumerate() {
+        by_tuple.entry(collect::tuple_of(r)).or_default().push(i);
+        by_id.insert(r.community_id.as_str(), i);
+    }
+    c.events
+        .iter()
+        .map(|e| {
+            let mut tuples = std::collections::HashSet::new();
+            let mut cids = std::collections::HashSet::new();
+            if let Some(f) = &e.flow {
+                tuples.insert((
+                    f.proto.to_string(),
+                    f.src_ip,
+                    f.src_port,
+                    f.dst_ip,
+                    f.dst_port,
+                ));
+            }
+            for v in e.evidence.values() {
+                collect::citations(v, &mut tuples, &mut cids);
+            }
+            let mut linked: BTreeSet<usize> = BTreeSet::new();
+            for t in &tuples {
+                linked.extend(by_tuple.get(t).into_iter().flatten().copied());
+            }
+            linked.extend(cids.iter().filter_map(|id| by_id.get(id.as_str()).copied()));
+            EventView {
+                ts: e.ts,
+                id: e.id.clone(),
+                kind: e.kind.as_str(),
+                reason: e.reason,
+                severity: e.severity.as_str(),
+                account: e.account.clone(),
+                host: e.host,
+                flow: e.flow.as_ref().map(|f| {
+                    format!(
+                        "{} {} → {}",
+                        f.proto,
+                        endpoint(f.src_ip, f.src_port),
+                        endpoint(f.dst_ip, f.dst_port)
+                    )
+                }),
+                app: e.app.map(App::as_str),
+                summary: e.summary.clone(),
+                evidence: Value::Object(e.evidence.clone()),
+                flows: linked.into_iter().take(LINKS_PER_EVENT).collect(),
+            }
+        })
+        .collect()
+}
+
+fn endpoint(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+fn session_view(o: &PublicIpObservation, geo: &Geo) -> SessionView {
+    let g = geo.lookup(o.public_ip);
+    SessionView {
+        ts: o.ts,
+        public_ip: o.public_ip,
+        assigned_ip: o.assigned_ip,
+        country: g.country,
+        asn: g.asn,
+        as_org: g.as_org,
+        source: o.source.as_str(),
+    }
+}
+
+/// Remote-desktop flows among the kept records; the side that sends more bytes sends the
+/// screen, so it is the controlled one (DESIGN §6).
+fn rd_sessions(c: &Collector, config: &Config) -> Vec<RdSession> {
+    c.flows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let app = App::ALL
+                .into_iter()
+                .find(|a| Some(a.as_str()) == r.app)
+                .filter(|a| a.is_remote_desktop())?;
+            let src_controlled = r.bytes_orig > r.bytes_resp;
+            let (controlled_ip, peer) = if src_controlled {
+                (r.src_ip, r.dst_ip)
+            } else {
+                (r.dst_ip, r.src_ip)
+            };
+            let inside = |ip| config.network.is_inside(ip);
+            let account_role = match (inside(controlled_ip), inside(peer)) {
+                (true, false) => Some("controlled"),
+                (false, true) => Some("controller"),
+                _ => None,
+            };
+            Some(RdSession {
+                flow: i,
+                ts: r.ts,
+                duration_s: r.duration_s,
+                app: app.as_str(),
+                account: r.account.clone(),
+                controlled: if src_controlled { "src" } else { "dst" },
+                controlled_ip,
+                peer,
+                account_role: r.account.as_ref().and(account_role),
+                bytes_orig: r.bytes_orig,
+                bytes_resp: r.bytes_resp,
+            })
+        })
+        .collect()
+}
+
+/// Where the sensor is: its configured position, else its country's centroid.
+fn sensor_location(config: &Config, geo: &Geo) -> Option<Location> {
+    let s = &config.sensor;
+    match (s.latitude, s.longitude) {
+        (Some(lat), Some(lon)) => Some(Location {
+            lat,
+            lon,
+            radius_km: 0.0,
+            source: LocationSource::City,
+        }),
+        _ => s.country.as_deref().and_then(|cc| geo.centroid(cc)),
+    }
+}
+
+/// The least RTT to each public address the account came from, against the speed-of-light
+/// bound for the place the databases put it; plus the figures of `rtt_distance` findings.
+fn rtt_points(
+    c: &Collector,
+    a: &AccountView,
+    geo: &Geo,
+    sensor: Option<&Location>,
+) -> Vec<RttPoint> {
+    let mut out = Vec::new();
+    if let Some(sensor) = sensor {
+        let ips: BTreeSet<IpAddr> = a.sessions.iter().map(|s| s.public_ip).collect();
+        for ip in ips {
+            let (Some(rtt), g) = (c.min_rtt.get(&ip), geo.lookup(ip)) else {
+                continue;
+            };
+            let Some(loc) = g.location else { continue };
+            let d = sensor.min_distance_km(&loc);
+            out.push(RttPoint {
+                ip: Some(ip.to_string()),
+                country: g.country,
+                distance_km: d.round(),
+                rtt_ms: *rtt,
+                bound_ms: (d / KM_PER_MS_ROUND_TRIP * 100.0).round() / 100.0,
+                source: "least handshake RTT".to_string(),
+            });
+        }
+    }
+    for &i in &a.events {
+        let Some(e) = c.events.get(i) else { continue };
+        if e.reason != "rtt_distance" {
+            continue;
+        }
+        let num = |pred: &dyn Fn(&str) -> bool| {
+            e.evidence
+                .iter()
+                .find(|(k, v)| pred(k) && v.is_number())
+                .and_then(|(_, v)| v.as_f64())
+        };
+        let rtt = num(&|k| k.contains("rtt") && !k.contains("bound") && !k.contains("expected"));
+        let dist = num(&|k| k.contains("distance") || k.ends_with("_km"));
+        if let (Some(rtt), Some(d)) = (rtt, dist) {
+            out.push(RttPoint {
+                ip: e
+                    .evidence
+                    .iter()
+                    .find(|(k, v)| k.contains("ip") && v.is_string())
+                    .and_then(|(_, v)| v.as_str().map(str::to_string)),
+                country: e
+                    .evidence
+                    .iter()
+                    .find(|(k, v)| k.contains("country") && v.is_string())
+                    .and_then(|(_, v)| v.as_str().map(str::to_string)),
+                distance_km: d,
+                rtt_ms: rtt,
+                bound_ms: (d / KM_PER_MS_ROUND_TRIP * 100.0).round() / 100.0,
+                source: format!("finding {}", e.id),
+            });
+        }
+    }
+    out
+}
+
+/// (weekday from Monday, hour) of a UTC hour in `tz`.
+fn local_slot<Z: TimeZone>(hour: i64, tz: &Z) -> Option<(usize, usize)> {
+    let t = chrono::DateTime::from_timestamp(hour.checked_mul(3600)?, 0)?.with_timezone(tz);
+    Some((
+        t.weekday().num_days_from_monday() as usize,
+        t.hour() as usize,
+    ))
+}
+
+/// Share of the activity that falls in working hours in `tz`.
+fn work_fit<Z: TimeZone>(hours: &[(i64, u32)], tz: &Z) -> f64 {
+    let total: u32 = hours.iter().map(|(_, n)| n).sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let work: u32 = hours
+        .iter()
+        .filter(|(h, _)| {
+            local_slot(*h, tz).is_some_and(|(d, hr)| d < 5 && WORK_HOURS.contains(&(hr as u32)))
+        })
+        .map(|(_, n)| n)
+        .sum();
+    f64::from(work) / f64::from(total)
+}
+
+fn offset_name(secs: i32) -> String {
+    let sign = if secs < 0 { '-' } else { '+' };
+    let m = secs.unsigned_abs() / 60;
+    format!("UTC{sign}{:02}:{:02}", m / 60, m % 60)
+}
+
+/// The account's activity in its declared zone (UTC when none is declared), with the
+/// foreign zone an `off_hours` finding names, or else the UTC offset whose working week
+/// fits the activity best when it fits clearly better than the declared zone.
+fn heat(c: &Collector, id: &str, declared: Option<chrono_tz::Tz>, events: &[usize]) -> Heat {
+    let hours: Vec<(i64, u32)> = c
+        .activity
+        .range((id.to_string(), i64::MIN)..=(id.to_string(), i64::MAX))
+        .map(|((_, h), n)| (*h, *n))
+        .collect();
+    let tz = declared.unwrap_or(chrono_tz::UTC);
+    let mut grid = [[0u32; 24]; 7];
+    for (h, n) in &hours {
+        if let Some((d, hr)) = local_slot(*h, &tz)
+            && let Some(cell) = grid.get_mut(d).and_then(|row| row.get_mut(hr))
+        {
+            *cell = cell.saturating_add(*n);
+        }
+    }
+    let total: u32 = hours.iter().map(|(_, n)| n).sum();
+    let declared_fit = work_fit(&hours, &tz);
+    // The middle of the activity, where the two zones' offsets are compared.
+    let mid = hours
+        .get(hours.len() / 2)
+        .map_or(0, |(h, _)| h.saturating_mul(3600));
+    let declared_offset = offset_at(&tz, mid);
+
+    let named = events
+        .iter()
+        .filter_map(|&i| c.events.get(i))
+        .filter(|e| e.kind.as_str() == "off_hours")
+        .find_map(|e| {
+            e.evidence.values().find_map(|v| {
+                let z = v.as_str()?.parse::<chrono_tz::Tz>().ok()?;
+                (Some(z) != declared).then(|| (z, format!("finding {}", e.id)))
+            })
+        });
+    let foreign = match named {
+        Some((z, source)) => Some((
+            z.name().to_string(),
+            offset_at(&z, mid),
+            work_fit(&hours, &z),
+            source,
+        )),
+        None if total >= MIN_ACTIVITY_FOR_FIT => (-24..=28)
+            .filter_map(|half_hours: i32| FixedOffset::east_opt(half_hours * 1800))
+            .map(|z| (z, work_fit(&hours, &z)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .filter(|(z, fit)| *fit >= declared_fit + 0.2 && z.local_minus_utc() != declared_offset)
+            .map(|(z, fit)| {
+                (
+                    offset_name(z.local_minus_utc()),
+                    z.local_minus_utc(),
+                    fit,
+                    "best-fitting working week among UTC offsets".to_string(),
+                )
+            }),
+        None => None,
+    };
+    Heat {
+        zone: declared.map_or("UTC (no declared zone)".to_string(), |z| {
+            z.name().to_string()
+        }),
+        grid,
+        total,
+        declared_fit: (declared_fit * 1000.0).round() / 1000.0,
+        foreign: foreign.map(|(zone, offset, fit, source)| Foreign {
+            zone,
+            fit: (fit * 1000.0).round() / 1000.0,
+            source,
+            mark: work_mask(offset - declared_offset),
+        }),
+    }
+}
+
+fn offset_at<Z: TimeZone>(tz: &Z, unix: i64) -> i32 {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map_or(0, |t| t.with_timezone(tz).offset().fix().local_minus_utc())
+}
+
+/// The declared-zone cells that are working hours in a zone `shift` seconds ahead.
+fn work_mask(shift: i32) -> [[bool; 24]; 7] {
+    const WEEK_MIN: i32 = 7 * 24 * 60;
+    let mut mark = [[false; 24]; 7];
+    for (d, row) in mark.iter_mut().enumerate() {
+        for (h, cell) in row.iter_mut().enumerate() {
+            let m = (d as i32 * 1440 + h as i32 * 60 + shift / 60).rem_euclid(WEEK_MIN);
+            let (fd, fh) = (m / 1440, (m % 1440) / 60);
+            *cell = fd < 5 && WORK_HOURS.contains(&(fh as u32));
+        }
+    }
+    mark
+}
+
+/// Public addresses that more than one account came from, with the days (UTC) each did.
+fn clusters(observations: &[PublicIpObservation], geo: &Geo) -> Vec<Cluster> {
+    let mut by_ip: BTreeMap<IpAddr, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for o in observations {
+        by_ip
+            .entry(o.public_ip)
+            .or_default()
+            .entry(o.account.id.to_string())
+            .or_default()
+            .insert(o.ts.rfc3339().get(..10).unwrap_or_default().to_string());
+    }
+    by_ip
+        .into_iter()
+        .filter(|(_, accounts)| accounts.len() > 1)
+        .map(|(ip, accounts)| {
+            let g = geo.lookup(ip);
+            let days: BTreeSet<String> = accounts.values().flatten().cloned().collect();
+            Cluster {
+                public_ip: ip,
+                country: g.country,
+                asn: g.asn,
+                accounts: accounts
+                    .into_iter()
+                    .map(|(id, days)| ClusterAccount {
+                        id,
+                        days: days.into_iter().collect(),
+                    })
+                    .collect(),
+                days: days.into_iter().collect(),
+            }
+        })
+        .collect()
+}
