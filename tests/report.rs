@@ -16,8 +16,9 @@ use farmwatch::config::Config;
 use farmwatch::event::{Event, FlowRef, Kind, Severity};
 use farmwatch::identity::{ObservationSource, PublicIpObservation};
 use farmwatch::metrics::Stats;
-use farmwatch::pipeline::Context;
+use farmwatch::pipeline::{Context, Pipeline, Sinks};
 use farmwatch::report::{self, Collector, ReportInput};
+use farmwatch::source::Replay;
 use farmwatch::timestamp::Timestamp;
 use fixturegen::capture::{ByteOrder, Capture, EPOCH, MS, SEC, TsUnit};
 use fixturegen::conversation::{Conversation, TcpSession, UDP};
@@ -555,4 +556,122 @@ fn five_thousand_findings_render() {
     assert!(dom.contains("Asia/Kolkata"), "off_hours zone not marked");
     assert!(dom.contains("class=\"foreign\""));
     assert!(dom.contains("&lt;b&gt;not bold&lt;/b&gt;"));
+}
+
+// ---- findings cite flow records ----
+
+/// The flow records of a fixture, as the pipeline hands them to a collector.
+fn fixture_records(name: &str) -> (Collector, Config) {
+    let config = Config::default();
+    let context = Context::load(&config, None, None).expect("context");
+    let mut pipeline = Pipeline::new(&config, Sinks::default(), context);
+    pipeline.collector = Some(Collector::new(true));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    let mut replay = Replay::open(&[path]).expect("open fixture");
+    while let Some(pkt) = replay.next_packet() {
+        pipeline.packet(pkt);
+    }
+    pipeline.finish();
+    (pipeline.collector.take().expect("collector"), config)
+}
+
+/// The JSON a report embeds, read back.
+fn embedded(html: &str) -> serde_json::Value {
+    let start = html.find("id=\"fw-data\">").expect("data element") + "id=\"fw-data\">".len();
+    let end = start + html[start..].find("</script>").expect("end of data");
+    serde_json::from_str(&html[start..end]).expect("embedded JSON")
+}
+
+/// Findings written after their flow ended (as detectors do at a flow's end) still link to
+/// its record: by the event's 5-tuple or by a Community ID in the evidence, also when the
+/// record was beyond the sample the report keeps of uncited records.
+#[test]
+fn findings_link_to_the_flow_records_they_cite() {
+    let (fixture, config) = fixture_records("tcp-states.pcap");
+    let base = fixture
+        .flows
+        .iter()
+        .find(|r| r.proto == "tcp")
+        .expect("a TCP record")
+        .clone();
+    let mut c = Collector::new(true);
+    // 3,000 records no finding has cited yet: the first 2,000 are kept as a sample.
+    for port in 1..=3000u16 {
+        let mut r = base.clone();
+        r.src_port = port;
+        r.community_id = format!("1:port{port}=");
+        c.flow(&r);
+    }
+    let cite = |port: u16, by_id: bool| {
+        let mut e = Event::new(
+            base.end,
+            Kind::RemoteDesktop,
+            "persistent_stream",
+            Severity::High,
+            &port.to_string(),
+        );
+        let flow = FlowRef {
+            proto: "tcp",
+            src_ip: base.src_ip,
+            src_port: port,
+            dst_ip: base.dst_ip,
+            dst_port: base.dst_port,
+        };
+        if by_id {
+            e = e.evidence("peer_flow", format!("1:port{port}="));
+        } else {
+            e.flow = Some(flow);
+        }
+        e.seal();
+        e
+    };
+    c.event(&cite(2500, false));
+    c.event(&cite(2600, true));
+    c.event(&cite(10, false));
+    c.settle();
+    assert_eq!(c.flows.len(), 2002);
+    assert_eq!(c.flows_not_kept(), 998);
+
+    let context = Context::load(&config, None, None).expect("context");
+    let html = report::render(
+        &c,
+        &ReportInput {
+            files: Vec::new(),
+            config: &config,
+            context: &context,
+            stats: &Stats::default(),
+            first_ts: Some(base.ts),
+            last_ts: Some(base.end),
+        },
+    );
+    let data = embedded(&html);
+    let port_of = |event: usize| {
+        let idx = data["events"][event]["flows"][0]
+            .as_u64()
+            .expect("a cited record") as usize;
+        data["flows"][idx]["src_port"].as_u64()
+    };
+    assert_eq!(port_of(0), Some(2500));
+    assert_eq!(port_of(1), Some(2600));
+    assert_eq!(port_of(2), Some(10));
+    assert_eq!(data["meta"]["limits"]["flows_not_kept"], 998);
+
+    if !chromium_available() {
+        return;
+    }
+    let dir = support::scratch("report-links");
+    let path = dir.join("report.html");
+    std::fs::write(&path, &html).expect("write");
+    let (dom, log) = load(&path);
+    assert_rendered(&dom, &log);
+    let idx = data["events"][0]["flows"][0].as_u64().expect("index");
+    assert!(dom.contains(&format!("href=\"#f-{idx}\"")));
+    let row = dom
+        .split(&format!("<tr id=\"f-{idx}\""))
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .expect("the cited record's row");
+    assert!(row.contains(":2500 →"), "{row}");
 }

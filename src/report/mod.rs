@@ -804,10 +804,20 @@ fn heat(c: &Collector, id: &str, declared: Option<chrono_tz::Tz>, events: &[usiz
             work_fit(&hours, &z),
             source,
         )),
-        None if total >= MIN_ACTIVITY_FOR_FIT => (-24..=28)
-            .filter_map(|half_hours: i32| FixedOffset::east_opt(half_hours * 1800))
+        // Whole-hour offsets first: with hourly bins a half-hour neighbour often fits as
+        // well, and the first best is kept.
+        None if total >= MIN_ACTIVITY_FOR_FIT => (-12..=14)
+            .map(|h: i32| h * 3600)
+            .chain((-12..=13).map(|h: i32| h * 3600 + 1800))
+            .filter_map(FixedOffset::east_opt)
             .map(|z| (z, work_fit(&hours, &z)))
-            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .fold(
+                None,
+                |best: Option<(FixedOffset, f64)>, (z, fit)| match best {
+                    Some((_, b)) if b >= fit => best,
+                    _ => Some((z, fit)),
+                },
+            )
             .filter(|(z, fit)| *fit >= declared_fit + 0.2 && z.local_minus_utc() != declared_offset)
             .map(|(z, fit)| {
                 (
@@ -886,4 +896,177 @@ fn clusters(observations: &[PublicIpObservation], geo: &Geo) -> Vec<Cluster> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, Kind, Severity};
+
+    #[test]
+    fn script_safe_json_cannot_close_the_script_element() {
+        let hostile = serde_json::json!({
+            "sni": "</script><script>alert(1)</script>",
+            "dns": "<!--<img src=x onerror=alert(2)>-->&amp;\u{2028}",
+        });
+        let json = serde_json::to_string(&hostile).unwrap();
+        let safe = script_safe(&json);
+        for bad in ["<", ">", "&", "\u{2028}"] {
+            assert!(!safe.contains(bad), "{bad} left in {safe}");
+        }
+        // The escapes mean the same to a JSON parser.
+        assert_eq!(serde_json::from_str::<Value>(&safe).unwrap(), hostile);
+    }
+
+    #[test]
+    fn work_mask_shifts_the_foreign_working_week_into_declared_time() {
+        let same = work_mask(0);
+        assert!(same[0][9] && same[4][17] && !same[4][18] && !same[5][12] && !same[0][8]);
+        // Six hours ahead: declared Monday 03:00 is 09:00 there.
+        let ahead = work_mask(6 * 3600);
+        assert!(ahead[0][3] && ahead[0][11] && !ahead[0][12]);
+        // Declared Sunday 03:00 is a Sunday there too; Sunday 23:00 is Monday 05:00.
+        assert!(!ahead[6][3] && !ahead[6][23]);
+        // Behind: declared Saturday 01:00 is Friday 17:00 eight hours behind.
+        assert!(work_mask(-8 * 3600)[5][1]);
+    }
+
+    /// Four weeks of flows started 01:00-08:59 UTC on weekdays: 09-17 in UTC+8.
+    fn shifted_worker() -> Collector {
+        let mut c = Collector::new(true);
+        let monday = 1_793_577_600 / 3600; // 2026-11-02T00:00:00Z, a Monday, in hours
+        for day in 0..28i64 {
+            if day % 7 >= 5 {
+                continue;
+            }
+            for h in 1..9 {
+                c.activity
+                    .insert(("w".to_string(), monday + day * 24 + h), 3);
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn heat_names_the_offset_whose_working_week_fits() {
+        let c = shifted_worker();
+        let h = heat(&c, "w", Some(chrono_tz::America::Chicago), &[]);
+        assert_eq!(h.zone, "America/Chicago");
+        assert_eq!(h.total, 20 * 8 * 3);
+        // 01:00 UTC is 19:00 the day before in Chicago (CST, UTC-6): Monday's work
+        // starts on Sunday evening; 08:00 UTC is 02:00 the same day.
+        assert_eq!(h.grid[6][19], 12);
+        assert_eq!(h.grid[0][19], 12);
+        assert_eq!(h.grid[4][2], 12);
+        assert_eq!(h.grid[5].iter().sum::<u32>(), 0);
+        assert_eq!(h.declared_fit, 0.0);
+        let f = h.foreign.expect("a foreign zone");
+        assert_eq!(f.zone, "UTC+08:00");
+        assert_eq!(f.fit, 1.0);
+        // Chicago Sunday 19:00 is Monday 09:00 in UTC+8.
+        assert!(f.mark[6][19] && !f.mark[0][9]);
+    }
+
+    #[test]
+    fn heat_prefers_the_zone_an_off_hours_finding_names() {
+        let mut c = shifted_worker();
+        let mut e = Event::new(
+            Timestamp::from_secs(1_793_700_000),
+            Kind::OffHours,
+            "foreign_working_hours",
+            Severity::Low,
+            "",
+        )
+        .evidence("zone", "Asia/Shanghai");
+        e.account = Some("w".to_string());
+        e.seal();
+        c.event(&e);
+        let h = heat(&c, "w", Some(chrono_tz::America::Chicago), &[0]);
+        let f = h.foreign.expect("a foreign zone");
+        assert_eq!(f.zone, "Asia/Shanghai");
+        assert_eq!(f.source, format!("finding {}", e.id));
+        assert_eq!(f.fit, 1.0);
+    }
+
+    #[test]
+    fn too_little_activity_names_no_zone() {
+        let mut c = Collector::new(true);
+        c.activity.insert(("w".to_string(), 498_240), 5);
+        assert!(heat(&c, "w", None, &[]).foreign.is_none());
+    }
+
+    #[test]
+    fn top_findings_rank_by_severity_then_count() {
+        let mut c = Collector::new(false);
+        let mut add = |account: &str, kind, reason, severity, secs| {
+            let mut e = Event::new(Timestamp::from_secs(secs), kind, reason, severity, "");
+            e.account = Some(account.to_string());
+            c.event(&e);
+        };
+        add(
+            "a",
+            Kind::RemoteDesktop,
+            "persistent_stream",
+            Severity::Medium,
+            10,
+        );
+        add(
+            "a",
+            Kind::RemoteDesktop,
+            "persistent_stream",
+            Severity::Medium,
+            5,
+        );
+        add(
+            "b",
+            Kind::Alert,
+            "laptop_farm_suspected",
+            Severity::Critical,
+            20,
+        );
+        add("b", Kind::Inventory, "phone_format", Severity::Medium, 1);
+        let top = top_findings(&c, 10);
+        let order: Vec<&str> = top.iter().map(|t| t.reason).collect();
+        assert_eq!(
+            order,
+            ["laptop_farm_suspected", "persistent_stream", "phone_format"]
+        );
+        assert_eq!(top[1].count, 2);
+        assert_eq!(top[1].first, Timestamp::from_secs(5));
+        // Without `full` nothing but the tally is kept.
+        assert!(c.events.is_empty());
+        let table = top_findings_table(&c, 2);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "  account finding                          severity count first seen"
+        );
+        assert_eq!(
+            lines[1],
+            "  b       alert/laptop_farm_suspected      critical     1 1970-01-01T00:00:20.000000Z"
+        );
+        assert_eq!(lines[3], "  ... and 1 more");
+    }
+
+    #[test]
+    fn evidence_citations_are_found_at_any_depth() {
+        let mut tuples = std::collections::HashSet::new();
+        let mut ids = std::collections::HashSet::new();
+        let ev = serde_json::json!({
+            "inbound": {"proto": "tcp", "src_ip": "203.0.113.9", "src_port": 50000,
+                        "dst_ip": "10.8.0.12", "dst_port": 3389},
+            "outbound": [{"community_id": "1:abc="}],
+            "note": "not 1: a citation?",
+        });
+        collect::citations(&ev, &mut tuples, &mut ids);
+        assert!(tuples.contains(&(
+            "tcp".to_string(),
+            "203.0.113.9".parse().unwrap(),
+            50000,
+            "10.8.0.12".parse().unwrap(),
+            3389
+        )));
+        assert!(ids.contains("1:abc="));
+        assert_eq!(ids.len(), 1);
+    }
 }
