@@ -383,17 +383,21 @@ fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
     ids.extend(c.observations.iter().map(|o| o.account.id.to_string()));
 
     let rd = rd_sessions(c, input.config);
+    let events_of = by_account(&c.events, |e| e.account.as_deref());
+    let observations_of = by_account(&c.observations, |o| Some(&*o.account.id));
+    let rd_of = by_account(&rd, |s| s.account.as_deref());
+    let mut reasons_of: HashMap<String, Vec<TopFinding>> = HashMap::new();
+    for t in top_findings(c, usize::MAX) {
+        if let Some(a) = &t.account {
+            reasons_of.entry(a.clone()).or_default().push(t);
+        }
+    }
     let mut accounts: Vec<AccountView> = ids
         .into_iter()
         .map(|id| {
             let declared = inventory.get(&id);
-            let reasons: Vec<TopFinding> = top_findings(c, usize::MAX)
-                .into_iter()
-                .filter(|t| t.account.as_deref() == Some(id.as_str()))
-                .collect();
-            let mine: Vec<usize> = (0..c.events.len())
-                .filter(|&i| c.events.get(i).and_then(|e| e.account.as_deref()) == Some(&id))
-                .collect();
+            let reasons = reasons_of.remove(&id).unwrap_or_default();
+            let mine = events_of.get(id.as_str()).map_or(&[][..], Vec::as_slice);
             let (risk, risk_source) = match input.stats.account_risk.get(&id) {
                 Some(r) => (*r, "scorer"),
                 None => (
@@ -404,12 +408,6 @@ fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
                     "severity",
                 ),
             };
-            let sessions: Vec<SessionView> = c
-                .observations
-                .iter()
-                .filter(|o| *o.account.id == *id)
-                .map(|o| session_view(o, geo))
-                .collect();
             let flows_n: u64 = c
                 .activity
                 .range((id.clone(), i64::MIN)..=(id.clone(), i64::MAX))
@@ -429,13 +427,8 @@ fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
                 charted: false,
                 heat: None,
                 rtt: Vec::new(),
-                rd: rd
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| s.account.as_deref() == Some(&id))
-                    .map(|(i, _)| i)
-                    .collect(),
-                sessions,
+                rd: rd_of.get(id.as_str()).cloned().unwrap_or_default(),
+                sessions: Vec::new(),
                 flows: flows_n,
                 id,
             }
@@ -448,8 +441,16 @@ fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
             .then(b.flows.cmp(&a.flows))
             .then(a.id.cmp(&b.id))
     });
+    // Charts, and the sessions they draw, only for the accounts ranked first.
     for a in accounts.iter_mut().take(CHARTED_ACCOUNTS) {
         a.charted = true;
+        a.sessions = observations_of
+            .get(a.id.as_str())
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| c.observations.get(i))
+            .map(|o| session_view(o, geo))
+            .collect();
         let declared = inventory.get(&a.id);
         a.heat = Some(heat(c, &a.id, declared.and_then(|d| d.timezone), &a.events));
         a.rtt = rtt_points(c, a, geo, sensor_location.as_ref());
@@ -526,6 +527,20 @@ fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
         rd_sessions: rd,
         clusters: clusters(&c.observations, geo),
     }
+}
+
+/// Indices of `items` grouped by the account each belongs to, in order.
+fn by_account<'a, T>(
+    items: &'a [T],
+    account: impl Fn(&'a T) -> Option<&'a str>,
+) -> HashMap<&'a str, Vec<usize>> {
+    let mut out: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        if let Some(a) = account(item) {
+            out.entry(a).or_default().push(i);
+        }
+    }
+    out
 }
 
 fn severity_weight(s: &str) -> f64 {

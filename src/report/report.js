@@ -3,6 +3,7 @@
 // page through textContent or setAttribute (never as markup); links only point at anchors
 // this script builds from indices.
 (function () {
+  var started = performance.now();
   var errorBox = document.getElementById("fw-error");
   window.addEventListener("error", function (e) {
     errorBox.hidden = false;
@@ -542,7 +543,7 @@
   window.addEventListener("hashchange", reveal);
   reveal();
 
-  var status = el("p", { id: "fw-status", class: "note", text: "Rendered " + D.accounts.length + " accounts, " + D.events.length + " findings, " + D.flows.length + " flow records." });
+  var status = el("p", { id: "fw-status", class: "note", text: "Rendered " + D.accounts.length + " accounts, " + D.events.length + " findings, " + D.flows.length + " flow records in " + Math.round(performance.now() - started) + " ms." });
   root.appendChild(status);
   if (document.body.getAttribute("data-rendered") !== "error") document.body.setAttribute("data-rendered", "ok");
 })();
