@@ -440,7 +440,7 @@ hosts = ["10.8.0.12"]
     // The names really reached the flow records, so the report had to carry them.
     let records = std::fs::read_to_string(&flows).expect("flows");
     assert!(records.contains(&format!("\"sni\":\"{IMG_ONERROR}\"")));
-    assert!(records.contains("mstshash") || records.contains("\"cookie\":\"</script>"));
+    assert!(records.contains(&format!("\"cookie\":\"{SCRIPT_BREAK}{IMG_ONERROR}\"")));
     assert!(records.contains("\"dns_name\":\"</script><script>alert(1)</script>.example\""));
 
     let text = std::fs::read_to_string(&html).expect("report");
@@ -456,6 +456,9 @@ hosts = ["10.8.0.12"]
     assert_rendered(&dom, &log);
     // Shown as text: the serializer escapes it in text nodes...
     assert!(dom.contains("&lt;img src=x onerror=alert(2)&gt;"));
+    assert!(dom.contains(
+        "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;"
+    ));
     assert!(dom.contains("&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;.example"));
     // ...and no element was injected: two script elements (data and code), no images.
     assert_eq!(dom.matches("<script").count(), 2);
@@ -604,6 +607,15 @@ fn findings_link_to_the_flow_records_they_cite() {
         r.community_id = format!("1:port{port}=");
         c.flow(&r);
     }
+    // One 5-tuple reused eight times, an hour apart.
+    let hour = std::time::Duration::from_secs(3600);
+    for k in 0..8u32 {
+        let mut r = base.clone();
+        r.src_port = 7000;
+        r.ts = base.ts.plus(hour * k);
+        r.end = base.end.plus(hour * k);
+        c.flow(&r);
+    }
     let cite = |port: u16, by_id: bool| {
         let mut e = Event::new(
             base.end,
@@ -630,8 +642,11 @@ fn findings_link_to_the_flow_records_they_cite() {
     c.event(&cite(2500, false));
     c.event(&cite(2600, true));
     c.event(&cite(10, false));
+    let mut late = cite(7000, false);
+    late.ts = base.end.plus(hour * 7);
+    c.event(&late);
     c.settle();
-    assert_eq!(c.flows.len(), 2002);
+    assert_eq!(c.flows.len(), 2010);
     assert_eq!(c.flows_not_kept(), 998);
 
     let context = Context::load(&config, None, None).expect("context");
@@ -656,6 +671,21 @@ fn findings_link_to_the_flow_records_they_cite() {
     assert_eq!(port_of(0), Some(2500));
     assert_eq!(port_of(1), Some(2600));
     assert_eq!(port_of(2), Some(10));
+    // The reused tuple links the five uses nearest the finding, the last hours'.
+    let starts: Vec<&str> = data["events"][3]["flows"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .map(|i| {
+            data["flows"][i.as_u64().expect("index") as usize]["ts"]
+                .as_str()
+                .expect("ts")
+        })
+        .collect();
+    let expected: Vec<String> = (3..8u32)
+        .map(|k| base.ts.plus(hour * k).rfc3339())
+        .collect();
+    assert_eq!(starts, expected);
     assert_eq!(data["meta"]["limits"]["flows_not_kept"], 998);
 
     if !chromium_available() {

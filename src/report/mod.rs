@@ -252,6 +252,10 @@ struct Health {
     flows_by_app: BTreeMap<&'static str, u64>,
     sink_errors: BTreeMap<&'static str, u64>,
     geo_cache_evictions: u64,
+    /// Address-to-account ranges dropped (too many per address) and stops that matched
+    /// no session: places where a flow may be tied to nobody or the wrong account.
+    identity_ranges_evicted: u64,
+    identity_unmatched_stops: u64,
 }
 
 #[derive(Serialize)]
@@ -519,6 +523,8 @@ fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
             flows_by_app: st.flows_by_app.clone(),
             sink_errors: st.sink_errors.clone(),
             geo_cache_evictions: geo.cache_evictions(),
+            identity_ranges_evicted: input.context.identity.stats().ranges_evicted,
+            identity_unmatched_stops: input.context.identity.stats().unmatched_stops,
         },
         top: top_findings(c, 20),
         accounts,
@@ -557,10 +563,10 @@ fn severity_weight(s: &str) -> f64 {
 /// `flow` and tuples in its evidence) and by Community ID in its evidence.
 fn event_views(c: &Collector) -> Vec<EventView> {
     let mut by_tuple: HashMap<collect::Tuple, Vec<usize>> = HashMap::new();
-    let mut by_id: HashMap<&str, usize> = HashMap::new();
+    let mut by_id: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, r) in c.flows.iter().enumerate() {
         by_tuple.entry(collect::tuple_of(r)).or_default().push(i);
-        by_id.insert(r.community_id.as_str(), i);
+        by_id.entry(r.community_id.as_str()).or_default().push(i);
     }
     c.events
         .iter()
@@ -583,7 +589,14 @@ fn event_views(c: &Collector) -> Vec<EventView> {
             for t in &tuples {
                 linked.extend(by_tuple.get(t).into_iter().flatten().copied());
             }
-            linked.extend(cids.iter().filter_map(|id| by_id.get(id.as_str()).copied()));
+            for id in &cids {
+                linked.extend(by_id.get(id.as_str()).into_iter().flatten().copied());
+            }
+            // A reused 5-tuple matches several records: the ones nearest the finding.
+            let mut linked: Vec<usize> = linked.into_iter().collect();
+            linked.sort_by_key(|&i| c.flows.get(i).map_or(u64::MAX, |r| time_apart(r, e.ts)));
+            linked.truncate(LINKS_PER_EVENT);
+            linked.sort_unstable();
             EventView {
                 ts: e.ts,
                 id: e.id.clone(),
@@ -603,10 +616,19 @@ fn event_views(c: &Collector) -> Vec<EventView> {
                 app: e.app.map(App::as_str),
                 summary: e.summary.clone(),
                 evidence: Value::Object(e.evidence.clone()),
-                flows: linked.into_iter().take(LINKS_PER_EVENT).collect(),
+                flows: linked,
             }
         })
         .collect()
+}
+
+/// Nanoseconds between `ts` and the flow's lifetime (zero inside it).
+fn time_apart(r: &crate::flows::record::FlowRecord, ts: Timestamp) -> u64 {
+    if ts < r.ts {
+        r.ts.0 - ts.0
+    } else {
+        ts.0.saturating_sub(r.end.0)
+    }
 }
 
 fn endpoint(ip: IpAddr, port: u16) -> String {

@@ -516,7 +516,9 @@
   var rows = [
     ["records cut short (snaplen or file end)", String(h.truncated_records)],
     ["capture drops (kernel / interface)", h.capture_drops_kernel + " / " + h.capture_drops_interface],
-    ["geo lookups evicted from the cache", String(h.geo_cache_evictions)]
+    ["geo lookups evicted from the cache", String(h.geo_cache_evictions)],
+    ["account mappings dropped (too many per address)", String(h.identity_ranges_evicted)],
+    ["session stops that matched no session", String(h.identity_unmatched_stops)]
   ];
   function listCounts(o) { var k = Object.keys(o); return k.length ? k.map(function (x) { return x + " " + o[x]; }).join(", ") : "none"; }
   rows.push(["decode problems", listCounts(h.decode_errors)]);
