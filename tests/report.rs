@@ -495,10 +495,11 @@ fn five_thousand_findings_render() {
         (Kind::GeoAnomaly, "rtt_distance", Severity::Medium),
         (Kind::OffHours, "foreign_working_hours", Severity::Low),
         (Kind::Alert, "laptop_farm_suspected", Severity::Critical),
+        (Kind::FarmCluster, "shared_public_ip", Severity::High),
     ];
     for i in 0..5000u64 {
         // Each account gets every kind in turn.
-        let (kind, reason, severity) = kinds[((i / 200) % 5) as usize];
+        let (kind, reason, severity) = kinds[((i / 200) % 6) as usize];
         let ts = Timestamp::from_secs(start + i * 480);
         let mut e = Event::new(ts, kind, reason, severity, &i.to_string());
         e.account = Some(format!("c{:03}", i % 200));
@@ -559,6 +560,7 @@ fn five_thousand_findings_render() {
     assert!(dom.contains("Asia/Kolkata"), "off_hours zone not marked");
     assert!(dom.contains("class=\"foreign\""));
     assert!(dom.contains("&lt;b&gt;not bold&lt;/b&gt;"));
+    assert!(dom.contains("Farm-cluster findings"));
 }
 
 // ---- findings cite flow records ----

@@ -445,8 +445,15 @@ fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
             .then(b.flows.cmp(&a.flows))
             .then(a.id.cmp(&b.id))
     });
-    // Charts, and the sessions they draw, only for the accounts ranked first.
-    for a in accounts.iter_mut().take(CHARTED_ACCOUNTS) {
+    // Charts, and the sessions they draw, only for the accounts ranked first among those
+    // with anything to draw.
+    for a in accounts
+        .iter_mut()
+        .filter(|a| {
+            a.events_total > 0 || a.flows > 0 || observations_of.contains_key(a.id.as_str())
+        })
+        .take(CHARTED_ACCOUNTS)
+    {
         a.charted = true;
         a.sessions = observations_of
             .get(a.id.as_str())

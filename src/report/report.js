@@ -491,6 +491,18 @@
     { key: "accounts", label: "accounts", render: function (c) { return c.accounts.map(function (x) { return el("span", { class: "pill", text: x.id + ": " + x.days.join(", ") }); }); }, sort: function (c) { return c.accounts.length; } },
     { key: "days", label: "days", render: function (c) { return c.days.length + " (" + c.days[0] + " .. " + c.days[c.days.length - 1] + ")"; }, sort: function (c) { return c.days.length; } }
   ], D.clusters, { what: "clusters", empty: "No public address was shared by two accounts." }));
+  var farm = [];
+  D.events.forEach(function (e, i) { if (e.kind === "farm_cluster") farm.push(i); });
+  if (farm.length) {
+    cl.appendChild(el("h4", { text: "Farm-cluster findings" }));
+    cl.appendChild(table([
+      { key: "ts", label: "time (UTC)", render: function (i) { return fmtTs(D.events[i].ts); }, sort: function (i) { return D.events[i].ts; } },
+      { key: "account", label: "account", render: function (i) { return D.events[i].account; }, sort: function (i) { return D.events[i].account; } },
+      { key: "summary", label: "summary", cls: "wrap", render: function (i) { return D.events[i].summary; }, sort: function (i) { return D.events[i].summary; } },
+      { key: "evidence", label: "evidence", cls: "ev", render: function (i) { return JSON.stringify(D.events[i].evidence); }, sort: function () { return 0; } },
+      { key: "id", label: "id", cls: "mono", render: function (i) { return link("#e-" + i, D.events[i].id); }, sort: function (i) { return D.events[i].id; } }
+    ], farm, { what: "findings" }));
+  }
 
   var fl = section("flows", "Flow records", "The records kept for this report (see the header). Click a row for the whole record.");
   var detail = el("pre", { id: "flow-detail", text: "Select a flow record." });
