@@ -53,6 +53,12 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
         .map(sink::create_file)
         .transpose()
         .map_err(|e| Failure::Usage(format!("cannot open flows output: {e}")))?;
+    // Created now, so a bad path fails before hours of replay, not after.
+    if let Some(p) = &args.report {
+        std::fs::File::create(p).map_err(|e| {
+            Failure::Usage(format!("cannot open report output: {}: {e}", p.display()))
+        })?;
+    }
     let mut pipeline = Pipeline::new(
         &args.config,
         Sinks {

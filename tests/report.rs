@@ -227,6 +227,23 @@ hosts = ["192.168.1.150"]
     assert_eq!(rd.matches("<tr><td").count(), 2, "{rd}");
 }
 
+#[test]
+fn unwritable_report_path_is_a_usage_error_before_the_replay() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tcp-states.pcap");
+    let out = support::run(&[
+        "replay",
+        fixture.to_str().expect("utf-8"),
+        "--events",
+        "/dev/null",
+        "--report",
+        "/nonexistent-dir/report.html",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot open report output: /nonexistent-dir/report.html"));
+}
+
 // ---- a synthesized capture whose names are hostile markup ----
 
 const SCRIPT_BREAK: &str = "</script><script>alert(1)</script>";

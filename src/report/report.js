@@ -332,7 +332,7 @@
     svgEl.appendChild(s("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
     svgEl.appendChild(s("line", { class: "axis", x1: L, x2: L, y1: TOP, y2: H - B }));
     for (var i = 0; i <= 4; i++) {
-      svgEl.appendChild(s("text", { x: xs(maxD * i / 4), y: H - B + 14, "text-anchor": "middle" }, Math.round(maxD * i / 4) + ""));
+      svgEl.appendChild(s("text", { x: xs(maxD * i / 4), y: H - B + 14, "text-anchor": i === 4 ? "end" : "middle" }, Math.round(maxD * i / 4) + ""));
       svgEl.appendChild(s("text", { x: L - 4, y: ys(maxR * i / 4) + 4, "text-anchor": "end" }, (maxR * i / 4).toFixed(0)));
     }
     svgEl.appendChild(s("text", { x: (L + W) / 2, y: H - 4, "text-anchor": "middle" }, "distance from the sensor (km)"));
@@ -384,7 +384,7 @@
   // ---- page ----
   var toc = document.getElementById("toc");
   var m = D.meta, h = D.health;
-  var dur = (T1 - T0) / 1000;
+  var dur = (ms(m.last_ts) - ms(m.first_ts)) / 1000;
 
   var head = section("header", "Header");
   head.appendChild(kv([
