@@ -181,6 +181,18 @@ hosts = ["192.168.1.150"]
         ],
         "report-rdp",
     );
+    // The same input gives the same file, byte for byte.
+    let (again, _) = replay_report(
+        &[&capture],
+        &[
+            "--accounts",
+            accounts.to_str().expect("utf-8"),
+            "--sessions",
+            sessions.to_str().expect("utf-8"),
+        ],
+        "report-rdp-again",
+    );
+    assert!(std::fs::read(&html).expect("report") == std::fs::read(&again).expect("report"));
     // The terminal summary's top-findings table names the account and the finding.
     let table = stderr
         .split("top findings:\n")
@@ -723,4 +735,32 @@ fn findings_link_to_the_flow_records_they_cite() {
         .and_then(|r| r.split("</tr>").next())
         .expect("the cited record's row");
     assert!(row.contains(":2500 →"), "{row}");
+}
+
+/// A replay that saw nothing still gives a readable page.
+#[test]
+fn empty_report_renders() {
+    let config = Config::default();
+    let context = Context::load(&config, None, None).expect("context");
+    let html = report::render(
+        &Collector::new(true),
+        &ReportInput {
+            files: Vec::new(),
+            config: &config,
+            context: &context,
+            stats: &Stats::default(),
+            first_ts: None,
+            last_ts: None,
+        },
+    );
+    if !chromium_available() {
+        return;
+    }
+    let dir = support::scratch("report-empty");
+    let path = dir.join("report.html");
+    std::fs::write(&path, &html).expect("write");
+    let (dom, log) = load(&path);
+    assert_rendered(&dom, &log);
+    assert!(dom.contains("no packets"));
+    assert!(dom.contains("No findings."));
 }
