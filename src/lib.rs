@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod decode;
 pub mod detect;
 pub mod dissect;
@@ -12,6 +13,7 @@ pub mod event;
 pub mod flows;
 pub mod geo;
 pub mod identity;
+pub mod live;
 pub mod metrics;
 pub mod pipeline;
 pub mod replay;

@@ -1,12 +1,14 @@
 //! The `farmwatch` command line (DESIGN §2). Exit codes: 0 ok, 1 runtime failure,
 //! 2 usage or configuration error — always with one clear line on stderr.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use farmwatch::config::Config;
+use farmwatch::live::{self, LiveArgs};
 use farmwatch::replay::{self, Failure, ReplayArgs};
 use farmwatch::sink::Target;
 
@@ -50,6 +52,48 @@ enum Command {
         #[arg(long, value_name = "FILE.html")]
         report: Option<PathBuf>,
     },
+    /// Capture from a network interface until SIGTERM/SIGINT; serve /metrics and /healthz.
+    Live {
+        /// Interface to capture on.
+        #[arg(long)]
+        interface: String,
+        /// BPF capture filter (tcpdump syntax).
+        #[arg(long)]
+        bpf: Option<String>,
+        /// farmwatch.toml (re-read on SIGHUP).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Account inventory (accounts.toml).
+        #[arg(long)]
+        accounts: Option<PathBuf>,
+        /// VPN session feed (JSON lines), read at start.
+        #[arg(long)]
+        sessions: Option<PathBuf>,
+        /// Where events go, as JSON lines ("-" = stdout); appended to, reopened on SIGHUP.
+        #[arg(long, default_value = "-")]
+        events: String,
+        /// Where flow records go, as JSON lines; appended to, reopened on SIGHUP.
+        #[arg(long)]
+        flows: Option<PathBuf>,
+        /// Address and port of the HTTP endpoint (/metrics, /healthz).
+        #[arg(long, default_value = "127.0.0.1:9477")]
+        listen: SocketAddr,
+        /// Bytes captured per packet.
+        #[arg(long, default_value_t = 65535, value_parser = clap::value_parser!(u32).range(64..=262_144))]
+        snaplen: u32,
+        /// Promiscuous mode (the default).
+        #[arg(long, overrides_with = "no_promisc")]
+        promisc: bool,
+        /// Capture only traffic addressed to this host.
+        #[arg(long, overrides_with = "promisc")]
+        no_promisc: bool,
+        /// Kernel capture buffer, in MiB.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        buffer_mb: u32,
+        /// Worker threads; flows are sharded by address pair.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+        workers: u16,
+    },
     /// Say what the configured geo databases know about addresses.
     Geoip {
         #[arg(required = true)]
@@ -91,6 +135,39 @@ fn main() -> ExitCode {
                     flows,
                     metrics_out,
                     report,
+                })
+            }),
+        Command::Live {
+            interface,
+            bpf,
+            config,
+            accounts,
+            sessions,
+            events,
+            flows,
+            listen,
+            snaplen,
+            promisc: _,
+            no_promisc,
+            buffer_mb,
+            workers,
+        } => Config::load(config.as_deref())
+            .map_err(|e| Failure::Usage(e.to_string()))
+            .and_then(|loaded| {
+                live::run(LiveArgs {
+                    interface,
+                    bpf,
+                    accounts,
+                    sessions,
+                    config_path: config,
+                    config: loaded,
+                    events: Target::parse(&events),
+                    flows,
+                    listen,
+                    snaplen,
+                    promisc: !no_promisc,
+                    buffer_mb,
+                    workers: usize::from(workers),
                 })
             }),
         Command::Geoip { ips, config } => geoip(config, &ips),

@@ -105,6 +105,7 @@ pub struct Pipeline {
     /// Public-address observations (session feed, RADIUS) not yet due by packet time,
     /// newest first.
     observations: Vec<PublicIpObservation>,
+    inventory_findings: bool,
     pending: Vec<FlowEvent>,
     events: Option<JsonLines>,
     flow_records: Option<JsonLines>,
@@ -130,10 +131,11 @@ impl Pipeline {
             names: NameCache::new(DNS_CACHE_ENTRIES),
             context,
             network: config.network.clone(),
-            detectors: Detectors::new(&config.detect),
+            detectors: Detectors::new(config),
             findings: Vec::new(),
             ticked: 0,
             observations: Vec::new(),
+            inventory_findings: true,
             pending: Vec::new(),
             events: sinks.events,
             flow_records: sinks.flows,
@@ -144,9 +146,17 @@ impl Pipeline {
         }
     }
 
+    /// Leaves the inventory findings to another pipeline of the same sensor.
+    pub fn skip_inventory_findings(&mut self) {
+        self.inventory_findings = false;
+    }
+
     /// Findings that do not wait for traffic (inventory checks), stamped with the first
     /// packet's time.
     fn start(&mut self, ts: Timestamp) {
+        if !self.inventory_findings {
+            return;
+        }
         for event in accounts::inventory_events(self.context.identity.inventory(), ts) {
             self.emit(event);
         }
@@ -168,6 +178,11 @@ impl Pipeline {
             Err(e) => *self.stats.decode_errors.entry(e.as_str()).or_default() += 1,
         }
         self.drain_flow_events();
+        self.tick();
+    }
+
+    /// Once per second of packet time, identity, observations and detectors catch up.
+    fn tick(&mut self) {
         let now = self.flows.now();
         if now.secs() > self.ticked {
             self.ticked = now.secs();
@@ -182,8 +197,10 @@ impl Pipeline {
 
     /// Ends every flow and flushes every sink: end of a replay, or shutdown.
     pub fn finish(&mut self) {
-        self.flows.drain(&mut self.pending);
-        self.drain_flow_events();
+        for key in self.flows.keys_by_start() {
+            self.flows.end(&key, &mut self.pending);
+            self.drain_flow_events();
+        }
         self.release_observations(Timestamp(u64::MAX));
         let scope = scope!(self);
         self.detectors
@@ -197,6 +214,24 @@ impl Pipeline {
             let _ = sink.flush();
         }
         self.sync_stats();
+    }
+
+    /// Moves packet time forward without a packet of this pipeline's own: a live worker learns
+    /// the capture's clock this way, so its flows expire as in a replay that sees every packet.
+    pub fn advance(&mut self, ts: Timestamp) {
+        self.flows.advance(ts, &mut self.pending);
+        self.drain_flow_events();
+        self.tick();
+    }
+
+    /// Pushes buffered records out to the sinks (live: every second, so output is timely).
+    pub fn flush_sinks(&mut self) {
+        for sink in [self.events.as_mut(), self.flow_records.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = sink.flush();
+        }
     }
 
     /// Writes one finding, naming the account behind its host when the detector did not.
@@ -217,6 +252,9 @@ impl Pipeline {
         }
         if let Some(sink) = self.events.as_mut() {
             sink.write(&event);
+        }
+        if let Some(alert) = self.detectors.on_event(&event) {
+            self.emit(alert);
         }
     }
 
@@ -375,6 +413,13 @@ impl Pipeline {
             }
         }
         self.stats.last_packet_ts = self.last_ts.map(|t| t.as_secs_f64());
+        let inventory = self.context.identity.inventory();
+        self.stats.account_risk = self
+            .detectors
+            .account_scores(self.last_ts.unwrap_or_default())
+            .into_iter()
+            .filter(|(id, _)| inventory.get(id).is_some())
+            .collect();
     }
 
     /// The first write error of each sink, for the exit status.

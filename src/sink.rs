@@ -37,14 +37,20 @@ pub struct JsonLines {
 impl JsonLines {
     pub fn open(target: Target) -> io::Result<JsonLines> {
         let out = open_target(&target)?;
-        Ok(JsonLines {
+        Ok(JsonLines::with_writer(target, out))
+    }
+
+    /// A sink over a writer of the caller's (live workers share one file this way); `target`
+    /// names it in errors. Lines reach `out` only whole, in `write` calls of whole lines.
+    pub fn with_writer(target: Target, out: Box<dyn Write + Send>) -> JsonLines {
+        JsonLines {
             target,
             out: BufWriter::with_capacity(1 << 16, out),
             line: Vec::with_capacity(1024),
             written: 0,
             errors: 0,
             first_error: None,
-        })
+        }
     }
 
     pub fn target(&self) -> &Target {
@@ -89,7 +95,8 @@ impl JsonLines {
     }
 }
 
-fn open_target(target: &Target) -> io::Result<Box<dyn Write + Send>> {
+/// Opens `target` for appending, creating a missing file.
+pub fn open_target(target: &Target) -> io::Result<Box<dyn Write + Send>> {
     Ok(match target {
         Target::Stdout => Box::new(io::stdout()),
         Target::File(p) => Box::new(

@@ -43,13 +43,32 @@ impl Timestamp {
 
     /// RFC 3339 in UTC with microseconds, the `ts` format of every output record.
     pub fn rfc3339(self) -> String {
-        let secs = (self.0 / 1_000_000_000) as i64;
-        let nanos = (self.0 % 1_000_000_000) as u32;
-        match chrono::DateTime::from_timestamp(secs, nanos) {
-            Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
-            None => "1970-01-01T00:00:00.000000Z".to_string(),
-        }
+        let secs = self.0 / 1_000_000_000;
+        let micros = (self.0 % 1_000_000_000) / 1_000;
+        let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+        let sod = secs % 86_400;
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+            sod / 3600,
+            sod / 60 % 60,
+            sod % 60
+        )
     }
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`). Written out because this runs for every record.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 impl fmt::Display for Timestamp {
@@ -72,6 +91,25 @@ mod tests {
     fn formats_rfc3339_with_micros() {
         let t = Timestamp(1_762_092_191_123_456_789);
         assert_eq!(t.rfc3339(), "2025-11-02T14:03:11.123456Z");
+    }
+
+    #[test]
+    fn formats_like_chrono_across_centuries() {
+        for secs in [
+            0u64,
+            951_782_400,
+            4_107_542_399,
+            1_709_164_800,
+            16_725_225_599,
+        ] {
+            let ns = secs * 1_000_000_000 + 987_654_321;
+            let ours = Timestamp(ns).rfc3339();
+            let theirs = chrono::DateTime::from_timestamp(secs as i64, 987_654_321)
+                .unwrap()
+                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string();
+            assert_eq!(ours, theirs);
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// Files under `dir` (relative paths), skipping the generator's sources and the README.
 fn files(dir: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    for sub in ["", "expected"] {
+    for sub in ["", "expected", "geo", "expected/geo"] {
         for entry in std::fs::read_dir(dir.join(sub)).unwrap() {
             let entry = entry.unwrap();
             if entry.file_type().unwrap().is_file() {

@@ -17,13 +17,24 @@ type Counts = (u64, u64, u64, u64, u64, u64);
 fn each_fixture_replays_to_its_declared_flows() {
     let expected_dir = fixtures().join("expected");
     let mut checked = 0;
-    for entry in std::fs::read_dir(&expected_dir).expect("fixtures/expected") {
-        let path = entry.expect("entry").path();
-        let name = path
+    // Scenario captures sit in their own directories, their expectations likewise.
+    let entries = ["", "geo"].into_iter().flat_map(|sub| {
+        std::fs::read_dir(expected_dir.join(sub))
+            .expect("fixtures/expected")
+            .map(move |e| (sub, e.expect("entry").path()))
+    });
+    for (sub, path) in entries.filter(|(_, p)| p.is_file()) {
+        let file = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("")
             .trim_end_matches(".json");
+        let name = if sub.is_empty() {
+            file.to_string()
+        } else {
+            format!("{sub}/{file}")
+        };
+        let name = name.as_str();
         let capture = fixtures().join(name);
         let expected: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");

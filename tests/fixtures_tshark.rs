@@ -130,6 +130,15 @@ const INTENT: &[Intent] = &[
             ("tcp.dstport", "8443"),
         ],
     ),
+    (
+        "geo/week.pcap",
+        &["radius", "tcp", "ssh"],
+        &[
+            ("radius.code", "4"),
+            ("radius.Calling_Station_Id", "192.0.2.66"),
+            ("tcp.dstport", "443"),
+        ],
+    ),
 ];
 
 /// Fixtures that are broken on purpose; tshark rejects or flags them.
@@ -158,7 +167,12 @@ fn tshark() -> Option<&'static str> {
 fn tshark_decodes_every_fixture_as_intended() {
     let Some(tshark) = tshark() else { return };
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    let fixtures = fixturegen::foundation::all();
+    // Captures only: scenarios also write their inventory, config and session log.
+    let fixtures: Vec<_> = fixturegen::foundation::all()
+        .into_iter()
+        .chain(fixturegen::scenarios_geo::all())
+        .filter(|f| !f.name.ends_with(".toml") && !f.name.ends_with(".jsonl"))
+        .collect();
     let mut problems = Vec::new();
     for f in &fixtures {
         if BROKEN.contains(&f.name) {

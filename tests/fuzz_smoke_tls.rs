@@ -111,7 +111,8 @@ fn dtls(tls_hello: &[u8]) -> Vec<u8> {
 fn tls_survives_mutation() {
     let client = vector("tls", "RFC8448_CLIENT_HELLO");
     let server = vector("tls", "RFC8448_SERVER_HELLO");
-    let seeds = [record(&client), record(&server), dtls(&client)];
+    let flight = vector("tls", "TLS12_SERVER_FLIGHT");
+    let seeds = [record(&client), record(&server), dtls(&client), flight];
     assert!(tls::parse_dtls_client_hello(&seeds[2]).is_ok());
     run(&seeds, 4000, |b| {
         let _ = tls::parse_client_hello(b);

@@ -108,7 +108,10 @@ pub fn parse_message(bytes: &[u8]) -> Result<Message> {
             (rr_type::CNAME, _) => {
                 // The target may point back into the message, but must end with its RDATA.
                 let offset = bytes.len() - r.remaining() - rdata.len();
-                let (cname, end) = name_at(bytes, offset)?;
+                let (cname, end) = name_at(bytes, offset).map_err(|e| match e {
+                    Error::Incomplete => Error::Invalid("CNAME target overruns the message"),
+                    other => other,
+                })?;
                 if end != offset + rdata.len() {
                     return Err(Error::Invalid("CNAME target does not fill its RDATA"));
                 }

@@ -354,8 +354,9 @@ fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
         ));
         return resp.is_some_and(|r| !r.is_empty()) || sc;
     }
-    // Nothing matched yet: a few more bytes may still tell; stop when both sides closed.
-    false
+    // Every probe is decided by the first bytes of a direction: once both sides have sent
+    // and none matched, more bytes will not change that.
+    !c.is_empty() && !s.is_empty()
 }
 
 fn ssh_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) -> bool {
@@ -630,7 +631,8 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
         });
         return true;
     }
-    false
+    // As for TCP: both sides spoke and nothing matched.
+    !cd.is_empty() && !sd.is_empty()
 }
 
 fn dns_details(q: Option<&dns::Message>, r: Option<&dns::Message>) -> DnsDetails {

@@ -49,18 +49,27 @@ pub fn parse_ike(datagram: &[u8], non_esp_marker: bool) -> Result<Ike> {
     let version = h[field::VERSION] >> 4;
     let exchange = h[field::EXCHANGE];
     let next_payload = h[field::NEXT_PAYLOAD];
-    let ok_exchange = match version {
-        // RFC 2408 §3.1 (0..=5) and RFC 2409 Quick Mode 32 / New Group 33.
-        1 => matches!(exchange, 0..=5 | 32 | 33) && next_payload <= 33,
-        // RFC 7296 §3.1 (34..=37), RFC 5723 38, RFC 9242 43, RFC 9370 44.
-        2 => {
-            matches!(exchange, 34..=38 | 43 | 44)
-                && (next_payload == 0 || (33..=55).contains(&next_payload))
-        }
+    // Payload types 128..=255 are private use (e.g. draft NAT-T's 130), allowed in both.
+    let (ok_exchange, ok_payload) = match version {
+        // RFC 2408 §3.1 exchanges 0..=5, RFC 2409 Quick Mode 32 / New Group 33; payloads
+        // RFC 2408 §3.1 0..=13, RFC 3947 NAT-D 20 / NAT-OA 21.
+        1 => (
+            matches!(exchange, 0..=5 | 32 | 33),
+            matches!(next_payload, 0..=13 | 20 | 21 | 128..),
+        ),
+        // RFC 7296 §3.1 exchanges 34..=37, RFC 5723 38, RFC 9242 43, RFC 9370 44; payloads
+        // 0 or 33..=55 (IANA IKEv2 payload types).
+        2 => (
+            matches!(exchange, 34..=38 | 43 | 44),
+            matches!(next_payload, 0 | 33..=55 | 128..),
+        ),
         _ => return Err(Error::Invalid("ike version")),
     };
     if !ok_exchange {
         return Err(Error::Invalid("ike exchange type"));
+    }
+    if !ok_payload {
+        return Err(Error::Invalid("ike next payload"));
     }
     let initiator_spi = be64(field::INITIATOR_SPI);
     if initiator_spi == 0 {

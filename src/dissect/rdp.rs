@@ -53,7 +53,8 @@ pub struct ConnectionConfirm {
 /// Returns the X.224 TPDU's variable part (everything after the 7-byte fixed header, up to
 /// the TPKT end) once the whole TPKT is present and its code matches.
 fn tpdu(stream: &[u8], code: u8) -> Result<&[u8]> {
-    if stream.first().is_some_and(|&v| v != 3) || stream.get(1).is_some_and(|&r| r != 0) {
+    if stream.get(tpkt::VERSION).is_some_and(|&v| v != 3) || stream.get(1).is_some_and(|&r| r != 0)
+    {
         return Err(Error::Invalid("not tpkt"));
     }
     let len = stream
@@ -71,11 +72,10 @@ fn tpdu(stream: &[u8], code: u8) -> Result<&[u8]> {
     if stream.get(x224::CODE).is_some_and(|&c| c & 0xF0 != code) {
         return Err(Error::Invalid("x224 tpdu code"));
     }
-    debug_assert_eq!(tpkt::VERSION, 0);
     stream.get(x224::VARIABLE..len).ok_or(Error::Incomplete)
 }
 
-/// Reads a negotiation structure of one of `kinds`: (type, flags, value).
+/// Reads the optional 8-byte negotiation structure after the X.224 header: (type, flags, value).
 fn negotiation(b: &[u8]) -> Result<Option<(u8, u8, u32)>> {
     let Some(s) = b.get(..neg::LEN) else {
         return if b.is_empty() {

@@ -110,6 +110,8 @@ pub struct Session {
     pub width: Option<u16>,
     pub height: Option<u16>,
     pub desktop_name: Option<String>,
+    /// The server's reason text for refusing the connection or the credentials.
+    pub failure_reason: Option<String>,
 }
 
 /// Walks both directions' stream prefixes as far as they go. Fails only when the server's
@@ -136,6 +138,7 @@ fn walk(st: &mut Session, c: &mut Cursor, s: &mut Cursor) -> Result<()> {
     st.auth_types = security_types(s, minor)?;
     st.ard = st.auth_types.contains(&SECURITY_ARD);
     if st.auth_types.is_empty() {
+        st.failure_reason = Some(text(s)?);
         return Ok(());
     }
     let chosen = if offers_list(minor) {
@@ -167,6 +170,10 @@ fn walk(st: &mut Session, c: &mut Cursor, s: &mut Cursor) -> Result<()> {
         let ok = s.u32()? == 0;
         st.auth_ok = Some(ok);
         if !ok {
+            // 3.8 adds a reason string to a failed SecurityResult (§7.1.3).
+            if minor >= 8 {
+                st.failure_reason = Some(text(s)?);
+            }
             return Ok(());
         }
     }
@@ -174,10 +181,18 @@ fn walk(st: &mut Session, c: &mut Cursor, s: &mut Cursor) -> Result<()> {
     st.width = Some(s.u16()?);
     st.height = Some(s.u16()?);
     s.take(SERVER_INIT_NAME - 4 - 4)?;
-    let n = s.u32()? as usize;
-    let name = s.take(n.min(MAX_REASON))?;
-    st.desktop_name = Some(String::from_utf8_lossy(&name[..name.len().min(MAX_NAME)]).into_owned());
+    st.desktop_name = Some(text(s)?);
     Ok(())
+}
+
+/// A u32-length-prefixed string (§7.1.2 reason-string, §7.3.2 name-string).
+fn text(s: &mut Cursor) -> Result<String> {
+    let n = s.u32()? as usize;
+    if n > MAX_REASON {
+        return Err(Error::Invalid("rfb string length"));
+    }
+    let b = s.take(n)?;
+    Ok(String::from_utf8_lossy(&b[..n.min(MAX_NAME)]).into_owned())
 }
 
 /// A forward-only reader over one direction's bytes; every read reports Incomplete at the end.

@@ -27,10 +27,14 @@ pub struct Banner {
     pub comments: Option<String>,
     /// Bytes consumed from the start of the stream, pre-banner lines and CR LF included.
     pub len: usize,
+    /// Bytes of other lines before the banner.
+    pub skipped: usize,
 }
 
 /// Parses the banner at the start of one direction's stream, skipping the other lines a
-/// server may send first.
+/// server may send first. Only servers may do that (RFC 4253 §4.2): for a client stream the
+/// caller should require `skipped == 0`. On a text stream without a banner this returns
+/// Incomplete until 8 KiB have been seen.
 pub fn parse_banner(stream: &[u8]) -> Result<Banner> {
     let mut start = 0;
     loop {
@@ -55,7 +59,7 @@ pub fn parse_banner(stream: &[u8]) -> Result<Banner> {
             if nl + 1 > MAX_LINE {
                 return Err(Error::Invalid("ssh banner too long"));
             }
-            return banner_from_line(line, len);
+            return banner_from_line(line, len, start);
         }
         if line.contains(&0) {
             return Err(Error::Invalid("not ssh"));
@@ -67,7 +71,7 @@ pub fn parse_banner(stream: &[u8]) -> Result<Banner> {
     }
 }
 
-fn banner_from_line(line: &[u8], len: usize) -> Result<Banner> {
+fn banner_from_line(line: &[u8], len: usize, skipped: usize) -> Result<Banner> {
     let raw = String::from_utf8_lossy(line).into_owned();
     let body = raw.get(4..).ok_or(Error::Invalid("ssh banner"))?;
     let (proto, rest) = body
@@ -85,6 +89,7 @@ fn banner_from_line(line: &[u8], len: usize) -> Result<Banner> {
         software: software.to_owned(),
         comments,
         len,
+        skipped,
         raw,
     })
 }
@@ -220,7 +225,7 @@ mod tests {
             (b.proto.as_str(), b.software.as_str()),
             ("1.99", "OpenSSH_7.4")
         );
-        assert_eq!(b.len, s.len());
+        assert_eq!((b.len, b.skipped), (s.len(), 24));
         assert_eq!(
             parse_banner(b"SSH-2.0-Open").unwrap_err(),
             Error::Incomplete

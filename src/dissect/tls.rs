@@ -793,4 +793,67 @@ pub(crate) mod tests {
         }
         assert_eq!(Reader::new(&[0x40]).varint(), Err(Error::Incomplete));
     }
+
+    /// A real TLS 1.2 server flight: frame 6 of suricata-verify's `ja4-sv-handshake`
+    /// capture (a CloudShark sample): ServerHello, Certificate (one self-signed RSA
+    /// certificate), ServerKeyExchange and ServerHelloDone in four records.
+    const TLS12_SERVER_FLIGHT: &str = "
+        16030300410200003d03036fc423565fc896271f5edb40813dc85b562a50ec02
+        cc85fc24f66579655ad8e200c030000015ff01000100000b0004030001020023
+        000000170000160303028f0b00028b00028800028530820281308201ea020900
+        91ba747bf28a9ae4300d06092a864886f70d01010b0500308184310b30090603
+        550406130255533116301406035504080c0d4e65772048616d70736869726531
+        13301106035504070c0a506f7274736d6f75746831133011060355040a0c0a43
+        6c6f7564536861726b310c300a06035504030c03746c733125302306092a8648
+        86f70d0109011616737570706f727440636c6f7564736861726b2e6f7267301e
+        170d3138303732333138343430375a170d3139303732333138343430375a3081
+        84310b30090603550406130255533116301406035504080c0d4e65772048616d
+        7073686972653113301106035504070c0a506f7274736d6f7574683113301106
+        0355040a0c0a436c6f7564536861726b310c300a06035504030c03746c733125
+        302306092a864886f70d0109011616737570706f727440636c6f756473686172
+        6b2e6f726730819f300d06092a864886f70d010101050003818d003081890281
+        8100e7b1cb95fbcc75f071e2ea670dbb55356294cd2df170b7d137b0fd6d84d5
+        482bc89be5a44a359f77fa200deaadce6c261c65dc8c616328686c72dae46cf9
+        8b7bf00112346c2880def7b3e2d7ad54ab707ab17c0c4d543246c665b1f89447
+        6b5aadd6bc204af260252a8aa6f6b59e6fa7ff82c200a8fa22c1f84b30c0fffb
+        087f0203010001300d06092a864886f70d01010b050003818100b2bb0e1baf5b
+        5c12357182dddc26a7bbcc421d77ee7a09221643653a660ef8114e7c2d4b9d54
+        8d40aaacd332a60b5b9b4ae3e1c6be1701f536dc23d6a85dc09bc4f58084103a
+        c9f49298d2d162576c2ce2abed02393b5fa2da8ac0e057e56446d5eaad0c291e
+        aae615c6db39f6fc6f1cb2aab64425ef5a1ae846e46aa8c0286e16030300ac0c
+        0000a803001d20287efb7934ca39e1cf5c404bf2e29276d210d2ce7c0bdac911
+        60b6a800780628080400807f4141287ada8a317e3259d9addb4813739f89dc82
+        2ab375a4b2b75b4ce7d07a4e51805cb1c75708a7b00718b0e6303880b6c4b46b
+        24aca51443327fceb9a2b2609f9b8c5b3189dbf5f9378145683ff6ceb86ea39e
+        c1ec3a3216d11b00817d194a28e775974a60552d5e7b3a43f0a0821193a69223
+        e5e7ccc98a37a4880e02fc16030300040e000000";
+
+    #[test]
+    fn tls12_server_flight_certificate() {
+        let flight = hex(TLS12_SERVER_FLIGHT);
+        let hello = parse_server_hello(&flight).unwrap();
+        assert_eq!((hello.version, hello.cipher), (0x0303, 0xc030));
+        let cert = parse_server_certificate(&flight).unwrap().unwrap();
+        // The names tshark 4.0 decodes for this certificate.
+        let dn = "C=US, ST=New Hampshire, L=Portsmouth, O=CloudShark, CN=tls, \
+                  Email=support@cloudshark.org";
+        assert_eq!(
+            cert,
+            Certificate {
+                subject: dn.to_string(),
+                issuer: dn.to_string(),
+                subject_cn: Some("tls".into()),
+                subject_org: Some("CloudShark".into()),
+                san_dns: vec![],
+            }
+        );
+        // Every prefix short of the Certificate message is Incomplete.
+        for cut in [0, 5, 70, 200] {
+            assert_eq!(
+                parse_server_certificate(&flight[..cut]),
+                Err(Error::Incomplete),
+                "{cut}"
+            );
+        }
+    }
 }

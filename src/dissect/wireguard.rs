@@ -10,6 +10,9 @@ const RESPONSE_LEN: usize = 92;
 const COOKIE_REPLY_LEN: usize = 64;
 /// Transport: 16-byte header, then the AEAD tag (16) over zero-padded plaintext (multiple of 16).
 const TRANSPORT_MIN: usize = 32;
+/// Padding stops at the tunnel MTU (§5.4.6: "padded to a multiple of 16, not exceeding the
+/// MTU"), so a full-MTU packet need not be a multiple of 16; real MTUs are ≥ 1280 (IPv6 min).
+const MIN_TUNNEL_MTU: usize = 1280;
 
 /// Field offsets after the 4-byte type/reserved word (all little-endian).
 const SENDER: usize = 4;
@@ -59,7 +62,7 @@ pub fn parse(datagram: &[u8]) -> Result<Message> {
         3 => want(COOKIE_REPLY_LEN).map(|_| Message::CookieReply {
             receiver: le32(RECEIVER).unwrap_or_default(),
         }),
-        4 if len >= TRANSPORT_MIN && len % 16 == 0 => {
+        4 if len >= TRANSPORT_MIN && (len % 16 == 0 || len - TRANSPORT_MIN >= MIN_TUNNEL_MTU) => {
             let counter = datagram
                 .get(COUNTER..COUNTER + 8)
                 .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
@@ -117,6 +120,9 @@ mod tests {
         );
         t.push(0);
         assert!(parse(&t).is_err());
+        // wireguard.pcap carries 1452-byte transports: 1420 (the default MTU) + 32.
+        t.resize(1452, 0);
+        assert!(matches!(parse(&t), Ok(Message::Transport { .. })));
         let mut c = vec![3, 0, 0, 0, 9, 0, 0, 0];
         c.resize(64, 0);
         assert_eq!(parse(&c).unwrap(), Message::CookieReply { receiver: 9 });

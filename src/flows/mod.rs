@@ -288,15 +288,32 @@ impl FlowTable {
         }
     }
 
-    /// Ends every flow (end of input or shutdown), in the order they started.
+    /// The keys of every flow, in the order they started: end them one at a time with
+    /// [`FlowTable::end`] so that a shutdown never holds two copies of the table.
+    pub fn keys_by_start(&self) -> Vec<FlowKey> {
+        let mut order: Vec<(u64, FlowKey)> = self.flows.iter().map(|(k, f)| (f.seq, *k)).collect();
+        order.sort_unstable_by_key(|(seq, _)| *seq);
+        order.into_iter().map(|(_, k)| k).collect()
+    }
+
+    /// Ends one flow now (end of input or shutdown).
+    pub fn end(&mut self, key: &FlowKey, out: &mut Vec<FlowEvent>) {
+        if let Some(flow) = self.flows.remove(key) {
+            out.push(FlowEvent::Ended {
+                flow: Box::new(flow),
+                why: EndReason::Shutdown,
+            });
+        }
+        if self.flows.is_empty() {
+            self.wheel.clear();
+        }
+    }
+
+    /// Ends every flow, in the order they started.
     pub fn drain(&mut self, out: &mut Vec<FlowEvent>) {
-        let mut flows: Vec<Flow> = self.flows.drain().map(|(_, f)| f).collect();
-        flows.sort_by_key(|f| f.seq);
-        self.wheel.clear();
-        out.extend(flows.into_iter().map(|flow| FlowEvent::Ended {
-            flow: Box::new(flow),
-            why: EndReason::Shutdown,
-        }));
+        for key in self.keys_by_start() {
+            self.end(&key, out);
+        }
     }
 }
 

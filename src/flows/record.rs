@@ -6,7 +6,11 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::app::App;
-use crate::dissect::identify::Details;
+use crate::dissect::identify::{
+    Details, DnsDetails, HttpDetails, IpsecDetails, OpenvpnDetails, QuicDetails, RdpDetails,
+    SocksDetails, SshDetails, StunDetails, TlsDetails, WireguardDetails,
+};
+use crate::dissect::{radius, rfb};
 use crate::flows::activity::{ActivitySummary, round2};
 use crate::flows::community_id::community_id;
 use crate::flows::flow::{Flow, ORIG, RESP};
@@ -63,10 +67,38 @@ pub struct FlowRecord {
     pub activity_resp: ActivitySummary,
     /// The name a DNS answer gave the responder's address.
     pub dns_name: Option<String>,
-    /// Protocol details (`tls`, `quic`, `dns`, `http`, `ssh`, `rdp`, `rfb`, `socks`,
-    /// `wireguard`, `openvpn`, `ipsec`, `stun`, `radius`), present when dissected.
-    #[serde(flatten)]
-    pub details: Option<Details>,
+    // Protocol details, present when dissected (fields, not a flattened map: flattening
+    // sends every record through serde's slow map path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quic: Option<QuicDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rdp: Option<RdpDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rfb: Option<rfb::Session>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socks: Option<SocksDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireguardDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub openvpn: Option<OpenvpnDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipsec: Option<IpsecDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stun: Option<StunDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub radius: Option<radius::Accounting>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_evidence: Option<&'static str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub relay: bool,
 }
 
 fn ms(ns: Option<u64>) -> Option<f64> {
@@ -77,6 +109,23 @@ impl FlowRecord {
     pub fn new(flow: &Flow, interim: bool, end_reason: Option<&'static str>) -> FlowRecord {
         let [o, r] = &flow.dir;
         let details = flow.details.as_deref();
+        let Details {
+            tls,
+            quic,
+            dns,
+            http,
+            ssh,
+            rdp,
+            rfb,
+            socks,
+            wireguard,
+            openvpn,
+            ipsec,
+            stun,
+            radius,
+            tool_evidence,
+            relay,
+        } = details.cloned().unwrap_or_default();
         FlowRecord {
             ts: flow.first,
             end: flow.last,
@@ -88,18 +137,14 @@ impl FlowRecord {
             dst_port: flow.resp.1,
             app: flow.app.map(App::as_str),
             guess: flow.guess.map(App::as_str),
-            sni: details.and_then(|d| {
-                d.tls
-                    .as_ref()
-                    .and_then(|t| t.sni.clone())
-                    .or_else(|| d.quic.as_ref().and_then(|q| q.sni.clone()))
-            }),
-            ja4: details.and_then(|d| {
-                d.tls
-                    .as_ref()
-                    .and_then(|t| t.ja4.clone())
-                    .or_else(|| d.quic.as_ref().and_then(|q| q.ja4.clone()))
-            }),
+            sni: tls
+                .as_ref()
+                .and_then(|t| t.sni.clone())
+                .or_else(|| quic.as_ref().and_then(|q| q.sni.clone())),
+            ja4: tls
+                .as_ref()
+                .and_then(|t| t.ja4.clone())
+                .or_else(|| quic.as_ref().and_then(|q| q.ja4.clone())),
             bytes_orig: o.bytes,
             bytes_resp: r.bytes,
             pkts_orig: o.pkts,
@@ -140,7 +185,21 @@ impl FlowRecord {
             activity_orig: o.summary(),
             activity_resp: r.summary(),
             dns_name: None,
-            details: details.cloned(),
+            tls,
+            quic,
+            dns,
+            http,
+            ssh,
+            rdp,
+            rfb,
+            socks,
+            wireguard,
+            openvpn,
+            ipsec,
+            stun,
+            radius,
+            tool_evidence,
+            relay,
         }
     }
 }

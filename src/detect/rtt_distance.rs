@@ -1,0 +1,292 @@
+//! `rtt_distance`: the round trip to a client's public address against the great-circle
+//! distance from the sensor to where geo places that address.
+//!
+//! The sample is the TCP handshake on the VPN's outer side (a flow whose responder is a
+//! concentrator, or whose originator is a public address an account connected from):
+//! SYN/ACK → ACK is one round trip between the sensor and the client. The least of
+//! several is the path's propagation delay.
+//!
+//! Bounds, for a great-circle distance `d` between the sensor and the place, widened by
+//! the place's uncertainty radius `r` (`d_min = d − r`, `d_max = d + r`):
+//! - Nothing travels faster than light in vacuum (299,792 km/s): a round trip takes at
+//!   least `2·d_min / 299.79 km/ms`. Below that the address cannot be where geo says
+//!   (verdict `geo_wrong`, severity info: a data problem, not evidence against anyone).
+//! - Light in fibre covers about 200 km/ms, so a round trip over a perfect fibre takes
+//!   `d / 100 ms`. Real paths are longer than great circles and access lines add delay,
+//!   so the expected ceiling is `rtt_stretch · d_max / 100 + rtt_allowance` (defaults 3
+//!   and 40 ms: Chicago–Ashburn, ~960 km, may take up to 69 ms). Above that, over at
+//!   least `rtt_min_samples` handshakes, the client sits behind a relay that forwards
+//!   its packets from farther away (verdict `relayed`). A geostationary satellite line
+//!   (≥ 480 ms) looks the same; low-orbit ones (Starlink, ~40 ms) stay within the
+//!   allowance.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::decode::Proto;
+use crate::detect::Scope;
+use crate::detect::geo_anomaly::{GeoAnomalyConfig, position, round1, with_geo};
+use crate::event::{Event, FlowRef, Kind, Severity};
+use crate::flows::Flow;
+use crate::geo::{Location, LocationSource};
+use crate::identity::PublicIpObservation;
+use crate::timestamp::Timestamp;
+
+/// Speed of light in vacuum, km per ms.
+const C_VACUUM_KM_PER_MS: f64 = 299.792_458;
+/// Round-trip kilometres of distance per ms over fibre (200 km/ms each way, there and back).
+const FIBRE_KM_PER_RTT_MS: f64 = 100.0;
+/// How long an address keeps its accounts and samples without news.
+const MEMORY: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// What the RTT says about an address's place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Faster than light over the distance: geo data is wrong for this address.
+    GeoWrong,
+    /// Far longer than any direct path: the client is behind a relay.
+    Relayed,
+}
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verdict::GeoWrong => "geo_wrong",
+            Verdict::Relayed => "relayed",
+        }
+    }
+}
+
+/// The bounds for a place at `d_km ± radius_km` from the sensor, in ms.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bounds {
+    pub vacuum_ms: f64,
+    pub fibre_ms: f64,
+    pub ceiling_ms: f64,
+}
+
+pub fn bounds(d_km: f64, radius_km: f64, stretch: f64, allowance_ms: f64) -> Bounds {
+    let d_min = (d_km - radius_km).max(0.0);
+    let d_max = d_km + radius_km;
+    Bounds {
+        vacuum_ms: 2.0 * d_min / C_VACUUM_KM_PER_MS,
+        fibre_ms: d_km / FIBRE_KM_PER_RTT_MS,
+        ceiling_ms: stretch * d_max / FIBRE_KM_PER_RTT_MS + allowance_ms,
+    }
+}
+
+/// What is known about one client public address.
+#[derive(Default)]
+struct Probe {
+    min_rtt_ns: Option<u64>,
+    samples: u32,
+    /// The flow of the least sample.
+    flow: Option<FlowRef>,
+    /// Accounts seen connecting from here: when, and their inside address.
+    accounts: BTreeMap<Arc<str>, (Timestamp, Option<IpAddr>)>,
+    reported: BTreeSet<Arc<str>>,
+    last: Timestamp,
+}
+
+pub struct RttDistance {
+    config: GeoAnomalyConfig,
+    sensor: Option<Location>,
+    probes: BTreeMap<IpAddr, Probe>,
+    /// Flows (by sequence number) already sampled and still in the table.
+    sampled: BTreeSet<u64>,
+}
+
+impl RttDistance {
+    /// Without the sensor's coordinates there is nothing to measure from.
+    pub fn new(config: &GeoAnomalyConfig, latitude: Option<f64>, longitude: Option<f64>) -> Self {
+        let sensor = latitude.zip(longitude).map(|(lat, lon)| Location {
+            lat,
+            lon,
+            radius_km: 0.0,
+            source: LocationSource::City,
+        });
+        RttDistance {
+            config: config.clone(),
+            sensor,
+            probes: BTreeMap::new(),
+            sampled: BTreeSet::new(),
+        }
+    }
+
+    pub fn on_public_ip(
+        &mut self,
+        scope: &Scope<'_>,
+        obs: &PublicIpObservation,
+        out: &mut Vec<Event>,
+    ) {
+        if self.sensor.is_none() {
+            return;
+        }
+        let p = self.probes.entry(obs.public_ip).or_default();
+        p.accounts
+            .insert(obs.account.id.clone(), (obs.ts, obs.assigned_ip));
+        p.last = p.last.max(obs.ts);
+        self.judge(scope, obs.public_ip, obs.ts, out);
+    }
+
+    /// A flow is active: sample its handshake once, if it is on the outer side.
+    pub fn on_flow(&mut self, scope: &Scope<'_>, flow: &Flow, ts: Timestamp, out: &mut Vec<Event>) {
+        if self.sensor.is_none() || flow.proto != Proto::Tcp || self.sampled.contains(&flow.seq) {
+            return;
+        }
+        let client = flow.orig.0.to_canonical();
+        let outer = scope
+            .network
+            .concentrators
+            .contains(&flow.resp.0.to_canonical())
+            || self.probes.contains_key(&client);
+        let Some(rtt) = flow.tcp.rtt_orig_ns() else {
+            return;
+        };
+        if !outer || scope.network.is_inside(client) {
+            return;
+        }
+        self.sampled.insert(flow.seq);
+        let p = self.probes.entry(client).or_default();
+        p.samples = p.samples.saturating_add(1);
+        p.last = p.last.max(ts);
+        if p.min_rtt_ns.is_none_or(|m| rtt < m) {
+            p.min_rtt_ns = Some(rtt);
+            p.flow = Some(FlowRef {
+                proto: flow.proto.as_str(),
+                src_ip: flow.orig.0,
+                src_port: flow.orig.1,
+                dst_ip: flow.resp.0,
+                dst_port: flow.resp.1,
+            });
+        }
+        self.judge(scope, client, ts, out);
+    }
+
+    /// The flow left the table: sample it if it never became active, then forget it.
+    pub fn on_end(&mut self, scope: &Scope<'_>, flow: &Flow, ts: Timestamp, out: &mut Vec<Event>) {
+        self.on_flow(scope, flow, ts, out);
+        self.sampled.remove(&flow.seq);
+    }
+
+    /// Reports the verdict on `ip` for each account seen there not yet told.
+    fn judge(&mut self, scope: &Scope<'_>, ip: IpAddr, ts: Timestamp, out: &mut Vec<Event>) {
+        let (Some(sensor), Some(p)) = (self.sensor, self.probes.get_mut(&ip)) else {
+            return;
+        };
+        let Some(min_ns) = p.min_rtt_ns else {
+            return;
+        };
+        if p.accounts.keys().all(|a| p.reported.contains(a)) {
+            return;
+        }
+        let info = scope.geo.lookup(ip);
+        let Some(place) = info.location else {
+            return;
+        };
+        let d = sensor.distance_km(&place);
+        let b = bounds(
+            d,
+            place.radius_km,
+            self.config.rtt_stretch,
+            self.config.rtt_allowance.as_secs_f64() * 1e3,
+        );
+        let rtt_ms = min_ns as f64 / 1e6;
+        let verdict = if rtt_ms < b.vacuum_ms {
+            Verdict::GeoWrong
+        } else if rtt_ms > b.ceiling_ms && p.samples >= self.config.rtt_min_samples.max(1) {
+            Verdict::Relayed
+        } else {
+            return;
+        };
+        let severity = match verdict {
+            Verdict::GeoWrong => Severity::Info,
+            Verdict::Relayed => Severity::Medium,
+        };
+        for (account, (_, host)) in &p.accounts {
+            if !p.reported.insert(account.clone()) {
+                continue;
+            }
+            let summary = match verdict {
+                Verdict::Relayed => format!(
+                    "Account {account}'s address {ip} answers in {rtt_ms:.1} ms, far above the {:.1} ms a client {d:.0} km away needs: it is behind a relay",
+                    b.ceiling_ms
+                ),
+                Verdict::GeoWrong => format!(
+                    "Account {account}'s address {ip} answers in {rtt_ms:.1} ms, faster than light over the {d:.0} km to where geo places it: the geo data is wrong"
+                ),
+            };
+            let mut e = with_geo(
+                Event::new(
+                    ts,
+                    Kind::GeoAnomaly,
+                    "rtt_distance",
+                    severity,
+                    &ip.to_string(),
+                ),
+                &info,
+            )
+            .evidence("verdict", verdict.as_str())
+            .evidence("public_ip", ip.to_string())
+            .evidence("min_rtt_ms", round3(rtt_ms))
+            .evidence("samples", p.samples)
+            .evidence("distance_km", round1(d))
+            .evidence("position", position(&place))
+            .evidence("sensor", position(&sensor))
+            .evidence("vacuum_bound_ms", round3(b.vacuum_ms))
+            .evidence("fibre_bound_ms", round3(b.fibre_ms))
+            .evidence("ceiling_ms", round3(b.ceiling_ms));
+            e.account = Some(account.to_string());
+            e.host = *host;
+            e.flow = p.flow.clone();
+            e.summary = summary;
+            out.push(e);
+        }
+    }
+
+    /// Forgets addresses with no news for a week.
+    pub fn expire(&mut self, now: Timestamp) {
+        self.probes.retain(|_, p| now.since(p.last) < MEMORY);
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_chicago_from_ashburn() {
+        let ashburn = Location {
+            lat: 39.04,
+            lon: -77.49,
+            radius_km: 0.0,
+            source: LocationSource::City,
+        };
+        let chicago = Location {
+            lat: 41.8781,
+            lon: -87.6298,
+            radius_km: 20.0,
+            source: LocationSource::City,
+        };
+        let d = ashburn.distance_km(&chicago);
+        assert!((d - 919.0).abs() < 10.0, "{d}");
+        let b = bounds(d, 20.0, 3.0, 40.0);
+        // 2·899 km / 299.79 km/ms; 919 km / 100; 3·939 / 100 + 40.
+        assert!((b.vacuum_ms - 2.0 * (d - 20.0) / 299.792_458).abs() < 1e-9);
+        assert!((b.fibre_ms - d / 100.0).abs() < 1e-9);
+        assert!((b.ceiling_ms - (3.0 * (d + 20.0) / 100.0 + 40.0)).abs() < 1e-9);
+        assert!(b.vacuum_ms < 6.1 && b.ceiling_ms > 68.0 && b.ceiling_ms < 69.0);
+    }
+
+    #[test]
+    fn a_radius_wider_than_the_distance_has_no_lower_bound() {
+        let b = bounds(300.0, 2600.0, 3.0, 40.0);
+        assert_eq!(b.vacuum_ms, 0.0);
+        assert!((b.ceiling_ms - (3.0 * 2900.0 / 100.0 + 40.0)).abs() < 1e-9);
+    }
+}
