@@ -764,3 +764,74 @@ fn empty_report_renders() {
     assert!(dom.contains("no packets"));
     assert!(dom.contains("No findings."));
 }
+
+/// The geo scenario (fixtures/geo, a week at a concentrator) with the detectors' findings:
+/// the accounts rank by the scorer's risk, asmith's heat map marks the UTC+09:00 working
+/// week its off_hours finding names, the rtt_distance findings plot against the bound and
+/// link to the handshake records they cite, and the shared exit is a farm cluster.
+#[test]
+fn geo_scenario_report_shows_the_findings() {
+    if !chromium_available() {
+        return;
+    }
+    let geo = Path::new("fixtures/geo");
+    let (html, stderr) = replay_report(
+        &[&geo.join("week.pcap")],
+        &[
+            "--config",
+            "fixtures/geo/farmwatch.toml",
+            "--accounts",
+            "fixtures/geo/accounts.toml",
+            "--sessions",
+            "fixtures/geo/sessions.jsonl",
+        ],
+        "report-geo",
+    );
+    assert!(
+        stderr.contains("asmith  alert/laptop_farm_suspected"),
+        "{stderr}"
+    );
+    let data = embedded(&std::fs::read_to_string(&html).expect("report"));
+    let ranked: Vec<&str> = data["accounts"]
+        .as_array()
+        .expect("accounts")
+        .iter()
+        .take(3)
+        .map(|a| a["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ranked, ["asmith", "bwong", "jdoe"]);
+    assert_eq!(data["accounts"][0]["risk_source"], "scorer");
+    let foreign = &data["accounts"][0]["heat"]["foreign"];
+    assert_eq!(foreign["zone"], "UTC+09:00");
+    assert!(
+        foreign["source"]
+            .as_str()
+            .expect("source")
+            .starts_with("finding ")
+    );
+    // Every rtt_distance finding cites the handshake record it measured.
+    for e in data["events"].as_array().expect("events") {
+        if e["reason"] == "rtt_distance" {
+            let i = e["flows"][0].as_u64().expect("a cited record") as usize;
+            assert_eq!(data["flows"][i]["src_ip"], e["evidence"]["public_ip"]);
+            assert_eq!(data["flows"][i]["dst_port"], 443);
+        }
+    }
+
+    let (dom, log) = load(&html);
+    assert_rendered(&dom, &log);
+    for expected in [
+        "A. Smith",
+        "off_hours/foreign_working_hours",
+        "farm_cluster/shared_public_ip",
+        "UTC+09:00",
+        "class=\"foreign\"",
+        "class=\"rttpt\"",
+        "class=\"vpn\"",
+        "class=\"finding\"",
+        "asmith: 2026-11-02",
+        "bwong: 2026-11-02",
+    ] {
+        assert!(dom.contains(expected), "rendered DOM lacks {expected}");
+    }
+}

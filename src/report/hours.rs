@@ -89,23 +89,32 @@ pub fn heat(c: &Collector, id: &str, declared: Option<chrono_tz::Tz>, events: &[
         .map_or(0, |(h, _)| h.saturating_mul(3600));
     let declared_offset = offset_at(&tz, mid);
 
+    // A zone the off_hours detector named: an IANA name or a UTC offset ("+09:00").
     let named = events
         .iter()
         .filter_map(|&i| c.events.get(i))
         .filter(|e| e.kind.as_str() == "off_hours")
         .find_map(|e| {
             e.evidence.values().find_map(|v| {
-                let z = v.as_str()?.parse::<chrono_tz::Tz>().ok()?;
-                (Some(z) != declared).then(|| (z, format!("finding {}", e.id)))
+                let s = v.as_str()?;
+                let (name, offset, fit) = match s.parse::<chrono_tz::Tz>() {
+                    Ok(z) => (
+                        z.name().to_string(),
+                        offset_at(&z, mid),
+                        work_fit(&hours, &z),
+                    ),
+                    Err(_) => {
+                        let z = parse_offset(s)?;
+                        let secs = z.local_minus_utc();
+                        (offset_name(secs), secs, work_fit(&hours, &z))
+                    }
+                };
+                (offset != declared_offset)
+                    .then(|| (name, offset, fit, format!("finding {}", e.id)))
             })
         });
     let foreign = match named {
-        Some((z, source)) => Some((
-            z.name().to_string(),
-            offset_at(&z, mid),
-            work_fit(&hours, &z),
-            source,
-        )),
+        Some(found) => Some(found),
         // Whole-hour offsets first: with hourly bins a half-hour neighbour often fits as
         // well, and the first best is kept.
         None if total >= MIN_ACTIVITY_FOR_FIT => (-12..=14)
@@ -145,6 +154,22 @@ pub fn heat(c: &Collector, id: &str, declared: Option<chrono_tz::Tz>, events: &[
             mark: work_mask(offset - declared_offset),
         }),
     }
+}
+
+/// `+09:00`, `-05:30`, optionally after `UTC`.
+fn parse_offset(s: &str) -> Option<FixedOffset> {
+    let s = s.strip_prefix("UTC").unwrap_or(s);
+    let sign = match s.get(..1)? {
+        "+" => 1,
+        "-" => -1,
+        _ => return None,
+    };
+    let (h, m) = s.get(1..)?.split_once(':')?;
+    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+    if !(0..=14).contains(&h) || !(0..60).contains(&m) {
+        return None;
+    }
+    FixedOffset::east_opt(sign * (h * 3600 + m * 60))
 }
 
 fn offset_at<Z: TimeZone>(tz: &Z, unix: i64) -> i32 {
@@ -240,6 +265,44 @@ mod tests {
         assert_eq!(f.zone, "Asia/Shanghai");
         assert_eq!(f.source, format!("finding {}", e.id));
         assert_eq!(f.fit, 1.0);
+    }
+
+    #[test]
+    fn heat_takes_an_offset_an_off_hours_finding_names() {
+        let mut c = shifted_worker();
+        // As the off_hours detector writes it: the declared zone is skipped.
+        let mut e = Event::new(
+            Timestamp::from_secs(1_793_700_000),
+            Kind::OffHours,
+            "foreign_working_hours",
+            Severity::Medium,
+            "",
+        )
+        .evidence("declared_timezone", "America/Chicago")
+        .evidence("best_utc_offset", "+09:00")
+        .evidence("working_day", "09:00-17:00");
+        e.account = Some("w".to_string());
+        c.event(&e);
+        let f = heat(&c, "w", Some(chrono_tz::America::Chicago), &[0])
+            .foreign
+            .expect("a foreign zone");
+        assert_eq!(f.zone, "UTC+09:00");
+        // 01:00-08:59 UTC is 10:00-17:59 there, all inside 09-18.
+        assert_eq!(f.fit, 1.0);
+        // Chicago Sunday 18:00 is Monday 09:00 at UTC+9.
+        assert!(f.mark[6][18] && !f.mark[6][17]);
+    }
+
+    #[test]
+    fn offsets_parse_strictly() {
+        assert_eq!(parse_offset("+09:00").unwrap().local_minus_utc(), 9 * 3600);
+        assert_eq!(
+            parse_offset("UTC-05:30").unwrap().local_minus_utc(),
+            -(5 * 3600 + 1800)
+        );
+        for bad in ["09:00", "09:00-17:00", "+9", "+15:00", "+09:60", "", "+"] {
+            assert!(parse_offset(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]
