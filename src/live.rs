@@ -313,8 +313,8 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
         };
         let mut pipeline = Pipeline::new(&args.config, sinks, context);
         if index > 0 {
-            // Inventory findings once per sensor, not once per worker.
-            pipeline.skip_inventory_findings();
+            // Inventory and session-feed findings once per sensor, not once per worker.
+            pipeline.secondary();
         }
         let sensor = Arc::clone(&sensor);
         let worker = std::thread::Builder::new()
@@ -339,7 +339,7 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
             .unwrap_or_default()
     );
     sensor.set_capturing(true);
-    let capture_error = capture_loop(&mut capture, link, &queues, &sensor);
+    let capture_error = capture_loop(&mut capture, link, &queues, &sensor, &args.config.network);
     sensor.set_capturing(false);
     drop(queues);
 
@@ -436,8 +436,9 @@ fn capture_loop(
     link: LinkType,
     queues: &[SyncSender<Work>],
     sensor: &Sensor,
+    network: &crate::config::NetworkConfig,
 ) -> Option<String> {
-    let mut shard = Sharder::new(queues.len());
+    let mut shard = Sharder::new(queues.len(), network.clone());
     let mut drops = DropCounter::default();
     let mut next_stats = Instant::now() + CAPTURE_STATS_EVERY;
     let mut clock_told = Timestamp::ZERO;
@@ -530,21 +531,26 @@ fn timestamp(secs: i64, nanos: i64) -> Timestamp {
     Timestamp(secs.saturating_mul(1_000_000_000).saturating_add(nanos))
 }
 
-/// Picks each packet's worker by a symmetric hash of its innermost address pair, so both
-/// directions of a flow meet in one flow table. Ports are left out on purpose: a fragment
-/// carries none, and hashing it differently from its flow's other packets would split the
-/// flow between two workers.
+/// Picks each packet's worker so both directions of a flow meet in one flow table, and so
+/// every flow between an inside host and the outside lands with that host's other flows:
+/// a flow with one inside end is hashed by that address alone (per-host detectors such as
+/// stepping stones and remote-desktop sessions see all of the host's outside traffic);
+/// other flows by a symmetric hash of the address pair. Ports are left out on purpose: a
+/// fragment carries none, and hashing it differently from its flow's other packets would
+/// split the flow between two workers.
 struct Sharder {
     /// Used only for the addresses; without a fragment pool it holds nothing back.
     decoder: Decoder,
     workers: usize,
+    network: crate::config::NetworkConfig,
 }
 
 impl Sharder {
-    fn new(workers: usize) -> Sharder {
+    fn new(workers: usize, network: crate::config::NetworkConfig) -> Sharder {
         Sharder {
             decoder: Decoder::new(0, Duration::ZERO),
             workers,
+            network,
         }
     }
 
@@ -559,7 +565,12 @@ impl Sharder {
             Ok(None) | Err(_) => outer_addresses(pkt),
         };
         pair.map_or(0, |(a, b)| {
-            (symmetric_hash(a, b) % self.workers as u64) as usize
+            let h = match (self.network.is_inside(a), self.network.is_inside(b)) {
+                (true, false) => symmetric_hash(a, a),
+                (false, true) => symmetric_hash(b, b),
+                _ => symmetric_hash(a, b),
+            };
+            (h % self.workers as u64) as usize
         })
     }
 }
@@ -664,7 +675,7 @@ mod tests {
         let b = [10, 0, 0, 2];
         let fragment = frame(LinkType::ETHERNET, FIRST_FRAGMENT.to_vec());
         for workers in 2..=9 {
-            let mut sharder = Sharder::new(workers);
+            let mut sharder = Sharder::new(workers, crate::config::NetworkConfig::default());
             let there = sharder.worker(&udp(a, b, 5353, 53));
             assert_eq!(sharder.worker(&udp(b, a, 53, 5353)), there);
             assert_eq!(sharder.worker(&fragment), there, "workers={workers}");
@@ -673,8 +684,25 @@ mod tests {
     }
 
     #[test]
+    fn an_inside_hosts_outside_flows_share_a_worker() {
+        let mut sharder = Sharder::new(8, crate::config::NetworkConfig::default());
+        let host = [10, 8, 0, 12];
+        let there = sharder.worker(&udp(host, [198, 51, 100, 1], 1000, 53));
+        for peer in 2..40u8 {
+            assert_eq!(
+                sharder.worker(&udp([203, 0, 113, peer], host, 3389, 50000)),
+                there
+            );
+            assert_eq!(
+                sharder.worker(&udp(host, [192, 0, 2, peer], 50001, 22)),
+                there
+            );
+        }
+    }
+
+    #[test]
     fn address_pairs_spread_over_workers() {
-        let mut sharder = Sharder::new(4);
+        let mut sharder = Sharder::new(4, crate::config::NetworkConfig::default());
         let used: std::collections::BTreeSet<usize> = (1..=64)
             .map(|host| sharder.worker(&udp([10, 0, 0, host], [10, 9, 9, 9], 1000, 53)))
             .collect();
@@ -683,7 +711,7 @@ mod tests {
 
     #[test]
     fn frames_without_addresses_go_to_the_first_worker() {
-        let mut sharder = Sharder::new(4);
+        let mut sharder = Sharder::new(4, crate::config::NetworkConfig::default());
         assert_eq!(sharder.worker(&frame(LinkType::ETHERNET, vec![0; 6])), 0);
         assert_eq!(sharder.worker(&frame(LinkType(147), vec![0x45; 40])), 0);
     }

@@ -18,7 +18,7 @@ use crate::flows::flow::{ORIG, RESP};
 use crate::flows::record::FlowRecord;
 use crate::flows::{Flow, FlowEvent, FlowTable};
 use crate::geo::Geo;
-use crate::identity::{Identity, PublicIpObservation};
+use crate::identity::{Identity, ObservationSource, PublicIpObservation};
 use crate::metrics::Stats;
 use crate::report::Collector;
 use crate::sink::JsonLines;
@@ -105,7 +105,9 @@ pub struct Pipeline {
     /// Public-address observations (session feed, RADIUS) not yet due by packet time,
     /// newest first.
     observations: Vec<PublicIpObservation>,
-    inventory_findings: bool,
+    /// The one pipeline of a sensor that reports inventory findings and session-feed
+    /// observations (live capture with several workers has one primary).
+    primary: bool,
     pending: Vec<FlowEvent>,
     events: Option<JsonLines>,
     flow_records: Option<JsonLines>,
@@ -135,7 +137,7 @@ impl Pipeline {
             findings: Vec::new(),
             ticked: 0,
             observations: Vec::new(),
-            inventory_findings: true,
+            primary: true,
             pending: Vec::new(),
             events: sinks.events,
             flow_records: sinks.flows,
@@ -146,15 +148,16 @@ impl Pipeline {
         }
     }
 
-    /// Leaves the inventory findings to another pipeline of the same sensor.
-    pub fn skip_inventory_findings(&mut self) {
-        self.inventory_findings = false;
+    /// Makes this pipeline a secondary worker of a sensor: the inventory findings and the
+    /// session feed's observations are the primary worker's, so they are reported once.
+    pub fn secondary(&mut self) {
+        self.primary = false;
     }
 
     /// Findings that do not wait for traffic (inventory checks), stamped with the first
     /// packet's time.
     fn start(&mut self, ts: Timestamp) {
-        if !self.inventory_findings {
+        if !self.primary {
             return;
         }
         for event in accounts::inventory_events(self.context.identity.inventory(), ts) {
@@ -269,6 +272,9 @@ impl Pipeline {
             let Some(obs) = self.observations.pop() else {
                 break;
             };
+            if !self.primary && obs.source == ObservationSource::SessionFeed {
+                continue;
+            }
             if let Some(c) = self.collector.as_mut() {
                 c.observation(&obs);
             }
@@ -413,7 +419,24 @@ impl Pipeline {
             }
         }
         self.stats.last_packet_ts = self.last_ts.map(|t| t.as_secs_f64());
+        let now = self.last_ts.unwrap_or_default();
         let inventory = self.context.identity.inventory();
+        // Account labels only from the inventory (a bounded set); other hosts count as "".
+        self.stats.remote_desktop_active.clear();
+        for (host, app) in self.detectors.active_remote_desktop(now) {
+            let account = self
+                .context
+                .identity
+                .account_at(host, now)
+                .filter(|a| inventory.get(&a.id).is_some())
+                .map(|a| a.id.to_string())
+                .unwrap_or_default();
+            *self
+                .stats
+                .remote_desktop_active
+                .entry((app.as_str(), account))
+                .or_default() += 1;
+        }
         self.stats.account_risk = self
             .detectors
             .account_scores(self.last_ts.unwrap_or_default())

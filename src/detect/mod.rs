@@ -6,8 +6,13 @@
 pub mod farm_cluster;
 pub mod geo_anomaly;
 pub mod off_hours;
+pub mod relay_service;
+pub mod remote_desktop;
 pub mod rtt_distance;
+pub mod rtt_split;
 pub mod score;
+pub mod stepping_stone;
+pub mod tunnel;
 
 use std::collections::BTreeMap;
 
@@ -28,6 +33,11 @@ pub struct DetectConfig {
     pub farm_cluster: farm_cluster::FarmClusterConfig,
     pub off_hours: off_hours::OffHoursConfig,
     pub score: score::ScoreConfig,
+    pub remote_desktop: remote_desktop::RemoteDesktopConfig,
+    pub stepping_stone: stepping_stone::SteppingStoneConfig,
+    pub rtt_split: rtt_split::RttSplitConfig,
+    pub tunnel: tunnel::TunnelConfig,
+    pub relay_service: relay_service::RelayServiceConfig,
 }
 
 /// What detectors know about the world around a flow: which addresses are ours, who is
@@ -48,6 +58,11 @@ pub struct Detectors {
     scorer: score::Scorer,
     /// The hour of packet time old state was last let go at.
     expired: u64,
+    remote_desktop: remote_desktop::RemoteDesktop,
+    stepping_stone: stepping_stone::SteppingStone,
+    rtt_split: rtt_split::RttSplit,
+    tunnel: tunnel::Tunnel,
+    relay_service: relay_service::RelayService,
 }
 
 impl Detectors {
@@ -65,6 +80,11 @@ impl Detectors {
             off_hours: off_hours::OffHours::new(&detect.off_hours),
             scorer: score::Scorer::new(&detect.score),
             expired: 0,
+            remote_desktop: remote_desktop::RemoteDesktop::new(&detect.remote_desktop),
+            stepping_stone: stepping_stone::SteppingStone::new(&detect.stepping_stone),
+            rtt_split: rtt_split::RttSplit::new(&detect.rtt_split),
+            tunnel: tunnel::Tunnel::new(&detect.tunnel),
+            relay_service: relay_service::RelayService::new(&detect.relay_service),
         }
     }
 
@@ -76,7 +96,7 @@ impl Detectors {
     pub fn on_resume(
         &mut self,
         scope: &Scope<'_>,
-        _key: &FlowKey,
+        key: &FlowKey,
         flow: &Flow,
         from_orig: bool,
         ts: Timestamp,
@@ -84,27 +104,34 @@ impl Detectors {
     ) {
         self.rtt_distance.on_flow(scope, flow, ts, out);
         self.off_hours.on_resume(scope, flow, from_orig, ts, out);
+        self.stepping_stone
+            .on_resume(scope, key, flow, from_orig, ts, out);
     }
 
     /// `flow` got its application label.
     pub fn on_identified(
         &mut self,
-        _scope: &Scope<'_>,
-        _key: &FlowKey,
-        _flow: &Flow,
-        _ts: Timestamp,
-        _out: &mut Vec<Event>,
+        scope: &Scope<'_>,
+        key: &FlowKey,
+        flow: &Flow,
+        ts: Timestamp,
+        out: &mut Vec<Event>,
     ) {
+        self.remote_desktop.on_identified(scope, key, flow);
+        self.rtt_split.on_identified(scope, key, flow, ts, out);
+        self.tunnel.on_identified(scope, flow, ts, out);
+        self.relay_service
+            .on_identified(scope, key, flow, ts, &self.remote_desktop, out);
     }
 
     /// Packet time moved past a whole second; `flows` is the table, for detectors that
     /// follow flows while they run.
     pub fn on_tick(
         &mut self,
-        _scope: &Scope<'_>,
+        scope: &Scope<'_>,
         now: Timestamp,
-        _flows: &FlowTable,
-        _out: &mut Vec<Event>,
+        flows: &FlowTable,
+        out: &mut Vec<Event>,
     ) {
         if now.secs() / 3600 > self.expired {
             self.expired = now.secs() / 3600;
@@ -113,6 +140,10 @@ impl Detectors {
             self.farm_cluster.expire(now);
             self.off_hours.expire(now);
         }
+        self.remote_desktop.on_tick(scope, now, flows, out);
+        self.rtt_split.on_tick(scope, now, flows, out);
+        self.relay_service
+            .on_tick(scope, now, flows, &self.remote_desktop, out);
     }
 
     /// An account was seen at a public address (session feed or RADIUS), in time order.
@@ -130,12 +161,24 @@ impl Detectors {
     /// `flow` ended and left the table.
     pub fn on_end(&mut self, scope: &Scope<'_>, flow: &Flow, ts: Timestamp, out: &mut Vec<Event>) {
         self.rtt_distance.on_end(scope, flow, ts, out);
+        self.remote_desktop.on_end(scope, flow);
+        self.stepping_stone.on_end(flow);
+        self.rtt_split.on_end(scope, flow, ts, out);
+        self.relay_service.on_end(flow);
     }
 
     /// A finding was written (sealed, account filled in): it joins its account's risk
     /// score; returns the alert when the score reached a new tier.
     pub fn on_event(&mut self, event: &Event) -> Option<Event> {
         self.scorer.observe(event)
+    }
+
+    /// Remote-desktop sessions running at `now`, as (inside host, tool).
+    pub fn active_remote_desktop(
+        &self,
+        now: Timestamp,
+    ) -> Vec<(std::net::IpAddr, crate::app::App)> {
+        self.remote_desktop.active_sessions(now).collect()
     }
 
     /// Risk score of every account with evidence, at `now`.

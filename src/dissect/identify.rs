@@ -34,35 +34,40 @@ pub struct Input<'a> {
     pub dns_name: Option<&'a str>,
 }
 
-/// The protocol details written into flow records, one object per protocol.
+pub fn boxed<T>(value: T) -> Option<Box<T>> {
+    Some(Box::new(value))
+}
+
+/// The protocol details written into flow records, one object per protocol. Each is boxed
+/// so that a flow carries only the one or two it has (memory per flow).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Details {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<TlsDetails>,
+    pub tls: Option<Box<TlsDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub quic: Option<QuicDetails>,
+    pub quic: Option<Box<QuicDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns: Option<DnsDetails>,
+    pub dns: Option<Box<DnsDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpDetails>,
+    pub http: Option<Box<HttpDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ssh: Option<SshDetails>,
+    pub ssh: Option<Box<SshDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rdp: Option<RdpDetails>,
+    pub rdp: Option<Box<RdpDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rfb: Option<rfb::Session>,
+    pub rfb: Option<Box<rfb::Session>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub socks: Option<SocksDetails>,
+    pub socks: Option<Box<SocksDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub wireguard: Option<WireguardDetails>,
+    pub wireguard: Option<Box<WireguardDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub openvpn: Option<OpenvpnDetails>,
+    pub openvpn: Option<Box<OpenvpnDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ipsec: Option<IpsecDetails>,
+    pub ipsec: Option<Box<IpsecDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stun: Option<StunDetails>,
+    pub stun: Option<Box<StunDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub radius: Option<radius::Accounting>,
+    pub radius: Option<Box<radius::Accounting>>,
     /// What named the remote-access tool: "sni", "dns_name", "cert_name", "alpn", "payload".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_evidence: Option<&'static str>,
@@ -275,7 +280,7 @@ fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
         let r = rfb::parse_session(c, s);
         if let Ok(session) = &r {
             id.app = Some(App::Vnc);
-            id.details.rfb = Some(session.clone());
+            id.details.rfb = boxed(session.clone());
         }
         // The session summary grows with the handshake; settle once the auth is chosen.
         let settled = r.as_ref().is_ok_and(|s| s.auth_type.is_some()) || (cc && sc);
@@ -288,7 +293,7 @@ fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
         if let Ok(req) = &req {
             let resp = http::parse_response(s).ok();
             id.app = Some(App::Http);
-            id.details.http = Some(HttpDetails {
+            id.details.http = boxed(HttpDetails {
                 connect: req.method.eq_ignore_ascii_case("CONNECT"),
                 method: req.method.clone(),
                 target: req.target.clone(),
@@ -310,7 +315,7 @@ fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
             // A SOCKS request alone is a guess; the server's well-formed reply confirms it.
             if let Ok(reply) = &reply {
                 id.app = Some(App::Socks);
-                id.details.socks = Some(SocksDetails {
+                id.details.socks = boxed(SocksDetails {
                     version,
                     command: req.command,
                     target: match (&req.host, req.addr) {
@@ -335,7 +340,7 @@ fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
         let answered = openvpn::parse(s, true).is_ok_and(|r| openvpn::is_hard_reset(r.opcode));
         if answered || s.is_empty() {
             id.app = Some(App::Openvpn);
-            id.details.openvpn = Some(OpenvpnDetails {
+            id.details.openvpn = boxed(OpenvpnDetails {
                 opcode: p.opcode,
                 tls_auth: p.hmac_len.is_some(),
             });
@@ -348,7 +353,7 @@ fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
     {
         id.app = Some(App::Dns);
         let resp = dns::parse_tcp_stream(s).ok();
-        id.details.dns = Some(dns_details(
+        id.details.dns = boxed(dns_details(
             msgs.first(),
             resp.as_ref().and_then(|r| r.first()),
         ));
@@ -386,7 +391,7 @@ fn ssh_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) ->
     if let Some(Ok(k)) = &sk {
         d.hassh_server = Some(ssh::hassh(k, false).1);
     }
-    id.details.ssh = Some(d);
+    id.details.ssh = boxed(d);
     let settled = |k: &Option<crate::dissect::Result<ssh::KexInit>>, closed: bool| match k {
         Some(r) => found(r, closed) != Found::Partial,
         None => closed,
@@ -420,7 +425,7 @@ fn tls_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) ->
         d.cert_san = cert.san_dns.iter().take(8).cloned().collect();
         d.cert_san.extend(cert.subject_cn.clone());
     }
-    id.details.tls = Some(d);
+    id.details.tls = boxed(d);
     if found(&server, sc) == Found::Partial || found(&cert, sc) == Found::Partial {
         Found::Partial
     } else {
@@ -456,7 +461,7 @@ fn rdp_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) ->
         && let Ok(hello) = tls::parse_client_hello(rest)
     {
         d.tls = true;
-        id.details.tls = Some(TlsDetails {
+        id.details.tls = boxed(TlsDetails {
             client_version: Some(hello.legacy_version),
             sni: hello.sni,
             alpn: hello.alpn,
@@ -464,7 +469,7 @@ fn rdp_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) ->
             ..TlsDetails::default()
         });
     }
-    id.details.rdp = Some(d);
+    id.details.rdp = boxed(d);
     if found(&confirm, sc) == Found::Partial {
         Found::Partial
     } else {
@@ -485,7 +490,7 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
     {
         id.app = Some(App::Dns);
         let answer = sd.first().and_then(|d| dns::parse_message(d).ok());
-        id.details.dns = Some(dns_details(Some(&q), answer.as_ref()));
+        id.details.dns = boxed(dns_details(Some(&q), answer.as_ref()));
         // Settled with the answer, so the record carries it.
         return answer.is_some();
     }
@@ -493,7 +498,7 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
         && let Ok(p) = radius::parse(first)
     {
         id.app = Some(App::Radius);
-        id.details.radius = p.accounting;
+        id.details.radius = p.accounting.map(Box::new);
         return true;
     }
     if first.first().is_some_and(|b| b & 0xc0 == 0xc0)
@@ -514,11 +519,11 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
             d.alpn = h.alpn.clone();
             d.ja4 = Some(ja4::ja4(h, ja4::Transport::Quic).0);
         }
-        id.details.quic = Some(d);
+        id.details.quic = boxed(d);
         return hello.is_ok() || cd.len() >= 3;
     }
     if let Ok(h) = tls::parse_dtls_client_hello(first) {
-        id.details.tls = Some(TlsDetails {
+        id.details.tls = boxed(TlsDetails {
             client_version: Some(h.legacy_version),
             sni: h.sni,
             alpn: h.alpn,
@@ -535,13 +540,17 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
         .collect();
     if !stun_msgs.is_empty() {
         id.app = Some(App::Stun);
-        id.details.stun = Some(StunDetails {
+        id.details.stun = boxed(StunDetails {
             method: stun_msgs.first().and_then(|m| stun::method_name(m.method)),
             software: stun_msgs.iter().find_map(|m| m.software.clone()),
             relayed: stun_msgs.iter().any(|m| m.xor_relayed.is_some()),
             channel_data: cd.iter().chain(sd).any(|d| stun::is_channel_data(d)),
         });
-        return true;
+        // Settle once a request has its answer, so a TURN allocation's relayed address
+        // (in the success response) is seen.
+        return stun_msgs
+            .iter()
+            .any(|m| matches!(m.class, stun::Class::Success | stun::Class::Error));
     }
     let wg: Vec<wireguard::Message> = cd
         .iter()
@@ -561,7 +570,7 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
     // handshake, or a handshake message with transport, identifies WireGuard.
     if (initiation || response) && (initiation && response || transport) {
         id.app = Some(App::Wireguard);
-        id.details.wireguard = Some(WireguardDetails {
+        id.details.wireguard = boxed(WireguardDetails {
             handshake_initiation: initiation,
             handshake_response: response,
             transport,
@@ -572,7 +581,7 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
         let natt = ports.contains(&4500);
         if let Ok(ike) = ipsec::parse_ike(first, natt) {
             id.app = Some(App::Ipsec);
-            id.details.ipsec = Some(IpsecDetails {
+            id.details.ipsec = boxed(IpsecDetails {
                 ike_version: Some(ike.version),
                 exchange: Some(ike.exchange),
                 esp: false,
@@ -581,7 +590,7 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
         }
         if natt && ipsec::parse_esp(first).is_ok() && !ipsec::is_nat_keepalive(first) {
             id.app = Some(App::Ipsec);
-            id.details.ipsec = Some(IpsecDetails {
+            id.details.ipsec = boxed(IpsecDetails {
                 esp: true,
                 ..IpsecDetails::default()
             });
@@ -612,7 +621,7 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
             });
         if answered {
             id.app = Some(App::Openvpn);
-            id.details.openvpn = Some(OpenvpnDetails {
+            id.details.openvpn = boxed(OpenvpnDetails {
                 opcode: p.opcode,
                 tls_auth: p.hmac_len.is_some(),
             });
@@ -625,7 +634,7 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
     if let Ok(syn) = rdp::parse_rdpeudp_syn(first) {
         id.app = Some(App::Rdp);
         let synack = sd.first().and_then(|d| rdp::parse_rdpeudp_syn(d).ok());
-        id.details.rdp = Some(RdpDetails {
+        id.details.rdp = boxed(RdpDetails {
             udp: Some(synack.unwrap_or(syn)),
             ..RdpDetails::default()
         });

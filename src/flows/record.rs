@@ -70,31 +70,31 @@ pub struct FlowRecord {
     // Protocol details, present when dissected (fields, not a flattened map: flattening
     // sends every record through serde's slow map path).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<TlsDetails>,
+    pub tls: Option<Box<TlsDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub quic: Option<QuicDetails>,
+    pub quic: Option<Box<QuicDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns: Option<DnsDetails>,
+    pub dns: Option<Box<DnsDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpDetails>,
+    pub http: Option<Box<HttpDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ssh: Option<SshDetails>,
+    pub ssh: Option<Box<SshDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rdp: Option<RdpDetails>,
+    pub rdp: Option<Box<RdpDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rfb: Option<rfb::Session>,
+    pub rfb: Option<Box<rfb::Session>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub socks: Option<SocksDetails>,
+    pub socks: Option<Box<SocksDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub wireguard: Option<WireguardDetails>,
+    pub wireguard: Option<Box<WireguardDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub openvpn: Option<OpenvpnDetails>,
+    pub openvpn: Option<Box<OpenvpnDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ipsec: Option<IpsecDetails>,
+    pub ipsec: Option<Box<IpsecDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stun: Option<StunDetails>,
+    pub stun: Option<Box<StunDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub radius: Option<radius::Accounting>,
+    pub radius: Option<Box<radius::Accounting>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_evidence: Option<&'static str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
