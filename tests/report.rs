@@ -801,6 +801,11 @@ fn geo_scenario_report_shows_the_findings() {
         .collect();
     assert_eq!(ranked, ["asmith", "bwong", "jdoe"]);
     assert_eq!(data["accounts"][0]["risk_source"], "scorer");
+    // The test database serves country, city and ASN: named once.
+    assert_eq!(
+        data["meta"]["databases"],
+        serde_json::json!(["farmwatch-Test-City-ASN (built 2026-01-01)"])
+    );
     let foreign = &data["accounts"][0]["heat"]["foreign"];
     assert_eq!(foreign["zone"], "UTC+09:00");
     assert!(

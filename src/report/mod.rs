@@ -485,7 +485,13 @@ fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
             bytes: st.bytes,
             flows_total: st.flows_total,
             sensor,
-            databases: geo.describe(),
+            // One file may serve several roles (country, city, ASN): name it once.
+            databases: geo
+                .describe()
+                .into_iter()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
             accounts_file: inventory.file.clone(),
             limits: Limits {
                 flows_seen: c.flows_seen,
