@@ -48,6 +48,9 @@ enum Command {
         /// Write Prometheus metrics (text format) here at the end.
         #[arg(long)]
         metrics_out: Option<PathBuf>,
+        /// Write an HTML case file here (self-contained: findings, timelines, charts).
+        #[arg(long, value_name = "FILE.html")]
+        report: Option<PathBuf>,
     },
     /// Capture from a network interface until SIGTERM/SIGINT; serve /metrics and /healthz.
     Live {
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
             events,
             flows,
             metrics_out,
+            report,
         } => Config::load(config.as_deref())
             .map_err(|e| Failure::Usage(e.to_string()))
             .and_then(|config| {
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
                     events: Target::parse(&events),
                     flows,
                     metrics_out,
+                    report,
                 })
             }),
         Command::Live {

@@ -20,6 +20,7 @@ use crate::flows::{Flow, FlowEvent, FlowTable};
 use crate::geo::Geo;
 use crate::identity::{Identity, ObservationSource, PublicIpObservation};
 use crate::metrics::Stats;
+use crate::report::Collector;
 use crate::sink::JsonLines;
 use crate::source::Packet;
 use crate::timestamp::Timestamp;
@@ -110,6 +111,8 @@ pub struct Pipeline {
     pending: Vec<FlowEvent>,
     events: Option<JsonLines>,
     flow_records: Option<JsonLines>,
+    /// Keeps findings and flow records for the replay's summary and report.
+    pub collector: Option<Collector>,
     pub stats: Stats,
     pub first_ts: Option<Timestamp>,
     pub last_ts: Option<Timestamp>,
@@ -138,6 +141,7 @@ impl Pipeline {
             pending: Vec::new(),
             events: sinks.events,
             flow_records: sinks.flows,
+            collector: None,
             stats: Stats::default(),
             first_ts: None,
             last_ts: None,
@@ -262,6 +266,9 @@ impl Pipeline {
             .events
             .entry((event.kind.as_str(), event.reason, event.severity.as_str()))
             .or_default() += 1;
+        if let Some(c) = self.collector.as_mut() {
+            c.event(&event);
+        }
         if let Some(sink) = self.events.as_mut() {
             sink.write(&event);
         }
@@ -283,6 +290,9 @@ impl Pipeline {
             };
             if !self.primary && obs.source == ObservationSource::SessionFeed {
                 continue;
+            }
+            if let Some(c) = self.collector.as_mut() {
+                c.observation(&obs);
             }
             let scope = scope!(self);
             self.detectors
@@ -388,6 +398,9 @@ impl Pipeline {
                         &self.context,
                         &self.network,
                     );
+                    if let Some(c) = self.collector.as_mut() {
+                        c.flow(&record);
+                    }
                     if let Some(sink) = self.flow_records.as_mut() {
                         sink.write(&record);
                     }
@@ -396,6 +409,11 @@ impl Pipeline {
         }
         self.pending = pending;
         self.emit_findings();
+    }
+
+    /// Who is behind an address and where it is, as the pipeline used it.
+    pub fn context(&self) -> &Context {
+        &self.context
     }
 
     /// Copies counters kept elsewhere (table, decoder, sinks) into `stats`.

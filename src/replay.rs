@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::pipeline::{Context, Pipeline, Sinks};
+use crate::report::{self, Collector, InputFile, ReportInput};
 use crate::sink::{self, JsonLines, Target};
 use crate::source::{Replay, SourceError};
 
@@ -18,6 +19,8 @@ pub struct ReplayArgs {
     pub flows: Option<PathBuf>,
     /// Prometheus text-format metrics written at the end.
     pub metrics_out: Option<PathBuf>,
+    /// The HTML case file written at the end.
+    pub report: Option<PathBuf>,
 }
 
 /// How a replay went wrong, by exit code.
@@ -50,6 +53,12 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
         .map(sink::create_file)
         .transpose()
         .map_err(|e| Failure::Usage(format!("cannot open flows output: {e}")))?;
+    // Created now, so a bad path fails before hours of replay, not after.
+    if let Some(p) = &args.report {
+        std::fs::File::create(p).map_err(|e| {
+            Failure::Usage(format!("cannot open report output: {}: {e}", p.display()))
+        })?;
+    }
     let mut pipeline = Pipeline::new(
         &args.config,
         Sinks {
@@ -58,6 +67,7 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
         },
         context,
     );
+    pipeline.collector = Some(Collector::new(args.report.is_some()));
 
     let total: u64 = args
         .files
@@ -92,6 +102,9 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
     pipeline.stats.truncated_records = replay.readers().iter().map(|r| r.truncated).sum();
     pipeline.finish();
     print_summary(&replay, &pipeline);
+    if let Some(path) = &args.report {
+        write_report(path, &replay, &mut pipeline, &args.config)?;
+    }
     if let Some(path) = &args.metrics_out {
         let metrics = crate::metrics::Metrics::new();
         // Lag is measured against the capture's own clock, so a replay reports none.
@@ -158,4 +171,44 @@ fn print_summary(replay: &Replay, p: &Pipeline) {
     for ((kind, reason, severity), n) in &s.events {
         let _ = writeln!(err, "  {kind}/{reason} [{severity}]: {n}");
     }
+    if let Some(c) = &p.collector {
+        let table = report::top_findings_table(c, TOP_FINDINGS);
+        if !table.is_empty() {
+            let _ = write!(err, "top findings:\n{table}");
+        }
+    }
+}
+
+/// Rows of the top-findings table on stderr.
+const TOP_FINDINGS: usize = 10;
+
+/// The HTML case file: what the replay found, with the inputs' sizes and hashes.
+fn write_report(
+    path: &std::path::Path,
+    replay: &Replay,
+    pipeline: &mut Pipeline,
+    config: &Config,
+) -> Result<(), Failure> {
+    let mut files = Vec::new();
+    for r in replay.readers() {
+        let mut f = InputFile::hash(r.path())
+            .map_err(|e| Failure::Runtime(format!("{}: {e}", r.path().display())))?;
+        f.truncated = r.truncated;
+        f.skipped = r.skipped;
+        files.push(f);
+    }
+    let mut collector = pipeline.collector.take().unwrap_or_default();
+    collector.settle();
+    let html = report::render(
+        &collector,
+        &ReportInput {
+            files,
+            config,
+            context: pipeline.context(),
+            stats: &pipeline.stats,
+            first_ts: pipeline.first_ts,
+            last_ts: pipeline.last_ts,
+        },
+    );
+    std::fs::write(path, html).map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))
 }

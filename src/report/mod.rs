@@ -1,0 +1,889 @@
+//! The forensic case file (`replay --report FILE.html`): one self-contained HTML file an
+//! analyst can read and hand on without the JSON lines. Rust does the arithmetic (ranking,
+//! time zones, RTT bounds, clusters) and embeds the result as JSON; a small inline script
+//! draws tables and SVG charts from it. Nothing from the wire reaches the page as markup:
+//! the JSON is escaped so it cannot end its `<script>` element, and the script inserts
+//! every value with `textContent`.
+
+pub mod collect;
+mod hours;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::app::App;
+use crate::config::Config;
+use crate::flows::record::FlowRecord;
+use crate::geo::{Geo, Location, LocationSource};
+use crate::identity::PublicIpObservation;
+use crate::metrics::Stats;
+use crate::pipeline::Context;
+use crate::timestamp::Timestamp;
+pub use collect::Collector;
+use collect::{Tally, TallyKey};
+use hours::{Heat, heat};
+
+const TEMPLATE: &str = include_str!("template.html");
+const STYLE: &str = include_str!("report.css");
+const SCRIPT: &str = include_str!("report.js");
+
+/// Accounts drawn with charts; the rest are listed in the ranking only.
+const CHARTED_ACCOUNTS: usize = 50;
+/// Findings listed under one account (all are in the findings table).
+const EVENTS_PER_ACCOUNT: usize = 200;
+/// Flow records linked from one finding.
+const LINKS_PER_EVENT: usize = 5;
+/// Light in fibre covers about 200 km per millisecond, so a round trip over `d` km takes
+/// at least d / 100 ms.
+const KM_PER_MS_ROUND_TRIP: f64 = 100.0;
+
+/// A capture file as the report's header names it.
+#[derive(Clone, Debug, Serialize)]
+pub struct InputFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Records cut off at the end of the file, and packets skipped (unknown link type).
+    pub truncated: u64,
+    pub skipped: u64,
+}
+
+impl InputFile {
+    /// Size and SHA-256 of the file as it is on disk now.
+    pub fn hash(path: &Path) -> std::io::Result<InputFile> {
+        let mut file = std::fs::File::open(path)?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut size = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            size = size.saturating_add(n as u64);
+            h.update(buf.get(..n).unwrap_or_default());
+        }
+        Ok(InputFile {
+            path: path.display().to_string(),
+            size,
+            sha256: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+            truncated: 0,
+            skipped: 0,
+        })
+    }
+}
+
+/// Everything besides the collector that the report states.
+pub struct ReportInput<'a> {
+    pub files: Vec<InputFile>,
+    pub config: &'a Config,
+    pub context: &'a Context,
+    pub stats: &'a Stats,
+    pub first_ts: Option<Timestamp>,
+    pub last_ts: Option<Timestamp>,
+}
+
+/// One line of the top-findings table (terminal and report).
+#[derive(Clone, Debug, Serialize)]
+pub struct TopFinding {
+    pub account: Option<String>,
+    pub kind: &'static str,
+    pub reason: &'static str,
+    pub severity: &'static str,
+    pub count: u64,
+    pub first: Timestamp,
+    pub last: Timestamp,
+}
+
+/// The tallies ranked: severity, then count, then first seen.
+pub fn top_findings(c: &Collector, limit: usize) -> Vec<TopFinding> {
+    let mut rows: Vec<(&TallyKey, &Tally)> = c.tally.iter().collect();
+    rows.sort_by(|(ka, a), (kb, b)| {
+        kb.3.cmp(&ka.3)
+            .then(b.count.cmp(&a.count))
+            .then(a.first.cmp(&b.first))
+    });
+    rows.into_iter()
+        .take(limit)
+        .map(|((account, kind, reason, sev), t)| TopFinding {
+            account: account.clone(),
+            kind,
+            reason,
+            severity: sev.as_str(),
+            count: t.count,
+            first: t.first,
+            last: t.last,
+        })
+        .collect()
+}
+
+/// The top findings as a fixed-width text table, for the terminal.
+pub fn top_findings_table(c: &Collector, limit: usize) -> String {
+    let rows = top_findings(c, limit);
+    if rows.is_empty() {
+        return String::new();
+    }
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.account.clone().unwrap_or_else(|| "-".to_string()),
+                format!("{}/{}", r.kind, r.reason),
+                r.severity.to_string(),
+                r.count.to_string(),
+                r.first.rfc3339(),
+            ]
+        })
+        .collect();
+    let head = ["account", "finding", "severity", "count", "first seen"];
+    let mut width = head.map(|h| h.chars().count());
+    for row in &cells {
+        for (w, c) in width.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |row: &[String]| {
+        let mut s = String::from(" ");
+        for (i, (c, w)) in row.iter().zip(width).enumerate() {
+            // Counts align right, text left.
+            if i == 3 {
+                s.push_str(&format!(" {c:>w$}"));
+            } else {
+                s.push_str(&format!(" {c:<w$}"));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(&head.map(str::to_string));
+    for row in &cells {
+        out.push_str(&line(row));
+    }
+    let total = c.tally.len();
+    if total > rows.len() {
+        out.push_str(&format!("  ... and {} more\n", total - rows.len()));
+    }
+    out
+}
+
+/// The report page: template, style, script and the data.
+pub fn render(c: &Collector, input: &ReportInput<'_>) -> String {
+    let data = build(c, input);
+    let json = serde_json::to_string(&data).unwrap_or_else(|_| "{}".to_string());
+    TEMPLATE
+        .replacen("/*STYLE*/", STYLE, 1)
+        .replacen("/*SCRIPT*/", SCRIPT, 1)
+        // Last, so nothing in the data is ever taken for a placeholder.
+        .replacen("/*DATA*/", &script_safe(&json), 1)
+}
+
+/// JSON that cannot leave a `<script>` element: `<`, `>` and `&` only occur inside JSON
+/// strings, where their `\u` escapes mean the same, so `</script>` and `<!--` never appear.
+fn script_safe(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() + 64);
+    for ch in json.chars() {
+        match ch {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct Data {
+    meta: Meta,
+    health: Health,
+    top: Vec<TopFinding>,
+    accounts: Vec<AccountView>,
+    events: Vec<EventView>,
+    flows: Vec<Value>,
+    rd_sessions: Vec<RdSession>,
+    clusters: Vec<Cluster>,
+}
+
+#[derive(Serialize)]
+struct Meta {
+    version: &'static str,
+    files: Vec<InputFile>,
+    first_ts: Option<Timestamp>,
+    last_ts: Option<Timestamp>,
+    packets: u64,
+    bytes: u64,
+    flows_total: u64,
+    sensor: Vec<(&'static str, String)>,
+    databases: Vec<String>,
+    accounts_file: String,
+    limits: Limits,
+}
+
+/// What the report left out, so the reader knows.
+#[derive(Serialize)]
+struct Limits {
+    flows_seen: u64,
+    flows_kept: usize,
+    flows_not_kept: u64,
+    uncited_flows_kept_max: usize,
+    notable_flows_kept_max: usize,
+    events_not_kept: u64,
+    observations_not_kept: u64,
+    charted_accounts: usize,
+    events_per_account: usize,
+}
+
+#[derive(Serialize)]
+struct Health {
+    decode_errors: BTreeMap<&'static str, u64>,
+    truncated_records: u64,
+    capture_drops_kernel: u64,
+    capture_drops_interface: u64,
+    flows_evicted: BTreeMap<&'static str, u64>,
+    flows_by_app: BTreeMap<&'static str, u64>,
+    sink_errors: BTreeMap<&'static str, u64>,
+    geo_cache_evictions: u64,
+    /// Address-to-account ranges dropped (too many per address) and stops that matched
+    /// no session: places where a flow may be tied to nobody or the wrong account.
+    identity_ranges_evicted: u64,
+    identity_unmatched_stops: u64,
+}
+
+#[derive(Serialize)]
+struct EventView {
+    ts: Timestamp,
+    id: String,
+    kind: &'static str,
+    reason: &'static str,
+    severity: &'static str,
+    account: Option<String>,
+    host: Option<IpAddr>,
+    flow: Option<String>,
+    app: Option<&'static str>,
+    summary: String,
+    evidence: Value,
+    /// Indices into `flows` of the records this finding cites.
+    flows: Vec<usize>,
+}
+
+#[derive(Serialize)]
+struct AccountView {
+    id: String,
+    name: Option<String>,
+    kind: Option<&'static str>,
+    declared_country: Option<String>,
+    declared_timezone: Option<String>,
+    in_inventory: bool,
+    risk: f64,
+    /// `scorer` (the alert detector's score) or `severity` (summed severity weights).
+    risk_source: &'static str,
+    reasons: Vec<TopFinding>,
+    events: Vec<usize>,
+    events_total: usize,
+    charted: bool,
+    heat: Option<Heat>,
+    sessions: Vec<SessionView>,
+    rtt: Vec<RttPoint>,
+    rd: Vec<usize>,
+    flows: u64,
+}
+
+#[derive(Serialize)]
+struct SessionView {
+    ts: Timestamp,
+    public_ip: IpAddr,
+    assigned_ip: Option<IpAddr>,
+    country: Option<String>,
+    asn: Option<u32>,
+    as_org: Option<String>,
+    source: &'static str,
+}
+
+#[derive(Serialize)]
+struct RttPoint {
+    ip: Option<String>,
+    country: Option<String>,
+    distance_km: f64,
+    rtt_ms: f64,
+    bound_ms: f64,
+    source: String,
+}
+
+#[derive(Serialize)]
+struct RdSession {
+    flow: usize,
+    ts: Timestamp,
+    duration_s: f64,
+    app: &'static str,
+    account: Option<String>,
+    /// `src` or `dst`: the side sending the screen (more bytes).
+    controlled: &'static str,
+    controlled_ip: IpAddr,
+    peer: IpAddr,
+    /// Whether the account's own host is the controlled one.
+    account_role: Option<&'static str>,
+    bytes_orig: u64,
+    bytes_resp: u64,
+}
+
+#[derive(Serialize)]
+struct Cluster {
+    public_ip: IpAddr,
+    country: Option<String>,
+    asn: Option<u32>,
+    accounts: Vec<ClusterAccount>,
+    days: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ClusterAccount {
+    id: String,
+    days: Vec<String>,
+}
+
+fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
+    let geo = &input.context.geo;
+    let inventory = input.context.identity.inventory();
+    let flows: Vec<Value> = c
+        .flows
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+        .collect();
+    let events = event_views(c);
+
+    let sensor_location = sensor_location(input.config, geo);
+    let mut ids: BTreeSet<String> = inventory.accounts.iter().map(|a| a.id.clone()).collect();
+    ids.extend(c.events.iter().filter_map(|e| e.account.clone()));
+    ids.extend(c.activity.keys().map(|(a, _)| a.clone()));
+    ids.extend(c.observations.iter().map(|o| o.account.id.to_string()));
+
+    let rd = rd_sessions(c, input.config);
+    let events_of = by_account(&c.events, |e| e.account.as_deref());
+    let observations_of = by_account(&c.observations, |o| Some(&*o.account.id));
+    let rd_of = by_account(&rd, |s| s.account.as_deref());
+    let mut reasons_of: HashMap<String, Vec<TopFinding>> = HashMap::new();
+    for t in top_findings(c, usize::MAX) {
+        if let Some(a) = &t.account {
+            reasons_of.entry(a.clone()).or_default().push(t);
+        }
+    }
+    let mut accounts: Vec<AccountView> = ids
+        .into_iter()
+        .map(|id| {
+            let declared = inventory.get(&id);
+            let reasons = reasons_of.remove(&id).unwrap_or_default();
+            let mine = events_of.get(id.as_str()).map_or(&[][..], Vec::as_slice);
+            let (risk, risk_source) = match input.stats.account_risk.get(&id) {
+                Some(r) => (*r, "scorer"),
+                None => (
+                    reasons
+                        .iter()
+                        .map(|t| severity_weight(t.severity) * t.count as f64)
+                        .sum(),
+                    "severity",
+                ),
+            };
+            let flows_n: u64 = c
+                .activity
+                .range((id.clone(), i64::MIN)..=(id.clone(), i64::MAX))
+                .map(|(_, n)| u64::from(*n))
+                .sum();
+            AccountView {
+                name: declared.and_then(|a| a.name.clone()),
+                kind: declared.map(|a| a.kind.as_str()),
+                declared_country: declared.and_then(|a| a.declared_country.clone()),
+                declared_timezone: declared.and_then(|a| a.declared_timezone.clone()),
+                in_inventory: declared.is_some(),
+                risk: (risk * 100.0).round() / 100.0,
+                risk_source,
+                events_total: mine.len(),
+                events: mine.iter().copied().take(EVENTS_PER_ACCOUNT).collect(),
+                reasons,
+                charted: false,
+                heat: None,
+                rtt: Vec::new(),
+                rd: rd_of.get(id.as_str()).cloned().unwrap_or_default(),
+                sessions: Vec::new(),
+                flows: flows_n,
+                id,
+            }
+        })
+        .collect();
+    accounts.sort_by(|a, b| {
+        b.risk
+            .total_cmp(&a.risk)
+            .then(b.events_total.cmp(&a.events_total))
+            .then(b.flows.cmp(&a.flows))
+            .then(a.id.cmp(&b.id))
+    });
+    // Charts, and the sessions they draw, only for the accounts ranked first among those
+    // with anything to draw.
+    for a in accounts
+        .iter_mut()
+        .filter(|a| {
+            a.events_total > 0 || a.flows > 0 || observations_of.contains_key(a.id.as_str())
+        })
+        .take(CHARTED_ACCOUNTS)
+    {
+        a.charted = true;
+        a.sessions = observations_of
+            .get(a.id.as_str())
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| c.observations.get(i))
+            .map(|o| session_view(o, geo))
+            .collect();
+        let declared = inventory.get(&a.id);
+        a.heat = Some(heat(c, &a.id, declared.and_then(|d| d.timezone), &a.events));
+        a.rtt = rtt_points(c, a, geo, sensor_location.as_ref());
+    }
+
+    let s = &input.config.sensor;
+    let net = &input.config.network;
+    let join = |v: Vec<String>| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let mut sensor = vec![("name", s.name.clone())];
+    if let (Some(lat), Some(lon)) = (s.latitude, s.longitude) {
+        sensor.push(("position", format!("{lat}, {lon}")));
+    }
+    if let Some(cc) = &s.country {
+        sensor.push(("country", cc.clone()));
+    }
+    sensor.push((
+        "inside",
+        join(net.inside.iter().map(|n| n.to_string()).collect()),
+    ));
+    sensor.push((
+        "vpn_pool",
+        join(net.vpn_pool.iter().map(|n| n.to_string()).collect()),
+    ));
+    sensor.push((
+        "concentrators",
+        join(net.concentrators.iter().map(|n| n.to_string()).collect()),
+    ));
+
+    let st = input.stats;
+    Data {
+        meta: Meta {
+            version: env!("CARGO_PKG_VERSION"),
+            files: input.files.clone(),
+            first_ts: input.first_ts,
+            last_ts: input.last_ts,
+            packets: st.packets,
+            bytes: st.bytes,
+            flows_total: st.flows_total,
+            sensor,
+            // One file may serve several roles (country, city, ASN): name it once.
+            databases: geo
+                .describe()
+                .into_iter()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            accounts_file: inventory.file.clone(),
+            limits: Limits {
+                flows_seen: c.flows_seen,
+                flows_kept: c.flows.len(),
+                flows_not_kept: c.flows_not_kept(),
+                uncited_flows_kept_max: collect::MAX_UNCITED_FLOWS,
+                notable_flows_kept_max: collect::MAX_NOTABLE_FLOWS,
+                events_not_kept: c.events_not_kept,
+                observations_not_kept: c.observations_not_kept,
+                charted_accounts: CHARTED_ACCOUNTS,
+                events_per_account: EVENTS_PER_ACCOUNT,
+            },
+        },
+        health: Health {
+            decode_errors: st.decode_errors.clone(),
+            truncated_records: st.truncated_records,
+            capture_drops_kernel: st.capture_drops_kernel,
+            capture_drops_interface: st.capture_drops_interface,
+            flows_evicted: st.flows_evicted.clone(),
+            flows_by_app: st.flows_by_app.clone(),
+            sink_errors: st.sink_errors.clone(),
+            geo_cache_evictions: geo.cache_evictions(),
+            identity_ranges_evicted: input.context.identity.stats().ranges_evicted,
+            identity_unmatched_stops: input.context.identity.stats().unmatched_stops,
+        },
+        top: top_findings(c, 20),
+        accounts,
+        events,
+        flows,
+        rd_sessions: rd,
+        clusters: clusters(&c.observations, geo),
+    }
+}
+
+/// Indices of `items` grouped by the account each belongs to, in order.
+fn by_account<'a, T>(
+    items: &'a [T],
+    account: impl Fn(&'a T) -> Option<&'a str>,
+) -> HashMap<&'a str, Vec<usize>> {
+    let mut out: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        if let Some(a) = account(item) {
+            out.entry(a).or_default().push(i);
+        }
+    }
+    out
+}
+
+fn severity_weight(s: &str) -> f64 {
+    match s {
+        "critical" => 10.0,
+        "high" => 6.0,
+        "medium" => 3.0,
+        "low" => 1.0,
+        _ => 0.0,
+    }
+}
+
+/// Findings with the indices of the flow records they cite: by 5-tuple (the event's
+/// `flow` and tuples in its evidence) and by Community ID in its evidence.
+fn event_views(c: &Collector) -> Vec<EventView> {
+    let mut by_tuple: HashMap<collect::Tuple, Vec<usize>> = HashMap::new();
+    let mut by_id: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, r) in c.flows.iter().enumerate() {
+        by_tuple.entry(collect::tuple_of(r)).or_default().push(i);
+        by_id.entry(r.community_id.as_str()).or_default().push(i);
+    }
+    c.events
+        .iter()
+        .map(|e| {
+            let mut tuples = std::collections::HashSet::new();
+            let mut cids = std::collections::HashSet::new();
+            if let Some(f) = &e.flow {
+                tuples.insert((
+                    f.proto.to_string(),
+                    f.src_ip,
+                    f.src_port,
+                    f.dst_ip,
+                    f.dst_port,
+                ));
+            }
+            for v in e.evidence.values() {
+                collect::citations(v, &mut tuples, &mut cids);
+            }
+            let mut linked: BTreeSet<usize> = BTreeSet::new();
+            for t in &tuples {
+                linked.extend(by_tuple.get(t).into_iter().flatten().copied());
+            }
+            for id in &cids {
+                linked.extend(by_id.get(id.as_str()).into_iter().flatten().copied());
+            }
+            // A reused 5-tuple matches several records: the ones nearest the finding.
+            let mut linked: Vec<usize> = linked.into_iter().collect();
+            linked.sort_by_key(|&i| c.flows.get(i).map_or(u64::MAX, |r| time_apart(r, e.ts)));
+            linked.truncate(LINKS_PER_EVENT);
+            linked.sort_unstable();
+            EventView {
+                ts: e.ts,
+                id: e.id.clone(),
+                kind: e.kind.as_str(),
+                reason: e.reason,
+                severity: e.severity.as_str(),
+                account: e.account.clone(),
+                host: e.host,
+                flow: e.flow.as_ref().map(|f| {
+                    format!(
+                        "{} {} → {}",
+                        f.proto,
+                        endpoint(f.src_ip, f.src_port),
+                        endpoint(f.dst_ip, f.dst_port)
+                    )
+                }),
+                app: e.app.map(App::as_str),
+                summary: e.summary.clone(),
+                evidence: Value::Object(e.evidence.clone()),
+                flows: linked,
+            }
+        })
+        .collect()
+}
+
+/// Nanoseconds between `ts` and the flow's lifetime (zero inside it).
+fn time_apart(r: &FlowRecord, ts: Timestamp) -> u64 {
+    if ts < r.ts {
+        r.ts.0 - ts.0
+    } else {
+        ts.0.saturating_sub(r.end.0)
+    }
+}
+
+fn endpoint(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+fn session_view(o: &PublicIpObservation, geo: &Geo) -> SessionView {
+    let g = geo.lookup(o.public_ip);
+    SessionView {
+        ts: o.ts,
+        public_ip: o.public_ip,
+        assigned_ip: o.assigned_ip,
+        country: g.country,
+        asn: g.asn,
+        as_org: g.as_org,
+        source: o.source.as_str(),
+    }
+}
+
+/// Remote-desktop flows among the kept records; the side that sends more bytes sends the
+/// screen, so it is the controlled one (DESIGN §6).
+fn rd_sessions(c: &Collector, config: &Config) -> Vec<RdSession> {
+    c.flows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let app = App::ALL
+                .into_iter()
+                .find(|a| Some(a.as_str()) == r.app)
+                .filter(|a| a.is_remote_desktop())?;
+            let src_controlled = r.bytes_orig > r.bytes_resp;
+            let (controlled_ip, peer) = if src_controlled {
+                (r.src_ip, r.dst_ip)
+            } else {
+                (r.dst_ip, r.src_ip)
+            };
+            let inside = |ip| config.network.is_inside(ip);
+            let account_role = match (inside(controlled_ip), inside(peer)) {
+                (true, false) => Some("controlled"),
+                (false, true) => Some("controller"),
+                _ => None,
+            };
+            Some(RdSession {
+                flow: i,
+                ts: r.ts,
+                duration_s: r.duration_s,
+                app: app.as_str(),
+                account: r.account.clone(),
+                controlled: if src_controlled { "src" } else { "dst" },
+                controlled_ip,
+                peer,
+                account_role: r.account.as_ref().and(account_role),
+                bytes_orig: r.bytes_orig,
+                bytes_resp: r.bytes_resp,
+            })
+        })
+        .collect()
+}
+
+/// Where the sensor is: its configured position, else its country's centroid.
+fn sensor_location(config: &Config, geo: &Geo) -> Option<Location> {
+    let s = &config.sensor;
+    match (s.latitude, s.longitude) {
+        (Some(lat), Some(lon)) => Some(Location {
+            lat,
+            lon,
+            radius_km: 0.0,
+            source: LocationSource::City,
+        }),
+        _ => s.country.as_deref().and_then(|cc| geo.centroid(cc)),
+    }
+}
+
+/// The least RTT to each public address the account came from, against the speed-of-light
+/// bound for the place the databases put it; plus the figures of `rtt_distance` findings.
+fn rtt_points(
+    c: &Collector,
+    a: &AccountView,
+    geo: &Geo,
+    sensor: Option<&Location>,
+) -> Vec<RttPoint> {
+    let mut out = Vec::new();
+    if let Some(sensor) = sensor {
+        let ips: BTreeSet<IpAddr> = a.sessions.iter().map(|s| s.public_ip).collect();
+        for ip in ips {
+            let (Some(rtt), g) = (c.min_rtt.get(&ip), geo.lookup(ip)) else {
+                continue;
+            };
+            let Some(loc) = g.location else { continue };
+            let d = sensor.min_distance_km(&loc);
+            out.push(RttPoint {
+                ip: Some(ip.to_string()),
+                country: g.country,
+                distance_km: d.round(),
+                rtt_ms: *rtt,
+                bound_ms: (d / KM_PER_MS_ROUND_TRIP * 100.0).round() / 100.0,
+                source: "least handshake RTT".to_string(),
+            });
+        }
+    }
+    for &i in &a.events {
+        let Some(e) = c.events.get(i) else { continue };
+        if e.reason != "rtt_distance" {
+            continue;
+        }
+        let num = |pred: &dyn Fn(&str) -> bool| {
+            e.evidence
+                .iter()
+                .find(|(k, v)| pred(k) && v.is_number())
+                .and_then(|(_, v)| v.as_f64())
+        };
+        let rtt = num(&|k| k.contains("rtt") && !k.contains("bound") && !k.contains("expected"));
+        let dist = num(&|k| k.contains("distance") || k.ends_with("_km"));
+        if let (Some(rtt), Some(d)) = (rtt, dist) {
+            out.push(RttPoint {
+                ip: e
+                    .evidence
+                    .iter()
+                    .find(|(k, v)| k.contains("ip") && v.is_string())
+                    .and_then(|(_, v)| v.as_str().map(str::to_string)),
+                country: e
+                    .evidence
+                    .iter()
+                    .find(|(k, v)| k.contains("country") && v.is_string())
+                    .and_then(|(_, v)| v.as_str().map(str::to_string)),
+                distance_km: d,
+                rtt_ms: rtt,
+                bound_ms: (d / KM_PER_MS_ROUND_TRIP * 100.0).round() / 100.0,
+                source: format!("finding {}", e.id),
+            });
+        }
+    }
+    out
+}
+
+/// Public addresses that more than one account came from, with the days (UTC) each did.
+fn clusters(observations: &[PublicIpObservation], geo: &Geo) -> Vec<Cluster> {
+    let mut by_ip: BTreeMap<IpAddr, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for o in observations {
+        by_ip
+            .entry(o.public_ip)
+            .or_default()
+            .entry(o.account.id.to_string())
+            .or_default()
+            .insert(o.ts.rfc3339().get(..10).unwrap_or_default().to_string());
+    }
+    by_ip
+        .into_iter()
+        .filter(|(_, accounts)| accounts.len() > 1)
+        .map(|(ip, accounts)| {
+            let g = geo.lookup(ip);
+            let days: BTreeSet<String> = accounts.values().flatten().cloned().collect();
+            Cluster {
+                public_ip: ip,
+                country: g.country,
+                asn: g.asn,
+                accounts: accounts
+                    .into_iter()
+                    .map(|(id, days)| ClusterAccount {
+                        id,
+                        days: days.into_iter().collect(),
+                    })
+                    .collect(),
+                days: days.into_iter().collect(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, Kind, Severity};
+
+    #[test]
+    fn script_safe_json_cannot_close_the_script_element() {
+        let hostile = serde_json::json!({
+            "sni": "</script><script>alert(1)</script>",
+            "dns": "<!--<img src=x onerror=alert(2)>-->&amp;\u{2028}",
+        });
+        let json = serde_json::to_string(&hostile).unwrap();
+        let safe = script_safe(&json);
+        for bad in ["<", ">", "&", "\u{2028}"] {
+            assert!(!safe.contains(bad), "{bad} left in {safe}");
+        }
+        // The escapes mean the same to a JSON parser.
+        assert_eq!(serde_json::from_str::<Value>(&safe).unwrap(), hostile);
+    }
+
+    #[test]
+    fn top_findings_rank_by_severity_then_count() {
+        let mut c = Collector::new(false);
+        let mut add = |account: &str, kind, reason, severity, secs| {
+            let mut e = Event::new(Timestamp::from_secs(secs), kind, reason, severity, "");
+            e.account = Some(account.to_string());
+            c.event(&e);
+        };
+        add(
+            "a",
+            Kind::RemoteDesktop,
+            "persistent_stream",
+            Severity::Medium,
+            10,
+        );
+        add(
+            "a",
+            Kind::RemoteDesktop,
+            "persistent_stream",
+            Severity::Medium,
+            5,
+        );
+        add(
+            "b",
+            Kind::Alert,
+            "laptop_farm_suspected",
+            Severity::Critical,
+            20,
+        );
+        add("b", Kind::Inventory, "phone_format", Severity::Medium, 1);
+        let top = top_findings(&c, 10);
+        let order: Vec<&str> = top.iter().map(|t| t.reason).collect();
+        assert_eq!(
+            order,
+            ["laptop_farm_suspected", "persistent_stream", "phone_format"]
+        );
+        assert_eq!(top[1].count, 2);
+        assert_eq!(top[1].first, Timestamp::from_secs(5));
+        // Without `full` nothing but the tally is kept.
+        assert!(c.events.is_empty());
+        let table = top_findings_table(&c, 2);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "  account finding                          severity count first seen"
+        );
+        assert_eq!(
+            lines[1],
+            "  b       alert/laptop_farm_suspected      critical     1 1970-01-01T00:00:20.000000Z"
+        );
+        assert_eq!(lines[3], "  ... and 1 more");
+    }
+
+    #[test]
+    fn evidence_citations_are_found_at_any_depth() {
+        let mut tuples = std::collections::HashSet::new();
+        let mut ids = std::collections::HashSet::new();
+        let ev = serde_json::json!({
+            "inbound": {"proto": "tcp", "src_ip": "203.0.113.9", "src_port": 50000,
+                        "dst_ip": "10.8.0.12", "dst_port": 3389},
+            "outbound": [{"community_id": "1:abc="}],
+            "note": "not 1: a citation?",
+        });
+        collect::citations(&ev, &mut tuples, &mut ids);
+        assert!(tuples.contains(&(
+            "tcp".to_string(),
+            "203.0.113.9".parse().unwrap(),
+            50000,
+            "10.8.0.12".parse().unwrap(),
+            3389
+        )));
+        assert!(ids.contains("1:abc="));
+        assert_eq!(ids.len(), 1);
+    }
+}

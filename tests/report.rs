@@ -1,0 +1,842 @@
+//! `replay --report`: the HTML case file, loaded in headless Chromium (Debian's `chromium`;
+//! a missing browser skips these tests, and fails them when `CI=true`). Each test checks the
+//! page finished its script without an exception (`data-rendered="ok"`, no console errors)
+//! and that the expected accounts, findings and chart elements are in the rendered DOM.
+//! Screenshots land in the test's scratch directory under `target/`, never in git.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use farmwatch::accounts::AccountRef;
+use farmwatch::config::Config;
+use farmwatch::event::{Event, FlowRef, Kind, Severity};
+use farmwatch::identity::{ObservationSource, PublicIpObservation};
+use farmwatch::metrics::Stats;
+use farmwatch::pipeline::{Context, Pipeline, Sinks};
+use farmwatch::report::{self, Collector, ReportInput};
+use farmwatch::source::Replay;
+use farmwatch::timestamp::Timestamp;
+use fixturegen::capture::{ByteOrder, Capture, EPOCH, MS, SEC, TsUnit};
+use fixturegen::conversation::{Conversation, TcpSession, UDP};
+use fixturegen::packet::{Link, Side};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn chromium_available() -> bool {
+    support::require(Path::new(CHROMIUM).exists(), "chromium (/usr/bin/chromium)")
+}
+
+/// Loads `html` in headless Chromium: the DOM after the page's script ran, and the browser's
+/// log (console messages included). Also writes a screenshot next to the page.
+fn load(html: &Path) -> (String, String) {
+    let dir = html.parent().expect("dir");
+    let url = format!("file://{}", html.canonicalize().expect("path").display());
+    let run = |extra: &[String], profile: &str| {
+        let mut cmd = Command::new("timeout");
+        cmd.arg("180").arg(CHROMIUM).args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+        ]);
+        cmd.arg(format!("--user-data-dir={}", dir.join(profile).display()));
+        cmd.args(extra).arg(&url);
+        let out = cmd.output().expect("run chromium");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (dom, log) = run(&["--dump-dom".to_string()], "profile-dom");
+    let shot = dir.join("report.png");
+    let (_, shot_log) = run(
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1400,2000".to_string(),
+        ],
+        "profile-shot",
+    );
+    assert!(shot.exists(), "no screenshot: {shot_log}");
+    (dom, log + &shot_log)
+}
+
+/// The page ran to its end: the marker is set, the error box is hidden, and the browser
+/// logged no console error or uncaught exception.
+fn assert_rendered(dom: &str, log: &str) {
+    assert!(
+        dom.contains("data-rendered=\"ok\""),
+        "page script did not finish: {}",
+        dom.get(..2000).unwrap_or(dom)
+    );
+    assert!(dom.contains("id=\"fw-error\" class=\"fw-error\" hidden"));
+    for line in log.lines() {
+        let console = line.contains("CONSOLE") || line.contains("console");
+        assert!(
+            !(line.contains("Uncaught") || console && line.contains("rror")),
+            "console error: {line}"
+        );
+    }
+}
+
+fn replay_report(files: &[&Path], extra: &[&str], tag: &str) -> (PathBuf, String) {
+    let dir = support::scratch(tag);
+    let html = dir.join("report.html");
+    let mut args: Vec<String> = vec!["replay".into()];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    args.extend([
+        "--events".into(),
+        dir.join("events.jsonl").display().to_string(),
+    ]);
+    args.extend(["--report".into(), html.display().to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = Command::new(support::bin())
+        .args(&args)
+        .output()
+        .expect("run farmwatch");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "replay failed: {stderr}");
+    (html, stderr)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+/// A page that loads nothing: no external script, style, font or image reference.
+fn assert_self_contained(html: &str) {
+    for needle in [
+        "<link",
+        "<script src",
+        "@import",
+        "url(",
+        "<iframe",
+        "<img",
+        "<object",
+    ] {
+        assert!(!html.contains(needle), "report references {needle}");
+    }
+}
+
+#[test]
+fn real_rdp_capture_report_renders_with_accounts_and_clusters() {
+    let Some(captures) = support::captures() else {
+        assert!(!support::in_ci(), "../shared/captures missing in CI");
+        return;
+    };
+    if !chromium_available() {
+        return;
+    }
+    let dir = support::scratch("report-rdp-inputs");
+    let accounts = write(
+        &dir,
+        "accounts.toml",
+        r#"
+[[account]]
+id = "jdoe"
+kind = "contractor"
+name = "J. Doe"
+declared_country = "US"
+declared_timezone = "America/Chicago"
+phone = "+44 20 7946 0958"
+hosts = ["192.168.1.200"]
+
+[[account]]
+id = "asmith"
+kind = "contractor"
+declared_country = "US"
+declared_timezone = "America/New_York"
+phone = "+1 312 555 0142"
+hosts = ["192.168.1.150"]
+"#,
+    );
+    let sessions = write(
+        &dir,
+        "sessions.jsonl",
+        concat!(
+            r#"{"ts":"2011-02-12T22:50:00Z","account":"jdoe","assigned_ip":"192.168.1.200","public_ip":"81.2.69.142","event":"start"}"#,
+            "\n",
+            r#"{"ts":"2011-02-12T22:50:30Z","account":"asmith","assigned_ip":"192.168.1.150","public_ip":"81.2.69.142","event":"start"}"#,
+            "\n"
+        ),
+    );
+    let capture = captures.join("zeek/Traces/rdp/rdp-to-ssl.pcap");
+    let (html, stderr) = replay_report(
+        &[&capture],
+        &[
+            "--accounts",
+            accounts.to_str().expect("utf-8"),
+            "--sessions",
+            sessions.to_str().expect("utf-8"),
+        ],
+        "report-rdp",
+    );
+    // The same input gives the same file, byte for byte.
+    let (again, _) = replay_report(
+        &[&capture],
+        &[
+            "--accounts",
+            accounts.to_str().expect("utf-8"),
+            "--sessions",
+            sessions.to_str().expect("utf-8"),
+        ],
+        "report-rdp-again",
+    );
+    assert!(std::fs::read(&html).expect("report") == std::fs::read(&again).expect("report"));
+    // The terminal summary's top-findings table names the account and the finding.
+    let table = stderr
+        .split("top findings:\n")
+        .nth(1)
+        .expect("top findings table");
+    assert!(table.contains("jdoe") && table.contains("inventory/phone_format"));
+
+    let text = std::fs::read_to_string(&html).expect("report");
+    assert_self_contained(&text);
+    let digest = report::InputFile::hash(&capture).expect("hash").sha256;
+    assert!(text.contains(&digest), "header lacks the capture's SHA-256");
+
+    let (dom, log) = load(&html);
+    assert_rendered(&dom, &log);
+    for expected in [
+        "jdoe",
+        "J. Doe",
+        "asmith",
+        "inventory/phone_format",
+        "America/Chicago",
+        "81.2.69.142",
+        "class=\"timeline\"",
+        "class=\"heatmap\"",
+        "class=\"addresses\"",
+        "class=\"rd\"",
+        "id=\"acct-0\"",
+        "id=\"f-0\"",
+        "href=\"#f-",
+        "rdp-to-ssl.pcap",
+        &digest,
+    ] {
+        assert!(dom.contains(expected), "rendered DOM lacks {expected}");
+    }
+    // The two accounts share one public address: a farm-cluster row names both.
+    let clusters = dom
+        .split("id=\"clusters\"")
+        .nth(1)
+        .expect("clusters section");
+    let clusters = clusters.split("</section>").next().unwrap_or_default();
+    assert!(clusters.contains("jdoe: 2011-02-12") && clusters.contains("asmith: 2011-02-12"));
+    // Both RDP flows are in the remote-desktop table with the side that sent the screen.
+    let rd = dom.split("id=\"rd\"").nth(1).expect("rd section");
+    let rd = rd.split("</section>").next().unwrap_or_default();
+    assert_eq!(rd.matches("<tr><td").count(), 2, "{rd}");
+}
+
+#[test]
+fn unwritable_report_path_is_a_usage_error_before_the_replay() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tcp-states.pcap");
+    let out = support::run(&[
+        "replay",
+        fixture.to_str().expect("utf-8"),
+        "--events",
+        "/dev/null",
+        "--report",
+        "/nonexistent-dir/report.html",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot open report output: /nonexistent-dir/report.html"));
+}
+
+// ---- a synthesized capture whose names are hostile markup ----
+
+const SCRIPT_BREAK: &str = "</script><script>alert(1)</script>";
+const IMG_ONERROR: &str = "<img src=x onerror=alert(2)>";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+/// DNS response (RFC 1035 §4.1): one question for `name` (A, IN), one answer pointing at it
+/// by compression (§4.1.4) with address `ip`. Labels are raw bytes: DNS allows any.
+fn dns_response(name: &str, ip: [u8; 4]) -> Vec<u8> {
+    let mut m = vec![0x51, 0x7e, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+    for label in name.split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.extend_from_slice(&[0, 0, 1, 0, 1]);
+    m.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0x01, 0x2c, 0, 4]);
+    m.extend_from_slice(&ip);
+    m
+}
+
+fn dns_query(name: &str) -> Vec<u8> {
+    let mut m = vec![0x51, 0x7e, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.extend_from_slice(&[0, 0, 1, 0, 1]);
+    m
+}
+
+/// TLS 1.2 record holding a ClientHello (RFC 8446 §4.1.2) with one cipher suite and a
+/// server_name extension (RFC 6066 §3) carrying `sni` as its HostName.
+fn client_hello(sni: &str) -> Vec<u8> {
+    let name = sni.as_bytes();
+    let mut sn = Vec::new();
+    sn.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+    sn.push(0);
+    sn.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sn.extend_from_slice(name);
+    let mut ext = vec![0, 0];
+    ext.extend_from_slice(&(sn.len() as u16).to_be_bytes());
+    ext.extend_from_slice(&sn);
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[0x42; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1, 0];
+    hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    hs.extend_from_slice(&body);
+    let mut rec = vec![22, 3, 1];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// TPKT (RFC 1006 §6) + X.224 Connection Request with a `Cookie: mstshash=` line and an
+/// RDP_NEG_REQ asking for TLS and CredSSP (MS-RDPBCGR 2.2.1.1).
+fn rdp_connection_request(cookie: &str) -> Vec<u8> {
+    let mut user = format!("Cookie: mstshash={cookie}\r\n").into_bytes();
+    user.extend_from_slice(&[1, 0, 8, 0, 3, 0, 0, 0]);
+    let li = 6 + user.len();
+    let mut tpdu = vec![li as u8, 0xe0, 0, 0, 0, 0, 0];
+    tpdu.extend_from_slice(&user);
+    let mut out = vec![3, 0];
+    out.extend_from_slice(&((tpdu.len() + 4) as u16).to_be_bytes());
+    out.extend_from_slice(&tpdu);
+    out
+}
+
+/// TPKT + X.224 Connection Confirm with an RDP_NEG_RSP selecting TLS (MS-RDPBCGR 2.2.1.2).
+fn rdp_connection_confirm() -> Vec<u8> {
+    vec![
+        3, 0, 0, 19, 14, 0xd0, 0, 0, 0x12, 0x34, 0, 2, 0, 8, 0, 1, 0, 0, 0,
+    ]
+}
+
+/// An account host (10.8.0.12) resolves a hostile name, opens TLS with a hostile SNI,
+/// and runs an RDP session (hostile cookie) whose far side sends the screen; a client at a
+/// British public address reaches the VPN concentrator across a 160 ms round trip.
+fn hostile_capture() -> Vec<u8> {
+    let host = "10.8.0.12";
+    let dns_name = format!("{SCRIPT_BREAK}.example");
+    let mut convs = Vec::new();
+
+    let mut dns = Conversation::new(
+        UDP,
+        addr(&format!("{host}:53000")),
+        addr("10.0.0.53:53"),
+        EPOCH,
+    );
+    dns.udp(Side::Client, &dns_query(&dns_name), 0);
+    dns.udp(
+        Side::Server,
+        &dns_response(&dns_name, [203, 0, 113, 80]),
+        MS,
+    );
+    convs.push(dns);
+
+    let mut tls = TcpSession::new(
+        addr(&format!("{host}:50001")),
+        addr("203.0.113.80:443"),
+        EPOCH + SEC,
+        7,
+    );
+    tls.handshake(20 * MS)
+        .send(Side::Client, &client_hello(IMG_ONERROR), MS)
+        .send(Side::Server, &[0x16, 3, 3, 0, 4, 2, 0, 0, 0], 20 * MS)
+        .fin(Side::Client, SEC);
+    convs.push(tls.conv);
+
+    let mut rdp = TcpSession::new(
+        addr(&format!("{host}:50002")),
+        addr("203.0.113.90:3389"),
+        EPOCH + 2 * SEC,
+        11,
+    );
+    rdp.handshake(30 * MS)
+        .send(
+            Side::Client,
+            &rdp_connection_request(&format!("{SCRIPT_BREAK}{IMG_ONERROR}")),
+            MS,
+        )
+        .send(Side::Server, &rdp_connection_confirm(), 30 * MS);
+    for _ in 0..40 {
+        rdp.send(Side::Server, &[0x17; 1400], 500 * MS)
+            .send(Side::Client, &[0x17; 60], 100 * MS);
+    }
+    rdp.fin(Side::Client, SEC);
+    convs.push(rdp.conv);
+
+    let mut outer = TcpSession::new(
+        addr("81.2.69.142:40000"),
+        addr("198.51.100.10:443"),
+        EPOCH + 3 * SEC,
+        13,
+    );
+    outer
+        .handshake(160 * MS)
+        .send(Side::Client, &[0x17; 100], MS)
+        .fin(Side::Client, SEC);
+    convs.push(outer.conv);
+
+    let mut cap = Capture::new(Link::Ethernet.linktype());
+    for c in &convs {
+        for p in &c.packets {
+            cap.push(p.ts, Link::Ethernet.frame(p));
+        }
+    }
+    cap.sort();
+    cap.pcap(ByteOrder::Little, TsUnit::Micro)
+}
+
+#[test]
+fn hostile_names_stay_text() {
+    if !chromium_available() {
+        return;
+    }
+    let dir = support::scratch("report-hostile-inputs");
+    let capture = dir.join("hostile.pcap");
+    std::fs::write(&capture, hostile_capture()).expect("write capture");
+    let accounts = write(
+        &dir,
+        "accounts.toml",
+        &format!(
+            r#"
+[[account]]
+id = "jdoe"
+kind = "contractor"
+name = "{IMG_ONERROR}"
+declared_country = "US"
+declared_timezone = "America/Chicago"
+phone = "+44 20 7946 0958"
+hosts = ["10.8.0.12"]
+"#
+        ),
+    );
+    let sessions = write(
+        &dir,
+        "sessions.jsonl",
+        concat!(
+            r#"{"ts":"2026-11-02T13:59:00Z","account":"jdoe","assigned_ip":"10.8.0.12","public_ip":"81.2.69.142","event":"start"}"#,
+            "\n"
+        ),
+    );
+    let config = write(
+        &dir,
+        "farmwatch.toml",
+        "[sensor]\nname = \"vpn-east-1\"\nlatitude = 39.04\nlongitude = -77.49\ncountry = \"US\"\n\n[network]\ninside = [\"10.0.0.0/8\"]\nconcentrators = [\"198.51.100.10\"]\n",
+    );
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tcp-states.pcap");
+    let flows = dir.join("flows.jsonl");
+    let (html, _) = replay_report(
+        &[&capture, &fixture],
+        &[
+            "--accounts",
+            accounts.to_str().expect("utf-8"),
+            "--sessions",
+            sessions.to_str().expect("utf-8"),
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--flows",
+            flows.to_str().expect("utf-8"),
+        ],
+        "report-hostile",
+    );
+    // The names really reached the flow records, so the report had to carry them.
+    let records = std::fs::read_to_string(&flows).expect("flows");
+    assert!(records.contains(&format!("\"sni\":\"{IMG_ONERROR}\"")));
+    assert!(records.contains(&format!("\"cookie\":\"{SCRIPT_BREAK}{IMG_ONERROR}\"")));
+    assert!(records.contains("\"dns_name\":\"</script><script>alert(1)</script>.example\""));
+
+    let text = std::fs::read_to_string(&html).expect("report");
+    assert_self_contained(&text);
+    assert_eq!(
+        text.matches("</script>").count(),
+        2,
+        "only the page's own scripts end"
+    );
+    assert!(!text.contains("<!--") && !text.contains("<img"));
+
+    let (dom, log) = load(&html);
+    assert_rendered(&dom, &log);
+    // Shown as text: the serializer escapes it in text nodes...
+    assert!(dom.contains("&lt;img src=x onerror=alert(2)&gt;"));
+    assert!(dom.contains(
+        "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;"
+    ));
+    assert!(dom.contains("&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;.example"));
+    // ...and no element was injected: two script elements (data and code), no images.
+    assert_eq!(dom.matches("<script").count(), 2);
+    assert!(!dom.contains("<img"));
+    // The RTT chart has the British client's point against the bound.
+    assert!(dom.contains("class=\"rttpt\""), "no RTT point");
+    assert!(dom.contains("class=\"bound\""));
+    // The RDP session: the far side sent the screen, so the account's host controls it.
+    assert!(dom.contains("controller"));
+}
+
+// ---- many findings, constructed ----
+
+/// 5,000 findings over 200 accounts and four weeks, with observations and one account
+/// whose activity follows a working week in India while it declares Chicago.
+#[test]
+fn five_thousand_findings_render() {
+    let dir = support::scratch("report-many");
+    let mut inventory = String::new();
+    for i in 0..200 {
+        inventory.push_str(&format!(
+            "[[account]]\nid = \"c{i:03}\"\nkind = \"contractor\"\ndeclared_country = \"US\"\ndeclared_timezone = \"America/Chicago\"\n\n"
+        ));
+    }
+    let accounts = write(&dir, "accounts.toml", &inventory);
+    let config = Config::default();
+    let context = Context::load(&config, Some(&accounts), None).expect("context");
+
+    let start = 1_793_628_000u64; // 2026-11-02T14:00:00Z
+    let mut c = Collector::new(true);
+    let kinds = [
+        (Kind::RemoteDesktop, "persistent_stream", Severity::Medium),
+        (Kind::RelayChain, "stepping_stone", Severity::High),
+        (Kind::GeoAnomaly, "rtt_distance", Severity::Medium),
+        (Kind::OffHours, "foreign_working_hours", Severity::Low),
+        (Kind::Alert, "laptop_farm_suspected", Severity::Critical),
+        (Kind::FarmCluster, "shared_public_ip", Severity::High),
+    ];
+    for i in 0..5000u64 {
+        // Each account gets every kind in turn.
+        let (kind, reason, severity) = kinds[((i / 200) % 6) as usize];
+        let ts = Timestamp::from_secs(start + i * 480);
+        let mut e = Event::new(ts, kind, reason, severity, &i.to_string());
+        e.account = Some(format!("c{:03}", i % 200));
+        e.host = Some(IpAddr::from([10, 8, (i % 200) as u8, 12]));
+        e.flow = Some(FlowRef {
+            proto: "tcp",
+            src_ip: IpAddr::from([10, 8, (i % 200) as u8, 12]),
+            src_port: 40_000 + (i % 20_000) as u16,
+            dst_ip: IpAddr::from([203, 0, 113, (i % 250) as u8]),
+            dst_port: 3389,
+        });
+        e.summary = format!("finding {i} <b>not bold</b>");
+        e = e
+            .evidence("rtt_ms", 180.0 + (i % 7) as f64)
+            .evidence("distance_km", 1200.0)
+            .evidence("zone", "Asia/Kolkata");
+        e.seal();
+        c.event(&e);
+    }
+    for i in 0..400u64 {
+        c.observation(&PublicIpObservation {
+            ts: Timestamp::from_secs(start + i * 6000),
+            account: AccountRef {
+                id: Arc::from(format!("c{:03}", i % 200).as_str()),
+                kind: None,
+            },
+            public_ip: IpAddr::from([81, 2, 69, (i % 150) as u8]),
+            assigned_ip: Some(IpAddr::from([10, 8, (i % 200) as u8, 12])),
+            source: ObservationSource::SessionFeed,
+        });
+    }
+    let html = report::render(
+        &c,
+        &ReportInput {
+            files: Vec::new(),
+            config: &config,
+            context: &context,
+            stats: &Stats::default(),
+            first_ts: Some(Timestamp::from_secs(start)),
+            last_ts: Some(Timestamp::from_secs(start + 5000 * 480)),
+        },
+    );
+    assert!(
+        html.len() < 8 << 20,
+        "report of 5,000 findings is {} bytes",
+        html.len()
+    );
+    let path = dir.join("report.html");
+    std::fs::write(&path, &html).expect("write");
+    if !chromium_available() {
+        return;
+    }
+    let (dom, log) = load(&path);
+    assert_rendered(&dom, &log);
+    assert_eq!(dom.matches("<tr id=\"e-").count(), 5000);
+    // Charts for the 50 highest-ranked accounts, not for all 200.
+    assert_eq!(dom.matches("class=\"timeline\"").count(), 50);
+    assert!(dom.contains("Asia/Kolkata"), "off_hours zone not marked");
+    assert!(dom.contains("class=\"foreign\""));
+    assert!(dom.contains("&lt;b&gt;not bold&lt;/b&gt;"));
+    assert!(dom.contains("Farm-cluster findings"));
+}
+
+// ---- findings cite flow records ----
+
+/// The flow records of a fixture, as the pipeline hands them to a collector.
+fn fixture_records(name: &str) -> (Collector, Config) {
+    let config = Config::default();
+    let context = Context::load(&config, None, None).expect("context");
+    let mut pipeline = Pipeline::new(&config, Sinks::default(), context);
+    pipeline.collector = Some(Collector::new(true));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    let mut replay = Replay::open(&[path]).expect("open fixture");
+    while let Some(pkt) = replay.next_packet() {
+        pipeline.packet(pkt);
+    }
+    pipeline.finish();
+    (pipeline.collector.take().expect("collector"), config)
+}
+
+/// The JSON a report embeds, read back.
+fn embedded(html: &str) -> serde_json::Value {
+    let start = html.find("id=\"fw-data\">").expect("data element") + "id=\"fw-data\">".len();
+    let end = start + html[start..].find("</script>").expect("end of data");
+    serde_json::from_str(&html[start..end]).expect("embedded JSON")
+}
+
+/// Findings written after their flow ended (as detectors do at a flow's end) still link to
+/// its record: by the event's 5-tuple or by a Community ID in the evidence, also when the
+/// record was beyond the sample the report keeps of uncited records.
+#[test]
+fn findings_link_to_the_flow_records_they_cite() {
+    let (fixture, config) = fixture_records("tcp-states.pcap");
+    let base = fixture
+        .flows
+        .iter()
+        .find(|r| r.proto == "tcp")
+        .expect("a TCP record")
+        .clone();
+    let mut c = Collector::new(true);
+    // 3,000 records no finding has cited yet: the first 2,000 are kept as a sample.
+    for port in 1..=3000u16 {
+        let mut r = base.clone();
+        r.src_port = port;
+        r.community_id = format!("1:port{port}=");
+        c.flow(&r);
+    }
+    // One 5-tuple reused eight times, an hour apart.
+    let hour = std::time::Duration::from_secs(3600);
+    for k in 0..8u32 {
+        let mut r = base.clone();
+        r.src_port = 7000;
+        r.ts = base.ts.plus(hour * k);
+        r.end = base.end.plus(hour * k);
+        c.flow(&r);
+    }
+    let cite = |port: u16, by_id: bool| {
+        let mut e = Event::new(
+            base.end,
+            Kind::RemoteDesktop,
+            "persistent_stream",
+            Severity::High,
+            &port.to_string(),
+        );
+        let flow = FlowRef {
+            proto: "tcp",
+            src_ip: base.src_ip,
+            src_port: port,
+            dst_ip: base.dst_ip,
+            dst_port: base.dst_port,
+        };
+        if by_id {
+            e = e.evidence("peer_flow", format!("1:port{port}="));
+        } else {
+            e.flow = Some(flow);
+        }
+        e.seal();
+        e
+    };
+    c.event(&cite(2500, false));
+    c.event(&cite(2600, true));
+    c.event(&cite(10, false));
+    let mut late = cite(7000, false);
+    late.ts = base.end.plus(hour * 7);
+    c.event(&late);
+    c.settle();
+    assert_eq!(c.flows.len(), 2010);
+    assert_eq!(c.flows_not_kept(), 998);
+
+    let context = Context::load(&config, None, None).expect("context");
+    let html = report::render(
+        &c,
+        &ReportInput {
+            files: Vec::new(),
+            config: &config,
+            context: &context,
+            stats: &Stats::default(),
+            first_ts: Some(base.ts),
+            last_ts: Some(base.end),
+        },
+    );
+    let data = embedded(&html);
+    let port_of = |event: usize| {
+        let idx = data["events"][event]["flows"][0]
+            .as_u64()
+            .expect("a cited record") as usize;
+        data["flows"][idx]["src_port"].as_u64()
+    };
+    assert_eq!(port_of(0), Some(2500));
+    assert_eq!(port_of(1), Some(2600));
+    assert_eq!(port_of(2), Some(10));
+    // The reused tuple links the five uses nearest the finding, the last hours'.
+    let starts: Vec<&str> = data["events"][3]["flows"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .map(|i| {
+            data["flows"][i.as_u64().expect("index") as usize]["ts"]
+                .as_str()
+                .expect("ts")
+        })
+        .collect();
+    let expected: Vec<String> = (3..8u32)
+        .map(|k| base.ts.plus(hour * k).rfc3339())
+        .collect();
+    assert_eq!(starts, expected);
+    assert_eq!(data["meta"]["limits"]["flows_not_kept"], 998);
+
+    if !chromium_available() {
+        return;
+    }
+    let dir = support::scratch("report-links");
+    let path = dir.join("report.html");
+    std::fs::write(&path, &html).expect("write");
+    let (dom, log) = load(&path);
+    assert_rendered(&dom, &log);
+    let idx = data["events"][0]["flows"][0].as_u64().expect("index");
+    assert!(dom.contains(&format!("href=\"#f-{idx}\"")));
+    let row = dom
+        .split(&format!("<tr id=\"f-{idx}\""))
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .expect("the cited record's row");
+    assert!(row.contains(":2500 →"), "{row}");
+}
+
+/// A replay that saw nothing still gives a readable page.
+#[test]
+fn empty_report_renders() {
+    let config = Config::default();
+    let context = Context::load(&config, None, None).expect("context");
+    let html = report::render(
+        &Collector::new(true),
+        &ReportInput {
+            files: Vec::new(),
+            config: &config,
+            context: &context,
+            stats: &Stats::default(),
+            first_ts: None,
+            last_ts: None,
+        },
+    );
+    if !chromium_available() {
+        return;
+    }
+    let dir = support::scratch("report-empty");
+    let path = dir.join("report.html");
+    std::fs::write(&path, &html).expect("write");
+    let (dom, log) = load(&path);
+    assert_rendered(&dom, &log);
+    assert!(dom.contains("no packets"));
+    assert!(dom.contains("No findings."));
+}
+
+/// The geo scenario (fixtures/geo, a week at a concentrator) with the detectors' findings:
+/// the accounts rank by the scorer's risk, asmith's heat map marks the UTC+09:00 working
+/// week its off_hours finding names, the rtt_distance findings plot against the bound and
+/// link to the handshake records they cite, and the shared exit is a farm cluster.
+#[test]
+fn geo_scenario_report_shows_the_findings() {
+    if !chromium_available() {
+        return;
+    }
+    let geo = Path::new("fixtures/geo");
+    let (html, stderr) = replay_report(
+        &[&geo.join("week.pcap")],
+        &[
+            "--config",
+            "fixtures/geo/farmwatch.toml",
+            "--accounts",
+            "fixtures/geo/accounts.toml",
+            "--sessions",
+            "fixtures/geo/sessions.jsonl",
+        ],
+        "report-geo",
+    );
+    assert!(
+        stderr.contains("asmith  alert/laptop_farm_suspected"),
+        "{stderr}"
+    );
+    let data = embedded(&std::fs::read_to_string(&html).expect("report"));
+    let ranked: Vec<&str> = data["accounts"]
+        .as_array()
+        .expect("accounts")
+        .iter()
+        .take(3)
+        .map(|a| a["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ranked, ["asmith", "bwong", "jdoe"]);
+    assert_eq!(data["accounts"][0]["risk_source"], "scorer");
+    // The test database serves country, city and ASN: named once.
+    assert_eq!(
+        data["meta"]["databases"],
+        serde_json::json!(["farmwatch-Test-City-ASN (built 2026-01-01)"])
+    );
+    let foreign = &data["accounts"][0]["heat"]["foreign"];
+    assert_eq!(foreign["zone"], "UTC+09:00");
+    assert!(
+        foreign["source"]
+            .as_str()
+            .expect("source")
+            .starts_with("finding ")
+    );
+    // Every rtt_distance finding cites the handshake record it measured.
+    for e in data["events"].as_array().expect("events") {
+        if e["reason"] == "rtt_distance" {
+            let i = e["flows"][0].as_u64().expect("a cited record") as usize;
+            assert_eq!(data["flows"][i]["src_ip"], e["evidence"]["public_ip"]);
+            assert_eq!(data["flows"][i]["dst_port"], 443);
+        }
+    }
+
+    let (dom, log) = load(&html);
+    assert_rendered(&dom, &log);
+    for expected in [
+        "A. Smith",
+        "off_hours/foreign_working_hours",
+        "farm_cluster/shared_public_ip",
+        "UTC+09:00",
+        "class=\"foreign\"",
+        "class=\"rttpt\"",
+        "class=\"vpn\"",
+        "class=\"finding\"",
+        "asmith: 2026-11-02",
+        "bwong: 2026-11-02",
+    ] {
+        assert!(dom.contains(expected), "rendered DOM lacks {expected}");
+    }
+}
