@@ -713,3 +713,89 @@ fn names(input: &Input<'_>, id: &mut Identification) {
         id.details.tool_evidence = Some(what);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input<'a>(dns_name: Option<&'a str>) -> Input<'a> {
+        Input {
+            proto: Proto::Tcp,
+            orig_port: 50000,
+            resp_port: 443,
+            client: b"",
+            server: b"",
+            client_closed: false,
+            server_closed: false,
+            client_datagrams: &[],
+            server_datagrams: &[],
+            dns_name,
+        }
+    }
+
+    fn label_for_sni(sni: &str) -> Option<App> {
+        let mut id = Identification {
+            app: Some(App::Tls),
+            ..Identification::default()
+        };
+        id.details.tls = boxed(TlsDetails {
+            sni: Some(sni.to_string()),
+            ..TlsDetails::default()
+        });
+        names(&input(None), &mut id);
+        id.app
+    }
+
+    /// Video calls, streaming, game streaming and plain downloads stay `tls`: none of
+    /// their names may match a remote-access tool (issue 3, look-alikes).
+    #[test]
+    fn look_alikes_are_not_remote_desktop() {
+        for sni in [
+            "zoom.us",
+            "us04web.zoom.us",
+            "teams.microsoft.com",
+            "meet.google.com",
+            "rr3---sn-4g5e6nsz.googlevideo.com",
+            "www.netflix.com",
+            "video-weaver.fra05.hls.ttvnw.net",
+            "steamcdn-a.akamaihd.net",
+            "play.geforcenow.com",
+            "download.microsoft.com",
+            "objects.githubusercontent.com",
+        ] {
+            assert_eq!(label_for_sni(sni), Some(App::Tls), "{sni}");
+        }
+    }
+
+    #[test]
+    fn tool_names_relabel_the_flow_and_mark_relays() {
+        assert_eq!(
+            label_for_sni("relay-4e2d1b.net.anydesk.com"),
+            Some(App::Anydesk)
+        );
+        assert_eq!(
+            label_for_sni("remotedesktop-pa.googleapis.com"),
+            Some(App::ChromeRemoteDesktop)
+        );
+        let mut id = Identification::default();
+        names(&input(Some("router7.teamviewer.com")), &mut id);
+        assert_eq!(id.app, Some(App::Teamviewer));
+        assert_eq!(id.details.tool_evidence, Some("dns_name"));
+    }
+
+    #[test]
+    fn a_port_alone_is_only_a_guess() {
+        let i = Input {
+            resp_port: 3389,
+            client: b"\x17\x03\x03\x00\x10random-bytes-xx",
+            server: b"\x17\x03\x03\x00\x10random-bytes-yy",
+            client_closed: true,
+            server_closed: true,
+            ..input(None)
+        };
+        let id = identify(&i);
+        assert_eq!(id.app, None);
+        assert_eq!(id.guess, Some(App::Rdp));
+        assert!(id.done);
+    }
+}
