@@ -155,6 +155,18 @@ pub struct WireguardDetails {
     pub handshake_initiation: bool,
     pub handshake_response: bool,
     pub transport: bool,
+    /// Tailscale: its disco messages travel beside the WireGuard packets.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tailscale: bool,
+}
+
+/// Tailscale's disco message header (tailscale.com/disco, disco.go): the 6-byte magic
+/// "TS💬", the sender's 32-byte disco key and a 24-byte nonce, then sealed payload.
+const TAILSCALE_DISCO_MAGIC: &[u8] = b"TS\xf0\x9f\x92\xac";
+const TAILSCALE_DISCO_HEADER: usize = 6 + 32 + 24;
+
+fn is_tailscale_disco(datagram: &[u8]) -> bool {
+    datagram.starts_with(TAILSCALE_DISCO_MAGIC) && datagram.len() > TAILSCALE_DISCO_HEADER
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -485,7 +497,7 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
     };
     let ports = [input.orig_port, input.resp_port];
     let on = |p: &[u16]| ports.iter().any(|x| p.contains(x));
-    if on(&[53, 5353, 5355])
+    if on(&[53, 137, 5353, 5355])
         && let Ok(q) = dns::parse_message(first)
     {
         id.app = Some(App::Dns);
@@ -552,6 +564,14 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
             .iter()
             .any(|m| matches!(m.class, stun::Class::Success | stun::Class::Error));
     }
+    if cd.iter().chain(sd).any(|d| is_tailscale_disco(d)) {
+        id.app = Some(App::Wireguard);
+        id.details.wireguard = boxed(WireguardDetails {
+            tailscale: true,
+            ..WireguardDetails::default()
+        });
+        return true;
+    }
     let wg: Vec<wireguard::Message> = cd
         .iter()
         .chain(sd)
@@ -574,6 +594,7 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
             handshake_initiation: initiation,
             handshake_response: response,
             transport,
+            tailscale: false,
         });
         return true;
     }
@@ -781,6 +802,35 @@ mod tests {
         names(&input(Some("router7.teamviewer.com")), &mut id);
         assert_eq!(id.app, Some(App::Teamviewer));
         assert_eq!(id.details.tool_evidence, Some("dns_name"));
+    }
+
+    /// The first datagram of zeek-spicy-analyzers' tailscale_linux.pcap, header only
+    /// (magic, 32-byte key, 24-byte nonce) plus 8 bytes of sealed payload.
+    #[test]
+    fn tailscale_disco_is_wireguard() {
+        let mut d = b"TS\xf0\x9f\x92\xac".to_vec();
+        d.extend_from_slice(&[0xb6; 32]);
+        d.extend_from_slice(&[0x11; 24]);
+        d.extend_from_slice(&[0x22; 8]);
+        let datagrams = [d];
+        let i = Input {
+            proto: Proto::Udp,
+            client_datagrams: &datagrams,
+            resp_port: 41641,
+            ..input(None)
+        };
+        let id = identify(&i);
+        assert_eq!(id.app, Some(App::Wireguard));
+        assert!(id.details.wireguard.is_some_and(|w| w.tailscale));
+        let mut short = b"TS\xf0\x9f\x92\xac".to_vec();
+        short.extend_from_slice(&[0; 20]);
+        let datagrams = [short];
+        let i = Input {
+            proto: Proto::Udp,
+            client_datagrams: &datagrams,
+            ..input(None)
+        };
+        assert_eq!(identify(&i).app, None);
     }
 
     #[test]
