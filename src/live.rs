@@ -50,6 +50,8 @@ enum Work {
     Clock(Timestamp),
     /// A new account inventory (SIGHUP).
     Inventory(Arc<Inventory>),
+    /// A new `[network]` section (SIGHUP).
+    Network(Arc<crate::config::NetworkConfig>),
     /// Lines appended to the session feed since it was last read.
     Sessions(Arc<String>),
 }
@@ -85,6 +87,8 @@ pub struct Sensor {
     drops_interface: AtomicU64,
     /// SIGHUP asked for the account inventory to be read again.
     inventory_reload: AtomicBool,
+    /// A re-read `[network]` waiting for the capture thread to hand it on.
+    pending_network: Mutex<Option<crate::config::NetworkConfig>>,
     /// Packets dropped because a worker's queue was full.
     drops_queue: AtomicU64,
     outputs: Vec<SharedFile>,
@@ -109,6 +113,7 @@ impl Sensor {
             drops_kernel: AtomicU64::new(0),
             drops_interface: AtomicU64::new(0),
             inventory_reload: AtomicBool::new(false),
+            pending_network: Mutex::new(None),
             drops_queue: AtomicU64::new(0),
             outputs,
             config_path,
@@ -181,10 +186,20 @@ impl Sensor {
             }
         }
         eprintln!("farmwatch: SIGHUP: reopened outputs count={reopened}");
-        // Nothing in the config can change under a running capture yet; reading it still
-        // tells the operator now, not at the next restart, that the file is broken.
-        if let Err(e) = Config::load(self.config_path.as_deref()) {
-            eprintln!("farmwatch: new config rejected, keeping the old one: {e}");
+        // `[network]` applies at once (the capture thread hands it on); the other sections
+        // shape state that lives across flows and take effect at the next start.
+        match Config::load(self.config_path.as_deref()) {
+            Ok(config) => {
+                *self
+                    .pending_network
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(config.network);
+                self.inventory_reload.store(true, Ordering::Relaxed);
+                eprintln!(
+                    "farmwatch: SIGHUP: config re-read; [network] applied, [sensor] [geoip] [flows] [detect] apply at the next start"
+                );
+            }
+            Err(e) => eprintln!("farmwatch: new config rejected, keeping the old one: {e}"),
         }
     }
 }
@@ -481,6 +496,16 @@ fn capture_loop(
                 let now = pkt.ts;
                 if Instant::now() >= next_feeds || sensor.inventory_reload.load(Ordering::Relaxed) {
                     next_feeds = Instant::now() + FEEDS_EVERY;
+                    if let Some(network) = sensor
+                        .pending_network
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take()
+                    {
+                        shard.network = network.clone();
+                        let network = Arc::new(network);
+                        broadcast(queues, || Work::Network(Arc::clone(&network)));
+                    }
                     feeds.poll(queues, sensor);
                 }
                 let queue = shard.worker(&pkt);
@@ -714,6 +739,7 @@ fn work(index: usize, mut pipeline: Pipeline, rx: Receiver<Work>, sensor: &Senso
             Ok(Work::Packet(pkt)) => pipeline.packet(&pkt),
             Ok(Work::Clock(ts)) => pipeline.advance(ts),
             Ok(Work::Inventory(inv)) => pipeline.reload_inventory(inv),
+            Ok(Work::Network(network)) => pipeline.set_network((*network).clone()),
             Ok(Work::Sessions(lines)) => pipeline.load_sessions(lines.as_bytes()),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,

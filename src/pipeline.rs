@@ -153,6 +153,11 @@ impl Pipeline {
         self.context.identity.reload_inventory(inventory);
     }
 
+    /// A new `[network]` section (SIGHUP): which addresses are inside, from now on.
+    pub fn set_network(&mut self, network: NetworkConfig) {
+        self.network = network;
+    }
+
     /// More of the session feed (lines appended since it was last read).
     pub fn load_sessions(&mut self, feed: impl std::io::BufRead) {
         let report = self.context.identity.load_sessions(feed);

@@ -1,6 +1,6 @@
 //! `farmwatch live` follows its identity inputs while it runs: lines appended to the
 //! session feed map addresses to accounts without a restart, and SIGHUP reloads the
-//! account inventory. Real traffic on `lo` (UDP from chosen 127/8 addresses) shows it.
+//! account inventory and applies a new `[network]` section. Real traffic on `lo` (UDP from chosen 127/8 addresses) shows it.
 
 mod live_support;
 mod support;
@@ -32,7 +32,8 @@ fn appended_sessions_and_a_reloaded_inventory_name_the_accounts() {
         dir.join("sessions.jsonl"),
         dir.join("flows.jsonl"),
     );
-    std::fs::write(&config, "[network]\ninside = [\"127.0.0.0/8\"]\n").unwrap();
+    // Loopback starts outside; SIGHUP's new [network] makes it inside (so accounts apply).
+    std::fs::write(&config, "[network]\ninside = [\"10.0.0.0/8\"]\n").unwrap();
     let account = |id: &str, host: &str| {
         format!(
             "[[account]]\nid = \"{id}\"\nkind = \"contractor\"\ndeclared_country = \"US\"\ndeclared_timezone = \"America/Chicago\"\nphone = \"+1 312 555 0142\"\nhosts = [\"{host}\"]\n"
@@ -71,6 +72,7 @@ fn appended_sessions_and_a_reloaded_inventory_name_the_accounts() {
     )
     .unwrap();
     std::fs::write(&accounts, account("after", "127.0.0.4")).unwrap();
+    std::fs::write(&config, "[network]\ninside = [\"127.0.0.0/8\"]\n").unwrap();
     sensor.signal("HUP");
     // The capture thread applies feeds before dispatching packets: keep some arriving.
     let reloaded = wait_for(Duration::from_secs(30), || {
