@@ -150,6 +150,7 @@ impl Sensor {
         }
         total.capture_drops_kernel = self.drops_kernel.load(Ordering::Relaxed);
         total.capture_drops_interface = self.drops_interface.load(Ordering::Relaxed);
+        total.capture_drops_queue = self.drops_queue.load(Ordering::Relaxed);
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());

@@ -24,6 +24,8 @@ pub struct Stats {
     pub decode_errors: BTreeMap<&'static str, u64>,
     pub capture_drops_kernel: u64,
     pub capture_drops_interface: u64,
+    /// Packets the sensor itself dropped because a worker's queue was full.
+    pub capture_drops_queue: u64,
     pub flows_active: u64,
     pub flows_total: u64,
     /// Flows dropped before their end, by reason: `table_full`, ...
@@ -73,8 +75,9 @@ struct Published {
     packet_clock: bool,
 }
 
-/// Drop sources of `farmwatch_capture_drops_total`, as pcap's statistics name them.
-const DROP_SOURCES: [&str; 2] = ["kernel", "interface"];
+/// Drop sources of `farmwatch_capture_drops_total`: pcap's statistics (kernel, interface)
+/// and the sensor's own worker queues.
+const DROP_SOURCES: [&str; 3] = ["kernel", "interface", "queue"];
 /// Sinks reported from the start, so an alert on their rate has a series before the first error.
 const SINKS: [&str; 2] = ["events", "flows"];
 
@@ -239,6 +242,11 @@ impl Metrics {
             &self.capture_drops.with_label_values(&[DROP_SOURCES[1]]),
             stats.capture_drops_interface,
             before.capture_drops_interface,
+        );
+        advance(
+            &self.capture_drops.with_label_values(&[DROP_SOURCES[2]]),
+            stats.capture_drops_queue,
+            before.capture_drops_queue,
         );
         advance(
             &self.truncated_records,
