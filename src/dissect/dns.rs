@@ -1,7 +1,7 @@
 //! DNS message dissector (RFC 1035 §4) and a passive address→name cache, so a flow to an
 //! address can be labelled with the name its client resolved just before.
 
-use super::tls::Reader;
+use super::wire::Reader;
 use super::{Error, Result};
 use crate::timestamp::Timestamp;
 use std::collections::{BTreeSet, HashMap};

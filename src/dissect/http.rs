@@ -1,7 +1,7 @@
 //! HTTP/1.x message-head dissector (RFC 9112): the request or status line and the few
 //! headers that name the client, the server and the destination.
 
-use super::tls::wire_string;
+use super::wire::wire_string;
 use super::{Error, Result};
 
 /// Longest message head (start line and header section) we wait for.

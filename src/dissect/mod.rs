@@ -31,4 +31,5 @@ pub mod ssh;
 pub mod stun;
 pub mod tls;
 pub mod tools;
+pub mod wire;
 pub mod wireguard;

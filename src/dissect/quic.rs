@@ -5,7 +5,8 @@
 //! salt, so anyone on the path can read them; that is by design (RFC 9001 §5.2).
 
 use super::ja4::Transport;
-use super::tls::{self, ClientHello, Reader};
+use super::tls::{self, ClientHello};
+use super::wire::Reader;
 use super::{Error, Result};
 use aes::cipher::{BlockEncrypt, KeyInit};
 use aes_gcm::aead::{AeadInPlace, generic_array::GenericArray};

@@ -2,6 +2,7 @@
 //! RFC 6143 §7.1–§7.3. Both sides speak first in a fixed order, so each direction's stream
 //! prefix can be walked on its own, with the other side telling the path taken.
 
+use super::wire::Reader;
 use super::{Error, Result};
 use serde::Serialize;
 
@@ -56,10 +57,10 @@ fn offers_list(minor: u16) -> bool {
 /// Parses the security types a server offers right after its version (§7.1.2); for 3.3 the
 /// one type it chose. An empty list means the server refused the connection.
 pub fn parse_security_types(server_after_version: &[u8], minor: u16) -> Result<Vec<u8>> {
-    security_types(&mut Cursor(server_after_version), minor)
+    security_types(&mut Reader::new(server_after_version), minor)
 }
 
-fn security_types(s: &mut Cursor, minor: u16) -> Result<Vec<u8>> {
+fn security_types(s: &mut Reader<'_>, minor: u16) -> Result<Vec<u8>> {
     if offers_list(minor) {
         let n = s.u8()? as usize;
         Ok(s.take(n)?.to_vec())
@@ -122,15 +123,15 @@ pub fn parse_session(client: &[u8], server: &[u8]) -> Result<Session> {
         server_version: Some((smaj, sminor)),
         ..Session::default()
     };
-    let mut s = Cursor(server.get(VERSION_LEN..).unwrap_or_default());
-    let mut c = Cursor(client);
+    let mut s = Reader::new(server.get(VERSION_LEN..).unwrap_or_default());
+    let mut c = Reader::new(client);
     let _ = walk(&mut st, &mut c, &mut s);
     Ok(st)
 }
 
 /// The handshake after the server's version; stops at the first missing byte.
-fn walk(st: &mut Session, c: &mut Cursor, s: &mut Cursor) -> Result<()> {
-    let (cmaj, cminor, _) = parse_version(c.0)?;
+fn walk(st: &mut Session, c: &mut Reader<'_>, s: &mut Reader<'_>) -> Result<()> {
+    let (cmaj, cminor, _) = parse_version(c.rest())?;
     c.take(VERSION_LEN)?;
     st.client_version = Some((cmaj, cminor));
     // The version in use is the lower of the two (§7.1.1).
@@ -186,35 +187,13 @@ fn walk(st: &mut Session, c: &mut Cursor, s: &mut Cursor) -> Result<()> {
 }
 
 /// A u32-length-prefixed string (§7.1.2 reason-string, §7.3.2 name-string).
-fn text(s: &mut Cursor) -> Result<String> {
+fn text(s: &mut Reader<'_>) -> Result<String> {
     let n = s.u32()? as usize;
     if n > MAX_REASON {
         return Err(Error::Invalid("rfb string length"));
     }
     let b = s.take(n)?;
     Ok(String::from_utf8_lossy(&b[..n.min(MAX_NAME)]).into_owned())
-}
-
-/// A forward-only reader over one direction's bytes; every read reports Incomplete at the end.
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let (head, rest) = self.0.split_at_checked(n).ok_or(Error::Incomplete)?;
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Result<u32> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! SOCKS 4/4a and 5: the proxy request that names where a client really connects, and the
 //! proxy's reply. A host that talks SOCKS out of the corporate tunnel is relaying.
 
+use super::wire::Reader;
 use super::{Error, Result};
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -38,50 +39,34 @@ pub struct Reply {
     pub bound_port: Option<u16>,
 }
 
-/// A forward-only reader; Incomplete at the end of the bytes so far.
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let (head, rest) = self.0.split_at_checked(n).ok_or(Error::Incomplete)?;
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    /// A NUL-terminated string (SOCKS4 USERID, 4a host).
-    fn cstr(&mut self) -> Result<String> {
-        match self.0.iter().take(MAX_NUL_SCAN).position(|&b| b == 0) {
-            Some(n) => {
-                let s = text(self.take(n)?);
-                self.take(1)?;
-                Ok(s)
-            }
-            None if self.0.len() >= MAX_NUL_SCAN => Err(Error::Invalid("socks4 string too long")),
-            None => Err(Error::Incomplete),
+/// A NUL-terminated string (SOCKS4 USERID, 4a host).
+fn cstr(r: &mut Reader<'_>) -> Result<String> {
+    match r.rest().iter().take(MAX_NUL_SCAN).position(|&b| b == 0) {
+        Some(n) => {
+            let s = text(r.take(n)?);
+            r.take(1)?;
+            Ok(s)
         }
+        None if r.remaining() >= MAX_NUL_SCAN => Err(Error::Invalid("socks4 string too long")),
+        None => Err(Error::Incomplete),
     }
-    /// RFC 1928 §4/§5: ATYP then IPv4, a length-prefixed name, or IPv6; then the port.
-    fn address(&mut self) -> Result<(Option<IpAddr>, Option<String>, u16)> {
-        let (addr, host) = match self.u8()? {
-            1 => (Some(ipv4(self.take(4)?)), None),
-            3 => {
-                let n = self.u8()? as usize;
-                (None, Some(text(self.take(n)?)))
-            }
-            4 => {
-                let b: [u8; 16] = self.take(16)?.try_into().unwrap_or_default();
-                (Some(IpAddr::V6(Ipv6Addr::from(b))), None)
-            }
-            _ => return Err(Error::Invalid("socks5 address type")),
-        };
-        Ok((addr, host, self.u16()?))
-    }
+}
+
+/// RFC 1928 §4/§5: ATYP then IPv4, a length-prefixed name, or IPv6; then the port.
+fn address(r: &mut Reader<'_>) -> Result<(Option<IpAddr>, Option<String>, u16)> {
+    let (addr, host) = match r.u8()? {
+        1 => (Some(ipv4(r.take(4)?)), None),
+        3 => {
+            let n = r.u8()? as usize;
+            (None, Some(text(r.take(n)?)))
+        }
+        4 => {
+            let b: [u8; 16] = r.take(16)?.try_into().unwrap_or_default();
+            (Some(IpAddr::V6(Ipv6Addr::from(b))), None)
+        }
+        _ => return Err(Error::Invalid("socks5 address type")),
+    };
+    Ok((addr, host, r.u16()?))
 }
 
 fn text(b: &[u8]) -> String {
@@ -94,7 +79,7 @@ fn ipv4(b: &[u8]) -> IpAddr {
 
 /// Parses the client's side of the stream up to and including its request.
 pub fn parse_request(client_stream: &[u8]) -> Result<Request> {
-    let mut c = Cursor(client_stream);
+    let mut c = Reader::new(client_stream);
     match c.u8()? {
         4 => {
             let command = c.u8()?;
@@ -103,10 +88,10 @@ pub fn parse_request(client_stream: &[u8]) -> Result<Request> {
             }
             let port = c.u16()?;
             let ip = c.take(4)?;
-            let user = Some(c.cstr()?).filter(|u| !u.is_empty());
+            let user = Some(cstr(&mut c)?).filter(|u| !u.is_empty());
             // SOCKS4a: 0.0.0.x with x != 0 means a host name follows the user id.
             let (addr, host) = if ip[..3] == [0, 0, 0] && ip[3] != 0 {
-                (None, Some(c.cstr()?))
+                (None, Some(cstr(&mut c)?))
             } else {
                 (Some(ipv4(ip)), None)
             };
@@ -128,7 +113,7 @@ pub fn parse_request(client_stream: &[u8]) -> Result<Request> {
             let methods = c.take(n)?;
             let mut user = None;
             // The client's next byte tells whether the server chose username/password.
-            if c.0.first() == Some(&USER_PASS_VERSION) && methods.contains(&METHOD_USER_PASS) {
+            if c.rest().first() == Some(&USER_PASS_VERSION) && methods.contains(&METHOD_USER_PASS) {
                 c.take(1)?;
                 let ulen = c.u8()? as usize;
                 user = Some(text(c.take(ulen)?));
@@ -142,7 +127,7 @@ pub fn parse_request(client_stream: &[u8]) -> Result<Request> {
             if !matches!(command, 1..=3) || c.u8()? != 0 {
                 return Err(Error::Invalid("socks5 request"));
             }
-            let (addr, host, port) = c.address()?;
+            let (addr, host, port) = address(&mut c)?;
             Ok(Request {
                 version: 5,
                 command,
@@ -158,7 +143,7 @@ pub fn parse_request(client_stream: &[u8]) -> Result<Request> {
 
 /// Parses the server's side of the stream up to its reply to the request.
 pub fn parse_reply(server_stream: &[u8], version: u8) -> Result<Reply> {
-    let mut s = Cursor(server_stream);
+    let mut s = Reader::new(server_stream);
     let refused = |status| {
         Ok(Reply {
             status,
@@ -209,7 +194,7 @@ pub fn parse_reply(server_stream: &[u8], version: u8) -> Result<Reply> {
             if s.u8()? != 0 {
                 return Err(Error::Invalid("socks5 reply reserved"));
             }
-            let (addr, _, port) = s.address()?;
+            let (addr, _, port) = address(&mut s)?;
             Ok(Reply {
                 status,
                 granted: status == 0,
