@@ -15,9 +15,15 @@ use live_support::{Sensor, can_capture, http_get, must, sample, wait_for};
 use support::{has_tool, read_jsonl, require, scratch};
 
 /// Ethernet traces: an SSH session set and an RDP session upgraded to TLS.
-const TRACES: [&str; 2] = [
+/// The detector scenarios' config: inside 10.8.0.0/16, the test geo database.
+const CONFIG: &str = "fixtures/detect.toml";
+
+const TRACES: [&str; 3] = [
     "../shared/captures/zeek/Traces/ssh/ssh.pcap",
     "../shared/captures/zeek/Traces/rdp/rdp-to-ssl.pcap",
+    // Tunnels from inside hosts (WireGuard to RU, HTTP CONNECT, an allow-listed peer):
+    // findings that rest on the bytes, not on durations that pacing would change.
+    "fixtures/detect-tunnels.pcap",
 ];
 
 /// A namespace holding one end of a veth pair; the other end stays here for the sensor.
@@ -158,8 +164,17 @@ fn live_capture_matches_replay() {
     let traces: Vec<&Path> = TRACES.iter().map(Path::new).collect();
     let (replay_events, replay_flows) = support::replay(
         &traces,
-        &["--metrics-out", replay_metrics.to_str().unwrap()],
+        &[
+            "--config",
+            CONFIG,
+            "--metrics-out",
+            replay_metrics.to_str().unwrap(),
+        ],
         "live-e2e-replay",
+    );
+    assert!(
+        replay_events.iter().any(|e| e["reason"] == "tunnel"),
+        "the traces should give findings to compare: {replay_events:?}"
     );
     let replay_prom = std::fs::read_to_string(&replay_metrics).unwrap();
     let packets = sample(&replay_prom, "farmwatch_packets_total").expect("replay packets");
@@ -173,6 +188,8 @@ fn live_capture_matches_replay() {
             &veth.host,
             "--workers",
             "2",
+            "--config",
+            CONFIG,
             "--events",
             events.to_str().unwrap(),
             "--flows",
