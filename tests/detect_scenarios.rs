@@ -80,6 +80,22 @@ fn persistent_stream_controlled_from_outside() {
     assert_ne!(ev[0]["id"], ev[1]["id"]);
 }
 
+/// The TURN path of relay_service: a remote-desktop session at a host that also allocates
+/// a TURN relay (the relayed address comes in the Allocate success response).
+#[test]
+fn turn_relay_during_a_remote_desktop_session() {
+    let ev = findings("detect-turn-relay.pcap");
+    assert_eq!(
+        reasons(&ev),
+        pairs(&[("relay_service", "medium"), ("persistent_stream", "medium")])
+    );
+    let relay = &ev[0];
+    assert_eq!(relay["host"], "10.8.0.21");
+    assert_eq!(relay["evidence"]["via"], "turn");
+    assert_eq!(relay["evidence"]["relay"], "192.0.2.77");
+    assert_eq!(relay["evidence"]["tool"], "rdp");
+}
+
 #[test]
 fn short_admin_rdp_and_long_download_are_silent() {
     assert_eq!(findings("detect-rdp-admin.pcap"), Vec::<Value>::new());
@@ -216,6 +232,7 @@ fn tshark_decodes_the_scenarios() {
         ("detect-tunnels.pcap", &["wg", "http"]),
         ("detect-rtt-split.pcap", &["tls"]),
         ("detect-anydesk-relay.pcap", &["tls"]),
+        ("detect-turn-relay.pcap", &["stun"]),
     ];
     let names: Vec<&str> = fixturegen::scenarios_detect::all()
         .iter()
