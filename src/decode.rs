@@ -10,9 +10,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use etherparse::defrag::IpDefragBuf;
-use etherparse::{
-    IpFragOffset, IpNumber, Ipv6ExtensionSlice, LaxIpSlice, TcpHeaderSlice, TcpOptionElement,
-};
+use etherparse::{IpFragOffset, IpNumber, LaxIpSlice, TcpHeaderSlice, TcpOptionElement};
 
 use crate::source::{LinkType, Packet};
 use crate::timestamp::Timestamp;
@@ -330,12 +328,7 @@ fn ip_layer(data: &[u8]) -> Result<Net<'_>, DecodeError> {
         }
         (LaxIpSlice::Ipv6(v6), 6) => {
             let h = v6.header();
-            let mut frag = None;
-            for ext in v6.extensions().clone().into_iter() {
-                if let Ipv6ExtensionSlice::Fragment(f) = ext {
-                    frag = ipv6_fragment(f.slice());
-                }
-            }
+            let frag = ipv6_fragment(data);
             let ext_len = v6.extensions().slice().len() as u32;
             (
                 h.hop_limit(),
@@ -365,15 +358,38 @@ fn ip_layer(data: &[u8]) -> Result<Net<'_>, DecodeError> {
     })
 }
 
-/// RFC 8200 §4.5: offset in the top 13 bits of bytes 2..4, M in the lowest bit. (Read
-/// here because etherparse 0.18's `Ipv6FragmentHeaderSlice` takes these bits from the
-/// wrong places.) An atomic fragment (offset 0, M clear) is a whole datagram.
-fn ipv6_fragment(header: &[u8]) -> Option<Fragment> {
-    let word = be16(header, 2)?;
-    let offset = IpFragOffset::try_new(word >> 3).ok()?;
-    let more = word & 1 != 0;
-    let id = u32::from_be_bytes(header.get(4..8)?.try_into().ok()?);
-    (offset.value() != 0 || more).then_some(Fragment { id, offset, more })
+/// The fragment header of an IPv6 packet, found by walking its extension-header chain
+/// (RFC 8200 §4): hop-by-hop, routing and destination options are `(len + 1) × 8` bytes,
+/// AH `(len + 2) × 4`. Walked here, bounds-checked, because etherparse 0.18's extension
+/// iterator reads out of bounds on some malformed chains (found by
+/// tests/fuzz_smoke_pipeline.rs) and its fragment-header accessors read the wrong bits.
+/// The fragment header: offset in the top 13 bits of bytes 2..4, M in the lowest bit
+/// (§4.5). An atomic fragment (offset 0, M clear) is a whole datagram.
+fn ipv6_fragment(packet: &[u8]) -> Option<Fragment> {
+    let mut next = *packet.get(6)?;
+    let mut at = 40;
+    for _ in 0..16 {
+        match next {
+            44 => {
+                let header = packet.get(at..at + 8)?;
+                let word = be16(header, 2)?;
+                let offset = IpFragOffset::try_new(word >> 3).ok()?;
+                let more = word & 1 != 0;
+                let id = u32::from_be_bytes(header.get(4..8)?.try_into().ok()?);
+                return (offset.value() != 0 || more).then_some(Fragment { id, offset, more });
+            }
+            0 | 43 | 60 => {
+                next = *packet.get(at)?;
+                at += (*packet.get(at + 1)? as usize + 1) * 8;
+            }
+            51 => {
+                next = *packet.get(at)?;
+                at += (*packet.get(at + 1)? as usize + 2) * 4;
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// The next layer if `net` carries an encapsulation we peel.

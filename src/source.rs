@@ -254,7 +254,7 @@ fn record(
             } else {
                 b.ts_usec as u64 * 1_000
             };
-            out.ts = Timestamp((b.ts_sec as u64) * 1_000_000_000 + frac);
+            out.ts = Timestamp((b.ts_sec as u64) * 1_000_000_000 + frac.min(999_999_999));
             out.link = info.link;
             out.orig_len = b.origlen;
             let caplen = (b.caplen as usize).min(b.data.len());
@@ -304,10 +304,17 @@ fn record(
 
 fn ng_time(raw: u64, iface: &Interface) -> Timestamp {
     let units = iface.units_per_sec.max(1);
-    let secs = (raw / units) as i64 + iface.offset_secs;
+    // Hostile interface options and timestamps saturate instead of overflowing.
+    let secs = i64::try_from(raw / units)
+        .unwrap_or(i64::MAX)
+        .saturating_add(iface.offset_secs);
     let frac = raw % units;
     let nanos = (frac as u128 * 1_000_000_000 / units as u128) as u64;
-    Timestamp((secs.max(0) as u64).saturating_mul(1_000_000_000) + nanos)
+    Timestamp(
+        (secs.max(0) as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(nanos),
+    )
 }
 
 /// Several capture files merged into one stream in timestamp order (ties keep file order).
@@ -428,6 +435,18 @@ mod tests {
         assert!(matches!(err, SourceError::NotACapture(_)), "{err}");
         let err = read_all(Vec::new()).unwrap_err();
         assert!(matches!(err, SourceError::NotACapture(_)), "{err}");
+    }
+
+    /// Regression (tests/fuzz_smoke_pipeline.rs): hostile timestamps and interface
+    /// offsets saturate instead of overflowing.
+    #[test]
+    fn hostile_pcapng_times_saturate() {
+        let iface = Interface {
+            link: LinkType::ETHERNET,
+            units_per_sec: 1,
+            offset_secs: i64::MAX,
+        };
+        assert_eq!(ng_time(u64::MAX, &iface).0, u64::MAX);
     }
 
     #[test]

@@ -83,7 +83,7 @@ impl Stream {
             self.pending.push((seq, payload.to_vec()));
             return Segment::Held;
         }
-        let skip = (-ahead) as usize;
+        let skip = next.wrapping_sub(seq) as usize;
         if skip >= payload.len() {
             return Segment::Duplicate;
         }
@@ -164,6 +164,19 @@ mod tests {
         }
         assert!(s.is_closed());
         assert!(s.gap);
+    }
+
+    /// Regression (tests/fuzz_smoke_pipeline.rs): a segment exactly 2^31 behind the
+    /// expected sequence number used to overflow when negating the distance.
+    #[test]
+    fn a_segment_half_the_sequence_space_away_is_a_duplicate() {
+        let mut s = Stream::new(64);
+        s.start(0);
+        assert_eq!(s.add(1, b"ab", 2), Segment::Appended);
+        assert_eq!(
+            s.add(3u32.wrapping_add(1 << 31), b"cd", 2),
+            Segment::Duplicate
+        );
     }
 
     #[test]
