@@ -508,7 +508,8 @@ fn identify_flow(
     let id = identify::identify(&input);
     let follow = flow.proto == Proto::Udp && matches!(id.app, Some(App::Dns) | Some(App::Radius));
     flow.app = id.app;
-    flow.details = Some(Box::new(id.details));
+    // Most flows carry no protocol details: they cost no allocation.
+    flow.details = (!id.details.is_empty()).then(|| Box::new(id.details));
     if id.done || ending {
         if follow {
             // The datagrams seen so far; later ones arrive as they come.

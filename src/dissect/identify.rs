@@ -201,6 +201,44 @@ pub struct Identification {
     pub done: bool,
 }
 
+impl Details {
+    /// Nothing was found: no protocol details, no tool evidence.
+    pub fn is_empty(&self) -> bool {
+        let Details {
+            tls,
+            quic,
+            dns,
+            http,
+            ssh,
+            rdp,
+            rfb,
+            socks,
+            wireguard,
+            openvpn,
+            ipsec,
+            stun,
+            radius,
+            tool_evidence,
+            relay,
+        } = self;
+        tls.is_none()
+            && quic.is_none()
+            && dns.is_none()
+            && http.is_none()
+            && ssh.is_none()
+            && rdp.is_none()
+            && rfb.is_none()
+            && socks.is_none()
+            && wireguard.is_none()
+            && openvpn.is_none()
+            && ipsec.is_none()
+            && stun.is_none()
+            && radius.is_none()
+            && tool_evidence.is_none()
+            && !relay
+    }
+}
+
 /// Parser state of one pass: did it find the protocol, and is it finished.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Found {
