@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use farmwatch::config::Config;
 use farmwatch::live::{self, LiveArgs};
@@ -23,6 +23,34 @@ struct Cli {
     command: Command,
 }
 
+/// What `replay` and `live` read and write besides the packets. In `live`, the config and
+/// the inventory are re-read on SIGHUP, the feed is followed as it grows, and the outputs
+/// are appended to and reopened on SIGHUP.
+#[derive(Args)]
+struct Inputs {
+    /// farmwatch.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Account inventory (accounts.toml).
+    #[arg(long)]
+    accounts: Option<PathBuf>,
+    /// VPN session feed (JSON lines: ts, account, assigned_ip, public_ip, event).
+    #[arg(long)]
+    sessions: Option<PathBuf>,
+    /// Where events go, as JSON lines ("-" = stdout).
+    #[arg(long, default_value = "-")]
+    events: String,
+    /// Where flow records go, as JSON lines.
+    #[arg(long)]
+    flows: Option<PathBuf>,
+}
+
+impl Inputs {
+    fn config(&self) -> Result<Config, Failure> {
+        Config::load(self.config.as_deref()).map_err(|e| Failure::Usage(e.to_string()))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Replay pcap/pcapng files (any mix, .gz too) in timestamp order.
@@ -30,21 +58,8 @@ enum Command {
         /// Capture files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// farmwatch.toml.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Account inventory (accounts.toml).
-        #[arg(long)]
-        accounts: Option<PathBuf>,
-        /// VPN session feed (JSON lines: ts, account, assigned_ip, public_ip, event).
-        #[arg(long)]
-        sessions: Option<PathBuf>,
-        /// Where events go, as JSON lines ("-" = stdout).
-        #[arg(long, default_value = "-")]
-        events: String,
-        /// Where flow records go, as JSON lines.
-        #[arg(long)]
-        flows: Option<PathBuf>,
+        #[command(flatten)]
+        inputs: Inputs,
         /// Write Prometheus metrics (text format) here at the end.
         #[arg(long)]
         metrics_out: Option<PathBuf>,
@@ -60,21 +75,8 @@ enum Command {
         /// BPF capture filter (tcpdump syntax).
         #[arg(long)]
         bpf: Option<String>,
-        /// farmwatch.toml (re-read on SIGHUP).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Account inventory (accounts.toml).
-        #[arg(long)]
-        accounts: Option<PathBuf>,
-        /// VPN session feed (JSON lines), read at start.
-        #[arg(long)]
-        sessions: Option<PathBuf>,
-        /// Where events go, as JSON lines ("-" = stdout); appended to, reopened on SIGHUP.
-        #[arg(long, default_value = "-")]
-        events: String,
-        /// Where flow records go, as JSON lines; appended to, reopened on SIGHUP.
-        #[arg(long)]
-        flows: Option<PathBuf>,
+        #[command(flatten)]
+        inputs: Inputs,
         /// Address and port of the HTTP endpoint (/metrics, /healthz).
         #[arg(long, default_value = "127.0.0.1:9477")]
         listen: SocketAddr,
@@ -116,60 +118,48 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Replay {
             files,
-            config,
-            accounts,
-            sessions,
-            events,
-            flows,
+            inputs,
             metrics_out,
             report,
-        } => Config::load(config.as_deref())
-            .map_err(|e| Failure::Usage(e.to_string()))
-            .and_then(|config| {
-                replay::run(ReplayArgs {
-                    files,
-                    config,
-                    accounts,
-                    sessions,
-                    events: Target::parse(&events),
-                    flows,
-                    metrics_out,
-                    report,
-                })
-            }),
+        } => inputs.config().and_then(|config| {
+            replay::run(ReplayArgs {
+                files,
+                config,
+                events: Target::parse(&inputs.events),
+                accounts: inputs.accounts,
+                sessions: inputs.sessions,
+                flows: inputs.flows,
+                metrics_out,
+                report,
+            })
+        }),
         Command::Live {
             interface,
             bpf,
-            config,
-            accounts,
-            sessions,
-            events,
-            flows,
+            inputs,
             listen,
             snaplen,
             promisc: _,
             no_promisc,
             buffer_mb,
             workers,
-        } => Config::load(config.as_deref())
-            .map_err(|e| Failure::Usage(e.to_string()))
-            .and_then(|loaded| {
-                live::run(LiveArgs {
-                    interface,
-                    bpf,
-                    accounts,
-                    sessions,
-                    config_path: config,
-                    config: loaded,
-                    events: Target::parse(&events),
-                    flows,
-                    listen,
-                    snaplen,
-                    promisc: !no_promisc,
-                    buffer_mb,
-                    workers: usize::from(workers),
-                })
-            }),
+        } => inputs.config().and_then(|loaded| {
+            live::run(LiveArgs {
+                interface,
+                bpf,
+                config: loaded,
+                events: Target::parse(&inputs.events),
+                config_path: inputs.config,
+                accounts: inputs.accounts,
+                sessions: inputs.sessions,
+                flows: inputs.flows,
+                listen,
+                snaplen,
+                promisc: !no_promisc,
+                buffer_mb,
+                workers: usize::from(workers),
+            })
+        }),
         Command::Geoip { ips, config } => geoip(config, &ips),
         Command::Check { config, accounts } => check(config, accounts),
     };
