@@ -4,7 +4,10 @@
 //! detectors), and mutated capture files go through the file reader. A deterministic,
 //! cheap guard in `cargo test`; the cargo-fuzz targets in fuzz/ cover the dissectors deeper.
 
+mod support;
+
 use std::path::Path;
+use support::Rng;
 
 use farmwatch::config::Config;
 use farmwatch::pipeline::{Context, Pipeline, Sinks};
@@ -12,21 +15,6 @@ use farmwatch::source::{FileReader, LinkType, Packet};
 
 /// Mutation rounds over all fixture frames (`FW_FUZZ_ROUNDS` and `FW_FUZZ_SEED` make a longer, different run).
 const ROUNDS: usize = 4;
-
-/// xorshift64* (Vigna 2016).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// One to four edits: bit flips, boundary bytes, truncation, duplication of a slice.
 fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {

@@ -3,22 +3,10 @@
 //! every parser must return without panicking. The cargo-fuzz targets in fuzz/ go further;
 //! this keeps a cheap guard in `cargo test`.
 
+mod support;
+
 use farmwatch::dissect::{ipsec, openvpn, radius, rdp, rfb, socks, ssh, stun, tools, wireguard};
-
-/// xorshift64* (Vigna 2016): tiny, deterministic, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use support::Rng;
 
 fn hex(s: &str) -> Vec<u8> {
     (0..s.len() / 2)

@@ -6,27 +6,12 @@
 //! The seeds are read from the hex constants of the modules' test code, so each vector
 //! has a single source (and its provenance is cited there).
 
+mod support;
+
 use farmwatch::dissect::quic::{self, Initial};
 use farmwatch::dissect::{dns, http, tls};
 use farmwatch::timestamp::Timestamp;
-
-/// xorshift64 (Marsaglia 2003): enough randomness for mutation, same sequence every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use support::Rng;
 
 /// One to four random edits: bit flips, boundary bytes, truncation, deletion,
 /// duplication and insertion — the ones that break length fields.
