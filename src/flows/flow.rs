@@ -410,38 +410,52 @@ impl Flow {
     }
 }
 
+/// A TCP segment between 192.0.2.1:`client_port` and 198.51.100.7:`server_port`, for the
+/// flow and table tests.
+#[cfg(test)]
+pub(crate) fn segment(
+    client_port: u16,
+    server_port: u16,
+    from_client: bool,
+    flags: u8,
+    seq: u32,
+    payload: &[u8],
+) -> Decoded<'_> {
+    let c = IpAddr::from([192, 0, 2, 1]);
+    let s = IpAddr::from([198, 51, 100, 7]);
+    let (src, dst, src_port, dst_port) = if from_client {
+        (c, s, client_port, server_port)
+    } else {
+        (s, c, server_port, client_port)
+    };
+    Decoded {
+        src,
+        dst,
+        proto: Proto::Tcp,
+        src_port,
+        dst_port,
+        tcp: Some(crate::decode::Tcp {
+            flags,
+            seq,
+            ack: 0,
+            window: 1000,
+            mss: None,
+        }),
+        payload,
+        payload_len: payload.len() as u32,
+        ip_len: 40 + payload.len() as u32,
+        ttl: 64,
+        tunnel: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{PSH, Tcp};
+    use crate::decode::PSH;
 
-    fn seg<'a>(from_client: bool, flags: u8, seq: u32, payload: &'a [u8]) -> Decoded<'a> {
-        let c: IpAddr = "192.0.2.1".parse().unwrap();
-        let s: IpAddr = "198.51.100.7".parse().unwrap();
-        let (src, dst, sp, dp) = if from_client {
-            (c, s, 50000, 22)
-        } else {
-            (s, c, 22, 50000)
-        };
-        Decoded {
-            src,
-            dst,
-            proto: Proto::Tcp,
-            src_port: sp,
-            dst_port: dp,
-            tcp: Some(Tcp {
-                flags,
-                seq,
-                ack: 0,
-                window: 1000,
-                mss: None,
-            }),
-            payload,
-            payload_len: payload.len() as u32,
-            ip_len: 40 + payload.len() as u32,
-            ttl: 64,
-            tunnel: None,
-        }
+    fn seg(from_client: bool, flags: u8, seq: u32, payload: &[u8]) -> Decoded<'_> {
+        segment(50000, 22, from_client, flags, seq, payload)
     }
 
     fn ms(m: u64) -> Timestamp {

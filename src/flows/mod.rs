@@ -337,36 +337,10 @@ fn deadline(c: &FlowConfig, f: &Flow) -> Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{ACK, FIN, SYN, Tcp};
-    use std::net::IpAddr;
+    use crate::decode::{ACK, FIN, SYN};
 
     fn pkt(client_port: u16, from_client: bool, flags: u8, seq: u32) -> Decoded<'static> {
-        let c: IpAddr = "192.0.2.1".parse().unwrap();
-        let s: IpAddr = "198.51.100.7".parse().unwrap();
-        let (src, dst, sp, dp) = if from_client {
-            (c, s, client_port, 443)
-        } else {
-            (s, c, 443, client_port)
-        };
-        Decoded {
-            src,
-            dst,
-            proto: Proto::Tcp,
-            src_port: sp,
-            dst_port: dp,
-            tcp: Some(Tcp {
-                flags,
-                seq,
-                ack: 0,
-                window: 100,
-                mss: None,
-            }),
-            payload: b"",
-            payload_len: 0,
-            ip_len: 40,
-            ttl: 64,
-            tunnel: None,
-        }
+        flow::segment(client_port, 443, from_client, flags, seq, b"")
     }
 
     fn secs(s: u64) -> Timestamp {
