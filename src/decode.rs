@@ -166,8 +166,8 @@ impl Decoder {
     }
 
     /// Ok(None): the frame was a fragment held for reassembly.
-    pub fn decode<'a>(&'a mut self, pkt: &'a Packet) -> Result<Option<Decoded<'a>>, DecodeError> {
-        let mut layer = link_layer(pkt.link, &pkt.data)?;
+    pub fn decode<'a>(&'a mut self, pkt: Packet<'a>) -> Result<Option<Decoded<'a>>, DecodeError> {
+        let mut layer = link_layer(pkt.link, pkt.data)?;
         let mut tunnel = None;
         let mut depth = 0;
         // Every link step consumes header bytes, so this ends; encapsulations are capped.
@@ -664,11 +664,12 @@ impl Fragments {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::OwnedPacket;
     use etherparse::PacketBuilder;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
-    fn packet(link: LinkType, data: Vec<u8>) -> Packet {
-        Packet {
+    fn packet(link: LinkType, data: Vec<u8>) -> OwnedPacket {
+        OwnedPacket {
             ts: Timestamp::from_secs(1),
             link,
             orig_len: data.len() as u32,
@@ -694,7 +695,7 @@ mod tests {
     fn decodes_ethernet_ipv4_tcp() {
         let pkt = packet(LinkType::ETHERNET, tcp_frame(b"hello"));
         let mut d = decoder();
-        let got = d.decode(&pkt).unwrap().unwrap();
+        let got = d.decode(pkt.view()).unwrap().unwrap();
         assert_eq!(got.src, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
         assert_eq!(got.dst_port, 3389);
         assert_eq!(got.proto, Proto::Tcp);
@@ -709,7 +710,7 @@ mod tests {
         frame.truncate(64);
         let pkt = packet(LinkType::ETHERNET, frame);
         let mut d = decoder();
-        let got = d.decode(&pkt).unwrap().unwrap();
+        let got = d.decode(pkt.view()).unwrap().unwrap();
         assert_eq!(got.payload_len, 1000);
         assert_eq!(got.payload.len(), 64 - 54);
     }
@@ -721,7 +722,7 @@ mod tests {
         frame.extend_from_slice(&[0x88, 0xa8, 0x00, 0x64, 0x81, 0x00, 0x00, 0x0a]);
         frame.extend_from_slice(&inner[12..]);
         let pkt = packet(LinkType::ETHERNET, frame);
-        assert_eq!(decoder().decode(&pkt).unwrap().unwrap().payload, b"x");
+        assert_eq!(decoder().decode(pkt.view()).unwrap().unwrap().payload, b"x");
     }
 
     #[test]
@@ -736,7 +737,7 @@ mod tests {
         b.write(&mut outer, &vx).unwrap();
         let pkt = packet(LinkType::ETHERNET, outer);
         let mut d = decoder();
-        let got = d.decode(&pkt).unwrap().unwrap();
+        let got = d.decode(pkt.view()).unwrap().unwrap();
         assert_eq!(got.tunnel, Some("vxlan"));
         assert_eq!(got.payload, b"inner");
         assert_eq!(got.dst_port, 3389);
@@ -761,10 +762,10 @@ mod tests {
             packet(LinkType::RAW, h)
         };
         let mut d = decoder();
-        assert!(d.decode(&frag(16, 16, true)).unwrap().is_none());
-        assert!(d.decode(&frag(32, 16, false)).unwrap().is_none());
+        assert!(d.decode(frag(16, 16, true).view()).unwrap().is_none());
+        assert!(d.decode(frag(32, 16, false).view()).unwrap().is_none());
         let first = frag(0, 16, true);
-        let got = d.decode(&first).unwrap().unwrap();
+        let got = d.decode(first.view()).unwrap().unwrap();
         assert_eq!(got.dst_port, 53);
         assert_eq!(got.payload, &payload[..]);
     }
@@ -788,7 +789,7 @@ mod tests {
         sll2.extend_from_slice(&ip);
         let mut d = decoder();
         let sll2 = packet(LinkType::LINUX_SLL2, sll2);
-        let got = d.decode(&sll2).unwrap().unwrap();
+        let got = d.decode(sll2.view()).unwrap().unwrap();
         assert_eq!(
             got.src,
             IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))
@@ -796,7 +797,7 @@ mod tests {
         let mut null = 30u32.to_le_bytes().to_vec();
         null.extend_from_slice(&ip);
         let null = packet(LinkType::NULL, null);
-        assert_eq!(d.decode(&null).unwrap().unwrap().payload, b"abc");
+        assert_eq!(d.decode(null.view()).unwrap().unwrap().payload, b"abc");
     }
 
     #[test]
@@ -806,15 +807,18 @@ mod tests {
         arp[12] = 0x08;
         arp[13] = 0x06;
         assert_eq!(
-            d.decode(&packet(LinkType::ETHERNET, arp)).unwrap_err(),
+            d.decode(packet(LinkType::ETHERNET, arp).view())
+                .unwrap_err(),
             DecodeError::NotIp
         );
         assert_eq!(
-            d.decode(&packet(LinkType::RAW, vec![0x45])).unwrap_err(),
+            d.decode(packet(LinkType::RAW, vec![0x45]).view())
+                .unwrap_err(),
             DecodeError::TruncatedIp
         );
         assert_eq!(
-            d.decode(&packet(LinkType(147), vec![0; 40])).unwrap_err(),
+            d.decode(packet(LinkType(147), vec![0; 40]).view())
+                .unwrap_err(),
             DecodeError::UnsupportedLink
         );
     }

@@ -26,7 +26,7 @@ use crate::metrics::{Metrics, Stats};
 use crate::pipeline::{Context, Pipeline, Sinks};
 use crate::replay::Failure;
 use crate::sink::{self, JsonLines, Target};
-use crate::source::{LinkType, Packet};
+use crate::source::{LinkType, OwnedPacket, Packet};
 use crate::timestamp::Timestamp;
 
 /// How long libpcap waits for packets before the capture loop looks at the stop flag.
@@ -44,7 +44,7 @@ const SINK_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// What the capture thread hands a worker.
 enum Work {
-    Packet(Packet),
+    Packet(OwnedPacket),
     /// The capture's packet time. A worker sees only its shard of the traffic; without this
     /// its clock, and with it its flows' timeouts, would stall while its shard is quiet.
     Clock(Timestamp),
@@ -492,7 +492,7 @@ fn capture_loop(
                     ts,
                     link,
                     orig_len: p.header.len,
-                    data: p.data.to_vec(),
+                    data: p.data,
                 };
                 let now = pkt.ts;
                 if Instant::now() >= next_feeds || sensor.inventory_reload.load(Ordering::Relaxed) {
@@ -509,8 +509,11 @@ fn capture_loop(
                     }
                     feeds.poll(queues, sensor);
                 }
-                let queue = shard.worker(&pkt);
-                match queues.get(queue).map(|q| q.try_send(Work::Packet(pkt))) {
+                let queue = shard.worker(pkt);
+                match queues
+                    .get(queue)
+                    .map(|q| q.try_send(Work::Packet(pkt.into())))
+                {
                     Some(Ok(())) => {}
                     Some(Err(TrySendError::Full(_))) | None => {
                         sensor.drops_queue.fetch_add(1, Ordering::Relaxed);
@@ -682,7 +685,7 @@ impl Sharder {
         }
     }
 
-    fn worker(&mut self, pkt: &Packet) -> usize {
+    fn worker(&mut self, pkt: Packet<'_>) -> usize {
         if self.workers <= 1 {
             return 0;
         }
@@ -703,11 +706,11 @@ impl Sharder {
     }
 }
 
-fn outer_addresses(pkt: &Packet) -> Option<(IpAddr, IpAddr)> {
+fn outer_addresses(pkt: Packet<'_>) -> Option<(IpAddr, IpAddr)> {
     let sliced = match pkt.link {
-        LinkType::ETHERNET => LaxSlicedPacket::from_ethernet(&pkt.data).ok()?,
+        LinkType::ETHERNET => LaxSlicedPacket::from_ethernet(pkt.data).ok()?,
         LinkType::RAW | LinkType::IPV4 | LinkType::IPV6 => {
-            LaxSlicedPacket::from_ip(&pkt.data).ok()?
+            LaxSlicedPacket::from_ip(pkt.data).ok()?
         }
         _ => return None,
     };
@@ -737,7 +740,7 @@ fn work(index: usize, mut pipeline: Pipeline, rx: Receiver<Work>, sensor: &Senso
     let mut next_tick = Instant::now() + WORKER_TICK;
     loop {
         match rx.recv_timeout(WORKER_TICK) {
-            Ok(Work::Packet(pkt)) => pipeline.packet(&pkt),
+            Ok(Work::Packet(pkt)) => pipeline.packet(pkt.view()),
             Ok(Work::Clock(ts)) => pipeline.advance(ts),
             Ok(Work::Inventory(inv)) => pipeline.reload_inventory(inv),
             Ok(Work::Network(network)) => pipeline.set_network((*network).clone()),
@@ -772,8 +775,8 @@ mod tests {
     use super::*;
     use etherparse::PacketBuilder;
 
-    fn frame(link: LinkType, data: Vec<u8>) -> Packet {
-        Packet {
+    fn frame(link: LinkType, data: Vec<u8>) -> OwnedPacket {
+        OwnedPacket {
             ts: Timestamp::from_secs(1),
             link,
             orig_len: data.len() as u32,
@@ -782,7 +785,7 @@ mod tests {
     }
 
     /// Ethernet + IPv4 + UDP, synthesized with etherparse (RFC 791, RFC 768 headers).
-    fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Packet {
+    fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> OwnedPacket {
         let mut out = Vec::new();
         PacketBuilder::ethernet2([1; 6], [2; 6])
             .ipv4(src, dst, 64)
@@ -807,9 +810,9 @@ mod tests {
         let fragment = frame(LinkType::ETHERNET, FIRST_FRAGMENT.to_vec());
         for workers in 2..=9 {
             let mut sharder = Sharder::new(workers, crate::config::NetworkConfig::default());
-            let there = sharder.worker(&udp(a, b, 5353, 53));
-            assert_eq!(sharder.worker(&udp(b, a, 53, 5353)), there);
-            assert_eq!(sharder.worker(&fragment), there, "workers={workers}");
+            let there = sharder.worker(udp(a, b, 5353, 53).view());
+            assert_eq!(sharder.worker(udp(b, a, 53, 5353).view()), there);
+            assert_eq!(sharder.worker(fragment.view()), there, "workers={workers}");
             assert!(there < workers);
         }
     }
@@ -818,14 +821,14 @@ mod tests {
     fn an_inside_hosts_outside_flows_share_a_worker() {
         let mut sharder = Sharder::new(8, crate::config::NetworkConfig::default());
         let host = [10, 8, 0, 12];
-        let there = sharder.worker(&udp(host, [198, 51, 100, 1], 1000, 53));
+        let there = sharder.worker(udp(host, [198, 51, 100, 1], 1000, 53).view());
         for peer in 2..40u8 {
             assert_eq!(
-                sharder.worker(&udp([203, 0, 113, peer], host, 3389, 50000)),
+                sharder.worker(udp([203, 0, 113, peer], host, 3389, 50000).view()),
                 there
             );
             assert_eq!(
-                sharder.worker(&udp(host, [192, 0, 2, peer], 50001, 22)),
+                sharder.worker(udp(host, [192, 0, 2, peer], 50001, 22).view()),
                 there
             );
         }
@@ -835,7 +838,7 @@ mod tests {
     fn address_pairs_spread_over_workers() {
         let mut sharder = Sharder::new(4, crate::config::NetworkConfig::default());
         let used: std::collections::BTreeSet<usize> = (1..=64)
-            .map(|host| sharder.worker(&udp([10, 0, 0, host], [10, 9, 9, 9], 1000, 53)))
+            .map(|host| sharder.worker(udp([10, 0, 0, host], [10, 9, 9, 9], 1000, 53).view()))
             .collect();
         assert_eq!(used.len(), 4);
     }
@@ -843,8 +846,14 @@ mod tests {
     #[test]
     fn frames_without_addresses_go_to_the_first_worker() {
         let mut sharder = Sharder::new(4, crate::config::NetworkConfig::default());
-        assert_eq!(sharder.worker(&frame(LinkType::ETHERNET, vec![0; 6])), 0);
-        assert_eq!(sharder.worker(&frame(LinkType(147), vec![0x45; 40])), 0);
+        assert_eq!(
+            sharder.worker(frame(LinkType::ETHERNET, vec![0; 6]).view()),
+            0
+        );
+        assert_eq!(
+            sharder.worker(frame(LinkType(147), vec![0x45; 40]).view()),
+            0
+        );
     }
 
     #[test]
@@ -949,7 +958,7 @@ mod tests {
             },
             Context::load(&config, None, None).unwrap(),
         );
-        pipeline.packet(&udp([10, 0, 0, 1], [10, 0, 0, 2], 5353, 53));
+        pipeline.packet(udp([10, 0, 0, 1], [10, 0, 0, 2], 5353, 53).view());
         pipeline.advance(Timestamp::from_secs(30));
         pipeline.flush_sinks();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");

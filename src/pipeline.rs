@@ -186,7 +186,7 @@ impl Pipeline {
         }
     }
 
-    pub fn packet(&mut self, pkt: &Packet) {
+    pub fn packet(&mut self, pkt: Packet<'_>) {
         self.stats.packets += 1;
         self.stats.bytes += pkt.orig_len as u64;
         if self.first_ts.is_none() {

@@ -10,7 +10,6 @@ use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use pcap_parser::pcapng::Block;
-use pcap_parser::traits::PcapNGPacketBlock;
 use pcap_parser::traits::PcapReaderIterator;
 use pcap_parser::{PcapBlockOwned, PcapError};
 
@@ -31,14 +30,46 @@ impl LinkType {
     pub const LINUX_SLL2: LinkType = LinkType(276);
 }
 
-/// One captured frame. `data` may be shorter than `orig_len` when the capture's snaplen
+/// One captured frame, borrowed from the reader's buffer: replay hands every packet on
+/// without copying it. `data` may be shorter than `orig_len` when the capture's snaplen
 /// cut it.
-#[derive(Debug, Default, Clone)]
-pub struct Packet {
+#[derive(Clone, Copy, Debug)]
+pub struct Packet<'a> {
+    pub ts: Timestamp,
+    pub link: LinkType,
+    pub orig_len: u32,
+    pub data: &'a [u8],
+}
+
+/// A frame that owns its bytes, for queues between threads (live capture) and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OwnedPacket {
     pub ts: Timestamp,
     pub link: LinkType,
     pub orig_len: u32,
     pub data: Vec<u8>,
+}
+
+impl OwnedPacket {
+    pub fn view(&self) -> Packet<'_> {
+        Packet {
+            ts: self.ts,
+            link: self.link,
+            orig_len: self.orig_len,
+            data: &self.data,
+        }
+    }
+}
+
+impl From<Packet<'_>> for OwnedPacket {
+    fn from(p: Packet<'_>) -> OwnedPacket {
+        OwnedPacket {
+            ts: p.ts,
+            link: p.link,
+            orig_len: p.orig_len,
+            data: p.data.to_vec(),
+        }
+    }
 }
 
 impl Default for LinkType {
@@ -87,12 +118,19 @@ struct LegacyInfo {
     nanos: bool,
 }
 
-/// Reads one capture file, record by record.
+/// Reads one capture file, record by record. The current packet stays in the reader's
+/// buffer until the next [`FileReader::advance`], so it is never copied.
 pub struct FileReader {
     path: PathBuf,
     reader: Box<dyn PcapReaderIterator + Send>,
     legacy: Option<LegacyInfo>,
     interfaces: Vec<Interface>,
+    /// The packet at the front of the buffer, if any, and the record length to consume
+    /// before the next one is read.
+    current: Option<Current>,
+    pending_consume: usize,
+    /// Time of the last timestamped packet (simple packet blocks carry none).
+    last_ts: Timestamp,
     /// Records cut off by the end of the file (at most one per file, in practice).
     pub truncated: u64,
     /// Packets whose link type or interface is unknown, skipped.
@@ -102,21 +140,30 @@ pub struct FileReader {
     done: bool,
 }
 
+/// Where the current packet is: its metadata and its bytes' place in the reader's buffer.
+#[derive(Clone, Copy, Debug)]
+struct Current {
+    ts: Timestamp,
+    link: LinkType,
+    orig_len: u32,
+    start: usize,
+    len: usize,
+}
 const BUFFER: usize = 1 << 20;
 const MAX_BUFFER: usize = 1 << 26;
 
 impl FileReader {
     pub fn open(path: &Path) -> Result<FileReader, SourceError> {
-        let file = File::open(path).map_err(|e| SourceError::Open(path.to_path_buf(), e))?;
-        let mut buffered = BufReader::with_capacity(1 << 16, file);
+        let open = || File::open(path).map_err(|e| SourceError::Open(path.to_path_buf(), e));
+        let file = open()?;
         let mut magic = [0u8; 2];
-        let gz = match buffered.get_mut().read(&mut magic) {
+        let gz = match (&file).read(&mut magic) {
             Ok(2) => magic == [0x1f, 0x8b],
             Ok(_) => false,
             Err(e) => return Err(SourceError::Open(path.to_path_buf(), e)),
         };
         // Re-open rather than seek: the reader must start at byte 0 in both cases.
-        let file = File::open(path).map_err(|e| SourceError::Open(path.to_path_buf(), e))?;
+        let file = open()?;
         let input: Box<dyn Read + Send> = if gz {
             Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
         } else {
@@ -139,29 +186,55 @@ impl FileReader {
             }
             Err(_) => return Err(SourceError::NotACapture(path.to_path_buf())),
         };
-        Ok(FileReader {
+        Ok(FileReader::with(path, reader))
+    }
+
+    fn with(path: &Path, reader: Box<dyn PcapReaderIterator + Send>) -> FileReader {
+        FileReader {
             path: path.to_path_buf(),
             reader,
             legacy: None,
             interfaces: Vec::new(),
+            current: None,
+            pending_consume: 0,
+            last_ts: Timestamp::ZERO,
             truncated: 0,
             skipped: 0,
             consumed: 0,
             done: false,
-        })
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Reads the next packet into `out`. Ok(false) at the end of the file.
-    pub fn next_into(&mut self, out: &mut Packet) -> Result<bool, SourceError> {
+    /// Moves to the next packet. Ok(false) at the end of the file.
+    pub fn advance(&mut self) -> Result<bool, SourceError> {
+        self.current = None;
+        if self.pending_consume > 0 {
+            self.reader.consume(self.pending_consume);
+            self.consumed += self.pending_consume as u64;
+            self.pending_consume = 0;
+        }
         while !self.done {
+            // The buffer does not move between here and the end of `next`.
+            let base = self.reader.data().as_ptr() as usize;
             let step = match self.reader.next() {
                 Ok((len, block)) => Step::Record(
                     len,
-                    record(&mut self.legacy, &mut self.interfaces, block, out),
+                    match record(&mut self.legacy, &mut self.interfaces, block) {
+                        Record::Packet(f) => Record::Packet(Current {
+                            ts: f.ts.unwrap_or(self.last_ts),
+                            link: f.link,
+                            orig_len: f.orig_len,
+                            // The frame's bytes lie inside the buffer the block came from.
+                            start: (f.data.as_ptr() as usize).saturating_sub(base),
+                            len: f.data.len(),
+                        }),
+                        Record::Meta => Record::Meta,
+                        Record::Skipped => Record::Skipped,
+                    },
                 ),
                 Err(PcapError::Eof) => Step::Eof,
                 Err(PcapError::Incomplete(_)) => Step::Refill,
@@ -171,14 +244,18 @@ impl FileReader {
                 Err(e) => Step::Corrupt(format!("{e:?}")),
             };
             match step {
-                Step::Record(len, got) => {
+                Step::Record(len, Record::Packet(current)) => {
+                    self.last_ts = current.ts;
+                    self.current = Some(current);
+                    self.pending_consume = len;
+                    return Ok(true);
+                }
+                Step::Record(len, other) => {
+                    if matches!(other, Record::Skipped) {
+                        self.skipped += 1;
+                    }
                     self.reader.consume(len);
                     self.consumed += len as u64;
-                    match got {
-                        Record::Packet => return Ok(true),
-                        Record::Skipped => self.skipped += 1,
-                        Record::Meta => {}
-                    }
                 }
                 Step::Eof => self.done = true,
                 Step::Truncated => {
@@ -199,6 +276,21 @@ impl FileReader {
         Ok(false)
     }
 
+    /// The packet [`FileReader::advance`] moved to, borrowed from the buffer.
+    pub fn packet(&self) -> Option<Packet<'_>> {
+        let c = self.current?;
+        let data = self
+            .reader
+            .data()
+            .get(c.start..c.start.checked_add(c.len)?)?;
+        Some(Packet {
+            ts: c.ts,
+            link: c.link,
+            orig_len: c.orig_len,
+            data,
+        })
+    }
+
     /// Reads more of the file; a failed read ends it as truncated.
     fn refill(&mut self) {
         if self.reader.refill().is_err() {
@@ -217,7 +309,7 @@ impl FileReader {
 }
 
 enum Step {
-    Record(usize, Record),
+    Record(usize, Record<Current>),
     Eof,
     Truncated,
     Refill,
@@ -225,18 +317,25 @@ enum Step {
     Corrupt(String),
 }
 
-enum Record {
-    Packet,
+enum Record<T> {
+    Packet(T),
     Meta,
     Skipped,
 }
 
-fn record(
+/// A packet record as the block gave it; `ts` is None for blocks that carry no time.
+struct Frame<'a> {
+    ts: Option<Timestamp>,
+    link: LinkType,
+    orig_len: u32,
+    data: &'a [u8],
+}
+
+fn record<'a>(
     legacy: &mut Option<LegacyInfo>,
     interfaces: &mut Vec<Interface>,
-    block: PcapBlockOwned<'_>,
-    out: &mut Packet,
-) -> Record {
+    block: PcapBlockOwned<'a>,
+) -> Record<Frame<'a>> {
     match block {
         PcapBlockOwned::LegacyHeader(h) => {
             *legacy = Some(LegacyInfo {
@@ -254,13 +353,14 @@ fn record(
             } else {
                 b.ts_usec as u64 * 1_000
             };
-            out.ts = Timestamp((b.ts_sec as u64) * 1_000_000_000 + frac.min(999_999_999));
-            out.link = info.link;
-            out.orig_len = b.origlen;
-            let caplen = (b.caplen as usize).min(b.data.len());
-            out.data.clear();
-            out.data.extend_from_slice(&b.data[..caplen]);
-            Record::Packet
+            Record::Packet(Frame {
+                ts: Some(Timestamp(
+                    (b.ts_sec as u64) * 1_000_000_000 + frac.min(999_999_999),
+                )),
+                link: info.link,
+                orig_len: b.origlen,
+                data: captured(b.data, b.caplen),
+            })
         }
         PcapBlockOwned::NG(Block::SectionHeader(_)) => {
             // Interface ids are numbered per section.
@@ -280,26 +380,32 @@ fn record(
                 return Record::Skipped;
             };
             let raw = ((epb.ts_high as u64) << 32) | epb.ts_low as u64;
-            out.ts = ng_time(raw, iface);
-            out.link = iface.link;
-            out.orig_len = epb.origlen;
-            out.data.clear();
-            out.data.extend_from_slice(epb.packet_data());
-            Record::Packet
+            Record::Packet(Frame {
+                ts: Some(ng_time(raw, iface)),
+                link: iface.link,
+                orig_len: epb.origlen,
+                data: captured(epb.data, epb.caplen),
+            })
         }
         PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
             // SPBs carry no timestamp; they belong to interface 0 (pcapng §4.4).
             let Some(iface) = interfaces.first() else {
                 return Record::Skipped;
             };
-            out.link = iface.link;
-            out.orig_len = spb.origlen;
-            out.data.clear();
-            out.data.extend_from_slice(spb.packet_data());
-            Record::Packet
+            Record::Packet(Frame {
+                ts: None,
+                link: iface.link,
+                orig_len: spb.origlen,
+                data: captured(spb.data, spb.origlen),
+            })
         }
         PcapBlockOwned::NG(_) => Record::Meta,
     }
+}
+
+/// The captured part of a record's data (the rest is padding).
+fn captured(data: &[u8], caplen: u32) -> &[u8] {
+    data.get(..caplen as usize).unwrap_or(data)
 }
 
 fn ng_time(raw: u64, iface: &Interface) -> Timestamp {
@@ -320,9 +426,8 @@ fn ng_time(raw: u64, iface: &Interface) -> Timestamp {
 /// Several capture files merged into one stream in timestamp order (ties keep file order).
 pub struct Replay {
     readers: Vec<FileReader>,
-    heads: Vec<Packet>,
     heap: BinaryHeap<std::cmp::Reverse<(Timestamp, usize)>>,
-    /// Index of the packet handed out last, refilled on the next call.
+    /// Index of the file whose packet was handed out last, advanced on the next call.
     pending: Option<usize>,
     /// Files that stopped early on a corrupt record; the others go on.
     pub errors: Vec<SourceError>,
@@ -336,7 +441,6 @@ impl Replay {
             .map(|p| FileReader::open(p))
             .collect::<Result<Vec<_>, _>>()?;
         let mut replay = Replay {
-            heads: vec![Packet::default(); readers.len()],
             readers,
             heap: BinaryHeap::new(),
             pending: None,
@@ -349,21 +453,28 @@ impl Replay {
     }
 
     fn advance(&mut self, i: usize) {
-        match self.readers[i].next_into(&mut self.heads[i]) {
-            Ok(true) => self.heap.push(std::cmp::Reverse((self.heads[i].ts, i))),
+        let Some(reader) = self.readers.get_mut(i) else {
+            return;
+        };
+        match reader.advance() {
+            Ok(true) => {
+                if let Some(p) = reader.packet() {
+                    self.heap.push(std::cmp::Reverse((p.ts, i)));
+                }
+            }
             Ok(false) => {}
             Err(e) => self.errors.push(e),
         }
     }
 
     /// The next packet in time order, or None when every file is done.
-    pub fn next_packet(&mut self) -> Option<&Packet> {
+    pub fn next_packet(&mut self) -> Option<Packet<'_>> {
         if let Some(i) = self.pending.take() {
             self.advance(i);
         }
         let std::cmp::Reverse((_, i)) = self.heap.pop()?;
         self.pending = Some(i);
-        Some(&self.heads[i])
+        self.readers.get(i)?.packet()
     }
 
     pub fn readers(&self) -> &[FileReader] {
@@ -400,12 +511,11 @@ mod tests {
         f
     }
 
-    fn read_all(bytes: Vec<u8>) -> Result<(Vec<Packet>, u64), SourceError> {
+    fn read_all(bytes: Vec<u8>) -> Result<(Vec<OwnedPacket>, u64), SourceError> {
         let mut r = FileReader::from_reader(Path::new("t.pcap"), Box::new(io::Cursor::new(bytes)))?;
         let mut out = Vec::new();
-        let mut p = Packet::default();
-        while r.next_into(&mut p)? {
-            out.push(p.clone());
+        while r.advance()? {
+            out.extend(r.packet().map(OwnedPacket::from));
         }
         Ok((out, r.truncated))
     }

@@ -11,7 +11,7 @@ use support::Rng;
 
 use farmwatch::config::Config;
 use farmwatch::pipeline::{Context, Pipeline, Sinks};
-use farmwatch::source::{FileReader, LinkType, Packet};
+use farmwatch::source::{FileReader, LinkType, OwnedPacket};
 
 /// Mutation rounds over all fixture frames (`FW_FUZZ_ROUNDS` and `FW_FUZZ_SEED` make a longer, different run).
 const ROUNDS: usize = 4;
@@ -36,7 +36,7 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
     b
 }
 
-fn fixture_packets() -> Vec<Packet> {
+fn fixture_packets() -> Vec<OwnedPacket> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let mut packets = Vec::new();
     let mut names: Vec<_> = std::fs::read_dir(&dir)
@@ -50,9 +50,8 @@ fn fixture_packets() -> Vec<Packet> {
         let Ok(mut reader) = FileReader::open(&path) else {
             continue;
         };
-        let mut p = Packet::default();
-        while let Ok(true) = reader.next_into(&mut p) {
-            packets.push(p.clone());
+        while let Ok(true) = reader.advance() {
+            packets.extend(reader.packet().map(OwnedPacket::from));
         }
     }
     packets
@@ -90,7 +89,7 @@ fn mutated_frames_never_panic_the_pipeline() {
             if round % 4 == 3 {
                 m.link = links[rng.below(links.len())];
             }
-            pipeline.packet(&m);
+            pipeline.packet(m.view());
         }
     }
     pipeline.finish();
@@ -115,9 +114,9 @@ fn mutated_capture_files_never_panic_the_reader() {
             else {
                 continue;
             };
-            let mut p = Packet::default();
             let mut n = 0;
-            while let Ok(true) = reader.next_into(&mut p) {
+            while let Ok(true) = reader.advance() {
+                assert!(reader.packet().is_some(), "a packet without its bytes");
                 n += 1;
                 assert!(n < 100_000, "reader does not end");
             }
