@@ -1,5 +1,6 @@
 //! One flow: who started it, what each side sent, the TCP handshake and state.
 
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
 use crate::app::App;
@@ -12,7 +13,7 @@ use crate::timestamp::Timestamp;
 
 /// Direction-free flow identity: the lower (address, port) endpoint comes first, so both
 /// directions of a conversation find the same entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FlowKey {
     pub proto: Proto,
     pub lo: (IpAddr, u16),
@@ -35,6 +36,25 @@ impl FlowKey {
             lo,
             hi,
         }
+    }
+}
+
+/// Hashes the key as three words: every packet looks its flow up, and the derived hash
+/// feeds each enum tag and address byte to the hasher separately.
+impl Hash for FlowKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u128(address_bits(self.lo.0));
+        h.write_u128(address_bits(self.hi.0));
+        h.write_u64(u64::from(self.lo.1) << 24 | u64::from(self.hi.1) << 8 | self.proto as u64);
+    }
+}
+
+/// An address as 128 bits, IPv4 mapped into IPv6 (equal keys hash equally; a v4 address
+/// and its mapped v6 form only share a bucket).
+fn address_bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
     }
 }
 

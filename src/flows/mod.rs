@@ -102,7 +102,8 @@ pub enum FlowEvent {
 
 pub struct FlowTable {
     config: FlowConfig,
-    flows: HashMap<FlowKey, Flow, ahash::RandomState>,
+    /// Flows are boxed: the table's slots stay small, and an ended flow leaves without a copy.
+    flows: HashMap<FlowKey, Box<Flow>, ahash::RandomState>,
     wheel: BTreeMap<u64, Vec<FlowKey>>,
     /// Packet time: the newest timestamp seen (captures are not always in order).
     now: Timestamp,
@@ -137,11 +138,11 @@ impl FlowTable {
     }
 
     pub fn get(&self, key: &FlowKey) -> Option<&Flow> {
-        self.flows.get(key)
+        self.flows.get(key).map(|f| &**f)
     }
 
     pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut Flow> {
-        self.flows.get_mut(key)
+        self.flows.get_mut(key).map(|f| &mut **f)
     }
 
     /// Accounts one packet to its flow. `wire_len` is the frame's original length.
@@ -154,59 +155,54 @@ impl FlowTable {
     ) {
         self.advance(ts, out);
         let key = FlowKey::of(d);
-        let syn_only = d.tcp.is_some_and(|t| t.flags & 0x12 == 0x02);
         // A SYN on a finished connection starts a new one (port reuse).
-        if syn_only
-            && let Some(old) = self.flows.get(&key)
-            && old.is_closed()
+        let syn_only = d.tcp.is_some_and(|t| t.flags & 0x12 == 0x02);
+        // The common case, a packet of a known flow, costs one lookup.
+        if let Some(flow) = self.flows.get_mut(&key)
+            && !(syn_only && flow.is_closed())
         {
-            if let Some(flow) = self.flows.remove(&key) {
-                out.push(FlowEvent::Ended {
-                    flow: Box::new(flow),
-                    why: EndReason::Reused,
-                });
-            }
-        }
-        if !self.flows.contains_key(&key) {
-            if self.flows.len() >= self.config.max_flows {
-                self.evict_one(out);
-            }
-            let mut flow = Flow::new(self.next_seq, d, ts, self.config.reassembly_bytes);
-            self.next_seq += 1;
-            self.flows_total += 1;
-            flow.next_interim = Some(ts.plus(self.config.interim_interval));
-            flow.timer_at = u64::MAX;
-            self.flows.insert(key, flow);
-        }
-        let idle_ns = self.config.idle_threshold.as_nanos() as u64;
-        let Some(flow) = self.flows.get_mut(&key) else {
-            return;
-        };
-        let from_orig = flow.is_from_orig(d);
-        let up = flow.observe(d, ts, wire_len, idle_ns);
-        let due =
-            deadline(&self.config, flow).min(flow.next_interim.unwrap_or(Timestamp(u64::MAX)));
-        // Only move the flow to an earlier slot; a later deadline is found lazily when the
-        // current slot comes due.
-        let slot = due.secs() + 1;
-        if slot < flow.timer_at {
-            flow.timer_at = slot;
-            self.wheel.entry(slot).or_default().push(key);
-        }
-        if up.resumed {
-            out.push(FlowEvent::Resumed { key, from_orig, ts });
-        }
-        if up.new_bytes {
-            out.push(FlowEvent::NewBytes { key, ts });
-        }
-        if up.follow {
-            out.push(FlowEvent::Datagram {
+            account(
+                &self.config,
+                &mut self.wheel,
                 key,
-                from_orig,
+                flow,
+                d,
                 ts,
-                bytes: d.payload.to_vec(),
+                wire_len,
+                out,
+            );
+            return;
+        }
+        if let Some(old) = self.flows.remove(&key) {
+            out.push(FlowEvent::Ended {
+                flow: old,
+                why: EndReason::Reused,
             });
         }
+        if self.flows.len() >= self.config.max_flows {
+            self.evict_one(out);
+        }
+        let mut flow = Box::new(Flow::new(
+            self.next_seq,
+            d,
+            ts,
+            self.config.reassembly_bytes,
+        ));
+        self.next_seq += 1;
+        self.flows_total += 1;
+        flow.next_interim = Some(ts.plus(self.config.interim_interval));
+        flow.timer_at = u64::MAX;
+        let flow = self.flows.entry(key).insert_entry(flow).into_mut();
+        account(
+            &self.config,
+            &mut self.wheel,
+            key,
+            flow,
+            d,
+            ts,
+            wire_len,
+            out,
+        );
     }
 
     /// Moves packet time forward, ending flows whose deadline passed.
@@ -243,10 +239,7 @@ impl FlowTable {
                 EndReason::Timeout
             };
             if let Some(flow) = self.flows.remove(&key) {
-                out.push(FlowEvent::Ended {
-                    flow: Box::new(flow),
-                    why,
-                });
+                out.push(FlowEvent::Ended { flow, why });
             }
             return;
         }
@@ -280,7 +273,7 @@ impl FlowTable {
             {
                 self.evicted_table_full += 1;
                 out.push(FlowEvent::Ended {
-                    flow: Box::new(flow),
+                    flow,
                     why: EndReason::Evicted,
                 });
                 return;
@@ -300,7 +293,7 @@ impl FlowTable {
     pub fn end(&mut self, key: &FlowKey, out: &mut Vec<FlowEvent>) {
         if let Some(flow) = self.flows.remove(key) {
             out.push(FlowEvent::Ended {
-                flow: Box::new(flow),
+                flow,
                 why: EndReason::Shutdown,
             });
         }
@@ -314,6 +307,46 @@ impl FlowTable {
         for key in self.keys_by_start() {
             self.end(&key, out);
         }
+    }
+}
+
+/// One packet into its flow: counters and state, the flow's place in the wheel, and what
+/// the stages after the table must hear about.
+#[allow(clippy::too_many_arguments)]
+fn account(
+    config: &FlowConfig,
+    wheel: &mut BTreeMap<u64, Vec<FlowKey>>,
+    key: FlowKey,
+    flow: &mut Flow,
+    d: &Decoded<'_>,
+    ts: Timestamp,
+    wire_len: u32,
+    out: &mut Vec<FlowEvent>,
+) {
+    let idle_ns = config.idle_threshold.as_nanos() as u64;
+    let from_orig = flow.is_from_orig(d);
+    let up = flow.observe(d, ts, wire_len, idle_ns);
+    let due = deadline(config, flow).min(flow.next_interim.unwrap_or(Timestamp(u64::MAX)));
+    // Only move the flow to an earlier slot; a later deadline is found lazily when the
+    // current slot comes due.
+    let slot = due.secs() + 1;
+    if slot < flow.timer_at {
+        flow.timer_at = slot;
+        wheel.entry(slot).or_default().push(key);
+    }
+    if up.resumed {
+        out.push(FlowEvent::Resumed { key, from_orig, ts });
+    }
+    if up.new_bytes {
+        out.push(FlowEvent::NewBytes { key, ts });
+    }
+    if up.follow {
+        out.push(FlowEvent::Datagram {
+            key,
+            from_orig,
+            ts,
+            bytes: d.payload.to_vec(),
+        });
     }
 }
 
