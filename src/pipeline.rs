@@ -16,7 +16,7 @@ use crate::dissect::identify::{self, Input};
 use crate::event::Event;
 use crate::flows::flow::{ORIG, RESP};
 use crate::flows::record::FlowRecord;
-use crate::flows::{Flow, FlowEvent, FlowTable};
+use crate::flows::{EndReason, Flow, FlowEvent, FlowTable};
 use crate::geo::Geo;
 use crate::identity::{Identity, ObservationSource, PublicIpObservation};
 use crate::metrics::Stats;
@@ -221,8 +221,11 @@ impl Pipeline {
 
     /// Ends every flow and flushes every sink: end of a replay, or shutdown.
     pub fn finish(&mut self) {
-        for key in self.flows.keys_by_start() {
-            self.flows.end(&key, &mut self.pending);
+        for flow in self.flows.drain() {
+            self.pending.push(FlowEvent::Ended {
+                flow,
+                why: EndReason::Shutdown,
+            });
             self.drain_flow_events();
         }
         self.release_observations(Timestamp(u64::MAX));

@@ -29,7 +29,7 @@ use crate::flows::{Flow, FlowKey, humantime_serde};
 use crate::timestamp::Timestamp;
 
 use super::Scope;
-use super::remote_desktop::{flow_key, flow_ref, round2, with_place};
+use super::remote_desktop::{flow_key, round2, with_place};
 
 /// `[detect.stepping_stone]`.
 #[derive(Clone, Debug, Deserialize)]
@@ -77,19 +77,57 @@ impl Default for SteppingStoneConfig {
     }
 }
 
-/// Resumes of one direction: the latest and the one before.
+/// Resumes of one direction: how many, the latest and the one before.
 #[derive(Clone, Copy, Debug, Default)]
 struct Endpoint {
-    last: Option<Timestamp>,
-    prev: Option<Timestamp>,
+    count: u32,
+    last: Timestamp,
+    prev: Timestamp,
 }
 
+impl Endpoint {
+    fn resume(&mut self, ts: Timestamp) {
+        self.prev = self.last;
+        self.last = ts;
+        self.count = self.count.saturating_add(1);
+    }
+
+    /// The resume before the latest, once there has been one.
+    fn prev(&self) -> Option<Timestamp> {
+        (self.count >= 2).then_some(self.prev)
+    }
+}
+
+/// A followed flow. Up to `max_flows` are kept, so it holds only what the key does not:
+/// 56 bytes.
 #[derive(Clone, Debug)]
 struct FlowState {
-    flow: FlowRef,
-    app: Option<App>,
     dirs: [Endpoint; 2],
-    resumes: u32,
+    app: Option<App>,
+    /// The key's lower end is the originator.
+    orig_is_lo: bool,
+}
+
+impl FlowState {
+    fn resumes(&self) -> u32 {
+        self.dirs[0].count.saturating_add(self.dirs[1].count)
+    }
+
+    /// The flow as events name it, originator first.
+    fn flow_ref(&self, key: &FlowKey) -> FlowRef {
+        let (src, dst) = if self.orig_is_lo {
+            (key.lo, key.hi)
+        } else {
+            (key.hi, key.lo)
+        };
+        FlowRef {
+            proto: key.proto.as_str(),
+            src_ip: src.0,
+            src_port: src.1,
+            dst_ip: dst.0,
+            dst_port: dst.1,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -170,15 +208,11 @@ impl SteppingStone {
         }
         let dir = usize::from(!from_orig);
         let st = self.flows.entry(*key).or_insert_with(|| FlowState {
-            flow: flow_ref(flow),
-            app: flow.app,
             dirs: [Endpoint::default(); 2],
-            resumes: 0,
+            app: flow.app,
+            orig_is_lo: flow.orig <= flow.resp,
         });
-        let ep = &mut st.dirs[dir];
-        ep.prev = ep.last;
-        ep.last = Some(ts);
-        st.resumes = st.resumes.saturating_add(1);
+        st.dirs[dir].resume(ts);
         let delta = self.config.delta.as_nanos() as u64;
         for (host, inbound) in [(flow.resp.0, true), (flow.orig.0, false)] {
             if !scope.network.is_inside(host) {
@@ -245,22 +279,25 @@ impl SteppingStone {
         let (Some(a), Some(b)) = (self.flows.get(&pair.0), self.flows.get(&pair.1)) else {
             return;
         };
+        let (a_flow, b_flow) = (a.flow_ref(&pair.0), b.flow_ref(&pair.1));
+        let (a_app, b_app) = (a.app, b.app);
+        let (a_resumes, b_resumes) = (a.resumes(), b.resumes());
         // Back to where the session came from is not a chain.
-        if a.flow.src_ip == b.flow.dst_ip {
+        if a_flow.src_ip == b_flow.dst_ip {
             return;
         }
         let prev = |k: (FlowKey, usize)| {
             self.flows
                 .get(&k.0)
                 .and_then(|s| s.dirs.get(k.1))
-                .and_then(|e| e.prev)
+                .and_then(Endpoint::prev)
         };
         let delta = self.config.delta.as_nanos() as u64;
         let in_row = match (prev(first), prev(second)) {
             (Some(p1), Some(p2)) => p2 >= p1 && p2.0 - p1.0 <= delta,
             _ => false,
         };
-        let min_resumes = a.resumes.min(b.resumes);
+        let min_resumes = a_resumes.min(b_resumes);
         if !self.pairs.contains_key(&pair) && self.pairs.len() >= self.config.max_pairs {
             self.dropped += 1;
             return;
@@ -282,7 +319,7 @@ impl SteppingStone {
         }
         p.reported = true;
         let p = *p;
-        let from = a.flow.src_ip;
+        let from = a_flow.src_ip;
         let outside = !scope.network.is_inside(from);
         let severity = if outside {
             Severity::High
@@ -300,28 +337,28 @@ impl SteppingStone {
             Kind::RelayChain,
             "stepping_stone",
             severity,
-            &format!("{} | {}", show(&a.flow), show(&b.flow)),
+            &format!("{} | {}", show(&a_flow), show(&b_flow)),
         );
         e.host = Some(host);
-        e.flow = Some(b.flow.clone());
-        e.app = b.app;
+        e.flow = Some(b_flow.clone());
+        e.app = b_app;
         e.summary = format!(
             "{host} relays an interactive session: activity arriving from {from} is followed within {} ms by activity toward {}",
             c.delta.as_millis(),
-            b.flow.dst_ip
+            b_flow.dst_ip
         );
         e = e
-            .evidence("inbound_flow", show(&a.flow))
-            .evidence("inbound_app", serde_json::json!(a.app))
-            .evidence("outbound_flow", show(&b.flow))
+            .evidence("inbound_flow", show(&a_flow))
+            .evidence("inbound_app", serde_json::json!(a_app))
+            .evidence("outbound_flow", show(&b_flow))
             .evidence("hits", p.hits)
             .evidence("consecutive_hits", p.consecutive)
-            .evidence("resumes_inbound", a.resumes)
-            .evidence("resumes_outbound", b.resumes)
+            .evidence("resumes_inbound", a_resumes)
+            .evidence("resumes_outbound", b_resumes)
             .evidence("ratio", round2(ratio))
             .evidence("delta_ms", c.delta.as_millis() as u64);
         let e = with_place(scope, e, "source", from);
-        out.push(with_place(scope, e, "target", b.flow.dst_ip));
+        out.push(with_place(scope, e, "target", b_flow.dst_ip));
     }
 
     pub fn on_end(&mut self, flow: &Flow) {
@@ -337,6 +374,12 @@ mod tests {
     use super::*;
     use crate::detect::remote_desktop::testkit::*;
     use crate::flows::FlowEvent;
+
+    /// Up to `max_flows` states are kept: their size is a memory budget.
+    #[test]
+    fn a_followed_flow_costs_56_bytes() {
+        assert!(std::mem::size_of::<FlowState>() <= 56);
+    }
 
     /// Feeds the table's resume events to the detector, labelling flows `app`.
     fn drain_as(

@@ -281,32 +281,15 @@ impl FlowTable {
         }
     }
 
-    /// The keys of every flow, in the order they started: end them one at a time with
-    /// [`FlowTable::end`] so that a shutdown never holds two copies of the table.
-    pub fn keys_by_start(&self) -> Vec<FlowKey> {
-        let mut order: Vec<(u64, FlowKey)> = self.flows.iter().map(|(k, f)| (f.seq, *k)).collect();
-        order.sort_unstable_by_key(|(seq, _)| *seq);
-        order.into_iter().map(|(_, k)| k).collect()
-    }
-
-    /// Ends one flow now (end of input or shutdown).
-    pub fn end(&mut self, key: &FlowKey, out: &mut Vec<FlowEvent>) {
-        if let Some(flow) = self.flows.remove(key) {
-            out.push(FlowEvent::Ended {
-                flow,
-                why: EndReason::Shutdown,
-            });
-        }
-        if self.flows.is_empty() {
-            self.wheel.clear();
-        }
-    }
-
-    /// Ends every flow, in the order they started.
-    pub fn drain(&mut self, out: &mut Vec<FlowEvent>) {
-        for key in self.keys_by_start() {
-            self.end(&key, out);
-        }
+    /// Takes every flow out (end of input or shutdown), in the order they started, to be
+    /// ended as [`EndReason::Shutdown`]. Flows are boxed, so the list costs a pointer per
+    /// flow, not a second table.
+    pub fn drain(&mut self) -> Vec<Box<Flow>> {
+        let mut flows: Vec<Box<Flow>> = self.flows.drain().map(|(_, f)| f).collect();
+        self.flows.shrink_to_fit();
+        self.wheel.clear();
+        flows.sort_unstable_by_key(|f| f.seq);
+        flows
     }
 }
 
@@ -440,8 +423,13 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert_eq!(t.evicted_table_full, 3);
         assert_eq!(ended(&out).len(), 3);
-        t.drain(&mut out);
-        assert_eq!(ended(&out).len(), 5);
+        let rest: Vec<u16> = t.drain().iter().map(|f| f.orig.1).collect();
+        assert_eq!(
+            rest,
+            [1000, 1004],
+            "the survivors, in the order they started"
+        );
+        assert!(t.is_empty());
     }
 
     #[test]
