@@ -219,7 +219,7 @@ struct Member {
 
 impl Member {
     fn refresh(&mut self, flow: &Flow) {
-        let last = flow.dir[ORIG].last_data.max(flow.dir[RESP].last_data);
+        let last = flow.dir[ORIG].last_data().max(flow.dir[RESP].last_data());
         self.last_data = last.unwrap_or(flow.first).max(self.last_data);
         self.figures = Figures::of(flow, self.host_is_orig);
     }

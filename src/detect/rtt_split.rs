@@ -95,7 +95,7 @@ impl Side {
 /// Both sides of a flow, from its TCP track and first data times.
 pub fn measure(flow: &Flow) -> [Side; 2] {
     let t = &flow.tcp;
-    let (cd, sd) = (flow.dir[ORIG].first_data, flow.dir[RESP].first_data);
+    let (cd, sd) = (flow.dir[ORIG].first_data(), flow.dir[RESP].first_data());
     let retrans = t.retransmissions[ORIG] > 0 || t.retransmissions[RESP] > 0;
     let gap = |a: Option<Timestamp>, b: Option<Timestamp>| b?.0.checked_sub(a?.0);
     let side = |tcp: Option<u64>, app: Option<u64>, missing: &'static str| match (tcp, app) {

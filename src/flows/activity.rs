@@ -8,27 +8,27 @@ use serde::Serialize;
 
 use crate::timestamp::Timestamp;
 
-/// Running mean and variance (Welford), so statistics cost 16 bytes, not a sample list.
+/// Running mean and variance (Welford), so statistics cost 16 bytes, not a sample list. The
+/// count is the owner's (a direction already counts its data packets and resumes).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Moments {
-    pub n: u64,
     pub mean: f64,
     m2: f64,
 }
 
 impl Moments {
-    pub fn add(&mut self, x: f64) {
-        self.n += 1;
+    /// Adds `x` as the `n`th sample.
+    pub fn add(&mut self, x: f64, n: u64) {
         let d = x - self.mean;
-        self.mean += d / self.n as f64;
+        self.mean += d / n.max(1) as f64;
         self.m2 += d * (x - self.mean);
     }
 
-    pub fn stddev(&self) -> f64 {
-        if self.n < 2 {
+    pub fn stddev(&self, n: u64) -> f64 {
+        if n < 2 {
             0.0
         } else {
-            (self.m2 / (self.n - 1) as f64).sqrt()
+            (self.m2 / (n - 1) as f64).sqrt()
         }
     }
 }
@@ -51,10 +51,11 @@ pub struct Activity {
     pub small_pkts: u64,
     pub large_pkts: u64,
     pub max_payload: u32,
-    pub first_data: Option<Timestamp>,
-    pub last_data: Option<Timestamp>,
     /// Idle→active transitions.
     pub resumes: u32,
+    /// First and latest data packet; meaningful once `data_pkts > 0` (see the accessors).
+    first_data_ts: Timestamp,
+    last_data_ts: Timestamp,
     /// Time spent inside ON periods.
     pub active_ns: u64,
     pub sizes: Moments,
@@ -94,8 +95,10 @@ impl Activity {
         if payload_len >= LARGE_PAYLOAD {
             self.large_pkts += 1;
         }
-        self.sizes.add(payload_len as f64);
-        let resumed = match self.last_data {
+        self.sizes.add(payload_len as f64, self.data_pkts);
+        // Counted already: the previous data packet exists when this is not the first.
+        let previous = (self.data_pkts > 1).then_some(self.last_data_ts);
+        let resumed = match previous {
             None => true,
             Some(last) => {
                 let gap = ts.0.saturating_sub(last.0);
@@ -103,19 +106,35 @@ impl Activity {
                     true
                 } else {
                     self.active_ns += gap;
-                    self.gaps.add(gap as f64 / 1e9);
+                    // This packet is counted, and is no resume: it is gap number `gap_count`.
+                    self.gaps.add(gap as f64 / 1e9, self.gap_count());
                     false
                 }
             }
         };
-        if self.first_data.is_none() {
-            self.first_data = Some(ts);
+        if self.data_pkts == 1 {
+            self.first_data_ts = ts;
         }
-        self.last_data = Some(ts);
+        self.last_data_ts = ts;
         if resumed {
             self.resumes += 1;
         }
         resumed
+    }
+
+    /// The first data packet's time.
+    pub fn first_data(&self) -> Option<Timestamp> {
+        (self.data_pkts > 0).then_some(self.first_data_ts)
+    }
+
+    /// The latest data packet's time.
+    pub fn last_data(&self) -> Option<Timestamp> {
+        (self.data_pkts > 0).then_some(self.last_data_ts)
+    }
+
+    /// Gaps measured so far: every data packet but those that started an ON period.
+    pub fn gap_count(&self) -> u64 {
+        self.data_pkts.saturating_sub(u64::from(self.resumes))
     }
 
     pub fn summary(&self) -> ActivitySummary {
@@ -155,10 +174,13 @@ mod tests {
 
     const IDLE: u64 = 500_000_000;
 
+    fn ms(m: u64) -> Timestamp {
+        Timestamp(m * 1_000_000)
+    }
+
     #[test]
     fn resumes_after_idle_only() {
         let mut a = Activity::default();
-        let ms = |m: u64| Timestamp(m * 1_000_000);
         assert!(a.observe(ms(0), 10, 50, 64, 64, IDLE));
         assert!(!a.observe(ms(100), 10, 50, 64, 64, IDLE));
         // A pure ACK neither resumes nor ends an ON period.
@@ -170,15 +192,31 @@ mod tests {
         assert_eq!(a.large_pkts, 1);
         assert_eq!(a.min_ttl, 60);
         assert_eq!(a.wire_bytes, 64 + 64 + 54 + 1454);
+        assert_eq!(
+            (a.first_data(), a.last_data()),
+            (Some(ms(0)), Some(ms(700)))
+        );
+        assert_eq!(a.gap_count(), 1);
+    }
+
+    #[test]
+    fn a_direction_without_data_has_no_data_times() {
+        let mut a = Activity::default();
+        assert!(!a.observe(ms(5), 0, 40, 54, 64, IDLE));
+        assert_eq!((a.first_data(), a.last_data()), (None, None));
+        assert_eq!(a.gap_count(), 0);
     }
 
     #[test]
     fn moments_match_textbook_values() {
         let mut m = Moments::default();
-        for x in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0] {
-            m.add(x);
+        for (i, x) in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]
+            .into_iter()
+            .enumerate()
+        {
+            m.add(x, i as u64 + 1);
         }
         assert_eq!(m.mean, 5.0);
-        assert!((m.stddev() - 2.138).abs() < 0.001);
+        assert!((m.stddev(8) - 2.138).abs() < 0.001);
     }
 }

@@ -177,7 +177,7 @@ pub struct Flow {
     pub streams: Option<Box<Streams>>,
     pub tunnel: Option<&'static str>,
     /// When the next interim record is due.
-    pub next_interim: Option<Timestamp>,
+    pub next_interim: Timestamp,
     pub interim_records: u32,
     /// The second (of packet time) at which the table next looks at this flow.
     pub(super) timer_at: u64,
@@ -241,7 +241,7 @@ impl Flow {
             history,
             streams,
             tunnel: d.tunnel,
-            next_interim: None,
+            next_interim: Timestamp(u64::MAX),
             interim_records: 0,
             timer_at: 0,
             app: None,
@@ -300,7 +300,7 @@ impl Flow {
             && side == ORIG
             && d.payload_len > 0
             && self.tcp.orig_second_flight.is_none()
-            && self.dir[RESP].first_data.is_some()
+            && self.dir[RESP].first_data().is_some()
         {
             self.tcp.orig_second_flight = Some(ts);
         }
@@ -539,6 +539,13 @@ mod tests {
         assert_eq!(f.conn_state(), "S0");
         f.observe(&seg(false, RST | ACK, 0, b""), ms(1), 54, 1);
         assert_eq!(f.conn_state(), "REJ");
+    }
+
+    /// Every tracked flow costs this much (boxed in the table); it is a memory budget.
+    #[test]
+    fn a_flow_fits_its_budget() {
+        let size = std::mem::size_of::<Flow>();
+        assert!(size <= 512, "Flow is {size} bytes");
     }
 
     #[test]

@@ -190,7 +190,7 @@ impl FlowTable {
         ));
         self.next_seq += 1;
         self.flows_total += 1;
-        flow.next_interim = Some(ts.plus(self.config.interim_interval));
+        flow.next_interim = ts.plus(self.config.interim_interval);
         flow.timer_at = u64::MAX;
         let flow = self.flows.entry(key).insert_entry(flow).into_mut();
         account(
@@ -243,14 +243,13 @@ impl FlowTable {
             }
             return;
         }
-        if let Some(due) = flow.next_interim
-            && due <= now
-        {
+        let due = flow.next_interim;
+        if due <= now {
             flow.interim_records += 1;
-            flow.next_interim = Some(due.plus(self.config.interim_interval));
+            flow.next_interim = due.plus(self.config.interim_interval);
             out.push(FlowEvent::Interim { key, ts: due });
         }
-        let next = end.min(flow.next_interim.unwrap_or(Timestamp(u64::MAX)));
+        let next = end.min(flow.next_interim);
         let slot = (next.secs() + 1).max(now.secs() + 1);
         flow.timer_at = slot;
         self.wheel.entry(slot).or_default().push(key);
@@ -309,7 +308,7 @@ fn account(
     let idle_ns = config.idle_threshold.as_nanos() as u64;
     let from_orig = flow.is_from_orig(d);
     let up = flow.observe(d, ts, wire_len, idle_ns);
-    let due = deadline(config, flow).min(flow.next_interim.unwrap_or(Timestamp(u64::MAX)));
+    let due = deadline(config, flow).min(flow.next_interim);
     // Only move the flow to an earlier slot; a later deadline is found lazily when the
     // current slot comes due.
     let slot = due.secs() + 1;
