@@ -210,10 +210,13 @@ impl FileReader {
     }
 
     /// Moves to the next packet. Ok(false) at the end of the file.
+    ///
+    /// Records are consumed without shifting the buffer: the rest of it moves to the front
+    /// only when a refill needs the room, and then it is at most one partial record.
     pub fn advance(&mut self) -> Result<bool, SourceError> {
         self.current = None;
         if self.pending_consume > 0 {
-            self.reader.consume(self.pending_consume);
+            self.reader.consume_noshift(self.pending_consume);
             self.consumed += self.pending_consume as u64;
             self.pending_consume = 0;
         }
@@ -254,7 +257,7 @@ impl FileReader {
                     if matches!(other, Record::Skipped) {
                         self.skipped += 1;
                     }
-                    self.reader.consume(len);
+                    self.reader.consume_noshift(len);
                     self.consumed += len as u64;
                 }
                 Step::Eof => self.done = true,
