@@ -224,7 +224,8 @@ pub struct CacheEntry {
 #[derive(Debug)]
 pub struct NameCache {
     capacity: usize,
-    entries: HashMap<IpAddr, CacheEntry>,
+    /// Looked up for every new flow: hashed with aHash (the order of entries never shows).
+    entries: HashMap<IpAddr, CacheEntry, ahash::RandomState>,
     /// (expiry, address) of every entry, in eviction order.
     by_expiry: BTreeSet<(Timestamp, IpAddr)>,
     evictions: u64,
@@ -234,7 +235,7 @@ impl NameCache {
     pub fn new(capacity: usize) -> NameCache {
         NameCache {
             capacity,
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             by_expiry: BTreeSet::new(),
             evictions: 0,
         }
