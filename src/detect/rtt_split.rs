@@ -113,7 +113,7 @@ pub fn measure(flow: &Flow) -> [Side; 2] {
         side(t.rtt_resp_ns(), gap(cd, sd), "no_reply"),
         side(
             t.rtt_orig_ns(),
-            gap(sd, t.orig_second_flight),
+            gap(sd, t.orig_second_flight()),
             "no_second_flight",
         ),
     ]
@@ -154,7 +154,7 @@ impl RttSplit {
         if !timed(flow) {
             return;
         }
-        if flow.tcp.orig_second_flight.is_some() {
+        if flow.tcp.orig_second_flight().is_some() {
             self.judge(scope, flow, ts, out);
             return;
         }
@@ -181,7 +181,7 @@ impl RttSplit {
             }
             match flows.get(&key) {
                 Some(f)
-                    if f.tcp.orig_second_flight.is_some()
+                    if f.tcp.orig_second_flight().is_some()
                         || now.since(since) >= self.config.wait =>
                 {
                     self.waiting.remove(&key);

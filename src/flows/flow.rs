@@ -91,37 +91,86 @@ impl History {
 }
 
 /// TCP handshake times and what each side has sent.
+///
+/// The times happen at most once each; they are kept as plain timestamps with a bit each
+/// for "seen" (an `Option<Timestamp>` costs 16 bytes, this 8 and a bit: every tracked flow
+/// carries them).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TcpTrack {
-    pub syn: Option<Timestamp>,
-    pub synack: Option<Timestamp>,
-    /// The originator's ACK that completed the handshake.
-    pub ack: Option<Timestamp>,
+    /// SYN, SYN/ACK, the originator's handshake-completing ACK, and its second flight.
+    times: [Timestamp; 4],
+    /// Bits 0–3: `times` seen; bits 4–5: `seq_end` known, per side.
+    seen: u8,
     /// OR of the TCP flags each side has sent.
     pub flags: [u8; 2],
     /// Highest sequence number (end of data) each side has sent, for retransmissions.
-    seq_end: [Option<u32>; 2],
+    seq_end: [u32; 2],
     pub retransmissions: [u32; 2],
     /// Payload bytes of each direction that were never seen (holes in the sequence space).
     pub missed_bytes: u64,
-    /// The originator's first payload after the responder's first payload (the client's
-    /// second flight, e.g. its answer to a ServerHello).
-    pub orig_second_flight: Option<Timestamp>,
 }
 
+const SYN_TIME: usize = 0;
+const SYNACK_TIME: usize = 1;
+const ACK_TIME: usize = 2;
+const SECOND_FLIGHT_TIME: usize = 3;
+const SEQ_END_SEEN: u8 = 1 << 4;
+
 impl TcpTrack {
+    fn time(&self, i: usize) -> Option<Timestamp> {
+        (self.seen & (1 << i) != 0).then(|| self.times[i])
+    }
+
+    /// Records time `i` unless it was already seen.
+    fn mark(&mut self, i: usize, ts: Timestamp) {
+        if self.seen & (1 << i) == 0 {
+            self.times[i] = ts;
+            self.seen |= 1 << i;
+        }
+    }
+
+    /// The originator's first SYN.
+    pub fn syn(&self) -> Option<Timestamp> {
+        self.time(SYN_TIME)
+    }
+
+    /// The responder's first SYN/ACK.
+    pub fn synack(&self) -> Option<Timestamp> {
+        self.time(SYNACK_TIME)
+    }
+
+    /// The originator's ACK that completed the handshake.
+    pub fn ack(&self) -> Option<Timestamp> {
+        self.time(ACK_TIME)
+    }
+
+    /// The originator's first payload after the responder's first payload (the client's
+    /// second flight, e.g. its answer to a ServerHello).
+    pub fn orig_second_flight(&self) -> Option<Timestamp> {
+        self.time(SECOND_FLIGHT_TIME)
+    }
+
+    fn seq_end(&self, side: usize) -> Option<u32> {
+        (self.seen & (SEQ_END_SEEN << side) != 0).then(|| self.seq_end[side])
+    }
+
+    fn set_seq_end(&mut self, side: usize, end: u32) {
+        self.seq_end[side] = end;
+        self.seen |= SEQ_END_SEEN << side;
+    }
+
     /// SYN→SYN/ACK: round trip between the sensor and the responder.
     pub fn rtt_resp_ns(&self) -> Option<u64> {
-        self.synack?.0.checked_sub(self.syn?.0)
+        self.synack()?.0.checked_sub(self.syn()?.0)
     }
 
     /// SYN/ACK→ACK: round trip between the sensor and the originator.
     pub fn rtt_orig_ns(&self) -> Option<u64> {
-        self.ack?.0.checked_sub(self.synack?.0)
+        self.ack()?.0.checked_sub(self.synack()?.0)
     }
 
     pub fn established(&self) -> bool {
-        self.syn.is_some() && self.synack.is_some()
+        self.syn().is_some() && self.synack().is_some()
     }
 }
 
@@ -299,10 +348,10 @@ impl Flow {
         if self.proto == Proto::Tcp
             && side == ORIG
             && d.payload_len > 0
-            && self.tcp.orig_second_flight.is_none()
+            && self.tcp.orig_second_flight().is_none()
             && self.dir[RESP].first_data().is_some()
         {
-            self.tcp.orig_second_flight = Some(ts);
+            self.tcp.mark(SECOND_FLIGHT_TIME, ts);
         }
         up
     }
@@ -325,19 +374,19 @@ impl Flow {
         }
         if syn && !ack {
             self.history.push(b's', from_orig);
-            if from_orig && self.tcp.syn.is_none() {
-                self.tcp.syn = Some(ts);
+            if from_orig {
+                self.tcp.mark(SYN_TIME, ts);
             }
         } else if syn && ack {
             self.history.push(b'h', from_orig);
-            if !from_orig && self.tcp.synack.is_none() {
-                self.tcp.synack = Some(ts);
+            if !from_orig {
+                self.tcp.mark(SYNACK_TIME, ts);
             }
         } else if ack && d.payload_len == 0 && t.flags & (FIN | RST) == 0 {
             self.history.push(b'a', from_orig);
         }
-        if from_orig && ack && !syn && self.tcp.ack.is_none() && self.tcp.synack.is_some() {
-            self.tcp.ack = Some(ts);
+        if from_orig && ack && !syn && self.tcp.synack().is_some() {
+            self.tcp.mark(ACK_TIME, ts);
         }
         if d.payload_len > 0 {
             self.history.push(b'd', from_orig);
@@ -354,7 +403,7 @@ impl Flow {
         // Retransmission: data that ends at or before what this side already sent.
         let end = t.seq.wrapping_add(d.payload_len);
         if d.payload_len > 0 {
-            match self.tcp.seq_end[side] {
+            match self.tcp.seq_end(side) {
                 Some(prev) if (end.wrapping_sub(prev) as i32) <= 0 => {
                     self.tcp.retransmissions[side] += 1;
                     self.history.push(b't', from_orig);
@@ -362,12 +411,12 @@ impl Flow {
                 Some(prev) if (t.seq.wrapping_sub(prev) as i32) > 0 => {
                     self.tcp.missed_bytes += t.seq.wrapping_sub(prev) as u64;
                     self.history.push(b'g', from_orig);
-                    self.tcp.seq_end[side] = Some(end);
+                    self.tcp.set_seq_end(side, end);
                 }
-                _ => self.tcp.seq_end[side] = Some(end),
+                _ => self.tcp.set_seq_end(side, end),
             }
         } else if syn {
-            self.tcp.seq_end[side] = Some(t.seq.wrapping_add(1));
+            self.tcp.set_seq_end(side, t.seq.wrapping_add(1));
         }
         if let Some(s) = self.streams.as_mut() {
             let stream = &mut s.dir[side];
@@ -387,8 +436,8 @@ impl Flow {
             return if pkts_resp == 0 { "S0" } else { "SF" };
         }
         let [o, r] = self.tcp.flags;
-        let syn_o = self.tcp.syn.is_some();
-        let synack_r = self.tcp.synack.is_some();
+        let syn_o = self.tcp.syn().is_some();
+        let synack_r = self.tcp.synack().is_some();
         match (syn_o, synack_r) {
             (true, true) => {
                 if o & RST != 0 {
@@ -516,7 +565,7 @@ mod tests {
         assert_eq!(f.tcp.rtt_orig_ns(), Some(2_000_000));
         assert_eq!(f.history.as_str(), "ShADTdFf");
         assert_eq!(f.tcp.retransmissions, [1, 0]);
-        assert_eq!(f.tcp.orig_second_flight, Some(ms(100)));
+        assert_eq!(f.tcp.orig_second_flight(), Some(ms(100)));
         assert_eq!(f.conn_state(), "SF");
         let s = f.streams.as_ref().unwrap();
         assert_eq!(s.dir[ORIG].bytes(), b"SSH-2.0-x\r\nmore");
@@ -545,7 +594,7 @@ mod tests {
     #[test]
     fn a_flow_fits_its_budget() {
         let size = std::mem::size_of::<Flow>();
-        assert!(size <= 512, "Flow is {size} bytes");
+        assert!(size <= 472, "Flow is {size} bytes");
     }
 
     #[test]

@@ -338,7 +338,7 @@ fn deadline(c: &FlowConfig, f: &Flow) -> Timestamp {
         Proto::Tcp if f.is_closed() => c.tcp_close_delay,
         Proto::Tcp
             if f.tcp.established()
-                || (f.dir[ORIG].pkts > 0 && f.dir[RESP].pkts > 0 && f.tcp.syn.is_none()) =>
+                || (f.dir[ORIG].pkts > 0 && f.dir[RESP].pkts > 0 && f.tcp.syn().is_none()) =>
         {
             c.tcp_established_timeout
         }

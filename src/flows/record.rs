@@ -155,8 +155,8 @@ impl FlowRecord {
             wire_bytes_resp: r.wire_bytes,
             tcp_rtt_ms: ms(flow
                 .tcp
-                .ack
-                .zip(flow.tcp.syn)
+                .ack()
+                .zip(flow.tcp.syn())
                 .and_then(|(a, s)| a.0.checked_sub(s.0))),
             tcp_rtt_resp_ms: ms(flow.tcp.rtt_resp_ns()),
             tcp_rtt_orig_ms: ms(flow.tcp.rtt_orig_ns()),
