@@ -122,11 +122,12 @@ pub struct HttpDetails {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SshDetails {
-    pub client: Option<String>,
-    pub server: Option<String>,
-    pub hassh: Option<String>,
-    pub hassh_server: Option<String>,
-    pub kex: Option<String>,
+    // Boxed strings: one of these stays with every SSH flow until it ends.
+    pub client: Option<Box<str>>,
+    pub server: Option<Box<str>>,
+    pub hassh: Option<Box<str>>,
+    pub hassh_server: Option<Box<str>>,
+    pub kex: Option<Box<str>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -422,8 +423,8 @@ fn ssh_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) ->
     }
     id.app = Some(App::Ssh);
     let mut d = SshDetails {
-        client: cb.as_ref().ok().map(|b| b.raw.clone()),
-        server: sb.as_ref().ok().map(|b| b.raw.clone()),
+        client: cb.as_ref().ok().map(|b| b.raw.as_str().into()),
+        server: sb.as_ref().ok().map(|b| b.raw.as_str().into()),
         ..SshDetails::default()
     };
     let ck = cb
@@ -435,11 +436,11 @@ fn ssh_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) ->
         .ok()
         .map(|b| ssh::parse_kexinit(s.get(b.len..).unwrap_or_default()));
     if let Some(Ok(k)) = &ck {
-        d.hassh = Some(ssh::hassh(k, true).1);
-        d.kex = k.kex.first().cloned();
+        d.hassh = Some(ssh::hassh(k, true).1.into());
+        d.kex = k.kex.first().map(|k| k.as_str().into());
     }
     if let Some(Ok(k)) = &sk {
-        d.hassh_server = Some(ssh::hassh(k, false).1);
+        d.hassh_server = Some(ssh::hassh(k, false).1.into());
     }
     id.details.ssh = boxed(d);
     let settled = |k: &Option<crate::dissect::Result<ssh::KexInit>>, closed: bool| match k {
