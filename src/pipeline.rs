@@ -366,8 +366,9 @@ impl Pipeline {
                         }
                     }
                 }
-                FlowEvent::Datagram { ts, bytes, .. } => {
-                    datagram(&mut self.names, &mut self.context.identity, ts, &bytes)
+                FlowEvent::Datagram { key, ts, bytes, .. } => {
+                    let app = self.flows.get(&key).and_then(|f| f.app);
+                    datagram(app, &mut self.names, &mut self.context.identity, ts, &bytes)
                 }
                 FlowEvent::Interim { key, .. } => {
                     if let Some(flow) = self.flows.get(&key) {
@@ -517,7 +518,7 @@ fn identify_flow(
         if follow {
             // The datagrams seen so far; later ones arrive as they come.
             for d in streams.datagrams.iter().flatten() {
-                datagram(names, identity, ts, d);
+                datagram(flow.app, names, identity, ts, d);
             }
         }
         flow.dissected = true;
@@ -529,17 +530,27 @@ fn identify_flow(
     }
 }
 
-/// A datagram of a followed flow: DNS answers feed the name cache, RADIUS accounting
-/// feeds identity.
-fn datagram(names: &mut NameCache, identity: &mut Identity, ts: Timestamp, bytes: &[u8]) {
-    if let Ok(msg) = dns::parse_message(bytes) {
-        if msg.response {
-            names.insert(ts, &msg);
+/// A datagram of a followed flow, by the flow's label: DNS answers feed the name cache
+/// (queries are not even parsed), RADIUS accounting feeds identity.
+fn datagram(
+    app: Option<App>,
+    names: &mut NameCache,
+    identity: &mut Identity,
+    ts: Timestamp,
+    bytes: &[u8],
+) {
+    match app {
+        Some(App::Dns) if dns::is_response(bytes) => {
+            if let Ok(msg) = dns::parse_message(bytes) {
+                names.insert(ts, &msg);
+            }
         }
-        return;
-    }
-    if let Ok(packet) = crate::dissect::radius::parse(bytes) {
-        radius_accounting(identity, ts, &packet);
+        Some(App::Radius) => {
+            if let Ok(packet) = crate::dissect::radius::parse(bytes) {
+                radius_accounting(identity, ts, &packet);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -65,6 +65,13 @@ pub enum AnswerData {
     Other(u16),
 }
 
+/// Whether a message is a response, from its header's QR bit alone (RFC 1035 §4.1.1).
+pub fn is_response(bytes: &[u8]) -> bool {
+    bytes
+        .get(2..4)
+        .is_some_and(|f| u16::from_be_bytes([f[0], f[1]]) & header::QR != 0)
+}
+
 /// Parses one DNS message (a UDP payload, or one TCP-framed message).
 pub fn parse_message(bytes: &[u8]) -> Result<Message> {
     let mut r = Reader::new(bytes);
@@ -181,12 +188,17 @@ fn name_at(message: &[u8], start: usize) -> Result<(String, usize)> {
                 if !text.is_empty() {
                     text.push('.');
                 }
-                for &b in label {
-                    match b {
-                        0x21..=0x7e if b != b'.' && b != b'\\' => {
-                            text.push(b.to_ascii_lowercase() as char)
+                let plain = |b: &u8| matches!(b, 0x21..=0x7e) && *b != b'.' && *b != b'\\';
+                if label.iter().all(plain) {
+                    // The common case, one reservation for the whole label.
+                    text.extend(label.iter().map(|b| b.to_ascii_lowercase() as char));
+                } else {
+                    for &b in label {
+                        if plain(&b) {
+                            text.push(b.to_ascii_lowercase() as char);
+                        } else {
+                            text.push_str(&format!("\\{b:03}"));
                         }
-                        _ => text.push_str(&format!("\\{b:03}")),
                     }
                 }
                 if text.len() > MAX_NAME_TEXT {
@@ -374,6 +386,15 @@ pub(crate) mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn the_header_says_response_or_query() {
+        let mut bytes = hex(RESPONSE);
+        assert!(is_response(&bytes));
+        bytes[2] &= 0x7f;
+        assert!(!is_response(&bytes));
+        assert!(!is_response(&bytes[..3]));
     }
 
     #[test]
