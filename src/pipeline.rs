@@ -584,11 +584,7 @@ fn flow_record(
     record.account = host
         .and_then(|h| context.identity.account_at(h, flow.first))
         .map(|a| a.id.to_string());
-    let resp = context.geo.lookup(flow.resp.0);
-    record.resp_country = resp.country;
-    record.resp_asn = resp.asn;
-    let orig = context.geo.lookup(flow.orig.0);
-    record.orig_country = orig.country;
-    record.orig_asn = orig.asn;
+    (record.resp_country, record.resp_asn) = context.geo.country_asn(flow.resp.0);
+    (record.orig_country, record.orig_asn) = context.geo.country_asn(flow.orig.0);
     record
 }

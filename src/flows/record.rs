@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::app::App;
 use crate::dissect::identify::{
@@ -13,7 +13,8 @@ use crate::dissect::identify::{
 use crate::dissect::{radius, rfb};
 use crate::flows::activity::{ActivitySummary, round2};
 use crate::flows::community_id::community_id;
-use crate::flows::flow::{Flow, ORIG, RESP};
+use crate::flows::flow::{Flow, History, ORIG, RESP};
+use crate::geo::Country;
 use crate::timestamp::Timestamp;
 
 #[derive(Clone, Debug, Serialize)]
@@ -45,12 +46,13 @@ pub struct FlowRecord {
     pub tcp_rtt_resp_ms: Option<f64>,
     /// SYN/ACK → ACK: the sensor↔originator leg.
     pub tcp_rtt_orig_ms: Option<f64>,
-    pub history: String,
+    #[serde(serialize_with = "history_str")]
+    pub history: History,
     pub conn_state: &'static str,
     pub account: Option<String>,
-    pub resp_country: Option<String>,
+    pub resp_country: Option<Country>,
     pub resp_asn: Option<u32>,
-    pub orig_country: Option<String>,
+    pub orig_country: Option<Country>,
     pub orig_asn: Option<u32>,
     pub interim: bool,
     pub community_id: String,
@@ -99,6 +101,11 @@ pub struct FlowRecord {
     pub tool_evidence: Option<&'static str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub relay: bool,
+}
+
+/// The history as its letters, a string in the record.
+fn history_str<S: Serializer>(history: &History, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(history.as_str())
 }
 
 fn ms(ns: Option<u64>) -> Option<f64> {
@@ -160,7 +167,7 @@ impl FlowRecord {
                 .and_then(|(a, s)| a.0.checked_sub(s.0))),
             tcp_rtt_resp_ms: ms(flow.tcp.rtt_resp_ns()),
             tcp_rtt_orig_ms: ms(flow.tcp.rtt_orig_ns()),
-            history: flow.history.as_str().to_string(),
+            history: flow.history,
             conn_state: flow.conn_state(),
             account: None,
             resp_country: None,
