@@ -377,7 +377,7 @@ impl Pipeline {
                             &self.network,
                         );
                         if let Some(sink) = self.flow_records.as_mut() {
-                            sink.write(&record);
+                            sink.write_with(|line| record.write_json(line));
                         }
                     }
                 }
@@ -407,7 +407,7 @@ impl Pipeline {
                         c.flow(&record);
                     }
                     if let Some(sink) = self.flow_records.as_mut() {
-                        sink.write(&record);
+                        sink.write_with(|line| record.write_json(line));
                     }
                 }
             }
