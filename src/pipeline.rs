@@ -12,7 +12,7 @@ use crate::config::{Config, NetworkConfig};
 use crate::decode::{Decoder, Proto};
 use crate::detect::{Detectors, Scope};
 use crate::dissect::dns::{self, NameCache};
-use crate::dissect::identify::{self, Input};
+use crate::dissect::identify::{self, Details, Input};
 use crate::event::Event;
 use crate::flows::flow::{ORIG, RESP};
 use crate::flows::record::FlowRecord;
@@ -370,6 +370,7 @@ impl Pipeline {
                     if let Some(flow) = self.flows.get(&key) {
                         let record = flow_record(
                             flow,
+                            flow.details.clone(),
                             true,
                             None,
                             &self.names,
@@ -395,8 +396,10 @@ impl Pipeline {
                     }
                     let scope = scope!(self);
                     self.detectors.on_end(&scope, &flow, ts, &mut self.findings);
+                    let details = flow.details.take();
                     let record = flow_record(
                         &flow,
+                        details,
                         false,
                         Some(why.as_str()),
                         &self.names,
@@ -570,13 +573,14 @@ fn radius_accounting(
 /// The flow record, with the account behind its inside end and where its ends are.
 fn flow_record(
     flow: &Flow,
+    details: Option<Box<Details>>,
     interim: bool,
     why: Option<&'static str>,
     names: &NameCache,
     context: &Context,
     network: &NetworkConfig,
 ) -> FlowRecord {
-    let mut record = FlowRecord::new(flow, interim, why);
+    let mut record = FlowRecord::new(flow, details, interim, why);
     record.dns_name = names.lookup(flow.last, flow.resp.0).map(str::to_string);
     let host = [flow.orig.0, flow.resp.0]
         .into_iter()

@@ -191,9 +191,15 @@ fn ms(ns: Option<u64>) -> Option<f64> {
 }
 
 impl FlowRecord {
-    pub fn new(flow: &Flow, interim: bool, end_reason: Option<&'static str>) -> FlowRecord {
+    /// The record of `flow`, whose protocol details are `details`: moved out of a flow that
+    /// ended, cloned from one that goes on.
+    pub fn new(
+        flow: &Flow,
+        details: Option<Box<Details>>,
+        interim: bool,
+        end_reason: Option<&'static str>,
+    ) -> FlowRecord {
         let [o, r] = &flow.dir;
-        let details = flow.details.as_deref();
         let Details {
             tls,
             quic,
@@ -210,7 +216,7 @@ impl FlowRecord {
             radius,
             tool_evidence,
             relay,
-        } = details.cloned().unwrap_or_default();
+        } = details.map(|d| *d).unwrap_or_default();
         FlowRecord {
             ts: flow.first,
             end: flow.last,
