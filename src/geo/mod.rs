@@ -163,12 +163,6 @@ impl Country {
     }
 }
 
-impl fmt::Display for Country {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl Serialize for Country {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
@@ -324,7 +318,7 @@ impl Geo {
     /// `f` of what the databases say about `ip`, from the cache when it is there. Addresses
     /// no database is asked about skip the cache: answering them costs less than a cache
     /// probe, and they would push out answers that cost a database lookup.
-    fn with_info<T>(&self, ip: IpAddr, f: impl Fn(&GeoInfo) -> T) -> T {
+    fn with_info<T>(&self, ip: IpAddr, f: impl FnOnce(&GeoInfo) -> T) -> T {
         let ip = ip.to_canonical();
         if !self.asks_about(ip) {
             return f(&GeoInfo::default());
