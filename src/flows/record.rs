@@ -110,7 +110,7 @@ fn history_str<S: Serializer>(history: &History, s: S) -> Result<S::Ok, S::Error
     s.serialize_str(history.as_str())
 }
 
-/// One JSON object written field by field: names are copied as they are, values go
+/// One JSON object written field by field: keys are copied as they are, values go
 /// through serde_json.
 struct Object<'a> {
     out: &'a mut Vec<u8>,
@@ -119,18 +119,18 @@ struct Object<'a> {
 }
 
 impl Object<'_> {
-    fn field<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> serde_json::Result<()> {
-        self.name(name);
+    fn field<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> serde_json::Result<()> {
+        self.key(key);
         serde_json::to_writer(&mut *self.out, value)
     }
 
     /// A field whose value is an object written by `fill`.
     fn object(
         &mut self,
-        name: &str,
+        key: &str,
         fill: impl FnOnce(&mut Object<'_>) -> serde_json::Result<()>,
     ) -> serde_json::Result<()> {
-        self.name(name);
+        self.key(key);
         let mut inner = Object {
             out: &mut *self.out,
             sep: b'{',
@@ -140,19 +140,17 @@ impl Object<'_> {
         Ok(())
     }
 
-    /// `name` must be plain ASCII that needs no escaping (a Rust field name).
-    fn name(&mut self, name: &str) {
+    /// `key` comes from `key!`: a quoted name that needs no escaping, and its colon.
+    fn key(&mut self, key: &str) {
         self.out.push(self.sep);
         self.sep = b',';
-        self.out.push(b'"');
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.extend_from_slice(b"\":");
+        self.out.extend_from_slice(key.as_bytes());
     }
 
     /// A field written only when present, as `skip_serializing_if = "Option::is_none"`.
-    fn present<T: Serialize>(&mut self, name: &str, value: &Option<T>) -> serde_json::Result<()> {
+    fn present<T: Serialize>(&mut self, key: &str, value: &Option<T>) -> serde_json::Result<()> {
         match value {
-            Some(v) => self.field(name, v),
+            Some(v) => self.field(key, v),
             None => Ok(()),
         }
     }
@@ -165,17 +163,25 @@ impl Object<'_> {
     }
 }
 
-/// `o.field("name", &r.name)` for each field, in order.
-macro_rules! fields {
-    ($o:ident, $r:ident: $($name:ident),* $(,)?) => {
-        $($o.field(stringify!($name), &$r.$name)?;)*
+/// A field name as a JSON object key, `"name":`, built at compile time. Field names are
+/// Rust identifiers: plain ASCII that JSON never escapes.
+macro_rules! key {
+    ($name:ident) => {
+        concat!("\"", stringify!($name), "\":")
     };
 }
 
-/// `o.present("name", &r.name)` for each optional field, in order.
+/// `o.field(key!(name), &r.name)` for each field, in order.
+macro_rules! fields {
+    ($o:ident, $r:ident: $($name:ident),* $(,)?) => {
+        $($o.field(key!($name), &$r.$name)?;)*
+    };
+}
+
+/// `o.present(key!(name), &r.name)` for each optional field, in order.
 macro_rules! present {
     ($o:ident, $r:ident: $($name:ident),* $(,)?) => {
-        $($o.present(stringify!($name), &$r.$name)?;)*
+        $($o.present(key!($name), &$r.$name)?;)*
     };
 }
 
@@ -303,17 +309,17 @@ impl FlowRecord {
             guess, sni, ja4, bytes_orig, bytes_resp, pkts_orig, pkts_resp, ip_bytes_orig,
             ip_bytes_resp, wire_bytes_orig, wire_bytes_resp, tcp_rtt_ms, tcp_rtt_resp_ms,
             tcp_rtt_orig_ms);
-        o.field("history", self.history.as_str())?;
+        o.field(key!(history), self.history.as_str())?;
         fields!(o, self: conn_state, account, resp_country, resp_asn, orig_country, orig_asn,
             interim, community_id, end_reason, tunnel, retransmissions_orig,
             retransmissions_resp, missed_bytes, ttl_orig, ttl_resp);
-        o.object("activity_orig", |a| activity(a, &self.activity_orig))?;
-        o.object("activity_resp", |a| activity(a, &self.activity_resp))?;
-        o.field("dns_name", &self.dns_name)?;
+        o.object(key!(activity_orig), |a| activity(a, &self.activity_orig))?;
+        o.object(key!(activity_resp), |a| activity(a, &self.activity_resp))?;
+        o.field(key!(dns_name), &self.dns_name)?;
         present!(o, self: tls, quic, dns, http, ssh, rdp, rfb, socks, wireguard, openvpn, ipsec,
             stun, radius, tool_evidence);
         if self.relay {
-            o.field("relay", &self.relay)?;
+            o.field(key!(relay), &self.relay)?;
         }
         o.end();
         Ok(())
