@@ -12,7 +12,7 @@ use crate::config::{Config, NetworkConfig};
 use crate::decode::{Decoder, Proto};
 use crate::detect::{Detectors, Scope};
 use crate::dissect::dns::{self, NameCache};
-use crate::dissect::identify::{self, Input};
+use crate::dissect::identify::{self, Details, Input};
 use crate::event::Event;
 use crate::flows::flow::{ORIG, RESP};
 use crate::flows::record::FlowRecord;
@@ -374,6 +374,7 @@ impl Pipeline {
                     if let Some(flow) = self.flows.get(&key) {
                         let record = flow_record(
                             flow,
+                            flow.details.clone(),
                             true,
                             None,
                             &self.names,
@@ -381,7 +382,7 @@ impl Pipeline {
                             &self.network,
                         );
                         if let Some(sink) = self.flow_records.as_mut() {
-                            sink.write(&record);
+                            sink.write_with(|line| record.write_json(line));
                         }
                     }
                 }
@@ -399,8 +400,10 @@ impl Pipeline {
                     }
                     let scope = scope!(self);
                     self.detectors.on_end(&scope, &flow, ts, &mut self.findings);
+                    let details = flow.details.take();
                     let record = flow_record(
                         &flow,
+                        details,
                         false,
                         Some(why.as_str()),
                         &self.names,
@@ -411,7 +414,7 @@ impl Pipeline {
                         c.flow(&record);
                     }
                     if let Some(sink) = self.flow_records.as_mut() {
-                        sink.write(&record);
+                        sink.write_with(|line| record.write_json(line));
                     }
                 }
             }
@@ -584,13 +587,14 @@ fn radius_accounting(
 /// The flow record, with the account behind its inside end and where its ends are.
 fn flow_record(
     flow: &Flow,
+    details: Option<Box<Details>>,
     interim: bool,
     why: Option<&'static str>,
     names: &NameCache,
     context: &Context,
     network: &NetworkConfig,
 ) -> FlowRecord {
-    let mut record = FlowRecord::new(flow, interim, why);
+    let mut record = FlowRecord::new(flow, details, interim, why);
     record.dns_name = names.lookup(flow.last, flow.resp.0).map(str::to_string);
     let host = [flow.orig.0, flow.resp.0]
         .into_iter()
@@ -598,11 +602,7 @@ fn flow_record(
     record.account = host
         .and_then(|h| context.identity.account_at(h, flow.first))
         .map(|a| a.id.to_string());
-    let resp = context.geo.lookup(flow.resp.0);
-    record.resp_country = resp.country;
-    record.resp_asn = resp.asn;
-    let orig = context.geo.lookup(flow.orig.0);
-    record.orig_country = orig.country;
-    record.orig_asn = orig.asn;
+    (record.resp_country, record.resp_asn) = context.geo.country_asn(flow.resp.0);
+    (record.orig_country, record.orig_asn) = context.geo.country_asn(flow.orig.0);
     record
 }

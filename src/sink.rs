@@ -58,8 +58,14 @@ impl JsonLines {
     }
 
     pub fn write<T: Serialize>(&mut self, record: &T) {
+        self.write_with(|line| serde_json::to_writer(line, record));
+    }
+
+    /// Writes the line `fill` appends JSON to (for records that write themselves, like
+    /// [`FlowRecord::write_json`](crate::flows::record::FlowRecord::write_json)).
+    pub fn write_with(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>) {
         self.line.clear();
-        if let Err(e) = serde_json::to_writer(&mut self.line, record) {
+        if let Err(e) = fill(&mut self.line) {
             self.fail(io::Error::other(e));
             return;
         }

@@ -43,16 +43,43 @@ impl Timestamp {
 
     /// RFC 3339 in UTC with microseconds, the `ts` format of every output record.
     pub fn rfc3339(self) -> String {
-        let secs = self.0 / 1_000_000_000;
-        let micros = (self.0 % 1_000_000_000) / 1_000;
+        Rfc3339::of(self).as_str().to_string()
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` in a fixed buffer: every flow record carries two
+/// timestamps, so writing one must not allocate. A u64 of nanoseconds ends in 2554, so the
+/// year always has four digits.
+struct Rfc3339([u8; 27]);
+
+impl Rfc3339 {
+    fn of(t: Timestamp) -> Rfc3339 {
+        let secs = t.0 / 1_000_000_000;
+        let micros = (t.0 % 1_000_000_000) / 1_000;
         let (y, m, d) = civil_from_days((secs / 86_400) as i64);
         let sod = secs % 86_400;
-        format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-            sod / 3600,
-            sod / 60 % 60,
-            sod % 60
-        )
+        let mut b = *b"0000-00-00T00:00:00.000000Z";
+        for (at, width, value) in [
+            (0, 4, y as u64),
+            (5, 2, u64::from(m)),
+            (8, 2, u64::from(d)),
+            (11, 2, sod / 3600),
+            (14, 2, sod / 60 % 60),
+            (17, 2, sod % 60),
+            (20, 6, micros),
+        ] {
+            let mut v = value;
+            for digit in b[at..at + width].iter_mut().rev() {
+                *digit = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        }
+        Rfc3339(b)
+    }
+
+    fn as_str(&self) -> &str {
+        // ASCII digits and separators by construction, so always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -73,13 +100,13 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.rfc3339())
+        f.write_str(Rfc3339::of(*self).as_str())
     }
 }
 
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.rfc3339())
+        s.serialize_str(Rfc3339::of(*self).as_str())
     }
 }
 
@@ -110,6 +137,11 @@ mod tests {
                 .to_string();
             assert_eq!(ours, theirs);
         }
+    }
+
+    #[test]
+    fn the_last_timestamp_has_a_four_digit_year() {
+        assert_eq!(Timestamp(u64::MAX).rfc3339(), "2554-07-21T23:34:33.709551Z");
     }
 
     #[test]

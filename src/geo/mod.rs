@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The embedded country database (@ip-location-db/geo-whois-asn-country-mmdb).
 static EMBEDDED_COUNTRY: &[u8] = include_bytes!("../../geoip/geo-whois-asn-country.mmdb");
@@ -133,12 +133,40 @@ impl Location {
 /// What the databases say about one address.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GeoInfo {
-    /// ISO 3166-1 alpha-2.
+    /// ISO 3166-1 alpha-2 (always a valid [`Country`]).
     pub country: Option<String>,
     pub city: Option<String>,
     pub asn: Option<u32>,
     pub as_org: Option<String>,
     pub location: Option<Location>,
+}
+
+/// A country code held inline: every flow record carries two, so they must not allocate.
+/// Two ASCII letters, upper case (ISO 3166-1 alpha-2, and the registries' EU/AP/ZZ).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Country([u8; 2]);
+
+impl Country {
+    /// `code` as a country: two ASCII letters of either case, anything else is none.
+    pub fn new(code: &str) -> Option<Country> {
+        match *code.as_bytes() {
+            [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                Some(Country([a.to_ascii_uppercase(), b.to_ascii_uppercase()]))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Two ASCII letters by construction, so always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl Serialize for Country {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 #[derive(Debug)]
@@ -206,7 +234,7 @@ pub fn is_country(cc: &str) -> bool {
 }
 
 struct Cache {
-    map: HashMap<IpAddr, GeoInfo>,
+    map: HashMap<IpAddr, GeoInfo, ahash::RandomState>,
     /// Insertion order: the oldest entry goes first (FIFO), which is deterministic.
     order: VecDeque<IpAddr>,
     evictions: u64,
@@ -258,7 +286,7 @@ impl Geo {
             hosting,
             high_risk: cfg.high_risk_countries.clone(),
             cache: Mutex::new(Cache {
-                map: HashMap::new(),
+                map: HashMap::default(),
                 order: VecDeque::new(),
                 evictions: 0,
             }),
@@ -276,17 +304,32 @@ impl Geo {
     /// maps them; the embedded whois data places 2001:db8::/32 in JP, its registry).
     /// IPv4-mapped IPv6 addresses are looked up as IPv4.
     pub fn lookup(&self, ip: IpAddr) -> GeoInfo {
+        self.with_info(ip, GeoInfo::clone)
+    }
+
+    /// The country and ASN of `ip`, as [`Geo::lookup`] has them, without copying the rest:
+    /// what every flow record carries.
+    pub fn country_asn(&self, ip: IpAddr) -> (Option<Country>, Option<u32>) {
+        self.with_info(ip, |info| {
+            (info.country.as_deref().and_then(Country::new), info.asn)
+        })
+    }
+
+    /// `f` of what the databases say about `ip`, from the cache when it is there. Addresses
+    /// no database is asked about skip the cache: answering them costs less than a cache
+    /// probe, and they would push out answers that cost a database lookup.
+    fn with_info<T>(&self, ip: IpAddr, f: impl FnOnce(&GeoInfo) -> T) -> T {
         let ip = ip.to_canonical();
+        if !self.asks_about(ip) {
+            return f(&GeoInfo::default());
+        }
         if let Ok(cache) = self.cache.lock()
             && let Some(hit) = cache.map.get(&ip)
         {
-            return hit.clone();
+            return f(hit);
         }
-        let info = if is_non_public(ip) {
-            GeoInfo::default()
-        } else {
-            self.lookup_uncached(ip)
-        };
+        let info = self.lookup_uncached(ip);
+        let answer = f(&info);
         if let Ok(mut cache) = self.cache.lock() {
             if cache.map.len() >= CACHE_CAPACITY
                 && let Some(old) = cache.order.pop_front()
@@ -294,11 +337,20 @@ impl Geo {
                 cache.map.remove(&old);
                 cache.evictions += 1;
             }
-            if cache.map.insert(ip, info.clone()).is_none() {
+            if cache.map.insert(ip, info).is_none() {
                 cache.order.push_back(ip);
             }
         }
-        info
+        answer
+    }
+
+    /// Whether some database is asked about `ip`: never for non-public addresses, and for
+    /// documentation ranges only when a configured database may answer.
+    fn asks_about(&self, ip: IpAddr) -> bool {
+        if is_non_public(ip) {
+            return false;
+        }
+        !is_documentation(ip) || self.readers.iter().any(|(_, embedded)| !embedded)
     }
 
     fn lookup_uncached(&self, ip: IpAddr) -> GeoInfo {
@@ -320,8 +372,11 @@ impl Geo {
                 .and_then(|c| c.iso_code)
                 .or(rec.country_code)
                 .or(rec.registered_country.and_then(|c| c.iso_code));
+            // A value that is not a country code counts as no answer.
             if info.country.is_none() {
-                info.country = country.map(str::to_ascii_uppercase);
+                info.country = country
+                    .and_then(Country::new)
+                    .map(|c| c.as_str().to_string());
             }
             if info.city.is_none() {
                 info.city = rec
@@ -547,6 +602,35 @@ mod tests {
         }
         assert!(!is_non_public("8.8.8.8".parse().unwrap()));
         assert!(!is_non_public("100.128.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn country_codes_are_two_ascii_letters() {
+        let de = Country::new("de").unwrap();
+        assert_eq!(de.as_str(), "DE");
+        assert_eq!(serde_json::to_string(&Some(de)).unwrap(), "\"DE\"");
+        for bad in ["", "D", "DEU", "D1", "é", "\"A"] {
+            assert_eq!(Country::new(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_addresses_a_database_answers_are_cached() {
+        let geo = Geo::embedded().unwrap();
+        let cached = || geo.cache.lock().unwrap().map.len();
+        for ip in ["10.1.2.3", "::ffff:192.168.0.1", "192.0.2.1", "2001:db8::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(geo.lookup(ip), GeoInfo::default(), "{ip}");
+            assert_eq!(geo.country_asn(ip), (None, None), "{ip}");
+        }
+        assert_eq!(cached(), 0);
+        let google: IpAddr = "8.8.8.8".parse().unwrap();
+        let info = geo.lookup(google);
+        assert_eq!(cached(), 1);
+        let (country, asn) = geo.country_asn(google);
+        assert_eq!(country.map(|c| c.as_str().to_string()), info.country);
+        assert_eq!((country.is_some(), asn), (true, Some(15169)));
+        assert_eq!(cached(), 1);
     }
 
     #[test]
