@@ -101,10 +101,9 @@ pub enum FlowEvent {
 }
 
 pub struct FlowTable {
-    config: FlowConfig,
+    schedule: Schedule,
     /// Flows are boxed: the table's slots stay small, and an ended flow leaves without a copy.
     flows: HashMap<FlowKey, Box<Flow>, ahash::RandomState>,
-    wheel: BTreeMap<u64, Vec<FlowKey>>,
     /// Packet time: the newest timestamp seen (captures are not always in order).
     now: Timestamp,
     next_seq: u64,
@@ -115,9 +114,11 @@ pub struct FlowTable {
 impl FlowTable {
     pub fn new(config: FlowConfig) -> FlowTable {
         FlowTable {
-            config,
+            schedule: Schedule {
+                config,
+                wheel: BTreeMap::new(),
+            },
             flows: HashMap::with_hasher(ahash::RandomState::with_seeds(1, 2, 3, 4)),
-            wheel: BTreeMap::new(),
             now: Timestamp::ZERO,
             next_seq: 0,
             flows_total: 0,
@@ -161,16 +162,7 @@ impl FlowTable {
         if let Some(flow) = self.flows.get_mut(&key)
             && !(syn_only && flow.is_closed())
         {
-            account(
-                &self.config,
-                &mut self.wheel,
-                key,
-                flow,
-                d,
-                ts,
-                wire_len,
-                out,
-            );
+            self.schedule.account(key, flow, d, ts, wire_len, out);
             return;
         }
         if let Some(old) = self.flows.remove(&key) {
@@ -179,30 +171,21 @@ impl FlowTable {
                 why: EndReason::Reused,
             });
         }
-        if self.flows.len() >= self.config.max_flows {
+        if self.flows.len() >= self.schedule.config.max_flows {
             self.evict_one(out);
         }
         let mut flow = Box::new(Flow::new(
             self.next_seq,
             d,
             ts,
-            self.config.reassembly_bytes,
+            self.schedule.config.reassembly_bytes,
         ));
         self.next_seq += 1;
         self.flows_total += 1;
-        flow.next_interim = ts.plus(self.config.interim_interval);
+        flow.next_interim = ts.plus(self.schedule.config.interim_interval);
         flow.timer_at = u64::MAX;
         let flow = self.flows.entry(key).insert_entry(flow).into_mut();
-        account(
-            &self.config,
-            &mut self.wheel,
-            key,
-            flow,
-            d,
-            ts,
-            wire_len,
-            out,
-        );
+        self.schedule.account(key, flow, d, ts, wire_len, out);
     }
 
     /// Moves packet time forward, ending flows whose deadline passed.
@@ -212,7 +195,7 @@ impl FlowTable {
         }
         self.now = ts;
         let now_slot = ts.secs();
-        while let Some(entry) = self.wheel.first_entry() {
+        while let Some(entry) = self.schedule.wheel.first_entry() {
             if *entry.key() > now_slot {
                 break;
             }
@@ -231,7 +214,7 @@ impl FlowTable {
             return; // a stale entry: the flow was moved to an earlier slot since
         }
         let now = self.now;
-        let end = deadline(&self.config, flow);
+        let end = self.schedule.deadline(flow);
         if end <= now {
             let why = if flow.is_closed() {
                 EndReason::Closed
@@ -246,18 +229,18 @@ impl FlowTable {
         let due = flow.next_interim;
         if due <= now {
             flow.interim_records += 1;
-            flow.next_interim = due.plus(self.config.interim_interval);
+            flow.next_interim = due.plus(self.schedule.config.interim_interval);
             out.push(FlowEvent::Interim { key, ts: due });
         }
         let next = end.min(flow.next_interim);
         let slot = (next.secs() + 1).max(now.secs() + 1);
         flow.timer_at = slot;
-        self.wheel.entry(slot).or_default().push(key);
+        self.schedule.wheel.entry(slot).or_default().push(key);
     }
 
     /// Makes room by ending the flow that is next due in the wheel.
     fn evict_one(&mut self, out: &mut Vec<FlowEvent>) {
-        while let Some(mut entry) = self.wheel.first_entry() {
+        while let Some(mut entry) = self.schedule.wheel.first_entry() {
             let slot = *entry.key();
             let keys = entry.get_mut();
             let Some(key) = keys.pop() else {
@@ -286,67 +269,74 @@ impl FlowTable {
     pub fn drain(&mut self) -> Vec<Box<Flow>> {
         let mut flows: Vec<Box<Flow>> = self.flows.drain().map(|(_, f)| f).collect();
         self.flows.shrink_to_fit();
-        self.wheel.clear();
+        self.schedule.wheel.clear();
         flows.sort_unstable_by_key(|f| f.seq);
         flows
     }
 }
 
-/// One packet into its flow: counters and state, the flow's place in the wheel, and what
-/// the stages after the table must hear about.
-#[allow(clippy::too_many_arguments)]
-fn account(
-    config: &FlowConfig,
-    wheel: &mut BTreeMap<u64, Vec<FlowKey>>,
-    key: FlowKey,
-    flow: &mut Flow,
-    d: &Decoded<'_>,
-    ts: Timestamp,
-    wire_len: u32,
-    out: &mut Vec<FlowEvent>,
-) {
-    let idle_ns = config.idle_threshold.as_nanos() as u64;
-    let from_orig = flow.is_from_orig(d);
-    let up = flow.observe(d, ts, wire_len, idle_ns);
-    let due = deadline(config, flow).min(flow.next_interim);
-    // Only move the flow to an earlier slot; a later deadline is found lazily when the
-    // current slot comes due.
-    let slot = due.secs() + 1;
-    if slot < flow.timer_at {
-        flow.timer_at = slot;
-        wheel.entry(slot).or_default().push(key);
-    }
-    if up.resumed {
-        out.push(FlowEvent::Resumed { key, from_orig, ts });
-    }
-    if up.new_bytes {
-        out.push(FlowEvent::NewBytes { key, ts });
-    }
-    if up.follow {
-        out.push(FlowEvent::Datagram {
-            key,
-            from_orig,
-            ts,
-            bytes: d.payload.to_vec(),
-        });
-    }
+/// The table's timeouts and its wheel of deadlines: where each flow is due next.
+struct Schedule {
+    config: FlowConfig,
+    wheel: BTreeMap<u64, Vec<FlowKey>>,
 }
 
-/// When the flow ends if nothing more arrives, by its state.
-fn deadline(c: &FlowConfig, f: &Flow) -> Timestamp {
-    let timeout = match f.proto {
-        Proto::Tcp if f.is_closed() => c.tcp_close_delay,
-        Proto::Tcp
-            if f.tcp.established()
-                || (f.dir[ORIG].pkts > 0 && f.dir[RESP].pkts > 0 && f.tcp.syn().is_none()) =>
-        {
-            c.tcp_established_timeout
+impl Schedule {
+    /// One packet into its flow: counters and state, the flow's place in the wheel, and what
+    /// the stages after the table must hear about.
+    fn account(
+        &mut self,
+        key: FlowKey,
+        flow: &mut Flow,
+        d: &Decoded<'_>,
+        ts: Timestamp,
+        wire_len: u32,
+        out: &mut Vec<FlowEvent>,
+    ) {
+        let idle_ns = self.config.idle_threshold.as_nanos() as u64;
+        let from_orig = flow.is_from_orig(d);
+        let up = flow.observe(d, ts, wire_len, idle_ns);
+        let due = self.deadline(flow).min(flow.next_interim);
+        // Only move the flow to an earlier slot; a later deadline is found lazily when the
+        // current slot comes due.
+        let slot = due.secs() + 1;
+        if slot < flow.timer_at {
+            flow.timer_at = slot;
+            self.wheel.entry(slot).or_default().push(key);
         }
-        Proto::Tcp => c.tcp_half_open_timeout,
-        Proto::Udp => c.udp_timeout,
-        Proto::Icmp | Proto::Icmpv6 => c.icmp_timeout,
-    };
-    f.last.plus(timeout)
+        if up.resumed {
+            out.push(FlowEvent::Resumed { key, from_orig, ts });
+        }
+        if up.new_bytes {
+            out.push(FlowEvent::NewBytes { key, ts });
+        }
+        if up.follow {
+            out.push(FlowEvent::Datagram {
+                key,
+                from_orig,
+                ts,
+                bytes: d.payload.to_vec(),
+            });
+        }
+    }
+
+    /// When the flow ends if nothing more arrives, by its state.
+    fn deadline(&self, f: &Flow) -> Timestamp {
+        let c = &self.config;
+        let timeout = match f.proto {
+            Proto::Tcp if f.is_closed() => c.tcp_close_delay,
+            Proto::Tcp
+                if f.tcp.established()
+                    || (f.dir[ORIG].pkts > 0 && f.dir[RESP].pkts > 0 && f.tcp.syn().is_none()) =>
+            {
+                c.tcp_established_timeout
+            }
+            Proto::Tcp => c.tcp_half_open_timeout,
+            Proto::Udp => c.udp_timeout,
+            Proto::Icmp | Proto::Icmpv6 => c.icmp_timeout,
+        };
+        f.last.plus(timeout)
+    }
 }
 
 #[cfg(test)]
