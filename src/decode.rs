@@ -78,7 +78,33 @@ pub struct Decoded<'a> {
     pub ip_len: u32,
     pub ttl: u8,
     /// The innermost encapsulation peeled off, if any.
-    pub tunnel: Option<&'static str>,
+    pub tunnel: Option<Tunnel>,
+}
+
+/// An encapsulation the decoder peels off; flow records name the innermost one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tunnel {
+    IpInIp,
+    Gre,
+    Erspan,
+    Vxlan,
+    Geneve,
+    Teredo,
+    Ayiya,
+}
+
+impl Tunnel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tunnel::IpInIp => "ip-in-ip",
+            Tunnel::Gre => "gre",
+            Tunnel::Erspan => "erspan",
+            Tunnel::Vxlan => "vxlan",
+            Tunnel::Geneve => "geneve",
+            Tunnel::Teredo => "teredo",
+            Tunnel::Ayiya => "ayiya",
+        }
+    }
 }
 
 /// Why a frame yielded no transport packet; each is a metric label.
@@ -393,10 +419,10 @@ fn ipv6_fragment(packet: &[u8]) -> Option<Fragment> {
 }
 
 /// The next layer if `net` carries an encapsulation we peel.
-fn inner<'a>(net: &Net<'a>) -> Option<(&'static str, Layer<'a>)> {
+fn inner<'a>(net: &Net<'a>) -> Option<(Tunnel, Layer<'a>)> {
     let p = net.payload;
     match net.proto {
-        IpNumber::IPV4 | IpNumber::IPV6 => Some(("ip-in-ip", Layer::Ip(p))),
+        IpNumber::IPV4 | IpNumber::IPV6 => Some((Tunnel::IpInIp, Layer::Ip(p))),
         IpNumber::GRE => gre(p),
         IpNumber::UDP => {
             let sport = be16(p, 0)?;
@@ -405,14 +431,14 @@ fn inner<'a>(net: &Net<'a>) -> Option<(&'static str, Layer<'a>)> {
             if dport == VXLAN_PORT {
                 // RFC 7348 §5: flags with the I bit, then 24-bit VNI; inner Ethernet.
                 (body.len() >= 8 + 14 && body[0] & 0x08 != 0)
-                    .then(|| ("vxlan", Layer::Ether(&body[8..])))
+                    .then(|| (Tunnel::Vxlan, Layer::Ether(&body[8..])))
             } else if dport == GENEVE_PORT {
                 // RFC 8926 §3.4: version 0, options length in 4-byte words, protocol type.
                 let opt_len = (*body.first()? & 0x3f) as usize * 4;
                 let ty = be16(body, 2)?;
                 let rest = body.get(8 + opt_len..)?;
                 (body[0] >> 6 == 0 && !rest.is_empty())
-                    .then_some(("geneve", Layer::EtherType(ty, rest)))
+                    .then_some((Tunnel::Geneve, Layer::EtherType(ty, rest)))
             } else if sport == TEREDO_PORT || dport == TEREDO_PORT {
                 teredo(body)
             } else if sport == AYIYA_PORT || dport == AYIYA_PORT {
@@ -426,7 +452,7 @@ fn inner<'a>(net: &Net<'a>) -> Option<(&'static str, Layer<'a>)> {
 }
 
 /// GRE (RFC 2784/2890, and PPTP's enhanced GRE of RFC 2637), with ERSPAN type II/III.
-fn gre(p: &[u8]) -> Option<(&'static str, Layer<'_>)> {
+fn gre(p: &[u8]) -> Option<(Tunnel, Layer<'_>)> {
     let flags = be16(p, 0)?;
     let version = flags & 0x7;
     let proto = be16(p, 2)?;
@@ -453,7 +479,7 @@ fn gre(p: &[u8]) -> Option<(&'static str, Layer<'_>)> {
             _ => (2, be16(ppp, 0)?),
         };
         return matches!(ppp_proto, 0x0021 | 0x0057)
-            .then(|| ("gre", Layer::Ip(ppp.get(skip..).unwrap_or_default())));
+            .then(|| (Tunnel::Gre, Layer::Ip(ppp.get(skip..).unwrap_or_default())));
     }
     if version != 0 {
         return None;
@@ -470,21 +496,24 @@ fn gre(p: &[u8]) -> Option<(&'static str, Layer<'_>)> {
     let body = p.get(at..)?;
     match proto {
         // ERSPAN type II: 8-byte header (version 1) before the mirrored frame.
-        ETH_ERSPAN2 if flags & 0x1000 != 0 => Some(("erspan", Layer::Ether(body.get(8..)?))),
+        ETH_ERSPAN2 if flags & 0x1000 != 0 => Some((Tunnel::Erspan, Layer::Ether(body.get(8..)?))),
         // Type I has no sequence number and no ERSPAN header.
-        ETH_ERSPAN2 => Some(("erspan", Layer::Ether(body))),
+        ETH_ERSPAN2 => Some((Tunnel::Erspan, Layer::Ether(body))),
         // ERSPAN type III: 12 bytes, plus 8 of platform-specific subheader when O is set.
         ETH_ERSPAN3 => {
             let o = body.get(11)? & 0x01 != 0;
-            Some(("erspan", Layer::Ether(body.get(if o { 20 } else { 12 }..)?)))
+            Some((
+                Tunnel::Erspan,
+                Layer::Ether(body.get(if o { 20 } else { 12 }..)?),
+            ))
         }
-        _ => Some(("gre", Layer::EtherType(proto, body))),
+        _ => Some((Tunnel::Gre, Layer::EtherType(proto, body))),
     }
 }
 
 /// Teredo (RFC 4380 §5.1.1): IPv6 in UDP, optionally after authentication and origin
 /// indication headers.
-fn teredo(mut body: &[u8]) -> Option<(&'static str, Layer<'_>)> {
+fn teredo(mut body: &[u8]) -> Option<(Tunnel, Layer<'_>)> {
     if body.starts_with(&[0x00, 0x01]) {
         let id_len = *body.get(2)? as usize;
         let au_len = *body.get(3)? as usize;
@@ -493,12 +522,12 @@ fn teredo(mut body: &[u8]) -> Option<(&'static str, Layer<'_>)> {
     if body.starts_with(&[0x00, 0x00]) {
         body = body.get(8..)?;
     }
-    (body.len() >= 40 && body[0] >> 4 == 6).then_some(("teredo", Layer::Ip(body)))
+    (body.len() >= 40 && body[0] >> 4 == 6).then_some((Tunnel::Teredo, Layer::Ip(body)))
 }
 
 /// AYIYA (draft-massar-v6ops-ayiya §5): a header whose identity and signature lengths
 /// are in its first bytes, then the packet named by its next-header byte.
-fn ayiya(body: &[u8]) -> Option<(&'static str, Layer<'_>)> {
+fn ayiya(body: &[u8]) -> Option<(Tunnel, Layer<'_>)> {
     let id_len = 1usize << (body.first()? >> 4);
     let sig_len = (body.get(1)? >> 4) as usize * 4;
     let opcode = body.get(2)? & 0x0f;
@@ -506,10 +535,10 @@ fn ayiya(body: &[u8]) -> Option<(&'static str, Layer<'_>)> {
     let inner = body.get(8 + id_len + sig_len..)?;
     // Opcode 1 is "forward": only those carry a packet.
     (opcode == 1 && matches!(next, 4 | 41) && !inner.is_empty())
-        .then_some(("ayiya", Layer::Ip(inner)))
+        .then_some((Tunnel::Ayiya, Layer::Ip(inner)))
 }
 
-fn transport<'a>(net: Net<'a>, tunnel: Option<&'static str>) -> Result<Decoded<'a>, DecodeError> {
+fn transport<'a>(net: Net<'a>, tunnel: Option<Tunnel>) -> Result<Decoded<'a>, DecodeError> {
     let p = net.payload;
     let base = |proto, src_port, dst_port, tcp, payload: &'a [u8], payload_len| Decoded {
         src: net.src,
@@ -738,7 +767,7 @@ mod tests {
         let pkt = packet(LinkType::ETHERNET, outer);
         let mut d = decoder();
         let got = d.decode(pkt.view()).unwrap().unwrap();
-        assert_eq!(got.tunnel, Some("vxlan"));
+        assert_eq!(got.tunnel, Some(Tunnel::Vxlan));
         assert_eq!(got.payload, b"inner");
         assert_eq!(got.dst_port, 3389);
     }

@@ -50,7 +50,9 @@ pub struct Activity {
     pub data_pkts: u64,
     pub small_pkts: u64,
     pub large_pkts: u64,
-    pub max_payload: u32,
+    /// Largest payload, saturating at 65,535 (an IP datagram's limit; only a jumbogram is
+    /// larger): two bytes less per direction of every flow.
+    pub max_payload: u16,
     /// Idle→active transitions.
     pub resumes: u32,
     /// First and latest data packet; meaningful once `data_pkts > 0` (see the accessors).
@@ -88,7 +90,8 @@ impl Activity {
             return false;
         }
         self.data_pkts += 1;
-        self.max_payload = self.max_payload.max(payload_len);
+        let clamped = u16::try_from(payload_len).unwrap_or(u16::MAX);
+        self.max_payload = self.max_payload.max(clamped);
         if payload_len <= SMALL_PAYLOAD {
             self.small_pkts += 1;
         }
@@ -142,7 +145,7 @@ impl Activity {
             data_pkts: self.data_pkts,
             small_pkts: self.small_pkts,
             large_pkts: self.large_pkts,
-            max_payload: self.max_payload,
+            max_payload: u32::from(self.max_payload),
             mean_payload: round2(self.sizes.mean),
             resumes: self.resumes,
             active_s: round2(self.active_ns as f64 / 1e9),
@@ -197,6 +200,14 @@ mod tests {
             (Some(ms(0)), Some(ms(700)))
         );
         assert_eq!(a.gap_count(), 1);
+    }
+
+    #[test]
+    fn the_largest_payload_saturates_at_the_ip_limit() {
+        let mut a = Activity::default();
+        a.observe(ms(0), 70_000, 70_040, 70_054, 64, IDLE);
+        a.observe(ms(1), 1_000, 1_040, 1_054, 64, IDLE);
+        assert_eq!(a.summary().max_payload, 65_535);
     }
 
     #[test]

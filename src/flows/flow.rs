@@ -4,7 +4,7 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
 use crate::app::App;
-use crate::decode::{ACK, Decoded, FIN, Proto, RST, SYN};
+use crate::decode::{ACK, Decoded, FIN, Proto, RST, SYN, Tunnel};
 use crate::dissect::identify::Details;
 use crate::flows::activity::Activity;
 use crate::flows::community_id::icmp_counterpart;
@@ -224,7 +224,7 @@ pub struct Flow {
     pub tcp: TcpTrack,
     pub history: History,
     pub streams: Option<Box<Streams>>,
-    pub tunnel: Option<&'static str>,
+    pub tunnel: Option<Tunnel>,
     /// When the next interim record is due.
     pub next_interim: Timestamp,
     pub interim_records: u32,
@@ -591,10 +591,12 @@ mod tests {
     }
 
     /// Every tracked flow costs this much (boxed in the table); it is a memory budget.
+    /// 448 is an allocator size class (mimalloc's, and a glibc chunk): one byte more and a
+    /// flow takes 512.
     #[test]
     fn a_flow_fits_its_budget() {
         let size = std::mem::size_of::<Flow>();
-        assert!(size <= 472, "Flow is {size} bytes");
+        assert!(size <= 448, "Flow is {size} bytes");
     }
 
     #[test]

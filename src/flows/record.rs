@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use serde::{Serialize, Serializer};
 
 use crate::app::App;
+use crate::decode::Tunnel;
 use crate::dissect::identify::{
     Details, DnsDetails, HttpDetails, IpsecDetails, OpenvpnDetails, QuicDetails, RdpDetails,
     SocksDetails, SshDetails, StunDetails, TlsDetails, WireguardDetails,
@@ -273,7 +274,7 @@ impl FlowRecord {
                 flow.resp.1,
             ),
             end_reason,
-            tunnel: flow.tunnel,
+            tunnel: flow.tunnel.map(Tunnel::as_str),
             retransmissions_orig: flow.tcp.retransmissions[ORIG],
             retransmissions_resp: flow.tcp.retransmissions[RESP],
             missed_bytes: flow.tcp.missed_bytes,
