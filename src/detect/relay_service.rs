@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use crate::app::App;
+use crate::dissect::identify::Details;
 use crate::event::{Event, Kind, Severity};
 use crate::flows::{Flow, FlowKey, FlowTable};
 use crate::timestamp::Timestamp;
@@ -57,12 +58,7 @@ pub struct RelayService {
 }
 
 fn turn_relayed(flow: &Flow) -> bool {
-    flow.app == Some(App::Stun)
-        && flow
-            .details
-            .as_deref()
-            .and_then(|d| d.stun.as_ref())
-            .is_some_and(|s| s.relayed)
+    flow.app == Some(App::Stun) && flow.details.as_deref().is_some_and(Details::turn_relayed)
 }
 
 impl RelayService {
@@ -190,7 +186,7 @@ mod tests {
     use super::*;
     use crate::detect::remote_desktop::RemoteDesktopConfig;
     use crate::detect::remote_desktop::testkit::*;
-    use crate::dissect::identify::{Details, StunDetails};
+    use crate::dissect::identify::{Details, Protocol, StunDetails, protocol};
 
     fn label(wire: &mut Wire, key: &FlowKey, app: App, details: Details) {
         let f = wire.table.get_mut(key).unwrap();
@@ -243,10 +239,13 @@ mod tests {
         let mut rs = RelayService::new(&RelayServiceConfig::default());
         let mut out = Vec::new();
         let turn = Details {
-            stun: crate::dissect::identify::boxed(StunDetails {
-                relayed: true,
-                ..StunDetails::default()
-            }),
+            other: protocol(
+                Protocol::Stun,
+                StunDetails {
+                    relayed: true,
+                    ..StunDetails::default()
+                },
+            ),
             ..Details::default()
         };
         let key = wire.udp(T0, "10.8.0.19:50100", "192.0.2.74:3478", 20);

@@ -37,6 +37,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
 use crate::app::App;
+use crate::dissect::identify::Details;
 use crate::event::{Event, FlowRef, Kind, Severity};
 use crate::flows::flow::{ORIG, RESP};
 use crate::flows::{Flow, FlowKey, FlowTable, humantime_serde};
@@ -346,11 +347,7 @@ impl RemoteDesktop {
     pub fn on_identified(&mut self, scope: &Scope<'_>, key: &FlowKey, flow: &Flow) {
         if flow.app == Some(App::Stun)
             && let Some((host, _)) = inside_end(scope, flow)
-            && flow
-                .details
-                .as_deref()
-                .and_then(|d| d.stun.as_ref())
-                .is_some_and(|s| s.relayed)
+            && flow.details.as_deref().is_some_and(Details::turn_relayed)
         {
             if self.turn.len() >= self.config.max_sessions {
                 self.turn.pop_first();
@@ -880,7 +877,7 @@ mod tests {
     /// Media through a TURN relay beside the session: the session is relayed.
     #[test]
     fn turn_relay_beside_the_session() {
-        use crate::dissect::identify::{Details, StunDetails};
+        use crate::dissect::identify::{Details, Protocol, StunDetails, protocol};
         use testkit::*;
         let world = World::new();
         let scope = world.scope();
@@ -891,10 +888,13 @@ mod tests {
         let f = wire.table.get_mut(&stun).unwrap();
         f.app = Some(App::Stun);
         f.details = Some(Box::new(Details {
-            stun: crate::dissect::identify::boxed(StunDetails {
-                relayed: true,
-                ..StunDetails::default()
-            }),
+            other: protocol(
+                Protocol::Stun,
+                StunDetails {
+                    relayed: true,
+                    ..StunDetails::default()
+                },
+            ),
             ..Details::default()
         }));
         rd.on_identified(&scope, &stun, wire.table.get(&stun).unwrap());

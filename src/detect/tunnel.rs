@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::app::App;
+use crate::dissect::identify::Protocol;
 use crate::event::{Event, Kind, Severity};
 use crate::flows::Flow;
 use crate::timestamp::Timestamp;
@@ -50,9 +51,7 @@ fn tunnel_kind(flow: &Flow) -> Option<&'static str> {
         App::Http => flow
             .details
             .as_ref()?
-            .http
-            .as_ref()
-            .filter(|h| h.connect)
+            .http_connect()
             .map(|_| "http_connect"),
         a if a.is_tunnel() => Some(a.as_str()),
         _ => None,
@@ -117,19 +116,16 @@ impl Tunnel {
         e = e
             .evidence("tunnel", kind)
             .evidence("peer_port", flow.resp.1);
-        if let Some(d) = flow.details.as_deref() {
-            if let Some(s) = &d.socks {
-                e = e.evidence("target", s.target.clone());
+        match flow.details.as_deref().and_then(|d| d.other.as_ref()) {
+            Some(Protocol::Socks(s)) => e = e.evidence("target", s.target.clone()),
+            Some(Protocol::Http(h)) if h.connect => e = e.evidence("target", h.target.clone()),
+            Some(Protocol::Wireguard(w)) => {
+                e = e.evidence("handshake_answered", w.handshake_response)
             }
-            if let Some(h) = d.http.as_ref().filter(|h| h.connect) {
-                e = e.evidence("target", h.target.clone());
+            Some(Protocol::Ipsec(i)) => {
+                e = e.evidence("ike_version", serde_json::json!(i.ike_version))
             }
-            if let Some(w) = &d.wireguard {
-                e = e.evidence("handshake_answered", w.handshake_response);
-            }
-            if let Some(i) = &d.ipsec {
-                e = e.evidence("ike_version", serde_json::json!(i.ike_version));
-            }
+            _ => {}
         }
         out.push(with_place(scope, e, "peer", peer));
     }
@@ -139,7 +135,7 @@ impl Tunnel {
 mod tests {
     use super::*;
     use crate::detect::remote_desktop::testkit::*;
-    use crate::dissect::identify::{Details, HttpDetails};
+    use crate::dissect::identify::{Details, HttpDetails, protocol};
 
     fn run(t: &mut Tunnel, src: &str, dst: &str, app: App, details: Details) -> Vec<Event> {
         let world = World::new();
@@ -225,12 +221,15 @@ mod tests {
         // Plain HTTP is no tunnel; CONNECT is.
         assert!(run(&mut t, "10.8.0.17:50000", "192.0.2.120:80", App::Http, d()).is_empty());
         let connect = Details {
-            http: crate::dissect::identify::boxed(HttpDetails {
-                method: "CONNECT".into(),
-                target: "example.net:443".into(),
-                connect: true,
-                ..HttpDetails::default()
-            }),
+            other: protocol(
+                Protocol::Http,
+                HttpDetails {
+                    method: "CONNECT".into(),
+                    target: "example.net:443".into(),
+                    connect: true,
+                    ..HttpDetails::default()
+                },
+            ),
             ..Details::default()
         };
         let out = run(

@@ -38,42 +38,39 @@ pub fn boxed<T>(value: T) -> Option<Box<T>> {
     Some(Box::new(value))
 }
 
-/// The protocol details written into flow records, one object per protocol. Each is boxed
-/// so that a flow carries only the one or two it has (memory per flow).
-#[derive(Clone, Debug, Default, Serialize)]
+/// The protocol details written into flow records. A flow has at most TLS (alone, or
+/// inside RDP) and one other protocol, so they take two fields, not one per protocol: the
+/// box a dissected flow keeps is 48 bytes (memory per flow).
+#[derive(Clone, Debug, Default)]
 pub struct Details {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Box<TlsDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub quic: Option<Box<QuicDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns: Option<Box<DnsDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http: Option<Box<HttpDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ssh: Option<Box<SshDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rdp: Option<Box<RdpDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rfb: Option<Box<rfb::Session>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub socks: Option<Box<SocksDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wireguard: Option<Box<WireguardDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub openvpn: Option<Box<OpenvpnDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ipsec: Option<Box<IpsecDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stun: Option<Box<StunDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub radius: Option<Box<radius::Accounting>>,
+    pub other: Option<Protocol>,
     /// What named the remote-access tool: "sni", "dns_name", "cert_name", "alpn", "payload".
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_evidence: Option<&'static str>,
     /// The flow goes to a remote-access vendor's relay or broker, not to the peer itself.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub relay: bool,
+}
+
+/// The details of the protocol besides TLS, each boxed so the enum stays small.
+#[derive(Clone, Debug)]
+pub enum Protocol {
+    Quic(Box<QuicDetails>),
+    Dns(Box<DnsDetails>),
+    Http(Box<HttpDetails>),
+    Ssh(Box<SshDetails>),
+    Rdp(Box<RdpDetails>),
+    Rfb(Box<rfb::Session>),
+    Socks(Box<SocksDetails>),
+    Wireguard(Box<WireguardDetails>),
+    Openvpn(Box<OpenvpnDetails>),
+    Ipsec(Box<IpsecDetails>),
+    Stun(Box<StunDetails>),
+    Radius(Box<radius::Accounting>),
+}
+
+/// `Some(variant(Box::new(value)))`, for the probes.
+pub fn protocol<T>(variant: fn(Box<T>) -> Protocol, value: T) -> Option<Protocol> {
+    Some(variant(Box::new(value)))
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -205,38 +202,21 @@ pub struct Identification {
 impl Details {
     /// Nothing was found: no protocol details, no tool evidence.
     pub fn is_empty(&self) -> bool {
-        let Details {
-            tls,
-            quic,
-            dns,
-            http,
-            ssh,
-            rdp,
-            rfb,
-            socks,
-            wireguard,
-            openvpn,
-            ipsec,
-            stun,
-            radius,
-            tool_evidence,
-            relay,
-        } = self;
-        tls.is_none()
-            && quic.is_none()
-            && dns.is_none()
-            && http.is_none()
-            && ssh.is_none()
-            && rdp.is_none()
-            && rfb.is_none()
-            && socks.is_none()
-            && wireguard.is_none()
-            && openvpn.is_none()
-            && ipsec.is_none()
-            && stun.is_none()
-            && radius.is_none()
-            && tool_evidence.is_none()
-            && !relay
+        self.tls.is_none() && self.other.is_none() && self.tool_evidence.is_none() && !self.relay
+    }
+
+    /// A TURN allocation answered with a relayed address (RFC 8656): the media go through
+    /// a relay.
+    pub fn turn_relayed(&self) -> bool {
+        matches!(&self.other, Some(Protocol::Stun(s)) if s.relayed)
+    }
+
+    /// The HTTP CONNECT request, when the flow is one.
+    pub fn http_connect(&self) -> Option<&HttpDetails> {
+        match &self.other {
+            Some(Protocol::Http(h)) if h.connect => Some(h),
+            _ => None,
+        }
     }
 }
 
@@ -331,7 +311,7 @@ fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
         let r = rfb::parse_session(c, s);
         if let Ok(session) = &r {
             id.app = Some(App::Vnc);
-            id.details.rfb = boxed(session.clone());
+            id.details.other = protocol(Protocol::Rfb, session.clone());
         }
         // The session summary grows with the handshake; settle once the auth is chosen.
         let settled = r.as_ref().is_ok_and(|s| s.auth_type.is_some()) || (cc && sc);
@@ -344,14 +324,17 @@ fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
         if let Ok(req) = &req {
             let resp = http::parse_response(s).ok();
             id.app = Some(App::Http);
-            id.details.http = boxed(HttpDetails {
-                connect: req.method.eq_ignore_ascii_case("CONNECT"),
-                method: req.method.clone(),
-                target: req.target.clone(),
-                host: req.host.clone(),
-                user_agent: req.user_agent.clone(),
-                status: resp.as_ref().map(|r| r.status),
-            });
+            id.details.other = protocol(
+                Protocol::Http,
+                HttpDetails {
+                    connect: req.method.eq_ignore_ascii_case("CONNECT"),
+                    method: req.method.clone(),
+                    target: req.target.clone(),
+                    host: req.host.clone(),
+                    user_agent: req.user_agent.clone(),
+                    status: resp.as_ref().map(|r| r.status),
+                },
+            );
             return resp.is_some() || sc;
         }
         if found(&req, cc) == Found::Partial {
@@ -366,16 +349,19 @@ fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
             // A SOCKS request alone is a guess; the server's well-formed reply confirms it.
             if let Ok(reply) = &reply {
                 id.app = Some(App::Socks);
-                id.details.socks = boxed(SocksDetails {
-                    version,
-                    command: req.command,
-                    target: match (&req.host, req.addr) {
-                        (Some(h), _) => format!("{h}:{}", req.port),
-                        (None, Some(a)) => format!("{a}:{}", req.port),
-                        (None, None) => format!(":{}", req.port),
+                id.details.other = protocol(
+                    Protocol::Socks,
+                    SocksDetails {
+                        version,
+                        command: req.command,
+                        target: match (&req.host, req.addr) {
+                            (Some(h), _) => format!("{h}:{}", req.port),
+                            (None, Some(a)) => format!("{a}:{}", req.port),
+                            (None, None) => format!(":{}", req.port),
+                        },
+                        granted: Some(reply.granted),
                     },
-                    granted: Some(reply.granted),
-                });
+                );
                 return true;
             }
             if found(&reply, sc) == Found::Partial {
@@ -391,10 +377,13 @@ fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
         let answered = openvpn::parse(s, true).is_ok_and(|r| openvpn::is_hard_reset(r.opcode));
         if answered || s.is_empty() {
             id.app = Some(App::Openvpn);
-            id.details.openvpn = boxed(OpenvpnDetails {
-                opcode: p.opcode,
-                tls_auth: p.hmac_len.is_some(),
-            });
+            id.details.other = protocol(
+                Protocol::Openvpn,
+                OpenvpnDetails {
+                    opcode: p.opcode,
+                    tls_auth: p.hmac_len.is_some(),
+                },
+            );
             return answered || sc;
         }
     }
@@ -404,10 +393,10 @@ fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
     {
         id.app = Some(App::Dns);
         let resp = dns::parse_tcp_stream(s).ok();
-        id.details.dns = boxed(dns_details(
-            msgs.first(),
-            resp.as_ref().and_then(|r| r.first()),
-        ));
+        id.details.other = protocol(
+            Protocol::Dns,
+            dns_details(msgs.first(), resp.as_ref().and_then(|r| r.first())),
+        );
         return resp.is_some_and(|r| !r.is_empty()) || sc;
     }
     // Every probe is decided by the first bytes of a direction: once both sides have sent
@@ -442,7 +431,7 @@ fn ssh_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) ->
     if let Some(Ok(k)) = &sk {
         d.hassh_server = Some(ssh::hassh(k, false).1.into());
     }
-    id.details.ssh = boxed(d);
+    id.details.other = protocol(Protocol::Ssh, d);
     let settled = |k: &Option<crate::dissect::Result<ssh::KexInit>>, closed: bool| match k {
         Some(r) => found(r, closed) != Found::Partial,
         None => closed,
@@ -520,7 +509,7 @@ fn rdp_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) ->
             ..TlsDetails::default()
         });
     }
-    id.details.rdp = boxed(d);
+    id.details.other = protocol(Protocol::Rdp, d);
     if found(&confirm, sc) == Found::Partial {
         Found::Partial
     } else {
@@ -541,7 +530,7 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
     {
         id.app = Some(App::Dns);
         let answer = sd.first().and_then(|d| dns::parse_message(d).ok());
-        id.details.dns = boxed(dns_details(Some(&q), answer.as_ref()));
+        id.details.other = protocol(Protocol::Dns, dns_details(Some(&q), answer.as_ref()));
         // Settled with the answer, so the record carries it.
         return answer.is_some();
     }
@@ -549,7 +538,7 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
         && let Ok(p) = radius::parse(first)
     {
         id.app = Some(App::Radius);
-        id.details.radius = p.accounting.map(Box::new);
+        id.details.other = p.accounting.map(|a| Protocol::Radius(Box::new(a)));
         return true;
     }
     if first.first().is_some_and(|b| b & 0xc0 == 0xc0)
@@ -570,7 +559,7 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
             d.alpn = h.alpn.clone();
             d.ja4 = Some(ja4::ja4(h, ja4::Transport::Quic).0);
         }
-        id.details.quic = boxed(d);
+        id.details.other = protocol(Protocol::Quic, d);
         return hello.is_ok() || cd.len() >= 3;
     }
     if let Ok(h) = tls::parse_dtls_client_hello(first) {
@@ -591,12 +580,15 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
         .collect();
     if !stun_msgs.is_empty() {
         id.app = Some(App::Stun);
-        id.details.stun = boxed(StunDetails {
-            method: stun_msgs.first().and_then(|m| stun::method_name(m.method)),
-            software: stun_msgs.iter().find_map(|m| m.software.clone()),
-            relayed: stun_msgs.iter().any(|m| m.xor_relayed.is_some()),
-            channel_data: cd.iter().chain(sd).any(|d| stun::is_channel_data(d)),
-        });
+        id.details.other = protocol(
+            Protocol::Stun,
+            StunDetails {
+                method: stun_msgs.first().and_then(|m| stun::method_name(m.method)),
+                software: stun_msgs.iter().find_map(|m| m.software.clone()),
+                relayed: stun_msgs.iter().any(|m| m.xor_relayed.is_some()),
+                channel_data: cd.iter().chain(sd).any(|d| stun::is_channel_data(d)),
+            },
+        );
         // Settle once a request has its answer, so a TURN allocation's relayed address
         // (in the success response) is seen.
         return stun_msgs
@@ -605,10 +597,13 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
     }
     if cd.iter().chain(sd).any(|d| is_tailscale_disco(d)) {
         id.app = Some(App::Wireguard);
-        id.details.wireguard = boxed(WireguardDetails {
-            tailscale: true,
-            ..WireguardDetails::default()
-        });
+        id.details.other = protocol(
+            Protocol::Wireguard,
+            WireguardDetails {
+                tailscale: true,
+                ..WireguardDetails::default()
+            },
+        );
         return true;
     }
     let wg: Vec<wireguard::Message> = cd
@@ -629,31 +624,40 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
     // handshake, or a handshake message with transport, identifies WireGuard.
     if (initiation || response) && (initiation && response || transport) {
         id.app = Some(App::Wireguard);
-        id.details.wireguard = boxed(WireguardDetails {
-            handshake_initiation: initiation,
-            handshake_response: response,
-            transport,
-            tailscale: false,
-        });
+        id.details.other = protocol(
+            Protocol::Wireguard,
+            WireguardDetails {
+                handshake_initiation: initiation,
+                handshake_response: response,
+                transport,
+                tailscale: false,
+            },
+        );
         return true;
     }
     if on(&[500, 4500]) {
         let natt = ports.contains(&4500);
         if let Ok(ike) = ipsec::parse_ike(first, natt) {
             id.app = Some(App::Ipsec);
-            id.details.ipsec = boxed(IpsecDetails {
-                ike_version: Some(ike.version),
-                exchange: Some(ike.exchange),
-                esp: false,
-            });
+            id.details.other = protocol(
+                Protocol::Ipsec,
+                IpsecDetails {
+                    ike_version: Some(ike.version),
+                    exchange: Some(ike.exchange),
+                    esp: false,
+                },
+            );
             return true;
         }
         if natt && ipsec::parse_esp(first).is_ok() && !ipsec::is_nat_keepalive(first) {
             id.app = Some(App::Ipsec);
-            id.details.ipsec = boxed(IpsecDetails {
-                esp: true,
-                ..IpsecDetails::default()
-            });
+            id.details.other = protocol(
+                Protocol::Ipsec,
+                IpsecDetails {
+                    esp: true,
+                    ..IpsecDetails::default()
+                },
+            );
             return true;
         }
     }
@@ -681,10 +685,13 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
             });
         if answered {
             id.app = Some(App::Openvpn);
-            id.details.openvpn = boxed(OpenvpnDetails {
-                opcode: p.opcode,
-                tls_auth: p.hmac_len.is_some(),
-            });
+            id.details.other = protocol(
+                Protocol::Openvpn,
+                OpenvpnDetails {
+                    opcode: p.opcode,
+                    tls_auth: p.hmac_len.is_some(),
+                },
+            );
             return true;
         }
         if sd.is_empty() {
@@ -694,10 +701,13 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
     if let Ok(syn) = rdp::parse_rdpeudp_syn(first) {
         id.app = Some(App::Rdp);
         let synack = sd.first().and_then(|d| rdp::parse_rdpeudp_syn(d).ok());
-        id.details.rdp = boxed(RdpDetails {
-            udp: Some(synack.unwrap_or(syn)),
-            ..RdpDetails::default()
-        });
+        id.details.other = protocol(
+            Protocol::Rdp,
+            RdpDetails {
+                udp: Some(synack.unwrap_or(syn)),
+                ..RdpDetails::default()
+            },
+        );
         return true;
     }
     // As for TCP: both sides spoke and nothing matched.
@@ -731,7 +741,11 @@ fn dns_details(q: Option<&dns::Message>, r: Option<&dns::Message>) -> DnsDetails
 fn names(input: &Input<'_>, id: &mut Identification) {
     let d = &id.details;
     let tls = d.tls.as_ref();
-    let quic = d.quic.as_ref();
+    let (quic, http) = match &d.other {
+        Some(Protocol::Quic(q)) => (Some(q), None),
+        Some(Protocol::Http(h)) => (None, Some(h)),
+        _ => (None, None),
+    };
     let mut candidates: Vec<(NameKind, &str, &'static str)> = Vec::new();
     for sni in [
         tls.and_then(|t| t.sni.as_deref()),
@@ -750,7 +764,7 @@ fn names(input: &Input<'_>, id: &mut Identification) {
             candidates.push((NameKind::CertName, name, "cert_name"));
         }
     }
-    if let Some(h) = d.http.as_ref().and_then(|h| h.host.as_deref()) {
+    if let Some(h) = http.and_then(|h| h.host.as_deref()) {
         candidates.push((NameKind::Sni, h.split(':').next().unwrap_or(h), "http_host"));
     }
     if let Some(n) = input.dns_name {
@@ -860,7 +874,7 @@ mod tests {
         };
         let id = identify(&i);
         assert_eq!(id.app, Some(App::Wireguard));
-        assert!(id.details.wireguard.is_some_and(|w| w.tailscale));
+        assert!(matches!(&id.details.other, Some(Protocol::Wireguard(w)) if w.tailscale));
         let mut short = b"TS\xf0\x9f\x92\xac".to_vec();
         short.extend_from_slice(&[0; 20]);
         let datagrams = [short];

@@ -8,8 +8,8 @@ use serde::{Serialize, Serializer};
 use crate::app::App;
 use crate::decode::Tunnel;
 use crate::dissect::identify::{
-    Details, DnsDetails, HttpDetails, IpsecDetails, OpenvpnDetails, QuicDetails, RdpDetails,
-    SocksDetails, SshDetails, StunDetails, TlsDetails, WireguardDetails,
+    Details, DnsDetails, HttpDetails, IpsecDetails, OpenvpnDetails, Protocol, QuicDetails,
+    RdpDetails, SocksDetails, SshDetails, StunDetails, TlsDetails, WireguardDetails,
 };
 use crate::dissect::{radius, rfb};
 use crate::flows::activity::{ActivitySummary, round2};
@@ -209,22 +209,15 @@ impl FlowRecord {
         let [o, r] = &flow.dir;
         let Details {
             tls,
-            quic,
-            dns,
-            http,
-            ssh,
-            rdp,
-            rfb,
-            socks,
-            wireguard,
-            openvpn,
-            ipsec,
-            stun,
-            radius,
+            other,
             tool_evidence,
             relay,
         } = details.map(|d| *d).unwrap_or_default();
-        FlowRecord {
+        let quic = match &other {
+            Some(Protocol::Quic(q)) => Some(q),
+            _ => None,
+        };
+        let mut record = FlowRecord {
             ts: flow.first,
             end: flow.last,
             duration_s: (flow.duration_ns() as f64 / 1e3).round() / 1e6,
@@ -284,21 +277,37 @@ impl FlowRecord {
             activity_resp: r.summary(),
             dns_name: None,
             tls,
-            quic,
-            dns,
-            http,
-            ssh,
-            rdp,
-            rfb,
-            socks,
-            wireguard,
-            openvpn,
-            ipsec,
-            stun,
-            radius,
+            quic: None,
+            dns: None,
+            http: None,
+            ssh: None,
+            rdp: None,
+            rfb: None,
+            socks: None,
+            wireguard: None,
+            openvpn: None,
+            ipsec: None,
+            stun: None,
+            radius: None,
             tool_evidence,
             relay,
+        };
+        match other {
+            Some(Protocol::Quic(d)) => record.quic = Some(d),
+            Some(Protocol::Dns(d)) => record.dns = Some(d),
+            Some(Protocol::Http(d)) => record.http = Some(d),
+            Some(Protocol::Ssh(d)) => record.ssh = Some(d),
+            Some(Protocol::Rdp(d)) => record.rdp = Some(d),
+            Some(Protocol::Rfb(d)) => record.rfb = Some(d),
+            Some(Protocol::Socks(d)) => record.socks = Some(d),
+            Some(Protocol::Wireguard(d)) => record.wireguard = Some(d),
+            Some(Protocol::Openvpn(d)) => record.openvpn = Some(d),
+            Some(Protocol::Ipsec(d)) => record.ipsec = Some(d),
+            Some(Protocol::Stun(d)) => record.stun = Some(d),
+            Some(Protocol::Radius(d)) => record.radius = Some(d),
+            None => {}
         }
+        record
     }
 
     /// Appends the record as one JSON object: the bytes `serde_json` writes for the derived
