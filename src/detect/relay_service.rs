@@ -22,7 +22,7 @@ use crate::flows::{Flow, FlowKey, FlowTable};
 use crate::timestamp::Timestamp;
 
 use super::Scope;
-use super::remote_desktop::{RemoteDesktop, flow_key, flow_ref, inside_end, with_place};
+use super::remote_desktop::{RemoteDesktop, flow_ref, inside_end, with_place};
 
 /// `[detect.relay_service]`.
 #[derive(Clone, Debug, Deserialize)]
@@ -131,7 +131,7 @@ impl RelayService {
     }
 
     pub fn on_end(&mut self, flow: &Flow) {
-        self.pending.remove(&flow_key(flow));
+        self.pending.remove(&flow.key());
     }
 
     #[allow(clippy::too_many_arguments)]

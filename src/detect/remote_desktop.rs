@@ -406,7 +406,7 @@ impl RemoteDesktop {
         let Some((host, _)) = inside_end(scope, flow) else {
             return;
         };
-        let key = flow_key(flow);
+        let key = flow.key();
         if let Some(s) = self.sessions.get_mut(&(host, app))
             && let Some(mut m) = s.live.remove(&key)
         {
@@ -464,20 +464,6 @@ impl RemoteDesktop {
                 s.reported += 1;
             }
         }
-    }
-}
-
-/// The table's key of `flow`.
-pub(crate) fn flow_key(flow: &Flow) -> FlowKey {
-    let (lo, hi) = if flow.orig <= flow.resp {
-        (flow.orig, flow.resp)
-    } else {
-        (flow.resp, flow.orig)
-    };
-    FlowKey {
-        proto: flow.proto,
-        lo,
-        hi,
     }
 }
 

@@ -38,7 +38,7 @@ use crate::flows::{Flow, FlowKey, FlowTable, humantime_serde};
 use crate::timestamp::Timestamp;
 
 use super::Scope;
-use super::remote_desktop::{flow_key, flow_ref, is_account_host, round2, with_place};
+use super::remote_desktop::{flow_ref, is_account_host, round2, with_place};
 
 /// `[detect.rtt_split]`.
 #[derive(Clone, Debug, Deserialize)]
@@ -197,7 +197,7 @@ impl RttSplit {
     }
 
     pub fn on_end(&mut self, scope: &Scope<'_>, flow: &Flow, ts: Timestamp, out: &mut Vec<Event>) {
-        if self.waiting.remove(&flow_key(flow)).is_some() {
+        if self.waiting.remove(&flow.key()).is_some() {
             self.judge(scope, flow, ts, out);
         }
     }

@@ -29,7 +29,7 @@ use crate::flows::{Flow, FlowKey, humantime_serde};
 use crate::timestamp::Timestamp;
 
 use super::Scope;
-use super::remote_desktop::{flow_key, round2, with_place};
+use super::remote_desktop::{round2, with_place};
 
 /// `[detect.stepping_stone]`.
 #[derive(Clone, Debug, Deserialize)]
@@ -362,7 +362,7 @@ impl SteppingStone {
     }
 
     pub fn on_end(&mut self, flow: &Flow) {
-        let key = flow_key(flow);
+        let key = flow.key();
         if self.flows.remove(&key).is_some() {
             self.pairs.retain(|(a, b), _| *a != key && *b != key);
         }

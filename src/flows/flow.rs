@@ -22,20 +22,19 @@ pub struct FlowKey {
 
 impl FlowKey {
     pub fn of(d: &Decoded<'_>) -> FlowKey {
-        let a = (d.src, d.src_port);
-        let b = (d.dst, d.dst_port);
-        // ICMP echo request and reply differ in type; key them on the echo pair so both
-        // directions meet (type 8/0, 128/129 share the request's "port").
-        let (a, b) = match d.proto {
-            Proto::Icmp | Proto::Icmpv6 => ((d.src, 0), (d.dst, 0)),
+        FlowKey::new(d.proto, (d.src, d.src_port), (d.dst, d.dst_port))
+    }
+
+    /// The key of a conversation between two endpoints, either way round. ICMP echo request
+    /// and reply differ in type; they are keyed on the addresses alone so both directions
+    /// meet.
+    pub fn new(proto: Proto, a: (IpAddr, u16), b: (IpAddr, u16)) -> FlowKey {
+        let (a, b) = match proto {
+            Proto::Icmp | Proto::Icmpv6 => ((a.0, 0), (b.0, 0)),
             Proto::Tcp | Proto::Udp => (a, b),
         };
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        FlowKey {
-            proto: d.proto,
-            lo,
-            hi,
-        }
+        FlowKey { proto, lo, hi }
     }
 }
 
@@ -299,6 +298,11 @@ impl Flow {
             dissected: false,
             follow: false,
         }
+    }
+
+    /// The table's key of this flow.
+    pub fn key(&self) -> FlowKey {
+        FlowKey::new(self.proto, self.orig, self.resp)
     }
 
     pub fn is_from_orig(&self, d: &Decoded<'_>) -> bool {
@@ -597,6 +601,30 @@ mod tests {
     fn a_flow_fits_its_budget() {
         let size = std::mem::size_of::<Flow>();
         assert!(size <= 448, "Flow is {size} bytes");
+    }
+
+    /// The table finds a flow by the key it computes from the flow itself: it must be the
+    /// key of the flow's packets, ICMP included (whose ports are type and code).
+    #[test]
+    fn a_flow_has_the_key_of_its_packets() {
+        let syn = seg(true, SYN, 1, b"");
+        assert_eq!(Flow::new(1, &syn, ms(0), 0).key(), FlowKey::of(&syn));
+        let echo = Decoded {
+            proto: Proto::Icmp,
+            src_port: 8,
+            dst_port: 0,
+            tcp: None,
+            ..seg(true, 0, 0, b"")
+        };
+        let reply = Decoded {
+            src: echo.dst,
+            dst: echo.src,
+            src_port: 0,
+            ..echo
+        };
+        let flow = Flow::new(1, &echo, ms(0), 0);
+        assert_eq!(flow.key(), FlowKey::of(&echo));
+        assert_eq!(flow.key(), FlowKey::of(&reply));
     }
 
     #[test]

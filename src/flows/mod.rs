@@ -13,9 +13,10 @@ pub mod flow;
 pub mod reassembly;
 pub mod record;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use hashbrown::HashTable;
 use serde::Deserialize;
 
 use crate::decode::{Decoded, Proto};
@@ -102,8 +103,7 @@ pub enum FlowEvent {
 
 pub struct FlowTable {
     schedule: Schedule,
-    /// Flows are boxed: the table's slots stay small, and an ended flow leaves without a copy.
-    flows: HashMap<FlowKey, Box<Flow>, ahash::RandomState>,
+    flows: Slots,
     /// Packet time: the newest timestamp seen (captures are not always in order).
     now: Timestamp,
     next_seq: u64,
@@ -118,7 +118,10 @@ impl FlowTable {
                 config,
                 wheel: BTreeMap::new(),
             },
-            flows: HashMap::with_hasher(ahash::RandomState::with_seeds(1, 2, 3, 4)),
+            flows: Slots {
+                table: HashTable::new(),
+                hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
+            },
             now: Timestamp::ZERO,
             next_seq: 0,
             flows_total: 0,
@@ -139,11 +142,11 @@ impl FlowTable {
     }
 
     pub fn get(&self, key: &FlowKey) -> Option<&Flow> {
-        self.flows.get(key).map(|f| &**f)
+        self.flows.get(key)
     }
 
     pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut Flow> {
-        self.flows.get_mut(key).map(|f| &mut **f)
+        self.flows.get_mut(key)
     }
 
     /// Accounts one packet to its flow. `wire_len` is the frame's original length.
@@ -184,7 +187,7 @@ impl FlowTable {
         self.flows_total += 1;
         flow.next_interim = ts.plus(self.schedule.config.interim_interval);
         flow.timer_at = u64::MAX;
-        let flow = self.flows.entry(key).insert_entry(flow).into_mut();
+        let flow = self.flows.insert(&key, flow);
         self.schedule.account(key, flow, d, ts, wire_len, out);
     }
 
@@ -267,11 +270,57 @@ impl FlowTable {
     /// ended as [`EndReason::Shutdown`]. Flows are boxed, so the list costs a pointer per
     /// flow, not a second table.
     pub fn drain(&mut self) -> Vec<Box<Flow>> {
-        let mut flows: Vec<Box<Flow>> = self.flows.drain().map(|(_, f)| f).collect();
-        self.flows.shrink_to_fit();
+        let mut flows: Vec<Box<Flow>> = self.flows.table.drain().collect();
+        self.flows.table = HashTable::new();
         self.schedule.wheel.clear();
         flows.sort_unstable_by_key(|f| f.seq);
         flows
+    }
+}
+
+/// The flows, found by key. Flows are boxed and the table holds only the boxes: a flow's key
+/// is computed from the flow itself when a probe needs it, so a slot costs 8 bytes rather
+/// than the key's 42 and the pointer, and an ended flow leaves without a copy.
+struct Slots {
+    table: HashTable<Box<Flow>>,
+    hasher: ahash::RandomState,
+}
+
+impl Slots {
+    fn hash(&self, key: &FlowKey) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    fn get(&self, key: &FlowKey) -> Option<&Flow> {
+        let found = self.table.find(self.hash(key), |f| f.key() == *key)?;
+        Some(found)
+    }
+
+    fn get_mut(&mut self, key: &FlowKey) -> Option<&mut Flow> {
+        let found = self.table.find_mut(self.hash(key), |f| f.key() == *key)?;
+        Some(found)
+    }
+
+    fn remove(&mut self, key: &FlowKey) -> Option<Box<Flow>> {
+        let entry = self.table.find_entry(self.hash(key), |f| f.key() == *key);
+        entry.ok().map(|e| e.remove().0)
+    }
+
+    /// Adds a flow whose key is not in the table yet.
+    fn insert(&mut self, key: &FlowKey, flow: Box<Flow>) -> &mut Flow {
+        let hasher = &self.hasher;
+        let slot = self
+            .table
+            .insert_unique(hasher.hash_one(key), flow, |f| hasher.hash_one(f.key()));
+        slot.into_mut()
     }
 }
 
