@@ -159,16 +159,17 @@ impl FlowTable {
     ) {
         self.advance(ts, out);
         let key = FlowKey::of(d);
+        let hash = self.flows.hash(&key);
         // A SYN on a finished connection starts a new one (port reuse).
         let syn_only = d.tcp.is_some_and(|t| t.flags & 0x12 == 0x02);
         // The common case, a packet of a known flow, costs one lookup.
-        if let Some(flow) = self.flows.get_mut(&key)
+        if let Some(flow) = self.flows.find_mut(hash, |f| f.key() == key)
             && !(syn_only && flow.is_closed())
         {
-            self.schedule.account(key, flow, d, ts, wire_len, out);
+            self.schedule.account(key, hash, flow, d, ts, wire_len, out);
             return;
         }
-        if let Some(old) = self.flows.remove(&key) {
+        if let Some(old) = self.flows.remove(hash, |f| f.key() == key) {
             out.push(FlowEvent::Ended {
                 flow: old,
                 why: EndReason::Reused,
@@ -187,8 +188,8 @@ impl FlowTable {
         self.flows_total += 1;
         flow.next_interim = ts.plus(self.schedule.config.interim_interval);
         flow.timer_at = u64::MAX;
-        let flow = self.flows.insert(&key, flow);
-        self.schedule.account(key, flow, d, ts, wire_len, out);
+        let flow = self.flows.insert(hash, flow);
+        self.schedule.account(key, hash, flow, d, ts, wire_len, out);
     }
 
     /// Moves packet time forward, ending flows whose deadline passed.
@@ -202,15 +203,15 @@ impl FlowTable {
             if *entry.key() > now_slot {
                 break;
             }
-            let (slot, keys) = entry.remove_entry();
-            for key in keys {
-                self.check(slot, key, out);
+            let (slot, timers) = entry.remove_entry();
+            for timer in timers {
+                self.check(slot, timer, out);
             }
         }
     }
 
-    fn check(&mut self, slot: u64, key: FlowKey, out: &mut Vec<FlowEvent>) {
-        let Some(flow) = self.flows.get_mut(&key) else {
+    fn check(&mut self, slot: u64, timer: Timer, out: &mut Vec<FlowEvent>) {
+        let Some(flow) = self.flows.find_mut(timer.hash, |f| f.seq == timer.seq) else {
             return;
         };
         if flow.timer_at != slot {
@@ -224,7 +225,7 @@ impl FlowTable {
             } else {
                 EndReason::Timeout
             };
-            if let Some(flow) = self.flows.remove(&key) {
+            if let Some(flow) = self.flows.remove(timer.hash, |f| f.seq == timer.seq) {
                 out.push(FlowEvent::Ended { flow, why });
             }
             return;
@@ -233,29 +234,31 @@ impl FlowTable {
         if due <= now {
             flow.interim_records += 1;
             flow.next_interim = due.plus(self.schedule.config.interim_interval);
-            out.push(FlowEvent::Interim { key, ts: due });
+            out.push(FlowEvent::Interim {
+                key: flow.key(),
+                ts: due,
+            });
         }
         let next = end.min(flow.next_interim);
         let slot = (next.secs() + 1).max(now.secs() + 1);
         flow.timer_at = slot;
-        self.schedule.wheel.entry(slot).or_default().push(key);
+        self.schedule.wheel.entry(slot).or_default().push(timer);
     }
 
     /// Makes room by ending the flow that is next due in the wheel.
     fn evict_one(&mut self, out: &mut Vec<FlowEvent>) {
         while let Some(mut entry) = self.schedule.wheel.first_entry() {
             let slot = *entry.key();
-            let keys = entry.get_mut();
-            let Some(key) = keys.pop() else {
+            let timers = entry.get_mut();
+            let Some(timer) = timers.pop() else {
                 entry.remove();
                 continue;
             };
-            if keys.is_empty() {
+            if timers.is_empty() {
                 entry.remove();
             }
-            if self.flows.get(&key).is_some_and(|f| f.timer_at == slot)
-                && let Some(flow) = self.flows.remove(&key)
-            {
+            let due = |f: &Flow| f.seq == timer.seq && f.timer_at == slot;
+            if let Some(flow) = self.flows.remove(timer.hash, due) {
                 self.evicted_table_full += 1;
                 out.push(FlowEvent::Ended {
                     flow,
@@ -305,21 +308,26 @@ impl Slots {
     }
 
     fn get_mut(&mut self, key: &FlowKey) -> Option<&mut Flow> {
-        let found = self.table.find_mut(self.hash(key), |f| f.key() == *key)?;
+        self.find_mut(self.hash(key), |f| f.key() == *key)
+    }
+
+    /// The flow with key hash `hash` that `is` picks (by key, or by sequence number).
+    fn find_mut(&mut self, hash: u64, is: impl Fn(&Flow) -> bool) -> Option<&mut Flow> {
+        let found = self.table.find_mut(hash, |f| is(f))?;
         Some(found)
     }
 
-    fn remove(&mut self, key: &FlowKey) -> Option<Box<Flow>> {
-        let entry = self.table.find_entry(self.hash(key), |f| f.key() == *key);
+    fn remove(&mut self, hash: u64, is: impl Fn(&Flow) -> bool) -> Option<Box<Flow>> {
+        let entry = self.table.find_entry(hash, |f| is(f));
         entry.ok().map(|e| e.remove().0)
     }
 
-    /// Adds a flow whose key is not in the table yet.
-    fn insert(&mut self, key: &FlowKey, flow: Box<Flow>) -> &mut Flow {
+    /// Adds a flow whose key is not in the table yet; `hash` is its key's.
+    fn insert(&mut self, hash: u64, flow: Box<Flow>) -> &mut Flow {
         let hasher = &self.hasher;
         let slot = self
             .table
-            .insert_unique(hasher.hash_one(key), flow, |f| hasher.hash_one(f.key()));
+            .insert_unique(hash, flow, |f| hasher.hash_one(f.key()));
         slot.into_mut()
     }
 }
@@ -327,15 +335,25 @@ impl Slots {
 /// The table's timeouts and its wheel of deadlines: where each flow is due next.
 struct Schedule {
     config: FlowConfig,
-    wheel: BTreeMap<u64, Vec<FlowKey>>,
+    wheel: BTreeMap<u64, Vec<Timer>>,
+}
+
+/// A flow's entry in the wheel: its key's hash and its sequence number find it in the
+/// table, in 16 bytes rather than the 42 of its key.
+#[derive(Clone, Copy, Debug)]
+struct Timer {
+    hash: u64,
+    seq: u64,
 }
 
 impl Schedule {
     /// One packet into its flow: counters and state, the flow's place in the wheel, and what
     /// the stages after the table must hear about.
+    #[allow(clippy::too_many_arguments)]
     fn account(
         &mut self,
         key: FlowKey,
+        hash: u64,
         flow: &mut Flow,
         d: &Decoded<'_>,
         ts: Timestamp,
@@ -351,7 +369,11 @@ impl Schedule {
         let slot = due.secs() + 1;
         if slot < flow.timer_at {
             flow.timer_at = slot;
-            self.wheel.entry(slot).or_default().push(key);
+            let timer = Timer {
+                hash,
+                seq: flow.seq,
+            };
+            self.wheel.entry(slot).or_default().push(timer);
         }
         if up.resumed {
             out.push(FlowEvent::Resumed { key, from_orig, ts });
