@@ -186,7 +186,7 @@ mod tests {
     use super::*;
     use crate::detect::remote_desktop::RemoteDesktopConfig;
     use crate::detect::remote_desktop::testkit::*;
-    use crate::dissect::identify::{Details, Protocol, StunDetails, protocol};
+    use crate::dissect::identify::Details;
 
     fn label(wire: &mut Wire, key: &FlowKey, app: App, details: Details) {
         let f = wire.table.get_mut(key).unwrap();
@@ -238,18 +238,8 @@ mod tests {
         let mut rd = RemoteDesktop::new(&RemoteDesktopConfig::default());
         let mut rs = RelayService::new(&RelayServiceConfig::default());
         let mut out = Vec::new();
-        let turn = Details {
-            other: protocol(
-                Protocol::Stun,
-                StunDetails {
-                    relayed: true,
-                    ..StunDetails::default()
-                },
-            ),
-            ..Details::default()
-        };
         let key = wire.udp(T0, "10.8.0.19:50100", "192.0.2.74:3478", 20);
-        label(&mut wire, &key, App::Stun, turn);
+        label(&mut wire, &key, App::Stun, turn_details());
         rs.on_identified(
             &scope,
             &key,

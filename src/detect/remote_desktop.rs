@@ -574,10 +574,25 @@ pub(crate) mod testkit {
     use crate::accounts::Inventory;
     use crate::config::NetworkConfig;
     use crate::decode::{ACK, Decoded, PSH, Proto, SYN, Tcp};
+    use crate::dissect::identify::{Details, Protocol, StunDetails, protocol};
     use crate::flows::{FlowConfig, FlowEvent, FlowKey, FlowTable};
     use crate::geo::{Geo, GeoConfig};
     use crate::identity::Identity;
     use crate::timestamp::Timestamp;
+
+    /// The details of a STUN flow whose TURN allocation got a relayed address.
+    pub fn turn_details() -> Details {
+        Details {
+            other: protocol(
+                Protocol::Stun,
+                StunDetails {
+                    relayed: true,
+                    ..StunDetails::default()
+                },
+            ),
+            ..Details::default()
+        }
+    }
 
     use super::Scope;
 
@@ -863,7 +878,6 @@ mod tests {
     /// Media through a TURN relay beside the session: the session is relayed.
     #[test]
     fn turn_relay_beside_the_session() {
-        use crate::dissect::identify::{Details, Protocol, StunDetails, protocol};
         use testkit::*;
         let world = World::new();
         let scope = world.scope();
@@ -873,16 +887,7 @@ mod tests {
         let stun = wire.udp(T0, "10.8.0.19:50100", "192.0.2.74:3478", 20);
         let f = wire.table.get_mut(&stun).unwrap();
         f.app = Some(App::Stun);
-        f.details = Some(Box::new(Details {
-            other: protocol(
-                Protocol::Stun,
-                StunDetails {
-                    relayed: true,
-                    ..StunDetails::default()
-                },
-            ),
-            ..Details::default()
-        }));
+        f.details = Some(Box::new(turn_details()));
         rd.on_identified(&scope, &stun, wire.table.get(&stun).unwrap());
         for minute in 0..16 {
             let t = T0 + 10 * SEC + minute * MIN;

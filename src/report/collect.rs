@@ -91,18 +91,7 @@ impl Collector {
             self.events_not_kept += 1;
             return;
         }
-        if let Some(f) = &e.flow {
-            self.cited_tuples.insert((
-                f.proto.to_string(),
-                f.src_ip,
-                f.src_port,
-                f.dst_ip,
-                f.dst_port,
-            ));
-        }
-        for value in e.evidence.values() {
-            citations(value, &mut self.cited_tuples, &mut self.cited_ids);
-        }
+        event_citations(e, &mut self.cited_tuples, &mut self.cited_ids);
         self.events.push(e.clone());
     }
 
@@ -189,6 +178,23 @@ fn is_notable(r: &FlowRecord) -> bool {
     r.app
         .and_then(|a| App::ALL.iter().find(|x| x.as_str() == a))
         .is_some_and(|a| a.is_remote_desktop() || a.is_tunnel())
+}
+
+/// The flows a finding cites: its own flow, and every 5-tuple and Community ID in its
+/// evidence.
+pub fn event_citations(e: &Event, tuples: &mut HashSet<Tuple>, ids: &mut HashSet<String>) {
+    if let Some(f) = &e.flow {
+        tuples.insert((
+            f.proto.to_string(),
+            f.src_ip,
+            f.src_port,
+            f.dst_ip,
+            f.dst_port,
+        ));
+    }
+    for value in e.evidence.values() {
+        citations(value, tuples, ids);
+    }
 }
 
 /// Flows an event's evidence names: objects with a 5-tuple, and Community IDs (`1:...`).

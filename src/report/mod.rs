@@ -564,18 +564,7 @@ fn event_views(c: &Collector) -> Vec<EventView> {
         .map(|e| {
             let mut tuples = std::collections::HashSet::new();
             let mut cids = std::collections::HashSet::new();
-            if let Some(f) = &e.flow {
-                tuples.insert((
-                    f.proto.to_string(),
-                    f.src_ip,
-                    f.src_port,
-                    f.dst_ip,
-                    f.dst_port,
-                ));
-            }
-            for v in e.evidence.values() {
-                collect::citations(v, &mut tuples, &mut cids);
-            }
+            collect::event_citations(e, &mut tuples, &mut cids);
             let mut linked: BTreeSet<usize> = BTreeSet::new();
             for t in &tuples {
                 linked.extend(by_tuple.get(t).into_iter().flatten().copied());
