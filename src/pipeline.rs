@@ -366,8 +366,7 @@ impl Pipeline {
                         }
                     }
                 }
-                FlowEvent::Datagram { key, ts, bytes, .. } => {
-                    let app = self.flows.get(&key).and_then(|f| f.app);
+                FlowEvent::Datagram { app, ts, bytes, .. } => {
                     datagram(app, &mut self.names, &mut self.context.identity, ts, &bytes)
                 }
                 FlowEvent::Interim { key, .. } => {

@@ -243,6 +243,8 @@ pub struct Flow {
 /// What a packet did to its flow, for the table's bookkeeping.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Update {
+    /// The packet came from the originator.
+    pub from_orig: bool,
     pub resumed: bool,
     /// New in-order stream bytes (or a new datagram) arrived for the dissectors.
     pub new_bytes: bool,
@@ -331,6 +333,7 @@ impl Flow {
         let side = if from_orig { ORIG } else { RESP };
         self.last = self.last.max(ts);
         let mut up = Update {
+            from_orig,
             resumed: self.dir[side].observe(ts, d.payload_len, d.ip_len, wire_len, d.ttl, idle_ns),
             ..Update::default()
         };

@@ -19,6 +19,7 @@ use std::time::Duration;
 use hashbrown::HashTable;
 use serde::Deserialize;
 
+use crate::app::App;
 use crate::decode::{Decoded, Proto};
 use crate::timestamp::Timestamp;
 pub use flow::{EndReason, Flow, FlowKey, ORIG, RESP};
@@ -91,6 +92,8 @@ pub enum FlowEvent {
     /// A datagram of a flow whose every message matters (DNS, RADIUS).
     Datagram {
         key: FlowKey,
+        /// The flow's label, which says how to read the datagram.
+        app: Option<App>,
         from_orig: bool,
         ts: Timestamp,
         bytes: Vec<u8>,
@@ -361,8 +364,8 @@ impl Schedule {
         out: &mut Vec<FlowEvent>,
     ) {
         let idle_ns = self.config.idle_threshold.as_nanos() as u64;
-        let from_orig = flow.is_from_orig(d);
         let up = flow.observe(d, ts, wire_len, idle_ns);
+        let from_orig = up.from_orig;
         let due = self.deadline(flow).min(flow.next_interim);
         // Only move the flow to an earlier slot; a later deadline is found lazily when the
         // current slot comes due.
@@ -384,6 +387,7 @@ impl Schedule {
         if up.follow {
             out.push(FlowEvent::Datagram {
                 key,
+                app: flow.app,
                 from_orig,
                 ts,
                 bytes: d.payload.to_vec(),
