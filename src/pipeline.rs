@@ -12,7 +12,8 @@ use crate::config::{Config, NetworkConfig};
 use crate::decode::{Decoder, Proto};
 use crate::detect::{Detectors, Scope};
 use crate::dissect::dns::{self, NameCache};
-use crate::dissect::identify::{self, Details, Input};
+use crate::dissect::identify::{self, Details, Input, Protocol, SshDetails};
+use crate::dissect::shared::Shared;
 use crate::event::Event;
 use crate::flows::flow::{ORIG, RESP};
 use crate::flows::record::FlowRecord;
@@ -96,6 +97,8 @@ pub struct Pipeline {
     decoder: Decoder,
     flows: FlowTable,
     names: NameCache,
+    /// SSH details shared by the sessions of the same software.
+    shared_ssh: Shared<SshDetails>,
     context: Context,
     network: NetworkConfig,
     detectors: Detectors,
@@ -131,6 +134,7 @@ impl Pipeline {
             decoder: Decoder::new(MAX_FRAGMENT_SETS, FRAGMENT_TIMEOUT),
             flows: FlowTable::new(config.flows.clone()),
             names: NameCache::new(DNS_CACHE_ENTRIES),
+            shared_ssh: Shared::new(),
             context,
             network: config.network.clone(),
             detectors: Detectors::new(config),
@@ -329,7 +333,12 @@ impl Pipeline {
         let mut pending = std::mem::take(&mut self.pending);
         for ev in pending.drain(..) {
             match ev {
-                FlowEvent::Resumed { key, from_orig, ts } => {
+                FlowEvent::Resumed {
+                    key,
+                    from_orig,
+                    ts,
+                    prev,
+                } => {
                     if let Some(flow) = self.flows.get(&key) {
                         let scope = scope!(self);
                         self.detectors.on_resume(
@@ -338,6 +347,7 @@ impl Pipeline {
                             flow,
                             from_orig,
                             ts,
+                            prev,
                             &mut self.findings,
                         );
                     }
@@ -349,6 +359,7 @@ impl Pipeline {
                         identify_flow(
                             flow,
                             &mut self.names,
+                            &mut self.shared_ssh,
                             &mut self.context.identity,
                             &mut self.stats,
                             ts,
@@ -391,6 +402,7 @@ impl Pipeline {
                         identify_flow(
                             &mut flow,
                             &mut self.names,
+                            &mut self.shared_ssh,
                             &mut self.context.identity,
                             &mut self.stats,
                             ts,
@@ -487,10 +499,12 @@ impl Pipeline {
 }
 
 /// Identifies `flow` from its reassembled prefixes; once settled (or `ending`), frees the
-/// buffers and counts the label. DNS answers seen on the way feed the name cache.
+/// buffers, shares its SSH details with flows of the same software and counts the label.
+/// DNS answers seen on the way feed the name cache.
 fn identify_flow(
     flow: &mut Flow,
     names: &mut NameCache,
+    shared_ssh: &mut Shared<SshDetails>,
     identity: &mut Identity,
     stats: &mut Stats,
     ts: Timestamp,
@@ -515,7 +529,14 @@ fn identify_flow(
     let follow = flow.proto == Proto::Udp && matches!(id.app, Some(App::Dns) | Some(App::Radius));
     flow.app = id.app;
     // Most flows carry no protocol details: they cost no allocation.
-    flow.details = (!id.details.is_empty()).then(|| Box::new(id.details));
+    let mut details = id.details;
+    if id.done
+        && !ending
+        && let Some(Protocol::Ssh(ssh)) = details.other.as_mut()
+    {
+        *ssh = shared_ssh.share(Arc::clone(ssh));
+    }
+    flow.details = (!details.is_empty()).then(|| Box::new(details));
     if id.done || ending {
         if follow {
             // The datagrams seen so far; later ones arrive as they come.
@@ -604,4 +625,97 @@ fn flow_record(
     (record.resp_country, record.resp_asn) = context.geo.country_asn(flow.resp.0);
     (record.orig_country, record.orig_asn) = context.geo.country_asn(flow.orig.0);
     record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{ACK, Decoded, PSH, Tcp};
+    use crate::flows::{FlowConfig, FlowKey};
+
+    /// One TCP segment carrying `payload` from `src` to `dst`.
+    fn segment<'a>(src: &str, dst: &str, seq: u32, payload: &'a [u8]) -> Decoded<'a> {
+        let (s, d): (std::net::SocketAddr, std::net::SocketAddr) =
+            (src.parse().unwrap(), dst.parse().unwrap());
+        Decoded {
+            src: s.ip(),
+            dst: d.ip(),
+            proto: Proto::Tcp,
+            src_port: s.port(),
+            dst_port: d.port(),
+            tcp: Some(Tcp {
+                flags: ACK | PSH,
+                seq,
+                ack: 0,
+                window: 1000,
+                mss: None,
+            }),
+            payload,
+            payload_len: payload.len() as u32,
+            ip_len: 40 + payload.len() as u32,
+            ttl: 64,
+            tunnel: None,
+        }
+    }
+
+    /// Sessions of the same SSH software keep one copy of their details once dissection
+    /// is over (banners and fingerprints are the fleet's, not the session's); other
+    /// software gets its own.
+    #[test]
+    fn finished_ssh_sessions_share_their_details() {
+        let mut table = FlowTable::new(FlowConfig::default());
+        let mut names = NameCache::new(16);
+        let mut shared = Shared::new();
+        let mut identity = Identity::new(Arc::new(Inventory::default()));
+        let mut stats = Stats::default();
+        let server = "203.0.113.22:22";
+        let mut details = Vec::new();
+        for (i, client_banner) in [
+            &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
+            b"SSH-2.0-OpenSSH_9.6\r\n",
+            b"SSH-2.0-PuTTY_0.81\r\n",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let client = format!("10.8.0.{}:40000", i + 1);
+            let ts = Timestamp(i as u64 * 1_000_000_000);
+            let mut events = Vec::new();
+            // Banners, then the client's keystrokes where its KEXINIT would be: the SSH
+            // parser has its answer, and the flow is dissected.
+            for (src, dst, seq, bytes) in [
+                (server, client.as_str(), 1, &b"SSH-2.0-OpenSSH_9.6\r\n"[..]),
+                (client.as_str(), server, 1, client_banner),
+                (
+                    client.as_str(),
+                    server,
+                    1 + client_banner.len() as u32,
+                    &[0x41; 36][..],
+                ),
+                (server, client.as_str(), 22, &[0x42; 36][..]),
+            ] {
+                table.process(ts, &segment(src, dst, seq, bytes), 100, &mut events);
+            }
+            let key = FlowKey::of(&segment(&client, server, 0, b""));
+            let flow = table.get_mut(&key).unwrap();
+            identify_flow(
+                flow,
+                &mut names,
+                &mut shared,
+                &mut identity,
+                &mut stats,
+                ts,
+                false,
+            );
+            assert!(flow.dissected);
+            match flow.details.as_deref().and_then(|d| d.other.clone()) {
+                Some(Protocol::Ssh(ssh)) => details.push(ssh),
+                other => panic!("no SSH details: {other:?}"),
+            }
+        }
+        assert_eq!(details[0].client.as_deref(), Some("SSH-2.0-OpenSSH_9.6"));
+        assert!(Arc::ptr_eq(&details[0], &details[1]));
+        assert!(!Arc::ptr_eq(&details[0], &details[2]));
+        assert_eq!(shared.len(), 2);
+    }
 }

@@ -92,7 +92,9 @@ impl Detectors {
         &self.config
     }
 
-    /// One direction of `flow` became active after being idle.
+    /// One direction of `flow` became active after being idle; its previous ON period
+    /// started at `prev`.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_resume(
         &mut self,
         scope: &Scope<'_>,
@@ -100,12 +102,13 @@ impl Detectors {
         flow: &Flow,
         from_orig: bool,
         ts: Timestamp,
+        prev: Option<Timestamp>,
         out: &mut Vec<Event>,
     ) {
         self.rtt_distance.on_flow(scope, flow, ts, out);
         self.off_hours.on_resume(scope, flow, from_orig, ts, out);
         self.stepping_stone
-            .on_resume(scope, key, flow, from_orig, ts, out);
+            .on_resume(scope, key, flow, ts, prev, out);
     }
 
     /// `flow` got its application label.

@@ -204,7 +204,7 @@ mod tests {
         let mut out = Vec::new();
         let relay = Details {
             relay: true,
-            tool_evidence: Some("sni"),
+            tool_evidence: Some(crate::dissect::identify::Evidence::Sni),
             ..Details::default()
         };
         for port in ["10.8.0.19:50000", "10.8.0.19:50001"] {

@@ -77,51 +77,35 @@ impl Default for SteppingStoneConfig {
     }
 }
 
-/// Resumes of one direction: how many, the latest and the one before.
-#[derive(Clone, Copy, Debug, Default)]
-struct Endpoint {
-    count: u32,
-    last: Timestamp,
-    prev: Timestamp,
-}
-
-impl Endpoint {
-    fn resume(&mut self, ts: Timestamp) {
-        self.prev = self.last;
-        self.last = ts;
-        self.count = self.count.saturating_add(1);
-    }
-
-    /// The resume before the latest, once there has been one.
-    fn prev(&self) -> Option<Timestamp> {
-        (self.count >= 2).then_some(self.prev)
-    }
-}
-
-/// A followed flow. Up to `max_flows` are kept, so it holds only what the key does not:
-/// 56 bytes.
-#[derive(Clone, Debug)]
-struct FlowState {
-    dirs: [Endpoint; 2],
-    app: Option<App>,
+/// A resume waiting for partners at a host, with what the pair check needs of its flow as
+/// it was then. The flow's own activity counts its resumes and remembers the previous one,
+/// so the detector keeps nothing per flow: its memory is the resumes of the last `delta`
+/// and the pairs.
+#[derive(Clone, Copy, Debug)]
+struct Recent {
+    ts: Timestamp,
+    /// The resume before this one, of the same direction.
+    prev: Option<Timestamp>,
+    key: FlowKey,
     /// The key's lower end is the originator.
     orig_is_lo: bool,
+    app: Option<App>,
+    /// Resumes of the flow, both directions, this one included.
+    resumes: u32,
+    /// The host is the flow's responder (the flow comes in).
+    inbound: bool,
 }
 
-impl FlowState {
-    fn resumes(&self) -> u32 {
-        self.dirs[0].count.saturating_add(self.dirs[1].count)
-    }
-
+impl Recent {
     /// The flow as events name it, originator first.
-    fn flow_ref(&self, key: &FlowKey) -> FlowRef {
+    fn flow_ref(&self) -> FlowRef {
         let (src, dst) = if self.orig_is_lo {
-            (key.lo, key.hi)
+            (self.key.lo, self.key.hi)
         } else {
-            (key.hi, key.lo)
+            (self.key.hi, self.key.lo)
         };
         FlowRef {
-            proto: key.proto.as_str(),
+            proto: self.key.proto.as_str(),
             src_ip: src.0,
             src_port: src.1,
             dst_ip: dst.0,
@@ -137,26 +121,17 @@ struct Pair {
     reported: bool,
 }
 
-/// A resume waiting for partners at a host.
-#[derive(Clone, Copy, Debug)]
-struct Recent {
-    ts: Timestamp,
-    key: FlowKey,
-    dir: usize,
-    /// The host is the flow's responder (the flow comes in).
-    inbound: bool,
-}
-
 /// Resumes kept per host; more inside one `delta` are dropped.
 const MAX_RECENT: usize = 64;
 
 pub struct SteppingStone {
     config: SteppingStoneConfig,
-    flows: BTreeMap<FlowKey, FlowState>,
     recent: BTreeMap<IpAddr, VecDeque<Recent>>,
     /// (inbound flow, outbound flow) → counters.
     pairs: BTreeMap<(FlowKey, FlowKey), Pair>,
-    /// Flows and pairs not followed because the tables were full.
+    /// Pairs each flow is in, so an ending flow takes its pairs along.
+    paired: BTreeMap<FlowKey, u32>,
+    /// Resumes and pairs not followed because the tables were full.
     pub dropped: u64,
 }
 
@@ -164,9 +139,9 @@ impl SteppingStone {
     pub fn new(config: &SteppingStoneConfig) -> SteppingStone {
         SteppingStone {
             config: config.clone(),
-            flows: BTreeMap::new(),
             recent: BTreeMap::new(),
             pairs: BTreeMap::new(),
+            paired: BTreeMap::new(),
             dropped: 0,
         }
     }
@@ -190,35 +165,42 @@ impl SteppingStone {
         }
     }
 
+    /// One direction of `flow` resumed at `ts`; its previous resume was `prev`.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_resume(
         &mut self,
         scope: &Scope<'_>,
         key: &FlowKey,
         flow: &Flow,
-        from_orig: bool,
         ts: Timestamp,
+        prev: Option<Timestamp>,
         out: &mut Vec<Event>,
     ) {
         if !self.interactive(flow) {
             return;
         }
-        if !self.flows.contains_key(key) && self.flows.len() >= self.config.max_flows {
-            self.dropped += 1;
-            return;
-        }
-        let dir = usize::from(!from_orig);
-        let st = self.flows.entry(*key).or_insert_with(|| FlowState {
-            dirs: [Endpoint::default(); 2],
-            app: flow.app,
-            orig_is_lo: flow.orig <= flow.resp,
-        });
-        st.dirs[dir].resume(ts);
         let delta = self.config.delta.as_nanos() as u64;
         for (host, inbound) in [(flow.resp.0, true), (flow.orig.0, false)] {
             if !scope.network.is_inside(host) {
                 continue;
             }
-            let mut queue = self.recent.remove(&host).unwrap_or_default();
+            let now = Recent {
+                ts,
+                prev,
+                key: *key,
+                orig_is_lo: flow.orig <= flow.resp,
+                app: flow.app,
+                resumes: flow.dir[0].resumes.saturating_add(flow.dir[1].resumes),
+                inbound,
+            };
+            let mut queue = match self.recent.remove(&host) {
+                Some(queue) => queue,
+                None if self.room_for_a_host(ts) => VecDeque::new(),
+                None => {
+                    self.dropped += 1;
+                    continue;
+                }
+            };
             while queue
                 .front()
                 .is_some_and(|r| ts.0.saturating_sub(r.ts.0) > delta)
@@ -229,80 +211,64 @@ impl SteppingStone {
                 if r.key == *key || r.inbound == inbound {
                     continue;
                 }
-                let (k_in, k_out) = if inbound {
-                    (*key, r.key)
-                } else {
-                    (r.key, *key)
-                };
-                self.coincide(
-                    scope,
-                    host,
-                    (k_in, k_out),
-                    (r.key, r.dir),
-                    (*key, dir),
-                    ts,
-                    out,
-                );
+                let pair = if inbound { (&now, r) } else { (r, &now) };
+                self.coincide(scope, host, pair, r, &now, out);
             }
             if queue.len() >= MAX_RECENT {
                 queue.pop_front();
             }
-            queue.push_back(Recent {
-                ts,
-                key: *key,
-                dir,
-                inbound,
-            });
-            if self.recent.len() >= self.config.max_flows {
-                // Queues older than `delta` can pair with nothing: let them go.
-                self.recent.retain(|_, q| {
-                    q.back()
-                        .is_some_and(|r| ts.0.saturating_sub(r.ts.0) <= delta)
-                });
-            }
+            queue.push_back(now);
             self.recent.insert(host, queue);
         }
     }
 
-    /// Endpoint `second` resumed within `delta` after `first`, at `host`.
-    #[allow(clippy::too_many_arguments)]
+    /// Whether one more host's queue fits; queues older than `delta` can pair with nothing
+    /// and go first.
+    fn room_for_a_host(&mut self, ts: Timestamp) -> bool {
+        if self.recent.len() >= self.config.max_flows {
+            let delta = self.config.delta.as_nanos() as u64;
+            self.recent.retain(|_, q| {
+                q.back()
+                    .is_some_and(|r| ts.0.saturating_sub(r.ts.0) <= delta)
+            });
+        }
+        self.recent.len() < self.config.max_flows
+    }
+
+    /// Resume `second` came within `delta` after `first` at `host`; `pair` is the same two,
+    /// inbound flow first.
     fn coincide(
         &mut self,
         scope: &Scope<'_>,
         host: IpAddr,
-        pair: (FlowKey, FlowKey),
-        first: (FlowKey, usize),
-        second: (FlowKey, usize),
-        ts: Timestamp,
+        pair: (&Recent, &Recent),
+        first: &Recent,
+        second: &Recent,
         out: &mut Vec<Event>,
     ) {
-        let (Some(a), Some(b)) = (self.flows.get(&pair.0), self.flows.get(&pair.1)) else {
-            return;
-        };
-        let (a_flow, b_flow) = (a.flow_ref(&pair.0), b.flow_ref(&pair.1));
-        let (a_app, b_app) = (a.app, b.app);
-        let (a_resumes, b_resumes) = (a.resumes(), b.resumes());
+        let (a, b) = pair;
+        let (a_flow, b_flow) = (a.flow_ref(), b.flow_ref());
         // Back to where the session came from is not a chain.
         if a_flow.src_ip == b_flow.dst_ip {
             return;
         }
-        let prev = |k: (FlowKey, usize)| {
-            self.flows
-                .get(&k.0)
-                .and_then(|s| s.dirs.get(k.1))
-                .and_then(Endpoint::prev)
-        };
         let delta = self.config.delta.as_nanos() as u64;
-        let in_row = match (prev(first), prev(second)) {
+        let in_row = match (first.prev, second.prev) {
             (Some(p1), Some(p2)) => p2 >= p1 && p2.0 - p1.0 <= delta,
             _ => false,
         };
-        let min_resumes = a_resumes.min(b_resumes);
-        if !self.pairs.contains_key(&pair) && self.pairs.len() >= self.config.max_pairs {
-            self.dropped += 1;
-            return;
+        let min_resumes = a.resumes.min(b.resumes);
+        let keys = (a.key, b.key);
+        if !self.pairs.contains_key(&keys) {
+            if self.pairs.len() >= self.config.max_pairs {
+                self.dropped += 1;
+                return;
+            }
+            for k in [a.key, b.key] {
+                *self.paired.entry(k).or_default() += 1;
+            }
         }
-        let p = self.pairs.entry(pair).or_default();
+        let p = self.pairs.entry(keys).or_default();
         p.hits = p.hits.saturating_add(1);
         if in_row {
             p.consecutive = p.consecutive.saturating_add(1);
@@ -333,7 +299,7 @@ impl SteppingStone {
             )
         };
         let mut e = Event::new(
-            ts,
+            second.ts,
             Kind::RelayChain,
             "stepping_stone",
             severity,
@@ -341,7 +307,7 @@ impl SteppingStone {
         );
         e.host = Some(host);
         e.flow = Some(b_flow.clone());
-        e.app = b_app;
+        e.app = b.app;
         e.summary = format!(
             "{host} relays an interactive session: activity arriving from {from} is followed within {} ms by activity toward {}",
             c.delta.as_millis(),
@@ -349,12 +315,12 @@ impl SteppingStone {
         );
         e = e
             .evidence("inbound_flow", show(&a_flow))
-            .evidence("inbound_app", serde_json::json!(a_app))
+            .evidence("inbound_app", serde_json::json!(a.app))
             .evidence("outbound_flow", show(&b_flow))
             .evidence("hits", p.hits)
             .evidence("consecutive_hits", p.consecutive)
-            .evidence("resumes_inbound", a_resumes)
-            .evidence("resumes_outbound", b_resumes)
+            .evidence("resumes_inbound", a.resumes)
+            .evidence("resumes_outbound", b.resumes)
             .evidence("ratio", round2(ratio))
             .evidence("delta_ms", c.delta.as_millis() as u64);
         let e = with_place(scope, e, "source", from);
@@ -363,9 +329,24 @@ impl SteppingStone {
 
     pub fn on_end(&mut self, flow: &Flow) {
         let key = flow.key();
-        if self.flows.remove(&key).is_some() {
-            self.pairs.retain(|(a, b), _| *a != key && *b != key);
+        if self.paired.remove(&key).is_none() {
+            return;
         }
+        let paired = &mut self.paired;
+        self.pairs.retain(|(a, b), _| {
+            let partner = match (*a == key, *b == key) {
+                (true, _) => b,
+                (_, true) => a,
+                _ => return true,
+            };
+            if let Some(n) = paired.get_mut(partner) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    paired.remove(partner);
+                }
+            }
+            false
+        });
     }
 }
 
@@ -374,12 +355,6 @@ mod tests {
     use super::*;
     use crate::detect::remote_desktop::testkit::*;
     use crate::flows::FlowEvent;
-
-    /// Up to `max_flows` states are kept: their size is a memory budget.
-    #[test]
-    fn a_followed_flow_costs_56_bytes() {
-        assert!(std::mem::size_of::<FlowState>() <= 56);
-    }
 
     /// Feeds the table's resume events to the detector, labelling flows `app`.
     fn drain_as(
@@ -390,12 +365,12 @@ mod tests {
         out: &mut Vec<Event>,
     ) {
         for ev in std::mem::take(&mut wire.events) {
-            if let FlowEvent::Resumed { key, from_orig, ts } = ev
+            if let FlowEvent::Resumed { key, ts, prev, .. } = ev
                 && let Some(f) = wire.table.get_mut(&key)
             {
                 f.app = app;
                 let f = wire.table.get(&key).unwrap();
-                ss.on_resume(scope, &key, f, from_orig, ts, out);
+                ss.on_resume(scope, &key, f, ts, prev, out);
             }
         }
     }
@@ -523,7 +498,62 @@ mod tests {
         wire.tcp(T0, IN_C, HOST_IN, 36);
         wire.tcp(T0 + MS, HOST_OUT, TARGET, 36);
         drain(&mut wire, &mut ss, &scope, &mut out);
-        assert_eq!(ss.flows.len(), 1);
+        // The host in the middle has its queue; the target, a second host, did not fit.
+        assert_eq!(ss.recent.len(), 1);
         assert_eq!(ss.dropped, 1);
+    }
+
+    /// The pairs of a flow leave with it; its partner's other pairs stay.
+    #[test]
+    fn an_ending_flow_takes_its_pairs_along() {
+        let world = World::new();
+        let scope = world.scope();
+        let mut wire = Wire::new();
+        let mut ss = SteppingStone::new(&SteppingStoneConfig::default());
+        let mut out = Vec::new();
+        const TARGET2: &str = "10.20.0.31:22";
+        const HOST_OUT2: &str = "10.8.0.14:50002";
+        for t in typing(1).into_iter().take(5) {
+            wire.tcp(t, IN_C, HOST_IN, 36);
+            wire.tcp(t + 2 * MS, HOST_OUT, TARGET, 36);
+            wire.tcp(t + 4 * MS, HOST_OUT2, TARGET2, 36);
+            drain(&mut wire, &mut ss, &scope, &mut out);
+        }
+        assert_eq!(ss.pairs.len(), 2);
+        assert_eq!(ss.paired.len(), 3);
+        let key = |a: &str, b: &str| {
+            let (a, b): (std::net::SocketAddr, std::net::SocketAddr) =
+                (a.parse().unwrap(), b.parse().unwrap());
+            FlowKey::new(Proto::Tcp, (a.ip(), a.port()), (b.ip(), b.port()))
+        };
+        let out1 = wire.table.get(&key(HOST_OUT, TARGET)).unwrap();
+        ss.on_end(out1);
+        assert_eq!(ss.pairs.len(), 1);
+        assert_eq!(ss.paired.len(), 2);
+        let inbound = wire.table.get(&key(IN_C, HOST_IN)).unwrap();
+        ss.on_end(inbound);
+        assert!(ss.pairs.is_empty() && ss.paired.is_empty());
+    }
+
+    /// Many typed flows at one host: the detector holds the resumes of the last `delta`,
+    /// at most `MAX_RECENT` of them, and nothing for each flow.
+    #[test]
+    fn state_is_the_last_delta_not_the_flows() {
+        let world = World::new();
+        let scope = world.scope();
+        let mut wire = Wire::new();
+        let mut ss = SteppingStone::new(&SteppingStoneConfig::default());
+        let mut out = Vec::new();
+        for i in 0..1000u64 {
+            let client = format!("192.0.2.{}:{}", 1 + i % 200, 40000 + i);
+            wire.tcp(T0 + i * MS, &client, HOST_IN, 36);
+            drain(&mut wire, &mut ss, &scope, &mut out);
+        }
+        assert_eq!(ss.recent.len(), 1);
+        assert_eq!(
+            ss.recent.values().map(VecDeque::len).sum::<usize>(),
+            MAX_RECENT
+        );
+        assert!(ss.pairs.is_empty());
     }
 }

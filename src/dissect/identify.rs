@@ -7,6 +7,8 @@
 //! bytes arrive (the prefix is a few KB, so this is cheap) until every parser that applies
 //! has an answer; then the flow's buffers are freed and it costs only counters.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::app::App;
@@ -45,10 +47,36 @@ pub fn boxed<T>(value: T) -> Option<Box<T>> {
 pub struct Details {
     pub tls: Option<Box<TlsDetails>>,
     pub other: Option<Protocol>,
-    /// What named the remote-access tool: "sni", "dns_name", "cert_name", "alpn", "payload".
-    pub tool_evidence: Option<&'static str>,
+    /// What named the remote-access tool.
+    pub tool_evidence: Option<Evidence>,
     /// The flow goes to a remote-access vendor's relay or broker, not to the peer itself.
     pub relay: bool,
+}
+
+/// What named a remote-access tool; a byte where a string reference took 16 (every
+/// identified flow carries one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Evidence {
+    Sni,
+    Alpn,
+    CertName,
+    HttpHost,
+    DnsName,
+    Payload,
+}
+
+impl Evidence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Evidence::Sni => "sni",
+            Evidence::Alpn => "alpn",
+            Evidence::CertName => "cert_name",
+            Evidence::HttpHost => "http_host",
+            Evidence::DnsName => "dns_name",
+            Evidence::Payload => "payload",
+        }
+    }
 }
 
 /// The details of the protocol besides TLS, each boxed so the enum stays small.
@@ -57,7 +85,8 @@ pub enum Protocol {
     Quic(Box<QuicDetails>),
     Dns(Box<DnsDetails>),
     Http(Box<HttpDetails>),
-    Ssh(Box<SshDetails>),
+    /// Shared: flows of the same software point at one copy (see [`super::shared`]).
+    Ssh(Arc<SshDetails>),
     Rdp(Box<RdpDetails>),
     Rfb(Box<rfb::Session>),
     Socks(Box<SocksDetails>),
@@ -117,9 +146,10 @@ pub struct HttpDetails {
     pub connect: bool,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, Hash)]
 pub struct SshDetails {
-    // Boxed strings: one of these stays with every SSH flow until it ends.
+    // Boxed strings, and the whole shared once dissection is over: one of these stays with
+    // every SSH flow until it ends.
     pub client: Option<Box<str>>,
     pub server: Option<Box<str>>,
     pub hassh: Option<Box<str>>,
@@ -266,7 +296,7 @@ pub fn identify(input: &Input<'_>) -> Identification {
             });
         if let Some(app) = by_bytes {
             id.app = Some(app);
-            id.details.tool_evidence = Some("payload");
+            id.details.tool_evidence = Some(Evidence::Payload);
         }
     }
     let all_closed = match input.proto {
@@ -431,7 +461,7 @@ fn ssh_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) ->
     if let Some(Ok(k)) = &sk {
         d.hassh_server = Some(ssh::hassh(k, false).1.into());
     }
-    id.details.other = protocol(Protocol::Ssh, d);
+    id.details.other = Some(Protocol::Ssh(Arc::new(d)));
     let settled = |k: &Option<crate::dissect::Result<ssh::KexInit>>, closed: bool| match k {
         Some(r) => found(r, closed) != Found::Partial,
         None => closed,
@@ -746,7 +776,7 @@ fn names(input: &Input<'_>, id: &mut Identification) {
         Some(Protocol::Http(h)) => (None, Some(h)),
         _ => (None, None),
     };
-    let mut candidates: Vec<(NameKind, &str, &'static str)> = Vec::new();
+    let mut candidates: Vec<(NameKind, &str, Evidence)> = Vec::new();
     for sni in [
         tls.and_then(|t| t.sni.as_deref()),
         quic.and_then(|q| q.sni.as_deref()),
@@ -754,21 +784,25 @@ fn names(input: &Input<'_>, id: &mut Identification) {
     .into_iter()
     .flatten()
     {
-        candidates.push((NameKind::Sni, sni, "sni"));
+        candidates.push((NameKind::Sni, sni, Evidence::Sni));
     }
     for alpn in tls.map(|t| t.alpn.as_slice()).unwrap_or_default() {
-        candidates.push((NameKind::Alpn, alpn, "alpn"));
+        candidates.push((NameKind::Alpn, alpn, Evidence::Alpn));
     }
     if let Some(t) = tls {
         for name in t.cert_subject.iter().chain(t.cert_san.iter()) {
-            candidates.push((NameKind::CertName, name, "cert_name"));
+            candidates.push((NameKind::CertName, name, Evidence::CertName));
         }
     }
     if let Some(h) = http.and_then(|h| h.host.as_deref()) {
-        candidates.push((NameKind::Sni, h.split(':').next().unwrap_or(h), "http_host"));
+        candidates.push((
+            NameKind::Sni,
+            h.split(':').next().unwrap_or(h),
+            Evidence::HttpHost,
+        ));
     }
     if let Some(n) = input.dns_name {
-        candidates.push((NameKind::DnsName, n, "dns_name"));
+        candidates.push((NameKind::DnsName, n, Evidence::DnsName));
     }
     let hit = candidates.iter().find_map(|(kind, name, what)| {
         // A certificate subject is a DN: try its CN and O values.
@@ -854,7 +888,7 @@ mod tests {
         let mut id = Identification::default();
         names(&input(Some("router7.teamviewer.com")), &mut id);
         assert_eq!(id.app, Some(App::Teamviewer));
-        assert_eq!(id.details.tool_evidence, Some("dns_name"));
+        assert_eq!(id.details.tool_evidence, Some(Evidence::DnsName));
     }
 
     /// The first datagram of zeek-spicy-analyzers' tailscale_linux.pcap, header only

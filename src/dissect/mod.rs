@@ -26,6 +26,7 @@ pub mod quic;
 pub mod radius;
 pub mod rdp;
 pub mod rfb;
+pub mod shared;
 pub mod socks;
 pub mod ssh;
 pub mod stun;

@@ -8,31 +8,6 @@ use serde::Serialize;
 
 use crate::timestamp::Timestamp;
 
-/// Running mean and variance (Welford), so statistics cost 16 bytes, not a sample list. The
-/// count is the owner's (a direction already counts its data packets and resumes).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Moments {
-    pub mean: f64,
-    m2: f64,
-}
-
-impl Moments {
-    /// Adds `x` as the `n`th sample.
-    pub fn add(&mut self, x: f64, n: u64) {
-        let d = x - self.mean;
-        self.mean += d / n.max(1) as f64;
-        self.m2 += d * (x - self.mean);
-    }
-
-    pub fn stddev(&self, n: u64) -> f64 {
-        if n < 2 {
-            0.0
-        } else {
-            (self.m2 / (n - 1) as f64).sqrt()
-        }
-    }
-}
-
 /// Payload sizes at or below this are input-sized (keystrokes, mouse moves, acks).
 pub const SMALL_PAYLOAD: u32 = 100;
 /// Payload sizes at or above this are bulk-sized (screen updates, file data).
@@ -55,19 +30,26 @@ pub struct Activity {
     pub max_payload: u16,
     /// Idle→active transitions.
     pub resumes: u32,
-    /// First and latest data packet; meaningful once `data_pkts > 0` (see the accessors).
+    /// First and latest data packet, and the start of the current ON period; meaningful
+    /// once `data_pkts > 0` (see the accessors).
     first_data_ts: Timestamp,
     last_data_ts: Timestamp,
-    /// Time spent inside ON periods.
+    on_since: Timestamp,
+    /// Time spent inside ON periods: the sum of the gaps between data packets inside them,
+    /// so the mean gap is `active_ns / gap_count()` and needs no running statistic.
     pub active_ns: u64,
-    pub sizes: Moments,
-    /// Gaps between data packets inside ON periods, in seconds.
-    pub gaps: Moments,
     pub min_ttl: u8,
 }
 
+/// A data packet after at least `idle` of silence: an ON period starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// When the previous ON period of this direction started; `None` for the first.
+    pub prev: Option<Timestamp>,
+}
+
 impl Activity {
-    /// Counts one packet; returns true when it starts an ON period.
+    /// Counts one packet; says so when it starts an ON period.
     pub fn observe(
         &mut self,
         ts: Timestamp,
@@ -76,7 +58,7 @@ impl Activity {
         wire_len: u32,
         ttl: u8,
         idle_ns: u64,
-    ) -> bool {
+    ) -> Option<Resume> {
         self.pkts += 1;
         self.bytes += payload_len as u64;
         self.ip_bytes += ip_len as u64;
@@ -87,7 +69,7 @@ impl Activity {
             self.min_ttl.min(ttl)
         };
         if payload_len == 0 {
-            return false;
+            return None;
         }
         self.data_pkts += 1;
         let clamped = u16::try_from(payload_len).unwrap_or(u16::MAX);
@@ -98,7 +80,6 @@ impl Activity {
         if payload_len >= LARGE_PAYLOAD {
             self.large_pkts += 1;
         }
-        self.sizes.add(payload_len as f64, self.data_pkts);
         // Counted already: the previous data packet exists when this is not the first.
         let previous = (self.data_pkts > 1).then_some(self.last_data_ts);
         let resumed = match previous {
@@ -109,8 +90,6 @@ impl Activity {
                     true
                 } else {
                     self.active_ns += gap;
-                    // This packet is counted, and is no resume: it is gap number `gap_count`.
-                    self.gaps.add(gap as f64 / 1e9, self.gap_count());
                     false
                 }
             }
@@ -119,10 +98,13 @@ impl Activity {
             self.first_data_ts = ts;
         }
         self.last_data_ts = ts;
-        if resumed {
-            self.resumes += 1;
+        if !resumed {
+            return None;
         }
-        resumed
+        let prev = previous.map(|_| self.on_since);
+        self.on_since = ts;
+        self.resumes += 1;
+        Some(Resume { prev })
     }
 
     /// The first data packet's time.
@@ -146,10 +128,10 @@ impl Activity {
             small_pkts: self.small_pkts,
             large_pkts: self.large_pkts,
             max_payload: u32::from(self.max_payload),
-            mean_payload: round2(self.sizes.mean),
+            mean_payload: round2(mean(self.bytes as f64, self.data_pkts)),
             resumes: self.resumes,
             active_s: round2(self.active_ns as f64 / 1e9),
-            mean_gap_ms: round2(self.gaps.mean * 1e3),
+            mean_gap_ms: round2(mean(self.active_ns as f64 / 1e6, self.gap_count())),
         }
     }
 }
@@ -165,6 +147,11 @@ pub struct ActivitySummary {
     pub resumes: u32,
     pub active_s: f64,
     pub mean_gap_ms: f64,
+}
+
+/// `sum / n`, or 0 with nothing to average.
+fn mean(sum: f64, n: u64) -> f64 {
+    if n == 0 { 0.0 } else { sum / n as f64 }
 }
 
 pub fn round2(x: f64) -> f64 {
@@ -184,11 +171,17 @@ mod tests {
     #[test]
     fn resumes_after_idle_only() {
         let mut a = Activity::default();
-        assert!(a.observe(ms(0), 10, 50, 64, 64, IDLE));
-        assert!(!a.observe(ms(100), 10, 50, 64, 64, IDLE));
+        assert_eq!(
+            a.observe(ms(0), 10, 50, 64, 64, IDLE),
+            Some(Resume { prev: None })
+        );
+        assert_eq!(a.observe(ms(100), 10, 50, 64, 64, IDLE), None);
         // A pure ACK neither resumes nor ends an ON period.
-        assert!(!a.observe(ms(900), 0, 40, 54, 64, IDLE));
-        assert!(a.observe(ms(700), 1400, 1440, 1454, 60, IDLE));
+        assert_eq!(a.observe(ms(900), 0, 40, 54, 64, IDLE), None);
+        assert_eq!(
+            a.observe(ms(700), 1400, 1440, 1454, 60, IDLE),
+            Some(Resume { prev: Some(ms(0)) })
+        );
         assert_eq!(a.resumes, 2);
         assert_eq!(a.active_ns, 100_000_000);
         assert_eq!(a.small_pkts, 2);
@@ -200,6 +193,8 @@ mod tests {
             (Some(ms(0)), Some(ms(700)))
         );
         assert_eq!(a.gap_count(), 1);
+        let s = a.summary();
+        assert_eq!((s.mean_payload, s.mean_gap_ms), (473.33, 100.0));
     }
 
     #[test]
@@ -213,21 +208,12 @@ mod tests {
     #[test]
     fn a_direction_without_data_has_no_data_times() {
         let mut a = Activity::default();
-        assert!(!a.observe(ms(5), 0, 40, 54, 64, IDLE));
+        assert_eq!(a.observe(ms(5), 0, 40, 54, 64, IDLE), None);
         assert_eq!((a.first_data(), a.last_data()), (None, None));
         assert_eq!(a.gap_count(), 0);
-    }
-
-    #[test]
-    fn moments_match_textbook_values() {
-        let mut m = Moments::default();
-        for (i, x) in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]
-            .into_iter()
-            .enumerate()
-        {
-            m.add(x, i as u64 + 1);
-        }
-        assert_eq!(m.mean, 5.0);
-        assert!((m.stddev(8) - 2.138).abs() < 0.001);
+        assert_eq!(
+            (a.summary().mean_payload, a.summary().mean_gap_ms),
+            (0.0, 0.0)
+        );
     }
 }

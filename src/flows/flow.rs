@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use crate::app::App;
 use crate::decode::{ACK, Decoded, FIN, Proto, RST, SYN, Tunnel};
 use crate::dissect::identify::Details;
-use crate::flows::activity::Activity;
+use crate::flows::activity::{Activity, Resume};
 use crate::flows::community_id::icmp_counterpart;
 use crate::flows::reassembly::{Segment, Stream};
 use crate::timestamp::Timestamp;
@@ -65,9 +65,13 @@ pub const RESP: usize = 1;
 /// for the originator, lower case for the responder.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct History {
-    letters: [u8; 24],
+    letters: [u8; HISTORY_LETTERS],
     len: u8,
 }
+
+/// Every letter the table writes (`^` and ten letters for each side) fits once: the
+/// history is never cut, and the array costs no byte more.
+const HISTORY_LETTERS: usize = 21;
 
 impl History {
     pub fn push(&mut self, letter: u8, from_orig: bool) {
@@ -224,8 +228,8 @@ pub struct Flow {
     pub history: History,
     pub streams: Option<Box<Streams>>,
     pub tunnel: Option<Tunnel>,
-    /// When the next interim record is due.
-    pub next_interim: Timestamp,
+    /// Interim records written so far; the next is due `interim_interval` after the last
+    /// (see [`Flow::next_interim`]).
     pub interim_records: u32,
     /// The second (of packet time) at which the table next looks at this flow.
     pub(super) timer_at: u64,
@@ -245,7 +249,7 @@ pub struct Flow {
 pub struct Update {
     /// The packet came from the originator.
     pub from_orig: bool,
-    pub resumed: bool,
+    pub resumed: Option<Resume>,
     /// New in-order stream bytes (or a new datagram) arrived for the dissectors.
     pub new_bytes: bool,
     /// A datagram of a followed flow.
@@ -291,7 +295,6 @@ impl Flow {
             history,
             streams,
             tunnel: d.tunnel,
-            next_interim: Timestamp(u64::MAX),
             interim_records: 0,
             timer_at: 0,
             app: None,
@@ -310,6 +313,13 @@ impl Flow {
     pub fn is_from_orig(&self, d: &Decoded<'_>) -> bool {
         (d.src, d.src_port) == self.orig && (d.dst, d.dst_port) == self.resp
             || (matches!(self.proto, Proto::Icmp | Proto::Icmpv6) && d.src == self.orig.0)
+    }
+
+    /// When the next interim record is due: every `interval` after the first packet.
+    pub fn next_interim(&self, interval: std::time::Duration) -> Timestamp {
+        let n = u64::from(self.interim_records) + 1;
+        let ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+        Timestamp(self.first.0.saturating_add(ns.saturating_mul(n)))
     }
 
     pub fn duration_ns(&self) -> u64 {
@@ -598,12 +608,14 @@ mod tests {
     }
 
     /// Every tracked flow costs this much (boxed in the table); it is a memory budget.
-    /// 448 is an allocator size class (mimalloc's, and a glibc chunk): one byte more and a
-    /// flow takes 512.
+    /// 384 is an allocator size class (mimalloc's, and a glibc chunk with its header): one
+    /// byte more and a flow takes 448.
     #[test]
     fn a_flow_fits_its_budget() {
+        // (The budget is the allocator's: mimalloc's 384 class, and glibc's 384-byte chunk
+        // for 376 bytes and its 8-byte header.)
         let size = std::mem::size_of::<Flow>();
-        assert!(size <= 448, "Flow is {size} bytes");
+        assert!(size <= 376, "Flow is {size} bytes");
     }
 
     /// The table finds a flow by the key it computes from the flow itself: it must be the
@@ -628,6 +640,19 @@ mod tests {
         let flow = Flow::new(1, &echo, ms(0), 0);
         assert_eq!(flow.key(), FlowKey::of(&echo));
         assert_eq!(flow.key(), FlowKey::of(&reply));
+    }
+
+    /// Every letter of both sides, each twice: all of them once, in order, none lost.
+    #[test]
+    fn the_history_holds_every_letter() {
+        let mut h = History::default();
+        h.push(b'^', true);
+        for from_orig in [true, false, true, false] {
+            for l in *b"qshadfrwtg" {
+                h.push(l, from_orig);
+            }
+        }
+        assert_eq!(h.as_str(), "^QSHADFRWTGqshadfrwtg");
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub enum FlowEvent {
         key: FlowKey,
         from_orig: bool,
         ts: Timestamp,
+        /// When this direction's previous ON period started.
+        prev: Option<Timestamp>,
     },
     /// New in-order bytes (TCP) or a new datagram (UDP) for the dissectors.
     NewBytes { key: FlowKey, ts: Timestamp },
@@ -189,7 +191,6 @@ impl FlowTable {
         ));
         self.next_seq += 1;
         self.flows_total += 1;
-        flow.next_interim = ts.plus(self.schedule.config.interim_interval);
         flow.timer_at = u64::MAX;
         let flow = self.flows.insert(hash, flow);
         self.schedule.account(key, hash, flow, d, ts, wire_len, out);
@@ -206,20 +207,19 @@ impl FlowTable {
             if *entry.key() > now_slot {
                 break;
             }
-            let (slot, timers) = entry.remove_entry();
-            for timer in timers {
-                self.check(slot, timer, out);
+            let (slot, hashes) = entry.remove_entry();
+            for hash in hashes {
+                self.check(slot, hash, out);
             }
         }
     }
 
-    fn check(&mut self, slot: u64, timer: Timer, out: &mut Vec<FlowEvent>) {
-        let Some(flow) = self.flows.find_mut(timer.hash, |f| f.seq == timer.seq) else {
+    fn check(&mut self, slot: u64, hash: u64, out: &mut Vec<FlowEvent>) {
+        // None: a stale entry (the flow ended, or moved to an earlier slot since).
+        let due = |f: &Flow| f.timer_at == slot;
+        let Some(flow) = self.flows.find_mut(hash, due) else {
             return;
         };
-        if flow.timer_at != slot {
-            return; // a stale entry: the flow was moved to an earlier slot since
-        }
         let now = self.now;
         let end = self.schedule.deadline(flow);
         if end <= now {
@@ -228,40 +228,39 @@ impl FlowTable {
             } else {
                 EndReason::Timeout
             };
-            if let Some(flow) = self.flows.remove(timer.hash, |f| f.seq == timer.seq) {
+            if let Some(flow) = self.flows.remove(hash, due) {
                 out.push(FlowEvent::Ended { flow, why });
             }
             return;
         }
-        let due = flow.next_interim;
-        if due <= now {
+        let interval = self.schedule.config.interim_interval;
+        let interim = flow.next_interim(interval);
+        if interim <= now {
             flow.interim_records += 1;
-            flow.next_interim = due.plus(self.schedule.config.interim_interval);
             out.push(FlowEvent::Interim {
                 key: flow.key(),
-                ts: due,
+                ts: interim,
             });
         }
-        let next = end.min(flow.next_interim);
+        let next = end.min(flow.next_interim(interval));
         let slot = (next.secs() + 1).max(now.secs() + 1);
         flow.timer_at = slot;
-        self.schedule.wheel.entry(slot).or_default().push(timer);
+        self.schedule.wheel.entry(slot).or_default().push(hash);
     }
 
     /// Makes room by ending the flow that is next due in the wheel.
     fn evict_one(&mut self, out: &mut Vec<FlowEvent>) {
         while let Some(mut entry) = self.schedule.wheel.first_entry() {
             let slot = *entry.key();
-            let timers = entry.get_mut();
-            let Some(timer) = timers.pop() else {
+            let hashes = entry.get_mut();
+            let Some(hash) = hashes.pop() else {
                 entry.remove();
                 continue;
             };
-            if timers.is_empty() {
+            if hashes.is_empty() {
                 entry.remove();
             }
-            let due = |f: &Flow| f.seq == timer.seq && f.timer_at == slot;
-            if let Some(flow) = self.flows.remove(timer.hash, due) {
+            if let Some(flow) = self.flows.remove(hash, |f| f.timer_at == slot) {
                 self.evicted_table_full += 1;
                 out.push(FlowEvent::Ended {
                     flow,
@@ -338,15 +337,10 @@ impl Slots {
 /// The table's timeouts and its wheel of deadlines: where each flow is due next.
 struct Schedule {
     config: FlowConfig,
-    wheel: BTreeMap<u64, Vec<Timer>>,
-}
-
-/// A flow's entry in the wheel: its key's hash and its sequence number find it in the
-/// table, in 16 bytes rather than the 42 of its key.
-#[derive(Clone, Copy, Debug)]
-struct Timer {
-    hash: u64,
-    seq: u64,
+    /// Slot (second) → the hashes of the flows due in it. A hash and the slot find the
+    /// flow: of the flows with that hash (one key, barring a 64-bit collision) it is the one
+    /// whose `timer_at` is this slot, so an entry costs 8 bytes rather than the key's 42.
+    wheel: BTreeMap<u64, Vec<u64>>,
 }
 
 impl Schedule {
@@ -366,20 +360,23 @@ impl Schedule {
         let idle_ns = self.config.idle_threshold.as_nanos() as u64;
         let up = flow.observe(d, ts, wire_len, idle_ns);
         let from_orig = up.from_orig;
-        let due = self.deadline(flow).min(flow.next_interim);
+        let due = self
+            .deadline(flow)
+            .min(flow.next_interim(self.config.interim_interval));
         // Only move the flow to an earlier slot; a later deadline is found lazily when the
         // current slot comes due.
         let slot = due.secs() + 1;
         if slot < flow.timer_at {
             flow.timer_at = slot;
-            let timer = Timer {
-                hash,
-                seq: flow.seq,
-            };
-            self.wheel.entry(slot).or_default().push(timer);
+            self.wheel.entry(slot).or_default().push(hash);
         }
-        if up.resumed {
-            out.push(FlowEvent::Resumed { key, from_orig, ts });
+        if let Some(resume) = up.resumed {
+            out.push(FlowEvent::Resumed {
+                key,
+                from_orig,
+                ts,
+                prev: resume.prev,
+            });
         }
         if up.new_bytes {
             out.push(FlowEvent::NewBytes { key, ts });

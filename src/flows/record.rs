@@ -2,14 +2,15 @@
 //! (DESIGN §4, a public contract: fields are added, never renamed).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 
 use crate::app::App;
 use crate::decode::Tunnel;
 use crate::dissect::identify::{
-    Details, DnsDetails, HttpDetails, IpsecDetails, OpenvpnDetails, Protocol, QuicDetails,
-    RdpDetails, SocksDetails, SshDetails, StunDetails, TlsDetails, WireguardDetails,
+    Details, DnsDetails, Evidence, HttpDetails, IpsecDetails, OpenvpnDetails, Protocol,
+    QuicDetails, RdpDetails, SocksDetails, SshDetails, StunDetails, TlsDetails, WireguardDetails,
 };
 use crate::dissect::{radius, rfb};
 use crate::flows::activity::{ActivitySummary, round2};
@@ -83,7 +84,7 @@ pub struct FlowRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<Box<HttpDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ssh: Option<Box<SshDetails>>,
+    pub ssh: Option<Arc<SshDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rdp: Option<Box<RdpDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -213,6 +214,7 @@ impl FlowRecord {
             tool_evidence,
             relay,
         } = details.map(|d| *d).unwrap_or_default();
+        let tool_evidence = tool_evidence.map(Evidence::as_str);
         let quic = match &other {
             Some(Protocol::Quic(q)) => Some(q),
             _ => None,
@@ -413,7 +415,7 @@ mod tests {
             quic: Some(Box::default()),
             dns: Some(Box::default()),
             http: Some(Box::default()),
-            ssh: Some(Box::default()),
+            ssh: Some(Arc::default()),
             rdp: Some(Box::default()),
             rfb: Some(Box::default()),
             socks: Some(Box::default()),

@@ -1,0 +1,83 @@
+//! Protocol details that many flows have in common, kept once.
+//!
+//! The SSH software of a fleet is a handful of banner and fingerprint combinations, and a
+//! sensor may hold a hundred thousand sessions for hours: each finished session points at
+//! one shared copy instead of carrying its own strings. The set is bounded; past the limit
+//! a new value is simply not shared, and the flow keeps its own.
+
+use std::collections::HashSet;
+use std::hash::Hash;
+use std::sync::Arc;
+
+/// Distinct values shared at most; generous for software fingerprints.
+pub const LIMIT: usize = 4096;
+
+pub struct Shared<T> {
+    set: HashSet<Arc<T>, ahash::RandomState>,
+}
+
+impl<T: Eq + Hash> Shared<T> {
+    pub fn new() -> Shared<T> {
+        Shared {
+            set: HashSet::default(),
+        }
+    }
+
+    /// The shared copy equal to `value`, which becomes the shared one if there is none.
+    pub fn share(&mut self, value: Arc<T>) -> Arc<T> {
+        if let Some(known) = self.set.get(&value) {
+            return Arc::clone(known);
+        }
+        if self.set.len() < LIMIT {
+            self.set.insert(Arc::clone(&value));
+        }
+        value
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
+
+impl<T: Eq + Hash> Default for Shared<T> {
+    fn default() -> Shared<T> {
+        Shared::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_values_share_one_copy() {
+        let mut shared = Shared::new();
+        let a = shared.share(Arc::new(String::from("SSH-2.0-OpenSSH_9.6")));
+        let b = shared.share(Arc::new(String::from("SSH-2.0-OpenSSH_9.6")));
+        let c = shared.share(Arc::new(String::from("SSH-2.0-PuTTY_0.81")));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(shared.len(), 2);
+    }
+
+    #[test]
+    fn past_the_limit_values_are_kept_but_not_shared() {
+        let mut shared = Shared::new();
+        for i in 0..LIMIT {
+            shared.share(Arc::new(i));
+        }
+        let late = shared.share(Arc::new(LIMIT));
+        let again = shared.share(Arc::new(LIMIT));
+        assert_eq!((*late, *again), (LIMIT, LIMIT));
+        assert!(!Arc::ptr_eq(&late, &again));
+        assert_eq!(shared.len(), LIMIT);
+        assert!(Arc::ptr_eq(
+            &shared.share(Arc::new(7)),
+            &shared.share(Arc::new(7))
+        ));
+    }
+}
