@@ -13,8 +13,10 @@
 //! `factor = max(1, min(resumes) / scale)`, as in the paper. Only the chain shape counts:
 //! one flow into the host, the other out of it, not back to where the first came from.
 //!
-//! State is keyed by host and flow and bounded; a flow at a full table is not followed
-//! (and counted), so a worker thread that owns a host's flows owns all its state.
+//! State is the resumes of the last `delta` per host and the pairs, both bounded (a resume
+//! at a full table is dropped and counted); a resume carries the time of its direction's
+//! previous one, so nothing is kept per flow. A worker thread that owns a host's flows owns
+//! all its state.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
@@ -54,7 +56,8 @@ pub struct SteppingStoneConfig {
     pub min_small_pkts: u64,
     /// Share of small data packets of an unlabelled flow. Default 0.8.
     pub small_share: f64,
-    /// Flows followed at once. Default 65536.
+    /// Hosts whose resumes of the last `delta` are kept at once (the name is the contract's;
+    /// the detector keeps nothing per flow). Default 65536.
     pub max_flows: usize,
     /// Flow pairs followed at once. Default 65536.
     pub max_pairs: usize,
