@@ -12,8 +12,8 @@ use crate::config::{Config, NetworkConfig};
 use crate::decode::{Decoder, Proto};
 use crate::detect::{Detectors, Scope};
 use crate::dissect::dns::{self, NameCache};
-use crate::dissect::identify::{self, Details, Input, Protocol, SshDetails};
-use crate::dissect::shared::Shared;
+use crate::dissect::identify::{self, Details, Input};
+use crate::dissect::shared::SharedDetails;
 use crate::event::Event;
 use crate::flows::flow::{ORIG, RESP};
 use crate::flows::record::FlowRecord;
@@ -97,8 +97,8 @@ pub struct Pipeline {
     decoder: Decoder,
     flows: FlowTable,
     names: NameCache,
-    /// SSH details shared by the sessions of the same software.
-    shared_ssh: Shared<SshDetails>,
+    /// SSH and TLS details shared by the sessions of the same software.
+    shared: SharedDetails,
     context: Context,
     network: NetworkConfig,
     detectors: Detectors,
@@ -134,7 +134,7 @@ impl Pipeline {
             decoder: Decoder::new(MAX_FRAGMENT_SETS, FRAGMENT_TIMEOUT),
             flows: FlowTable::new(config.flows.clone()),
             names: NameCache::new(DNS_CACHE_ENTRIES),
-            shared_ssh: Shared::new(),
+            shared: SharedDetails::default(),
             context,
             network: config.network.clone(),
             detectors: Detectors::new(config),
@@ -359,7 +359,7 @@ impl Pipeline {
                         identify_flow(
                             flow,
                             &mut self.names,
-                            &mut self.shared_ssh,
+                            &mut self.shared,
                             &mut self.context.identity,
                             &mut self.stats,
                             ts,
@@ -402,7 +402,7 @@ impl Pipeline {
                         identify_flow(
                             &mut flow,
                             &mut self.names,
-                            &mut self.shared_ssh,
+                            &mut self.shared,
                             &mut self.context.identity,
                             &mut self.stats,
                             ts,
@@ -499,12 +499,13 @@ impl Pipeline {
 }
 
 /// Identifies `flow` from its reassembled prefixes; once settled (or `ending`), frees the
-/// buffers, shares its SSH details with flows of the same software and counts the label.
+/// buffers, shares its SSH and TLS details with flows of the same software and counts the
+/// label.
 /// DNS answers seen on the way feed the name cache.
 fn identify_flow(
     flow: &mut Flow,
     names: &mut NameCache,
-    shared_ssh: &mut Shared<SshDetails>,
+    shared: &mut SharedDetails,
     identity: &mut Identity,
     stats: &mut Stats,
     ts: Timestamp,
@@ -530,11 +531,8 @@ fn identify_flow(
     flow.app = id.app;
     // Most flows carry no protocol details: they cost no allocation.
     let mut details = id.details;
-    if id.done
-        && !ending
-        && let Some(Protocol::Ssh(ssh)) = details.other.as_mut()
-    {
-        *ssh = shared_ssh.share(Arc::clone(ssh));
+    if id.done && !ending {
+        shared.share(&mut details);
     }
     flow.details = (!details.is_empty()).then(|| Box::new(details));
     if id.done || ending {
@@ -631,6 +629,7 @@ fn flow_record(
 mod tests {
     use super::*;
     use crate::decode::{ACK, Decoded, PSH, Tcp};
+    use crate::dissect::identify::Protocol;
     use crate::flows::{FlowConfig, FlowKey};
 
     /// One TCP segment carrying `payload` from `src` to `dst`.
@@ -665,7 +664,7 @@ mod tests {
     fn finished_ssh_sessions_share_their_details() {
         let mut table = FlowTable::new(FlowConfig::default());
         let mut names = NameCache::new(16);
-        let mut shared = Shared::new();
+        let mut shared = SharedDetails::default();
         let mut identity = Identity::new(Arc::new(Inventory::default()));
         let mut stats = Stats::default();
         let server = "203.0.113.22:22";
@@ -716,6 +715,6 @@ mod tests {
         assert_eq!(details[0].client.as_deref(), Some("SSH-2.0-OpenSSH_9.6"));
         assert!(Arc::ptr_eq(&details[0], &details[1]));
         assert!(!Arc::ptr_eq(&details[0], &details[2]));
-        assert_eq!(shared.len(), 2);
+        assert_eq!(shared.len(), (2, 0));
     }
 }

@@ -271,7 +271,7 @@ mod tests {
         wire.tcp(t + reply + second, C, S, 80);
         let f = wire.table.get_mut(&key).unwrap();
         f.details = Some(Box::new(Details {
-            tls: crate::dissect::identify::boxed(TlsDetails::default()),
+            tls: crate::dissect::identify::tls_details(TlsDetails::default()),
             ..Details::default()
         }));
         key
@@ -354,7 +354,7 @@ mod tests {
         wire.tcp(T0 + 21 * MS, C, S, 300);
         wire.tcp(T0 + 33 * MS, S, C, 1200);
         wire.table.get_mut(&key).unwrap().details = Some(Box::new(Details {
-            tls: crate::dissect::identify::boxed(TlsDetails::default()),
+            tls: crate::dissect::identify::tls_details(TlsDetails::default()),
             ..Details::default()
         }));
         let mut r = RttSplit::new(&RttSplitConfig::default());

@@ -36,8 +36,9 @@ pub struct Input<'a> {
     pub dns_name: Option<&'a str>,
 }
 
-pub fn boxed<T>(value: T) -> Option<Box<T>> {
-    Some(Box::new(value))
+/// TLS details as a flow holds them (shared once dissection is over; see [`super::shared`]).
+pub fn tls_details(value: TlsDetails) -> Option<Arc<TlsDetails>> {
+    Some(Arc::new(value))
 }
 
 /// The protocol details written into flow records. A flow has at most TLS (alone, or
@@ -45,7 +46,7 @@ pub fn boxed<T>(value: T) -> Option<Box<T>> {
 /// box a dissected flow keeps is 48 bytes (memory per flow).
 #[derive(Clone, Debug, Default)]
 pub struct Details {
-    pub tls: Option<Box<TlsDetails>>,
+    pub tls: Option<Arc<TlsDetails>>,
     pub other: Option<Protocol>,
     /// What named the remote-access tool.
     pub tool_evidence: Option<Evidence>,
@@ -102,7 +103,7 @@ pub fn protocol<T>(variant: fn(Box<T>) -> Protocol, value: T) -> Option<Protocol
     Some(variant(Box::new(value)))
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, Hash)]
 pub struct TlsDetails {
     pub client_version: Option<u16>,
     pub version: Option<u16>,
@@ -495,7 +496,7 @@ fn tls_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) ->
         d.cert_san = cert.san_dns.iter().take(8).cloned().collect();
         d.cert_san.extend(cert.subject_cn.clone());
     }
-    id.details.tls = boxed(d);
+    id.details.tls = tls_details(d);
     if found(&server, sc) == Found::Partial || found(&cert, sc) == Found::Partial {
         Found::Partial
     } else {
@@ -531,7 +532,7 @@ fn rdp_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) ->
         && let Ok(hello) = tls::parse_client_hello(rest)
     {
         d.tls = true;
-        id.details.tls = boxed(TlsDetails {
+        id.details.tls = tls_details(TlsDetails {
             client_version: Some(hello.legacy_version),
             sni: hello.sni,
             alpn: hello.alpn,
@@ -593,7 +594,7 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
         return hello.is_ok() || cd.len() >= 3;
     }
     if let Ok(h) = tls::parse_dtls_client_hello(first) {
-        id.details.tls = boxed(TlsDetails {
+        id.details.tls = tls_details(TlsDetails {
             client_version: Some(h.legacy_version),
             sni: h.sni,
             alpn: h.alpn,
@@ -846,7 +847,7 @@ mod tests {
             app: Some(App::Tls),
             ..Identification::default()
         };
-        id.details.tls = boxed(TlsDetails {
+        id.details.tls = tls_details(TlsDetails {
             sni: Some(sni.to_string()),
             ..TlsDetails::default()
         });

@@ -1,13 +1,39 @@
 //! Protocol details that many flows have in common, kept once.
 //!
-//! The SSH software of a fleet is a handful of banner and fingerprint combinations, and a
-//! sensor may hold a hundred thousand sessions for hours: each finished session points at
-//! one shared copy instead of carrying its own strings. The set is bounded; past the limit
-//! a new value is simply not shared, and the flow keeps its own.
+//! The SSH and TLS software of a fleet is a handful of banner, fingerprint and server-name
+//! combinations, and a sensor may hold a hundred thousand sessions for hours: each finished
+//! session points at one shared copy instead of carrying its own strings. Each set is
+//! bounded; past the limit a new value is simply not shared, and the flow keeps its own.
 
 use std::collections::HashSet;
 use std::hash::Hash;
 use std::sync::Arc;
+
+use super::identify::{Details, Protocol, SshDetails, TlsDetails};
+
+/// The details that describe software rather than a session, shared.
+#[derive(Default)]
+pub struct SharedDetails {
+    ssh: Shared<SshDetails>,
+    tls: Shared<TlsDetails>,
+}
+
+impl SharedDetails {
+    /// Points `details` at the shared copies of its SSH and TLS parts.
+    pub fn share(&mut self, details: &mut Details) {
+        if let Some(tls) = details.tls.as_mut() {
+            *tls = self.tls.share(Arc::clone(tls));
+        }
+        if let Some(Protocol::Ssh(ssh)) = details.other.as_mut() {
+            *ssh = self.ssh.share(Arc::clone(ssh));
+        }
+    }
+
+    /// Distinct values shared (SSH, TLS).
+    pub fn len(&self) -> (usize, usize) {
+        (self.ssh.len(), self.tls.len())
+    }
+}
 
 /// Distinct values shared at most; generous for software fingerprints.
 pub const LIMIT: usize = 4096;

@@ -76,7 +76,7 @@ pub struct FlowRecord {
     // Protocol details, present when dissected (fields, not a flattened map: flattening
     // sends every record through serde's slow map path).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<Box<TlsDetails>>,
+    pub tls: Option<Arc<TlsDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quic: Option<Box<QuicDetails>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -406,7 +406,7 @@ mod tests {
             activity_orig: summary(1),
             activity_resp: summary(2),
             dns_name: text("name"),
-            tls: Some(Box::new(TlsDetails {
+            tls: Some(Arc::new(TlsDetails {
                 sni: text("tls"),
                 alpn: vec!["h2".into()],
                 dtls: true,
