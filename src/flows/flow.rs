@@ -310,6 +310,16 @@ impl Flow {
         FlowKey::new(self.proto, self.orig, self.resp)
     }
 
+    /// Whether `key` is this flow's: `key() == *key`, without putting the ends in order
+    /// (every packet's lookup compares at least one flow).
+    pub fn has_key(&self, key: &FlowKey) -> bool {
+        let ends = |a: (IpAddr, u16), b: (IpAddr, u16)| match self.proto {
+            Proto::Icmp | Proto::Icmpv6 => a.0 == key.lo.0 && b.0 == key.hi.0,
+            Proto::Tcp | Proto::Udp => a == key.lo && b == key.hi,
+        };
+        self.proto == key.proto && (ends(self.orig, self.resp) || ends(self.resp, self.orig))
+    }
+
     pub fn is_from_orig(&self, d: &Decoded<'_>) -> bool {
         (d.src, d.src_port) == self.orig && (d.dst, d.dst_port) == self.resp
             || (matches!(self.proto, Proto::Icmp | Proto::Icmpv6) && d.src == self.orig.0)
@@ -640,6 +650,16 @@ mod tests {
         let flow = Flow::new(1, &echo, ms(0), 0);
         assert_eq!(flow.key(), FlowKey::of(&echo));
         assert_eq!(flow.key(), FlowKey::of(&reply));
+        assert!(flow.has_key(&FlowKey::of(&echo)) && flow.has_key(&FlowKey::of(&reply)));
+        let tcp = Flow::new(1, &syn, ms(0), 0);
+        assert!(tcp.has_key(&FlowKey::of(&syn)));
+        assert!(tcp.has_key(&FlowKey::of(&seg(false, ACK, 1, b""))));
+        assert!(!tcp.has_key(&FlowKey::of(&echo)));
+        let other_port = Decoded {
+            dst_port: 23,
+            ..syn
+        };
+        assert!(!tcp.has_key(&FlowKey::of(&other_port)));
     }
 
     /// Every letter of both sides, each twice: all of them once, in order, none lost.

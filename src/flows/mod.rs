@@ -168,13 +168,13 @@ impl FlowTable {
         // A SYN on a finished connection starts a new one (port reuse).
         let syn_only = d.tcp.is_some_and(|t| t.flags & 0x12 == 0x02);
         // The common case, a packet of a known flow, costs one lookup.
-        if let Some(flow) = self.flows.find_mut(hash, |f| f.key() == key)
+        if let Some(flow) = self.flows.find_mut(hash, |f| f.has_key(&key))
             && !(syn_only && flow.is_closed())
         {
             self.schedule.account(key, hash, flow, d, ts, wire_len, out);
             return;
         }
-        if let Some(old) = self.flows.remove(hash, |f| f.key() == key) {
+        if let Some(old) = self.flows.remove(hash, |f| f.has_key(&key)) {
             out.push(FlowEvent::Ended {
                 flow: old,
                 why: EndReason::Reused,
@@ -305,12 +305,12 @@ impl Slots {
     }
 
     fn get(&self, key: &FlowKey) -> Option<&Flow> {
-        let found = self.table.find(self.hash(key), |f| f.key() == *key)?;
+        let found = self.table.find(self.hash(key), |f| f.has_key(key))?;
         Some(found)
     }
 
     fn get_mut(&mut self, key: &FlowKey) -> Option<&mut Flow> {
-        self.find_mut(self.hash(key), |f| f.key() == *key)
+        self.find_mut(self.hash(key), |f| f.has_key(key))
     }
 
     /// The flow with key hash `hash` that `is` picks (by key, or by sequence number).
