@@ -827,6 +827,13 @@ fn names(input: &Input<'_>, id: &mut Identification) {
 mod tests {
     use super::*;
 
+    /// Every identified flow keeps a boxed `Details` until it ends: a memory budget (an
+    /// allocator class of 32 bytes).
+    #[test]
+    fn details_fit_their_budget() {
+        assert!(std::mem::size_of::<Details>() <= 32);
+    }
+
     fn input<'a>(dns_name: Option<&'a str>) -> Input<'a> {
         Input {
             proto: Proto::Tcp,
