@@ -628,34 +628,10 @@ fn flow_record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{ACK, Decoded, PSH, Tcp};
+    use crate::decode::{ACK, PSH};
     use crate::dissect::identify::Protocol;
+    use crate::flows::flow::segment;
     use crate::flows::{FlowConfig, FlowKey};
-
-    /// One TCP segment carrying `payload` from `src` to `dst`.
-    fn segment<'a>(src: &str, dst: &str, seq: u32, payload: &'a [u8]) -> Decoded<'a> {
-        let (s, d): (std::net::SocketAddr, std::net::SocketAddr) =
-            (src.parse().unwrap(), dst.parse().unwrap());
-        Decoded {
-            src: s.ip(),
-            dst: d.ip(),
-            proto: Proto::Tcp,
-            src_port: s.port(),
-            dst_port: d.port(),
-            tcp: Some(Tcp {
-                flags: ACK | PSH,
-                seq,
-                ack: 0,
-                window: 1000,
-                mss: None,
-            }),
-            payload,
-            payload_len: payload.len() as u32,
-            ip_len: 40 + payload.len() as u32,
-            ttl: 64,
-            tunnel: None,
-        }
-    }
 
     /// Sessions of the same SSH software keep one copy of their details once dissection
     /// is over (banners and fingerprints are the fleet's, not the session's); other
@@ -667,7 +643,6 @@ mod tests {
         let mut shared = SharedDetails::default();
         let mut identity = Identity::new(Arc::new(Inventory::default()));
         let mut stats = Stats::default();
-        let server = "203.0.113.22:22";
         let mut details = Vec::new();
         for (i, client_banner) in [
             &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
@@ -677,25 +652,23 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let client = format!("10.8.0.{}:40000", i + 1);
+            let port = 40000 + i as u16;
             let ts = Timestamp(i as u64 * 1_000_000_000);
             let mut events = Vec::new();
             // Banners, then the client's keystrokes where its KEXINIT would be: the SSH
             // parser has its answer, and the flow is dissected.
-            for (src, dst, seq, bytes) in [
-                (server, client.as_str(), 1, &b"SSH-2.0-OpenSSH_9.6\r\n"[..]),
-                (client.as_str(), server, 1, client_banner),
-                (
-                    client.as_str(),
-                    server,
-                    1 + client_banner.len() as u32,
-                    &[0x41; 36][..],
-                ),
-                (server, client.as_str(), 22, &[0x42; 36][..]),
+            let data = ACK | PSH;
+            let after_banner = 1 + client_banner.len() as u32;
+            for (from_client, seq, bytes) in [
+                (false, 1, &b"SSH-2.0-OpenSSH_9.6\r\n"[..]),
+                (true, 1, client_banner),
+                (true, after_banner, &[0x41; 36][..]),
+                (false, 22, &[0x42; 36][..]),
             ] {
-                table.process(ts, &segment(src, dst, seq, bytes), 100, &mut events);
+                let packet = segment(port, 22, from_client, data, seq, bytes);
+                table.process(ts, &packet, 100, &mut events);
             }
-            let key = FlowKey::of(&segment(&client, server, 0, b""));
+            let key = FlowKey::of(&segment(port, 22, true, data, 0, b""));
             let flow = table.get_mut(&key).unwrap();
             identify_flow(
                 flow,
