@@ -7,6 +7,8 @@
 //! bytes arrive (the prefix is a few KB, so this is cheap) until every parser that applies
 //! has an answer; then the flow's buffers are freed and it costs only counters.
 
+use std::net::IpAddr;
+
 use serde::Serialize;
 
 use crate::app::App;
@@ -103,7 +105,15 @@ pub struct DnsDetails {
     pub query: Option<String>,
     pub qtype: Option<u16>,
     pub rcode: Option<u8>,
-    pub answers: Vec<String>,
+    pub answers: Vec<DnsAnswer>,
+}
+
+/// An address or CNAME answer, written as its text either way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum DnsAnswer {
+    Addr(IpAddr),
+    Name(String),
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -725,8 +735,8 @@ fn dns_details(q: Option<&dns::Message>, r: Option<&dns::Message>) -> DnsDetails
                 m.answers
                     .iter()
                     .filter_map(|a| match &a.data {
-                        dns::AnswerData::Addr(ip) => Some(ip.to_string()),
-                        dns::AnswerData::Cname(n) => Some(n.clone()),
+                        dns::AnswerData::Addr(ip) => Some(DnsAnswer::Addr(*ip)),
+                        dns::AnswerData::Cname(n) => Some(DnsAnswer::Name(n.clone())),
                         dns::AnswerData::Other(_) => None,
                     })
                     .take(16)

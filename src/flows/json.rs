@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
+use crate::dissect::identify::DnsAnswer;
 use crate::geo::Country;
 use crate::timestamp::Timestamp;
 
@@ -247,6 +248,15 @@ fn ipv6(out: &mut Vec<u8>, ip: Ipv6Addr) {
         hex(out, &groups[zeros.0 + zeros.1..]);
     } else {
         hex(out, &groups);
+    }
+}
+
+impl Json for DnsAnswer {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        match self {
+            DnsAnswer::Addr(ip) => ip.write_json(out),
+            DnsAnswer::Name(name) => name.write_json(out),
+        }
     }
 }
 

@@ -299,6 +299,7 @@ impl FlowRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dissect::identify::DnsAnswer;
 
     fn summary(seed: u64) -> ActivitySummary {
         ActivitySummary {
@@ -375,9 +376,9 @@ mod tests {
                 qtype: Some(28),
                 rcode: Some(3),
                 answers: vec![
-                    "192.0.2.1".into(),
-                    "2001:db8::1".into(),
-                    text("cname").unwrap(),
+                    DnsAnswer::Addr("192.0.2.1".parse().unwrap()),
+                    DnsAnswer::Addr("2001:db8::1".parse().unwrap()),
+                    DnsAnswer::Name(text("cname").unwrap()),
                 ],
             })),
             http: Some(Box::default()),
