@@ -207,6 +207,9 @@ pub struct Identification {
     pub details: Details,
     /// Every parser that applies has its answer: the buffers can go.
     pub done: bool,
+    /// The first server datagram as the DNS message it parsed to, so that the name cache
+    /// is fed without parsing it a second time.
+    pub dns_answer: Option<dns::Message>,
 }
 
 impl Details {
@@ -542,7 +545,8 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
         let answer = sd.first().and_then(|d| dns::parse_message(d).ok());
         id.details.other = protocol(Protocol::Dns, dns_details(Some(&q), answer.as_ref()));
         // Settled with the answer, so the record carries it.
-        return answer.is_some();
+        id.dns_answer = answer;
+        return id.dns_answer.is_some();
     }
     if on(&[1812, 1813, 1645, 1646])
         && let Ok(p) = radius::parse(first)
