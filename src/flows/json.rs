@@ -16,20 +16,21 @@ pub trait Json {
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()>;
 }
 
-/// One JSON object written field by field.
+/// One JSON object written field by field. Keys are `,"name":`, a quoted name that needs
+/// no escaping with its colon and the comma that goes before every field but the first:
+/// one copy per field.
 pub struct Object<'a> {
     out: &'a mut Vec<u8>,
-    /// What goes before the next field: `{` for the first, `,` after.
-    sep: u8,
+    /// No field written yet: the next one opens the object (`{`) instead of its comma.
+    first: bool,
 }
 
 impl<'a> Object<'a> {
     pub fn new(out: &'a mut Vec<u8>) -> Object<'a> {
-        Object { out, sep: b'{' }
+        Object { out, first: true }
     }
 
     // Inlined: a constant key is then copied with a few moves instead of a memcpy call.
-    /// `key` is a quoted name that needs no escaping and its colon (`"name":`).
     #[inline(always)]
     pub fn field<T: Json + ?Sized>(&mut self, key: &str, value: &T) -> serde_json::Result<()> {
         self.key(key);
@@ -57,13 +58,18 @@ impl<'a> Object<'a> {
 
     #[inline(always)]
     fn key(&mut self, key: &str) {
-        self.out.push(self.sep);
-        self.sep = b',';
-        self.out.extend_from_slice(key.as_bytes());
+        let key = key.as_bytes();
+        if self.first {
+            self.first = false;
+            self.out.push(b'{');
+            self.out.extend_from_slice(key.get(1..).unwrap_or_default());
+        } else {
+            self.out.extend_from_slice(key);
+        }
     }
 
     pub fn end(self) {
-        if self.sep == b'{' {
+        if self.first {
             self.out.push(b'{');
         }
         self.out.push(b'}');
@@ -397,9 +403,9 @@ mod tests {
     fn objects_nest_and_may_be_empty() {
         let mut out = Vec::new();
         let mut o = Object::new(&mut out);
-        o.field("\"a\":", &1u8).unwrap();
-        o.object("\"b\":", |_| Ok(())).unwrap();
-        o.serde("\"c\":", &[1, 2]).unwrap();
+        o.field(",\"a\":", &1u8).unwrap();
+        o.object(",\"b\":", |_| Ok(())).unwrap();
+        o.serde(",\"c\":", &[1, 2]).unwrap();
         o.end();
         assert_eq!(
             String::from_utf8(out).unwrap(),

@@ -112,11 +112,11 @@ fn history_str<S: Serializer>(history: &History, s: S) -> Result<S::Ok, S::Error
     s.serialize_str(history.as_str())
 }
 
-/// A field name as a JSON object key, `"name":`, built at compile time. Field names are
+/// A field name as an [`Object`] key, `,"name":`, built at compile time. Field names are
 /// Rust identifiers: plain ASCII that JSON never escapes.
 macro_rules! key {
     ($name:ident) => {
-        concat!("\"", stringify!($name), "\":")
+        concat!(",\"", stringify!($name), "\":")
     };
 }
 
