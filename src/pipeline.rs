@@ -537,9 +537,18 @@ fn identify_flow(
     flow.details = (!details.is_empty()).then(|| Box::new(details));
     if id.done || ending {
         if follow {
-            // The datagrams seen so far; later ones arrive as they come.
-            for d in streams.datagrams.iter().flatten() {
-                datagram(flow.app, names, identity, ts, d);
+            // The datagrams seen so far; later ones arrive as they come. The first server
+            // datagram was parsed by identification: it goes in as `datagram` would put it.
+            let mut answer = id.dns_answer;
+            for (side, list) in streams.datagrams.iter().enumerate() {
+                for (i, d) in list.iter().enumerate() {
+                    match answer.take_if(|_| side == RESP && i == 0) {
+                        Some(msg) if flow.app == Some(App::Dns) && dns::is_response(d) => {
+                            names.insert(ts, &msg);
+                        }
+                        _ => datagram(flow.app, names, identity, ts, d),
+                    }
+                }
             }
         }
         flow.dissected = true;

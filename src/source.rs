@@ -473,6 +473,21 @@ impl Replay {
     /// The next packet in time order, or None when every file is done.
     pub fn next_packet(&mut self) -> Option<Packet<'_>> {
         if let Some(i) = self.pending.take() {
+            if self.readers.len() == 1 {
+                // One file: its next packet is the next one, nothing to merge.
+                let reader = self.readers.get_mut(i)?;
+                return match reader.advance() {
+                    Ok(true) => {
+                        self.pending = Some(i);
+                        reader.packet()
+                    }
+                    Ok(false) => None,
+                    Err(e) => {
+                        self.errors.push(e);
+                        None
+                    }
+                };
+            }
             self.advance(i);
         }
         let std::cmp::Reverse((_, i)) = self.heap.pop()?;

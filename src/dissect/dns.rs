@@ -161,9 +161,7 @@ fn read_name(message: &[u8], r: &mut Reader<'_>) -> Result<String> {
 /// returns it and the offset just past it where it was written. A pointer must point
 /// strictly before itself, which rules out loops; pointer hops are capped as well.
 fn name_at(message: &[u8], start: usize) -> Result<(String, usize)> {
-    // Built as bytes: every byte written is printable ASCII (odd ones escaped), so the text
-    // is valid UTF-8 by construction.
-    let mut text: Vec<u8> = Vec::with_capacity(64);
+    let mut text = String::with_capacity(64);
     let mut pos = start;
     let mut end = None;
     let mut pointers = 0;
@@ -182,28 +180,22 @@ fn name_at(message: &[u8], start: usize) -> Result<(String, usize)> {
                 pointers += 1;
                 pos = target;
             }
-            0 if len == 0 => {
-                let text = String::from_utf8(text).map_err(|_| Error::Invalid("DNS name"))?;
-                return Ok((text, end.unwrap_or(pos + 1)));
-            }
+            0 if len == 0 => return Ok((text, end.unwrap_or(pos + 1))),
             0 => {
                 let label = message
                     .get(pos + 1..pos + 1 + usize::from(len))
                     .ok_or(Error::Incomplete)?;
                 if !text.is_empty() {
-                    text.push(b'.');
+                    text.push('.');
                 }
-                let plain = |b: u8| matches!(b, 0x21..=0x7e) && b != b'.' && b != b'\\';
-                if label.iter().all(|&b| plain(b)) {
-                    let from = text.len();
-                    text.extend_from_slice(label);
-                    text[from..].make_ascii_lowercase();
-                } else {
-                    for &b in label {
-                        if plain(b) {
-                            text.push(b.to_ascii_lowercase());
-                        } else {
-                            text.extend_from_slice(format!("\\{b:03}").as_bytes());
+                // One pass, byte by byte: labels are a few bytes long.
+                for &b in label {
+                    if matches!(b, 0x21..=0x7e) && b != b'.' && b != b'\\' {
+                        text.push(char::from(b.to_ascii_lowercase()));
+                    } else {
+                        text.push('\\');
+                        for digit in [b / 100, b / 10 % 10, b % 10] {
+                            text.push(char::from(b'0' + digit));
                         }
                     }
                 }

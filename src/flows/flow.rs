@@ -33,8 +33,22 @@ impl FlowKey {
             Proto::Icmp | Proto::Icmpv6 => ((a.0, 0), (b.0, 0)),
             Proto::Tcp | Proto::Udp => (a, b),
         };
-        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        let (lo, hi) = if endpoint_order(a) <= endpoint_order(b) {
+            (a, b)
+        } else {
+            (b, a)
+        };
         FlowKey { proto, lo, hi }
+    }
+}
+
+/// An endpoint as plain integers that order as `(IpAddr, u16)` does (IPv4 before IPv6, then
+/// address, then port). Every packet's key and every probe of the table compares two
+/// endpoints; the tuple of an `IpAddr` compared through a call per field.
+fn endpoint_order((ip, port): (IpAddr, u16)) -> (bool, u128, u16) {
+    match ip {
+        IpAddr::V4(v4) => (false, u128::from(v4.to_bits()), port),
+        IpAddr::V6(v6) => (true, v6.to_bits(), port),
     }
 }
 
@@ -673,6 +687,34 @@ mod tests {
             }
         }
         assert_eq!(h.as_str(), "^QSHADFRWTGqshadfrwtg");
+    }
+
+    #[test]
+    fn endpoints_order_as_their_tuples_do() {
+        let ips = [
+            "0.0.0.0",
+            "10.0.0.1",
+            "10.0.0.2",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "2001:db8::1",
+        ];
+        let mut endpoints = Vec::new();
+        for ip in ips {
+            for port in [0, 80, 65535] {
+                endpoints.push((ip.parse::<IpAddr>().unwrap(), port));
+            }
+        }
+        for &a in &endpoints {
+            for &b in &endpoints {
+                assert_eq!(
+                    endpoint_order(a).cmp(&endpoint_order(b)),
+                    a.cmp(&b),
+                    "{a:?} {b:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod activity;
 pub mod community_id;
 pub mod flow;
+pub mod json;
 pub mod reassembly;
 pub mod record;
 

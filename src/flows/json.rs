@@ -1,0 +1,415 @@
+//! A JSON object writer for flow records: the bytes serde_json writes, without its
+//! per-value machinery. Every finished flow is written once, so writing a record was a
+//! fifth of a replay; most of it went to escaping names and values that never need it
+//! and to formatting addresses through `fmt`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::Serialize;
+
+use crate::dissect::identify::DnsAnswer;
+use crate::geo::Country;
+use crate::timestamp::Timestamp;
+
+/// A value that writes itself as serde_json would serialize it.
+pub trait Json {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()>;
+}
+
+/// One JSON object written field by field. Keys are `,"name":`, a quoted name that needs
+/// no escaping with its colon and the comma that goes before every field but the first:
+/// one copy per field.
+pub struct Object<'a> {
+    out: &'a mut Vec<u8>,
+    /// No field written yet: the next one opens the object (`{`) instead of its comma.
+    first: bool,
+}
+
+impl<'a> Object<'a> {
+    pub fn new(out: &'a mut Vec<u8>) -> Object<'a> {
+        Object { out, first: true }
+    }
+
+    // Inlined: a constant key is then copied with a few moves instead of a memcpy call.
+    #[inline(always)]
+    pub fn field<T: Json + ?Sized>(&mut self, key: &str, value: &T) -> serde_json::Result<()> {
+        self.key(key);
+        value.write_json(self.out)
+    }
+
+    /// A field written by serde_json itself, for values without a [`Json`] writer.
+    pub fn serde<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> serde_json::Result<()> {
+        self.key(key);
+        serde_json::to_writer(&mut *self.out, value)
+    }
+
+    /// A field whose value is an object written by `fill`.
+    pub fn object(
+        &mut self,
+        key: &str,
+        fill: impl FnOnce(&mut Object<'_>) -> serde_json::Result<()>,
+    ) -> serde_json::Result<()> {
+        self.key(key);
+        let mut inner = Object::new(self.out);
+        fill(&mut inner)?;
+        inner.end();
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn key(&mut self, key: &str) {
+        let key = key.as_bytes();
+        if self.first {
+            self.first = false;
+            self.out.push(b'{');
+            self.out.extend_from_slice(key.get(1..).unwrap_or_default());
+        } else {
+            self.out.extend_from_slice(key);
+        }
+    }
+
+    pub fn end(self) {
+        if self.first {
+            self.out.push(b'{');
+        }
+        self.out.push(b'}');
+    }
+}
+
+/// Appends a number's few digits byte by byte: a memcpy call costs more than the copy.
+fn digits(out: &mut Vec<u8>, text: &str) {
+    for &b in text.as_bytes() {
+        out.push(b);
+    }
+}
+
+/// `bytes` between quotes, for values that hold nothing JSON escapes.
+fn quoted(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'"');
+    out.extend_from_slice(bytes);
+    out.push(b'"');
+}
+
+/// Whether serde_json would escape something in `s`: control characters, quote and
+/// backslash, nothing else.
+fn needs_escape(s: &str) -> bool {
+    // Without early exit, so it vectorises: most strings are short and clean.
+    s.bytes().fold(false, |esc, b| {
+        esc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
+impl Json for str {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        if needs_escape(self) {
+            serde_json::to_writer(out, self)
+        } else {
+            quoted(out, self.as_bytes());
+            Ok(())
+        }
+    }
+}
+
+impl Json for String {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        self.as_str().write_json(out)
+    }
+}
+
+/// The names the program itself writes (protocol, app, state and reason names) are
+/// `&'static str` constants of plain ASCII: copied without the escape test.
+impl Json for &'static str {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        debug_assert!(!needs_escape(self), "{self:?}");
+        quoted(out, self.as_bytes());
+        Ok(())
+    }
+}
+
+impl<T: Json> Json for Option<T> {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        match self {
+            Some(v) => v.write_json(out),
+            None => {
+                out.extend_from_slice(b"null");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<T: Json> Json for Vec<T> {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        out.push(b'[');
+        for (i, v) in self.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            v.write_json(out)?;
+        }
+        out.push(b']');
+        Ok(())
+    }
+}
+
+impl Json for bool {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        out.extend_from_slice(if *self { b"true" } else { b"false" });
+        Ok(())
+    }
+}
+
+/// Integers through `itoa`, as serde_json writes them.
+macro_rules! integers {
+    ($($t:ty),*) => {$(
+        impl Json for $t {
+            fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+                digits(out, itoa::Buffer::new().format(*self));
+                Ok(())
+            }
+        }
+    )*};
+}
+
+integers!(u8, u16, u32, u64);
+
+impl Json for f64 {
+    /// Finite numbers as `zmij` writes them for serde_json, NaN and infinities as null.
+    /// Two in three of a record's numbers are whole (29.0, 80.0): `zmij` writes those
+    /// below 1e16 as their digits and `.0`, which `itoa` does in a fraction of the time.
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let x = *self;
+        // Below 2^53 every whole number converts exactly (and the cast is cheaper than
+        // `fract`, a libm call); -0.0 is left to zmij for its sign.
+        let whole = x as u64;
+        if (0.0..1e15).contains(&x) && whole as f64 == x && x.is_sign_positive() {
+            digits(out, itoa::Buffer::new().format(whole));
+            out.extend_from_slice(b".0");
+        } else if x.is_finite() {
+            digits(out, zmij::Buffer::new().format_finite(x));
+        } else {
+            out.extend_from_slice(b"null");
+        }
+        Ok(())
+    }
+}
+
+impl Json for IpAddr {
+    /// The `Display` form, as serde writes addresses, without `fmt`.
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        out.push(b'"');
+        match self {
+            IpAddr::V4(v4) => ipv4(out, *v4),
+            IpAddr::V6(v6) => ipv6(out, *v6),
+        }
+        out.push(b'"');
+        Ok(())
+    }
+}
+
+/// Dotted decimal.
+fn ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
+    for (i, n) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        if n >= 100 {
+            out.push(b'0' + n / 100);
+        }
+        if n >= 10 {
+            out.push(b'0' + n / 10 % 10);
+        }
+        out.push(b'0' + n % 10);
+    }
+}
+
+/// RFC 5952 text as `Ipv6Addr`'s `Display` writes it: lower-case hex groups without
+/// leading zeros, the first longest run of two or more zero groups as `::`, and an
+/// IPv4-mapped address as `::ffff:` and dotted decimal.
+fn ipv6(out: &mut Vec<u8>, ip: Ipv6Addr) {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        out.extend_from_slice(b"::ffff:");
+        return ipv4(out, v4);
+    }
+    let groups = ip.segments();
+    // (start, length) of the first longest zero run.
+    let (mut zeros, mut run) = ((0, 0), (0, 0));
+    for (i, &g) in groups.iter().enumerate() {
+        if g != 0 {
+            run = (i + 1, 0);
+            continue;
+        }
+        run.1 += 1;
+        if run.1 > zeros.1 {
+            zeros = run;
+        }
+    }
+    let hex = |out: &mut Vec<u8>, groups: &[u16]| {
+        for (i, &g) in groups.iter().enumerate() {
+            if i > 0 {
+                out.push(b':');
+            }
+            let digits = (16 - g.leading_zeros()).div_ceil(4).max(1);
+            for d in (0..digits).rev() {
+                out.push(b"0123456789abcdef"[usize::from((g >> (4 * d)) & 0xf)]);
+            }
+        }
+    };
+    if zeros.1 > 1 {
+        hex(out, &groups[..zeros.0]);
+        out.extend_from_slice(b"::");
+        hex(out, &groups[zeros.0 + zeros.1..]);
+    } else {
+        hex(out, &groups);
+    }
+}
+
+impl Json for DnsAnswer {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        match self {
+            DnsAnswer::Addr(ip) => ip.write_json(out),
+            DnsAnswer::Name(name) => name.write_json(out),
+        }
+    }
+}
+
+impl Json for Timestamp {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        quoted(out, self.rfc3339_bytes().as_slice());
+        Ok(())
+    }
+}
+
+impl Json for Country {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        self.as_str().write_json(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ours<T: Json + ?Sized>(v: &T) -> String {
+        let mut out = Vec::new();
+        v.write_json(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn theirs<T: Serialize + ?Sized>(v: &T) -> String {
+        serde_json::to_string(v).unwrap()
+    }
+
+    #[test]
+    fn strings_escape_as_serde_json_does() {
+        for s in [
+            "",
+            "plain",
+            "quote \" backslash \\ slash /",
+            "\u{0}\u{1}\u{8}\t\n\u{b}\u{c}\r\u{1f} \u{7f}",
+            "é ü 漢字 🦀",
+        ] {
+            assert_eq!(ours(s), theirs(s), "{s:?}");
+        }
+        assert_eq!(ours(&Some("x\ny".to_string())), theirs(&Some("x\ny")));
+        assert_eq!(ours(&None::<String>), "null");
+        let list = vec!["a".to_string(), "\"b\"".to_string()];
+        assert_eq!(ours(&list), theirs(&list));
+        assert_eq!(ours(&Vec::<String>::new()), "[]");
+        assert_eq!(ours(&"udp"), "\"udp\"");
+    }
+
+    #[test]
+    fn numbers_as_serde_json_writes_them() {
+        for f in [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            29.0,
+            80.0,
+            123_456_789.0,
+            999_999_999_999_999.0,
+            1e15,
+            1e16,
+            9_007_199_254_740_993.0,
+            0.5,
+            -1e15,
+            0.1,
+            29.0,
+            1406.33,
+            1e-7,
+            1e21,
+            1e300,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            assert_eq!(ours(&f), theirs(&f), "{f}");
+        }
+        assert_eq!(ours(&u64::MAX), theirs(&u64::MAX));
+        assert_eq!(ours(&0u8), "0");
+        assert_eq!(ours(&65535u16), "65535");
+        assert_eq!(ours(&true), "true");
+        assert_eq!(ours(&false), "false");
+    }
+
+    #[test]
+    fn addresses_as_serde_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "255.255.255.255",
+            "192.0.2.80",
+            "::",
+            "::1",
+            "2001:db8::1",
+            "2001:db8:8::93ec:4a57",
+            "::ffff:192.0.2.1",
+            "fe80::1:0:0:1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ours(&ip), theirs(&ip), "{ip}");
+        }
+        // Every pattern of zero and non-zero groups, non-zero groups of every width.
+        for zeros in 0u32..256 {
+            let mut groups = [0u16; 8];
+            for (i, g) in groups.iter_mut().enumerate() {
+                if zeros & (1 << i) == 0 {
+                    *g = [0x1, 0xab, 0xf00, 0xffff][i % 4];
+                }
+            }
+            let ip = IpAddr::V6(groups.into());
+            assert_eq!(ours(&ip), theirs(&ip), "{ip}");
+        }
+    }
+
+    #[test]
+    fn timestamps_and_countries_as_serde_writes_them() {
+        for t in [
+            Timestamp(0),
+            Timestamp(1_762_092_191_123_456_789),
+            Timestamp(u64::MAX),
+        ] {
+            assert_eq!(ours(&t), theirs(&t));
+        }
+        let de = Country::new("de").unwrap();
+        assert_eq!(ours(&de), theirs(&de));
+    }
+
+    #[test]
+    fn objects_nest_and_may_be_empty() {
+        let mut out = Vec::new();
+        let mut o = Object::new(&mut out);
+        o.field(",\"a\":", &1u8).unwrap();
+        o.object(",\"b\":", |_| Ok(())).unwrap();
+        o.serde(",\"c\":", &[1, 2]).unwrap();
+        o.end();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"a":1,"b":{},"c":[1,2]}"#
+        );
+    }
+}
