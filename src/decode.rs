@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use etherparse::defrag::IpDefragBuf;
-use etherparse::{IpFragOffset, IpNumber, LaxIpSlice, TcpHeaderSlice, TcpOptionElement};
+use etherparse::{IpFragOffset, IpNumber, LaxIpSlice, TcpHeaderSlice};
 
 use crate::source::{LinkType, Packet};
 use crate::timestamp::Timestamp;
@@ -52,7 +52,6 @@ pub struct Tcp {
     pub seq: u32,
     pub ack: u32,
     pub window: u16,
-    pub mss: Option<u16>,
 }
 
 pub const FIN: u8 = 0x01;
@@ -560,16 +559,11 @@ fn transport<'a>(net: Net<'a>, tunnel: Option<Tunnel>) -> Result<Decoded<'a>, De
                 etherparse::err::tcp::HeaderSliceError::Content(_) => DecodeError::BadTcp,
             })?;
             let hl = h.slice().len();
-            let mss = h.options_iterator().find_map(|o| match o {
-                Ok(TcpOptionElement::MaximumSegmentSize(m)) => Some(m),
-                _ => None,
-            });
             let tcp = Tcp {
                 flags: p[13],
                 seq: h.sequence_number(),
                 ack: h.acknowledgment_number(),
                 window: h.window_size(),
-                mss,
             };
             Ok(base(
                 Proto::Tcp,

@@ -681,7 +681,6 @@ pub(crate) mod testkit {
                 seq: *seq,
                 ack: 0,
                 window: 1000,
-                mss: None,
             });
             *seq = seq.wrapping_add(len as u32 + u32::from(flags & SYN != 0));
             let dec = Decoded {

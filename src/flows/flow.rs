@@ -549,7 +549,6 @@ pub(crate) fn segment(
             seq,
             ack: 0,
             window: 1000,
-            mss: None,
         }),
         payload,
         payload_len: payload.len() as u32,
