@@ -214,8 +214,7 @@ impl SteppingStone {
                 if r.key == *key || r.inbound == inbound {
                     continue;
                 }
-                let pair = if inbound { (&now, r) } else { (r, &now) };
-                self.coincide(scope, host, pair, r, &now, out);
+                self.coincide(scope, host, r, &now, out);
             }
             if queue.len() >= MAX_RECENT {
                 queue.pop_front();
@@ -238,18 +237,22 @@ impl SteppingStone {
         self.recent.len() < self.config.max_flows
     }
 
-    /// Resume `second` came within `delta` after `first` at `host`; `pair` is the same two,
-    /// inbound flow first.
+    /// Resume `second` came within `delta` after `first` at `host`, one of them on a flow
+    /// into the host and the other on a flow out of it.
     fn coincide(
         &mut self,
         scope: &Scope<'_>,
         host: IpAddr,
-        pair: (&Recent, &Recent),
         first: &Recent,
         second: &Recent,
         out: &mut Vec<Event>,
     ) {
-        let (a, b) = pair;
+        // The inbound flow, then the outbound one.
+        let (a, b) = if second.inbound {
+            (second, first)
+        } else {
+            (first, second)
+        };
         let (a_flow, b_flow) = (a.flow_ref(), b.flow_ref());
         // Back to where the session came from is not a chain.
         if a_flow.src_ip == b_flow.dst_ip {
