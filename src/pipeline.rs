@@ -500,8 +500,7 @@ impl Pipeline {
 
 /// Identifies `flow` from its reassembled prefixes; once settled (or `ending`), frees the
 /// buffers, shares its SSH and TLS details with flows of the same software and counts the
-/// label.
-/// DNS answers seen on the way feed the name cache.
+/// label. DNS answers seen on the way feed the name cache.
 fn identify_flow(
     flow: &mut Flow,
     names: &mut NameCache,

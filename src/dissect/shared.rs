@@ -30,27 +30,22 @@ impl SharedDetails {
     }
 
     /// Distinct values shared (SSH, TLS).
-    pub fn len(&self) -> (usize, usize) {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> (usize, usize) {
         (self.ssh.len(), self.tls.len())
     }
 }
 
 /// Distinct values shared at most; generous for software fingerprints.
-pub const LIMIT: usize = 4096;
+const LIMIT: usize = 4096;
 
-pub struct Shared<T> {
+struct Shared<T> {
     set: HashSet<Arc<T>, ahash::RandomState>,
 }
 
 impl<T: Eq + Hash> Shared<T> {
-    pub fn new() -> Shared<T> {
-        Shared {
-            set: HashSet::default(),
-        }
-    }
-
     /// The shared copy equal to `value`, which becomes the shared one if there is none.
-    pub fn share(&mut self, value: Arc<T>) -> Arc<T> {
+    fn share(&mut self, value: Arc<T>) -> Arc<T> {
         if let Some(known) = self.set.get(&value) {
             return Arc::clone(known);
         }
@@ -60,18 +55,18 @@ impl<T: Eq + Hash> Shared<T> {
         value
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.set.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
     }
 }
 
-impl<T: Eq + Hash> Default for Shared<T> {
+/// Not derived: that would ask `T: Default` of the shared values.
+impl<T> Default for Shared<T> {
     fn default() -> Shared<T> {
-        Shared::new()
+        Shared {
+            set: HashSet::default(),
+        }
     }
 }
 
@@ -81,7 +76,7 @@ mod tests {
 
     #[test]
     fn equal_values_share_one_copy() {
-        let mut shared = Shared::new();
+        let mut shared = Shared::default();
         let a = shared.share(Arc::new(String::from("SSH-2.0-OpenSSH_9.6")));
         let b = shared.share(Arc::new(String::from("SSH-2.0-OpenSSH_9.6")));
         let c = shared.share(Arc::new(String::from("SSH-2.0-PuTTY_0.81")));
@@ -92,7 +87,7 @@ mod tests {
 
     #[test]
     fn past_the_limit_values_are_kept_but_not_shared() {
-        let mut shared = Shared::new();
+        let mut shared = Shared::default();
         for i in 0..LIMIT {
             shared.share(Arc::new(i));
         }

@@ -306,18 +306,18 @@ impl Slots {
     }
 
     fn get(&self, key: &FlowKey) -> Option<&Flow> {
-        let found = self.table.find(self.hash(key), |f| f.has_key(key))?;
-        Some(found)
+        self.table
+            .find(self.hash(key), |f| f.has_key(key))
+            .map(|f| &**f)
     }
 
     fn get_mut(&mut self, key: &FlowKey) -> Option<&mut Flow> {
         self.find_mut(self.hash(key), |f| f.has_key(key))
     }
 
-    /// The flow with key hash `hash` that `is` picks (by key, or by sequence number).
+    /// The flow with key hash `hash` that `is` picks (by key, or by wheel slot).
     fn find_mut(&mut self, hash: u64, is: impl Fn(&Flow) -> bool) -> Option<&mut Flow> {
-        let found = self.table.find_mut(hash, |f| is(f))?;
-        Some(found)
+        self.table.find_mut(hash, |f| is(f)).map(|f| &mut **f)
     }
 
     fn remove(&mut self, hash: u64, is: impl Fn(&Flow) -> bool) -> Option<Box<Flow>> {
