@@ -9,9 +9,13 @@ use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use pcap_parser::pcapng::Block;
-use pcap_parser::traits::PcapReaderIterator;
-use pcap_parser::{PcapBlockOwned, PcapError};
+use pcap_parser::PcapError;
+use pcap_parser::nom::{self, IResult};
+use pcap_parser::pcap::{
+    LegacyPcapBlock, parse_pcap_frame, parse_pcap_frame_be, parse_pcap_frame_modified,
+    parse_pcap_header,
+};
+use pcap_parser::pcapng::{Block, parse_block_be, parse_block_le, parse_sectionheaderblock};
 
 use crate::timestamp::Timestamp;
 
@@ -111,19 +115,92 @@ struct Interface {
     offset_secs: i64,
 }
 
-/// What the pcap file header says about every record that follows.
-#[derive(Clone, Copy, Debug)]
-struct LegacyInfo {
-    link: LinkType,
-    nanos: bool,
+/// How a file's records are parsed, as its first bytes say.
+#[derive(Clone, Copy)]
+enum Format {
+    /// pcap: one file header, then records alike (the parser fits the header's byte order
+    /// and variant).
+    Pcap {
+        parse: fn(&[u8]) -> IResult<&[u8], LegacyPcapBlock<'_>, PcapError<&[u8]>>,
+        link: LinkType,
+        nanos: bool,
+    },
+    /// pcapng: blocks, in the byte order of the section they are in.
+    PcapNg { big_endian: bool },
 }
 
-/// Reads one capture file, record by record. The current packet stays in the reader's
-/// buffer until the next [`FileReader::advance`], so it is never copied.
+impl Format {
+    /// What the start of a file says it is, and how many bytes the pcap file header takes
+    /// (pcapng's section header is a block like the others). None: not a capture.
+    fn of(start: &[u8]) -> Option<(Format, usize)> {
+        if let Ok((_, shb)) = parse_sectionheaderblock(start) {
+            let big_endian = shb.big_endian();
+            return Some((Format::PcapNg { big_endian }, 0));
+        }
+        let (rest, h) = parse_pcap_header(start).ok()?;
+        let parse = if h.is_modified_format() {
+            parse_pcap_frame_modified
+        } else if h.is_bigendian() {
+            parse_pcap_frame_be
+        } else {
+            parse_pcap_frame
+        };
+        let format = Format::Pcap {
+            parse,
+            link: LinkType(h.network.0 as u32),
+            nanos: h.is_nanosecond_precision(),
+        };
+        Some((format, start.len() - rest.len()))
+    }
+}
+
+/// The part of a file read but not parsed yet.
+struct Buffered {
+    input: Box<dyn Read + Send>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+}
+
+impl Buffered {
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Reads more of the file behind what is left; a buffer full of one unfinished record
+    /// doubles (up to [`MAX_BUFFER`]). Ok(false) when the record cannot fit.
+    fn fill(&mut self) -> io::Result<bool> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            if self.buf.len() >= MAX_BUFFER {
+                return Ok(false);
+            }
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        loop {
+            match self.input.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads one capture file, record by record, with pcap-parser's record and block parsers.
+/// The current packet stays in the buffer until the next [`FileReader::advance`], so it
+/// is never copied.
 pub struct FileReader {
     path: PathBuf,
-    reader: Box<dyn PcapReaderIterator + Send>,
-    legacy: Option<LegacyInfo>,
+    input: Buffered,
+    format: Format,
     interfaces: Vec<Interface>,
     /// The packet at the front of the buffer, if any, and the record length to consume
     /// before the next one is read.
@@ -140,7 +217,7 @@ pub struct FileReader {
     done: bool,
 }
 
-/// Where the current packet is: its metadata and its bytes' place in the reader's buffer.
+/// Where the current packet is: its metadata and its bytes' place in the buffer.
 #[derive(Clone, Copy, Debug)]
 struct Current {
     ts: Timestamp,
@@ -149,7 +226,10 @@ struct Current {
     start: usize,
     len: usize,
 }
-const BUFFER: usize = 1 << 20;
+
+/// Read size: small enough that what the kernel copies in is still in the CPU's cache
+/// when it is parsed.
+const BUFFER: usize = 256 << 10;
 const MAX_BUFFER: usize = 1 << 26;
 
 impl FileReader {
@@ -176,33 +256,38 @@ impl FileReader {
         path: &Path,
         input: Box<dyn Read + Send>,
     ) -> Result<FileReader, SourceError> {
-        let reader = match pcap_parser::create_reader(BUFFER, input) {
-            Ok(r) => r,
-            Err(PcapError::ReadError) => {
-                return Err(SourceError::Open(
-                    path.to_path_buf(),
-                    io::Error::other("read failed (a damaged .gz file?)"),
-                ));
-            }
-            Err(_) => return Err(SourceError::NotACapture(path.to_path_buf())),
+        let mut input = Buffered {
+            input,
+            buf: vec![0; BUFFER],
+            start: 0,
+            end: 0,
+            eof: false,
         };
-        Ok(FileReader::with(path, reader))
-    }
-
-    fn with(path: &Path, reader: Box<dyn PcapReaderIterator + Send>) -> FileReader {
-        FileReader {
+        // Enough of the file to see what it is: a pcap header, or a section header block
+        // (whose options may be long).
+        while input.end < 4096 && !input.eof {
+            input.fill().map_err(|e| {
+                let e = io::Error::other(format!("read failed (a damaged .gz file?): {e}"));
+                SourceError::Open(path.to_path_buf(), e)
+            })?;
+        }
+        let Some((format, header)) = Format::of(input.data()) else {
+            return Err(SourceError::NotACapture(path.to_path_buf()));
+        };
+        input.start = header;
+        Ok(FileReader {
             path: path.to_path_buf(),
-            reader,
-            legacy: None,
+            input,
+            format,
             interfaces: Vec::new(),
             current: None,
             pending_consume: 0,
             last_ts: Timestamp::ZERO,
             truncated: 0,
             skipped: 0,
-            consumed: 0,
+            consumed: header as u64,
             done: false,
-        }
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -210,96 +295,100 @@ impl FileReader {
     }
 
     /// Moves to the next packet. Ok(false) at the end of the file.
-    ///
-    /// Records are consumed without shifting the buffer: the rest of it moves to the front
-    /// only when a refill needs the room, and then it is at most one partial record.
     pub fn advance(&mut self) -> Result<bool, SourceError> {
         self.current = None;
-        if self.pending_consume > 0 {
-            self.reader.consume_noshift(self.pending_consume);
-            self.consumed += self.pending_consume as u64;
-            self.pending_consume = 0;
-        }
+        let done = std::mem::take(&mut self.pending_consume);
+        self.consume(done);
         while !self.done {
-            // The buffer does not move between here and the end of `next`.
-            let base = self.reader.data().as_ptr() as usize;
-            let step = match self.reader.next() {
-                Ok((len, block)) => Step::Record(
-                    len,
-                    match record(&mut self.legacy, &mut self.interfaces, block) {
-                        Record::Packet(f) => Record::Packet(Current {
-                            ts: f.ts.unwrap_or(self.last_ts),
-                            link: f.link,
-                            orig_len: f.orig_len,
-                            // The frame's bytes lie inside the buffer the block came from.
-                            start: (f.data.as_ptr() as usize).saturating_sub(base),
-                            len: f.data.len(),
-                        }),
-                        Record::Meta => Record::Meta,
-                        Record::Skipped => Record::Skipped,
-                    },
-                ),
-                Err(PcapError::Eof) => Step::Eof,
-                Err(PcapError::Incomplete(_)) => Step::Refill,
-                Err(PcapError::UnexpectedEof) => Step::Truncated,
-                Err(PcapError::BufferTooSmall) => Step::Grow,
-                Err(PcapError::ReadError) => Step::Corrupt("read error".to_string()),
-                Err(e) => Step::Corrupt(format!("{e:?}")),
+            let data = self.input.data();
+            let parsed = match self.format {
+                Format::Pcap { parse, link, nanos } => parse(data)
+                    .map(|(rest, b)| (data.len() - rest.len(), legacy_frame(b, link, nanos))),
+                Format::PcapNg { big_endian } => {
+                    let parse = if big_endian {
+                        parse_block_be
+                    } else {
+                        parse_block_le
+                    };
+                    parse(data).map(|(rest, block)| {
+                        if let Block::SectionHeader(shb) = &block {
+                            self.format = Format::PcapNg {
+                                big_endian: shb.big_endian(),
+                            };
+                        }
+                        let len = data.len() - rest.len();
+                        (len, ng_record(&mut self.interfaces, block))
+                    })
+                }
             };
-            match step {
-                Step::Record(len, Record::Packet(current)) => {
-                    self.last_ts = current.ts;
-                    self.current = Some(current);
+            let base = data.as_ptr() as usize;
+            match parsed {
+                Ok((len, Record::Packet(f))) => {
+                    let ts = f.ts.unwrap_or(self.last_ts);
+                    self.current = Some(Current {
+                        ts,
+                        link: f.link,
+                        orig_len: f.orig_len,
+                        // The frame's bytes lie inside the data the record came from.
+                        start: self.input.start + (f.data.as_ptr() as usize - base),
+                        len: f.data.len(),
+                    });
+                    self.last_ts = ts;
                     self.pending_consume = len;
                     return Ok(true);
                 }
-                Step::Record(len, other) => {
+                Ok((len, other)) => {
                     if matches!(other, Record::Skipped) {
                         self.skipped += 1;
                     }
-                    self.reader.consume_noshift(len);
-                    self.consumed += len as u64;
+                    self.consume(len);
                 }
-                Step::Eof => self.done = true,
-                Step::Truncated => {
-                    self.truncated += 1;
-                    self.done = true;
+                Err(nom::Err::Incomplete(_)) => self.read_more()?,
+                Err(nom::Err::Error(e) | nom::Err::Failure(e)) => {
+                    let why = format!("{e:?}");
+                    return Err(self.corrupt(&why));
                 }
-                Step::Refill => self.refill(),
-                Step::Grow => {
-                    let size = (self.reader.position() + BUFFER).max(BUFFER * 2);
-                    if size > MAX_BUFFER || !self.reader.grow(size) {
-                        return Err(self.corrupt("a record larger than 64 MiB"));
-                    }
-                    self.refill();
-                }
-                Step::Corrupt(why) => return Err(self.corrupt(&why)),
             }
         }
         Ok(false)
     }
 
+    fn consume(&mut self, len: usize) {
+        self.input.start += len;
+        self.consumed += len as u64;
+    }
+
+    /// Reads more of the file for a record that does not fit what is buffered. The end of
+    /// the file ends it, truncated if a partial record is left; so does a failed read.
+    fn read_more(&mut self) -> Result<(), SourceError> {
+        if self.input.eof {
+            self.done = true;
+            if !self.input.data().is_empty() {
+                self.truncated += 1;
+            }
+            return Ok(());
+        }
+        match self.input.fill() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.corrupt("a record larger than 64 MiB")),
+            Err(_) => {
+                self.truncated += 1;
+                self.done = true;
+                Ok(())
+            }
+        }
+    }
+
     /// The packet [`FileReader::advance`] moved to, borrowed from the buffer.
     pub fn packet(&self) -> Option<Packet<'_>> {
         let c = self.current?;
-        let data = self
-            .reader
-            .data()
-            .get(c.start..c.start.checked_add(c.len)?)?;
+        let data = self.input.buf.get(c.start..c.start.checked_add(c.len)?)?;
         Some(Packet {
             ts: c.ts,
             link: c.link,
             orig_len: c.orig_len,
             data,
         })
-    }
-
-    /// Reads more of the file; a failed read ends it as truncated.
-    fn refill(&mut self) {
-        if self.reader.refill().is_err() {
-            self.truncated += 1;
-            self.done = true;
-        }
     }
 
     fn corrupt(&mut self, why: &str) -> SourceError {
@@ -309,15 +398,6 @@ impl FileReader {
             format!("{why} after {} bytes", self.consumed),
         )
     }
-}
-
-enum Step {
-    Record(usize, Record<Current>),
-    Eof,
-    Truncated,
-    Refill,
-    Grow,
-    Corrupt(String),
 }
 
 enum Record<T> {
@@ -334,43 +414,30 @@ struct Frame<'a> {
     data: &'a [u8],
 }
 
-fn record<'a>(
-    legacy: &mut Option<LegacyInfo>,
-    interfaces: &mut Vec<Interface>,
-    block: PcapBlockOwned<'a>,
-) -> Record<Frame<'a>> {
+fn legacy_frame(b: LegacyPcapBlock<'_>, link: LinkType, nanos: bool) -> Record<Frame<'_>> {
+    let frac = if nanos {
+        b.ts_usec as u64
+    } else {
+        b.ts_usec as u64 * 1_000
+    };
+    Record::Packet(Frame {
+        ts: Some(Timestamp(
+            (b.ts_sec as u64) * 1_000_000_000 + frac.min(999_999_999),
+        )),
+        link,
+        orig_len: b.origlen,
+        data: captured(b.data, b.caplen),
+    })
+}
+
+fn ng_record<'a>(interfaces: &mut Vec<Interface>, block: Block<'a>) -> Record<Frame<'a>> {
     match block {
-        PcapBlockOwned::LegacyHeader(h) => {
-            *legacy = Some(LegacyInfo {
-                link: LinkType(h.network.0 as u32),
-                nanos: h.is_nanosecond_precision(),
-            });
-            Record::Meta
-        }
-        PcapBlockOwned::Legacy(b) => {
-            let Some(info) = legacy else {
-                return Record::Skipped;
-            };
-            let frac = if info.nanos {
-                b.ts_usec as u64
-            } else {
-                b.ts_usec as u64 * 1_000
-            };
-            Record::Packet(Frame {
-                ts: Some(Timestamp(
-                    (b.ts_sec as u64) * 1_000_000_000 + frac.min(999_999_999),
-                )),
-                link: info.link,
-                orig_len: b.origlen,
-                data: captured(b.data, b.caplen),
-            })
-        }
-        PcapBlockOwned::NG(Block::SectionHeader(_)) => {
+        Block::SectionHeader(_) => {
             // Interface ids are numbered per section.
             interfaces.clear();
             Record::Meta
         }
-        PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
+        Block::InterfaceDescription(idb) => {
             interfaces.push(Interface {
                 link: LinkType(idb.linktype.0 as u32),
                 units_per_sec: idb.ts_resolution().unwrap_or(1_000_000),
@@ -378,7 +445,7 @@ fn record<'a>(
             });
             Record::Meta
         }
-        PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
+        Block::EnhancedPacket(epb) => {
             let Some(iface) = interfaces.get(epb.if_id as usize) else {
                 return Record::Skipped;
             };
@@ -390,7 +457,7 @@ fn record<'a>(
                 data: captured(epb.data, epb.caplen),
             })
         }
-        PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
+        Block::SimplePacket(spb) => {
             // SPBs carry no timestamp; they belong to interface 0 (pcapng §4.4).
             let Some(iface) = interfaces.first() else {
                 return Record::Skipped;
@@ -402,7 +469,7 @@ fn record<'a>(
                 data: captured(spb.data, spb.origlen),
             })
         }
-        PcapBlockOwned::NG(_) => Record::Meta,
+        _ => Record::Meta,
     }
 }
 
@@ -548,6 +615,56 @@ mod tests {
         assert_eq!(us[0].data, [0x45, 0, 0, 60]);
         let (ns, _) = read_all(tiny_pcap(0xa1b23c4d, 250_000, 0)).unwrap();
         assert_eq!(ns[0].ts.0, 1_700_000_000_000_250_000);
+    }
+
+    /// A reader that hands out at most `step` bytes a call, like a pipe or a gzip stream.
+    struct Trickle(io::Cursor<Vec<u8>>, usize);
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.1);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    /// A pcap file (LE, µs, raw IP) of records with the given data lengths.
+    fn pcap_of(lens: &[usize]) -> Vec<u8> {
+        let mut f = tiny_pcap(0xa1b2c3d4, 0, 20);
+        for (i, &len) in lens.iter().enumerate() {
+            for v in [i as u32, 0, len as u32, len as u32] {
+                f.extend_from_slice(&v.to_le_bytes());
+            }
+            f.extend((0..len).map(|b| (b + i) as u8));
+        }
+        f
+    }
+
+    #[test]
+    fn records_larger_than_the_buffer_and_reads_of_any_size() {
+        let lens = [60, BUFFER * 3 + 7, 1500, 0, 40];
+        let bytes = pcap_of(&lens);
+        for step in [1, 1000, BUFFER - 1, usize::MAX] {
+            let input = Box::new(Trickle(io::Cursor::new(bytes.clone()), step));
+            let mut r = FileReader::from_reader(Path::new("t.pcap"), input).unwrap();
+            let mut seen = Vec::new();
+            while r.advance().unwrap() {
+                let p = r.packet().unwrap();
+                let i = seen.len();
+                assert!(p.data.iter().enumerate().all(|(b, &v)| v == (b + i) as u8));
+                assert_eq!(p.ts.secs(), i as u64);
+                seen.push(p.data.len());
+            }
+            assert_eq!(seen, lens, "read {step} bytes at a time");
+            assert_eq!((r.truncated, r.consumed), (0, bytes.len() as u64));
+        }
+        // Cut inside the big record: what came before is read, the cut is counted.
+        let cut = bytes[..24 + 16 + 60 + 16 + BUFFER].to_vec();
+        let input = Box::new(Trickle(io::Cursor::new(cut), 4096));
+        let mut r = FileReader::from_reader(Path::new("t.pcap"), input).unwrap();
+        assert!(r.advance().unwrap());
+        assert!(!r.advance().unwrap());
+        assert!(!r.advance().unwrap());
+        assert_eq!(r.truncated, 1);
     }
 
     #[test]
