@@ -115,13 +115,16 @@ struct Interface {
     offset_secs: i64,
 }
 
+/// One of pcap-parser's pcap record parsers.
+type RecordParser = fn(&[u8]) -> IResult<&[u8], LegacyPcapBlock<'_>, PcapError<&[u8]>>;
+
 /// How a file's records are parsed, as its first bytes say.
 #[derive(Clone, Copy)]
 enum Format {
     /// pcap: one file header, then records alike (the parser fits the header's byte order
     /// and variant).
     Pcap {
-        parse: fn(&[u8]) -> IResult<&[u8], LegacyPcapBlock<'_>, PcapError<&[u8]>>,
+        parse: RecordParser,
         link: LinkType,
         nanos: bool,
     },
