@@ -126,7 +126,7 @@ impl FlowTable {
             },
             flows: Slots {
                 table: HashTable::new(),
-                hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
+                hasher: ahash::RandomState::new(),
             },
             now: Timestamp::ZERO,
             next_seq: 0,
@@ -289,6 +289,8 @@ impl FlowTable {
 /// than the key's 42 and the pointer, and an ended flow leaves without a copy.
 struct Slots {
     table: HashTable<Box<Flow>>,
+    /// Seeded at random per process, so crafted keys cannot pile into one probe chain;
+    /// nothing is read from the table in hash order, so output does not depend on it.
     hasher: ahash::RandomState,
 }
 
