@@ -14,63 +14,92 @@ use crate::timestamp::Timestamp;
 /// A value that writes itself as serde_json would serialize it.
 pub trait Json {
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()>;
+
+    /// Whether the value is `null`, which [`Object::field`] copies with its key.
+    fn is_null(&self) -> bool {
+        false
+    }
 }
 
-/// One JSON object written field by field. Keys are `,"name":`, a quoted name that needs
-/// no escaping with its colon and the comma that goes before every field but the first:
-/// one copy per field.
+/// A field's key `,"name":` and a `null` after it, built at compile time by [`key!`]: the
+/// comma that goes before every field, a name JSON never escapes (a Rust identifier), and
+/// the value of an absent field, so that one copy writes it whole.
+#[derive(Clone, Copy)]
+pub struct Key(pub(super) &'static str);
+
+impl Key {
+    /// `,"name":`
+    #[inline(always)]
+    fn name(self) -> &'static [u8] {
+        let key = self.0.as_bytes();
+        key.get(..key.len().saturating_sub(4)).unwrap_or_default()
+    }
+
+    /// `,"name":null`
+    #[inline(always)]
+    fn with_null(self) -> &'static [u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// The [`Key`] of the field `name`.
+macro_rules! key {
+    ($name:ident) => {
+        $crate::flows::json::Key(concat!(",\"", stringify!($name), "\":null"))
+    };
+}
+pub(crate) use key;
+
+/// One JSON object written field by field, each with its key (a [`Key`]). Every key
+/// starts with a comma; [`Object::end`] turns the first one into the opening brace, so
+/// fields need no test for being the first.
 pub struct Object<'a> {
     out: &'a mut Vec<u8>,
-    /// No field written yet: the next one opens the object (`{`) instead of its comma.
-    first: bool,
+    /// Where the object starts: the first key's comma.
+    start: usize,
 }
 
 impl<'a> Object<'a> {
     pub fn new(out: &'a mut Vec<u8>) -> Object<'a> {
-        Object { out, first: true }
+        let start = out.len();
+        Object { out, start }
     }
 
-    // Inlined: a constant key is then copied with a few moves instead of a memcpy call.
+    // Inlined: the null test of a value that is never null goes away.
     #[inline(always)]
-    pub fn field<T: Json + ?Sized>(&mut self, key: &str, value: &T) -> serde_json::Result<()> {
-        self.key(key);
+    pub fn field<T: Json + ?Sized>(&mut self, key: Key, value: &T) -> serde_json::Result<()> {
+        if value.is_null() {
+            self.out.extend_from_slice(key.with_null());
+            return Ok(());
+        }
+        self.out.extend_from_slice(key.name());
         value.write_json(self.out)
     }
 
     /// A field written by serde_json itself, for values without a [`Json`] writer.
-    pub fn serde<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> serde_json::Result<()> {
-        self.key(key);
+    pub fn serde<T: Serialize + ?Sized>(&mut self, key: Key, value: &T) -> serde_json::Result<()> {
+        self.out.extend_from_slice(key.name());
         serde_json::to_writer(&mut *self.out, value)
     }
 
     /// A field whose value is an object written by `fill`.
     pub fn object(
         &mut self,
-        key: &str,
+        key: Key,
         fill: impl FnOnce(&mut Object<'_>) -> serde_json::Result<()>,
     ) -> serde_json::Result<()> {
-        self.key(key);
+        self.out.extend_from_slice(key.name());
         let mut inner = Object::new(self.out);
         fill(&mut inner)?;
         inner.end();
         Ok(())
     }
 
-    #[inline(always)]
-    fn key(&mut self, key: &str) {
-        let key = key.as_bytes();
-        if self.first {
-            self.first = false;
-            self.out.push(b'{');
-            self.out.extend_from_slice(key.get(1..).unwrap_or_default());
-        } else {
-            self.out.extend_from_slice(key);
-        }
-    }
-
+    /// Closes the object: the first key's comma becomes `{` (an empty object gets one).
     pub fn end(self) {
-        if self.first {
-            self.out.push(b'{');
+        match self.out.get_mut(self.start) {
+            Some(comma) => *comma = b'{',
+            None => self.out.push(b'{'),
         }
         self.out.push(b'}');
     }
@@ -127,6 +156,10 @@ impl Json for &'static str {
 }
 
 impl<T: Json> Json for Option<T> {
+    fn is_null(&self) -> bool {
+        self.is_none()
+    }
+
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         match self {
             Some(v) => v.write_json(out),
@@ -403,13 +436,15 @@ mod tests {
     fn objects_nest_and_may_be_empty() {
         let mut out = Vec::new();
         let mut o = Object::new(&mut out);
-        o.field(",\"a\":", &1u8).unwrap();
-        o.object(",\"b\":", |_| Ok(())).unwrap();
-        o.serde(",\"c\":", &[1, 2]).unwrap();
+        o.field(key!(a), &1u8).unwrap();
+        o.object(key!(b), |_| Ok(())).unwrap();
+        o.serde(key!(c), &[1, 2]).unwrap();
+        o.field(key!(d), &None::<u8>).unwrap();
+        o.field(key!(e), &Some(2u8)).unwrap();
         o.end();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"{"a":1,"b":{},"c":[1,2]}"#
+            r#"{"a":1,"b":{},"c":[1,2],"d":null,"e":2}"#
         );
     }
 }
