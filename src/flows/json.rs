@@ -227,14 +227,13 @@ macro_rules! integers {
 
 integers!(u8, u16, u32, u64);
 
-/// `x` as a whole number of millionths, when it is zero or the double closest to that
-/// decimal between 1e-5 (below, zmij writes an exponent) and 1e9. Such a decimal has at
-/// most 15 significant digits, so no other decimal as short reads back as `x`: its digits
-/// are the shortest that round-trip, which zmij writes. The records' figures (durations
-/// in microseconds, means and times rounded to two places, whole numbers) are all such.
+/// `x` as a whole number of millionths, when it is the double closest to that decimal
+/// between 1e-5 (below, zmij writes an exponent) and 1e9. Such a decimal has at most 15
+/// significant digits, so no other decimal as short reads back as `x`: its digits are the
+/// shortest that round-trip, which zmij writes. The records' figures (durations in
+/// microseconds, means and times rounded to two places, whole numbers) are all such.
 fn millionths(x: f64) -> Option<u64> {
-    // -0.0 is left to zmij for its sign.
-    if x.to_bits() != 0 && !(1e-5..1e9).contains(&x) {
+    if !(1e-5..1e9).contains(&x) {
         return None;
     }
     // Below 1e15, in i64 (the cast and its way back are one instruction each).
@@ -250,7 +249,11 @@ impl Json for f64 {
     #[inline]
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let x = *self;
-        if let Some(n) = millionths(x) {
+        // A third of them are zero (the idle times of short flows); -0.0 is left to zmij
+        // for its sign.
+        if x.to_bits() == 0 {
+            out.extend_from_slice(b"0.0");
+        } else if let Some(n) = millionths(x) {
             uint(out, n / 1_000_000);
             let fraction = (n % 1_000_000) as u32;
             if fraction == 0 {
