@@ -199,8 +199,7 @@ fn uint(out: &mut Vec<u8>, n: u64) {
     if n < 10 {
         out.push(b'0' + n as u8);
     } else if n < 100 {
-        out.push(b'0' + (n / 10) as u8);
-        out.push(b'0' + (n % 10) as u8);
+        out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
     } else {
         long_uint(out, n);
     }
@@ -236,7 +235,7 @@ fn millionths(x: f64) -> Option<u64> {
     if !(1e-5..1e9).contains(&x) {
         return None;
     }
-    // Below 1e15, in i64 (the cast and its way back are one instruction each).
+    // Below 1e15: in i64, whose conversions from and to f64 are cheaper than u64's.
     let n = (x * 1e6 + 0.5) as i64;
     (n as f64 / 1e6 == x).then_some(n as u64)
 }
@@ -257,8 +256,7 @@ impl Json for f64 {
             uint(out, n / 1_000_000);
             let fraction = (n % 1_000_000) as u32;
             if fraction == 0 {
-                out.push(b'.');
-                out.push(b'0');
+                out.extend_from_slice(b".0");
                 return Ok(());
             }
             let mut text = *b".000000";
@@ -267,11 +265,11 @@ impl Json for f64 {
                 *digit = b'0' + (rest % 10) as u8;
                 rest /= 10;
             }
-            // Up to the last digit that is not zero (there is one: the fraction is not).
-            let end = text.iter().rposition(|&d| d != b'0').unwrap_or(0) + 1;
-            for &b in &text[..end] {
-                out.push(b);
-            }
+            // All seven bytes in one copy of a known size, then the trailing zeros cut
+            // (there is a digit that is not zero: the fraction is not).
+            let zeros = text.iter().rev().take_while(|&&d| d == b'0').count();
+            out.extend_from_slice(&text);
+            out.truncate(out.len() - zeros);
         } else if x.is_finite() {
             digits(out, zmij::Buffer::new().format_finite(x));
         } else {
@@ -294,7 +292,8 @@ impl Json for IpAddr {
     }
 }
 
-/// Dotted decimal, put together on the stack and appended in one copy.
+/// Dotted decimal, put together on the stack and appended in one copy of a known size,
+/// then cut to its length.
 fn ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
     let mut text = [0; 16];
     let mut len = 0;
@@ -315,7 +314,9 @@ fn ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
         put(b'.');
     }
     // Without the last dot.
-    out.extend_from_slice(text.get(..len.saturating_sub(1)).unwrap_or_default());
+    let end = out.len() + len.saturating_sub(1);
+    out.extend_from_slice(&text);
+    out.truncate(end);
 }
 
 /// RFC 5952 text as `Ipv6Addr`'s `Display` writes it: lower-case hex groups without
@@ -370,7 +371,10 @@ impl Json for DnsAnswer {
 
 impl Json for Timestamp {
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        quoted(out, self.rfc3339_bytes().as_slice());
+        // Quotes and text in one copy of a known size.
+        let mut text = [b'"'; 29];
+        text[1..28].copy_from_slice(&self.rfc3339_bytes());
+        out.extend_from_slice(&text);
         Ok(())
     }
 }
