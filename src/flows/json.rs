@@ -410,6 +410,18 @@ mod tests {
         ] {
             assert_eq!(ours(s), theirs(s), "{s:?}");
         }
+        // Each byte that is escaped, and some that are not, at every place of strings of
+        // many lengths.
+        for len in 1..40 {
+            for at in 0..len {
+                for b in [0x00, 0x1f, b'"', b'\\', b' ', 0x7f, b'a'] {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = b;
+                    let s = String::from_utf8(bytes).unwrap();
+                    assert_eq!(ours(s.as_str()), theirs(&s), "{s:?}");
+                }
+            }
+        }
         assert_eq!(ours(&Some("x\ny".to_string())), theirs(&Some("x\ny")));
         assert_eq!(ours(&None::<String>), "null");
         let list = vec!["a".to_string(), "\"b\"".to_string()];
@@ -449,7 +461,16 @@ mod tests {
             assert_eq!(ours(&f), theirs(&f), "{f}");
         }
         assert_eq!(ours(&u64::MAX), theirs(&u64::MAX));
-        for n in (0..1000u64).chain([9_999, 10_000, 123_456_789]) {
+        let edges = [
+            9_999,
+            10_000,
+            99_999,
+            100_000,
+            123_456_789,
+            1 << 32,
+            u64::MAX,
+        ];
+        for n in (0..1000u64).chain(edges) {
             assert_eq!(ours(&n), theirs(&n));
         }
         assert_eq!(ours(&0u8), "0");
