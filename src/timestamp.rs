@@ -1,6 +1,7 @@
 //! Packet time. Every detector reads the clock from packets, never from the wall, so a
 //! replay of a capture produces the same output as the live sensor did.
 
+use std::cell::Cell;
 use std::fmt;
 
 /// Nanoseconds since the Unix epoch, taken from a capture record.
@@ -60,25 +61,16 @@ struct Rfc3339([u8; 27]);
 impl Rfc3339 {
     fn of(t: Timestamp) -> Rfc3339 {
         let secs = t.0 / 1_000_000_000;
-        let micros = (t.0 % 1_000_000_000) / 1_000;
-        let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-        let sod = secs % 86_400;
+        let micros = (t.0 % 1_000_000_000 / 1_000) as u32;
+        let sod = (secs % 86_400) as u32;
         let mut b = *b"0000-00-00T00:00:00.000000Z";
-        for (at, width, value) in [
-            (0, 4, y as u64),
-            (5, 2, u64::from(m)),
-            (8, 2, u64::from(d)),
-            (11, 2, sod / 3600),
-            (14, 2, sod / 60 % 60),
-            (17, 2, sod % 60),
-            (20, 6, micros),
-        ] {
-            let mut v = value;
-            for digit in b[at..at + width].iter_mut().rev() {
-                *digit = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
-        }
+        b[..10].copy_from_slice(&date(secs / 86_400));
+        two_digits(&mut b[11..], sod / 3600);
+        two_digits(&mut b[14..], sod / 60 % 60);
+        two_digits(&mut b[17..], sod % 60);
+        two_digits(&mut b[20..], micros / 10_000);
+        two_digits(&mut b[22..], micros / 100 % 100);
+        two_digits(&mut b[24..], micros % 100);
         Rfc3339(b)
     }
 
@@ -88,8 +80,42 @@ impl Rfc3339 {
     }
 }
 
+thread_local! {
+    /// The day last written and its `YYYY-MM-DD`: the calendar arithmetic is the dearer
+    /// part of a timestamp, and records come in time order, nearly all on the same day.
+    static LAST_DATE: Cell<(u64, [u8; 10])> = const { Cell::new((u64::MAX, [0; 10])) };
+}
+
+/// `YYYY-MM-DD` of the day `days` after 1970-01-01.
+fn date(days: u64) -> [u8; 10] {
+    LAST_DATE.with(|last| {
+        let (day, text) = last.get();
+        if day == days {
+            return text;
+        }
+        let (y, m, d) = civil_from_days(days as i64);
+        let mut text = *b"0000-00-00";
+        let year = y as u32;
+        two_digits(&mut text[0..], year / 100);
+        two_digits(&mut text[2..], year % 100);
+        two_digits(&mut text[5..], m);
+        two_digits(&mut text[8..], d);
+        last.set((days, text));
+        text
+    })
+}
+
+/// `value`, below 100, as the first two digits of `text`: every field of a timestamp is
+/// two digits or a few pairs, which take half the divisions of one digit at a time.
+fn two_digits(text: &mut [u8], value: u32) {
+    if let [tens, ones, ..] = text {
+        *tens = b'0' + (value / 10) as u8;
+        *ones = b'0' + (value % 10) as u8;
+    }
+}
+
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`). Written out because this runs for every record.
+/// (Howard Hinnant's `civil_from_days`).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -137,6 +163,20 @@ mod tests {
             let ns = secs * 1_000_000_000 + 987_654_321;
             let ours = Timestamp(ns).rfc3339();
             let theirs = chrono::DateTime::from_timestamp(secs as i64, 987_654_321)
+                .unwrap()
+                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string();
+            assert_eq!(ours, theirs);
+        }
+    }
+
+    /// The date of the day before is not the date of the day after.
+    #[test]
+    fn days_change_back_and_forth() {
+        let day = 86_400;
+        for secs in [day - 1, day, day - 1, 0, 20_394 * day, 20_395 * day, 0] {
+            let ours = Timestamp::from_secs(secs).rfc3339();
+            let theirs = chrono::DateTime::from_timestamp(secs as i64, 0)
                 .unwrap()
                 .format("%Y-%m-%dT%H:%M:%S%.6fZ")
                 .to_string();

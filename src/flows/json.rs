@@ -14,63 +14,92 @@ use crate::timestamp::Timestamp;
 /// A value that writes itself as serde_json would serialize it.
 pub trait Json {
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()>;
+
+    /// Whether the value is `null`, which [`Object::field`] copies with its key.
+    fn is_null(&self) -> bool {
+        false
+    }
 }
 
-/// One JSON object written field by field. Keys are `,"name":`, a quoted name that needs
-/// no escaping with its colon and the comma that goes before every field but the first:
-/// one copy per field.
+/// A field's key `,"name":` and a `null` after it, built at compile time by [`key!`]: the
+/// comma that goes before every field, a name JSON never escapes (a Rust identifier), and
+/// the value of an absent field, so that one copy writes it whole.
+#[derive(Clone, Copy)]
+pub struct Key(pub(super) &'static str);
+
+impl Key {
+    /// `,"name":`
+    #[inline(always)]
+    fn name(self) -> &'static [u8] {
+        let key = self.0.as_bytes();
+        key.get(..key.len().saturating_sub(4)).unwrap_or_default()
+    }
+
+    /// `,"name":null`
+    #[inline(always)]
+    fn with_null(self) -> &'static [u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// The [`Key`] of the field `name`.
+macro_rules! key {
+    ($name:ident) => {
+        $crate::flows::json::Key(concat!(",\"", stringify!($name), "\":null"))
+    };
+}
+pub(crate) use key;
+
+/// One JSON object written field by field, each with its key (a [`Key`]). Every key
+/// starts with a comma; [`Object::end`] turns the first one into the opening brace, so
+/// fields need no test for being the first.
 pub struct Object<'a> {
     out: &'a mut Vec<u8>,
-    /// No field written yet: the next one opens the object (`{`) instead of its comma.
-    first: bool,
+    /// Where the object starts: the first key's comma.
+    start: usize,
 }
 
 impl<'a> Object<'a> {
     pub fn new(out: &'a mut Vec<u8>) -> Object<'a> {
-        Object { out, first: true }
+        let start = out.len();
+        Object { out, start }
     }
 
-    // Inlined: a constant key is then copied with a few moves instead of a memcpy call.
+    // Inlined: the null test of a value that is never null goes away.
     #[inline(always)]
-    pub fn field<T: Json + ?Sized>(&mut self, key: &str, value: &T) -> serde_json::Result<()> {
-        self.key(key);
+    pub fn field<T: Json + ?Sized>(&mut self, key: Key, value: &T) -> serde_json::Result<()> {
+        if value.is_null() {
+            self.out.extend_from_slice(key.with_null());
+            return Ok(());
+        }
+        self.out.extend_from_slice(key.name());
         value.write_json(self.out)
     }
 
     /// A field written by serde_json itself, for values without a [`Json`] writer.
-    pub fn serde<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> serde_json::Result<()> {
-        self.key(key);
+    pub fn serde<T: Serialize + ?Sized>(&mut self, key: Key, value: &T) -> serde_json::Result<()> {
+        self.out.extend_from_slice(key.name());
         serde_json::to_writer(&mut *self.out, value)
     }
 
     /// A field whose value is an object written by `fill`.
     pub fn object(
         &mut self,
-        key: &str,
+        key: Key,
         fill: impl FnOnce(&mut Object<'_>) -> serde_json::Result<()>,
     ) -> serde_json::Result<()> {
-        self.key(key);
+        self.out.extend_from_slice(key.name());
         let mut inner = Object::new(self.out);
         fill(&mut inner)?;
         inner.end();
         Ok(())
     }
 
-    #[inline(always)]
-    fn key(&mut self, key: &str) {
-        let key = key.as_bytes();
-        if self.first {
-            self.first = false;
-            self.out.push(b'{');
-            self.out.extend_from_slice(key.get(1..).unwrap_or_default());
-        } else {
-            self.out.extend_from_slice(key);
-        }
-    }
-
+    /// Closes the object: the first key's comma becomes `{` (an empty object gets one).
     pub fn end(self) {
-        if self.first {
-            self.out.push(b'{');
+        match self.out.get_mut(self.start) {
+            Some(comma) => *comma = b'{',
+            None => self.out.push(b'{'),
         }
         self.out.push(b'}');
     }
@@ -127,6 +156,10 @@ impl Json for &'static str {
 }
 
 impl<T: Json> Json for Option<T> {
+    fn is_null(&self) -> bool {
+        self.is_none()
+    }
+
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         match self {
             Some(v) => v.write_json(out),
@@ -159,12 +192,32 @@ impl Json for bool {
     }
 }
 
-/// Integers through `itoa`, as serde_json writes them.
+/// Appends `n` in decimal, as serde_json writes integers. Most numbers in a record
+/// (counts, TTLs, codes) have one or two digits: those inline, the rest through `itoa`.
+#[inline]
+fn uint(out: &mut Vec<u8>, n: u64) {
+    if n < 10 {
+        out.push(b'0' + n as u8);
+    } else if n < 100 {
+        out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+    } else {
+        long_uint(out, n);
+    }
+}
+
+/// Out of line, so that the short numbers' path stays small.
+#[inline(never)]
+fn long_uint(out: &mut Vec<u8>, n: u64) {
+    digits(out, itoa::Buffer::new().format(n));
+}
+
 macro_rules! integers {
     ($($t:ty),*) => {$(
         impl Json for $t {
+            // Inlined: a call cost as much as writing a short number.
+            #[inline]
             fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-                digits(out, itoa::Buffer::new().format(*self));
+                uint(out, u64::from(*self));
                 Ok(())
             }
         }
@@ -173,18 +226,50 @@ macro_rules! integers {
 
 integers!(u8, u16, u32, u64);
 
+/// `x` as a whole number of millionths, when it is the double closest to that decimal
+/// between 1e-5 (below, zmij writes an exponent) and 1e9. Such a decimal has at most 15
+/// significant digits, so no other decimal as short reads back as `x`: its digits are the
+/// shortest that round-trip, which zmij writes. The records' figures (durations in
+/// microseconds, means and times rounded to two places, whole numbers) are all such.
+fn millionths(x: f64) -> Option<u64> {
+    if !(1e-5..1e9).contains(&x) {
+        return None;
+    }
+    // Below 1e15: in i64, whose conversions from and to f64 are cheaper than u64's.
+    let n = (x * 1e6 + 0.5) as i64;
+    (n as f64 / 1e6 == x).then_some(n as u64)
+}
+
 impl Json for f64 {
     /// Finite numbers as `zmij` writes them for serde_json, NaN and infinities as null.
-    /// Two in three of a record's numbers are whole (29.0, 80.0): `zmij` writes those
-    /// below 1e16 as their digits and `.0`, which `itoa` does in a fraction of the time.
+    /// Two in three of a record's numbers are whole (29.0, 80.0), most others have a few
+    /// decimals (0.065, 1406.33): `zmij` writes those as their digits around a point,
+    /// which integer arithmetic does in a fraction of the time.
+    #[inline]
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let x = *self;
-        // Below 2^53 every whole number converts exactly (and the cast is cheaper than
-        // `fract`, a libm call); -0.0 is left to zmij for its sign.
-        let whole = x as u64;
-        if (0.0..1e15).contains(&x) && whole as f64 == x && x.is_sign_positive() {
-            digits(out, itoa::Buffer::new().format(whole));
-            out.extend_from_slice(b".0");
+        // A third of them are zero (the idle times of short flows); -0.0 is left to zmij
+        // for its sign.
+        if x.to_bits() == 0 {
+            out.extend_from_slice(b"0.0");
+        } else if let Some(n) = millionths(x) {
+            uint(out, n / 1_000_000);
+            let fraction = (n % 1_000_000) as u32;
+            if fraction == 0 {
+                out.extend_from_slice(b".0");
+                return Ok(());
+            }
+            let mut text = *b".000000";
+            let mut rest = fraction;
+            for digit in text[1..].iter_mut().rev() {
+                *digit = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
+            // All seven bytes in one copy of a known size, then the trailing zeros cut
+            // (there is a digit that is not zero: the fraction is not).
+            let zeros = text.iter().rev().take_while(|&&d| d == b'0').count();
+            out.extend_from_slice(&text);
+            out.truncate(out.len() - zeros);
         } else if x.is_finite() {
             digits(out, zmij::Buffer::new().format_finite(x));
         } else {
@@ -207,20 +292,31 @@ impl Json for IpAddr {
     }
 }
 
-/// Dotted decimal.
+/// Dotted decimal, put together on the stack and appended in one copy of a known size,
+/// then cut to its length.
 fn ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
-    for (i, n) in ip.octets().into_iter().enumerate() {
-        if i > 0 {
-            out.push(b'.');
-        }
+    let mut text = [0; 16];
+    let mut len = 0;
+    for n in ip.octets() {
+        let mut put = |digit: u8| {
+            if let Some(at) = text.get_mut(len) {
+                *at = digit;
+                len += 1;
+            }
+        };
         if n >= 100 {
-            out.push(b'0' + n / 100);
+            put(b'0' + n / 100);
         }
         if n >= 10 {
-            out.push(b'0' + n / 10 % 10);
+            put(b'0' + n / 10 % 10);
         }
-        out.push(b'0' + n % 10);
+        put(b'0' + n % 10);
+        put(b'.');
     }
+    // Without the last dot.
+    let end = out.len() + len.saturating_sub(1);
+    out.extend_from_slice(&text);
+    out.truncate(end);
 }
 
 /// RFC 5952 text as `Ipv6Addr`'s `Display` writes it: lower-case hex groups without
@@ -275,7 +371,10 @@ impl Json for DnsAnswer {
 
 impl Json for Timestamp {
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        quoted(out, self.rfc3339_bytes().as_slice());
+        // Quotes and text in one copy of a known size.
+        let mut text = [b'"'; 29];
+        text[1..28].copy_from_slice(&self.rfc3339_bytes());
+        out.extend_from_slice(&text);
         Ok(())
     }
 }
@@ -310,6 +409,18 @@ mod tests {
             "é ü 漢字 🦀",
         ] {
             assert_eq!(ours(s), theirs(s), "{s:?}");
+        }
+        // Each byte that is escaped, and some that are not, at every place of strings of
+        // many lengths.
+        for len in 1..40 {
+            for at in 0..len {
+                for b in [0x00, 0x1f, b'"', b'\\', b' ', 0x7f, b'a'] {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = b;
+                    let s = String::from_utf8(bytes).unwrap();
+                    assert_eq!(ours(s.as_str()), theirs(&s), "{s:?}");
+                }
+            }
         }
         assert_eq!(ours(&Some("x\ny".to_string())), theirs(&Some("x\ny")));
         assert_eq!(ours(&None::<String>), "null");
@@ -350,10 +461,51 @@ mod tests {
             assert_eq!(ours(&f), theirs(&f), "{f}");
         }
         assert_eq!(ours(&u64::MAX), theirs(&u64::MAX));
+        let edges = [
+            9_999,
+            10_000,
+            99_999,
+            100_000,
+            123_456_789,
+            1 << 32,
+            u64::MAX,
+        ];
+        for n in (0..1000u64).chain(edges) {
+            assert_eq!(ours(&n), theirs(&n));
+        }
         assert_eq!(ours(&0u8), "0");
         assert_eq!(ours(&65535u16), "65535");
         assert_eq!(ours(&true), "true");
         assert_eq!(ours(&false), "false");
+    }
+
+    /// The shapes of the records' rounded figures, at every scale, and their neighbours.
+    #[test]
+    fn decimals_as_serde_json_writes_them() {
+        let next = |x: f64, by: u64| f64::from_bits(x.to_bits().wrapping_add(by));
+        let mut checked = 0;
+        for n in (0..2_000_000u64).step_by(7).chain(999_990..1_000_010) {
+            for scale in [1e2, 1e3, 1e6] {
+                for x in [n as f64 / scale, (n as f64 * 1e3 + 1.0) / scale] {
+                    for x in [x, next(x, 1), next(x, u64::MAX)] {
+                        assert_eq!(ours(&x), theirs(&x), "{x}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        // Randomish values, rounded as records round them, up to past the fast path's limit.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let x = (seed >> 11) as f64 / (1u64 << 53) as f64 * 10f64.powi((seed % 24) as i32 - 8);
+            for x in [x, (x * 100.0).round() / 100.0, (x * 1e6).round() / 1e6] {
+                assert_eq!(ours(&x), theirs(&x), "{x}");
+            }
+        }
+        assert!(checked > 1_000_000);
     }
 
     #[test]
@@ -403,13 +555,15 @@ mod tests {
     fn objects_nest_and_may_be_empty() {
         let mut out = Vec::new();
         let mut o = Object::new(&mut out);
-        o.field(",\"a\":", &1u8).unwrap();
-        o.object(",\"b\":", |_| Ok(())).unwrap();
-        o.serde(",\"c\":", &[1, 2]).unwrap();
+        o.field(key!(a), &1u8).unwrap();
+        o.object(key!(b), |_| Ok(())).unwrap();
+        o.serde(key!(c), &[1, 2]).unwrap();
+        o.field(key!(d), &None::<u8>).unwrap();
+        o.field(key!(e), &Some(2u8)).unwrap();
         o.end();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"{"a":1,"b":{},"c":[1,2]}"#
+            r#"{"a":1,"b":{},"c":[1,2],"d":null,"e":2}"#
         );
     }
 }

@@ -16,7 +16,7 @@ use crate::dissect::{radius, rfb};
 use crate::flows::activity::{ActivitySummary, round2};
 use crate::flows::community_id::community_id;
 use crate::flows::flow::{Flow, History, ORIG, RESP};
-use crate::flows::json::Object;
+use crate::flows::json::{Object, key};
 use crate::geo::Country;
 use crate::timestamp::Timestamp;
 
@@ -111,14 +111,6 @@ pub struct FlowRecord {
 /// The history as its letters, a string in the record.
 fn history_str<S: Serializer>(history: &History, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(history.as_str())
-}
-
-/// A field name as an [`Object`] key, `,"name":`, built at compile time. Field names are
-/// Rust identifiers: plain ASCII that JSON never escapes.
-macro_rules! key {
-    ($name:ident) => {
-        concat!(",\"", stringify!($name), "\":")
-    };
 }
 
 /// `o.field(key!(name), &r.name)` for each field, in order.
