@@ -185,15 +185,15 @@ impl Buffered {
             }
             self.buf.resize(self.buf.len() * 2, 0);
         }
-        loop {
+        let n = loop {
             match self.input.read(&mut self.buf[self.end..]) {
-                Ok(0) => self.eof = true,
-                Ok(n) => self.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                read => break read?,
             }
-            return Ok(true);
-        }
+        };
+        self.end += n;
+        self.eof = n == 0;
+        Ok(true)
     }
 }
 
@@ -305,8 +305,12 @@ impl FileReader {
         while !self.done {
             let data = self.input.data();
             let parsed = match self.format {
-                Format::Pcap { parse, link, nanos } => parse(data)
-                    .map(|(rest, b)| (data.len() - rest.len(), legacy_frame(b, link, nanos))),
+                Format::Pcap { parse, link, nanos } => parse(data).map(|(rest, b)| {
+                    (
+                        data.len() - rest.len(),
+                        Record::Packet(legacy_frame(b, link, nanos)),
+                    )
+                }),
                 Format::PcapNg { big_endian } => {
                     let parse = if big_endian {
                         parse_block_be
@@ -403,8 +407,9 @@ impl FileReader {
     }
 }
 
-enum Record<T> {
-    Packet(T),
+/// What a record or block is to the reader.
+enum Record<'a> {
+    Packet(Frame<'a>),
     Meta,
     Skipped,
 }
@@ -417,23 +422,23 @@ struct Frame<'a> {
     data: &'a [u8],
 }
 
-fn legacy_frame(b: LegacyPcapBlock<'_>, link: LinkType, nanos: bool) -> Record<Frame<'_>> {
+fn legacy_frame(b: LegacyPcapBlock<'_>, link: LinkType, nanos: bool) -> Frame<'_> {
     let frac = if nanos {
         b.ts_usec as u64
     } else {
         b.ts_usec as u64 * 1_000
     };
-    Record::Packet(Frame {
+    Frame {
         ts: Some(Timestamp(
             (b.ts_sec as u64) * 1_000_000_000 + frac.min(999_999_999),
         )),
         link,
         orig_len: b.origlen,
         data: captured(b.data, b.caplen),
-    })
+    }
 }
 
-fn ng_record<'a>(interfaces: &mut Vec<Interface>, block: Block<'a>) -> Record<Frame<'a>> {
+fn ng_record<'a>(interfaces: &mut Vec<Interface>, block: Block<'a>) -> Record<'a> {
     match block {
         Block::SectionHeader(_) => {
             // Interface ids are numbered per section.
