@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use crate::app::App;
-use crate::dissect::identify::Details;
+use crate::dissect::identify::{Details, Evidence};
 use crate::event::{Event, Kind, Severity};
 use crate::flows::{Flow, FlowKey, FlowTable};
 use crate::timestamp::Timestamp;
@@ -172,7 +172,10 @@ impl RelayService {
         };
         e = e.evidence("via", via).evidence("tool", app.as_str());
         if let Some(d) = flow.details.as_deref() {
-            e = e.evidence("name_evidence", serde_json::json!(d.tool_evidence));
+            e = e.evidence(
+                "name_evidence",
+                serde_json::json!(d.tool_evidence.map(Evidence::as_str)),
+            );
             if let Some(sni) = d.tls.as_ref().and_then(|t| t.sni.clone()) {
                 e = e.evidence("sni", sni);
             }
@@ -204,7 +207,7 @@ mod tests {
         let mut out = Vec::new();
         let relay = Details {
             relay: true,
-            tool_evidence: Some(crate::dissect::identify::Evidence::Sni),
+            tool_evidence: Some(Evidence::Sni),
             ..Details::default()
         };
         for port in ["10.8.0.19:50000", "10.8.0.19:50001"] {
@@ -216,6 +219,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].evidence["via"], "vendor_relay");
         assert_eq!(out[0].evidence["relay_country"], "CN");
+        assert_eq!(out[0].evidence["name_evidence"], "sni");
         // The same tool straight to its peer is not brokered.
         let key = wire.tcp(T0, "10.8.0.20:50000", "192.0.2.73:443", 300);
         label(&mut wire, &key, App::Anydesk, Details::default());

@@ -56,9 +56,8 @@ pub struct Details {
 }
 
 /// What named a remote-access tool; a byte where a string reference took 16 (every
-/// identified flow carries one).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// identified flow carries one). Written as [`Evidence::as_str`] names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Evidence {
     Sni,
     Alpn,
