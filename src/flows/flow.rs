@@ -339,11 +339,10 @@ impl Flow {
             || (matches!(self.proto, Proto::Icmp | Proto::Icmpv6) && d.src == self.orig.0)
     }
 
-    /// When the next interim record is due: every `interval` after the first packet.
-    pub fn next_interim(&self, interval: std::time::Duration) -> Timestamp {
+    /// When the next interim record is due: every `interval_ns` after the first packet.
+    pub fn next_interim(&self, interval_ns: u64) -> Timestamp {
         let n = u64::from(self.interim_records) + 1;
-        let ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
-        Timestamp(self.first.0.saturating_add(ns.saturating_mul(n)))
+        Timestamp(self.first.0.saturating_add(interval_ns.saturating_mul(n)))
     }
 
     pub fn duration_ns(&self) -> u64 {

@@ -121,6 +121,7 @@ impl FlowTable {
     pub fn new(config: FlowConfig) -> FlowTable {
         FlowTable {
             schedule: Schedule {
+                timeouts: Timeouts::of(&config),
                 config,
                 wheel: BTreeMap::new(),
             },
@@ -234,7 +235,7 @@ impl FlowTable {
             }
             return;
         }
-        let interval = self.schedule.config.interim_interval;
+        let interval = self.schedule.timeouts.interim;
         let interim = flow.next_interim(interval);
         if interim <= now {
             flow.interim_records += 1;
@@ -340,6 +341,7 @@ impl Slots {
 /// The table's timeouts and its wheel of deadlines: where each flow is due next.
 struct Schedule {
     config: FlowConfig,
+    timeouts: Timeouts,
     /// Slot (second) → the hashes of the flows due in it. A hash and the slot find the
     /// flow: of the flows with that hash (one key, barring a 64-bit collision) it is the one
     /// whose `timer_at` is this slot, so an entry costs 8 bytes rather than the key's 42.
@@ -360,12 +362,10 @@ impl Schedule {
         wire_len: u32,
         out: &mut Vec<FlowEvent>,
     ) {
-        let idle_ns = self.config.idle_threshold.as_nanos() as u64;
-        let up = flow.observe(d, ts, wire_len, idle_ns);
+        let t = &self.timeouts;
+        let up = flow.observe(d, ts, wire_len, t.idle);
         let from_orig = up.from_orig;
-        let due = self
-            .deadline(flow)
-            .min(flow.next_interim(self.config.interim_interval));
+        let due = self.deadline(flow).min(flow.next_interim(t.interim));
         // Only move the flow to an earlier slot; a later deadline is found lazily when the
         // current slot comes due.
         let slot = due.secs() + 1;
@@ -397,20 +397,47 @@ impl Schedule {
 
     /// When the flow ends if nothing more arrives, by its state.
     fn deadline(&self, f: &Flow) -> Timestamp {
-        let c = &self.config;
+        let t = &self.timeouts;
         let timeout = match f.proto {
-            Proto::Tcp if f.is_closed() => c.tcp_close_delay,
+            Proto::Tcp if f.is_closed() => t.tcp_close,
             Proto::Tcp
                 if f.tcp.established()
                     || (f.dir[ORIG].pkts > 0 && f.dir[RESP].pkts > 0 && f.tcp.syn().is_none()) =>
             {
-                c.tcp_established_timeout
+                t.tcp_established
             }
-            Proto::Tcp => c.tcp_half_open_timeout,
-            Proto::Udp => c.udp_timeout,
-            Proto::Icmp | Proto::Icmpv6 => c.icmp_timeout,
+            Proto::Tcp => t.tcp_half_open,
+            Proto::Udp => t.udp,
+            Proto::Icmp | Proto::Icmpv6 => t.icmp,
         };
-        f.last.plus(timeout)
+        Timestamp(f.last.0.saturating_add(timeout))
+    }
+}
+
+/// The configured durations in nanoseconds of packet time, converted once: every packet
+/// computes its flow's deadline from them.
+struct Timeouts {
+    tcp_half_open: u64,
+    tcp_established: u64,
+    tcp_close: u64,
+    udp: u64,
+    icmp: u64,
+    interim: u64,
+    idle: u64,
+}
+
+impl Timeouts {
+    fn of(c: &FlowConfig) -> Timeouts {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Timeouts {
+            tcp_half_open: ns(c.tcp_half_open_timeout),
+            tcp_established: ns(c.tcp_established_timeout),
+            tcp_close: ns(c.tcp_close_delay),
+            udp: ns(c.udp_timeout),
+            icmp: ns(c.icmp_timeout),
+            interim: ns(c.interim_interval),
+            idle: ns(c.idle_threshold),
+        }
     }
 }
 
