@@ -107,6 +107,11 @@ pub enum FlowEvent {
     Ended { flow: Box<Flow>, why: EndReason },
 }
 
+/// Room made at the start (about 1 MB). Growing the table rehashes every flow, and each
+/// rehash visits every flow's box, long out of the cache; a busy sensor reaches this many
+/// flows in its first seconds, so it starts with the room.
+const INITIAL_FLOWS: usize = 1 << 16;
+
 pub struct FlowTable {
     schedule: Schedule,
     flows: Slots,
@@ -119,6 +124,7 @@ pub struct FlowTable {
 
 impl FlowTable {
     pub fn new(config: FlowConfig) -> FlowTable {
+        let room = config.max_flows.min(INITIAL_FLOWS);
         FlowTable {
             schedule: Schedule {
                 timeouts: Timeouts::of(&config),
@@ -126,7 +132,7 @@ impl FlowTable {
                 wheel: BTreeMap::new(),
             },
             flows: Slots {
-                table: HashTable::new(),
+                table: HashTable::with_capacity(room),
                 hasher: ahash::RandomState::new(),
             },
             now: Timestamp::ZERO,
