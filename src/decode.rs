@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use etherparse::defrag::IpDefragBuf;
-use etherparse::{IpFragOffset, IpNumber, LaxIpSlice, TcpHeaderSlice};
+use etherparse::{
+    IpFragOffset, IpNumber, LaxIpPayloadSlice, LaxIpv4Slice, LaxIpv6Slice, TcpHeaderSlice,
+};
 
 use crate::source::{LinkType, Packet};
 use crate::timestamp::Timestamp;
@@ -334,53 +336,88 @@ struct Net<'a> {
     fragment: Option<Fragment>,
 }
 
+/// Reads the IP header, dispatching on the version nibble to etherparse's per-version lax
+/// slices: their results are much smaller than `LaxIpSlice`'s, which is moved around
+/// several times per packet. The lax slices keep a frame cut by the snaplen usable.
 fn ip_layer(data: &[u8]) -> Result<Net<'_>, DecodeError> {
-    let version = data.first().ok_or(DecodeError::TruncatedIp)? >> 4;
-    let (ip, _ext_err) = LaxIpSlice::from_slice(data).map_err(|e| match e {
-        etherparse::err::ip::LaxHeaderSliceError::Len(_) => DecodeError::TruncatedIp,
-        etherparse::err::ip::LaxHeaderSliceError::Content(_) => DecodeError::BadIp,
-    })?;
-    let payload = ip.payload();
-    let (ttl, ip_len, header_len, fragment) = match (&ip, version) {
-        (LaxIpSlice::Ipv4(v4), 4) => {
-            let h = v4.header();
-            let frag = h.is_fragmenting_payload().then(|| Fragment {
-                id: h.identification() as u32,
-                offset: h.fragments_offset(),
-                more: h.more_fragments(),
-            });
-            (h.ttl(), h.total_len() as u32, h.slice().len() as u32, frag)
+    let first = *data.first().ok_or(DecodeError::TruncatedIp)?;
+    match first >> 4 {
+        4 => ipv4(data, first & 0x0f),
+        6 => ipv6(data),
+        _ => Err(DecodeError::BadIp),
+    }
+}
+
+fn ipv4(data: &[u8], ihl: u8) -> Result<Net<'_>, DecodeError> {
+    // `LaxIpSlice` rejects a too-small IHL before it looks at the length, the per-version
+    // slice the other way round; checked first so that such packets stay `BadIp`.
+    if ihl < 5 {
+        return Err(DecodeError::BadIp);
+    }
+    let (ip, _auth_err) = match LaxIpv4Slice::from_slice(data) {
+        Ok(ok) => ok,
+        Err(etherparse::err::ipv4::HeaderSliceError::Len(_)) => {
+            return Err(DecodeError::TruncatedIp);
         }
-        (LaxIpSlice::Ipv6(v6), 6) => {
-            let h = v6.header();
-            let frag = ipv6_fragment(data);
-            let ext_len = v6.extensions().slice().len() as u32;
-            (
-                h.hop_limit(),
-                40 + h.payload_length() as u32,
-                40 + ext_len,
-                frag,
-            )
+        Err(etherparse::err::ipv4::HeaderSliceError::Content(_)) => {
+            return Err(DecodeError::BadIp);
         }
-        _ => return Err(DecodeError::BadIp),
     };
-    // With a snaplen cut the captured payload is short; the header still knows the size.
-    let payload_len = if payload.incomplete {
+    let h = ip.header();
+    let payload = ip.payload();
+    let ip_len = h.total_len() as u32;
+    let header_len = h.slice().len() as u32;
+    Ok(Net {
+        src: IpAddr::V4(h.source_addr()),
+        dst: IpAddr::V4(h.destination_addr()),
+        proto: payload.ip_number,
+        ttl: h.ttl(),
+        ip_len,
+        base_header_len: header_len,
+        payload: payload.payload,
+        payload_len: payload_len(payload, ip_len, header_len),
+        fragment: h.is_fragmenting_payload().then(|| Fragment {
+            id: h.identification() as u32,
+            offset: h.fragments_offset(),
+            more: h.more_fragments(),
+        }),
+    })
+}
+
+fn ipv6(data: &[u8]) -> Result<Net<'_>, DecodeError> {
+    let (ip, _ext_err) = match LaxIpv6Slice::from_slice(data) {
+        Ok(ok) => ok,
+        Err(etherparse::err::ipv6::HeaderSliceError::Len(_)) => {
+            return Err(DecodeError::TruncatedIp);
+        }
+        Err(etherparse::err::ipv6::HeaderSliceError::Content(_)) => {
+            return Err(DecodeError::BadIp);
+        }
+    };
+    let h = ip.header();
+    let payload = ip.payload();
+    let ip_len = 40 + h.payload_length() as u32;
+    let header_len = 40 + ip.extensions().slice().len() as u32;
+    Ok(Net {
+        src: IpAddr::V6(h.source_addr()),
+        dst: IpAddr::V6(h.destination_addr()),
+        proto: payload.ip_number,
+        ttl: h.hop_limit(),
+        ip_len,
+        base_header_len: 40,
+        payload: payload.payload,
+        payload_len: payload_len(payload, ip_len, header_len),
+        fragment: ipv6_fragment(data),
+    })
+}
+
+/// With a snaplen cut the captured payload is short; the header still knows the size.
+fn payload_len(payload: &LaxIpPayloadSlice<'_>, ip_len: u32, header_len: u32) -> u32 {
+    if payload.incomplete {
         ip_len.saturating_sub(header_len)
     } else {
         payload.payload.len() as u32
-    };
-    Ok(Net {
-        src: ip.source_addr(),
-        dst: ip.destination_addr(),
-        proto: payload.ip_number,
-        ttl,
-        ip_len,
-        base_header_len: if version == 4 { header_len } else { 40 },
-        payload: payload.payload,
-        payload_len,
-        fragment,
-    })
+    }
 }
 
 /// The fragment header of an IPv6 packet, found by walking its extension-header chain
@@ -688,7 +725,7 @@ impl Fragments {
 mod tests {
     use super::*;
     use crate::source::OwnedPacket;
-    use etherparse::PacketBuilder;
+    use etherparse::{PacketBuilder, PacketBuilderStep};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn packet(link: LinkType, data: Vec<u8>) -> OwnedPacket {
@@ -736,6 +773,173 @@ mod tests {
         let got = d.decode(pkt.view()).unwrap().unwrap();
         assert_eq!(got.payload_len, 1000);
         assert_eq!(got.payload.len(), 64 - 54);
+    }
+
+    /// How the IP header was read before the per-version slices: through `LaxIpSlice`.
+    #[allow(clippy::type_complexity)]
+    fn lax_ip_reference(
+        data: &[u8],
+    ) -> Result<
+        (
+            IpAddr,
+            IpAddr,
+            u8,
+            u8,
+            u32,
+            u32,
+            &[u8],
+            u32,
+            Option<(u32, u16, bool)>,
+        ),
+        DecodeError,
+    > {
+        use etherparse::LaxIpSlice;
+        let version = data.first().ok_or(DecodeError::TruncatedIp)? >> 4;
+        let (ip, _) = LaxIpSlice::from_slice(data).map_err(|e| match e {
+            etherparse::err::ip::LaxHeaderSliceError::Len(_) => DecodeError::TruncatedIp,
+            etherparse::err::ip::LaxHeaderSliceError::Content(_) => DecodeError::BadIp,
+        })?;
+        let payload = ip.payload();
+        let (ttl, ip_len, header_len, fragment) = match (&ip, version) {
+            (LaxIpSlice::Ipv4(v4), 4) => {
+                let h = v4.header();
+                let frag = h.is_fragmenting_payload().then(|| Fragment {
+                    id: h.identification() as u32,
+                    offset: h.fragments_offset(),
+                    more: h.more_fragments(),
+                });
+                (h.ttl(), h.total_len() as u32, h.slice().len() as u32, frag)
+            }
+            (LaxIpSlice::Ipv6(v6), 6) => {
+                let h = v6.header();
+                let ext_len = v6.extensions().slice().len() as u32;
+                let frag = ipv6_fragment(data);
+                (
+                    h.hop_limit(),
+                    40 + h.payload_length() as u32,
+                    40 + ext_len,
+                    frag,
+                )
+            }
+            _ => return Err(DecodeError::BadIp),
+        };
+        let payload_len = if payload.incomplete {
+            ip_len.saturating_sub(header_len)
+        } else {
+            payload.payload.len() as u32
+        };
+        Ok((
+            ip.source_addr(),
+            ip.destination_addr(),
+            payload.ip_number.0,
+            ttl,
+            ip_len,
+            if version == 4 { header_len } else { 40 },
+            payload.payload,
+            payload_len,
+            fragment.map(|f| (f.id, f.offset.value(), f.more)),
+        ))
+    }
+
+    /// IPv4 with options and with an authentication header, IPv6 with hop-by-hop options
+    /// and a fragment header: cut at every length and with each of the first bytes
+    /// overwritten, they read as they did through `LaxIpSlice`, errors included.
+    #[test]
+    fn ip_headers_read_as_lax_ip_slice_did() {
+        let udp = |b: PacketBuilderStep<etherparse::IpHeaders>| {
+            let mut v = Vec::new();
+            b.udp(1000, 2000).write(&mut v, &[9u8; 30]).unwrap();
+            v
+        };
+        let v4 = udp(PacketBuilder::ipv4([192, 0, 2, 1], [192, 0, 2, 2], 64));
+        let v6 = udp(PacketBuilder::ipv6([1; 16], [2; 16], 64));
+        // IHL 6: four bytes of NOP options.
+        let mut v4_options = v4[..20].to_vec();
+        v4_options[0] = 0x46;
+        v4_options[3] += 4;
+        v4_options.extend_from_slice(&[1, 1, 1, 1]);
+        v4_options.extend_from_slice(&v4[20..]);
+        // Protocol 51: a 12-byte authentication header before the UDP header.
+        let mut v4_auth = v4[..20].to_vec();
+        v4_auth[9] = 51;
+        v4_auth[3] += 12;
+        v4_auth.extend_from_slice(&[17, 1, 0, 0, 0, 0, 0, 7, 0, 0, 0, 1]);
+        v4_auth.extend_from_slice(&v4[20..]);
+        // Hop-by-hop options, then a first fragment (offset 0, M set).
+        let mut v6_exts = v6[..40].to_vec();
+        v6_exts[6] = 0;
+        v6_exts[5] += 16;
+        v6_exts.extend_from_slice(&[44, 0, 1, 4, 0, 0, 0, 0]);
+        v6_exts.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 42]);
+        v6_exts.extend_from_slice(&v6[40..]);
+        let mut cases = 0;
+        for base in [&v4, &v4_options, &v4_auth, &v6, &v6_exts] {
+            for at in 0..48 {
+                for value in [
+                    None,
+                    Some(0x00),
+                    Some(0x01),
+                    Some(0x44),
+                    Some(0x45),
+                    Some(0x4f),
+                    Some(0x60),
+                    Some(0xff),
+                ] {
+                    let mut packet = base.clone();
+                    if let Some(value) = value {
+                        packet[at] = value;
+                    }
+                    for len in 0..=packet.len() {
+                        let data = &packet[..len];
+                        let got = ip_layer(data).map(|n| {
+                            (
+                                n.src,
+                                n.dst,
+                                n.proto.0,
+                                n.ttl,
+                                n.ip_len,
+                                n.base_header_len,
+                                n.payload,
+                                n.payload_len,
+                                n.fragment.map(|f| (f.id, f.offset.value(), f.more)),
+                            )
+                        });
+                        assert_eq!(got, lax_ip_reference(data), "{data:02x?}");
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert!(cases > 30_000);
+    }
+
+    #[test]
+    fn cut_ip_packets_keep_header_lengths() {
+        // IPv4 and IPv6 cut mid-payload: payload_len from the header; mid-header: truncated.
+        let mut d = decoder();
+        let v4 = tcp_frame(&[7u8; 100]);
+        let cut = packet(LinkType::ETHERNET, v4[..60].to_vec());
+        let got = d.decode(cut.view()).unwrap().unwrap();
+        assert_eq!(
+            (got.payload.len(), got.payload_len, got.ip_len),
+            (6, 100, 140)
+        );
+        let cut = packet(LinkType::ETHERNET, v4[..14 + 19].to_vec());
+        assert_eq!(d.decode(cut.view()).unwrap_err(), DecodeError::TruncatedIp);
+        let mut v6 = Vec::new();
+        let b = PacketBuilder::ipv6([1; 16], [2; 16], 64).tcp(1, 2, 3, 4);
+        b.write(&mut v6, &[7u8; 100]).unwrap();
+        let cut = packet(LinkType::RAW, v6[..70].to_vec());
+        let got = d.decode(cut.view()).unwrap().unwrap();
+        assert_eq!(
+            (got.payload.len(), got.payload_len, got.ip_len),
+            (10, 100, 160)
+        );
+        let cut = packet(LinkType::RAW, v6[..39].to_vec());
+        assert_eq!(d.decode(cut.view()).unwrap_err(), DecodeError::TruncatedIp);
+        // An IHL below 5 is a bad header even when the packet is also too short.
+        let short = packet(LinkType::RAW, vec![0x44, 0, 0, 20]);
+        assert_eq!(d.decode(short.view()).unwrap_err(), DecodeError::BadIp);
     }
 
     #[test]
