@@ -7,11 +7,12 @@
 //! still used for its headers: counts come from the IP length fields, not the capture.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use etherparse::defrag::IpDefragBuf;
 use etherparse::{
-    IpFragOffset, IpNumber, LaxIpPayloadSlice, LaxIpv4Slice, LaxIpv6Slice, TcpHeaderSlice,
+    IpFragOffset, IpNumber, Ipv6HeaderSlice, LaxIpPayloadSlice, LaxIpv4Slice, LaxIpv6Slice,
+    TcpHeaderSlice,
 };
 
 use crate::source::{LinkType, Packet};
@@ -198,7 +199,7 @@ impl Decoder {
         let mut tunnel = None;
         let mut depth = 0;
         // Every link step consumes header bytes, so this ends; encapsulations are capped.
-        loop {
+        let net = loop {
             let ip = match layer {
                 Layer::Ether(frame) => {
                     layer = ethernet(frame)?;
@@ -211,27 +212,20 @@ impl Decoder {
                 Layer::Ip(ip) => ip,
             };
             let net = ip_layer(ip)?;
-            let net = match net.fragment {
-                None => net,
-                Some(frag) => {
-                    let Some(whole) = self.fragments.add(pkt.ts, &net, frag)? else {
-                        return Ok(None);
-                    };
-                    self.reassembled = whole;
-                    let len = self.reassembled.len() as u32;
-                    return transport(
-                        Net {
-                            payload: &self.reassembled,
-                            payload_len: len,
-                            ip_len: net.base_header_len + len,
-                            fragment: None,
-                            ..net
-                        },
-                        tunnel,
-                    )
-                    .map(Some);
-                }
-            };
+            if let Some(frag) = net.fragment {
+                let Some(whole) = self.fragments.add(pkt.ts, &net, frag)? else {
+                    return Ok(None);
+                };
+                self.reassembled = whole;
+                let len = self.reassembled.len() as u32;
+                break Net {
+                    payload: &self.reassembled,
+                    payload_len: len,
+                    ip_len: net.base_header_len + len,
+                    fragment: None,
+                    ..net
+                };
+            }
             match inner(&net) {
                 Some(_) if depth == MAX_DEPTH => return Err(DecodeError::TunnelDepth),
                 Some((kind, next)) => {
@@ -239,9 +233,11 @@ impl Decoder {
                     tunnel = Some(kind);
                     layer = next;
                 }
-                None => return transport(net, tunnel).map(Some),
+                None => break net,
             }
-        }
+        };
+        // Called once, here, with the packet that was found: the record is built in place.
+        transport(&net, tunnel)
     }
 }
 
@@ -323,8 +319,7 @@ struct Fragment {
 /// An IP packet, headers read.
 #[derive(Clone, Copy)]
 struct Net<'a> {
-    src: IpAddr,
-    dst: IpAddr,
+    addrs: Addrs<'a>,
     proto: IpNumber,
     ttl: u8,
     ip_len: u32,
@@ -334,6 +329,30 @@ struct Net<'a> {
     payload: &'a [u8],
     payload_len: u32,
     fragment: Option<Fragment>,
+}
+
+/// The addresses of an IP packet. Carried along as `IpAddr`s they were copied byte by
+/// byte at each move; IPv6's stay in etherparse's header slice until the record is built.
+#[derive(Clone, Copy)]
+enum Addrs<'a> {
+    V4(Ipv4Addr, Ipv4Addr),
+    V6(Ipv6HeaderSlice<'a>),
+}
+
+impl Addrs<'_> {
+    fn src(&self) -> IpAddr {
+        match self {
+            Addrs::V4(src, _) => IpAddr::V4(*src),
+            Addrs::V6(h) => IpAddr::V6(h.source_addr()),
+        }
+    }
+
+    fn dst(&self) -> IpAddr {
+        match self {
+            Addrs::V4(_, dst) => IpAddr::V4(*dst),
+            Addrs::V6(h) => IpAddr::V6(h.destination_addr()),
+        }
+    }
 }
 
 /// Reads the IP header, dispatching on the version nibble to etherparse's per-version lax
@@ -368,8 +387,7 @@ fn ipv4(data: &[u8], ihl: u8) -> Result<Net<'_>, DecodeError> {
     let ip_len = h.total_len() as u32;
     let header_len = h.slice().len() as u32;
     Ok(Net {
-        src: IpAddr::V4(h.source_addr()),
-        dst: IpAddr::V4(h.destination_addr()),
+        addrs: Addrs::V4(h.source_addr(), h.destination_addr()),
         proto: payload.ip_number,
         ttl: h.ttl(),
         ip_len,
@@ -399,8 +417,7 @@ fn ipv6(data: &[u8]) -> Result<Net<'_>, DecodeError> {
     let ip_len = 40 + h.payload_length() as u32;
     let header_len = 40 + ip.extensions().slice().len() as u32;
     Ok(Net {
-        src: IpAddr::V6(h.source_addr()),
-        dst: IpAddr::V6(h.destination_addr()),
+        addrs: Addrs::V6(h),
         proto: payload.ip_number,
         ttl: h.hop_limit(),
         ip_len,
@@ -574,55 +591,42 @@ fn ayiya(body: &[u8]) -> Option<(Tunnel, Layer<'_>)> {
         .then_some((Tunnel::Ayiya, Layer::Ip(inner)))
 }
 
-fn transport<'a>(net: Net<'a>, tunnel: Option<Tunnel>) -> Result<Decoded<'a>, DecodeError> {
+/// Returns what `decode` returns, so that the record is written once, into the caller's
+/// result.
+fn transport<'a>(
+    net: &Net<'a>,
+    tunnel: Option<Tunnel>,
+) -> Result<Option<Decoded<'a>>, DecodeError> {
     let p = net.payload;
-    let base = |proto, src_port, dst_port, tcp, payload: &'a [u8], payload_len| Decoded {
-        src: net.src,
-        dst: net.dst,
-        proto,
-        src_port,
-        dst_port,
-        tcp,
-        payload,
-        payload_len,
-        ip_len: net.ip_len,
-        ttl: net.ttl,
-        tunnel,
-    };
-    match net.proto {
+    // The payload is what follows the transport header; the record is built once, below.
+    let (proto, src_port, dst_port, tcp, header_len) = match net.proto {
         IpNumber::TCP => {
             let h = TcpHeaderSlice::from_slice(p).map_err(|e| match e {
                 etherparse::err::tcp::HeaderSliceError::Len(_) => DecodeError::TruncatedTransport,
                 etherparse::err::tcp::HeaderSliceError::Content(_) => DecodeError::BadTcp,
             })?;
-            let hl = h.slice().len();
             let tcp = Tcp {
                 flags: p[13],
                 seq: h.sequence_number(),
                 ack: h.acknowledgment_number(),
                 window: h.window_size(),
             };
-            Ok(base(
+            let header_len = h.slice().len();
+            (
                 Proto::Tcp,
                 h.source_port(),
                 h.destination_port(),
                 Some(tcp),
-                &p[hl..],
-                net.payload_len.saturating_sub(hl as u32),
-            ))
+                header_len,
+            )
         }
         IpNumber::UDP => {
             let sport = be16(p, 0).ok_or(DecodeError::TruncatedTransport)?;
             let dport = be16(p, 2).ok_or(DecodeError::TruncatedTransport)?;
-            let body = p.get(8..).ok_or(DecodeError::TruncatedTransport)?;
-            Ok(base(
-                Proto::Udp,
-                sport,
-                dport,
-                None,
-                body,
-                net.payload_len.saturating_sub(8),
-            ))
+            if p.len() < 8 {
+                return Err(DecodeError::TruncatedTransport);
+            }
+            (Proto::Udp, sport, dport, None, 8)
         }
         IpNumber::ICMP | IpNumber::IPV6_ICMP => {
             let ty = *p.first().ok_or(DecodeError::TruncatedTransport)?;
@@ -632,18 +636,24 @@ fn transport<'a>(net: Net<'a>, tunnel: Option<Tunnel>) -> Result<Decoded<'a>, De
             } else {
                 Proto::Icmpv6
             };
-            let body = p.get(8..).unwrap_or_default();
-            Ok(base(
-                proto,
-                ty as u16,
-                code as u16,
-                None,
-                body,
-                net.payload_len.saturating_sub(8),
-            ))
+            // A short ICMP message still names its type and code; its body is empty.
+            (proto, ty as u16, code as u16, None, 8)
         }
-        _ => Err(DecodeError::UnsupportedIpProto),
-    }
+        _ => return Err(DecodeError::UnsupportedIpProto),
+    };
+    Ok(Some(Decoded {
+        src: net.addrs.src(),
+        dst: net.addrs.dst(),
+        proto,
+        src_port,
+        dst_port,
+        tcp,
+        payload: p.get(header_len..).unwrap_or_default(),
+        payload_len: net.payload_len.saturating_sub(header_len as u32),
+        ip_len: net.ip_len,
+        ttl: net.ttl,
+        tunnel,
+    }))
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -681,8 +691,8 @@ impl Fragments {
             return Err(DecodeError::BadFragment);
         }
         let key = FragKey {
-            src: net.src,
-            dst: net.dst,
+            src: net.addrs.src(),
+            dst: net.addrs.dst(),
             proto: net.proto.0,
             id: f.id,
         };
@@ -893,8 +903,8 @@ mod tests {
                         let data = &packet[..len];
                         let got = ip_layer(data).map(|n| {
                             (
-                                n.src,
-                                n.dst,
+                                n.addrs.src(),
+                                n.addrs.dst(),
                                 n.proto.0,
                                 n.ttl,
                                 n.ip_len,
