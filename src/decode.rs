@@ -7,10 +7,13 @@
 //! still used for its headers: counts come from the IP length fields, not the capture.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use etherparse::defrag::IpDefragBuf;
-use etherparse::{IpFragOffset, IpNumber, LaxIpSlice, TcpHeaderSlice};
+use etherparse::{
+    IpFragOffset, IpNumber, Ipv6HeaderSlice, LaxIpPayloadSlice, LaxIpv4Slice, LaxIpv6Slice,
+    TcpHeaderSlice,
+};
 
 use crate::source::{LinkType, Packet};
 use crate::timestamp::Timestamp;
@@ -196,7 +199,7 @@ impl Decoder {
         let mut tunnel = None;
         let mut depth = 0;
         // Every link step consumes header bytes, so this ends; encapsulations are capped.
-        loop {
+        let net = loop {
             let ip = match layer {
                 Layer::Ether(frame) => {
                     layer = ethernet(frame)?;
@@ -209,27 +212,20 @@ impl Decoder {
                 Layer::Ip(ip) => ip,
             };
             let net = ip_layer(ip)?;
-            let net = match net.fragment {
-                None => net,
-                Some(frag) => {
-                    let Some(whole) = self.fragments.add(pkt.ts, &net, frag)? else {
-                        return Ok(None);
-                    };
-                    self.reassembled = whole;
-                    let len = self.reassembled.len() as u32;
-                    return transport(
-                        Net {
-                            payload: &self.reassembled,
-                            payload_len: len,
-                            ip_len: net.base_header_len + len,
-                            fragment: None,
-                            ..net
-                        },
-                        tunnel,
-                    )
-                    .map(Some);
-                }
-            };
+            if let Some(frag) = net.fragment {
+                let Some(whole) = self.fragments.add(pkt.ts, &net, frag)? else {
+                    return Ok(None);
+                };
+                self.reassembled = whole;
+                let len = self.reassembled.len() as u32;
+                break Net {
+                    payload: &self.reassembled,
+                    payload_len: len,
+                    ip_len: net.base_header_len + len,
+                    fragment: None,
+                    ..net
+                };
+            }
             match inner(&net) {
                 Some(_) if depth == MAX_DEPTH => return Err(DecodeError::TunnelDepth),
                 Some((kind, next)) => {
@@ -237,9 +233,11 @@ impl Decoder {
                     tunnel = Some(kind);
                     layer = next;
                 }
-                None => return transport(net, tunnel).map(Some),
+                None => break net,
             }
-        }
+        };
+        // Called once, here, with the packet that was found: the record is built in place.
+        transport(&net, tunnel)
     }
 }
 
@@ -321,8 +319,7 @@ struct Fragment {
 /// An IP packet, headers read.
 #[derive(Clone, Copy)]
 struct Net<'a> {
-    src: IpAddr,
-    dst: IpAddr,
+    addrs: Addrs<'a>,
     proto: IpNumber,
     ttl: u8,
     ip_len: u32,
@@ -334,53 +331,110 @@ struct Net<'a> {
     fragment: Option<Fragment>,
 }
 
+/// The addresses of an IP packet. Carried along as `IpAddr`s they were copied byte by
+/// byte at each move; IPv6's stay in etherparse's header slice until the record is built.
+#[derive(Clone, Copy)]
+enum Addrs<'a> {
+    V4(Ipv4Addr, Ipv4Addr),
+    V6(Ipv6HeaderSlice<'a>),
+}
+
+impl Addrs<'_> {
+    fn src(&self) -> IpAddr {
+        match self {
+            Addrs::V4(src, _) => IpAddr::V4(*src),
+            Addrs::V6(h) => IpAddr::V6(h.source_addr()),
+        }
+    }
+
+    fn dst(&self) -> IpAddr {
+        match self {
+            Addrs::V4(_, dst) => IpAddr::V4(*dst),
+            Addrs::V6(h) => IpAddr::V6(h.destination_addr()),
+        }
+    }
+}
+
+/// Reads the IP header, dispatching on the version nibble to etherparse's per-version lax
+/// slices: their results are much smaller than `LaxIpSlice`'s, which is moved around
+/// several times per packet. The lax slices keep a frame cut by the snaplen usable.
 fn ip_layer(data: &[u8]) -> Result<Net<'_>, DecodeError> {
-    let version = data.first().ok_or(DecodeError::TruncatedIp)? >> 4;
-    let (ip, _ext_err) = LaxIpSlice::from_slice(data).map_err(|e| match e {
-        etherparse::err::ip::LaxHeaderSliceError::Len(_) => DecodeError::TruncatedIp,
-        etherparse::err::ip::LaxHeaderSliceError::Content(_) => DecodeError::BadIp,
-    })?;
-    let payload = ip.payload();
-    let (ttl, ip_len, header_len, fragment) = match (&ip, version) {
-        (LaxIpSlice::Ipv4(v4), 4) => {
-            let h = v4.header();
-            let frag = h.is_fragmenting_payload().then(|| Fragment {
-                id: h.identification() as u32,
-                offset: h.fragments_offset(),
-                more: h.more_fragments(),
-            });
-            (h.ttl(), h.total_len() as u32, h.slice().len() as u32, frag)
+    let first = *data.first().ok_or(DecodeError::TruncatedIp)?;
+    match first >> 4 {
+        4 => ipv4(data, first & 0x0f),
+        6 => ipv6(data),
+        _ => Err(DecodeError::BadIp),
+    }
+}
+
+fn ipv4(data: &[u8], ihl: u8) -> Result<Net<'_>, DecodeError> {
+    // `LaxIpSlice` rejects a too-small IHL before it looks at the length, the per-version
+    // slice the other way round; checked first so that such packets stay `BadIp`.
+    if ihl < 5 {
+        return Err(DecodeError::BadIp);
+    }
+    let (ip, _auth_err) = match LaxIpv4Slice::from_slice(data) {
+        Ok(ok) => ok,
+        Err(etherparse::err::ipv4::HeaderSliceError::Len(_)) => {
+            return Err(DecodeError::TruncatedIp);
         }
-        (LaxIpSlice::Ipv6(v6), 6) => {
-            let h = v6.header();
-            let frag = ipv6_fragment(data);
-            let ext_len = v6.extensions().slice().len() as u32;
-            (
-                h.hop_limit(),
-                40 + h.payload_length() as u32,
-                40 + ext_len,
-                frag,
-            )
+        Err(etherparse::err::ipv4::HeaderSliceError::Content(_)) => {
+            return Err(DecodeError::BadIp);
         }
-        _ => return Err(DecodeError::BadIp),
     };
-    // With a snaplen cut the captured payload is short; the header still knows the size.
-    let payload_len = if payload.incomplete {
+    let h = ip.header();
+    let payload = ip.payload();
+    let ip_len = h.total_len() as u32;
+    let header_len = h.slice().len() as u32;
+    Ok(Net {
+        addrs: Addrs::V4(h.source_addr(), h.destination_addr()),
+        proto: payload.ip_number,
+        ttl: h.ttl(),
+        ip_len,
+        base_header_len: header_len,
+        payload: payload.payload,
+        payload_len: payload_len(payload, ip_len, header_len),
+        fragment: h.is_fragmenting_payload().then(|| Fragment {
+            id: h.identification() as u32,
+            offset: h.fragments_offset(),
+            more: h.more_fragments(),
+        }),
+    })
+}
+
+fn ipv6(data: &[u8]) -> Result<Net<'_>, DecodeError> {
+    let (ip, _ext_err) = match LaxIpv6Slice::from_slice(data) {
+        Ok(ok) => ok,
+        Err(etherparse::err::ipv6::HeaderSliceError::Len(_)) => {
+            return Err(DecodeError::TruncatedIp);
+        }
+        Err(etherparse::err::ipv6::HeaderSliceError::Content(_)) => {
+            return Err(DecodeError::BadIp);
+        }
+    };
+    let h = ip.header();
+    let payload = ip.payload();
+    let ip_len = 40 + h.payload_length() as u32;
+    let header_len = 40 + ip.extensions().slice().len() as u32;
+    Ok(Net {
+        addrs: Addrs::V6(h),
+        proto: payload.ip_number,
+        ttl: h.hop_limit(),
+        ip_len,
+        base_header_len: 40,
+        payload: payload.payload,
+        payload_len: payload_len(payload, ip_len, header_len),
+        fragment: ipv6_fragment(data),
+    })
+}
+
+/// With a snaplen cut the captured payload is short; the header still knows the size.
+fn payload_len(payload: &LaxIpPayloadSlice<'_>, ip_len: u32, header_len: u32) -> u32 {
+    if payload.incomplete {
         ip_len.saturating_sub(header_len)
     } else {
         payload.payload.len() as u32
-    };
-    Ok(Net {
-        src: ip.source_addr(),
-        dst: ip.destination_addr(),
-        proto: payload.ip_number,
-        ttl,
-        ip_len,
-        base_header_len: if version == 4 { header_len } else { 40 },
-        payload: payload.payload,
-        payload_len,
-        fragment,
-    })
+    }
 }
 
 /// The fragment header of an IPv6 packet, found by walking its extension-header chain
@@ -537,55 +591,42 @@ fn ayiya(body: &[u8]) -> Option<(Tunnel, Layer<'_>)> {
         .then_some((Tunnel::Ayiya, Layer::Ip(inner)))
 }
 
-fn transport<'a>(net: Net<'a>, tunnel: Option<Tunnel>) -> Result<Decoded<'a>, DecodeError> {
+/// Returns what `decode` returns, so that the record is written once, into the caller's
+/// result.
+fn transport<'a>(
+    net: &Net<'a>,
+    tunnel: Option<Tunnel>,
+) -> Result<Option<Decoded<'a>>, DecodeError> {
     let p = net.payload;
-    let base = |proto, src_port, dst_port, tcp, payload: &'a [u8], payload_len| Decoded {
-        src: net.src,
-        dst: net.dst,
-        proto,
-        src_port,
-        dst_port,
-        tcp,
-        payload,
-        payload_len,
-        ip_len: net.ip_len,
-        ttl: net.ttl,
-        tunnel,
-    };
-    match net.proto {
+    // The payload is what follows the transport header; the record is built once, below.
+    let (proto, src_port, dst_port, tcp, header_len) = match net.proto {
         IpNumber::TCP => {
             let h = TcpHeaderSlice::from_slice(p).map_err(|e| match e {
                 etherparse::err::tcp::HeaderSliceError::Len(_) => DecodeError::TruncatedTransport,
                 etherparse::err::tcp::HeaderSliceError::Content(_) => DecodeError::BadTcp,
             })?;
-            let hl = h.slice().len();
             let tcp = Tcp {
                 flags: p[13],
                 seq: h.sequence_number(),
                 ack: h.acknowledgment_number(),
                 window: h.window_size(),
             };
-            Ok(base(
+            let header_len = h.slice().len();
+            (
                 Proto::Tcp,
                 h.source_port(),
                 h.destination_port(),
                 Some(tcp),
-                &p[hl..],
-                net.payload_len.saturating_sub(hl as u32),
-            ))
+                header_len,
+            )
         }
         IpNumber::UDP => {
             let sport = be16(p, 0).ok_or(DecodeError::TruncatedTransport)?;
             let dport = be16(p, 2).ok_or(DecodeError::TruncatedTransport)?;
-            let body = p.get(8..).ok_or(DecodeError::TruncatedTransport)?;
-            Ok(base(
-                Proto::Udp,
-                sport,
-                dport,
-                None,
-                body,
-                net.payload_len.saturating_sub(8),
-            ))
+            if p.len() < 8 {
+                return Err(DecodeError::TruncatedTransport);
+            }
+            (Proto::Udp, sport, dport, None, 8)
         }
         IpNumber::ICMP | IpNumber::IPV6_ICMP => {
             let ty = *p.first().ok_or(DecodeError::TruncatedTransport)?;
@@ -595,18 +636,24 @@ fn transport<'a>(net: Net<'a>, tunnel: Option<Tunnel>) -> Result<Decoded<'a>, De
             } else {
                 Proto::Icmpv6
             };
-            let body = p.get(8..).unwrap_or_default();
-            Ok(base(
-                proto,
-                ty as u16,
-                code as u16,
-                None,
-                body,
-                net.payload_len.saturating_sub(8),
-            ))
+            // A short ICMP message still names its type and code; its body is empty.
+            (proto, ty as u16, code as u16, None, 8)
         }
-        _ => Err(DecodeError::UnsupportedIpProto),
-    }
+        _ => return Err(DecodeError::UnsupportedIpProto),
+    };
+    Ok(Some(Decoded {
+        src: net.addrs.src(),
+        dst: net.addrs.dst(),
+        proto,
+        src_port,
+        dst_port,
+        tcp,
+        payload: p.get(header_len..).unwrap_or_default(),
+        payload_len: net.payload_len.saturating_sub(header_len as u32),
+        ip_len: net.ip_len,
+        ttl: net.ttl,
+        tunnel,
+    }))
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -644,8 +691,8 @@ impl Fragments {
             return Err(DecodeError::BadFragment);
         }
         let key = FragKey {
-            src: net.src,
-            dst: net.dst,
+            src: net.addrs.src(),
+            dst: net.addrs.dst(),
             proto: net.proto.0,
             id: f.id,
         };
@@ -688,7 +735,7 @@ impl Fragments {
 mod tests {
     use super::*;
     use crate::source::OwnedPacket;
-    use etherparse::PacketBuilder;
+    use etherparse::{PacketBuilder, PacketBuilderStep};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn packet(link: LinkType, data: Vec<u8>) -> OwnedPacket {
@@ -736,6 +783,173 @@ mod tests {
         let got = d.decode(pkt.view()).unwrap().unwrap();
         assert_eq!(got.payload_len, 1000);
         assert_eq!(got.payload.len(), 64 - 54);
+    }
+
+    /// How the IP header was read before the per-version slices: through `LaxIpSlice`.
+    #[allow(clippy::type_complexity)]
+    fn lax_ip_reference(
+        data: &[u8],
+    ) -> Result<
+        (
+            IpAddr,
+            IpAddr,
+            u8,
+            u8,
+            u32,
+            u32,
+            &[u8],
+            u32,
+            Option<(u32, u16, bool)>,
+        ),
+        DecodeError,
+    > {
+        use etherparse::LaxIpSlice;
+        let version = data.first().ok_or(DecodeError::TruncatedIp)? >> 4;
+        let (ip, _) = LaxIpSlice::from_slice(data).map_err(|e| match e {
+            etherparse::err::ip::LaxHeaderSliceError::Len(_) => DecodeError::TruncatedIp,
+            etherparse::err::ip::LaxHeaderSliceError::Content(_) => DecodeError::BadIp,
+        })?;
+        let payload = ip.payload();
+        let (ttl, ip_len, header_len, fragment) = match (&ip, version) {
+            (LaxIpSlice::Ipv4(v4), 4) => {
+                let h = v4.header();
+                let frag = h.is_fragmenting_payload().then(|| Fragment {
+                    id: h.identification() as u32,
+                    offset: h.fragments_offset(),
+                    more: h.more_fragments(),
+                });
+                (h.ttl(), h.total_len() as u32, h.slice().len() as u32, frag)
+            }
+            (LaxIpSlice::Ipv6(v6), 6) => {
+                let h = v6.header();
+                let ext_len = v6.extensions().slice().len() as u32;
+                let frag = ipv6_fragment(data);
+                (
+                    h.hop_limit(),
+                    40 + h.payload_length() as u32,
+                    40 + ext_len,
+                    frag,
+                )
+            }
+            _ => return Err(DecodeError::BadIp),
+        };
+        let payload_len = if payload.incomplete {
+            ip_len.saturating_sub(header_len)
+        } else {
+            payload.payload.len() as u32
+        };
+        Ok((
+            ip.source_addr(),
+            ip.destination_addr(),
+            payload.ip_number.0,
+            ttl,
+            ip_len,
+            if version == 4 { header_len } else { 40 },
+            payload.payload,
+            payload_len,
+            fragment.map(|f| (f.id, f.offset.value(), f.more)),
+        ))
+    }
+
+    /// IPv4 with options and with an authentication header, IPv6 with hop-by-hop options
+    /// and a fragment header: cut at every length and with each of the first bytes
+    /// overwritten, they read as they did through `LaxIpSlice`, errors included.
+    #[test]
+    fn ip_headers_read_as_lax_ip_slice_did() {
+        let udp = |b: PacketBuilderStep<etherparse::IpHeaders>| {
+            let mut v = Vec::new();
+            b.udp(1000, 2000).write(&mut v, &[9u8; 30]).unwrap();
+            v
+        };
+        let v4 = udp(PacketBuilder::ipv4([192, 0, 2, 1], [192, 0, 2, 2], 64));
+        let v6 = udp(PacketBuilder::ipv6([1; 16], [2; 16], 64));
+        // IHL 6: four bytes of NOP options.
+        let mut v4_options = v4[..20].to_vec();
+        v4_options[0] = 0x46;
+        v4_options[3] += 4;
+        v4_options.extend_from_slice(&[1, 1, 1, 1]);
+        v4_options.extend_from_slice(&v4[20..]);
+        // Protocol 51: a 12-byte authentication header before the UDP header.
+        let mut v4_auth = v4[..20].to_vec();
+        v4_auth[9] = 51;
+        v4_auth[3] += 12;
+        v4_auth.extend_from_slice(&[17, 1, 0, 0, 0, 0, 0, 7, 0, 0, 0, 1]);
+        v4_auth.extend_from_slice(&v4[20..]);
+        // Hop-by-hop options, then a first fragment (offset 0, M set).
+        let mut v6_exts = v6[..40].to_vec();
+        v6_exts[6] = 0;
+        v6_exts[5] += 16;
+        v6_exts.extend_from_slice(&[44, 0, 1, 4, 0, 0, 0, 0]);
+        v6_exts.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 42]);
+        v6_exts.extend_from_slice(&v6[40..]);
+        let mut cases = 0;
+        for base in [&v4, &v4_options, &v4_auth, &v6, &v6_exts] {
+            for at in 0..48 {
+                for value in [
+                    None,
+                    Some(0x00),
+                    Some(0x01),
+                    Some(0x44),
+                    Some(0x45),
+                    Some(0x4f),
+                    Some(0x60),
+                    Some(0xff),
+                ] {
+                    let mut packet = base.clone();
+                    if let Some(value) = value {
+                        packet[at] = value;
+                    }
+                    for len in 0..=packet.len() {
+                        let data = &packet[..len];
+                        let got = ip_layer(data).map(|n| {
+                            (
+                                n.addrs.src(),
+                                n.addrs.dst(),
+                                n.proto.0,
+                                n.ttl,
+                                n.ip_len,
+                                n.base_header_len,
+                                n.payload,
+                                n.payload_len,
+                                n.fragment.map(|f| (f.id, f.offset.value(), f.more)),
+                            )
+                        });
+                        assert_eq!(got, lax_ip_reference(data), "{data:02x?}");
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert!(cases > 30_000);
+    }
+
+    #[test]
+    fn cut_ip_packets_keep_header_lengths() {
+        // IPv4 and IPv6 cut mid-payload: payload_len from the header; mid-header: truncated.
+        let mut d = decoder();
+        let v4 = tcp_frame(&[7u8; 100]);
+        let cut = packet(LinkType::ETHERNET, v4[..60].to_vec());
+        let got = d.decode(cut.view()).unwrap().unwrap();
+        assert_eq!(
+            (got.payload.len(), got.payload_len, got.ip_len),
+            (6, 100, 140)
+        );
+        let cut = packet(LinkType::ETHERNET, v4[..14 + 19].to_vec());
+        assert_eq!(d.decode(cut.view()).unwrap_err(), DecodeError::TruncatedIp);
+        let mut v6 = Vec::new();
+        let b = PacketBuilder::ipv6([1; 16], [2; 16], 64).tcp(1, 2, 3, 4);
+        b.write(&mut v6, &[7u8; 100]).unwrap();
+        let cut = packet(LinkType::RAW, v6[..70].to_vec());
+        let got = d.decode(cut.view()).unwrap().unwrap();
+        assert_eq!(
+            (got.payload.len(), got.payload_len, got.ip_len),
+            (10, 100, 160)
+        );
+        let cut = packet(LinkType::RAW, v6[..39].to_vec());
+        assert_eq!(d.decode(cut.view()).unwrap_err(), DecodeError::TruncatedIp);
+        // An IHL below 5 is a bad header even when the packet is also too short.
+        let short = packet(LinkType::RAW, vec![0x44, 0, 0, 20]);
+        assert_eq!(d.decode(short.view()).unwrap_err(), DecodeError::BadIp);
     }
 
     #[test]
