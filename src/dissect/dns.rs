@@ -26,6 +26,9 @@ mod rr_type {
 const MAX_NAME_TEXT: usize = 1024;
 /// Compression pointers followed per name before we call it a loop.
 const MAX_POINTERS: usize = 64;
+/// Questions or answers a message gets room for before it is read (the first growth of a
+/// vector makes room for four as well).
+const PREALLOCATED: usize = 4;
 /// Label length byte: two top bits 11 = pointer (RFC 1035 §4.1.4), 00 = length.
 const POINTER: u8 = 0xc0;
 
@@ -80,14 +83,16 @@ pub fn parse_message(bytes: &[u8]) -> Result<Message> {
     let qdcount = r.u16()?;
     let ancount = r.u16()?;
     r.take(header::LEN - 8)?; // NSCOUNT, ARCOUNT: authority and additional are not read
+    // Counts come from the wire: room for a few entries is made up front (growing from
+    // empty costs more than the allocation itself), more are pushed as parsed.
+    let room = |count: u16| usize::from(count).min(PREALLOCATED);
     let mut message = Message {
         id,
         response: flags & header::QR != 0,
         rcode: (flags & header::RCODE_MASK) as u8,
-        questions: Vec::new(),
-        answers: Vec::new(),
+        questions: Vec::with_capacity(room(qdcount)),
+        answers: Vec::with_capacity(room(ancount)),
     };
-    // Counts come from the wire: entries are pushed as parsed, never preallocated.
     for _ in 0..qdcount {
         let name = read_name(bytes, &mut r)?;
         let qtype = r.u16()?;
