@@ -93,14 +93,27 @@ pub fn parse_message(bytes: &[u8]) -> Result<Message> {
         questions: Vec::with_capacity(room(qdcount)),
         answers: Vec::with_capacity(room(ancount)),
     };
-    for _ in 0..qdcount {
-        let name = read_name(bytes, &mut r)?;
+    let mut first_literal = false;
+    for i in 0..qdcount {
+        let name = read_name(bytes, &mut r, None)?;
+        first_literal |= i == 0 && name.literal;
         let qtype = r.u16()?;
         r.u16()?; // QCLASS
-        message.questions.push(Question { name, qtype });
+        message.questions.push(Question {
+            name: name.text,
+            qtype,
+        });
     }
+    let known = message
+        .questions
+        .first()
+        .filter(|_| first_literal)
+        .map(|q| Known {
+            offset: header::LEN,
+            text: &q.name,
+        });
     for _ in 0..ancount {
-        let name = read_name(bytes, &mut r)?;
+        let name = read_name(bytes, &mut r, known)?.text;
         let kind = r.u16()?;
         r.u16()?; // CLASS
         let ttl = r.u32()?;
@@ -120,14 +133,14 @@ pub fn parse_message(bytes: &[u8]) -> Result<Message> {
             (rr_type::CNAME, _) => {
                 // The target may point back into the message, but must end with its RDATA.
                 let offset = bytes.len() - r.remaining() - rdata.len();
-                let (cname, end) = name_at(bytes, offset).map_err(|e| match e {
+                let cname = name_at(bytes, offset, known).map_err(|e| match e {
                     Error::Incomplete => Error::Invalid("CNAME target overruns the message"),
                     other => other,
                 })?;
-                if end != offset + rdata.len() {
+                if cname.end != offset + rdata.len() {
                     return Err(Error::Invalid("CNAME target does not fill its RDATA"));
                 }
-                AnswerData::Cname(cname)
+                AnswerData::Cname(cname.text)
             }
             (other, _) => AnswerData::Other(other),
         };
@@ -155,17 +168,36 @@ pub fn parse_tcp_stream(stream: &[u8]) -> Result<Vec<Message>> {
 }
 
 /// Reads the name at the cursor of a reader over `message` and advances past it.
-fn read_name(message: &[u8], r: &mut Reader<'_>) -> Result<String> {
+fn read_name(message: &[u8], r: &mut Reader<'_>, known: Option<Known<'_>>) -> Result<Name> {
     let start = message.len() - r.remaining();
-    let (name, end) = name_at(message, start)?;
-    r.take(end - start)?;
+    let name = name_at(message, start, known)?;
+    r.take(name.end - start)?;
     Ok(name)
 }
 
-/// Decodes a possibly compressed domain name (RFC 1035 §3.1, §4.1.4) starting at `start`;
-/// returns it and the offset just past it where it was written. A pointer must point
-/// strictly before itself, which rules out loops; pointer hops are capped as well.
-fn name_at(message: &[u8], start: usize) -> Result<(String, usize)> {
+/// A decoded name.
+struct Name {
+    text: String,
+    /// The offset just past the name where it was written.
+    end: usize,
+    /// Written out in full, without a compression pointer.
+    literal: bool,
+}
+
+/// A name already decoded from the message, written out in full at `offset`. Answers
+/// nearly always name their owner with a pointer to the question's name (RFC 1035
+/// §4.1.4): copying its text costs a fraction of decoding it again.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    offset: usize,
+    text: &'a str,
+}
+
+/// Decodes a possibly compressed domain name (RFC 1035 §3.1, §4.1.4) starting at `start`.
+/// A pointer must point strictly before itself, and pointer hops are capped, which ends a
+/// name that loops through its own labels. A pointer to the `known` name takes its text as
+/// decoding the labels there would: that name has no pointer, so the hop count is the same.
+fn name_at(message: &[u8], start: usize, known: Option<Known<'_>>) -> Result<Name> {
     let mut text = String::with_capacity(64);
     let mut pos = start;
     let mut end = None;
@@ -176,7 +208,8 @@ fn name_at(message: &[u8], start: usize) -> Result<(String, usize)> {
             POINTER => {
                 let low = *message.get(pos + 1).ok_or(Error::Incomplete)?;
                 let target = usize::from(u16::from_be_bytes([len & !POINTER, low]));
-                end.get_or_insert(pos + 2);
+                // The name ends after its first pointer.
+                let name_end = *end.get_or_insert(pos + 2);
                 if target >= pos || pointers == MAX_POINTERS {
                     return Err(Error::Invalid(
                         "DNS compression pointer does not point back",
@@ -184,8 +217,28 @@ fn name_at(message: &[u8], start: usize) -> Result<(String, usize)> {
                 }
                 pointers += 1;
                 pos = target;
+                if let Some(known) = known.filter(|k| k.offset == target) {
+                    if !text.is_empty() && !known.text.is_empty() {
+                        text.push('.');
+                    }
+                    text.push_str(known.text);
+                    if text.len() > MAX_NAME_TEXT {
+                        return Err(Error::Invalid("DNS name too long"));
+                    }
+                    return Ok(Name {
+                        text,
+                        end: name_end,
+                        literal: false,
+                    });
+                }
             }
-            0 if len == 0 => return Ok((text, end.unwrap_or(pos + 1))),
+            0 if len == 0 => {
+                return Ok(Name {
+                    text,
+                    end: end.unwrap_or(pos + 1),
+                    literal: end.is_none(),
+                });
+            }
             0 => {
                 let label = message
                     .get(pos + 1..pos + 1 + usize::from(len))
