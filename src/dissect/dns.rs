@@ -315,15 +315,9 @@ impl NameCache {
         if !msg.response || msg.rcode != NO_ERROR || self.capacity == 0 {
             return;
         }
-        // CNAME target → (owner, ttl), to walk chains back in constant time per hop.
-        let links: HashMap<&str, (&str, u32)> = msg
-            .answers
-            .iter()
-            .filter_map(|a| match &a.data {
-                AnswerData::Cname(target) => Some((target.as_str(), (a.name.as_str(), a.ttl))),
-                _ => None,
-            })
-            .collect();
+        // CNAME target → (owner, ttl), to walk chains back in constant time per hop. Built
+        // at the first answer not owned by a question: most responses have no chain.
+        let mut links: Option<HashMap<&str, (&str, u32)>> = None;
         for answer in &msg.answers {
             let AnswerData::Addr(addr) = answer.data else {
                 continue;
@@ -335,6 +329,17 @@ impl NameCache {
                 if msg.questions.iter().any(|q| q.name == name) {
                     break;
                 }
+                let links = links.get_or_insert_with(|| {
+                    msg.answers
+                        .iter()
+                        .filter_map(|a| match &a.data {
+                            AnswerData::Cname(target) => {
+                                Some((target.as_str(), (a.name.as_str(), a.ttl)))
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                });
                 let Some(&(owner, link_ttl)) = links.get(name) else {
                     break;
                 };
