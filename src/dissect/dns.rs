@@ -359,8 +359,11 @@ impl NameCache {
     }
 
     fn put(&mut self, now: Timestamp, addr: IpAddr, entry: CacheEntry) {
-        if let Some(old) = self.entries.remove(&addr) {
-            self.by_expiry.remove(&(old.expires, addr));
+        // An address answered again (the usual case) stays in `entries`, its entry replaced
+        // at the end, rather than removed and inserted: it counts only if it is new.
+        let previous = self.entries.get(&addr).map(|e| e.expires);
+        if let Some(expires) = previous {
+            self.by_expiry.remove(&(expires, addr));
         }
         // Dropping expired entries is housekeeping, not eviction.
         while let Some(&(expires, old)) = self.by_expiry.first() {
@@ -370,7 +373,7 @@ impl NameCache {
             self.by_expiry.pop_first();
             self.entries.remove(&old);
         }
-        if self.entries.len() >= self.capacity {
+        if self.entries.len() - usize::from(previous.is_some()) >= self.capacity {
             if let Some((_, old)) = self.by_expiry.pop_first() {
                 self.entries.remove(&old);
                 self.evictions += 1;
@@ -547,6 +550,32 @@ pub(crate) mod tests {
                 data: AnswerData::Addr(addr.parse().unwrap()),
             }],
         }
+    }
+
+    /// An address answered again replaces its entry: it takes no room of its own, so a
+    /// full cache evicts nothing for it.
+    #[test]
+    fn cache_replaces_an_address_answered_again() {
+        let t0 = Timestamp::from_secs(1_000);
+        let mut cache = NameCache::new(2);
+        cache.insert(t0, &answer("one.example", "10.0.0.1", 600));
+        cache.insert(t0, &answer("two.example", "10.0.0.2", 300));
+        let later = Timestamp::from_secs(1_100);
+        cache.insert(later, &answer("again.example", "10.0.0.2", 900));
+        assert_eq!(cache.evictions(), 0);
+        assert_eq!(cache.len(), 2);
+        let again = "10.0.0.2".parse().unwrap();
+        assert_eq!(cache.lookup(later, again), Some("again.example"));
+        assert_eq!(
+            cache.lookup_entry(later, again).unwrap().expires,
+            Timestamp::from_secs(2_000)
+        );
+        // The old expiry is gone from the eviction order: a new address evicts 10.0.0.1,
+        // which now expires first.
+        cache.insert(later, &answer("three.example", "10.0.0.3", 60));
+        assert_eq!(cache.evictions(), 1);
+        assert_eq!(cache.lookup(later, "10.0.0.1".parse().unwrap()), None);
+        assert_eq!(cache.lookup(later, again), Some("again.example"));
     }
 
     #[test]
