@@ -491,6 +491,142 @@ pub(crate) mod tests {
         assert_eq!(name, "a\\046\\032.\\195\\169");
     }
 
+    /// A message of `questions` (each name as wire bytes, type A) and `answers` (owner
+    /// name as wire bytes, then an A record), header counts to match.
+    fn message(questions: &[&[u8]], answers: &[&[u8]]) -> Vec<u8> {
+        let mut m = hex("1234 8180");
+        m.extend_from_slice(&(questions.len() as u16).to_be_bytes());
+        m.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+        m.extend_from_slice(&[0, 0, 0, 0]);
+        for q in questions {
+            m.extend_from_slice(q);
+            m.extend_from_slice(&hex("0001 0001"));
+        }
+        for a in answers {
+            m.extend_from_slice(a);
+            m.extend_from_slice(&hex("0001 0001 0000003c 0004 c0000250"));
+        }
+        m
+    }
+
+    fn answer_names(bytes: &[u8]) -> Result<Vec<String>> {
+        Ok(parse_message(bytes)?
+            .answers
+            .into_iter()
+            .map(|a| a.name)
+            .collect())
+    }
+
+    /// An answer that points at the question's name takes its text without decoding it
+    /// again: the same text as the name written out in full, the same errors.
+    #[test]
+    fn pointers_to_the_question_read_as_the_name_written_out() {
+        let question = hex("03 575757 07 4578616d706c65 03 434f4d 00"); // WWW.Example.COM
+        for (pointed, written) in [
+            (hex("c00c"), question.clone()),
+            // A label, then the question's labels.
+            (
+                hex("03 636466 c00c"),
+                hex("03 636466 03 777777 07 6578616d706c65 03 636f6d 00"),
+            ),
+        ] {
+            let pointed = answer_names(&message(&[&question], &[&pointed]));
+            let written = answer_names(&message(&[&question], &[&written]));
+            assert_eq!(pointed, written);
+        }
+        assert_eq!(
+            answer_names(&message(&[&question], &[&hex("03 636466 c00c")])).unwrap(),
+            ["cdf.www.example.com"]
+        );
+        // The root name: a pointer to it adds no dot.
+        let root = hex("00");
+        assert_eq!(
+            answer_names(&message(&[&root], &[&hex("c00c"), &hex("01 61 c00c")])).unwrap(),
+            ["", "a"]
+        );
+        // Escapes come along as they are.
+        let odd = hex("03 412e20 00");
+        assert_eq!(
+            answer_names(&message(&[&odd], &[&hex("c00c")])).unwrap(),
+            ["a\\046\\032"]
+        );
+        // The length limit holds for the copied text: the question is 4 × 252 + 3 = 1011
+        // characters; 13 more and a dot are too many, 12 are not.
+        let mut long = Vec::new();
+        for _ in 0..4 {
+            long.push(63);
+            long.extend_from_slice(&[0; 63]);
+        }
+        long.push(0);
+        let with_label = |n: usize| {
+            let mut owner = vec![n as u8];
+            owner.extend(std::iter::repeat_n(b'a', n));
+            owner.extend_from_slice(&hex("c00c"));
+            message(&[&long], &[&owner])
+        };
+        assert_eq!(answer_names(&with_label(12)).unwrap()[0].len(), 1024);
+        assert_eq!(
+            answer_names(&with_label(13)),
+            Err(Error::Invalid("DNS name too long"))
+        );
+    }
+
+    /// A question whose own name is compressed is decoded again through the pointer, hops
+    /// and all: here "a" and a pointer to the header, whose first bytes read as "b".
+    #[test]
+    fn pointers_to_a_compressed_question_are_followed() {
+        let mut m = message(&[&hex("01 61 c000")], &[&hex("c00c")]);
+        m[..3].copy_from_slice(&hex("01 62 00")); // ID 0x0162, then the flags' first byte
+        let msg = parse_message(&m).unwrap();
+        assert_eq!(msg.questions[0].name, "a.b");
+        assert_eq!(msg.answers[0].name, "a.b");
+    }
+
+    /// Pointers may only point back, yet a name can loop through its own labels: the hop
+    /// cap ends it. A chain of exactly `MAX_POINTERS` hops is still read.
+    #[test]
+    fn pointer_hops_are_capped() {
+        let looped = message(&[&hex("01 61 c00c")], &[]);
+        assert_eq!(
+            parse_message(&looped),
+            Err(Error::Invalid(
+                "DNS compression pointer does not point back"
+            ))
+        );
+        // Question 0 is the root name at offset 12 (5 bytes with its type and class); question
+        // k points at question k - 1 (6 bytes each from offset 17), k hops in all.
+        let chain = |hops: usize| {
+            let mut names = vec![vec![0u8]];
+            for k in 1..=hops {
+                let target = if k == 1 { 12 } else { 17 + 6 * (k as u16 - 2) };
+                names.push((0xc000 | target).to_be_bytes().to_vec());
+            }
+            let names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+            message(&names, &[])
+        };
+        let read = parse_message(&chain(MAX_POINTERS)).unwrap();
+        assert!(read.questions.iter().all(|q| q.name.is_empty()));
+        assert!(matches!(
+            parse_message(&chain(MAX_POINTERS + 1)),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    /// Escaped text over `MAX_NAME_TEXT` is refused, whatever the label count.
+    #[test]
+    fn over_long_names_are_refused() {
+        let mut name = Vec::new();
+        for _ in 0..5 {
+            name.push(63);
+            name.extend_from_slice(&[0xff; 63]);
+        }
+        name.push(0);
+        assert_eq!(
+            parse_message(&message(&[&name], &[])),
+            Err(Error::Invalid("DNS name too long"))
+        );
+    }
+
     #[test]
     fn tcp_stream_framing() {
         let msg = hex(RESPONSE);
