@@ -533,7 +533,12 @@ fn identify_flow(
     if id.done && !ending {
         shared.share(&mut details);
     }
-    flow.details = (!details.is_empty()).then(|| Box::new(details));
+    // A flow identified again (a DNS query, then its answer) reuses its box.
+    match (&mut flow.details, details.is_empty()) {
+        (_, true) => flow.details = None,
+        (Some(boxed), false) => **boxed = details,
+        (None, false) => flow.details = Some(Box::new(details)),
+    }
     if id.done || ending {
         if follow {
             // The datagrams seen so far; later ones arrive as they come. The first server

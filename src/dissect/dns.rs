@@ -26,6 +26,9 @@ mod rr_type {
 const MAX_NAME_TEXT: usize = 1024;
 /// Compression pointers followed per name before we call it a loop.
 const MAX_POINTERS: usize = 64;
+/// Questions or answers a message gets room for before it is read (the first growth of a
+/// vector makes room for four as well).
+const PREALLOCATED: usize = 4;
 /// Label length byte: two top bits 11 = pointer (RFC 1035 §4.1.4), 00 = length.
 const POINTER: u8 = 0xc0;
 
@@ -80,22 +83,37 @@ pub fn parse_message(bytes: &[u8]) -> Result<Message> {
     let qdcount = r.u16()?;
     let ancount = r.u16()?;
     r.take(header::LEN - 8)?; // NSCOUNT, ARCOUNT: authority and additional are not read
+    // Counts come from the wire: room for a few entries is made up front (growing from
+    // empty costs more than the allocation itself), more are pushed as parsed.
+    let room = |count: u16| usize::from(count).min(PREALLOCATED);
     let mut message = Message {
         id,
         response: flags & header::QR != 0,
         rcode: (flags & header::RCODE_MASK) as u8,
-        questions: Vec::new(),
-        answers: Vec::new(),
+        questions: Vec::with_capacity(room(qdcount)),
+        answers: Vec::with_capacity(room(ancount)),
     };
-    // Counts come from the wire: entries are pushed as parsed, never preallocated.
-    for _ in 0..qdcount {
-        let name = read_name(bytes, &mut r)?;
+    let mut first_literal = false;
+    for i in 0..qdcount {
+        let name = read_name(bytes, &mut r, None)?;
+        first_literal |= i == 0 && name.literal;
         let qtype = r.u16()?;
         r.u16()?; // QCLASS
-        message.questions.push(Question { name, qtype });
+        message.questions.push(Question {
+            name: name.text,
+            qtype,
+        });
     }
+    let known = message
+        .questions
+        .first()
+        .filter(|_| first_literal)
+        .map(|q| Known {
+            offset: header::LEN,
+            text: &q.name,
+        });
     for _ in 0..ancount {
-        let name = read_name(bytes, &mut r)?;
+        let name = read_name(bytes, &mut r, known)?.text;
         let kind = r.u16()?;
         r.u16()?; // CLASS
         let ttl = r.u32()?;
@@ -115,14 +133,14 @@ pub fn parse_message(bytes: &[u8]) -> Result<Message> {
             (rr_type::CNAME, _) => {
                 // The target may point back into the message, but must end with its RDATA.
                 let offset = bytes.len() - r.remaining() - rdata.len();
-                let (cname, end) = name_at(bytes, offset).map_err(|e| match e {
+                let cname = name_at(bytes, offset, known).map_err(|e| match e {
                     Error::Incomplete => Error::Invalid("CNAME target overruns the message"),
                     other => other,
                 })?;
-                if end != offset + rdata.len() {
+                if cname.end != offset + rdata.len() {
                     return Err(Error::Invalid("CNAME target does not fill its RDATA"));
                 }
-                AnswerData::Cname(cname)
+                AnswerData::Cname(cname.text)
             }
             (other, _) => AnswerData::Other(other),
         };
@@ -150,17 +168,36 @@ pub fn parse_tcp_stream(stream: &[u8]) -> Result<Vec<Message>> {
 }
 
 /// Reads the name at the cursor of a reader over `message` and advances past it.
-fn read_name(message: &[u8], r: &mut Reader<'_>) -> Result<String> {
+fn read_name(message: &[u8], r: &mut Reader<'_>, known: Option<Known<'_>>) -> Result<Name> {
     let start = message.len() - r.remaining();
-    let (name, end) = name_at(message, start)?;
-    r.take(end - start)?;
+    let name = name_at(message, start, known)?;
+    r.take(name.end - start)?;
     Ok(name)
 }
 
-/// Decodes a possibly compressed domain name (RFC 1035 §3.1, §4.1.4) starting at `start`;
-/// returns it and the offset just past it where it was written. A pointer must point
-/// strictly before itself, which rules out loops; pointer hops are capped as well.
-fn name_at(message: &[u8], start: usize) -> Result<(String, usize)> {
+/// A decoded name.
+struct Name {
+    text: String,
+    /// The offset just past the name where it was written.
+    end: usize,
+    /// Written out in full, without a compression pointer.
+    literal: bool,
+}
+
+/// A name already decoded from the message, written out in full at `offset`. Answers
+/// nearly always name their owner with a pointer to the question's name (RFC 1035
+/// §4.1.4): copying its text costs a fraction of decoding it again.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    offset: usize,
+    text: &'a str,
+}
+
+/// Decodes a possibly compressed domain name (RFC 1035 §3.1, §4.1.4) starting at `start`.
+/// A pointer must point strictly before itself, and pointer hops are capped, which ends a
+/// name that loops through its own labels. A pointer to the `known` name takes its text as
+/// decoding the labels there would: that name has no pointer, so the hop count is the same.
+fn name_at(message: &[u8], start: usize, known: Option<Known<'_>>) -> Result<Name> {
     let mut text = String::with_capacity(64);
     let mut pos = start;
     let mut end = None;
@@ -171,7 +208,8 @@ fn name_at(message: &[u8], start: usize) -> Result<(String, usize)> {
             POINTER => {
                 let low = *message.get(pos + 1).ok_or(Error::Incomplete)?;
                 let target = usize::from(u16::from_be_bytes([len & !POINTER, low]));
-                end.get_or_insert(pos + 2);
+                // The name ends after its first pointer.
+                let name_end = *end.get_or_insert(pos + 2);
                 if target >= pos || pointers == MAX_POINTERS {
                     return Err(Error::Invalid(
                         "DNS compression pointer does not point back",
@@ -179,8 +217,28 @@ fn name_at(message: &[u8], start: usize) -> Result<(String, usize)> {
                 }
                 pointers += 1;
                 pos = target;
+                if let Some(known) = known.filter(|k| k.offset == target) {
+                    if !text.is_empty() && !known.text.is_empty() {
+                        text.push('.');
+                    }
+                    text.push_str(known.text);
+                    if text.len() > MAX_NAME_TEXT {
+                        return Err(Error::Invalid("DNS name too long"));
+                    }
+                    return Ok(Name {
+                        text,
+                        end: name_end,
+                        literal: false,
+                    });
+                }
             }
-            0 if len == 0 => return Ok((text, end.unwrap_or(pos + 1))),
+            0 if len == 0 => {
+                return Ok(Name {
+                    text,
+                    end: end.unwrap_or(pos + 1),
+                    literal: end.is_none(),
+                });
+            }
             0 => {
                 let label = message
                     .get(pos + 1..pos + 1 + usize::from(len))
@@ -257,15 +315,9 @@ impl NameCache {
         if !msg.response || msg.rcode != NO_ERROR || self.capacity == 0 {
             return;
         }
-        // CNAME target → (owner, ttl), to walk chains back in constant time per hop.
-        let links: HashMap<&str, (&str, u32)> = msg
-            .answers
-            .iter()
-            .filter_map(|a| match &a.data {
-                AnswerData::Cname(target) => Some((target.as_str(), (a.name.as_str(), a.ttl))),
-                _ => None,
-            })
-            .collect();
+        // CNAME target → (owner, ttl), to walk chains back in constant time per hop. Built
+        // at the first answer not owned by a question: most responses have no chain.
+        let mut links: Option<HashMap<&str, (&str, u32)>> = None;
         for answer in &msg.answers {
             let AnswerData::Addr(addr) = answer.data else {
                 continue;
@@ -277,6 +329,17 @@ impl NameCache {
                 if msg.questions.iter().any(|q| q.name == name) {
                     break;
                 }
+                let links = links.get_or_insert_with(|| {
+                    msg.answers
+                        .iter()
+                        .filter_map(|a| match &a.data {
+                            AnswerData::Cname(target) => {
+                                Some((target.as_str(), (a.name.as_str(), a.ttl)))
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                });
                 let Some(&(owner, link_ttl)) = links.get(name) else {
                     break;
                 };
@@ -296,8 +359,11 @@ impl NameCache {
     }
 
     fn put(&mut self, now: Timestamp, addr: IpAddr, entry: CacheEntry) {
-        if let Some(old) = self.entries.remove(&addr) {
-            self.by_expiry.remove(&(old.expires, addr));
+        // An address answered again (the usual case) stays in `entries`, its entry replaced
+        // at the end, rather than removed and inserted: it counts only if it is new.
+        let previous = self.entries.get(&addr).map(|e| e.expires);
+        if let Some(expires) = previous {
+            self.by_expiry.remove(&(expires, addr));
         }
         // Dropping expired entries is housekeeping, not eviction.
         while let Some(&(expires, old)) = self.by_expiry.first() {
@@ -307,7 +373,7 @@ impl NameCache {
             self.by_expiry.pop_first();
             self.entries.remove(&old);
         }
-        if self.entries.len() >= self.capacity {
+        if self.entries.len() - usize::from(previous.is_some()) >= self.capacity {
             if let Some((_, old)) = self.by_expiry.pop_first() {
                 self.entries.remove(&old);
                 self.evictions += 1;
@@ -425,6 +491,142 @@ pub(crate) mod tests {
         assert_eq!(name, "a\\046\\032.\\195\\169");
     }
 
+    /// A message of `questions` (each name as wire bytes, type A) and `answers` (owner
+    /// name as wire bytes, then an A record), header counts to match.
+    fn message(questions: &[&[u8]], answers: &[&[u8]]) -> Vec<u8> {
+        let mut m = hex("1234 8180");
+        m.extend_from_slice(&(questions.len() as u16).to_be_bytes());
+        m.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+        m.extend_from_slice(&[0, 0, 0, 0]);
+        for q in questions {
+            m.extend_from_slice(q);
+            m.extend_from_slice(&hex("0001 0001"));
+        }
+        for a in answers {
+            m.extend_from_slice(a);
+            m.extend_from_slice(&hex("0001 0001 0000003c 0004 c0000250"));
+        }
+        m
+    }
+
+    fn answer_names(bytes: &[u8]) -> Result<Vec<String>> {
+        Ok(parse_message(bytes)?
+            .answers
+            .into_iter()
+            .map(|a| a.name)
+            .collect())
+    }
+
+    /// An answer that points at the question's name takes its text without decoding it
+    /// again: the same text as the name written out in full, the same errors.
+    #[test]
+    fn pointers_to_the_question_read_as_the_name_written_out() {
+        let question = hex("03 575757 07 4578616d706c65 03 434f4d 00"); // WWW.Example.COM
+        for (pointed, written) in [
+            (hex("c00c"), question.clone()),
+            // A label, then the question's labels.
+            (
+                hex("03 636466 c00c"),
+                hex("03 636466 03 777777 07 6578616d706c65 03 636f6d 00"),
+            ),
+        ] {
+            let pointed = answer_names(&message(&[&question], &[&pointed]));
+            let written = answer_names(&message(&[&question], &[&written]));
+            assert_eq!(pointed, written);
+        }
+        assert_eq!(
+            answer_names(&message(&[&question], &[&hex("03 636466 c00c")])).unwrap(),
+            ["cdf.www.example.com"]
+        );
+        // The root name: a pointer to it adds no dot.
+        let root = hex("00");
+        assert_eq!(
+            answer_names(&message(&[&root], &[&hex("c00c"), &hex("01 61 c00c")])).unwrap(),
+            ["", "a"]
+        );
+        // Escapes come along as they are.
+        let odd = hex("03 412e20 00");
+        assert_eq!(
+            answer_names(&message(&[&odd], &[&hex("c00c")])).unwrap(),
+            ["a\\046\\032"]
+        );
+        // The length limit holds for the copied text: the question is 4 × 252 + 3 = 1011
+        // characters; 13 more and a dot are too many, 12 are not.
+        let mut long = Vec::new();
+        for _ in 0..4 {
+            long.push(63);
+            long.extend_from_slice(&[0; 63]);
+        }
+        long.push(0);
+        let with_label = |n: usize| {
+            let mut owner = vec![n as u8];
+            owner.extend(std::iter::repeat_n(b'a', n));
+            owner.extend_from_slice(&hex("c00c"));
+            message(&[&long], &[&owner])
+        };
+        assert_eq!(answer_names(&with_label(12)).unwrap()[0].len(), 1024);
+        assert_eq!(
+            answer_names(&with_label(13)),
+            Err(Error::Invalid("DNS name too long"))
+        );
+    }
+
+    /// A question whose own name is compressed is decoded again through the pointer, hops
+    /// and all: here "a" and a pointer to the header, whose first bytes read as "b".
+    #[test]
+    fn pointers_to_a_compressed_question_are_followed() {
+        let mut m = message(&[&hex("01 61 c000")], &[&hex("c00c")]);
+        m[..3].copy_from_slice(&hex("01 62 00")); // ID 0x0162, then the flags' first byte
+        let msg = parse_message(&m).unwrap();
+        assert_eq!(msg.questions[0].name, "a.b");
+        assert_eq!(msg.answers[0].name, "a.b");
+    }
+
+    /// Pointers may only point back, yet a name can loop through its own labels: the hop
+    /// cap ends it. A chain of exactly `MAX_POINTERS` hops is still read.
+    #[test]
+    fn pointer_hops_are_capped() {
+        let looped = message(&[&hex("01 61 c00c")], &[]);
+        assert_eq!(
+            parse_message(&looped),
+            Err(Error::Invalid(
+                "DNS compression pointer does not point back"
+            ))
+        );
+        // Question 0 is the root name at offset 12 (5 bytes with its type and class); question
+        // k points at question k - 1 (6 bytes each from offset 17), k hops in all.
+        let chain = |hops: usize| {
+            let mut names = vec![vec![0u8]];
+            for k in 1..=hops {
+                let target = if k == 1 { 12 } else { 17 + 6 * (k as u16 - 2) };
+                names.push((0xc000 | target).to_be_bytes().to_vec());
+            }
+            let names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+            message(&names, &[])
+        };
+        let read = parse_message(&chain(MAX_POINTERS)).unwrap();
+        assert!(read.questions.iter().all(|q| q.name.is_empty()));
+        assert!(matches!(
+            parse_message(&chain(MAX_POINTERS + 1)),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    /// Escaped text over `MAX_NAME_TEXT` is refused, whatever the label count.
+    #[test]
+    fn over_long_names_are_refused() {
+        let mut name = Vec::new();
+        for _ in 0..5 {
+            name.push(63);
+            name.extend_from_slice(&[0xff; 63]);
+        }
+        name.push(0);
+        assert_eq!(
+            parse_message(&message(&[&name], &[])),
+            Err(Error::Invalid("DNS name too long"))
+        );
+    }
+
     #[test]
     fn tcp_stream_framing() {
         let msg = hex(RESPONSE);
@@ -484,6 +686,32 @@ pub(crate) mod tests {
                 data: AnswerData::Addr(addr.parse().unwrap()),
             }],
         }
+    }
+
+    /// An address answered again replaces its entry: it takes no room of its own, so a
+    /// full cache evicts nothing for it.
+    #[test]
+    fn cache_replaces_an_address_answered_again() {
+        let t0 = Timestamp::from_secs(1_000);
+        let mut cache = NameCache::new(2);
+        cache.insert(t0, &answer("one.example", "10.0.0.1", 600));
+        cache.insert(t0, &answer("two.example", "10.0.0.2", 300));
+        let later = Timestamp::from_secs(1_100);
+        cache.insert(later, &answer("again.example", "10.0.0.2", 900));
+        assert_eq!(cache.evictions(), 0);
+        assert_eq!(cache.len(), 2);
+        let again = "10.0.0.2".parse().unwrap();
+        assert_eq!(cache.lookup(later, again), Some("again.example"));
+        assert_eq!(
+            cache.lookup_entry(later, again).unwrap().expires,
+            Timestamp::from_secs(2_000)
+        );
+        // The old expiry is gone from the eviction order: a new address evicts 10.0.0.1,
+        // which now expires first.
+        cache.insert(later, &answer("three.example", "10.0.0.3", 60));
+        assert_eq!(cache.evictions(), 1);
+        assert_eq!(cache.lookup(later, "10.0.0.1".parse().unwrap()), None);
+        assert_eq!(cache.lookup(later, again), Some("again.example"));
     }
 
     #[test]

@@ -437,7 +437,10 @@ fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
         let resp = dns::parse_tcp_stream(s).ok();
         id.details.other = protocol(
             Protocol::Dns,
-            dns_details(msgs.first(), resp.as_ref().and_then(|r| r.first())),
+            dns_details(
+                msgs.into_iter().next(),
+                resp.as_ref().and_then(|r| r.first()),
+            ),
         );
         return resp.is_some_and(|r| !r.is_empty()) || sc;
     }
@@ -566,13 +569,14 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
         return false;
     };
     let ports = [input.orig_port, input.resp_port];
-    let on = |p: &[u16]| ports.iter().any(|x| p.contains(x));
+    // Compared one by one: `contains` on a slice of u16 is a call, not inlined.
+    let on = |p: &[u16]| p.iter().any(|&x| x == ports[0] || x == ports[1]);
     if on(&[53, 137, 5353, 5355])
         && let Ok(q) = dns::parse_message(first)
     {
         id.app = Some(App::Dns);
         let answer = sd.first().and_then(|d| dns::parse_message(d).ok());
-        id.details.other = protocol(Protocol::Dns, dns_details(Some(&q), answer.as_ref()));
+        id.details.other = protocol(Protocol::Dns, dns_details(Some(q), answer.as_ref()));
         // Settled with the answer, so the record carries it.
         id.dns_answer = answer;
         return id.dns_answer.is_some();
@@ -757,11 +761,14 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
     !cd.is_empty() && !sd.is_empty()
 }
 
-fn dns_details(q: Option<&dns::Message>, r: Option<&dns::Message>) -> DnsDetails {
-    let question = q.and_then(|m| m.questions.first());
+/// The query is taken by value: its first question's name moves into the details, where a
+/// copy would cost an allocation on every pass over a DNS flow. The response is borrowed, as
+/// the name cache is fed from it afterwards.
+fn dns_details(q: Option<dns::Message>, r: Option<&dns::Message>) -> DnsDetails {
+    let question = q.and_then(|m| m.questions.into_iter().next());
     DnsDetails {
-        query: question.map(|q| q.name.clone()),
-        qtype: question.map(|q| q.qtype),
+        qtype: question.as_ref().map(|q| q.qtype),
+        query: question.map(|q| q.name),
         rcode: r.map(|m| m.rcode),
         answers: r
             .map(|m| {
