@@ -621,11 +621,11 @@ fn transport<'a>(
             )
         }
         IpNumber::UDP => {
-            let sport = be16(p, 0).ok_or(DecodeError::TruncatedTransport)?;
-            let dport = be16(p, 2).ok_or(DecodeError::TruncatedTransport)?;
-            if p.len() < 8 {
+            // The 8-byte header: ports, length, checksum.
+            let [s0, s1, d0, d1, _, _, _, _, ..] = *p else {
                 return Err(DecodeError::TruncatedTransport);
-            }
+            };
+            let (sport, dport) = (u16::from_be_bytes([s0, s1]), u16::from_be_bytes([d0, d1]));
             (Proto::Udp, sport, dport, None, 8)
         }
         IpNumber::ICMP | IpNumber::IPV6_ICMP => {
