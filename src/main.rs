@@ -61,7 +61,7 @@ impl Inputs {
 enum Command {
     /// Replay pcap/pcapng files (any mix, .gz too) in timestamp order.
     Replay {
-        /// Capture files.
+        /// Capture files; `-` reads one from standard input.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         #[command(flatten)]

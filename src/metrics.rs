@@ -44,6 +44,12 @@ pub struct Stats {
     pub last_packet_ts: Option<f64>,
     /// Capture records cut short (snaplen or a truncated file).
     pub truncated_records: u64,
+    /// pcapng packets skipped because their interface is not defined in their section.
+    pub capture_skipped_records: u64,
+    /// pcapng blocks of types not read, skipped by their length as the spec allows.
+    pub capture_unread_blocks: u64,
+    /// Capture files stopped early at a corrupt record or a failed read.
+    pub capture_corrupt_files: u64,
 }
 
 /// The registry and the snapshot last published into it.
@@ -54,6 +60,9 @@ pub struct Metrics {
     capture_drops: IntCounterVec,
     decode_errors: IntCounterVec,
     truncated_records: IntCounter,
+    capture_skipped_records: IntCounter,
+    capture_unread_blocks: IntCounter,
+    capture_corrupt_files: IntCounter,
     flows_active: Gauge,
     flows_total: IntCounter,
     flows_evicted: IntCounterVec,
@@ -119,6 +128,27 @@ impl Metrics {
                 IntCounter::new(
                     "farmwatch_capture_truncated_records_total",
                     "Capture records shorter than the packet on the wire.",
+                ),
+            ),
+            capture_skipped_records: register(
+                r,
+                IntCounter::new(
+                    "farmwatch_capture_skipped_records_total",
+                    "pcapng packets skipped: their interface is not defined in their section.",
+                ),
+            ),
+            capture_unread_blocks: register(
+                r,
+                IntCounter::new(
+                    "farmwatch_capture_unread_blocks_total",
+                    "pcapng blocks of types not read, skipped by their length.",
+                ),
+            ),
+            capture_corrupt_files: register(
+                r,
+                IntCounter::new(
+                    "farmwatch_capture_corrupt_files_total",
+                    "Capture files stopped early at a corrupt record or a failed read.",
                 ),
             ),
             flows_active: register(
@@ -252,6 +282,21 @@ impl Metrics {
             &self.truncated_records,
             stats.truncated_records,
             before.truncated_records,
+        );
+        advance(
+            &self.capture_skipped_records,
+            stats.capture_skipped_records,
+            before.capture_skipped_records,
+        );
+        advance(
+            &self.capture_unread_blocks,
+            stats.capture_unread_blocks,
+            before.capture_unread_blocks,
+        );
+        advance(
+            &self.capture_corrupt_files,
+            stats.capture_corrupt_files,
+            before.capture_corrupt_files,
         );
         advance(&self.flows_total, stats.flows_total, before.flows_total);
         advance_each(

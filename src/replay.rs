@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::pipeline::{Context, Pipeline, Sinks};
 use crate::report::{self, Collector, InputFile, ReportInput};
 use crate::sink::{self, JsonLines, Target};
-use crate::source::{Replay, SourceError};
+use crate::source::{self, FileReader, Replay, SourceError};
 
 pub struct ReplayArgs {
     pub files: Vec<PathBuf>,
@@ -38,8 +38,16 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
         args.sessions.as_deref(),
     )
     .map_err(Failure::Usage)?;
+    if args.report.is_some()
+        && let Some(p) = args.files.iter().find(|p| !source::is_regular_file(p))
+    {
+        return Err(Failure::Usage(format!(
+            "{}: --report hashes its inputs at the end, so they must be regular files, not pipes",
+            source::display_name(p)
+        )));
+    }
     let mut replay = Replay::open(&args.files).map_err(|e| match e {
-        SourceError::Corrupt(..) => Failure::Runtime(e.to_string()),
+        SourceError::Corrupt { .. } => Failure::Runtime(e.to_string()),
         _ => Failure::Usage(e.to_string()),
     })?;
     let events = match &args.events {
@@ -99,7 +107,7 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
-    pipeline.stats.truncated_records = replay.readers().iter().map(|r| r.truncated).sum();
+    replay.count_into(&mut pipeline.stats);
     pipeline.finish();
     print_summary(&replay, &pipeline);
     if let Some(path) = &args.report {
@@ -155,16 +163,8 @@ fn print_summary(replay: &Replay, p: &Pipeline) {
             .collect();
         let _ = writeln!(err, "decode problems: {}", parts.join(", "));
     }
-    for r in replay.readers() {
-        if r.truncated > 0 || r.skipped > 0 {
-            let _ = writeln!(
-                err,
-                "{}: {} record(s) cut off at the end of the file, {} skipped",
-                r.path().display(),
-                r.truncated,
-                r.skipped
-            );
-        }
+    for line in replay.readers().iter().filter_map(FileReader::summary) {
+        let _ = writeln!(err, "{line}");
     }
     let total: u64 = s.events.values().sum();
     let _ = writeln!(err, "events: {total}");

@@ -15,8 +15,13 @@ use pcap_parser::pcap::{
     LegacyPcapBlock, parse_pcap_frame, parse_pcap_frame_be, parse_pcap_frame_modified,
     parse_pcap_header,
 };
-use pcap_parser::pcapng::{Block, parse_block_be, parse_block_le, parse_sectionheaderblock};
+use pcap_parser::pcapng::{
+    parse_enhancedpacketblock_be, parse_enhancedpacketblock_le, parse_interfacedescriptionblock_be,
+    parse_interfacedescriptionblock_le, parse_sectionheaderblock, parse_simplepacketblock_be,
+    parse_simplepacketblock_le,
+};
 
+use crate::metrics::Stats;
 use crate::timestamp::Timestamp;
 
 /// Link-layer header types (tcpdump.org/linktypes.html) that the decoder understands.
@@ -82,23 +87,65 @@ impl Default for LinkType {
     }
 }
 
+/// Whether `path` is a file on disk that can be read again (not stdin, a pipe or a FIFO).
+pub fn is_regular_file(path: &Path) -> bool {
+    path != Path::new(STDIN) && std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
+/// The path that names standard input on the command line.
+pub const STDIN: &str = "-";
+
+/// How a path is named in messages: `-` is standard input.
+pub fn display_name(path: &Path) -> String {
+    if path == Path::new(STDIN) {
+        "stdin".to_string()
+    } else {
+        path.display().to_string()
+    }
+}
+
 /// A problem that stops reading a file. Truncation at the end of a file is not one of
 /// them: it is counted (see [`FileReader::truncated`]) and the file ends there.
 #[derive(Debug)]
 pub enum SourceError {
+    /// The file cannot be opened or its first bytes read: refused before any work.
     Open(PathBuf, io::Error),
+    /// The file is empty: refused before any work.
+    Empty(PathBuf),
+    /// The first bytes are no pcap or pcapng header: refused before any work.
     NotACapture(PathBuf),
-    Corrupt(PathBuf, String),
+    /// A record that cannot be right, or a failed read, `offset` bytes into the file (into
+    /// the decompressed data of a .gz file). The file stops there: farmwatch does not guess
+    /// where the next record starts, since a guess can invent packets.
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        gz: bool,
+        what: String,
+    },
 }
 
 impl fmt::Display for SourceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SourceError::Open(p, e) => write!(f, "{}: cannot read: {e}", p.display()),
+            SourceError::Open(p, e) => write!(f, "{}: cannot read: {e}", display_name(p)),
+            SourceError::Empty(p) => write!(f, "{}: empty file, not a capture", display_name(p)),
             SourceError::NotACapture(p) => {
-                write!(f, "{}: not a pcap or pcapng capture", p.display())
+                write!(f, "{}: not a pcap or pcapng capture", display_name(p))
             }
-            SourceError::Corrupt(p, why) => write!(f, "{}: corrupt capture: {why}", p.display()),
+            SourceError::Corrupt {
+                path,
+                offset,
+                gz,
+                what,
+            } => {
+                let of = if *gz { " of the decompressed data" } else { "" };
+                write!(
+                    f,
+                    "{}: corrupt capture at byte {offset}{of}: {what}",
+                    display_name(path)
+                )
+            }
         }
     }
 }
@@ -121,23 +168,50 @@ type RecordParser = fn(&[u8]) -> IResult<&[u8], LegacyPcapBlock<'_>, PcapError<&
 /// How a file's records are parsed, as its first bytes say.
 #[derive(Clone, Copy)]
 enum Format {
-    /// pcap: one file header, then records alike (the parser fits the header's byte order
-    /// and variant).
-    Pcap {
-        parse: RecordParser,
-        link: LinkType,
-        nanos: bool,
-    },
+    /// pcap: one file header, then records alike.
+    Pcap(PcapFormat),
     /// pcapng: blocks, in the byte order of the section they are in.
     PcapNg { big_endian: bool },
 }
+
+/// What a pcap file header says about the records after it.
+#[derive(Clone, Copy)]
+struct PcapFormat {
+    /// The parser that fits the header's byte order and variant.
+    parse: RecordParser,
+    big_endian: bool,
+    link: LinkType,
+    nanos: bool,
+    snaplen: u32,
+    /// The longest captured length believed: the snaplen, at least [`MAX_SNAPLEN`], at most
+    /// [`MAX_RECORD`].
+    max_caplen: u32,
+}
+
+/// pcapng Section Header Block type and byte-order magic (pcapng §4.1).
+const SHB_TYPE: u32 = 0x0A0D_0D0A;
+const BYTE_ORDER_MAGIC: u32 = 0x1A2B_3C4D;
+/// The pcapng block types farmwatch reads (pcapng §4.2–4.4, and the obsolete Packet
+/// Block, appendix A); every other type is skipped by its length, as the spec allows.
+const IDB_TYPE: u32 = 1;
+const OBSOLETE_PB_TYPE: u32 = 2;
+const SPB_TYPE: u32 = 3;
+const EPB_TYPE: u32 = 6;
+
+/// libpcap's and Wireshark's largest snaplen for most link types: a pcap record may claim
+/// up to this much even when the file header's snaplen is smaller.
+const MAX_SNAPLEN: u32 = 256 << 10;
+/// The largest pcap record or pcapng block read; a length beyond it is corruption.
+const MAX_RECORD: u32 = 32 << 20;
+/// Interfaces one pcapng section may define (65,536 × 24 bytes); one more stops the file.
+pub const MAX_INTERFACES: usize = 1 << 16;
 
 impl Format {
     /// What the start of a file says it is, and how many bytes the pcap file header takes
     /// (pcapng's section header is a block like the others). None: not a capture.
     fn of(start: &[u8]) -> Option<(Format, usize)> {
-        if let Ok((_, shb)) = parse_sectionheaderblock(start) {
-            let big_endian = shb.big_endian();
+        if u32_at(start, 0, false) == Some(SHB_TYPE) {
+            let big_endian = section_byte_order(start)?;
             return Some((Format::PcapNg { big_endian }, 0));
         }
         let (rest, h) = parse_pcap_header(start).ok()?;
@@ -148,13 +222,35 @@ impl Format {
         } else {
             parse_pcap_frame
         };
-        let format = Format::Pcap {
+        let format = PcapFormat {
             parse,
+            big_endian: h.is_bigendian(),
             link: LinkType(h.network.0 as u32),
             nanos: h.is_nanosecond_precision(),
+            snaplen: h.snaplen,
+            max_caplen: h.snaplen.clamp(MAX_SNAPLEN, MAX_RECORD),
         };
-        Some((format, start.len() - rest.len()))
+        Some((Format::Pcap(format), start.len() - rest.len()))
     }
+}
+
+/// The byte order of the section whose header block starts `block`, from its byte-order
+/// magic. None: not a section header.
+fn section_byte_order(block: &[u8]) -> Option<bool> {
+    match u32_at(block, 8, true)? {
+        BYTE_ORDER_MAGIC => Some(true),
+        m if m.swap_bytes() == BYTE_ORDER_MAGIC => Some(false),
+        _ => None,
+    }
+}
+
+fn u32_at(data: &[u8], at: usize, big_endian: bool) -> Option<u32> {
+    let bytes: [u8; 4] = data.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    Some(if big_endian {
+        u32::from_be_bytes(bytes)
+    } else {
+        u32::from_le_bytes(bytes)
+    })
 }
 
 /// The part of a file read but not parsed yet.
@@ -202,6 +298,8 @@ impl Buffered {
 /// is never copied.
 pub struct FileReader {
     path: PathBuf,
+    /// Whether the file is gzip-compressed (offsets are then into the decompressed data).
+    gz: bool,
     input: Buffered,
     format: Format,
     interfaces: Vec<Interface>,
@@ -211,10 +309,13 @@ pub struct FileReader {
     pending_consume: usize,
     /// Time of the last timestamped packet (simple packet blocks carry none).
     last_ts: Timestamp,
-    /// Records cut off by the end of the file (at most one per file, in practice).
+    /// Records cut off by the end of the file (at most one per file).
     pub truncated: u64,
-    /// Packets whose link type or interface is unknown, skipped.
+    /// pcapng packets on an interface their section does not define, skipped.
     pub skipped: u64,
+    /// pcapng blocks of types farmwatch does not read (statistics, name resolution,
+    /// custom, local-use, ...), skipped by their length as the pcapng spec allows.
+    pub unread_blocks: u64,
     /// Bytes of the file consumed so far (compressed files: uncompressed bytes).
     pub consumed: u64,
     done: bool,
@@ -233,26 +334,38 @@ struct Current {
 /// Read size: small enough that what the kernel copies in is still in the CPU's cache
 /// when it is parsed.
 const BUFFER: usize = 256 << 10;
+/// Room for the largest record ([`MAX_RECORD`]) and its header.
 const MAX_BUFFER: usize = 1 << 26;
+/// Bytes that say what a file is: a pcap file header, or the start of a pcapng section
+/// header up to its byte-order magic.
+const HEADER: usize = 24;
 
 impl FileReader {
+    /// Opens a capture file, or standard input for `-`. Its first bytes are read once and
+    /// handed on in front of the rest: a pipe, FIFO or `<(...)` can be neither re-opened
+    /// nor sought, so gzip is told by its magic.
     pub fn open(path: &Path) -> Result<FileReader, SourceError> {
-        let open = || File::open(path).map_err(|e| SourceError::Open(path.to_path_buf(), e));
-        let file = open()?;
-        let mut magic = [0u8; 2];
-        let gz = match (&file).read(&mut magic) {
-            Ok(2) => magic == [0x1f, 0x8b],
-            Ok(_) => false,
-            Err(e) => return Err(SourceError::Open(path.to_path_buf(), e)),
-        };
-        // Re-open rather than seek: the reader must start at byte 0 in both cases.
-        let file = open()?;
-        let input: Box<dyn Read + Send> = if gz {
-            Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
+        let failed = |e| SourceError::Open(path.to_path_buf(), e);
+        let mut input: Box<dyn Read + Send> = if path == Path::new(STDIN) {
+            Box::new(io::stdin())
         } else {
-            Box::new(file)
+            Box::new(File::open(path).map_err(failed)?)
         };
-        FileReader::from_reader(path, input)
+        let mut magic = Vec::with_capacity(2);
+        (&mut input)
+            .take(2)
+            .read_to_end(&mut magic)
+            .map_err(failed)?;
+        let gz = magic == [0x1f, 0x8b];
+        let input = io::Cursor::new(magic).chain(input);
+        let input: Box<dyn Read + Send> = if gz {
+            Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(input)))
+        } else {
+            Box::new(input)
+        };
+        let mut reader = FileReader::from_reader(path, input)?;
+        reader.gz = gz;
+        Ok(reader)
     }
 
     pub fn from_reader(
@@ -266,13 +379,14 @@ impl FileReader {
             end: 0,
             eof: false,
         };
-        // Enough of the file to see what it is: a pcap header, or a section header block
-        // (whose options may be long).
-        while input.end < 4096 && !input.eof {
+        while input.end < HEADER && !input.eof {
             input.fill().map_err(|e| {
                 let e = io::Error::other(format!("read failed (a damaged .gz file?): {e}"));
                 SourceError::Open(path.to_path_buf(), e)
             })?;
+        }
+        if input.end == 0 {
+            return Err(SourceError::Empty(path.to_path_buf()));
         }
         let Some((format, header)) = Format::of(input.data()) else {
             return Err(SourceError::NotACapture(path.to_path_buf()));
@@ -280,6 +394,7 @@ impl FileReader {
         input.start = header;
         Ok(FileReader {
             path: path.to_path_buf(),
+            gz: false,
             input,
             format,
             interfaces: Vec::new(),
@@ -288,6 +403,7 @@ impl FileReader {
             last_ts: Timestamp::ZERO,
             truncated: 0,
             skipped: 0,
+            unread_blocks: 0,
             consumed: header as u64,
             done: false,
         })
@@ -295,6 +411,27 @@ impl FileReader {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// One line for the replay summary when records of this file were cut off or skipped.
+    pub fn summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.truncated > 0 {
+            parts.push("its last record cut off by the end of the file".to_string());
+        }
+        if self.skipped > 0 {
+            parts.push(format!(
+                "{} packet(s) skipped (interface not defined in their section)",
+                self.skipped
+            ));
+        }
+        if self.unread_blocks > 0 {
+            parts.push(format!(
+                "{} pcapng block(s) of types not read skipped",
+                self.unread_blocks
+            ));
+        }
+        (!parts.is_empty()).then(|| format!("{}: {}", display_name(&self.path), parts.join(", ")))
     }
 
     /// Moves to the next packet. Ok(false) at the end of the file.
@@ -305,32 +442,12 @@ impl FileReader {
         while !self.done {
             let data = self.input.data();
             let parsed = match self.format {
-                Format::Pcap { parse, link, nanos } => parse(data).map(|(rest, b)| {
-                    (
-                        data.len() - rest.len(),
-                        Record::Packet(legacy_frame(b, link, nanos)),
-                    )
-                }),
-                Format::PcapNg { big_endian } => {
-                    let parse = if big_endian {
-                        parse_block_be
-                    } else {
-                        parse_block_le
-                    };
-                    parse(data).map(|(rest, block)| {
-                        if let Block::SectionHeader(shb) = &block {
-                            self.format = Format::PcapNg {
-                                big_endian: shb.big_endian(),
-                            };
-                        }
-                        let len = data.len() - rest.len();
-                        (len, ng_record(&mut self.interfaces, block))
-                    })
-                }
+                Format::Pcap(pcap) => pcap_record(data, &pcap),
+                Format::PcapNg { big_endian } => ng_block(data, big_endian, &mut self.interfaces),
             };
             let base = data.as_ptr() as usize;
             match parsed {
-                Ok((len, Record::Packet(f))) => {
+                Ok(Some((len, Record::Packet(f)))) => {
                     let ts = f.ts.unwrap_or(self.last_ts);
                     self.current = Some(Current {
                         ts,
@@ -344,17 +461,19 @@ impl FileReader {
                     self.pending_consume = len;
                     return Ok(true);
                 }
-                Ok((len, other)) => {
-                    if matches!(other, Record::Skipped) {
-                        self.skipped += 1;
+                Ok(Some((len, other))) => {
+                    match other {
+                        Record::Section { big_endian } => {
+                            self.format = Format::PcapNg { big_endian };
+                        }
+                        Record::Skipped => self.skipped += 1,
+                        Record::Unread => self.unread_blocks += 1,
+                        Record::Packet(_) | Record::Meta => {}
                     }
                     self.consume(len);
                 }
-                Err(nom::Err::Incomplete(_)) => self.read_more()?,
-                Err(nom::Err::Error(e) | nom::Err::Failure(e)) => {
-                    let why = format!("{e:?}");
-                    return Err(self.corrupt(&why));
-                }
+                Ok(None) => self.read_more()?,
+                Err(what) => return Err(self.corrupt(what)),
             }
         }
         Ok(false)
@@ -366,7 +485,8 @@ impl FileReader {
     }
 
     /// Reads more of the file for a record that does not fit what is buffered. The end of
-    /// the file ends it, truncated if a partial record is left; so does a failed read.
+    /// the file ends it, truncated if a partial record is left (a .gz file cut short is
+    /// truncated too); any other failed read is reported where it happened.
     fn read_more(&mut self) -> Result<(), SourceError> {
         if self.input.eof {
             self.done = true;
@@ -377,12 +497,15 @@ impl FileReader {
         }
         match self.input.fill() {
             Ok(true) => Ok(()),
-            Ok(false) => Err(self.corrupt("a record larger than 64 MiB")),
-            Err(_) => {
+            Ok(false) => {
+                Err(self.corrupt(format!("a record does not fit in {} MiB", MAX_BUFFER >> 20)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 self.truncated += 1;
                 self.done = true;
                 Ok(())
             }
+            Err(e) => Err(self.corrupt(format!("read failed: {e}"))),
         }
     }
 
@@ -398,20 +521,30 @@ impl FileReader {
         })
     }
 
-    fn corrupt(&mut self, why: &str) -> SourceError {
+    /// Stops the file at the record that starts at the current offset.
+    fn corrupt(&mut self, what: String) -> SourceError {
         self.done = true;
-        SourceError::Corrupt(
-            self.path.clone(),
-            format!("{why} after {} bytes", self.consumed),
-        )
+        SourceError::Corrupt {
+            path: self.path.clone(),
+            offset: self.consumed,
+            gz: self.gz,
+            what,
+        }
     }
 }
 
 /// What a record or block is to the reader.
 enum Record<'a> {
     Packet(Frame<'a>),
+    /// A section header: interface ids restart, and the byte order may change.
+    Section {
+        big_endian: bool,
+    },
     Meta,
+    /// A packet the reader cannot place (its interface is not defined).
     Skipped,
+    /// A block of a type the reader does not read.
+    Unread,
 }
 
 /// A packet record as the block gave it; `ts` is None for blocks that carry no time.
@@ -420,6 +553,185 @@ struct Frame<'a> {
     link: LinkType,
     orig_len: u32,
     data: &'a [u8],
+}
+
+/// What a parser makes of the bytes at the front of the buffer: Ok(None) when they hold
+/// no whole record yet, Err with a short description when the record cannot be right.
+type Parsed<'a> = Result<Option<(usize, Record<'a>)>, String>;
+
+/// One pcap record (draft-ietf-opsawg-pcap §5). Its captured length is checked before the
+/// record is waited for, so a corrupt length mid-file is reported as such instead of
+/// swallowing the rest of the file as one record cut off at the end.
+fn pcap_record<'a>(data: &'a [u8], f: &PcapFormat) -> Parsed<'a> {
+    let Some(caplen) = u32_at(data, 8, f.big_endian) else {
+        return Ok(None);
+    };
+    if caplen > f.max_caplen {
+        return Err(format!(
+            "record of {caplen} captured bytes, above the limit of {} (file snaplen {})",
+            f.max_caplen, f.snaplen
+        ));
+    }
+    match (f.parse)(data) {
+        Ok((rest, b)) => Ok(Some((
+            data.len() - rest.len(),
+            Record::Packet(legacy_frame(b, f.link, f.nanos)),
+        ))),
+        Err(nom::Err::Incomplete(_)) => Ok(None),
+        Err(_) => Err("unreadable record header".to_string()),
+    }
+}
+
+/// One pcapng block (pcapng §3.1): its framing is checked here, whatever its type, and
+/// then its body by pcap-parser's parser of that type.
+fn ng_block<'a>(data: &'a [u8], big_endian: bool, interfaces: &mut Vec<Interface>) -> Parsed<'a> {
+    let Some(kind) = u32_at(data, 0, big_endian) else {
+        return Ok(None);
+    };
+    // A section header carries its own byte order.
+    let big_endian = if kind == SHB_TYPE {
+        match data.get(..12).map(section_byte_order) {
+            None => return Ok(None),
+            Some(None) => return Err("section header without its byte-order magic".into()),
+            Some(Some(order)) => order,
+        }
+    } else {
+        big_endian
+    };
+    let Some(len) = u32_at(data, 4, big_endian) else {
+        return Ok(None);
+    };
+    if len < 12 || len % 4 != 0 {
+        return Err(format!(
+            "block length {len} (a block is a multiple of 4 bytes, at least 12)"
+        ));
+    }
+    if len > MAX_RECORD {
+        return Err(format!(
+            "block length {len}, above the limit of {MAX_RECORD}"
+        ));
+    }
+    let Some(block) = data.get(..len as usize) else {
+        return Ok(None);
+    };
+    let trailer = u32_at(block, block.len() - 4, big_endian);
+    if trailer != Some(len) {
+        let trailer = trailer.unwrap_or_default();
+        return Err(format!(
+            "block length {len} at its start but {trailer} at its end"
+        ));
+    }
+    let bad = |name: &str| format!("malformed {name} block of {len} bytes");
+    let record = match kind {
+        SHB_TYPE => {
+            parse_sectionheaderblock(block).map_err(|_| bad("section header"))?;
+            // Interface ids are numbered per section.
+            interfaces.clear();
+            Record::Section { big_endian }
+        }
+        IDB_TYPE => {
+            let (_, idb) = if big_endian {
+                parse_interfacedescriptionblock_be(block)
+            } else {
+                parse_interfacedescriptionblock_le(block)
+            }
+            .map_err(|_| bad("interface description"))?;
+            if interfaces.len() >= MAX_INTERFACES {
+                return Err(format!(
+                    "more than {MAX_INTERFACES} interfaces in one section"
+                ));
+            }
+            interfaces.push(Interface {
+                link: LinkType(idb.linktype.0 as u32),
+                units_per_sec: idb.ts_resolution().unwrap_or(1_000_000),
+                offset_secs: idb.ts_offset(),
+            });
+            Record::Meta
+        }
+        EPB_TYPE => {
+            let (_, epb) = if big_endian {
+                parse_enhancedpacketblock_be(block)
+            } else {
+                parse_enhancedpacketblock_le(block)
+            }
+            .map_err(|_| bad("enhanced packet"))?;
+            let raw = ((epb.ts_high as u64) << 32) | epb.ts_low as u64;
+            let data = captured(epb.data, epb.caplen);
+            timed_packet(interfaces, epb.if_id, raw, epb.origlen, data)
+        }
+        OBSOLETE_PB_TYPE => {
+            let pb = obsolete_packet(block, big_endian).ok_or_else(|| bad("packet"))?;
+            timed_packet(interfaces, pb.if_id, pb.raw_ts, pb.orig_len, pb.data)
+        }
+        SPB_TYPE => {
+            let (_, spb) = if big_endian {
+                parse_simplepacketblock_be(block)
+            } else {
+                parse_simplepacketblock_le(block)
+            }
+            .map_err(|_| bad("simple packet"))?;
+            // SPBs carry no timestamp; they belong to interface 0 (pcapng §4.4).
+            match interfaces.first() {
+                Some(iface) => Record::Packet(Frame {
+                    ts: None,
+                    link: iface.link,
+                    orig_len: spb.origlen,
+                    data: captured(spb.data, spb.origlen),
+                }),
+                None => Record::Skipped,
+            }
+        }
+        _ => Record::Unread,
+    };
+    Ok(Some((block.len(), record)))
+}
+
+/// A packet with a pcapng timestamp, on the interface its block names.
+fn timed_packet<'a>(
+    interfaces: &[Interface],
+    if_id: u32,
+    raw_ts: u64,
+    orig_len: u32,
+    data: &'a [u8],
+) -> Record<'a> {
+    match interfaces.get(if_id as usize) {
+        Some(iface) => Record::Packet(Frame {
+            ts: Some(ng_time(raw_ts, iface)),
+            link: iface.link,
+            orig_len,
+            data,
+        }),
+        None => Record::Skipped,
+    }
+}
+
+/// The obsolete Packet Block (pcapng appendix A; old Wireshark and libpcap wrote it):
+/// interface id u16, drops u16, timestamp high and low, captured and original length,
+/// data, options. pcap-parser does not parse it.
+struct ObsoletePacket<'a> {
+    if_id: u32,
+    raw_ts: u64,
+    orig_len: u32,
+    data: &'a [u8],
+}
+
+fn obsolete_packet(block: &[u8], big_endian: bool) -> Option<ObsoletePacket<'_>> {
+    let word = |at| u32_at(block, at, big_endian);
+    let if_id = if big_endian {
+        word(8)? >> 16
+    } else {
+        word(8)? & 0xffff
+    };
+    let raw_ts = (u64::from(word(12)?) << 32) | u64::from(word(16)?);
+    let caplen = word(20)? as usize;
+    let body_end = block.len().checked_sub(4)?;
+    let data = block.get(28..body_end)?.get(..caplen)?;
+    Some(ObsoletePacket {
+        if_id,
+        raw_ts,
+        orig_len: word(24)?,
+        data,
+    })
 }
 
 fn legacy_frame(b: LegacyPcapBlock<'_>, link: LinkType, nanos: bool) -> Frame<'_> {
@@ -435,49 +747,6 @@ fn legacy_frame(b: LegacyPcapBlock<'_>, link: LinkType, nanos: bool) -> Frame<'_
         link,
         orig_len: b.origlen,
         data: captured(b.data, b.caplen),
-    }
-}
-
-fn ng_record<'a>(interfaces: &mut Vec<Interface>, block: Block<'a>) -> Record<'a> {
-    match block {
-        Block::SectionHeader(_) => {
-            // Interface ids are numbered per section.
-            interfaces.clear();
-            Record::Meta
-        }
-        Block::InterfaceDescription(idb) => {
-            interfaces.push(Interface {
-                link: LinkType(idb.linktype.0 as u32),
-                units_per_sec: idb.ts_resolution().unwrap_or(1_000_000),
-                offset_secs: idb.ts_offset(),
-            });
-            Record::Meta
-        }
-        Block::EnhancedPacket(epb) => {
-            let Some(iface) = interfaces.get(epb.if_id as usize) else {
-                return Record::Skipped;
-            };
-            let raw = ((epb.ts_high as u64) << 32) | epb.ts_low as u64;
-            Record::Packet(Frame {
-                ts: Some(ng_time(raw, iface)),
-                link: iface.link,
-                orig_len: epb.origlen,
-                data: captured(epb.data, epb.caplen),
-            })
-        }
-        Block::SimplePacket(spb) => {
-            // SPBs carry no timestamp; they belong to interface 0 (pcapng §4.4).
-            let Some(iface) = interfaces.first() else {
-                return Record::Skipped;
-            };
-            Record::Packet(Frame {
-                ts: None,
-                link: iface.link,
-                orig_len: spb.origlen,
-                data: captured(spb.data, spb.origlen),
-            })
-        }
-        _ => Record::Meta,
     }
 }
 
@@ -574,6 +843,16 @@ impl Replay {
         &self.readers
     }
 
+    /// Adds what the files lost or skipped to the replay's counters.
+    pub fn count_into(&self, stats: &mut Stats) {
+        for r in &self.readers {
+            stats.truncated_records += r.truncated;
+            stats.capture_skipped_records += r.skipped;
+            stats.capture_unread_blocks += r.unread_blocks;
+        }
+        stats.capture_corrupt_files += self.errors.len() as u64;
+    }
+
     /// Bytes consumed across all files, for the progress bar.
     pub fn consumed(&self) -> u64 {
         self.readers.iter().map(|r| r.consumed).sum()
@@ -635,9 +914,10 @@ mod tests {
         }
     }
 
-    /// A pcap file (LE, µs, raw IP) of records with the given data lengths.
+    /// A pcap file (LE, µs, raw IP, snaplen 1 MiB) of records with the given data lengths.
     fn pcap_of(lens: &[usize]) -> Vec<u8> {
         let mut f = tiny_pcap(0xa1b2c3d4, 0, 20);
+        f[16..20].copy_from_slice(&(1u32 << 20).to_le_bytes());
         for (i, &len) in lens.iter().enumerate() {
             for v in [i as u32, 0, len as u32, len as u32] {
                 f.extend_from_slice(&v.to_le_bytes());
@@ -687,7 +967,61 @@ mod tests {
         let err = read_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n".to_vec()).unwrap_err();
         assert!(matches!(err, SourceError::NotACapture(_)), "{err}");
         let err = read_all(Vec::new()).unwrap_err();
-        assert!(matches!(err, SourceError::NotACapture(_)), "{err}");
+        assert!(matches!(err, SourceError::Empty(_)), "{err}");
+    }
+
+    /// Regression (issue 18): a corrupt captured length mid-file was waited for until the
+    /// end of the file and counted as one record cut off there; the rest was lost.
+    #[test]
+    fn a_captured_length_beyond_the_limit_stops_the_file_where_it_is() {
+        let mut bytes = pcap_of(&[60, 60, 60]);
+        let second = 24 + 16 + 60;
+        bytes[second + 8..second + 12].copy_from_slice(&(300u32 << 20).to_le_bytes());
+        let input = Box::new(io::Cursor::new(bytes));
+        let mut r = FileReader::from_reader(Path::new("t.pcap"), input).unwrap();
+        assert!(r.advance().unwrap());
+        let err = r.advance().unwrap_err();
+        assert!(
+            matches!(err, SourceError::Corrupt { offset, .. } if offset == second as u64),
+            "{err}"
+        );
+        assert!(!r.advance().unwrap());
+        assert_eq!(r.truncated, 0);
+        // Within the limit, a record cut by the end of the file is still a truncation.
+        let (_, truncated) = read_all(pcap_of(&[60, 70_000])[..200].to_vec()).unwrap();
+        assert_eq!(truncated, 1);
+    }
+
+    /// The obsolete Packet Block (type 2) carries packets; it is read, not skipped.
+    #[test]
+    fn reads_the_obsolete_packet_block() {
+        let block = |kind: u32, body: &[u8]| {
+            let len = (body.len() + 12) as u32;
+            let mut b = kind.to_be_bytes().to_vec();
+            b.extend_from_slice(&len.to_be_bytes());
+            b.extend_from_slice(body);
+            b.extend_from_slice(&len.to_be_bytes());
+            b
+        };
+        let mut shb = 0x1a2b_3c4d_u32.to_be_bytes().to_vec();
+        shb.extend_from_slice(&[0, 1, 0, 0]);
+        shb.extend_from_slice(&u64::MAX.to_be_bytes());
+        let mut pb = vec![0, 0, 0, 7];
+        for v in [0u32, 1_000_000, 3, 60] {
+            pb.extend_from_slice(&v.to_be_bytes());
+        }
+        pb.extend_from_slice(&[0x45, 0, 0, 0]);
+        let mut bytes = block(SHB_TYPE, &shb);
+        bytes.extend(block(IDB_TYPE, &[0, 101, 0, 0, 0, 0, 0, 0]));
+        bytes.extend(block(OBSOLETE_PB_TYPE, &pb));
+        let (pkts, truncated) = read_all(bytes).unwrap();
+        assert_eq!(truncated, 0);
+        assert_eq!(pkts.len(), 1);
+        assert_eq!((pkts[0].ts.0, pkts[0].orig_len), (1_000_000_000, 60));
+        assert_eq!(
+            (pkts[0].link, &pkts[0].data[..]),
+            (LinkType::RAW, &[0x45, 0, 0][..])
+        );
     }
 
     /// Regression (tests/fuzz_smoke_pipeline.rs): hostile timestamps and interface
