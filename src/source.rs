@@ -417,7 +417,10 @@ impl FileReader {
     pub fn summary(&self) -> Option<String> {
         let mut parts = Vec::new();
         if self.truncated > 0 {
-            parts.push("its last record cut off by the end of the file".to_string());
+            parts.push(format!(
+                "{} record(s) cut off at the end of the file",
+                self.truncated
+            ));
         }
         if self.skipped > 0 {
             parts.push(format!(

@@ -258,7 +258,7 @@ fn a_last_record_cut_by_the_end_of_the_file_is_counted() {
     assert_eq!(out.counter("farmwatch_capture_truncated_records_total"), 1);
     assert!(
         out.stderr
-            .contains("cut.pcap: its last record cut off by the end of the file"),
+            .contains("cut.pcap: 1 record(s) cut off at the end of the file"),
         "{}",
         out.stderr
     );
