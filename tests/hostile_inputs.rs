@@ -274,6 +274,27 @@ fn a_last_record_cut_by_the_end_of_the_file_is_counted() {
     assert_eq!(out.counter("farmwatch_capture_truncated_records_total"), 1);
 }
 
+/// A .gz file whose data fails its checksum was counted as cut off at the end, exit 0.
+#[test]
+fn a_damaged_gz_stream_stops_the_file() {
+    let dir = scratch("hostile-damaged-gz");
+    let plain = corpus::pcap(100);
+    let mut gz = corpus::gz(&plain);
+    let crc = gz.len() - 8;
+    gz[crc] ^= 1;
+    let file = write(&dir, "crc.pcap.gz", &gz);
+    let out = replay(&dir, &file);
+    out.stopped(&file.display().to_string(), plain.len());
+    assert!(
+        out.last_line()
+            .contains("of the decompressed data: read failed"),
+        "{}",
+        out.last_line()
+    );
+    assert_eq!(out.packets(), 100);
+    assert_eq!(out.counter("farmwatch_capture_truncated_records_total"), 0);
+}
+
 /// Issue 18 row 2: a legal 12-byte block of local-use type 0x80000001 dropped the whole
 /// file; tshark reads all 400 packets. Other block types a reader may skip are skipped too.
 #[test]
