@@ -1,7 +1,13 @@
 //! Capture files: pcap (both byte orders, µs and ns) and pcapng (any number of sections
 //! and interfaces), optionally gzip-compressed, read in pure Rust. Several files are
 //! merged into one stream in timestamp order, so a replay of a rotated capture set sees
-//! packets as the sensor did.
+//! packets as the sensor did. Each input, `-` (stdin) and pipes included, is read once
+//! from front to back.
+//!
+//! Nothing is lost silently (README, "Replay limits"): a length that cannot be right
+//! stops its file with the byte offset, checked before the record is waited for; only a
+//! record the end of the file really cuts is "cut off at the end"; pcapng blocks of types
+//! not read are skipped by their length and counted.
 
 use std::collections::BinaryHeap;
 use std::fmt;
@@ -204,7 +210,7 @@ const MAX_SNAPLEN: u32 = 256 << 10;
 /// The largest pcap record or pcapng block read; a length beyond it is corruption.
 const MAX_RECORD: u32 = 32 << 20;
 /// Interfaces one pcapng section may define (65,536 × 24 bytes); one more stops the file.
-pub const MAX_INTERFACES: usize = 1 << 16;
+const MAX_INTERFACES: usize = 1 << 16;
 
 impl Format {
     /// What the start of a file says it is, and how many bytes the pcap file header takes
