@@ -57,24 +57,17 @@ mod corpus {
     /// bytes `middle`, then `after` packets. Returns the file and the offset of `middle`.
     pub fn pcapng(before: usize, middle: &[u8], after: usize) -> (Vec<u8>, usize) {
         let frames = frames(before + after);
-        let mut ng = Pcapng::new();
-        let iface = ng.interface(linktype::RAW as u16, 0, None);
-        for (i, f) in frames[..before].iter().enumerate() {
-            ng.packet(iface, EPOCH + i as u64 * MS, f);
-        }
-        let mut file = ng.into_bytes();
-        let at = file.len();
-        file.extend_from_slice(middle);
-        let mut rest = Pcapng::new();
-        rest.interface(linktype::RAW as u16, 0, None);
-        let head = rest.into_bytes().len();
-        let mut rest = Pcapng::new();
-        let iface = rest.interface(linktype::RAW as u16, 0, None);
-        for (i, f) in frames[before..].iter().enumerate() {
-            rest.packet(iface, EPOCH + (before + i) as u64 * MS, f);
-        }
-        // The packets after `middle` continue the first section.
-        file.extend_from_slice(&rest.into_bytes()[head..]);
+        let first = |n: usize| {
+            let mut ng = Pcapng::new();
+            let iface = ng.interface(linktype::RAW as u16, 0, None);
+            for (i, f) in frames[..n].iter().enumerate() {
+                ng.packet(iface, EPOCH + i as u64 * MS, f);
+            }
+            ng.into_bytes()
+        };
+        let mut file = first(before + after);
+        let at = first(before).len();
+        file.splice(at..at, middle.iter().copied());
         (file, at)
     }
 
