@@ -14,7 +14,8 @@ use support::{has_tool, require, scratch};
 
 /// Writers of the hostile files, from real UDP/IPv4 packets on the raw-IP link type.
 mod corpus {
-    use fixturegen::capture::{ByteOrder, EPOCH, MS, PcapWriter, Pcapng, TsUnit, gzip, linktype};
+    pub use fixturegen::capture::gzip;
+    use fixturegen::capture::{ByteOrder, EPOCH, MS, PcapWriter, Pcapng, TsUnit, linktype};
 
     /// `n` UDP datagrams with distinct payloads, each 60 bytes long.
     pub fn frames(n: usize) -> Vec<Vec<u8>> {
@@ -98,8 +99,6 @@ mod corpus {
         ng.packet(interfaces - 1, EPOCH + MS, &frames(1)[0]);
         gzip(&ng.into_bytes())
     }
-
-    pub use fixturegen::capture::gzip as gz;
 }
 
 /// What one replay did.
@@ -256,10 +255,10 @@ fn a_last_record_cut_by_the_end_of_the_file_is_counted() {
         out.stderr
     );
     // The same file gzipped, and a .gz file cut short, lose the same record.
-    let gz = corpus::gz(&bytes[..bytes.len() - 7]);
+    let gz = corpus::gzip(&bytes[..bytes.len() - 7]);
     let file = write(&dir, "cut.pcap.gz", &gz);
     assert_eq!(replay(&dir, &file).packets(), 99);
-    let gz = corpus::gz(&bytes);
+    let gz = corpus::gzip(&bytes);
     let file = write(&dir, "cut-gz.pcap.gz", &gz[..gz.len() / 2]);
     let out = replay(&dir, &file);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -272,7 +271,7 @@ fn a_last_record_cut_by_the_end_of_the_file_is_counted() {
 fn a_damaged_gz_stream_stops_the_file() {
     let dir = scratch("hostile-damaged-gz");
     let plain = corpus::pcap(100);
-    let mut gz = corpus::gz(&plain);
+    let mut gz = corpus::gzip(&plain);
     let crc = gz.len() - 8;
     gz[crc] ^= 1;
     let file = write(&dir, "crc.pcap.gz", &gz);
@@ -432,7 +431,7 @@ fn stdin_fifos_and_pipes_are_read_once_gzip_too() {
     let dir = scratch("hostile-stdin");
     let plain = corpus::pcap(500);
     let file = write(&dir, "plain.pcap", &plain);
-    let gz = write(&dir, "plain.pcap.gz", &corpus::gz(&plain));
+    let gz = write(&dir, "plain.pcap.gz", &corpus::gzip(&plain));
     for input in [&file, &gz] {
         let stdin = std::fs::File::open(input).unwrap();
         let out = replay_with(&dir, &["-"], stdin.into(), None);
