@@ -451,6 +451,16 @@ fn stdin_fifos_and_pipes_are_read_once_gzip_too() {
         assert_eq!(out.code, Some(0), "{}", out.stderr);
         assert_eq!(out.packets(), 500, "a FIFO");
     }
+    // The reproduction in the issue: bash process substitution of a decompressed file.
+    let script = r#"exec "$0" replay <(zcat "$1") --events /dev/null"#;
+    let out = Command::new("bash")
+        .args(["-c", script, support::bin()])
+        .arg(&gz)
+        .output()
+        .expect("run bash");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("1 file(s), 500 packets"), "{stderr}");
     // A corrupt capture from stdin is named as such.
     let mut bytes = plain.clone();
     corpus::set_caplen(&mut bytes, 10, u32::MAX);
