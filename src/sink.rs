@@ -58,7 +58,6 @@ pub struct JsonLines {
     /// Whole lines not yet written, and how many.
     batch: Vec<u8>,
     batched: u64,
-    line: Vec<u8>,
     /// Records that reached the output.
     pub written: u64,
     /// Records that did not: failed writes and records that could not be serialized.
@@ -86,7 +85,6 @@ impl JsonLines {
             out,
             batch: Vec::with_capacity(BATCH + 1024),
             batched: 0,
-            line: Vec::with_capacity(1024),
             written: 0,
             errors: 0,
             first_error: None,
@@ -108,14 +106,14 @@ impl JsonLines {
         if self.reader_gone {
             return;
         }
-        self.line.clear();
-        if let Err(e) = fill(&mut self.line) {
+        let start = self.batch.len();
+        if let Err(e) = fill(&mut self.batch) {
+            self.batch.truncate(start);
             self.errors += 1;
             self.note(io::Error::other(e));
             return;
         }
-        self.line.push(b'\n');
-        self.batch.extend_from_slice(&self.line);
+        self.batch.push(b'\n');
         self.batched += 1;
         if self.batch.len() >= BATCH {
             let _ = self.flush();
