@@ -147,7 +147,21 @@ impl Config {
         if self.flows.interim_interval.is_zero() {
             return bad("flows.interim_interval must be longer than zero");
         }
-        Ok(())
+        let f = &self.flows;
+        for (key, timeout) in [
+            ("tcp_half_open_timeout", f.tcp_half_open_timeout),
+            ("tcp_established_timeout", f.tcp_established_timeout),
+            ("udp_timeout", f.udp_timeout),
+            ("icmp_timeout", f.icmp_timeout),
+            ("idle_threshold", f.idle_threshold),
+        ] {
+            if timeout.is_zero() {
+                return bad(&format!("flows.{key} must be longer than zero"));
+            }
+        }
+        self.detect
+            .validate()
+            .map_err(|e| ConfigError(format!("{name}: {e}")))
     }
 }
 

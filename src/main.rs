@@ -2,21 +2,35 @@
 //! 2 usage or configuration error — always with one clear line on stderr.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand};
 
 use farmwatch::config::Config;
 use farmwatch::live::{self, LiveArgs};
 use farmwatch::replay::{self, Failure, ReplayArgs};
-use farmwatch::sink::Target;
+use farmwatch::sink::{self, Target};
 
 /// mimalloc: a sensor allocates and frees small objects per flow all day (records, protocol
 /// details, reassembly buffers); glibc's allocator spent about a tenth of replay time on
 /// them and returned pages to the kernel only to fault them back in.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Whether standard output was closed when the process started (`farmwatch … >&-`). Rust's
+/// runtime opens /dev/null in its place before `main`, which would turn every event into a
+/// silent loss; a constructor sees the descriptor first.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+#[ctor::ctor(unsafe)]
+fn note_closed_stdout() {
+    // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags; it fails with EBADF when
+    // descriptor 1 is not open.
+    let closed = unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_GETFD) } == -1;
+    STDOUT_CLOSED.store(closed, Ordering::Relaxed);
+}
 
 #[derive(Parser)]
 #[command(
@@ -46,14 +60,70 @@ struct Inputs {
     /// Where events go, as JSON lines ("-" = stdout).
     #[arg(long, default_value = "-")]
     events: String,
-    /// Where flow records go, as JSON lines.
+    /// Where flow records go, as JSON lines ("-" = stdout, when events go to a file).
     #[arg(long)]
-    flows: Option<PathBuf>,
+    flows: Option<String>,
 }
 
 impl Inputs {
     fn config(&self) -> Result<Config, Failure> {
         Config::load(self.config.as_deref()).map_err(|e| Failure::Usage(e.to_string()))
+    }
+
+    fn events(&self) -> Target {
+        Target::parse(&self.events)
+    }
+
+    fn flows(&self) -> Option<Target> {
+        self.flows.as_deref().map(Target::parse)
+    }
+
+    /// Refuses outputs that would lose records or destroy inputs, before any work: standard
+    /// output asked for twice or closed, and outputs that are an input, a capture, or each
+    /// other (`extra` are the command's other outputs, `captures` the files it replays).
+    fn check_outputs(
+        &self,
+        config: &Config,
+        extra: &[(&str, &Path)],
+        captures: &[PathBuf],
+    ) -> Result<(), Failure> {
+        let events = self.events();
+        let flows = self.flows();
+        if events == Target::Stdout && flows == Some(Target::Stdout) {
+            return Err(Failure::Usage(
+                "--flows - needs --events FILE: standard output carries one stream, \
+                 and events go there by default"
+                    .to_string(),
+            ));
+        }
+        if (events == Target::Stdout || flows == Some(Target::Stdout))
+            && STDOUT_CLOSED.load(Ordering::Relaxed)
+        {
+            let flag = if events == Target::Stdout {
+                "--events"
+            } else {
+                "--flows"
+            };
+            return Err(Failure::Usage(format!(
+                "standard output is closed, and {flag} writes there"
+            )));
+        }
+        let extra: Vec<(&str, Target)> = extra
+            .iter()
+            .map(|(flag, p)| (*flag, Target::File(p.to_path_buf())))
+            .collect();
+        let mut outputs = vec![("--events", &events)];
+        outputs.extend(flows.as_ref().map(|f| ("--flows", f)));
+        outputs.extend(extra.iter().map(|(flag, t)| (*flag, t)));
+        let geo = &config.geoip;
+        let inputs: Vec<&Path> = [&self.config, &self.accounts, &self.sessions]
+            .into_iter()
+            .chain([&geo.country, &geo.asn, &geo.city, &geo.hosting_asns])
+            .flatten()
+            .chain(captures)
+            .map(PathBuf::as_path)
+            .collect();
+        sink::check_outputs(&outputs, &inputs).map_err(Failure::Usage)
     }
 }
 
@@ -128,13 +198,19 @@ fn main() -> ExitCode {
             metrics_out,
             report,
         } => inputs.config().and_then(|config| {
+            let extra: Vec<(&str, &Path)> =
+                [("--metrics-out", &metrics_out), ("--report", &report)]
+                    .into_iter()
+                    .filter_map(|(flag, p)| Some((flag, p.as_deref()?)))
+                    .collect();
+            inputs.check_outputs(&config, &extra, &files)?;
             replay::run(ReplayArgs {
                 files,
                 config,
-                events: Target::parse(&inputs.events),
+                events: inputs.events(),
+                flows: inputs.flows(),
                 accounts: inputs.accounts,
                 sessions: inputs.sessions,
-                flows: inputs.flows,
                 metrics_out,
                 report,
             })
@@ -150,15 +226,25 @@ fn main() -> ExitCode {
             buffer_mb,
             workers,
         } => inputs.config().and_then(|loaded| {
+            inputs.check_outputs(&loaded, &[], &[])?;
+            let flows = match inputs.flows() {
+                Some(Target::Stdout) => {
+                    return Err(Failure::Usage(
+                        "live writes flow records to a file only, not to --flows -".to_string(),
+                    ));
+                }
+                Some(Target::File(p)) => Some(p),
+                None => None,
+            };
             live::run(LiveArgs {
                 interface,
                 bpf,
                 config: loaded,
-                events: Target::parse(&inputs.events),
+                events: inputs.events(),
                 config_path: inputs.config,
                 accounts: inputs.accounts,
                 sessions: inputs.sessions,
-                flows: inputs.flows,
+                flows,
                 listen,
                 snaplen,
                 promisc: !no_promisc,

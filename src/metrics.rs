@@ -38,7 +38,7 @@ pub struct Stats {
     pub remote_desktop_active: BTreeMap<(&'static str, String), u64>,
     /// Current risk score per inventory account.
     pub account_risk: BTreeMap<String, f64>,
-    /// Failed writes by sink: `events`, `flows`.
+    /// Records a sink did not write (full disk, I/O error), by sink: `events`, `flows`.
     pub sink_errors: BTreeMap<&'static str, u64>,
     /// Packet time (unix seconds) of the newest packet.
     pub last_packet_ts: Option<f64>,
@@ -214,7 +214,7 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "farmwatch_sink_errors_total",
-                        "Failed writes to an output, by sink.",
+                        "Records an output did not write (lost to a full disk or an I/O error), by sink.",
                     ),
                     &["sink"],
                 ),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use crate::config::Config;
 use crate::pipeline::{Context, Pipeline, Sinks};
 use crate::report::{self, Collector, InputFile, ReportInput};
-use crate::sink::{self, JsonLines, Target};
+use crate::sink::{self, Target};
 use crate::source::{self, FileReader, Replay, SourceError};
 
 pub struct ReplayArgs {
@@ -16,7 +16,7 @@ pub struct ReplayArgs {
     pub accounts: Option<PathBuf>,
     pub sessions: Option<PathBuf>,
     pub events: Target,
-    pub flows: Option<PathBuf>,
+    pub flows: Option<Target>,
     /// Prometheus text-format metrics written at the end.
     pub metrics_out: Option<PathBuf>,
     /// The HTML case file written at the end.
@@ -50,23 +50,23 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
         SourceError::Corrupt { .. } => Failure::Runtime(e.to_string()),
         _ => Failure::Usage(e.to_string()),
     })?;
-    let events = match &args.events {
-        Target::Stdout => JsonLines::open(Target::Stdout),
-        Target::File(p) => sink::create_file(p),
+    // Created first, so a bad path fails before any output is truncated or hours of
+    // replay go by.
+    for (what, path) in [("report", &args.report), ("metrics", &args.metrics_out)] {
+        if let Some(p) = path {
+            std::fs::File::create(p).map_err(|e| {
+                Failure::Usage(format!("cannot open {what} output: {}: {e}", p.display()))
+            })?;
+        }
     }
-    .map_err(|e| Failure::Usage(format!("cannot open events output: {e}")))?;
+    let events = sink::create(&args.events)
+        .map_err(|e| Failure::Usage(format!("cannot open events output: {e}")))?;
     let flows = args
         .flows
-        .as_deref()
-        .map(sink::create_file)
+        .as_ref()
+        .map(sink::create)
         .transpose()
         .map_err(|e| Failure::Usage(format!("cannot open flows output: {e}")))?;
-    // Created now, so a bad path fails before hours of replay, not after.
-    if let Some(p) = &args.report {
-        std::fs::File::create(p).map_err(|e| {
-            Failure::Usage(format!("cannot open report output: {}: {e}", p.display()))
-        })?;
-    }
     let mut pipeline = Pipeline::new(
         &args.config,
         Sinks {
@@ -170,6 +170,9 @@ fn print_summary(replay: &Replay, p: &Pipeline) {
     let _ = writeln!(err, "events: {total}");
     for ((kind, reason, severity), n) in &s.events {
         let _ = writeln!(err, "  {kind}/{reason} [{severity}]: {n}");
+    }
+    for (sink, n) in &s.sink_errors {
+        let _ = writeln!(err, "{sink} output: {n} record(s) lost, not written");
     }
     if let Some(c) = &p.collector {
         let table = report::top_findings_table(c, TOP_FINDINGS);

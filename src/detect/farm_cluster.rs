@@ -51,6 +51,16 @@ impl Default for FarmClusterConfig {
     }
 }
 
+impl FarmClusterConfig {
+    /// See [`super::check`].
+    pub fn validate(&self) -> Result<(), String> {
+        use super::check::not_zero;
+        not_zero("window", self.window)?;
+        not_zero("ipv4_prefix", self.ipv4_prefix)?;
+        not_zero("ipv6_prefix", self.ipv6_prefix)
+    }
+}
+
 fn at_least_two<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     let v = usize::deserialize(d)?;
     if v >= 2 {

@@ -61,6 +61,17 @@ impl Default for GeoAnomalyConfig {
     }
 }
 
+impl GeoAnomalyConfig {
+    /// See [`super::check`]; `rtt_allowance` may be zero.
+    pub fn validate(&self) -> Result<(), String> {
+        use super::check::{not_zero, positive};
+        not_zero("repeat_after", self.repeat_after)?;
+        positive("max_speed_kmh", self.max_speed_kmh)?;
+        not_zero("rtt_min_samples", self.rtt_min_samples)?;
+        positive("rtt_stretch", self.rtt_stretch)
+    }
+}
+
 /// A finite number above zero, for factors and speeds.
 pub(crate) fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     let v = f64::deserialize(d)?;

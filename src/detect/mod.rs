@@ -40,6 +40,74 @@ pub struct DetectConfig {
     pub relay_service: relay_service::RelayServiceConfig,
 }
 
+impl DetectConfig {
+    /// The first value out of range, as `detect.<detector>.<key> …`.
+    pub fn validate(&self) -> Result<(), String> {
+        let sections: [(&str, Result<(), String>); 9] = [
+            ("geo", self.geo.validate()),
+            ("farm_cluster", self.farm_cluster.validate()),
+            ("off_hours", self.off_hours.validate()),
+            ("score", self.score.validate()),
+            ("remote_desktop", self.remote_desktop.validate()),
+            ("stepping_stone", self.stepping_stone.validate()),
+            ("rtt_split", self.rtt_split.validate()),
+            ("tunnel", self.tunnel.validate()),
+            ("relay_service", self.relay_service.validate()),
+        ];
+        for (name, result) in sections {
+            result.map_err(|e| format!("detect.{name}.{e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks of detector settings at load. A count, capacity, window or factor of zero would
+/// quietly turn its detector off (or divide by zero), so it is an error naming the key.
+pub(crate) mod check {
+    use std::fmt::Display;
+
+    /// Counts, capacities and durations: anything but zero.
+    pub fn not_zero<T: Default + PartialEq>(key: &str, v: T) -> Result<(), String> {
+        if v == T::default() {
+            Err(format!("{key} must be above 0"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Factors: a finite number above zero.
+    pub fn positive(key: &str, v: f64) -> Result<(), String> {
+        if v.is_finite() && v > 0.0 {
+            Ok(())
+        } else {
+            Err(format!("{key} must be a number above 0, not {v}"))
+        }
+    }
+
+    /// Shares: above zero, at most one.
+    pub fn share(key: &str, v: f64) -> Result<(), String> {
+        if v > 0.0 && v <= 1.0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{key} must be a share above 0 and at most 1, not {v}"
+            ))
+        }
+    }
+
+    /// Two settings that must differ.
+    pub fn differ<T: PartialEq + Display>(a: (&str, T), b: (&str, T)) -> Result<(), String> {
+        if a.1 == b.1 {
+            Err(format!(
+                "{} and {} must differ (both are {})",
+                a.0, b.0, a.1
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// What detectors know about the world around a flow: which addresses are ours, who is
 /// behind an address at a time, and where an address is.
 pub struct Scope<'a> {

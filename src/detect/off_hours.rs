@@ -66,6 +66,16 @@ impl Default for OffHoursConfig {
     }
 }
 
+impl OffHoursConfig {
+    /// See [`super::check`]; a working day of no hours would fit nothing.
+    pub fn validate(&self) -> Result<(), String> {
+        use super::check::{differ, not_zero};
+        differ(("work_start", self.work_start), ("work_end", self.work_end))?;
+        not_zero("min_days", self.min_days)?;
+        not_zero("window", self.window)
+    }
+}
+
 fn hour<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
     let v = u8::deserialize(d)?;
     if v <= 24 {

@@ -44,6 +44,15 @@ impl Default for RelayServiceConfig {
     }
 }
 
+impl RelayServiceConfig {
+    /// See [`super::check`].
+    pub fn validate(&self) -> Result<(), String> {
+        use super::check::not_zero;
+        not_zero("max_pending", self.max_pending)?;
+        not_zero("max_reported", self.max_reported)
+    }
+}
+
 /// A TURN-relayed flow of an inside host.
 #[derive(Clone, Copy, Debug)]
 struct Turn {

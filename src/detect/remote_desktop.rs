@@ -86,6 +86,19 @@ impl Default for RemoteDesktopConfig {
     }
 }
 
+impl RemoteDesktopConfig {
+    /// See [`super::check`]; `tiers` not longer than `min_duration` are ignored.
+    pub fn validate(&self) -> Result<(), String> {
+        use super::check::{not_zero, positive};
+        not_zero("min_duration", self.min_duration)?;
+        not_zero("reconnect_gap", self.reconnect_gap)?;
+        positive("screen_ratio", self.screen_ratio)?;
+        not_zero("min_screen_pkts", self.min_screen_pkts)?;
+        not_zero("min_input_pkts", self.min_input_pkts)?;
+        not_zero("max_sessions", self.max_sessions)
+    }
+}
+
 /// A list of humantime durations (`["1h", "4h"]`).
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     Vec::<String>::deserialize(d)?

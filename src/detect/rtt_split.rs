@@ -70,6 +70,16 @@ impl Default for RttSplitConfig {
     }
 }
 
+impl RttSplitConfig {
+    /// See [`super::check`]; `min_extra` may be zero (the ratio alone decides).
+    pub fn validate(&self) -> Result<(), String> {
+        use super::check::{not_zero, positive};
+        positive("min_ratio", self.min_ratio)?;
+        not_zero("wait", self.wait)?;
+        not_zero("max_pending", self.max_pending)
+    }
+}
+
 /// The timing of one side of the sensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Side {

@@ -66,6 +66,13 @@ impl Default for ScoreConfig {
     }
 }
 
+impl ScoreConfig {
+    /// See [`super::check`].
+    pub fn validate(&self) -> Result<(), String> {
+        super::check::not_zero("half_life", self.half_life)
+    }
+}
+
 fn tiers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
     let v = Vec::<f64>::deserialize(d)?;
     let ascending = v.windows(2).all(|w| w[0] < w[1]);

@@ -80,6 +80,22 @@ impl Default for SteppingStoneConfig {
     }
 }
 
+impl SteppingStoneConfig {
+    /// See [`super::check`].
+    pub fn validate(&self) -> Result<(), String> {
+        use super::check::{not_zero, share};
+        not_zero("delta", self.delta)?;
+        share("min_ratio", self.min_ratio)?;
+        not_zero("min_consecutive", self.min_consecutive)?;
+        not_zero("scale", self.scale)?;
+        not_zero("min_resumes", self.min_resumes)?;
+        not_zero("min_small_pkts", self.min_small_pkts)?;
+        share("small_share", self.small_share)?;
+        not_zero("max_flows", self.max_flows)?;
+        not_zero("max_pairs", self.max_pairs)
+    }
+}
+
 /// A resume waiting for partners at a host, with what the pair check needs of its flow as
 /// it was then. The flow's own activity counts its resumes and remembers the previous one,
 /// so the detector keeps nothing per flow: its memory is the resumes of the last `delta`

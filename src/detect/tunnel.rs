@@ -40,6 +40,13 @@ impl Default for TunnelConfig {
     }
 }
 
+impl TunnelConfig {
+    /// See [`super::check`].
+    pub fn validate(&self) -> Result<(), String> {
+        super::check::not_zero("max_reported", self.max_reported)
+    }
+}
+
 pub struct Tunnel {
     config: TunnelConfig,
     reported: BTreeSet<(IpAddr, &'static str, IpAddr)>,
