@@ -1,7 +1,8 @@
 //! The live sensor's control plane, on a small tokio runtime of its own thread: HTTP
 //! `GET /metrics` (Prometheus text format) and `GET /healthz`, the signals (SIGTERM/SIGINT
-//! stop, SIGHUP reopens outputs and re-reads the config), and publishing the workers'
-//! counters into the metrics every second. The packet path never waits on any of it.
+//! stop, SIGHUP reopens outputs and re-reads the config and inventory on a thread of its
+//! own), and publishing the workers' counters into the metrics every second. The packet
+//! path never waits on any of it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -156,8 +157,7 @@ mod tests {
 
     #[test]
     fn serves_metrics_and_health_by_capture_state() {
-        let mut dead = pcap::Capture::dead(pcap::Linktype::ETHERNET).unwrap();
-        let sensor = Arc::new(Sensor::new(dead.breakloop_handle(), 1, Vec::new(), None));
+        let sensor = Arc::new(Sensor::new(1, Vec::new(), None, None));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let control = start(listener, Arc::clone(&sensor)).unwrap();
         let port = control.local_addr.port();

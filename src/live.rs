@@ -6,13 +6,18 @@
 //! and its IP fragments) reaches the same worker's flow table. Workers own a [`Pipeline`]
 //! each; their output goes through [`SharedFile`], so several workers append whole lines to
 //! one file. Packet time comes from the capture timestamps, never from the wall clock.
+//!
+//! Nothing slow runs on the capture thread: libpcap's TPACKET_V3 ring holds a burst while a
+//! worker catches up (the capture waits for room in a worker's queue rather than drop), and
+//! a SIGHUP's files are parsed on a thread of their own and handed over whole.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +25,7 @@ use etherparse::{LaxNetSlice, LaxSlicedPacket};
 use pcap::{Capture, Device, Precision};
 
 use crate::accounts::Inventory;
-use crate::config::Config;
+use crate::config::{Config, NetworkConfig};
 use crate::decode::Decoder;
 use crate::metrics::{Metrics, Stats};
 use crate::pipeline::{Context, Pipeline, Sinks};
@@ -29,14 +34,27 @@ use crate::sink::{self, JsonLines, Target};
 use crate::source::{LinkType, OwnedPacket, Packet};
 use crate::timestamp::Timestamp;
 
-/// How long libpcap waits for packets before the capture loop looks at the stop flag.
-const READ_TIMEOUT_MS: i32 = 100;
-/// Packets queued per worker; beyond it the capture drops rather than stall libpcap.
+/// libpcap's packet buffer timeout. Without immediate mode libpcap uses TPACKET_V3, whose
+/// ring is made of 256 KiB blocks filled at each packet's real length; the kernel hands a
+/// block to the sensor when it is full or this old, so a quiet link's packets wait at most
+/// this long. Longer would waste less of a block at low rates; shorter, lag less.
+const BLOCK_TIMEOUT_MS: i32 = 100;
+/// The longest the capture thread sleeps on an idle link before it looks at the stop flag,
+/// a finished reload and the drop counters (a V3 ring wakes nobody while no packet comes).
+const WAKE_EVERY: Duration = Duration::from_millis(100);
+/// How long the capture goes on reading after a stop is asked for: packets that came before
+/// it may sit in a block the kernel hands over only when [`BLOCK_TIMEOUT_MS`] has passed.
+const STOP_DRAIN: Duration = Duration::from_millis(2 * BLOCK_TIMEOUT_MS as u64);
+/// Packets queued per worker; when a queue is full the capture waits for it, and the
+/// backlog stays in the kernel ring (whose overflow the kernel counts).
 const QUEUE_PACKETS: usize = 8192;
 /// How often workers flush output and hand their counters to the metrics.
 const WORKER_TICK: Duration = Duration::from_secs(1);
-/// How often libpcap's drop counters are read.
-const CAPTURE_STATS_EVERY: Duration = Duration::from_secs(2);
+/// How often libpcap's drop counters are read: on a timer, not on packet arrival, so the
+/// metrics show a burst's final drop count once the link is quiet.
+const CAPTURE_STATS_EVERY: Duration = Duration::from_millis(250);
+/// Growing drop counts are logged at most this often.
+const DROPS_LOG_EVERY: Duration = Duration::from_secs(2);
 /// How far packet time moves before the capture tells every worker (see [`Work::Clock`]).
 const CLOCK_EVERY: Duration = Duration::from_secs(1);
 /// Sink write failures are logged at most this often.
@@ -51,7 +69,7 @@ enum Work {
     /// A new account inventory (SIGHUP).
     Inventory(Arc<Inventory>),
     /// A new `[network]` section (SIGHUP).
-    Network(Arc<crate::config::NetworkConfig>),
+    Network(Arc<NetworkConfig>),
     /// Lines appended to the session feed since it was last read.
     Sessions(Arc<String>),
 }
@@ -79,44 +97,49 @@ pub struct Sensor {
     pub metrics: Metrics,
     capturing: AtomicBool,
     stop: AtomicBool,
-    /// Wakes a capture blocked in libpcap: its read timeout does not fire on an idle link.
-    breaker: pcap::BreakLoop,
     /// Each worker's latest counters, summed into the metrics.
     worker_stats: Mutex<Vec<Stats>>,
     drops_kernel: AtomicU64,
     drops_interface: AtomicU64,
-    /// SIGHUP asked for the account inventory to be read again.
-    inventory_reload: AtomicBool,
-    /// A re-read `[network]` waiting for the capture thread to hand it on.
-    pending_network: Mutex<Option<crate::config::NetworkConfig>>,
-    /// Packets dropped because a worker's queue was full.
-    drops_queue: AtomicU64,
+    /// A SIGHUP's parsed files, waiting for the capture thread to hand them on; `reloaded`
+    /// says one is there, so the capture looks at the lock only then.
+    pending: Mutex<Option<Reloaded>>,
+    reloaded: AtomicBool,
+    /// Held while a reload reads its files, so two SIGHUPs in a row apply in order.
+    reloading: Mutex<()>,
     outputs: Vec<SharedFile>,
     config_path: Option<PathBuf>,
+    accounts_path: Option<PathBuf>,
     /// Sink errors last logged, and when.
     sink_log: Mutex<(u64, Option<Instant>)>,
 }
 
+/// What a SIGHUP read: applied whole, or (when any part is invalid) not at all.
+struct Reloaded {
+    network: NetworkConfig,
+    inventory: Option<Arc<Inventory>>,
+}
+
 impl Sensor {
     pub(crate) fn new(
-        breaker: pcap::BreakLoop,
         workers: usize,
         outputs: Vec<SharedFile>,
         config_path: Option<PathBuf>,
+        accounts_path: Option<PathBuf>,
     ) -> Sensor {
         Sensor {
             metrics: Metrics::new(),
             capturing: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            breaker,
             worker_stats: Mutex::new(vec![Stats::default(); workers]),
             drops_kernel: AtomicU64::new(0),
             drops_interface: AtomicU64::new(0),
-            inventory_reload: AtomicBool::new(false),
-            pending_network: Mutex::new(None),
-            drops_queue: AtomicU64::new(0),
+            pending: Mutex::new(None),
+            reloaded: AtomicBool::new(false),
+            reloading: Mutex::new(()),
             outputs,
             config_path,
+            accounts_path,
             sink_log: Mutex::new((0, None)),
         }
     }
@@ -130,10 +153,9 @@ impl Sensor {
         self.capturing.store(on, Ordering::Relaxed);
     }
 
-    /// Asks the capture loop to end (SIGTERM, SIGINT).
+    /// Asks the capture loop to end (SIGTERM, SIGINT); it wakes within [`WAKE_EVERY`].
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.breaker.breakloop();
     }
 
     /// Sums the workers' counters with the capture's drop counts into the metrics, and logs
@@ -150,7 +172,6 @@ impl Sensor {
         }
         total.capture_drops_kernel = self.drops_kernel.load(Ordering::Relaxed);
         total.capture_drops_interface = self.drops_interface.load(Ordering::Relaxed);
-        total.capture_drops_queue = self.drops_queue.load(Ordering::Relaxed);
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -174,34 +195,87 @@ impl Sensor {
     }
 
     /// SIGHUP: reopens the output files (logrotate moved them away; they are created anew)
-    /// and re-reads the config file, keeping the old one when the new one is invalid.
-    pub fn reload(&self) {
-        // The capture thread reads the inventory and hands it to every worker before the
-        // next packet it dispatches.
-        self.inventory_reload.store(true, Ordering::Relaxed);
+    /// and re-reads the config file and the inventory, on a thread of its own so that
+    /// neither the capture nor the control plane waits for a large inventory to parse.
+    pub fn reload(self: &Arc<Self>) {
+        let sensor = Arc::clone(self);
+        let started = std::thread::Builder::new()
+            .name("farmwatch-reload".to_string())
+            .spawn(move || sensor.reread());
+        if let Err(e) = started {
+            self.metrics.count_reload(false);
+            eprintln!("farmwatch: error: SIGHUP reload failed: cannot start a thread: {e}");
+        }
+    }
+
+    /// Reads what a SIGHUP reloads and leaves it for the capture thread; one log line says
+    /// how it went. An invalid config or inventory keeps the old state of both.
+    fn reread(&self) {
+        let _in_order = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut failures = Vec::new();
         let mut reopened = 0;
         for out in &self.outputs {
             match out.reopen() {
                 Ok(()) => reopened += 1,
-                Err(e) => eprintln!("farmwatch: error: cannot reopen output: {e}"),
+                Err(e) => failures.push(format!("cannot reopen output {:?}: {e}", out.target)),
             }
         }
-        eprintln!("farmwatch: SIGHUP: reopened outputs count={reopened}");
-        // `[network]` applies at once (the capture thread hands it on); the other sections
-        // shape state that lives across flows and take effect at the next start.
-        match Config::load(self.config_path.as_deref()) {
-            Ok(config) => {
-                *self
-                    .pending_network
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(config.network);
-                self.inventory_reload.store(true, Ordering::Relaxed);
-                eprintln!(
-                    "farmwatch: SIGHUP: config re-read; [network] applied, [sensor] [geoip] [flows] [detect] apply at the next start"
-                );
+        let config = Config::load(self.config_path.as_deref())
+            .map_err(|e| failures.push(format!("new config rejected: {e}")))
+            .ok();
+        let inventory = match self.accounts_path.as_deref().map(Inventory::load) {
+            None => Some(None),
+            Some(Ok(inv)) => Some(Some(Arc::new(inv))),
+            Some(Err(problems)) => {
+                let first = problems.first().map(|p| p.to_string()).unwrap_or_default();
+                failures.push(format!("new inventory rejected: {first}"));
+                None
             }
-            Err(e) => eprintln!("farmwatch: new config rejected, keeping the old one: {e}"),
+        };
+        let applied = match (config, inventory) {
+            (Some(config), Some(inventory)) => {
+                let accounts = inventory.as_ref().map(|inv| inv.accounts.len());
+                *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(Reloaded {
+                    network: config.network,
+                    inventory,
+                });
+                self.reloaded.store(true, Ordering::Release);
+                Some(accounts)
+            }
+            _ => None,
+        };
+        self.metrics.count_reload(failures.is_empty());
+        match applied {
+            Some(accounts) if failures.is_empty() => eprintln!(
+                "farmwatch: SIGHUP: config{} reloaded{} outputs_reopened={reopened}; [network] applied, [sensor] [geoip] [flows] [detect] apply at the next start",
+                accounts.map_or("", |_| " and inventory"),
+                accounts
+                    .map(|n| format!(" accounts={n}"))
+                    .unwrap_or_default(),
+            ),
+            Some(_) => eprintln!(
+                "farmwatch: error: SIGHUP reload: config and inventory applied, but {}",
+                failures.join("; ")
+            ),
+            None => eprintln!(
+                "farmwatch: error: SIGHUP reload failed, keeping the old config and inventory: {} (outputs_reopened={reopened})",
+                failures.join("; ")
+            ),
         }
+    }
+
+    /// The files a SIGHUP read, once; None until a reload has finished.
+    fn take_reloaded(&self) -> Option<Reloaded> {
+        if !self.reloaded.swap(false, Ordering::Acquire) {
+            return None;
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 }
 
@@ -319,13 +393,13 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::Usage(format!("cannot open flows output: {e}")))?;
 
     let sensor = Arc::new(Sensor::new(
-        capture.breakloop_handle(),
         args.workers,
         [Some(events.clone()), flows.clone()]
             .into_iter()
             .flatten()
             .collect(),
         args.config_path.clone(),
+        args.accounts.clone(),
     ));
     let control = crate::control::start(listener, Arc::clone(&sensor))
         .map_err(|e| Failure::Runtime(format!("cannot start the control plane: {e}")))?;
@@ -366,7 +440,7 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
             .unwrap_or_default()
     );
     sensor.set_capturing(true);
-    let mut feeds = Feeds::new(args.accounts.clone(), args.sessions.clone());
+    let mut feeds = Feeds::new(args.sessions.clone());
     let capture_error = capture_loop(
         &mut capture,
         link,
@@ -393,9 +467,8 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
     }
     sensor.publish();
     control.shutdown();
-    let queue = sensor.drops_queue.load(Ordering::Relaxed);
     eprintln!(
-        "farmwatch: capture stopped packets={} dropped_kernel={} dropped_interface={} dropped_queue={queue}",
+        "farmwatch: capture stopped packets={} dropped_kernel={} dropped_interface={}",
         sensor
             .worker_stats
             .lock()
@@ -415,6 +488,9 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
 }
 
 /// Opens and activates the capture; every way this fails is the operator's to fix (exit 2).
+/// Not in immediate mode, so libpcap picks TPACKET_V3: packets sit in the ring at their own
+/// length (a V2 ring has one snaplen-sized slot per packet: about 500 of them in 32 MiB at
+/// snaplen 65535). Non-blocking, so the capture thread wakes on its own timer.
 fn open_capture(args: &LiveArgs) -> Result<Capture<pcap::Active>, Failure> {
     let devices =
         Device::list().map_err(|e| Failure::Usage(format!("cannot list interfaces: {e}")))?;
@@ -442,11 +518,12 @@ fn open_capture(args: &LiveArgs) -> Result<Capture<pcap::Active>, Failure> {
         .map_err(privileges)?
         .snaplen(i32::try_from(args.snaplen).unwrap_or(i32::MAX))
         .promisc(args.promisc)
-        .immediate_mode(true)
         .buffer_size(buffer)
-        .timeout(READ_TIMEOUT_MS)
+        .timeout(BLOCK_TIMEOUT_MS)
         .precision(Precision::Nano)
         .open()
+        .map_err(privileges)?
+        .setnonblock()
         .map_err(privileges)?;
     if let Some(filter) = &args.bpf {
         capture.filter(filter, true).map_err(|e| {
@@ -471,15 +548,27 @@ fn capture_loop(
     link: LinkType,
     queues: &[SyncSender<Work>],
     sensor: &Sensor,
-    network: &crate::config::NetworkConfig,
+    network: &NetworkConfig,
     feeds: &mut Feeds,
 ) -> Option<String> {
+    // A second descriptor of the capture's socket to sleep on while libpcap holds the first.
+    let ring = match capture.as_fd().try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => return Some(format!("capture failed: {e}")),
+    };
     let mut shard = Sharder::new(queues.len(), network.clone());
     let mut drops = DropCounter::default();
     let mut next_stats = Instant::now() + CAPTURE_STATS_EVERY;
     let mut next_feeds = Instant::now();
     let mut clock_told = Timestamp::ZERO;
-    while !sensor.stop.load(Ordering::Relaxed) {
+    let mut stop_at = None;
+    loop {
+        if stop_at.is_none() && sensor.stop.load(Ordering::Relaxed) {
+            stop_at = Some(Instant::now() + STOP_DRAIN);
+        }
+        if stop_at.is_some_and(|at| Instant::now() >= at) {
+            break;
+        }
         match capture.next_packet() {
             Ok(p) => {
                 // time_t and suseconds_t are i64 here but narrower on some targets.
@@ -495,31 +584,19 @@ fn capture_loop(
                     data: p.data,
                 };
                 let now = pkt.ts;
-                if Instant::now() >= next_feeds || sensor.inventory_reload.load(Ordering::Relaxed) {
+                // Feed lines and a reload matter only for the packets after them.
+                if Instant::now() >= next_feeds || sensor.reloaded.load(Ordering::Relaxed) {
                     next_feeds = Instant::now() + FEEDS_EVERY;
-                    if let Some(network) = sensor
-                        .pending_network
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .take()
-                    {
-                        shard.network = network.clone();
-                        let network = Arc::new(network);
-                        broadcast(queues, || Work::Network(Arc::clone(&network)));
-                    }
-                    feeds.poll(queues, sensor);
+                    hand_on(queues, sensor, &mut shard, feeds);
                 }
                 let queue = shard.worker(pkt);
-                match queues
+                // A full queue makes the capture wait: the backlog stays in the kernel ring.
+                if queues
                     .get(queue)
-                    .map(|q| q.try_send(Work::Packet(pkt.into())))
+                    .is_some_and(|q| q.send(Work::Packet(pkt.into())).is_err())
                 {
-                    Some(Ok(())) => {}
-                    Some(Err(TrySendError::Full(_))) | None => {
-                        sensor.drops_queue.fetch_add(1, Ordering::Relaxed);
-                    }
                     // A worker ended early (it panicked); its failure is reported at join.
-                    Some(Err(TrySendError::Disconnected(_))) => return None,
+                    return None;
                 }
                 if queues.len() > 1 && now.since(clock_told) >= CLOCK_EVERY {
                     clock_told = now;
@@ -529,61 +606,71 @@ fn capture_loop(
                     }
                 }
             }
-            Err(pcap::Error::TimeoutExpired) => {}
-            // What a live capture returns after `pcap_breakloop`.
+            // The ring is empty: sleep until the kernel hands over a block, or a while.
+            Err(pcap::Error::TimeoutExpired) => {
+                wait_readable(&ring, WAKE_EVERY);
+                if sensor.reloaded.load(Ordering::Relaxed) {
+                    hand_on(queues, sensor, &mut shard, feeds);
+                }
+            }
             Err(pcap::Error::NoMorePackets) => {}
             Err(e) => return Some(format!("capture failed: {e}")),
         }
         if Instant::now() >= next_stats {
             next_stats = Instant::now() + CAPTURE_STATS_EVERY;
-            drops.poll(capture, sensor);
+            drops.poll(capture, sensor, false);
         }
     }
-    drops.poll(capture, sensor);
+    drops.poll(capture, sensor, true);
     None
+}
+
+/// Sleeps until `fd` is readable or `limit` has passed. An error (a signal) only ends the
+/// sleep early: the next read reports a broken capture.
+fn wait_readable(fd: &OwnedFd, limit: Duration) {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let timeout = Timespec {
+        tv_sec: i64::try_from(limit.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(limit.subsec_nanos()),
+    };
+    let _ = poll(&mut [PollFd::new(fd, PollFlags::IN)], Some(&timeout));
+}
+
+/// Gives the workers (and the sharder) what changed outside the packets: a finished
+/// reload's network and inventory, and new session-feed lines.
+fn hand_on(queues: &[SyncSender<Work>], sensor: &Sensor, shard: &mut Sharder, feeds: &mut Feeds) {
+    if let Some(reloaded) = sensor.take_reloaded() {
+        shard.network = reloaded.network.clone();
+        let network = Arc::new(reloaded.network);
+        broadcast(queues, || Work::Network(Arc::clone(&network)));
+        if let Some(inv) = reloaded.inventory {
+            broadcast(queues, || Work::Inventory(Arc::clone(&inv)));
+        }
+    }
+    feeds.poll(queues);
 }
 
 /// How often the session feed is looked at for new lines (before a packet is dispatched:
 /// feed lines matter only for the packets after them).
 const FEEDS_EVERY: Duration = Duration::from_secs(1);
 
-/// The identity inputs that change while the sensor runs: the inventory (re-read on
-/// SIGHUP) and the session feed (followed as the concentrator appends to it). Both go to
-/// every worker, since each has its own view of identity.
+/// The session feed, followed as the concentrator appends to it. New lines go to every
+/// worker, since each has its own view of identity.
 pub struct Feeds {
-    accounts: Option<PathBuf>,
     sessions: Option<(PathBuf, u64)>,
 }
 
 impl Feeds {
-    /// `sessions_read`: bytes of the feed already read at start.
-    pub fn new(accounts: Option<PathBuf>, sessions: Option<PathBuf>) -> Feeds {
+    /// Lines already in the feed at start were read with the rest of the context.
+    pub fn new(sessions: Option<PathBuf>) -> Feeds {
         let sessions = sessions.map(|p| {
             let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
             (p, len)
         });
-        Feeds { accounts, sessions }
+        Feeds { sessions }
     }
 
-    fn poll(&mut self, queues: &[SyncSender<Work>], sensor: &Sensor) {
-        if sensor.inventory_reload.swap(false, Ordering::Relaxed)
-            && let Some(path) = &self.accounts
-        {
-            match Inventory::load(path) {
-                Ok(inv) => {
-                    let inv = Arc::new(inv);
-                    eprintln!(
-                        "farmwatch: SIGHUP: inventory reloaded accounts={}",
-                        inv.accounts.len()
-                    );
-                    broadcast(queues, || Work::Inventory(Arc::clone(&inv)));
-                }
-                Err(problems) => eprintln!(
-                    "farmwatch: new inventory rejected, keeping the old one: {}",
-                    problems.first().map(|p| p.to_string()).unwrap_or_default()
-                ),
-            }
-        }
+    fn poll(&mut self, queues: &[SyncSender<Work>]) {
         if let Some((path, read)) = &mut self.sessions
             && let Some(lines) = new_lines(path, read)
         {
@@ -624,11 +711,15 @@ fn new_lines(path: &std::path::Path, read: &mut u64) -> Option<String> {
 #[derive(Default)]
 struct DropCounter {
     last: Option<pcap::Stat>,
-    queue_logged: u64,
+    /// The totals when growth was last logged, and when.
+    logged: (u64, u64),
+    logged_at: Option<Instant>,
 }
 
 impl DropCounter {
-    fn poll(&mut self, capture: &mut Capture<pcap::Active>, sensor: &Sensor) {
+    /// Adds what libpcap counted since the last poll to the sensor's totals; logs the
+    /// growth when there is some and the last such line is old enough, or when `last`.
+    fn poll(&mut self, capture: &mut Capture<pcap::Active>, sensor: &Sensor, last: bool) {
         let Ok(now) = capture.stats() else { return };
         let before = self.last.unwrap_or(pcap::Stat {
             received: 0,
@@ -638,18 +729,27 @@ impl DropCounter {
         self.last = Some(now);
         let kernel = u64::from(now.dropped.wrapping_sub(before.dropped));
         let interface = u64::from(now.if_dropped.wrapping_sub(before.if_dropped));
-        let kernel_total = sensor.drops_kernel.fetch_add(kernel, Ordering::Relaxed) + kernel;
-        let interface_total = sensor
-            .drops_interface
-            .fetch_add(interface, Ordering::Relaxed)
-            + interface;
-        let queue_total = sensor.drops_queue.load(Ordering::Relaxed);
-        let queue = queue_total - self.queue_logged.min(queue_total);
-        self.queue_logged = queue_total;
-        if kernel + interface + queue > 0 {
+        let totals = (
+            sensor.drops_kernel.fetch_add(kernel, Ordering::Relaxed) + kernel,
+            sensor
+                .drops_interface
+                .fetch_add(interface, Ordering::Relaxed)
+                + interface,
+        );
+        let due = last
+            || self
+                .logged_at
+                .is_none_or(|t| t.elapsed() >= DROPS_LOG_EVERY);
+        if totals != self.logged && due {
             eprintln!(
-                "farmwatch: warning: packets were dropped kernel={kernel} interface={interface} queue={queue} total_kernel={kernel_total} total_interface={interface_total} total_queue={queue_total}"
+                "farmwatch: warning: packets were dropped kernel={} interface={} total_kernel={} total_interface={}",
+                totals.0 - self.logged.0,
+                totals.1 - self.logged.1,
+                totals.0,
+                totals.1
             );
+            self.logged = totals;
+            self.logged_at = Some(Instant::now());
         }
     }
 }

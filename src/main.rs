@@ -165,8 +165,8 @@ enum Command {
         /// Capture only traffic addressed to this host.
         #[arg(long, overrides_with = "promisc")]
         no_promisc: bool,
-        /// Kernel capture buffer, in MiB.
-        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        /// Kernel capture ring, in MiB: holds a burst while the workers catch up.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
         buffer_mb: u32,
         /// Worker threads; flows are sharded by address pair.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]

@@ -24,7 +24,8 @@ pub struct Stats {
     pub decode_errors: BTreeMap<&'static str, u64>,
     pub capture_drops_kernel: u64,
     pub capture_drops_interface: u64,
-    /// Packets the sensor itself dropped because a worker's queue was full.
+    /// Packets the sensor itself dropped because a worker's queue was full. `live` waits for
+    /// room instead (the backlog stays in the kernel ring), so today this stays 0.
     pub capture_drops_queue: u64,
     pub flows_active: u64,
     pub flows_total: u64,
@@ -73,6 +74,8 @@ pub struct Metrics {
     sink_errors: IntCounterVec,
     last_packet_timestamp: Gauge,
     processing_lag: Gauge,
+    /// Live sensor events outside the packet path, counted where they happen.
+    reloads: IntCounterVec,
     /// What the counters stand at, and whether the packet-clock gauges are registered (they
     /// appear with the first packet: before it, "0" would be a lie).
     published: Mutex<Published>,
@@ -87,6 +90,8 @@ struct Published {
 /// Drop sources of `farmwatch_capture_drops_total`: pcap's statistics (kernel, interface)
 /// and the sensor's own worker queues.
 const DROP_SOURCES: [&str; 3] = ["kernel", "interface", "queue"];
+/// Results of `farmwatch_reloads_total`.
+const RELOAD_RESULTS: [&str; 2] = ["ok", "failed"];
 /// Sinks reported from the start, so an alert on their rate has a series before the first error.
 const SINKS: [&str; 2] = ["events", "flows"];
 
@@ -227,6 +232,16 @@ impl Metrics {
                 "farmwatch_processing_lag_seconds",
                 "Wall-clock time minus the packet time of the newest packet.",
             )),
+            reloads: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "farmwatch_reloads_total",
+                        "SIGHUP reloads of the config and inventory, by result.",
+                    ),
+                    &["result"],
+                ),
+            ),
             published: Mutex::new(Published::default()),
             registry,
         };
@@ -249,7 +264,16 @@ impl Metrics {
         for sink in SINKS {
             metrics.sink_errors.with_label_values(&[sink]);
         }
+        for result in RELOAD_RESULTS {
+            metrics.reloads.with_label_values(&[result]);
+        }
         metrics
+    }
+
+    /// One SIGHUP reload finished: `ok`, or `failed` (the old state was kept).
+    pub fn count_reload(&self, ok: bool) {
+        let result = RELOAD_RESULTS[usize::from(!ok)];
+        self.reloads.with_label_values(&[result]).inc();
     }
 
     /// Brings the registry to `stats`. `wall_now_unix` is the wall clock (unix seconds), used

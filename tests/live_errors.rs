@@ -145,6 +145,11 @@ fn sighup_reopens_outputs_and_rejects_a_broken_config() {
         "{}",
         sensor.stderr()
     );
+    let metrics = http_get(sensor.port, "/metrics").expect("scrape").2;
+    assert!(
+        metrics.contains("farmwatch_reloads_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
 
     // Still capturing: this request is a TCP flow on lo that the sensor sees.
     let (status, _, body) = http_get(sensor.port, "/healthz").expect("healthz after SIGHUP");

@@ -168,3 +168,127 @@ pub fn live_fails(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
     let status = sensor.wait_exit();
     (status.code(), sensor.stderr())
 }
+
+/// A veth pair whose sending end sits in a network namespace of its own (name prefix
+/// `fwlc-`); the sensor's end stays here. Both are removed on drop, also when a test fails.
+pub struct Veth {
+    pub netns: String,
+    /// The sensor's end, in this namespace.
+    pub host: String,
+    /// The sending end, in `netns`.
+    pub peer: String,
+}
+
+impl Veth {
+    /// `tag` tells apart the pairs of tests that run at the same time (one letter).
+    pub fn new(tag: char) -> Veth {
+        let id = std::process::id();
+        let veth = Veth {
+            netns: format!("fwlc-{id}-{tag}"),
+            host: format!("fwlc{id}{tag}h"),
+            peer: format!("fwlc{id}{tag}p"),
+        };
+        must(Command::new("ip").args(["netns", "add", &veth.netns]));
+        must(Command::new("ip").args([
+            "link", "add", &veth.host, "type", "veth", "peer", "name", &veth.peer,
+        ]));
+        must(Command::new("ip").args(["link", "set", &veth.peer, "netns", &veth.netns]));
+        // No IPv6 autoconfiguration chatter: the sensor must see the sent frames only.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", veth.host),
+            "1",
+        );
+        veth.exec(&[
+            "sh",
+            "-c",
+            &format!(
+                "echo 1 > /proc/sys/net/ipv6/conf/{}/disable_ipv6",
+                veth.peer
+            ),
+        ]);
+        must(Command::new("ip").args(["link", "set", &veth.host, "up"]));
+        veth.exec(&["ip", "link", "set", &veth.peer, "up"]);
+        veth
+    }
+
+    /// Runs `args` inside the namespace, panicking with its output when it fails.
+    pub fn exec(&self, args: &[&str]) -> String {
+        must(
+            Command::new("ip")
+                .args(["netns", "exec", &self.netns])
+                .args(args),
+        )
+    }
+
+    /// `tcpreplay <options> -i <peer> <pcap>`: what it sent, as it reports it.
+    pub fn tcpreplay(&self, options: &[&str], pcap: &str) -> Replayed {
+        let mut args = vec!["tcpreplay"];
+        args.extend_from_slice(options);
+        args.extend_from_slice(&["-i", &self.peer, pcap]);
+        Replayed::parse(&self.exec(&args))
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the peer, and with it the host end.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// tcpreplay's report: packets it put on the link, and the rate it reached.
+#[derive(Debug)]
+pub struct Replayed {
+    pub packets: u64,
+    pub pps: f64,
+}
+
+impl Replayed {
+    /// From "Rated: ... 241383.66 pps" and "Successful packets:  340000".
+    fn parse(text: &str) -> Replayed {
+        let value = |line_start: &str, unit: &str| -> Option<f64> {
+            let line = text
+                .lines()
+                .find(|l| l.trim_start().starts_with(line_start))?;
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = if unit.is_empty() {
+                words.len()
+            } else {
+                words.iter().position(|w| w.trim_end_matches(',') == unit)?
+            };
+            words.get(at.checked_sub(1)?)?.parse().ok()
+        };
+        Replayed {
+            packets: value("Successful packets:", "")
+                .unwrap_or_else(|| panic!("no packet count in tcpreplay's report:\n{text}"))
+                as u64,
+            pps: value("Rated:", "pps").unwrap_or(0.0),
+        }
+    }
+}
+
+/// The counters of the sensor's last line, "capture stopped packets=.. dropped_kernel=..".
+pub fn exit_counts(stderr: &str) -> Option<(u64, u64, u64)> {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("capture stopped"))?;
+    let field = |name: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))?
+            .parse()
+            .ok()
+    };
+    Some((
+        field("packets")?,
+        field("dropped_kernel")?,
+        field("dropped_interface")?,
+    ))
+}
