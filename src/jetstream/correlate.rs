@@ -331,6 +331,13 @@ impl CorrelateSource {
     /// Stores `state` as the checkpoint reflecting the stream up to `seq`, then acknowledges
     /// up to `seq`.
     pub fn save_checkpoint(&mut self, seq: u64, state: &[u8]) -> Result<(), Error> {
+        if seq > self.position {
+            // Resuming after it would skip messages the state never saw.
+            return Err(Error(format!(
+                "checkpoint at sequence {seq} is past what was read ({})",
+                self.position
+            )));
+        }
         let manifest = self.rt.block_on(checkpoint::save(
             &self.kv,
             &self.config.consumer,

@@ -234,8 +234,9 @@ impl Publisher {
         self.shared.stats()
     }
 
-    /// The first stream check (created, or existing with its differences), waiting up to
-    /// `wait` for it; None if the server has not answered yet.
+    /// The stream check (created, or existing with its differences), waiting up to `wait`
+    /// for a first attempt; an error is the last failed attempt (they go on in the
+    /// background), None means no attempt has ended yet.
     pub fn stream_setup(&self, wait: Duration) -> Option<Result<StreamSetup, Error>> {
         let (lock_, cond) = &self.shared.setup;
         let guard = lock(lock_);
@@ -363,12 +364,11 @@ impl Task {
                     s.set_setup(Ok(setup));
                     break;
                 }
-                // Incompatible subjects: say so, but keep trying (someone may fix the stream).
+                // Unreachable, or a stream with foreign subjects: say so and keep trying
+                // (the server may come back, someone may fix the stream).
                 Err(e) => {
                     s.note_error(&e);
-                    if e.0.contains("subjects") {
-                        s.set_setup(Err(e));
-                    }
+                    s.set_setup(Err(e));
                 }
             }
             if s.closing().is_some() {
