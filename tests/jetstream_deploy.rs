@@ -61,7 +61,14 @@ fn compose_runs_three_nats_nodes_two_sensors_and_one_correlator() {
     let names: BTreeSet<&str> = services.keys().map(|k| k.as_str().unwrap()).collect();
     assert_eq!(
         names,
-        BTreeSet::from(["nats1", "nats2", "nats3", "sensor-dc1", "sensor-dc2", "correlate"])
+        BTreeSet::from([
+            "nats1",
+            "nats2",
+            "nats3",
+            "sensor-dc1",
+            "sensor-dc2",
+            "correlate"
+        ])
     );
 
     // Each node is in the cluster and routes to the two others.
@@ -70,7 +77,10 @@ fn compose_runs_three_nats_nodes_two_sensors_and_one_correlator() {
         assert!(args.contains(&"-js".to_string()), "{node}");
         assert_eq!(arg(&args, "-n"), node);
         assert_eq!(arg(&args, "--cluster_name"), "farmwatch");
-        let routes: BTreeSet<String> = arg(&args, "--routes").split(',').map(String::from).collect();
+        let routes: BTreeSet<String> = arg(&args, "--routes")
+            .split(',')
+            .map(String::from)
+            .collect();
         let others: BTreeSet<String> = ["nats1", "nats2", "nats3"]
             .iter()
             .filter(|n| **n != node)
@@ -85,7 +95,9 @@ fn compose_runs_three_nats_nodes_two_sensors_and_one_correlator() {
         let args = strings(&services[service]["command"]);
         assert_eq!(args[0], "replay");
         assert_eq!(arg(&args, "--publish"), all);
-        let file = arg(&args, "--config").strip_prefix("/etc/farmwatch/").unwrap();
+        let file = arg(&args, "--config")
+            .strip_prefix("/etc/farmwatch/")
+            .unwrap();
         let c = config(file);
         assert!(c.publish.is_some(), "{file} has [publish]");
         assert_eq!(c.stream.replicas, 3, "{file}");
@@ -101,8 +113,15 @@ fn compose_runs_three_nats_nodes_two_sensors_and_one_correlator() {
     let c = config("correlate.toml");
     let correlate = c.correlate.expect("correlate.toml has [correlate]");
     correlate.validate().unwrap();
-    assert_eq!(correlate.sensors.iter().cloned().collect::<BTreeSet<_>>(), sensors);
-    assert_eq!(c.stream, config("dc1.toml").stream, "one stream setting everywhere");
+    assert_eq!(
+        correlate.sensors.iter().cloned().collect::<BTreeSet<_>>(),
+        sensors
+    );
+    assert_eq!(
+        c.stream,
+        config("dc1.toml").stream,
+        "one stream setting everywhere"
+    );
 
     let accounts = read("deploy/compose/config/accounts.toml");
     farmwatch::accounts::Inventory::parse(&accounts, "accounts.toml")
@@ -160,7 +179,10 @@ fn correlate_unit_runs_without_capabilities_on_the_correlate_port() {
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("farmwatch-correlate.service");
     std::fs::write(&path, unit.replace("/usr/local/bin/farmwatch", "/bin/true")).unwrap();
     let path = path.to_str().unwrap();
-    let Ok(verify) = Command::new("systemd-analyze").args(["verify", path]).output() else {
+    let Ok(verify) = Command::new("systemd-analyze")
+        .args(["verify", path])
+        .output()
+    else {
         eprintln!("skipped: systemd-analyze not available");
         return;
     };
