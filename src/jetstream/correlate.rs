@@ -61,16 +61,16 @@ pub struct Delivery {
 /// Counters for `/metrics`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CorrelateStats {
-    /// Observations and clock messages handed out.
+    /// Observations and clock messages handed out
+    /// (`farmwatch_correlate_messages_total{kind="observation"|"clock"}`).
     pub observations: u64,
     pub clocks: u64,
-    /// Sensors' events and alerts read past (`farmwatch_correlate_skipped_total`).
+    /// Sensors' events and alerts read past (`kind="skipped"`).
     pub skipped: u64,
-    /// Messages on farmwatch subjects that could not be read: no or bad timestamp header,
-    /// malformed clock (`farmwatch_correlate_malformed_total`).
+    /// Messages that could not be read: an unknown subject, no or a bad timestamp header, a
+    /// malformed clock (`kind="malformed"`).
     pub malformed: u64,
-    /// Messages at or before what was already handed out, dropped
-    /// (`farmwatch_correlate_redelivered_total`).
+    /// Messages at or before what was already handed out, dropped (`kind="redelivered"`).
     pub redelivered: u64,
     /// Pulls that failed and made the consumer be created again
     /// (`farmwatch_correlate_fetch_errors_total`).
