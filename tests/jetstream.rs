@@ -374,25 +374,33 @@ fn a_three_node_cluster_loses_a_node_and_no_observation() {
         connect_timeout: Duration::from_secs(1),
         ..PublishConfig::default()
     };
-    let publisher = Publisher::start("dc1", &servers, &config, &stream).unwrap();
-    for i in 0..150 {
-        publisher.publish_obs(&format!("o{i}"), ts(i), obs_json(i));
-    }
-    wait_until("first half acked", || publisher.stats().acked >= 150);
-    nodes[0] = None;
-    for i in 150..300 {
-        assert!(publisher.publish_obs(&format!("o{i}"), ts(i), obs_json(i)));
-    }
-    let report = publisher.finish(Duration::from_secs(25));
+    // Connected to node 0 only (the others it learns from the server), which is killed while
+    // a second thread keeps publishing: the client must fail over, and resend what was not
+    // acknowledged.
+    let publisher = Publisher::start("dc1", &servers[..1], &config, &stream).unwrap();
+    let total = 600;
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(|| {
+            for i in 0..total {
+                assert!(publisher.publish_obs(&format!("o{i}"), ts(i), obs_json(i)));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        wait_until("a first part acked", || publisher.stats().acked >= 100);
+        nodes[0] = None;
+        producer.join().unwrap();
+    });
+    let report = publisher.finish(Duration::from_secs(20));
+    eprintln!("after losing a node: {report:?}");
     assert_eq!(report.buffered_unsent, 0, "{report:?}");
-    assert_eq!(report.stats.acked + report.stats.duplicates, 300);
+    assert_eq!(report.stats.acked + report.stats.duplicates, total as u64);
 
     let mut source = CorrelateSource::open(&servers[1..], &consumer("cluster"), &stream).unwrap();
-    let got = read(&mut source, 300);
+    let got = read(&mut source, total);
     let as_set = |v: Vec<String>| v.into_iter().collect::<std::collections::BTreeSet<_>>();
-    let expected = (0..300).map(|i| String::from_utf8(obs_json(i)).unwrap());
+    let expected = (0..total).map(|i| String::from_utf8(obs_json(i)).unwrap());
     assert_eq!(as_set(obs_payloads(&got)), as_set(expected.collect()));
-    assert_eq!(obs_payloads(&got).len(), 300);
+    assert_eq!(obs_payloads(&got).len(), total, "each stored once");
     drop(nodes);
 }
 

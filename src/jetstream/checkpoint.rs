@@ -57,8 +57,8 @@ pub(super) async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<k
     js.get_key_value(STATE_BUCKET)
         .await
         .map_err(|e| match created {
-            Err(c) => Error(format!("creating key-value bucket {STATE_BUCKET}: {c}")),
-            Ok(_) => Error(format!("opening key-value bucket {STATE_BUCKET}: {e}")),
+            Err(c) => err("creating key-value bucket FARMWATCH_STATE")(c),
+            Ok(_) => err("opening key-value bucket FARMWATCH_STATE")(e),
         })
 }
 
@@ -72,7 +72,7 @@ pub(super) async fn manifest(store: &kv::Store, key: &str) -> Result<Option<Mani
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|e| Error(format!("checkpoint {key}: malformed manifest: {e}")))
+        .map_err(|e| Error::new(format!("checkpoint {key}: malformed manifest: {e}")))
 }
 
 /// Stores `state` as the checkpoint at `seq`, replacing `previous`; returns the new manifest.
@@ -87,7 +87,7 @@ pub(super) async fn save(
     let packed = gz
         .write_all(state)
         .and_then(|_| gz.finish())
-        .map_err(|e| Error(format!("compressing checkpoint: {e}")))?;
+        .map_err(|e| Error::new(format!("compressing checkpoint: {e}")))?;
     let generation = previous.map_or(1, |m| m.generation + 1);
     let chunks: Vec<&[u8]> = packed.chunks(CHUNK).collect();
     for (n, chunk) in chunks.iter().enumerate() {
@@ -103,7 +103,7 @@ pub(super) async fn save(
         bytes: packed.len(),
         sha256: hex(&Sha256::digest(&packed)),
     };
-    let text = serde_json::to_vec(&manifest).map_err(|e| Error(e.to_string()))?;
+    let text = serde_json::to_vec(&manifest).map_err(|e| Error::new(e.to_string()))?;
     store
         .put(key, text.into())
         .await
@@ -126,11 +126,11 @@ pub(super) async fn load(store: &kv::Store, key: &str, m: &Manifest) -> Result<V
             .get(chunk_key.as_str())
             .await
             .map_err(err("reading checkpoint"))?
-            .ok_or_else(|| Error(format!("checkpoint {key}: chunk {chunk_key} missing")))?;
+            .ok_or_else(|| Error::new(format!("checkpoint {key}: chunk {chunk_key} missing")))?;
         packed.extend_from_slice(&chunk);
     }
     if packed.len() != m.bytes || hex(&Sha256::digest(&packed)) != m.sha256 {
-        return Err(Error(format!(
+        return Err(Error::new(format!(
             "checkpoint {key} (sequence {}): chunks do not match the manifest",
             m.seq
         )));
@@ -138,7 +138,7 @@ pub(super) async fn load(store: &kv::Store, key: &str, m: &Manifest) -> Result<V
     let mut state = Vec::new();
     flate2::read::GzDecoder::new(packed.as_slice())
         .read_to_end(&mut state)
-        .map_err(|e| Error(format!("checkpoint {key}: {e}")))?;
+        .map_err(|e| Error::new(format!("checkpoint {key}: {e}")))?;
     Ok(state)
 }
 

@@ -47,8 +47,8 @@ impl Default for PublishConfig {
 impl PublishConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if self.buffer_messages == 0 || self.buffer_bytes == 0 || self.max_in_flight == 0 {
-            return Err(Error(
-                "[publish] buffer_messages, buffer_bytes and max_in_flight must be above 0".into(),
+            return Err(Error::new(
+                "[publish] buffer_messages, buffer_bytes and max_in_flight must be above 0",
             ));
         }
         self.auth.validate("publish")
@@ -98,18 +98,18 @@ impl Default for CorrelateConfig {
 impl CorrelateConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if !super::valid_token(&self.consumer) {
-            return Err(Error(format!(
+            return Err(Error::new(format!(
                 "[correlate] consumer {:?}: letters, digits, '-' or '_' only",
                 self.consumer
             )));
         }
         for sensor in &self.sensors {
             super::check_sensor_name(sensor)
-                .map_err(|_| Error(format!("[correlate] sensors: bad name {sensor:?}")))?;
+                .map_err(|_| Error::new(format!("[correlate] sensors: bad name {sensor:?}")))?;
         }
         if self.checkpoint_observations == 0 || self.batch == 0 {
-            return Err(Error(
-                "[correlate] checkpoint_observations and batch must be above 0".into(),
+            return Err(Error::new(
+                "[correlate] checkpoint_observations and batch must be above 0",
             ));
         }
         self.auth.validate("correlate")
@@ -143,11 +143,11 @@ impl Default for StreamConfig {
 impl StreamConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if !(1..=5).contains(&self.replicas) {
-            return Err(Error("[stream] replicas must be 1 to 5".into()));
+            return Err(Error::new("[stream] replicas must be 1 to 5"));
         }
         if self.duplicate_window > self.max_age || self.max_age < Duration::from_millis(100) {
-            return Err(Error(
-                "[stream] duplicate_window must not exceed max_age (at least 100ms)".into(),
+            return Err(Error::new(
+                "[stream] duplicate_window must not exceed max_age (at least 100ms)",
             ));
         }
         Ok(())
@@ -181,24 +181,26 @@ impl NatsAuth {
             self.creds.is_some(),
         ];
         if methods.iter().filter(|m| **m).count() > 1 {
-            return Err(Error(format!(
+            return Err(Error::new(format!(
                 "[{section}.auth]: use one of user+password, token or creds"
             )));
         }
         if self.user.is_some() != self.password.is_some() {
-            return Err(Error(format!(
+            return Err(Error::new(format!(
                 "[{section}.auth]: user and password go together"
             )));
         }
         if self.cert.is_some() != self.key.is_some() {
-            return Err(Error(format!("[{section}.auth]: cert and key go together")));
+            return Err(Error::new(format!(
+                "[{section}.auth]: cert and key go together"
+            )));
         }
         for path in [&self.creds, &self.ca, &self.cert, &self.key]
             .into_iter()
             .flatten()
         {
             std::fs::metadata(path)
-                .map_err(|e| Error(format!("[{section}.auth] {}: {e}", path.display())))?;
+                .map_err(|e| Error::new(format!("[{section}.auth] {}: {e}", path.display())))?;
         }
         Ok(())
     }
@@ -209,9 +211,9 @@ impl NatsAuth {
         let mut opts = match &self.creds {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error(format!("{}: {e}", path.display())))?;
+                    .map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
                 async_nats::ConnectOptions::with_credentials(&text)
-                    .map_err(|e| Error(format!("{}: {e}", path.display())))?
+                    .map_err(|e| Error::new(format!("{}: {e}", path.display())))?
             }
             None => async_nats::ConnectOptions::new(),
         };

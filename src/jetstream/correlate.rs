@@ -1,6 +1,7 @@
 //! The correlator's side of the stream: producers and their clocks, observations in stream
 //! order, checkpoints, and the alerts it publishes. Every call blocks on the source's own
-//! tokio runtime, so the account stage stays plain synchronous code.
+//! tokio runtime, so the account stage stays plain synchronous code (and must call it from a
+//! plain thread, not from inside another runtime).
 //!
 //! **Where reading resumes.** The checkpoint is the authority, not the consumer's ack floor.
 //! Acknowledgements only ever follow a stored checkpoint, so after a crash the ack floor is at
@@ -103,7 +104,8 @@ pub struct CorrelateSource {
 impl CorrelateSource {
     /// Connects, ensures the stream and the state bucket, loads the newest checkpoint, learns
     /// the producers from the last message on each clock subject, and creates the durable
-    /// consumer delivering from just after the checkpoint.
+    /// consumer delivering from just after the checkpoint. Server timeouts are retried for up
+    /// to 30 s; a config problem, a foreign stream or a corrupt checkpoint fails at once.
     pub fn open(
         servers: &[String],
         config: &CorrelateConfig,
@@ -114,8 +116,8 @@ impl CorrelateSource {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| Error(format!("correlate runtime: {e}")))?;
-        rt.block_on(async {
+            .map_err(|e| Error::new(format!("correlate runtime: {e}")))?;
+        let (js, a) = rt.block_on(async {
             let client = super::connect(
                 servers,
                 &config.auth,
@@ -124,51 +126,37 @@ impl CorrelateSource {
             )
             .await?;
             let js = jetstream::new(client);
-            let setup = ensure_stream(&js, stream).await?;
-            let kv = checkpoint::bucket(&js, stream.replicas).await?;
-            let manifest = checkpoint::manifest(&kv, &config.consumer).await?;
-            let resumed = match &manifest {
-                Some(m) => Some((m.seq, checkpoint::load(&kv, &config.consumer, m).await?)),
-                None => None,
-            };
-            let position = manifest.as_ref().map_or(0, |m| m.seq);
-            let stream_handle = js
-                .get_stream(STREAM)
-                .await
-                .map_err(err("stream FARMWATCH"))?;
-            let producers = learn_producers(&stream_handle).await?;
-            let consumer = fresh_consumer(&stream_handle, config, position).await?;
-            Ok((
-                js,
-                stream_handle,
-                kv,
-                setup,
-                manifest,
-                resumed,
-                producers,
-                consumer,
-            ))
-        })
-        .map(
-            |(js, stream_handle, kv, setup, manifest, resumed, producers, consumer)| {
-                CorrelateSource {
-                    rt,
-                    js,
-                    stream: stream_handle,
-                    consumer,
-                    kv,
-                    config: config.clone(),
-                    setup,
-                    producers,
-                    unacked: VecDeque::new(),
-                    position: manifest.as_ref().map_or(0, |m| m.seq),
-                    manifest,
-                    resumed,
-                    stats: CorrelateStats::default(),
-                    last_error: None,
+            let give_up = tokio::time::Instant::now() + OPEN_PATIENCE;
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match attach(&js, config, stream).await {
+                    Ok(a) => return Ok((js, a)),
+                    Err(e)
+                        if e.is_transient() && tokio::time::Instant::now() + backoff < give_up =>
+                    {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                    Err(e) => return Err(e),
                 }
-            },
-        )
+            }
+        })?;
+        Ok(CorrelateSource {
+            rt,
+            js,
+            position: a.manifest.as_ref().map_or(0, |m| m.seq),
+            stream: a.stream,
+            consumer: a.consumer,
+            kv: a.kv,
+            config: config.clone(),
+            setup: a.setup,
+            producers: a.producers,
+            unacked: VecDeque::new(),
+            manifest: a.manifest,
+            resumed: a.resumed,
+            stats: CorrelateStats::default(),
+            last_error: None,
+        })
     }
 
     /// Whether this connection created the stream, or how the existing one differs.
@@ -303,13 +291,13 @@ impl CorrelateSource {
 
     fn pull_failed(&mut self, e: Error) {
         self.stats.fetch_errors += 1;
-        self.last_error = Some(e.0);
+        self.last_error = Some(e.to_string());
         let stream = &self.stream;
         let config = &self.config;
         let position = self.position;
         match self.rt.block_on(fresh_consumer(stream, config, position)) {
             Ok(consumer) => self.consumer = consumer,
-            Err(e) => self.last_error = Some(e.0),
+            Err(e) => self.last_error = Some(e.to_string()),
         }
     }
 
@@ -333,7 +321,7 @@ impl CorrelateSource {
     pub fn save_checkpoint(&mut self, seq: u64, state: &[u8]) -> Result<(), Error> {
         if seq > self.position {
             // Resuming after it would skip messages the state never saw.
-            return Err(Error(format!(
+            return Err(Error::new(format!(
                 "checkpoint at sequence {seq} is past what was read ({})",
                 self.position
             )));
@@ -387,6 +375,51 @@ impl CorrelateSource {
             Ok(())
         })
     }
+}
+
+/// How long `open` keeps trying while the servers time out or elect leaders (a cluster that
+/// just lost a node), before it gives up with the last error.
+const OPEN_PATIENCE: Duration = Duration::from_secs(30);
+
+/// What `open` sets up on a connection.
+struct Attached {
+    stream: jetstream::stream::Stream,
+    kv: kv::Store,
+    setup: StreamSetup,
+    manifest: Option<Manifest>,
+    resumed: Option<(u64, Vec<u8>)>,
+    producers: BTreeMap<String, Producer>,
+    consumer: PullConsumer,
+}
+
+async fn attach(
+    js: &jetstream::Context,
+    config: &CorrelateConfig,
+    stream: &StreamConfig,
+) -> Result<Attached, Error> {
+    let setup = ensure_stream(js, stream).await?;
+    let kv = checkpoint::bucket(js, stream.replicas).await?;
+    let manifest = checkpoint::manifest(&kv, &config.consumer).await?;
+    let resumed = match &manifest {
+        Some(m) => Some((m.seq, checkpoint::load(&kv, &config.consumer, m).await?)),
+        None => None,
+    };
+    let position = manifest.as_ref().map_or(0, |m| m.seq);
+    let handle = js
+        .get_stream(STREAM)
+        .await
+        .map_err(err("stream FARMWATCH"))?;
+    let producers = learn_producers(&handle).await?;
+    let consumer = fresh_consumer(&handle, config, position).await?;
+    Ok(Attached {
+        stream: handle,
+        kv,
+        setup,
+        manifest,
+        resumed,
+        producers,
+        consumer,
+    })
 }
 
 /// The last clock message of each sensor, by the stream's per-subject counts and "last

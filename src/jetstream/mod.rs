@@ -51,11 +51,29 @@ pub const TS_HEADER: &str = "Farmwatch-Ts";
 
 /// A JetStream problem as one line (connect, stream setup, checkpoint, consumer).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Error(pub String);
+pub struct Error {
+    message: String,
+    /// A client or server error that may pass (timeout, leader election, server away), as
+    /// opposed to a refusal of farmwatch's own (bad config, foreign stream, corrupt checkpoint).
+    transient: bool,
+}
+
+impl Error {
+    fn new(message: impl Into<String>) -> Error {
+        Error {
+            message: message.into(),
+            transient: false,
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -63,7 +81,10 @@ impl std::error::Error for Error {}
 
 /// Prefixes a client error with what was being done.
 fn err<E: fmt::Display>(what: &str) -> impl FnOnce(E) -> Error + '_ {
-    move |e| Error(format!("{what}: {e}"))
+    move |e| Error {
+        message: format!("{what}: {e}"),
+        transient: true,
+    }
 }
 
 /// What a message on the stream carries, read from its subject.
@@ -120,7 +141,7 @@ pub fn check_sensor_name(name: &str) -> Result<(), Error> {
     if valid_token(name) {
         Ok(())
     } else {
-        Err(Error(format!(
+        Err(Error::new(format!(
             "[sensor] name {name:?}: to publish it must be letters, digits, '-' or '_'"
         )))
     }
@@ -183,8 +204,8 @@ pub async fn ensure_stream(
             Err(e) => return Err(err("creating stream FARMWATCH")(&e)),
         }
     }
-    Err(Error(
-        "stream FARMWATCH: neither found nor created after three tries".into(),
+    Err(Error::new(
+        "stream FARMWATCH: neither found nor created after three tries",
     ))
 }
 
@@ -214,7 +235,7 @@ fn server_stream_config(want: &StreamConfig) -> ServerStreamConfig {
 /// One line per setting of `have` that differs from `want`.
 fn differences(have: &ServerStreamConfig, want: &ServerStreamConfig) -> Result<Vec<String>, Error> {
     if !have.subjects.iter().any(|s| s == SUBJECTS) {
-        return Err(Error(format!(
+        return Err(Error::new(format!(
             "stream FARMWATCH exists with subjects {:?}, not {SUBJECTS:?}: fix or delete it",
             have.subjects
         )));
@@ -273,13 +294,13 @@ async fn connect(
 
 fn server_addrs(servers: &[String]) -> Result<Vec<async_nats::ServerAddr>, Error> {
     if servers.is_empty() {
-        return Err(Error("no NATS server given".into()));
+        return Err(Error::new("no NATS server given"));
     }
     servers
         .iter()
         .map(|s| {
             s.parse::<async_nats::ServerAddr>()
-                .map_err(|e| Error(format!("NATS server {s:?}: {e}")))
+                .map_err(|e| Error::new(format!("NATS server {s:?}: {e}")))
         })
         .collect()
 }

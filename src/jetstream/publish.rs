@@ -121,7 +121,7 @@ impl Publisher {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| Error(format!("publish runtime: {e}")))?;
+            .map_err(|e| Error::new(format!("publish runtime: {e}")))?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             max_messages: config.buffer_messages,
@@ -147,7 +147,7 @@ impl Publisher {
         let thread = std::thread::Builder::new()
             .name("farmwatch-publish".into())
             .spawn(move || runtime.block_on(task.run()))
-            .map_err(|e| Error(format!("publish thread: {e}")))?;
+            .map_err(|e| Error::new(format!("publish thread: {e}")))?;
         Ok(Publisher {
             shared,
             sensor: sensor.to_string(),
