@@ -202,8 +202,27 @@ fn observations_arrive_in_order_once_and_repeats_are_deduplicated() {
     for i in 0..n {
         again.publish_obs(&format!("o{i}"), ts(i), obs_json(i));
     }
+    // Its first heartbeat is new, and makes it a known producer.
+    assert!(again.clock(ts(n + 5)));
     let report = again.finish(Duration::from_secs(20));
-    assert_eq!((report.stats.acked, report.stats.duplicates), (0, n as u64));
+    assert_eq!((report.stats.acked, report.stats.duplicates), (1, n as u64));
+    let joined = read(&mut source, 1);
+    assert_eq!(joined.len(), 1);
+    assert_eq!(joined[0].sensor, "dc2");
+    assert_eq!(source.producers()["dc2"].clock.ts(), ts(n + 5));
+
+    // A later connection with other settings is told what differs, and changes nothing.
+    let week = StreamConfig {
+        max_age: Duration::from_secs(7 * 86_400),
+        ..StreamConfig::default()
+    };
+    let other = Publisher::start("dc3", &servers, &PublishConfig::default(), &week).unwrap();
+    let differs = "stream FARMWATCH max_age is 30days, config says 7days".to_string();
+    assert_eq!(
+        other.stream_setup(Duration::from_secs(10)),
+        Some(Ok(StreamSetup::Existing(vec![differs])))
+    );
+    drop(other);
 
     // Alerts are deduplicated by id, and the correlator reads past them.
     source.publish_alert("a1", b"{}".to_vec()).unwrap();
@@ -211,6 +230,7 @@ fn observations_arrive_in_order_once_and_repeats_are_deduplicated() {
     assert!(source.next_batch(Duration::from_millis(300)).is_empty());
     assert_eq!(source.stats().skipped, 2);
     assert_eq!(source.stats().observations, n as u64);
+    assert_eq!(source.stats().clocks, 3);
 }
 
 #[test]
