@@ -201,3 +201,84 @@ fn correlate_unit_runs_without_capabilities_on_the_correlate_port() {
         String::from_utf8_lossy(&security.stdout)
     );
 }
+
+const RULES: &str = "deploy/prometheus/farmwatch-jetstream-rules.yml";
+const RULE_TESTS: &str = "deploy/prometheus/farmwatch-jetstream-rules.test.yml";
+
+/// Runs promtool, or None (a skip) when it is not installed outside CI.
+fn promtool(args: &[&str]) -> Option<String> {
+    match Command::new("promtool").args(args).output() {
+        Ok(out) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "promtool {args:?}:\n{text}");
+            Some(text)
+        }
+        Err(e) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "promtool missing in CI ({e})"
+            );
+            eprintln!("skipped: promtool not found (Debian package `prometheus`)");
+            None
+        }
+    }
+}
+
+#[test]
+fn jetstream_rules_load_and_pass_their_unit_tests() {
+    if let Some(out) = promtool(&["check", "rules", RULES]) {
+        assert!(out.contains("SUCCESS: 3 rules found"), "{out}");
+    }
+    if let Some(out) = promtool(&["test", "rules", RULE_TESTS]) {
+        assert!(out.contains("SUCCESS"), "{out}");
+    }
+}
+
+/// Every alert has a firing and a quiet test case and its annotations; the rules name only
+/// metrics the "Several sensors" section documents.
+#[test]
+fn jetstream_rules_are_tested_both_ways_and_name_documented_metrics() {
+    let rules: Value = serde_norway::from_str(&read(RULES)).unwrap();
+    let mut alerts = BTreeSet::new();
+    for rule in rules["groups"][0]["rules"].as_sequence().unwrap() {
+        let name = rule["alert"].as_str().unwrap().to_string();
+        assert!(rule["labels"]["severity"].is_string(), "{name}");
+        for key in ["summary", "description", "runbook"] {
+            assert!(rule["annotations"][key].is_string(), "{name} {key}");
+        }
+        alerts.insert(name);
+    }
+    assert_eq!(alerts.len(), 3);
+
+    let tests: Value = serde_norway::from_str(&read(RULE_TESTS)).unwrap();
+    let (mut firing, mut quiet) = (BTreeSet::new(), BTreeSet::new());
+    for case in tests["tests"].as_sequence().unwrap() {
+        for check in case["alert_rule_test"].as_sequence().unwrap() {
+            let name = check["alertname"].as_str().unwrap().to_string();
+            match check["exp_alerts"].as_sequence().unwrap().is_empty() {
+                true => quiet.insert(name),
+                false => firing.insert(name),
+            };
+        }
+    }
+    assert_eq!(firing, alerts, "alerts with a firing case");
+    assert_eq!(quiet, alerts, "alerts with a quiet case");
+
+    let documented = read("deploy/compose/README.md");
+    let text = read(RULES);
+    let named: BTreeSet<&str> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("farmwatch_"))
+        .collect();
+    assert!(!named.is_empty());
+    for metric in named {
+        assert!(
+            documented.contains(&format!("`{metric}`")),
+            "{metric} undocumented"
+        );
+    }
+}
