@@ -55,7 +55,7 @@ pub struct PublishReport {
     pub stats: PublishStats,
     /// Messages still unacknowledged when the time ran out (lost with this process).
     pub buffered_unsent: u64,
-    /// The last send or connection problem, for the summary line.
+    /// The last send or connection problem met, even one that passed since (for the log).
     pub last_error: Option<String>,
 }
 
