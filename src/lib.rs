@@ -13,6 +13,7 @@ pub mod event;
 pub mod flows;
 pub mod geo;
 pub mod identity;
+pub mod jetstream;
 pub mod live;
 pub mod metrics;
 pub mod pipeline;
