@@ -157,7 +157,12 @@ mod tests {
     #[test]
     fn serves_metrics_and_health_by_capture_state() {
         let mut dead = pcap::Capture::dead(pcap::Linktype::ETHERNET).unwrap();
-        let sensor = Arc::new(Sensor::new(dead.breakloop_handle(), 1, Vec::new(), None));
+        let sensor = Arc::new(Sensor::new(
+            dead.breakloop_handle(),
+            Default::default(),
+            Vec::new(),
+            None,
+        ));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let control = start(listener, Arc::clone(&sensor)).unwrap();
         let port = control.local_addr.port();
