@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn serves_metrics_and_health_by_capture_state() {
-        let sensor = Arc::new(Sensor::new(1, Vec::new(), None, None));
+        let sensor = Arc::new(Sensor::new(Default::default(), Vec::new(), None, None));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let control = start(listener, Arc::clone(&sensor)).unwrap();
         let port = control.local_addr.port();

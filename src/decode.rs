@@ -81,6 +81,8 @@ pub struct Decoded<'a> {
     pub ttl: u8,
     /// The innermost encapsulation peeled off, if any.
     pub tunnel: Option<Tunnel>,
+    /// Put together from IP fragments.
+    pub reassembled: bool,
 }
 
 /// An encapsulation the decoder peels off; flow records name the innermost one.
@@ -199,6 +201,7 @@ impl Decoder {
         let mut tunnel = None;
         let mut depth = 0;
         // Every link step consumes header bytes, so this ends; encapsulations are capped.
+        let mut reassembled = false;
         let net = loop {
             let ip = match layer {
                 Layer::Ether(frame) => {
@@ -217,6 +220,7 @@ impl Decoder {
                     return Ok(None);
                 };
                 self.reassembled = whole;
+                reassembled = true;
                 let len = self.reassembled.len() as u32;
                 break Net {
                     payload: &self.reassembled,
@@ -237,7 +241,11 @@ impl Decoder {
             }
         };
         // Called once, here, with the packet that was found: the record is built in place.
-        transport(&net, tunnel)
+        let mut decoded = transport(&net, tunnel)?;
+        if let Some(d) = decoded.as_mut() {
+            d.reassembled = reassembled;
+        }
+        Ok(decoded)
     }
 }
 
@@ -653,6 +661,7 @@ fn transport<'a>(
         ip_len: net.ip_len,
         ttl: net.ttl,
         tunnel,
+        reassembled: false,
     }))
 }
 

@@ -32,7 +32,8 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_FEED_ERRORS_KEPT: usize = 100;
 
 /// RADIUS Acct-Status-Type (RFC 2866 §5.1) and session-feed events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SessionStatus {
     Start,
     Stop,
@@ -101,6 +102,7 @@ struct Range {
     account: AccountRef,
 }
 
+#[derive(Clone)]
 pub struct Identity {
     inventory: Arc<Inventory>,
     /// AccountRefs of inventory accounts, by index, and of every account named so far.

@@ -1,7 +1,10 @@
 //! farmwatch: a network sensor that finds laptop farms.
 //!
-//! The data path runs one way: source → decode → flows → dissect → detect → sinks.
+//! The data path runs one way: source → decode → flows → dissect → detect → sinks, in two
+//! stages (DESIGN §7): the flow stage ([`flow_stage`]) on N workers, then one account stage
+//! ([`account_stage`]), run together by the [`engine`].
 
+pub mod account_stage;
 pub mod accounts;
 pub mod app;
 pub mod config;
@@ -9,14 +12,16 @@ pub mod control;
 pub mod decode;
 pub mod detect;
 pub mod dissect;
+pub mod engine;
 pub mod event;
+pub mod flow_stage;
 pub mod flows;
 pub mod geo;
 pub mod identity;
 pub mod jetstream;
 pub mod live;
 pub mod metrics;
-pub mod pipeline;
+pub mod observation;
 pub mod replay;
 pub mod report;
 pub mod sink;

@@ -1,37 +1,36 @@
-//! `farmwatch live`: libpcap capture on one thread, the pipeline on worker threads, and the
-//! control plane ([`crate::control`]) on a tokio runtime of its own.
+//! `farmwatch live`: libpcap capture on one thread feeding the [`Engine`] (the flow stage on
+//! worker threads, the account stage on one more), and the control plane
+//! ([`crate::control`]) on a tokio runtime of its own.
 //!
-//! The capture thread only copies frames out of libpcap and picks a worker by a symmetric
-//! hash of the innermost address pair, so every packet of a conversation (both directions,
-//! and its IP fragments) reaches the same worker's flow table. Workers own a [`Pipeline`]
-//! each; their output goes through [`SharedFile`], so several workers append whole lines to
-//! one file. Packet time comes from the capture timestamps, never from the wall clock.
+//! The capture thread copies frames out of libpcap into the engine, which shares them out to
+//! the flow workers exactly as a replay does, so live output equals a replay of the captured
+//! packets. Packet time comes from the capture timestamps, never from the wall clock; the
+//! wall clock only says when quiet output is pushed out. Outputs go through [`SharedFile`],
+//! so SIGHUP can swap the file under the writer.
 //!
 //! Nothing slow runs on the capture thread: libpcap's TPACKET_V3 ring holds a burst while a
 //! worker catches up (the capture waits for room in a worker's queue rather than drop), and
 //! a SIGHUP's files are parsed on a thread of their own and handed over whole.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use etherparse::{LaxNetSlice, LaxSlicedPacket};
 use pcap::{Capture, Device, Precision};
 
+use crate::account_stage::{Context, Sinks};
 use crate::accounts::Inventory;
 use crate::config::{Config, NetworkConfig};
-use crate::decode::Decoder;
+use crate::engine::{Board, Engine};
+use crate::flow_stage::Reload;
 use crate::metrics::{Metrics, Stats};
-use crate::pipeline::{Context, Pipeline, Sinks};
 use crate::replay::Failure;
 use crate::sink::{self, JsonLines, Target};
-use crate::source::{LinkType, OwnedPacket, Packet};
+use crate::source::{LinkType, Packet};
 use crate::timestamp::Timestamp;
 
 /// libpcap's packet buffer timeout. Without immediate mode libpcap uses TPACKET_V3, whose
@@ -45,34 +44,16 @@ const WAKE_EVERY: Duration = Duration::from_millis(100);
 /// How long the capture goes on reading after a stop is asked for: packets that came before
 /// it may sit in a block the kernel hands over only when [`BLOCK_TIMEOUT_MS`] has passed.
 const STOP_DRAIN: Duration = Duration::from_millis(2 * BLOCK_TIMEOUT_MS as u64);
-/// Packets queued per worker; when a queue is full the capture waits for it, and the
-/// backlog stays in the kernel ring (whose overflow the kernel counts).
-const QUEUE_PACKETS: usize = 8192;
-/// How often workers flush output and hand their counters to the metrics.
-const WORKER_TICK: Duration = Duration::from_secs(1);
 /// How often libpcap's drop counters are read: on a timer, not on packet arrival, so the
 /// metrics show a burst's final drop count once the link is quiet.
 const CAPTURE_STATS_EVERY: Duration = Duration::from_millis(250);
 /// Growing drop counts are logged at most this often.
 const DROPS_LOG_EVERY: Duration = Duration::from_secs(2);
-/// How far packet time moves before the capture tells every worker (see [`Work::Clock`]).
-const CLOCK_EVERY: Duration = Duration::from_secs(1);
+/// How often, in wall time, the capture hands the engine what it has while packets trickle
+/// in, so output stays timely on a quiet link.
+const IDLE_EVERY: Duration = Duration::from_millis(100);
 /// Sink write failures are logged at most this often.
 const SINK_LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// What the capture thread hands a worker.
-enum Work {
-    Packet(OwnedPacket),
-    /// The capture's packet time. A worker sees only its shard of the traffic; without this
-    /// its clock, and with it its flows' timeouts, would stall while its shard is quiet.
-    Clock(Timestamp),
-    /// A new account inventory (SIGHUP).
-    Inventory(Arc<Inventory>),
-    /// A new `[network]` section (SIGHUP).
-    Network(Arc<NetworkConfig>),
-    /// Lines appended to the session feed since it was last read.
-    Sessions(Arc<String>),
-}
 
 /// The `live` command line, validated.
 pub struct LiveArgs {
@@ -92,13 +73,13 @@ pub struct LiveArgs {
     pub workers: usize,
 }
 
-/// State shared by the capture thread, the workers and the control plane.
+/// State shared by the capture thread, the engine and the control plane.
 pub struct Sensor {
     pub metrics: Metrics,
     capturing: AtomicBool,
     stop: AtomicBool,
-    /// Each worker's latest counters, summed into the metrics.
-    worker_stats: Mutex<Vec<Stats>>,
+    /// The stages' latest counters.
+    board: Arc<Board>,
     drops_kernel: AtomicU64,
     drops_interface: AtomicU64,
     /// A SIGHUP's parsed files, waiting for the capture thread to hand them on; `reloaded`
@@ -122,7 +103,7 @@ struct Reloaded {
 
 impl Sensor {
     pub(crate) fn new(
-        workers: usize,
+        board: Arc<Board>,
         outputs: Vec<SharedFile>,
         config_path: Option<PathBuf>,
         accounts_path: Option<PathBuf>,
@@ -131,7 +112,7 @@ impl Sensor {
             metrics: Metrics::new(),
             capturing: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            worker_stats: Mutex::new(vec![Stats::default(); workers]),
+            board,
             drops_kernel: AtomicU64::new(0),
             drops_interface: AtomicU64::new(0),
             pending: Mutex::new(None),
@@ -158,18 +139,13 @@ impl Sensor {
         self.stop.store(true, Ordering::Relaxed);
     }
 
-    /// Sums the workers' counters with the capture's drop counts into the metrics, and logs
+    /// Puts the stages' counters with the capture's drop counts into the metrics, and logs
     /// sink failures (once a minute at most: a full disk must not flood the log).
     pub fn publish(&self) {
-        let mut total = Stats::default();
-        for s in self
-            .worker_stats
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            merge(&mut total, s);
-        }
+        self.publish_stats(self.board.snapshot());
+    }
+
+    fn publish_stats(&self, mut total: Stats) {
         total.capture_drops_kernel = self.drops_kernel.load(Ordering::Relaxed);
         total.capture_drops_interface = self.drops_interface.load(Ordering::Relaxed);
         let wall = SystemTime::now()
@@ -279,47 +255,9 @@ impl Sensor {
     }
 }
 
-/// Adds `b`'s counters to `a` (workers' stats summed for the metrics).
-fn merge(a: &mut Stats, b: &Stats) {
-    a.packets += b.packets;
-    a.bytes += b.bytes;
-    a.capture_drops_kernel += b.capture_drops_kernel;
-    a.capture_drops_interface += b.capture_drops_interface;
-    a.flows_active += b.flows_active;
-    a.flows_total += b.flows_total;
-    a.truncated_records += b.truncated_records;
-    for (k, v) in &b.decode_errors {
-        *a.decode_errors.entry(k).or_default() += v;
-    }
-    for (k, v) in &b.flows_evicted {
-        *a.flows_evicted.entry(k).or_default() += v;
-    }
-    for (k, v) in &b.flows_by_app {
-        *a.flows_by_app.entry(k).or_default() += v;
-    }
-    for (k, v) in &b.events {
-        *a.events.entry(*k).or_default() += v;
-    }
-    for (k, v) in &b.remote_desktop_active {
-        *a.remote_desktop_active.entry(k.clone()).or_default() += v;
-    }
-    for (k, v) in &b.sink_errors {
-        *a.sink_errors.entry(k).or_default() += v;
-    }
-    // An account's risk is scored where its flows are; the highest view wins.
-    for (k, v) in &b.account_risk {
-        let risk = a.account_risk.entry(k.clone()).or_insert(*v);
-        *risk = risk.max(*v);
-    }
-    a.last_packet_ts = match (a.last_packet_ts, b.last_packet_ts) {
-        (Some(x), Some(y)) => Some(x.max(y)),
-        (x, y) => x.or(y),
-    };
-}
-
-/// One output file that every worker's [`JsonLines`] writes to. Each worker buffers whole
-/// lines and hands them over in a single `write`, under the lock, so lines never interleave;
-/// SIGHUP swaps the file underneath.
+/// One output file that [`JsonLines`] writers share. Each buffers whole lines and hands them
+/// over in a single `write`, under the lock, so lines never interleave; SIGHUP swaps the file
+/// underneath.
 #[derive(Clone)]
 pub(crate) struct SharedFile {
     target: Target,
@@ -368,17 +306,12 @@ impl Write for SharedFile {
 }
 
 pub fn run(args: LiveArgs) -> Result<(), Failure> {
-    // Each worker has its own view of identity and geo.
-    let contexts = (0..args.workers)
-        .map(|_| {
-            Context::load(
-                &args.config,
-                args.accounts.as_deref(),
-                args.sessions.as_deref(),
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(Failure::Usage)?;
+    let context = Context::load(
+        &args.config,
+        args.accounts.as_deref(),
+        args.sessions.as_deref(),
+    )
+    .map_err(Failure::Usage)?;
     let mut capture = open_capture(&args)?;
     let link = LinkType(capture.get_datalink().0 as u32);
     let listener = TcpListener::bind(args.listen)
@@ -392,8 +325,13 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
         .transpose()
         .map_err(|e| Failure::Usage(format!("cannot open flows output: {e}")))?;
 
+    let sinks = Sinks {
+        events: Some(events.sink()),
+        flows: flows.as_ref().map(SharedFile::sink),
+    };
+    let mut engine = Engine::new(&args.config, context, sinks, None, args.workers);
     let sensor = Arc::new(Sensor::new(
-        args.workers,
+        engine.board(),
         [Some(events.clone()), flows.clone()]
             .into_iter()
             .flatten()
@@ -403,28 +341,6 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
     ));
     let control = crate::control::start(listener, Arc::clone(&sensor))
         .map_err(|e| Failure::Runtime(format!("cannot start the control plane: {e}")))?;
-
-    let mut queues = Vec::with_capacity(args.workers);
-    let mut workers = Vec::with_capacity(args.workers);
-    for (index, context) in contexts.into_iter().enumerate() {
-        let (tx, rx) = sync_channel(QUEUE_PACKETS);
-        let sinks = Sinks {
-            events: Some(events.sink()),
-            flows: flows.as_ref().map(SharedFile::sink),
-        };
-        let mut pipeline = Pipeline::new(&args.config, sinks, context);
-        if index > 0 {
-            // Inventory and session-feed findings once per sensor, not once per worker.
-            pipeline.secondary();
-        }
-        let sensor = Arc::clone(&sensor);
-        let worker = std::thread::Builder::new()
-            .name(format!("farmwatch-worker-{index}"))
-            .spawn(move || work(index, pipeline, rx, &sensor))
-            .map_err(|e| Failure::Runtime(format!("cannot start a worker thread: {e}")))?;
-        queues.push(tx);
-        workers.push(worker);
-    }
 
     eprintln!(
         "farmwatch: capture started interface={} snaplen={} promisc={} buffer_mb={} workers={} listen={}{}",
@@ -441,41 +357,23 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
     );
     sensor.set_capturing(true);
     let mut feeds = Feeds::new(args.sessions.clone());
-    let capture_error = capture_loop(
-        &mut capture,
-        link,
-        &queues,
-        &sensor,
-        &args.config.network,
-        &mut feeds,
-    );
+    let capture_error = capture_loop(&mut capture, link, &mut engine, &sensor, &mut feeds);
     sensor.set_capturing(false);
-    drop(queues);
 
+    let done = engine.finish();
     let mut failures: Vec<String> = capture_error.into_iter().collect();
-    for worker in workers {
-        match worker.join() {
-            Ok(sink_failures) => failures.extend(sink_failures),
-            Err(_) => failures.push("a worker thread panicked".to_string()),
-        }
-    }
+    failures.extend(done.account.sink_failures());
     for out in [Some(&events), flows.as_ref()].into_iter().flatten() {
         let mut out = out.clone();
         if let Err(e) = out.flush() {
             failures.push(format!("{:?}: {e}", out.target));
         }
     }
-    sensor.publish();
+    sensor.publish_stats(done.stats.clone());
     control.shutdown();
     eprintln!(
         "farmwatch: capture stopped packets={} dropped_kernel={} dropped_interface={}",
-        sensor
-            .worker_stats
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|s| s.packets)
-            .sum::<u64>(),
+        done.stats.packets,
         sensor.drops_kernel.load(Ordering::Relaxed),
         sensor.drops_interface.load(Ordering::Relaxed),
     );
@@ -546,9 +444,8 @@ fn pcap_message(e: &pcap::Error) -> String {
 fn capture_loop(
     capture: &mut Capture<pcap::Active>,
     link: LinkType,
-    queues: &[SyncSender<Work>],
+    engine: &mut Engine,
     sensor: &Sensor,
-    network: &NetworkConfig,
     feeds: &mut Feeds,
 ) -> Option<String> {
     // A second descriptor of the capture's socket to sleep on while libpcap holds the first.
@@ -556,11 +453,10 @@ fn capture_loop(
         Ok(fd) => fd,
         Err(e) => return Some(format!("capture failed: {e}")),
     };
-    let mut shard = Sharder::new(queues.len(), network.clone());
     let mut drops = DropCounter::default();
     let mut next_stats = Instant::now() + CAPTURE_STATS_EVERY;
     let mut next_feeds = Instant::now();
-    let mut clock_told = Timestamp::ZERO;
+    let mut next_idle = Instant::now() + IDLE_EVERY;
     let mut stop_at = None;
     loop {
         if stop_at.is_none() && sensor.stop.load(Ordering::Relaxed) {
@@ -577,44 +473,33 @@ fn capture_loop(
                     i64::from(p.header.ts.tv_sec),
                     i64::from(p.header.ts.tv_usec),
                 );
-                let pkt = Packet {
+                // Feed lines and a reload matter only for the packets after them.
+                if Instant::now() >= next_feeds || sensor.reloaded.load(Ordering::Relaxed) {
+                    next_feeds = Instant::now() + FEEDS_EVERY;
+                    hand_on(engine, sensor, feeds);
+                }
+                // A full worker queue makes the capture wait: the backlog stays in the
+                // kernel ring.
+                engine.packet(Packet {
                     ts,
                     link,
                     orig_len: p.header.len,
                     data: p.data,
-                };
-                let now = pkt.ts;
-                // Feed lines and a reload matter only for the packets after them.
-                if Instant::now() >= next_feeds || sensor.reloaded.load(Ordering::Relaxed) {
-                    next_feeds = Instant::now() + FEEDS_EVERY;
-                    hand_on(queues, sensor, &mut shard, feeds);
-                }
-                let queue = shard.worker(pkt);
-                // A full queue makes the capture wait: the backlog stays in the kernel ring.
-                if queues
-                    .get(queue)
-                    .is_some_and(|q| q.send(Work::Packet(pkt.into())).is_err())
-                {
-                    // A worker ended early (it panicked); its failure is reported at join.
-                    return None;
-                }
-                if queues.len() > 1 && now.since(clock_told) >= CLOCK_EVERY {
-                    clock_told = now;
-                    // A full queue skips this tick: that worker is busy with newer packets.
-                    for q in queues {
-                        let _ = q.try_send(Work::Clock(now));
-                    }
-                }
+                });
             }
             // The ring is empty: sleep until the kernel hands over a block, or a while.
             Err(pcap::Error::TimeoutExpired) => {
                 wait_readable(&ring, WAKE_EVERY);
                 if sensor.reloaded.load(Ordering::Relaxed) {
-                    hand_on(queues, sensor, &mut shard, feeds);
+                    hand_on(engine, sensor, feeds);
                 }
             }
             Err(pcap::Error::NoMorePackets) => {}
             Err(e) => return Some(format!("capture failed: {e}")),
+        }
+        if Instant::now() >= next_idle {
+            next_idle = Instant::now() + IDLE_EVERY;
+            engine.idle();
         }
         if Instant::now() >= next_stats {
             next_stats = Instant::now() + CAPTURE_STATS_EVERY;
@@ -636,26 +521,24 @@ fn wait_readable(fd: &OwnedFd, limit: Duration) {
     let _ = poll(&mut [PollFd::new(fd, PollFlags::IN)], Some(&timeout));
 }
 
-/// Gives the workers (and the sharder) what changed outside the packets: a finished
-/// reload's network and inventory, and new session-feed lines.
-fn hand_on(queues: &[SyncSender<Work>], sensor: &Sensor, shard: &mut Sharder, feeds: &mut Feeds) {
+/// Gives the stages what changed outside the packets, at this moment of packet time: a
+/// finished reload's network and inventory, and new session-feed lines.
+fn hand_on(engine: &mut Engine, sensor: &Sensor, feeds: &mut Feeds) {
     if let Some(reloaded) = sensor.take_reloaded() {
-        shard.network = reloaded.network.clone();
-        let network = Arc::new(reloaded.network);
-        broadcast(queues, || Work::Network(Arc::clone(&network)));
+        engine.reload(Reload::Network(reloaded.network));
         if let Some(inv) = reloaded.inventory {
-            broadcast(queues, || Work::Inventory(Arc::clone(&inv)));
+            engine.reload(Reload::Inventory(inv));
         }
     }
-    feeds.poll(queues);
+    feeds.poll(engine);
 }
 
 /// How often the session feed is looked at for new lines (before a packet is dispatched:
 /// feed lines matter only for the packets after them).
 const FEEDS_EVERY: Duration = Duration::from_secs(1);
 
-/// The session feed, followed as the concentrator appends to it. New lines go to every
-/// worker, since each has its own view of identity.
+/// The session feed, followed as the concentrator appends to it. New lines enter the packet
+/// stream at the moment they were read.
 pub struct Feeds {
     sessions: Option<(PathBuf, u64)>,
 }
@@ -670,20 +553,12 @@ impl Feeds {
         Feeds { sessions }
     }
 
-    fn poll(&mut self, queues: &[SyncSender<Work>]) {
+    fn poll(&mut self, engine: &mut Engine) {
         if let Some((path, read)) = &mut self.sessions
             && let Some(lines) = new_lines(path, read)
         {
-            let lines = Arc::new(lines);
-            broadcast(queues, || Work::Sessions(Arc::clone(&lines)));
+            engine.reload(Reload::Sessions(Arc::new(lines)));
         }
-    }
-}
-
-/// Control messages are rare and must not be lost: they wait for room in the queues.
-fn broadcast(queues: &[SyncSender<Work>], work: impl Fn() -> Work) {
-    for q in queues {
-        let _ = q.send(work());
     }
 }
 
@@ -762,199 +637,9 @@ fn timestamp(secs: i64, nanos: i64) -> Timestamp {
     Timestamp(secs.saturating_mul(1_000_000_000).saturating_add(nanos))
 }
 
-/// Picks each packet's worker so both directions of a flow meet in one flow table, and so
-/// every flow between an inside host and the outside lands with that host's other flows:
-/// a flow with one inside end is hashed by that address alone (per-host detectors such as
-/// stepping stones and remote-desktop sessions see all of the host's outside traffic);
-/// other flows by a symmetric hash of the address pair. Ports are left out on purpose: a
-/// fragment carries none, and hashing it differently from its flow's other packets would
-/// split the flow between two workers.
-struct Sharder {
-    /// Used only for the addresses; without a fragment pool it holds nothing back.
-    decoder: Decoder,
-    workers: usize,
-    network: crate::config::NetworkConfig,
-}
-
-impl Sharder {
-    fn new(workers: usize, network: crate::config::NetworkConfig) -> Sharder {
-        Sharder {
-            decoder: Decoder::new(0, Duration::ZERO),
-            workers,
-            network,
-        }
-    }
-
-    fn worker(&mut self, pkt: Packet<'_>) -> usize {
-        if self.workers <= 1 {
-            return 0;
-        }
-        let pair = match self.decoder.decode(pkt) {
-            Ok(Some(d)) => Some((d.src, d.dst)),
-            // Fragments (and frames the decoder rejects): the outer IP header's addresses,
-            // which are the innermost ones unless the fragment travels in a tunnel.
-            Ok(None) | Err(_) => outer_addresses(pkt),
-        };
-        pair.map_or(0, |(a, b)| {
-            let h = match (self.network.is_inside(a), self.network.is_inside(b)) {
-                (true, false) => symmetric_hash(a, a),
-                (false, true) => symmetric_hash(b, b),
-                _ => symmetric_hash(a, b),
-            };
-            (h % self.workers as u64) as usize
-        })
-    }
-}
-
-fn outer_addresses(pkt: Packet<'_>) -> Option<(IpAddr, IpAddr)> {
-    let sliced = match pkt.link {
-        LinkType::ETHERNET => LaxSlicedPacket::from_ethernet(pkt.data).ok()?,
-        LinkType::RAW | LinkType::IPV4 | LinkType::IPV6 => {
-            LaxSlicedPacket::from_ip(pkt.data).ok()?
-        }
-        _ => return None,
-    };
-    match sliced.net? {
-        LaxNetSlice::Ipv4(ip) => {
-            let h = ip.header();
-            Some((h.source_addr().into(), h.destination_addr().into()))
-        }
-        LaxNetSlice::Ipv6(ip) => {
-            let h = ip.header();
-            Some((h.source_addr().into(), h.destination_addr().into()))
-        }
-        _ => None,
-    }
-}
-
-/// The same for (a, b) and (b, a).
-fn symmetric_hash(a: IpAddr, b: IpAddr) -> u64 {
-    let mut h = DefaultHasher::new();
-    (a.min(b), a.max(b)).hash(&mut h);
-    h.finish()
-}
-
-/// A worker: runs its pipeline over its queue until the capture ends, then ends every flow.
-/// Returns the sinks' write failures.
-fn work(index: usize, mut pipeline: Pipeline, rx: Receiver<Work>, sensor: &Sensor) -> Vec<String> {
-    let mut next_tick = Instant::now() + WORKER_TICK;
-    loop {
-        match rx.recv_timeout(WORKER_TICK) {
-            Ok(Work::Packet(pkt)) => pipeline.packet(pkt.view()),
-            Ok(Work::Clock(ts)) => pipeline.advance(ts),
-            Ok(Work::Inventory(inv)) => pipeline.reload_inventory(inv),
-            Ok(Work::Network(network)) => pipeline.set_network((*network).clone()),
-            Ok(Work::Sessions(lines)) => pipeline.load_sessions(lines.as_bytes()),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if Instant::now() >= next_tick {
-            next_tick = Instant::now() + WORKER_TICK;
-            pipeline.flush_sinks();
-            pipeline.sync_stats();
-            report(sensor, index, &pipeline.stats);
-        }
-    }
-    pipeline.finish();
-    report(sensor, index, &pipeline.stats);
-    pipeline.sink_failures()
-}
-
-fn report(sensor: &Sensor, index: usize, stats: &Stats) {
-    let mut all = sensor
-        .worker_stats
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if let Some(slot) = all.get_mut(index) {
-        slot.clone_from(stats);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::PacketBuilder;
-
-    fn frame(link: LinkType, data: Vec<u8>) -> OwnedPacket {
-        OwnedPacket {
-            ts: Timestamp::from_secs(1),
-            link,
-            orig_len: data.len() as u32,
-            data,
-        }
-    }
-
-    /// Ethernet + IPv4 + UDP, synthesized with etherparse (RFC 791, RFC 768 headers).
-    fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> OwnedPacket {
-        let mut out = Vec::new();
-        PacketBuilder::ethernet2([1; 6], [2; 6])
-            .ipv4(src, dst, 64)
-            .udp(sport, dport)
-            .write(&mut out, b"payload")
-            .unwrap();
-        frame(LinkType::ETHERNET, out)
-    }
-
-    /// The first fragment of a UDP datagram from 10.0.0.1 to 10.0.0.2, written out by hand:
-    /// RFC 791 §3.1, flags = MF (0x2000), fragment offset 0, 8 bytes of payload.
-    const FIRST_FRAGMENT: [u8; 42] = [
-        0x02, 0x02, 0x02, 0x02, 0x02, 0x02, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x08, 0x00, 0x45,
-        0x00, 0x00, 0x1c, 0x12, 0x34, 0x20, 0x00, 0x40, 0x11, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x01,
-        0x0a, 0x00, 0x00, 0x02, 0x14, 0xe9, 0x00, 0x35, 0x00, 0x30, 0x00, 0x00,
-    ];
-
-    #[test]
-    fn both_directions_and_fragments_of_a_flow_meet_on_one_worker() {
-        let a = [10, 0, 0, 1];
-        let b = [10, 0, 0, 2];
-        let fragment = frame(LinkType::ETHERNET, FIRST_FRAGMENT.to_vec());
-        for workers in 2..=9 {
-            let mut sharder = Sharder::new(workers, crate::config::NetworkConfig::default());
-            let there = sharder.worker(udp(a, b, 5353, 53).view());
-            assert_eq!(sharder.worker(udp(b, a, 53, 5353).view()), there);
-            assert_eq!(sharder.worker(fragment.view()), there, "workers={workers}");
-            assert!(there < workers);
-        }
-    }
-
-    #[test]
-    fn an_inside_hosts_outside_flows_share_a_worker() {
-        let mut sharder = Sharder::new(8, crate::config::NetworkConfig::default());
-        let host = [10, 8, 0, 12];
-        let there = sharder.worker(udp(host, [198, 51, 100, 1], 1000, 53).view());
-        for peer in 2..40u8 {
-            assert_eq!(
-                sharder.worker(udp([203, 0, 113, peer], host, 3389, 50000).view()),
-                there
-            );
-            assert_eq!(
-                sharder.worker(udp(host, [192, 0, 2, peer], 50001, 22).view()),
-                there
-            );
-        }
-    }
-
-    #[test]
-    fn address_pairs_spread_over_workers() {
-        let mut sharder = Sharder::new(4, crate::config::NetworkConfig::default());
-        let used: std::collections::BTreeSet<usize> = (1..=64)
-            .map(|host| sharder.worker(udp([10, 0, 0, host], [10, 9, 9, 9], 1000, 53).view()))
-            .collect();
-        assert_eq!(used.len(), 4);
-    }
-
-    #[test]
-    fn frames_without_addresses_go_to_the_first_worker() {
-        let mut sharder = Sharder::new(4, crate::config::NetworkConfig::default());
-        assert_eq!(
-            sharder.worker(frame(LinkType::ETHERNET, vec![0; 6]).view()),
-            0
-        );
-        assert_eq!(
-            sharder.worker(frame(LinkType(147), vec![0x45; 40]).view()),
-            0
-        );
-    }
 
     #[test]
     fn capture_timestamps_are_nanoseconds_and_never_negative() {
@@ -964,35 +649,6 @@ mod tests {
         );
         assert_eq!(timestamp(-5, 7).0, 7);
         assert_eq!(timestamp(i64::MAX, 0).0, u64::MAX);
-    }
-
-    #[test]
-    fn merged_stats_sum_counters_and_keep_the_newest_packet_time() {
-        let mut one = Stats {
-            packets: 3,
-            last_packet_ts: Some(10.0),
-            ..Stats::default()
-        };
-        one.events
-            .insert(("alert", "laptop_farm_suspected", "high"), 1);
-        one.account_risk.insert("jdoe".to_string(), 0.4);
-        let mut two = Stats {
-            packets: 4,
-            last_packet_ts: Some(12.5),
-            ..Stats::default()
-        };
-        two.events
-            .insert(("alert", "laptop_farm_suspected", "high"), 2);
-        two.account_risk.insert("jdoe".to_string(), 0.7);
-        two.sink_errors.insert("events", 1);
-        let mut total = Stats::default();
-        merge(&mut total, &one);
-        merge(&mut total, &two);
-        assert_eq!(total.packets, 7);
-        assert_eq!(total.last_packet_ts, Some(12.5));
-        assert_eq!(total.events[&("alert", "laptop_farm_suspected", "high")], 3);
-        assert_eq!(total.account_risk["jdoe"], 0.7);
-        assert_eq!(total.sink_errors["events"], 1);
     }
 
     /// Two workers' sinks over one file: every line arrives whole; after the file is moved
@@ -1040,34 +696,5 @@ mod tests {
             "{\"after\":\"rotation\"}\n"
         );
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// A worker whose shard went quiet still ends its flows when the capture's clock passes
-    /// their timeout (UDP: 60 s by default), before any shutdown.
-    #[test]
-    fn the_capture_clock_expires_a_quiet_workers_flows() {
-        let path = std::env::temp_dir().join(format!("live-clock-{}.jsonl", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let shared = SharedFile::open(Target::File(path.clone())).unwrap();
-        let config = Config::default();
-        let mut pipeline = Pipeline::new(
-            &config,
-            Sinks {
-                events: None,
-                flows: Some(shared.sink()),
-            },
-            Context::load(&config, None, None).unwrap(),
-        );
-        pipeline.packet(udp([10, 0, 0, 1], [10, 0, 0, 2], 5353, 53).view());
-        pipeline.advance(Timestamp::from_secs(30));
-        pipeline.flush_sinks();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
-        pipeline.advance(Timestamp::from_secs(120));
-        pipeline.flush_sinks();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let record: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
-        assert_eq!(record["dst_port"], 53);
-        assert_eq!(record["interim"], false);
-        std::fs::remove_file(&path).unwrap();
     }
 }

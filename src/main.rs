@@ -142,6 +142,10 @@ enum Command {
         /// Write an HTML case file here (self-contained: findings, timelines, charts).
         #[arg(long, value_name = "FILE.html")]
         report: Option<PathBuf>,
+        /// Flow-stage worker threads (default: one per core); the output is the same for
+        /// every number.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        workers: Option<u16>,
     },
     /// Capture from a network interface until SIGTERM/SIGINT; serve /metrics and /healthz.
     Live {
@@ -197,6 +201,7 @@ fn main() -> ExitCode {
             inputs,
             metrics_out,
             report,
+            workers,
         } => inputs.config().and_then(|config| {
             let extra: Vec<(&str, &Path)> =
                 [("--metrics-out", &metrics_out), ("--report", &report)]
@@ -213,6 +218,7 @@ fn main() -> ExitCode {
                 sessions: inputs.sessions,
                 metrics_out,
                 report,
+                workers: workers.map_or_else(farmwatch::engine::default_workers, usize::from),
             })
         }),
         Command::Live {

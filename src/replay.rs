@@ -4,8 +4,9 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
+use crate::account_stage::{Context, Sinks};
 use crate::config::Config;
-use crate::pipeline::{Context, Pipeline, Sinks};
+use crate::engine::{Engine, Finished};
 use crate::report::{self, Collector, InputFile, ReportInput};
 use crate::sink::{self, Target};
 use crate::source::{self, FileReader, Replay, SourceError};
@@ -21,6 +22,8 @@ pub struct ReplayArgs {
     pub metrics_out: Option<PathBuf>,
     /// The HTML case file written at the end.
     pub report: Option<PathBuf>,
+    /// Flow-stage threads; the output is the same for every number.
+    pub workers: usize,
 }
 
 /// How a replay went wrong, by exit code.
@@ -67,15 +70,16 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
         .map(sink::create)
         .transpose()
         .map_err(|e| Failure::Usage(format!("cannot open flows output: {e}")))?;
-    let mut pipeline = Pipeline::new(
+    let mut engine = Engine::new(
         &args.config,
+        context,
         Sinks {
             events: Some(events),
             flows,
         },
-        context,
+        Some(Collector::new(args.report.is_some())),
+        args.workers,
     );
-    pipeline.collector = Some(Collector::new(args.report.is_some()));
 
     let total: u64 = args
         .files
@@ -95,7 +99,7 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
     });
     let mut n: u64 = 0;
     while let Some(pkt) = replay.next_packet() {
-        pipeline.packet(pkt);
+        engine.packet(pkt);
         n += 1;
         if n % 65_536 == 0
             && let Some(bar) = &progress
@@ -107,24 +111,24 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
-    replay.count_into(&mut pipeline.stats);
-    pipeline.finish();
-    print_summary(&replay, &pipeline);
+    let mut done = engine.finish();
+    replay.count_into(&mut done.stats);
+    print_summary(&replay, &done);
     if let Some(path) = &args.report {
-        write_report(path, &replay, &mut pipeline, &args.config)?;
+        write_report(path, &replay, &mut done, &args.config)?;
     }
     if let Some(path) = &args.metrics_out {
         let metrics = crate::metrics::Metrics::new();
         // Lag is measured against the capture's own clock, so a replay reports none.
-        let now = pipeline.stats.last_packet_ts.unwrap_or(0.0);
-        metrics.publish(&pipeline.stats, now);
+        let now = done.stats.last_packet_ts.unwrap_or(0.0);
+        metrics.publish(&done.stats, now);
         metrics
             .write_to_file(path)
             .map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
     }
 
     let mut problems: Vec<String> = replay.errors.iter().map(|e| e.to_string()).collect();
-    problems.extend(pipeline.sink_failures());
+    problems.extend(done.account.sink_failures());
     if problems.is_empty() {
         Ok(())
     } else {
@@ -132,7 +136,7 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
     }
 }
 
-fn print_summary(replay: &Replay, p: &Pipeline) {
+fn print_summary(replay: &Replay, p: &Finished) {
     let s = &p.stats;
     let mut err = std::io::stderr().lock();
     let span = match (p.first_ts, p.last_ts) {
@@ -174,7 +178,7 @@ fn print_summary(replay: &Replay, p: &Pipeline) {
     for (sink, n) in &s.sink_errors {
         let _ = writeln!(err, "{sink} output: {n} record(s) lost, not written");
     }
-    if let Some(c) = &p.collector {
+    if let Some(c) = &p.account.collector {
         let table = report::top_findings_table(c, TOP_FINDINGS);
         if !table.is_empty() {
             let _ = write!(err, "top findings:\n{table}");
@@ -189,7 +193,7 @@ const TOP_FINDINGS: usize = 10;
 fn write_report(
     path: &std::path::Path,
     replay: &Replay,
-    pipeline: &mut Pipeline,
+    done: &mut Finished,
     config: &Config,
 ) -> Result<(), Failure> {
     let mut files = Vec::new();
@@ -200,17 +204,17 @@ fn write_report(
         f.skipped = r.skipped;
         files.push(f);
     }
-    let mut collector = pipeline.collector.take().unwrap_or_default();
+    let mut collector = done.account.collector.take().unwrap_or_default();
     collector.settle();
     let html = report::render(
         &collector,
         &ReportInput {
             files,
             config,
-            context: pipeline.context(),
-            stats: &pipeline.stats,
-            first_ts: pipeline.first_ts,
-            last_ts: pipeline.last_ts,
+            context: done.account.context(),
+            stats: &done.stats,
+            first_ts: done.first_ts,
+            last_ts: done.last_ts,
         },
     );
     std::fs::write(path, html).map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))

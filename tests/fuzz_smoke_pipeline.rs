@@ -9,8 +9,9 @@ mod support;
 use std::path::Path;
 use support::Rng;
 
+use farmwatch::account_stage::{Context, Sinks};
 use farmwatch::config::Config;
-use farmwatch::pipeline::{Context, Pipeline, Sinks};
+use farmwatch::engine::Engine;
 use farmwatch::source::{FileReader, LinkType, OwnedPacket};
 
 /// Mutation rounds over all fixture frames (`FW_FUZZ_ROUNDS` and `FW_FUZZ_SEED` make a longer, different run).
@@ -67,7 +68,8 @@ fn mutated_frames_never_panic_the_pipeline() {
     );
     let config = Config::default();
     let context = Context::load(&config, None, None).expect("embedded geo");
-    let mut pipeline = Pipeline::new(&config, Sinks::default(), context);
+    // Two flow workers: the merge and the account stage take the mutated stream too.
+    let mut engine = Engine::new(&config, context, Sinks::default(), None, 2);
     let seed = std::env::var("FW_FUZZ_SEED")
         .ok()
         .and_then(|v| v.parse().ok());
@@ -89,11 +91,11 @@ fn mutated_frames_never_panic_the_pipeline() {
             if round % 4 == 3 {
                 m.link = links[rng.below(links.len())];
             }
-            pipeline.packet(m.view());
+            engine.packet(m.view());
         }
     }
-    pipeline.finish();
-    assert!(pipeline.stats.packets >= rounds as u64 * packets.len() as u64);
+    let done = engine.finish();
+    assert!(done.stats.packets >= rounds as u64 * packets.len() as u64);
 }
 
 #[test]

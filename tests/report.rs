@@ -11,12 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use farmwatch::account_stage::{Context, Sinks};
 use farmwatch::accounts::AccountRef;
 use farmwatch::config::Config;
+use farmwatch::engine::Engine;
 use farmwatch::event::{Event, FlowRef, Kind, Severity};
 use farmwatch::identity::{ObservationSource, PublicIpObservation};
 use farmwatch::metrics::Stats;
-use farmwatch::pipeline::{Context, Pipeline, Sinks};
 use farmwatch::report::{self, Collector, ReportInput};
 use farmwatch::source::Replay;
 use farmwatch::timestamp::Timestamp;
@@ -598,17 +599,22 @@ fn five_thousand_findings_render() {
 fn fixture_records(name: &str) -> (Collector, Config) {
     let config = Config::default();
     let context = Context::load(&config, None, None).expect("context");
-    let mut pipeline = Pipeline::new(&config, Sinks::default(), context);
-    pipeline.collector = Some(Collector::new(true));
+    let mut engine = Engine::new(
+        &config,
+        context,
+        Sinks::default(),
+        Some(Collector::new(true)),
+        1,
+    );
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join(name);
     let mut replay = Replay::open(&[path]).expect("open fixture");
     while let Some(pkt) = replay.next_packet() {
-        pipeline.packet(pkt);
+        engine.packet(pkt);
     }
-    pipeline.finish();
-    (pipeline.collector.take().expect("collector"), config)
+    let mut done = engine.finish();
+    (done.account.collector.take().expect("collector"), config)
 }
 
 /// The JSON a report embeds, read back.

@@ -116,16 +116,9 @@ pub struct Scope<'a> {
     pub geo: &'a Geo,
 }
 
-/// All detectors, fed in one place so the pipeline stays one direction.
-pub struct Detectors {
-    config: DetectConfig,
-    geo_anomaly: geo_anomaly::GeoAnomaly,
-    rtt_distance: rtt_distance::RttDistance,
-    farm_cluster: farm_cluster::FarmCluster,
-    off_hours: off_hours::OffHours,
-    scorer: score::Scorer,
-    /// The hour of packet time old state was last let go at.
-    expired: u64,
+/// The flow stage's detectors (DESIGN §7): each judges flows one at a time or the flows of
+/// one host, so a flow worker that holds a host's flows holds everything they need.
+pub struct FlowDetectors {
     remote_desktop: remote_desktop::RemoteDesktop,
     stepping_stone: stepping_stone::SteppingStone,
     rtt_split: rtt_split::RttSplit,
@@ -133,31 +126,16 @@ pub struct Detectors {
     relay_service: relay_service::RelayService,
 }
 
-impl Detectors {
-    pub fn new(config: &Config) -> Detectors {
+impl FlowDetectors {
+    pub fn new(config: &Config) -> FlowDetectors {
         let detect = &config.detect;
-        Detectors {
-            config: detect.clone(),
-            geo_anomaly: geo_anomaly::GeoAnomaly::new(&detect.geo),
-            rtt_distance: rtt_distance::RttDistance::new(
-                &detect.geo,
-                config.sensor.latitude,
-                config.sensor.longitude,
-            ),
-            farm_cluster: farm_cluster::FarmCluster::new(&detect.farm_cluster),
-            off_hours: off_hours::OffHours::new(&detect.off_hours),
-            scorer: score::Scorer::new(&detect.score),
-            expired: 0,
+        FlowDetectors {
             remote_desktop: remote_desktop::RemoteDesktop::new(&detect.remote_desktop),
             stepping_stone: stepping_stone::SteppingStone::new(&detect.stepping_stone),
             rtt_split: rtt_split::RttSplit::new(&detect.rtt_split),
             tunnel: tunnel::Tunnel::new(&detect.tunnel),
             relay_service: relay_service::RelayService::new(&detect.relay_service),
         }
-    }
-
-    pub fn config(&self) -> &DetectConfig {
-        &self.config
     }
 
     /// One direction of `flow` became active after being idle; its previous ON period
@@ -168,13 +146,10 @@ impl Detectors {
         scope: &Scope<'_>,
         key: &FlowKey,
         flow: &Flow,
-        from_orig: bool,
         ts: Timestamp,
         prev: Option<Timestamp>,
         out: &mut Vec<Event>,
     ) {
-        self.rtt_distance.on_flow(scope, flow, ts, out);
-        self.off_hours.on_resume(scope, flow, from_orig, ts, out);
         self.stepping_stone
             .on_resume(scope, key, flow, ts, prev, out);
     }
@@ -204,6 +179,60 @@ impl Detectors {
         flows: &FlowTable,
         out: &mut Vec<Event>,
     ) {
+        self.remote_desktop.on_tick(scope, now, flows, out);
+        self.rtt_split.on_tick(scope, now, flows, out);
+        self.relay_service
+            .on_tick(scope, now, flows, &self.remote_desktop, out);
+    }
+
+    /// `flow` ended and left the table.
+    pub fn on_end(&mut self, scope: &Scope<'_>, flow: &Flow, ts: Timestamp, out: &mut Vec<Event>) {
+        self.remote_desktop.on_end(scope, flow);
+        self.stepping_stone.on_end(flow);
+        self.rtt_split.on_end(scope, flow, ts, out);
+        self.relay_service.on_end(flow);
+    }
+
+    /// Remote-desktop sessions running at `now`, as (inside host, tool).
+    pub fn active_remote_desktop(
+        &self,
+        now: Timestamp,
+    ) -> impl Iterator<Item = (std::net::IpAddr, crate::app::App)> + '_ {
+        self.remote_desktop.active_sessions(now)
+    }
+}
+
+/// The account stage's detectors (DESIGN §7): they judge accounts from observations, and
+/// the scorer rolls their findings and the flow stage's into alerts.
+pub struct AccountDetectors {
+    geo_anomaly: geo_anomaly::GeoAnomaly,
+    rtt_distance: rtt_distance::RttDistance,
+    farm_cluster: farm_cluster::FarmCluster,
+    off_hours: off_hours::OffHours,
+    scorer: score::Scorer,
+    /// The hour of packet time old state was last let go at.
+    expired: u64,
+}
+
+impl AccountDetectors {
+    pub fn new(config: &Config) -> AccountDetectors {
+        let detect = &config.detect;
+        AccountDetectors {
+            geo_anomaly: geo_anomaly::GeoAnomaly::new(&detect.geo),
+            rtt_distance: rtt_distance::RttDistance::new(
+                &detect.geo,
+                config.sensor.latitude,
+                config.sensor.longitude,
+            ),
+            farm_cluster: farm_cluster::FarmCluster::new(&detect.farm_cluster),
+            off_hours: off_hours::OffHours::new(&detect.off_hours),
+            scorer: score::Scorer::new(&detect.score),
+            expired: 0,
+        }
+    }
+
+    /// Packet time moved past a whole second: once an hour, old state is let go.
+    pub fn on_tick(&mut self, now: Timestamp) {
         if now.secs() / 3600 > self.expired {
             self.expired = now.secs() / 3600;
             self.geo_anomaly.expire(now);
@@ -211,10 +240,6 @@ impl Detectors {
             self.farm_cluster.expire(now);
             self.off_hours.expire(now);
         }
-        self.remote_desktop.on_tick(scope, now, flows, out);
-        self.rtt_split.on_tick(scope, now, flows, out);
-        self.relay_service
-            .on_tick(scope, now, flows, &self.remote_desktop, out);
     }
 
     /// An account was seen at a public address (session feed or RADIUS), in time order.
@@ -229,13 +254,29 @@ impl Detectors {
         self.farm_cluster.on_public_ip(scope, obs, out);
     }
 
-    /// `flow` ended and left the table.
-    pub fn on_end(&mut self, scope: &Scope<'_>, flow: &Flow, ts: Timestamp, out: &mut Vec<Event>) {
-        self.rtt_distance.on_end(scope, flow, ts, out);
-        self.remote_desktop.on_end(scope, flow);
-        self.stepping_stone.on_end(flow);
-        self.rtt_split.on_end(scope, flow, ts, out);
-        self.relay_service.on_end(flow);
+    /// An inside host became active at `ts` (the working-hours detector).
+    pub fn on_activity(
+        &mut self,
+        scope: &Scope<'_>,
+        host: std::net::IpAddr,
+        ts: Timestamp,
+        out: &mut Vec<Event>,
+    ) {
+        self.off_hours.on_activity(scope, host, ts, out);
+    }
+
+    /// An outside client's handshake RTT (RTT against distance).
+    pub fn on_handshake_rtt(
+        &mut self,
+        scope: &Scope<'_>,
+        client: std::net::IpAddr,
+        rtt_ns: u64,
+        flow: &crate::event::FlowRef,
+        ts: Timestamp,
+        out: &mut Vec<Event>,
+    ) {
+        self.rtt_distance
+            .on_sample(scope, client, rtt_ns, flow, ts, out);
     }
 
     /// A finding was written (sealed, account filled in): it joins its account's risk
@@ -244,19 +285,8 @@ impl Detectors {
         self.scorer.observe(event)
     }
 
-    /// Remote-desktop sessions running at `now`, as (inside host, tool).
-    pub fn active_remote_desktop(
-        &self,
-        now: Timestamp,
-    ) -> Vec<(std::net::IpAddr, crate::app::App)> {
-        self.remote_desktop.active_sessions(now).collect()
-    }
-
     /// Risk score of every account with evidence, at `now`.
     pub fn account_scores(&self, now: Timestamp) -> BTreeMap<String, f64> {
         self.scorer.scores(now)
     }
-
-    /// The input is over: report what is still pending.
-    pub fn finish(&mut self, _scope: &Scope<'_>, _now: Timestamp, _out: &mut Vec<Event>) {}
 }

@@ -27,7 +27,6 @@ use crate::accounts::AccountKind;
 use crate::detect::Scope;
 use crate::detect::geo_anomaly::round1;
 use crate::event::{Event, Kind, Severity};
-use crate::flows::Flow;
 use crate::flows::humantime_serde;
 use crate::timestamp::Timestamp;
 
@@ -128,21 +127,16 @@ impl OffHours {
         }
     }
 
-    /// A direction of `flow` resumed at `ts`: an active hour for the account behind the
-    /// sender, when that is an inside host. Only the sender counts: a server pushing to
-    /// a laptop at night is not the person at it.
-    pub fn on_resume(
+    /// An inside host started sending at `ts` (a direction of one of its flows resumed):
+    /// an active hour for the account behind it. Only the sender counts: a server pushing
+    /// to a laptop at night is not the person at it.
+    pub fn on_activity(
         &mut self,
         scope: &Scope<'_>,
-        flow: &Flow,
-        from_orig: bool,
+        sender: std::net::IpAddr,
         ts: Timestamp,
         out: &mut Vec<Event>,
     ) {
-        let sender = if from_orig { flow.orig.0 } else { flow.resp.0 };
-        if !scope.network.is_inside(sender) {
-            return;
-        }
         let Some(account) = scope.identity.account_at(sender, ts) else {
             return;
         };

@@ -708,6 +708,7 @@ pub(crate) mod testkit {
                 ip_len: 40 + len as u32,
                 ttl: 64,
                 tunnel: None,
+                reassembled: false,
             };
             self.table
                 .process(Timestamp(ts), &dec, 54 + len as u32, &mut self.events);

@@ -24,11 +24,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::decode::Proto;
 use crate::detect::Scope;
 use crate::detect::geo_anomaly::{GeoAnomalyConfig, position, round1, with_geo};
 use crate::event::{Event, FlowRef, Kind, Severity};
-use crate::flows::Flow;
 use crate::geo::{Location, LocationSource};
 use crate::identity::PublicIpObservation;
 use crate::timestamp::Timestamp;
@@ -93,8 +91,6 @@ pub struct RttDistance {
     config: GeoAnomalyConfig,
     sensor: Option<Location>,
     probes: BTreeMap<IpAddr, Probe>,
-    /// Flows (by sequence number) already sampled and still in the table.
-    sampled: BTreeSet<u64>,
 }
 
 impl RttDistance {
@@ -110,7 +106,6 @@ impl RttDistance {
             config: config.clone(),
             sensor,
             probes: BTreeMap::new(),
-            sampled: BTreeSet::new(),
         }
     }
 
@@ -130,44 +125,38 @@ impl RttDistance {
         self.judge(scope, obs.public_ip, obs.ts, out);
     }
 
-    /// A flow is active: sample its handshake once, if it is on the outer side.
-    pub fn on_flow(&mut self, scope: &Scope<'_>, flow: &Flow, ts: Timestamp, out: &mut Vec<Event>) {
-        if self.sensor.is_none() || flow.proto != Proto::Tcp || self.sampled.contains(&flow.seq) {
+    /// One handshake RTT of a connection `client` opened (the flow stage samples each
+    /// outside client's TCP connection once): kept when `client` is on the outer side,
+    /// reaching a concentrator or known as an account's public address.
+    pub fn on_sample(
+        &mut self,
+        scope: &Scope<'_>,
+        client: IpAddr,
+        rtt: u64,
+        flow: &FlowRef,
+        ts: Timestamp,
+        out: &mut Vec<Event>,
+    ) {
+        if self.sensor.is_none() {
             return;
         }
-        let client = flow.orig.0.to_canonical();
+        let client = client.to_canonical();
         let outer = scope
             .network
             .concentrators
-            .contains(&flow.resp.0.to_canonical())
+            .contains(&flow.dst_ip.to_canonical())
             || self.probes.contains_key(&client);
-        let Some(rtt) = flow.tcp.rtt_orig_ns() else {
-            return;
-        };
         if !outer || scope.network.is_inside(client) {
             return;
         }
-        self.sampled.insert(flow.seq);
         let p = self.probes.entry(client).or_default();
         p.samples = p.samples.saturating_add(1);
         p.last = p.last.max(ts);
         if p.min_rtt_ns.is_none_or(|m| rtt < m) {
             p.min_rtt_ns = Some(rtt);
-            p.flow = Some(FlowRef {
-                proto: flow.proto.as_str(),
-                src_ip: flow.orig.0,
-                src_port: flow.orig.1,
-                dst_ip: flow.resp.0,
-                dst_port: flow.resp.1,
-            });
+            p.flow = Some(flow.clone());
         }
         self.judge(scope, client, ts, out);
-    }
-
-    /// The flow left the table: sample it if it never became active, then forget it.
-    pub fn on_end(&mut self, scope: &Scope<'_>, flow: &Flow, ts: Timestamp, out: &mut Vec<Event>) {
-        self.on_flow(scope, flow, ts, out);
-        self.sampled.remove(&flow.seq);
     }
 
     /// Reports the verdict on `ip` for each account seen there not yet told.

@@ -309,6 +309,15 @@ impl NameCache {
         }
     }
 
+    /// Reads a datagram that may be a DNS response and records its answers.
+    pub fn insert_answer(&mut self, now: Timestamp, datagram: &[u8]) {
+        if is_response(datagram)
+            && let Ok(msg) = parse_message(datagram)
+        {
+            self.insert(now, &msg);
+        }
+    }
+
     /// Records the A/AAAA answers of a successful response, each under the queried name.
     pub fn insert(&mut self, now: Timestamp, msg: &Message) {
         const NO_ERROR: u8 = 0;

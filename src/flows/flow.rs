@@ -554,6 +554,7 @@ pub(crate) fn segment(
         ip_len: 40 + payload.len() as u32,
         ttl: 64,
         tunnel: None,
+        reassembled: false,
     }
 }
 

@@ -17,13 +17,13 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::account_stage::Context;
 use crate::app::App;
 use crate::config::Config;
 use crate::flows::record::FlowRecord;
 use crate::geo::{Geo, Location, LocationSource};
 use crate::identity::PublicIpObservation;
 use crate::metrics::Stats;
-use crate::pipeline::Context;
 use crate::timestamp::Timestamp;
 pub use collect::Collector;
 use collect::{Tally, TallyKey};

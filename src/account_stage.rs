@@ -1,0 +1,366 @@
+//! The account stage (DESIGN §7): one per sensor, after the flow stage. It consumes the
+//! flow stage's items in packet-time order and owns everything that joins flows into
+//! accounts: identity (inventory, session feed, RADIUS from the wire), per-account geo,
+//! farm clusters, travel, working hours and the score. The scorer sees every finding
+//! before any sink does, so an alert leaves with the findings behind it.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::accounts::{self, Inventory};
+use crate::app::App;
+use crate::config::{Config, NetworkConfig};
+use crate::detect::{AccountDetectors, Scope};
+use crate::event::Event;
+use crate::flow_stage::{Item, Reload, Stamped, record_host};
+use crate::flows::record::FlowRecord;
+use crate::geo::Geo;
+use crate::identity::{Identity, PublicIpObservation};
+use crate::metrics::Stats;
+use crate::observation::Observation;
+use crate::report::Collector;
+use crate::sink::JsonLines;
+use crate::timestamp::Timestamp;
+
+/// Who is behind an address and where it is: the account inventory, the identity
+/// mappings (inventory hosts, session feed) and the geo databases.
+pub struct Context {
+    pub identity: Identity,
+    pub geo: Arc<Geo>,
+}
+
+impl Context {
+    /// Opens the geo databases named by the config (or the embedded ones), the inventory
+    /// and the session feed. Every problem is one line, for exit code 2.
+    pub fn load(
+        config: &Config,
+        accounts: Option<&Path>,
+        sessions: Option<&Path>,
+    ) -> Result<Context, String> {
+        let geo = Geo::open(&config.geoip).map_err(|e| e.to_string())?;
+        let inventory = match accounts {
+            Some(p) => Inventory::load(p).map_err(|problems| {
+                let first = problems.first().map(|p| p.to_string()).unwrap_or_default();
+                match problems.len() {
+                    1 => first,
+                    n => format!(
+                        "{first} (and {} more problems; run `farmwatch check`)",
+                        n - 1
+                    ),
+                }
+            })?,
+            None => Inventory::default(),
+        };
+        let mut identity = Identity::new(Arc::new(inventory));
+        if let Some(p) = sessions {
+            let file =
+                std::fs::File::open(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))?;
+            let report = identity.load_sessions(std::io::BufReader::new(file));
+            if let Some(e) = report.errors.first() {
+                eprintln!(
+                    "farmwatch: {}: {} of {} session lines skipped (first: line {}: {})",
+                    p.display(),
+                    report.errors_total,
+                    report.lines,
+                    e.line,
+                    e.message
+                );
+            }
+        }
+        Ok(Context {
+            identity,
+            geo: Arc::new(geo),
+        })
+    }
+}
+
+/// The sinks the account stage writes to; each is optional.
+#[derive(Default)]
+pub struct Sinks {
+    pub events: Option<JsonLines>,
+    pub flows: Option<JsonLines>,
+}
+
+pub struct AccountStage {
+    context: Context,
+    network: NetworkConfig,
+    detectors: AccountDetectors,
+    findings: Vec<Event>,
+    /// The last whole second of packet time the stage caught up at.
+    ticked: u64,
+    /// Public-address observations (session feed, RADIUS) not yet due by packet time,
+    /// newest first.
+    observations: Vec<PublicIpObservation>,
+    events: Option<JsonLines>,
+    flow_records: Option<JsonLines>,
+    /// Keeps findings and flow records for the replay's summary and report.
+    pub collector: Option<Collector>,
+    /// Events, sinks and account figures (the flow stage counts packets and flows).
+    pub stats: Stats,
+}
+
+impl AccountStage {
+    pub fn new(config: &Config, sinks: Sinks, context: Context) -> AccountStage {
+        AccountStage {
+            context,
+            network: config.network.clone(),
+            detectors: AccountDetectors::new(config),
+            findings: Vec::new(),
+            ticked: 0,
+            observations: Vec::new(),
+            events: sinks.events,
+            flow_records: sinks.flows,
+            collector: None,
+            stats: Stats::default(),
+        }
+    }
+
+    /// A new account inventory (SIGHUP): static hosts and account kinds change from now on.
+    pub fn reload_inventory(&mut self, inventory: Arc<Inventory>) {
+        self.context.identity.reload_inventory(inventory);
+    }
+
+    /// A new `[network]` section (SIGHUP): which addresses are inside, from now on.
+    pub fn set_network(&mut self, network: NetworkConfig) {
+        self.network = network;
+    }
+
+    /// More of the session feed (lines appended since it was last read).
+    pub fn load_sessions(&mut self, feed: impl std::io::BufRead) {
+        let report = self.context.identity.load_sessions(feed);
+        if let Some(e) = report.errors.first() {
+            eprintln!(
+                "farmwatch: session feed: {} of {} new lines skipped (first: {})",
+                report.errors_total, report.lines, e.message
+            );
+        }
+    }
+
+    /// Who is behind an address and where it is, as the stage used it.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// One item of the flow stage, in packet-time order.
+    pub fn apply(&mut self, stamped: Stamped) {
+        let now = stamped.at;
+        match stamped.item {
+            Item::Reload(r) => match &*r {
+                Reload::Inventory(inv) => self.reload_inventory(inv.clone()),
+                Reload::Network(n) => self.set_network(n.clone()),
+                Reload::Sessions(lines) => self.load_sessions(lines.as_bytes()),
+            },
+            Item::Start => {
+                for event in accounts::inventory_events(self.context.identity.inventory(), now) {
+                    self.emit(event);
+                }
+            }
+            Item::Observation(obs) => self.observe(obs),
+            Item::Record(record) => self.record(*record),
+            Item::Tick => self.tick(now),
+        }
+    }
+
+    fn observe(&mut self, obs: Observation) {
+        let scope = Scope {
+            network: &self.network,
+            identity: &self.context.identity,
+            geo: &self.context.geo,
+        };
+        match obs {
+            Observation::Radius {
+                ts,
+                user,
+                framed_ip,
+                calling_station,
+                status,
+            } => self.context.identity.observe_radius(
+                ts,
+                &user,
+                framed_ip,
+                calling_station.as_deref(),
+                status,
+            ),
+            Observation::Activity { ts, host } => {
+                self.detectors
+                    .on_activity(&scope, host, ts, &mut self.findings)
+            }
+            Observation::HandshakeRtt {
+                ts,
+                client,
+                rtt_ns,
+                flow,
+            } => self.detectors.on_handshake_rtt(
+                &scope,
+                client,
+                rtt_ns,
+                &flow,
+                ts,
+                &mut self.findings,
+            ),
+            Observation::Finding { event } => self.findings.push(*event),
+        }
+        self.emit_findings();
+    }
+
+    /// A flow record: the account behind its inside end is named, then it is written.
+    fn record(&mut self, mut record: FlowRecord) {
+        record.account = record_host(&self.network, &record)
+            .and_then(|h| self.context.identity.account_at(h, record.ts))
+            .map(|a| a.id.to_string());
+        if let Some(c) = self.collector.as_mut() {
+            c.flow(&record);
+        }
+        if let Some(sink) = self.flow_records.as_mut() {
+            sink.write_with(|line| record.write_json(line));
+        }
+    }
+
+    /// Once per second of packet time, identity and the account detectors catch up.
+    fn tick(&mut self, now: Timestamp) {
+        if now.secs() <= self.ticked {
+            return;
+        }
+        self.ticked = now.secs();
+        self.context.identity.advance(now);
+        self.release_observations(now);
+        self.detectors.on_tick(now);
+        self.emit_findings();
+    }
+
+    /// The input is over: every pending observation is due, and every sink flushed.
+    pub fn finish(&mut self) {
+        self.release_observations(Timestamp(u64::MAX));
+        self.emit_findings();
+        self.flush_sinks();
+    }
+
+    /// Pushes buffered records out to the sinks (live: every second, so output is timely).
+    pub fn flush_sinks(&mut self) {
+        for sink in [self.events.as_mut(), self.flow_records.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = sink.flush();
+        }
+    }
+
+    /// Writes one finding, naming the account behind its host when the detector did not;
+    /// the scorer sees it first, and its alert follows it out.
+    pub fn emit(&mut self, mut event: Event) {
+        if event.account.is_none()
+            && let Some(host) = event.host
+        {
+            event.account = self.account_of(host, event.ts);
+        }
+        event.seal();
+        let alert = self.detectors.on_event(&event);
+        self.write(&event);
+        if let Some(alert) = alert {
+            self.emit(alert);
+        }
+    }
+
+    fn write(&mut self, event: &Event) {
+        *self
+            .stats
+            .events
+            .entry((event.kind.as_str(), event.reason, event.severity.as_str()))
+            .or_default() += 1;
+        if let Some(c) = self.collector.as_mut() {
+            c.event(event);
+        }
+        if let Some(sink) = self.events.as_mut() {
+            sink.write(event);
+        }
+    }
+
+    /// Hands the detectors every public-address observation up to `now`, in time order.
+    fn release_observations(&mut self, now: Timestamp) {
+        let mut fresh = self.context.identity.drain_public_ip_observations();
+        if !fresh.is_empty() {
+            self.observations.append(&mut fresh);
+            self.observations.sort_by_key(|o| std::cmp::Reverse(o.ts));
+        }
+        while self.observations.last().is_some_and(|o| o.ts <= now) {
+            let Some(obs) = self.observations.pop() else {
+                break;
+            };
+            if let Some(c) = self.collector.as_mut() {
+                c.observation(&obs);
+            }
+            let scope = Scope {
+                network: &self.network,
+                identity: &self.context.identity,
+                geo: &self.context.geo,
+            };
+            self.detectors
+                .on_public_ip(&scope, &obs, &mut self.findings);
+        }
+    }
+
+    fn emit_findings(&mut self) {
+        if self.findings.is_empty() {
+            return;
+        }
+        let findings = std::mem::take(&mut self.findings);
+        for event in findings {
+            self.emit(event);
+        }
+    }
+
+    fn account_of(&self, host: IpAddr, ts: Timestamp) -> Option<String> {
+        self.context
+            .identity
+            .account_at(host, ts)
+            .map(|a| a.id.to_string())
+    }
+
+    /// Fills the account figures of `stats` at packet time `now`: risk scores, and the
+    /// remote-desktop sessions the flow stage has open, by account.
+    pub fn sync_stats(&mut self, now: Timestamp, remote_desktop: &[(IpAddr, App)]) {
+        let identity = &self.context.identity;
+        let inventory = identity.inventory();
+        // Account labels only from the inventory (a bounded set); other hosts count as "".
+        self.stats.remote_desktop_active.clear();
+        for (host, app) in remote_desktop {
+            let account = identity
+                .account_at(*host, now)
+                .filter(|a| inventory.get(&a.id).is_some())
+                .map(|a| a.id.to_string())
+                .unwrap_or_default();
+            *self
+                .stats
+                .remote_desktop_active
+                .entry((app.as_str(), account))
+                .or_default() += 1;
+        }
+        self.stats.account_risk = self
+            .detectors
+            .account_scores(now)
+            .into_iter()
+            .filter(|(id, _)| inventory.get(id).is_some())
+            .collect();
+        for (name, sink) in [("events", &self.events), ("flows", &self.flow_records)] {
+            if let Some(s) = sink
+                && s.errors > 0
+            {
+                self.stats.sink_errors.insert(name, s.errors);
+            }
+        }
+    }
+
+    /// The first write error of each sink, for the exit status.
+    pub fn sink_failures(&self) -> Vec<String> {
+        [&self.events, &self.flow_records]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                s.first_error
+                    .as_ref()
+                    .map(|e| format!("{:?}: {e}", s.target()))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,703 @@
+//! Runs the two stages (DESIGN §7) over a stream of packets: the flow stage on N workers,
+//! the account stage once, behind a merge that puts the workers' items back in packet-time
+//! order. Replay and live capture both push packets through an [`Engine`].
+//!
+//! The packet clock is the sensor's, kept here: the newest timestamp seen. Each packet goes
+//! to the worker that holds its partition, stamped with the clock; every whole second of
+//! packet time reaches every worker (flows expire and detectors look around then), and
+//! every DNS answer too (names learned anywhere name flows everywhere). A worker stamps
+//! what it hands on with the clock of the moment that produced it, and reports how far it
+//! got (its watermark); the merge applies an item once every worker has passed its moment,
+//! items of one moment in the order of their content. So the account stage sees one
+//! sequence, the same for every number of workers.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use etherparse::{LaxNetSlice, LaxSlicedPacket};
+
+use crate::account_stage::{AccountStage, Context, Sinks};
+use crate::app::App;
+use crate::config::{Config, NetworkConfig};
+use crate::decode::Decoder;
+use crate::flow_stage::{
+    FlowScope, FlowWorker, PARTITIONS, Reload, Stamped, is_dns_answer, partition_of,
+};
+use crate::metrics::Stats;
+use crate::report::Collector;
+use crate::source::{LinkType, Packet};
+use crate::timestamp::Timestamp;
+
+/// Entries per batch handed to a worker: few enough to keep the workers' queues short,
+/// enough that the hand-over costs little per packet.
+const BATCH: usize = 512;
+/// Batches queued per worker before the reader waits.
+const QUEUED_BATCHES: usize = 64;
+
+/// How often the account stage pushes its buffered output out, in wall time (live).
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// The flow-stage workers to run by default: one per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+pub struct Engine {
+    clock: Timestamp,
+    ticked: u64,
+    started: bool,
+    /// The flow stage's view of the world, as of the newest reload.
+    scope: Arc<FlowScope>,
+    board: Arc<Board>,
+    run: Run,
+    pub first_ts: Option<Timestamp>,
+    pub last_ts: Option<Timestamp>,
+}
+
+enum Run {
+    /// One worker, on the caller's thread, and the account stage after it.
+    Inline {
+        worker: Box<FlowWorker>,
+        account: Box<AccountStage>,
+        merge: Merge,
+        flushed: Instant,
+    },
+    Threads(Threads),
+}
+
+/// A worker's counters and its open remote-desktop sessions (inside host, tool).
+type WorkerReport = (Stats, Vec<(IpAddr, App)>);
+
+/// The latest counters of every stage, for `/metrics` while the engine runs (live).
+#[derive(Default)]
+pub struct Board {
+    /// Kept current only once somebody looks (a replay reads its counters at the end).
+    watched: AtomicBool,
+    /// Per worker: its counters and its open remote-desktop sessions.
+    workers: Mutex<Vec<WorkerReport>>,
+    account: Mutex<Stats>,
+}
+
+impl Board {
+    fn new(workers: usize) -> Board {
+        Board {
+            watched: AtomicBool::new(false),
+            workers: Mutex::new(vec![Default::default(); workers]),
+            account: Mutex::default(),
+        }
+    }
+
+    fn watch(&self) {
+        self.watched.store(true, Ordering::Relaxed);
+    }
+
+    fn is_watched(&self) -> bool {
+        self.watched.load(Ordering::Relaxed)
+    }
+
+    fn put_worker(&self, index: usize, worker: &mut FlowWorker, now: Timestamp) {
+        worker.sync_stats();
+        let remote = worker.active_remote_desktop(now);
+        let mut w = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        w[index] = (worker.stats.clone(), remote);
+    }
+
+    fn remote_desktop(&self) -> Vec<(IpAddr, App)> {
+        let w = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<_> = w.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+        all.sort();
+        all
+    }
+
+    fn put_account(&self, account: &mut AccountStage, now: Timestamp) {
+        account.sync_stats(now, &self.remote_desktop());
+        *self.account.lock().unwrap_or_else(PoisonError::into_inner) = account.stats.clone();
+    }
+
+    /// Every counter as of the stages' last report.
+    pub fn snapshot(&self) -> Stats {
+        let mut stats = Stats::default();
+        for (w, _) in self
+            .workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            add_worker_stats(&mut stats, w);
+        }
+        add_account_stats(
+            &mut stats,
+            &self.account.lock().unwrap_or_else(PoisonError::into_inner),
+        );
+        stats
+    }
+}
+
+/// What the engine leaves when the input is over.
+pub struct Finished {
+    pub account: AccountStage,
+    /// Every counter: the workers' summed, the account stage's added.
+    pub stats: Stats,
+    pub first_ts: Option<Timestamp>,
+    pub last_ts: Option<Timestamp>,
+}
+
+impl Engine {
+    /// `workers` flow-stage threads (1: everything on the caller's thread).
+    pub fn new(
+        config: &Config,
+        context: Context,
+        sinks: Sinks,
+        collector: Option<Collector>,
+        workers: usize,
+    ) -> Engine {
+        let workers = workers.clamp(1, PARTITIONS);
+        // The flow stage's view of identity: what is known before the traffic.
+        let scope = Arc::new(FlowScope {
+            network: config.network.clone(),
+            identity: context.identity.clone(),
+            geo: context.geo.clone(),
+        });
+        let mut account = AccountStage::new(config, sinks, context);
+        account.collector = collector;
+        let board = Arc::new(Board::new(workers));
+        let run = if workers == 1 {
+            Run::Inline {
+                worker: Box::new(FlowWorker::new(config, scope.clone(), |_| true)),
+                account: Box::new(account),
+                merge: Merge::new(1),
+                flushed: Instant::now(),
+            }
+        } else {
+            Run::Threads(Threads::start(
+                config,
+                scope.clone(),
+                account,
+                workers,
+                board.clone(),
+            ))
+        };
+        Engine {
+            clock: Timestamp::ZERO,
+            ticked: 0,
+            started: false,
+            scope,
+            board,
+            run,
+            first_ts: None,
+            last_ts: None,
+        }
+    }
+
+    pub fn packet(&mut self, pkt: Packet<'_>) {
+        self.clock = self.clock.max(pkt.ts);
+        let clock = self.clock;
+        self.first_ts.get_or_insert(pkt.ts);
+        self.last_ts = Some(clock);
+        let start = !self.started;
+        self.started = true;
+        let tick = clock.secs() > self.ticked;
+        if tick {
+            self.ticked = clock.secs();
+        }
+        match &mut self.run {
+            Run::Inline {
+                worker,
+                account,
+                merge,
+                ..
+            } => {
+                if start {
+                    worker.start(clock);
+                }
+                worker.packet(pkt, clock);
+                if tick {
+                    worker.tick(clock, true);
+                }
+                if !worker.out.is_empty() {
+                    merge.push(0, worker.out.drain(..));
+                }
+                merge.mark(0, clock);
+                merge.release(account);
+                if tick && self.board.is_watched() {
+                    self.board.put_worker(0, worker, clock);
+                    self.board.put_account(account, clock);
+                }
+            }
+            Run::Threads(t) => t.dispatch(pkt, clock, start, tick),
+        }
+    }
+
+    /// The counters of every stage, kept current while the engine runs once `watch` was
+    /// called (live serves them on `/metrics`).
+    pub fn board(&self) -> Arc<Board> {
+        self.board.watch();
+        self.board.clone()
+    }
+
+    /// Applies `reload` from this moment of packet time on, in every stage.
+    pub fn reload(&mut self, reload: Reload) {
+        let reload = Arc::new(reload);
+        self.scope = Arc::new(self.scope.with(&reload));
+        let clock = self.clock;
+        match &mut self.run {
+            Run::Inline {
+                worker,
+                account,
+                merge,
+                ..
+            } => {
+                worker.reload(self.scope.clone(), reload, clock, true);
+                merge.push(0, worker.out.drain(..));
+                merge.release(account);
+            }
+            Run::Threads(t) => t.reload(self.scope.clone(), reload, clock),
+        }
+    }
+
+    /// The input is quiet for now (live, between packets): everything handed in so far is
+    /// applied and written out. A packet later stamped with the very same clock would
+    /// follow items already written; packet time moving on is what a live link does.
+    pub fn idle(&mut self) {
+        let clock = Timestamp(self.clock.0.saturating_add(1));
+        match &mut self.run {
+            Run::Inline {
+                worker,
+                account,
+                merge,
+                flushed,
+            } => {
+                merge.push(0, worker.out.drain(..));
+                merge.mark(0, clock);
+                merge.release(account);
+                if flushed.elapsed() >= FLUSH_EVERY {
+                    account.flush_sinks();
+                    *flushed = Instant::now();
+                }
+            }
+            Run::Threads(t) => t.idle(clock),
+        }
+    }
+
+    /// Ends every flow, applies everything, flushes the sinks.
+    pub fn finish(self) -> Finished {
+        let clock = self.clock;
+        let (mut account, mut stats, remote) = match self.run {
+            Run::Inline {
+                mut worker,
+                mut account,
+                mut merge,
+                ..
+            } => {
+                worker.finish(clock);
+                merge.push(0, worker.out.drain(..));
+                merge.mark(0, Timestamp(u64::MAX));
+                merge.release(&mut account);
+                let remote = worker.active_remote_desktop(clock);
+                (*account, worker.stats.clone(), remote)
+            }
+            Run::Threads(t) => t.finish(clock),
+        };
+        account.finish();
+        account.sync_stats(clock, &remote);
+        add_account_stats(&mut stats, &account.stats);
+        stats.last_packet_ts = self.last_ts.map(|t| t.as_secs_f64());
+        Finished {
+            account,
+            stats,
+            first_ts: self.first_ts,
+            last_ts: self.last_ts,
+        }
+    }
+}
+
+/// The account stage's counters joined to the flow stage's.
+fn add_account_stats(stats: &mut Stats, account: &Stats) {
+    stats.events = account.events.clone();
+    stats.remote_desktop_active = account.remote_desktop_active.clone();
+    stats.account_risk = account.account_risk.clone();
+    stats.sink_errors = account.sink_errors.clone();
+}
+
+/// The flow stage's counters of several workers, summed.
+fn add_worker_stats(a: &mut Stats, b: &Stats) {
+    a.packets += b.packets;
+    a.bytes += b.bytes;
+    a.flows_active += b.flows_active;
+    a.flows_total += b.flows_total;
+    for (k, v) in &b.decode_errors {
+        *a.decode_errors.entry(k).or_default() += v;
+    }
+    for (k, v) in &b.flows_evicted {
+        *a.flows_evicted.entry(k).or_default() += v;
+    }
+    for (k, v) in &b.flows_by_app {
+        *a.flows_by_app.entry(k).or_default() += v;
+    }
+}
+
+/// Puts the items of several workers back in one order: by moment, then by content.
+struct Merge {
+    queues: Vec<VecDeque<Stamped>>,
+    /// How far each worker got: it will hand on nothing stamped before this.
+    marks: Vec<Timestamp>,
+    ready: Vec<Stamped>,
+    /// The moment of the last item applied.
+    applied: Timestamp,
+}
+
+impl Merge {
+    fn new(workers: usize) -> Merge {
+        Merge {
+            queues: (0..workers).map(|_| VecDeque::new()).collect(),
+            marks: vec![Timestamp::ZERO; workers],
+            ready: Vec::new(),
+            applied: Timestamp::ZERO,
+        }
+    }
+
+    fn push(&mut self, worker: usize, items: impl IntoIterator<Item = Stamped>) {
+        self.queues[worker].extend(items);
+    }
+
+    fn mark(&mut self, worker: usize, at: Timestamp) {
+        self.marks[worker] = self.marks[worker].max(at);
+    }
+
+    /// Applies every item whose moment every worker has passed.
+    fn release(&mut self, account: &mut AccountStage) {
+        let bound = self.marks.iter().copied().min().unwrap_or_default();
+        for q in &mut self.queues {
+            while q.front().is_some_and(|s| s.at < bound) {
+                if let Some(s) = q.pop_front() {
+                    self.ready.push(s);
+                }
+            }
+        }
+        if self.ready.is_empty() {
+            return;
+        }
+        self.ready
+            .sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.item.order(&b.item)));
+        for s in self.ready.drain(..) {
+            self.applied = s.at;
+            account.apply(s);
+        }
+    }
+}
+
+/// What a worker is told, in order.
+#[derive(Clone, Copy)]
+enum Work {
+    Packet {
+        link: LinkType,
+        orig_len: u32,
+    },
+    /// A DNS answer of another worker's packet (only its UDP payload is sent).
+    DnsAnswer,
+    Tick,
+    Start,
+    /// A reload (its index in the batch's `reloads`).
+    Reload(usize),
+    /// Nothing more for now (live): hand on everything up to this clock.
+    Idle,
+    Finish,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    work: Work,
+    ts: Timestamp,
+    clock: Timestamp,
+    start: usize,
+    end: usize,
+}
+
+/// Entries for one worker and the bytes they point into.
+#[derive(Default)]
+struct Batch {
+    entries: Vec<Entry>,
+    data: Vec<u8>,
+    reloads: Vec<(Arc<FlowScope>, Arc<Reload>)>,
+}
+
+impl Batch {
+    fn add(&mut self, work: Work, ts: Timestamp, clock: Timestamp, bytes: &[u8]) {
+        let start = self.data.len();
+        self.data.extend_from_slice(bytes);
+        self.entries.push(Entry {
+            work,
+            ts,
+            clock,
+            start,
+            end: self.data.len(),
+        });
+    }
+}
+
+/// A worker's items and watermark, for the merge.
+struct Handed {
+    worker: usize,
+    items: Vec<Stamped>,
+    mark: Timestamp,
+}
+
+/// The threaded engine: the caller's thread reads and shares packets out, each worker
+/// runs its partitions, one more thread runs the merge and the account stage.
+struct Threads {
+    /// The network the sensor started with, which shares packets out.
+    network: NetworkConfig,
+    /// Reads addresses only; without a fragment pool it holds nothing back.
+    decoder: Decoder,
+    batches: Vec<Batch>,
+    senders: Vec<SyncSender<Batch>>,
+    workers: Vec<JoinHandle<FlowWorker>>,
+    account: JoinHandle<AccountStage>,
+}
+
+impl Threads {
+    fn start(
+        config: &Config,
+        scope: Arc<FlowScope>,
+        account: AccountStage,
+        n: usize,
+        board: Arc<Board>,
+    ) -> Threads {
+        let (hand, handed) = sync_channel::<Handed>(n * QUEUED_BATCHES);
+        let mut senders = Vec::new();
+        let mut workers = Vec::new();
+        for index in 0..n {
+            let (tx, rx) = sync_channel::<Batch>(QUEUED_BATCHES);
+            senders.push(tx);
+            let worker = FlowWorker::new(config, scope.clone(), |p| p % n == index);
+            let hand = hand.clone();
+            let board = board.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("flow-{index}"))
+                    .spawn(move || work(index, worker, rx, hand, &board))
+                    .expect("spawn a flow worker"),
+            );
+        }
+        drop(hand);
+        let account = std::thread::Builder::new()
+            .name("account".into())
+            .spawn(move || merge_and_apply(n, account, handed, &board))
+            .expect("spawn the account stage");
+        Threads {
+            network: config.network.clone(),
+            decoder: Decoder::new(0, std::time::Duration::ZERO),
+            batches: (0..n).map(|_| Batch::default()).collect(),
+            senders,
+            workers,
+            account,
+        }
+    }
+
+    fn dispatch(&mut self, pkt: Packet<'_>, clock: Timestamp, start: bool, tick: bool) {
+        let n = self.batches.len();
+        let (owner, dns) = match self.decoder.decode(pkt) {
+            Ok(Some(d)) => (
+                partition_of(&self.network, d.src, d.dst) % n,
+                is_dns_answer(&d).then_some(d.payload),
+            ),
+            // Fragments (and frames the decoder rejects): the outer IP header's addresses,
+            // which are the innermost ones unless the fragment travels in a tunnel.
+            Ok(None) | Err(_) => (
+                outer_addresses(pkt).map_or(0, |(a, b)| partition_of(&self.network, a, b) % n),
+                None,
+            ),
+        };
+        if start {
+            self.batches[0].add(Work::Start, pkt.ts, clock, &[]);
+        }
+        let work = Work::Packet {
+            link: pkt.link,
+            orig_len: pkt.orig_len,
+        };
+        self.batches[owner].add(work, pkt.ts, clock, pkt.data);
+        if let Some(payload) = dns {
+            for (i, b) in self.batches.iter_mut().enumerate() {
+                if i != owner {
+                    b.add(Work::DnsAnswer, pkt.ts, clock, payload);
+                }
+            }
+        }
+        if tick {
+            for b in &mut self.batches {
+                b.add(Work::Tick, pkt.ts, clock, &[]);
+            }
+        }
+        for i in 0..n {
+            if self.batches[i].entries.len() >= BATCH
+                || (tick && !self.batches[i].entries.is_empty())
+            {
+                self.send(i);
+            }
+        }
+    }
+
+    fn reload(&mut self, scope: Arc<FlowScope>, reload: Arc<Reload>, clock: Timestamp) {
+        for b in &mut self.batches {
+            b.reloads.push((scope.clone(), reload.clone()));
+            let index = b.reloads.len() - 1;
+            b.add(Work::Reload(index), clock, clock, &[]);
+        }
+    }
+
+    fn idle(&mut self, clock: Timestamp) {
+        for i in 0..self.batches.len() {
+            self.batches[i].add(Work::Idle, clock, clock, &[]);
+            self.send(i);
+        }
+    }
+
+    fn send(&mut self, i: usize) {
+        let batch = std::mem::take(&mut self.batches[i]);
+        // A worker that is gone has panicked; its join reports it.
+        let _ = self.senders[i].send(batch);
+    }
+
+    fn finish(mut self, clock: Timestamp) -> (AccountStage, Stats, Vec<(IpAddr, crate::app::App)>) {
+        for i in 0..self.batches.len() {
+            self.batches[i].add(Work::Finish, clock, clock, &[]);
+            self.send(i);
+        }
+        self.senders.clear();
+        let mut stats = Stats::default();
+        let mut remote = Vec::new();
+        for w in self.workers {
+            match w.join() {
+                Ok(worker) => {
+                    add_worker_stats(&mut stats, &worker.stats);
+                    remote.extend(worker.active_remote_desktop(clock));
+                }
+                Err(e) => std::panic::resume_unwind(e),
+            }
+        }
+        let account = match self.account.join() {
+            Ok(a) => a,
+            Err(e) => std::panic::resume_unwind(e),
+        };
+        remote.sort();
+        (account, stats, remote)
+    }
+}
+
+/// A worker thread: its batches in order, handing on what each produced.
+fn work(
+    index: usize,
+    mut worker: FlowWorker,
+    rx: Receiver<Batch>,
+    hand: SyncSender<Handed>,
+    board: &Board,
+) -> FlowWorker {
+    let mut mark = Timestamp::ZERO;
+    for batch in rx {
+        for e in &batch.entries {
+            let bytes = &batch.data[e.start..e.end];
+            match e.work {
+                Work::Packet { link, orig_len } => worker.packet(
+                    Packet {
+                        ts: e.ts,
+                        link,
+                        orig_len,
+                        data: bytes,
+                    },
+                    e.clock,
+                ),
+                Work::DnsAnswer => worker.dns_answer(e.ts, bytes),
+                Work::Tick => {
+                    worker.tick(e.clock, index == 0);
+                    if board.is_watched() {
+                        board.put_worker(index, &mut worker, e.clock);
+                    }
+                }
+                Work::Start => worker.start(e.clock),
+                Work::Reload(i) => {
+                    let (scope, reload) = &batch.reloads[i];
+                    worker.reload(scope.clone(), reload.clone(), e.clock, index == 0);
+                }
+                Work::Idle | Work::Finish => {
+                    if matches!(e.work, Work::Finish) {
+                        worker.finish(e.clock);
+                    }
+                    if board.is_watched() {
+                        board.put_worker(index, &mut worker, e.clock);
+                    }
+                }
+            }
+            mark = e.clock;
+        }
+        let finished = batch
+            .entries
+            .last()
+            .is_some_and(|e| matches!(e.work, Work::Finish));
+        let handed = Handed {
+            worker: index,
+            items: std::mem::take(&mut worker.out),
+            mark: if finished { Timestamp(u64::MAX) } else { mark },
+        };
+        if hand.send(handed).is_err() {
+            break;
+        }
+    }
+    worker
+}
+
+/// The account stage's thread: merges the workers' items and applies them.
+fn merge_and_apply(
+    n: usize,
+    mut account: AccountStage,
+    handed: Receiver<Handed>,
+    board: &Board,
+) -> AccountStage {
+    let mut merge = Merge::new(n);
+    let mut flushed = Instant::now();
+    loop {
+        match handed.recv_timeout(FLUSH_EVERY) {
+            Ok(h) => {
+                merge.push(h.worker, h.items);
+                merge.mark(h.worker, h.mark);
+                merge.release(&mut account);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if flushed.elapsed() >= FLUSH_EVERY {
+            account.flush_sinks();
+            if board.is_watched() {
+                board.put_account(&mut account, merge.applied);
+            }
+            flushed = Instant::now();
+        }
+    }
+    account
+}
+
+/// The addresses of a frame's outermost IP header.
+pub(crate) fn outer_addresses(pkt: Packet<'_>) -> Option<(IpAddr, IpAddr)> {
+    let sliced = match pkt.link {
+        LinkType::ETHERNET => LaxSlicedPacket::from_ethernet(pkt.data).ok()?,
+        LinkType::RAW | LinkType::IPV4 | LinkType::IPV6 => {
+            LaxSlicedPacket::from_ip(pkt.data).ok()?
+        }
+        _ => return None,
+    };
+    match sliced.net? {
+        LaxNetSlice::Ipv4(ip) => {
+            let h = ip.header();
+            Some((h.source_addr().into(), h.destination_addr().into()))
+        }
+        LaxNetSlice::Ipv6(ip) => {
+            let h = ip.header();
+            Some((h.source_addr().into(), h.destination_addr().into()))
+        }
+        _ => None,
+    }
+}

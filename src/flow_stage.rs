@@ -1,0 +1,743 @@
+//! The flow stage (DESIGN §7): decode → flows → dissect → flow detectors, on one worker
+//! thread of several. What it learns leaves as stamped items — flow records and
+//! observations (the flow detectors' findings among them) — for the one account stage.
+//!
+//! A worker holds some of a fixed number of *partitions* ([`PARTITIONS`]); a packet's
+//! partition comes from its addresses ([`partition_of`]), so both directions of a flow and
+//! every flow of an inside host meet in one partition. Each partition has its own flow
+//! table and flow detectors, so what one partition decides never depends on how many
+//! workers share the partitions out: `--workers N` gives the same output for every N.
+//! DNS answers are the one thing every partition needs from every other (a name learned
+//! from one host's lookup names another host's flow): every worker reads every answer.
+
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::app::App;
+use crate::config::{Config, NetworkConfig};
+use crate::decode::{Decoded, Decoder, Proto};
+use crate::detect::{FlowDetectors, Scope};
+use crate::dissect::dns::{self, NameCache};
+use crate::dissect::identify::{self, Details, Input};
+use crate::dissect::shared::SharedDetails;
+use crate::event::Event;
+use crate::flows::flow::{ORIG, RESP};
+use crate::flows::record::FlowRecord;
+use crate::flows::{EndReason, Flow, FlowEvent, FlowTable};
+use crate::geo::Geo;
+use crate::identity::{Identity, SessionStatus};
+use crate::metrics::Stats;
+use crate::observation::Observation;
+use crate::source::Packet;
+use crate::timestamp::Timestamp;
+
+/// Partitions of the flow stage. Fixed, so that the output does not depend on the number of
+/// workers; also the most workers that can have work.
+pub const PARTITIONS: usize = 64;
+/// Fragment sets in reassembly at once per worker, and how long one may wait for its last
+/// piece.
+const MAX_FRAGMENT_SETS: usize = 4096;
+const FRAGMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Addresses remembered from DNS answers, so a flow reached without SNI is still named.
+const DNS_CACHE_ENTRIES: usize = 100_000;
+/// Inside hosts remembered as active in the current hour, per partition; past it every
+/// resumption is sent on (more observations, nothing lost).
+const MAX_ACTIVE_HOSTS: usize = 65_536;
+
+/// What the flow stage knows about the world and never changes while it runs: which
+/// addresses are ours, the accounts known before the traffic (inventory and session
+/// feed; RADIUS learned from the wire is the account stage's), and the geo databases.
+pub struct FlowScope {
+    pub network: NetworkConfig,
+    pub identity: Identity,
+    pub geo: Arc<Geo>,
+}
+
+/// A change of what the stages know, placed in the packet stream so that it applies at one
+/// moment of packet time in every stage.
+pub enum Reload {
+    Inventory(Arc<crate::accounts::Inventory>),
+    Network(NetworkConfig),
+    /// Lines appended to the session feed.
+    Sessions(Arc<String>),
+}
+
+impl FlowScope {
+    /// This scope with `reload` applied.
+    pub fn with(&self, reload: &Reload) -> FlowScope {
+        let mut scope = FlowScope {
+            network: self.network.clone(),
+            identity: self.identity.clone(),
+            geo: self.geo.clone(),
+        };
+        match reload {
+            Reload::Inventory(inv) => scope.identity.reload_inventory(inv.clone()),
+            Reload::Network(n) => scope.network = n.clone(),
+            Reload::Sessions(lines) => {
+                scope.identity.load_sessions(lines.as_bytes());
+            }
+        }
+        scope
+    }
+}
+
+/// Something a worker hands on, stamped with the packet-time moment that produced it (the
+/// sensor's clock then, not the item's own time): the account stage applies items in
+/// that order, and items of one moment in the order of their content ([`Item::order`]).
+pub struct Stamped {
+    pub at: Timestamp,
+    pub item: Item,
+}
+
+pub enum Item {
+    /// The first packet: inventory findings are due.
+    Start,
+    /// What the stages know changed here (live: SIGHUP, the session feed grew).
+    Reload(Arc<Reload>),
+    Observation(Observation),
+    Record(Box<FlowRecord>),
+    /// A whole second of packet time passed (one per second, from partition 0's worker).
+    Tick,
+}
+
+impl Item {
+    fn class(&self) -> u8 {
+        match self {
+            Item::Start | Item::Reload(_) => 0,
+            Item::Observation(Observation::Finding { .. }) => 2,
+            Item::Observation(_) => 1,
+            Item::Record(_) => 3,
+            Item::Tick => 4,
+        }
+    }
+
+    /// The order of two items of one moment, from their content alone.
+    pub fn order(&self, other: &Item) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        let by_class = self.class().cmp(&other.class());
+        if by_class != Ordering::Equal {
+            return by_class;
+        }
+        match (self, other) {
+            (
+                Item::Observation(Observation::Finding { event: a }),
+                Item::Observation(Observation::Finding { event: b }),
+            ) => (a.ts, a.kind, a.reason, a.host, &a.flow, &a.key)
+                .cmp(&(b.ts, b.kind, b.reason, b.host, &b.flow, &b.key)),
+            (Item::Observation(a), Item::Observation(b)) => {
+                a.ts().cmp(&b.ts()).then_with(|| a.id().cmp(&b.id()))
+            }
+            (Item::Record(a), Item::Record(b)) => record_order(a).cmp(&record_order(b)),
+            _ => Ordering::Equal,
+        }
+    }
+}
+
+/// Records of one moment in the order their flows started (the order flows leave at the end
+/// of the input), the interim record of a flow before its last.
+fn record_order(r: &FlowRecord) -> impl Ord + '_ {
+    (
+        r.ts, r.proto, r.src_ip, r.src_port, r.dst_ip, r.dst_port, !r.interim, r.end,
+    )
+}
+
+/// The partition of a packet, from its addresses alone (a fragment's later pieces carry no
+/// ports). A flow with exactly one inside end goes by that address, so an inside host's
+/// outside flows (its sessions, its stepping stones) meet. A flow between two inside hosts
+/// goes by the one in the VPN pool when only one is (a laptop reaching a corporate server
+/// travels with the laptop's other flows); any other flow by the address pair, either way
+/// round. `network` is the one the sensor started with: a partition never changes under a
+/// running flow.
+pub fn partition_of(network: &NetworkConfig, a: IpAddr, b: IpAddr) -> usize {
+    let pooled = |ip: IpAddr| network.vpn_pool.iter().any(|n| n.contains(&ip));
+    let (x, y) = match (network.is_inside(a), network.is_inside(b)) {
+        (true, false) => (a, a),
+        (false, true) => (b, b),
+        (true, true) if pooled(a) != pooled(b) => {
+            let host = if pooled(a) { a } else { b };
+            (host, host)
+        }
+        _ => (a.min(b), a.max(b)),
+    };
+    let mut h = DefaultHasher::new();
+    (x, y).hash(&mut h);
+    (h.finish() % PARTITIONS as u64) as usize
+}
+
+/// A worker of the flow stage: its partitions, and what they share (the decoder's
+/// fragment pool, the DNS names, the details of common software).
+pub struct FlowWorker {
+    decoder: Decoder,
+    names: NameCache,
+    shared: SharedDetails,
+    scope: Arc<FlowScope>,
+    /// The network the sensor started with, which shares packets out.
+    partitioner: NetworkConfig,
+    partitions: Vec<Option<Partition>>,
+    pub stats: Stats,
+    pub out: Vec<Stamped>,
+}
+
+/// One partition: a flow table and the flow detectors over it.
+struct Partition {
+    flows: FlowTable,
+    detectors: FlowDetectors,
+    pending: Vec<FlowEvent>,
+    findings: Vec<Event>,
+    /// Flows (by sequence number) whose handshake RTT was sent on.
+    sampled: HashSet<u64>,
+    active: Active,
+}
+
+impl FlowWorker {
+    /// A worker holding the partitions `owns` says.
+    pub fn new(config: &Config, scope: Arc<FlowScope>, owns: impl Fn(usize) -> bool) -> FlowWorker {
+        let mut flow_config = config.flows.clone();
+        // The table limit is the sensor's: each partition holds its share.
+        flow_config.max_flows = flow_config.max_flows.div_ceil(PARTITIONS).max(1);
+        let partitions = (0..PARTITIONS)
+            .map(|i| {
+                owns(i).then(|| Partition {
+                    flows: FlowTable::new(flow_config.clone()),
+                    detectors: FlowDetectors::new(config),
+                    pending: Vec::new(),
+                    findings: Vec::new(),
+                    sampled: HashSet::new(),
+                    active: Active::default(),
+                })
+            })
+            .collect();
+        FlowWorker {
+            decoder: Decoder::new(MAX_FRAGMENT_SETS, FRAGMENT_TIMEOUT),
+            names: NameCache::new(DNS_CACHE_ENTRIES),
+            shared: SharedDetails::default(),
+            partitioner: scope.network.clone(),
+            scope,
+            partitions,
+            stats: Stats::default(),
+            out: Vec::new(),
+        }
+    }
+
+    /// A DNS answer of another worker's partition (every worker reads every one): its
+    /// names join the cache.
+    pub fn dns_answer(&mut self, ts: Timestamp, payload: &[u8]) {
+        self.names.insert_answer(ts, payload);
+    }
+
+    /// One packet of this worker's partitions, at sensor clock `clock`.
+    pub fn packet(&mut self, pkt: Packet<'_>, clock: Timestamp) {
+        self.stats.packets += 1;
+        self.stats.bytes += pkt.orig_len as u64;
+        let decoded = match self.decoder.decode(pkt) {
+            Ok(Some(d)) => d,
+            Ok(None) => return,
+            Err(e) => {
+                *self.stats.decode_errors.entry(e.as_str()).or_default() += 1;
+                return;
+            }
+        };
+        if is_dns_answer(&decoded) {
+            self.names.insert_answer(pkt.ts, decoded.payload);
+        }
+        let index = partition_of(&self.partitioner, decoded.src, decoded.dst);
+        let Some(p) = self.partitions[index].as_mut() else {
+            // A reassembled datagram of a tunnel whose outer addresses chose this worker:
+            // counted, since its partition is another worker's.
+            *self
+                .stats
+                .decode_errors
+                .entry("foreign_partition")
+                .or_default() += 1;
+            return;
+        };
+        p.flows
+            .process(pkt.ts, &decoded, pkt.orig_len, &mut p.pending);
+        let mut ctx = Ctx {
+            names: &mut self.names,
+            shared: &mut self.shared,
+            stats: &mut self.stats,
+            scope: &self.scope,
+            out: &mut self.out,
+            clock,
+        };
+        p.drain(&mut ctx);
+    }
+
+    /// A whole second of packet time passed: every partition's flows and detectors catch
+    /// up. `marker` makes this worker the one that says so to the account stage.
+    pub fn tick(&mut self, clock: Timestamp, marker: bool) {
+        for p in self.partitions.iter_mut().flatten() {
+            let mut ctx = Ctx {
+                names: &mut self.names,
+                shared: &mut self.shared,
+                stats: &mut self.stats,
+                scope: &self.scope,
+                out: &mut self.out,
+                clock,
+            };
+            p.flows.advance(clock, &mut p.pending);
+            p.drain(&mut ctx);
+            let scope = ctx.detector_scope();
+            p.detectors
+                .on_tick(&scope, clock, &p.flows, &mut p.findings);
+            p.send_findings(&mut ctx);
+        }
+        if marker {
+            self.out.push(Stamped {
+                at: clock,
+                item: Item::Tick,
+            });
+        }
+    }
+
+    /// What the stages know changed at `clock`; `marker` makes this worker the one that
+    /// tells the account stage.
+    pub fn reload(
+        &mut self,
+        scope: Arc<FlowScope>,
+        reload: Arc<Reload>,
+        clock: Timestamp,
+        marker: bool,
+    ) {
+        self.scope = scope;
+        if marker {
+            self.out.push(Stamped {
+                at: clock,
+                item: Item::Reload(reload),
+            });
+        }
+    }
+
+    /// The first packet of the input: the account stage's inventory findings are due.
+    pub fn start(&mut self, clock: Timestamp) {
+        self.out.push(Stamped {
+            at: clock,
+            item: Item::Start,
+        });
+    }
+
+    /// The input is over: every flow ends.
+    pub fn finish(&mut self, clock: Timestamp) {
+        for p in self.partitions.iter_mut().flatten() {
+            let mut ctx = Ctx {
+                names: &mut self.names,
+                shared: &mut self.shared,
+                stats: &mut self.stats,
+                scope: &self.scope,
+                out: &mut self.out,
+                clock,
+            };
+            for flow in p.flows.drain() {
+                p.pending.push(FlowEvent::Ended {
+                    flow,
+                    why: EndReason::Shutdown,
+                });
+                p.drain(&mut ctx);
+            }
+        }
+        self.sync_stats();
+    }
+
+    /// Copies counters kept elsewhere (tables, decoder) into `stats`.
+    pub fn sync_stats(&mut self) {
+        let (mut active, mut total, mut full) = (0, 0, 0);
+        for p in self.partitions.iter().flatten() {
+            active += p.flows.len() as u64;
+            total += p.flows.flows_total;
+            full += p.flows.evicted_table_full;
+        }
+        self.stats.flows_active = active;
+        self.stats.flows_total = total;
+        self.stats.flows_evicted.insert("table_full", full);
+        let frag = self.decoder.fragments_evicted();
+        if frag > 0 {
+            self.stats.decode_errors.insert("fragment_expired", frag);
+        }
+    }
+
+    /// Remote-desktop sessions running at `now`, as (inside host, tool).
+    pub fn active_remote_desktop(&self, now: Timestamp) -> Vec<(IpAddr, App)> {
+        self.partitions
+            .iter()
+            .flatten()
+            .flat_map(|p| p.detectors.active_remote_desktop(now))
+            .collect()
+    }
+}
+
+/// What a partition borrows from its worker while it drains its flow events.
+struct Ctx<'a> {
+    names: &'a mut NameCache,
+    shared: &'a mut SharedDetails,
+    stats: &'a mut Stats,
+    scope: &'a FlowScope,
+    out: &'a mut Vec<Stamped>,
+    clock: Timestamp,
+}
+
+impl Ctx<'_> {
+    fn detector_scope(&self) -> Scope<'_> {
+        Scope {
+            network: &self.scope.network,
+            identity: &self.scope.identity,
+            geo: &self.scope.geo,
+        }
+    }
+
+    fn send(&mut self, obs: Observation) {
+        self.out.push(Stamped {
+            at: self.clock,
+            item: Item::Observation(obs),
+        });
+    }
+}
+
+impl Partition {
+    fn drain(&mut self, ctx: &mut Ctx<'_>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        for ev in pending.drain(..) {
+            match ev {
+                FlowEvent::Resumed {
+                    key,
+                    from_orig,
+                    ts,
+                    prev,
+                } => {
+                    let Some(flow) = self.flows.get(&key) else {
+                        continue;
+                    };
+                    sample_rtt(&mut self.sampled, ctx, flow, ts);
+                    let sender = if from_orig { flow.orig.0 } else { flow.resp.0 };
+                    self.active.note(ctx, sender, ts);
+                    let scope = ctx.detector_scope();
+                    self.detectors
+                        .on_resume(&scope, &key, flow, ts, prev, &mut self.findings);
+                }
+                FlowEvent::NewBytes { key, ts } => {
+                    if let Some(flow) = self.flows.get_mut(&key)
+                        && !flow.dissected
+                    {
+                        identify_flow(flow, ctx, ts, false);
+                        if flow.dissected {
+                            let scope = ctx.detector_scope();
+                            self.detectors.on_identified(
+                                &scope,
+                                &key,
+                                flow,
+                                ts,
+                                &mut self.findings,
+                            );
+                        }
+                    }
+                }
+                FlowEvent::Datagram { app, ts, bytes, .. } => datagram(ctx, app, ts, &bytes),
+                FlowEvent::Interim { key, .. } => {
+                    if let Some(flow) = self.flows.get(&key) {
+                        let record = flow_record(flow, flow.details.clone(), true, None, ctx);
+                        ctx.out.push(Stamped {
+                            at: ctx.clock,
+                            item: Item::Record(Box::new(record)),
+                        });
+                    }
+                }
+                FlowEvent::Ended { mut flow, why } => {
+                    let ts = flow.last;
+                    if !flow.dissected {
+                        identify_flow(&mut flow, ctx, ts, true);
+                    }
+                    sample_rtt(&mut self.sampled, ctx, &flow, ts);
+                    self.sampled.remove(&flow.seq);
+                    let scope = ctx.detector_scope();
+                    self.detectors.on_end(&scope, &flow, ts, &mut self.findings);
+                    let details = flow.details.take();
+                    let record = flow_record(&flow, details, false, Some(why.as_str()), ctx);
+                    ctx.out.push(Stamped {
+                        at: ctx.clock,
+                        item: Item::Record(Box::new(record)),
+                    });
+                }
+            }
+        }
+        self.pending = pending;
+        self.send_findings(ctx);
+    }
+
+    fn send_findings(&mut self, ctx: &mut Ctx<'_>) {
+        for event in self.findings.drain(..) {
+            ctx.send(Observation::Finding {
+                event: Box::new(event),
+            });
+        }
+    }
+}
+
+/// The handshake RTT of a connection an outside client opened, once per flow.
+fn sample_rtt(sampled: &mut HashSet<u64>, ctx: &mut Ctx<'_>, flow: &Flow, ts: Timestamp) {
+    if flow.proto != Proto::Tcp
+        || ctx.scope.network.is_inside(flow.orig.0)
+        || sampled.contains(&flow.seq)
+    {
+        return;
+    }
+    let Some(rtt_ns) = flow.tcp.rtt_orig_ns() else {
+        return;
+    };
+    sampled.insert(flow.seq);
+    ctx.send(Observation::HandshakeRtt {
+        ts,
+        client: flow.orig.0,
+        rtt_ns,
+        flow: crate::detect::remote_desktop::flow_ref(flow),
+    });
+}
+
+/// Inside hosts already reported active in the current hour of packet time.
+#[derive(Default)]
+struct Active {
+    hosts: HashSet<IpAddr>,
+    hour: u64,
+}
+
+impl Active {
+    /// An inside host sending again: reported once per host and hour.
+    fn note(&mut self, ctx: &mut Ctx<'_>, sender: IpAddr, ts: Timestamp) {
+        if !ctx.scope.network.is_inside(sender) {
+            return;
+        }
+        let hour = ts.secs() / 3600;
+        if hour != self.hour {
+            self.hosts.clear();
+            self.hour = hour;
+        }
+        if self.hosts.contains(&sender) {
+            return;
+        }
+        if self.hosts.len() < MAX_ACTIVE_HOSTS {
+            self.hosts.insert(sender);
+        }
+        ctx.send(Observation::Activity { ts, host: sender });
+    }
+}
+
+/// Identifies `flow` from its reassembled prefixes; once settled (or `ending`), frees the
+/// buffers, shares its SSH and TLS details with flows of the same software and counts the
+/// label. RADIUS accounting seen on the way goes to the account stage.
+fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool) {
+    let Some(streams) = flow.streams.as_deref() else {
+        return;
+    };
+    let input = Input {
+        proto: flow.proto,
+        orig_port: flow.orig.1,
+        resp_port: flow.resp.1,
+        client: streams.dir[ORIG].bytes(),
+        server: streams.dir[RESP].bytes(),
+        client_closed: ending || streams.dir[ORIG].is_closed(),
+        server_closed: ending || streams.dir[RESP].is_closed(),
+        client_datagrams: &streams.datagrams[ORIG],
+        server_datagrams: &streams.datagrams[RESP],
+        dns_name: ctx.names.lookup(ts, flow.resp.0),
+    };
+    let id = identify::identify(&input);
+    let follow = flow.proto == Proto::Udp && id.app == Some(App::Radius);
+    flow.app = id.app;
+    // Most flows carry no protocol details: they cost no allocation.
+    let mut details = id.details;
+    if id.done && !ending {
+        ctx.shared.share(&mut details);
+    }
+    // A flow identified again (a DNS query, then its answer) reuses its box.
+    match (&mut flow.details, details.is_empty()) {
+        (_, true) => flow.details = None,
+        (Some(boxed), false) => **boxed = details,
+        (None, false) => flow.details = Some(Box::new(details)),
+    }
+    if id.done || ending {
+        if follow {
+            // The datagrams seen so far; later ones arrive as they come.
+            for list in &streams.datagrams {
+                for d in list {
+                    datagram(ctx, flow.app, ts, d);
+                }
+            }
+        }
+        flow.dissected = true;
+        flow.guess = id.guess;
+        flow.streams = None;
+        flow.follow = follow;
+        let label = flow.app.map_or("unknown", App::as_str);
+        *ctx.stats.flows_by_app.entry(label).or_default() += 1;
+    }
+}
+
+/// A datagram of a followed flow: RADIUS accounting becomes an observation for identity.
+fn datagram(ctx: &mut Ctx<'_>, app: Option<App>, ts: Timestamp, bytes: &[u8]) {
+    if app != Some(App::Radius) {
+        return;
+    }
+    let Ok(packet) = crate::dissect::radius::parse(bytes) else {
+        return;
+    };
+    let Some(acct) = packet.accounting.as_ref() else {
+        return;
+    };
+    // RFC 2866 §5.1 Acct-Status-Type: 1 start, 2 stop, 3 interim update.
+    let status = match acct.status_type {
+        Some(1) => SessionStatus::Start,
+        Some(2) => SessionStatus::Stop,
+        Some(3) => SessionStatus::Interim,
+        _ => return,
+    };
+    if let (Some(user), Some(ip)) = (acct.user_name.as_deref(), acct.framed_ip) {
+        ctx.send(Observation::Radius {
+            ts,
+            user: user.to_string(),
+            framed_ip: IpAddr::V4(ip),
+            calling_station: acct.calling_station_id.clone(),
+            status,
+        });
+    }
+}
+
+/// The flow record, with where its ends are; the account stage names the account.
+fn flow_record(
+    flow: &Flow,
+    details: Option<Box<Details>>,
+    interim: bool,
+    why: Option<&'static str>,
+    ctx: &Ctx<'_>,
+) -> FlowRecord {
+    let mut record = FlowRecord::new(flow, details, interim, why);
+    record.dns_name = ctx.names.lookup(flow.last, flow.resp.0).map(str::to_string);
+    let geo = &ctx.scope.geo;
+    (record.resp_country, record.resp_asn) = geo.country_asn(flow.resp.0);
+    (record.orig_country, record.orig_asn) = geo.country_asn(flow.orig.0);
+    record
+}
+
+/// The inside end of a flow record, whose account names the record.
+pub fn record_host(network: &NetworkConfig, record: &FlowRecord) -> Option<IpAddr> {
+    [record.src_ip, record.dst_ip]
+        .into_iter()
+        .find(|ip| network.is_inside(*ip))
+}
+
+/// A packet that carries a DNS answer every worker must read.
+pub fn is_dns_answer(d: &Decoded<'_>) -> bool {
+    d.proto == Proto::Udp
+        && matches!(d.src_port, 53 | 137 | 5353 | 5355)
+        && dns::is_response(d.payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::Inventory;
+    use crate::decode::{ACK, PSH};
+    use crate::dissect::identify::Protocol;
+    use crate::flows::flow::segment;
+    use crate::flows::{FlowConfig, FlowKey};
+
+    fn scope() -> FlowScope {
+        FlowScope {
+            network: NetworkConfig::default(),
+            identity: Identity::new(Arc::new(Inventory::default())),
+            geo: Arc::new(Geo::open(&Default::default()).expect("embedded geo")),
+        }
+    }
+
+    /// Sessions of the same SSH software keep one copy of their details once dissection
+    /// is over (banners and fingerprints are the fleet's, not the session's); other
+    /// software gets its own.
+    #[test]
+    fn finished_ssh_sessions_share_their_details() {
+        let mut table = FlowTable::new(FlowConfig::default());
+        let mut names = NameCache::new(16);
+        let mut shared = SharedDetails::default();
+        let mut stats = Stats::default();
+        let mut out = Vec::new();
+        let scope = scope();
+        let mut details = Vec::new();
+        for (i, client_banner) in [
+            &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
+            b"SSH-2.0-OpenSSH_9.6\r\n",
+            b"SSH-2.0-PuTTY_0.81\r\n",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let port = 40000 + i as u16;
+            let ts = Timestamp(i as u64 * 1_000_000_000);
+            let mut events = Vec::new();
+            // Banners, then the client's keystrokes where its KEXINIT would be: the SSH
+            // parser has its answer, and the flow is dissected.
+            let data = ACK | PSH;
+            let after_banner = 1 + client_banner.len() as u32;
+            for (from_client, seq, bytes) in [
+                (false, 1, &b"SSH-2.0-OpenSSH_9.6\r\n"[..]),
+                (true, 1, client_banner),
+                (true, after_banner, &[0x41; 36][..]),
+                (false, 22, &[0x42; 36][..]),
+            ] {
+                let packet = segment(port, 22, from_client, data, seq, bytes);
+                table.process(ts, &packet, 100, &mut events);
+            }
+            let key = FlowKey::of(&segment(port, 22, true, data, 0, b""));
+            let flow = table.get_mut(&key).unwrap();
+            let mut ctx = Ctx {
+                names: &mut names,
+                shared: &mut shared,
+                stats: &mut stats,
+                scope: &scope,
+                out: &mut out,
+                clock: ts,
+            };
+            identify_flow(flow, &mut ctx, ts, false);
+            assert!(flow.dissected);
+            match flow.details.as_deref().and_then(|d| d.other.clone()) {
+                Some(Protocol::Ssh(ssh)) => details.push(ssh),
+                other => panic!("no SSH details: {other:?}"),
+            }
+        }
+        assert_eq!(details[0].client.as_deref(), Some("SSH-2.0-OpenSSH_9.6"));
+        assert!(Arc::ptr_eq(&details[0], &details[1]));
+        assert!(!Arc::ptr_eq(&details[0], &details[2]));
+        assert_eq!(shared.len(), (2, 0));
+    }
+
+    /// Both directions of a flow, and an inside host's flows to anywhere outside, share a
+    /// partition; flows between a pooled host and an inside server go with the pooled host.
+    #[test]
+    fn a_hosts_flows_share_its_partition() {
+        let network = NetworkConfig {
+            vpn_pool: vec!["10.8.0.0/16".parse().unwrap()],
+            ..Default::default()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let host = ip("10.8.0.12");
+        let there = partition_of(&network, host, ip("198.51.100.1"));
+        for peer in 1..40u8 {
+            let outside = IpAddr::from([203, 0, 113, peer]);
+            assert_eq!(partition_of(&network, outside, host), there);
+            assert_eq!(partition_of(&network, host, outside), there);
+            let server = IpAddr::from([10, 20, 0, peer]);
+            assert_eq!(partition_of(&network, server, host), there);
+        }
+        let (a, b) = (ip("10.20.0.1"), ip("10.20.0.2"));
+        assert_eq!(partition_of(&network, a, b), partition_of(&network, b, a));
+        let used: HashSet<usize> = (1..=255u8)
+            .map(|h| partition_of(&network, IpAddr::from([10, 8, 1, h]), ip("192.0.2.1")))
+            .collect();
+        assert!(
+            used.len() > PARTITIONS / 2,
+            "{} partitions used",
+            used.len()
+        );
+    }
+}
