@@ -275,6 +275,10 @@ impl Engine {
                 merge.push(0, worker.out.drain(..));
                 merge.mark(0, clock);
                 merge.release(account);
+                if self.board.is_watched() {
+                    self.board.put_worker(0, worker, self.clock);
+                    self.board.put_account(account, self.clock);
+                }
                 if flushed.elapsed() >= FLUSH_EVERY {
                     account.flush_sinks();
                     *flushed = Instant::now();
