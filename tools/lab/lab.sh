@@ -13,6 +13,7 @@ HOST_IP=10.8.0.12
 FAR_IP=172.31.0.2
 HOST_FAR_IP=172.31.0.1
 SRV_IP=203.0.113.10
+VPN_IP=203.0.113.11 # ocserv, beside nginx on the same machine
 OP_IP=198.51.100.20
 RELAY_IP=192.0.2.30
 
@@ -69,6 +70,7 @@ wire_leg() {
 
 build_topology() {
 	cleanup
+	rm -rf "$RUN"
 	mkdir -p "$RUN"
 	for ns in gw $NS_LEAVES; do ip netns add "fwlab-$ns"; in_ns "$ns" ip link set dev lo up; done
 	for ns in gw $NS_LEAVES; do in_ns "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1; done
@@ -78,6 +80,7 @@ build_topology() {
 	wire_leg op op eth0 "$OP_IP/24" gw gw-op 198.51.100.1/24
 	wire_leg relay relay eth0 "$RELAY_IP/24" gw gw-relay 192.0.2.1/24
 	wire_leg far far eth0 "$FAR_IP/24" host eth1 "$HOST_FAR_IP/24"
+	in_ns srv ip addr add "$VPN_IP/24" dev eth0
 	in_ns gw sysctl -qw net.ipv4.ip_forward=1
 	in_ns host ip route add default via 10.8.0.1
 	in_ns srv ip route add default via 203.0.113.1

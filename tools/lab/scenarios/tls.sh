@@ -12,7 +12,8 @@ events { worker_connections 64; }
 http {
 	access_log off;
 	server {
-		listen 443 ssl;
+		listen $SRV_IP:443 ssl;
+		listen 8080;
 		server_name portal.example.com;
 		ssl_certificate $RUN/tls.crt;
 		ssl_certificate_key $RUN/tls.key;
