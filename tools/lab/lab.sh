@@ -5,6 +5,7 @@ LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 RUN=${FWLAB_RUN:-/tmp/fwlab-run}
 OUT=${FWLAB_OUT:-$LAB_DIR/../../fixtures/lab}
 PY=/usr/bin/python3
+export PYTHONDONTWRITEBYTECODE=1 # typist.py is imported by xtypist.py: no __pycache__ in the tree
 NS_LEAVES="host far srv op relay"
 LEGS="host far srv op relay"
 
