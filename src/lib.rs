@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod app;
+pub mod bounded;
 pub mod config;
 pub mod control;
 pub mod decode;

@@ -281,40 +281,7 @@ impl Sensor {
 
 /// Adds `b`'s counters to `a` (workers' stats summed for the metrics).
 fn merge(a: &mut Stats, b: &Stats) {
-    a.packets += b.packets;
-    a.bytes += b.bytes;
-    a.capture_drops_kernel += b.capture_drops_kernel;
-    a.capture_drops_interface += b.capture_drops_interface;
-    a.flows_active += b.flows_active;
-    a.flows_total += b.flows_total;
-    a.truncated_records += b.truncated_records;
-    for (k, v) in &b.decode_errors {
-        *a.decode_errors.entry(k).or_default() += v;
-    }
-    for (k, v) in &b.flows_evicted {
-        *a.flows_evicted.entry(k).or_default() += v;
-    }
-    for (k, v) in &b.flows_by_app {
-        *a.flows_by_app.entry(k).or_default() += v;
-    }
-    for (k, v) in &b.events {
-        *a.events.entry(*k).or_default() += v;
-    }
-    for (k, v) in &b.remote_desktop_active {
-        *a.remote_desktop_active.entry(k.clone()).or_default() += v;
-    }
-    for (k, v) in &b.sink_errors {
-        *a.sink_errors.entry(k).or_default() += v;
-    }
-    // An account's risk is scored where its flows are; the highest view wins.
-    for (k, v) in &b.account_risk {
-        let risk = a.account_risk.entry(k.clone()).or_insert(*v);
-        *risk = risk.max(*v);
-    }
-    a.last_packet_ts = match (a.last_packet_ts, b.last_packet_ts) {
-        (Some(x), Some(y)) => Some(x.max(y)),
-        (x, y) => x.or(y),
-    };
+    a.merge(b);
 }
 
 /// One output file that every worker's [`JsonLines`] writes to. Each worker buffers whole

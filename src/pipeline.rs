@@ -457,6 +457,12 @@ impl Pipeline {
                 self.stats.sink_errors.insert(name, s.errors);
             }
         }
+        let identity = &self.context.identity;
+        let evictions = (self.detectors.evictions().into_iter())
+            .chain(identity.evictions())
+            .chain([("dns_names", self.names.evictions())])
+            .chain([("geo_cache", self.context.geo.cache_evictions())]);
+        self.stats.state_evicted.extend(evictions);
         self.stats.last_packet_ts = self.last_ts.map(|t| t.as_secs_f64());
         let now = self.last_ts.unwrap_or_default();
         let inventory = self.context.identity.inventory();

@@ -252,6 +252,21 @@ impl Detectors {
         self.remote_desktop.active_sessions(now).collect()
     }
 
+    /// Entries each detector's bounded state dropped at its limit, by structure.
+    pub fn evictions(&self) -> Vec<(&'static str, u64)> {
+        let mut out = Vec::new();
+        out.extend(self.geo_anomaly.evictions());
+        out.push(self.rtt_distance.evictions());
+        out.extend(self.farm_cluster.evictions());
+        out.push(self.scorer.evictions());
+        out.extend(self.remote_desktop.evictions());
+        out.push(self.stepping_stone.evictions());
+        out.push(self.rtt_split.evictions());
+        out.push(self.tunnel.evictions());
+        out.extend(self.relay_service.evictions());
+        out
+    }
+
     /// Risk score of every account with evidence, at `now`.
     pub fn account_scores(&self, now: Timestamp) -> BTreeMap<String, f64> {
         self.scorer.scores(now)
