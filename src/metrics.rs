@@ -606,6 +606,29 @@ mod tests {
         );
     }
 
+    /// Workers' counters add up, the newest packet time wins, and a structure's evictions
+    /// are exported under its label.
+    #[test]
+    fn merged_evictions_are_exported() {
+        let mut one = Stats::default();
+        one.state_evicted.insert("identity_addresses", 3);
+        let mut two = Stats {
+            last_packet_ts: Some(5.0),
+            ..Stats::default()
+        };
+        two.state_evicted.insert("identity_addresses", 4);
+        two.state_evicted.insert("dns_names", 1);
+        one.merge(&two);
+        assert_eq!(one.last_packet_ts, Some(5.0));
+        let metrics = Metrics::new();
+        metrics.publish(&one, 5.0);
+        let text = metrics.render();
+        let series = |s: &str| format!("farmwatch_state_evicted_total{{structure=\"{s}\"}}");
+        assert_eq!(sample(&text, &series("identity_addresses")), Some(7.0));
+        assert_eq!(sample(&text, &series("dns_names")), Some(1.0));
+        assert_eq!(sample(&text, &series("score_accounts")), Some(0.0));
+    }
+
     #[test]
     fn packet_clock_appears_with_first_packet() {
         let metrics = Metrics::new();
