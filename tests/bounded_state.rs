@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::Command;
 
 use farmwatch::accounts::Inventory;
+use farmwatch::identity::{Identity, MAX_ADDRESSES, SessionStatus};
 use farmwatch::metrics::BOUNDED_STRUCTURES;
+use farmwatch::timestamp::Timestamp;
 use fixturegen::capture::{ByteOrder, EPOCH, MS, PcapWriter, SEC, TsUnit, linktype};
 
 /// One RADIUS attribute (RFC 2865 §5): type, length, value.
@@ -124,6 +126,43 @@ fn a_radius_flood_stays_bounded_and_counts_its_evictions() {
         "identity evictions: {evicted:?}"
     );
     assert_eq!(sample(&text, "farmwatch_packets_total"), Some(400_000.0));
+}
+
+/// At [`MAX_ADDRESSES`] identity forgets the eighth of its addresses seen longest ago, in
+/// one step, and counts them; an address named again since is kept.
+#[test]
+fn identity_forgets_the_addresses_seen_longest_ago() {
+    let mut id = Identity::new(std::sync::Arc::new(Inventory::default()));
+    let addr = |i: usize| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i as u32));
+    let start = |id: &mut Identity, i: usize, secs: u64| {
+        let ts = Timestamp::from_secs(secs);
+        id.observe_radius(ts, &format!("u{i}"), addr(i), None, SessionStatus::Start);
+    };
+    for i in 0..MAX_ADDRESSES {
+        start(&mut id, i, 1_000 + i as u64);
+    }
+    // The first address is named again (an interim update), so it is recent.
+    let ts = Timestamp::from_secs(1_000_000);
+    id.observe_radius(ts, "u0", addr(0), None, SessionStatus::Interim);
+    assert_eq!(id.evictions()[0], ("identity_addresses", 0));
+    start(&mut id, MAX_ADDRESSES, 2_000_000);
+    assert_eq!(
+        id.evictions()[0],
+        ("identity_addresses", (MAX_ADDRESSES / 8) as u64)
+    );
+    let now = Timestamp::from_secs(3_000_000);
+    let who = |i: usize| id.account_at(addr(i), now).map(|a| a.id.to_string());
+    assert_eq!(who(0).as_deref(), Some("u0"));
+    assert_eq!(who(1), None);
+    assert_eq!(who(MAX_ADDRESSES / 8), None);
+    assert_eq!(
+        who(MAX_ADDRESSES / 8 + 1).as_deref(),
+        Some(format!("u{}", MAX_ADDRESSES / 8 + 1).as_str())
+    );
+    assert_eq!(
+        who(MAX_ADDRESSES).as_deref(),
+        Some(format!("u{MAX_ADDRESSES}").as_str())
+    );
 }
 
 /// Every structure the pipeline reports is one the metrics announce from the start, and
