@@ -342,6 +342,10 @@ impl AccountStage {
             .into_iter()
             .filter(|(id, _)| inventory.get(id).is_some())
             .collect();
+        let evictions = (self.detectors.evictions().into_iter())
+            .chain(identity.evictions())
+            .chain([("geo_cache", self.context.geo.cache_evictions())]);
+        self.stats.state_evicted.extend(evictions);
         for (name, sink) in [("events", &self.events), ("flows", &self.flow_records)] {
             if let Some(s) = sink
                 && s.errors > 0

@@ -9,6 +9,7 @@
 //! numbers and mismatched countries are tell-tale signs named in public reporting on
 //! laptop-farm schemes. `farmwatch check` lists both.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
@@ -164,7 +165,8 @@ impl Inventory {
 
     /// Parses and validates; `file` names the source in problems.
     pub fn parse(text: &str, file: &str) -> Result<Inventory, Vec<Problem>> {
-        let line_of = |offset: usize| line_at(text, offset);
+        let lines = LineIndex::new(text);
+        let line_of = |offset: usize| lines.line(offset);
         let problem = |line: Option<usize>, field: String, message: String| Problem {
             file: file.to_string(),
             line,
@@ -178,6 +180,8 @@ impl Inventory {
         })?;
         let mut problems = Vec::new();
         let mut accounts: Vec<Account> = Vec::new();
+        // Header line of each id, so a duplicate is found without a scan per account.
+        let mut first_line: HashMap<String, usize> = HashMap::new();
         for (i, acct) in raw.account.iter().enumerate() {
             let header = line_of(acct.span().start);
             let a = acct.get_ref();
@@ -190,12 +194,14 @@ impl Inventory {
                     "is empty".into(),
                 ));
             }
-            if let Some(first) = accounts.iter().find(|o| o.id == id) {
+            if let Some(first) = first_line.get(&id) {
                 problems.push(problem(
                     Some(line_of(a.id.span().start)),
                     at("id"),
-                    format!("duplicate id {id:?} (first at line {})", first.line),
+                    format!("duplicate id {id:?} (first at line {first})"),
                 ));
+            } else {
+                first_line.insert(id.clone(), header);
             }
             let kind = a.kind.get_ref().parse().unwrap_or_else(|()| {
                 problems.push(problem(
@@ -257,7 +263,7 @@ impl Inventory {
                 },
             });
         }
-        problems.extend(overlapping_hosts(&raw.account, &accounts, text, file));
+        problems.extend(overlapping_hosts(&raw.account, &accounts, &lines, file));
         if problems.is_empty() {
             Ok(Inventory {
                 accounts,
@@ -342,13 +348,26 @@ pub struct Finding {
     pub message: String,
 }
 
-/// 1-based line of a byte offset.
-fn line_at(text: &str, offset: usize) -> usize {
-    let end = offset.min(text.len());
-    text.as_bytes()
-        .get(..end)
-        .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
-        + 1
+/// Where the lines of a text start, found in one pass, so naming the line of every field
+/// costs a binary search rather than a count from the top (quadratic in a large inventory).
+struct LineIndex {
+    /// Byte offset of every `\n`, ascending.
+    newlines: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> LineIndex {
+        LineIndex {
+            newlines: (text.bytes().enumerate())
+                .filter_map(|(at, b)| (b == b'\n').then_some(at))
+                .collect(),
+        }
+    }
+
+    /// 1-based line of a byte offset (past the end: the last line).
+    fn line(&self, offset: usize) -> usize {
+        self.newlines.partition_point(|&nl| nl < offset) + 1
+    }
 }
 
 fn parse_host(s: &str) -> Option<IpNet> {
@@ -364,7 +383,7 @@ fn parse_host(s: &str) -> Option<IpNet> {
 fn overlapping_hosts(
     raw: &[Spanned<RawAccount>],
     accounts: &[Account],
-    text: &str,
+    lines: &LineIndex,
     file: &str,
 ) -> Vec<Problem> {
     let mut nets: Vec<(u128, u128, usize, usize)> = Vec::new();
@@ -386,14 +405,14 @@ fn overlapping_hosts(
                 let other = &raw[pi].get_ref().hosts[pj];
                 out.push(Problem {
                     file: file.to_string(),
-                    line: Some(line_at(text, h.span().start)),
+                    line: Some(lines.line(h.span().start)),
                     field: format!("account[{i}].hosts[{j}]"),
                     message: format!(
                         "{} overlaps {} of account {:?} (line {})",
                         h.get_ref(),
                         other.get_ref(),
                         accounts.get(pi).map_or("", |a| a.id.as_str()),
-                        line_at(text, other.span().start)
+                        lines.line(other.span().start)
                     ),
                 });
             }
@@ -511,11 +530,12 @@ mod tests {
 
     #[test]
     fn lines_from_offsets() {
-        let t = "a\nbb\nc";
-        assert_eq!(line_at(t, 0), 1);
-        assert_eq!(line_at(t, 2), 2);
-        assert_eq!(line_at(t, 5), 3);
-        assert_eq!(line_at(t, 99), 3);
+        let t = LineIndex::new("a\nbb\nc");
+        assert_eq!(t.line(0), 1);
+        assert_eq!(t.line(1), 1);
+        assert_eq!(t.line(2), 2);
+        assert_eq!(t.line(5), 3);
+        assert_eq!(t.line(99), 3);
     }
 
     #[test]

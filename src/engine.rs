@@ -128,12 +128,9 @@ impl Board {
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
         {
-            add_worker_stats(&mut stats, w);
+            stats.merge(w);
         }
-        add_account_stats(
-            &mut stats,
-            &self.account.lock().unwrap_or_else(PoisonError::into_inner),
-        );
+        stats.merge(&self.account.lock().unwrap_or_else(PoisonError::into_inner));
         stats
     }
 }
@@ -309,7 +306,7 @@ impl Engine {
         };
         account.finish();
         account.sync_stats(clock, &remote);
-        add_account_stats(&mut stats, &account.stats);
+        stats.merge(&account.stats);
         stats.last_packet_ts = self.last_ts.map(|t| t.as_secs_f64());
         Finished {
             account,
@@ -317,31 +314,6 @@ impl Engine {
             first_ts: self.first_ts,
             last_ts: self.last_ts,
         }
-    }
-}
-
-/// The account stage's counters joined to the flow stage's.
-fn add_account_stats(stats: &mut Stats, account: &Stats) {
-    stats.events = account.events.clone();
-    stats.remote_desktop_active = account.remote_desktop_active.clone();
-    stats.account_risk = account.account_risk.clone();
-    stats.sink_errors = account.sink_errors.clone();
-}
-
-/// The flow stage's counters of several workers, summed.
-fn add_worker_stats(a: &mut Stats, b: &Stats) {
-    a.packets += b.packets;
-    a.bytes += b.bytes;
-    a.flows_active += b.flows_active;
-    a.flows_total += b.flows_total;
-    for (k, v) in &b.decode_errors {
-        *a.decode_errors.entry(k).or_default() += v;
-    }
-    for (k, v) in &b.flows_evicted {
-        *a.flows_evicted.entry(k).or_default() += v;
-    }
-    for (k, v) in &b.flows_by_app {
-        *a.flows_by_app.entry(k).or_default() += v;
     }
 }
 
@@ -578,7 +550,7 @@ impl Threads {
         for w in self.workers {
             match w.join() {
                 Ok(worker) => {
-                    add_worker_stats(&mut stats, &worker.stats);
+                    stats.merge(&worker.stats);
                     remote.extend(worker.active_remote_desktop(clock));
                 }
                 Err(e) => std::panic::resume_unwind(e),

@@ -344,11 +344,18 @@ impl FlowWorker {
     /// Copies counters kept elsewhere (tables, decoder) into `stats`.
     pub fn sync_stats(&mut self) {
         let (mut active, mut total, mut full) = (0, 0, 0);
+        self.stats.state_evicted.clear();
         for p in self.partitions.iter().flatten() {
             active += p.flows.len() as u64;
             total += p.flows.flows_total;
             full += p.flows.evicted_table_full;
+            for (structure, n) in p.detectors.evictions() {
+                *self.stats.state_evicted.entry(structure).or_default() += n;
+            }
         }
+        self.stats
+            .state_evicted
+            .insert("dns_names", self.names.evictions());
         self.stats.flows_active = active;
         self.stats.flows_total = total;
         self.stats.flows_evicted.insert("table_full", full);

@@ -7,9 +7,11 @@
 //! from which public address an account connects; those observations are queued for the
 //! geo detectors.
 //!
-//! Memory is bounded: at most [`MAX_RANGES_PER_ADDRESS`] ranges per address (the oldest go
-//! first), and [`Identity::advance`] drops ranges that closed more than the retention
-//! window ago. Both are counted.
+//! Memory is bounded: at most [`MAX_ADDRESSES`] addresses (at the limit those seen longest
+//! ago go, an eighth at a time), at most [`MAX_RANGES_PER_ADDRESS`] ranges per address (the
+//! oldest go first), and [`Identity::advance`] drops ranges that closed more than the
+//! retention window ago. All are counted. Account names learned from the wire are cached
+//! up to [`MAX_NAMES`]; past it a range holds its own copy of the name.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::BufRead;
@@ -25,6 +27,12 @@ use crate::timestamp::Timestamp;
 /// Ranges kept per address. A VPN address is rarely reassigned more than a few times a
 /// day; 64 covers weeks of churn while capping what a flood of accounting packets costs.
 pub const MAX_RANGES_PER_ADDRESS: usize = 64;
+/// Addresses with session ranges. A /14 of VPN pools, all in use at once, fits; a flood of
+/// accounting packets for made-up addresses costs at most this many entries (about 300
+/// bytes each).
+pub const MAX_ADDRESSES: usize = 1 << 18;
+/// Account names from the session feed and RADIUS kept to share one copy between ranges.
+pub const MAX_NAMES: usize = 1 << 16;
 /// Default retention of closed ranges: long flows are attributed at their start time,
 /// and a week covers the longest persistent remote-desktop sessions worth reporting.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -88,6 +96,8 @@ pub struct FeedReport {
 pub struct IdentityStats {
     /// Ranges dropped because an address had too many.
     pub ranges_evicted: u64,
+    /// Addresses dropped, with their ranges, because [`MAX_ADDRESSES`] were held.
+    pub addresses_evicted: u64,
     /// Closed ranges dropped after the retention window.
     pub ranges_expired: u64,
     /// Stops for an address with no open range of that account.
@@ -102,6 +112,13 @@ struct Range {
     account: AccountRef,
 }
 
+/// The ranges of one address, and the packet time it was last named by a session event.
+#[derive(Clone, Debug, Default)]
+struct Held {
+    ranges: VecDeque<Range>,
+    seen: Timestamp,
+}
+
 #[derive(Clone)]
 pub struct Identity {
     inventory: Arc<Inventory>,
@@ -109,7 +126,7 @@ pub struct Identity {
     refs: HashMap<String, AccountRef>,
     static_refs: Vec<AccountRef>,
     /// Per address, ranges in order of start.
-    ranges: BTreeMap<IpAddr, VecDeque<Range>>,
+    ranges: BTreeMap<IpAddr, Held>,
     observations: Vec<PublicIpObservation>,
     retention: Duration,
     stats: IdentityStats,
@@ -173,8 +190,9 @@ impl Identity {
     /// None means an unknown host; the caller reports it.
     pub fn account_at(&self, addr: IpAddr, ts: Timestamp) -> Option<&AccountRef> {
         let addr = addr.to_canonical();
-        let dynamic = self.ranges.get(&addr).and_then(|list| {
-            list.iter()
+        let dynamic = self.ranges.get(&addr).and_then(|held| {
+            held.ranges
+                .iter()
                 .rev()
                 .find(|r| r.start <= ts && r.end.is_none_or(|end| ts <= end))
                 .map(|r| &r.account)
@@ -194,7 +212,13 @@ impl Identity {
     ) {
         let account = self.account_ref(account);
         let addr = assigned_ip.to_canonical();
-        let list = self.ranges.entry(addr).or_default();
+        if !self.ranges.contains_key(&addr) {
+            self.stats.addresses_evicted +=
+                crate::bounded::make_room(&mut self.ranges, MAX_ADDRESSES, |held| held.seen);
+        }
+        let held = self.ranges.entry(addr).or_default();
+        held.seen = held.seen.max(ts);
+        let list = &mut held.ranges;
         // The range in force at `ts`: the latest that started by then and has not ended.
         // Ranges that start later may exist (a feed is loaded ahead of the packets).
         let at = list.partition_point(|r| r.start <= ts);
@@ -304,7 +328,8 @@ impl Identity {
             return;
         };
         let stats = &mut self.stats;
-        self.ranges.retain(|_, list| {
+        self.ranges.retain(|_, held| {
+            let list = &mut held.ranges;
             let before = list.len();
             list.retain(|r| r.end.is_none_or(|end| end.as_nanos() >= horizon));
             stats.ranges_expired += (before - list.len()) as u64;
@@ -313,13 +338,25 @@ impl Identity {
     }
 
     fn account_ref(&mut self, id: &str) -> AccountRef {
-        self.refs
-            .entry(id.to_string())
-            .or_insert_with(|| AccountRef {
-                id: Arc::from(id),
-                kind: None,
-            })
-            .clone()
+        if let Some(known) = self.refs.get(id) {
+            return known.clone();
+        }
+        let fresh = AccountRef {
+            id: Arc::from(id),
+            kind: None,
+        };
+        if self.refs.len() < MAX_NAMES + self.static_refs.len() {
+            self.refs.insert(id.to_string(), fresh.clone());
+        }
+        fresh
+    }
+
+    /// Entries dropped at a limit, by structure (`farmwatch_state_evicted_total`).
+    pub fn evictions(&self) -> [(&'static str, u64); 2] {
+        [
+            ("identity_addresses", self.stats.addresses_evicted),
+            ("identity_ranges", self.stats.ranges_evicted),
+        ]
     }
 }
 

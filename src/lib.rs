@@ -7,6 +7,7 @@
 pub mod account_stage;
 pub mod accounts;
 pub mod app;
+pub mod bounded;
 pub mod config;
 pub mod control;
 pub mod decode;

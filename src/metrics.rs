@@ -51,6 +51,72 @@ pub struct Stats {
     pub capture_unread_blocks: u64,
     /// Capture files stopped early at a corrupt record or a failed read.
     pub capture_corrupt_files: u64,
+    /// Bounded state: entries each structure dropped, or did not admit, at its limit (the
+    /// README's "Limits" table names every structure). Counted, never silent.
+    pub state_evicted: BTreeMap<&'static str, u64>,
+}
+
+impl Stats {
+    /// Adds another worker's counters to these (live capture with several workers). Every
+    /// field is named here, without `..`: a new field does not compile until it says how
+    /// workers' values combine.
+    pub fn merge(&mut self, other: &Stats) {
+        let Stats {
+            packets,
+            bytes,
+            decode_errors,
+            capture_drops_kernel,
+            capture_drops_interface,
+            capture_drops_queue,
+            flows_active,
+            flows_total,
+            flows_evicted,
+            flows_by_app,
+            events,
+            remote_desktop_active,
+            account_risk,
+            sink_errors,
+            last_packet_ts,
+            truncated_records,
+            capture_skipped_records,
+            capture_unread_blocks,
+            capture_corrupt_files,
+            state_evicted,
+        } = other;
+        self.packets += packets;
+        self.bytes += bytes;
+        self.capture_drops_kernel += capture_drops_kernel;
+        self.capture_drops_interface += capture_drops_interface;
+        self.capture_drops_queue += capture_drops_queue;
+        self.flows_active += flows_active;
+        self.flows_total += flows_total;
+        self.truncated_records += truncated_records;
+        self.capture_skipped_records += capture_skipped_records;
+        self.capture_unread_blocks += capture_unread_blocks;
+        self.capture_corrupt_files += capture_corrupt_files;
+        add_each(&mut self.decode_errors, decode_errors);
+        add_each(&mut self.flows_evicted, flows_evicted);
+        add_each(&mut self.flows_by_app, flows_by_app);
+        add_each(&mut self.events, events);
+        add_each(&mut self.remote_desktop_active, remote_desktop_active);
+        add_each(&mut self.sink_errors, sink_errors);
+        add_each(&mut self.state_evicted, state_evicted);
+        // An account's risk is scored where its flows are; the highest view wins.
+        for (k, v) in account_risk {
+            let risk = self.account_risk.entry(k.clone()).or_insert(*v);
+            *risk = risk.max(*v);
+        }
+        self.last_packet_ts = match (self.last_packet_ts, *last_packet_ts) {
+            (Some(x), Some(y)) => Some(x.max(y)),
+            (x, y) => x.or(y),
+        };
+    }
+}
+
+fn add_each<K: Ord + Clone>(into: &mut BTreeMap<K, u64>, from: &BTreeMap<K, u64>) {
+    for (k, v) in from {
+        *into.entry(k.clone()).or_default() += v;
+    }
 }
 
 /// The registry and the snapshot last published into it.
@@ -72,6 +138,7 @@ pub struct Metrics {
     remote_desktop_active: GaugeVec,
     account_risk: GaugeVec,
     sink_errors: IntCounterVec,
+    state_evicted: IntCounterVec,
     last_packet_timestamp: Gauge,
     processing_lag: Gauge,
     /// Live sensor events outside the packet path, counted where they happen.
@@ -94,6 +161,27 @@ const DROP_SOURCES: [&str; 3] = ["kernel", "interface", "queue"];
 const RELOAD_RESULTS: [&str; 2] = ["ok", "failed"];
 /// Sinks reported from the start, so an alert on their rate has a series before the first error.
 const SINKS: [&str; 2] = ["events", "flows"];
+/// Every bounded structure whose evictions are counted (`structure` of
+/// `farmwatch_state_evicted_total`), reported from the start so a rate alert has a series.
+pub const BOUNDED_STRUCTURES: [&str; 17] = [
+    "identity_addresses",
+    "identity_ranges",
+    "dns_names",
+    "geo_cache",
+    "remote_desktop_sessions",
+    "remote_desktop_turn",
+    "stepping_stone",
+    "rtt_split_pending",
+    "relay_service_pending",
+    "relay_service_reported",
+    "tunnel_reported",
+    "geo_anomaly_accounts",
+    "geo_anomaly_reported",
+    "farm_cluster_prefixes",
+    "farm_cluster_reported",
+    "rtt_distance_addresses",
+    "score_accounts",
+];
 
 impl Metrics {
     pub fn new() -> Metrics {
@@ -224,6 +312,16 @@ impl Metrics {
                     &["sink"],
                 ),
             ),
+            state_evicted: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "farmwatch_state_evicted_total",
+                        "Entries a bounded structure dropped, or did not admit, at its limit, by structure.",
+                    ),
+                    &["structure"],
+                ),
+            ),
             last_packet_timestamp: unregistered(Gauge::new(
                 "farmwatch_last_packet_timestamp_seconds",
                 "Packet time of the newest packet, in unix seconds.",
@@ -266,6 +364,9 @@ impl Metrics {
         }
         for result in RELOAD_RESULTS {
             metrics.reloads.with_label_values(&[result]);
+        }
+        for structure in BOUNDED_STRUCTURES {
+            metrics.state_evicted.with_label_values(&[structure]);
         }
         metrics
     }
@@ -352,6 +453,12 @@ impl Metrics {
             &stats.sink_errors,
             &before.sink_errors,
             |sink| [*sink],
+        );
+        advance_each(
+            &self.state_evicted,
+            &stats.state_evicted,
+            &before.state_evicted,
+            |structure| [*structure],
         );
 
         self.flows_active.set(stats.flows_active as f64);
@@ -497,6 +604,29 @@ mod tests {
             sample(&metrics.render(), "farmwatch_packets_total"),
             Some(14.0)
         );
+    }
+
+    /// Workers' counters add up, the newest packet time wins, and a structure's evictions
+    /// are exported under its label.
+    #[test]
+    fn merged_evictions_are_exported() {
+        let mut one = Stats::default();
+        one.state_evicted.insert("identity_addresses", 3);
+        let mut two = Stats {
+            last_packet_ts: Some(5.0),
+            ..Stats::default()
+        };
+        two.state_evicted.insert("identity_addresses", 4);
+        two.state_evicted.insert("dns_names", 1);
+        one.merge(&two);
+        assert_eq!(one.last_packet_ts, Some(5.0));
+        let metrics = Metrics::new();
+        metrics.publish(&one, 5.0);
+        let text = metrics.render();
+        let series = |s: &str| format!("farmwatch_state_evicted_total{{structure=\"{s}\"}}");
+        assert_eq!(sample(&text, &series("identity_addresses")), Some(7.0));
+        assert_eq!(sample(&text, &series("dns_names")), Some(1.0));
+        assert_eq!(sample(&text, &series("score_accounts")), Some(0.0));
     }
 
     #[test]

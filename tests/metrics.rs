@@ -96,6 +96,7 @@ fn exports_the_contract_names() {
         "farmwatch_account_risk_score",
         "farmwatch_sink_errors_total",
         "farmwatch_reloads_total",
+        "farmwatch_state_evicted_total",
         "farmwatch_last_packet_timestamp_seconds",
         "farmwatch_processing_lag_seconds",
         "farmwatch_build_info",

@@ -97,11 +97,20 @@ struct Member {
     host: Option<IpAddr>,
 }
 
+/// Public prefixes followed, and (prefix, account) reports remembered, inside one window.
+/// Only inventory contractors join, but one of them can be named from many addresses on
+/// the wire: past either limit the entries seen longest ago go, and are counted.
+pub const MAX_PREFIXES: usize = 100_000;
+pub const MAX_REPORTED: usize = 100_000;
+
 pub struct FarmCluster {
     config: FarmClusterConfig,
     prefixes: BTreeMap<IpNet, BTreeMap<Arc<str>, Member>>,
     /// When each (prefix, account) was last reported.
     reported: BTreeMap<(IpNet, Arc<str>), Timestamp>,
+    /// Entries dropped at [`MAX_PREFIXES`] and [`MAX_REPORTED`].
+    evicted_prefixes: u64,
+    evicted_reported: u64,
 }
 
 impl FarmCluster {
@@ -110,7 +119,17 @@ impl FarmCluster {
             config: config.clone(),
             prefixes: BTreeMap::new(),
             reported: BTreeMap::new(),
+            evicted_prefixes: 0,
+            evicted_reported: 0,
         }
+    }
+
+    /// Entries dropped at a limit (`farmwatch_state_evicted_total`).
+    pub fn evictions(&self) -> [(&'static str, u64); 2] {
+        [
+            ("farm_cluster_prefixes", self.evicted_prefixes),
+            ("farm_cluster_reported", self.evicted_reported),
+        ]
     }
 
     pub fn on_public_ip(
@@ -126,6 +145,12 @@ impl FarmCluster {
             return;
         };
         let window = self.config.window;
+        if !self.prefixes.contains_key(&prefix) {
+            self.evicted_prefixes +=
+                crate::bounded::make_room(&mut self.prefixes, MAX_PREFIXES, |m| {
+                    m.values().map(|s| s.ts).max().unwrap_or_default()
+                });
+        }
         let members = self.prefixes.entry(prefix).or_default();
         members.insert(
             obs.account.id.clone(),
@@ -149,6 +174,10 @@ impl FarmCluster {
                 .is_some_and(|at| obs.ts.since(*at) <= window)
             {
                 continue;
+            }
+            if !self.reported.contains_key(&k) {
+                self.evicted_reported +=
+                    crate::bounded::make_room(&mut self.reported, MAX_REPORTED, |at| *at);
             }
             self.reported.insert(k, obs.ts);
             let sharing: Vec<&str> = members

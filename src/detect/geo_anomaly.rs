@@ -92,11 +92,20 @@ struct Seen {
     location: Option<Location>,
 }
 
+/// Accounts whose last position is kept, and (account, reason, subject) reports
+/// remembered; accounts come from the wire, so past either limit the entries seen longest
+/// ago go, and are counted.
+pub const MAX_ACCOUNTS: usize = 100_000;
+pub const MAX_REPORTED: usize = 100_000;
+
 pub struct GeoAnomaly {
     config: GeoAnomalyConfig,
     last: BTreeMap<Arc<str>, Seen>,
     /// When each (account, reason, subject) was last reported.
     reported: BTreeMap<(Arc<str>, &'static str, String), Timestamp>,
+    /// Entries dropped at [`MAX_ACCOUNTS`] and [`MAX_REPORTED`].
+    evicted_accounts: u64,
+    evicted_reported: u64,
 }
 
 impl GeoAnomaly {
@@ -105,7 +114,17 @@ impl GeoAnomaly {
             config: config.clone(),
             last: BTreeMap::new(),
             reported: BTreeMap::new(),
+            evicted_accounts: 0,
+            evicted_reported: 0,
         }
+    }
+
+    /// Entries dropped at a limit (`farmwatch_state_evicted_total`).
+    pub fn evictions(&self) -> [(&'static str, u64); 2] {
+        [
+            ("geo_anomaly_accounts", self.evicted_accounts),
+            ("geo_anomaly_reported", self.evicted_reported),
+        ]
     }
 
     pub fn on_public_ip(
@@ -168,6 +187,10 @@ impl GeoAnomaly {
             let subject = format!("{}>{}", before.ip, now.ip);
             self.report(e, subject, out);
         }
+        if !self.last.contains_key(&id) {
+            self.evicted_accounts +=
+                crate::bounded::make_room(&mut self.last, MAX_ACCOUNTS, |seen| seen.ts);
+        }
         self.last.insert(id, now);
     }
 
@@ -228,6 +251,10 @@ impl GeoAnomaly {
             return;
         }
         e.key = format!("{}|{}", k.2, e.ts.as_nanos());
+        if !self.reported.contains_key(&k) {
+            self.evicted_reported +=
+                crate::bounded::make_room(&mut self.reported, MAX_REPORTED, |at| *at);
+        }
         self.reported.insert(k, e.ts);
         out.push(e);
     }

@@ -200,6 +200,17 @@ impl FlowDetectors {
     ) -> impl Iterator<Item = (std::net::IpAddr, crate::app::App)> + '_ {
         self.remote_desktop.active_sessions(now)
     }
+
+    /// Entries each detector's bounded state dropped at its limit, by structure.
+    pub fn evictions(&self) -> Vec<(&'static str, u64)> {
+        let mut out = Vec::new();
+        out.extend(self.remote_desktop.evictions());
+        out.push(self.stepping_stone.evictions());
+        out.push(self.rtt_split.evictions());
+        out.push(self.tunnel.evictions());
+        out.extend(self.relay_service.evictions());
+        out
+    }
 }
 
 /// The account stage's detectors (DESIGN §7): they judge accounts from observations, and
@@ -283,6 +294,16 @@ impl AccountDetectors {
     /// score; returns the alert when the score reached a new tier.
     pub fn on_event(&mut self, event: &Event) -> Option<Event> {
         self.scorer.observe(event)
+    }
+
+    /// Entries each detector's bounded state dropped at its limit, by structure.
+    pub fn evictions(&self) -> Vec<(&'static str, u64)> {
+        let mut out = Vec::new();
+        out.extend(self.geo_anomaly.evictions());
+        out.push(self.rtt_distance.evictions());
+        out.extend(self.farm_cluster.evictions());
+        out.push(self.scorer.evictions());
+        out
     }
 
     /// Risk score of every account with evidence, at `now`.

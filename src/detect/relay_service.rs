@@ -64,6 +64,9 @@ pub struct RelayService {
     config: RelayServiceConfig,
     pending: BTreeMap<FlowKey, Turn>,
     reported: BTreeSet<(IpAddr, &'static str, IpAddr)>,
+    /// TURN flows not followed at `max_pending`, and reports forgotten at `max_reported`.
+    refused_pending: u64,
+    evicted_reported: u64,
 }
 
 fn turn_relayed(flow: &Flow) -> bool {
@@ -76,7 +79,17 @@ impl RelayService {
             config: config.clone(),
             pending: BTreeMap::new(),
             reported: BTreeSet::new(),
+            refused_pending: 0,
+            evicted_reported: 0,
         }
+    }
+
+    /// Entries dropped at a limit (`farmwatch_state_evicted_total`).
+    pub fn evictions(&self) -> [(&'static str, u64); 2] {
+        [
+            ("relay_service_pending", self.refused_pending),
+            ("relay_service_reported", self.evicted_reported),
+        ]
     }
 
     pub fn on_identified(
@@ -112,7 +125,7 @@ impl RelayService {
                         },
                     );
                 }
-                None => {}
+                None => self.refused_pending += 1,
             }
         }
     }
@@ -160,6 +173,7 @@ impl RelayService {
         }
         if self.reported.len() > self.config.max_reported {
             self.reported.pop_first();
+            self.evicted_reported += 1;
         }
         let mut e = Event::new(
             ts,

@@ -314,6 +314,8 @@ pub struct RemoteDesktop {
     turn: BTreeMap<IpAddr, Timestamp>,
     /// Sessions not followed because `max_sessions` were.
     pub sessions_dropped: u64,
+    /// TURN-relayed hosts forgotten at `max_sessions` (the lowest address goes).
+    turn_evicted: u64,
 }
 
 impl RemoteDesktop {
@@ -334,7 +336,16 @@ impl RemoteDesktop {
             sessions: BTreeMap::new(),
             turn: BTreeMap::new(),
             sessions_dropped: 0,
+            turn_evicted: 0,
         }
+    }
+
+    /// Entries dropped at a limit (`farmwatch_state_evicted_total`).
+    pub fn evictions(&self) -> [(&'static str, u64); 2] {
+        [
+            ("remote_desktop_sessions", self.sessions_dropped),
+            ("remote_desktop_turn", self.turn_evicted),
+        ]
     }
 
     /// Every session still running at `now`, as (inside host, tool).
@@ -362,8 +373,11 @@ impl RemoteDesktop {
             && let Some((host, _)) = inside_end(scope, flow)
             && flow.details.as_deref().is_some_and(Details::turn_relayed)
         {
-            if self.turn.len() >= self.config.max_sessions {
-                self.turn.pop_first();
+            if self.turn.len() >= self.config.max_sessions
+                && !self.turn.contains_key(&host)
+                && self.turn.pop_first().is_some()
+            {
+                self.turn_evicted += 1;
             }
             self.turn.insert(host, flow.first);
         }

@@ -87,10 +87,18 @@ struct Probe {
     last: Timestamp,
 }
 
+/// Public addresses followed, and accounts remembered per address. Both come from the wire
+/// (RADIUS Calling-Station-Id, outer handshakes): past either limit the entries seen
+/// longest ago go, and are counted.
+pub const MAX_ADDRESSES: usize = 100_000;
+pub const MAX_ACCOUNTS_PER_ADDRESS: usize = 1024;
+
 pub struct RttDistance {
     config: GeoAnomalyConfig,
     sensor: Option<Location>,
     probes: BTreeMap<IpAddr, Probe>,
+    /// Addresses and accounts dropped at [`MAX_ADDRESSES`] and [`MAX_ACCOUNTS_PER_ADDRESS`].
+    evicted: u64,
 }
 
 impl RttDistance {
@@ -106,7 +114,21 @@ impl RttDistance {
             config: config.clone(),
             sensor,
             probes: BTreeMap::new(),
+            evicted: 0,
         }
+    }
+
+    /// Entries dropped at a limit (`farmwatch_state_evicted_total`).
+    pub fn evictions(&self) -> (&'static str, u64) {
+        ("rtt_distance_addresses", self.evicted)
+    }
+
+    /// The probe of `ip`, made room for at the limit.
+    fn probe(&mut self, ip: IpAddr) -> &mut Probe {
+        if !self.probes.contains_key(&ip) {
+            self.evicted += crate::bounded::make_room(&mut self.probes, MAX_ADDRESSES, |p| p.last);
+        }
+        self.probes.entry(ip).or_default()
     }
 
     pub fn on_public_ip(
@@ -118,10 +140,20 @@ impl RttDistance {
         if self.sensor.is_none() {
             return;
         }
-        let p = self.probes.entry(obs.public_ip).or_default();
+        let mut evicted = 0;
+        let p = self.probe(obs.public_ip);
+        if !p.accounts.contains_key(&obs.account.id) {
+            evicted = crate::bounded::make_room(&mut p.accounts, MAX_ACCOUNTS_PER_ADDRESS, |a| a.0);
+            if evicted > 0 {
+                // An account no longer remembered here is no longer remembered as reported.
+                let accounts = &p.accounts;
+                p.reported.retain(|a| accounts.contains_key(a));
+            }
+        }
         p.accounts
             .insert(obs.account.id.clone(), (obs.ts, obs.assigned_ip));
         p.last = p.last.max(obs.ts);
+        self.evicted += evicted;
         self.judge(scope, obs.public_ip, obs.ts, out);
     }
 
@@ -149,7 +181,7 @@ impl RttDistance {
         if !outer || scope.network.is_inside(client) {
             return;
         }
-        let p = self.probes.entry(client).or_default();
+        let p = self.probe(client);
         p.samples = p.samples.saturating_add(1);
         p.last = p.last.max(ts);
         if p.min_rtt_ns.is_none_or(|m| rtt < m) {

@@ -142,6 +142,8 @@ pub struct RttSplit {
     /// Flows identified before the client's second flight, by identification time.
     pending: VecDeque<(Timestamp, FlowKey)>,
     waiting: BTreeMap<FlowKey, Timestamp>,
+    /// Flows given up at `max_pending` (the longest waiting goes).
+    evicted: u64,
 }
 
 impl RttSplit {
@@ -150,7 +152,13 @@ impl RttSplit {
             config: config.clone(),
             pending: VecDeque::new(),
             waiting: BTreeMap::new(),
+            evicted: 0,
         }
+    }
+
+    /// Entries dropped at a limit (`farmwatch_state_evicted_total`).
+    pub fn evictions(&self) -> (&'static str, u64) {
+        ("rtt_split_pending", self.evicted)
     }
 
     pub fn on_identified(
@@ -170,8 +178,9 @@ impl RttSplit {
         }
         if self.waiting.len() >= self.config.max_pending
             && let Some((_, old)) = self.pending.pop_front()
+            && self.waiting.remove(&old).is_some()
         {
-            self.waiting.remove(&old);
+            self.evicted += 1;
         }
         self.pending.push_back((ts, *key));
         self.waiting.insert(*key, ts);

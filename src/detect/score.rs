@@ -116,9 +116,15 @@ struct Account {
     alerted: usize,
 }
 
+/// Accounts with a score. Findings name accounts from the wire too (RADIUS, the session
+/// feed); past the limit those with the oldest evidence go, and are counted.
+pub const MAX_ACCOUNTS: usize = 100_000;
+
 pub struct Scorer {
     config: ScoreConfig,
     accounts: BTreeMap<String, Account>,
+    /// Accounts dropped at [`MAX_ACCOUNTS`].
+    evicted: u64,
 }
 
 /// What one weight is worth `age` later.
@@ -134,7 +140,13 @@ impl Scorer {
         Scorer {
             config: config.clone(),
             accounts: BTreeMap::new(),
+            evicted: 0,
         }
+    }
+
+    /// Entries dropped at a limit (`farmwatch_state_evicted_total`).
+    pub fn evictions(&self) -> (&'static str, u64) {
+        ("score_accounts", self.evicted)
     }
 
     pub fn weight(&self, reason: &str) -> f64 {
@@ -158,6 +170,11 @@ impl Scorer {
             return None;
         }
         let half_life = self.config.half_life;
+        if !self.accounts.contains_key(account) {
+            self.evicted += crate::bounded::make_room(&mut self.accounts, MAX_ACCOUNTS, |a| {
+                a.latest.values().map(|e| e.ts).max().unwrap_or_default()
+            });
+        }
         let a = self.accounts.entry(account.to_string()).or_default();
         let newer = a
             .latest

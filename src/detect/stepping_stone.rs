@@ -155,6 +155,13 @@ pub struct SteppingStone {
 }
 
 impl SteppingStone {
+    /// Entries dropped at a limit (`farmwatch_state_evicted_total`).
+    pub fn evictions(&self) -> (&'static str, u64) {
+        ("stepping_stone", self.dropped)
+    }
+}
+
+impl SteppingStone {
     pub fn new(config: &SteppingStoneConfig) -> SteppingStone {
         SteppingStone {
             config: config.clone(),
@@ -234,6 +241,7 @@ impl SteppingStone {
             }
             if queue.len() >= MAX_RECENT {
                 queue.pop_front();
+                self.dropped += 1;
             }
             queue.push_back(now);
             self.recent.insert(host, queue);

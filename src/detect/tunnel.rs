@@ -50,6 +50,8 @@ impl TunnelConfig {
 pub struct Tunnel {
     config: TunnelConfig,
     reported: BTreeSet<(IpAddr, &'static str, IpAddr)>,
+    /// Reports forgotten at `max_reported` (the lowest key goes).
+    evicted: u64,
 }
 
 /// The tunnel a flow carries, by name, if it carries one.
@@ -70,7 +72,13 @@ impl Tunnel {
         Tunnel {
             config: config.clone(),
             reported: BTreeSet::new(),
+            evicted: 0,
         }
+    }
+
+    /// Entries dropped at a limit (`farmwatch_state_evicted_total`).
+    pub fn evictions(&self) -> (&'static str, u64) {
+        ("tunnel_reported", self.evicted)
     }
 
     pub fn on_identified(
@@ -99,6 +107,7 @@ impl Tunnel {
         }
         if self.reported.len() > self.config.max_reported {
             self.reported.pop_first();
+            self.evicted += 1;
         }
         // Tor hides where the traffic goes; any tunnel from an account host is a second
         // exit beside the corporate one; from another inside host it may be a service.

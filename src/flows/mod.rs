@@ -5,7 +5,9 @@
 //! slot of its next deadline (inactivity timeout or interim record). When a slot comes
 //! due the flow is checked and either ended or moved to its new deadline, so a packet
 //! costs O(1) and no wall clock is read — a replay ends flows exactly as the live sensor
-//! did.
+//! did. A wheel entry names its flow exactly (key hash and start sequence number), so
+//! neither a flow due in the same second nor the per-process hash seed can change which
+//! flow a slot checks: every flow in the table has exactly one live entry.
 
 pub mod activity;
 pub mod community_id;
@@ -215,17 +217,17 @@ impl FlowTable {
             if *entry.key() > now_slot {
                 break;
             }
-            let (slot, hashes) = entry.remove_entry();
-            for hash in hashes {
-                self.check(slot, hash, out);
+            let (slot, timers) = entry.remove_entry();
+            for timer in timers {
+                self.check(slot, timer, out);
             }
         }
     }
 
-    fn check(&mut self, slot: u64, hash: u64, out: &mut Vec<FlowEvent>) {
+    fn check(&mut self, slot: u64, timer: Timer, out: &mut Vec<FlowEvent>) {
         // None: a stale entry (the flow ended, or moved to an earlier slot since).
-        let due = |f: &Flow| f.timer_at == slot;
-        let Some(flow) = self.flows.find_mut(hash, due) else {
+        let due = timer.is_due(slot);
+        let Some(flow) = self.flows.find_mut(timer.hash, due) else {
             return;
         };
         let now = self.now;
@@ -236,7 +238,7 @@ impl FlowTable {
             } else {
                 EndReason::Timeout
             };
-            if let Some(flow) = self.flows.remove(hash, due) {
+            if let Some(flow) = self.flows.remove(timer.hash, due) {
                 out.push(FlowEvent::Ended { flow, why });
             }
             return;
@@ -253,22 +255,22 @@ impl FlowTable {
         let next = end.min(flow.next_interim(interval));
         let slot = (next.secs() + 1).max(now.secs() + 1);
         flow.timer_at = slot;
-        self.schedule.wheel.entry(slot).or_default().push(hash);
+        self.schedule.wheel.entry(slot).or_default().push(timer);
     }
 
     /// Makes room by ending the flow that is next due in the wheel.
     fn evict_one(&mut self, out: &mut Vec<FlowEvent>) {
         while let Some(mut entry) = self.schedule.wheel.first_entry() {
             let slot = *entry.key();
-            let hashes = entry.get_mut();
-            let Some(hash) = hashes.pop() else {
+            let timers = entry.get_mut();
+            let Some(timer) = timers.pop() else {
                 entry.remove();
                 continue;
             };
-            if hashes.is_empty() {
+            if timers.is_empty() {
                 entry.remove();
             }
-            if let Some(flow) = self.flows.remove(hash, |f| f.timer_at == slot) {
+            if let Some(flow) = self.flows.remove(timer.hash, timer.is_due(slot)) {
                 self.evicted_table_full += 1;
                 out.push(FlowEvent::Ended {
                     flow,
@@ -324,7 +326,7 @@ impl Slots {
         self.find_mut(self.hash(key), |f| f.has_key(key))
     }
 
-    /// The flow with key hash `hash` that `is` picks (by key, or by wheel slot).
+    /// The flow with key hash `hash` that `is` picks (by key, or by its wheel entry).
     fn find_mut(&mut self, hash: u64, is: impl Fn(&Flow) -> bool) -> Option<&mut Flow> {
         self.table.find_mut(hash, |f| is(f)).map(|f| &mut **f)
     }
@@ -348,10 +350,33 @@ impl Slots {
 struct Schedule {
     config: FlowConfig,
     timeouts: Timeouts,
-    /// Slot (second) → the hashes of the flows due in it. A hash and the slot find the
-    /// flow: of the flows with that hash (one key, barring a 64-bit collision) it is the one
-    /// whose `timer_at` is this slot, so an entry costs 8 bytes rather than the key's 42.
-    wheel: BTreeMap<u64, Vec<u64>>,
+    /// Slot (second) → the flows due in it, in the order they were scheduled.
+    wheel: BTreeMap<u64, Vec<Timer>>,
+}
+
+/// A wheel entry: which flow, exactly. The hash finds the flow's probe sequence, and the
+/// start sequence number (unique per flow) picks it there: the table compares only a
+/// 7-bit tag of the hash before asking the predicate, so a predicate on the slot alone
+/// could pick another flow due in the same second. 16 bytes rather than the key's 42.
+#[derive(Clone, Copy, Debug)]
+struct Timer {
+    hash: u64,
+    seq: u64,
+}
+
+impl Timer {
+    fn of(hash: u64, flow: &Flow) -> Timer {
+        Timer {
+            hash,
+            seq: flow.seq,
+        }
+    }
+
+    /// Picks this entry's flow if it is still due in `slot`; an entry left behind when the
+    /// flow moved to an earlier slot (or ended) picks nothing.
+    fn is_due(self, slot: u64) -> impl Fn(&Flow) -> bool + Copy {
+        move |f: &Flow| f.seq == self.seq && f.timer_at == slot
+    }
 }
 
 impl Schedule {
@@ -377,7 +402,10 @@ impl Schedule {
         let slot = due.secs() + 1;
         if slot < flow.timer_at {
             flow.timer_at = slot;
-            self.wheel.entry(slot).or_default().push(hash);
+            self.wheel
+                .entry(slot)
+                .or_default()
+                .push(Timer::of(hash, flow));
         }
         if let Some(resume) = up.resumed {
             out.push(FlowEvent::Resumed {
@@ -527,6 +555,74 @@ mod tests {
             "the survivors, in the order they started"
         );
         assert!(t.is_empty());
+    }
+
+    /// Every flow in the table has the one wheel entry that picks it, at its `timer_at`.
+    fn assert_every_flow_is_scheduled(t: &FlowTable) {
+        for flow in t.flows.table.iter() {
+            let timers = t.schedule.wheel.get(&flow.timer_at);
+            let picks = timers
+                .into_iter()
+                .flatten()
+                .filter(|timer| timer.is_due(flow.timer_at)(flow))
+                .count();
+            assert_eq!(picks, 1, "flow {} has {picks} live timers", flow.seq);
+        }
+    }
+
+    /// Regression: a slot's entry picked its flow by the slot time alone, and the table
+    /// compares only a 7-bit tag of the hash before asking, so of two flows due in the same
+    /// second with equal tags the wrong one could be checked first: flows ended in an order
+    /// that depended on the per-process hash seed. Each round seeds a new table and finds two
+    /// such flows; the old logic gets about half the rounds wrong.
+    #[test]
+    fn flows_due_in_the_same_second_end_in_the_order_they_were_scheduled() {
+        let config = FlowConfig {
+            max_flows: 4,
+            ..FlowConfig::default()
+        };
+        for _round in 0..24 {
+            let mut t = FlowTable::new(config.clone());
+            let tag = |port: u16| t.flows.hash(&FlowKey::of(&pkt(port, true, SYN, 1))) >> 57;
+            let mut seen = BTreeMap::new();
+            let pair = (1000..u16::MAX)
+                .find_map(|port| seen.insert(tag(port), port).map(|first| (first, port)))
+                .expect("two of 64k ports share a 7-bit tag");
+            let mut out = Vec::new();
+            for port in [pair.0, pair.1] {
+                t.process(secs(10), &pkt(port, true, SYN, 1), 54, &mut out);
+            }
+            assert_every_flow_is_scheduled(&t);
+            t.advance(secs(100), &mut out);
+            let order: Vec<u16> = ended(&out).iter().map(|(port, _)| *port).collect();
+            assert_eq!(order, [pair.0, pair.1]);
+            assert!(t.is_empty());
+        }
+    }
+
+    /// A flow whose deadline moved on while it waited in its slot is rescheduled, and every
+    /// flow keeps exactly one entry however the packets fall.
+    #[test]
+    fn every_flow_keeps_one_timer() {
+        let config = FlowConfig {
+            max_flows: 64,
+            interim_interval: Duration::from_secs(20),
+            ..FlowConfig::default()
+        };
+        let mut t = FlowTable::new(config);
+        let mut out = Vec::new();
+        for s in 0..200 {
+            for port in 1000..1000 + (s % 50) as u16 {
+                let flags = if s % 7 == 0 { SYN } else { ACK };
+                t.process(
+                    secs(s / 3),
+                    &pkt(port, port % 2 == 0, flags, 1),
+                    54,
+                    &mut out,
+                );
+            }
+            assert_every_flow_is_scheduled(&t);
+        }
     }
 
     #[test]

@@ -123,7 +123,26 @@ pub fn top_findings(c: &Collector, limit: usize) -> Vec<TopFinding> {
         .collect()
 }
 
-/// The top findings as a fixed-width text table, for the terminal.
+/// `s` safe to print on a terminal: C0 and C1 control characters and DEL become escapes
+/// like `\u{1b}`, so a name from the wire (a RADIUS User-Name, a feed's account) cannot
+/// move the cursor, retitle the window or ring the bell. Everything else is left as it is.
+pub fn terminal_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The top findings as a fixed-width text table, for the terminal. Account names may come
+/// from the wire: they are printed through [`terminal_safe`].
 pub fn top_findings_table(c: &Collector, limit: usize) -> String {
     let rows = top_findings(c, limit);
     if rows.is_empty() {
@@ -133,7 +152,9 @@ pub fn top_findings_table(c: &Collector, limit: usize) -> String {
         .iter()
         .map(|r| {
             [
-                r.account.clone().unwrap_or_else(|| "-".to_string()),
+                r.account
+                    .as_deref()
+                    .map_or_else(|| "-".to_string(), |a| terminal_safe(a).into_owned()),
                 format!("{}/{}", r.kind, r.reason),
                 r.severity.to_string(),
                 r.count.to_string(),
@@ -785,6 +806,16 @@ fn clusters(observations: &[PublicIpObservation], geo: &Geo) -> Vec<Cluster> {
 mod tests {
     use super::*;
     use crate::event::{Event, Kind, Severity};
+
+    #[test]
+    fn terminal_safe_escapes_every_control_character() {
+        assert_eq!(terminal_safe("jdoe"), "jdoe");
+        assert_eq!(terminal_safe("Zoë 李"), "Zoë 李");
+        assert_eq!(
+            terminal_safe("a\u{1b}[2Jb\u{7}\u{7f}\u{9b}\t\n"),
+            "a\\u{1b}[2Jb\\u{7}\\u{7f}\\u{9b}\\u{9}\\u{a}"
+        );
+    }
 
     #[test]
     fn script_safe_json_cannot_close_the_script_element() {
