@@ -11,7 +11,8 @@ use std::sync::Arc;
 use crate::accounts::{self, Inventory};
 use crate::app::App;
 use crate::config::{Config, NetworkConfig};
-use crate::detect::{AccountDetectors, Scope};
+use crate::detect::score::Scorer;
+use crate::detect::{Detectors, Moment, Scope, Stage};
 use crate::event::Event;
 use crate::flow_stage::{Item, Reload, Stamped, record_host};
 use crate::flows::record::FlowRecord;
@@ -85,10 +86,13 @@ pub struct Sinks {
 pub struct AccountStage {
     context: Context,
     network: NetworkConfig,
-    detectors: AccountDetectors,
+    detectors: Detectors,
+    scorer: Scorer,
     findings: Vec<Event>,
     /// The last whole second of packet time the stage caught up at.
     ticked: u64,
+    /// The hour of packet time old state was last let go at.
+    expired: u64,
     /// Public-address observations (session feed, RADIUS) not yet due by packet time,
     /// newest first.
     observations: Vec<PublicIpObservation>,
@@ -105,9 +109,11 @@ impl AccountStage {
         AccountStage {
             context,
             network: config.network.clone(),
-            detectors: AccountDetectors::new(config),
+            detectors: Detectors::new(config, Stage::Account),
+            scorer: Scorer::new(&config.detect.score),
             findings: Vec::new(),
             ticked: 0,
+            expired: 0,
             observations: Vec::new(),
             events: sinks.events,
             flow_records: sinks.flows,
@@ -163,11 +169,6 @@ impl AccountStage {
     }
 
     fn observe(&mut self, obs: Observation) {
-        let scope = Scope {
-            network: &self.network,
-            identity: &self.context.identity,
-            geo: &self.context.geo,
-        };
         match obs {
             Observation::Radius {
                 ts,
@@ -182,24 +183,17 @@ impl AccountStage {
                 calling_station.as_deref(),
                 status,
             ),
-            Observation::Activity { ts, host } => {
-                self.detectors
-                    .on_activity(&scope, host, ts, &mut self.findings)
-            }
-            Observation::HandshakeRtt {
-                ts,
-                client,
-                rtt_ns,
-                flow,
-            } => self.detectors.on_handshake_rtt(
-                &scope,
-                client,
-                rtt_ns,
-                &flow,
-                ts,
-                &mut self.findings,
-            ),
             Observation::Finding { event } => self.findings.push(*event),
+            other => {
+                let scope = Scope {
+                    network: &self.network,
+                    identity: &self.context.identity,
+                    geo: &self.context.geo,
+                    sessions: None,
+                };
+                self.detectors
+                    .on(&Moment::Observed(&other), &scope, &mut self.findings);
+            }
         }
         self.emit_findings();
     }
@@ -225,7 +219,17 @@ impl AccountStage {
         self.ticked = now.secs();
         self.context.identity.advance(now);
         self.release_observations(now);
-        self.detectors.on_tick(now);
+        if now.secs() / 3600 > self.expired {
+            self.expired = now.secs() / 3600;
+            let scope = Scope {
+                network: &self.network,
+                identity: &self.context.identity,
+                geo: &self.context.geo,
+                sessions: None,
+            };
+            self.detectors
+                .on(&Moment::Hour(now), &scope, &mut self.findings);
+        }
         self.emit_findings();
     }
 
@@ -255,7 +259,7 @@ impl AccountStage {
             event.account = self.account_of(host, event.ts);
         }
         event.seal();
-        let alert = self.detectors.on_event(&event);
+        let alert = self.scorer.observe(&event);
         self.write(&event);
         if let Some(alert) = alert {
             self.emit(alert);
@@ -294,9 +298,10 @@ impl AccountStage {
                 network: &self.network,
                 identity: &self.context.identity,
                 geo: &self.context.geo,
+                sessions: None,
             };
             self.detectors
-                .on_public_ip(&scope, &obs, &mut self.findings);
+                .on(&Moment::PublicIp(&obs), &scope, &mut self.findings);
         }
     }
 
@@ -337,12 +342,13 @@ impl AccountStage {
                 .or_default() += 1;
         }
         self.stats.account_risk = self
-            .detectors
-            .account_scores(now)
+            .scorer
+            .scores(now)
             .into_iter()
             .filter(|(id, _)| inventory.get(id).is_some())
             .collect();
         let evictions = (self.detectors.evictions().into_iter())
+            .chain([self.scorer.evictions()])
             .chain(identity.evictions())
             .chain([("geo_cache", self.context.geo.cache_evictions())]);
         self.stats.state_evicted.extend(evictions);

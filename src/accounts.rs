@@ -460,6 +460,24 @@ pub fn check_phone(phone: &str, declared_country: Option<&str>) -> Result<(), St
     }
 }
 
+/// The inventory checks' reasons and their weights in the account's risk score: a phone
+/// number that does not fit is a sign named in public reporting; an unknown country or
+/// time zone is a data problem, not evidence.
+pub const REASONS: &[crate::detect::Reason] = &[
+    crate::detect::Reason {
+        name: "phone_format",
+        weight: 10.0,
+    },
+    crate::detect::Reason {
+        name: "unknown_country",
+        weight: 0.0,
+    },
+    crate::detect::Reason {
+        name: "unknown_timezone",
+        weight: 0.0,
+    },
+];
+
 /// The inventory findings as events (`kind: inventory`), in file order. `ts` is the time
 /// the inventory was loaded in packet time (the first packet's, in a replay).
 pub fn inventory_events(inv: &Inventory, ts: Timestamp) -> Vec<Event> {

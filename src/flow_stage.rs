@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::app::App;
 use crate::config::{Config, NetworkConfig};
 use crate::decode::{Decoded, Decoder, Proto};
-use crate::detect::{FlowDetectors, Scope};
+use crate::detect::{Detectors, Moment, Scope, Stage};
 use crate::dissect::dns::{self, NameCache};
 use crate::dissect::identify::{self, Details, Input};
 use crate::dissect::shared::SharedDetails;
@@ -183,7 +183,7 @@ pub struct FlowWorker {
 /// One partition: a flow table and the flow detectors over it.
 struct Partition {
     flows: FlowTable,
-    detectors: FlowDetectors,
+    detectors: Detectors,
     pending: Vec<FlowEvent>,
     findings: Vec<Event>,
     /// Flows (by sequence number) whose handshake RTT was sent on.
@@ -201,7 +201,7 @@ impl FlowWorker {
             .map(|i| {
                 owns(i).then(|| Partition {
                     flows: FlowTable::new(flow_config.clone()),
-                    detectors: FlowDetectors::new(config),
+                    detectors: Detectors::new(config, Stage::Flow),
                     pending: Vec::new(),
                     findings: Vec::new(),
                     sampled: HashSet::new(),
@@ -281,8 +281,11 @@ impl FlowWorker {
             p.flows.advance(clock, &mut p.pending);
             p.drain(&mut ctx);
             let scope = ctx.detector_scope();
-            p.detectors
-                .on_tick(&scope, clock, &p.flows, &mut p.findings);
+            let moment = Moment::Tick {
+                now: clock,
+                flows: &p.flows,
+            };
+            p.detectors.on(&moment, &scope, &mut p.findings);
             p.send_findings(&mut ctx);
         }
         if marker {
@@ -391,6 +394,7 @@ impl Ctx<'_> {
             network: &self.scope.network,
             identity: &self.scope.identity,
             geo: &self.scope.geo,
+            sessions: None,
         }
     }
 
@@ -423,8 +427,13 @@ impl Partition {
                     let sender = if from_orig { flow.orig.0 } else { flow.resp.0 };
                     self.active.note(ctx, sender, ts);
                     let scope = ctx.detector_scope();
-                    self.detectors
-                        .on_resume(&scope, &key, flow, ts, prev, &mut self.findings);
+                    let moment = Moment::Resumed {
+                        key: &key,
+                        flow,
+                        ts,
+                        prev,
+                    };
+                    self.detectors.on(&moment, &scope, &mut self.findings);
                 }
                 FlowEvent::NewBytes { key, ts } => {
                     if let Some(flow) = self.flows.get_mut(&key)
@@ -433,13 +442,12 @@ impl Partition {
                         identify_flow(flow, ctx, ts, false);
                         if flow.dissected {
                             let scope = ctx.detector_scope();
-                            self.detectors.on_identified(
-                                &scope,
-                                &key,
+                            let moment = Moment::Identified {
+                                key: &key,
                                 flow,
                                 ts,
-                                &mut self.findings,
-                            );
+                            };
+                            self.detectors.on(&moment, &scope, &mut self.findings);
                         }
                     }
                 }
@@ -461,7 +469,8 @@ impl Partition {
                     sample_rtt(&mut self.sampled, ctx, &flow, ts);
                     self.sampled.remove(&flow.seq);
                     let scope = ctx.detector_scope();
-                    self.detectors.on_end(&scope, &flow, ts, &mut self.findings);
+                    let moment = Moment::Ended { flow: &flow, ts };
+                    self.detectors.on(&moment, &scope, &mut self.findings);
                     let details = flow.details.take();
                     let record = flow_record(&flow, details, false, Some(why.as_str()), ctx);
                     ctx.out.push(Stamped {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Deserializer};
 use crate::accounts::AccountKind;
 use crate::detect::Scope;
 use crate::detect::geo_anomaly::with_geo;
+use crate::detect::{Detector, Moment, Reason, Registered, Stage};
 use crate::event::{Event, Kind, Severity};
 use crate::flows::humantime_serde;
 use crate::identity::PublicIpObservation;
@@ -246,6 +247,30 @@ impl FarmCluster {
     }
 }
 
+/// Several contractors behind one line: the farm itself.
+pub const REGISTERED: Registered = Registered {
+    stage: Stage::Account,
+    reasons: &[Reason {
+        name: "shared_public_ip",
+        weight: 35.0,
+    }],
+    new: |c| Box::new(FarmCluster::new(&c.detect.farm_cluster)),
+};
+
+impl Detector for FarmCluster {
+    fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>) {
+        match *moment {
+            Moment::PublicIp(obs) => self.on_public_ip(scope, obs, out),
+            Moment::Hour(now) => self.expire(now),
+            _ => {}
+        }
+    }
+
+    fn evictions(&self) -> Vec<(&'static str, u64)> {
+        FarmCluster::evictions(self).to_vec()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +299,7 @@ mod tests {
             network: &network,
             identity: &identity,
             geo: &geo,
+            sessions: None,
         };
         let mut d = FarmCluster::new(&FarmClusterConfig::default());
         let mut out = Vec::new();

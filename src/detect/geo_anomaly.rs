@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::accounts::AccountKind;
 use crate::detect::Scope;
+use crate::detect::{Detector, Moment, Reason, Registered, Stage};
 use crate::event::{Event, Kind, Severity};
 use crate::flows::humantime_serde;
 use crate::geo::{GeoInfo, Location, LocationSource};
@@ -316,6 +317,46 @@ pub(crate) fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
+/// Where an account connects from.
+pub const REGISTERED: Registered = Registered {
+    stage: Stage::Account,
+    reasons: &[
+        // Sessions from a country where public reporting places DPRK IT workers.
+        Reason {
+            name: "high_risk_country",
+            weight: 40.0,
+        },
+        Reason {
+            name: "disallowed_country",
+            weight: 25.0,
+        },
+        Reason {
+            name: "impossible_travel",
+            weight: 25.0,
+        },
+        // Hosting and VPN exits: common in farms, but also among the privacy-minded.
+        Reason {
+            name: "hosting_asn",
+            weight: 15.0,
+        },
+    ],
+    new: |c| Box::new(GeoAnomaly::new(&c.detect.geo)),
+};
+
+impl Detector for GeoAnomaly {
+    fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>) {
+        match *moment {
+            Moment::PublicIp(obs) => self.on_public_ip(scope, obs, out),
+            Moment::Hour(now) => self.expire(now),
+            _ => {}
+        }
+    }
+
+    fn evictions(&self) -> Vec<(&'static str, u64)> {
+        GeoAnomaly::evictions(self).to_vec()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,6 +404,7 @@ mod tests {
             network: &network,
             identity: &identity,
             geo: &geo,
+            sessions: None,
         };
         let mut d = GeoAnomaly::new(&GeoAnomalyConfig::default());
         let mut out = Vec::new();

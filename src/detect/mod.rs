@@ -1,7 +1,11 @@
-//! Detectors: turn flow state and dissector output into findings. They never see raw
-//! packets; the pipeline hands them flows at the moments that matter (an ON period
-//! starts, a flow is identified, a second of packet time passes, a flow ends), and they
-//! return events. Every clock they read is packet time.
+//! Detectors: turn flow state and observations into findings. They never see raw packets.
+//! Each implements [`Detector`], one hook that is shown [`Moment`]s: a flow-stage detector
+//! the moments of its partition's flows (an ON period starts, a flow is identified, a second
+//! of packet time passes, a flow ends), an account-stage detector the observations (DESIGN
+//! §7). Every clock they read is packet time.
+//!
+//! Every detector is listed once, in [`DETECTORS`], with its stage and the reasons it raises,
+//! each with its weight in the account's risk score: a reason cannot be raised without one.
 
 pub mod farm_cluster;
 pub mod geo_anomaly;
@@ -14,15 +18,15 @@ pub mod score;
 pub mod stepping_stone;
 pub mod tunnel;
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 
+use crate::app::App;
 use crate::config::{Config, NetworkConfig};
 use crate::event::Event;
 use crate::flows::{Flow, FlowKey, FlowTable};
 use crate::geo::Geo;
 use crate::identity::{Identity, PublicIpObservation};
+use crate::observation::Observation;
 use crate::timestamp::Timestamp;
 
 /// `[detect.*]` in farmwatch.toml: one sub-table per detector.
@@ -109,205 +113,151 @@ pub(crate) mod check {
 }
 
 /// What detectors know about the world around a flow: which addresses are ours, who is
-/// behind an address at a time, and where an address is.
+/// behind an address at a time, where an address is, and (flow stage) the remote-desktop
+/// sessions open on the partition's hosts.
+#[derive(Clone, Copy)]
 pub struct Scope<'a> {
     pub network: &'a NetworkConfig,
     pub identity: &'a Identity,
     pub geo: &'a Geo,
+    pub sessions: Option<&'a remote_desktop::RemoteDesktop>,
 }
 
-/// The flow stage's detectors (DESIGN §7): each judges flows one at a time or the flows of
-/// one host, so a flow worker that holds a host's flows holds everything they need.
-pub struct FlowDetectors {
-    remote_desktop: remote_desktop::RemoteDesktop,
-    stepping_stone: stepping_stone::SteppingStone,
-    rtt_split: rtt_split::RttSplit,
-    tunnel: tunnel::Tunnel,
-    relay_service: relay_service::RelayService,
+/// Which stage runs a detector (DESIGN §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Per flow or per host, on the flow workers.
+    Flow,
+    /// Per account, once per sensor (or in `correlate`).
+    Account,
 }
 
-impl FlowDetectors {
-    pub fn new(config: &Config) -> FlowDetectors {
-        let detect = &config.detect;
-        FlowDetectors {
-            remote_desktop: remote_desktop::RemoteDesktop::new(&detect.remote_desktop),
-            stepping_stone: stepping_stone::SteppingStone::new(&detect.stepping_stone),
-            rtt_split: rtt_split::RttSplit::new(&detect.rtt_split),
-            tunnel: tunnel::Tunnel::new(&detect.tunnel),
-            relay_service: relay_service::RelayService::new(&detect.relay_service),
+/// A reason a detector raises, with its default weight in the account's risk score
+/// (`[detect.score] weights` overrides it).
+#[derive(Clone, Copy, Debug)]
+pub struct Reason {
+    pub name: &'static str,
+    pub weight: f64,
+}
+
+/// A detector as [`DETECTORS`] lists it.
+pub struct Registered {
+    pub stage: Stage,
+    pub reasons: &'static [Reason],
+    pub new: fn(&Config) -> Box<dyn Detector>,
+}
+
+/// Every detector, once, in the order each stage shows it a moment.
+pub const DETECTORS: &[Registered] = &[
+    remote_desktop::REGISTERED,
+    stepping_stone::REGISTERED,
+    rtt_split::REGISTERED,
+    tunnel::REGISTERED,
+    relay_service::REGISTERED,
+    geo_anomaly::REGISTERED,
+    rtt_distance::REGISTERED,
+    farm_cluster::REGISTERED,
+    off_hours::REGISTERED,
+];
+
+/// Every reason a finding can carry, with its default weight: the detectors' and the
+/// inventory checks'.
+pub fn reasons() -> impl Iterator<Item = &'static Reason> {
+    DETECTORS
+        .iter()
+        .flat_map(|d| d.reasons.iter())
+        .chain(crate::accounts::REASONS.iter())
+}
+
+/// What a detector is shown.
+pub enum Moment<'a> {
+    /// Flow stage: one direction of `flow` became active after being idle; its previous
+    /// ON period started at `prev`.
+    Resumed {
+        key: &'a FlowKey,
+        flow: &'a Flow,
+        ts: Timestamp,
+        prev: Option<Timestamp>,
+    },
+    /// Flow stage: `flow` got its application label.
+    Identified {
+        key: &'a FlowKey,
+        flow: &'a Flow,
+        ts: Timestamp,
+    },
+    /// Flow stage: packet time moved past a whole second; `flows` is the partition's
+    /// table, for detectors that follow flows while they run.
+    Tick {
+        now: Timestamp,
+        flows: &'a FlowTable,
+    },
+    /// Flow stage: `flow` ended and left the table.
+    Ended { flow: &'a Flow, ts: Timestamp },
+    /// Account stage: an account was seen at a public address (session feed, RADIUS), in
+    /// time order.
+    PublicIp(&'a PublicIpObservation),
+    /// Account stage: an observation of the flow stage.
+    Observed(&'a Observation),
+    /// Account stage: an hour of packet time passed; state older than a detector's window
+    /// can go.
+    Hour(Timestamp),
+}
+
+/// A detector: shown moments, it pushes findings to `out`.
+pub trait Detector: Send {
+    fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>);
+
+    /// Entries its bounded state dropped at a limit, by structure (for the metrics).
+    fn evictions(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
+    /// The remote-desktop sessions it tracks, for the detectors that ask (one does).
+    fn sessions(&self) -> Option<&remote_desktop::RemoteDesktop> {
+        None
+    }
+}
+
+/// The detectors of one stage (one partition of the flow stage, or the account stage).
+pub struct Detectors {
+    list: Vec<Box<dyn Detector>>,
+}
+
+impl Detectors {
+    pub fn new(config: &Config, stage: Stage) -> Detectors {
+        Detectors {
+            list: DETECTORS
+                .iter()
+                .filter(|d| d.stage == stage)
+                .map(|d| (d.new)(config))
+                .collect(),
         }
     }
 
-    /// One direction of `flow` became active after being idle; its previous ON period
-    /// started at `prev`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn on_resume(
-        &mut self,
-        scope: &Scope<'_>,
-        key: &FlowKey,
-        flow: &Flow,
-        ts: Timestamp,
-        prev: Option<Timestamp>,
-        out: &mut Vec<Event>,
-    ) {
-        self.stepping_stone
-            .on_resume(scope, key, flow, ts, prev, out);
+    /// Shows every detector `moment`, in list order.
+    pub fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>) {
+        for i in 0..self.list.len() {
+            let (before, rest) = self.list.split_at_mut(i);
+            let Some((current, after)) = rest.split_first_mut() else {
+                break;
+            };
+            let sessions = before.iter().chain(after.iter()).find_map(|d| d.sessions());
+            let scope = Scope { sessions, ..*scope };
+            current.on(moment, &scope, out);
+        }
     }
 
-    /// `flow` got its application label.
-    pub fn on_identified(
-        &mut self,
-        scope: &Scope<'_>,
-        key: &FlowKey,
-        flow: &Flow,
-        ts: Timestamp,
-        out: &mut Vec<Event>,
-    ) {
-        self.remote_desktop.on_identified(scope, key, flow);
-        self.rtt_split.on_identified(scope, key, flow, ts, out);
-        self.tunnel.on_identified(scope, flow, ts, out);
-        self.relay_service
-            .on_identified(scope, key, flow, ts, &self.remote_desktop, out);
-    }
-
-    /// Packet time moved past a whole second; `flows` is the table, for detectors that
-    /// follow flows while they run.
-    pub fn on_tick(
-        &mut self,
-        scope: &Scope<'_>,
-        now: Timestamp,
-        flows: &FlowTable,
-        out: &mut Vec<Event>,
-    ) {
-        self.remote_desktop.on_tick(scope, now, flows, out);
-        self.rtt_split.on_tick(scope, now, flows, out);
-        self.relay_service
-            .on_tick(scope, now, flows, &self.remote_desktop, out);
-    }
-
-    /// `flow` ended and left the table.
-    pub fn on_end(&mut self, scope: &Scope<'_>, flow: &Flow, ts: Timestamp, out: &mut Vec<Event>) {
-        self.remote_desktop.on_end(scope, flow);
-        self.stepping_stone.on_end(flow);
-        self.rtt_split.on_end(scope, flow, ts, out);
-        self.relay_service.on_end(flow);
+    /// Entries each detector's bounded state dropped at its limit, by structure.
+    pub fn evictions(&self) -> Vec<(&'static str, u64)> {
+        self.list.iter().flat_map(|d| d.evictions()).collect()
     }
 
     /// Remote-desktop sessions running at `now`, as (inside host, tool).
-    pub fn active_remote_desktop(
-        &self,
-        now: Timestamp,
-    ) -> impl Iterator<Item = (std::net::IpAddr, crate::app::App)> + '_ {
-        self.remote_desktop.active_sessions(now)
-    }
-
-    /// Entries each detector's bounded state dropped at its limit, by structure.
-    pub fn evictions(&self) -> Vec<(&'static str, u64)> {
-        let mut out = Vec::new();
-        out.extend(self.remote_desktop.evictions());
-        out.push(self.stepping_stone.evictions());
-        out.push(self.rtt_split.evictions());
-        out.push(self.tunnel.evictions());
-        out.extend(self.relay_service.evictions());
-        out
-    }
-}
-
-/// The account stage's detectors (DESIGN §7): they judge accounts from observations, and
-/// the scorer rolls their findings and the flow stage's into alerts.
-pub struct AccountDetectors {
-    geo_anomaly: geo_anomaly::GeoAnomaly,
-    rtt_distance: rtt_distance::RttDistance,
-    farm_cluster: farm_cluster::FarmCluster,
-    off_hours: off_hours::OffHours,
-    scorer: score::Scorer,
-    /// The hour of packet time old state was last let go at.
-    expired: u64,
-}
-
-impl AccountDetectors {
-    pub fn new(config: &Config) -> AccountDetectors {
-        let detect = &config.detect;
-        AccountDetectors {
-            geo_anomaly: geo_anomaly::GeoAnomaly::new(&detect.geo),
-            rtt_distance: rtt_distance::RttDistance::new(
-                &detect.geo,
-                config.sensor.latitude,
-                config.sensor.longitude,
-            ),
-            farm_cluster: farm_cluster::FarmCluster::new(&detect.farm_cluster),
-            off_hours: off_hours::OffHours::new(&detect.off_hours),
-            scorer: score::Scorer::new(&detect.score),
-            expired: 0,
-        }
-    }
-
-    /// Packet time moved past a whole second: once an hour, old state is let go.
-    pub fn on_tick(&mut self, now: Timestamp) {
-        if now.secs() / 3600 > self.expired {
-            self.expired = now.secs() / 3600;
-            self.geo_anomaly.expire(now);
-            self.rtt_distance.expire(now);
-            self.farm_cluster.expire(now);
-            self.off_hours.expire(now);
-        }
-    }
-
-    /// An account was seen at a public address (session feed or RADIUS), in time order.
-    pub fn on_public_ip(
-        &mut self,
-        scope: &Scope<'_>,
-        obs: &PublicIpObservation,
-        out: &mut Vec<Event>,
-    ) {
-        self.geo_anomaly.on_public_ip(scope, obs, out);
-        self.rtt_distance.on_public_ip(scope, obs, out);
-        self.farm_cluster.on_public_ip(scope, obs, out);
-    }
-
-    /// An inside host became active at `ts` (the working-hours detector).
-    pub fn on_activity(
-        &mut self,
-        scope: &Scope<'_>,
-        host: std::net::IpAddr,
-        ts: Timestamp,
-        out: &mut Vec<Event>,
-    ) {
-        self.off_hours.on_activity(scope, host, ts, out);
-    }
-
-    /// An outside client's handshake RTT (RTT against distance).
-    pub fn on_handshake_rtt(
-        &mut self,
-        scope: &Scope<'_>,
-        client: std::net::IpAddr,
-        rtt_ns: u64,
-        flow: &crate::event::FlowRef,
-        ts: Timestamp,
-        out: &mut Vec<Event>,
-    ) {
-        self.rtt_distance
-            .on_sample(scope, client, rtt_ns, flow, ts, out);
-    }
-
-    /// A finding was written (sealed, account filled in): it joins its account's risk
-    /// score; returns the alert when the score reached a new tier.
-    pub fn on_event(&mut self, event: &Event) -> Option<Event> {
-        self.scorer.observe(event)
-    }
-
-    /// Entries each detector's bounded state dropped at its limit, by structure.
-    pub fn evictions(&self) -> Vec<(&'static str, u64)> {
-        let mut out = Vec::new();
-        out.extend(self.geo_anomaly.evictions());
-        out.push(self.rtt_distance.evictions());
-        out.extend(self.farm_cluster.evictions());
-        out.push(self.scorer.evictions());
-        out
-    }
-
-    /// Risk score of every account with evidence, at `now`.
-    pub fn account_scores(&self, now: Timestamp) -> BTreeMap<String, f64> {
-        self.scorer.scores(now)
+    pub fn active_remote_desktop(&self, now: Timestamp) -> Vec<(std::net::IpAddr, App)> {
+        self.list
+            .iter()
+            .filter_map(|d| d.sessions())
+            .flat_map(|s| s.active_sessions(now))
+            .collect()
     }
 }

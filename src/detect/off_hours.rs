@@ -26,8 +26,10 @@ use serde::{Deserialize, Deserializer};
 use crate::accounts::AccountKind;
 use crate::detect::Scope;
 use crate::detect::geo_anomaly::round1;
+use crate::detect::{Detector, Moment, Reason, Registered, Stage};
 use crate::event::{Event, Kind, Severity};
 use crate::flows::humantime_serde;
+use crate::observation::Observation;
 use crate::timestamp::Timestamp;
 
 /// `[detect.off_hours]` in farmwatch.toml.
@@ -299,6 +301,28 @@ pub fn fit(slots: &BTreeSet<u64>, tz: chrono_tz::Tz, cfg: &OffHoursConfig) -> Op
         active_days: days.len(),
         hours_local,
     })
+}
+
+/// A working day in another time zone.
+pub const REGISTERED: Registered = Registered {
+    stage: Stage::Account,
+    reasons: &[Reason {
+        name: "foreign_working_hours",
+        weight: 30.0,
+    }],
+    new: |c| Box::new(OffHours::new(&c.detect.off_hours)),
+};
+
+impl Detector for OffHours {
+    fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>) {
+        match *moment {
+            Moment::Observed(Observation::Activity { ts, host }) => {
+                self.on_activity(scope, *host, *ts, out)
+            }
+            Moment::Hour(now) => self.expire(now),
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use crate::app::App;
+use crate::detect::{Detector, Moment, Reason, Registered, Stage};
 use crate::dissect::identify::{Details, Evidence};
 use crate::event::{Event, Kind, Severity};
 use crate::flows::{Flow, FlowKey, FlowTable};
@@ -204,6 +205,36 @@ impl RelayService {
             }
         }
         out.push(with_place(scope, e, "relay", relay));
+    }
+}
+
+/// A remote-desktop session carried by a vendor's or a TURN relay.
+pub const REGISTERED: Registered = Registered {
+    stage: Stage::Flow,
+    reasons: &[Reason {
+        name: "relay_service",
+        weight: 20.0,
+    }],
+    new: |c| Box::new(RelayService::new(&c.detect.relay_service)),
+};
+
+impl Detector for RelayService {
+    fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>) {
+        let Some(rd) = scope.sessions else {
+            return;
+        };
+        match *moment {
+            Moment::Identified { key, flow, ts } => {
+                self.on_identified(scope, key, flow, ts, rd, out)
+            }
+            Moment::Tick { now, flows } => self.on_tick(scope, now, flows, rd, out),
+            Moment::Ended { flow, .. } => self.on_end(flow),
+            _ => {}
+        }
+    }
+
+    fn evictions(&self) -> Vec<(&'static str, u64)> {
+        RelayService::evictions(self).to_vec()
     }
 }
 

@@ -37,6 +37,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
 use crate::app::App;
+use crate::detect::{Detector, Moment, Reason, Registered, Stage};
 use crate::dissect::identify::Details;
 use crate::event::{Event, FlowRef, Kind, Severity};
 use crate::flows::flow::{ORIG, RESP};
@@ -665,6 +666,7 @@ pub(crate) mod testkit {
                 network: &self.network,
                 identity: &self.identity,
                 geo: &self.geo,
+                sessions: None,
             }
         }
     }
@@ -752,6 +754,35 @@ pub(crate) mod testkit {
             self.send(ts + syn_rtt, server, client, Proto::Tcp, SYN | ACK, 0);
             self.send(ts + syn_rtt + ack_rtt, client, server, Proto::Tcp, ACK, 0)
         }
+    }
+}
+
+/// A remote-desktop stream held for long is someone's day at a screen.
+pub const REGISTERED: Registered = Registered {
+    stage: Stage::Flow,
+    reasons: &[Reason {
+        name: "persistent_stream",
+        weight: 20.0,
+    }],
+    new: |c| Box::new(RemoteDesktop::new(&c.detect.remote_desktop)),
+};
+
+impl Detector for RemoteDesktop {
+    fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>) {
+        match *moment {
+            Moment::Identified { key, flow, .. } => self.on_identified(scope, key, flow),
+            Moment::Tick { now, flows } => self.on_tick(scope, now, flows, out),
+            Moment::Ended { flow, .. } => self.on_end(scope, flow),
+            _ => {}
+        }
+    }
+
+    fn evictions(&self) -> Vec<(&'static str, u64)> {
+        RemoteDesktop::evictions(self).to_vec()
+    }
+
+    fn sessions(&self) -> Option<&RemoteDesktop> {
+        Some(self)
     }
 }
 

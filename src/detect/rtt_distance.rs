@@ -26,9 +26,11 @@ use std::sync::Arc;
 
 use crate::detect::Scope;
 use crate::detect::geo_anomaly::{GeoAnomalyConfig, position, round1, with_geo};
+use crate::detect::{Detector, Moment, Reason, Registered, Stage};
 use crate::event::{Event, FlowRef, Kind, Severity};
 use crate::geo::{Location, LocationSource};
 use crate::identity::PublicIpObservation;
+use crate::observation::Observation;
 use crate::timestamp::Timestamp;
 
 /// Speed of light in vacuum, km per ms.
@@ -274,6 +276,42 @@ impl RttDistance {
 
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+/// An RTT far above what the distance needs: a relay.
+pub const REGISTERED: Registered = Registered {
+    stage: Stage::Account,
+    reasons: &[Reason {
+        name: "rtt_distance",
+        weight: 25.0,
+    }],
+    new: |c| {
+        Box::new(RttDistance::new(
+            &c.detect.geo,
+            c.sensor.latitude,
+            c.sensor.longitude,
+        ))
+    },
+};
+
+impl Detector for RttDistance {
+    fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>) {
+        match *moment {
+            Moment::PublicIp(obs) => self.on_public_ip(scope, obs, out),
+            Moment::Observed(Observation::HandshakeRtt {
+                ts,
+                client,
+                rtt_ns,
+                flow,
+            }) => self.on_sample(scope, *client, *rtt_ns, flow, *ts, out),
+            Moment::Hour(now) => self.expire(now),
+            _ => {}
+        }
+    }
+
+    fn evictions(&self) -> Vec<(&'static str, u64)> {
+        vec![RttDistance::evictions(self)]
+    }
 }
 
 #[cfg(test)]

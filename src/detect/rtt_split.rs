@@ -32,6 +32,7 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::decode::Proto;
+use crate::detect::{Detector, Moment, Reason, Registered, Stage};
 use crate::event::{Event, Kind, Severity};
 use crate::flows::flow::{ORIG, RESP};
 use crate::flows::{Flow, FlowKey, FlowTable, humantime_serde};
@@ -268,6 +269,31 @@ impl RttSplit {
                 .evidence("min_extra_ms", self.config.min_extra.as_millis() as u64);
             out.push(with_place(scope, e, "relay", ends[i]));
         }
+    }
+}
+
+/// A connection whose TCP ends nearer than its application: a relay.
+pub const REGISTERED: Registered = Registered {
+    stage: Stage::Flow,
+    reasons: &[Reason {
+        name: "rtt_split",
+        weight: 20.0,
+    }],
+    new: |c| Box::new(RttSplit::new(&c.detect.rtt_split)),
+};
+
+impl Detector for RttSplit {
+    fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>) {
+        match *moment {
+            Moment::Identified { key, flow, ts } => self.on_identified(scope, key, flow, ts, out),
+            Moment::Tick { now, flows } => self.on_tick(scope, now, flows, out),
+            Moment::Ended { flow, ts } => self.on_end(scope, flow, ts, out),
+            _ => {}
+        }
+    }
+
+    fn evictions(&self) -> Vec<(&'static str, u64)> {
+        vec![RttSplit::evictions(self)]
     }
 }
 

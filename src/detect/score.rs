@@ -18,29 +18,6 @@ use crate::event::{Event, Kind, Severity};
 use crate::flows::humantime_serde;
 use crate::timestamp::Timestamp;
 
-/// Default weight (score points) per reason. Geo and farm reasons are this module's; the
-/// rest are the remote-desktop, relay and inventory findings, which count too.
-pub const DEFAULT_WEIGHTS: &[(&str, f64)] = &[
-    // Sessions from a country where public reporting places DPRK IT workers.
-    ("high_risk_country", 40.0),
-    // Several contractors behind one line: the farm itself.
-    ("shared_public_ip", 35.0),
-    // A working day in another time zone.
-    ("foreign_working_hours", 30.0),
-    ("disallowed_country", 25.0),
-    ("impossible_travel", 25.0),
-    // An RTT far above the distance: a relay.
-    ("rtt_distance", 25.0),
-    // Hosting and VPN exits: common in farms, but also among the privacy-minded.
-    ("hosting_asn", 15.0),
-    ("phone_format", 10.0),
-    ("persistent_stream", 20.0),
-    ("stepping_stone", 25.0),
-    ("rtt_split", 20.0),
-    ("tunnel", 20.0),
-    ("relay_service", 20.0),
-];
-
 /// `[detect.score]` in farmwatch.toml.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -87,7 +64,7 @@ fn tiers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
 fn weights<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
     let v = BTreeMap::<String, f64>::deserialize(d)?;
     for (reason, w) in &v {
-        if !DEFAULT_WEIGHTS.iter().any(|(r, _)| r == reason) {
+        if !crate::detect::reasons().any(|r| r.name == reason) {
             return Err(serde::de::Error::custom(format!(
                 "unknown reason {reason:?} in weights"
             )));
@@ -151,10 +128,12 @@ impl Scorer {
 
     pub fn weight(&self, reason: &str) -> f64 {
         self.config.weights.get(reason).copied().unwrap_or_else(|| {
-            DEFAULT_WEIGHTS
-                .iter()
-                .find(|(r, _)| *r == reason)
-                .map_or(0.0, |(_, w)| *w)
+            let declared = crate::detect::reasons().find(|r| r.name == reason);
+            debug_assert!(
+                declared.is_some(),
+                "reason {reason} raised but not declared"
+            );
+            declared.map_or(0.0, |r| r.weight)
         })
     }
 
@@ -351,7 +330,13 @@ mod tests {
         let s = Scorer::new(&c);
         assert_eq!(s.weight("hosting_asn"), 50.0);
         assert_eq!(s.weight("high_risk_country"), 40.0);
-        assert_eq!(s.weight("not_a_reason"), 0.0);
+        // Every reason is declared once, with a weight beside its detector.
+        let mut names: Vec<&str> = crate::detect::reasons().map(|r| r.name).collect();
+        let declared = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), declared, "a reason declared twice");
+        assert!(names.contains(&"rtt_split") && names.contains(&"phone_format"));
         assert!(toml::from_str::<ScoreConfig>("[weights]\nhosting = 5\n").is_err());
         assert!(toml::from_str::<ScoreConfig>("tiers = [70, 40]\n").is_err());
         assert!(toml::from_str::<ScoreConfig>("half_life = \"3d\"\n").is_ok());

@@ -26,6 +26,7 @@ use serde::Deserialize;
 
 use crate::app::App;
 use crate::decode::Proto;
+use crate::detect::{Detector, Moment, Reason, Registered, Stage};
 use crate::event::{Event, FlowRef, Kind, Severity};
 use crate::flows::{Flow, FlowKey, humantime_serde};
 use crate::timestamp::Timestamp;
@@ -377,6 +378,35 @@ impl SteppingStone {
             }
             false
         });
+    }
+}
+
+/// An interactive session relayed through an account host.
+pub const REGISTERED: Registered = Registered {
+    stage: Stage::Flow,
+    reasons: &[Reason {
+        name: "stepping_stone",
+        weight: 25.0,
+    }],
+    new: |c| Box::new(SteppingStone::new(&c.detect.stepping_stone)),
+};
+
+impl Detector for SteppingStone {
+    fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>) {
+        match *moment {
+            Moment::Resumed {
+                key,
+                flow,
+                ts,
+                prev,
+            } => self.on_resume(scope, key, flow, ts, prev, out),
+            Moment::Ended { flow, .. } => self.on_end(flow),
+            _ => {}
+        }
+    }
+
+    fn evictions(&self) -> Vec<(&'static str, u64)> {
+        vec![SteppingStone::evictions(self)]
     }
 }
 

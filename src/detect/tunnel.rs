@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::app::App;
+use crate::detect::{Detector, Moment, Reason, Registered, Stage};
 use crate::dissect::identify::Protocol;
 use crate::event::{Event, Kind, Severity};
 use crate::flows::Flow;
@@ -144,6 +145,28 @@ impl Tunnel {
             _ => {}
         }
         out.push(with_place(scope, e, "peer", peer));
+    }
+}
+
+/// A tunnel inside the corporate tunnel.
+pub const REGISTERED: Registered = Registered {
+    stage: Stage::Flow,
+    reasons: &[Reason {
+        name: "tunnel",
+        weight: 20.0,
+    }],
+    new: |c| Box::new(Tunnel::new(&c.detect.tunnel)),
+};
+
+impl Detector for Tunnel {
+    fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>) {
+        if let Moment::Identified { flow, ts, .. } = *moment {
+            self.on_identified(scope, flow, ts, out);
+        }
+    }
+
+    fn evictions(&self) -> Vec<(&'static str, u64)> {
+        vec![Tunnel::evictions(self)]
     }
 }
 
