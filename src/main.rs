@@ -310,7 +310,10 @@ fn check(config: Option<PathBuf>, accounts: Option<PathBuf>) -> Result<(), Failu
             }
         }
         Err(e) => {
-            println!("{e}");
+            let every = config.as_deref().map(Config::every_problem);
+            for problem in every.filter(|p| !p.is_empty()).unwrap_or(vec![e]) {
+                println!("{problem}");
+            }
             ok = false;
         }
     }
