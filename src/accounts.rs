@@ -543,6 +543,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn check_lists_every_unknown_key_not_only_the_first() {
+        let path = std::env::temp_dir().join(format!("accounts-check-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[[account]]\nid = \"a\"\nkind = \"contractor\"\nknd = \"x\"\n\n\
+             [[account]]\nid = \"b\"\nkind = \"employee\"\nphon = \"x\"\n",
+        )
+        .unwrap();
+        let (lines, ok) = check(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert!(!ok);
+        let at: Vec<&str> = lines
+            .iter()
+            .map(|l| l.split(": ").next().unwrap())
+            .collect();
+        let file = path.display().to_string();
+        assert_eq!(at, [format!("{file}:4"), format!("{file}:9")], "{lines:?}");
+    }
+
+    #[test]
     fn lines_from_offsets() {
         let t = LineIndex::new("a\nbb\nc");
         assert_eq!(t.line(0), 1);

@@ -119,8 +119,9 @@ fn located(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
 
 /// Every problem parsing finds in `text`, not only the first (for `farmwatch check`): the
 /// entry each error points into is blanked and the rest parsed again. Returns the problems
-/// and the text without the bad entries (line numbers kept), for the checks that follow.
-/// It stops where blanking would leave no valid TOML, so a syntax error ends the list.
+/// in file order, and the text without the bad entries (line numbers kept) for the checks
+/// that follow. It stops where blanking would leave no valid TOML, so a syntax error ends
+/// the list.
 pub fn every_parse_error<T: serde::de::DeserializeOwned>(
     path: &Path,
     text: &str,
@@ -132,15 +133,22 @@ pub fn every_parse_error<T: serde::de::DeserializeOwned>(
         let Err(e) = toml::from_str::<T>(&text) else {
             break;
         };
-        problems.push(located(path, &text, &e));
-        let Some(span) = e.span() else { break };
+        let Some(span) = e.span() else {
+            problems.push((usize::MAX, located(path, &text, &e)));
+            break;
+        };
+        // Blanked lines stay, so line numbers (not byte offsets) compare across rounds.
+        let line = text[..span.start.min(text.len())].matches('\n').count();
+        problems.push((line, located(path, &text, &e)));
         let blanked = blank_entry(&text, span.start);
         if blanked == text || blanked.parse::<toml::Table>().is_err() {
             break;
         }
         text = blanked;
     }
-    (problems, text)
+    // In file order: they are found in the order serde meets them.
+    problems.sort_by_key(|(line, _)| *line);
+    (problems.into_iter().map(|(_, p)| p).collect(), text)
 }
 
 /// `text` with the entry holding byte `at` made empty lines: a `[table]` header with its
@@ -313,11 +321,9 @@ interim_interval = "15m"
             .iter()
             .map(|p| p.0.split(": ").next().unwrap())
             .collect();
-        let mut sorted = lines.clone();
-        sorted.sort();
         assert_eq!(
-            sorted,
-            ["f.toml:10", "f.toml:2", "f.toml:7", "f.toml:9"],
+            lines,
+            ["f.toml:2", "f.toml:7", "f.toml:9", "f.toml:10"],
             "{problems:?}"
         );
         assert_eq!(rest.lines().count(), text.lines().count());
