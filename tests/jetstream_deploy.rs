@@ -224,7 +224,7 @@ fn promtool(args: &[&str]) -> Option<String> {
                 std::env::var("CI").as_deref() != Ok("true"),
                 "promtool missing in CI ({e})"
             );
-            eprintln!("skipped: promtool not found (Debian package `prometheus`)");
+            support::skip("promtool missing");
             None
         }
     }
