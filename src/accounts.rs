@@ -521,7 +521,21 @@ pub fn run_check(accounts_path: &Path, out: &mut impl std::io::Write) -> std::io
 /// whether it is clean (exit 0) or not (exit 2).
 pub fn check(accounts_path: &Path) -> (Vec<String>, bool) {
     match Inventory::load(accounts_path) {
-        Err(problems) => (problems.iter().map(|p| p.to_string()).collect(), false),
+        Err(problems) => {
+            // Parsing stops at the first bad key; list every one, then what the rest says.
+            let text = std::fs::read_to_string(accounts_path).unwrap_or_default();
+            let (parse, rest) = crate::config::every_parse_error::<RawFile>(accounts_path, &text);
+            let mut lines: Vec<String> = parse.iter().map(|p| p.to_string()).collect();
+            match Inventory::parse(&rest, &accounts_path.display().to_string()) {
+                Err(more) if !lines.is_empty() => {
+                    lines.extend(more.iter().map(|p| p.to_string()));
+                    lines.dedup();
+                }
+                _ if !lines.is_empty() => {}
+                _ => lines = problems.iter().map(|p| p.to_string()).collect(),
+            }
+            (lines, false)
+        }
         Ok(inv) => {
             let lines: Vec<String> = inv
                 .findings()
@@ -545,6 +559,26 @@ pub fn check(accounts_path: &Path) -> (Vec<String>, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_lists_every_unknown_key_not_only_the_first() {
+        let path = std::env::temp_dir().join(format!("accounts-check-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[[account]]\nid = \"a\"\nkind = \"contractor\"\nknd = \"x\"\n\n\
+             [[account]]\nid = \"b\"\nkind = \"employee\"\nphon = \"x\"\n",
+        )
+        .unwrap();
+        let (lines, ok) = check(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert!(!ok);
+        let at: Vec<&str> = lines
+            .iter()
+            .map(|l| l.split(": ").next().unwrap())
+            .collect();
+        let file = path.display().to_string();
+        assert_eq!(at, [format!("{file}:4"), format!("{file}:9")], "{lines:?}");
+    }
 
     #[test]
     fn lines_from_offsets() {

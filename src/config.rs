@@ -103,16 +103,103 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
     path: &Path,
     text: &str,
 ) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        let msg = e.message().replace('\n', " ");
-        match line {
-            Some(l) => ConfigError(format!("{}:{l}: {msg}", path.display())),
-            None => ConfigError(format!("{}: {msg}", path.display())),
+    toml::from_str(text).map_err(|e| located(path, text, &e))
+}
+
+fn located(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let msg = e.message().replace('\n', " ");
+    match line {
+        Some(l) => ConfigError(format!("{}:{l}: {msg}", path.display())),
+        None => ConfigError(format!("{}: {msg}", path.display())),
+    }
+}
+
+/// Every problem parsing finds in `text`, not only the first (for `farmwatch check`): the
+/// entry each error points into is blanked and the rest parsed again. Returns the problems
+/// in file order, and the text without the bad entries (line numbers kept) for the checks
+/// that follow. It stops where blanking would leave no valid TOML, so a syntax error ends
+/// the list.
+pub fn every_parse_error<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> (Vec<ConfigError>, String) {
+    let mut text = text.to_string();
+    let mut problems = Vec::new();
+    // Each round blanks at least one line, so there are at most as many as lines.
+    for _ in 0..=text.lines().count() {
+        let Err(e) = toml::from_str::<T>(&text) else {
+            break;
+        };
+        let Some(span) = e.span() else {
+            problems.push((usize::MAX, located(path, &text, &e)));
+            break;
+        };
+        // Blanked lines stay, so line numbers (not byte offsets) compare across rounds.
+        let line = text[..span.start.min(text.len())].matches('\n').count();
+        problems.push((line, located(path, &text, &e)));
+        let blanked = blank_entry(&text, span.start);
+        if blanked == text || blanked.parse::<toml::Table>().is_err() {
+            break;
         }
-    })
+        text = blanked;
+    }
+    // In file order: they are found in the order serde meets them.
+    problems.sort_by_key(|(line, _)| *line);
+    (problems.into_iter().map(|(_, p)| p).collect(), text)
+}
+
+/// `text` with the entry holding byte `at` made empty lines: a `[table]` header with its
+/// keys, or a `key = value` with the lines its brackets span.
+fn blank_entry(text: &str, at: usize) -> String {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut first = 0;
+    let mut offset = 0;
+    while first + 1 < lines.len() && offset + lines[first].len() <= at {
+        offset += lines[first].len();
+        first += 1;
+    }
+    let is_header = |l: &str| l.trim_start().starts_with('[');
+    let mut last = first;
+    if lines.get(first).is_some_and(|l| is_header(l)) {
+        while last + 1 < lines.len() && !is_header(lines[last + 1]) {
+            last += 1;
+        }
+    } else {
+        let mut depth = lines.get(first).map_or(0, |l| bracket_depth(l));
+        while depth > 0 && last + 1 < lines.len() {
+            last += 1;
+            depth += bracket_depth(lines[last]);
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    for (i, l) in lines.iter().enumerate() {
+        if !(first..=last).contains(&i) {
+            out.push_str(l);
+        } else if l.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Brackets and braces a line opens minus those it closes, outside strings and comments.
+fn bracket_depth(line: &str) -> i64 {
+    let mut depth = 0;
+    let mut quote = None;
+    for c in line.chars() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '#') => break,
+            (None, '[' | '{') => depth += 1,
+            (None, ']' | '}') => depth -= 1,
+            _ => {}
+        }
+    }
+    depth
 }
 
 impl Config {
@@ -123,6 +210,22 @@ impl Config {
         };
         config.validate(path)?;
         Ok(config)
+    }
+
+    /// Every problem of the config at `path`, for `farmwatch check`: each key or value
+    /// that does not parse, then what validation says about the rest.
+    pub fn every_problem(path: &Path) -> Vec<ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => return vec![ConfigError(format!("{}: cannot read: {e}", path.display()))],
+        };
+        let (mut problems, rest) = every_parse_error::<Config>(path, &text);
+        if let Ok(config) = toml::from_str::<Config>(&rest)
+            && let Err(e) = config.validate(Some(path))
+        {
+            problems.push(e);
+        }
+        problems
     }
 
     fn validate(&self, path: Option<&Path>) -> Result<(), ConfigError> {
@@ -207,5 +310,26 @@ interim_interval = "15m"
         let e = parse_toml::<Config>(Path::new("f.toml"), "[flows]\nudp_timeout = \"soon\"\n")
             .unwrap_err();
         assert!(e.0.starts_with("f.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn every_parse_error_lists_each_bad_key_and_value_with_its_line() {
+        let text = "[sensor]\nnmae = \"x\"\n[network]\ninside = [\n  \"10.0.0.0/8\",\n]\n\
+                    insid = [\"10.0.0.0/8\"]\n[flows]\nudp_timeout = \"soon\"\n[sensr]\nname = \"y\"\n";
+        let (problems, rest) = every_parse_error::<Config>(Path::new("f.toml"), text);
+        let lines: Vec<&str> = problems
+            .iter()
+            .map(|p| p.0.split(": ").next().unwrap())
+            .collect();
+        assert_eq!(
+            lines,
+            ["f.toml:2", "f.toml:7", "f.toml:9", "f.toml:10"],
+            "{problems:?}"
+        );
+        assert_eq!(rest.lines().count(), text.lines().count());
+        assert!(toml::from_str::<Config>(&rest).is_ok());
+        // A syntax error is the one problem: nothing after it can be trusted.
+        let (problems, _) = every_parse_error::<Config>(Path::new("f.toml"), "[sensor\nx = 1\n");
+        assert_eq!(problems.len(), 1);
     }
 }

@@ -10,6 +10,7 @@ pub mod app;
 pub mod bounded;
 pub mod config;
 pub mod control;
+pub mod convert;
 pub mod decode;
 pub mod detect;
 pub mod dissect;

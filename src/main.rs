@@ -183,6 +183,18 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Convert a VPN's logs into the session feed for --sessions (JSON lines on stdout).
+    Sessions {
+        /// The logs' format.
+        #[arg(long, value_enum)]
+        from: farmwatch::convert::Format,
+        /// Time zone (IANA name) of times the logs write in server-local time.
+        #[arg(long, default_value = "UTC")]
+        timezone: chrono_tz::Tz,
+        /// Log files, oldest first (OpenVPN: successive status snapshots).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Validate the config and the account inventory, list every problem, then exit
     /// (0 clean, 2 problems).
     Check {
@@ -260,6 +272,11 @@ fn main() -> ExitCode {
         }),
         Command::Geoip { ips, config } => geoip(config, &ips),
         Command::Check { config, accounts } => check(config, accounts),
+        Command::Sessions {
+            from,
+            timezone,
+            files,
+        } => farmwatch::convert::run(from, &files, timezone, &mut std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -293,7 +310,10 @@ fn check(config: Option<PathBuf>, accounts: Option<PathBuf>) -> Result<(), Failu
             }
         }
         Err(e) => {
-            println!("{e}");
+            let every = config.as_deref().map(Config::every_problem);
+            for problem in every.filter(|p| !p.is_empty()).unwrap_or(vec![e]) {
+                println!("{problem}");
+            }
             ok = false;
         }
     }

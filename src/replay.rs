@@ -101,7 +101,7 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
     while let Some(pkt) = replay.next_packet() {
         engine.packet(pkt);
         n += 1;
-        if n % 65_536 == 0
+        if n.is_multiple_of(65_536)
             && let Some(bar) = &progress
         {
             bar.set_position(replay.consumed().min(total));

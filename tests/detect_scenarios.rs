@@ -174,12 +174,8 @@ fn rtt_split_on_each_side() {
 
 #[test]
 fn development_captures_give_no_false_findings() {
-    let Some(dir) = support::captures() else {
-        support::require(false, "../shared/captures");
-        return;
-    };
     let mut problems = Vec::new();
-    for file in support::capture_files(&dir) {
+    for file in support::all_capture_files() {
         let (events, _) = support::replay(&[&file], &[], "detect-dev");
         for e in events {
             let mine = e["kind"] == "remote_desktop" || e["kind"] == "relay_chain";

@@ -1,37 +1,20 @@
 //! Our remote-access dissectors against other projects' expected outputs on real captures:
 //! Zeek baselines (TSV logs), zeek/spicy-analyzers baselines and suricata-verify test.yaml
-//! checks. Payloads are extracted with tshark; when tshark or the captures are missing the
-//! tests skip with a note, except under `CI=true`, where they fail.
+//! checks. Payloads are extracted with tshark; without tshark the tests skip (a recorded
+//! skip), except under `CI=true`, where they fail. The spicy-analyzer traces are optional
+//! (see `tests/captures/README.md`): without them those checks are a recorded skip.
+
+mod support;
 
 use farmwatch::dissect::{ipsec, openvpn, rdp, rfb, socks, ssh, stun, wireguard};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const CAPTURES: &str = "../shared/captures";
-
-/// The capture root, or None (after a note) when the tests cannot run here.
+/// The project's capture root (`tests/captures`), or None (after a recorded skip) when
+/// tshark is missing outside CI.
 fn captures() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(CAPTURES);
-    let tshark = Command::new("tshark")
-        .arg("-v")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let ok = tshark && root.is_dir();
-    if !ok {
-        let why = if tshark {
-            "captures missing"
-        } else {
-            "tshark missing"
-        };
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{why} under CI"
-        );
-        eprintln!("skipping: {why}");
-        return None;
-    }
-    Some(root)
+    support::require(support::has_tool("tshark"), "tshark").then(support::project_captures)
 }
 
 fn tshark_fields(pcap: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
@@ -602,8 +585,12 @@ fn socks_matches_zeek() {
 
 #[test]
 fn wireguard_matches_spicy() {
-    let Some(root) = captures() else { return };
-    let spicy = root.join("zeek-spicy-analyzers");
+    if captures().is_none() {
+        return;
+    }
+    let Some(spicy) = support::suite(support::SPICY) else {
+        return;
+    };
     let row = &zeek_log(&spicy.join("Baseline/protocol.wireguard.wireguard/wireguard.log"))[0];
     let d = udp_datagrams(&spicy.join("Traces/wireguard.pcap"));
     let msgs: Vec<_> = d
@@ -644,8 +631,12 @@ fn spicy_openvpn(out: &str) -> Vec<(u8, Option<u32>, Option<usize>)> {
 
 #[test]
 fn openvpn_matches_spicy() {
-    let Some(root) = captures() else { return };
-    let spicy = root.join("zeek-spicy-analyzers");
+    if captures().is_none() {
+        return;
+    }
+    let Some(spicy) = support::suite(support::SPICY) else {
+        return;
+    };
     let cases = [
         ("openvpn.pcap", "openvpn", false, None),
         ("openvpn_udp_tls-auth.pcap", "openvpnhmac", false, Some(20)),
@@ -723,8 +714,12 @@ fn openvpn_matches_spicy() {
 
 #[test]
 fn ike_matches_spicy() {
-    let Some(root) = captures() else { return };
-    let spicy = root.join("zeek-spicy-analyzers");
+    if captures().is_none() {
+        return;
+    }
+    let Some(spicy) = support::suite(support::SPICY) else {
+        return;
+    };
     // Baseline directory -> trace, matched by initiator SPI (ikev1-a's trace, ikev1-certs.pcap,
     // is not among the captures).
     let cases = [
@@ -765,8 +760,12 @@ fn ike_matches_spicy() {
 
 #[test]
 fn stun_matches_spicy() {
-    let Some(root) = captures() else { return };
-    let spicy = root.join("zeek-spicy-analyzers");
+    if captures().is_none() {
+        return;
+    }
+    let Some(spicy) = support::suite(support::SPICY) else {
+        return;
+    };
     let rows = zeek_log(&spicy.join("Baseline/protocol.stun.stun/stun.log"));
     let msgs: Vec<_> = udp_datagrams(&spicy.join("Traces/stun-ice-testcall.pcap"))
         .into_iter()

@@ -3,8 +3,10 @@
 //! tshark's own dissection for SNI and certificate names.
 //!
 //! tshark only splits the captures into per-stream payloads (and supplies its SNI and
-//! certificate strings for comparison); all parsing under test is ours. Without tshark or
-//! the captures the tests skip with a note, except under `CI=true`, where they fail.
+//! certificate strings for comparison); all parsing under test is ours. Without tshark the
+//! tests skip (a recorded skip), except under `CI=true`, where they fail.
+
+mod support;
 
 use farmwatch::dissect::{http, quic, tls};
 use std::collections::BTreeMap;
@@ -12,25 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-const SUITE: &str = "../shared/captures/suricata-verify";
-
-/// The suite directory when the captures and tshark are both here.
+/// The suricata-verify suite (copied into `tests/captures`), or None (after a recorded
+/// skip) when tshark is missing outside CI.
 fn suite() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(SUITE);
-    let tshark = Command::new("tshark")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let missing = match (dir.is_dir(), tshark) {
-        (true, true) => return Some(dir),
-        (false, _) => format!("captures not found at {}", dir.display()),
-        (true, false) => "tshark is not installed".to_string(),
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{missing}: required when CI=true");
-    }
-    eprintln!("skipping capture agreement test: {missing}");
-    None
+    support::require(support::has_tool("tshark"), "tshark")
+        .then(|| support::suite("suricata-verify"))
+        .flatten()
 }
 
 /// Runs tshark over `pcap` and returns the requested fields of each matching packet.
@@ -281,14 +270,14 @@ fn sni_and_certificates_match_tshark() {
         }
         // Streams where tshark saw no Certificate: TLS 1.3 or resumption, so ours says None.
         for (id, stream) in &streams {
-            if let Ok(hello) = tls::parse_server_hello(&stream.server) {
-                if hello.version == 0x0304 {
-                    assert_eq!(
-                        tls::parse_server_certificate(&stream.server),
-                        Ok(None),
-                        "{id}"
-                    );
-                }
+            if let Ok(hello) = tls::parse_server_hello(&stream.server)
+                && hello.version == 0x0304
+            {
+                assert_eq!(
+                    tls::parse_server_certificate(&stream.server),
+                    Ok(None),
+                    "{id}"
+                );
             }
         }
     }

@@ -4,6 +4,8 @@
 //! a node, TLS with a user and password. nats-server comes from Debian's `nats-server`
 //! package; without it (outside CI) the tests are skipped.
 
+mod support;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,7 +46,7 @@ fn have_server() -> bool {
                 std::env::var("CI").as_deref() != Ok("true"),
                 "nats-server missing in CI ({e}): install Debian's nats-server"
             );
-            eprintln!("skipped: nats-server not found (Debian package `nats-server`)");
+            support::skip("nats-server missing");
             false
         }
     }

@@ -1,6 +1,8 @@
 //! The scale-out deployment files: the compose file (Docker cannot run here, so it is parsed
 //! and its topology checked), its configs, the Kubernetes correlator and the systemd unit.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -183,7 +185,7 @@ fn correlate_unit_runs_without_capabilities_on_the_correlate_port() {
         .args(["verify", path])
         .output()
     else {
-        eprintln!("skipped: systemd-analyze not available");
+        support::require(false, "systemd-analyze (Debian package systemd)");
         return;
     };
     assert!(
@@ -222,7 +224,7 @@ fn promtool(args: &[&str]) -> Option<String> {
                 std::env::var("CI").as_deref() != Ok("true"),
                 "promtool missing in CI ({e})"
             );
-            eprintln!("skipped: promtool not found (Debian package `prometheus`)");
+            support::skip("promtool missing");
             None
         }
     }

@@ -50,14 +50,15 @@ const KNOWN: &[(&str, &str, &str)] = &[
 
 #[test]
 fn labels_agree_with_zeek_conn_logs() {
-    let Some(captures) = support::captures() else {
-        support::require(false, "../shared/captures");
-        return;
-    };
+    // The spicy-analyzer suite is optional: without it, Zeek's own baselines and traces.
+    let suites: Vec<_> = ["zeek", support::SPICY]
+        .into_iter()
+        .filter_map(support::suite)
+        .collect();
     // (endpoint, endpoint) sorted → set of acceptable labels, from every baseline.
     let mut want: BTreeMap<Pair, BTreeSet<&'static str>> = BTreeMap::new();
-    for suite in ["zeek", "zeek-spicy-analyzers"] {
-        let Ok(dirs) = std::fs::read_dir(captures.join(suite).join("Baseline")) else {
+    for suite in &suites {
+        let Ok(dirs) = std::fs::read_dir(suite.join("Baseline")) else {
             continue;
         };
         for dir in dirs.flatten() {
@@ -89,9 +90,9 @@ fn labels_agree_with_zeek_conn_logs() {
     );
 
     let mut got: BTreeMap<Pair, Option<String>> = BTreeMap::new();
-    let traces: Vec<_> = ["zeek/Traces", "zeek-spicy-analyzers/Traces"]
+    let traces: Vec<_> = suites
         .iter()
-        .flat_map(|d| support::capture_files(&captures.join(d)))
+        .flat_map(|d| support::capture_files(&d.join("Traces")))
         .collect();
     for (i, trace) in traces.iter().enumerate() {
         let (_, flows) = support::replay(&[trace.as_path()], &[], &format!("labels-{i}"));

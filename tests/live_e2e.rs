@@ -7,7 +7,7 @@ mod live_support;
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -18,13 +18,15 @@ use support::{has_tool, read_jsonl, require, scratch};
 /// The detector scenarios' config: inside 10.8.0.0/16, the test geo database.
 const CONFIG: &str = "fixtures/detect.toml";
 
-const TRACES: [&str; 3] = [
-    "../shared/captures/zeek/Traces/ssh/ssh.pcap",
-    "../shared/captures/zeek/Traces/rdp/rdp-to-ssl.pcap",
-    // Tunnels from inside hosts (WireGuard to RU, HTTP CONNECT, an allow-listed peer):
-    // findings that rest on the bytes, not on durations that pacing would change.
-    "fixtures/detect-tunnels.pcap",
-];
+fn traces() -> [PathBuf; 3] {
+    [
+        support::capture("zeek/Traces/ssh/ssh.pcap"),
+        support::capture("zeek/Traces/rdp/rdp-to-ssl.pcap"),
+        // Tunnels from inside hosts (WireGuard to RU, HTTP CONNECT, an allow-listed peer):
+        // findings that rest on the bytes, not on durations that pacing would change.
+        PathBuf::from("fixtures/detect-tunnels.pcap"),
+    ]
+}
 
 /// A namespace holding one end of a veth pair; the other end stays here for the sensor.
 /// Both are removed on drop, also when the test fails.
@@ -79,7 +81,7 @@ impl Veth {
     }
 
     /// Sends the traces out of the peer end, paced so a loaded CI machine keeps up.
-    fn replay(&self, traces: &[&str]) -> String {
+    fn replay(&self, traces: &[PathBuf]) -> String {
         must(
             Command::new("ip")
                 .args([
@@ -161,9 +163,10 @@ fn live_capture_matches_replay() {
 
     // What replay says about the traces.
     let replay_metrics = dir.join("replay.prom");
-    let traces: Vec<&Path> = TRACES.iter().map(Path::new).collect();
+    let traces = traces();
+    let trace_refs: Vec<&Path> = traces.iter().map(PathBuf::as_path).collect();
     let (replay_events, replay_flows) = support::replay(
-        &traces,
+        &trace_refs,
         &[
             "--config",
             CONFIG,
@@ -197,7 +200,7 @@ fn live_capture_matches_replay() {
         ],
     );
     sensor.wait_healthy();
-    veth.replay(&TRACES);
+    veth.replay(&traces);
 
     // Counters reach the endpoint within a second or two; wait for all packets, bounded.
     let mut scrape = String::new();

@@ -2,6 +2,8 @@
 //! text format as promtool reads it. The dashboard and alert rules in `deploy/` may only name
 //! metrics that `farmwatch::metrics` exports.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -269,7 +271,7 @@ fn have_promtool() -> bool {
             std::env::var("CI").as_deref() != Ok("true"),
             "promtool missing in CI: install Debian's prometheus package"
         );
-        eprintln!("skipped: promtool not found (Debian package `prometheus`)");
+        support::skip("promtool missing");
     }
     found
 }

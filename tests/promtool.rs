@@ -2,6 +2,8 @@
 //! tests say (`promtool test rules`: a firing and a quiet case for every alert).
 //! promtool comes from Debian's `prometheus` package; in CI (`CI=true`) it must be present.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::process::Command;
 
@@ -26,7 +28,7 @@ fn promtool(args: &[&str]) -> Option<String> {
                 std::env::var("CI").as_deref() != Ok("true"),
                 "promtool missing in CI ({e}): install Debian's prometheus package"
             );
-            eprintln!("skipped: promtool not found (Debian package `prometheus`)");
+            support::skip("promtool missing");
             None
         }
     }

@@ -131,10 +131,6 @@ fn assert_self_contained(html: &str) {
 
 #[test]
 fn real_rdp_capture_report_renders_with_accounts_and_clusters() {
-    let Some(captures) = support::captures() else {
-        assert!(!support::in_ci(), "../shared/captures missing in CI");
-        return;
-    };
     if !chromium_available() {
         return;
     }
@@ -171,7 +167,7 @@ hosts = ["192.168.1.150"]
             "\n"
         ),
     );
-    let capture = captures.join("zeek/Traces/rdp/rdp-to-ssl.pcap");
+    let capture = support::capture("zeek/Traces/rdp/rdp-to-ssl.pcap");
     let (html, stderr) = replay_report(
         &[&capture],
         &[

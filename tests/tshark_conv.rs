@@ -78,14 +78,10 @@ fn endpoint(ip: &serde_json::Value, port: &serde_json::Value) -> String {
 
 #[test]
 fn flows_agree_with_tshark_conversations_on_every_development_capture() {
-    let Some(dir) = support::captures() else {
-        support::require(false, "../shared/captures");
-        return;
-    };
     if !support::require(support::has_tool("tshark"), "tshark") {
         return;
     }
-    let files = support::capture_files(&dir);
+    let files = support::all_capture_files();
     assert!(
         files.len() > 50,
         "expected the development captures, found {}",

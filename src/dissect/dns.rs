@@ -382,11 +382,11 @@ impl NameCache {
             self.by_expiry.pop_first();
             self.entries.remove(&old);
         }
-        if self.entries.len() - usize::from(previous.is_some()) >= self.capacity {
-            if let Some((_, old)) = self.by_expiry.pop_first() {
-                self.entries.remove(&old);
-                self.evictions += 1;
-            }
+        if self.entries.len() - usize::from(previous.is_some()) >= self.capacity
+            && let Some((_, old)) = self.by_expiry.pop_first()
+        {
+            self.entries.remove(&old);
+            self.evictions += 1;
         }
         self.by_expiry.insert((entry.expires, addr));
         self.entries.insert(addr, entry);

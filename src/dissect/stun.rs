@@ -77,7 +77,7 @@ pub fn parse(datagram: &[u8]) -> Result<Message> {
     if u32::from_be_bytes([h[4], h[5], h[6], h[7]]) != MAGIC_COOKIE {
         return Err(Error::Invalid("stun magic cookie"));
     }
-    if len % 4 != 0 || HEADER_LEN + len != datagram.len() {
+    if !len.is_multiple_of(4) || HEADER_LEN + len != datagram.len() {
         return Err(Error::Invalid("stun length"));
     }
     let class = match ty & 0x0110 {

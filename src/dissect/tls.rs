@@ -467,7 +467,7 @@ fn first_value<'a, 'b: 'a>(
 }
 
 fn u16_list(bytes: &[u8]) -> Result<Vec<u16>> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(Error::Invalid("odd length of a 16-bit list"));
     }
     Ok(bytes

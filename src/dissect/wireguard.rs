@@ -62,7 +62,9 @@ pub fn parse(datagram: &[u8]) -> Result<Message> {
         3 => want(COOKIE_REPLY_LEN).map(|_| Message::CookieReply {
             receiver: le32(RECEIVER).unwrap_or_default(),
         }),
-        4 if len >= TRANSPORT_MIN && (len % 16 == 0 || len - TRANSPORT_MIN >= MIN_TUNNEL_MTU) => {
+        4 if len >= TRANSPORT_MIN
+            && (len.is_multiple_of(16) || len - TRANSPORT_MIN >= MIN_TUNNEL_MTU) =>
+        {
             let counter = datagram
                 .get(COUNTER..COUNTER + 8)
                 .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))

@@ -1,8 +1,10 @@
-//! Helpers shared by the integration tests: running the binary, finding the development
-//! captures, and deciding whether a missing tool skips or fails (it fails when `CI=true`).
+//! Helpers shared by the integration tests: running the binary, finding the real captures,
+//! and deciding whether a missing input skips or fails (a missing tool or privilege fails
+//! when `CI=true`). Every skip is recorded, so `tools/test` can count them in its last line.
 
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -14,20 +16,89 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// The development captures of other projects (`../shared/captures`), used in place.
-pub fn captures() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/captures");
-    dir.is_dir().then_some(dir)
+/// The capture suite whose traces may carry their own licences: never copied into the
+/// project, read in place from `../shared/captures` when that exists (an optional input).
+pub const SPICY: &str = "zeek-spicy-analyzers";
+
+/// A capture suite's directory. `zeek` and `suricata-verify` are copied into
+/// `tests/captures/` (see its README) and always here; [`SPICY`] is looked for in
+/// `../shared/captures` beside the repository, and its absence is a recorded skip, also
+/// under `CI=true`.
+pub fn suite(name: &str) -> Option<PathBuf> {
+    if name != SPICY {
+        let dir = project_captures().join(name);
+        assert!(dir.is_dir(), "{} is part of the project", dir.display());
+        return Some(dir);
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/captures")
+        .join(name);
+    if !dir.is_dir() {
+        skip("spicy-analyzer captures not found (../shared/captures/zeek-spicy-analyzers)");
+        return None;
+    }
+    Some(dir)
 }
 
-/// Returns false (the test should return early) when `what` is missing outside CI;
-/// panics inside CI, where a missing tool or capture set is a broken setup.
+/// The root of the copied suites (`tests/captures`): paths below it read like upstream's.
+pub fn project_captures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/captures")
+}
+
+/// A file of a copied suite by its path there, e.g. `zeek/Traces/ssh/ssh.pcap`.
+pub fn capture(path: &str) -> PathBuf {
+    let (name, rest) = path.split_once('/').expect("suite/path");
+    assert_ne!(name, SPICY, "{SPICY} is optional: use suite()");
+    let file = suite(name).expect("a copied suite").join(rest);
+    assert!(file.is_file(), "{} is missing", file.display());
+    file
+}
+
+/// Every capture file of every suite here: the copied ones, and the spicy-analyzer traces
+/// when present (their absence is a recorded skip, and the sweep goes on without them).
+pub fn all_capture_files() -> Vec<PathBuf> {
+    ["zeek", "suricata-verify", SPICY]
+        .into_iter()
+        .filter_map(suite)
+        .flat_map(|dir| capture_files(&dir))
+        .collect()
+}
+
+/// Returns false (the test should return early, after a recorded skip) when `what` is
+/// missing outside CI; panics inside CI, where a missing tool or privilege is a broken setup.
 pub fn require(available: bool, what: &str) -> bool {
     if !available {
         assert!(!in_ci(), "{what} is missing, and CI=true requires it");
-        eprintln!("skipping: {what} is missing (set CI=true to make this a failure)");
+        skip(&format!("{what} missing"));
     }
     available
+}
+
+/// Notes on stderr that the running test skips some or all of its checks, and appends
+/// `reason<TAB>test` to the skip log (`$FARMWATCH_TEST_SKIPS`, else
+/// `target/test-skips/skips.txt`), which `tools/test` summarises after the run.
+pub fn skip(reason: &str) {
+    eprintln!("skipping: {reason}");
+    let log = std::env::var_os("FARMWATCH_TEST_SKIPS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-skips/skips.txt"));
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let line = format!("{reason}\t{}: {test}\n", env!("CARGO_CRATE_NAME"));
+    // One write per line with O_APPEND: lines from parallel tests do not interleave.
+    let written = log
+        .parent()
+        .map(std::fs::create_dir_all)
+        .transpose()
+        .and_then(|_| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)?
+                .write_all(line.as_bytes())
+        });
+    if let Err(e) = written {
+        eprintln!("cannot record the skip in {}: {e}", log.display());
+    }
 }
 
 pub fn has_tool(name: &str) -> bool {
