@@ -16,7 +16,7 @@ use crate::app::App;
 use crate::decode::Proto;
 use crate::dissect::tools::{self, NameKind};
 use crate::dissect::{
-    Error, dns, http, ipsec, ja4, openvpn, quic, radius, rdp, rfb, socks, ssh, stun, tls, wireguard,
+    Error, dns, http, ipsec, openvpn, quic, radius, rdp, rfb, socks, ssh, stun, tls, wireguard,
 };
 
 /// What a flow looks like to the dissectors right now.
@@ -492,9 +492,9 @@ fn tls_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) ->
     id.app = Some(App::Tls);
     let mut d = TlsDetails {
         client_version: Some(hello.legacy_version),
-        sni: hello.sni.clone(),
-        alpn: hello.alpn.clone(),
-        ja4: Some(hello.ja4.clone()),
+        sni: hello.sni,
+        alpn: hello.alpn,
+        ja4: Some(hello.ja4),
         ..TlsDetails::default()
     };
     let server = tls::parse_server_hello(s);
@@ -601,13 +601,15 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
             version: initial.version,
             ..QuicDetails::default()
         };
-        if let Ok(h) = &hello {
-            d.sni = h.sni.clone();
-            d.alpn = h.alpn.clone();
-            d.ja4 = Some(ja4::ja4(h, ja4::Transport::Quic).0);
+        let settled = hello.is_ok() || cd.len() >= 3;
+        // The hello's JA4 was computed for QUIC as it was parsed.
+        if let Ok(h) = hello {
+            d.sni = h.sni;
+            d.alpn = h.alpn;
+            d.ja4 = Some(h.ja4);
         }
         id.details.other = protocol(Protocol::Quic, d);
-        return hello.is_ok() || cd.len() >= 3;
+        return settled;
     }
     if let Ok(h) = tls::parse_dtls_client_hello(first) {
         id.details.tls = tls_details(TlsDetails {

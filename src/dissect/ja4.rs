@@ -23,49 +23,109 @@ const ALPN: u16 = 0x0010;
 /// Hash part for an empty list: the spec prints twelve zeros rather than hashing nothing.
 const EMPTY_HASH: &str = "000000000000";
 
-/// Returns `(ja4, ja4_r)`: the fingerprint and its raw (sorted, unhashed) form.
-pub fn ja4(hello: &ClientHello, transport: Transport) -> (String, String) {
-    let ciphers = without_grease(&hello.ciphers);
-    let extensions = without_grease(&hello.extensions);
-    let signature_algorithms = without_grease(&hello.signature_algorithms);
+/// The JA4 fingerprint of `hello`. Every TLS flow computes it (twice when the server's
+/// flight arrives after the hello), so it is written into one string: no list is formatted
+/// and joined, and the hashed lists go through one scratch buffer.
+pub fn ja4(hello: &ClientHello, transport: Transport) -> String {
+    let p = Parts::of(hello, transport);
+    let mut out = String::with_capacity(36);
+    out.push_str(p.a());
+    let mut scratch = Vec::with_capacity(5 * p.ciphers.len().max(p.extensions.len()) + 128);
+    for (list, sigs) in [
+        (&p.ciphers, &[][..]),
+        (&p.extensions, &p.signature_algorithms[..]),
+    ] {
+        out.push('_');
+        if list.is_empty() {
+            out.push_str(EMPTY_HASH);
+            continue;
+        }
+        scratch.clear();
+        hex_list(&mut scratch, list);
+        if !sigs.is_empty() {
+            scratch.push(b'_');
+            hex_list(&mut scratch, sigs);
+        }
+        for b in &Sha256::digest(&scratch)[..6] {
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0x0f)] as char);
+        }
+    }
+    out
+}
 
-    let transport = match transport {
-        Transport::Tcp => 't',
-        Transport::Quic => 'q',
-        Transport::Dtls => 'd',
-    };
-    let destination = if extensions.contains(&SNI) { 'd' } else { 'i' };
-    let a = format!(
-        "{transport}{}{destination}{:02}{:02}{}",
-        version_code(version(hello)),
-        ciphers.len().min(99),
-        extensions.len().min(99),
-        alpn_code(&hello.alpn_first_raw),
-    );
+/// JA4_r, the raw form: the sorted lists unhashed. Nothing writes it out, so it is
+/// computed only on demand.
+pub fn ja4_r(hello: &ClientHello, transport: Transport) -> String {
+    let p = Parts::of(hello, transport);
+    let mut out = p.a().as_bytes().to_vec();
+    out.push(b'_');
+    hex_list(&mut out, &p.ciphers);
+    out.push(b'_');
+    hex_list(&mut out, &p.extensions);
+    if !p.signature_algorithms.is_empty() {
+        out.push(b'_');
+        hex_list(&mut out, &p.signature_algorithms);
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
 
-    let mut sorted_ciphers = ciphers;
-    sorted_ciphers.sort_unstable();
-    let b_raw = hex_list(&sorted_ciphers);
+/// What JA4 and JA4_r are made of: `a` (always 10 ASCII bytes), the sorted cipher and
+/// extension lists (without GREASE; extensions without SNI and ALPN) and the signature
+/// algorithms in wire order.
+struct Parts {
+    a: [u8; 10],
+    ciphers: Vec<u16>,
+    extensions: Vec<u16>,
+    signature_algorithms: Vec<u16>,
+}
 
-    let mut sorted_extensions: Vec<u16> = extensions
-        .into_iter()
-        .filter(|&e| e != SNI && e != ALPN)
-        .collect();
-    sorted_extensions.sort_unstable();
-    let mut c_raw = hex_list(&sorted_extensions);
-    if !signature_algorithms.is_empty() {
-        c_raw.push('_');
-        c_raw.push_str(&hex_list(&signature_algorithms));
+impl Parts {
+    fn of(hello: &ClientHello, transport: Transport) -> Parts {
+        let mut ciphers = without_grease(&hello.ciphers);
+        let extensions = without_grease(&hello.extensions);
+        let mut a = [0u8; 10];
+        a[0] = match transport {
+            Transport::Tcp => b't',
+            Transport::Quic => b'q',
+            Transport::Dtls => b'd',
+        };
+        a[1..3].copy_from_slice(version_code(version(hello)).as_bytes());
+        a[3] = if extensions.contains(&SNI) {
+            b'd'
+        } else {
+            b'i'
+        };
+        a[4..6].copy_from_slice(&two_digits(ciphers.len()));
+        a[6..8].copy_from_slice(&two_digits(extensions.len()));
+        a[8..10].copy_from_slice(&alpn_code(&hello.alpn_first_raw));
+        ciphers.sort_unstable();
+        let mut extensions: Vec<u16> = extensions
+            .into_iter()
+            .filter(|&e| e != SNI && e != ALPN)
+            .collect();
+        extensions.sort_unstable();
+        Parts {
+            a,
+            ciphers,
+            extensions,
+            signature_algorithms: without_grease(&hello.signature_algorithms),
+        }
     }
 
-    let ja4 = format!(
-        "{a}_{}_{}",
-        truncated_hash(!sorted_ciphers.is_empty(), &b_raw),
-        truncated_hash(!sorted_extensions.is_empty(), &c_raw),
-    );
-    let ja4_r = format!("{a}_{b_raw}_{c_raw}");
-    (ja4, ja4_r)
+    fn a(&self) -> &str {
+        // Only ASCII bytes are ever written into `a`.
+        std::str::from_utf8(&self.a).unwrap_or("")
+    }
 }
+
+/// `n` as two decimal digits, 99 at most.
+fn two_digits(n: usize) -> [u8; 2] {
+    let n = n.min(99) as u8;
+    [b'0' + n / 10, b'0' + n % 10]
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// GREASE values (RFC 8701 §2): 0x?a?a with equal bytes.
 pub fn is_grease(value: u16) -> bool {
@@ -104,31 +164,24 @@ fn version_code(version: u16) -> &'static str {
 /// First and last characters of the first ALPN value; "00" when there is none or it is
 /// empty; when either end byte is not ASCII alphanumeric, the first and last characters of
 /// the value's hex form instead.
-fn alpn_code(first: &[u8]) -> String {
+fn alpn_code(first: &[u8]) -> [u8; 2] {
     match (first.first(), first.last()) {
-        (Some(&f), Some(&l)) if f.is_ascii_alphanumeric() && l.is_ascii_alphanumeric() => {
-            format!("{}{}", f as char, l as char)
-        }
-        (Some(&f), Some(&l)) => {
-            let first_hex = format!("{f:02x}");
-            let last_hex = format!("{l:02x}");
-            format!("{}{}", &first_hex[..1], &last_hex[1..])
-        }
-        _ => "00".to_string(),
+        (Some(&f), Some(&l)) if f.is_ascii_alphanumeric() && l.is_ascii_alphanumeric() => [f, l],
+        (Some(&f), Some(&l)) => [HEX[usize::from(f >> 4)], HEX[usize::from(l & 0x0f)]],
+        _ => *b"00",
     }
 }
 
-fn hex_list(values: &[u16]) -> String {
-    let hex: Vec<String> = values.iter().map(|v| format!("{v:04x}")).collect();
-    hex.join(",")
-}
-
-fn truncated_hash(present: bool, raw: &str) -> String {
-    if !present {
-        return EMPTY_HASH.to_string();
+/// Appends `values` as four-digit lower-case hex, comma-separated.
+fn hex_list(out: &mut Vec<u8>, values: &[u16]) {
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        for shift in [12, 8, 4, 0] {
+            out.push(HEX[usize::from((v >> shift) & 0x0f)]);
+        }
     }
-    let digest = Sha256::digest(raw.as_bytes());
-    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -163,7 +216,10 @@ mod tests {
 
     #[test]
     fn foxio_spec_example() {
-        let (ja4, raw) = ja4(&spec_example(), Transport::Tcp);
+        let (ja4, raw) = (
+            ja4(&spec_example(), Transport::Tcp),
+            ja4_r(&spec_example(), Transport::Tcp),
+        );
         assert_eq!(ja4, "t13d1516h2_8daaf6152771_e5627efa2ab1");
         assert_eq!(
             raw,
@@ -178,7 +234,7 @@ mod tests {
         // JA4.md: "0005,…,ff01 = 6d807ffa2a79" when there are no signature algorithms.
         let mut hello = spec_example();
         hello.signature_algorithms.clear();
-        let (ja4, raw) = ja4(&hello, Transport::Quic);
+        let (ja4, raw) = (ja4(&hello, Transport::Quic), ja4_r(&hello, Transport::Quic));
         assert_eq!(ja4, "q13d1516h2_8daaf6152771_6d807ffa2a79");
         assert!(raw.ends_with("4469,ff01"));
     }
@@ -191,21 +247,21 @@ mod tests {
             extensions: vec![SNI, ALPN],
             ..ClientHello::default()
         };
-        let (ja4, _) = ja4(&hello, Transport::Dtls);
+        let ja4 = ja4(&hello, Transport::Dtls);
         assert_eq!(ja4, "d10d000200_000000000000_000000000000");
     }
 
     #[test]
     fn alpn_rules() {
         // The examples listed in JA4.md's ALPN section.
-        assert_eq!(alpn_code(b"http/1.1"), "h1");
-        assert_eq!(alpn_code(b""), "00");
-        assert_eq!(alpn_code(b"h"), "hh");
-        assert_eq!(alpn_code(&[0xab]), "ab");
-        assert_eq!(alpn_code(&[0xab, 0xcd]), "ad");
-        assert_eq!(alpn_code(&[0x30, 0xab]), "3b");
-        assert_eq!(alpn_code(&[0x30, 0x31, 0xab, 0xcd]), "3d");
-        assert_eq!(alpn_code(&[0x30, 0xab, 0xcd, 0x31]), "01");
+        assert_eq!(alpn_code(b"http/1.1"), *b"h1");
+        assert_eq!(alpn_code(b""), *b"00");
+        assert_eq!(alpn_code(b"h"), *b"hh");
+        assert_eq!(alpn_code(&[0xab]), *b"ab");
+        assert_eq!(alpn_code(&[0xab, 0xcd]), *b"ad");
+        assert_eq!(alpn_code(&[0x30, 0xab]), *b"3b");
+        assert_eq!(alpn_code(&[0x30, 0x31, 0xab, 0xcd]), *b"3d");
+        assert_eq!(alpn_code(&[0x30, 0xab, 0xcd, 0x31]), *b"01");
     }
 
     #[test]
@@ -225,7 +281,7 @@ mod tests {
     fn rfc8448_client_hello() {
         let hello = parse_client_hello(&records(&hex(RFC8448_CLIENT_HELLO), 1 << 14)).unwrap();
         assert_eq!(
-            hello.ja4_r,
+            ja4_r(&hello, Transport::Tcp),
             "t13d030900_1301,1302,1303_000a,000d,001c,0023,002b,002d,0033,ff01_\
              0403,0503,0603,0203,0804,0805,0806,0401,0501,0601,0201,0402,0502,0602,0202"
         );

@@ -69,7 +69,6 @@ pub struct ClientHello {
     pub extensions: Vec<u16>,
     pub signature_algorithms: Vec<u16>,
     pub ja4: String,
-    pub ja4_r: String,
 }
 
 /// What the server chose (RFC 8446 §4.1.3).
@@ -322,7 +321,7 @@ fn client_hello_body(body: &[u8], dtls: bool, transport: Transport) -> Result<Cl
         client_hello_fields(body, dtls),
         "ClientHello fields overrun the message",
     )?;
-    (hello.ja4, hello.ja4_r) = ja4::ja4(&hello, transport);
+    hello.ja4 = ja4::ja4(&hello, transport);
     Ok(hello)
 }
 

@@ -239,10 +239,9 @@ pub struct Match {
     pub relay: bool,
 }
 
-/// True when `name` equals `pattern` or ends with `.pattern` (ASCII case-insensitive; a
-/// trailing dot on the name is ignored).
+/// True when `name` equals `pattern` or ends with `.pattern` (ASCII case-insensitive).
+/// `name` comes without its trailing dot.
 fn domain_match(name: &str, pattern: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
     let (n, p) = (name.len(), pattern.len());
     n >= p
         && name
@@ -251,21 +250,26 @@ fn domain_match(name: &str, pattern: &str) -> bool {
         && (n == p || name.as_bytes().get(n - p - 1) == Some(&b'.'))
 }
 
-/// Looks a name up in the table; the highest-confidence row wins.
+/// Looks a name up in the table; the highest-confidence row wins. Every TLS, HTTP and
+/// DNS flow asks, usually about a name no row has: a row whose last character differs is
+/// passed over before any comparison of the tails.
 pub fn match_name(kind: NameKind, name: &str) -> Option<Match> {
+    let (alpn, name) = (name, name.strip_suffix('.').unwrap_or(name));
+    let last = name.as_bytes().last().map(u8::to_ascii_lowercase);
+    let ends_alike = |p: &str| p.as_bytes().last().map(u8::to_ascii_lowercase) == last;
     RULES
         .iter()
         .filter(|r| match (r.evidence, kind) {
             (Evidence::Host(p), NameKind::Sni | NameKind::DnsName | NameKind::CertName) => {
-                domain_match(name, p)
+                ends_alike(p) && domain_match(name, p)
             }
             (Evidence::Sni(p), NameKind::Sni) | (Evidence::DnsName(p), NameKind::DnsName) => {
-                domain_match(name, p)
+                ends_alike(p) && domain_match(name, p)
             }
-            (Evidence::CertName(p), NameKind::CertName) => domain_match(name, p),
+            (Evidence::CertName(p), NameKind::CertName) => ends_alike(p) && domain_match(name, p),
             (Evidence::AlpnPrefix(p), NameKind::Alpn) => {
-                name.len() > p.len()
-                    && name
+                alpn.len() > p.len()
+                    && alpn
                         .get(..p.len())
                         .is_some_and(|h| h.eq_ignore_ascii_case(p))
             }
