@@ -21,7 +21,7 @@ use crate::identity::{Identity, PublicIpObservation};
 use crate::metrics::Stats;
 use crate::observation::Observation;
 use crate::report::Collector;
-use crate::sink::JsonLines;
+use crate::sink::{EventLines, FlowLines, JsonLines, Sink};
 use crate::timestamp::Timestamp;
 
 /// Who is behind an address and where it is: the account inventory, the identity
@@ -76,11 +76,21 @@ impl Context {
     }
 }
 
-/// The sinks the account stage writes to; each is optional.
+/// The JSON-lines outputs of `replay` and `live`; each is optional.
 #[derive(Default)]
 pub struct Sinks {
     pub events: Option<JsonLines>,
     pub flows: Option<JsonLines>,
+}
+
+impl Sinks {
+    fn into_outputs(self) -> Vec<Box<dyn Sink>> {
+        let events = self
+            .events
+            .map(|e| Box::new(EventLines(e)) as Box<dyn Sink>);
+        let flows = self.flows.map(|f| Box::new(FlowLines(f)) as Box<dyn Sink>);
+        events.into_iter().chain(flows).collect()
+    }
 }
 
 pub struct AccountStage {
@@ -96,9 +106,10 @@ pub struct AccountStage {
     /// Public-address observations (session feed, RADIUS) not yet due by packet time,
     /// newest first.
     observations: Vec<PublicIpObservation>,
-    events: Option<JsonLines>,
-    flow_records: Option<JsonLines>,
-    /// Keeps findings and flow records for the replay's summary and report.
+    /// Where events, flow records and observations go.
+    outputs: Vec<Box<dyn Sink>>,
+    /// Keeps findings and flow records for the replay's summary and report: a sink too,
+    /// kept typed because the report reads it at the end.
     pub collector: Option<Collector>,
     /// Events, sinks and account figures (the flow stage counts packets and flows).
     pub stats: Stats,
@@ -115,8 +126,7 @@ impl AccountStage {
             ticked: 0,
             expired: 0,
             observations: Vec::new(),
-            events: sinks.events,
-            flow_records: sinks.flows,
+            outputs: sinks.into_outputs(),
             collector: None,
             stats: Stats::default(),
         }
@@ -203,11 +213,8 @@ impl AccountStage {
         record.account = record_host(&self.network, &record)
             .and_then(|h| self.context.identity.account_at(h, record.ts))
             .map(|a| a.id.to_string());
-        if let Some(c) = self.collector.as_mut() {
-            c.flow(&record);
-        }
-        if let Some(sink) = self.flow_records.as_mut() {
-            sink.write_with(|line| record.write_json(line));
+        for sink in self.sinks() {
+            sink.flow(&record);
         }
     }
 
@@ -242,11 +249,8 @@ impl AccountStage {
 
     /// Pushes buffered records out to the sinks (live: every second, so output is timely).
     pub fn flush_sinks(&mut self) {
-        for sink in [self.events.as_mut(), self.flow_records.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            let _ = sink.flush();
+        for sink in self.sinks() {
+            sink.flush();
         }
     }
 
@@ -272,11 +276,8 @@ impl AccountStage {
             .events
             .entry((event.kind.as_str(), event.reason, event.severity.as_str()))
             .or_default() += 1;
-        if let Some(c) = self.collector.as_mut() {
-            c.event(event);
-        }
-        if let Some(sink) = self.events.as_mut() {
-            sink.write(event);
+        for sink in self.sinks() {
+            sink.event(event);
         }
     }
 
@@ -291,8 +292,8 @@ impl AccountStage {
             let Some(obs) = self.observations.pop() else {
                 break;
             };
-            if let Some(c) = self.collector.as_mut() {
-                c.observation(&obs);
+            for sink in self.sinks() {
+                sink.observation(&obs);
             }
             let scope = Scope {
                 network: &self.network,
@@ -352,25 +353,25 @@ impl AccountStage {
             .chain(identity.evictions())
             .chain([("geo_cache", self.context.geo.cache_evictions())]);
         self.stats.state_evicted.extend(evictions);
-        for (name, sink) in [("events", &self.events), ("flows", &self.flow_records)] {
-            if let Some(s) = sink
-                && s.errors > 0
-            {
-                self.stats.sink_errors.insert(name, s.errors);
+        for sink in &self.outputs {
+            let (lost, _) = sink.lost();
+            if lost > 0 {
+                self.stats.sink_errors.insert(sink.name(), lost);
             }
         }
     }
 
     /// The first write error of each sink, for the exit status.
     pub fn sink_failures(&self) -> Vec<String> {
-        [&self.events, &self.flow_records]
-            .into_iter()
-            .flatten()
-            .filter_map(|s| {
-                s.first_error
-                    .as_ref()
-                    .map(|e| format!("{:?}: {e}", s.target()))
-            })
-            .collect()
+        self.outputs.iter().filter_map(|s| s.lost().1).collect()
+    }
+
+    /// Every output, the collector included.
+    fn sinks(&mut self) -> impl Iterator<Item = &mut dyn Sink> {
+        let collector = self.collector.as_mut().map(|c| c as &mut dyn Sink);
+        self.outputs
+            .iter_mut()
+            .map(|s| &mut **s as &mut dyn Sink)
+            .chain(collector)
     }
 }

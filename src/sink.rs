@@ -366,6 +366,79 @@ fn capture_kind(path: &Path) -> Option<&'static str> {
         .map(|(_, kind)| *kind)
 }
 
+/// An output of the account stage (DESIGN §7): handed every finding — each alert after the
+/// findings behind it, since the scorer runs first — every flow record and every
+/// public-address observation, in packet-time order. The events file, the flow records and
+/// the report's collector are sinks; a new output is one more.
+pub trait Sink: Send {
+    /// The output's name in metrics and messages (`events`, `flows`, ...).
+    fn name(&self) -> &'static str;
+
+    fn event(&mut self, _event: &crate::event::Event) {}
+
+    fn flow(&mut self, _record: &crate::flows::record::FlowRecord) {}
+
+    fn observation(&mut self, _obs: &crate::identity::PublicIpObservation) {}
+
+    /// Pushes buffered output out (live: every second).
+    fn flush(&mut self) {}
+
+    /// Records it could not write, and its first error.
+    fn lost(&self) -> (u64, Option<String>) {
+        (0, None)
+    }
+}
+
+/// Findings as JSON lines (`--events`).
+pub struct EventLines(pub JsonLines);
+
+impl Sink for EventLines {
+    fn name(&self) -> &'static str {
+        "events"
+    }
+
+    fn event(&mut self, event: &crate::event::Event) {
+        self.0.write(event);
+    }
+
+    fn flush(&mut self) {
+        let _ = self.0.flush();
+    }
+
+    fn lost(&self) -> (u64, Option<String>) {
+        lost(&self.0)
+    }
+}
+
+/// Flow records as JSON lines (`--flows`).
+pub struct FlowLines(pub JsonLines);
+
+impl Sink for FlowLines {
+    fn name(&self) -> &'static str {
+        "flows"
+    }
+
+    fn flow(&mut self, record: &crate::flows::record::FlowRecord) {
+        self.0.write_with(|line| record.write_json(line));
+    }
+
+    fn flush(&mut self) {
+        let _ = self.0.flush();
+    }
+
+    fn lost(&self) -> (u64, Option<String>) {
+        lost(&self.0)
+    }
+}
+
+fn lost(lines: &JsonLines) -> (u64, Option<String>) {
+    let first = lines
+        .first_error
+        .as_ref()
+        .map(|e| format!("{}: {e}", lines.target()));
+    (lines.errors, first)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -231,3 +231,23 @@ pub fn citations(v: &serde_json::Value, tuples: &mut HashSet<Tuple>, ids: &mut H
         _ => {}
     }
 }
+
+/// The report's collector is an output like the others; it stays typed in the account stage
+/// because the report reads it when the input is over.
+impl crate::sink::Sink for Collector {
+    fn name(&self) -> &'static str {
+        "report"
+    }
+
+    fn event(&mut self, event: &Event) {
+        Collector::event(self, event);
+    }
+
+    fn flow(&mut self, record: &FlowRecord) {
+        Collector::flow(self, record);
+    }
+
+    fn observation(&mut self, obs: &PublicIpObservation) {
+        Collector::observation(self, obs);
+    }
+}
