@@ -195,12 +195,7 @@ impl AccountStage {
             ),
             Observation::Finding { event } => self.findings.push(*event),
             other => {
-                let scope = Scope {
-                    network: &self.network,
-                    identity: &self.context.identity,
-                    geo: &self.context.geo,
-                    sessions: None,
-                };
+                let scope = scope(&self.network, &self.context);
                 self.detectors
                     .on(&Moment::Observed(&other), &scope, &mut self.findings);
             }
@@ -228,12 +223,7 @@ impl AccountStage {
         self.release_observations(now);
         if now.secs() / 3600 > self.expired {
             self.expired = now.secs() / 3600;
-            let scope = Scope {
-                network: &self.network,
-                identity: &self.context.identity,
-                geo: &self.context.geo,
-                sessions: None,
-            };
+            let scope = scope(&self.network, &self.context);
             self.detectors
                 .on(&Moment::Hour(now), &scope, &mut self.findings);
         }
@@ -295,12 +285,7 @@ impl AccountStage {
             for sink in self.sinks() {
                 sink.observation(&obs);
             }
-            let scope = Scope {
-                network: &self.network,
-                identity: &self.context.identity,
-                geo: &self.context.geo,
-                sessions: None,
-            };
+            let scope = scope(&self.network, &self.context);
             self.detectors
                 .on(&Moment::PublicIp(&obs), &scope, &mut self.findings);
         }
@@ -373,5 +358,15 @@ impl AccountStage {
             .iter_mut()
             .map(|s| &mut **s as &mut dyn Sink)
             .chain(collector)
+    }
+}
+
+/// The account detectors' view of the world.
+fn scope<'a>(network: &'a NetworkConfig, context: &'a Context) -> Scope<'a> {
+    Scope {
+        network,
+        identity: &context.identity,
+        geo: &context.geo,
+        sessions: None,
     }
 }

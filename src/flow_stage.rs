@@ -243,18 +243,7 @@ impl FlowWorker {
             self.names.insert_answer(pkt.ts, decoded.payload);
         }
         let index = partition_of(&self.partitioner, decoded.src, decoded.dst);
-        let Some(p) = self.partitions[index].as_mut() else {
-            // A reassembled datagram of a tunnel whose outer addresses chose this worker:
-            // counted, since its partition is another worker's.
-            *self
-                .stats
-                .decode_errors
-                .entry("foreign_partition")
-                .or_default() += 1;
-            return;
-        };
-        p.flows
-            .process(pkt.ts, &decoded, pkt.orig_len, &mut p.pending);
+        // The decoded packet borrows the decoder: the other fields are lent one by one.
         let mut ctx = Ctx {
             names: &mut self.names,
             shared: &mut self.shared,
@@ -263,21 +252,25 @@ impl FlowWorker {
             out: &mut self.out,
             clock,
         };
+        let Some(p) = self.partitions[index].as_mut() else {
+            // A reassembled datagram of a tunnel whose outer addresses chose this worker:
+            // counted, since its partition is another worker's.
+            *ctx.stats
+                .decode_errors
+                .entry("foreign_partition")
+                .or_default() += 1;
+            return;
+        };
+        p.flows
+            .process(pkt.ts, &decoded, pkt.orig_len, &mut p.pending);
         p.drain(&mut ctx);
     }
 
     /// A whole second of packet time passed: every partition's flows and detectors catch
     /// up. `marker` makes this worker the one that says so to the account stage.
     pub fn tick(&mut self, clock: Timestamp, marker: bool) {
-        for p in self.partitions.iter_mut().flatten() {
-            let mut ctx = Ctx {
-                names: &mut self.names,
-                shared: &mut self.shared,
-                stats: &mut self.stats,
-                scope: &self.scope,
-                out: &mut self.out,
-                clock,
-            };
+        let (partitions, mut ctx) = self.split(clock);
+        for p in partitions.iter_mut().flatten() {
             p.flows.advance(clock, &mut p.pending);
             p.drain(&mut ctx);
             let scope = ctx.detector_scope();
@@ -289,7 +282,7 @@ impl FlowWorker {
             p.send_findings(&mut ctx);
         }
         if marker {
-            self.out.push(Stamped {
+            ctx.out.push(Stamped {
                 at: clock,
                 item: Item::Tick,
             });
@@ -324,15 +317,8 @@ impl FlowWorker {
 
     /// The input is over: every flow ends.
     pub fn finish(&mut self, clock: Timestamp) {
-        for p in self.partitions.iter_mut().flatten() {
-            let mut ctx = Ctx {
-                names: &mut self.names,
-                shared: &mut self.shared,
-                stats: &mut self.stats,
-                scope: &self.scope,
-                out: &mut self.out,
-                clock,
-            };
+        let (partitions, mut ctx) = self.split(clock);
+        for p in partitions.iter_mut().flatten() {
             for flow in p.flows.drain() {
                 p.pending.push(FlowEvent::Ended {
                     flow,
@@ -342,6 +328,19 @@ impl FlowWorker {
             }
         }
         self.sync_stats();
+    }
+
+    /// The partitions, and what they borrow from the worker while they work at `clock`.
+    fn split(&mut self, clock: Timestamp) -> (&mut [Option<Partition>], Ctx<'_>) {
+        let ctx = Ctx {
+            names: &mut self.names,
+            shared: &mut self.shared,
+            stats: &mut self.stats,
+            scope: &self.scope,
+            out: &mut self.out,
+            clock,
+        };
+        (&mut self.partitions, ctx)
     }
 
     /// Copies counters kept elsewhere (tables, decoder) into `stats`.
