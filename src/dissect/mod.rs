@@ -29,6 +29,7 @@ pub mod rfb;
 pub mod shared;
 pub mod socks;
 pub mod ssh;
+pub mod sslvpn;
 pub mod stun;
 pub mod tls;
 pub mod tools;
