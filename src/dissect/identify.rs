@@ -16,8 +16,8 @@ use crate::app::App;
 use crate::decode::Proto;
 use crate::dissect::tools::{self, NameKind};
 use crate::dissect::{
-    Error, dns, http, ipsec, openvpn, quic, radius, rdp, rfb, socks, ssh, sslvpn, stun, tls,
-    wireguard,
+    Error, dns, http, ipsec, midstream, openvpn, quic, radius, rdp, rfb, socks, ssh, sslvpn, stun,
+    tls, wireguard,
 };
 
 /// What a flow looks like to the dissectors right now.
@@ -36,6 +36,9 @@ pub struct Input<'a> {
     pub server_datagrams: &'a [Vec<u8>],
     /// The name a DNS answer gave the responder's address, if one was seen.
     pub dns_name: Option<&'a str>,
+    /// TCP: the connection was open before the capture saw it (no SYN came first), so no
+    /// handshake will come: the framing decides (see [`midstream`]).
+    pub midstream: bool,
 }
 
 /// TLS details as a flow holds them (shared once dissection is over; see [`super::shared`]).
@@ -240,6 +243,9 @@ pub struct Identification {
     /// The first server datagram as the DNS message it parsed to, so that the name cache
     /// is fed without parsing it a second time.
     pub dns_answer: Option<dns::Message>,
+    /// The label came from data packets alone (a UDP tunnel whose handshake came before the
+    /// capture): the flow's history gets `~`, as a TCP flow without its SYN does.
+    pub picked_up_mid_stream: bool,
 }
 
 impl Details {
@@ -445,6 +451,14 @@ fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
             ),
         );
         return resp.is_some_and(|r| !r.is_empty()) || sc;
+    }
+    if input.midstream {
+        if let Some(app) = midstream::tcp(c, s) {
+            id.app = Some(app);
+            return true;
+        }
+        // A chain needs a few frames: wait while the prefix fills.
+        return cc && sc;
     }
     // Every probe is decided by the first bytes of a direction: once both sides have sent
     // and none matched, more bytes will not change that.
@@ -775,6 +789,15 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
         );
         return true;
     }
+    // A tunnel's data packets, its handshake before the capture: their chain decides.
+    if let Some(app) = midstream::udp(cd).or_else(|| midstream::udp(sd)) {
+        id.app = Some(app);
+        id.picked_up_mid_stream = true;
+        return true;
+    }
+    if midstream::could_chain(first) {
+        return cd.len() >= midstream::MIN_CHAIN && sd.len() >= midstream::MIN_CHAIN;
+    }
     // As for TCP: both sides spoke and nothing matched.
     !cd.is_empty() && !sd.is_empty()
 }
@@ -889,6 +912,7 @@ mod tests {
             client_datagrams: &[],
             server_datagrams: &[],
             dns_name,
+            midstream: false,
         }
     }
 

@@ -21,6 +21,7 @@ pub mod http;
 pub mod identify;
 pub mod ipsec;
 pub mod ja4;
+pub mod midstream;
 pub mod openvpn;
 pub mod quic;
 pub mod radius;
