@@ -33,11 +33,16 @@ pub enum App {
     Tor,
     Socks,
     Radius,
+    Anyconnect,
+    FortinetSslvpn,
+    Globalprotect,
+    PulseSecure,
+    Softether,
     Unknown,
 }
 
 impl App {
-    pub const ALL: [App; 27] = [
+    pub const ALL: [App; 32] = [
         App::Rdp,
         App::Vnc,
         App::Anydesk,
@@ -64,6 +69,11 @@ impl App {
         App::Tor,
         App::Socks,
         App::Radius,
+        App::Anyconnect,
+        App::FortinetSslvpn,
+        App::Globalprotect,
+        App::PulseSecure,
+        App::Softether,
         App::Unknown,
     ];
 
@@ -96,6 +106,11 @@ impl App {
             App::Tor => "tor",
             App::Socks => "socks",
             App::Radius => "radius",
+            App::Anyconnect => "anyconnect",
+            App::FortinetSslvpn => "fortinet_sslvpn",
+            App::Globalprotect => "globalprotect",
+            App::PulseSecure => "pulse_secure",
+            App::Softether => "softether",
             App::Unknown => "unknown",
         }
     }
@@ -122,9 +137,22 @@ impl App {
 
     /// Protocols that carry other traffic: a tunnel inside the corporate tunnel.
     pub fn is_tunnel(self) -> bool {
+        self.is_ssl_vpn()
+            || matches!(
+                self,
+                App::Wireguard | App::Openvpn | App::Ipsec | App::Tor | App::Socks
+            )
+    }
+
+    /// Vendor SSL-VPNs: IP packets framed inside TLS (and DTLS or ESP beside it).
+    pub fn is_ssl_vpn(self) -> bool {
         matches!(
             self,
-            App::Wireguard | App::Openvpn | App::Ipsec | App::Tor | App::Socks
+            App::Anyconnect
+                | App::FortinetSslvpn
+                | App::Globalprotect
+                | App::PulseSecure
+                | App::Softether
         )
     }
 

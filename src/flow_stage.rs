@@ -23,7 +23,7 @@ use crate::dissect::dns::{self, NameCache};
 use crate::dissect::identify::{self, Details, Input};
 use crate::dissect::shared::SharedDetails;
 use crate::event::Event;
-use crate::flows::flow::{ORIG, RESP};
+use crate::flows::flow::{MID_STREAM, ORIG, RESP};
 use crate::flows::record::FlowRecord;
 use crate::flows::{EndReason, Flow, FlowEvent, FlowTable};
 use crate::geo::Geo;
@@ -558,10 +558,14 @@ fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool
         client_datagrams: &streams.datagrams[ORIG],
         server_datagrams: &streams.datagrams[RESP],
         dns_name: ctx.names.lookup(ts, flow.resp.0),
+        midstream: flow.history.picked_up_mid_stream(),
     };
     let id = identify::identify(&input);
     let follow = flow.proto == Proto::Udp && id.app == Some(App::Radius);
     flow.app = id.app;
+    if id.picked_up_mid_stream {
+        flow.history.push(MID_STREAM, true);
+    }
     // Most flows carry no protocol details: they cost no allocation.
     let mut details = id.details;
     if id.done && !ending {

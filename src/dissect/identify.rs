@@ -16,7 +16,8 @@ use crate::app::App;
 use crate::decode::Proto;
 use crate::dissect::tools::{self, NameKind};
 use crate::dissect::{
-    Error, dns, http, ipsec, openvpn, quic, radius, rdp, rfb, socks, ssh, stun, tls, wireguard,
+    Error, dns, http, ipsec, midstream, openvpn, quic, radius, rdp, rfb, socks, ssh, sslvpn, stun,
+    tls, wireguard,
 };
 
 /// What a flow looks like to the dissectors right now.
@@ -35,6 +36,9 @@ pub struct Input<'a> {
     pub server_datagrams: &'a [Vec<u8>],
     /// The name a DNS answer gave the responder's address, if one was seen.
     pub dns_name: Option<&'a str>,
+    /// TCP: the connection was open before the capture saw it (no SYN came first), so no
+    /// handshake will come: the framing decides (see [`midstream`]).
+    pub midstream: bool,
 }
 
 /// TLS details as a flow holds them (shared once dissection is over; see [`super::shared`]).
@@ -239,6 +243,9 @@ pub struct Identification {
     /// The first server datagram as the DNS message it parsed to, so that the name cache
     /// is fed without parsing it a second time.
     pub dns_answer: Option<dns::Message>,
+    /// The label came from data packets alone (a UDP tunnel whose handshake came before the
+    /// capture): the flow's history gets `~`, as a TCP flow without its SYN does.
+    pub picked_up_mid_stream: bool,
 }
 
 impl Details {
@@ -365,7 +372,8 @@ fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
         let req = http::parse_request(c);
         if let Ok(req) = &req {
             let resp = http::parse_response(s).ok();
-            id.app = Some(App::Http);
+            // A vendor SSL-VPN's tunnel request, when the HTTP is in clear.
+            id.app = Some(sslvpn::tunnel_request(c).unwrap_or(App::Http));
             id.details.other = protocol(
                 Protocol::Http,
                 HttpDetails {
@@ -443,6 +451,14 @@ fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
             ),
         );
         return resp.is_some_and(|r| !r.is_empty()) || sc;
+    }
+    if input.midstream {
+        if let Some(app) = midstream::tcp(c, s) {
+            id.app = Some(app);
+            return true;
+        }
+        // A chain needs a few frames: wait while the prefix fills.
+        return cc && sc;
     }
     // Every probe is decided by the first bytes of a direction: once both sides have sent
     // and none matched, more bytes will not change that.
@@ -611,7 +627,21 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
         id.details.other = protocol(Protocol::Quic, d);
         return settled;
     }
+    if sslvpn::is_fortinet_dtls_hello(first) {
+        id.app = Some(App::FortinetSslvpn);
+        id.details.tool_evidence = Some(Evidence::Payload);
+        return true;
+    }
+    if sslvpn::is_anyconnect_legacy_dtls(first) {
+        id.app = Some(App::Anyconnect);
+        id.details.tool_evidence = Some(Evidence::Payload);
+        return true;
+    }
     if let Ok(h) = tls::parse_dtls_client_hello(first) {
+        if sslvpn::is_anyconnect_dtls(first, &h) {
+            id.app = Some(App::Anyconnect);
+            id.details.tool_evidence = Some(Evidence::Payload);
+        }
         id.details.tls = tls_details(TlsDetails {
             client_version: Some(h.legacy_version),
             sni: h.sni,
@@ -759,6 +789,15 @@ fn udp(input: &Input<'_>, id: &mut Identification) -> bool {
         );
         return true;
     }
+    // A tunnel's data packets, its handshake before the capture: their chain decides.
+    if let Some(app) = midstream::udp(cd).or_else(|| midstream::udp(sd)) {
+        id.app = Some(app);
+        id.picked_up_mid_stream = true;
+        return true;
+    }
+    if midstream::could_chain(first) {
+        return cd.len() >= midstream::MIN_CHAIN && sd.len() >= midstream::MIN_CHAIN;
+    }
     // As for TCP: both sides spoke and nothing matched.
     !cd.is_empty() && !sd.is_empty()
 }
@@ -838,8 +877,14 @@ fn names(input: &Input<'_>, id: &mut Identification) {
         }
     });
     if let Some((m, what)) = hit {
+        // A peer's own certificate (AnyDesk's "AnyDesk Client") says the flow reached the
+        // peer, whatever the ClientHello offered to a relay.
+        let peer_cert = candidates.iter().any(|(kind, name, _)| {
+            *kind == NameKind::CertName
+                && tools::match_name(*kind, name).is_some_and(|c| c.app == m.app && !c.relay)
+        });
         id.app = Some(m.app);
-        id.details.relay = m.relay;
+        id.details.relay = m.relay && !peer_cert;
         id.details.tool_evidence = Some(what);
     }
 }
@@ -867,6 +912,7 @@ mod tests {
             client_datagrams: &[],
             server_datagrams: &[],
             dns_name,
+            midstream: false,
         }
     }
 
@@ -918,6 +964,72 @@ mod tests {
         names(&input(Some("router7.teamviewer.com")), &mut id);
         assert_eq!(id.app, Some(App::Teamviewer));
         assert_eq!(id.details.tool_evidence, Some(Evidence::DnsName));
+    }
+
+    /// A TLS 1.3 ClientHello laid out per RFC 8446 §4.1.2 (record, handshake header,
+    /// legacy_version, random, empty session id, one suite, null compression) with one ALPN
+    /// extension (RFC 7301 §3.1): AnyDesk's client offers `anydesk/<version>/<os>` (the prefix
+    /// nDPI's tls.c matches).
+    fn client_hello_with_alpn(alpn: &[u8]) -> Vec<u8> {
+        let mut list = vec![alpn.len() as u8];
+        list.extend_from_slice(alpn);
+        let mut ext = vec![0x00, 0x10];
+        ext.extend_from_slice(&((list.len() + 2) as u16).to_be_bytes());
+        ext.extend_from_slice(&(list.len() as u16).to_be_bytes());
+        ext.extend_from_slice(&list);
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&[0x5a; 32]);
+        body.extend_from_slice(&[0, 0x00, 0x02, 0x13, 0x01, 0x01, 0x00]);
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut hs = vec![1, 0, 0, 0];
+        hs[1..4].copy_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        hs.extend_from_slice(&body);
+        let mut rec = vec![22, 0x03, 0x01];
+        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    #[test]
+    fn anydesk_alpn_without_a_name_is_the_relay() {
+        let hello = client_hello_with_alpn(b"anydesk/8.0.8/windows");
+        let i = Input {
+            client: &hello,
+            client_closed: true,
+            server_closed: true,
+            ..input(None)
+        };
+        let id = identify(&i);
+        assert_eq!(id.app, Some(App::Anydesk));
+        assert!(id.details.relay);
+        assert_eq!(id.details.tool_evidence, Some(Evidence::Alpn));
+        let plain = client_hello_with_alpn(b"h2");
+        let i = Input {
+            client: &plain,
+            ..i
+        };
+        let id = identify(&i);
+        assert_eq!(id.app, Some(App::Tls));
+        assert!(!id.details.relay);
+    }
+
+    /// The peer's own "AnyDesk Client" certificate (nDPI #916) means a direct session.
+    #[test]
+    fn anydesk_peer_certificate_is_not_a_relay() {
+        let mut id = Identification {
+            app: Some(App::Tls),
+            ..Identification::default()
+        };
+        id.details.tls = tls_details(TlsDetails {
+            alpn: vec!["anydesk/8.0.8/windows".into()],
+            cert_subject: Some("CN=AnyDesk Client".into()),
+            cert_san: vec!["AnyDesk Client".into()],
+            ..TlsDetails::default()
+        });
+        names(&input(None), &mut id);
+        assert_eq!(id.app, Some(App::Anydesk));
+        assert!(!id.details.relay);
     }
 
     /// The first datagram of zeek-spicy-analyzers' tailscale_linux.pcap, header only

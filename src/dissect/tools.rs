@@ -1,4 +1,4 @@
-//! Remote-access tool identification as one declarative table: which names (SNI, DNS, TLS
+//! Remote-access tool (and SSL-VPN vendor) identification as one declarative table: which names (SNI, DNS, TLS
 //! certificate, ALPN) and which first-payload bytes point at which tool. Adding a tool or a
 //! domain is adding a row; one engine reads the table.
 //!
@@ -105,10 +105,12 @@ pub static RULES: &[Rule] = &[
     // also nDPI ndpi_content_match.c.inc host list.
     host(App::Anydesk, "net.anydesk.com", Confidence::High),
     // source: nDPI src/lib/protocols/tls.c tls_subclassify_by_alpn ("anydesk/" ALPN prefix).
+    // The client offers it to AnyNet, the vendor's relay; a peer it reaches directly answers
+    // with the "AnyDesk Client" certificate below, which takes `relay` back (identify.rs).
     Rule {
         app: App::Anydesk,
         evidence: Evidence::AlpnPrefix("anydesk/"),
-        relay: false,
+        relay: true,
         confidence: Confidence::High,
     },
     // source: nDPI issue ntop/nDPI#916 and PR #919 (peer certificate CN "AnyDesk Client").
@@ -205,6 +207,15 @@ pub static RULES: &[Rule] = &[
     host(App::Logmein, "logmein.com", Confidence::Medium),
     host(App::Logmein, "logmeininc.com", Confidence::Medium),
     host(App::Logmein, "gotoassist.com", Confidence::Medium),
+    // source: SoftEther src/Cedar (DDNS names *.softether-network.net; VPN Azure, the
+    // vendor's relay cloud, *.vpnazure.net), as REFERENCE-2 §1 reads them.
+    Rule {
+        app: App::Softether,
+        evidence: Evidence::Host("softether-network.net"),
+        relay: false,
+        confidence: Confidence::Medium,
+    },
+    host(App::Softether, "vpnazure.net", Confidence::Medium),
     // source: nDPI src/lib/protocols/radmin.c (10-byte client hello 01 00 00 00 01 ..; reply
     // 46 bytes 01 00 00 00 25 ..).
     Rule {
@@ -412,8 +423,18 @@ mod tests {
         );
         assert_eq!(match_name(NameKind::Sni, "AnyDesk Client"), None);
         assert_eq!(
-            match_name(NameKind::Alpn, "anydesk/6.2.0/windows").map(|m| m.app),
-            Some(App::Anydesk)
+            match_name(NameKind::Alpn, "anydesk/6.2.0/windows"),
+            Some(Match {
+                app: App::Anydesk,
+                relay: true
+            })
+        );
+        assert_eq!(
+            match_name(NameKind::Sni, "vpn1.softether-network.net"),
+            Some(Match {
+                app: App::Softether,
+                relay: false
+            })
         );
         assert_eq!(match_name(NameKind::Alpn, "h2"), None);
     }
@@ -447,8 +468,12 @@ mod tests {
     }
 
     #[test]
-    fn every_app_in_the_table_is_remote_desktop() {
-        assert!(RULES.iter().all(|r| r.app.is_remote_desktop()));
+    fn every_app_in_the_table_is_remote_desktop_or_an_ssl_vpn() {
+        assert!(
+            RULES
+                .iter()
+                .all(|r| r.app.is_remote_desktop() || r.app.is_ssl_vpn())
+        );
         assert_eq!(port_guess(Proto::Tcp, 3389), Some(App::Rdp));
         assert_eq!(port_guess(Proto::Udp, 22), None);
     }

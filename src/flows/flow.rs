@@ -83,9 +83,15 @@ pub struct History {
     len: u8,
 }
 
-/// Every letter the table writes (`^` and ten letters for each side) fits once: the
-/// history is never cut, and the array costs no byte more.
+/// Every letter the table writes (`^` or `~`, which never meet, and ten letters for each
+/// side) fits once: the history is never cut, and the array costs no byte more.
 const HISTORY_LETTERS: usize = 21;
+
+/// History letter: the flow was open before the capture saw it (a TCP flow whose first
+/// packet is not a SYN or SYN/ACK, or a UDP tunnel labelled from data packets alone).
+/// Zeek has no letter for this (it shows as a history without `S`/`H`); `~` is not one of
+/// Zeek's, so it cannot be read as one.
+pub const MID_STREAM: u8 = b'~';
 
 impl History {
     pub fn push(&mut self, letter: u8, from_orig: bool) {
@@ -100,6 +106,11 @@ impl History {
         }
         self.letters[self.len as usize] = l;
         self.len += 1;
+    }
+
+    /// The flow was picked up mid-stream ([`MID_STREAM`]).
+    pub fn picked_up_mid_stream(&self) -> bool {
+        self.letters[..self.len as usize].contains(&MID_STREAM)
     }
 
     pub fn as_str(&self) -> &str {
@@ -289,6 +300,8 @@ impl Flow {
         let mut history = History::default();
         if flipped {
             history.push(b'^', true);
+        } else if d.proto == Proto::Tcp && flags & SYN == 0 {
+            history.push(MID_STREAM, true);
         }
         let streams =
             (reassembly_bytes > 0 && matches!(d.proto, Proto::Tcp | Proto::Udp)).then(|| {
@@ -618,6 +631,20 @@ mod tests {
         let f = Flow::new(1, &sa, ms(0), 0);
         assert_eq!(f.orig.1, 50000);
         assert_eq!(f.history.as_str(), "^");
+    }
+
+    /// A connection open before the capture: data first, no SYN. Its reassembly starts at
+    /// the first segment seen, so the dissectors get its bytes.
+    #[test]
+    fn data_first_is_picked_up_mid_stream() {
+        let data = seg(false, ACK | PSH, 7000, b"\x17\x03\x03\x00\x02hi");
+        let mut f = Flow::new(1, &data, ms(0), 4096);
+        f.observe(&data, ms(0), 61, 1);
+        assert_eq!(f.history.as_str(), "~D");
+        assert!(f.history.picked_up_mid_stream());
+        assert_eq!(f.streams.as_ref().unwrap().dir[ORIG].bytes().len(), 7);
+        let syn = seg(true, SYN, 1, b"");
+        assert!(!Flow::new(1, &syn, ms(0), 0).history.picked_up_mid_stream());
     }
 
     #[test]
