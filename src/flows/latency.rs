@@ -1,0 +1,260 @@
+//! Operator latency: how far the person at a remote-desktop or interactive session is from
+//! the sensor, measured inside the session (REFERENCE-2 §3, §4).
+//!
+//! A viewer answers some of the host's messages as soon as they arrive: VNC's incremental
+//! FramebufferUpdateRequest after each update, RDP's frame acknowledgement, and during any
+//! connection's setup the viewer's next message after the host's (X.224 confirm → TLS
+//! ClientHello, the host's TLS flight → the viewer's). The least "host data ends → that
+//! answer" over a session is the round trip from the sensor to the viewer's screen, through
+//! any relay. Keystrokes and pointer moves come at any moment, so only answers count: a
+//! naive "update → next viewer packet" falls to nearly zero.
+//!
+//! The outside leg (sensor → the TCP peer → sensor) is measured as tcptrace does: the
+//! host's latest data segment against the peer's ACK of exactly its end. Its floor is the
+//! interactive-SSH measurement, and beside a screen floor it tells relay from operator: a
+//! floor far above the leg means the TCP peer is not where the person is.
+//!
+//! State lives in a side table per partition, only for inbound TCP sessions to an inside
+//! host (dropped once identified as something else), bounded with counted evictions.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::app::App;
+use crate::decode::{ACK, Decoded, Proto, SYN};
+use crate::flows::FlowKey;
+use crate::observation::Observation;
+use crate::timestamp::Timestamp;
+
+/// Sessions followed at once per partition; past it the one seen longest ago goes.
+pub const MAX_SESSIONS: usize = 1024;
+/// Setup turns of an RDP connection that count as answers: X.224 confirm → ClientHello and
+/// the host's TLS flight → the viewer's next flight.
+const RDP_SETUP_TURNS: u32 = 2;
+/// TLS record sizes of RDP frame acknowledgements (REFERENCE-2 §4: EGFX 66/73 B, TS_FRAME
+/// ACKNOWLEDGE 58/65 B under TLS 1.3/1.2).
+const RDP_FRAME_ACK_RECORDS: [usize; 4] = [58, 65, 66, 73];
+
+/// One followed session.
+struct Session {
+    /// The outside peer (viewer, relay or ssh client).
+    viewer: (IpAddr, u16),
+    app: Option<App>,
+    last: Timestamp,
+    /// When the host's latest data ended, while the viewer has not answered it.
+    pending: Option<Timestamp>,
+    /// The host's latest data segment: its end sequence number and time, for data → ACK.
+    unacked: Option<(u32, Timestamp)>,
+    /// Viewer data segments answering host data so far (the RDP setup turns).
+    turns: u32,
+    floor_ns: Option<u64>,
+    exchanges: u32,
+    leg_ns: Option<u64>,
+    leg_samples: u32,
+}
+
+/// The latency side table of one partition.
+#[derive(Default)]
+pub struct Latency {
+    sessions: BTreeMap<FlowKey, Session>,
+    evicted: u64,
+}
+
+impl Latency {
+    /// Sessions dropped at [`MAX_SESSIONS`].
+    pub fn evictions(&self) -> (&'static str, u64) {
+        ("latency_sessions", self.evicted)
+    }
+
+    /// One TCP packet; `inside` says which addresses are ours.
+    pub fn packet(&mut self, ts: Timestamp, d: &Decoded<'_>, inside: impl Fn(IpAddr) -> bool) {
+        let Some(tcp) = d.tcp.as_ref().filter(|_| d.proto == Proto::Tcp) else {
+            return;
+        };
+        let key = FlowKey::of(d);
+        if !self.sessions.contains_key(&key) {
+            // An outside peer opening a connection to an inside host.
+            if tcp.flags & (SYN | ACK) != SYN || inside(d.src) || !inside(d.dst) {
+                return;
+            }
+            self.evicted += crate::bounded::make_room(&mut self.sessions, MAX_SESSIONS, |s| s.last);
+            self.sessions.insert(
+                key,
+                Session {
+                    viewer: (d.src, d.src_port),
+                    app: None,
+                    last: ts,
+                    pending: None,
+                    unacked: None,
+                    turns: 0,
+                    floor_ns: None,
+                    exchanges: 0,
+                    leg_ns: None,
+                    leg_samples: 0,
+                },
+            );
+            return;
+        }
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        s.last = ts;
+        let from_viewer = (d.src, d.src_port) == s.viewer;
+        if !from_viewer {
+            if d.payload_len > 0 {
+                s.pending = Some(ts);
+                let end = tcp.seq.wrapping_add(d.payload_len);
+                // A segment at or below the newest end is a retransmission (Karn): no sample.
+                s.unacked = match s.unacked {
+                    Some((prev, _)) if end.wrapping_sub(prev) as i32 <= 0 => None,
+                    _ => Some((end, ts)),
+                };
+            }
+            return;
+        }
+        if tcp.flags & ACK != 0
+            && let Some((end, sent)) = s.unacked
+            && tcp.ack == end
+        {
+            let rtt = ts.since(sent).as_nanos() as u64;
+            s.leg_ns = Some(s.leg_ns.map_or(rtt, |m| m.min(rtt)));
+            s.leg_samples = s.leg_samples.saturating_add(1);
+            s.unacked = None;
+        }
+        if d.payload_len == 0 {
+            return;
+        }
+        let Some(since) = s.pending else {
+            return;
+        };
+        let answer = match s.app {
+            Some(App::Vnc) => has_update_request(d.payload),
+            Some(App::Rdp) => s.turns < RDP_SETUP_TURNS || is_frame_ack(d.payload),
+            _ => false,
+        };
+        s.turns = s.turns.saturating_add(1);
+        if answer {
+            let rtt = ts.since(since).as_nanos() as u64;
+            s.floor_ns = Some(s.floor_ns.map_or(rtt, |m| m.min(rtt)));
+            s.exchanges = s.exchanges.saturating_add(1);
+            s.pending = None;
+        }
+    }
+
+    /// The session's flow got its label: only remote-desktop and interactive sessions stay.
+    pub fn identified(&mut self, key: &FlowKey, app: Option<App>) {
+        match app {
+            Some(App::Vnc | App::Rdp | App::Ssh) => {
+                if let Some(s) = self.sessions.get_mut(key) {
+                    s.app = app;
+                }
+            }
+            _ => {
+                self.sessions.remove(key);
+            }
+        }
+    }
+
+    /// The session of `key` ended: its latency floor, if it has one, for the flow record and
+    /// the account stage.
+    pub fn ended(&mut self, key: &FlowKey, host: IpAddr, ts: Timestamp) -> Option<Observation> {
+        let s = self.sessions.remove(key)?;
+        let app = s.app?;
+        let leg_ms = s.leg_ns.map(ms);
+        let (floor_ms, exchanges) = match (app, s.floor_ns) {
+            (App::Ssh, _) => (leg_ms?, s.leg_samples),
+            (_, Some(f)) => (ms(f), s.exchanges),
+            _ => return None,
+        };
+        let relay = leg_ms.is_some_and(|leg| is_relayed(floor_ms, leg));
+        Some(Observation::LatencyFloor {
+            ts,
+            host,
+            viewer: s.viewer.0,
+            app: app.as_str(),
+            floor_ms,
+            exchanges,
+            outside_leg_ms: leg_ms,
+            relay,
+        })
+    }
+}
+
+/// A floor this far above the TCP leg is not the TCP peer's: the peer relays for someone
+/// farther away (more than 5 ms and a quarter of the floor).
+pub fn is_relayed(floor_ms: f64, leg_ms: f64) -> bool {
+    floor_ms - leg_ms > (floor_ms / 4.0).max(5.0)
+}
+
+fn ms(ns: u64) -> f64 {
+    (ns as f64 / 1e3).round() / 1e3
+}
+
+/// Whether a viewer segment holds an incremental FramebufferUpdateRequest (RFC 6143
+/// §7.5.3), reading the client messages it starts with; a relay may have joined it to a
+/// key or pointer event.
+fn has_update_request(mut bytes: &[u8]) -> bool {
+    while let Some(&kind) = bytes.first() {
+        let len = match kind {
+            // SetPixelFormat, FramebufferUpdateRequest, KeyEvent, PointerEvent.
+            0 => 20,
+            3 => {
+                if bytes.len() >= 10 && bytes[1] == 1 {
+                    return true;
+                }
+                10
+            }
+            4 => 8,
+            5 => 6,
+            // SetEncodings: 4 bytes, then 4 per encoding.
+            2 if bytes.len() >= 4 => 4 + 4 * u16::from_be_bytes([bytes[2], bytes[3]]) as usize,
+            _ => return false,
+        };
+        bytes = bytes.get(len..).unwrap_or_default();
+    }
+    false
+}
+
+/// Whether a viewer segment is one TLS application-data record of a frame
+/// acknowledgement's size.
+fn is_frame_ack(bytes: &[u8]) -> bool {
+    bytes.len() >= 5
+        && bytes[0] == 23
+        && 5 + u16::from_be_bytes([bytes[3], bytes[4]]) as usize == bytes.len()
+        && RDP_FRAME_ACK_RECORDS.contains(&bytes.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_requests_are_found_behind_input() {
+        let request = [3, 1, 0, 0, 0, 0, 4, 0, 3, 0];
+        assert!(has_update_request(&request));
+        let mut joined = vec![5, 0, 0, 10, 0, 20];
+        joined.extend_from_slice(&request);
+        assert!(has_update_request(&joined));
+        // A full (non-incremental) request is the viewer asking, not answering.
+        assert!(!has_update_request(&[3, 0, 0, 0, 0, 0, 4, 0, 3, 0]));
+        assert!(!has_update_request(&[4, 1, 0, 0, 0, 0, 0, 0x61]));
+        assert!(!has_update_request(&[9, 9, 9]));
+    }
+
+    #[test]
+    fn frame_acks_are_single_records_of_their_size() {
+        let mut record = vec![23, 3, 3, 0, 61];
+        record.resize(66, 0);
+        assert!(is_frame_ack(&record));
+        record.push(0);
+        assert!(!is_frame_ack(&record));
+        assert!(!is_frame_ack(&[23, 3, 3, 0, 22, 0]));
+    }
+
+    #[test]
+    fn relays_are_floors_far_above_the_leg() {
+        assert!(is_relayed(58.0, 4.1));
+        assert!(!is_relayed(10.4, 10.2));
+        assert!(!is_relayed(240.5, 240.2));
+    }
+}
