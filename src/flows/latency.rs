@@ -227,6 +227,80 @@ fn is_frame_ack(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::PSH;
+    use crate::flows::flow::segment;
+
+    const MS: u64 = 1_000_000;
+    /// The server end of `segment` (198.51.100.7) is the inside host.
+    fn inside(ip: IpAddr) -> bool {
+        ip == IpAddr::from([198, 51, 100, 7])
+    }
+
+    /// A VNC session: the viewer's key events follow updates at once and are not answers;
+    /// its update requests come one round trip (48 ms) after each update ends, and its ACK
+    /// of the last update segment gives the leg.
+    #[test]
+    fn vnc_floor_counts_update_requests_only() {
+        let mut l = Latency::default();
+        let key = FlowKey::of(&segment(40000, 5900, true, SYN, 0, b""));
+        l.packet(
+            Timestamp(0),
+            &segment(40000, 5900, true, SYN, 0, b""),
+            inside,
+        );
+        l.identified(&key, Some(App::Vnc));
+        let request = [3, 1, 0, 0, 0, 0, 4, 0, 3, 0];
+        let key_event = [4, 1, 0, 0, 0, 0, 0, 0x61];
+        for (i, start) in [1000, 2000].into_iter().enumerate() {
+            let update = [0u8, 0, 0, 1];
+            let seq = 100 + 4 * i as u32;
+            let host = segment(40000, 5900, false, ACK | PSH, seq, &update);
+            l.packet(Timestamp(start * MS), &host, inside);
+            let early = segment(40000, 5900, true, ACK | PSH, 1, &key_event);
+            l.packet(Timestamp((start + 1) * MS), &early, inside);
+            let mut answer = segment(40000, 5900, true, ACK | PSH, 9, &request);
+            answer.tcp.as_mut().unwrap().ack = seq + 4;
+            l.packet(Timestamp((start + 48 + i as u64) * MS), &answer, inside);
+        }
+        let host = IpAddr::from([198, 51, 100, 7]);
+        match l.ended(&key, host, Timestamp(3000 * MS)) {
+            Some(Observation::LatencyFloor {
+                floor_ms,
+                exchanges,
+                outside_leg_ms,
+                relay,
+                app,
+                ..
+            }) => {
+                assert_eq!((floor_ms, exchanges, app), (48.0, 2, "vnc"));
+                assert_eq!((outside_leg_ms, relay), (Some(48.0), false));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Past [`MAX_SESSIONS`] the eighth seen longest ago goes, counted; a flow identified
+    /// as something else leaves at once.
+    #[test]
+    fn the_side_table_is_bounded_and_counts_evictions() {
+        let mut l = Latency::default();
+        for port in 0..(MAX_SESSIONS as u16 + 76) {
+            let syn = segment(10000 + port, 5900, true, SYN, 0, b"");
+            l.packet(Timestamp(u64::from(port)), &syn, inside);
+        }
+        assert_eq!(l.evictions(), ("latency_sessions", MAX_SESSIONS as u64 / 8));
+        let key = FlowKey::of(&segment(
+            10000 + MAX_SESSIONS as u16,
+            5900,
+            true,
+            SYN,
+            0,
+            b"",
+        ));
+        let before = l.sessions.len();
+        l.identified(&key, Some(App::Http));
+        assert_eq!(l.sessions.len(), before - 1);
+    }
 
     #[test]
     fn update_requests_are_found_behind_input() {
