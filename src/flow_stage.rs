@@ -451,7 +451,9 @@ impl Partition {
                         identify_flow(flow, ctx, ts, false);
                         if flow.dissected {
                             // Operator latency: only remote-desktop and SSH sessions stay followed.
-                            self.latency.identified(&key, flow.app);
+                            let network = &ctx.scope.network;
+                            self.latency
+                                .identified(&key, flow, |ip| network.is_inside(ip));
                             let scope = ctx.detector_scope();
                             let moment = Moment::Identified {
                                 key: &key,

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 
 use crate::app::App;
 use crate::decode::{ACK, Decoded, Proto, SYN};
-use crate::flows::FlowKey;
+use crate::flows::{Flow, FlowKey};
 use crate::observation::Observation;
 use crate::timestamp::Timestamp;
 
@@ -53,6 +53,23 @@ struct Session {
     leg_samples: u32,
 }
 
+impl Session {
+    fn new(viewer: (IpAddr, u16), ts: Timestamp) -> Session {
+        Session {
+            viewer,
+            app: None,
+            last: ts,
+            pending: None,
+            unacked: None,
+            turns: 0,
+            floor_ns: None,
+            exchanges: 0,
+            leg_ns: None,
+            leg_samples: 0,
+        }
+    }
+}
+
 /// The latency side table of one partition.
 #[derive(Default)]
 pub struct Latency {
@@ -78,21 +95,8 @@ impl Latency {
                 return;
             }
             self.evicted += crate::bounded::make_room(&mut self.sessions, MAX_SESSIONS, |s| s.last);
-            self.sessions.insert(
-                key,
-                Session {
-                    viewer: (d.src, d.src_port),
-                    app: None,
-                    last: ts,
-                    pending: None,
-                    unacked: None,
-                    turns: 0,
-                    floor_ns: None,
-                    exchanges: 0,
-                    leg_ns: None,
-                    leg_samples: 0,
-                },
-            );
+            self.sessions
+                .insert(key, Session::new((d.src, d.src_port), ts));
             return;
         }
         let Some(s) = self.sessions.get_mut(&key) else {
@@ -142,16 +146,23 @@ impl Latency {
     }
 
     /// The session's flow got its label: only remote-desktop and interactive sessions stay.
-    pub fn identified(&mut self, key: &FlowKey, app: Option<App>) {
-        match app {
-            Some(App::Vnc | App::Rdp | App::Ssh) => {
-                if let Some(s) = self.sessions.get_mut(key) {
-                    s.app = app;
-                }
+    /// One whose SYN was not seen (the sensor started during it) is followed from here when
+    /// an outside originator reaches an inside responder.
+    pub fn identified(&mut self, key: &FlowKey, flow: &Flow, inside: impl Fn(IpAddr) -> bool) {
+        if !matches!(flow.app, Some(App::Vnc | App::Rdp | App::Ssh)) {
+            self.sessions.remove(key);
+            return;
+        }
+        if !self.sessions.contains_key(key) {
+            if flow.proto != Proto::Tcp || inside(flow.orig.0) || !inside(flow.resp.0) {
+                return;
             }
-            _ => {
-                self.sessions.remove(key);
-            }
+            self.evicted += crate::bounded::make_room(&mut self.sessions, MAX_SESSIONS, |s| s.last);
+            self.sessions
+                .insert(*key, Session::new(flow.orig, flow.last));
+        }
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.app = flow.app;
         }
     }
 
@@ -236,19 +247,39 @@ mod tests {
         ip == IpAddr::from([198, 51, 100, 7])
     }
 
+    fn labelled(first: &Decoded<'_>, app: App) -> Flow {
+        let mut flow = Flow::new(0, first, Timestamp(0), 0);
+        flow.app = Some(app);
+        flow
+    }
+
+    /// A session whose SYN was before the sensor started is followed from its label on;
+    /// one an inside host opened is not.
+    #[test]
+    fn sessions_are_picked_up_at_their_label() {
+        let mut l = Latency::default();
+        let midway = segment(40001, 22, true, ACK | PSH, 7, b"x");
+        l.identified(&FlowKey::of(&midway), &labelled(&midway, App::Ssh), inside);
+        assert_eq!(l.sessions.len(), 1);
+        let outbound = segment(40002, 22, false, ACK | PSH, 7, b"x");
+        l.identified(
+            &FlowKey::of(&outbound),
+            &labelled(&outbound, App::Ssh),
+            inside,
+        );
+        assert_eq!(l.sessions.len(), 1);
+    }
+
     /// A VNC session: the viewer's key events follow updates at once and are not answers;
     /// its update requests come one round trip (48 ms) after each update ends, and its ACK
     /// of the last update segment gives the leg.
     #[test]
     fn vnc_floor_counts_update_requests_only() {
         let mut l = Latency::default();
-        let key = FlowKey::of(&segment(40000, 5900, true, SYN, 0, b""));
-        l.packet(
-            Timestamp(0),
-            &segment(40000, 5900, true, SYN, 0, b""),
-            inside,
-        );
-        l.identified(&key, Some(App::Vnc));
+        let syn = segment(40000, 5900, true, SYN, 0, b"");
+        l.packet(Timestamp(0), &syn, inside);
+        let key = FlowKey::of(&syn);
+        l.identified(&key, &labelled(&syn, App::Vnc), inside);
         let request = [3, 1, 0, 0, 0, 0, 4, 0, 3, 0];
         let key_event = [4, 1, 0, 0, 0, 0, 0, 0x61];
         for (i, start) in [1000, 2000].into_iter().enumerate() {
@@ -289,16 +320,9 @@ mod tests {
             l.packet(Timestamp(u64::from(port)), &syn, inside);
         }
         assert_eq!(l.evictions(), ("latency_sessions", MAX_SESSIONS as u64 / 8));
-        let key = FlowKey::of(&segment(
-            10000 + MAX_SESSIONS as u16,
-            5900,
-            true,
-            SYN,
-            0,
-            b"",
-        ));
+        let syn = segment(10000 + MAX_SESSIONS as u16, 5900, true, SYN, 0, b"");
         let before = l.sessions.len();
-        l.identified(&key, Some(App::Http));
+        l.identified(&FlowKey::of(&syn), &labelled(&syn, App::Http), inside);
         assert_eq!(l.sessions.len(), before - 1);
     }
 
