@@ -487,7 +487,7 @@ impl Partition {
                     let details = flow.details.take();
                     let mut record = flow_record(&flow, details, false, Some(why.as_str()), ctx);
                     // Operator latency: the session's floor, on its record and for the account stage.
-                    if let Some(obs) = self.latency.ended(&flow.key(), flow.resp.0, ts) {
+                    if let Some(obs) = self.latency.ended(&flow, ts) {
                         if let Observation::LatencyFloor { floor_ms, .. } = obs {
                             record.latency_floor_ms = Some(floor_ms);
                         }

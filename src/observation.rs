@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 use sha1::{Digest, Sha1};
 
+use crate::app::App;
 use crate::event::{Event, FlowRef};
 use crate::identity::SessionStatus;
 use crate::timestamp::Timestamp;
@@ -47,11 +48,12 @@ pub enum Observation {
         ts: Timestamp,
         host: IpAddr,
         viewer: IpAddr,
-        app: &'static str,
+        app: App,
         floor_ms: f64,
         exchanges: u32,
         outside_leg_ms: Option<f64>,
         relay: bool,
+        flow: FlowRef,
     },
     /// A finding of a flow detector (its account is named by the account stage).
     Finding { event: Box<Event> },

@@ -89,6 +89,8 @@ fn lab_floors_are_the_configured_round_trips_and_far_operators_are_found() {
             let ev = &e["evidence"];
             assert_eq!(e["kind"], "geo_anomaly");
             assert_eq!(e["account"], "lab");
+            assert_eq!(e["app"], cap["expected"]["app"]);
+            assert_eq!(e["flow"]["dst_ip"], "10.8.0.12");
             assert_eq!(ev["floor_ms"].as_f64(), Some(floor));
             assert_eq!(ev["domestic_ceiling_ms"].as_f64(), Some(30.0));
             assert_eq!(ev["ceiling_source"], "configured");

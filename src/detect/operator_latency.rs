@@ -19,8 +19,9 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
+use crate::app::App;
 use crate::detect::{Detector, Moment, Reason, Registered, Scope, Stage};
-use crate::event::{Event, Kind, Severity};
+use crate::event::{Event, FlowRef, Kind, Severity};
 use crate::observation::Observation;
 use crate::timestamp::Timestamp;
 
@@ -138,11 +139,12 @@ impl OperatorLatency {
         ts: Timestamp,
         host: IpAddr,
         viewer: IpAddr,
-        app: &'static str,
+        app: App,
         floor_ms: f64,
         exchanges: u32,
         leg_ms: Option<f64>,
         relay: bool,
+        flow: &FlowRef,
         out: &mut Vec<Event>,
     ) {
         if exchanges < self.config.min_exchanges {
@@ -183,9 +185,9 @@ impl OperatorLatency {
             Kind::GeoAnomaly,
             "operator_latency",
             severity,
-            &format!("{host} {viewer} {app}"),
+            &format!("{host} {viewer} {}", app.as_str()),
         )
-        .evidence("app", app)
+        .evidence("app", app.as_str())
         .evidence("viewer", viewer.to_string())
         .evidence("floor_ms", floor_ms)
         .evidence("exchanges", exchanges)
@@ -199,6 +201,9 @@ impl OperatorLatency {
         }
         e.account = Some(account.id.to_string());
         e.host = Some(host);
+        e.app = Some(app);
+        e.flow = Some(flow.clone());
+        let app = app.as_str();
         e.summary = format!(
             "The person at {app} on {host} is {floor_ms:.1} ms away over {exchanges} exchanges{via}, above {country}'s domestic ceiling of {ceiling_ms:.1} ms ({source}): at least {min_km:.0} km from the sensor"
         );
@@ -221,16 +226,18 @@ impl Detector for OperatorLatency {
                 exchanges,
                 outside_leg_ms,
                 relay,
+                flow,
             }) => self.judge(
                 scope,
                 *ts,
                 *host,
                 *viewer,
-                app,
+                *app,
                 *floor_ms,
                 *exchanges,
                 *outside_leg_ms,
                 *relay,
+                flow,
                 out,
             ),
             _ => {}

@@ -166,10 +166,10 @@ impl Latency {
         }
     }
 
-    /// The session of `key` ended: its latency floor, if it has one, for the flow record and
+    /// `flow` ended: its session's latency floor, if it has one, for the flow record and
     /// the account stage.
-    pub fn ended(&mut self, key: &FlowKey, host: IpAddr, ts: Timestamp) -> Option<Observation> {
-        let s = self.sessions.remove(key)?;
+    pub fn ended(&mut self, flow: &Flow, ts: Timestamp) -> Option<Observation> {
+        let s = self.sessions.remove(&flow.key())?;
         let app = s.app?;
         let leg_ms = s.leg_ns.map(ms);
         let (floor_ms, exchanges) = match (app, s.floor_ns) {
@@ -180,13 +180,14 @@ impl Latency {
         let relay = leg_ms.is_some_and(|leg| is_relayed(floor_ms, leg));
         Some(Observation::LatencyFloor {
             ts,
-            host,
+            host: flow.resp.0,
             viewer: s.viewer.0,
-            app: app.as_str(),
+            app,
             floor_ms,
             exchanges,
             outside_leg_ms: leg_ms,
             relay,
+            flow: crate::detect::remote_desktop::flow_ref(flow),
         })
     }
 }
@@ -293,8 +294,7 @@ mod tests {
             answer.tcp.as_mut().unwrap().ack = seq + 4;
             l.packet(Timestamp((start + 48 + i as u64) * MS), &answer, inside);
         }
-        let host = IpAddr::from([198, 51, 100, 7]);
-        match l.ended(&key, host, Timestamp(3000 * MS)) {
+        match l.ended(&labelled(&syn, App::Vnc), Timestamp(3000 * MS)) {
             Some(Observation::LatencyFloor {
                 floor_ms,
                 exchanges,
@@ -303,7 +303,7 @@ mod tests {
                 app,
                 ..
             }) => {
-                assert_eq!((floor_ms, exchanges, app), (48.0, 2, "vnc"));
+                assert_eq!((floor_ms, exchanges, app), (48.0, 2, App::Vnc));
                 assert_eq!((outside_leg_ms, relay), (Some(48.0), false));
             }
             other => panic!("{other:?}"),
