@@ -24,6 +24,7 @@ use crate::dissect::identify::{self, Details, Input};
 use crate::dissect::shared::SharedDetails;
 use crate::event::Event;
 use crate::flows::flow::{MID_STREAM, ORIG, RESP};
+use crate::flows::latency::Latency;
 use crate::flows::record::FlowRecord;
 use crate::flows::{EndReason, Flow, FlowEvent, FlowTable};
 use crate::geo::Geo;
@@ -189,6 +190,8 @@ struct Partition {
     /// Flows (by sequence number) whose handshake RTT was sent on.
     sampled: HashSet<u64>,
     active: Active,
+    /// Operator latency of inbound remote-desktop and SSH sessions (`flows::latency`).
+    latency: Latency,
 }
 
 impl FlowWorker {
@@ -206,6 +209,7 @@ impl FlowWorker {
                     findings: Vec::new(),
                     sampled: HashSet::new(),
                     active: Active::default(),
+                    latency: Latency::default(),
                 })
             })
             .collect();
@@ -264,6 +268,10 @@ impl FlowWorker {
         p.flows
             .process(pkt.ts, &decoded, pkt.orig_len, &mut p.pending);
         p.drain(&mut ctx);
+        // Operator latency: after the drain, so a flow identified by this packet has its label.
+        let network = &self.scope.network;
+        p.latency
+            .packet(pkt.ts, &decoded, |ip| network.is_inside(ip));
     }
 
     /// A whole second of packet time passed: every partition's flows and detectors catch
@@ -351,6 +359,8 @@ impl FlowWorker {
             active += p.flows.len() as u64;
             total += p.flows.flows_total;
             full += p.flows.evicted_table_full;
+            let (structure, n) = p.latency.evictions();
+            *self.stats.state_evicted.entry(structure).or_default() += n;
             for (structure, n) in p.detectors.evictions() {
                 *self.stats.state_evicted.entry(structure).or_default() += n;
             }
@@ -440,6 +450,10 @@ impl Partition {
                     {
                         identify_flow(flow, ctx, ts, false);
                         if flow.dissected {
+                            // Operator latency: only remote-desktop and SSH sessions stay followed.
+                            let network = &ctx.scope.network;
+                            self.latency
+                                .identified(&key, flow, |ip| network.is_inside(ip));
                             let scope = ctx.detector_scope();
                             let moment = Moment::Identified {
                                 key: &key,
@@ -471,7 +485,14 @@ impl Partition {
                     let moment = Moment::Ended { flow: &flow, ts };
                     self.detectors.on(&moment, &scope, &mut self.findings);
                     let details = flow.details.take();
-                    let record = flow_record(&flow, details, false, Some(why.as_str()), ctx);
+                    let mut record = flow_record(&flow, details, false, Some(why.as_str()), ctx);
+                    // Operator latency: the session's floor, on its record and for the account stage.
+                    if let Some(obs) = self.latency.ended(&flow, ts) {
+                        if let Observation::LatencyFloor { floor_ms, .. } = obs {
+                            record.latency_floor_ms = Some(floor_ms);
+                        }
+                        ctx.send(obs);
+                    }
                     ctx.out.push(Stamped {
                         at: ctx.clock,
                         item: Item::Record(Box::new(record)),

@@ -163,7 +163,7 @@ const RELOAD_RESULTS: [&str; 2] = ["ok", "failed"];
 const SINKS: [&str; 2] = ["events", "flows"];
 /// Every bounded structure whose evictions are counted (`structure` of
 /// `farmwatch_state_evicted_total`), reported from the start so a rate alert has a series.
-pub const BOUNDED_STRUCTURES: [&str; 17] = [
+pub const BOUNDED_STRUCTURES: [&str; 19] = [
     "identity_addresses",
     "identity_ranges",
     "dns_names",
@@ -180,6 +180,8 @@ pub const BOUNDED_STRUCTURES: [&str; 17] = [
     "farm_cluster_prefixes",
     "farm_cluster_reported",
     "rtt_distance_addresses",
+    "latency_sessions",
+    "operator_latency_addresses",
     "score_accounts",
 ];
 

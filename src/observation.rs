@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 use sha1::{Digest, Sha1};
 
+use crate::app::App;
 use crate::event::{Event, FlowRef};
 use crate::identity::SessionStatus;
 use crate::timestamp::Timestamp;
@@ -39,6 +40,21 @@ pub enum Observation {
         rtt_ns: u64,
         flow: FlowRef,
     },
+    /// The round trip from the sensor to the person at an inbound remote-desktop or
+    /// interactive session on `host` (`flows::latency`), sent when the session ends: the
+    /// floor over `exchanges` answers, the TCP leg to the outside peer `viewer`, and whether
+    /// the floor is far above that leg (`relay`: the peer forwards for someone farther).
+    LatencyFloor {
+        ts: Timestamp,
+        host: IpAddr,
+        viewer: IpAddr,
+        app: App,
+        floor_ms: f64,
+        exchanges: u32,
+        outside_leg_ms: Option<f64>,
+        relay: bool,
+        flow: FlowRef,
+    },
     /// A finding of a flow detector (its account is named by the account stage).
     Finding { event: Box<Event> },
 }
@@ -48,7 +64,8 @@ impl Observation {
         match self {
             Observation::Radius { ts, .. }
             | Observation::Activity { ts, .. }
-            | Observation::HandshakeRtt { ts, .. } => *ts,
+            | Observation::HandshakeRtt { ts, .. }
+            | Observation::LatencyFloor { ts, .. } => *ts,
             Observation::Finding { event } => event.ts,
         }
     }

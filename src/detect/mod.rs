@@ -10,6 +10,7 @@
 pub mod farm_cluster;
 pub mod geo_anomaly;
 pub mod off_hours;
+pub mod operator_latency;
 pub mod relay_service;
 pub mod remote_desktop;
 pub mod rtt_distance;
@@ -42,12 +43,13 @@ pub struct DetectConfig {
     pub rtt_split: rtt_split::RttSplitConfig,
     pub tunnel: tunnel::TunnelConfig,
     pub relay_service: relay_service::RelayServiceConfig,
+    pub operator_latency: operator_latency::OperatorLatencyConfig,
 }
 
 impl DetectConfig {
     /// The first value out of range, as `detect.<detector>.<key> …`.
     pub fn validate(&self) -> Result<(), String> {
-        let sections: [(&str, Result<(), String>); 9] = [
+        let sections: [(&str, Result<(), String>); 10] = [
             ("geo", self.geo.validate()),
             ("farm_cluster", self.farm_cluster.validate()),
             ("off_hours", self.off_hours.validate()),
@@ -57,6 +59,7 @@ impl DetectConfig {
             ("rtt_split", self.rtt_split.validate()),
             ("tunnel", self.tunnel.validate()),
             ("relay_service", self.relay_service.validate()),
+            ("operator_latency", self.operator_latency.validate()),
         ];
         for (name, result) in sections {
             result.map_err(|e| format!("detect.{name}.{e}"))?;
@@ -156,6 +159,7 @@ pub const DETECTORS: &[Registered] = &[
     relay_service::REGISTERED,
     geo_anomaly::REGISTERED,
     rtt_distance::REGISTERED,
+    operator_latency::REGISTERED,
     farm_cluster::REGISTERED,
     off_hours::REGISTERED,
 ];

@@ -13,6 +13,7 @@ pub mod activity;
 pub mod community_id;
 pub mod flow;
 pub mod json;
+pub mod latency;
 pub mod reassembly;
 pub mod record;
 

@@ -106,6 +106,10 @@ pub struct FlowRecord {
     pub tool_evidence: Option<&'static str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub relay: bool,
+    /// The round trip to the person at an inbound remote-desktop or SSH session, in ms
+    /// (`flows::latency`): on the last record of the session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_floor_ms: Option<f64>,
 }
 
 /// The history as its letters, a string in the record.
@@ -236,6 +240,7 @@ impl FlowRecord {
             radius: None,
             tool_evidence,
             relay,
+            latency_floor_ms: None,
         };
         match other {
             Some(Protocol::Quic(d)) => record.quic = Some(d),
@@ -285,6 +290,7 @@ impl FlowRecord {
         if self.relay {
             o.field(key!(relay), &self.relay)?;
         }
+        present!(o, self: latency_floor_ms);
         o.end();
         Ok(())
     }
@@ -387,6 +393,7 @@ mod tests {
             radius: Some(Box::default()),
             tool_evidence: Some("sni"),
             relay: true,
+            latency_floor_ms: Some(121.5),
         }
     }
 
@@ -426,6 +433,7 @@ mod tests {
             radius: None,
             tool_evidence: None,
             relay: false,
+            latency_floor_ms: None,
             ..full()
         }
     }

@@ -352,6 +352,9 @@ struct RdSession {
     account_role: Option<&'static str>,
     bytes_orig: u64,
     bytes_resp: u64,
+    /// The round trip to the person at the viewer (`flows::latency`), when measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_floor_ms: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -687,6 +690,7 @@ fn rd_sessions(c: &Collector, config: &Config) -> Vec<RdSession> {
                 account_role: r.account.as_ref().and(account_role),
                 bytes_orig: r.bytes_orig,
                 bytes_resp: r.bytes_resp,
+                latency_floor_ms: r.latency_floor_ms,
             })
         })
         .collect()

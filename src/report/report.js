@@ -358,6 +358,7 @@
       { key: "account_role", label: "account's host" },
       { key: "controlled_ip", label: "controlled side", cls: "mono", render: function (r) { return r.controlled_ip + " (" + r.controlled + ")"; } },
       { key: "peer", label: "peer", cls: "mono" },
+      { key: "latency_floor_ms", label: "operator RTT", cls: "num", render: function (r) { return r.latency_floor_ms == null ? "-" : r.latency_floor_ms.toFixed(1) + " ms"; } },
       { key: "bytes_orig", label: "bytes src→dst", cls: "num", render: function (r) { return fmtBytes(r.bytes_orig); } },
       { key: "bytes_resp", label: "bytes dst→src", cls: "num", render: function (r) { return fmtBytes(r.bytes_resp); } },
       { key: "flow", label: "record", render: function (r) { return link("#f-" + r.flow, "flow " + r.flow); } }
