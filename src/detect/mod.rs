@@ -12,6 +12,7 @@ pub mod geo_anomaly;
 pub mod off_hours;
 pub mod relay_service;
 pub mod remote_desktop;
+pub mod reverse_session;
 pub mod rtt_distance;
 pub mod rtt_split;
 pub mod score;
@@ -42,12 +43,13 @@ pub struct DetectConfig {
     pub rtt_split: rtt_split::RttSplitConfig,
     pub tunnel: tunnel::TunnelConfig,
     pub relay_service: relay_service::RelayServiceConfig,
+    pub reverse_session: reverse_session::ReverseSessionConfig,
 }
 
 impl DetectConfig {
     /// The first value out of range, as `detect.<detector>.<key> …`.
     pub fn validate(&self) -> Result<(), String> {
-        let sections: [(&str, Result<(), String>); 9] = [
+        let sections: [(&str, Result<(), String>); 10] = [
             ("geo", self.geo.validate()),
             ("farm_cluster", self.farm_cluster.validate()),
             ("off_hours", self.off_hours.validate()),
@@ -57,6 +59,7 @@ impl DetectConfig {
             ("rtt_split", self.rtt_split.validate()),
             ("tunnel", self.tunnel.validate()),
             ("relay_service", self.relay_service.validate()),
+            ("reverse_session", self.reverse_session.validate()),
         ];
         for (name, result) in sections {
             result.map_err(|e| format!("detect.{name}.{e}"))?;
@@ -154,6 +157,7 @@ pub const DETECTORS: &[Registered] = &[
     rtt_split::REGISTERED,
     tunnel::REGISTERED,
     relay_service::REGISTERED,
+    reverse_session::REGISTERED,
     geo_anomaly::REGISTERED,
     rtt_distance::REGISTERED,
     farm_cluster::REGISTERED,
