@@ -288,3 +288,198 @@ impl Detector for ReverseSession {
         vec![("reverse_session_flows", self.evicted)]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::App;
+    use crate::detect::remote_desktop::testkit::*;
+    use crate::flows::FlowEvent;
+
+    const HOST: &str = "10.8.0.12:41752";
+    const OUTSIDE: &str = "198.51.100.20:22";
+
+    /// Who types, and how long the other end takes to answer each keystroke.
+    #[derive(Clone, Copy)]
+    struct Typing {
+        outside_types: bool,
+        answer_ms: u64,
+    }
+
+    /// A session `originator` opened to `responder`: `commands` commands 3 s apart, each
+    /// six keystrokes 200 ms apart answered by 36-byte echoes, then 2 kB of output from
+    /// the side typed into. The flow carries `app`.
+    fn session(
+        rs: &mut ReverseSession,
+        wire: &mut Wire,
+        (originator, responder): (&str, &str),
+        app: Option<App>,
+        typing: Typing,
+        commands: u64,
+    ) -> Vec<Event> {
+        let world = World::new();
+        let scope = world.scope();
+        let mut out = Vec::new();
+        let key = wire.handshake(T0, originator, responder, 50 * MS, 2 * MS);
+        wire.table.get_mut(&key).unwrap().app = app;
+        let (typist, shell) = match (typing.outside_types, originator == HOST) {
+            (true, true) | (false, false) => (responder, originator),
+            _ => (originator, responder),
+        };
+        let mut packets = Vec::new();
+        for c in 0..commands {
+            let base = T0 + SEC + c * 3 * SEC;
+            for k in 0..6 {
+                let at = base + k * 200 * MS;
+                packets.push((at, typist, shell, 36));
+                packets.push((at + typing.answer_ms * MS, shell, typist, 36));
+            }
+            packets.push((base + 1300 * MS, shell, typist, 2000));
+        }
+        packets.sort_by_key(|p| p.0);
+        for (at, src, dst, len) in packets {
+            wire.tcp(at, src, dst, len);
+            for ev in std::mem::take(&mut wire.events) {
+                if let FlowEvent::Resumed { key, ts, .. } = ev {
+                    let flow = wire.table.get(&key).unwrap();
+                    rs.on_resume(&scope, flow, ts, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    fn detector() -> ReverseSession {
+        ReverseSession::new(&ReverseSessionConfig::default(), Duration::from_millis(500))
+    }
+
+    const FROM_OUTSIDE: Typing = Typing {
+        outside_types: true,
+        answer_ms: 3,
+    };
+
+    #[test]
+    fn an_outsider_typing_into_a_session_the_host_opened() {
+        let mut rs = detector();
+        let out = session(
+            &mut rs,
+            &mut Wire::new(),
+            (HOST, OUTSIDE),
+            Some(App::Ssh),
+            FROM_OUTSIDE,
+            5,
+        );
+        assert_eq!(out.len(), 1);
+        let e = &out[0];
+        assert_eq!(
+            (e.reason, e.severity, e.host),
+            (
+                "reverse_session",
+                Severity::Medium,
+                Some("10.8.0.12".parse().unwrap())
+            )
+        );
+        assert_eq!(e.evidence["answered_bursts"], 3);
+        assert_eq!(e.evidence["median_answer_ms"], 3.0);
+        assert_eq!(e.evidence["outside_burst_share"], 1.0);
+        assert_eq!(e.evidence["outside"], "198.51.100.20");
+        // Reported as the host answers the third command's first key.
+        assert_eq!(e.evidence["keystrokes_from_outside"], 2 * 6 + 1);
+    }
+
+    #[test]
+    fn unidentified_bytes_may_be_a_raw_shell() {
+        let mut rs = detector();
+        let out = session(
+            &mut rs,
+            &mut Wire::new(),
+            (HOST, OUTSIDE),
+            None,
+            FROM_OUTSIDE,
+            5,
+        );
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn look_alikes_are_silent() {
+        let quiet = |peers, app, typing, commands| {
+            session(
+                &mut detector(),
+                &mut Wire::new(),
+                peers,
+                app,
+                typing,
+                commands,
+            )
+            .is_empty()
+        };
+        let ssh = Some(App::Ssh);
+        // Typed at the host, echoed from beyond the sensor.
+        let inside = Typing {
+            outside_types: false,
+            answer_ms: 120,
+        };
+        assert!(quiet((HOST, OUTSIDE), ssh, inside, 5));
+        // The outside opened it: an inbound session, the remote-desktop detector's.
+        let inbound = ("198.51.100.20:41000", "10.8.0.12:22");
+        assert!(quiet(inbound, ssh, FROM_OUTSIDE, 5));
+        // A protocol nobody types through (a server pushing, the host acknowledging).
+        assert!(quiet((HOST, OUTSIDE), Some(App::Tls), FROM_OUTSIDE, 5));
+        // The host takes longer than `answer_within` to answer: not an echo.
+        let slow = Typing {
+            outside_types: true,
+            answer_ms: 80,
+        };
+        assert!(quiet((HOST, OUTSIDE), ssh, slow, 5));
+        // Two answered bursts are not yet a session.
+        assert!(quiet((HOST, OUTSIDE), ssh, FROM_OUTSIDE, 2));
+        // Between two inside hosts: no outsider.
+        assert!(quiet((HOST, "10.20.0.5:22"), ssh, FROM_OUTSIDE, 5));
+    }
+
+    #[test]
+    fn flows_past_the_limit_are_counted() {
+        let config = ReverseSessionConfig {
+            max_flows: 1,
+            ..ReverseSessionConfig::default()
+        };
+        let mut rs = ReverseSession::new(&config, Duration::from_millis(500));
+        let mut wire = Wire::new();
+        session(
+            &mut rs,
+            &mut wire,
+            (HOST, OUTSIDE),
+            Some(App::Ssh),
+            FROM_OUTSIDE,
+            1,
+        );
+        let other = ("10.8.0.12:41753", OUTSIDE);
+        session(&mut rs, &mut wire, other, Some(App::Ssh), FROM_OUTSIDE, 1);
+        assert_eq!(rs.flows.len(), 1);
+        assert_eq!(Detector::evictions(&rs), [("reverse_session_flows", 1)]);
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused() {
+        let ok = ReverseSessionConfig::default();
+        assert!(ok.validate().is_ok());
+        let bad = [
+            ReverseSessionConfig {
+                min_bursts: 0,
+                ..ok.clone()
+            },
+            ReverseSessionConfig {
+                min_outside_share: 1.5,
+                ..ok.clone()
+            },
+            ReverseSessionConfig {
+                answer_within: Duration::ZERO,
+                ..ok.clone()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+    }
+}
