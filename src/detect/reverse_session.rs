@@ -45,7 +45,7 @@ pub struct ReverseSessionConfig {
     /// Default `"50ms"`.
     #[serde(with = "humantime_serde")]
     pub answer_within: Duration,
-    /// Answered bursts the outside must have started. Default 3.
+    /// Answered bursts the outside must have started. Default 4.
     pub min_bursts: u32,
     /// Share of all bursts the outside must have started. Default 0.5.
     pub min_outside_share: f64,
@@ -62,7 +62,7 @@ impl Default for ReverseSessionConfig {
     fn default() -> ReverseSessionConfig {
         ReverseSessionConfig {
             answer_within: Duration::from_millis(50),
-            min_bursts: 3,
+            min_bursts: 4,
             min_outside_share: 0.5,
             min_input_share: 0.5,
             long_lived: Duration::from_secs(3600),
@@ -379,12 +379,12 @@ mod tests {
                 Some("10.8.0.12".parse().unwrap())
             )
         );
-        assert_eq!(e.evidence["answered_bursts"], 3);
+        assert_eq!(e.evidence["answered_bursts"], 4);
         assert_eq!(e.evidence["median_answer_ms"], 3.0);
         assert_eq!(e.evidence["outside_burst_share"], 1.0);
         assert_eq!(e.evidence["outside"], "198.51.100.20");
-        // Reported as the host answers the third command's first key.
-        assert_eq!(e.evidence["keystrokes_from_outside"], 2 * 6 + 1);
+        // Reported as the host answers the fourth command's first key.
+        assert_eq!(e.evidence["keystrokes_from_outside"], 3 * 6 + 1);
     }
 
     #[test]
@@ -432,8 +432,8 @@ mod tests {
             answer_ms: 80,
         };
         assert!(quiet((HOST, OUTSIDE), ssh, slow, 5));
-        // Two answered bursts are not yet a session.
-        assert!(quiet((HOST, OUTSIDE), ssh, FROM_OUTSIDE, 2));
+        // Three answered bursts are not yet a session.
+        assert!(quiet((HOST, OUTSIDE), ssh, FROM_OUTSIDE, 3));
         // Between two inside hosts: no outsider.
         assert!(quiet((HOST, "10.20.0.5:22"), ssh, FROM_OUTSIDE, 5));
     }
