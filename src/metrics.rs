@@ -163,7 +163,7 @@ const RELOAD_RESULTS: [&str; 2] = ["ok", "failed"];
 const SINKS: [&str; 2] = ["events", "flows"];
 /// Every bounded structure whose evictions are counted (`structure` of
 /// `farmwatch_state_evicted_total`), reported from the start so a rate alert has a series.
-pub const BOUNDED_STRUCTURES: [&str; 19] = [
+pub const BOUNDED_STRUCTURES: [&str; 20] = [
     "identity_addresses",
     "identity_ranges",
     "dns_names",
@@ -175,6 +175,7 @@ pub const BOUNDED_STRUCTURES: [&str; 19] = [
     "relay_service_pending",
     "relay_service_reported",
     "tunnel_reported",
+    "reverse_session_flows",
     "geo_anomaly_accounts",
     "geo_anomaly_reported",
     "farm_cluster_prefixes",

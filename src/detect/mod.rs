@@ -13,6 +13,7 @@ pub mod off_hours;
 pub mod operator_latency;
 pub mod relay_service;
 pub mod remote_desktop;
+pub mod reverse_session;
 pub mod rtt_distance;
 pub mod rtt_split;
 pub mod score;
@@ -44,12 +45,13 @@ pub struct DetectConfig {
     pub tunnel: tunnel::TunnelConfig,
     pub relay_service: relay_service::RelayServiceConfig,
     pub operator_latency: operator_latency::OperatorLatencyConfig,
+    pub reverse_session: reverse_session::ReverseSessionConfig,
 }
 
 impl DetectConfig {
     /// The first value out of range, as `detect.<detector>.<key> …`.
     pub fn validate(&self) -> Result<(), String> {
-        let sections: [(&str, Result<(), String>); 10] = [
+        let sections: [(&str, Result<(), String>); 11] = [
             ("geo", self.geo.validate()),
             ("farm_cluster", self.farm_cluster.validate()),
             ("off_hours", self.off_hours.validate()),
@@ -60,6 +62,7 @@ impl DetectConfig {
             ("tunnel", self.tunnel.validate()),
             ("relay_service", self.relay_service.validate()),
             ("operator_latency", self.operator_latency.validate()),
+            ("reverse_session", self.reverse_session.validate()),
         ];
         for (name, result) in sections {
             result.map_err(|e| format!("detect.{name}.{e}"))?;
@@ -157,6 +160,7 @@ pub const DETECTORS: &[Registered] = &[
     rtt_split::REGISTERED,
     tunnel::REGISTERED,
     relay_service::REGISTERED,
+    reverse_session::REGISTERED,
     geo_anomaly::REGISTERED,
     rtt_distance::REGISTERED,
     operator_latency::REGISTERED,
