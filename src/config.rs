@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::detect::DetectConfig;
 use crate::flows::FlowConfig;
 use crate::geo::GeoConfig;
+use crate::jetstream::{CorrelateConfig, PublishConfig, StreamConfig};
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -19,6 +20,12 @@ pub struct Config {
     pub geoip: GeoConfig,
     pub detect: DetectConfig,
     pub flows: FlowConfig,
+    /// `--publish`: how a sensor sends to NATS JetStream (DESIGN §7).
+    pub publish: PublishConfig,
+    /// `farmwatch correlate`: the one account stage over every sensor.
+    pub correlate: CorrelateConfig,
+    /// The stream `FARMWATCH`, as whoever connects first creates it.
+    pub stream: StreamConfig,
 }
 
 /// `[sensor]`: who and where the sensor is (its position anchors RTT-vs-distance checks).

@@ -9,6 +9,7 @@
 //! of the findings behind it. After the score decays below a tier, reaching it again
 //! alerts again.
 
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -17,6 +18,9 @@ use serde::{Deserialize, Deserializer};
 use crate::event::{Event, Kind, Severity};
 use crate::flows::humantime_serde;
 use crate::timestamp::Timestamp;
+
+/// The reason of the scorer's alerts.
+pub const ALERT_REASON: &str = "laptop_farm_suspected";
 
 /// `[detect.score]` in farmwatch.toml.
 #[derive(Clone, Debug, Deserialize)]
@@ -193,7 +197,7 @@ impl Scorer {
         let mut alert = Event::new(
             now,
             Kind::Alert,
-            "laptop_farm_suspected",
+            ALERT_REASON,
             severity,
             &format!("{tier}|{}", now.as_nanos()),
         )
