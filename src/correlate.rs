@@ -68,8 +68,8 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
     let listener = std::net::TcpListener::bind(args.listen)
         .map_err(|e| Failure::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
     let (mut events, mut written) = open_events(&args.events).map_err(Failure::Usage)?;
-    let mut source = CorrelateSource::open(&servers, &config.correlate, &config.stream)
-        .map_err(|e| {
+    let mut source =
+        CorrelateSource::open(&servers, &config.correlate, &config.stream).map_err(|e| {
             if e.is_transient() {
                 Failure::Runtime(e.to_string())
             } else {
@@ -119,7 +119,12 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
             // Every producer is done: what waits for packet time is due, as at a replay's end.
             stage.finish();
         }
-        for event in stage.emitted.as_mut().map(std::mem::take).unwrap_or_default() {
+        for event in stage
+            .emitted
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+        {
             if !written.insert(event.id.clone()) {
                 continue;
             }
@@ -180,8 +185,8 @@ fn open_events(target: &Target) -> Result<(JsonLines, HashSet<String>), String> 
     {
         ids = read_ids(path).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let sink = JsonLines::open(target.clone())
-        .map_err(|e| format!("cannot open events output: {e}"))?;
+    let sink =
+        JsonLines::open(target.clone()).map_err(|e| format!("cannot open events output: {e}"))?;
     Ok((sink, ids))
 }
 
@@ -254,7 +259,10 @@ impl Merge {
     fn new<'a>(config: &'a Config, known: impl Iterator<Item = &'a String>) -> Merge {
         let names: BTreeSet<&String> = known.chain(&config.correlate.sensors).collect();
         Merge {
-            lanes: names.into_iter().map(|n| (n.clone(), Lane::new())).collect(),
+            lanes: names
+                .into_iter()
+                .map(|n| (n.clone(), Lane::new()))
+                .collect(),
             max_lag: config.correlate.max_lag,
             applied: Timestamp::ZERO,
             started: false,
@@ -302,7 +310,9 @@ impl Merge {
             if lane.ended {
                 continue;
             }
-            let silent = lane.heard.is_none_or(|h| now.duration_since(h) >= self.max_lag);
+            let silent = lane
+                .heard
+                .is_none_or(|h| now.duration_since(h) >= self.max_lag);
             if silent && lane.heard.is_some() {
                 if !lane.stalled {
                     lane.stalled = true;
@@ -449,7 +459,8 @@ mod tests {
 
     #[test]
     fn a_torn_last_line_is_cut_and_ids_are_read() {
-        let path = std::env::temp_dir().join(format!("farmwatch-torn-{}.jsonl", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("farmwatch-torn-{}.jsonl", std::process::id()));
         std::fs::write(&path, "{\"id\":\"a1\"}\n{\"id\":\"b2\"}\n{\"id\":\"c").unwrap();
         let ids = read_ids(&path).unwrap();
         assert_eq!(ids, HashSet::from(["a1".to_string(), "b2".to_string()]));

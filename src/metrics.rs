@@ -12,9 +12,9 @@ use std::io;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
+use crate::jetstream::{CorrelateStats, PublishStats};
 use prometheus::core::Collector;
 use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
-use crate::jetstream::{CorrelateStats, PublishStats};
 
 /// Plain counters the pipeline fills; cheap to clone into [`Metrics::publish`].
 #[derive(Clone, Debug, Default)]
@@ -327,7 +327,12 @@ impl CorrelateFamilies {
 }
 
 /// Registers `collectors` the first time `on` is true.
-fn register_once(registry: &Registry, done: &mut bool, on: bool, collectors: Vec<Box<dyn Collector>>) {
+fn register_once(
+    registry: &Registry,
+    done: &mut bool,
+    on: bool,
+    collectors: Vec<Box<dyn Collector>>,
+) {
     if on && !*done {
         for c in collectors {
             // Fails only for a name registered twice, which `done` prevents.

@@ -88,7 +88,9 @@ fn standalone(dir: &Path) -> Server {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 /// The scenario's files: the demo config under a sensor name, and the demo session feed

@@ -9,7 +9,6 @@
 //! of the findings behind it. After the score decays below a tier, reaching it again
 //! alerts again.
 
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
