@@ -11,7 +11,8 @@
 //! **Restart.** The account stage's state is not checkpointed yet: the correlator reads the
 //! stream from its start each time it starts, derives every event again, and writes and
 //! publishes only those whose id is not already in `--events` (and `farmwatch.alerts`
-//! stores an `alert.<id>` once within the stream's duplicate window).
+//! stores an `alert.<id>` once within the stream's duplicate window). Messages are
+//! acknowledged once applied, so the consumer's lag says how far behind the stage is.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::io::{BufRead, Seek, SeekFrom};
@@ -145,6 +146,10 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
                 failures.push(format!("{:?}: {e}", events.target()));
                 break;
             }
+            let through = merge.applied_through(source.position());
+            if let Err(e) = source.ack_through(through) {
+                *lock(&shared.last_error) = Some(e.to_string());
+            }
             figures.source = source.stats();
             if let Ok(lag) = source.lag() {
                 figures.lag = lag;
@@ -225,7 +230,8 @@ fn read_ids(path: &Path) -> std::io::Result<HashSet<String>> {
 
 /// One producer's items not yet applied, and how far its clock went.
 struct Lane {
-    queue: VecDeque<Stamped>,
+    /// Items with the stream sequence that carried them.
+    queue: VecDeque<(u64, Stamped)>,
     mark: Timestamp,
     ended: bool,
     /// Wall time of its last message; None until it sent one.
@@ -289,16 +295,19 @@ impl Merge {
                     figures.late += 1;
                     stage.apply(stamped);
                 } else {
-                    lane.queue.push_back(stamped);
+                    lane.queue.push_back((d.seq, stamped));
                 }
             }
             Record::Clock(clock) => {
                 lane.mark = lane.mark.max(clock.ts());
                 lane.ended |= clock.end;
-                lane.queue.push_back(Stamped {
-                    at: clock.ts(),
-                    item: Item::Tick,
-                });
+                lane.queue.push_back((
+                    d.seq,
+                    Stamped {
+                        at: clock.ts(),
+                        item: Item::Tick,
+                    },
+                ));
             }
         }
     }
@@ -324,8 +333,8 @@ impl Merge {
         }
         let mut ready = Vec::new();
         for lane in self.lanes.values_mut() {
-            while lane.queue.front().is_some_and(|s| s.at < bound) {
-                ready.extend(lane.queue.pop_front());
+            while lane.queue.front().is_some_and(|(_, s)| s.at < bound) {
+                ready.extend(lane.queue.pop_front().map(|(_, s)| s));
             }
         }
         if ready.is_empty() {
@@ -346,6 +355,13 @@ impl Merge {
             self.applied = s.at;
             stage.apply(s);
         }
+    }
+
+    /// The highest stream sequence up to which every message read was applied (or read
+    /// past), given that `position` is the highest read.
+    fn applied_through(&self, position: u64) -> u64 {
+        let waiting = self.lanes.values().filter_map(|l| l.queue.front());
+        waiting.map(|(seq, _)| seq - 1).min().unwrap_or(position)
     }
 
     /// Every producer sent its end marker and everything it sent was applied.

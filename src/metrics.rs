@@ -65,7 +65,7 @@ pub struct Stats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CorrelateFigures {
     pub source: CorrelateStats,
-    /// Messages not yet covered by a checkpoint.
+    /// Messages not yet applied (not acknowledged).
     pub lag: u64,
     /// Observations applied in packet-time order behind the watermark.
     pub applied: u64,
@@ -259,7 +259,7 @@ impl CorrelateFamilies {
         CorrelateFamilies {
             lag: unregistered(Gauge::new(
                 "farmwatch_correlate_consumer_lag",
-                "Stream messages not yet covered by a checkpoint.",
+                "Stream messages not yet applied by the correlator (delivered or not).",
             )),
             messages: unregistered(IntCounterVec::new(
                 Opts::new(
@@ -860,5 +860,56 @@ mod tests {
             sample(&text, "farmwatch_last_packet_timestamp_seconds"),
             Some(90.5)
         );
+    }
+
+    /// The publish and correlate families appear only once a publisher or a correlator
+    /// reports, and then advance by delta like every other counter.
+    #[test]
+    fn scale_out_families_appear_with_their_source() {
+        let metrics = Metrics::new();
+        metrics.publish(&Stats::default(), 0.0);
+        assert!(!metrics.render().contains("farmwatch_publish_"));
+        assert!(!metrics.render().contains("farmwatch_correlate_"));
+        let mut stats = Stats {
+            publish: Some(PublishStats {
+                offered: 12,
+                acked: 10,
+                dropped: 2,
+                buffered: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        metrics.publish(&stats, 0.0);
+        if let Some(p) = stats.publish.as_mut() {
+            p.acked = 15;
+        }
+        stats.correlate = Some(CorrelateFigures {
+            applied: 7,
+            late: 1,
+            lag: 4,
+            ..Default::default()
+        });
+        metrics.publish(&stats, 0.0);
+        let text = metrics.render();
+        let at = |series: &str| sample(&text, series);
+        assert_eq!(
+            at("farmwatch_publish_messages_total{result=\"acked\"}"),
+            Some(15.0)
+        );
+        assert_eq!(
+            at("farmwatch_publish_messages_total{result=\"dropped\"}"),
+            Some(2.0)
+        );
+        assert_eq!(at("farmwatch_publish_buffered"), Some(3.0));
+        assert_eq!(
+            at("farmwatch_correlate_observations_total{result=\"applied\"}"),
+            Some(7.0)
+        );
+        assert_eq!(
+            at("farmwatch_correlate_observations_total{result=\"late\"}"),
+            Some(1.0)
+        );
+        assert_eq!(at("farmwatch_correlate_consumer_lag"), Some(4.0));
     }
 }

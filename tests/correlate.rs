@@ -127,7 +127,13 @@ fn run(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(support::bin()).args(args).output().unwrap()
 }
 
-fn replay(captures: &[PathBuf], site: &Site, events: &Path, publish: Option<&str>) -> Output {
+/// Replays `captures`; `publish` is the NATS URL and the `--metrics-out` file.
+fn replay(
+    captures: &[PathBuf],
+    site: &Site,
+    events: &Path,
+    publish: Option<(&str, &Path)>,
+) -> Output {
     let mut cmd = Command::new(support::bin());
     cmd.arg("replay")
         .args(captures)
@@ -140,8 +146,10 @@ fn replay(captures: &[PathBuf], site: &Site, events: &Path, publish: Option<&str
         .arg("--events")
         .arg(events)
         .args(["--workers", "2"]);
-    if let Some(url) = publish {
-        cmd.args(["--publish", url]);
+    if let Some((url, metrics)) = publish {
+        cmd.args(["--publish", url])
+            .arg("--metrics-out")
+            .arg(metrics);
     }
     let out = cmd.output().unwrap();
     assert!(
@@ -215,18 +223,31 @@ fn publish_split(dir: &Path, server: &Server) -> Split {
         None,
     );
     let url = server.url();
-    for (site, cap, events) in [(&a, &cap_a, "a.jsonl"), (&b, &cap_b, "b.jsonl")] {
+    for (site, cap, events) in [(&a, &cap_a, "a"), (&b, &cap_b, "b")] {
+        let metrics = dir.join(format!("{events}.prom"));
         let out = replay(
             std::slice::from_ref(cap),
             site,
-            &dir.join(events),
-            Some(&url),
+            &dir.join(format!("{events}.jsonl")),
+            Some((&url, &metrics)),
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains(" 0 dropped, 0 unsent"),
             "publish report: {stderr}"
         );
+        // Everything offered was acknowledged, and the metrics say so.
+        let text = std::fs::read_to_string(&metrics).unwrap();
+        let acked = text
+            .lines()
+            .find_map(|l| l.strip_prefix("farmwatch_publish_messages_total{result=\"acked\"} "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .expect("farmwatch_publish_messages_total{result=\"acked\"}");
+        assert!(
+            stderr.contains(&format!("published {acked} messages: {acked} acknowledged")),
+            "{stderr}"
+        );
+        assert!(text.contains("farmwatch_publish_messages_total{result=\"dropped\"} 0"));
     }
     Split {
         whole,
