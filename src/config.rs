@@ -271,6 +271,12 @@ impl Config {
         }
         self.detect
             .validate()
+            .map_err(|e| ConfigError(format!("{name}: {e}")))?;
+        // The scale-out sections are checked even when unused, so `check` finds their typos.
+        self.publish
+            .validate()
+            .and_then(|()| self.correlate.validate())
+            .and_then(|()| self.stream.validate())
             .map_err(|e| ConfigError(format!("{name}: {e}")))
     }
 }
