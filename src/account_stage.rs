@@ -20,6 +20,7 @@ use crate::geo::Geo;
 use crate::identity::{Identity, PublicIpObservation};
 use crate::metrics::Stats;
 use crate::observation::Observation;
+use crate::publish::Publish;
 use crate::report::Collector;
 use crate::sink::{EventLines, FlowLines, JsonLines, Sink};
 use crate::timestamp::Timestamp;
@@ -81,6 +82,8 @@ impl Context {
 pub struct Sinks {
     pub events: Option<JsonLines>,
     pub flows: Option<JsonLines>,
+    /// `--publish`: observations, events and the packet clock to NATS JetStream.
+    pub publish: Option<Publish>,
 }
 
 impl Sinks {
@@ -108,6 +111,10 @@ pub struct AccountStage {
     observations: Vec<PublicIpObservation>,
     /// Where events, flow records and observations go.
     outputs: Vec<Box<dyn Sink>>,
+    /// Taken back by the replay at the end, for its report line and exit status.
+    pub publish: Option<Publish>,
+    /// Events written and not yet taken (`correlate` publishes them), when it is Some.
+    pub emitted: Option<Vec<Event>>,
     /// Keeps findings and flow records for the replay's summary and report: a sink too,
     /// kept typed because the report reads it at the end.
     pub collector: Option<Collector>,
@@ -116,7 +123,7 @@ pub struct AccountStage {
 }
 
 impl AccountStage {
-    pub fn new(config: &Config, sinks: Sinks, context: Context) -> AccountStage {
+    pub fn new(config: &Config, mut sinks: Sinks, context: Context) -> AccountStage {
         AccountStage {
             context,
             network: config.network.clone(),
@@ -126,7 +133,9 @@ impl AccountStage {
             ticked: 0,
             expired: 0,
             observations: Vec::new(),
+            publish: sinks.publish.take(),
             outputs: sinks.into_outputs(),
+            emitted: None,
             collector: None,
             stats: Stats::default(),
         }
@@ -172,9 +181,19 @@ impl AccountStage {
                     self.emit(event);
                 }
             }
-            Item::Observation(obs) => self.observe(obs),
+            Item::Observation(obs) => {
+                if let Some(p) = self.publish.as_mut() {
+                    p.observation(now, &obs);
+                }
+                self.observe(obs)
+            }
             Item::Record(record) => self.record(*record),
-            Item::Tick => self.tick(now),
+            Item::Tick => {
+                if let Some(p) = self.publish.as_mut() {
+                    p.clock(now);
+                }
+                self.tick(now)
+            }
         }
     }
 
@@ -235,6 +254,9 @@ impl AccountStage {
         self.release_observations(Timestamp(u64::MAX));
         self.emit_findings();
         self.flush_sinks();
+        if let Some(p) = self.publish.as_mut() {
+            p.end();
+        }
     }
 
     /// Pushes buffered records out to the sinks (live: every second, so output is timely).
@@ -268,6 +290,12 @@ impl AccountStage {
             .or_default() += 1;
         for sink in self.sinks() {
             sink.event(event);
+        }
+        if let Some(p) = self.publish.as_mut() {
+            p.event(event);
+        }
+        if let Some(out) = self.emitted.as_mut() {
+            out.push(event.clone());
         }
     }
 
@@ -327,6 +355,7 @@ impl AccountStage {
                 .entry((app.as_str(), account))
                 .or_default() += 1;
         }
+        self.stats.publish = self.publish.as_ref().map(Publish::stats);
         self.stats.account_risk = self
             .scorer
             .scores(now)

@@ -2,9 +2,9 @@
 //! the bytes (a signature, a handshake field, an SNI, a certificate or a DNS answer); a
 //! port-only hint is reported separately as a `guess`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum App {
     Rdp,

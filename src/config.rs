@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::detect::DetectConfig;
 use crate::flows::FlowConfig;
 use crate::geo::GeoConfig;
+use crate::jetstream::{CorrelateConfig, PublishConfig, StreamConfig};
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -19,6 +20,12 @@ pub struct Config {
     pub geoip: GeoConfig,
     pub detect: DetectConfig,
     pub flows: FlowConfig,
+    /// `--publish`: how a sensor sends to NATS JetStream (DESIGN §7).
+    pub publish: PublishConfig,
+    /// `farmwatch correlate`: the one account stage over every sensor.
+    pub correlate: CorrelateConfig,
+    /// The stream `FARMWATCH`, as whoever connects first creates it.
+    pub stream: StreamConfig,
 }
 
 /// `[sensor]`: who and where the sensor is (its position anchors RTT-vs-distance checks).
@@ -264,6 +271,12 @@ impl Config {
         }
         self.detect
             .validate()
+            .map_err(|e| ConfigError(format!("{name}: {e}")))?;
+        // The scale-out sections are checked even when unused, so `check` finds their typos.
+        self.publish
+            .validate()
+            .and_then(|()| self.correlate.validate())
+            .and_then(|()| self.stream.validate())
             .map_err(|e| ConfigError(format!("{name}: {e}")))
     }
 }

@@ -4,13 +4,13 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use sha1::{Digest, Sha1};
 
 use crate::app::App;
 use crate::timestamp::Timestamp;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     RemoteDesktop,
@@ -36,7 +36,7 @@ impl Kind {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -84,6 +84,85 @@ pub struct Event {
     /// Tells repeated findings of one kind on one subject apart (a duration tier, a peer).
     #[serde(skip)]
     pub key: String,
+}
+
+/// An [`Event`] as read back from the scale-out stream (DESIGN §7), before its reason is
+/// looked up among the names farmwatch gives (every detector's, the inventory's, the scorer's).
+#[derive(Deserialize)]
+struct EventIn {
+    ts: Timestamp,
+    id: String,
+    kind: Kind,
+    reason: String,
+    severity: Severity,
+    account: Option<String>,
+    host: Option<IpAddr>,
+    flow: Option<FlowRef>,
+    app: Option<App>,
+    summary: String,
+    evidence: serde_json::Map<String, serde_json::Value>,
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Event, D::Error> {
+        let e = EventIn::deserialize(d)?;
+        let reason = crate::detect::reasons()
+            .map(|r| r.name)
+            .chain([crate::detect::score::ALERT_REASON])
+            .find(|r| *r == e.reason)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown reason {:?}", e.reason)))?;
+        Ok(Event {
+            ts: e.ts,
+            id: e.id,
+            kind: e.kind,
+            reason,
+            severity: e.severity,
+            account: e.account,
+            host: e.host,
+            flow: e.flow,
+            app: e.app,
+            summary: e.summary,
+            evidence: e.evidence,
+            key: String::new(),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for FlowRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<FlowRef, D::Error> {
+        FlowRefIn::deserialize(d)?
+            .try_into()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A [`FlowRef`] as read, before its protocol is checked against the names flows use.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowRefIn {
+    proto: String,
+    src_ip: IpAddr,
+    src_port: u16,
+    dst_ip: IpAddr,
+    dst_port: u16,
+}
+
+impl TryFrom<FlowRefIn> for FlowRef {
+    type Error = String;
+
+    fn try_from(f: FlowRefIn) -> Result<FlowRef, String> {
+        let proto = ["tcp", "udp", "icmp"]
+            .into_iter()
+            .find(|p| *p == f.proto)
+            .ok_or_else(|| format!("unknown protocol {:?}", f.proto))?;
+        Ok(FlowRef {
+            proto,
+            src_ip: f.src_ip,
+            src_port: f.src_port,
+            dst_ip: f.dst_ip,
+            dst_port: f.dst_port,
+        })
+    }
 }
 
 impl Event {

@@ -40,7 +40,7 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_FEED_ERRORS_KEPT: usize = 100;
 
 /// RADIUS Acct-Status-Type (RFC 2866 §5.1) and session-feed events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionStatus {
     Start,

@@ -28,6 +28,7 @@ use crate::config::{Config, NetworkConfig};
 use crate::engine::{Board, Engine};
 use crate::flow_stage::Reload;
 use crate::metrics::{Metrics, Stats};
+use crate::publish::{self, Publish};
 use crate::replay::Failure;
 use crate::sink::{self, JsonLines, Target};
 use crate::source::{LinkType, Packet};
@@ -71,6 +72,8 @@ pub struct LiveArgs {
     pub promisc: bool,
     pub buffer_mb: u32,
     pub workers: usize,
+    /// `--publish`, started.
+    pub publish: Option<Publish>,
 }
 
 /// State shared by the capture thread, the engine and the control plane.
@@ -328,6 +331,7 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
     let sinks = Sinks {
         events: Some(events.sink()),
         flows: flows.as_ref().map(SharedFile::sink),
+        publish: args.publish,
     };
     let mut engine = Engine::new(&args.config, context, sinks, None, args.workers);
     let sensor = Arc::new(Sensor::new(
@@ -360,8 +364,17 @@ pub fn run(args: LiveArgs) -> Result<(), Failure> {
     let capture_error = capture_loop(&mut capture, link, &mut engine, &sensor, &mut feeds);
     sensor.set_capturing(false);
 
-    let done = engine.finish();
+    let mut done = engine.finish();
     let mut failures: Vec<String> = capture_error.into_iter().collect();
+    // Unlike a replay, a sensor that published what it could did its job: the report says
+    // what was lost, the exit status does not change.
+    if let Some(p) = done.account.publish.take() {
+        let (lines, report) = p.finish(publish::FINISH_WAIT);
+        for line in lines {
+            eprintln!("farmwatch: {line}");
+        }
+        done.stats.publish = Some(report.stats);
+    }
     failures.extend(done.account.sink_failures());
     for out in [Some(&events), flows.as_ref()].into_iter().flatten() {
         let mut out = out.clone();

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{Args, Parser, Subcommand};
 
 use farmwatch::config::Config;
+use farmwatch::correlate::{self, CorrelateArgs};
 use farmwatch::live::{self, LiveArgs};
+use farmwatch::publish::Publish;
 use farmwatch::replay::{self, Failure, ReplayArgs};
 use farmwatch::sink::{self, Target};
 
@@ -63,11 +65,26 @@ struct Inputs {
     /// Where flow records go, as JSON lines ("-" = stdout, when events go to a file).
     #[arg(long)]
     flows: Option<String>,
+    /// Also publish observations, events and the packet clock to NATS JetStream, for
+    /// `farmwatch correlate` (needs [sensor] name in --config).
+    #[arg(long, value_name = "URL[,URL...]")]
+    publish: Option<String>,
 }
 
 impl Inputs {
     fn config(&self) -> Result<Config, Failure> {
         Config::load(self.config.as_deref()).map_err(|e| Failure::Usage(e.to_string()))
+    }
+
+    /// `--publish`, started: its servers replace `[publish] servers`.
+    fn publish(&self, config: &Config) -> Result<Option<Publish>, Failure> {
+        let Some(arg) = &self.publish else {
+            return Ok(None);
+        };
+        let servers = farmwatch::jetstream::split_servers(arg);
+        Publish::start(config, self.config.as_deref(), &servers)
+            .map(Some)
+            .map_err(Failure::Usage)
     }
 
     fn events(&self) -> Target {
@@ -176,6 +193,32 @@ enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
         workers: u16,
     },
+    /// Run the account stage over the observations every sensor publishes to NATS JetStream
+    /// (replay/live --publish), checkpointing its state there; serve /metrics and /healthz.
+    Correlate {
+        /// NATS server URLs, comma-separated (replace `[correlate] servers`).
+        #[arg(long, value_name = "URL[,URL...]", required = true)]
+        nats: String,
+        /// farmwatch.toml (the same as the sensors').
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Account inventory (accounts.toml).
+        #[arg(long)]
+        accounts: Option<PathBuf>,
+        /// VPN session feed (JSON lines: ts, account, assigned_ip, public_ip, event).
+        #[arg(long)]
+        sessions: Option<PathBuf>,
+        /// Where account-stage events go, as JSON lines, appended ("-" = stdout).
+        #[arg(long, default_value = "-")]
+        events: String,
+        /// Address and port of the HTTP endpoint (/metrics, /healthz).
+        #[arg(long, default_value = "127.0.0.1:9478")]
+        listen: SocketAddr,
+        /// Exit 0 once every sensor sent its end marker, all was applied and checkpointed,
+        /// and nothing new arrived for this long (e.g. "2s").
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        until_idle: Option<std::time::Duration>,
+    },
     /// Say what the configured geo databases know about addresses.
     Geoip {
         #[arg(required = true)]
@@ -221,7 +264,9 @@ fn main() -> ExitCode {
                     .filter_map(|(flag, p)| Some((flag, p.as_deref()?)))
                     .collect();
             inputs.check_outputs(&config, &extra, &files)?;
+            let publish = inputs.publish(&config)?;
             replay::run(ReplayArgs {
+                publish,
                 files,
                 config,
                 events: inputs.events(),
@@ -254,7 +299,9 @@ fn main() -> ExitCode {
                 Some(Target::File(p)) => Some(p),
                 None => None,
             };
+            let publish = inputs.publish(&loaded)?;
             live::run(LiveArgs {
+                publish,
                 interface,
                 bpf,
                 config: loaded,
@@ -270,6 +317,27 @@ fn main() -> ExitCode {
                 workers: usize::from(workers),
             })
         }),
+        Command::Correlate {
+            nats,
+            config,
+            accounts,
+            sessions,
+            events,
+            listen,
+            until_idle,
+        } => Config::load(config.as_deref())
+            .map_err(|e| Failure::Usage(e.to_string()))
+            .and_then(|loaded| {
+                correlate::run(CorrelateArgs {
+                    servers: farmwatch::jetstream::split_servers(&nats),
+                    config: loaded,
+                    accounts,
+                    sessions,
+                    events: Target::parse(&events),
+                    listen,
+                    until_idle,
+                })
+            }),
         Command::Geoip { ips, config } => geoip(config, &ips),
         Command::Check { config, accounts } => check(config, accounts),
         Command::Sessions {

@@ -12,6 +12,7 @@ use std::io;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
+use crate::jetstream::{CorrelateStats, PublishStats};
 use prometheus::core::Collector;
 use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
@@ -54,6 +55,26 @@ pub struct Stats {
     /// Bounded state: entries each structure dropped, or did not admit, at its limit (the
     /// README's "Limits" table names every structure). Counted, never silent.
     pub state_evicted: BTreeMap<&'static str, u64>,
+    /// `--publish`: what the sensor handed to NATS JetStream (None without it).
+    pub publish: Option<PublishStats>,
+    /// `farmwatch correlate`: the stream read and the observations applied.
+    pub correlate: Option<CorrelateFigures>,
+}
+
+/// What `farmwatch correlate` counts besides its stream source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CorrelateFigures {
+    pub source: CorrelateStats,
+    /// Messages not yet applied (not acknowledged).
+    pub lag: u64,
+    /// Observations applied in packet-time order behind the watermark.
+    pub applied: u64,
+    /// Observations older than the watermark when they arrived: applied at once.
+    pub late: u64,
+    /// Observations whose JSON did not read back (an unknown reason, a newer sensor).
+    pub undecodable: u64,
+    /// Times a producer silent for `[correlate] max_lag` stopped holding the others back.
+    pub stalled: u64,
 }
 
 impl Stats {
@@ -82,6 +103,8 @@ impl Stats {
             capture_unread_blocks,
             capture_corrupt_files,
             state_evicted,
+            publish,
+            correlate,
         } = other;
         self.packets += packets;
         self.bytes += bytes;
@@ -106,6 +129,9 @@ impl Stats {
             let risk = self.account_risk.entry(k.clone()).or_insert(*v);
             *risk = risk.max(*v);
         }
+        // One publisher and one correlator per process: there is nothing to add up.
+        self.publish = self.publish.or(*publish);
+        self.correlate = self.correlate.or(*correlate);
         self.last_packet_ts = match (self.last_packet_ts, *last_packet_ts) {
             (Some(x), Some(y)) => Some(x.max(y)),
             (x, y) => x.or(y),
@@ -143,6 +169,9 @@ pub struct Metrics {
     processing_lag: Gauge,
     /// Live sensor events outside the packet path, counted where they happen.
     reloads: IntCounterVec,
+    /// Registered when a publisher or a correlator first reports.
+    publish: PublishFamilies,
+    correlate: CorrelateFamilies,
     /// What the counters stand at, and whether the packet-clock gauges are registered (they
     /// appear with the first packet: before it, "0" would be a lie).
     published: Mutex<Published>,
@@ -152,6 +181,165 @@ pub struct Metrics {
 struct Published {
     stats: Stats,
     packet_clock: bool,
+    publish: bool,
+    correlate: bool,
+}
+
+/// `farmwatch_publish_*` (DESIGN §7).
+struct PublishFamilies {
+    messages: IntCounterVec,
+    retries: IntCounter,
+    buffered: Gauge,
+    buffered_bytes: Gauge,
+}
+
+/// Results of `farmwatch_publish_messages_total`.
+const PUBLISH_RESULTS: [&str; 3] = ["acked", "duplicate", "dropped"];
+
+impl PublishFamilies {
+    fn new() -> PublishFamilies {
+        PublishFamilies {
+            messages: unregistered(IntCounterVec::new(
+                Opts::new(
+                    "farmwatch_publish_messages_total",
+                    "Messages offered to NATS JetStream, by result.",
+                ),
+                &["result"],
+            )),
+            retries: unregistered(IntCounter::new(
+                "farmwatch_publish_retries_total",
+                "Send rounds that stopped at a failed send or acknowledgement and were sent again.",
+            )),
+            buffered: unregistered(Gauge::new(
+                "farmwatch_publish_buffered",
+                "Messages held, not yet acknowledged by NATS JetStream.",
+            )),
+            buffered_bytes: unregistered(Gauge::new(
+                "farmwatch_publish_buffered_bytes",
+                "Payload bytes of the messages held.",
+            )),
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.messages.clone()),
+            Box::new(self.retries.clone()),
+            Box::new(self.buffered.clone()),
+            Box::new(self.buffered_bytes.clone()),
+        ]
+    }
+
+    fn set(&self, now: &PublishStats, before: &PublishStats) {
+        for (result, now, before) in [
+            (PUBLISH_RESULTS[0], now.acked, before.acked),
+            (PUBLISH_RESULTS[1], now.duplicates, before.duplicates),
+            (PUBLISH_RESULTS[2], now.dropped, before.dropped),
+        ] {
+            advance(&self.messages.with_label_values(&[result]), now, before);
+        }
+        advance(&self.retries, now.retries, before.retries);
+        self.buffered.set(now.buffered as f64);
+        self.buffered_bytes.set(now.buffered_bytes as f64);
+    }
+}
+
+/// `farmwatch_correlate_*` (DESIGN §7).
+struct CorrelateFamilies {
+    lag: Gauge,
+    messages: IntCounterVec,
+    observations: IntCounterVec,
+    fetch_errors: IntCounter,
+    checkpoints: IntCounter,
+    stalled: IntCounter,
+}
+
+impl CorrelateFamilies {
+    fn new() -> CorrelateFamilies {
+        CorrelateFamilies {
+            lag: unregistered(Gauge::new(
+                "farmwatch_correlate_consumer_lag",
+                "Stream messages not yet applied by the correlator (delivered or not).",
+            )),
+            messages: unregistered(IntCounterVec::new(
+                Opts::new(
+                    "farmwatch_correlate_messages_total",
+                    "Stream messages read, by kind.",
+                ),
+                &["kind"],
+            )),
+            observations: unregistered(IntCounterVec::new(
+                Opts::new(
+                    "farmwatch_correlate_observations_total",
+                    "Observations, by what became of them: applied in order, late (applied at once), undecodable.",
+                ),
+                &["result"],
+            )),
+            fetch_errors: unregistered(IntCounter::new(
+                "farmwatch_correlate_fetch_errors_total",
+                "Pulls that failed and made the consumer be created again.",
+            )),
+            checkpoints: unregistered(IntCounter::new(
+                "farmwatch_correlate_checkpoints_total",
+                "Checkpoints of the account stage stored.",
+            )),
+            stalled: unregistered(IntCounter::new(
+                "farmwatch_correlate_producers_stalled_total",
+                "Times a silent sensor stopped holding the watermark back.",
+            )),
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.lag.clone()),
+            Box::new(self.messages.clone()),
+            Box::new(self.observations.clone()),
+            Box::new(self.fetch_errors.clone()),
+            Box::new(self.checkpoints.clone()),
+            Box::new(self.stalled.clone()),
+        ]
+    }
+
+    fn set(&self, now: &CorrelateFigures, before: &CorrelateFigures) {
+        let (n, b) = (&now.source, &before.source);
+        for (kind, now, before) in [
+            ("observation", n.observations, b.observations),
+            ("clock", n.clocks, b.clocks),
+            ("skipped", n.skipped, b.skipped),
+            ("malformed", n.malformed, b.malformed),
+            ("redelivered", n.redelivered, b.redelivered),
+        ] {
+            advance(&self.messages.with_label_values(&[kind]), now, before);
+        }
+        for (result, now, before) in [
+            ("applied", now.applied, before.applied),
+            ("late", now.late, before.late),
+            ("undecodable", now.undecodable, before.undecodable),
+        ] {
+            advance(&self.observations.with_label_values(&[result]), now, before);
+        }
+        advance(&self.fetch_errors, n.fetch_errors, b.fetch_errors);
+        advance(&self.checkpoints, n.checkpoints, b.checkpoints);
+        advance(&self.stalled, now.stalled, before.stalled);
+        self.lag.set(now.lag as f64);
+    }
+}
+
+/// Registers `collectors` the first time `on` is true.
+fn register_once(
+    registry: &Registry,
+    done: &mut bool,
+    on: bool,
+    collectors: Vec<Box<dyn Collector>>,
+) {
+    if on && !*done {
+        for c in collectors {
+            // Fails only for a name registered twice, which `done` prevents.
+            let _ = registry.register(c);
+        }
+        *done = true;
+    }
 }
 
 /// Drop sources of `farmwatch_capture_drops_total`: pcap's statistics (kernel, interface)
@@ -344,6 +532,8 @@ impl Metrics {
                 ),
             ),
             published: Mutex::new(Published::default()),
+            publish: PublishFamilies::new(),
+            correlate: CorrelateFamilies::new(),
             registry,
         };
         let build_info: IntGaugeVec = register(
@@ -496,6 +686,27 @@ impl Metrics {
         if let Some(ts) = stats.last_packet_ts {
             self.last_packet_timestamp.set(ts);
             self.processing_lag.set(wall_now_unix - ts);
+        }
+
+        register_once(
+            &self.registry,
+            &mut published.publish,
+            stats.publish.is_some(),
+            self.publish.collectors(),
+        );
+        if let Some(now) = &stats.publish {
+            let before = published.stats.publish.unwrap_or_default();
+            self.publish.set(now, &before);
+        }
+        register_once(
+            &self.registry,
+            &mut published.correlate,
+            stats.correlate.is_some(),
+            self.correlate.collectors(),
+        );
+        if let Some(now) = &stats.correlate {
+            let before = published.stats.correlate.unwrap_or_default();
+            self.correlate.set(now, &before);
         }
 
         published.stats = stats.clone();
@@ -652,5 +863,56 @@ mod tests {
             sample(&text, "farmwatch_last_packet_timestamp_seconds"),
             Some(90.5)
         );
+    }
+
+    /// The publish and correlate families appear only once a publisher or a correlator
+    /// reports, and then advance by delta like every other counter.
+    #[test]
+    fn scale_out_families_appear_with_their_source() {
+        let metrics = Metrics::new();
+        metrics.publish(&Stats::default(), 0.0);
+        assert!(!metrics.render().contains("farmwatch_publish_"));
+        assert!(!metrics.render().contains("farmwatch_correlate_"));
+        let mut stats = Stats {
+            publish: Some(PublishStats {
+                offered: 12,
+                acked: 10,
+                dropped: 2,
+                buffered: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        metrics.publish(&stats, 0.0);
+        if let Some(p) = stats.publish.as_mut() {
+            p.acked = 15;
+        }
+        stats.correlate = Some(CorrelateFigures {
+            applied: 7,
+            late: 1,
+            lag: 4,
+            ..Default::default()
+        });
+        metrics.publish(&stats, 0.0);
+        let text = metrics.render();
+        let at = |series: &str| sample(&text, series);
+        assert_eq!(
+            at("farmwatch_publish_messages_total{result=\"acked\"}"),
+            Some(15.0)
+        );
+        assert_eq!(
+            at("farmwatch_publish_messages_total{result=\"dropped\"}"),
+            Some(2.0)
+        );
+        assert_eq!(at("farmwatch_publish_buffered"), Some(3.0));
+        assert_eq!(
+            at("farmwatch_correlate_observations_total{result=\"applied\"}"),
+            Some(7.0)
+        );
+        assert_eq!(
+            at("farmwatch_correlate_observations_total{result=\"late\"}"),
+            Some(1.0)
+        );
+        assert_eq!(at("farmwatch_correlate_consumer_lag"), Some(4.0));
     }
 }

@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha1::{Digest, Sha1};
 
 use crate::app::App;
@@ -17,7 +17,7 @@ use crate::identity::SessionStatus;
 use crate::timestamp::Timestamp;
 
 /// One fact the flow stage saw, for the account stage.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Observation {
     /// RADIUS accounting on the wire (RFC 2866): who holds an inside address from `ts`,
@@ -56,7 +56,40 @@ pub enum Observation {
         flow: FlowRef,
     },
     /// A finding of a flow detector (its account is named by the account stage).
-    Finding { event: Box<Event> },
+    Finding {
+        #[serde(serialize_with = "finding_out", deserialize_with = "finding_in")]
+        event: Box<Event>,
+    },
+}
+
+/// A finding travels with its `key`, which the event's own JSON leaves out: the account
+/// stage seals it again (naming its account), and the id must come out the same.
+#[derive(Serialize)]
+struct FindingOut<'a> {
+    #[serde(flatten)]
+    event: &'a Event,
+    key: &'a str,
+}
+
+#[derive(Deserialize)]
+struct FindingIn {
+    #[serde(flatten)]
+    event: Event,
+    key: String,
+}
+
+fn finding_out<S: Serializer>(event: &Event, s: S) -> Result<S::Ok, S::Error> {
+    FindingOut {
+        event,
+        key: &event.key,
+    }
+    .serialize(s)
+}
+
+fn finding_in<'de, D: Deserializer<'de>>(d: D) -> Result<Box<Event>, D::Error> {
+    let FindingIn { mut event, key } = FindingIn::deserialize(d)?;
+    event.key = key;
+    Ok(Box::new(event))
 }
 
 impl Observation {
@@ -105,5 +138,65 @@ impl Observation {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Kind, Severity};
+
+    #[test]
+    fn observations_read_back_as_written() {
+        let mut event = Event::new(
+            Timestamp::from_secs(1_700_000_000),
+            Kind::RemoteDesktop,
+            "persistent_stream",
+            Severity::Medium,
+            "tier-1",
+        );
+        event.flow = Some(FlowRef {
+            proto: "tcp",
+            src_ip: "10.0.0.5".parse().unwrap(),
+            src_port: 50000,
+            dst_ip: "203.0.113.9".parse().unwrap(),
+            dst_port: 3389,
+        });
+        event.seal();
+        let all = [
+            Observation::Radius {
+                ts: Timestamp(1_700_000_000_123_456_000),
+                user: "alice".into(),
+                framed_ip: "10.0.0.5".parse().unwrap(),
+                calling_station: Some("198.51.100.7".into()),
+                status: SessionStatus::Start,
+            },
+            Observation::Activity {
+                ts: Timestamp::from_secs(1_700_000_001),
+                host: "10.0.0.5".parse().unwrap(),
+            },
+            Observation::Finding {
+                event: Box::new(event),
+            },
+        ];
+        for obs in all {
+            let json = serde_json::to_vec(&obs).unwrap();
+            let back: Observation = serde_json::from_slice(&json).unwrap();
+            assert_eq!(back.id(), obs.id());
+            assert_eq!(serde_json::to_vec(&back).unwrap(), json);
+        }
+    }
+
+    #[test]
+    fn unknown_reasons_and_protocols_are_refused() {
+        let good = r#"{"type":"finding","event":{"ts":"2023-11-14T22:13:20.000000Z","id":"x","kind":"remote_desktop","reason":"persistent_stream","severity":"medium","account":null,"host":null,"flow":null,"app":null,"summary":"","evidence":{},"key":""}}"#;
+        assert!(serde_json::from_str::<Observation>(good).is_ok());
+        let bad_reason = good.replace("persistent_stream", "made_up");
+        assert!(serde_json::from_str::<Observation>(&bad_reason).is_err());
+        let bad_proto = good.replace(
+            r#""flow":null"#,
+            r#""flow":{"proto":"sctp","src_ip":"10.0.0.1","src_port":1,"dst_ip":"10.0.0.2","dst_port":2}"#,
+        );
+        assert!(serde_json::from_str::<Observation>(&bad_proto).is_err());
     }
 }

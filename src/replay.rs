@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use crate::account_stage::{Context, Sinks};
 use crate::config::Config;
 use crate::engine::{Engine, Finished};
+use crate::publish::{self, Publish};
 use crate::report::{self, Collector, InputFile, ReportInput};
 use crate::sink::{self, Target};
 use crate::source::{self, FileReader, Replay, SourceError};
@@ -24,6 +25,8 @@ pub struct ReplayArgs {
     pub report: Option<PathBuf>,
     /// Flow-stage threads; the output is the same for every number.
     pub workers: usize,
+    /// `--publish`, started.
+    pub publish: Option<Publish>,
 }
 
 /// How a replay went wrong, by exit code.
@@ -76,6 +79,7 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
         Sinks {
             events: Some(events),
             flows,
+            publish: args.publish,
         },
         Some(Collector::new(args.report.is_some())),
         args.workers,
@@ -114,6 +118,17 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
     let mut done = engine.finish();
     replay.count_into(&mut done.stats);
     print_summary(&replay, &done);
+    let mut problems: Vec<String> = replay.errors.iter().map(|e| e.to_string()).collect();
+    if let Some(p) = done.account.publish.take() {
+        let (lines, report) = p.finish(publish::FINISH_WAIT);
+        for line in lines {
+            eprintln!("farmwatch: {line}");
+        }
+        done.stats.publish = Some(report.stats);
+        if !publish::complete(&report) {
+            problems.push("not every message was published (see above)".to_string());
+        }
+    }
     if let Some(path) = &args.report {
         write_report(path, &replay, &mut done, &args.config)?;
     }
@@ -127,7 +142,6 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))?;
     }
 
-    let mut problems: Vec<String> = replay.errors.iter().map(|e| e.to_string()).collect();
     problems.extend(done.account.sink_failures());
     if problems.is_empty() {
         Ok(())

@@ -141,6 +141,18 @@ impl serde::Serialize for Timestamp {
     }
 }
 
+/// Reads what `Serialize` writes (RFC 3339, microseconds), for the scale-out stream.
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let text = String::deserialize(d)?;
+        let at = humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)?;
+        let since = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(serde::de::Error::custom)?;
+        Ok(Timestamp(since.as_nanos() as u64))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

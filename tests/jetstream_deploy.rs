@@ -270,7 +270,7 @@ fn jetstream_rules_are_tested_both_ways_and_name_documented_metrics() {
     assert_eq!(firing, alerts, "alerts with a firing case");
     assert_eq!(quiet, alerts, "alerts with a quiet case");
 
-    let documented = read("deploy/compose/README.md");
+    let documented = read("README.md");
     let text = read(RULES);
     let named: BTreeSet<&str> = text
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))

@@ -37,8 +37,11 @@ fn every_config_example_in_the_readme_parses() {
 #[test]
 fn every_metric_the_readme_lists_is_exported() {
     let metrics = farmwatch::metrics::Metrics::new();
+    // The publish and correlate families appear with --publish and in correlate.
     let mut stats = farmwatch::metrics::Stats {
         last_packet_ts: Some(1.0),
+        publish: Some(Default::default()),
+        correlate: Some(Default::default()),
         ..Default::default()
     };
     stats

@@ -18,6 +18,9 @@ use crate::event::{Event, Kind, Severity};
 use crate::flows::humantime_serde;
 use crate::timestamp::Timestamp;
 
+/// The reason of the scorer's alerts.
+pub const ALERT_REASON: &str = "laptop_farm_suspected";
+
 /// `[detect.score]` in farmwatch.toml.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -193,7 +196,7 @@ impl Scorer {
         let mut alert = Event::new(
             now,
             Kind::Alert,
-            "laptop_farm_suspected",
+            ALERT_REASON,
             severity,
             &format!("{tier}|{}", now.as_nanos()),
         )

@@ -301,8 +301,10 @@ impl CorrelateSource {
         }
     }
 
-    /// Acknowledges every delivered message up to `seq`. Call it only for what a stored
-    /// checkpoint holds; [`save_checkpoint`](Self::save_checkpoint) does.
+    /// Acknowledges every delivered message up to `seq`. Call it only for what the account
+    /// stage holds for good: what a stored checkpoint holds
+    /// ([`save_checkpoint`](Self::save_checkpoint) does), or what was applied by a correlator
+    /// that reads the stream from its start on every start.
     pub fn ack_through(&mut self, seq: u64) -> Result<(), Error> {
         let mut newest = None;
         while self.unacked.front().is_some_and(|(s, _)| *s <= seq) {

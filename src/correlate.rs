@@ -1,0 +1,489 @@
+//! `farmwatch correlate` (DESIGN §7): the one account stage over every sensor's observations,
+//! read from NATS JetStream and applied in packet-time order behind the sensors' clocks.
+//!
+//! **Order.** Each producer (sensor) has a lane: its observations in stream order, and its
+//! watermark, the newest clock it sent. An item is applied once every producer that has not
+//! ended has a watermark past it; a producer silent for `[correlate] max_lag` (wall time)
+//! stops holding the others back, and that is counted. Items of one moment are applied in the
+//! order the replay's merge uses ([`Item::order`]), so the account stage makes the same
+//! judgements as one `replay` of every sensor's input.
+//!
+//! **Restart.** The account stage's state is not checkpointed yet: the correlator reads the
+//! stream from its start each time it starts, derives every event again, and writes and
+//! publishes only those whose id is not already in `--events` (and `farmwatch.alerts`
+//! stores an `alert.<id>` once within the stream's duplicate window). Messages are
+//! acknowledged once applied, so the consumer's lag says how far behind the stage is.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::io::{BufRead, Seek, SeekFrom};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::routing::get;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
+
+use crate::account_stage::{AccountStage, Context, Sinks};
+use crate::config::Config;
+use crate::flow_stage::{Item, Stamped};
+use crate::jetstream::{CorrelateSource, Delivery, Record, StreamSetup};
+use crate::metrics::{CorrelateFigures, Metrics, Stats};
+use crate::observation::Observation;
+use crate::replay::Failure;
+use crate::sink::{JsonLines, Target};
+use crate::timestamp::Timestamp;
+
+/// The `correlate` command line, validated.
+pub struct CorrelateArgs {
+    /// `--nats`: replaces `[correlate] servers` when not empty.
+    pub servers: Vec<String>,
+    pub config: Config,
+    pub accounts: Option<PathBuf>,
+    pub sessions: Option<PathBuf>,
+    pub events: Target,
+    pub listen: SocketAddr,
+    pub until_idle: Option<Duration>,
+}
+
+/// How long one pull waits for the first message.
+const PULL_WAIT: Duration = Duration::from_millis(250);
+/// How often `/metrics` is brought up to date and the events flushed.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
+    let config = args.config;
+    let servers = if args.servers.is_empty() {
+        config.correlate.servers.clone()
+    } else {
+        args.servers
+    };
+    let context = Context::load(&config, args.accounts.as_deref(), args.sessions.as_deref())
+        .map_err(Failure::Usage)?;
+    let listener = std::net::TcpListener::bind(args.listen)
+        .map_err(|e| Failure::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
+    let (mut events, mut written) = open_events(&args.events).map_err(Failure::Usage)?;
+    let mut source =
+        CorrelateSource::open(&servers, &config.correlate, &config.stream).map_err(|e| {
+            if e.is_transient() {
+                Failure::Runtime(e.to_string())
+            } else {
+                Failure::Usage(e.to_string())
+            }
+        })?;
+    if let StreamSetup::Existing(diffs) = source.stream_setup() {
+        for d in diffs {
+            eprintln!("farmwatch: {d}");
+        }
+    }
+    let shared = Arc::new(Shared {
+        metrics: Metrics::new(),
+        stop: AtomicBool::new(false),
+        last_error: Mutex::new(None),
+    });
+    let http = serve(listener, shared.clone())
+        .map_err(|e| Failure::Runtime(format!("cannot start the HTTP endpoint: {e}")))?;
+    eprintln!(
+        "farmwatch: correlate started consumer={} listen={}",
+        config.correlate.consumer, http.local_addr
+    );
+
+    let mut stage = AccountStage::new(&config, Sinks::default(), context);
+    stage.emitted = Some(Vec::new());
+    let mut merge = Merge::new(&config, source.producers().keys());
+    let mut figures = CorrelateFigures::default();
+    let mut last_arrival = Instant::now();
+    let mut refreshed = Instant::now();
+    let mut failures = Vec::new();
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let batch = source.next_batch(PULL_WAIT);
+        if !batch.is_empty() {
+            last_arrival = Instant::now();
+        }
+        for delivery in batch {
+            merge.take(delivery, &mut stage, &mut figures);
+        }
+        merge.release(&mut stage, &mut figures, Instant::now());
+        let idle = args
+            .until_idle
+            .is_some_and(|d| merge.all_ended() && last_arrival.elapsed() >= d);
+        if idle {
+            // Every producer is done: what waits for packet time is due, as at a replay's end.
+            stage.finish();
+        }
+        for event in stage
+            .emitted
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+        {
+            if !written.insert(event.id.clone()) {
+                continue;
+            }
+            events.write(&event);
+            match serde_json::to_vec(&event) {
+                Ok(json) => {
+                    if let Err(e) = source.publish_alert(&event.id, json) {
+                        *lock(&shared.last_error) = Some(e.to_string());
+                    }
+                }
+                Err(e) => *lock(&shared.last_error) = Some(e.to_string()),
+            }
+        }
+        if idle || refreshed.elapsed() >= REFRESH_EVERY {
+            if events.flush().is_err()
+                && let Some(e) = &events.first_error
+            {
+                failures.push(format!("{:?}: {e}", events.target()));
+                break;
+            }
+            let through = merge.applied_through(source.position());
+            if let Err(e) = source.ack_through(through) {
+                *lock(&shared.last_error) = Some(e.to_string());
+            }
+            figures.source = source.stats();
+            if let Ok(lag) = source.lag() {
+                figures.lag = lag;
+            }
+            if let Some(e) = source.last_error() {
+                *lock(&shared.last_error) = Some(e.to_string());
+            }
+            shared.publish(&mut stage, figures, merge.applied);
+            refreshed = Instant::now();
+        }
+        if idle {
+            break;
+        }
+    }
+    let _ = events.flush();
+    if let Some(e) = &events.first_error {
+        failures.push(format!("{:?}: {e}", events.target()));
+    }
+    http.shutdown();
+    eprintln!(
+        "farmwatch: correlate stopped applied={} late={} undecodable={} events={}",
+        figures.applied, figures.late, figures.undecodable, events.written
+    );
+    failures.dedup();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(failures.join("; ")))
+    }
+}
+
+/// Opens `--events` for appending: a torn last line (a crash mid-write) is cut first, and the
+/// ids already written are returned, so an event derived again is not written twice.
+fn open_events(target: &Target) -> Result<(JsonLines, HashSet<String>), String> {
+    let mut ids = HashSet::new();
+    if let Target::File(path) = target
+        && path.exists()
+    {
+        ids = read_ids(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let sink =
+        JsonLines::open(target.clone()).map_err(|e| format!("cannot open events output: {e}"))?;
+    Ok((sink, ids))
+}
+
+/// The `id` of every whole line of an events file, after cutting a torn last line.
+fn read_ids(path: &Path) -> std::io::Result<HashSet<String>> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut ids = HashSet::new();
+    let mut whole = 0u64;
+    let mut reader = std::io::BufReader::new(&mut file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        whole += n as u64;
+        #[derive(serde::Deserialize)]
+        struct Id {
+            id: String,
+        }
+        if let Ok(Id { id }) = serde_json::from_slice::<Id>(&line) {
+            ids.insert(id);
+        }
+    }
+    drop(reader);
+    if file.metadata()?.len() > whole {
+        file.set_len(whole)?;
+        file.seek(SeekFrom::Start(whole))?;
+    }
+    Ok(ids)
+}
+
+/// One producer's items not yet applied, and how far its clock went.
+struct Lane {
+    /// Items with the stream sequence that carried them.
+    queue: VecDeque<(u64, Stamped)>,
+    mark: Timestamp,
+    ended: bool,
+    /// Wall time of its last message; None until it sent one.
+    heard: Option<Instant>,
+    stalled: bool,
+}
+
+impl Lane {
+    fn new() -> Lane {
+        Lane {
+            queue: VecDeque::new(),
+            mark: Timestamp::ZERO,
+            ended: false,
+            heard: None,
+            stalled: false,
+        }
+    }
+}
+
+/// The producers' lanes, merged by packet time behind their watermarks.
+struct Merge {
+    lanes: BTreeMap<String, Lane>,
+    max_lag: Duration,
+    /// The moment of the last item applied.
+    applied: Timestamp,
+    started: bool,
+}
+
+impl Merge {
+    /// Lanes for the producers the stream knows and the ones `[correlate] sensors` lists.
+    fn new<'a>(config: &'a Config, known: impl Iterator<Item = &'a String>) -> Merge {
+        let names: BTreeSet<&String> = known.chain(&config.correlate.sensors).collect();
+        Merge {
+            lanes: names
+                .into_iter()
+                .map(|n| (n.clone(), Lane::new()))
+                .collect(),
+            max_lag: config.correlate.max_lag,
+            applied: Timestamp::ZERO,
+            started: false,
+        }
+    }
+
+    /// Files one message in its producer's lane; an observation older than what was
+    /// already applied is late, and applied at once.
+    fn take(&mut self, d: Delivery, stage: &mut AccountStage, figures: &mut CorrelateFigures) {
+        let lane = self.lanes.entry(d.sensor).or_insert_with(Lane::new);
+        lane.heard = Some(Instant::now());
+        lane.stalled = false;
+        match d.record {
+            Record::Obs { ts, payload } => {
+                let Ok(obs) = serde_json::from_slice::<Observation>(&payload) else {
+                    figures.undecodable += 1;
+                    return;
+                };
+                let stamped = Stamped {
+                    at: ts,
+                    item: Item::Observation(obs),
+                };
+                if self.started && ts < self.applied {
+                    figures.late += 1;
+                    stage.apply(stamped);
+                } else {
+                    lane.queue.push_back((d.seq, stamped));
+                }
+            }
+            Record::Clock(clock) => {
+                lane.mark = lane.mark.max(clock.ts());
+                lane.ended |= clock.end;
+                lane.queue.push_back((
+                    d.seq,
+                    Stamped {
+                        at: clock.ts(),
+                        item: Item::Tick,
+                    },
+                ));
+            }
+        }
+    }
+
+    /// Applies every item every live producer's clock has passed.
+    fn release(&mut self, stage: &mut AccountStage, figures: &mut CorrelateFigures, now: Instant) {
+        let mut bound = Timestamp(u64::MAX);
+        for lane in self.lanes.values_mut() {
+            if lane.ended {
+                continue;
+            }
+            let silent = lane
+                .heard
+                .is_none_or(|h| now.duration_since(h) >= self.max_lag);
+            if silent && lane.heard.is_some() {
+                if !lane.stalled {
+                    lane.stalled = true;
+                    figures.stalled += 1;
+                }
+                continue;
+            }
+            bound = bound.min(lane.mark);
+        }
+        let mut ready = Vec::new();
+        for lane in self.lanes.values_mut() {
+            while lane.queue.front().is_some_and(|(_, s)| s.at < bound) {
+                ready.extend(lane.queue.pop_front().map(|(_, s)| s));
+            }
+        }
+        if ready.is_empty() {
+            return;
+        }
+        ready.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.item.order(&b.item)));
+        if !self.started {
+            self.started = true;
+            stage.apply(Stamped {
+                at: ready[0].at,
+                item: Item::Start,
+            });
+        }
+        for s in ready {
+            if matches!(s.item, Item::Observation(_)) {
+                figures.applied += 1;
+            }
+            self.applied = s.at;
+            stage.apply(s);
+        }
+    }
+
+    /// The highest stream sequence up to which every message read was applied (or read
+    /// past), given that `position` is the highest read.
+    fn applied_through(&self, position: u64) -> u64 {
+        let waiting = self.lanes.values().filter_map(|l| l.queue.front());
+        waiting.map(|(seq, _)| seq - 1).min().unwrap_or(position)
+    }
+
+    /// Every producer sent its end marker and everything it sent was applied.
+    fn all_ended(&self) -> bool {
+        !self.lanes.is_empty() && self.lanes.values().all(|l| l.ended && l.queue.is_empty())
+    }
+}
+
+/// What the HTTP endpoint and the signal handlers share with the loop.
+struct Shared {
+    metrics: Metrics,
+    stop: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn publish(&self, stage: &mut AccountStage, figures: CorrelateFigures, applied: Timestamp) {
+        stage.sync_stats(applied, &[]);
+        let mut stats: Stats = stage.stats.clone();
+        stats.correlate = Some(figures);
+        if applied > Timestamp::ZERO {
+            stats.last_packet_ts = Some(applied.as_secs_f64());
+        }
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.metrics.publish(&stats, wall);
+    }
+}
+
+/// The HTTP endpoint and the signal handlers, on a small runtime of their own thread.
+struct Http {
+    local_addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Http {
+    fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io::Result<Http> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    listener.set_nonblocking(true)?;
+    let local_addr = listener.local_addr()?;
+    let (listener, mut term, mut int) = {
+        let _context = runtime.enter();
+        (
+            tokio::net::TcpListener::from_std(listener)?,
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        )
+    };
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(s): State<Arc<Shared>>| async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    s.metrics.render(),
+                )
+            }),
+        )
+        .route(
+            "/healthz",
+            get(|State(s): State<Arc<Shared>>| async move {
+                match lock(&s.last_error).clone() {
+                    None => "ok\n".to_string(),
+                    Some(e) => format!("ok (last problem: {e})\n"),
+                }
+            }),
+        )
+        .with_state(shared.clone());
+    let thread = std::thread::Builder::new()
+        .name("farmwatch-http".to_string())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let http = tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                });
+                loop {
+                    tokio::select! {
+                        _ = term.recv() => shared.stop.store(true, Ordering::Relaxed),
+                        _ = int.recv() => shared.stop.store(true, Ordering::Relaxed),
+                        _ = &mut stopped => break,
+                    }
+                }
+                http.abort();
+            })
+        })?;
+    Ok(Http {
+        local_addr,
+        stop,
+        thread,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_ids_are_read() {
+        let path =
+            std::env::temp_dir().join(format!("farmwatch-torn-{}.jsonl", std::process::id()));
+        std::fs::write(&path, "{\"id\":\"a1\"}\n{\"id\":\"b2\"}\n{\"id\":\"c").unwrap();
+        let ids = read_ids(&path).unwrap();
+        assert_eq!(ids, HashSet::from(["a1".to_string(), "b2".to_string()]));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"id\":\"a1\"}\n{\"id\":\"b2\"}\n"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+}
