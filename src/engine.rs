@@ -285,9 +285,13 @@ impl Engine {
         }
     }
 
-    /// Ends every flow, applies everything, flushes the sinks.
+    /// Ends every flow, applies everything, flushes the sinks. The end of the input is a
+    /// moment of its own, just after the last packet: live may already have applied the
+    /// last packet's moment ([`Engine::idle`]), and what the end hands on must be ordered
+    /// alike however many workers hand it on, and whether or not the input idled first.
     pub fn finish(self) -> Finished {
         let clock = self.clock;
+        let end = Timestamp(clock.0.saturating_add(1));
         let (mut account, mut stats, remote) = match self.run {
             Run::Inline {
                 mut worker,
@@ -295,14 +299,14 @@ impl Engine {
                 mut merge,
                 ..
             } => {
-                worker.finish(clock);
+                worker.finish(end);
                 merge.push(0, worker.out.drain(..));
                 merge.mark(0, Timestamp(u64::MAX));
                 merge.release(&mut account);
                 let remote = worker.active_remote_desktop(clock);
                 (*account, worker.stats.clone(), remote)
             }
-            Run::Threads(t) => t.finish(clock),
+            Run::Threads(t) => t.finish(clock, end),
         };
         account.finish();
         account.sync_stats(clock, &remote);
@@ -539,9 +543,14 @@ impl Threads {
         let _ = self.senders[i].send(batch);
     }
 
-    fn finish(mut self, clock: Timestamp) -> (AccountStage, Stats, Vec<(IpAddr, crate::app::App)>) {
+    /// Ends every worker at moment `end`; `clock` is the last packet's.
+    fn finish(
+        mut self,
+        clock: Timestamp,
+        end: Timestamp,
+    ) -> (AccountStage, Stats, Vec<(IpAddr, crate::app::App)>) {
         for i in 0..self.batches.len() {
-            self.batches[i].add(Work::Finish, clock, clock, &[]);
+            self.batches[i].add(Work::Finish, end, end, &[]);
             self.send(i);
         }
         self.senders.clear();

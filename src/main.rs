@@ -159,9 +159,9 @@ enum Command {
         /// Write an HTML case file here (self-contained: findings, timelines, charts).
         #[arg(long, value_name = "FILE.html")]
         report: Option<PathBuf>,
-        /// Flow-stage worker threads (default: one per core); the output is the same for
-        /// every number.
-        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        /// Flow-stage worker threads (default: one per core, at most 64, the number of
+        /// partitions); the output is the same for every number.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
         workers: Option<u16>,
     },
     /// Capture from a network interface until SIGTERM/SIGINT; serve /metrics and /healthz.
@@ -189,8 +189,9 @@ enum Command {
         /// Kernel capture ring, in MiB: holds a burst while the workers catch up.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
         buffer_mb: u32,
-        /// Worker threads; flows are sharded by address pair.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+        /// Flow-stage worker threads (at most 64, the number of partitions); the output is
+        /// the same for every number.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         workers: u16,
     },
     /// Run the account stage over the observations every sensor publishes to NATS JetStream

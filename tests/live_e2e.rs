@@ -2,8 +2,11 @@
 //! other end (inside a network namespace of its own), serves metrics that promtool accepts,
 //! and on SIGTERM writes the same flow records and events as `farmwatch replay` of the same
 //! captures. The traces' addresses are only bytes on the veth: nothing is routed.
+//! Live with one worker and with four writes, byte for byte, what a replay of the packets
+//! it captured writes.
 
 mod live_support;
+mod radius_capture;
 mod support;
 
 use std::collections::BTreeSet;
@@ -11,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use live_support::{Sensor, can_capture, http_get, must, sample, wait_for};
+use live_support::{Recorder, Sensor, can_capture, http_get, must, sample, wait_for};
 use support::{has_tool, read_jsonl, require, scratch};
 
 /// Ethernet traces: an SSH session set and an RDP session upgraded to TLS.
@@ -251,4 +254,143 @@ fn live_capture_matches_replay() {
     );
     assert_eq!(live, replayed);
     assert_eq!(event_set(&read_jsonl(&events)), event_set(&replay_events));
+}
+
+/// Replays `pcap` with one worker: (events, flow records) as written, and the packets read.
+fn replay_bytes(pcap: &Path, dir: &Path) -> (Vec<u8>, Vec<u8>, Option<f64>) {
+    let (events, flows, metrics) = (
+        dir.join("events.jsonl"),
+        dir.join("flows.jsonl"),
+        dir.join("replay.prom"),
+    );
+    let out = Command::new(support::bin())
+        .arg("replay")
+        .arg(pcap)
+        .args(["--config", radius_capture::CONFIG, "--workers", "1"])
+        .arg("--events")
+        .arg(&events)
+        .arg("--flows")
+        .arg(&flows)
+        .arg("--metrics-out")
+        .arg(&metrics)
+        .output()
+        .expect("run farmwatch replay");
+    assert!(
+        out.status.success(),
+        "replay of the captured packets: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prom = std::fs::read_to_string(&metrics).unwrap_or_default();
+    (
+        std::fs::read(&events).unwrap_or_default(),
+        std::fs::read(&flows).unwrap_or_default(),
+        sample(&prom, "farmwatch_packets_total"),
+    )
+}
+
+/// Two sensors on one link, with one worker and with four, and tcpdump beside them: each
+/// writes the events and flow records a replay of tcpdump's recording writes, byte for byte
+/// (the three read the kernel's receive timestamp of the same frames). The traffic holds
+/// RADIUS accounting that names a host whose tunnel another worker sees, and traces whose
+/// flows are still open at SIGTERM, so the shutdown is merged as a replay's end is.
+#[test]
+fn live_with_any_number_of_workers_writes_what_a_replay_of_its_packets_writes() {
+    let ip = Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !can_capture()
+        || !require(ip, "ip (iproute2)")
+        || !require(has_tool("tcpreplay"), "tcpreplay")
+        || !require(has_tool("tcpdump"), "tcpdump")
+    {
+        return;
+    }
+    let dir = scratch("live-workers");
+    let host = radius_capture::host_apart_from_radius();
+    let radius = dir.join("radius-tunnel.pcap");
+    std::fs::write(&radius, radius_capture::radius_then_tunnel(host)).unwrap();
+    let traces = [
+        radius,
+        PathBuf::from("fixtures/detect-tunnels.pcap"),
+        support::capture("zeek/Traces/ssh/ssh.pcap"),
+    ];
+
+    let veth = live_support::Veth::with_prefix("fwap", 'w');
+    let recorded = dir.join("captured.pcap");
+    let recorder = Recorder::start(&veth.host, &recorded);
+    let mut sensors: Vec<(usize, Sensor, PathBuf, PathBuf)> = [1, 4]
+        .into_iter()
+        .map(|n| {
+            let sub = dir.join(format!("workers-{n}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            let (events, flows) = (sub.join("events.jsonl"), sub.join("flows.jsonl"));
+            let sensor = Sensor::start(
+                &sub,
+                &[
+                    "--interface",
+                    &veth.host,
+                    "--workers",
+                    &n.to_string(),
+                    "--config",
+                    radius_capture::CONFIG,
+                    "--events",
+                    events.to_str().unwrap(),
+                    "--flows",
+                    flows.to_str().unwrap(),
+                ],
+            );
+            (n, sensor, events, flows)
+        })
+        .collect();
+    for (_, sensor, _, _) in &mut sensors {
+        sensor.wait_healthy();
+    }
+    let sent: u64 = traces
+        .iter()
+        .map(|t| veth.tcpreplay(&["--pps=2000"], t.to_str().unwrap()).packets)
+        .sum();
+    for (n, sensor, _, _) in &mut sensors {
+        let port = sensor.port;
+        let all = wait_for(Duration::from_secs(60), || {
+            let scrape = http_get(port, "/metrics").map(|r| r.2).unwrap_or_default();
+            sample(&scrape, "farmwatch_packets_total") >= Some(sent as f64)
+        });
+        assert!(
+            all,
+            "{n} workers: not every packet arrived\n{}",
+            sensor.stderr()
+        );
+        sensor.signal("TERM");
+        let status = sensor.wait_exit();
+        assert_eq!(status.code(), Some(0), "{}", sensor.stderr());
+    }
+    let report = recorder.stop();
+
+    let (events, flows, packets) = replay_bytes(&recorded, &dir);
+    assert_eq!(
+        packets,
+        Some(sent as f64),
+        "tcpdump recorded other packets than were sent: {report}"
+    );
+    let named = read_jsonl(&dir.join("events.jsonl")).into_iter().any(|e| {
+        e["reason"] == "tunnel"
+            && e["host"] == host.to_string()
+            && e["account"] == radius_capture::USER
+    });
+    assert!(named, "RADIUS names {host}'s tunnel finding");
+    for (n, _, live_events, live_flows) in &sensors {
+        assert!(
+            std::fs::read(live_events).unwrap_or_default() == events,
+            "{n} workers: live events differ from a replay of the captured packets ({} and {})",
+            live_events.display(),
+            dir.join("events.jsonl").display()
+        );
+        assert!(
+            std::fs::read(live_flows).unwrap_or_default() == flows,
+            "{n} workers: live flow records differ from a replay of the captured packets ({} and {})",
+            live_flows.display(),
+            dir.join("flows.jsonl").display()
+        );
+    }
 }

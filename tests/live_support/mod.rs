@@ -170,7 +170,8 @@ pub fn live_fails(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
 }
 
 /// A veth pair whose sending end sits in a network namespace of its own (name prefix
-/// `fwlc-`); the sensor's end stays here. Both are removed on drop, also when a test fails.
+/// `fwlc-`, or the one given to [`Veth::with_prefix`]); the sensor's end stays here. Both
+/// are removed on drop, also when a test fails.
 pub struct Veth {
     pub netns: String,
     /// The sensor's end, in this namespace.
@@ -182,11 +183,16 @@ pub struct Veth {
 impl Veth {
     /// `tag` tells apart the pairs of tests that run at the same time (one letter).
     pub fn new(tag: char) -> Veth {
+        Veth::with_prefix("fwlc", tag)
+    }
+
+    /// A pair named from `prefix` (four letters: interface names have 15 characters).
+    pub fn with_prefix(prefix: &str, tag: char) -> Veth {
         let id = std::process::id();
         let veth = Veth {
-            netns: format!("fwlc-{id}-{tag}"),
-            host: format!("fwlc{id}{tag}h"),
-            peer: format!("fwlc{id}{tag}p"),
+            netns: format!("{prefix}-{id}-{tag}"),
+            host: format!("{prefix}{id}{tag}h"),
+            peer: format!("{prefix}{id}{tag}p"),
         };
         must(Command::new("ip").args(["netns", "add", &veth.netns]));
         must(Command::new("ip").args([
@@ -240,6 +246,69 @@ impl Drop for Veth {
             .args(["link", "del", &self.host])
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// tcpdump writing what an interface receives to a pcap file with nanosecond timestamps:
+/// the packets a sensor on the same interface captured, with the same kernel receive
+/// timestamps. Stopped (SIGINT, which flushes the file) by [`Recorder::stop`], killed on
+/// drop.
+pub struct Recorder {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Recorder {
+    /// Starts tcpdump on `interface` and waits until it listens.
+    pub fn start(interface: &str, pcap: &Path) -> Recorder {
+        let stderr = pcap.with_extension("stderr");
+        let child = Command::new("tcpdump")
+            .args([
+                "-n",
+                "-U",
+                "--time-stamp-precision=nano",
+                "-i",
+                interface,
+                "-w",
+            ])
+            .arg(pcap)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("start tcpdump");
+        let recorder = Recorder { child, stderr };
+        let listening = wait_for(Duration::from_secs(30), || {
+            recorder.stderr().contains("listening on")
+        });
+        assert!(listening, "tcpdump never listened:\n{}", recorder.stderr());
+        recorder
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Stops the capture, writing out what it holds; returns tcpdump's report.
+    pub fn stop(mut self) -> String {
+        must(
+            Command::new("kill")
+                .args(["-s", "INT"])
+                .arg(self.child.id().to_string()),
+        );
+        let ended = wait_for(Duration::from_secs(30), || {
+            self.child.try_wait().ok().flatten().is_some()
+        });
+        assert!(ended, "tcpdump did not stop:\n{}", self.stderr());
+        self.stderr()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
