@@ -11,7 +11,6 @@
 //! from one host's lookup names another host's flow): every worker reads every answer.
 
 use std::collections::HashSet;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -26,7 +25,7 @@ use crate::event::Event;
 use crate::flows::flow::{MID_STREAM, ORIG, RESP};
 use crate::flows::latency::Latency;
 use crate::flows::record::FlowRecord;
-use crate::flows::{EndReason, Flow, FlowEvent, FlowTable};
+use crate::flows::{EndReason, Flow, FlowEvent, FlowTable, INITIAL_FLOWS};
 use crate::geo::Geo;
 use crate::identity::{Identity, SessionStatus};
 use crate::metrics::Stats;
@@ -162,9 +161,24 @@ pub fn partition_of(network: &NetworkConfig, a: IpAddr, b: IpAddr) -> usize {
         }
         _ => (a.min(b), a.max(b)),
     };
-    let mut h = DefaultHasher::new();
-    (x, y).hash(&mut h);
-    (h.finish() % PARTITIONS as u64) as usize
+    // A fixed multiplicative hash: the same in every run, and cheap, as it runs for every
+    // packet (SipHash cost more than the flow lookup).
+    let h = fold(x).wrapping_mul(GOLDEN).rotate_left(29) ^ fold(y);
+    ((h.wrapping_mul(GOLDEN) >> 32) % PARTITIONS as u64) as usize
+}
+
+/// 2^64 / φ, the multiplier of Fibonacci hashing.
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// An address in 64 bits, for [`partition_of`].
+fn fold(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(a) => u64::from(a.to_bits()),
+        IpAddr::V6(a) => {
+            let v = a.to_bits();
+            (v as u64) ^ ((v >> 64) as u64).wrapping_mul(GOLDEN)
+        }
+    }
 }
 
 /// A worker of the flow stage: its partitions, and what they share (the decoder's
@@ -203,7 +217,7 @@ impl FlowWorker {
         let partitions = (0..PARTITIONS)
             .map(|i| {
                 owns(i).then(|| Partition {
-                    flows: FlowTable::new(flow_config.clone()),
+                    flows: FlowTable::with_room(flow_config.clone(), INITIAL_FLOWS / PARTITIONS),
                     detectors: Detectors::new(config, Stage::Flow),
                     pending: Vec::new(),
                     findings: Vec::new(),
@@ -580,6 +594,7 @@ fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool
         server_datagrams: &streams.datagrams[RESP],
         dns_name: ctx.names.lookup(ts, flow.resp.0),
         midstream: flow.history.picked_up_mid_stream(),
+        tls: flow.details.as_deref().and_then(|d| d.tls.as_deref()),
     };
     let id = identify::identify(&input);
     let follow = flow.proto == Proto::Udp && id.app == Some(App::Radius);

@@ -39,6 +39,9 @@ pub struct Input<'a> {
     /// TCP: the connection was open before the capture saw it (no SYN came first), so no
     /// handshake will come: the framing decides (see [`midstream`]).
     pub midstream: bool,
+    /// The TLS details an earlier pass found: a ClientHello parsed once is not parsed (nor
+    /// its JA4 computed) again when the server's flight arrives.
+    pub tls: Option<&'a TlsDetails>,
 }
 
 /// TLS details as a flow holds them (shared once dissection is over; see [`super::shared`]).
@@ -345,7 +348,7 @@ fn tcp(input: &Input<'_>, id: &mut Identification) -> bool {
         return ssh_probe(c, s, cc, sc, id);
     }
     if c.first() == Some(&0x16) {
-        let f = tls_probe(c, s, cc, sc, id);
+        let f = tls_probe(c, s, cc, sc, input.tls, id);
         if f != Found::No {
             return f == Found::Full;
         }
@@ -500,19 +503,38 @@ fn ssh_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) ->
     settled(&ck, cc) && settled(&sk, sc)
 }
 
-fn tls_probe(c: &[u8], s: &[u8], cc: bool, sc: bool, id: &mut Identification) -> Found {
-    let hello = tls::parse_client_hello(c);
-    let Ok(hello) = hello else {
-        return found(&hello, cc);
+fn tls_probe(
+    c: &[u8],
+    s: &[u8],
+    cc: bool,
+    sc: bool,
+    known: Option<&TlsDetails>,
+    id: &mut Identification,
+) -> Found {
+    let mut d = match known.filter(|k| k.ja4.is_some() && !k.dtls) {
+        // The client's part of an earlier pass: the ClientHello was whole then.
+        Some(k) => TlsDetails {
+            client_version: k.client_version,
+            sni: k.sni.clone(),
+            alpn: k.alpn.clone(),
+            ja4: k.ja4.clone(),
+            ..TlsDetails::default()
+        },
+        None => {
+            let hello = tls::parse_client_hello(c);
+            let Ok(hello) = hello else {
+                return found(&hello, cc);
+            };
+            TlsDetails {
+                client_version: Some(hello.legacy_version),
+                sni: hello.sni,
+                alpn: hello.alpn,
+                ja4: Some(hello.ja4),
+                ..TlsDetails::default()
+            }
+        }
     };
     id.app = Some(App::Tls);
-    let mut d = TlsDetails {
-        client_version: Some(hello.legacy_version),
-        sni: hello.sni,
-        alpn: hello.alpn,
-        ja4: Some(hello.ja4),
-        ..TlsDetails::default()
-    };
     let server = tls::parse_server_hello(s);
     if let Ok(sh) = &server {
         d.version = Some(sh.version);
@@ -913,6 +935,7 @@ mod tests {
             server_datagrams: &[],
             dns_name,
             midstream: false,
+            tls: None,
         }
     }
 

@@ -110,10 +110,10 @@ pub enum FlowEvent {
     Ended { flow: Box<Flow>, why: EndReason },
 }
 
-/// Room made at the start (about 1 MB). Growing the table rehashes every flow, and each
-/// rehash visits every flow's box, long out of the cache; a busy sensor reaches this many
-/// flows in its first seconds, so it starts with the room.
-const INITIAL_FLOWS: usize = 1 << 16;
+/// Room made at the start (about 1 MB), shared by the tables of a sensor. Growing a table
+/// rehashes every flow, and each rehash visits every flow's box, long out of the cache; a
+/// busy sensor reaches this many flows in its first seconds, so it starts with the room.
+pub const INITIAL_FLOWS: usize = 1 << 16;
 
 pub struct FlowTable {
     schedule: Schedule,
@@ -127,7 +127,12 @@ pub struct FlowTable {
 
 impl FlowTable {
     pub fn new(config: FlowConfig) -> FlowTable {
-        let room = config.max_flows.min(INITIAL_FLOWS);
+        FlowTable::with_room(config, INITIAL_FLOWS)
+    }
+
+    /// A table with room for `room` flows at the start (one of several takes its share).
+    pub fn with_room(config: FlowConfig, room: usize) -> FlowTable {
+        let room = config.max_flows.min(room);
         FlowTable {
             schedule: Schedule {
                 timeouts: Timeouts::of(&config),
