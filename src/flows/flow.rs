@@ -125,9 +125,11 @@ impl History {
 /// carries them).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TcpTrack {
-    /// SYN, SYN/ACK, the originator's handshake-completing ACK, and its second flight.
-    times: [Timestamp; 4],
-    /// Bits 0–3: `times` seen; bits 4–5: `seq_end` known, per side.
+    /// SYN, SYN/ACK, the originator's handshake-completing ACK, its second flight, and
+    /// the last payload of each side's opening flight (the originator's before the
+    /// responder's first payload, the responder's before the originator's second flight).
+    times: [Timestamp; 6],
+    /// Bits 0–5: `times` seen; bits 6–7: `seq_end` known, per side.
     seen: u8,
     /// OR of the TCP flags each side has sent.
     pub flags: [u8; 2],
@@ -142,7 +144,9 @@ const SYN_TIME: usize = 0;
 const SYNACK_TIME: usize = 1;
 const ACK_TIME: usize = 2;
 const SECOND_FLIGHT_TIME: usize = 3;
-const SEQ_END_SEEN: u8 = 1 << 4;
+const ORIG_FLIGHT_END: usize = 4;
+const RESP_FLIGHT_END: usize = 5;
+const SEQ_END_SEEN: u8 = 1 << 6;
 
 impl TcpTrack {
     fn time(&self, i: usize) -> Option<Timestamp> {
@@ -176,6 +180,19 @@ impl TcpTrack {
     /// second flight, e.g. its answer to a ServerHello).
     pub fn orig_second_flight(&self) -> Option<Timestamp> {
         self.time(SECOND_FLIGHT_TIME)
+    }
+
+    /// Records time `i`, later times replacing earlier ones.
+    fn set(&mut self, i: usize, ts: Timestamp) {
+        self.times[i] = ts;
+        self.seen |= 1 << i;
+    }
+
+    /// The last payload of each side's opening flight, `[ORIG]` the originator's before
+    /// the responder answered, `[RESP]` the responder's before the originator's second
+    /// flight: an answer is timed from the end of what it answers, not from its start.
+    pub fn flight_end(&self) -> [Option<Timestamp>; 2] {
+        [self.time(ORIG_FLIGHT_END), self.time(RESP_FLIGHT_END)]
     }
 
     fn seq_end(&self, side: usize) -> Option<u32> {
@@ -398,13 +415,14 @@ impl Flow {
                 }
             }
         }
-        if self.proto == Proto::Tcp
-            && side == ORIG
-            && d.payload_len > 0
-            && self.tcp.orig_second_flight().is_none()
-            && self.dir[RESP].first_data().is_some()
+        if self.proto == Proto::Tcp && d.payload_len > 0 && self.tcp.orig_second_flight().is_none()
         {
-            self.tcp.mark(SECOND_FLIGHT_TIME, ts);
+            let answered = self.dir[RESP].first_data().is_some();
+            match side {
+                ORIG if answered => self.tcp.mark(SECOND_FLIGHT_TIME, ts),
+                ORIG => self.tcp.set(ORIG_FLIGHT_END, ts),
+                _ => self.tcp.set(RESP_FLIGHT_END, ts),
+            }
         }
         up
     }
