@@ -154,11 +154,14 @@ impl Side {
 pub fn measure(flow: &Flow) -> [Side; 2] {
     let t = &flow.tcp;
     let (cd, sd) = (flow.dir[ORIG].first_data(), flow.dir[RESP].first_data());
-    let [orig_end, resp_end] = t.flight_end();
+    let [orig_flight, resp_flight] = t.flight_ns();
+    let end = |first: Option<Timestamp>, flight: Option<u64>| Some(Timestamp(first?.0 + flight?));
     let retrans = t.retransmissions[ORIG] > 0 || t.retransmissions[RESP] > 0;
     let gap = |a: Option<Timestamp>, b: Option<Timestamp>| b?.0.checked_sub(a?.0);
-    let side = |tcp: Option<u64>, app: Option<u64>, missing: &'static str| match (tcp, app) {
+    let side = |tcp: Option<u64>, flight: Option<u64>, app: Option<u64>, missing| match (tcp, app) {
         _ if retrans => Side::Skipped("retransmission"),
+        // A "flight" over 655 ms is a conversation, not one message to answer.
+        _ if flight.is_none() => Side::Skipped("long_flight"),
         (None, _) => Side::Skipped("no_handshake"),
         (_, None) => Side::Skipped(missing),
         (Some(tcp_ns), Some(app_ns)) => Side::Measured { tcp_ns, app_ns },
@@ -169,10 +172,16 @@ pub fn measure(flow: &Flow) -> [Side; 2] {
         return [Side::Skipped("server_first"); 2];
     }
     [
-        side(t.rtt_resp_ns(), gap(orig_end.or(cd), sd), "no_reply"),
+        side(
+            t.rtt_resp_ns(),
+            orig_flight,
+            gap(end(cd, orig_flight), sd),
+            "no_reply",
+        ),
         side(
             t.rtt_orig_ns(),
-            gap(resp_end.or(sd), t.orig_second_flight()),
+            resp_flight,
+            gap(end(sd, resp_flight), t.orig_second_flight()),
             "no_second_flight",
         ),
     ]
@@ -472,20 +481,39 @@ mod tests {
     const C: &str = "10.8.0.18:50000";
     const S: &str = "192.0.2.140:443";
 
-    /// A TLS opening: handshake (`syn`, `ack` each side), ClientHello 1 ms after the ACK,
-    /// the server's flight `reply` later, the client's next flight `second` after that.
-    fn opening(wire: &mut Wire, syn: u64, ack: u64, reply: u64, second: u64) -> FlowKey {
-        let key = wire.handshake(T0, C, S, syn, ack);
-        let t = T0 + syn + ack + MS;
-        wire.tcp(t, C, S, 300);
-        wire.tcp(t + reply, S, C, 1200);
-        wire.tcp(t + reply + second, C, S, 80);
+    /// A TLS opening from `c` at `t0`: handshake (`syn`, `ack` each side), ClientHello 1 ms
+    /// after the ACK, the server's flight `reply` later, the client's next flight `second`
+    /// after that. `cert`: the server's certificate went in clear (TLS 1.2).
+    #[allow(clippy::too_many_arguments)]
+    fn opening_at(
+        wire: &mut Wire,
+        t0: u64,
+        c: &str,
+        syn: u64,
+        ack: u64,
+        reply: u64,
+        second: u64,
+        cert: bool,
+    ) -> FlowKey {
+        let key = wire.handshake(t0, c, S, syn, ack);
+        let t = t0 + syn + ack + MS;
+        wire.tcp(t, c, S, 300);
+        wire.tcp(t + reply, S, c, 1200);
+        wire.tcp(t + reply + second, c, S, 80);
         let f = wire.table.get_mut(&key).unwrap();
         f.details = Some(Box::new(Details {
-            tls: crate::dissect::identify::tls_details(TlsDetails::default()),
+            tls: crate::dissect::identify::tls_details(TlsDetails {
+                version: Some(if cert { 0x0303 } else { 0x0304 }),
+                cert_subject: cert.then(|| "CN=example.net".to_string()),
+                ..TlsDetails::default()
+            }),
             ..Details::default()
         }));
         key
+    }
+
+    fn opening(wire: &mut Wire, syn: u64, ack: u64, reply: u64, second: u64) -> FlowKey {
+        opening_at(wire, T0, C, syn, ack, reply, second, false)
     }
 
     fn judge(wire: &Wire, key: &FlowKey) -> Vec<Event> {
@@ -497,26 +525,83 @@ mod tests {
         out
     }
 
+    /// Connections from `C` a minute apart, each `(second flight delay, cert)`, judged
+    /// by one detector; the findings in order.
+    fn connections(seconds: &[(u64, bool)]) -> Vec<Event> {
+        let world = World::new();
+        let mut r = RttSplit::new(&RttSplitConfig::default());
+        let mut wire = Wire::new();
+        let mut out = Vec::new();
+        for (i, (second, cert)) in seconds.iter().enumerate() {
+            let t0 = T0 + i as u64 * MIN;
+            let c = format!("10.8.0.18:{}", 50000 + i);
+            let key = opening_at(&mut wire, t0, &c, 10 * MS, 10 * MS, 12 * MS, *second, *cert);
+            let flow = wire.table.get(&key).unwrap();
+            r.on_identified(&world.scope(), &key, flow, Timestamp(t0 + SEC), &mut out);
+        }
+        out
+    }
+
     #[test]
-    fn relay_toward_the_server() {
+    fn one_relayed_connection_is_low() {
         let mut wire = Wire::new();
         let key = opening(&mut wire, 10 * MS, 10 * MS, 180 * MS, 12 * MS);
         let out = judge(&wire, &key);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].evidence["relay_side"], "responder");
+        assert_eq!(out[0].evidence["evidence"], "one_off");
         assert_eq!(out[0].severity, Severity::Low);
         assert_eq!(out[0].evidence["responder_side"]["ratio"], 18.0);
     }
 
     #[test]
-    fn relay_toward_an_account_host_is_medium() {
-        let mut wire = Wire::new();
-        let key = opening(&mut wire, 10 * MS, 10 * MS, 12 * MS, 150 * MS);
-        let out = judge(&wire, &key);
+    fn a_relay_repeated_from_an_account_host_is_medium_once() {
+        let out = connections(&[(150 * MS, false); 5]);
+        let sev: Vec<_> = out.iter().map(|e| e.severity).collect();
+        assert_eq!(sev, [Severity::Low, Severity::Low, Severity::Medium]);
+        let e = &out[2];
+        assert_eq!(e.evidence["relay_side"], "originator");
+        assert_eq!(e.evidence["evidence"], "repeated");
+        assert_eq!(e.evidence["connections"], 3);
+        assert_eq!(e.host, Some("10.8.0.18".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_client_slow_now_and_then_is_not_a_relay() {
+        // One slow answer in four, as a client verifying a certificate gives: the low
+        // quantile stays small, and the slow one alone carried a certificate in clear.
+        let out = connections(&[
+            (12 * MS, true),
+            (140 * MS, true),
+            (11 * MS, true),
+            (13 * MS, true),
+            (150 * MS, true),
+        ]);
+        assert!(out.is_empty(), "{out:?}");
+        // Without a certificate to verify, a single slow answer is a low one-off.
+        let out = connections(&[(150 * MS, false), (12 * MS, false), (11 * MS, false)]);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].evidence["relay_side"], "originator");
-        assert_eq!(out[0].severity, Severity::Medium);
-        assert_eq!(out[0].host, Some("10.8.0.18".parse().unwrap()));
+        assert_eq!(out[0].severity, Severity::Low);
+    }
+
+    #[test]
+    fn the_answer_is_timed_from_the_end_of_the_flight() {
+        // The server sends its flight over 120 ms (SYN/ACK → ACK 10 ms); the client
+        // answers 12 ms after the last packet: no relay on its side.
+        let mut wire = Wire::new();
+        let key = wire.handshake(T0, C, S, 10 * MS, 10 * MS);
+        wire.tcp(T0 + 21 * MS, C, S, 300);
+        wire.tcp(T0 + 33 * MS, S, C, 1400);
+        wire.tcp(T0 + 153 * MS, S, C, 900);
+        wire.tcp(T0 + 165 * MS, C, S, 80);
+        let flow = wire.table.get(&key).unwrap();
+        assert_eq!(
+            measure(flow)[1],
+            Side::Measured {
+                tcp_ns: 10 * MS,
+                app_ns: 12 * MS
+            }
+        );
     }
 
     #[test]
@@ -525,6 +610,27 @@ mod tests {
         let mut wire = Wire::new();
         let key = opening(&mut wire, 100_000, 100_000, 4 * MS, 4 * MS);
         assert!(judge(&wire, &key).is_empty());
+    }
+
+    #[test]
+    fn relays_beyond_the_limit_are_evicted_and_counted() {
+        let world = World::new();
+        let config = RttSplitConfig {
+            max_relays: 2,
+            ..RttSplitConfig::default()
+        };
+        let mut r = RttSplit::new(&config);
+        let mut wire = Wire::new();
+        let mut out = Vec::new();
+        for i in 0..3 {
+            let c = format!("10.8.0.{}:50000", 20 + i);
+            let key = opening_at(&mut wire, T0, &c, 10 * MS, 10 * MS, 12 * MS, 12 * MS, false);
+            let flow = wire.table.get(&key).unwrap();
+            r.on_identified(&world.scope(), &key, flow, Timestamp(T0 + SEC), &mut out);
+        }
+        // Each connection is a candidate on each side: six, two kept.
+        assert_eq!(r.relays.len(), 2);
+        assert_eq!(r.evictions()[1], ("rtt_split_relays", 4));
     }
 
     #[test]
@@ -586,5 +692,19 @@ mod tests {
         // Judged once.
         r.on_tick(&scope, Timestamp(T0 + 3 * SEC), &wire.table, &mut out);
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused() {
+        let bad = RttSplitConfig {
+            quantile: 1.0,
+            ..RttSplitConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().starts_with("quantile"));
+        let bad = RttSplitConfig {
+            min_connections: 0,
+            ..RttSplitConfig::default()
+        };
+        assert!(bad.validate().is_err());
     }
 }
