@@ -172,6 +172,7 @@ pub const BOUNDED_STRUCTURES: [&str; 20] = [
     "remote_desktop_turn",
     "stepping_stone",
     "rtt_split_pending",
+    "rtt_split_relays",
     "relay_service_pending",
     "relay_service_reported",
     "tunnel_reported",
