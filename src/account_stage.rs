@@ -12,6 +12,7 @@ use crate::accounts::{self, Inventory};
 use crate::app::App;
 use crate::config::{Config, NetworkConfig};
 use crate::detect::score::Scorer;
+use crate::detect::severity::SeverityPolicy;
 use crate::detect::{Detectors, Moment, Scope, Stage};
 use crate::event::Event;
 use crate::flow_stage::{Item, Reload, Stamped, record_host};
@@ -101,6 +102,7 @@ pub struct AccountStage {
     network: NetworkConfig,
     detectors: Detectors,
     scorer: Scorer,
+    severity: SeverityPolicy,
     findings: Vec<Event>,
     /// The last whole second of packet time the stage caught up at.
     ticked: u64,
@@ -129,6 +131,7 @@ impl AccountStage {
             network: config.network.clone(),
             detectors: Detectors::new(config, Stage::Account),
             scorer: Scorer::new(&config.detect.score),
+            severity: SeverityPolicy::new(&config.detect.severity),
             findings: Vec::new(),
             ticked: 0,
             expired: 0,
@@ -266,13 +269,20 @@ impl AccountStage {
         }
     }
 
-    /// Writes one finding, naming the account behind its host when the detector did not;
-    /// the scorer sees it first, and its alert follows it out.
+    /// Writes one finding, naming the account behind its host when the detector did not
+    /// and weighing it for that account's kind; the scorer sees it first, and its alert
+    /// follows it out.
     pub fn emit(&mut self, mut event: Event) {
         if event.account.is_none()
             && let Some(host) = event.host
         {
             event.account = self.account_of(host, event.ts);
+        }
+        let inventory = self.context.identity.inventory();
+        if let Some(account) = event.account.as_deref().and_then(|id| inventory.get(id)) {
+            event.severity = self
+                .severity
+                .severity(account.kind, event.reason, event.severity);
         }
         event.seal();
         let alert = self.scorer.observe(&event);

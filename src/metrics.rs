@@ -351,7 +351,7 @@ const RELOAD_RESULTS: [&str; 2] = ["ok", "failed"];
 const SINKS: [&str; 2] = ["events", "flows"];
 /// Every bounded structure whose evictions are counted (`structure` of
 /// `farmwatch_state_evicted_total`), reported from the start so a rate alert has a series.
-pub const BOUNDED_STRUCTURES: [&str; 20] = [
+pub const BOUNDED_STRUCTURES: [&str; 21] = [
     "identity_addresses",
     "identity_ranges",
     "dns_names",
@@ -360,6 +360,7 @@ pub const BOUNDED_STRUCTURES: [&str; 20] = [
     "remote_desktop_turn",
     "stepping_stone",
     "rtt_split_pending",
+    "rtt_split_relays",
     "relay_service_pending",
     "relay_service_reported",
     "tunnel_reported",

@@ -17,6 +17,7 @@ pub mod reverse_session;
 pub mod rtt_distance;
 pub mod rtt_split;
 pub mod score;
+pub mod severity;
 pub mod stepping_stone;
 pub mod tunnel;
 
@@ -46,12 +47,13 @@ pub struct DetectConfig {
     pub relay_service: relay_service::RelayServiceConfig,
     pub operator_latency: operator_latency::OperatorLatencyConfig,
     pub reverse_session: reverse_session::ReverseSessionConfig,
+    pub severity: severity::SeverityConfig,
 }
 
 impl DetectConfig {
     /// The first value out of range, as `detect.<detector>.<key> …`.
     pub fn validate(&self) -> Result<(), String> {
-        let sections: [(&str, Result<(), String>); 11] = [
+        let sections: [(&str, Result<(), String>); 12] = [
             ("geo", self.geo.validate()),
             ("farm_cluster", self.farm_cluster.validate()),
             ("off_hours", self.off_hours.validate()),
@@ -63,6 +65,7 @@ impl DetectConfig {
             ("relay_service", self.relay_service.validate()),
             ("operator_latency", self.operator_latency.validate()),
             ("reverse_session", self.reverse_session.validate()),
+            ("severity", self.severity.validate()),
         ];
         for (name, result) in sections {
             result.map_err(|e| format!("detect.{name}.{e}"))?;

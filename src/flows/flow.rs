@@ -129,6 +129,11 @@ pub struct TcpTrack {
     times: [Timestamp; 4],
     /// Bits 0–3: `times` seen; bits 4–5: `seq_end` known, per side.
     seen: u8,
+    /// How long each side's opening flight lasted, in units of 10 µs from its first
+    /// payload (`u16::MAX`: longer than that can say): the originator's until the
+    /// responder's first payload, the responder's until the originator's second flight.
+    /// Two bytes each keep a flow within its memory budget.
+    flight: [u16; 2],
     /// OR of the TCP flags each side has sent.
     pub flags: [u8; 2],
     /// Highest sequence number (end of data) each side has sent, for retransmissions.
@@ -143,6 +148,8 @@ const SYNACK_TIME: usize = 1;
 const ACK_TIME: usize = 2;
 const SECOND_FLIGHT_TIME: usize = 3;
 const SEQ_END_SEEN: u8 = 1 << 4;
+/// The unit of [`TcpTrack::flight`], ns.
+const FLIGHT_UNIT_NS: u64 = 10_000;
 
 impl TcpTrack {
     fn time(&self, i: usize) -> Option<Timestamp> {
@@ -176,6 +183,21 @@ impl TcpTrack {
     /// second flight, e.g. its answer to a ServerHello).
     pub fn orig_second_flight(&self) -> Option<Timestamp> {
         self.time(SECOND_FLIGHT_TIME)
+    }
+
+    /// Extends `side`'s opening flight, which started at `first`, to `ts`.
+    fn extend_flight(&mut self, side: usize, first: Timestamp, ts: Timestamp) {
+        let units = ts.0.saturating_sub(first.0) / FLIGHT_UNIT_NS;
+        self.flight[side] = u16::try_from(units).unwrap_or(u16::MAX);
+    }
+
+    /// How long each side's opening flight lasted, ns (`[ORIG]` the originator's before
+    /// the responder answered, `[RESP]` the responder's before the originator's second
+    /// flight), to 10 µs; None past 655 ms, which is no flight. An answer is timed from
+    /// the end of what it answers, not from its start.
+    pub fn flight_ns(&self) -> [Option<u64>; 2] {
+        self.flight
+            .map(|f| (f != u16::MAX).then_some(u64::from(f) * FLIGHT_UNIT_NS))
     }
 
     fn seq_end(&self, side: usize) -> Option<u32> {
@@ -398,13 +420,13 @@ impl Flow {
                 }
             }
         }
-        if self.proto == Proto::Tcp
-            && side == ORIG
-            && d.payload_len > 0
-            && self.tcp.orig_second_flight().is_none()
-            && self.dir[RESP].first_data().is_some()
+        if self.proto == Proto::Tcp && d.payload_len > 0 && self.tcp.orig_second_flight().is_none()
         {
-            self.tcp.mark(SECOND_FLIGHT_TIME, ts);
+            if side == ORIG && self.dir[RESP].first_data().is_some() {
+                self.tcp.mark(SECOND_FLIGHT_TIME, ts);
+            } else if let Some(first) = self.dir[side].first_data() {
+                self.tcp.extend_flight(side, first, ts);
+            }
         }
         up
     }
