@@ -6,56 +6,15 @@
 //! started again writes no event twice and misses none. nats-server comes from Debian's
 //! `nats-server` package; without it (outside CI) the tests are skipped.
 
+mod nats_support;
 mod support;
 
+use nats_support::{Server, free_port, have_server};
+
 use std::collections::BTreeSet;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-const BINARY: &str = "nats-server";
-
-/// A nats-server process, killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-fn have_server() -> bool {
-    match Command::new(BINARY).arg("--version").output() {
-        Ok(_) => true,
-        Err(e) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "nats-server missing in CI ({e}): install Debian's nats-server"
-            );
-            support::skip("nats-server missing");
-            false
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A fresh directory for one test's files and server state.
 fn scratch(name: &str) -> PathBuf {
@@ -65,26 +24,9 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// A standalone JetStream server; waits until it accepts connections.
+/// A standalone JetStream server on a free port, its store beside the test's files.
 fn standalone(dir: &Path) -> Server {
-    let port = free_port();
-    let child = Command::new(BINARY)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(dir.join("nats"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server starts");
-    let server = Server { child, port };
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "nats-server on port {port} never listened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    server
+    nats_support::standalone(free_port(), &dir.join("nats"))
 }
 
 fn fixture(name: &str) -> PathBuf {

@@ -4,11 +4,13 @@
 //! a node, TLS with a user and password. nats-server comes from Debian's `nats-server`
 //! package; without it (outside CI) the tests are skipped.
 
+mod nats_support;
 mod support;
 
-use std::net::{TcpListener, TcpStream};
+use nats_support::{Server, free_port, have_server, spawn, standalone};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use farmwatch::jetstream::{
@@ -17,90 +19,12 @@ use farmwatch::jetstream::{
 };
 use farmwatch::timestamp::Timestamp;
 
-const BINARY: &str = "nats-server";
-
-/// A nats-server process, killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-fn have_server() -> bool {
-    match Command::new(BINARY).arg("--version").output() {
-        Ok(_) => true,
-        Err(e) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "nats-server missing in CI ({e}): install Debian's nats-server"
-            );
-            support::skip("nats-server missing");
-            false
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A fresh directory for one test's server state.
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("jetstream-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// Starts nats-server with `args` and waits until it accepts connections on `port`.
-fn spawn(port: u16, args: &[String]) -> Server {
-    let child = Command::new(BINARY)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server starts");
-    let server = Server { child, port };
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "nats-server on port {port} never listened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    server
-}
-
-fn standalone(port: u16, dir: &Path) -> Server {
-    spawn(
-        port,
-        &[
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "-js".into(),
-            "-sd".into(),
-            dir.display().to_string(),
-        ],
-    )
 }
 
 /// Waits (bounded) until `done` holds; the bound is a hang guard, not a timing check.
