@@ -207,35 +207,12 @@ fn correlate_unit_runs_without_capabilities_on_the_correlate_port() {
 const RULES: &str = "deploy/prometheus/farmwatch-jetstream-rules.yml";
 const RULE_TESTS: &str = "deploy/prometheus/farmwatch-jetstream-rules.test.yml";
 
-/// Runs promtool, or None (a skip) when it is not installed outside CI.
-fn promtool(args: &[&str]) -> Option<String> {
-    match Command::new("promtool").args(args).output() {
-        Ok(out) => {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(out.status.success(), "promtool {args:?}:\n{text}");
-            Some(text)
-        }
-        Err(e) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "promtool missing in CI ({e})"
-            );
-            support::skip("promtool missing");
-            None
-        }
-    }
-}
-
 #[test]
 fn jetstream_rules_load_and_pass_their_unit_tests() {
-    if let Some(out) = promtool(&["check", "rules", RULES]) {
+    if let Some(out) = support::promtool(&["check", "rules", RULES]) {
         assert!(out.contains("SUCCESS: 3 rules found"), "{out}");
     }
-    if let Some(out) = promtool(&["test", "rules", RULE_TESTS]) {
+    if let Some(out) = support::promtool(&["test", "rules", RULE_TESTS]) {
         assert!(out.contains("SUCCESS"), "{out}");
     }
 }

@@ -5,34 +5,9 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 const RULES: &str = "deploy/prometheus/farmwatch-rules.yml";
 const RULE_TESTS: &str = "deploy/prometheus/farmwatch-rules.test.yml";
-
-/// Runs promtool with `args` and returns its output, or None (a skip) when it is not installed
-/// outside CI.
-fn promtool(args: &[&str]) -> Option<String> {
-    match Command::new("promtool").args(args).output() {
-        Ok(out) => {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
-            Some(text)
-        }
-        Err(e) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "promtool missing in CI ({e}): install Debian's prometheus package"
-            );
-            support::skip("promtool missing");
-            None
-        }
-    }
-}
 
 /// Values of `key: value` lines in a YAML file, whatever their indentation.
 fn yaml_values(text: &str, key: &str) -> Vec<String> {
@@ -44,14 +19,14 @@ fn yaml_values(text: &str, key: &str) -> Vec<String> {
 
 #[test]
 fn rules_are_valid() {
-    if let Some(out) = promtool(&["check", "rules", RULES]) {
+    if let Some(out) = support::promtool(&["check", "rules", RULES]) {
         assert!(out.contains("SUCCESS"), "{out}");
     }
 }
 
 #[test]
 fn rule_unit_tests_pass() {
-    if let Some(out) = promtool(&["test", "rules", RULE_TESTS]) {
+    if let Some(out) = support::promtool(&["test", "rules", RULE_TESTS]) {
         assert!(out.contains("SUCCESS"), "{out}");
     }
 }
@@ -116,7 +91,7 @@ fn dashboard_queries_parse() {
     let path =
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("farmwatch-dashboard-rules.yml");
     std::fs::write(&path, &rules).unwrap();
-    let out = promtool(&["check", "rules", path.to_str().unwrap()]);
+    let out = support::promtool(&["check", "rules", path.to_str().unwrap()]);
     if let Some(out) = out {
         assert!(out.contains("SUCCESS"), "{out}");
     }

@@ -194,3 +194,27 @@ impl Rng {
         (self.next() % n.max(1) as u64) as usize
     }
 }
+
+/// Runs promtool with `args` and returns its output, or None (a recorded skip) when it is
+/// not installed outside CI; a failing run fails the test.
+pub fn promtool(args: &[&str]) -> Option<String> {
+    match Command::new("promtool").args(args).output() {
+        Ok(out) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+            Some(text)
+        }
+        Err(e) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "promtool missing in CI ({e}): tools/setup-debian unpacks it into .tools/"
+            );
+            skip("promtool missing");
+            None
+        }
+    }
+}
