@@ -45,11 +45,10 @@ struct Cli {
     command: Command,
 }
 
-/// What `replay` and `live` read and write besides the packets. In `live`, the config and
-/// the inventory are re-read on SIGHUP, the feed is followed as it grows, and the outputs
-/// are appended to and reopened on SIGHUP.
+/// What the account stage knows before any traffic: the config, the inventory and the
+/// session feed (`replay`, `live` and `correlate` alike).
 #[derive(Args)]
-struct Inputs {
+struct Known {
     /// farmwatch.toml.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -59,6 +58,31 @@ struct Inputs {
     /// VPN session feed (JSON lines: ts, account, assigned_ip, public_ip, event).
     #[arg(long)]
     sessions: Option<PathBuf>,
+}
+
+impl Known {
+    fn config(&self) -> Result<Config, Failure> {
+        Config::load(self.config.as_deref()).map_err(|e| Failure::Usage(e.to_string()))
+    }
+
+    /// Every file read, for the outputs to stay clear of: these and the geo databases.
+    fn inputs<'a>(&'a self, config: &'a Config) -> impl Iterator<Item = &'a Path> {
+        let geo = &config.geoip;
+        [&self.config, &self.accounts, &self.sessions]
+            .into_iter()
+            .chain([&geo.country, &geo.asn, &geo.city, &geo.hosting_asns])
+            .flatten()
+            .map(PathBuf::as_path)
+    }
+}
+
+/// What `replay` and `live` read and write besides the packets. In `live`, the config and
+/// the inventory are re-read on SIGHUP, the feed is followed as it grows, and the outputs
+/// are appended to and reopened on SIGHUP.
+#[derive(Args)]
+struct Inputs {
+    #[command(flatten)]
+    known: Known,
     /// Where events go, as JSON lines ("-" = stdout).
     #[arg(long, default_value = "-")]
     events: String,
@@ -73,7 +97,7 @@ struct Inputs {
 
 impl Inputs {
     fn config(&self) -> Result<Config, Failure> {
-        Config::load(self.config.as_deref()).map_err(|e| Failure::Usage(e.to_string()))
+        self.known.config()
     }
 
     /// `--publish`, started: its servers replace `[publish] servers`.
@@ -82,7 +106,7 @@ impl Inputs {
             return Ok(None);
         };
         let servers = farmwatch::jetstream::split_servers(arg);
-        Publish::start(config, self.config.as_deref(), &servers)
+        Publish::start(config, self.known.config.as_deref(), &servers)
             .map(Some)
             .map_err(Failure::Usage)
     }
@@ -132,13 +156,8 @@ impl Inputs {
         let mut outputs = vec![("--events", &events)];
         outputs.extend(flows.as_ref().map(|f| ("--flows", f)));
         outputs.extend(extra.iter().map(|(flag, t)| (*flag, t)));
-        let geo = &config.geoip;
-        let inputs: Vec<&Path> = [&self.config, &self.accounts, &self.sessions]
-            .into_iter()
-            .chain([&geo.country, &geo.asn, &geo.city, &geo.hosting_asns])
-            .flatten()
-            .chain(captures)
-            .map(PathBuf::as_path)
+        let inputs: Vec<&Path> = (self.known.inputs(config))
+            .chain(captures.iter().map(PathBuf::as_path))
             .collect();
         sink::check_outputs(&outputs, &inputs).map_err(Failure::Usage)
     }
@@ -200,15 +219,9 @@ enum Command {
         /// NATS server URLs, comma-separated (replace `[correlate] servers`).
         #[arg(long, value_name = "URL[,URL...]", required = true)]
         nats: String,
-        /// farmwatch.toml (the same as the sensors').
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Account inventory (accounts.toml).
-        #[arg(long)]
-        accounts: Option<PathBuf>,
-        /// VPN session feed (JSON lines: ts, account, assigned_ip, public_ip, event).
-        #[arg(long)]
-        sessions: Option<PathBuf>,
+        /// The same config, inventory and session feed as the sensors'.
+        #[command(flatten)]
+        known: Known,
         /// Where account-stage events go, as JSON lines, appended ("-" = stdout).
         #[arg(long, default_value = "-")]
         events: String,
@@ -272,8 +285,8 @@ fn main() -> ExitCode {
                 config,
                 events: inputs.events(),
                 flows: inputs.flows(),
-                accounts: inputs.accounts,
-                sessions: inputs.sessions,
+                accounts: inputs.known.accounts,
+                sessions: inputs.known.sessions,
                 metrics_out,
                 report,
                 workers: workers.map_or_else(farmwatch::engine::default_workers, usize::from),
@@ -307,9 +320,9 @@ fn main() -> ExitCode {
                 bpf,
                 config: loaded,
                 events: inputs.events(),
-                config_path: inputs.config,
-                accounts: inputs.accounts,
-                sessions: inputs.sessions,
+                config_path: inputs.known.config,
+                accounts: inputs.known.accounts,
+                sessions: inputs.known.sessions,
                 flows,
                 listen,
                 snaplen,
@@ -320,25 +333,25 @@ fn main() -> ExitCode {
         }),
         Command::Correlate {
             nats,
-            config,
-            accounts,
-            sessions,
+            known,
             events,
             listen,
             until_idle,
-        } => Config::load(config.as_deref())
-            .map_err(|e| Failure::Usage(e.to_string()))
-            .and_then(|loaded| {
-                correlate::run(CorrelateArgs {
-                    servers: farmwatch::jetstream::split_servers(&nats),
-                    config: loaded,
-                    accounts,
-                    sessions,
-                    events: Target::parse(&events),
-                    listen,
-                    until_idle,
-                })
-            }),
+        } => known.config().and_then(|loaded| {
+            // The events file is appended to: it must not be one of the inputs.
+            let events = Target::parse(&events);
+            let inputs: Vec<&Path> = known.inputs(&loaded).collect();
+            sink::check_outputs(&[("--events", &events)], &inputs).map_err(Failure::Usage)?;
+            correlate::run(CorrelateArgs {
+                servers: farmwatch::jetstream::split_servers(&nats),
+                config: loaded,
+                accounts: known.accounts,
+                sessions: known.sessions,
+                events,
+                listen,
+                until_idle,
+            })
+        }),
         Command::Geoip { ips, config } => geoip(config, &ips),
         Command::Check { config, accounts } => check(config, accounts),
         Command::Sessions {
