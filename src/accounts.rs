@@ -147,6 +147,12 @@ pub struct Inventory {
     pub accounts: Vec<Account>,
     /// File name, for findings and messages.
     pub file: String,
+    /// Index into `accounts` by id: events look their account up one at a time.
+    by_id: HashMap<String, usize>,
+    /// Every static host range as `(first, last, index into accounts)`, sorted by `first`.
+    /// Ranges never overlap (the parser refuses that), so a binary search finds the one
+    /// owner: the account stage asks for every address it sees.
+    hosts: Vec<(u128, u128, usize)>,
 }
 
 impl Inventory {
@@ -265,18 +271,35 @@ impl Inventory {
         }
         problems.extend(overlapping_hosts(&raw.account, &accounts, &lines, file));
         if problems.is_empty() {
-            Ok(Inventory {
-                accounts,
-                file: file.to_string(),
-            })
+            Ok(Inventory::indexed(accounts, file))
         } else {
             problems.sort_by(|a, b| (a.line, &a.field).cmp(&(b.line, &b.field)));
             Err(problems)
         }
     }
 
+    /// The inventory of `accounts` with its look-up indexes.
+    fn indexed(accounts: Vec<Account>, file: &str) -> Inventory {
+        let mut by_id = HashMap::with_capacity(accounts.len());
+        let mut hosts = Vec::new();
+        for (i, a) in accounts.iter().enumerate() {
+            by_id.entry(a.id.clone()).or_insert(i);
+            hosts.extend(a.hosts.iter().map(|n| {
+                let (first, last) = bounds(*n);
+                (first, last, i)
+            }));
+        }
+        hosts.sort_unstable();
+        Inventory {
+            accounts,
+            file: file.to_string(),
+            by_id,
+            hosts,
+        }
+    }
+
     pub fn get(&self, id: &str) -> Option<&Account> {
-        self.accounts.iter().find(|a| a.id == id)
+        self.accounts.get(*self.by_id.get(id)?)
     }
 
     /// The account whose static `hosts` contain `ip` (hosts never overlap between
@@ -287,10 +310,13 @@ impl Inventory {
 
     /// Index into `accounts` of [`Inventory::static_owner`].
     pub fn static_index(&self, ip: IpAddr) -> Option<usize> {
-        let ip = ip.to_canonical();
-        self.accounts
-            .iter()
-            .position(|a| a.hosts.iter().any(|n| n.contains(&ip)))
+        let x = match ip.to_canonical() {
+            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+            IpAddr::V6(v6) => u128::from(v6),
+        };
+        let after = self.hosts.partition_point(|&(first, _, _)| first <= x);
+        let &(_, last, i) = self.hosts.get(after.checked_sub(1)?)?;
+        (x <= last).then_some(i)
     }
 
     /// Findings about declared data, in file order: `phone_format`, `unknown_country`,
@@ -603,6 +629,35 @@ mod tests {
         // Host bits set: a typo more often than not.
         assert_eq!(parse_host("10.8.0.1/24"), None);
         assert_eq!(parse_host("10.8.0.300"), None);
+    }
+
+    #[test]
+    fn owners_are_found_by_binary_search() {
+        let text = r#"
+[[account]]
+id = "a"
+kind = "contractor"
+hosts = ["10.8.0.0/24", "2001:db8::/64"]
+[[account]]
+id = "b"
+kind = "employee"
+hosts = ["10.8.1.7"]
+[[account]]
+id = "c"
+kind = "service"
+"#;
+        let inv = Inventory::parse(text, "t.toml").unwrap();
+        let owner = |ip: &str| inv.static_owner(ip.parse().unwrap()).map(|a| a.id.as_str());
+        assert_eq!(owner("10.8.0.0"), Some("a"));
+        assert_eq!(owner("10.8.0.255"), Some("a"));
+        assert_eq!(owner("::ffff:10.8.0.9"), Some("a"));
+        assert_eq!(owner("2001:db8::1"), Some("a"));
+        assert_eq!(owner("10.8.1.7"), Some("b"));
+        assert_eq!(owner("10.8.1.6"), None);
+        assert_eq!(owner("10.8.1.8"), None);
+        assert_eq!(owner("9.255.255.255"), None);
+        assert_eq!(inv.get("c").map(|a| a.kind), Some(AccountKind::Service));
+        assert!(inv.get("d").is_none());
     }
 
     #[test]
