@@ -221,3 +221,295 @@ impl Event {
         self
     }
 }
+
+/// Typed evidence: the figures of a finding that other parts of farmwatch read (the HTML
+/// report), one struct per reason. A detector writes one with [`Event::with`], which puts
+/// its fields into `evidence` under the keys the events output has always had; a reader
+/// takes it back with [`Event::read`], also from an event read off the scale-out stream. So
+/// the evidence object stays the one record of a finding, and no reader re-derives a
+/// detector's decision or looks for a key by its spelling.
+pub trait Evidence: Serialize + serde::de::DeserializeOwned {
+    /// The reason whose findings carry it.
+    const REASON: &'static str;
+}
+
+impl Event {
+    /// Adds the fields of `evidence` to the evidence object.
+    pub fn with<E: Evidence>(mut self, evidence: &E) -> Event {
+        debug_assert_eq!(self.reason, E::REASON, "evidence of another reason");
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(evidence) {
+            self.evidence.extend(fields);
+        }
+        self
+    }
+
+    /// The typed evidence of a finding of `E`'s reason; `None` for other reasons, or when
+    /// the evidence lacks a field `E` needs (an event written by another version).
+    pub fn read<E: Evidence>(&self) -> Option<E> {
+        if self.reason != E::REASON {
+            return None;
+        }
+        E::deserialize(&self.evidence).ok()
+    }
+}
+
+/// Which end of a remote-desktop session the inside host is, as `persistent_stream`
+/// decided from the session's bytes and packet sizes (`detect::remote_desktop`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The inside host sends the screen: someone at the peer operates it.
+    Controlled,
+    /// The inside host receives the screen: it operates the peer.
+    Controller,
+    Undetermined,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Controlled => "controlled",
+            Role::Controller => "controller",
+            Role::Undetermined => "undetermined",
+        }
+    }
+}
+
+/// How a remote-desktop session reached its peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    Direct,
+    /// A flow of the session goes to the tool vendor's relay or broker.
+    VendorRelay,
+    /// The host had a TURN-relayed STUN flow during the session or just before it.
+    TurnRelay,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::VendorRelay => "vendor_relay",
+            Via::TurnRelay => "turn_relay",
+        }
+    }
+}
+
+/// `persistent_stream`: one remote-desktop session at an inside host (the event's `host`),
+/// as of the tier it reached. Counters are seen from the host: `from` it and `to` it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionEvidence {
+    /// The span that made it reported (`15m`, `1h`, ...).
+    pub tier: String,
+    pub role: Role,
+    pub via: Via,
+    pub peer_inside: bool,
+    pub session_start: Timestamp,
+    /// From the first packet to the latest payload, when reported.
+    pub duration_s: u64,
+    pub active_s: f64,
+    pub flows: u32,
+    pub bytes_from_host: u64,
+    pub bytes_to_host: u64,
+    pub byte_ratio: f64,
+    pub large_pkts_from_host: u64,
+    pub large_pkts_to_host: u64,
+    pub small_pkts_from_host: u64,
+    pub small_pkts_to_host: u64,
+    /// The other end of the session's busiest flow.
+    pub peer: Option<IpAddr>,
+}
+
+impl Evidence for SessionEvidence {
+    const REASON: &'static str = "persistent_stream";
+}
+
+/// `stepping_stone`: the two legs of an interactive session relayed through the event's
+/// `host`: activity arriving on `inbound_flow` is followed by activity on `outbound_flow`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SteppingStoneEvidence {
+    #[serde(with = "flow_text")]
+    pub inbound_flow: FlowRef,
+    pub inbound_app: Option<App>,
+    #[serde(with = "flow_text")]
+    pub outbound_flow: FlowRef,
+    pub hits: u32,
+    pub consecutive_hits: u32,
+    pub resumes_inbound: u32,
+    pub resumes_outbound: u32,
+    pub ratio: f64,
+    pub delta_ms: u64,
+}
+
+impl Evidence for SteppingStoneEvidence {
+    const REASON: &'static str = "stepping_stone";
+}
+
+/// A place on the globe as geo evidence gives it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    pub lat: f64,
+    pub lon: f64,
+    pub radius_km: f64,
+    /// `city` or `country_centroid`.
+    pub source: String,
+}
+
+/// `rtt_distance`: the least round trip to an account's public address against the
+/// distance to where the databases put it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RttDistanceEvidence {
+    /// `relayed` (far slower than the distance allows) or `geo_wrong` (faster than light).
+    pub verdict: String,
+    pub public_ip: IpAddr,
+    pub min_rtt_ms: f64,
+    pub samples: u64,
+    pub distance_km: f64,
+    pub position: Position,
+    pub sensor: Position,
+    pub vacuum_bound_ms: f64,
+    /// The least round trip over `distance_km` in fibre.
+    pub fibre_bound_ms: f64,
+    /// The most a direct client at that distance needs.
+    pub ceiling_ms: f64,
+    pub country: Option<String>,
+    pub city: Option<String>,
+    pub asn: Option<u32>,
+    pub as_org: Option<String>,
+}
+
+impl Evidence for RttDistanceEvidence {
+    const REASON: &'static str = "rtt_distance";
+}
+
+/// `foreign_working_hours`: the UTC offset whose working week fits the account's activity
+/// better than its declared time zone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OffHoursEvidence {
+    pub declared_timezone: String,
+    /// `+09:00`.
+    pub best_utc_offset: String,
+    pub best_fit: f64,
+    pub declared_fit: f64,
+    pub active_days: u64,
+    /// Activity by local hour in the declared zone.
+    pub hours_local: Vec<u32>,
+    /// `09:00-17:00`.
+    pub working_day: String,
+}
+
+impl Evidence for OffHoursEvidence {
+    const REASON: &'static str = "foreign_working_hours";
+}
+
+/// A flow as text in evidence, `tcp 10.8.0.12:50000 -> 192.0.2.9:22` (IPv6 addresses
+/// unbracketed: the port is after the last colon).
+mod flow_text {
+    use super::FlowRef;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(f: &FlowRef, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!(
+            "{} {}:{} -> {}:{}",
+            f.proto, f.src_ip, f.src_port, f.dst_ip, f.dst_port
+        ))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FlowRef, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).ok_or_else(|| serde::de::Error::custom(format!("not a flow: {text:?}")))
+    }
+
+    fn parse(text: &str) -> Option<FlowRef> {
+        let (proto, rest) = text.split_once(' ')?;
+        let (src, dst) = rest.split_once(" -> ")?;
+        let end = |s: &str| {
+            let (ip, port) = s.rsplit_once(':')?;
+            Some((ip.parse().ok()?, port.parse().ok()?))
+        };
+        let ((src_ip, src_port), (dst_ip, dst_port)) = (end(src)?, end(dst)?);
+        super::FlowRefIn {
+            proto: proto.to_string(),
+            src_ip,
+            src_port,
+            dst_ip,
+            dst_port,
+        }
+        .try_into()
+        .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> SessionEvidence {
+        SessionEvidence {
+            tier: "1h".to_string(),
+            role: Role::Controller,
+            via: Via::TurnRelay,
+            peer_inside: false,
+            session_start: Timestamp::from_secs(1_793_628_000),
+            duration_s: 3600,
+            active_s: 8.4,
+            flows: 2,
+            bytes_from_host: 4608,
+            bytes_to_host: 156_838,
+            byte_ratio: 0.03,
+            large_pkts_from_host: 0,
+            large_pkts_to_host: 112,
+            small_pkts_from_host: 115,
+            small_pkts_to_host: 2,
+            peer: None,
+        }
+    }
+
+    #[test]
+    fn typed_evidence_reads_back_what_it_wrote_under_the_contract_keys() {
+        let e = Event::new(
+            Timestamp::from_secs(1_793_631_600),
+            Kind::RemoteDesktop,
+            "persistent_stream",
+            Severity::Low,
+            "",
+        )
+        .with(&session());
+        assert_eq!(e.read::<SessionEvidence>(), Some(session()));
+        assert_eq!(e.evidence["role"], "controller");
+        assert_eq!(e.evidence["via"], "turn_relay");
+        assert_eq!(e.evidence["session_start"], "2026-11-02T14:00:00.000000Z");
+        assert_eq!(e.evidence["peer"], serde_json::Value::Null);
+        // Read as another reason's evidence, it is nothing.
+        assert_eq!(e.read::<SteppingStoneEvidence>(), None);
+        // Evidence missing a field (another version's) reads as nothing, not as defaults.
+        let mut partial = e.clone();
+        partial.evidence.remove("role");
+        assert_eq!(partial.read::<SessionEvidence>(), None);
+    }
+
+    #[test]
+    fn flow_text_reads_ipv6_and_refuses_what_is_not_a_flow() {
+        let v = serde_json::json!({
+            "inbound_flow": "udp [::1]:1 -> x",
+            "inbound_app": null,
+            "outbound_flow": "tcp 2001:db8::1:50000 -> 10.8.0.12:22",
+            "hits": 1, "consecutive_hits": 1, "resumes_inbound": 1, "resumes_outbound": 1,
+            "ratio": 1.0, "delta_ms": 1,
+        });
+        assert!(serde_json::from_value::<SteppingStoneEvidence>(v.clone()).is_err());
+        let mut v = v;
+        v["inbound_flow"] = "tcp 2001:db8::1:50000 -> 10.8.0.12:22".into();
+        let s: SteppingStoneEvidence = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            s.outbound_flow.src_ip,
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(s.outbound_flow.src_port, 50000);
+        assert_eq!(
+            serde_json::to_value(&s).unwrap()["outbound_flow"],
+            "tcp 2001:db8::1:50000 -> 10.8.0.12:22"
+        );
+    }
+}

@@ -27,7 +27,7 @@ use crate::accounts::AccountKind;
 use crate::detect::Scope;
 use crate::detect::geo_anomaly::round1;
 use crate::detect::{Detector, Moment, Reason, Registered, Stage};
-use crate::event::{Event, Kind, Severity};
+use crate::event::{Event, Kind, OffHoursEvidence, Severity};
 use crate::flows::humantime_serde;
 use crate::observation::Observation;
 use crate::timestamp::Timestamp;
@@ -189,19 +189,18 @@ impl OffHours {
             Severity::Medium,
             &offset,
         )
-        .evidence("declared_timezone", tz.name())
-        .evidence("best_utc_offset", offset.clone())
-        .evidence("best_fit", round1(fit.best_fit * 100.0) / 100.0)
-        .evidence("declared_fit", round1(fit.declared_fit * 100.0) / 100.0)
-        .evidence("active_days", fit.active_days)
-        .evidence("hours_local", fit.hours_local.to_vec())
-        .evidence(
-            "working_day",
-            format!(
+        .with(&OffHoursEvidence {
+            declared_timezone: tz.name().to_string(),
+            best_utc_offset: offset.clone(),
+            best_fit: round1(fit.best_fit * 100.0) / 100.0,
+            declared_fit: round1(fit.declared_fit * 100.0) / 100.0,
+            active_days: fit.active_days as u64,
+            hours_local: fit.hours_local.to_vec(),
+            working_day: format!(
                 "{:02}:00-{:02}:00",
                 self.config.work_start, self.config.work_end
             ),
-        );
+        });
         e.account = Some(account.to_string());
         e.host = Some(host);
         e.summary = format!(

@@ -34,12 +34,12 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::app::App;
 use crate::detect::{Detector, Moment, Reason, Registered, Stage};
 use crate::dissect::identify::Details;
-use crate::event::{Event, FlowRef, Kind, Severity};
+use crate::event::{Event, FlowRef, Kind, Role, SessionEvidence, Severity, Via};
 use crate::flows::flow::{ORIG, RESP};
 use crate::flows::{Flow, FlowKey, FlowTable, humantime_serde};
 use crate::timestamp::Timestamp;
@@ -195,26 +195,6 @@ impl Figures {
             self.small[i] = self.small[i].saturating_add(o.small[i]);
         }
         self.active_ns = self.active_ns.saturating_add(o.active_ns);
-    }
-}
-
-/// Which end of a session sends the screen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// The inside host sends the screen: someone at the peer operates it.
-    Controlled,
-    /// The inside host receives the screen: it operates the peer.
-    Controller,
-    Undetermined,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Controlled => "controlled",
-            Role::Controller => "controller",
-            Role::Undetermined => "undetermined",
-        }
     }
 }
 
@@ -554,12 +534,12 @@ fn report(
     e.flow = flow;
     e.app = Some(app);
     let via = match (s.relay, turn) {
-        (true, _) => "vendor_relay",
-        (false, true) => "turn_relay",
-        (false, false) => "direct",
+        (true, _) => Via::VendorRelay,
+        (false, true) => Via::TurnRelay,
+        (false, false) => Via::Direct,
     };
     let peer_text = match peer {
-        Some(p) if via != "direct" => format!(", peer {p} ({})", via.replace('_', " ")),
+        Some(p) if via != Via::Direct => format!(", peer {p} ({})", via.as_str().replace('_', " ")),
         Some(p) => format!(", peer {p}"),
         None => String::new(),
     };
@@ -569,25 +549,27 @@ fn report(
         role.as_str(),
     );
     let ratio = |a: u64, b: u64| round2(a as f64 / b.max(1) as f64);
-    e = e
-        .evidence("tier", tier)
-        .evidence("role", role.as_str())
-        .evidence("via", via)
-        .evidence("peer_inside", peer_inside)
-        .evidence("session_start", s.start.rfc3339())
-        .evidence("duration_s", span.as_secs())
-        .evidence("active_s", round2(f.active_ns as f64 / 1e9))
-        .evidence("flows", s.flows)
-        .evidence("bytes_from_host", f.bytes[0])
-        .evidence("bytes_to_host", f.bytes[1])
-        .evidence("byte_ratio", ratio(f.bytes[0], f.bytes[1]))
-        .evidence("large_pkts_from_host", f.large[0])
-        .evidence("large_pkts_to_host", f.large[1])
-        .evidence("small_pkts_from_host", f.small[0])
-        .evidence("small_pkts_to_host", f.small[1]);
+    let e = e.with(&SessionEvidence {
+        tier,
+        role,
+        via,
+        peer_inside,
+        session_start: s.start,
+        duration_s: span.as_secs(),
+        active_s: round2(f.active_ns as f64 / 1e9),
+        flows: s.flows,
+        bytes_from_host: f.bytes[0],
+        bytes_to_host: f.bytes[1],
+        byte_ratio: ratio(f.bytes[0], f.bytes[1]),
+        large_pkts_from_host: f.large[0],
+        large_pkts_to_host: f.large[1],
+        small_pkts_from_host: f.small[0],
+        small_pkts_to_host: f.small[1],
+        peer,
+    });
     match peer {
         Some(p) => with_place(scope, e, "peer", p),
-        None => e.evidence("peer", Value::Null),
+        None => e,
     }
 }
 

@@ -27,7 +27,7 @@ use serde::Deserialize;
 use crate::app::App;
 use crate::decode::Proto;
 use crate::detect::{Detector, Moment, Reason, Registered, Stage};
-use crate::event::{Event, FlowRef, Kind, Severity};
+use crate::event::{Event, FlowRef, Kind, Severity, SteppingStoneEvidence};
 use crate::flows::{Flow, FlowKey, humantime_serde};
 use crate::timestamp::Timestamp;
 
@@ -344,16 +344,17 @@ impl SteppingStone {
             c.delta.as_millis(),
             b_flow.dst_ip
         );
-        e = e
-            .evidence("inbound_flow", show(&a_flow))
-            .evidence("inbound_app", serde_json::json!(a.app))
-            .evidence("outbound_flow", show(&b_flow))
-            .evidence("hits", p.hits)
-            .evidence("consecutive_hits", p.consecutive)
-            .evidence("resumes_inbound", a.resumes)
-            .evidence("resumes_outbound", b.resumes)
-            .evidence("ratio", round2(ratio))
-            .evidence("delta_ms", c.delta.as_millis() as u64);
+        e = e.with(&SteppingStoneEvidence {
+            inbound_flow: a_flow.clone(),
+            inbound_app: a.app,
+            outbound_flow: b_flow.clone(),
+            hits: p.hits,
+            consecutive_hits: p.consecutive,
+            resumes_inbound: a.resumes,
+            resumes_outbound: b.resumes,
+            ratio: round2(ratio),
+            delta_ms: c.delta.as_millis() as u64,
+        });
         let e = with_place(scope, e, "source", from);
         out.push(with_place(scope, e, "target", b_flow.dst_ip));
     }
