@@ -351,7 +351,7 @@ const RELOAD_RESULTS: [&str; 2] = ["ok", "failed"];
 const SINKS: [&str; 2] = ["events", "flows"];
 /// Every bounded structure whose evictions are counted (`structure` of
 /// `farmwatch_state_evicted_total`), reported from the start so a rate alert has a series.
-pub const BOUNDED_STRUCTURES: [&str; 21] = [
+pub const BOUNDED_STRUCTURES: [&str; 26] = [
     "identity_addresses",
     "identity_ranges",
     "dns_names",
@@ -373,6 +373,11 @@ pub const BOUNDED_STRUCTURES: [&str; 21] = [
     "latency_sessions",
     "operator_latency_addresses",
     "score_accounts",
+    "report_findings",
+    "report_public_ips",
+    "report_tallies",
+    "report_activity",
+    "report_rtt_addresses",
 ];
 
 impl Metrics {

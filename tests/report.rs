@@ -15,7 +15,10 @@ use farmwatch::account_stage::{Context, Sinks};
 use farmwatch::accounts::AccountRef;
 use farmwatch::config::Config;
 use farmwatch::engine::Engine;
-use farmwatch::event::{Event, FlowRef, Kind, Severity};
+use farmwatch::event::{
+    Event, FlowRef, Kind, OffHoursEvidence, Position, Role, RttDistanceEvidence, SessionEvidence,
+    Severity, SteppingStoneEvidence, Via,
+};
 use farmwatch::identity::{ObservationSource, PublicIpObservation};
 use farmwatch::metrics::Stats;
 use farmwatch::report::{self, Collector, ReportInput};
@@ -498,8 +501,9 @@ hosts = ["10.8.0.12"]
 
 // ---- many findings, constructed ----
 
-/// 5,000 findings over 200 accounts and four weeks, with observations and one account
-/// whose activity follows a working week in India while it declares Chicago.
+/// 5,000 findings over 200 accounts and four weeks, with observations, each with the typed
+/// evidence its detector writes (`off_hours` names a working week in India for accounts
+/// that declare Chicago).
 #[test]
 fn five_thousand_findings_render() {
     let dir = support::scratch("report-many");
@@ -538,10 +542,7 @@ fn five_thousand_findings_render() {
             dst_port: 3389,
         });
         e.summary = format!("finding {i} <b>not bold</b>");
-        e = e
-            .evidence("rtt_ms", 180.0 + (i % 7) as f64)
-            .evidence("distance_km", 1200.0)
-            .evidence("zone", "Asia/Kolkata");
+        e = with_evidence(e, i);
         e.seal();
         c.event(&e);
     }
@@ -583,10 +584,84 @@ fn five_thousand_findings_render() {
     assert_eq!(dom.matches("<tr id=\"e-").count(), 5000);
     // Charts for the 50 highest-ranked accounts, not for all 200.
     assert_eq!(dom.matches("class=\"timeline\"").count(), 50);
-    assert!(dom.contains("Asia/Kolkata"), "off_hours zone not marked");
+    assert!(dom.contains("UTC+05:30"), "off_hours zone not marked");
     assert!(dom.contains("class=\"foreign\""));
     assert!(dom.contains("&lt;b&gt;not bold&lt;/b&gt;"));
     assert!(dom.contains("Farm-cluster findings"));
+}
+
+/// The typed evidence a finding of `e.reason` carries, with figures varied by `i`.
+fn with_evidence(e: Event, i: u64) -> Event {
+    let flow = e.flow.clone().expect("a flow");
+    let ts = e.ts;
+    let place = Position {
+        lat: 41.88,
+        lon: -87.63,
+        radius_km: 50.0,
+        source: "city".to_string(),
+    };
+    match e.reason {
+        "persistent_stream" => e.with(&SessionEvidence {
+            tier: "15m".to_string(),
+            role: [Role::Controlled, Role::Controller, Role::Undetermined][(i % 3) as usize],
+            via: Via::Direct,
+            peer_inside: false,
+            session_start: ts,
+            duration_s: 900,
+            active_s: 120.0,
+            flows: 1,
+            bytes_from_host: 40_000 + i,
+            bytes_to_host: 2_000,
+            byte_ratio: 20.0,
+            large_pkts_from_host: 30,
+            large_pkts_to_host: 0,
+            small_pkts_from_host: 1,
+            small_pkts_to_host: 30,
+            peer: Some(flow.dst_ip),
+        }),
+        "stepping_stone" => e.with(&SteppingStoneEvidence {
+            inbound_flow: FlowRef {
+                src_ip: IpAddr::from([198, 51, 100, (i % 250) as u8]),
+                dst_ip: flow.src_ip,
+                dst_port: 22,
+                ..flow.clone()
+            },
+            inbound_app: None,
+            outbound_flow: flow,
+            hits: 12,
+            consecutive_hits: 4,
+            resumes_inbound: 12,
+            resumes_outbound: 13,
+            ratio: 0.92,
+            delta_ms: 500,
+        }),
+        "rtt_distance" => e.with(&RttDistanceEvidence {
+            verdict: "relayed".to_string(),
+            public_ip: flow.dst_ip,
+            min_rtt_ms: 180.0 + (i % 7) as f64,
+            samples: 3,
+            distance_km: 1200.0,
+            position: place.clone(),
+            sensor: place,
+            vacuum_bound_ms: 8.0,
+            fibre_bound_ms: 12.0,
+            ceiling_ms: 60.0,
+            country: Some("US".to_string()),
+            city: None,
+            asn: None,
+            as_org: None,
+        }),
+        "foreign_working_hours" => e.with(&OffHoursEvidence {
+            declared_timezone: "America/Chicago".to_string(),
+            best_utc_offset: "+05:30".to_string(),
+            best_fit: 0.9,
+            declared_fit: 0.1,
+            active_days: 20,
+            hours_local: vec![1; 24],
+            working_day: "09:00-17:00".to_string(),
+        }),
+        _ => e,
+    }
 }
 
 // ---- findings cite flow records ----
@@ -621,7 +696,7 @@ fn embedded(html: &str) -> serde_json::Value {
 }
 
 /// Findings written after their flow ended (as detectors do at a flow's end) still link to
-/// its record: by the event's 5-tuple or by a Community ID in the evidence, also when the
+/// its record: by the event's 5-tuple or by a leg its typed evidence names, also when the
 /// record was beyond the sample the report keeps of uncited records.
 #[test]
 fn findings_link_to_the_flow_records_they_cite() {
@@ -637,7 +712,6 @@ fn findings_link_to_the_flow_records_they_cite() {
     for port in 1..=3000u16 {
         let mut r = base.clone();
         r.src_port = port;
-        r.community_id = format!("1:port{port}=");
         c.flow(&r);
     }
     // One 5-tuple reused eight times, an hour apart.
@@ -649,14 +723,7 @@ fn findings_link_to_the_flow_records_they_cite() {
         r.end = base.end.plus(hour * k);
         c.flow(&r);
     }
-    let cite = |port: u16, by_id: bool| {
-        let mut e = Event::new(
-            base.end,
-            Kind::RemoteDesktop,
-            "persistent_stream",
-            Severity::High,
-            &port.to_string(),
-        );
+    let cite = |port: u16, as_leg: bool| {
         let flow = FlowRef {
             proto: "tcp",
             src_ip: base.src_ip,
@@ -664,11 +731,45 @@ fn findings_link_to_the_flow_records_they_cite() {
             dst_ip: base.dst_ip,
             dst_port: base.dst_port,
         };
-        if by_id {
-            e = e.evidence("peer_flow", format!("1:port{port}="));
+        let mut e = if as_leg {
+            // A stepping stone whose inbound leg is the record; its outbound leg, the
+            // event's flow, is not among the records.
+            let outbound = FlowRef {
+                src_port: 1,
+                dst_port: 22,
+                ..flow.clone()
+            };
+            let mut e = Event::new(
+                base.end,
+                Kind::RelayChain,
+                "stepping_stone",
+                Severity::High,
+                &port.to_string(),
+            )
+            .with(&SteppingStoneEvidence {
+                inbound_flow: flow,
+                inbound_app: None,
+                outbound_flow: outbound.clone(),
+                hits: 12,
+                consecutive_hits: 4,
+                resumes_inbound: 12,
+                resumes_outbound: 13,
+                ratio: 0.92,
+                delta_ms: 500,
+            });
+            e.flow = Some(outbound);
+            e
         } else {
+            let mut e = Event::new(
+                base.end,
+                Kind::RemoteDesktop,
+                "persistent_stream",
+                Severity::High,
+                &port.to_string(),
+            );
             e.flow = Some(flow);
-        }
+            e
+        };
         e.seal();
         e
     };
@@ -816,12 +917,27 @@ fn geo_scenario_report_shows_the_findings() {
             .expect("source")
             .starts_with("finding ")
     );
-    // Every rtt_distance finding cites the handshake record it measured.
+    // Every rtt_distance finding cites the handshake record it measured, and its typed
+    // evidence (the detector's RTT, distance and fibre bound) is plotted.
+    let points: Vec<&serde_json::Value> = data["accounts"]
+        .as_array()
+        .expect("accounts")
+        .iter()
+        .flat_map(|a| a["rtt"].as_array().expect("rtt points"))
+        .collect();
     for e in data["events"].as_array().expect("events") {
         if e["reason"] == "rtt_distance" {
             let i = e["flows"][0].as_u64().expect("a cited record") as usize;
             assert_eq!(data["flows"][i]["src_ip"], e["evidence"]["public_ip"]);
             assert_eq!(data["flows"][i]["dst_port"], 443);
+            let source = format!("finding {}", e["id"].as_str().expect("id"));
+            let p = points
+                .iter()
+                .find(|p| p["source"] == source.as_str())
+                .expect("the finding's point");
+            assert_eq!(p["rtt_ms"], e["evidence"]["min_rtt_ms"]);
+            assert_eq!(p["bound_ms"], e["evidence"]["fibre_bound_ms"]);
+            assert_eq!(p["distance_km"], e["evidence"]["distance_km"]);
         }
     }
 
@@ -841,4 +957,173 @@ fn geo_scenario_report_shows_the_findings() {
     ] {
         assert!(dom.contains(expected), "rendered DOM lacks {expected}");
     }
+}
+
+// ---- the report shows what the detectors decided ----
+
+/// A real RDP session (fixtures/lab: rdesktop typed by an operator 25 ms beyond the
+/// sensor) where the controlled host sent more bytes than it received, but too few large
+/// packets for `persistent_stream` to call it controlled: the detector says
+/// `undetermined`. The report used to call the side that sent more bytes "controlled"; it
+/// now shows the detector's role, and draws the session from its finding.
+#[test]
+fn the_report_shows_the_role_the_detector_gave_not_the_byte_count() {
+    let dir = support::scratch("report-role-inputs");
+    let config = write(
+        &dir,
+        "farmwatch.toml",
+        "[network]\ninside = [\"10.8.0.0/16\"]\nvpn_pool = [\"10.8.0.0/16\"]\n\n[detect.remote_desktop]\nmin_duration = \"5s\"\n",
+    );
+    let accounts = write(
+        &dir,
+        "accounts.toml",
+        "[[account]]\nid = \"jdoe\"\nkind = \"contractor\"\ndeclared_country = \"US\"\nhosts = [\"10.8.0.12\"]\n",
+    );
+    let capture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/lab/rdp-direct-25ms.pcap");
+    let (html, _) = replay_report(
+        &[&capture],
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--accounts",
+            accounts.to_str().expect("utf-8"),
+        ],
+        "report-role",
+    );
+    let data = embedded(&std::fs::read_to_string(&html).expect("report"));
+    let sessions = data["rd_sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let s = &sessions[0];
+    let finding = &data["events"][s["finding"].as_u64().expect("finding") as usize];
+    assert_eq!(finding["reason"], "persistent_stream");
+    assert_eq!(finding["evidence"]["role"], "undetermined");
+    assert_eq!(s["role"], "undetermined");
+    assert_eq!(s["host"], "10.8.0.12");
+    assert_eq!(s["account"], "jdoe");
+    assert_eq!(s["peer"], "198.51.100.20");
+    // The byte count points the other way: the host (the responder) sent more.
+    let record = &data["flows"][s["flow"].as_u64().expect("the session's record") as usize];
+    assert_eq!(record["dst_ip"], "10.8.0.12");
+    let (to_host, from_host) = (
+        record["bytes_orig"].as_u64().expect("bytes"),
+        record["bytes_resp"].as_u64().expect("bytes"),
+    );
+    assert!(from_host > to_host, "{record}");
+    // The record is the session's, so it is not listed again as a flow without a finding.
+    assert!(data["rd_flows"].as_array().expect("rd flows").is_empty());
+    let account = &data["accounts"][0];
+    assert_eq!(account["id"], "jdoe");
+    assert_eq!(account["rd"], serde_json::json!([0]));
+
+    if !chromium_available() {
+        return;
+    }
+    let (dom, log) = load(&html);
+    assert_rendered(&dom, &log);
+    let rd = dom.split("id=\"rd\"").nth(1).expect("rd section");
+    let rd = rd.split("</section>").next().unwrap_or_default();
+    assert!(rd.contains("<td class=\"\">undetermined</td>"), "{rd}");
+    assert!(!rd.contains(">controlled<"), "{rd}");
+    assert!(dom.contains("rdp (host undetermined)"));
+}
+
+/// A flood where every account has a finding, a flow each hour and its own outside
+/// address: the collector's tables stop at their caps, count what they did not admit, the
+/// account stage exports the counts as `farmwatch_state_evicted_total{structure="report_..."}`
+/// and the report says what it left out.
+#[test]
+fn a_flood_of_accounts_fills_the_report_tables_only_to_their_caps() {
+    let caps = report::collect::Caps {
+        events: 300,
+        observations: 50,
+        tallies: 200,
+        activity: 100,
+        rtt_addresses: 40,
+    };
+    let (fixture, config) = fixture_records("tcp-states.pcap");
+    let base = fixture.flows.first().expect("a record").clone();
+    let mut c = Collector::with_caps(true, caps);
+    let start = 1_793_628_000u64;
+    for i in 0..1000u64 {
+        let account = format!("flood{i:04}");
+        let ts = Timestamp::from_secs(start + i * 3600);
+        let mut e = Event::new(ts, Kind::GeoAnomaly, "hosting_asn", Severity::Medium, "");
+        e.account = Some(account.clone());
+        e.seal();
+        c.event(&e);
+        c.observation(&PublicIpObservation {
+            ts,
+            account: AccountRef {
+                id: Arc::from(account.as_str()),
+                kind: None,
+            },
+            public_ip: IpAddr::from([81, 2, (i / 250) as u8, (i % 250) as u8]),
+            assigned_ip: None,
+            source: ObservationSource::Radius,
+        });
+        let mut r = base.clone();
+        r.ts = ts;
+        r.account = Some(account);
+        r.src_ip = IpAddr::from([198, 51, (i / 250) as u8, (i % 250) as u8]);
+        r.tcp_rtt_orig_ms = Some(20.0);
+        r.tcp_rtt_resp_ms = None;
+        c.flow(&r);
+    }
+    assert_eq!(c.tally.len(), 200);
+    assert_eq!(c.events.len(), 300);
+    assert_eq!(c.observations.len(), 50);
+    assert_eq!(c.activity.len(), 100);
+    assert_eq!(c.min_rtt.len(), 40);
+    assert_eq!(
+        c.evictions(),
+        [
+            ("report_findings", 700),
+            ("report_public_ips", 950),
+            ("report_tallies", 800),
+            ("report_activity", 900),
+            ("report_rtt_addresses", 960),
+        ]
+    );
+
+    // The report says what it left out.
+    let context = Context::load(&config, None, None).expect("context");
+    let html = report::render(
+        &c,
+        &ReportInput {
+            files: Vec::new(),
+            config: &config,
+            context: &context,
+            stats: &Stats::default(),
+            first_ts: Some(Timestamp::from_secs(start)),
+            last_ts: Some(Timestamp::from_secs(start + 1000 * 3600)),
+        },
+    );
+    let limits = &embedded(&html)["meta"]["limits"];
+    assert_eq!(limits["events_not_kept"], 700);
+    assert_eq!(limits["tallies_not_kept"], 800);
+    assert_eq!(limits["activity_not_kept"], 900);
+    assert_eq!(limits["rtt_not_kept"], 960);
+
+    // The account stage exports the collector's counts with the other bounded structures.
+    let context = Context::load(&config, None, None).expect("context");
+    let mut engine = Engine::new(&config, context, Sinks::default(), Some(c), 1);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tcp-states.pcap");
+    let mut replay = Replay::open(&[path]).expect("open fixture");
+    while let Some(pkt) = replay.next_packet() {
+        engine.packet(pkt);
+    }
+    let done = engine.finish();
+    assert_eq!(done.stats.state_evicted.get("report_tallies"), Some(&800));
+    assert!(done.stats.state_evicted["report_activity"] >= 900);
+
+    if !chromium_available() {
+        return;
+    }
+    let dir = support::scratch("report-flood");
+    let path = dir.join("report.html");
+    std::fs::write(&path, &html).expect("write");
+    let (dom, log) = load(&path);
+    assert_rendered(&dom, &log);
+    assert!(dom.contains("800 findings are in no account's tally"));
+    assert!(dom.contains("900 flows are in no account's hourly activity"));
 }

@@ -1,20 +1,18 @@
 //! What a replay keeps for its report, in bounded memory: the findings, the public-address
 //! observations, per-account activity by hour, the least RTT seen to each outside address,
-//! and those flow records the findings cite plus a bounded sample of the rest.
+//! and those flow records the findings cite plus a bounded sample of the rest. Every table
+//! has a limit; what did not fit is counted (`farmwatch_state_evicted_total{structure=
+//! "report_..."}`) and the report says so.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 
 use crate::app::App;
-use crate::event::{Event, Severity};
+use crate::event::{Event, FlowRef, Severity, SteppingStoneEvidence};
 use crate::flows::record::FlowRecord;
 use crate::identity::PublicIpObservation;
 use crate::timestamp::Timestamp;
 
-/// Findings kept for the report; beyond this they are counted, not kept.
-const MAX_EVENTS: usize = 100_000;
-/// Public-address observations kept.
-const MAX_OBSERVATIONS: usize = 100_000;
 /// Flow records kept although no finding cites them (the first ones of the replay).
 pub const MAX_UNCITED_FLOWS: usize = 2_000;
 /// Remote-desktop and tunnel flow records kept although no finding cites them.
@@ -22,8 +20,34 @@ pub const MAX_NOTABLE_FLOWS: usize = 5_000;
 /// The newest records not otherwise kept, so a finding written after its flow ended can
 /// still cite the record.
 const RECENT_FLOWS: usize = 10_000;
-/// Outside addresses whose least RTT is followed.
-const MAX_RTT_ADDRESSES: usize = 50_000;
+
+/// The size of each table the collector keeps; beyond it, what does not fit is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps {
+    /// Findings kept.
+    pub events: usize,
+    /// Public-address observations kept.
+    pub observations: usize,
+    /// (account, kind, reason, severity) rows of the findings tally: a finding of a new
+    /// row beyond this is counted in none (the finding itself is still kept).
+    pub tallies: usize,
+    /// (account, hour) cells of flows started: a new account-hour beyond this is not drawn.
+    pub activity: usize,
+    /// Outside addresses whose least RTT is followed.
+    pub rtt_addresses: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Caps {
+        Caps {
+            events: 100_000,
+            observations: 100_000,
+            tallies: 100_000,
+            activity: 500_000,
+            rtt_addresses: 50_000,
+        }
+    }
+}
 
 /// A flow's identity as events cite it: proto and the 5-tuple, initiator first.
 pub type Tuple = (String, IpAddr, u16, IpAddr, u16);
@@ -44,6 +68,7 @@ pub type TallyKey = (Option<String>, &'static str, &'static str, Severity);
 #[derive(Default)]
 pub struct Collector {
     full: bool,
+    caps: Caps,
     pub tally: BTreeMap<TallyKey, Tally>,
     pub events: Vec<Event>,
     pub events_not_kept: u64,
@@ -56,42 +81,60 @@ pub struct Collector {
     notable: usize,
     pub flows_seen: u64,
     cited_tuples: HashSet<Tuple>,
-    cited_ids: HashSet<String>,
     /// Flows started per (account, hour since the epoch).
     pub activity: BTreeMap<(String, i64), u32>,
     /// Least TCP handshake leg (ms) between the sensor and each outside address.
     pub min_rtt: HashMap<IpAddr, f64>,
+    /// Findings not tallied, flows not counted in `activity`, and RTT samples of
+    /// addresses not followed, because their table was full.
+    pub tallies_not_kept: u64,
+    pub activity_not_kept: u64,
+    pub rtt_not_kept: u64,
 }
 
 impl Collector {
     /// `full`: keep what the HTML report needs, not only the tally.
     pub fn new(full: bool) -> Collector {
+        Collector::with_caps(full, Caps::default())
+    }
+
+    /// A collector whose tables hold at most `caps`.
+    pub fn with_caps(full: bool, caps: Caps) -> Collector {
         Collector {
             full,
+            caps,
             ..Collector::default()
         }
     }
 
     pub fn event(&mut self, e: &Event) {
-        let t = self
-            .tally
-            .entry((e.account.clone(), e.kind.as_str(), e.reason, e.severity))
-            .or_insert(Tally {
-                count: 0,
-                first: e.ts,
-                last: e.ts,
-            });
-        t.count += 1;
-        t.first = t.first.min(e.ts);
-        t.last = t.last.max(e.ts);
+        let key = (e.account.clone(), e.kind.as_str(), e.reason, e.severity);
+        let room = self.tally.len() < self.caps.tallies;
+        match self.tally.get_mut(&key) {
+            Some(t) => {
+                t.count += 1;
+                t.first = t.first.min(e.ts);
+                t.last = t.last.max(e.ts);
+            }
+            None if room => {
+                let t = Tally {
+                    count: 1,
+                    first: e.ts,
+                    last: e.ts,
+                };
+                self.tally.insert(key, t);
+            }
+            None => self.tallies_not_kept += 1,
+        }
         if !self.full {
             return;
         }
-        if self.events.len() >= MAX_EVENTS {
+        if self.events.len() >= self.caps.events {
             self.events_not_kept += 1;
             return;
         }
-        event_citations(e, &mut self.cited_tuples, &mut self.cited_ids);
+        self.cited_tuples
+            .extend(cited_flows(e).iter().map(tuple_of_ref));
         self.events.push(e.clone());
     }
 
@@ -99,7 +142,7 @@ impl Collector {
         if !self.full {
             return;
         }
-        if self.observations.len() >= MAX_OBSERVATIONS {
+        if self.observations.len() >= self.caps.observations {
             self.observations_not_kept += 1;
         } else {
             self.observations.push(o.clone());
@@ -113,18 +156,25 @@ impl Collector {
         }
         self.flows_seen += 1;
         if let Some(account) = &r.account {
-            let hour = (r.ts.secs() / 3600) as i64;
-            *self.activity.entry((account.clone(), hour)).or_default() += 1;
+            let key = (account.clone(), (r.ts.secs() / 3600) as i64);
+            let room = self.activity.len() < self.caps.activity;
+            match self.activity.get_mut(&key) {
+                Some(n) => *n = n.saturating_add(1),
+                None if room => {
+                    self.activity.insert(key, 1);
+                }
+                None => self.activity_not_kept += 1,
+            }
         }
         for (ip, rtt) in [(r.src_ip, r.tcp_rtt_orig_ms), (r.dst_ip, r.tcp_rtt_resp_ms)] {
             let Some(rtt) = rtt else { continue };
-            let room = self.min_rtt.len() < MAX_RTT_ADDRESSES;
+            let room = self.min_rtt.len() < self.caps.rtt_addresses;
             match self.min_rtt.get_mut(&ip) {
                 Some(m) => *m = m.min(rtt),
                 None if room => {
                     self.min_rtt.insert(ip, rtt);
                 }
-                None => {}
+                None => self.rtt_not_kept += 1,
             }
         }
         if self.is_cited(r) {
@@ -158,8 +208,21 @@ impl Collector {
         self.flows_seen.saturating_sub(self.flows.len() as u64)
     }
 
+    /// What each table did not admit at its limit, by structure, for
+    /// `farmwatch_state_evicted_total` (flow records left out are not state: they are in
+    /// `--flows`).
+    pub fn evictions(&self) -> [(&'static str, u64); 5] {
+        [
+            ("report_findings", self.events_not_kept),
+            ("report_public_ips", self.observations_not_kept),
+            ("report_tallies", self.tallies_not_kept),
+            ("report_activity", self.activity_not_kept),
+            ("report_rtt_addresses", self.rtt_not_kept),
+        ]
+    }
+
     fn is_cited(&self, r: &FlowRecord) -> bool {
-        self.cited_ids.contains(&r.community_id) || self.cited_tuples.contains(&tuple_of(r))
+        self.cited_tuples.contains(&tuple_of(r))
     }
 }
 
@@ -180,56 +243,24 @@ fn is_notable(r: &FlowRecord) -> bool {
         .is_some_and(|a| a.is_remote_desktop() || a.is_tunnel())
 }
 
-/// The flows a finding cites: its own flow, and every 5-tuple and Community ID in its
-/// evidence.
-pub fn event_citations(e: &Event, tuples: &mut HashSet<Tuple>, ids: &mut HashSet<String>) {
-    if let Some(f) = &e.flow {
-        tuples.insert((
-            f.proto.to_string(),
-            f.src_ip,
-            f.src_port,
-            f.dst_ip,
-            f.dst_port,
-        ));
-    }
-    for value in e.evidence.values() {
-        citations(value, tuples, ids);
-    }
+pub fn tuple_of_ref(f: &FlowRef) -> Tuple {
+    (
+        f.proto.to_string(),
+        f.src_ip,
+        f.src_port,
+        f.dst_ip,
+        f.dst_port,
+    )
 }
 
-/// Flows an event's evidence names: objects with a 5-tuple, and Community IDs (`1:...`).
-pub fn citations(v: &serde_json::Value, tuples: &mut HashSet<Tuple>, ids: &mut HashSet<String>) {
-    match v {
-        serde_json::Value::String(s) if s.starts_with("1:") => {
-            ids.insert(s.clone());
-        }
-        serde_json::Value::Array(items) => {
-            for item in items {
-                citations(item, tuples, ids);
-            }
-        }
-        serde_json::Value::Object(map) => {
-            let ip = |k: &str| map.get(k).and_then(|v| v.as_str()?.parse::<IpAddr>().ok());
-            let port = |k: &str| {
-                map.get(k)
-                    .and_then(|v| v.as_u64())
-                    .and_then(|p| u16::try_from(p).ok())
-            };
-            if let (Some(proto), Some(s), Some(sp), Some(d), Some(dp)) = (
-                map.get("proto").and_then(|v| v.as_str()),
-                ip("src_ip"),
-                port("src_port"),
-                ip("dst_ip"),
-                port("dst_port"),
-            ) {
-                tuples.insert((proto.to_string(), s, sp, d, dp));
-            }
-            for item in map.values() {
-                citations(item, tuples, ids);
-            }
-        }
-        _ => {}
+/// The flows a finding cites: its own flow, and the legs its typed evidence names (a
+/// stepping stone's inbound and outbound flows).
+pub fn cited_flows(e: &Event) -> Vec<FlowRef> {
+    let mut out: Vec<FlowRef> = e.flow.iter().cloned().collect();
+    if let Some(chain) = e.read::<SteppingStoneEvidence>() {
+        out.extend([chain.inbound_flow, chain.outbound_flow]);
     }
+    out
 }
 
 /// The report's collector is an output like the others; it stays typed in the account stage

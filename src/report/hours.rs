@@ -6,6 +6,7 @@ use chrono::{Datelike, FixedOffset, Offset, TimeZone, Timelike};
 use serde::Serialize;
 
 use super::Collector;
+use crate::event::OffHoursEvidence;
 
 /// Working hours for the time-zone fit: Monday to Friday, 09:00 to 18:00 local.
 const WORK_HOURS: std::ops::Range<u32> = 9..18;
@@ -89,29 +90,19 @@ pub fn heat(c: &Collector, id: &str, declared: Option<chrono_tz::Tz>, events: &[
         .map_or(0, |(h, _)| h.saturating_mul(3600));
     let declared_offset = offset_at(&tz, mid);
 
-    // A zone the off_hours detector named: an IANA name or a UTC offset ("+09:00").
+    // The UTC offset an off_hours finding names.
     let named = events
         .iter()
         .filter_map(|&i| c.events.get(i))
-        .filter(|e| e.kind.as_str() == "off_hours")
         .find_map(|e| {
-            e.evidence.values().find_map(|v| {
-                let s = v.as_str()?;
-                let (name, offset, fit) = match s.parse::<chrono_tz::Tz>() {
-                    Ok(z) => (
-                        z.name().to_string(),
-                        offset_at(&z, mid),
-                        work_fit(&hours, &z),
-                    ),
-                    Err(_) => {
-                        let z = parse_offset(s)?;
-                        let secs = z.local_minus_utc();
-                        (offset_name(secs), secs, work_fit(&hours, &z))
-                    }
-                };
-                (offset != declared_offset)
-                    .then(|| (name, offset, fit, format!("finding {}", e.id)))
-            })
+            let z = parse_offset(&e.read::<OffHoursEvidence>()?.best_utc_offset)?;
+            let secs = z.local_minus_utc();
+            Some((
+                offset_name(secs),
+                secs,
+                work_fit(&hours, &z),
+                format!("finding {}", e.id),
+            ))
         });
     let foreign = match named {
         Some(found) => Some(found),
@@ -247,30 +238,8 @@ mod tests {
     }
 
     #[test]
-    fn heat_prefers_the_zone_an_off_hours_finding_names() {
+    fn heat_takes_the_offset_an_off_hours_finding_names() {
         let mut c = shifted_worker();
-        let mut e = Event::new(
-            Timestamp::from_secs(1_793_700_000),
-            Kind::OffHours,
-            "foreign_working_hours",
-            Severity::Low,
-            "",
-        )
-        .evidence("zone", "Asia/Shanghai");
-        e.account = Some("w".to_string());
-        e.seal();
-        c.event(&e);
-        let h = heat(&c, "w", Some(chrono_tz::America::Chicago), &[0]);
-        let f = h.foreign.expect("a foreign zone");
-        assert_eq!(f.zone, "Asia/Shanghai");
-        assert_eq!(f.source, format!("finding {}", e.id));
-        assert_eq!(f.fit, 1.0);
-    }
-
-    #[test]
-    fn heat_takes_an_offset_an_off_hours_finding_names() {
-        let mut c = shifted_worker();
-        // As the off_hours detector writes it: the declared zone is skipped.
         let mut e = Event::new(
             Timestamp::from_secs(1_793_700_000),
             Kind::OffHours,
@@ -278,15 +247,24 @@ mod tests {
             Severity::Medium,
             "",
         )
-        .evidence("declared_timezone", "America/Chicago")
-        .evidence("best_utc_offset", "+09:00")
-        .evidence("working_day", "09:00-17:00");
+        .with(&OffHoursEvidence {
+            declared_timezone: "America/Chicago".to_string(),
+            best_utc_offset: "+09:00".to_string(),
+            best_fit: 1.0,
+            declared_fit: 0.0,
+            active_days: 20,
+            hours_local: vec![0; 24],
+            working_day: "09:00-17:00".to_string(),
+        });
         e.account = Some("w".to_string());
+        e.seal();
         c.event(&e);
         let f = heat(&c, "w", Some(chrono_tz::America::Chicago), &[0])
             .foreign
             .expect("a foreign zone");
+        // Named by the finding, although UTC+08:00 fits the activity as well.
         assert_eq!(f.zone, "UTC+09:00");
+        assert_eq!(f.source, format!("finding {}", e.id));
         // 01:00-08:59 UTC is 10:00-17:59 there, all inside 09-18.
         assert_eq!(f.fit, 1.0);
         // Chicago Sunday 18:00 is Monday 09:00 at UTC+9.

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::account_stage::Context;
 use crate::app::App;
 use crate::config::Config;
+use crate::event::{Role, RttDistanceEvidence, SessionEvidence, SteppingStoneEvidence, Via};
 use crate::flows::record::FlowRecord;
 use crate::geo::{Geo, Location, LocationSource};
 use crate::identity::PublicIpObservation;
@@ -229,6 +230,8 @@ struct Data {
     events: Vec<EventView>,
     flows: Vec<Value>,
     rd_sessions: Vec<RdSession>,
+    rd_flows: Vec<RdFlow>,
+    relay_chains: Vec<RelayChain>,
     clusters: Vec<Cluster>,
 }
 
@@ -257,6 +260,11 @@ struct Limits {
     notable_flows_kept_max: usize,
     events_not_kept: u64,
     observations_not_kept: u64,
+    /// Findings counted in no (account, finding) row, flows in no account-hour, RTT
+    /// samples of addresses not followed: their tables were full.
+    tallies_not_kept: u64,
+    activity_not_kept: u64,
+    rtt_not_kept: u64,
     charted_accounts: usize,
     events_per_account: usize,
 }
@@ -313,6 +321,7 @@ struct AccountView {
     sessions: Vec<SessionView>,
     rtt: Vec<RttPoint>,
     rd: Vec<usize>,
+    rd_flows: Vec<usize>,
     flows: u64,
 }
 
@@ -337,24 +346,67 @@ struct RttPoint {
     source: String,
 }
 
+/// A remote-desktop session as `persistent_stream` reported it, from its latest finding:
+/// the role is the detector's decision, never worked out again here.
 #[derive(Serialize)]
 struct RdSession {
+    /// The finding (index into `events`).
+    finding: usize,
+    /// When the session started.
+    ts: Timestamp,
+    /// Its span when last reported.
+    duration_s: u64,
+    app: Option<&'static str>,
+    account: Option<String>,
+    severity: &'static str,
+    host: Option<IpAddr>,
+    /// What the inside host is: `controlled`, `controller` or `undetermined`.
+    role: Role,
+    peer: Option<IpAddr>,
+    via: Via,
+    bytes_from_host: u64,
+    bytes_to_host: u64,
+    /// The session's busiest flow among the kept records.
+    flow: Option<usize>,
+    /// The round trip to the person at the viewer (`flows::latency`), when measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_floor_ms: Option<f64>,
+}
+
+/// A remote-desktop flow record that no session finding cites: shorter than the reported
+/// span, or another flow of a reported session. No role: no detector decided one.
+#[derive(Serialize)]
+struct RdFlow {
     flow: usize,
     ts: Timestamp,
     duration_s: f64,
     app: &'static str,
     account: Option<String>,
-    /// `src` or `dst`: the side sending the screen (more bytes).
-    controlled: &'static str,
-    controlled_ip: IpAddr,
-    peer: IpAddr,
-    /// Whether the account's own host is the controlled one.
-    account_role: Option<&'static str>,
+    src: String,
+    dst: String,
     bytes_orig: u64,
     bytes_resp: u64,
-    /// The round trip to the person at the viewer (`flows::latency`), when measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     latency_floor_ms: Option<f64>,
+}
+
+/// A `stepping_stone` finding's legs: `source` reaches `host` on the inbound flow, and
+/// `host` reaches `target` on the outbound one.
+#[derive(Serialize)]
+struct RelayChain {
+    finding: usize,
+    ts: Timestamp,
+    account: Option<String>,
+    severity: &'static str,
+    source: IpAddr,
+    host: Option<IpAddr>,
+    target: IpAddr,
+    inbound: String,
+    outbound: String,
+    delta_ms: u64,
+    hits: u32,
+    /// The kept records of the two legs.
+    flows: Vec<usize>,
 }
 
 #[derive(Serialize)]
@@ -388,10 +440,12 @@ fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
     ids.extend(c.activity.keys().map(|(a, _)| a.clone()));
     ids.extend(c.observations.iter().map(|o| o.account.id.to_string()));
 
-    let rd = rd_sessions(c, input.config);
+    let rd = rd_sessions(c, &events);
+    let rd_flows = rd_flows(c, &rd);
     let events_of = by_account(&c.events, |e| e.account.as_deref());
     let observations_of = by_account(&c.observations, |o| Some(&*o.account.id));
     let rd_of = by_account(&rd, |s| s.account.as_deref());
+    let rd_flows_of = by_account(&rd_flows, |s| s.account.as_deref());
     let mut reasons_of: HashMap<String, Vec<TopFinding>> = HashMap::new();
     for t in top_findings(c, usize::MAX) {
         if let Some(a) = &t.account {
@@ -434,6 +488,7 @@ fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
                 heat: None,
                 rtt: Vec::new(),
                 rd: rd_of.get(id.as_str()).cloned().unwrap_or_default(),
+                rd_flows: rd_flows_of.get(id.as_str()).cloned().unwrap_or_default(),
                 sessions: Vec::new(),
                 flows: flows_n,
                 id,
@@ -525,6 +580,9 @@ fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
                 notable_flows_kept_max: collect::MAX_NOTABLE_FLOWS,
                 events_not_kept: c.events_not_kept,
                 observations_not_kept: c.observations_not_kept,
+                tallies_not_kept: c.tallies_not_kept,
+                activity_not_kept: c.activity_not_kept,
+                rtt_not_kept: c.rtt_not_kept,
                 charted_accounts: CHARTED_ACCOUNTS,
                 events_per_account: EVENTS_PER_ACCOUNT,
             },
@@ -543,9 +601,11 @@ fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
         },
         top: top_findings(c, 20),
         accounts,
+        relay_chains: relay_chains(c, &events),
         events,
         flows,
         rd_sessions: rd,
+        rd_flows,
         clusters: clusters(&c.observations, geo),
     }
 }
@@ -574,27 +634,20 @@ fn severity_weight(s: &str) -> f64 {
     }
 }
 
-/// Findings with the indices of the flow records they cite: by 5-tuple (the event's
-/// `flow` and tuples in its evidence) and by Community ID in its evidence.
+/// Findings with the indices of the flow records they cite by 5-tuple: the event's `flow`
+/// and the legs its typed evidence names.
 fn event_views(c: &Collector) -> Vec<EventView> {
     let mut by_tuple: HashMap<collect::Tuple, Vec<usize>> = HashMap::new();
-    let mut by_id: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, r) in c.flows.iter().enumerate() {
         by_tuple.entry(collect::tuple_of(r)).or_default().push(i);
-        by_id.entry(r.community_id.as_str()).or_default().push(i);
     }
     c.events
         .iter()
         .map(|e| {
-            let mut tuples = std::collections::HashSet::new();
-            let mut cids = std::collections::HashSet::new();
-            collect::event_citations(e, &mut tuples, &mut cids);
             let mut linked: BTreeSet<usize> = BTreeSet::new();
-            for t in &tuples {
-                linked.extend(by_tuple.get(t).into_iter().flatten().copied());
-            }
-            for id in &cids {
-                linked.extend(by_id.get(id.as_str()).into_iter().flatten().copied());
+            for f in collect::cited_flows(e) {
+                let t = collect::tuple_of_ref(&f);
+                linked.extend(by_tuple.get(&t).into_iter().flatten().copied());
             }
             // A reused 5-tuple matches several records: the ones nearest the finding.
             let mut linked: Vec<usize> = linked.into_iter().collect();
@@ -655,42 +708,114 @@ fn session_view(o: &PublicIpObservation, geo: &Geo) -> SessionView {
     }
 }
 
-/// Remote-desktop flows among the kept records; the side that sends more bytes sends the
-/// screen, so it is the controlled one (DESIGN §6).
-fn rd_sessions(c: &Collector, config: &Config) -> Vec<RdSession> {
+/// The remote-desktop sessions the `persistent_stream` findings report, one row per
+/// session (host, tool, start) from its latest finding.
+fn rd_sessions(c: &Collector, views: &[EventView]) -> Vec<RdSession> {
+    // A session is its start, host and tool; each tier reports it again, longer.
+    type Session = (Timestamp, Option<IpAddr>, Option<App>);
+    let mut latest: BTreeMap<Session, (usize, SessionEvidence)> = BTreeMap::new();
+    for (i, e) in c.events.iter().enumerate() {
+        let Some(s) = e.read::<SessionEvidence>() else {
+            continue;
+        };
+        let key = (s.session_start, e.host, e.app);
+        if latest
+            .get(&key)
+            .is_none_or(|(_, seen)| seen.duration_s <= s.duration_s)
+        {
+            latest.insert(key, (i, s));
+        }
+    }
+    latest
+        .into_values()
+        .filter_map(|(i, s)| {
+            let e = c.events.get(i)?;
+            // The record of the session's busiest flow: the event's own flow.
+            let flow = e.flow.as_ref().and_then(|f| {
+                let t = collect::tuple_of_ref(f);
+                views
+                    .get(i)?
+                    .flows
+                    .iter()
+                    .copied()
+                    .find(|&k| c.flows.get(k).is_some_and(|r| collect::tuple_of(r) == t))
+            });
+            Some(RdSession {
+                finding: i,
+                ts: s.session_start,
+                duration_s: s.duration_s,
+                app: e.app.map(App::as_str),
+                account: e.account.clone(),
+                severity: e.severity.as_str(),
+                host: e.host,
+                role: s.role,
+                peer: s.peer,
+                via: s.via,
+                bytes_from_host: s.bytes_from_host,
+                bytes_to_host: s.bytes_to_host,
+                latency_floor_ms: flow.and_then(|k| c.flows.get(k)?.latency_floor_ms),
+                flow,
+            })
+        })
+        .collect()
+}
+
+/// Remote-desktop flow records among the kept ones that no session row cites.
+fn rd_flows(c: &Collector, sessions: &[RdSession]) -> Vec<RdFlow> {
+    let cited: BTreeSet<usize> = sessions.iter().filter_map(|s| s.flow).collect();
     c.flows
         .iter()
         .enumerate()
+        .filter(|(i, _)| !cited.contains(i))
         .filter_map(|(i, r)| {
             let app = App::ALL
                 .into_iter()
                 .find(|a| Some(a.as_str()) == r.app)
                 .filter(|a| a.is_remote_desktop())?;
-            let src_controlled = r.bytes_orig > r.bytes_resp;
-            let (controlled_ip, peer) = if src_controlled {
-                (r.src_ip, r.dst_ip)
-            } else {
-                (r.dst_ip, r.src_ip)
-            };
-            let inside = |ip| config.network.is_inside(ip);
-            let account_role = match (inside(controlled_ip), inside(peer)) {
-                (true, false) => Some("controlled"),
-                (false, true) => Some("controller"),
-                _ => None,
-            };
-            Some(RdSession {
+            Some(RdFlow {
                 flow: i,
                 ts: r.ts,
                 duration_s: r.duration_s,
                 app: app.as_str(),
                 account: r.account.clone(),
-                controlled: if src_controlled { "src" } else { "dst" },
-                controlled_ip,
-                peer,
-                account_role: r.account.as_ref().and(account_role),
+                src: endpoint(r.src_ip, r.src_port),
+                dst: endpoint(r.dst_ip, r.dst_port),
                 bytes_orig: r.bytes_orig,
                 bytes_resp: r.bytes_resp,
                 latency_floor_ms: r.latency_floor_ms,
+            })
+        })
+        .collect()
+}
+
+/// The legs of each `stepping_stone` finding, from its typed evidence.
+fn relay_chains(c: &Collector, views: &[EventView]) -> Vec<RelayChain> {
+    let show = |f: &crate::event::FlowRef| {
+        format!(
+            "{} {} → {}",
+            f.proto,
+            endpoint(f.src_ip, f.src_port),
+            endpoint(f.dst_ip, f.dst_port)
+        )
+    };
+    c.events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let chain = e.read::<SteppingStoneEvidence>()?;
+            Some(RelayChain {
+                finding: i,
+                ts: e.ts,
+                account: e.account.clone(),
+                severity: e.severity.as_str(),
+                source: chain.inbound_flow.src_ip,
+                host: e.host,
+                target: chain.outbound_flow.dst_ip,
+                inbound: show(&chain.inbound_flow),
+                outbound: show(&chain.outbound_flow),
+                delta_ms: chain.delta_ms,
+                hits: chain.hits,
+                flows: views.get(i).map(|v| v.flows.clone()).unwrap_or_default(),
             })
         })
         .collect()
@@ -739,35 +864,17 @@ fn rtt_points(
     }
     for &i in &a.events {
         let Some(e) = c.events.get(i) else { continue };
-        if e.reason != "rtt_distance" {
+        let Some(f) = e.read::<RttDistanceEvidence>() else {
             continue;
-        }
-        let num = |pred: &dyn Fn(&str) -> bool| {
-            e.evidence
-                .iter()
-                .find(|(k, v)| pred(k) && v.is_number())
-                .and_then(|(_, v)| v.as_f64())
         };
-        let rtt = num(&|k| k.contains("rtt") && !k.contains("bound") && !k.contains("expected"));
-        let dist = num(&|k| k.contains("distance") || k.ends_with("_km"));
-        if let (Some(rtt), Some(d)) = (rtt, dist) {
-            out.push(RttPoint {
-                ip: e
-                    .evidence
-                    .iter()
-                    .find(|(k, v)| k.contains("ip") && v.is_string())
-                    .and_then(|(_, v)| v.as_str().map(str::to_string)),
-                country: e
-                    .evidence
-                    .iter()
-                    .find(|(k, v)| k.contains("country") && v.is_string())
-                    .and_then(|(_, v)| v.as_str().map(str::to_string)),
-                distance_km: d,
-                rtt_ms: rtt,
-                bound_ms: (d / KM_PER_MS_ROUND_TRIP * 100.0).round() / 100.0,
-                source: format!("finding {}", e.id),
-            });
-        }
+        out.push(RttPoint {
+            ip: Some(f.public_ip.to_string()),
+            country: f.country,
+            distance_km: f.distance_km,
+            rtt_ms: f.min_rtt_ms,
+            bound_ms: f.fibre_bound_ms,
+            source: format!("finding {}", e.id),
+        });
     }
     out
 }
@@ -809,7 +916,7 @@ fn clusters(observations: &[PublicIpObservation], geo: &Geo) -> Vec<Cluster> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, Kind, Severity};
+    use crate::event::{Event, FlowRef, Kind, Severity};
 
     #[test]
     fn terminal_safe_escapes_every_control_character() {
@@ -890,24 +997,46 @@ mod tests {
     }
 
     #[test]
-    fn evidence_citations_are_found_at_any_depth() {
-        let mut tuples = std::collections::HashSet::new();
-        let mut ids = std::collections::HashSet::new();
-        let ev = serde_json::json!({
-            "inbound": {"proto": "tcp", "src_ip": "203.0.113.9", "src_port": 50000,
-                        "dst_ip": "10.8.0.12", "dst_port": 3389},
-            "outbound": [{"community_id": "1:abc="}],
-            "note": "not 1: a citation?",
+    fn a_stepping_stone_cites_both_legs_from_its_typed_evidence() {
+        let leg = |src: &str, sp, dst: &str, dp| FlowRef {
+            proto: "tcp",
+            src_ip: src.parse().unwrap(),
+            src_port: sp,
+            dst_ip: dst.parse().unwrap(),
+            dst_port: dp,
+        };
+        let inbound = leg("203.0.113.9", 50000, "10.8.0.12", 22);
+        let outbound = leg("10.8.0.12", 41000, "2001:db8::7", 22);
+        let mut e = Event::new(
+            Timestamp::from_secs(1),
+            Kind::RelayChain,
+            "stepping_stone",
+            Severity::High,
+            "",
+        )
+        .with(&SteppingStoneEvidence {
+            inbound_flow: inbound.clone(),
+            inbound_app: Some(App::Ssh),
+            outbound_flow: outbound.clone(),
+            hits: 12,
+            consecutive_hits: 4,
+            resumes_inbound: 12,
+            resumes_outbound: 13,
+            ratio: 0.92,
+            delta_ms: 500,
         });
-        collect::citations(&ev, &mut tuples, &mut ids);
-        assert!(tuples.contains(&(
-            "tcp".to_string(),
-            "203.0.113.9".parse().unwrap(),
-            50000,
-            "10.8.0.12".parse().unwrap(),
-            3389
-        )));
-        assert!(ids.contains("1:abc="));
-        assert_eq!(ids.len(), 1);
+        e.flow = Some(outbound.clone());
+        // The legs are written as the events output always had them.
+        assert_eq!(
+            e.evidence["outbound_flow"],
+            "tcp 10.8.0.12:41000 -> 2001:db8::7:22"
+        );
+        assert_eq!(
+            collect::cited_flows(&e),
+            [outbound.clone(), inbound, outbound]
+        );
+        // Another reason's evidence is not read as a stepping stone's.
+        e.reason = "tunnel";
+        assert_eq!(collect::cited_flows(&e).len(), 1);
     }
 }

@@ -201,6 +201,7 @@
   // ---- per-account charts ----
   function timeline(a) {
     var sessions = a.sessions, rd = a.rd.map(function (i) { return D.rd_sessions[i]; });
+    var rdFlows = a.rd_flows.map(function (i) { return D.rd_flows[i]; });
     var events = a.events.map(function (i) { return D.events[i]; });
     var kinds = [];
     events.forEach(function (e) { if (kinds.indexOf(e.kind) < 0) kinds.push(e.kind); });
@@ -226,12 +227,19 @@
           if (w > label.length * 6.5) g.appendChild(s("text", { x: x + 3, y: y + 17, fill: "#fff" }, label));
         });
       } else if (lane[1] === "rd") {
+        // Sessions a finding reports, with the role the detector gave the host; then
+        // remote-desktop flows no finding cites.
         rd.forEach(function (r) {
           var x = scale(ms(r.ts)), w = Math.max(3, scale(ms(r.ts) + r.duration_s * 1000) - x);
-          var label = r.app + (r.account_role ? " (" + r.account_role + ")" : "");
-          g.appendChild(tip(s("rect", { x: x, y: y + 4, width: w, height: LH - 8, fill: color(r.app), class: "rd" }),
-            fmtTs(r.ts) + " " + label + ", " + fmtDur(r.duration_s) + ", peer " + r.peer));
+          var label = (r.app || "?") + " (host " + r.role + ")";
+          g.appendChild(tip(s("rect", { x: x, y: y + 4, width: w, height: LH - 8, fill: color(r.app || "?"), class: "rd" }),
+            fmtTs(r.ts) + " " + label + ", " + fmtDur(r.duration_s) + ", peer " + (r.peer || "-") + " (" + r.via + ")"));
           if (w > label.length * 6.5) g.appendChild(s("text", { x: x + 3, y: y + 17, fill: "#fff" }, label));
+        });
+        rdFlows.forEach(function (r) {
+          var x = scale(ms(r.ts)), w = Math.max(3, scale(ms(r.ts) + r.duration_s * 1000) - x);
+          g.appendChild(tip(s("rect", { x: x, y: y + 8, width: w, height: LH - 16, fill: color(r.app), opacity: 0.6, class: "rd" }),
+            fmtTs(r.ts) + " " + r.app + " flow " + r.src + " → " + r.dst + ", " + fmtDur(r.duration_s) + " (no finding)"));
         });
       } else {
         events.forEach(function (e) {
@@ -243,7 +251,7 @@
       }
     });
     return el("div", { class: "chart" }, el("h4", { text: "Timeline" }), svgEl,
-      el("p", { class: "note", text: "Bars: VPN sessions coloured by public address (until the next session), remote-desktop flows by app; ticks: findings coloured by severity. Hover for details." }));
+      el("p", { class: "note", text: "Bars: VPN sessions coloured by public address (until the next session), remote-desktop sessions a finding reports (with the host's role) and thinner, flows no finding cites, by app; ticks: findings coloured by severity. Hover for details." }));
   }
 
   function heatmap(a) {
@@ -349,20 +357,38 @@
     return box;
   }
 
-  function rdTable(list, what) {
+  function floorText(r) { return r.latency_floor_ms == null ? "-" : r.latency_floor_ms.toFixed(1) + " ms"; }
+  function rdTable(list) {
+    return table([
+      { key: "ts", label: "start (UTC)", render: function (r) { return fmtTs(r.ts); } },
+      { key: "duration_s", label: "active for", cls: "num", render: function (r) { return fmtDur(r.duration_s); } },
+      { key: "app", label: "app" },
+      { key: "account", label: "account" },
+      { key: "host", label: "host", cls: "mono" },
+      { key: "role", label: "host is" },
+      { key: "peer", label: "peer", cls: "mono" },
+      { key: "via", label: "via" },
+      { key: "severity", label: "severity", render: function (r) { return sev(r.severity); }, sort: function (r) { return SEVERITY_RANK[r.severity]; } },
+      { key: "latency_floor_ms", label: "operator RTT", cls: "num", render: floorText },
+      { key: "bytes_from_host", label: "bytes from host", cls: "num", render: function (r) { return fmtBytes(r.bytes_from_host); } },
+      { key: "bytes_to_host", label: "bytes to host", cls: "num", render: function (r) { return fmtBytes(r.bytes_to_host); } },
+      { key: "finding", label: "finding", render: function (r) { return link("#e-" + r.finding, D.events[r.finding].id); } },
+      { key: "flow", label: "record", render: function (r) { return r.flow == null ? "-" : link("#f-" + r.flow, "flow " + r.flow); } }
+    ], list, { what: "sessions", empty: "No remote-desktop session was reported." });
+  }
+  function rdFlowTable(list) {
     return table([
       { key: "ts", label: "start (UTC)", render: function (r) { return fmtTs(r.ts); } },
       { key: "duration_s", label: "duration", cls: "num", render: function (r) { return fmtDur(r.duration_s); } },
       { key: "app", label: "app" },
       { key: "account", label: "account" },
-      { key: "account_role", label: "account's host" },
-      { key: "controlled_ip", label: "controlled side", cls: "mono", render: function (r) { return r.controlled_ip + " (" + r.controlled + ")"; } },
-      { key: "peer", label: "peer", cls: "mono" },
-      { key: "latency_floor_ms", label: "operator RTT", cls: "num", render: function (r) { return r.latency_floor_ms == null ? "-" : r.latency_floor_ms.toFixed(1) + " ms"; } },
+      { key: "src", label: "src", cls: "mono" },
+      { key: "dst", label: "dst", cls: "mono" },
+      { key: "latency_floor_ms", label: "operator RTT", cls: "num", render: floorText },
       { key: "bytes_orig", label: "bytes src→dst", cls: "num", render: function (r) { return fmtBytes(r.bytes_orig); } },
       { key: "bytes_resp", label: "bytes dst→src", cls: "num", render: function (r) { return fmtBytes(r.bytes_resp); } },
       { key: "flow", label: "record", render: function (r) { return link("#f-" + r.flow, "flow " + r.flow); } }
-    ], list, { what: what || "sessions", empty: "No remote-desktop flow among the kept records." });
+    ], list, { what: "flows", empty: "No other remote-desktop flow among the kept records." });
   }
 
   function eventColumns(withAccount) {
@@ -411,6 +437,9 @@
     lim.uncited_flows_kept_max + " others; " + lim.flows_not_kept + " not kept — they are in the --flows output). " +
     (lim.events_not_kept ? lim.events_not_kept + " findings were not kept (too many). " : "") +
     (lim.observations_not_kept ? lim.observations_not_kept + " public-address observations were not kept. " : "") +
+    (lim.tallies_not_kept ? lim.tallies_not_kept + " findings are in no account's tally (too many accounts and kinds). " : "") +
+    (lim.activity_not_kept ? lim.activity_not_kept + " flows are in no account's hourly activity (too many account-hours). " : "") +
+    (lim.rtt_not_kept ? lim.rtt_not_kept + " handshake RTTs of addresses beyond those followed were not kept. " : "") +
     "Charts are drawn for the " + lim.charted_accounts + " highest-ranked accounts." }));
 
   var top = section("top", "Top findings", "Grouped by account and finding, most severe first.");
@@ -473,6 +502,10 @@
       box.appendChild(el("h4", { text: "Remote-desktop sessions" }));
       box.appendChild(rdTable(a.rd.map(function (k) { return D.rd_sessions[k]; })));
     }
+    if (a.rd_flows.length) {
+      box.appendChild(el("h4", { text: "Remote-desktop flows without a finding" }));
+      box.appendChild(rdFlowTable(a.rd_flows.map(function (k) { return D.rd_flows[k]; })));
+    }
     acc.appendChild(box);
   });
 
@@ -481,8 +514,27 @@
     { key: "evidence", label: "evidence", cls: "ev", render: function (e) { var t = JSON.stringify(e.evidence); return t.length > 400 ? t.slice(0, 400) + "…" : t; }, sort: function () { return 0; } }
   ]), D.events, { what: "findings", rowId: function (e, i) { return "e-" + i; }, empty: "No findings." }));
 
-  var rdSec = section("rd", "Remote-desktop sessions", "The side sending more bytes sends the screen: it is the controlled one.");
+  var rdSec = section("rd", "Remote-desktop sessions", "Sessions as the persistent_stream detector reported them, from each session's latest finding: the host is controlled when it sent the screen (far more bytes, large packets) and received input (small packets), controller for the reverse, else undetermined.");
   rdSec.appendChild(rdTable(D.rd_sessions));
+  rdSec.appendChild(el("h4", { text: "Remote-desktop flows without a finding" }));
+  rdSec.appendChild(el("p", { class: "note", text: "Kept records of remote-desktop tools that no session finding cites: shorter than the reported span, or further flows of a reported session. No detector judged who controls whom in them." }));
+  rdSec.appendChild(rdFlowTable(D.rd_flows));
+
+  var rc = section("relays", "Relay chains", "Hosts that relay an interactive session (stepping_stone findings): activity arriving from the source is followed by activity toward the target.");
+  rc.appendChild(table([
+    { key: "ts", label: "time (UTC)", render: function (r) { return fmtTs(r.ts); } },
+    { key: "account", label: "account" },
+    { key: "severity", label: "severity", render: function (r) { return sev(r.severity); }, sort: function (r) { return SEVERITY_RANK[r.severity]; } },
+    { key: "source", label: "source", cls: "mono" },
+    { key: "host", label: "relaying host", cls: "mono" },
+    { key: "target", label: "target", cls: "mono" },
+    { key: "inbound", label: "inbound leg", cls: "mono" },
+    { key: "outbound", label: "outbound leg", cls: "mono" },
+    { key: "delta_ms", label: "within", cls: "num", render: function (r) { return r.delta_ms + " ms"; } },
+    { key: "hits", label: "coinciding", cls: "num" },
+    { key: "finding", label: "finding", render: function (r) { return link("#e-" + r.finding, D.events[r.finding].id); } },
+    { key: "flows", label: "records", render: function (r) { return flowLinks(r.flows); }, sort: function (r) { return r.flows.length; } }
+  ], D.relay_chains, { what: "relay chains", empty: "No stepping stone was found." }));
 
   var cl = section("clusters", "Farm clusters", "Public addresses that more than one account connected from (session feed and RADIUS), with the days (UTC) each did.");
   cl.appendChild(table([
