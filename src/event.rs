@@ -403,6 +403,49 @@ impl Evidence for OffHoursEvidence {
     const REASON: &'static str = "foreign_working_hours";
 }
 
+/// `rtt_split`: on connections of the event's `host`, the application round trip toward
+/// one side is far longer than the TCP round trip: TCP ends at a relay on that side.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RttSplitEvidence {
+    /// `responder` or `originator`: the side whose TCP ends at the relay.
+    pub relay_side: String,
+    /// The relay's address (the end of `relay_side`).
+    pub relay: IpAddr,
+    /// `repeated` (judged on the low quantile of its recent connections) or `one_off`.
+    pub evidence: String,
+    pub connections: u64,
+    pub extra_ms: f64,
+    pub low_quantile_extra_ms: f64,
+    /// The two legs as the sensor timed them.
+    pub responder_side: Leg,
+    pub originator_side: Leg,
+    pub tls_version: Option<String>,
+    pub certificate_in_clear: bool,
+    pub min_ratio: f64,
+    pub min_extra_ms: u64,
+    pub min_connections: u64,
+    pub quantile: f64,
+}
+
+impl Evidence for RttSplitEvidence {
+    const REASON: &'static str = "rtt_split";
+}
+
+/// One side of a connection as `rtt_split` timed it: its TCP handshake leg against the
+/// application's answer, or why it could not be timed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Leg {
+    Measured {
+        tcp_rtt_ms: f64,
+        app_rtt_ms: f64,
+        ratio: f64,
+    },
+    Skipped {
+        skipped: String,
+    },
+}
+
 /// A flow as text in evidence, `tcp 10.8.0.12:50000 -> 192.0.2.9:22` (IPv6 addresses
 /// unbracketed: the port is after the last colon).
 mod flow_text {

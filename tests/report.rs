@@ -1127,3 +1127,83 @@ fn a_flood_of_accounts_fills_the_report_tables_only_to_their_caps() {
     assert!(dom.contains("800 findings are in no account's tally"));
     assert!(dom.contains("900 flows are in no account's hourly activity"));
 }
+
+/// The relay findings of the detect scenarios (fixturegen: a stepping stone over SSH, and
+/// relays behind TCP round trips) are listed with the legs their typed evidence names, and
+/// link to the records of both legs.
+#[test]
+fn relay_chains_show_the_legs_the_detectors_named() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let config = fixtures.join("detect.toml");
+    let config = ["--config", config.to_str().expect("utf-8")];
+
+    let (html, _) = replay_report(
+        &[&fixtures.join("detect-ssh-chain.pcap")],
+        &config,
+        "report-chain",
+    );
+    let data = embedded(&std::fs::read_to_string(&html).expect("report"));
+    let chains = data["relay_chains"].as_array().expect("relay chains");
+    assert_eq!(chains.len(), 1, "{chains:?}");
+    let chain = &chains[0];
+    let finding = &data["events"][chain["finding"].as_u64().expect("finding") as usize];
+    assert_eq!(finding["reason"], "stepping_stone");
+    assert_eq!(chain["host"], finding["host"]);
+    assert_eq!(chain["source"], finding["evidence"]["source"]);
+    assert_eq!(chain["target"], finding["evidence"]["target"]);
+    // Both legs' records are cited: the inbound one reaches the host, the outbound leaves it.
+    let legs: Vec<&serde_json::Value> = chain["flows"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|i| &data["flows"][i.as_u64().expect("index") as usize])
+        .collect();
+    assert!(
+        legs.iter().any(|r| r["dst_ip"] == chain["host"]),
+        "{legs:?}"
+    );
+    assert!(
+        legs.iter().any(|r| r["src_ip"] == chain["host"]),
+        "{legs:?}"
+    );
+
+    let (html, _) = replay_report(
+        &[&fixtures.join("detect-rtt-split.pcap")],
+        &config,
+        "report-rtt-split",
+    );
+    let data = embedded(&std::fs::read_to_string(&html).expect("report"));
+    let findings: Vec<&serde_json::Value> = data["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["reason"] == "rtt_split")
+        .collect();
+    let splits = data["rtt_splits"].as_array().expect("rtt splits");
+    assert!(!findings.is_empty());
+    assert_eq!(splits.len(), findings.len());
+    for s in splits {
+        let e = &data["events"][s["finding"].as_u64().expect("finding") as usize];
+        assert_eq!(s["relay"], e["evidence"]["relay"]);
+        assert_eq!(s["relay_side"], e["evidence"]["relay_side"]);
+        let side = &e["evidence"]["responder_side"];
+        let expected = match side.get("skipped") {
+            Some(why) => format!("not timed ({})", why.as_str().expect("reason")),
+            None => format!(
+                "{} ms TCP / {} ms application",
+                side["tcp_rtt_ms"].as_f64().expect("ms"),
+                side["app_rtt_ms"].as_f64().expect("ms")
+            ),
+        };
+        assert_eq!(s["responder_leg"], expected.as_str());
+    }
+
+    if !chromium_available() {
+        return;
+    }
+    let (dom, log) = load(&html);
+    assert_rendered(&dom, &log);
+    let relays = dom.split("id=\"relays\"").nth(1).expect("relays section");
+    let relays = relays.split("</section>").next().unwrap_or_default();
+    assert!(relays.contains("ms application"), "{relays}");
+}

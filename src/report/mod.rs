@@ -20,7 +20,9 @@ use sha2::{Digest, Sha256};
 use crate::account_stage::Context;
 use crate::app::App;
 use crate::config::Config;
-use crate::event::{Role, RttDistanceEvidence, SessionEvidence, SteppingStoneEvidence, Via};
+use crate::event::{
+    Leg, Role, RttDistanceEvidence, RttSplitEvidence, SessionEvidence, SteppingStoneEvidence, Via,
+};
 use crate::flows::record::FlowRecord;
 use crate::geo::{Geo, Location, LocationSource};
 use crate::identity::PublicIpObservation;
@@ -232,6 +234,7 @@ struct Data {
     rd_sessions: Vec<RdSession>,
     rd_flows: Vec<RdFlow>,
     relay_chains: Vec<RelayChain>,
+    rtt_splits: Vec<RttSplit>,
     clusters: Vec<Cluster>,
 }
 
@@ -406,6 +409,25 @@ struct RelayChain {
     delta_ms: u64,
     hits: u32,
     /// The kept records of the two legs.
+    flows: Vec<usize>,
+}
+
+/// An `rtt_split` finding's relay and the two legs it timed.
+#[derive(Serialize)]
+struct RttSplit {
+    finding: usize,
+    ts: Timestamp,
+    account: Option<String>,
+    severity: &'static str,
+    host: Option<IpAddr>,
+    relay: IpAddr,
+    relay_side: String,
+    evidence: String,
+    connections: u64,
+    extra_ms: f64,
+    /// Each side as `TCP ms / application ms`, or why it was not timed.
+    responder_leg: String,
+    originator_leg: String,
     flows: Vec<usize>,
 }
 
@@ -602,6 +624,7 @@ fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
         top: top_findings(c, 20),
         accounts,
         relay_chains: relay_chains(c, &events),
+        rtt_splits: rtt_splits(c, &events),
         events,
         flows,
         rd_sessions: rd,
@@ -815,6 +838,40 @@ fn relay_chains(c: &Collector, views: &[EventView]) -> Vec<RelayChain> {
                 outbound: show(&chain.outbound_flow),
                 delta_ms: chain.delta_ms,
                 hits: chain.hits,
+                flows: views.get(i).map(|v| v.flows.clone()).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// The relays `rtt_split` found, with the legs it timed, from its typed evidence.
+fn rtt_splits(c: &Collector, views: &[EventView]) -> Vec<RttSplit> {
+    let leg = |l: &Leg| match l {
+        Leg::Measured {
+            tcp_rtt_ms,
+            app_rtt_ms,
+            ..
+        } => format!("{tcp_rtt_ms} ms TCP / {app_rtt_ms} ms application"),
+        Leg::Skipped { skipped } => format!("not timed ({skipped})"),
+    };
+    c.events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let split = e.read::<RttSplitEvidence>()?;
+            Some(RttSplit {
+                finding: i,
+                ts: e.ts,
+                account: e.account.clone(),
+                severity: e.severity.as_str(),
+                host: e.host,
+                relay: split.relay,
+                responder_leg: leg(&split.responder_side),
+                originator_leg: leg(&split.originator_side),
+                relay_side: split.relay_side,
+                evidence: split.evidence,
+                connections: split.connections,
+                extra_ms: split.extra_ms,
                 flows: views.get(i).map(|v| v.flows.clone()).unwrap_or_default(),
             })
         })

@@ -535,6 +535,22 @@
     { key: "finding", label: "finding", render: function (r) { return link("#e-" + r.finding, D.events[r.finding].id); } },
     { key: "flows", label: "records", render: function (r) { return flowLinks(r.flows); }, sort: function (r) { return r.flows.length; } }
   ], D.relay_chains, { what: "relay chains", empty: "No stepping stone was found." }));
+  rc.appendChild(el("h4", { text: "Relays behind a TCP round trip" }));
+  rc.appendChild(el("p", { class: "note", text: "rtt_split findings: on the relay's side the application answered far later than TCP did, so TCP ends at a relay there. Each leg as the sensor timed it." }));
+  rc.appendChild(table([
+    { key: "ts", label: "time (UTC)", render: function (r) { return fmtTs(r.ts); } },
+    { key: "account", label: "account" },
+    { key: "severity", label: "severity", render: function (r) { return sev(r.severity); }, sort: function (r) { return SEVERITY_RANK[r.severity]; } },
+    { key: "host", label: "host", cls: "mono" },
+    { key: "relay", label: "relay", cls: "mono" },
+    { key: "relay_side", label: "relay side" },
+    { key: "responder_leg", label: "responder leg" },
+    { key: "originator_leg", label: "originator leg" },
+    { key: "extra_ms", label: "extra", cls: "num", render: function (r) { return r.extra_ms + " ms"; } },
+    { key: "connections", label: "connections", cls: "num", render: function (r) { return r.connections + " (" + r.evidence + ")"; } },
+    { key: "finding", label: "finding", render: function (r) { return link("#e-" + r.finding, D.events[r.finding].id); } },
+    { key: "flows", label: "records", render: function (r) { return flowLinks(r.flows); }, sort: function (r) { return r.flows.length; } }
+  ], D.rtt_splits, { what: "relays", empty: "No RTT split was found." }));
 
   var cl = section("clusters", "Farm clusters", "Public addresses that more than one account connected from (session feed and RADIUS), with the days (UTC) each did.");
   cl.appendChild(table([
