@@ -446,6 +446,30 @@ pub enum Leg {
     },
 }
 
+/// `operator_latency`: the round trip to the person at an inbound interactive session on
+/// the event's `host`, against the declared country's domestic ceiling.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OperatorLatencyEvidence {
+    pub app: App,
+    /// The outside end of the session.
+    pub viewer: IpAddr,
+    /// The floor of "the host's output ends → the next input arrives".
+    pub floor_ms: f64,
+    pub exchanges: u32,
+    /// The floor is far above the TCP leg to `viewer`: it forwards for someone farther.
+    pub relay: bool,
+    pub declared_country: String,
+    pub domestic_ceiling_ms: f64,
+    pub ceiling_source: String,
+    pub min_distance_km: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outside_leg_ms: Option<f64>,
+}
+
+impl Evidence for OperatorLatencyEvidence {
+    const REASON: &'static str = "operator_latency";
+}
+
 /// A flow as text in evidence, `tcp 10.8.0.12:50000 -> 192.0.2.9:22` (IPv6 addresses
 /// unbracketed: the port is after the last colon).
 mod flow_text {

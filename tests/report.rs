@@ -965,14 +965,15 @@ fn geo_scenario_report_shows_the_findings() {
 /// sensor) where the controlled host sent more bytes than it received, but too few large
 /// packets for `persistent_stream` to call it controlled: the detector says
 /// `undetermined`. The report used to call the side that sent more bytes "controlled"; it
-/// now shows the detector's role, and draws the session from its finding.
+/// now shows the detector's role, and draws the session from its finding. The operator,
+/// 50 ms away against a 30 ms ceiling, is listed as `operator_latency` judged him.
 #[test]
 fn the_report_shows_the_role_the_detector_gave_not_the_byte_count() {
     let dir = support::scratch("report-role-inputs");
     let config = write(
         &dir,
         "farmwatch.toml",
-        "[network]\ninside = [\"10.8.0.0/16\"]\nvpn_pool = [\"10.8.0.0/16\"]\n\n[detect.remote_desktop]\nmin_duration = \"5s\"\n",
+        "[network]\ninside = [\"10.8.0.0/16\"]\nvpn_pool = [\"10.8.0.0/16\"]\n\n[detect.remote_desktop]\nmin_duration = \"5s\"\n\n[detect.operator_latency]\nceilings = { US = 30.0 }\n",
     );
     let accounts = write(
         &dir,
@@ -1014,6 +1015,21 @@ fn the_report_shows_the_role_the_detector_gave_not_the_byte_count() {
     let account = &data["accounts"][0];
     assert_eq!(account["id"], "jdoe");
     assert_eq!(account["rd"], serde_json::json!([0]));
+    let operators = data["operators"].as_array().expect("operators");
+    assert_eq!(operators.len(), 1, "{operators:?}");
+    let o = &operators[0];
+    let finding = &data["events"][o["finding"].as_u64().expect("finding") as usize];
+    assert_eq!(finding["reason"], "operator_latency");
+    for key in [
+        "viewer",
+        "floor_ms",
+        "domestic_ceiling_ms",
+        "ceiling_source",
+    ] {
+        assert_eq!(o[key], finding["evidence"][key], "{key}");
+    }
+    assert_eq!(o["viewer"], "198.51.100.20");
+    assert_eq!(o["domestic_ceiling_ms"], 30.0);
 
     if !chromium_available() {
         return;
@@ -1025,6 +1041,7 @@ fn the_report_shows_the_role_the_detector_gave_not_the_byte_count() {
     assert!(rd.contains("<td class=\"\">undetermined</td>"), "{rd}");
     assert!(!rd.contains(">controlled<"), "{rd}");
     assert!(dom.contains("rdp (host undetermined)"));
+    assert!(rd.contains("30.0 ms (US, configured)"), "{rd}");
 }
 
 /// A flood where every account has a finding, a flow each hour and its own outside

@@ -21,7 +21,8 @@ use crate::account_stage::Context;
 use crate::app::App;
 use crate::config::Config;
 use crate::event::{
-    Leg, Role, RttDistanceEvidence, RttSplitEvidence, SessionEvidence, SteppingStoneEvidence, Via,
+    Leg, OperatorLatencyEvidence, Role, RttDistanceEvidence, RttSplitEvidence, SessionEvidence,
+    SteppingStoneEvidence, Via,
 };
 use crate::flows::record::FlowRecord;
 use crate::geo::{Geo, Location, LocationSource};
@@ -235,6 +236,7 @@ struct Data {
     rd_flows: Vec<RdFlow>,
     relay_chains: Vec<RelayChain>,
     rtt_splits: Vec<RttSplit>,
+    operators: Vec<Operator>,
     clusters: Vec<Cluster>,
 }
 
@@ -410,6 +412,19 @@ struct RelayChain {
     hits: u32,
     /// The kept records of the two legs.
     flows: Vec<usize>,
+}
+
+/// An `operator_latency` finding: how far the person at a session is, against the ceiling
+/// of the declared country.
+#[derive(Serialize)]
+struct Operator {
+    finding: usize,
+    ts: Timestamp,
+    account: Option<String>,
+    severity: &'static str,
+    host: Option<IpAddr>,
+    #[serde(flatten)]
+    evidence: OperatorLatencyEvidence,
 }
 
 /// An `rtt_split` finding's relay and the two legs it timed.
@@ -625,6 +640,21 @@ fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
         accounts,
         relay_chains: relay_chains(c, &events),
         rtt_splits: rtt_splits(c, &events),
+        operators: c
+            .events
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                Some(Operator {
+                    evidence: e.read::<OperatorLatencyEvidence>()?,
+                    finding: i,
+                    ts: e.ts,
+                    account: e.account.clone(),
+                    severity: e.severity.as_str(),
+                    host: e.host,
+                })
+            })
+            .collect(),
         events,
         flows,
         rd_sessions: rd,

@@ -519,6 +519,21 @@
   rdSec.appendChild(el("h4", { text: "Remote-desktop flows without a finding" }));
   rdSec.appendChild(el("p", { class: "note", text: "Kept records of remote-desktop tools that no session finding cites: shorter than the reported span, or further flows of a reported session. No detector judged who controls whom in them." }));
   rdSec.appendChild(rdFlowTable(D.rd_flows));
+  rdSec.appendChild(el("h4", { text: "Operator latency" }));
+  rdSec.appendChild(el("p", { class: "note", text: "operator_latency findings: the round trip to the person at the session (the floor of output-to-next-input) above the declared country's domestic ceiling." }));
+  rdSec.appendChild(table([
+    { key: "ts", label: "time (UTC)", render: function (r) { return fmtTs(r.ts); } },
+    { key: "account", label: "account" },
+    { key: "severity", label: "severity", render: function (r) { return sev(r.severity); }, sort: function (r) { return SEVERITY_RANK[r.severity]; } },
+    { key: "host", label: "host", cls: "mono" },
+    { key: "app", label: "app" },
+    { key: "viewer", label: "viewer", cls: "mono", render: function (r) { return r.viewer + (r.relay ? " (relay)" : ""); } },
+    { key: "floor_ms", label: "operator RTT", cls: "num", render: function (r) { return r.floor_ms.toFixed(1) + " ms"; } },
+    { key: "domestic_ceiling_ms", label: "ceiling", cls: "num", render: function (r) { return r.domestic_ceiling_ms.toFixed(1) + " ms (" + r.declared_country + ", " + r.ceiling_source + ")"; } },
+    { key: "min_distance_km", label: "at least", cls: "num", render: function (r) { return r.min_distance_km + " km"; } },
+    { key: "exchanges", label: "exchanges", cls: "num" },
+    { key: "finding", label: "finding", render: function (r) { return link("#e-" + r.finding, D.events[r.finding].id); } }
+  ], D.operators, { what: "findings", empty: "No operator was found farther than the declared country allows." }));
 
   var rc = section("relays", "Relay chains", "Hosts that relay an interactive session (stepping_stone findings): activity arriving from the source is followed by activity toward the target.");
   rc.appendChild(table([
