@@ -1,9 +1,11 @@
 //! The forensic case file (`replay --report FILE.html`): one self-contained HTML file an
-//! analyst can read and hand on without the JSON lines. Rust does the arithmetic (ranking,
-//! time zones, RTT bounds, clusters) and embeds the result as JSON; a small inline script
-//! draws tables and SVG charts from it. Nothing from the wire reaches the page as markup:
-//! the JSON is escaped so it cannot end its `<script>` element, and the script inserts
-//! every value with `textContent`.
+//! analyst can read and hand on without the JSON lines. What the detectors decided (a
+//! host's role, a chain's legs, an RTT bound, a foreign working week) it reads from their
+//! findings' typed evidence ([`crate::event::Evidence`]) and never decides again. Rust does
+//! the arithmetic (ranking, time zones, clusters) and embeds the result as JSON; a small
+//! inline script draws tables and SVG charts from it. Nothing from the wire reaches the
+//! page as markup: the JSON is escaped so it cannot end its `<script>` element, and the
+//! script inserts every value with `textContent`.
 
 pub mod collect;
 mod hours;
