@@ -33,7 +33,8 @@
 //! responder side the responder as reached from one inside host. (The flow stage is
 //! partitioned by inside host, so the responder is judged per inside host, in one
 //! partition, and the output stays the same for any number of workers; a relay used by
-//! many hosts is found by each of them.)
+//! many hosts is found by each of them, and judged across them by `shared_relay` in the
+//! account stage, from these findings.)
 //!
 //! The client's TCP ACK of the server's flight does not help: a relay terminates TCP, so
 //! it acknowledges as promptly as a client does. The TLS version and whether the
