@@ -215,11 +215,17 @@ impl AccountStage {
                 calling_station.as_deref(),
                 status,
             ),
-            Observation::Finding { event } => self.findings.push(*event),
             other => {
+                // A flow detector's finding goes out as it is; account detectors see it
+                // too (shared_relay judges rtt_split's across hosts), and theirs follow it.
                 let scope = scope(&self.network, &self.context);
+                let mut derived = Vec::new();
                 self.detectors
-                    .on(&Moment::Observed(&other), &scope, &mut self.findings);
+                    .on(&Moment::Observed(&other), &scope, &mut derived);
+                if let Observation::Finding { event } = other {
+                    self.findings.push(*event);
+                }
+                self.findings.append(&mut derived);
             }
         }
         self.emit_findings();

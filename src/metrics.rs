@@ -351,7 +351,7 @@ const RELOAD_RESULTS: [&str; 2] = ["ok", "failed"];
 const SINKS: [&str; 2] = ["events", "flows"];
 /// Every bounded structure whose evictions are counted (`structure` of
 /// `farmwatch_state_evicted_total`), reported from the start so a rate alert has a series.
-pub const BOUNDED_STRUCTURES: [&str; 26] = [
+pub const BOUNDED_STRUCTURES: [&str; 27] = [
     "identity_addresses",
     "identity_ranges",
     "dns_names",
@@ -361,6 +361,7 @@ pub const BOUNDED_STRUCTURES: [&str; 26] = [
     "stepping_stone",
     "rtt_split_pending",
     "rtt_split_relays",
+    "shared_relay_relays",
     "relay_service_pending",
     "relay_service_reported",
     "tunnel_reported",

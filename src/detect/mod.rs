@@ -18,6 +18,7 @@ pub mod rtt_distance;
 pub mod rtt_split;
 pub mod score;
 pub mod severity;
+pub mod shared_relay;
 pub mod stepping_stone;
 pub mod tunnel;
 
@@ -169,6 +170,7 @@ pub const DETECTORS: &[Registered] = &[
     operator_latency::REGISTERED,
     farm_cluster::REGISTERED,
     off_hours::REGISTERED,
+    shared_relay::REGISTERED,
 ];
 
 /// Every reason a finding can carry, with its default weight: the detectors' and the

@@ -33,7 +33,8 @@
 //! responder side the responder as reached from one inside host. (The flow stage is
 //! partitioned by inside host, so the responder is judged per inside host, in one
 //! partition, and the output stays the same for any number of workers; a relay used by
-//! many hosts is found by each of them.)
+//! many hosts is found by each of them, and judged across them by `shared_relay` in the
+//! account stage, from these findings.)
 //!
 //! The client's TCP ACK of the server's flight does not help: a relay terminates TCP, so
 //! it acknowledges as promptly as a client does. The TLS version and whether the
@@ -89,9 +90,16 @@ pub struct RttSplitConfig {
     /// Flows waiting for their second flight; past it, the oldest is judged early.
     /// Default 65536.
     pub max_pending: usize,
-    /// Candidate relays followed per flow worker; past it, the one idle longest goes.
-    /// Default 65536.
+    /// Candidate relays followed per flow worker (and responder relays followed across
+    /// hosts by `shared_relay`); past it, the one idle longest goes. Default 65536.
     pub max_relays: usize,
+    /// `shared_relay`: accounts whose hosts must agree on one responder-side relay.
+    /// Default 2.
+    pub shared_min_accounts: usize,
+    /// `shared_relay`: connections a host needs to the relay, all split at the low
+    /// quantile, before it agrees. Default 2 (one slow answer from a busy server is
+    /// not a relay).
+    pub shared_min_connections: usize,
 }
 
 impl Default for RttSplitConfig {
@@ -105,6 +113,8 @@ impl Default for RttSplitConfig {
             wait: Duration::from_secs(30),
             max_pending: 65536,
             max_relays: 65536,
+            shared_min_accounts: 2,
+            shared_min_connections: 2,
         }
     }
 }
@@ -124,7 +134,9 @@ impl RttSplitConfig {
         not_zero("window", self.window)?;
         not_zero("wait", self.wait)?;
         not_zero("max_pending", self.max_pending)?;
-        not_zero("max_relays", self.max_relays)
+        not_zero("max_relays", self.max_relays)?;
+        not_zero("shared_min_accounts", self.shared_min_accounts)?;
+        not_zero("shared_min_connections", self.shared_min_connections)
     }
 }
 

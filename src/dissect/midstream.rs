@@ -32,7 +32,7 @@ pub fn tcp(a: &[u8], b: &[u8]) -> Option<App> {
 pub fn udp(datagrams: &[Vec<u8>]) -> Option<App> {
     if wireguard_transport(datagrams) {
         Some(App::Wireguard)
-    } else if openvpn_data(datagrams.iter().map(Vec::as_slice)) {
+    } else if openvpn_packets(datagrams.iter().map(Vec::as_slice)) {
         Some(App::Openvpn)
     } else {
         None
@@ -44,6 +44,7 @@ pub fn udp(datagrams: &[Vec<u8>]) -> Option<App> {
 pub fn could_chain(datagram: &[u8]) -> bool {
     datagram.starts_with(&[4, 0, 0, 0])
         || datagram.first().is_some_and(|b| (0x48..=0x4f).contains(b))
+        || tls_crypt_wrapped(datagram).is_some()
 }
 
 /// TLS record header (RFC 8446 §5.1): content type 20–24, version `03 00`–`03 04`, length
@@ -178,12 +179,12 @@ pub fn rfb_client_messages(stream: &[u8]) -> bool {
     request && messages >= MIN_CHAIN
 }
 
-/// OpenVPN over TCP: each packet behind a u16 length (`ssl_pkt.h`); the packets must be
-/// data packets by the [`openvpn_data`] rule.
+/// OpenVPN over TCP: each packet behind a u16 length (`ssl_pkt.h`); the packets must pass
+/// [`openvpn_packets`].
 fn openvpn_tcp(stream: &[u8]) -> bool {
     let mut packets = Vec::new();
     let mut at = 0;
-    while packets.len() < MIN_CHAIN {
+    while packets.len() < OPENVPN_PACKETS {
         let Some(len) = stream
             .get(at..at + 2)
             .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
@@ -196,7 +197,60 @@ fn openvpn_tcp(stream: &[u8]) -> bool {
         }
         at += 2 + len;
     }
-    openvpn_data(packets.into_iter())
+    openvpn_packets(packets.into_iter())
+}
+
+/// Packets of one direction looked at for OpenVPN: a renegotiation's control packets and
+/// ACKs come between data packets, so a few more than [`MIN_CHAIN`].
+const OPENVPN_PACKETS: usize = 2 * MIN_CHAIN + 2;
+
+/// OpenVPN from a direction's packets: its first ones are data packets by the
+/// [`openvpn_data`] rule, or its control packets are wrapped by tls-crypt
+/// ([`tls_crypt_control`]).
+fn openvpn_packets<'a>(packets: impl Iterator<Item = &'a [u8]> + Clone) -> bool {
+    openvpn_data(packets.clone())
+        || tls_crypt_control(packets.take(OPENVPN_PACKETS).filter_map(tls_crypt_wrapped))
+}
+
+/// The clear header of a control packet wrapped by tls-crypt (`tls_crypt.h`): opcode soft
+/// reset, control or ACK (3–5) with its key id, the session id (bytes 1–8), the wrap's
+/// packet id (9–12) and its time in Unix seconds (13–16); then a 32-byte HMAC tag and the
+/// ciphertext, at least the ACK count. Without tls-crypt, byte 9 starts an ACK array
+/// (plain) or an HMAC (tls-auth), so the packet id and time do not line up.
+fn tls_crypt_wrapped(p: &[u8]) -> Option<(&[u8], u32, u32)> {
+    let u32_at = |i: usize| u32::from_be_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+    let opcode = p.first()? >> 3;
+    ((3..=5).contains(&opcode) && p.len() > 17 + 32).then(|| (&p[..9], u32_at(9), u32_at(13)))
+}
+
+/// How far a tls-crypt wrap's time may move between one direction's packets: a
+/// renegotiation exchanges its control packets within a minute.
+const TLS_CRYPT_TIME_STEP: u32 = 60;
+
+/// tls-crypt control packets (headers from [`tls_crypt_wrapped`]): [`MIN_CHAIN`] of them
+/// with one opcode byte's session (key id and session id), the packet id +1 each, and
+/// times that never go back nor jump more than [`TLS_CRYPT_TIME_STEP`] — the session's
+/// renegotiations (hourly by default) show them mid-stream even when the data packets
+/// show no counter in clear (CBC ciphers).
+fn tls_crypt_control<'a>(mut headers: impl Iterator<Item = (&'a [u8], u32, u32)>) -> bool {
+    let Some((session, mut id, mut time)) = headers.next() else {
+        return false;
+    };
+    let same_session = |h: &[u8]| h[0] & 0x07 == session[0] & 0x07 && h[1..] == session[1..];
+    for _ in 1..MIN_CHAIN {
+        match headers.next() {
+            Some((h, i, t))
+                if same_session(h)
+                    && i == id.wrapping_add(1)
+                    && t >= time
+                    && t - time <= TLS_CRYPT_TIME_STEP =>
+            {
+                (id, time) = (i, t);
+            }
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// OpenVPN P_DATA_V2 (`ssl_pkt.h`, `crypto.h`): byte 0 constant in `0x48..=0x4F` (opcode 9,
@@ -320,6 +374,63 @@ mod tests {
             .flat_map(|p| [&(p.len() as u16).to_be_bytes()[..], p].concat())
             .collect();
         assert_eq!(tcp(b"", &framed), Some(App::Openvpn));
+    }
+
+    /// A tls-crypt-wrapped control packet: opcode and key id, session id, packet id, time,
+    /// then tag and ciphertext.
+    fn wrapped(op: u8, id: u32, time: u32) -> Vec<u8> {
+        let mut p = vec![op];
+        p.extend_from_slice(&[0xd2, 0x6c, 0xd3, 0x3f, 0xac, 0x2b, 0x59, 0xb5]);
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(&time.to_be_bytes());
+        p.resize(17 + 32 + 20, 0x9e);
+        p
+    }
+
+    #[test]
+    fn tls_crypt_control_packets_count_up_in_one_session() {
+        const T: u32 = 1_796_604_834;
+        // A renegotiation (key id 1): soft reset, control, ACK; a data packet between.
+        let ok = [
+            wrapped(0x19, 1, T),
+            ovpn(7),
+            wrapped(0x21, 2, T),
+            wrapped(0x29, 3, T + 1),
+        ];
+        assert!(could_chain(&ok[0]));
+        assert_eq!(udp(&ok), Some(App::Openvpn));
+        let framed: Vec<u8> = ok
+            .iter()
+            .flat_map(|p| [&(p.len() as u16).to_be_bytes()[..], p].concat())
+            .collect();
+        assert_eq!(tcp(&framed, b""), Some(App::Openvpn));
+        // A packet id skipped, a time going back, another key id, a data opcode: no chain.
+        let skipped = [
+            wrapped(0x19, 1, T),
+            wrapped(0x21, 3, T),
+            wrapped(0x29, 4, T),
+        ];
+        assert_eq!(udp(&skipped), None);
+        let back = [
+            wrapped(0x19, 1, T),
+            wrapped(0x21, 2, T - 1),
+            wrapped(0x29, 3, T),
+        ];
+        assert_eq!(udp(&back), None);
+        let jump = [
+            wrapped(0x19, 1, T),
+            wrapped(0x21, 2, T + 3600),
+            wrapped(0x29, 3, T),
+        ];
+        assert_eq!(udp(&jump), None);
+        let keys = [
+            wrapped(0x19, 1, T),
+            wrapped(0x22, 2, T),
+            wrapped(0x29, 3, T),
+        ];
+        assert_eq!(udp(&keys), None);
+        // Too short for the tag: not wrapped.
+        assert!(!could_chain(&wrapped(0x19, 1, T)[..49]));
     }
 
     fn wg(counter: u64) -> Vec<u8> {

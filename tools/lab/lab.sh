@@ -3,6 +3,8 @@
 
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 RUN=${FWLAB_RUN:-/tmp/fwlab-run}
+# Namespace names start with "$NS-": another prefix lets two labs run side by side.
+NS=${FWLAB_NS:-fwlab}
 OUT=${FWLAB_OUT:-$LAB_DIR/../../fixtures/lab}
 PY=/usr/bin/python3
 export PYTHONDONTWRITEBYTECODE=1 # typist.py is imported by xtypist.py: no __pycache__ in the tree
@@ -19,13 +21,13 @@ OP_IP=198.51.100.20
 RELAY_IP=192.0.2.30
 
 log() { printf '[lab %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-in_ns() { local ns=$1; shift; ip netns exec "fwlab-$ns" "$@"; }
+in_ns() { local ns=$1; shift; ip netns exec "$NS-$ns" "$@"; }
 
 # Starts a background process in a namespace and remembers its pid for cleanup.
 spawn() {
 	local name=$1 ns=$2
 	shift 2
-	ip netns exec "fwlab-$ns" "$@" >"$RUN/$name.log" 2>&1 &
+	ip netns exec "$NS-$ns" "$@" >"$RUN/$name.log" 2>&1 &
 	echo $! >"$RUN/$name.pid"
 }
 
@@ -42,7 +44,7 @@ stop() {
 cleanup() {
 	local f
 	for f in "$RUN"/*.pid; do [ -e "$f" ] && stop "$(basename "$f" .pid)"; done
-	for ns in $(ip netns list | awk '/^fwlab-/{print $1}'); do
+	for ns in $(ip netns list | awk -v p="$NS-" 'index($1, p) == 1 {print $1}'); do
 		# Every process still in one of our namespaces was started by the lab.
 		for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
 		ip netns del "$ns"
@@ -58,8 +60,8 @@ quiet_offloads() {
 # leaf ns/iface/address  <->  wire ns (delay line)  <->  gw ns/iface/address
 wire_leg() {
 	local leg=$1 leaf=$2 leaf_if=$3 leaf_addr=$4 far=$5 far_if=$6 far_addr=$7
-	ip link add name "$leaf_if" netns "fwlab-$leaf" type veth peer name wa netns "fwlab-w-$leg"
-	ip link add name wb netns "fwlab-w-$leg" type veth peer name "$far_if" netns "fwlab-$far"
+	ip link add name "$leaf_if" netns "$NS-$leaf" type veth peer name wa netns "$NS-w-$leg"
+	ip link add name wb netns "$NS-w-$leg" type veth peer name "$far_if" netns "$NS-$far"
 	in_ns "$leaf" ip addr add "$leaf_addr" dev "$leaf_if"
 	in_ns "$far" ip addr add "$far_addr" dev "$far_if"
 	for i in wa wb; do in_ns "w-$leg" ip link set dev "$i" up; quiet_offloads "w-$leg" "$i"; done
@@ -73,9 +75,9 @@ build_topology() {
 	cleanup
 	rm -rf "$RUN"
 	mkdir -p "$RUN"
-	for ns in gw $NS_LEAVES; do ip netns add "fwlab-$ns"; in_ns "$ns" ip link set dev lo up; done
+	for ns in gw $NS_LEAVES; do ip netns add "$NS-$ns"; in_ns "$ns" ip link set dev lo up; done
 	for ns in gw $NS_LEAVES; do in_ns "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1; done
-	for leg in $LEGS; do ip netns add "fwlab-w-$leg"; done
+	for leg in $LEGS; do ip netns add "$NS-w-$leg"; done
 	wire_leg host host eth0 "$HOST_IP/16" gw gw-in 10.8.0.1/16
 	wire_leg srv srv eth0 "$SRV_IP/24" gw gw-srv 203.0.113.1/24
 	wire_leg op op eth0 "$OP_IP/24" gw gw-op 198.51.100.1/24

@@ -20,6 +20,7 @@ CHECKS = {
     "ssh": [("ssh", [], "ssh")],
     "vnc": [("vnc", [], "vnc")],
     "rdp": [("rdp", [], "rdp"), ("tls.handshake", ["-d", "tcp.port==3389,tls"], "tls.handshake")],
+    "openvpn": [("openvpn", [], "openvpn"), ("tls.handshake", [], "tls.handshake")],
 }
 
 
@@ -73,6 +74,10 @@ def main():
         checks = list(CHECKS[app])
         if cap["expected"].get("tunnel") == "ssl-vpn":
             checks.append(("dtls", [], "dtls"))
+        if cap["expected"].get("tls_crypt"):
+            # tls-crypt encrypts the control channel: no TLS handshake in clear, but the
+            # renegotiations' soft resets (opcode 3) are there.
+            checks = [("openvpn", [], "openvpn"), ("soft reset", [], "openvpn.opcode == 0x03")]
         counts = [(name, len(tshark(path, *args, "-Y", flt).splitlines())) for name, args, flt in checks]
         n, resp, orig, first, turn = timings(path)
         ok = convs > 0 and all(c > 0 for _, c in counts)
