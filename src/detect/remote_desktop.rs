@@ -584,7 +584,8 @@ pub(crate) mod testkit {
     use crate::accounts::Inventory;
     use crate::config::NetworkConfig;
     use crate::decode::{ACK, Decoded, PSH, Proto, SYN, Tcp};
-    use crate::dissect::identify::{Details, Protocol, StunDetails, protocol};
+    use crate::dissect::identify::{Details, Protocol, protocol};
+    use crate::dissect::stun::StunDetails;
     use crate::flows::{FlowConfig, FlowEvent, FlowKey, FlowTable};
     use crate::geo::{Geo, GeoConfig};
     use crate::identity::Identity;

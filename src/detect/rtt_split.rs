@@ -488,7 +488,8 @@ impl Detector for RttSplit {
 mod tests {
     use super::*;
     use crate::detect::remote_desktop::testkit::*;
-    use crate::dissect::identify::{Details, TlsDetails};
+    use crate::dissect::identify::Details;
+    use crate::dissect::tls::TlsDetails;
 
     const C: &str = "10.8.0.18:50000";
     const S: &str = "192.0.2.140:443";

@@ -174,7 +174,8 @@ impl Detector for Tunnel {
 mod tests {
     use super::*;
     use crate::detect::remote_desktop::testkit::*;
-    use crate::dissect::identify::{Details, HttpDetails, protocol};
+    use crate::dissect::http::HttpDetails;
+    use crate::dissect::identify::{Details, protocol};
 
     fn run(t: &mut Tunnel, src: &str, dst: &str, app: App, details: Details) -> Vec<Event> {
         let world = World::new();

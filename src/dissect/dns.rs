@@ -1,9 +1,13 @@
 //! DNS message dissector (RFC 1035 §4) and a passive address→name cache, so a flow to an
 //! address can be labelled with the name its client resolved just before.
 
+use super::identify::{Identification, Input, Probe, Protocol, Summary, protocol};
 use super::wire::Reader;
 use super::{Error, Result};
+use crate::app::App;
+use crate::flows::json::{Json, Key, Object, key};
 use crate::timestamp::Timestamp;
+use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -414,6 +418,108 @@ impl NameCache {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// What a flow record says of a DNS exchange: the first question and the answers to it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DnsDetails {
+    pub query: Option<String>,
+    pub qtype: Option<u16>,
+    pub rcode: Option<u8>,
+    pub answers: Vec<DnsAnswer>,
+}
+
+/// An address or CNAME answer, written as its text either way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum DnsAnswer {
+    Addr(IpAddr),
+    Name(String),
+}
+
+impl DnsDetails {
+    /// The query is taken by value: its first question's name moves into the details,
+    /// where a copy would cost an allocation on every pass over a DNS flow. The response is
+    /// borrowed, as the name cache is fed from it afterwards.
+    fn of(q: Option<Message>, r: Option<&Message>) -> DnsDetails {
+        let question = q.and_then(|m| m.questions.into_iter().next());
+        DnsDetails {
+            qtype: question.as_ref().map(|q| q.qtype),
+            query: question.map(|q| q.name),
+            rcode: r.map(|m| m.rcode),
+            answers: r
+                .map(|m| {
+                    m.answers
+                        .iter()
+                        .filter_map(|a| match &a.data {
+                            AnswerData::Addr(ip) => Some(DnsAnswer::Addr(*ip)),
+                            AnswerData::Cname(n) => Some(DnsAnswer::Name(n.clone())),
+                            AnswerData::Other(_) => None,
+                        })
+                        .take(16)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Written field by field, not through serde_json: DNS is on one flow in two.
+impl Summary for DnsDetails {
+    fn write_json(&self, o: &mut Object<'_>, key: Key) -> serde_json::Result<()> {
+        o.object(key, |o| {
+            o.field(key!(query), &self.query)?;
+            o.field(key!(qtype), &self.qtype)?;
+            o.field(key!(rcode), &self.rcode)?;
+            o.field(key!(answers), &self.answers)
+        })
+    }
+}
+
+impl Json for DnsAnswer {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        match self {
+            DnsAnswer::Addr(ip) => ip.write_json(out),
+            DnsAnswer::Name(name) => name.write_json(out),
+        }
+    }
+}
+
+/// DNS over TCP (port 53): length-prefixed queries, settled with the response.
+pub fn tcp_probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    if !input.on_port(&[53]) {
+        return Probe::No;
+    }
+    let Some(query) = parse_tcp_stream(input.client)
+        .ok()
+        .and_then(|m| m.into_iter().next())
+    else {
+        return Probe::No;
+    };
+    id.app = Some(App::Dns);
+    let resp = parse_tcp_stream(input.server).ok();
+    let answer = resp.as_ref().and_then(|r| r.first());
+    id.details.other = protocol(Protocol::Dns, DnsDetails::of(Some(query), answer));
+    Probe::done_if(answer.is_some() || input.server_closed)
+}
+
+/// DNS, mDNS, LLMNR and NetBIOS name service over UDP: settled with the answer, so the
+/// record carries it (and the name cache is fed from it).
+pub fn udp_probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    if !input.on_port(&[53, 137, 5353, 5355]) {
+        return Probe::No;
+    }
+    let Ok(query) = parse_message(input.first_datagram()) else {
+        return Probe::No;
+    };
+    id.app = Some(App::Dns);
+    let answer = input
+        .server_datagrams
+        .first()
+        .and_then(|d| parse_message(d).ok());
+    id.details.other = protocol(Protocol::Dns, DnsDetails::of(Some(query), answer.as_ref()));
+    id.dns_answer = answer;
+    Probe::done_if(id.dns_answer.is_some())
 }
 
 #[cfg(test)]

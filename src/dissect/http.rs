@@ -1,8 +1,12 @@
 //! HTTP/1.x message-head dissector (RFC 9112): the request or status line and the few
 //! headers that name the client, the server and the destination.
 
+use super::identify::{Identification, Input, Probe, Protocol, Summary, protocol};
+use super::sslvpn;
 use super::wire::wire_string;
 use super::{Error, Result};
+use crate::app::App;
+use serde::Serialize;
 
 /// Longest message head (start line and header section) we wait for.
 const MAX_HEAD: usize = 16 * 1024;
@@ -154,6 +158,48 @@ fn header(headers: &[Field<'_>], name: &[u8]) -> Option<String> {
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, v)| wire_string(v))
+}
+
+/// What a flow record says of an HTTP/1.x exchange.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HttpDetails {
+    pub method: String,
+    pub target: String,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+    pub status: Option<u16>,
+    /// An explicit proxy request (RFC 9110 §9.3.6).
+    pub connect: bool,
+}
+
+impl Summary for HttpDetails {}
+
+/// HTTP/1.x: a request head from the client (a method starts with an upper-case letter),
+/// settled with the response's status line.
+pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    let c = input.client;
+    if !c.first().is_some_and(u8::is_ascii_uppercase) {
+        return Probe::No;
+    }
+    let req = parse_request(c);
+    let Ok(req) = req else {
+        return Probe::of(&req, input.client_closed);
+    };
+    let status = parse_response(input.server).ok().map(|r| r.status);
+    // A vendor SSL-VPN's tunnel request, when the HTTP is in clear.
+    id.app = Some(sslvpn::tunnel_request(c).unwrap_or(App::Http));
+    id.details.other = protocol(
+        Protocol::Http,
+        HttpDetails {
+            connect: req.method.eq_ignore_ascii_case("CONNECT"),
+            method: req.method,
+            target: req.target,
+            host: req.host,
+            user_agent: req.user_agent,
+            status,
+        },
+    );
+    Probe::done_if(status.is_some() || input.server_closed)
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! IPsec: the IKE header (v1 RFC 2408 §3.1, v2 RFC 7296 §3.1) on UDP 500/4500 and the ESP
 //! header (RFC 4303 §2) — enough to say a host runs its own IPsec tunnel.
 
+use super::identify::{Identification, Input, Probe, Protocol, Summary, protocol};
 use super::{Error, Result};
+use crate::app::App;
 use serde::Serialize;
 
 /// RFC 7296 §3.1 / RFC 2408 §3.1 header layout (big-endian).
@@ -119,6 +121,42 @@ pub fn parse_esp(bytes: &[u8]) -> Result<Esp> {
 /// RFC 3948 §2.3: the one-byte 0xFF NAT-keepalive on port 4500.
 pub fn is_nat_keepalive(datagram: &[u8]) -> bool {
     datagram == [0xFF]
+}
+
+/// What a flow record says of an IPsec flow: its IKE exchange, or ESP.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IpsecDetails {
+    pub ike_version: Option<u8>,
+    pub exchange: Option<u8>,
+    pub esp: bool,
+}
+
+impl Summary for IpsecDetails {}
+
+/// IKE on UDP 500 or 4500, or ESP in UDP on 4500 (NAT traversal, RFC 3948).
+pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    if !input.on_port(&[500, 4500]) {
+        return Probe::No;
+    }
+    let first = input.first_datagram();
+    let natt = input.on_port(&[4500]);
+    let d = if let Ok(ike) = parse_ike(first, natt) {
+        IpsecDetails {
+            ike_version: Some(ike.version),
+            exchange: Some(ike.exchange),
+            esp: false,
+        }
+    } else if natt && parse_esp(first).is_ok() && !is_nat_keepalive(first) {
+        IpsecDetails {
+            esp: true,
+            ..IpsecDetails::default()
+        }
+    } else {
+        return Probe::No;
+    };
+    id.app = Some(App::Ipsec);
+    id.details.other = protocol(Protocol::Ipsec, d);
+    Probe::Done
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! that goes up by one, so that random bytes do not pass (REFERENCE-2 §2).
 
 use crate::app::App;
+use crate::dissect::identify::{Identification, Input, Probe};
 
 /// Frames a chain must have before it counts.
 pub const MIN_CHAIN: usize = 3;
@@ -303,6 +304,33 @@ pub fn wireguard_transport(datagrams: &[Vec<u8>]) -> bool {
         counter = counter.wrapping_add(1);
         ok
     })
+}
+
+/// TCP picked up mid-stream: no handshake will come, so the framing decides, and
+/// identification waits while the prefix fills (a chain needs a few frames).
+pub fn tcp_probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    if !input.midstream {
+        return Probe::No;
+    }
+    if let Some(app) = tcp(input.client, input.server) {
+        id.app = Some(app);
+        return Probe::Done;
+    }
+    Probe::done_if(input.client_closed && input.server_closed)
+}
+
+/// A UDP tunnel's data packets, its handshake before the capture: their chain decides.
+pub fn udp_probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    let (cd, sd) = (input.client_datagrams, input.server_datagrams);
+    if let Some(app) = udp(cd).or_else(|| udp(sd)) {
+        id.app = Some(app);
+        id.picked_up_mid_stream = true;
+        return Probe::Done;
+    }
+    if could_chain(input.first_datagram()) {
+        return Probe::done_if(cd.len() >= MIN_CHAIN && sd.len() >= MIN_CHAIN);
+    }
+    Probe::No
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! if acks), message packet-id (4, not in P_ACK), payload. Over TCP each packet has a u16
 //! big-endian length prefix.
 
+use super::identify::{Identification, Input, Probe, Protocol, Summary, protocol};
 use super::{Error, Result};
+use crate::app::App;
 use serde::Serialize;
 
 pub const P_CONTROL_HARD_RESET_CLIENT_V1: u8 = 1;
@@ -165,6 +167,77 @@ pub fn is_hard_reset(opcode: u8) -> bool {
             | P_CONTROL_HARD_RESET_SERVER_V2
             | P_CONTROL_HARD_RESET_CLIENT_V3
     )
+}
+
+/// What a flow record says of an OpenVPN session: its opening packet.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OpenvpnDetails {
+    pub opcode: u8,
+    pub tls_auth: bool,
+}
+
+impl Summary for OpenvpnDetails {}
+
+/// Labels the flow OpenVPN, opened by `reset`.
+fn found(id: &mut Identification, reset: &Packet) {
+    id.app = Some(App::Openvpn);
+    id.details.other = protocol(
+        Protocol::Openvpn,
+        OpenvpnDetails {
+            opcode: reset.opcode,
+            tls_auth: reset.hmac_len.is_some(),
+        },
+    );
+}
+
+/// OpenVPN over TCP: the client's hard reset, answered by the server's (or not answered
+/// yet).
+pub fn tcp_probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    let Some(p) = parse(input.client, true)
+        .ok()
+        .filter(|p| is_hard_reset(p.opcode))
+    else {
+        return Probe::No;
+    };
+    let answered = parse(input.server, true).is_ok_and(|r| is_hard_reset(r.opcode));
+    if !answered && !input.server.is_empty() {
+        return Probe::No;
+    }
+    found(id, &p);
+    Probe::done_if(answered || input.server_closed)
+}
+
+/// OpenVPN over UDP: a client hard reset answered by a server hard reset. One packet
+/// alone is too weak (a NetBIOS datagram can look like a reset).
+pub fn udp_probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    let (cd, sd) = (input.client_datagrams, input.server_datagrams);
+    let Some(Ok(p)) = cd.first().map(|d| parse(d, false)) else {
+        return Probe::No;
+    };
+    if !matches!(
+        p.opcode,
+        P_CONTROL_HARD_RESET_CLIENT_V1
+            | P_CONTROL_HARD_RESET_CLIENT_V2
+            | P_CONTROL_HARD_RESET_CLIENT_V3
+    ) {
+        return Probe::No;
+    }
+    let answered = sd.first().is_some_and(|d| {
+        parse(d, false).is_ok_and(|r| {
+            matches!(
+                r.opcode,
+                P_CONTROL_HARD_RESET_SERVER_V1 | P_CONTROL_HARD_RESET_SERVER_V2
+            )
+        })
+    });
+    if answered {
+        found(id, &p);
+        return Probe::Done;
+    }
+    if sd.is_empty() {
+        return Probe::More;
+    }
+    Probe::No
 }
 
 #[cfg(test)]

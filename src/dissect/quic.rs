@@ -4,14 +4,17 @@
 //! Initial keys derive from the client's first Destination Connection ID with a published
 //! salt, so anyone on the path can read them; that is by design (RFC 9001 §5.2).
 
+use super::identify::{Identification, Input, Probe, Protocol, Summary, protocol};
 use super::ja4::Transport;
 use super::tls::{self, ClientHello};
 use super::wire::Reader;
 use super::{Error, Result};
+use crate::app::App;
 use aes::cipher::{BlockEncrypt, KeyInit};
 use aes_gcm::aead::{AeadInPlace, generic_array::GenericArray};
 use aes_gcm::{Aes128Gcm, Nonce};
 use hkdf::Hkdf;
+use serde::Serialize;
 use sha2::Sha256;
 
 /// QUIC versions whose Initial protection we know.
@@ -342,6 +345,48 @@ fn expand_label(secret: &[u8], label: &[u8], out: &mut [u8]) {
     if let Ok(hkdf) = Hkdf::<Sha256>::from_prk(secret) {
         let _ = hkdf.expand(&info, out);
     }
+}
+
+/// What a flow record says of a QUIC connection: its version and the client's hello.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct QuicDetails {
+    pub version: u32,
+    pub sni: Option<String>,
+    pub alpn: Vec<String>,
+    pub ja4: Option<String>,
+}
+
+impl Summary for QuicDetails {}
+
+/// QUIC: a long-header client Initial that decrypts. Settled with the ClientHello (which
+/// may span the first few Initials), or after three datagrams without it.
+pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    let first = input.first_datagram();
+    // Header form and fixed bit set: a long header (RFC 9000 §17.2).
+    let long_header = first.first().is_some_and(|b| b & 0xc0 == 0xc0);
+    if !long_header {
+        return Probe::No;
+    }
+    let Ok(initial) = parse_initial(first) else {
+        return Probe::No;
+    };
+    let cd = input.client_datagrams;
+    let initials: Vec<Initial> = cd.iter().filter_map(|d| parse_initial(d).ok()).collect();
+    let hello = client_hello(&initials);
+    id.app = Some(App::Quic);
+    let mut d = QuicDetails {
+        version: initial.version,
+        ..QuicDetails::default()
+    };
+    let settled = hello.is_ok() || cd.len() >= 3;
+    // The hello's JA4 was computed for QUIC as it was parsed.
+    if let Ok(h) = hello {
+        d.sni = h.sni;
+        d.alpn = h.alpn;
+        d.ja4 = Some(h.ja4);
+    }
+    id.details.other = protocol(Protocol::Quic, d);
+    Probe::done_if(settled)
 }
 
 #[cfg(test)]

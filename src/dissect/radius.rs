@@ -1,7 +1,9 @@
 //! RADIUS (RFC 2865) and its accounting (RFC 2866): Accounting-Request packets on the wire
 //! tell which user holds which VPN address, the same mapping as a concentrator's session log.
 
+use super::identify::{Identification, Input, Probe, Protocol, Summary};
 use super::{Error, Result};
+use crate::app::App;
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -108,6 +110,22 @@ fn ipv6_prefix(v: &[u8]) -> Option<String> {
     let mut b = [0u8; 16];
     b[..prefix.len()].copy_from_slice(prefix);
     Some(format!("{}/{plen}", Ipv6Addr::from(b)))
+}
+
+impl Summary for Accounting {}
+
+/// RADIUS on its ports (1812/1813, and the older 1645/1646); an accounting request's
+/// details go into the record.
+pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    if !input.on_port(&[1812, 1813, 1645, 1646]) {
+        return Probe::No;
+    }
+    let Ok(p) = parse(input.first_datagram()) else {
+        return Probe::No;
+    };
+    id.app = Some(App::Radius);
+    id.details.other = p.accounting.map(|a| Protocol::Radius(Box::new(a)));
+    Probe::Done
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! RDP: the X.224 connection request/confirm that opens every RDP/TCP session, and the
 //! RDPEUDP SYN that opens the UDP transport. Everything after is TLS or RDP-encrypted.
 
+use super::identify::{Identification, Input, Probe, Protocol, Summary, protocol, tls_details};
+use super::tls::{self, TlsDetails};
 use super::{Error, Result};
+use crate::app::App;
 use serde::Serialize;
 
 /// Cookie and routing-token text is kept up to this many bytes.
@@ -238,6 +241,82 @@ pub fn parse_rdpeudp_syn(datagram: &[u8]) -> Result<RdpeudpSyn> {
         down_mtu,
         version,
     })
+}
+
+/// What a flow record says of an RDP session.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RdpDetails {
+    pub cookie: Option<String>,
+    pub requested_protocols: Vec<&'static str>,
+    pub selected_protocol: Option<&'static str>,
+    pub failure_code: Option<u32>,
+    /// The session moved to TLS/CredSSP after the X.224 exchange.
+    pub tls: bool,
+    /// MS-RDPEUDP: the UDP transport's SYN (and SYN/ACK).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp: Option<RdpeudpSyn>,
+}
+
+impl Summary for RdpDetails {}
+
+/// RDP over TCP: the X.224 request in a TPKT (`03 00`), the server's confirm when it
+/// comes, and the TLS ClientHello that may follow the request.
+pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    let (c, s) = (input.client, input.server);
+    if !c.starts_with(&[0x03, 0x00]) {
+        return Probe::No;
+    }
+    let req = parse_connection_request(c);
+    let Ok(req) = req else {
+        return Probe::of(&req, input.client_closed);
+    };
+    id.app = Some(App::Rdp);
+    let confirm = parse_connection_confirm(s);
+    let mut d = RdpDetails {
+        cookie: req.cookie,
+        requested_protocols: req
+            .requested_protocols
+            .map(protocol_names)
+            .unwrap_or_default(),
+        ..RdpDetails::default()
+    };
+    if let Ok(answer) = &confirm {
+        d.selected_protocol = answer.selected_protocol.and_then(selected_protocol_name);
+        d.failure_code = answer.failure_code;
+        d.tls = answer.selected_protocol.is_some_and(|p| p != 0);
+    }
+    // A TLS ClientHello after the X.224 request: record its fingerprint as well.
+    let tpkt_len = c
+        .get(2..4)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize);
+    if let Some(rest) = tpkt_len.and_then(|n| c.get(n..))
+        && let Ok(hello) = tls::parse_client_hello(rest)
+    {
+        d.tls = true;
+        id.details.tls = tls_details(TlsDetails::client(hello));
+    }
+    id.details.other = protocol(Protocol::Rdp, d);
+    Probe::done_if(Probe::of(&confirm, input.server_closed) != Probe::More)
+}
+
+/// RDP over UDP: the RDPEUDP SYN (and the server's SYN/ACK when it came).
+pub fn udp_probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    let Ok(syn) = parse_rdpeudp_syn(input.first_datagram()) else {
+        return Probe::No;
+    };
+    id.app = Some(App::Rdp);
+    let synack = input
+        .server_datagrams
+        .first()
+        .and_then(|d| parse_rdpeudp_syn(d).ok());
+    id.details.other = protocol(
+        Protocol::Rdp,
+        RdpDetails {
+            udp: Some(synack.unwrap_or(syn)),
+            ..RdpDetails::default()
+        },
+    );
+    Probe::Done
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //! RFC 6143 §7.1–§7.3. Both sides speak first in a fixed order, so each direction's stream
 //! prefix can be walked on its own, with the other side telling the path taken.
 
+use super::identify::{Identification, Input, Probe, Protocol, Summary, protocol};
 use super::wire::Reader;
 use super::{Error, Result};
+use crate::app::App;
 use serde::Serialize;
 
 /// RFC 6143 §7.1.1: "RFB xxx.yyy\n".
@@ -194,6 +196,23 @@ fn text(s: &mut Reader<'_>) -> Result<String> {
     }
     let b = s.take(n)?;
     Ok(String::from_utf8_lossy(&b[..n.min(MAX_NAME)]).into_owned())
+}
+
+impl Summary for Session {}
+
+/// RFB: the server speaks first (`RFB 003.008\n`). The session summary grows with the
+/// handshake; settled once the auth type is chosen.
+pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    if !input.server.starts_with(b"RFB ") {
+        return Probe::No;
+    }
+    let Ok(session) = parse_session(input.client, input.server) else {
+        return Probe::No;
+    };
+    id.app = Some(App::Vnc);
+    let settled = session.auth_type.is_some() || (input.client_closed && input.server_closed);
+    id.details.other = protocol(Protocol::Rfb, session);
+    Probe::done_if(settled)
 }
 
 #[cfg(test)]

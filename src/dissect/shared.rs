@@ -9,7 +9,9 @@ use std::collections::HashSet;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use super::identify::{Details, Protocol, SshDetails, TlsDetails};
+use super::identify::{Details, Protocol};
+use super::ssh::SshDetails;
+use super::tls::TlsDetails;
 
 /// The details that describe software rather than a session, shared.
 #[derive(Default)]

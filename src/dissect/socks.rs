@@ -1,8 +1,10 @@
 //! SOCKS 4/4a and 5: the proxy request that names where a client really connects, and the
 //! proxy's reply. A host that talks SOCKS out of the corporate tunnel is relaying.
 
+use super::identify::{Identification, Input, Probe, Protocol, Summary, protocol};
 use super::wire::Reader;
 use super::{Error, Result};
+use crate::app::App;
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -204,6 +206,48 @@ pub fn parse_reply(server_stream: &[u8], version: u8) -> Result<Reply> {
         }
         _ => Err(Error::Invalid("socks version")),
     }
+}
+
+/// What a flow record says of a SOCKS proxy request.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SocksDetails {
+    pub version: u8,
+    pub command: u8,
+    pub target: String,
+    pub granted: Option<bool>,
+}
+
+impl Summary for SocksDetails {}
+
+/// SOCKS 4 or 5: a request alone is a guess; the server's well-formed reply confirms it.
+pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    let c = input.client;
+    if !matches!(c.first(), Some(4) | Some(5)) {
+        return Probe::No;
+    }
+    let req = parse_request(c);
+    let Ok(req) = req else {
+        return Probe::of(&req, input.client_closed);
+    };
+    let reply = parse_reply(input.server, req.version);
+    let Ok(reply) = reply else {
+        return Probe::of(&reply, input.server_closed);
+    };
+    id.app = Some(App::Socks);
+    id.details.other = protocol(
+        Protocol::Socks,
+        SocksDetails {
+            version: req.version,
+            command: req.command,
+            target: match (&req.host, req.addr) {
+                (Some(h), _) => format!("{h}:{}", req.port),
+                (None, Some(a)) => format!("{a}:{}", req.port),
+                (None, None) => format!(":{}", req.port),
+            },
+            granted: Some(reply.granted),
+        },
+    );
+    Probe::Done
 }
 
 #[cfg(test)]

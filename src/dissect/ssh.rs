@@ -1,8 +1,11 @@
 //! SSH: the identification banner and the first KEXINIT of each side, enough to name the
 //! software and compute its HASSH fingerprint before the channel turns encrypted.
 
+use super::identify::{Identification, Input, Probe, Protocol, Summary};
 use super::{Error, Result};
+use crate::app::App;
 use serde::Serialize;
+use std::sync::Arc;
 
 /// RFC 4253 §4.2: a banner line is at most 255 bytes including CR LF.
 const MAX_LINE: usize = 255;
@@ -181,6 +184,62 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(
         b.get(at..at.checked_add(4)?)?.try_into().ok()?,
     ))
+}
+
+/// What a flow record says of an SSH session.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, Hash)]
+pub struct SshDetails {
+    // Boxed strings, and the whole shared once dissection is over: one of these stays with
+    // every SSH flow until it ends.
+    pub client: Option<Box<str>>,
+    pub server: Option<Box<str>>,
+    pub hassh: Option<Box<str>>,
+    pub hassh_server: Option<Box<str>>,
+    pub kex: Option<Box<str>>,
+}
+
+impl Summary for SshDetails {}
+
+/// Either side may speak first (RFC 4253 §4.2): a banner from either claims the flow.
+/// Settled once each side's KEXINIT is parsed or will not come.
+pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    let (c, s) = (input.client, input.server);
+    let (cc, sc) = (input.client_closed, input.server_closed);
+    if !c.starts_with(b"SSH-") && !s.starts_with(b"SSH-") {
+        return Probe::No;
+    }
+    let cb = parse_banner(c);
+    let sb = parse_banner(s);
+    if cb.is_err() && sb.is_err() {
+        return Probe::done_if(Probe::of(&cb, cc) == Probe::No && Probe::of(&sb, sc) == Probe::No);
+    }
+    id.app = Some(App::Ssh);
+    let mut d = SshDetails {
+        client: cb.as_ref().ok().map(|b| b.raw.as_str().into()),
+        server: sb.as_ref().ok().map(|b| b.raw.as_str().into()),
+        ..SshDetails::default()
+    };
+    let ck = cb
+        .as_ref()
+        .ok()
+        .map(|b| parse_kexinit(c.get(b.len..).unwrap_or_default()));
+    let sk = sb
+        .as_ref()
+        .ok()
+        .map(|b| parse_kexinit(s.get(b.len..).unwrap_or_default()));
+    if let Some(Ok(k)) = &ck {
+        d.hassh = Some(hassh(k, true).1.into());
+        d.kex = k.kex.first().map(|k| k.as_str().into());
+    }
+    if let Some(Ok(k)) = &sk {
+        d.hassh_server = Some(hassh(k, false).1.into());
+    }
+    id.details.other = Some(Protocol::Ssh(Arc::new(d)));
+    let settled = |k: &Option<Result<KexInit>>, closed: bool| match k {
+        Some(r) => Probe::of(r, closed) != Probe::More,
+        None => closed,
+    };
+    Probe::done_if(settled(&ck, cc) && settled(&sk, sc))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! `Protocol.c`).
 
 use crate::app::App;
+use crate::dissect::identify::{Evidence, Identification, Input, Probe};
 use crate::dissect::tls::ClientHello;
 
 /// DTLS record header (13 B) + handshake header (12 B) + client_version (2) + random (32):
@@ -108,6 +109,22 @@ pub fn tunnel_request(client: &[u8]) -> Option<App> {
     } else {
         None
     }
+}
+
+/// The vendor DTLS channels that open with a datagram the plain DTLS parser would miss
+/// (Fortinet's cleartext hello) or call plain DTLS (AnyConnect's legacy resumption).
+pub fn dtls_probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    let first = input.first_datagram();
+    let app = if is_fortinet_dtls_hello(first) {
+        App::FortinetSslvpn
+    } else if is_anyconnect_legacy_dtls(first) {
+        App::Anyconnect
+    } else {
+        return Probe::No;
+    };
+    id.app = Some(app);
+    id.details.tool_evidence = Some(Evidence::Payload);
+    Probe::Done
 }
 
 #[cfg(test)]

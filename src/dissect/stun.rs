@@ -1,7 +1,9 @@
 //! STUN/TURN (RFC 5389, RFC 5766): the binding and relay messages of WebRTC and remote
 //! desktop media paths. A TURN allocation means media is relayed through a third host.
 
+use super::identify::{Identification, Input, Probe, Protocol, Summary, protocol};
 use super::{Error, Result};
+use crate::app::App;
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -171,6 +173,43 @@ pub fn is_channel_data(datagram: &[u8]) -> bool {
     let len = u16::from_be_bytes([c, d]) as usize;
     (0x4000..=0x7FFF).contains(&channel)
         && (4 + len..=4 + len.next_multiple_of(4)).contains(&datagram.len())
+}
+
+/// What a flow record says of a STUN/TURN exchange.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StunDetails {
+    pub method: Option<&'static str>,
+    pub software: Option<String>,
+    /// A TURN allocation answered with a relayed address: media goes through a relay.
+    pub relayed: bool,
+    pub channel_data: bool,
+}
+
+impl Summary for StunDetails {}
+
+/// STUN messages among either side's first datagrams. Settled once a request has its
+/// answer, so a TURN allocation's relayed address (in the success response) is seen.
+pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    let datagrams = || input.client_datagrams.iter().chain(input.server_datagrams);
+    let messages: Vec<Message> = datagrams().filter_map(|d| parse(d).ok()).collect();
+    if messages.is_empty() {
+        return Probe::No;
+    }
+    id.app = Some(App::Stun);
+    id.details.other = protocol(
+        Protocol::Stun,
+        StunDetails {
+            method: messages.first().and_then(|m| method_name(m.method)),
+            software: messages.iter().find_map(|m| m.software.clone()),
+            relayed: messages.iter().any(|m| m.xor_relayed.is_some()),
+            channel_data: datagrams().any(|d| is_channel_data(d)),
+        },
+    );
+    Probe::done_if(
+        messages
+            .iter()
+            .any(|m| matches!(m.class, Class::Success | Class::Error)),
+    )
 }
 
 #[cfg(test)]

@@ -8,9 +8,13 @@
 //! This module also holds the small byte cursor and string helper the sibling dissectors
 //! (QUIC, DNS, HTTP) share.
 
+use super::identify::{Evidence, Identification, Input, Probe, tls_details};
 use super::ja4::{self, Transport};
+use super::sslvpn;
 use super::wire::{Reader, wire_string};
 use super::{Error, Result};
+use crate::app::App;
+use serde::Serialize;
 
 /// Longest handshake message we wait for. A ClientHello with post-quantum key shares is
 /// about 2 KiB and certificate chains rarely pass 16 KiB; anything longer is not worth
@@ -473,6 +477,96 @@ fn u16_list(bytes: &[u8]) -> Result<Vec<u16>> {
         .chunks_exact(2)
         .map(|c| u16::from_be_bytes([c[0], c[1]]))
         .collect())
+}
+
+/// What a flow record says of a TLS (or DTLS) session.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, Hash)]
+pub struct TlsDetails {
+    pub client_version: Option<u16>,
+    pub version: Option<u16>,
+    pub sni: Option<String>,
+    pub alpn: Vec<String>,
+    pub ja4: Option<String>,
+    pub cipher: Option<u16>,
+    pub server_alpn: Option<String>,
+    pub cert_subject: Option<String>,
+    pub cert_issuer: Option<String>,
+    pub cert_san: Vec<String>,
+    /// Datagram TLS (RFC 6347), as WebRTC media uses.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dtls: bool,
+}
+
+impl TlsDetails {
+    /// The client's part: what its ClientHello offered.
+    pub fn client(hello: ClientHello) -> TlsDetails {
+        TlsDetails {
+            client_version: Some(hello.legacy_version),
+            sni: hello.sni,
+            alpn: hello.alpn,
+            ja4: Some(hello.ja4),
+            ..TlsDetails::default()
+        }
+    }
+}
+
+/// TLS over TCP: a ClientHello, then the server's hello and certificate when they come.
+pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    let (c, s) = (input.client, input.server);
+    if c.first() != Some(&record::HANDSHAKE) {
+        return Probe::No;
+    }
+    let mut d = match input.tls.filter(|k| k.ja4.is_some() && !k.dtls) {
+        // The client's part of an earlier pass: the ClientHello was whole then.
+        Some(k) => TlsDetails {
+            client_version: k.client_version,
+            sni: k.sni.clone(),
+            alpn: k.alpn.clone(),
+            ja4: k.ja4.clone(),
+            ..TlsDetails::default()
+        },
+        None => {
+            let hello = parse_client_hello(c);
+            let Ok(hello) = hello else {
+                return Probe::of(&hello, input.client_closed);
+            };
+            TlsDetails::client(hello)
+        }
+    };
+    id.app = Some(App::Tls);
+    let server = parse_server_hello(s);
+    if let Ok(sh) = &server {
+        d.version = Some(sh.version);
+        d.cipher = Some(sh.cipher);
+        d.server_alpn = sh.alpn.clone();
+    }
+    let cert = parse_server_certificate(s);
+    if let Ok(Some(cert)) = &cert {
+        d.cert_subject = Some(cert.subject.clone());
+        d.cert_issuer = Some(cert.issuer.clone());
+        d.cert_san = cert.san_dns.iter().take(8).cloned().collect();
+        d.cert_san.extend(cert.subject_cn.clone());
+    }
+    id.details.tls = tls_details(d);
+    let sc = input.server_closed;
+    Probe::done_if(Probe::of(&server, sc) != Probe::More && Probe::of(&cert, sc) != Probe::More)
+}
+
+/// DTLS over UDP: the first datagram is a ClientHello (an AnyConnect one names the VPN).
+pub fn dtls_probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    let first = input.first_datagram();
+    let Ok(hello) = parse_dtls_client_hello(first) else {
+        return Probe::No;
+    };
+    if sslvpn::is_anyconnect_dtls(first, &hello) {
+        id.app = Some(App::Anyconnect);
+        id.details.tool_evidence = Some(Evidence::Payload);
+    }
+    id.details.tls = tls_details(TlsDetails {
+        dtls: true,
+        ..TlsDetails::client(hello)
+    });
+    Probe::Done
 }
 
 #[cfg(test)]

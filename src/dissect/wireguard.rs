@@ -1,7 +1,9 @@
 //! WireGuard: its four message types have a one-byte type, three zero bytes and exact
 //! sizes (whitepaper §5.4), which is enough to recognise it without any key material.
 
+use super::identify::{Identification, Input, Probe, Protocol, Summary, protocol};
 use super::{Error, Result};
+use crate::app::App;
 use serde::Serialize;
 
 /// Whitepaper §5.4.2–§5.4.7 message sizes.
@@ -77,6 +79,59 @@ pub fn parse(datagram: &[u8]) -> Result<Message> {
         4 => Err(Error::Invalid("wireguard length")),
         _ => Err(Error::Invalid("wireguard type")),
     }
+}
+
+/// What a flow record says of a WireGuard tunnel: which messages were seen.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WireguardDetails {
+    pub handshake_initiation: bool,
+    pub handshake_response: bool,
+    pub transport: bool,
+    /// Tailscale: its disco messages travel beside the WireGuard packets.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tailscale: bool,
+}
+
+impl Summary for WireguardDetails {}
+
+/// Tailscale's disco message header (tailscale.com/disco, disco.go): the 6-byte magic
+/// "TS💬", the sender's 32-byte disco key and a 24-byte nonce, then sealed payload.
+const TAILSCALE_DISCO_MAGIC: &[u8] = b"TS\xf0\x9f\x92\xac";
+const TAILSCALE_DISCO_HEADER: usize = 6 + 32 + 24;
+
+fn is_tailscale_disco(datagram: &[u8]) -> bool {
+    datagram.starts_with(TAILSCALE_DISCO_MAGIC) && datagram.len() > TAILSCALE_DISCO_HEADER
+}
+
+/// WireGuard among either side's first datagrams: a Tailscale disco message, or the
+/// handshake (or one handshake message with transport packets). One message type alone is
+/// too weak: transport packets are just sized bytes.
+pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
+    let datagrams = || input.client_datagrams.iter().chain(input.server_datagrams);
+    let d = if datagrams().any(|d| is_tailscale_disco(d)) {
+        WireguardDetails {
+            tailscale: true,
+            ..WireguardDetails::default()
+        }
+    } else {
+        let wg: Vec<Message> = datagrams().filter_map(|d| parse(d).ok()).collect();
+        let seen = |f: fn(&Message) -> bool| wg.iter().any(f);
+        let initiation = seen(|m| matches!(m, Message::HandshakeInitiation { .. }));
+        let response = seen(|m| matches!(m, Message::HandshakeResponse { .. }));
+        let transport = seen(|m| matches!(m, Message::Transport { .. }));
+        if !((initiation || response) && (initiation && response || transport)) {
+            return Probe::No;
+        }
+        WireguardDetails {
+            handshake_initiation: initiation,
+            handshake_response: response,
+            transport,
+            tailscale: false,
+        }
+    };
+    id.app = Some(App::Wireguard);
+    id.details.other = protocol(Protocol::Wireguard, d);
+    Probe::Done
 }
 
 #[cfg(test)]

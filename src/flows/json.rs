@@ -7,7 +7,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
-use crate::dissect::identify::DnsAnswer;
 use crate::geo::Country;
 use crate::timestamp::Timestamp;
 
@@ -25,7 +24,7 @@ pub trait Json {
 /// comma that goes before every field, a name JSON never escapes (a Rust identifier), and
 /// the value of an absent field, so that one copy writes it whole.
 #[derive(Clone, Copy)]
-pub struct Key(pub(super) &'static str);
+pub struct Key(pub(crate) &'static str);
 
 impl Key {
     /// `,"name":`
@@ -357,15 +356,6 @@ fn ipv6(out: &mut Vec<u8>, ip: Ipv6Addr) {
         hex(out, &groups[zeros.0 + zeros.1..]);
     } else {
         hex(out, &groups);
-    }
-}
-
-impl Json for DnsAnswer {
-    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        match self {
-            DnsAnswer::Addr(ip) => ip.write_json(out),
-            DnsAnswer::Name(name) => name.write_json(out),
-        }
     }
 }
 

@@ -8,11 +8,8 @@ use serde::{Serialize, Serializer};
 
 use crate::app::App;
 use crate::decode::Tunnel;
-use crate::dissect::identify::{
-    Details, DnsDetails, Evidence, HttpDetails, IpsecDetails, OpenvpnDetails, Protocol,
-    QuicDetails, RdpDetails, SocksDetails, SshDetails, StunDetails, TlsDetails, WireguardDetails,
-};
-use crate::dissect::{radius, rfb};
+use crate::dissect::identify::{Details, Evidence, Protocol};
+use crate::dissect::tls::TlsDetails;
 use crate::flows::activity::{ActivitySummary, round2};
 use crate::flows::community_id::community_id;
 use crate::flows::flow::{Flow, History, ORIG, RESP};
@@ -74,34 +71,12 @@ pub struct FlowRecord {
     pub activity_resp: ActivitySummary,
     /// The name a DNS answer gave the responder's address.
     pub dns_name: Option<String>,
-    // Protocol details, present when dissected (fields, not a flattened map: flattening
-    // sends every record through serde's slow map path).
+    // Protocol details, present when dissected: TLS, then the one other protocol's field
+    // (`quic`, `dns`, ..., in the order `protocols!` lists them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Arc<TlsDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub quic: Option<Box<QuicDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns: Option<Box<DnsDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http: Option<Box<HttpDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ssh: Option<Arc<SshDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rdp: Option<Box<RdpDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rfb: Option<Box<rfb::Session>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub socks: Option<Box<SocksDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wireguard: Option<Box<WireguardDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub openvpn: Option<Box<OpenvpnDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ipsec: Option<Box<IpsecDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stun: Option<Box<StunDetails>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub radius: Option<Box<radius::Accounting>>,
+    #[serde(flatten)]
+    pub protocol: Option<Protocol>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_evidence: Option<&'static str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -166,7 +141,7 @@ impl FlowRecord {
             Some(Protocol::Quic(q)) => Some(q),
             _ => None,
         };
-        let mut record = FlowRecord {
+        FlowRecord {
             ts: flow.first,
             end: flow.last,
             duration_s: (flow.duration_ns() as f64 / 1e3).round() / 1e6,
@@ -226,38 +201,11 @@ impl FlowRecord {
             activity_resp: r.summary(),
             dns_name: None,
             tls,
-            quic: None,
-            dns: None,
-            http: None,
-            ssh: None,
-            rdp: None,
-            rfb: None,
-            socks: None,
-            wireguard: None,
-            openvpn: None,
-            ipsec: None,
-            stun: None,
-            radius: None,
+            protocol: other,
             tool_evidence,
             relay,
             latency_floor_ms: None,
-        };
-        match other {
-            Some(Protocol::Quic(d)) => record.quic = Some(d),
-            Some(Protocol::Dns(d)) => record.dns = Some(d),
-            Some(Protocol::Http(d)) => record.http = Some(d),
-            Some(Protocol::Ssh(d)) => record.ssh = Some(d),
-            Some(Protocol::Rdp(d)) => record.rdp = Some(d),
-            Some(Protocol::Rfb(d)) => record.rfb = Some(d),
-            Some(Protocol::Socks(d)) => record.socks = Some(d),
-            Some(Protocol::Wireguard(d)) => record.wireguard = Some(d),
-            Some(Protocol::Openvpn(d)) => record.openvpn = Some(d),
-            Some(Protocol::Ipsec(d)) => record.ipsec = Some(d),
-            Some(Protocol::Stun(d)) => record.stun = Some(d),
-            Some(Protocol::Radius(d)) => record.radius = Some(d),
-            None => {}
         }
-        record
     }
 
     /// Appends the record as one JSON object: the bytes `serde_json` writes for the derived
@@ -277,16 +225,11 @@ impl FlowRecord {
         o.object(key!(activity_orig), |a| activity(a, &self.activity_orig))?;
         o.object(key!(activity_resp), |a| activity(a, &self.activity_resp))?;
         o.field(key!(dns_name), &self.dns_name)?;
-        present!(o, self: tls, quic);
-        // Most details are rare; DNS is on one flow in two.
-        if let Some(d) = &self.dns {
-            o.object(key!(dns), |o| {
-                fields!(o, d: query, qtype, rcode, answers);
-                Ok(())
-            })?;
+        present!(o, self: tls);
+        if let Some(p) = &self.protocol {
+            p.write_json(&mut o)?;
         }
-        present!(o, self: http, ssh, rdp, rfb, socks, wireguard, openvpn, ipsec, stun, radius,
-            tool_evidence);
+        present!(o, self: tool_evidence);
         if self.relay {
             o.field(key!(relay), &self.relay)?;
         }
@@ -299,7 +242,7 @@ impl FlowRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dissect::identify::DnsAnswer;
+    use crate::dissect::dns::{DnsAnswer, DnsDetails};
 
     fn summary(seed: u64) -> ActivitySummary {
         ActivitySummary {
@@ -370,8 +313,7 @@ mod tests {
                 dtls: true,
                 ..TlsDetails::default()
             })),
-            quic: Some(Box::default()),
-            dns: Some(Box::new(DnsDetails {
+            protocol: Some(Protocol::Dns(Box::new(DnsDetails {
                 query: text("query"),
                 qtype: Some(28),
                 rcode: Some(3),
@@ -380,17 +322,7 @@ mod tests {
                     DnsAnswer::Addr("2001:db8::1".parse().unwrap()),
                     DnsAnswer::Name(text("cname").unwrap()),
                 ],
-            })),
-            http: Some(Box::default()),
-            ssh: Some(Arc::default()),
-            rdp: Some(Box::default()),
-            rfb: Some(Box::default()),
-            socks: Some(Box::default()),
-            wireguard: Some(Box::default()),
-            openvpn: Some(Box::default()),
-            ipsec: Some(Box::default()),
-            stun: Some(Box::default()),
-            radius: Some(Box::default()),
+            }))),
             tool_evidence: Some("sni"),
             relay: true,
             latency_floor_ms: Some(121.5),
@@ -419,18 +351,7 @@ mod tests {
             ttl_resp: None,
             dns_name: None,
             tls: None,
-            quic: None,
-            dns: None,
-            http: None,
-            ssh: None,
-            rdp: None,
-            rfb: None,
-            socks: None,
-            wireguard: None,
-            openvpn: None,
-            ipsec: None,
-            stun: None,
-            radius: None,
+            protocol: None,
             tool_evidence: None,
             relay: false,
             latency_floor_ms: None,
@@ -438,13 +359,14 @@ mod tests {
         }
     }
 
+    /// Every protocol's details (with their defaults), between the fields before and after.
     #[test]
     fn write_json_writes_what_serde_json_writes() {
-        let empty_dns = FlowRecord {
-            dns: Some(Box::default()),
-            ..bare()
-        };
-        for record in [full(), bare(), empty_dns] {
+        let each_protocol = Protocol::every().into_iter().map(|p| FlowRecord {
+            protocol: Some(p),
+            ..full()
+        });
+        for record in [full(), bare()].into_iter().chain(each_protocol) {
             let mut ours = Vec::new();
             record.write_json(&mut ours).unwrap();
             let theirs = serde_json::to_vec(&record).unwrap();
