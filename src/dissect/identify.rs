@@ -5,7 +5,7 @@
 //!
 //! Each dissector owns its probe and its summary type (the details a flow record carries)
 //! in its own file; this file holds the two lists that tie them together: [`PROBES`], the
-//! order in which look-alikes are told apart, and [`protocols!`], the summary types and
+//! order in which look-alikes are told apart, and `protocols!`, the summary types and
 //! their record fields.
 //!
 //! Identification is re-run from the start of each direction's reassembled prefix as more
@@ -69,19 +69,14 @@ impl<'a> Input<'a> {
             .any(|&p| p == self.orig_port || p == self.resp_port)
     }
 
-    /// Whether (`all`: both ends, else either end) has sent bytes to look at.
-    fn spoke(&self, all: bool) -> bool {
-        let sent = match self.proto {
-            Proto::Tcp => [!self.client.is_empty(), !self.server.is_empty()],
-            _ => [
+    /// Whether the client and the server have sent anything to look at.
+    fn sent(&self) -> (bool, bool) {
+        match self.proto {
+            Proto::Tcp => (!self.client.is_empty(), !self.server.is_empty()),
+            _ => (
                 !self.client_datagrams.is_empty(),
                 !self.server_datagrams.is_empty(),
-            ],
-        };
-        if all {
-            sent[0] && sent[1]
-        } else {
-            sent[0] || sent[1]
+            ),
         }
     }
 }
@@ -120,7 +115,8 @@ impl Probe {
 pub type ProbeFn = fn(&Input<'_>, &mut Identification) -> Probe;
 
 /// The probes in priority order: the first of the flow's transport that does not answer
-/// [`Probe::No`] decides it, so a probe goes below those whose bytes it could mistake.
+/// [`Probe::No`] decides it, so a looser probe goes below the stricter ones whose bytes it
+/// could also accept.
 pub static PROBES: &[(Proto, ProbeFn)] = &[
     (Proto::Tcp, ssh::probe),
     (Proto::Tcp, tls::probe),
@@ -345,7 +341,8 @@ pub fn identify(input: &Input<'_>) -> Identification {
 /// Runs the probes of the flow's transport in [`PROBES`] order until one decides; returns
 /// whether identification is settled.
 fn probe(input: &Input<'_>, id: &mut Identification) -> bool {
-    if !input.spoke(false) {
+    let (client, server) = input.sent();
+    if !client && !server {
         return false;
     }
     for (proto, probe) in PROBES {
@@ -359,7 +356,7 @@ fn probe(input: &Input<'_>, id: &mut Identification) -> bool {
     }
     // Every probe is decided by the first bytes of a direction: once both sides have sent
     // and none matched, more bytes will not change that.
-    input.spoke(true)
+    client && server
 }
 
 /// Names that point at a remote-access tool relabel the flow: a TLS session to AnyDesk is
@@ -595,6 +592,16 @@ mod tests {
             ..input(None)
         };
         assert_eq!(identify(&i).app, None);
+    }
+
+    /// A parser that needs more bytes holds the flow only while its direction may grow.
+    #[test]
+    fn a_parser_result_is_a_probe_answer() {
+        let incomplete: crate::dissect::Result<()> = Err(Error::Incomplete);
+        assert_eq!(Probe::of(&Ok(()), true), Probe::Done);
+        assert_eq!(Probe::of(&incomplete, false), Probe::More);
+        assert_eq!(Probe::of(&incomplete, true), Probe::No);
+        assert_eq!(Probe::of::<()>(&Err(Error::Invalid("x")), false), Probe::No);
     }
 
     #[test]
