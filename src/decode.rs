@@ -55,6 +55,9 @@ pub struct Tcp {
     pub seq: u32,
     pub ack: u32,
     pub window: u16,
+    /// The timestamp option (RFC 7323 §3): TSval and TSecr, for passive RTT
+    /// (`flows::latency`); TSecr means something only when ACK is set.
+    pub ts: Option<(u32, u32)>,
 }
 
 pub const FIN: u8 = 0x01;
@@ -618,6 +621,10 @@ fn transport<'a>(
                 seq: h.sequence_number(),
                 ack: h.acknowledgment_number(),
                 window: h.window_size(),
+                ts: h.options_iterator().find_map(|o| match o {
+                    Ok(etherparse::TcpOptionElement::Timestamp(val, ecr)) => Some((val, ecr)),
+                    _ => None,
+                }),
             };
             let header_len = h.slice().len();
             (

@@ -693,6 +693,7 @@ pub(crate) mod testkit {
                 seq: *seq,
                 ack: 0,
                 window: 1000,
+                ts: None,
             });
             *seq = seq.wrapping_add(len as u32 + u32::from(flags & SYN != 0));
             let dec = Decoded {

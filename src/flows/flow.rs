@@ -583,6 +583,7 @@ pub(crate) fn segment(
             seq,
             ack: 0,
             window: 1000,
+            ts: None,
         }),
         payload,
         payload_len: payload.len() as u32,
