@@ -283,9 +283,8 @@ impl FlowWorker {
             .process(pkt.ts, &decoded, pkt.orig_len, &mut p.pending);
         p.drain(&mut ctx);
         // Operator latency: after the drain, so a flow identified by this packet has its label.
-        let network = &self.scope.network;
         p.latency
-            .packet(pkt.ts, &decoded, |ip| network.is_inside(ip));
+            .packet(pkt.ts, &decoded, &self.scope.network, |obs| ctx.send(obs));
     }
 
     /// A whole second of packet time passed: every partition's flows and detectors catch
@@ -464,10 +463,8 @@ impl Partition {
                     {
                         identify_flow(flow, ctx, ts, false);
                         if flow.dissected {
-                            // Operator latency: only remote-desktop and SSH sessions stay followed.
-                            let network = &ctx.scope.network;
-                            self.latency
-                                .identified(&key, flow, |ip| network.is_inside(ip));
+                            // Passive RTT: remote-desktop, SSH, tunnel and concentrator sessions stay followed.
+                            self.latency.identified(&key, flow, &ctx.scope.network);
                             let scope = ctx.detector_scope();
                             let moment = Moment::Identified {
                                 key: &key,
@@ -501,12 +498,8 @@ impl Partition {
                     let details = flow.details.take();
                     let mut record = flow_record(&flow, details, false, Some(why.as_str()), ctx);
                     // Operator latency: the session's floor, on its record and for the account stage.
-                    if let Some(obs) = self.latency.ended(&flow, ts) {
-                        if let Observation::LatencyFloor { floor_ms, .. } = obs {
-                            record.latency_floor_ms = Some(floor_ms);
-                        }
-                        ctx.send(obs);
-                    }
+                    self.latency
+                        .ended(&flow, ts, &mut record, |obs| ctx.send(obs));
                     ctx.out.push(Stamped {
                         at: ctx.clock,
                         item: Item::Record(Box::new(record)),

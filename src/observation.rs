@@ -40,9 +40,22 @@ pub enum Observation {
         rtt_ns: u64,
         flow: FlowRef,
     },
+    /// The floor of passive RTT samples of the outside leg inside one TCP connection an
+    /// outside client opened toward us (`flows::latency`): one RTT to `client` from a long
+    /// session, for RTT against distance. Sent once, when the floor is stable, with the
+    /// floors of its two sources (data → ACK, timestamp echo).
+    SessionRtt {
+        ts: Timestamp,
+        client: IpAddr,
+        rtt_ns: u64,
+        samples: u32,
+        data_ack_ns: Option<u64>,
+        ts_echo_ns: Option<u64>,
+        flow: FlowRef,
+    },
     /// The round trip from the sensor to the person at an inbound remote-desktop or
-    /// interactive session on `host` (`flows::latency`), sent when the session ends: the
-    /// floor over `exchanges` answers, the TCP leg to the outside peer `viewer`, and whether
+    /// interactive session on `host` (`flows::latency`), sent once its floor is stable, or
+    /// else when the session ends: the floor over `exchanges` answers, the TCP leg to the outside peer `viewer`, and whether
     /// the floor is far above that leg (`relay`: the peer forwards for someone farther).
     LatencyFloor {
         ts: Timestamp,
@@ -98,6 +111,7 @@ impl Observation {
             Observation::Radius { ts, .. }
             | Observation::Activity { ts, .. }
             | Observation::HandshakeRtt { ts, .. }
+            | Observation::SessionRtt { ts, .. }
             | Observation::LatencyFloor { ts, .. } => *ts,
             Observation::Finding { event } => event.ts,
         }

@@ -1,10 +1,12 @@
 //! `rtt_distance`: the round trip to a client's public address against the great-circle
 //! distance from the sensor to where geo places that address.
 //!
-//! The sample is the TCP handshake on the VPN's outer side (a flow whose responder is a
-//! concentrator, or whose originator is a public address an account connected from):
-//! SYN/ACK → ACK is one round trip between the sensor and the client. The least of
-//! several is the path's propagation delay.
+//! The samples come from TCP connections on the VPN's outer side (a flow whose responder is
+//! a concentrator, or whose originator is a public address an account connected from):
+//! each handshake's SYN/ACK → ACK is one round trip between the sensor and the client, and
+//! a long connection adds the stable floor of its passive in-session samples (`SessionRtt`:
+//! data → ACK and the timestamp echo, counted as that many samples), so one OpenVPN-over-TCP
+//! or RDP session is judged alone. The least of them is the path's propagation delay.
 //!
 //! Bounds, for a great-circle distance `d` between the sensor and the place, widened by
 //! the place's uncertainty radius `r` (`d_min = d − r`, `d_max = d + r`):
@@ -80,7 +82,11 @@ pub fn bounds(d_km: f64, radius_km: f64, stretch: f64, allowance_ms: f64) -> Bou
 #[derive(Default)]
 struct Probe {
     min_rtt_ns: Option<u64>,
+    /// Handshakes and in-session samples.
     samples: u32,
+    /// The in-session samples among them, and whether the least came from one.
+    session_samples: u32,
+    min_in_session: bool,
     /// The flow of the least sample.
     flow: Option<FlowRef>,
     /// Accounts seen connecting from here: when, and their inside address.
@@ -171,6 +177,21 @@ impl RttDistance {
         ts: Timestamp,
         out: &mut Vec<Event>,
     ) {
+        self.add(scope, client, rtt, Sampled::Handshake, flow, ts, out);
+    }
+
+    /// One sample, or the floor of several, of the RTT to `client`.
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        scope: &Scope<'_>,
+        client: IpAddr,
+        rtt: u64,
+        sampled: Sampled,
+        flow: &FlowRef,
+        ts: Timestamp,
+        out: &mut Vec<Event>,
+    ) {
         if self.sensor.is_none() {
             return;
         }
@@ -184,10 +205,18 @@ impl RttDistance {
             return;
         }
         let p = self.probe(client);
-        p.samples = p.samples.saturating_add(1);
+        let n = match sampled {
+            Sampled::Handshake => 1,
+            Sampled::InSession(n) => n,
+        };
+        p.samples = p.samples.saturating_add(n);
+        if let Sampled::InSession(n) = sampled {
+            p.session_samples = p.session_samples.saturating_add(n);
+        }
         p.last = p.last.max(ts);
         if p.min_rtt_ns.is_none_or(|m| rtt < m) {
             p.min_rtt_ns = Some(rtt);
+            p.min_in_session = matches!(sampled, Sampled::InSession(_));
             p.flow = Some(flow.clone());
         }
         self.judge(scope, client, ts, out);
@@ -260,6 +289,16 @@ impl RttDistance {
             .evidence("vacuum_bound_ms", round3(b.vacuum_ms))
             .evidence("fibre_bound_ms", round3(b.fibre_ms))
             .evidence("ceiling_ms", round3(b.ceiling_ms));
+            if p.session_samples > 0 {
+                let source = if p.min_in_session {
+                    "in_session"
+                } else {
+                    "handshake"
+                };
+                e = e
+                    .evidence("in_session_samples", p.session_samples)
+                    .evidence("min_rtt_source", source);
+            }
             e.account = Some(account.to_string());
             e.host = *host;
             e.flow = p.flow.clone();
@@ -272,6 +311,14 @@ impl RttDistance {
     pub fn expire(&mut self, now: Timestamp) {
         self.probes.retain(|_, p| now.since(p.last) < MEMORY);
     }
+}
+
+/// Where a sample came from.
+#[derive(Clone, Copy)]
+enum Sampled {
+    Handshake,
+    /// The stable floor of this many passive samples inside one connection.
+    InSession(u32),
 }
 
 fn round3(x: f64) -> f64 {
@@ -304,6 +351,22 @@ impl Detector for RttDistance {
                 rtt_ns,
                 flow,
             }) => self.on_sample(scope, *client, *rtt_ns, flow, *ts, out),
+            Moment::Observed(Observation::SessionRtt {
+                ts,
+                client,
+                rtt_ns,
+                samples,
+                flow,
+                ..
+            }) => self.add(
+                scope,
+                *client,
+                *rtt_ns,
+                Sampled::InSession(*samples),
+                flow,
+                *ts,
+                out,
+            ),
             Moment::Hour(now) => self.expire(now),
             _ => {}
         }

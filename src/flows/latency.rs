@@ -9,25 +9,54 @@
 //! any relay. Keystrokes and pointer moves come at any moment, so only answers count: a
 //! naive "update → next viewer packet" falls to nearly zero.
 //!
-//! The outside leg (sensor → the TCP peer → sensor) is measured as tcptrace does: the
-//! host's latest data segment against the peer's ACK of exactly its end. Its floor is the
-//! interactive-SSH measurement, and beside a screen floor it tells relay from operator: a
-//! floor far above the leg means the TCP peer is not where the person is.
+//! The outside leg (sensor → the TCP peer → sensor) is measured passively from two sources,
+//! both taken from the host's data segments and the peer's answers to them:
+//! - data → ACK, as tcptrace does: the host's latest data segment against the peer's ACK of
+//!   exactly its end (a retransmitted segment gives no sample, Karn);
+//! - the TCP timestamp echo, as pping does: the first time each newer TSval leaves the host
+//!   on a data segment, against the peer's segment whose TSecr echoes it. It also times ACKs
+//!   that cover several segments, where data → ACK has none; hosts that send no timestamp
+//!   option (Windows) leave it empty.
 //!
-//! State lives in a side table per partition, only for inbound TCP sessions to an inside
-//! host (dropped once identified as something else), bounded with counted evictions.
+//! A delayed ACK inflates a sample of either source by the peer's timer, never shrinks it:
+//! the floor over many samples is the leg. It is the interactive-SSH measurement, and
+//! beside a screen floor it tells relay from operator: a floor far above the leg means the
+//! TCP peer is not where the person is. For `rtt_distance`, the leg's floor is one more
+//! RTT to the outside client (`SessionRtt`), from inside one long connection.
+//!
+//! A floor is *stable* once [`STABLE_SAMPLES`] samples were taken and the last
+//! [`STABLE_HELD`] of them did not lower it: then it is sent at once, at that packet's time
+//! (the same moment for every worker count and in live capture), not at the session's end.
+//! Each session sends its leg (`SessionRtt`) once, when stable, and its operator floor
+//! (`LatencyFloor`) once, when stable or else when it ends; its flow record carries the
+//! floor at the end.
+//!
+//! State lives in a side table per partition, only for TCP sessions an outside peer opens to
+//! an inside host or a concentrator, kept past their label when they are remote-desktop or interactive sessions, VPN
+//! tunnels, or reach a concentrator; bounded with counted evictions.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use serde::Serialize;
+
 use crate::app::App;
-use crate::decode::{ACK, Decoded, Proto, SYN};
+use crate::config::NetworkConfig;
+use crate::decode::{ACK, Decoded, FIN, Proto, SYN};
+use crate::event::FlowRef;
+use crate::flows::record::FlowRecord;
 use crate::flows::{Flow, FlowKey};
 use crate::observation::Observation;
 use crate::timestamp::Timestamp;
 
 /// Sessions followed at once per partition; past it the one seen longest ago goes.
 pub const MAX_SESSIONS: usize = 1024;
+/// Samples before a floor may be stable.
+pub const STABLE_SAMPLES: u32 = 16;
+/// Samples in a row that must not lower a floor for it to be stable.
+pub const STABLE_HELD: u32 = 8;
+/// TSvals of the host awaiting their echo per session; past it the oldest is forgotten.
+const TSVALS: usize = 4;
 /// Setup turns of an RDP connection that count as answers: X.224 confirm → ClientHello and
 /// the host's TLS flight → the viewer's next flight.
 const RDP_SETUP_TURNS: u32 = 2;
@@ -35,39 +64,220 @@ const RDP_SETUP_TURNS: u32 = 2;
 /// ACKNOWLEDGE 58/65 B under TLS 1.3/1.2).
 const RDP_FRAME_ACK_RECORDS: [usize; 4] = [58, 65, 66, 73];
 
+/// The least of a series of samples, how many there were, and how many in a row since it
+/// last fell.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Floor {
+    pub ns: Option<u64>,
+    pub samples: u32,
+    held: u32,
+}
+
+impl Floor {
+    fn add(&mut self, ns: u64) {
+        self.samples = self.samples.saturating_add(1);
+        if self.ns.is_none_or(|m| ns < m) {
+            self.ns = Some(ns);
+            self.held = 0;
+        } else {
+            self.held = self.held.saturating_add(1);
+        }
+    }
+
+    fn stable(&self) -> bool {
+        self.samples >= STABLE_SAMPLES && self.held >= STABLE_HELD
+    }
+}
+
+/// Passive RTT of the outside leg.
+#[derive(Default)]
+struct Leg {
+    /// The host's latest data segment: its end sequence number and time, for data → ACK.
+    unacked: Option<(u32, Timestamp)>,
+    /// The host's newer TSvals on data segments, each with the time first seen.
+    tsvals: [Option<(u32, Timestamp)>; TSVALS],
+    /// The newest TSval stored, and the slot the next one goes to.
+    newest: Option<u32>,
+    next: usize,
+    data_ack: Floor,
+    ts_echo: Floor,
+    /// One sample per peer segment that answered: the lesser of the two sources.
+    both: Floor,
+}
+
+impl Leg {
+    /// A host segment carrying data (or FIN) that ends at `end`.
+    fn host_data(&mut self, ts: Timestamp, end: u32, tsval: Option<u32>) {
+        // A segment at or below the newest end is a retransmission (Karn): no sample.
+        self.unacked = match self.unacked {
+            Some((prev, _)) if end.wrapping_sub(prev) as i32 <= 0 => None,
+            _ => Some((end, ts)),
+        };
+        // Only a TSval newer than the last one stored: the first segment of each tick.
+        if let Some(val) = tsval.filter(|v| *v != 0)
+            && self.newest.is_none_or(|n| (val.wrapping_sub(n) as i32) > 0)
+        {
+            self.tsvals[self.next] = Some((val, ts));
+            self.next = (self.next + 1) % TSVALS;
+            self.newest = Some(val);
+        }
+    }
+
+    /// A peer segment with ACK set; true when it gave a sample.
+    fn peer_ack(&mut self, ts: Timestamp, ack: u32, tsecr: Option<u32>) -> bool {
+        let mut best: Option<u64> = None;
+        if let Some((end, sent)) = self.unacked
+            && ack == end
+        {
+            let rtt = ts.since(sent).as_nanos() as u64;
+            self.data_ack.add(rtt);
+            best = Some(rtt);
+            self.unacked = None;
+        }
+        if let Some(ecr) = tsecr.filter(|e| *e != 0)
+            && let Some(slot) = self
+                .tsvals
+                .iter_mut()
+                .find(|s| s.is_some_and(|(v, _)| v == ecr))
+            && let Some((_, sent)) = slot.take()
+        {
+            let rtt = ts.since(sent).as_nanos() as u64;
+            self.ts_echo.add(rtt);
+            best = Some(best.map_or(rtt, |b| b.min(rtt)));
+            // An echo answers every older TSval too: they can no longer give a sample.
+            for s in &mut self.tsvals {
+                if s.is_some_and(|(v, _)| (ecr.wrapping_sub(v) as i32) > 0) {
+                    *s = None;
+                }
+            }
+        }
+        if let Some(rtt) = best {
+            self.both.add(rtt);
+        }
+        best.is_some()
+    }
+}
+
 /// One followed session.
 struct Session {
-    /// The outside peer (viewer, relay or ssh client).
+    /// The outside peer (viewer, relay, ssh or VPN client): the connection's originator.
     viewer: (IpAddr, u16),
+    /// The responder's end: the inside host (or the concentrator).
+    host: (IpAddr, u16),
     app: Option<App>,
+    /// Kept past its label.
+    kept: bool,
     last: Timestamp,
     /// When the host's latest data ended, while the viewer has not answered it.
     pending: Option<Timestamp>,
-    /// The host's latest data segment: its end sequence number and time, for data → ACK.
-    unacked: Option<(u32, Timestamp)>,
     /// Viewer data segments answering host data so far (the RDP setup turns).
     turns: u32,
-    floor_ns: Option<u64>,
-    exchanges: u32,
-    leg_ns: Option<u64>,
-    leg_samples: u32,
+    screen: Floor,
+    leg: Leg,
+    /// The leg (`SessionRtt`) and the operator floor (`LatencyFloor`) were sent.
+    leg_sent: bool,
+    floor_sent: bool,
 }
 
 impl Session {
-    fn new(viewer: (IpAddr, u16), ts: Timestamp) -> Session {
+    fn new(viewer: (IpAddr, u16), host: (IpAddr, u16), ts: Timestamp) -> Session {
         Session {
             viewer,
+            host,
             app: None,
+            kept: false,
             last: ts,
             pending: None,
-            unacked: None,
             turns: 0,
-            floor_ns: None,
-            exchanges: 0,
-            leg_ns: None,
-            leg_samples: 0,
+            screen: Floor::default(),
+            leg: Leg::default(),
+            leg_sent: false,
+            floor_sent: false,
         }
     }
+
+    fn flow(&self) -> FlowRef {
+        FlowRef {
+            proto: Proto::Tcp.as_str(),
+            src_ip: self.viewer.0,
+            src_port: self.viewer.1,
+            dst_ip: self.host.0,
+            dst_port: self.host.1,
+        }
+    }
+
+    /// The operator floor and its answers: the screen's for VNC and RDP, the leg's for SSH.
+    fn operator_floor(&self) -> Option<(u64, u32)> {
+        match self.app? {
+            App::Ssh => Some((self.leg.both.ns?, self.leg.both.samples)),
+            App::Vnc | App::Rdp => Some((self.screen.ns?, self.screen.samples)),
+            _ => None,
+        }
+    }
+
+    fn operator_stable(&self) -> bool {
+        match self.app {
+            Some(App::Ssh) => self.leg.both.stable(),
+            Some(App::Vnc | App::Rdp) => self.screen.stable(),
+            _ => false,
+        }
+    }
+
+    fn latency_floor(&self, ts: Timestamp) -> Option<Observation> {
+        let app = self.app?;
+        let (floor_ns, exchanges) = self.operator_floor()?;
+        let floor_ms = ms(floor_ns);
+        let leg_ms = self.leg.both.ns.map(ms);
+        let relay = leg_ms.is_some_and(|leg| is_relayed(floor_ms, leg));
+        Some(Observation::LatencyFloor {
+            ts,
+            host: self.host.0,
+            viewer: self.viewer.0,
+            app,
+            floor_ms,
+            exchanges,
+            outside_leg_ms: leg_ms,
+            relay,
+            flow: self.flow(),
+        })
+    }
+
+    fn session_rtt(&self, ts: Timestamp) -> Option<Observation> {
+        Some(Observation::SessionRtt {
+            ts,
+            client: self.viewer.0,
+            rtt_ns: self.leg.both.ns?,
+            samples: self.leg.both.samples,
+            data_ack_ns: self.leg.data_ack.ns,
+            ts_echo_ns: self.leg.ts_echo.ns,
+            flow: self.flow(),
+        })
+    }
+
+    /// What became stable at `ts` and was not sent yet.
+    fn send_stable(&mut self, ts: Timestamp, send: &mut impl FnMut(Observation)) {
+        if !self.kept {
+            return;
+        }
+        if !self.leg_sent && self.leg.both.stable() {
+            self.leg_sent = true;
+            self.session_rtt(ts).map(&mut *send);
+        }
+        if !self.floor_sent && self.operator_stable() {
+            self.floor_sent = true;
+            self.latency_floor(ts).map(&mut *send);
+        }
+    }
+}
+
+/// The outside leg's passive RTT over a whole session, for its flow record: the floor over
+/// `samples` answers, and the floor of each source.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OutsideRtt {
+    pub floor_ms: f64,
+    pub samples: u32,
+    pub data_ack_ms: Option<f64>,
+    pub ts_echo_ms: Option<f64>,
 }
 
 /// The latency side table of one partition.
@@ -83,20 +293,28 @@ impl Latency {
         ("latency_sessions", self.evicted)
     }
 
-    /// One TCP packet; `inside` says which addresses are ours.
-    pub fn packet(&mut self, ts: Timestamp, d: &Decoded<'_>, inside: impl Fn(IpAddr) -> bool) {
+    /// One TCP packet. A floor that became stable with it goes to `send`.
+    pub fn packet(
+        &mut self,
+        ts: Timestamp,
+        d: &Decoded<'_>,
+        network: &NetworkConfig,
+        mut send: impl FnMut(Observation),
+    ) {
         let Some(tcp) = d.tcp.as_ref().filter(|_| d.proto == Proto::Tcp) else {
             return;
         };
         let key = FlowKey::of(d);
         if !self.sessions.contains_key(&key) {
-            // An outside peer opening a connection to an inside host.
-            if tcp.flags & (SYN | ACK) != SYN || inside(d.src) || !inside(d.dst) {
+            // An outside peer opening a connection to an inside host or a concentrator.
+            if tcp.flags & (SYN | ACK) != SYN || !inbound(network, d.src, d.dst) {
                 return;
             }
             self.evicted += crate::bounded::make_room(&mut self.sessions, MAX_SESSIONS, |s| s.last);
-            self.sessions
-                .insert(key, Session::new((d.src, d.src_port), ts));
+            self.sessions.insert(
+                key,
+                Session::new((d.src, d.src_port), (d.dst, d.dst_port), ts),
+            );
             return;
         }
         let Some(s) = self.sessions.get_mut(&key) else {
@@ -105,25 +323,18 @@ impl Latency {
         s.last = ts;
         let from_viewer = (d.src, d.src_port) == s.viewer;
         if !from_viewer {
+            let fin = u32::from(tcp.flags & FIN != 0);
             if d.payload_len > 0 {
                 s.pending = Some(ts);
-                let end = tcp.seq.wrapping_add(d.payload_len);
-                // A segment at or below the newest end is a retransmission (Karn): no sample.
-                s.unacked = match s.unacked {
-                    Some((prev, _)) if end.wrapping_sub(prev) as i32 <= 0 => None,
-                    _ => Some((end, ts)),
-                };
+            }
+            if d.payload_len + fin > 0 {
+                let end = tcp.seq.wrapping_add(d.payload_len + fin);
+                s.leg.host_data(ts, end, tcp.ts.map(|(val, _)| val));
             }
             return;
         }
-        if tcp.flags & ACK != 0
-            && let Some((end, sent)) = s.unacked
-            && tcp.ack == end
-        {
-            let rtt = ts.since(sent).as_nanos() as u64;
-            s.leg_ns = Some(s.leg_ns.map_or(rtt, |m| m.min(rtt)));
-            s.leg_samples = s.leg_samples.saturating_add(1);
-            s.unacked = None;
+        if tcp.flags & ACK != 0 && s.leg.peer_ack(ts, tcp.ack, tcp.ts.map(|(_, ecr)| ecr)) {
+            s.send_stable(ts, &mut send);
         }
         if d.payload_len == 0 {
             return;
@@ -138,58 +349,78 @@ impl Latency {
         };
         s.turns = s.turns.saturating_add(1);
         if answer {
-            let rtt = ts.since(since).as_nanos() as u64;
-            s.floor_ns = Some(s.floor_ns.map_or(rtt, |m| m.min(rtt)));
-            s.exchanges = s.exchanges.saturating_add(1);
+            s.screen.add(ts.since(since).as_nanos() as u64);
             s.pending = None;
+            s.send_stable(ts, &mut send);
         }
     }
 
-    /// The session's flow got its label: only remote-desktop and interactive sessions stay.
-    /// One whose SYN was not seen (the sensor started during it) is followed from here when
-    /// an outside originator reaches an inside responder.
-    pub fn identified(&mut self, key: &FlowKey, flow: &Flow, inside: impl Fn(IpAddr) -> bool) {
-        if !matches!(flow.app, Some(App::Vnc | App::Rdp | App::Ssh)) {
+    /// The session's flow got its label: remote-desktop and interactive sessions, VPN
+    /// tunnels and sessions to a concentrator stay followed. One whose SYN was not seen (the
+    /// sensor started during it) is followed from here when an outside originator reaches
+    /// an inside responder or a concentrator.
+    pub fn identified(&mut self, key: &FlowKey, flow: &Flow, network: &NetworkConfig) {
+        let operator = matches!(flow.app, Some(App::Vnc | App::Rdp | App::Ssh));
+        let tunnel = matches!(
+            flow.app,
+            Some(
+                App::Openvpn
+                    | App::Anyconnect
+                    | App::FortinetSslvpn
+                    | App::Globalprotect
+                    | App::PulseSecure
+                    | App::Softether
+            )
+        );
+        if !operator && !tunnel && !network.concentrators.contains(&flow.resp.0) {
             self.sessions.remove(key);
             return;
         }
         if !self.sessions.contains_key(key) {
-            if flow.proto != Proto::Tcp || inside(flow.orig.0) || !inside(flow.resp.0) {
+            if flow.proto != Proto::Tcp || !inbound(network, flow.orig.0, flow.resp.0) {
                 return;
             }
             self.evicted += crate::bounded::make_room(&mut self.sessions, MAX_SESSIONS, |s| s.last);
             self.sessions
-                .insert(*key, Session::new(flow.orig, flow.last));
+                .insert(*key, Session::new(flow.orig, flow.resp, flow.last));
         }
         if let Some(s) = self.sessions.get_mut(key) {
             s.app = flow.app;
+            s.kept = true;
         }
     }
 
-    /// `flow` ended: its session's latency floor, if it has one, for the flow record and
-    /// the account stage.
-    pub fn ended(&mut self, flow: &Flow, ts: Timestamp) -> Option<Observation> {
-        let s = self.sessions.remove(&flow.key())?;
-        let app = s.app?;
-        let leg_ms = s.leg_ns.map(ms);
-        let (floor_ms, exchanges) = match (app, s.floor_ns) {
-            (App::Ssh, _) => (leg_ms?, s.leg_samples),
-            (_, Some(f)) => (ms(f), s.exchanges),
-            _ => return None,
+    /// `flow` ended: its operator floor, unless sent already, goes to `send`; the floors go
+    /// on its flow record.
+    pub fn ended(
+        &mut self,
+        flow: &Flow,
+        ts: Timestamp,
+        record: &mut FlowRecord,
+        mut send: impl FnMut(Observation),
+    ) {
+        let Some(s) = self.sessions.remove(&flow.key()).filter(|s| s.kept) else {
+            return;
         };
-        let relay = leg_ms.is_some_and(|leg| is_relayed(floor_ms, leg));
-        Some(Observation::LatencyFloor {
-            ts,
-            host: flow.resp.0,
-            viewer: s.viewer.0,
-            app,
-            floor_ms,
-            exchanges,
-            outside_leg_ms: leg_ms,
-            relay,
-            flow: crate::detect::remote_desktop::flow_ref(flow),
-        })
+        record.outside_rtt = s.leg.both.ns.map(|floor| OutsideRtt {
+            floor_ms: ms(floor),
+            samples: s.leg.both.samples,
+            data_ack_ms: s.leg.data_ack.ns.map(ms),
+            ts_echo_ms: s.leg.ts_echo.ns.map(ms),
+        });
+        let Some((floor_ns, _)) = s.operator_floor() else {
+            return;
+        };
+        record.latency_floor_ms = Some(ms(floor_ns));
+        if !s.floor_sent {
+            s.latency_floor(ts).map(&mut send);
+        }
     }
+}
+
+/// An outside peer reaching an inside host or a concentrator.
+fn inbound(network: &NetworkConfig, src: IpAddr, dst: IpAddr) -> bool {
+    !network.is_inside(src) && (network.is_inside(dst) || network.concentrators.contains(&dst))
 }
 
 /// A floor this far above the TCP leg is not the TCP peer's: the peer relays for someone
@@ -243,9 +474,13 @@ mod tests {
     use crate::flows::flow::segment;
 
     const MS: u64 = 1_000_000;
+
     /// The server end of `segment` (198.51.100.7) is the inside host.
-    fn inside(ip: IpAddr) -> bool {
-        ip == IpAddr::from([198, 51, 100, 7])
+    fn network() -> NetworkConfig {
+        NetworkConfig {
+            inside: vec!["198.51.100.7/32".parse().unwrap()],
+            ..NetworkConfig::default()
+        }
     }
 
     fn labelled(first: &Decoded<'_>, app: App) -> Flow {
@@ -254,60 +489,217 @@ mod tests {
         flow
     }
 
+    /// A followed session of `app` opened by the outside client at time 0.
+    fn opened(l: &mut Latency, port: u16, app: App) -> Flow {
+        let syn = segment(40000, port, true, SYN, 0, b"");
+        l.packet(Timestamp(0), &syn, &network(), |_| {});
+        let flow = labelled(&syn, app);
+        l.identified(&FlowKey::of(&syn), &flow, &network());
+        flow
+    }
+
+    /// A segment of the session opened by [`opened`], with a timestamp option.
+    fn stamped(
+        port: u16,
+        from_client: bool,
+        seq: u32,
+        ack: u32,
+        ts: (u32, u32),
+        payload: &[u8],
+    ) -> Decoded<'_> {
+        let mut d = segment(40000, port, from_client, ACK | PSH, seq, payload);
+        let tcp = d.tcp.as_mut().unwrap();
+        tcp.ack = ack;
+        tcp.ts = Some(ts);
+        d
+    }
+
     /// A session whose SYN was before the sensor started is followed from its label on;
-    /// one an inside host opened is not.
+    /// one an inside host opened is not; one to a concentrator is.
     #[test]
     fn sessions_are_picked_up_at_their_label() {
         let mut l = Latency::default();
         let midway = segment(40001, 22, true, ACK | PSH, 7, b"x");
-        l.identified(&FlowKey::of(&midway), &labelled(&midway, App::Ssh), inside);
-        assert_eq!(l.sessions.len(), 1);
-        let outbound = segment(40002, 22, false, ACK | PSH, 7, b"x");
         l.identified(
-            &FlowKey::of(&outbound),
-            &labelled(&outbound, App::Ssh),
-            inside,
+            &FlowKey::of(&midway),
+            &labelled(&midway, App::Ssh),
+            &network(),
         );
         assert_eq!(l.sessions.len(), 1);
+        let outbound = segment(40002, 22, false, ACK | PSH, 7, b"x");
+        let key = FlowKey::of(&outbound);
+        l.identified(&key, &labelled(&outbound, App::Ssh), &network());
+        assert_eq!(l.sessions.len(), 1);
+        let concentrator = NetworkConfig {
+            inside: Vec::new(),
+            concentrators: vec![IpAddr::from([198, 51, 100, 7])],
+            ..NetworkConfig::default()
+        };
+        let tls = segment(40003, 443, true, ACK | PSH, 7, b"x");
+        l.identified(&FlowKey::of(&tls), &labelled(&tls, App::Tls), &concentrator);
+        assert_eq!(l.sessions.len(), 2);
     }
 
     /// A VNC session: the viewer's key events follow updates at once and are not answers;
     /// its update requests come one round trip (48 ms) after each update ends, and its ACK
-    /// of the last update segment gives the leg.
+    /// of the last update segment gives the leg. Too few answers to be stable: the floor is
+    /// sent when the session ends.
     #[test]
     fn vnc_floor_counts_update_requests_only() {
         let mut l = Latency::default();
-        let syn = segment(40000, 5900, true, SYN, 0, b"");
-        l.packet(Timestamp(0), &syn, inside);
-        let key = FlowKey::of(&syn);
-        l.identified(&key, &labelled(&syn, App::Vnc), inside);
+        let flow = opened(&mut l, 5900, App::Vnc);
         let request = [3, 1, 0, 0, 0, 0, 4, 0, 3, 0];
         let key_event = [4, 1, 0, 0, 0, 0, 0, 0x61];
+        let mut sent = Vec::new();
         for (i, start) in [1000, 2000].into_iter().enumerate() {
             let update = [0u8, 0, 0, 1];
             let seq = 100 + 4 * i as u32;
             let host = segment(40000, 5900, false, ACK | PSH, seq, &update);
-            l.packet(Timestamp(start * MS), &host, inside);
+            l.packet(Timestamp(start * MS), &host, &network(), |o| sent.push(o));
             let early = segment(40000, 5900, true, ACK | PSH, 1, &key_event);
-            l.packet(Timestamp((start + 1) * MS), &early, inside);
+            l.packet(Timestamp((start + 1) * MS), &early, &network(), |o| {
+                sent.push(o)
+            });
             let mut answer = segment(40000, 5900, true, ACK | PSH, 9, &request);
             answer.tcp.as_mut().unwrap().ack = seq + 4;
-            l.packet(Timestamp((start + 48 + i as u64) * MS), &answer, inside);
+            let at = Timestamp((start + 48 + i as u64) * MS);
+            l.packet(at, &answer, &network(), |o| sent.push(o));
         }
-        match l.ended(&labelled(&syn, App::Vnc), Timestamp(3000 * MS)) {
-            Some(Observation::LatencyFloor {
-                floor_ms,
-                exchanges,
-                outside_leg_ms,
-                relay,
-                app,
-                ..
-            }) => {
-                assert_eq!((floor_ms, exchanges, app), (48.0, 2, App::Vnc));
-                assert_eq!((outside_leg_ms, relay), (Some(48.0), false));
+        assert!(sent.is_empty());
+        let mut record = FlowRecord::new(&flow, None, false, None);
+        l.ended(&flow, Timestamp(3000 * MS), &mut record, |o| sent.push(o));
+        assert_eq!(record.latency_floor_ms, Some(48.0));
+        match &sent[..] {
+            [
+                Observation::LatencyFloor {
+                    floor_ms,
+                    exchanges,
+                    outside_leg_ms,
+                    relay,
+                    app,
+                    ts,
+                    ..
+                },
+            ] => {
+                assert_eq!((*floor_ms, *exchanges, *app), (48.0, 2, App::Vnc));
+                assert_eq!((*outside_leg_ms, *relay), (Some(48.0), false));
+                assert_eq!(*ts, Timestamp(3000 * MS));
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The peer ACKs two host segments at once: data → ACK has no sample (the ACK is not the
+    /// latest segment's end), the timestamp echo of the first segment's TSval has one. An
+    /// echo of a TSval never stored, or of a pure ACK's, gives none.
+    #[test]
+    fn the_timestamp_echo_times_cumulative_acks() {
+        let mut l = Latency::default();
+        let flow = opened(&mut l, 22, App::Ssh);
+        let n = network();
+        l.packet(
+            Timestamp(10 * MS),
+            &stamped(22, false, 100, 1, (500, 90), b"ab"),
+            &n,
+            |_| {},
+        );
+        l.packet(
+            Timestamp(11 * MS),
+            &stamped(22, false, 102, 1, (501, 90), b"cd"),
+            &n,
+            |_| {},
+        );
+        // The ACK of the first segment only, echoing its TSval, 30 ms after it left.
+        l.packet(
+            Timestamp(40 * MS),
+            &stamped(22, true, 1, 102, (91, 500), b""),
+            &n,
+            |_| {},
+        );
+        // A pure ACK of the host is not stored; its echo gives nothing.
+        l.packet(
+            Timestamp(50 * MS),
+            &stamped(22, false, 104, 1, (502, 91), b""),
+            &n,
+            |_| {},
+        );
+        l.packet(
+            Timestamp(90 * MS),
+            &stamped(22, true, 1, 103, (92, 502), b""),
+            &n,
+            |_| {},
+        );
+        let s = &l.sessions[&flow.key()];
+        assert_eq!(
+            (s.leg.ts_echo.ns, s.leg.ts_echo.samples),
+            (Some(30 * MS), 1)
+        );
+        assert_eq!(s.leg.data_ack.samples, 0);
+        assert_eq!((s.leg.both.ns, s.leg.both.samples), (Some(30 * MS), 1));
+    }
+
+    /// The leg's floor is sent the moment it is stable: at the 16th sample, the floor (50
+    /// ms, reached at the third) having held over the last eight; once, as `SessionRtt`
+    /// and (SSH) as `LatencyFloor`. The session's end sends nothing more, and its record
+    /// gets the final floor.
+    #[test]
+    fn a_stable_floor_is_sent_during_the_session() {
+        let mut l = Latency::default();
+        let flow = opened(&mut l, 22, App::Ssh);
+        let n = network();
+        let mut sent = Vec::new();
+        let mut at = Vec::new();
+        for i in 1..=20u32 {
+            let start = u64::from(i) * 1000;
+            let rtt = if i == 3 {
+                50
+            } else {
+                50 + u64::from(i % 5) + 1
+            };
+            let seq = 100 + 2 * i;
+            let host = stamped(22, false, seq, 1, (1000 + i, 7), b"ab");
+            l.packet(Timestamp(start * MS), &host, &n, |o| sent.push(o));
+            let ack = stamped(22, true, 1, seq + 2, (7, 1000 + i), b"");
+            l.packet(Timestamp((start + rtt) * MS), &ack, &n, |o| {
+                at.push(i);
+                sent.push(o)
+            });
+        }
+        assert_eq!(at, [16, 16]);
+        match &sent[..] {
+            [
+                Observation::SessionRtt {
+                    ts,
+                    client,
+                    rtt_ns,
+                    samples,
+                    data_ack_ns,
+                    ts_echo_ns,
+                    flow: f,
+                },
+                Observation::LatencyFloor {
+                    floor_ms,
+                    exchanges,
+                    ..
+                },
+            ] => {
+                assert_eq!(*ts, Timestamp((16_000 + 52) * MS));
+                assert_eq!(*client, IpAddr::from([192, 0, 2, 1]));
+                assert_eq!((*rtt_ns, *samples), (50 * MS, 16));
+                assert_eq!((*data_ack_ns, *ts_echo_ns), (Some(50 * MS), Some(50 * MS)));
+                assert_eq!((f.src_port, f.dst_port), (40000, 22));
+                assert_eq!((*floor_ms, *exchanges), (50.0, 16));
+            }
+            other => panic!("{other:?}"),
+        }
+        sent.clear();
+        let mut record = FlowRecord::new(&flow, None, false, None);
+        l.ended(&flow, Timestamp(30_000 * MS), &mut record, |o| sent.push(o));
+        assert!(sent.is_empty());
+        assert_eq!(record.latency_floor_ms, Some(50.0));
+        let leg = record.outside_rtt.unwrap();
+        assert_eq!((leg.floor_ms, leg.samples), (50.0, 20));
+        assert_eq!((leg.data_ack_ms, leg.ts_echo_ms), (Some(50.0), Some(50.0)));
     }
 
     /// Past [`MAX_SESSIONS`] the eighth seen longest ago goes, counted; a flow identified
@@ -317,12 +709,12 @@ mod tests {
         let mut l = Latency::default();
         for port in 0..(MAX_SESSIONS as u16 + 76) {
             let syn = segment(10000 + port, 5900, true, SYN, 0, b"");
-            l.packet(Timestamp(u64::from(port)), &syn, inside);
+            l.packet(Timestamp(u64::from(port)), &syn, &network(), |_| {});
         }
         assert_eq!(l.evictions(), ("latency_sessions", MAX_SESSIONS as u64 / 8));
         let syn = segment(10000 + MAX_SESSIONS as u16, 5900, true, SYN, 0, b"");
         let before = l.sessions.len();
-        l.identified(&FlowKey::of(&syn), &labelled(&syn, App::Http), inside);
+        l.identified(&FlowKey::of(&syn), &labelled(&syn, App::Http), &network());
         assert_eq!(l.sessions.len(), before - 1);
     }
 

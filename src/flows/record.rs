@@ -85,6 +85,10 @@ pub struct FlowRecord {
     /// (`flows::latency`): on the last record of the session.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_floor_ms: Option<f64>,
+    /// The outside leg's passive RTT inside an inbound session (`flows::latency`): on the
+    /// last record of the session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outside_rtt: Option<crate::flows::latency::OutsideRtt>,
 }
 
 /// The history as its letters, a string in the record.
@@ -205,6 +209,7 @@ impl FlowRecord {
             tool_evidence,
             relay,
             latency_floor_ms: None,
+            outside_rtt: None,
         }
     }
 
@@ -233,7 +238,7 @@ impl FlowRecord {
         if self.relay {
             o.field(key!(relay), &self.relay)?;
         }
-        present!(o, self: latency_floor_ms);
+        present!(o, self: latency_floor_ms, outside_rtt);
         o.end();
         Ok(())
     }
@@ -326,6 +331,12 @@ mod tests {
             tool_evidence: Some("sni"),
             relay: true,
             latency_floor_ms: Some(121.5),
+            outside_rtt: Some(crate::flows::latency::OutsideRtt {
+                floor_ms: 120.2,
+                samples: 40,
+                data_ack_ms: Some(120.4),
+                ts_echo_ms: Some(120.2),
+            }),
         }
     }
 
