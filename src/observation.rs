@@ -189,6 +189,21 @@ mod tests {
                 ts: Timestamp::from_secs(1_700_000_001),
                 host: "10.0.0.5".parse().unwrap(),
             },
+            Observation::SessionRtt {
+                ts: Timestamp::from_secs(1_700_000_002),
+                client: "192.0.2.30".parse().unwrap(),
+                rtt_ns: 120_215_000,
+                samples: 21,
+                data_ack_ns: Some(120_226_000),
+                ts_echo_ns: None,
+                flow: FlowRef {
+                    proto: "tcp",
+                    src_ip: "192.0.2.30".parse().unwrap(),
+                    src_port: 37728,
+                    dst_ip: "10.8.0.12".parse().unwrap(),
+                    dst_port: 1194,
+                },
+            },
             Observation::Finding {
                 event: Box::new(event),
             },

@@ -25,8 +25,10 @@
 //! RTT to the outside client (`SessionRtt`), from inside one long connection.
 //!
 //! A floor is *stable* once [`STABLE_SAMPLES`] samples were taken and the last
-//! [`STABLE_HELD`] of them did not lower it: then it is sent at once, at that packet's time
-//! (the same moment for every worker count and in live capture), not at the session's end.
+//! [`STABLE_HELD`] of them did not lower it: then it is sent at once, at the time of the
+//! packet that gave the sample (the same moment for every worker count and in live
+//! capture), not at the session's end; a session labelled only later sends it at its first
+//! sample after the label.
 //! Each session sends its leg (`SessionRtt`) once, when stable, and its operator floor
 //! (`LatencyFloor`) once, when stable or else when it ends; its flow record carries the
 //! floor at the end.
@@ -55,7 +57,8 @@ pub const MAX_SESSIONS: usize = 1024;
 pub const STABLE_SAMPLES: u32 = 16;
 /// Samples in a row that must not lower a floor for it to be stable.
 pub const STABLE_HELD: u32 = 8;
-/// TSvals of the host awaiting their echo per session; past it the oldest is forgotten.
+/// TSvals of the host awaiting their echo per session. Past it the oldest is forgotten: a
+/// sampling choice, like ePPing's one timestamp per flow, since the newer ones are timed.
 const TSVALS: usize = 4;
 /// Setup turns of an RDP connection that count as answers: X.224 confirm → ClientHello and
 /// the host's TLS flight → the viewer's next flight.
