@@ -14,9 +14,10 @@
 //! - data → ACK, as tcptrace does: the host's latest data segment against the peer's ACK of
 //!   exactly its end (a retransmitted segment gives no sample, Karn);
 //! - the TCP timestamp echo, as pping does: the first time each newer TSval leaves the host
-//!   on a data segment, against the peer's segment whose TSecr echoes it. It also times ACKs
-//!   that cover several segments, where data → ACK has none; hosts that send no timestamp
-//!   option (Windows) leave it empty.
+//!   on a data segment, against the peer's segment whose TSecr echoes it. It also times the
+//!   ACK of an earlier segment that comes after the host sent more, where data → ACK (which
+//!   waits for the latest end) has none; hosts that send no timestamp option (Windows)
+//!   leave it empty.
 //!
 //! A delayed ACK inflates a sample of either source by the peer's timer, never shrinks it:
 //! the floor over many samples is the leg. It is the interactive-SSH measurement, and
