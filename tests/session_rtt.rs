@@ -87,7 +87,7 @@ fn the_outside_leg_is_the_configured_round_trip_from_both_sources() {
 /// The VPN client 192.0.2.30 (Dallas in the test geo database) is the account's public
 /// address; the sensor is in Dallas, so a direct path takes at most 40.6 ms. One TCP
 /// connection, one handshake: only the in-session samples can reach `rtt_min_samples`.
-fn replay_vpn(file: &str) -> (Vec<Value>, Vec<Value>) {
+fn replay_vpn(file: &str, workers: &str) -> (Vec<Value>, Vec<Value>) {
     let dir = support::scratch(&format!("session-rtt-config-{file}"));
     let config = dir.join("farmwatch.toml");
     std::fs::write(
@@ -116,13 +116,15 @@ fn replay_vpn(file: &str) -> (Vec<Value>, Vec<Value>) {
         accounts.to_str().unwrap(),
         "--sessions",
         sessions.to_str().unwrap(),
+        "--workers",
+        workers,
     ];
     support::replay(&[&lab().join(file)], &extra, &format!("session-rtt-{file}"))
 }
 
 #[test]
 fn one_long_vpn_connection_is_judged_by_rtt_distance_during_the_session() {
-    let (events, flows) = replay_vpn("openvpn-tcp-60ms.pcap");
+    let (events, flows) = replay_vpn("openvpn-tcp-60ms.pcap", "1");
     let [vpn] = &flows[..] else {
         panic!("one flow wanted: {flows:?}");
     };
@@ -147,7 +149,10 @@ fn one_long_vpn_connection_is_judged_by_rtt_distance_during_the_session() {
     // Raised while the connection ran, not at its end.
     assert!(e["ts"].as_str().unwrap() < vpn["end"].as_str().unwrap());
 
-    let (events, flows) = replay_vpn("openvpn-tcp-5ms.pcap");
+    // The moment it is raised is packet time: the same with three workers.
+    assert_eq!(replay_vpn("openvpn-tcp-60ms.pcap", "3"), (events, flows));
+
+    let (events, flows) = replay_vpn("openvpn-tcp-5ms.pcap", "1");
     assert_eq!(flows.len(), 1);
     assert!(
         events.iter().all(|e| e["reason"] != "rtt_distance"),
