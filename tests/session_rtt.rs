@@ -28,7 +28,7 @@ fn within(got: f64, want: f64) -> bool {
 fn the_outside_leg_is_the_configured_round_trip_from_both_sources() {
     let mut problems = Vec::new();
     let mut table = vec![
-        "| capture | configured ms | floor ms | error ms | data→ACK ms | TS echo ms | samples |"
+        "| capture | configured ms | floor ms | error ms | data→ACK ms | TS echo ms | samples (data→ACK, echo) |"
             .to_string(),
         "|---|---|---|---|---|---|---|".to_string(),
     ];
@@ -63,9 +63,11 @@ fn the_outside_leg_is_the_configured_round_trip_from_both_sources() {
             continue;
         };
         table.push(format!(
-            "| {file} | {want} | {floor:.2} | {:+.2} | {data_ack:.2} | {ts_echo:.2} | {} |",
+            "| {file} | {want} | {floor:.2} | {:+.2} | {data_ack:.2} | {ts_echo:.2} | {} ({}, {}) |",
             floor - want,
-            leg["samples"]
+            leg["samples"],
+            leg["data_ack_samples"],
+            leg["ts_echo_samples"]
         ));
         if floor != data_ack.min(ts_echo) {
             problems.push(format!("{file}: floor {floor} is not the lesser source"));

@@ -275,13 +275,15 @@ impl Session {
 }
 
 /// The outside leg's passive RTT over a whole session, for its flow record: the floor over
-/// `samples` answers, and the floor of each source.
+/// `samples` answers, and the floor and samples of each source.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct OutsideRtt {
     pub floor_ms: f64,
     pub samples: u32,
     pub data_ack_ms: Option<f64>,
+    pub data_ack_samples: u32,
     pub ts_echo_ms: Option<f64>,
+    pub ts_echo_samples: u32,
 }
 
 /// The latency side table of one partition.
@@ -410,7 +412,9 @@ impl Latency {
             floor_ms: ms(floor),
             samples: s.leg.both.samples,
             data_ack_ms: s.leg.data_ack.ns.map(ms),
+            data_ack_samples: s.leg.data_ack.samples,
             ts_echo_ms: s.leg.ts_echo.ns.map(ms),
+            ts_echo_samples: s.leg.ts_echo.samples,
         });
         let Some((floor_ns, _)) = s.operator_floor() else {
             return;
@@ -704,6 +708,7 @@ mod tests {
         let leg = record.outside_rtt.unwrap();
         assert_eq!((leg.floor_ms, leg.samples), (50.0, 20));
         assert_eq!((leg.data_ack_ms, leg.ts_echo_ms), (Some(50.0), Some(50.0)));
+        assert_eq!((leg.data_ack_samples, leg.ts_echo_samples), (20, 20));
     }
 
     /// Past [`MAX_SESSIONS`] the eighth seen longest ago goes, counted; a flow identified

@@ -335,7 +335,9 @@ mod tests {
                 floor_ms: 120.2,
                 samples: 40,
                 data_ack_ms: Some(120.4),
+                data_ack_samples: 31,
                 ts_echo_ms: Some(120.2),
+                ts_echo_samples: 38,
             }),
         }
     }
