@@ -463,7 +463,7 @@ impl Partition {
                     {
                         identify_flow(flow, ctx, ts, false);
                         if flow.dissected {
-                            // Passive RTT: remote-desktop, SSH, tunnel and concentrator sessions stay followed.
+                            // Passive RTT: only sessions it times stay followed.
                             self.latency.identified(&key, flow, &ctx.scope.network);
                             let scope = ctx.detector_scope();
                             let moment = Moment::Identified {

@@ -55,8 +55,9 @@ pub enum Observation {
     },
     /// The round trip from the sensor to the person at an inbound remote-desktop or
     /// interactive session on `host` (`flows::latency`), sent once its floor is stable, or
-    /// else when the session ends: the floor over `exchanges` answers, the TCP leg to the outside peer `viewer`, and whether
-    /// the floor is far above that leg (`relay`: the peer forwards for someone farther).
+    /// else when the session ends: the floor over `exchanges` answers, the TCP leg to the
+    /// outside peer `viewer`, and whether the floor is far above that leg (`relay`: the
+    /// peer forwards for someone farther).
     LatencyFloor {
         ts: Timestamp,
         host: IpAddr,

@@ -207,12 +207,12 @@ impl RttDistance {
         let p = self.probe(client);
         let n = match sampled {
             Sampled::Handshake => 1,
-            Sampled::InSession(n) => n,
+            Sampled::InSession(n) => {
+                p.session_samples = p.session_samples.saturating_add(n);
+                n
+            }
         };
         p.samples = p.samples.saturating_add(n);
-        if let Sampled::InSession(n) = sampled {
-            p.session_samples = p.session_samples.saturating_add(n);
-        }
         p.last = p.last.max(ts);
         if p.min_rtt_ns.is_none_or(|m| rtt < m) {
             p.min_rtt_ns = Some(rtt);
