@@ -13,8 +13,8 @@
 //! both taken from the host's data segments and the peer's answers to them:
 //! - data → ACK, as tcptrace does: the host's latest data segment against the peer's ACK of
 //!   exactly its end (a retransmitted segment gives no sample, Karn);
-//! - the TCP timestamp echo, as pping does: the first time each newer TSval leaves the host
-//!   on a data segment, against the peer's segment whose TSecr echoes it. It also times the
+//! - the TCP timestamp echo, as pping does: each TSval the host first sends on a data
+//!   segment, against the peer's segment whose TSecr echoes it. It also times the
 //!   ACK of an earlier segment that comes after the host sent more, where data → ACK (which
 //!   waits for the latest end) has none; hosts that send no timestamp option (Windows)
 //!   leave it empty.
@@ -71,9 +71,9 @@ const RDP_FRAME_ACK_RECORDS: [usize; 4] = [58, 65, 66, 73];
 /// The least of a series of samples, how many there were, and how many in a row since it
 /// last fell.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Floor {
-    pub ns: Option<u64>,
-    pub samples: u32,
+struct Floor {
+    ns: Option<u64>,
+    samples: u32,
     held: u32,
 }
 
@@ -100,7 +100,7 @@ struct Leg {
     unacked: Option<(u32, Timestamp)>,
     /// The host's newer TSvals on data segments, each with the time first seen.
     tsvals: [Option<(u32, Timestamp)>; TSVALS],
-    /// The newest TSval stored, and the slot the next one goes to.
+    /// The newest TSval the host sent, and the slot the next one stored goes to.
     newest: Option<u32>,
     next: usize,
     data_ack: Floor,
@@ -110,20 +110,25 @@ struct Leg {
 }
 
 impl Leg {
-    /// A host segment carrying data (or FIN) that ends at `end`.
-    fn host_data(&mut self, ts: Timestamp, end: u32, tsval: Option<u32>) {
-        // A segment at or below the newest end is a retransmission (Karn): no sample.
-        self.unacked = match self.unacked {
-            Some((prev, _)) if end.wrapping_sub(prev) as i32 <= 0 => None,
-            _ => Some((end, ts)),
-        };
-        // Only a TSval newer than the last one stored: the first segment of each tick.
+    /// A host segment; `end` when it carries data (or FIN) and ends there.
+    fn host_segment(&mut self, ts: Timestamp, end: Option<u32>, tsval: Option<u32>) {
+        if let Some(end) = end {
+            // A segment at or below the newest end is a retransmission (Karn): no sample.
+            self.unacked = match self.unacked {
+                Some((prev, _)) if end.wrapping_sub(prev) as i32 <= 0 => None,
+                _ => Some((end, ts)),
+            };
+        }
+        // Only a TSval the host never sent before, on data: a pure ACK of the same tick
+        // could be echoed before the data arrives, and read short.
         if let Some(val) = tsval.filter(|v| *v != 0)
             && self.newest.is_none_or(|n| (val.wrapping_sub(n) as i32) > 0)
         {
-            self.tsvals[self.next] = Some((val, ts));
-            self.next = (self.next + 1) % TSVALS;
             self.newest = Some(val);
+            if end.is_some() {
+                self.tsvals[self.next] = Some((val, ts));
+                self.next = (self.next + 1) % TSVALS;
+            }
         }
     }
 
@@ -333,10 +338,9 @@ impl Latency {
             if d.payload_len > 0 {
                 s.pending = Some(ts);
             }
-            if d.payload_len + fin > 0 {
-                let end = tcp.seq.wrapping_add(d.payload_len + fin);
-                s.leg.host_data(ts, end, tcp.ts.map(|(val, _)| val));
-            }
+            let len = d.payload_len + fin;
+            let end = (len > 0).then(|| tcp.seq.wrapping_add(len));
+            s.leg.host_segment(ts, end, tcp.ts.map(|(val, _)| val));
             return;
         }
         if tcp.flags & ACK != 0 && s.leg.peer_ack(ts, tcp.ack, tcp.ts.map(|(_, ecr)| ecr)) {
@@ -597,46 +601,28 @@ mod tests {
         }
     }
 
-    /// The peer ACKs two host segments at once: data → ACK has no sample (the ACK is not the
-    /// latest segment's end), the timestamp echo of the first segment's TSval has one. An
-    /// echo of a TSval never stored, or of a pure ACK's, gives none.
+    /// The peer ACKs the first of two host segments after both left: data → ACK has no
+    /// sample (the ACK is not the latest segment's end), the timestamp echo of the first
+    /// segment's TSval has one. A TSval the host sent first on a pure ACK is not timed, even
+    /// on data in the same tick: the peer may echo it before that data arrives.
     #[test]
-    fn the_timestamp_echo_times_cumulative_acks() {
+    fn the_timestamp_echo_times_what_data_to_ack_cannot() {
         let mut l = Latency::default();
         let flow = opened(&mut l, 22, App::Ssh);
         let n = network();
-        l.packet(
-            Timestamp(10 * MS),
-            &stamped(22, false, 100, 1, (500, 90), b"ab"),
-            &n,
-            |_| {},
-        );
-        l.packet(
-            Timestamp(11 * MS),
-            &stamped(22, false, 102, 1, (501, 90), b"cd"),
-            &n,
-            |_| {},
-        );
-        // The ACK of the first segment only, echoing its TSval, 30 ms after it left.
-        l.packet(
-            Timestamp(40 * MS),
-            &stamped(22, true, 1, 102, (91, 500), b""),
-            &n,
-            |_| {},
-        );
-        // A pure ACK of the host is not stored; its echo gives nothing.
-        l.packet(
-            Timestamp(50 * MS),
-            &stamped(22, false, 104, 1, (502, 91), b""),
-            &n,
-            |_| {},
-        );
-        l.packet(
-            Timestamp(90 * MS),
-            &stamped(22, true, 1, 103, (92, 502), b""),
-            &n,
-            |_| {},
-        );
+        let packets = [
+            (10_000, stamped(22, false, 100, 1, (500, 90), b"ab")),
+            (11_000, stamped(22, false, 102, 1, (501, 90), b"cd")),
+            // The ACK of the first segment only, echoing its TSval, 30 ms after it left.
+            (40_000, stamped(22, true, 1, 102, (91, 500), b"")),
+            (50_000, stamped(22, false, 104, 1, (502, 91), b"")),
+            (50_500, stamped(22, false, 104, 1, (502, 91), b"ef")),
+            // A keystroke sent before "ef" arrived, echoing the pure ACK's TSval.
+            (80_000, stamped(22, true, 1, 104, (92, 502), b"k")),
+        ];
+        for (us, d) in &packets {
+            l.packet(Timestamp(us * 1000), d, &n, |_| {});
+        }
         let s = &l.sessions[&flow.key()];
         assert_eq!(
             (s.leg.ts_echo.ns, s.leg.ts_echo.samples),
