@@ -34,9 +34,15 @@ fn the_outside_leg_is_the_configured_round_trip_from_both_sources() {
     ];
     for cap in manifest() {
         let file = cap["file"].as_str().unwrap();
-        if !["vnc-", "rdp-", "ssh-inbound-", "ssh-domestic-", "openvpn-"]
-            .iter()
-            .any(|p| file.starts_with(p))
+        if ![
+            "vnc-",
+            "rdp-",
+            "ssh-inbound-",
+            "ssh-domestic-",
+            "openvpn-tcp-",
+        ]
+        .iter()
+        .any(|p| file.starts_with(p))
         {
             continue;
         }
