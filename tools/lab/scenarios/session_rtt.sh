@@ -79,3 +79,20 @@ scenario_ssh_learned() {
 			"expected_rtt_ms is the operator's round trip (198.51.100.20); the logins come from 192.0.2.2-14 and 192.0.2.17-27 at 10 ms" "$rtt"
 	done
 }
+
+# Inbound ssh to a host that sends no TCP timestamps (as Windows 11): the echo has nothing
+# to time, data -> ACK alone measures the leg.
+scenario_ssh_no_timestamps() {
+	start_sshd host
+	local d=60 f=ssh-inbound-no-timestamps-60ms.pcap rtt
+	delays host=1 op=$d relay=0 srv=0 far=0
+	rtt=$(ping_median op "$HOST_IP")
+	in_ns host sysctl -qw net.ipv4.tcp_timestamps=0
+	sensor_start "$f"
+	typist 22 op "root@$HOST_IP"
+	sensor_stop
+	in_ns host sysctl -qw net.ipv4.tcp_timestamps=1
+	manifest_add "$f" "inbound ssh typed by an operator $d ms beyond the sensor to a host with TCP timestamps off" \
+		"{\"far_operator\": true, \"timestamps\": false, \"typing_side\": \"originator\", \"app\": \"ssh\", \"tcp_rtt_resp_ms\": 2, \"tcp_rtt_orig_ms\": $((2 * d))}" $((2 * d)) \
+		"net.ipv4.tcp_timestamps=0 in the host's namespace: no timestamp option in its SYN/ACK, so neither side sends one" "$rtt"
+}
