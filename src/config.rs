@@ -50,14 +50,14 @@ impl Default for SensorConfig {
 }
 
 /// `[network]`: which addresses are ours. Inside/outside decides which end of a flow is
-/// the account's host.
+/// the account's host ([`NetworkConfig::host`]).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetworkConfig {
     /// Account hosts and corporate servers.
-    pub inside: Vec<IpNet>,
+    pub inside: Nets,
     /// Addresses the VPN assigns to accounts.
-    pub vpn_pool: Vec<IpNet>,
+    pub vpn_pool: Nets,
     /// The VPN's public endpoints (outer side).
     pub concentrators: Vec<IpAddr>,
 }
@@ -74,8 +74,12 @@ impl Default for NetworkConfig {
             "fc00::/7",
         ];
         NetworkConfig {
-            inside: nets.iter().filter_map(|n| n.parse().ok()).collect(),
-            vpn_pool: Vec::new(),
+            inside: nets
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect::<Vec<IpNet>>()
+                .into(),
+            vpn_pool: Nets::default(),
             concentrators: Vec::new(),
         }
     }
@@ -83,8 +87,104 @@ impl Default for NetworkConfig {
 
 impl NetworkConfig {
     pub fn is_inside(&self, ip: IpAddr) -> bool {
-        self.inside.iter().any(|n| n.contains(&ip))
+        self.inside.contains(ip)
     }
+
+    /// In `vpn_pool`: an address the VPN gives an account, so a person's, not a server's.
+    pub fn is_pooled(&self, ip: IpAddr) -> bool {
+        self.vpn_pool.contains(ip)
+    }
+
+    /// The host of a flow between ends `a` and `b` (address and port; the port 0 unless
+    /// TCP or UDP): the end whose account the flow is about. The one rule for "which end is
+    /// the host", used to share packets out, to name a record's account and a finding's
+    /// host, so that all of a host's flows meet in one partition.
+    ///
+    /// The inside end when only one is inside; none when neither is. Between two inside
+    /// hosts the one in the VPN pool when only one is (a laptop reaching a corporate
+    /// server), else the client: people open connections and servers answer, so the
+    /// client's account is the one at work. The originator is not known from one packet
+    /// (a flow may be picked up mid-stream, a fragment carries no flags), so the client is
+    /// the end with the higher port, as nfdump and Zeek decide when they saw no SYN:
+    /// servers listen on low, well-known ports, clients send from ephemeral ones. Equal
+    /// ports (ICMP, NTP 123 to 123) leave the lower address. Either way round, the same
+    /// answer.
+    pub fn host(&self, a: (IpAddr, u16), b: (IpAddr, u16)) -> Option<IpAddr> {
+        match (self.is_inside(a.0), self.is_inside(b.0)) {
+            (true, false) => Some(a.0),
+            (false, true) => Some(b.0),
+            (false, false) => None,
+            (true, true) => match (self.is_pooled(a.0), self.is_pooled(b.0)) {
+                (true, false) => Some(a.0),
+                (false, true) => Some(b.0),
+                _ if a.1 != b.1 => Some(if a.1 > b.1 { a.0 } else { b.0 }),
+                _ => Some(a.0.min(b.0)),
+            },
+        }
+    }
+}
+
+/// A list of networks, as written, and as sorted, merged ranges per address family: a
+/// lookup (several per packet) is a binary search over integers instead of a mask per
+/// network.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(from = "Vec<IpNet>")]
+pub struct Nets {
+    nets: Vec<IpNet>,
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
+}
+
+impl From<Vec<IpNet>> for Nets {
+    fn from(nets: Vec<IpNet>) -> Nets {
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for net in &nets {
+            match net {
+                IpNet::V4(n) => v4.push((n.network().to_bits(), n.broadcast().to_bits())),
+                IpNet::V6(n) => v6.push((n.network().to_bits(), n.broadcast().to_bits())),
+            }
+        }
+        merge(&mut v4);
+        merge(&mut v6);
+        Nets { nets, v4, v6 }
+    }
+}
+
+/// The networks as written.
+impl std::ops::Deref for Nets {
+    type Target = [IpNet];
+
+    fn deref(&self) -> &[IpNet] {
+        &self.nets
+    }
+}
+
+impl Nets {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => within(&self.v4, a.to_bits()),
+            IpAddr::V6(a) => within(&self.v6, a.to_bits()),
+        }
+    }
+}
+
+/// Sorts `ranges` and joins those that overlap, so that at most one can hold an address.
+fn merge<T: Ord + Copy>(ranges: &mut Vec<(T, T)>) {
+    ranges.sort_unstable();
+    let mut merged: Vec<(T, T)> = Vec::with_capacity(ranges.len());
+    for &(start, end) in ranges.iter() {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    *ranges = merged;
+}
+
+/// In one of the sorted, disjoint `ranges`: the last one starting at or before `x`.
+fn within<T: Ord + Copy>(ranges: &[(T, T)], x: T) -> bool {
+    let after = ranges.partition_point(|r| r.0 <= x);
+    after > 0 && x <= ranges[after - 1].1
 }
 
 /// One line saying what is wrong with a config file, with the line number.
@@ -284,6 +384,67 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One rule for the host of a flow, the same either way round: the inside end; of two,
+    /// the pooled one, else the client (the higher port), else the lower address.
+    #[test]
+    fn the_host_of_a_flow() {
+        let network = NetworkConfig {
+            vpn_pool: vec!["10.8.0.0/16".parse().unwrap()].into(),
+            ..Default::default()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let cases = [
+            (("192.0.2.1", 50_000), ("10.20.0.5", 22), Some("10.20.0.5")),
+            (("10.20.0.5", 50_000), ("192.0.2.1", 443), Some("10.20.0.5")),
+            (("10.20.0.5", 22), ("10.8.0.12", 50_000), Some("10.8.0.12")),
+            (("10.8.0.12", 50_000), ("10.20.0.5", 22), Some("10.8.0.12")),
+            (("10.20.0.5", 40_000), ("10.20.0.30", 22), Some("10.20.0.5")),
+            (("10.8.0.1", 40_000), ("10.8.0.2", 3389), Some("10.8.0.1")),
+            (("10.20.0.9", 123), ("10.20.0.5", 123), Some("10.20.0.5")),
+            (("fd00::2", 0), ("fd00::1", 0), Some("fd00::1")),
+            (("fd00::2", 0), ("2001:db8::1", 0), Some("fd00::2")),
+            (("192.0.2.1", 1), ("198.51.100.1", 2), None),
+        ];
+        for ((a, pa), (b, pb), want) in cases {
+            let (a, b) = ((ip(a), pa), (ip(b), pb));
+            assert_eq!(network.host(a, b), want.map(ip), "{a:?} {b:?}");
+            assert_eq!(network.host(b, a), want.map(ip), "{b:?} {a:?}");
+        }
+    }
+
+    /// The sorted ranges answer as the networks do, at every edge, overlapping or not.
+    #[test]
+    fn inside_ranges_agree_with_the_networks() {
+        let nets = [
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "172.16.0.0/12",
+            "192.0.2.128/25",
+            "0.0.0.0/32",
+        ];
+        let network = NetworkConfig {
+            inside: nets
+                .iter()
+                .map(|n| n.parse().unwrap())
+                .collect::<Vec<IpNet>>()
+                .into(),
+            ..Default::default()
+        };
+        for net in network.inside.iter() {
+            let IpNet::V4(n) = net else { continue };
+            for edge in [n.network().to_bits(), n.broadcast().to_bits()] {
+                for x in [edge.wrapping_sub(1), edge, edge.wrapping_add(1)] {
+                    let ip = IpAddr::from(std::net::Ipv4Addr::from_bits(x));
+                    let by_nets = network.inside.iter().any(|n| n.contains(&ip));
+                    assert_eq!(network.is_inside(ip), by_nets, "{ip}");
+                }
+            }
+        }
+        assert!(!network.is_inside("fd00::1".parse().unwrap()));
+        assert!(NetworkConfig::default().is_inside("fd00::1".parse().unwrap()));
+        assert!(!NetworkConfig::default().is_pooled("10.8.0.1".parse().unwrap()));
+    }
 
     #[test]
     fn parses_the_design_example() {

@@ -200,49 +200,23 @@ impl Decoder {
 
     /// Ok(None): the frame was a fragment held for reassembly.
     pub fn decode<'a>(&'a mut self, pkt: Packet<'a>) -> Result<Option<Decoded<'a>>, DecodeError> {
-        let mut layer = link_layer(pkt.link, pkt.data)?;
-        let mut tunnel = None;
-        let mut depth = 0;
-        // Every link step consumes header bytes, so this ends; encapsulations are capped.
+        let (mut net, tunnel) = innermost(pkt)?;
         let mut reassembled = false;
-        let net = loop {
-            let ip = match layer {
-                Layer::Ether(frame) => {
-                    layer = ethernet(frame)?;
-                    continue;
-                }
-                Layer::EtherType(ty, rest) => {
-                    layer = ether_type(ty, rest)?;
-                    continue;
-                }
-                Layer::Ip(ip) => ip,
+        if let Some(frag) = net.fragment {
+            let Some(whole) = self.fragments.add(pkt.ts, &net, frag)? else {
+                return Ok(None);
             };
-            let net = ip_layer(ip)?;
-            if let Some(frag) = net.fragment {
-                let Some(whole) = self.fragments.add(pkt.ts, &net, frag)? else {
-                    return Ok(None);
-                };
-                self.reassembled = whole;
-                reassembled = true;
-                let len = self.reassembled.len() as u32;
-                break Net {
-                    payload: &self.reassembled,
-                    payload_len: len,
-                    ip_len: net.base_header_len + len,
-                    fragment: None,
-                    ..net
-                };
-            }
-            match inner(&net) {
-                Some(_) if depth == MAX_DEPTH => return Err(DecodeError::TunnelDepth),
-                Some((kind, next)) => {
-                    depth += 1;
-                    tunnel = Some(kind);
-                    layer = next;
-                }
-                None => break net,
-            }
-        };
+            self.reassembled = whole;
+            reassembled = true;
+            let len = self.reassembled.len() as u32;
+            net = Net {
+                payload: &self.reassembled,
+                payload_len: len,
+                ip_len: net.base_header_len + len,
+                fragment: None,
+                ..net
+            };
+        }
         // Called once, here, with the packet that was found: the record is built in place.
         let mut decoded = transport(&net, tunnel)?;
         if let Some(d) = decoded.as_mut() {
@@ -250,6 +224,122 @@ impl Decoder {
         }
         Ok(decoded)
     }
+}
+
+/// The innermost IP packet of a frame, or the fragment met on the way (a fragment's
+/// payload cannot be peeled further until it is whole), and the innermost encapsulation.
+fn innermost(pkt: Packet<'_>) -> Result<(Net<'_>, Option<Tunnel>), DecodeError> {
+    let mut layer = link_layer(pkt.link, pkt.data)?;
+    let mut tunnel = None;
+    let mut depth = 0;
+    // Every link step consumes header bytes, so this ends; encapsulations are capped.
+    loop {
+        let ip = match layer {
+            Layer::Ether(frame) => {
+                layer = ethernet(frame)?;
+                continue;
+            }
+            Layer::EtherType(ty, rest) => {
+                layer = ether_type(ty, rest)?;
+                continue;
+            }
+            Layer::Ip(ip) => ip,
+        };
+        let net = ip_layer(ip)?;
+        if net.fragment.is_some() {
+            return Ok((net, tunnel));
+        }
+        match inner(&net) {
+            Some(_) if depth == MAX_DEPTH => return Err(DecodeError::TunnelDepth),
+            Some((kind, next)) => {
+                depth += 1;
+                tunnel = Some(kind);
+                layer = next;
+            }
+            None => return Ok((net, tunnel)),
+        }
+    }
+}
+
+/// What sharing a packet out needs, read without decoding the rest (the worker that gets
+/// the packet decodes it): the innermost addresses, ports and UDP payload, as
+/// [`Decoder::decode`] would find them, and for a fragment which datagram it belongs to.
+#[derive(Clone, Copy, Debug)]
+pub struct Peek<'a> {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// The transport protocol, when the packet (or a fragment's first piece) names one
+    /// the flow table tracks.
+    pub proto: Option<Proto>,
+    /// TCP and UDP ports, ICMP's type and code; zeros when there are none to read.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// What follows a UDP header, for the DNS-answer check.
+    pub udp_payload: &'a [u8],
+    pub fragment: Option<Piece>,
+}
+
+/// A fragment: its datagram, and where in it the piece sits.
+#[derive(Clone, Copy, Debug)]
+pub struct Piece {
+    pub datagram: FragKey,
+    /// Bytes before this piece in the datagram's payload; the first piece (0) holds the
+    /// transport header.
+    pub offset: u32,
+    pub len: u32,
+    /// The last piece (no "more fragments"): the datagram's size is known from it.
+    pub last: bool,
+}
+
+impl Piece {
+    pub fn is_first(&self) -> bool {
+        self.offset == 0
+    }
+}
+
+/// Reads what [`Peek`] holds. A frame the decoder would reject may still peek fine: its
+/// worker counts the error.
+pub fn peek(pkt: Packet<'_>) -> Result<Peek<'_>, DecodeError> {
+    let (net, _) = innermost(pkt)?;
+    let fragment = net.fragment.map(|f| Piece {
+        datagram: FragKey::of(&net, f),
+        offset: u32::from(f.offset.byte_offset()),
+        len: net.payload_len,
+        last: !f.more,
+    });
+    let p = net.payload;
+    let mut peek = Peek {
+        src: net.addrs.src(),
+        dst: net.addrs.dst(),
+        proto: None,
+        src_port: 0,
+        dst_port: 0,
+        udp_payload: &[],
+        fragment,
+    };
+    if fragment.is_some_and(|f| !f.is_first()) {
+        return Ok(peek);
+    }
+    let (proto, ports) = match net.proto {
+        IpNumber::TCP => (Proto::Tcp, p.get(..4)),
+        IpNumber::UDP => {
+            peek.udp_payload = p.get(8..).unwrap_or_default();
+            (Proto::Udp, p.get(..4))
+        }
+        IpNumber::ICMP => (Proto::Icmp, p.get(..2)),
+        IpNumber::IPV6_ICMP => (Proto::Icmpv6, p.get(..2)),
+        _ => return Ok(peek),
+    };
+    peek.proto = Some(proto);
+    match ports {
+        Some(&[s0, s1, d0, d1]) => {
+            peek.src_port = u16::from_be_bytes([s0, s1]);
+            peek.dst_port = u16::from_be_bytes([d0, d1]);
+        }
+        Some(&[ty, code]) => (peek.src_port, peek.dst_port) = (ty.into(), code.into()),
+        _ => {}
+    }
+    Ok(peek)
 }
 
 fn link_layer(link: LinkType, data: &[u8]) -> Result<Layer<'_>, DecodeError> {
@@ -677,12 +767,28 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 }
 
 /// Key of one datagram being reassembled (RFC 791 §3.2, RFC 8200 §4.5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct FragKey {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FragKey {
     src: IpAddr,
     dst: IpAddr,
     proto: u8,
     id: u32,
+}
+
+impl FragKey {
+    fn of(net: &Net<'_>, f: Fragment) -> FragKey {
+        FragKey {
+            src: net.addrs.src(),
+            dst: net.addrs.dst(),
+            proto: net.proto.0,
+            id: f.id,
+        }
+    }
+
+    /// The datagram's addresses.
+    pub fn addresses(&self) -> (IpAddr, IpAddr) {
+        (self.src, self.dst)
+    }
 }
 
 /// Bounded reassembly: at most `max_sets` datagrams in progress, each dropped after
@@ -706,12 +812,7 @@ impl Fragments {
         if (net.payload.len() as u32) < net.payload_len {
             return Err(DecodeError::BadFragment);
         }
-        let key = FragKey {
-            src: net.addrs.src(),
-            dst: net.addrs.dst(),
-            proto: net.proto.0,
-            id: f.id,
-        };
+        let key = FragKey::of(net, f);
         if !self.sets.contains_key(&key) {
             self.expire(now);
             if self.sets.len() >= self.max_sets {

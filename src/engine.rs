@@ -11,7 +11,7 @@
 //! items of one moment in the order of their content. So the account stage sees one
 //! sequence, the same for every number of workers.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
@@ -19,19 +19,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use etherparse::{LaxNetSlice, LaxSlicedPacket};
-
 use crate::account_stage::{AccountStage, Context, Sinks};
 use crate::app::App;
 use crate::config::{Config, NetworkConfig};
-use crate::decode::Decoder;
-use crate::flow_stage::{
-    FlowScope, FlowWorker, PARTITIONS, Reload, Stamped, is_dns_answer, partition_of,
-};
+use crate::decode::{self, FragKey, Peek, Piece, Proto};
+use crate::dissect::dns;
+use crate::flow_stage::{FlowScope, FlowWorker, PARTITIONS, Reload, Stamped, ends, partition_of};
 use crate::metrics::Stats;
 use crate::report::Collector;
 use crate::source::{LinkType, Packet};
 use crate::timestamp::Timestamp;
+
+/// Fragmented datagrams the reader follows at once, and how long one may wait for its next
+/// piece: as the workers' reassembly (`flow_stage.rs`).
+const MAX_ROUTES: usize = 4096;
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Entries per batch handed to a worker: few enough to keep the workers' queues short,
 /// enough that the hand-over costs little per packet.
@@ -81,6 +83,8 @@ pub struct Board {
     /// Per worker: its counters and its open remote-desktop sessions.
     workers: Mutex<Vec<WorkerReport>>,
     account: Mutex<Stats>,
+    /// The reader's own counters (several workers only).
+    reader: Mutex<Stats>,
 }
 
 impl Board {
@@ -89,6 +93,7 @@ impl Board {
             watched: AtomicBool::new(false),
             workers: Mutex::new(vec![Default::default(); workers]),
             account: Mutex::default(),
+            reader: Mutex::default(),
         }
     }
 
@@ -105,6 +110,10 @@ impl Board {
         let remote = worker.active_remote_desktop(now);
         let mut w = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
         w[index] = (worker.stats.clone(), remote);
+    }
+
+    fn put_reader(&self, routes: &Routes) {
+        *self.reader.lock().unwrap_or_else(PoisonError::into_inner) = routes.stats();
     }
 
     fn remote_desktop(&self) -> Vec<(IpAddr, App)> {
@@ -131,6 +140,7 @@ impl Board {
             stats.merge(w);
         }
         stats.merge(&self.account.lock().unwrap_or_else(PoisonError::into_inner));
+        stats.merge(&self.reader.lock().unwrap_or_else(PoisonError::into_inner));
         stats
     }
 }
@@ -212,7 +222,7 @@ impl Engine {
                 if start {
                     worker.start(clock);
                 }
-                worker.packet(pkt, clock);
+                worker.packet(pkt, clock, None);
                 if tick {
                     worker.tick(clock, true);
                 }
@@ -377,6 +387,8 @@ enum Work {
     Packet {
         link: LinkType,
         orig_len: u32,
+        /// Its partition, as the reader found it.
+        partition: usize,
     },
     /// A DNS answer of another worker's packet (only its UDP payload is sent).
     DnsAnswer,
@@ -432,12 +444,13 @@ struct Handed {
 struct Threads {
     /// The network the sensor started with, which shares packets out.
     network: NetworkConfig,
-    /// Reads addresses only; without a fragment pool it holds nothing back.
-    decoder: Decoder,
+    /// Where the pieces of fragmented datagrams go.
+    routes: Routes,
     batches: Vec<Batch>,
     senders: Vec<SyncSender<Batch>>,
     workers: Vec<JoinHandle<FlowWorker>>,
     account: JoinHandle<AccountStage>,
+    board: Arc<Board>,
 }
 
 impl Threads {
@@ -465,45 +478,48 @@ impl Threads {
             );
         }
         drop(hand);
+        let account_board = board.clone();
         let account = std::thread::Builder::new()
             .name("account".into())
-            .spawn(move || merge_and_apply(n, account, handed, &board))
+            .spawn(move || merge_and_apply(n, account, handed, &account_board))
             .expect("spawn the account stage");
         Threads {
             network: config.network.clone(),
-            decoder: Decoder::new(0, std::time::Duration::ZERO),
+            routes: Routes::default(),
             batches: (0..n).map(|_| Batch::default()).collect(),
             senders,
             workers,
             account,
+            board,
         }
     }
 
+    /// Shares a packet out from what [`decode::peek`] reads, not a full decode: its
+    /// worker decodes it.
     fn dispatch(&mut self, pkt: Packet<'_>, clock: Timestamp, start: bool, tick: bool) {
         let n = self.batches.len();
-        let (owner, dns) = match self.decoder.decode(pkt) {
-            Ok(Some(d)) => (
-                partition_of(&self.network, d.src, d.dst) % n,
-                is_dns_answer(&d).then_some(d.payload),
-            ),
-            // Fragments (and frames the decoder rejects): the outer IP header's addresses,
-            // which are the innermost ones unless the fragment travels in a tunnel.
-            Ok(None) | Err(_) => (
-                outer_addresses(pkt).map_or(0, |(a, b)| partition_of(&self.network, a, b) % n),
-                None,
-            ),
-        };
         if start {
             self.batches[0].add(Work::Start, pkt.ts, clock, &[]);
         }
-        let work = Work::Packet {
-            link: pkt.link,
-            orig_len: pkt.orig_len,
+        // A frame that peeks badly decodes badly: any worker counts the error.
+        let peeked = decode::peek(pkt).ok();
+        let placed = match &peeked {
+            Some(peek) => self.place(peek, pkt, clock),
+            None => Some(0),
         };
-        self.batches[owner].add(work, pkt.ts, clock, pkt.data);
+        let dns = peeked.as_ref().and_then(dns_answer);
+        let owner = placed.map(|p| p % n);
+        if let Some(p) = placed {
+            let work = Work::Packet {
+                link: pkt.link,
+                orig_len: pkt.orig_len,
+                partition: p,
+            };
+            self.batches[p % n].add(work, pkt.ts, clock, pkt.data);
+        }
         if let Some(payload) = dns {
             for (i, b) in self.batches.iter_mut().enumerate() {
-                if i != owner {
+                if Some(i) != owner {
                     b.add(Work::DnsAnswer, pkt.ts, clock, payload);
                 }
             }
@@ -512,6 +528,9 @@ impl Threads {
             for b in &mut self.batches {
                 b.add(Work::Tick, pkt.ts, clock, &[]);
             }
+            if self.board.is_watched() {
+                self.board.put_reader(&self.routes);
+            }
         }
         for i in 0..n {
             if self.batches[i].entries.len() >= BATCH
@@ -519,6 +538,56 @@ impl Threads {
             {
                 self.send(i);
             }
+        }
+    }
+
+    /// The partition of a packet; none for a fragment held until its datagram's first
+    /// piece says where the datagram goes (then the held pieces go ahead of it).
+    fn place(&mut self, peek: &Peek<'_>, pkt: Packet<'_>, clock: Timestamp) -> Option<usize> {
+        let Some(piece) = peek.fragment else {
+            let [a, b] = ends(
+                peek.proto.unwrap_or(Proto::Icmp),
+                (peek.src, peek.src_port),
+                (peek.dst, peek.dst_port),
+            );
+            return Some(partition_of(&self.network, a, b));
+        };
+        let first = piece.is_first().then(|| {
+            let [a, b] = ends(
+                peek.proto.unwrap_or(Proto::Icmp),
+                (peek.src, peek.src_port),
+                (peek.dst, peek.dst_port),
+            );
+            partition_of(&self.network, a, b)
+        });
+        let (placed, unplaced) = self.routes.piece(&piece, first, pkt, clock);
+        for (key, held, partition) in unplaced {
+            self.send_held(key, held, partition, clock);
+        }
+        placed
+    }
+
+    /// Pieces held back, to `partition`, or where their addresses alone would go when
+    /// their datagram was given up; stamped `clock`, the moment they are handed on.
+    fn send_held(
+        &mut self,
+        key: FragKey,
+        held: Vec<Held>,
+        partition: Option<usize>,
+        clock: Timestamp,
+    ) {
+        let partition = partition.unwrap_or_else(|| {
+            let (a, b) = key.addresses();
+            partition_of(&self.network, (a, 0), (b, 0))
+        });
+        let n = self.batches.len();
+        for h in held {
+            let work = Work::Packet {
+                link: h.link,
+                orig_len: h.orig_len,
+                partition,
+            };
+            self.batches[partition % n].add(work, h.ts, clock, &h.data);
         }
     }
 
@@ -556,12 +625,16 @@ impl Threads {
         clock: Timestamp,
         end: Timestamp,
     ) -> (AccountStage, Stats, Vec<(IpAddr, crate::app::App)>) {
+        // Pieces still held are counted by a worker, whose reassembly gives them up.
+        let mut stats = self.routes.stats();
+        for (key, held) in std::mem::take(&mut self.routes).drain() {
+            self.send_held(key, held, None, end);
+        }
         for i in 0..self.batches.len() {
             self.batches[i].add(Work::Finish, end, end, &[]);
             self.send(i);
         }
         self.senders.clear();
-        let mut stats = Stats::default();
         let mut remote = Vec::new();
         for w in self.workers {
             match w.join() {
@@ -594,7 +667,11 @@ fn work(
         for e in &batch.entries {
             let bytes = &batch.data[e.start..e.end];
             match e.work {
-                Work::Packet { link, orig_len } => worker.packet(
+                Work::Packet {
+                    link,
+                    orig_len,
+                    partition,
+                } => worker.packet(
                     Packet {
                         ts: e.ts,
                         link,
@@ -602,6 +679,7 @@ fn work(
                         data: bytes,
                     },
                     e.clock,
+                    Some(partition),
                 ),
                 Work::DnsAnswer => worker.dns_answer(e.ts, bytes),
                 Work::Tick => {
@@ -672,24 +750,136 @@ fn merge_and_apply(
     account
 }
 
-/// The addresses of a frame's outermost IP header.
-pub(crate) fn outer_addresses(pkt: Packet<'_>) -> Option<(IpAddr, IpAddr)> {
-    let sliced = match pkt.link {
-        LinkType::ETHERNET => LaxSlicedPacket::from_ethernet(pkt.data).ok()?,
-        LinkType::RAW | LinkType::IPV4 | LinkType::IPV6 => {
-            LaxSlicedPacket::from_ip(pkt.data).ok()?
+/// A DNS answer every worker must read (as `flow_stage::is_dns_answer`). A fragmented
+/// answer is read only by its own worker, once whole.
+fn dns_answer<'a>(peek: &Peek<'a>) -> Option<&'a [u8]> {
+    (peek.proto == Some(Proto::Udp)
+        && peek.fragment.is_none()
+        && matches!(peek.src_port, 53 | 137 | 5353 | 5355)
+        && dns::is_response(peek.udp_payload))
+    .then_some(peek.udp_payload)
+}
+
+/// Where the reader sends the pieces of fragmented datagrams. Only the first piece has the
+/// ports that place a datagram ([`partition_of`]), and a worker can only reassemble what
+/// it gets whole, so each datagram's partition is remembered from its first piece, and
+/// pieces that come before it are held (copied) until it comes. Bounded as the workers'
+/// reassembly: a datagram is forgotten once its bytes are all seen, after
+/// [`ROUTE_TIMEOUT`] without a piece, or at [`MAX_ROUTES`] (the eighth seen longest ago
+/// goes, counted as `fragment_routes`); pieces still held then go where their addresses
+/// alone would, for their worker to count.
+#[derive(Default)]
+struct Routes {
+    routes: BTreeMap<FragKey, Route>,
+    evicted: u64,
+}
+
+struct Route {
+    partition: Option<usize>,
+    held: Vec<Held>,
+    /// Payload bytes seen, and the datagram's size once its last piece came.
+    seen_bytes: u32,
+    size: Option<u32>,
+    last_seen: Timestamp,
+}
+
+/// Held pieces to send on now: their datagram, and its partition when it is known.
+type Release = (FragKey, Vec<Held>, Option<usize>);
+
+/// A piece that came before its datagram's first.
+struct Held {
+    ts: Timestamp,
+    link: LinkType,
+    orig_len: u32,
+    data: Vec<u8>,
+}
+
+impl Routes {
+    /// The partition of `piece` (`first`: the first piece's own), or none when it is held.
+    /// Also returns pieces to send on now: held ones (with their route when the first
+    /// piece just came, else given up).
+    fn piece(
+        &mut self,
+        piece: &Piece,
+        first: Option<usize>,
+        pkt: Packet<'_>,
+        now: Timestamp,
+    ) -> (Option<usize>, Vec<Release>) {
+        let mut unplaced = Vec::new();
+        let key = piece.datagram;
+        if !self.routes.contains_key(&key) {
+            self.expire(now, &mut unplaced);
+            let before = self.routes.len();
+            if before >= MAX_ROUTES {
+                let quota = (MAX_ROUTES / 8).max(1);
+                let mut times: Vec<(Timestamp, FragKey)> =
+                    self.routes.iter().map(|(k, r)| (r.last_seen, *k)).collect();
+                times.sort_unstable();
+                for (_, k) in times.into_iter().take(quota) {
+                    if let Some(r) = self.routes.remove(&k) {
+                        unplaced.push((k, r.held, None));
+                    }
+                }
+                self.evicted += (before - self.routes.len()) as u64;
+            }
         }
-        _ => return None,
-    };
-    match sliced.net? {
-        LaxNetSlice::Ipv4(ip) => {
-            let h = ip.header();
-            Some((h.source_addr().into(), h.destination_addr().into()))
+        let route = self.routes.entry(key).or_insert_with(|| Route {
+            partition: None,
+            held: Vec::new(),
+            seen_bytes: 0,
+            size: None,
+            last_seen: now,
+        });
+        route.last_seen = now;
+        route.seen_bytes = route.seen_bytes.saturating_add(piece.len);
+        if piece.last {
+            route.size = Some(piece.offset.saturating_add(piece.len));
         }
-        LaxNetSlice::Ipv6(ip) => {
-            let h = ip.header();
-            Some((h.source_addr().into(), h.destination_addr().into()))
+        if let Some(p) = first {
+            route.partition = Some(p);
+            if !route.held.is_empty() {
+                unplaced.push((key, std::mem::take(&mut route.held), Some(p)));
+            }
         }
-        _ => None,
+        let placed = route.partition;
+        if placed.is_none() {
+            route.held.push(Held {
+                ts: pkt.ts,
+                link: pkt.link,
+                orig_len: pkt.orig_len,
+                data: pkt.data.to_vec(),
+            });
+        } else if route.size.is_some_and(|size| route.seen_bytes >= size) {
+            // Every byte seen (overlaps aside): the datagram is whole at its worker.
+            self.routes.remove(&key);
+        }
+        (placed, unplaced)
+    }
+
+    /// Forgets datagrams without a piece for [`ROUTE_TIMEOUT`].
+    fn expire(&mut self, now: Timestamp, unplaced: &mut Vec<Release>) {
+        let timeout = ROUTE_TIMEOUT.as_nanos() as u64;
+        let stale: Vec<FragKey> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| now.0.saturating_sub(r.last_seen.0) >= timeout)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            if let Some(r) = self.routes.remove(&k) {
+                unplaced.push((k, r.held, None));
+            }
+        }
+    }
+
+    /// Every piece still held, by datagram.
+    fn drain(self) -> impl Iterator<Item = (FragKey, Vec<Held>)> {
+        self.routes.into_iter().map(|(k, r)| (k, r.held))
+    }
+
+    fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        stats.state_evicted.insert("fragment_routes", self.evicted);
+        stats
     }
 }

@@ -3,8 +3,8 @@
 //! observations (the flow detectors' findings among them) — for the one account stage.
 //!
 //! A worker holds some of a fixed number of *partitions* ([`PARTITIONS`]); a packet's
-//! partition comes from its addresses ([`partition_of`]), so both directions of a flow and
-//! every flow of an inside host meet in one partition. Each partition has its own flow
+//! partition is its host's ([`partition_of`]), so both directions of a flow and every flow
+//! of an inside host meet in one partition. Each partition has its own flow
 //! table and flow detectors, so what one partition decides never depends on how many
 //! workers share the partitions out: `--workers N` gives the same output for every N.
 //! DNS answers are the one thing every partition needs from every other (a name learned
@@ -143,28 +143,37 @@ fn record_order(r: &FlowRecord) -> impl Ord + '_ {
     )
 }
 
-/// The partition of a packet, from its addresses alone (a fragment's later pieces carry no
-/// ports). A flow with exactly one inside end goes by that address, so an inside host's
-/// outside flows (its sessions, its stepping stones) meet. A flow between two inside hosts
-/// goes by the one in the VPN pool when only one is (a laptop reaching a corporate server
-/// travels with the laptop's other flows); any other flow by the address pair, either way
-/// round. `network` is the one the sensor started with: a partition never changes under a
-/// running flow.
-pub fn partition_of(network: &NetworkConfig, a: IpAddr, b: IpAddr) -> usize {
-    let pooled = |ip: IpAddr| network.vpn_pool.iter().any(|n| n.contains(&ip));
-    let (x, y) = match (network.is_inside(a), network.is_inside(b)) {
-        (true, false) => (a, a),
-        (false, true) => (b, b),
-        (true, true) if pooled(a) != pooled(b) => {
-            let host = if pooled(a) { a } else { b };
-            (host, host)
-        }
-        _ => (a.min(b), a.max(b)),
+/// The partition of a packet between ends `a` and `b`, as [`ends`] gives them: its host's
+/// ([`NetworkConfig::host`]), so both directions of a flow and every flow of a host meet
+/// in one partition; a flow with no inside end goes by the address pair, either way round.
+/// `network` is the one the sensor started with: a partition never changes under a
+/// running flow. A fragment's later pieces carry no ports: the reader sends them after
+/// their first piece (`engine.rs`), the worker places the datagram once it is whole.
+pub fn partition_of(network: &NetworkConfig, a: (IpAddr, u16), b: (IpAddr, u16)) -> usize {
+    let (x, y) = match network.host(a, b) {
+        Some(host) => (host, host),
+        None => (a.0.min(b.0), a.0.max(b.0)),
     };
     // A fixed multiplicative hash: the same in every run, and cheap, as it runs for every
     // packet (SipHash cost more than the flow lookup).
     let h = fold(x).wrapping_mul(GOLDEN).rotate_left(29) ^ fold(y);
     ((h.wrapping_mul(GOLDEN) >> 32) % PARTITIONS as u64) as usize
+}
+
+/// The ends of a packet or flow of `proto` as the host rule reads them: TCP and UDP
+/// ports, none for ICMP (its type and code say nothing of who serves).
+pub fn ends(proto: Proto, a: (IpAddr, u16), b: (IpAddr, u16)) -> [(IpAddr, u16); 2] {
+    if matches!(proto, Proto::Tcp | Proto::Udp) {
+        [a, b]
+    } else {
+        [(a.0, 0), (b.0, 0)]
+    }
+}
+
+/// The host of a flow ([`NetworkConfig::host`]): the inside end its findings are about.
+pub fn flow_host(network: &NetworkConfig, flow: &Flow) -> Option<IpAddr> {
+    let [a, b] = ends(flow.proto, flow.orig, flow.resp);
+    network.host(a, b)
 }
 
 /// 2^64 / φ, the multiplier of Fibonacci hashing.
@@ -245,8 +254,9 @@ impl FlowWorker {
         self.names.insert_answer(ts, payload);
     }
 
-    /// One packet of this worker's partitions, at sensor clock `clock`.
-    pub fn packet(&mut self, pkt: Packet<'_>, clock: Timestamp) {
+    /// One packet of this worker's partitions, at sensor clock `clock`; `partition` is
+    /// the one the reader found for it, if it did (a reassembled datagram is placed here).
+    pub fn packet(&mut self, pkt: Packet<'_>, clock: Timestamp, partition: Option<usize>) {
         self.stats.packets += 1;
         self.stats.bytes += pkt.orig_len as u64;
         let decoded = match self.decoder.decode(pkt) {
@@ -260,7 +270,17 @@ impl FlowWorker {
         if is_dns_answer(&decoded) {
             self.names.insert_answer(pkt.ts, decoded.payload);
         }
-        let index = partition_of(&self.partitioner, decoded.src, decoded.dst);
+        let index = match partition {
+            Some(p) if !decoded.reassembled => p,
+            _ => {
+                let [a, b] = ends(
+                    decoded.proto,
+                    (decoded.src, decoded.src_port),
+                    (decoded.dst, decoded.dst_port),
+                );
+                partition_of(&self.partitioner, a, b)
+            }
+        };
         // The decoded packet borrows the decoder: the other fields are lent one by one.
         let mut ctx = Ctx {
             names: &mut self.names,
@@ -271,8 +291,8 @@ impl FlowWorker {
             clock,
         };
         let Some(p) = self.partitions[index].as_mut() else {
-            // A reassembled datagram of a tunnel whose outer addresses chose this worker:
-            // counted, since its partition is another worker's.
+            // A reassembled datagram whose first piece the reader could not place (cut
+            // before its ports): counted, since its partition is another worker's.
             *ctx.stats
                 .decode_errors
                 .entry("foreign_partition")
@@ -669,11 +689,20 @@ fn flow_record(
     record
 }
 
-/// The inside end of a flow record, whose account names the record.
+/// The host of a flow record ([`NetworkConfig::host`]), whose account names the record.
 pub fn record_host(network: &NetworkConfig, record: &FlowRecord) -> Option<IpAddr> {
-    [record.src_ip, record.dst_ip]
-        .into_iter()
-        .find(|ip| network.is_inside(*ip))
+    // Records name ICMP "icmp" and TCP and UDP by their own names.
+    let proto = match record.proto {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        _ => Proto::Icmp,
+    };
+    let [a, b] = ends(
+        proto,
+        (record.src_ip, record.src_port),
+        (record.dst_ip, record.dst_port),
+    );
+    network.host(a, b)
 }
 
 /// A packet that carries a DNS answer every worker must read.
@@ -760,27 +789,37 @@ mod tests {
     }
 
     /// Both directions of a flow, and an inside host's flows to anywhere outside, share a
-    /// partition; flows between a pooled host and an inside server go with the pooled host.
+    /// partition; flows between a pooled host and an inside server go with the pooled host,
+    /// flows between two other inside hosts with the client.
     #[test]
     fn a_hosts_flows_share_its_partition() {
         let network = NetworkConfig {
-            vpn_pool: vec!["10.8.0.0/16".parse().unwrap()],
+            vpn_pool: vec!["10.8.0.0/16".parse().unwrap()].into(),
             ..Default::default()
         };
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let host = ip("10.8.0.12");
-        let there = partition_of(&network, host, ip("198.51.100.1"));
+        let host = (ip("10.8.0.12"), 50_000);
+        let there = partition_of(&network, host, (ip("198.51.100.1"), 443));
+        let stone = (ip("10.20.0.7"), 40_000);
+        let its = partition_of(&network, stone, (ip("198.51.100.1"), 443));
         for peer in 1..40u8 {
-            let outside = IpAddr::from([203, 0, 113, peer]);
+            let outside = (IpAddr::from([203, 0, 113, peer]), 22);
             assert_eq!(partition_of(&network, outside, host), there);
             assert_eq!(partition_of(&network, host, outside), there);
-            let server = IpAddr::from([10, 20, 0, peer]);
+            let server = (IpAddr::from([10, 20, 0, peer]), 22);
             assert_eq!(partition_of(&network, server, host), there);
+            assert_eq!(partition_of(&network, (server.0, 60_000), host), there);
+            // Not pooled: the inside server's partition is its client's.
+            assert_eq!(partition_of(&network, server, stone), its);
+            assert_eq!(partition_of(&network, stone, server), its);
         }
-        let (a, b) = (ip("10.20.0.1"), ip("10.20.0.2"));
+        let (a, b) = ((ip("10.20.0.1"), 123), (ip("10.20.0.2"), 123));
         assert_eq!(partition_of(&network, a, b), partition_of(&network, b, a));
         let used: HashSet<usize> = (1..=255u8)
-            .map(|h| partition_of(&network, IpAddr::from([10, 8, 1, h]), ip("192.0.2.1")))
+            .map(|h| {
+                let client = (IpAddr::from([10, 8, 1, h]), 50_000);
+                partition_of(&network, client, (ip("192.0.2.1"), 443))
+            })
             .collect();
         assert!(
             used.len() > PARTITIONS / 2,

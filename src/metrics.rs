@@ -351,7 +351,8 @@ const RELOAD_RESULTS: [&str; 2] = ["ok", "failed"];
 const SINKS: [&str; 2] = ["events", "flows"];
 /// Every bounded structure whose evictions are counted (`structure` of
 /// `farmwatch_state_evicted_total`), reported from the start so a rate alert has a series.
-pub const BOUNDED_STRUCTURES: [&str; 27] = [
+pub const BOUNDED_STRUCTURES: [&str; 28] = [
+    "fragment_routes",
     "identity_addresses",
     "identity_ranges",
     "dns_names",

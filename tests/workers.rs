@@ -220,10 +220,7 @@ fn radius_identity_names_findings_in_other_partitions() {
     std::fs::write(&pcap, radius_then_tunnel(host)).unwrap();
     let out = same_for_every_n(&[pcap], &["--config", CONFIG], "workers-radius-run");
     assert_eq!(out.code, Some(0));
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.events)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = lines(&out.events);
     let tunnel = events
         .iter()
         .find(|e| e["reason"] == "tunnel" && e["host"] == host.to_string())
@@ -236,4 +233,56 @@ fn radius_identity_names_findings_in_other_partitions() {
         .find(|r| r["src_ip"] == host.to_string())
         .expect("the tunnel's flow record");
     assert_eq!(record["account"], USER, "{record}");
+}
+
+fn lines(bytes: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Without a `[network]` section every private address is inside, so an SSH session from
+/// outside into 10.8.0.14 and the one it drives on to 10.20.0.30 are both that host's: the
+/// flow between two inside hosts goes with its client, and the stepping stone is found
+/// with every number of workers.
+#[test]
+fn a_stepping_stone_to_an_inside_server_is_found_without_a_config() {
+    let chain = PathBuf::from("fixtures/detect-ssh-chain.pcap");
+    let out = same_for_every_n(&[chain], &[], "workers-chain");
+    assert_eq!(out.code, Some(0));
+    let events = lines(&out.events);
+    let stone = events
+        .iter()
+        .find(|e| e["reason"] == "stepping_stone")
+        .unwrap_or_else(|| panic!("a stepping stone: {events:?}"));
+    assert_eq!(stone["host"], "10.8.0.14", "{stone}");
+    assert_eq!(stone["flow"]["dst_ip"], "10.20.0.30", "{stone}");
+}
+
+/// A 3000-byte UDP datagram sent in three fragments, last piece first, between two inside
+/// hosts: only the first piece has the ports that place the flow with its client, so the
+/// reader holds the last piece until the first comes. The datagram is whole in one
+/// partition, and the output is the same, for every number of workers.
+#[test]
+fn a_datagram_fragmented_out_of_order_between_inside_hosts_is_whole() {
+    let dir = scratch("workers-fragments-config");
+    let config = dir.join("farmwatch.toml");
+    std::fs::write(
+        &config,
+        "[network]\ninside = [\"192.0.2.0/24\", \"203.0.113.0/24\"]\n",
+    )
+    .unwrap();
+    let capture = PathBuf::from("fixtures/ipv4-fragments.pcap");
+    let out = same_for_every_n(
+        &[capture],
+        &["--config", config.to_str().unwrap()],
+        "workers-fragments",
+    );
+    assert_eq!(out.code, Some(0));
+    let flows = lines(&out.flows);
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    assert_eq!(flows[0]["src_ip"], "192.0.2.10");
+    assert_eq!(flows[0]["bytes_orig"], 3000, "{}", flows[0]);
+    assert_eq!(flows[0]["bytes_resp"], 2, "{}", flows[0]);
 }

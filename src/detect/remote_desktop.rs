@@ -9,8 +9,8 @@
 //! when the identification engine labels them; a flow labelled only at its end is not
 //! followed.
 //!
-//! The inside host of a flow is its responder when that is inside (someone reaches it),
-//! else its originator (it reaches out, e.g. to a vendor relay).
+//! The inside host of a flow is its host (`NetworkConfig::host`): the inside end, between
+//! two inside ends the pooled one, else the client.
 //!
 //! `via` in the evidence: `vendor_relay` when a flow of the session goes to the vendor's
 //! relay or broker (`details.relay`), `turn_relay` when the host had a TURN-relayed STUN
@@ -130,23 +130,17 @@ pub(crate) fn with_place(scope: &Scope<'_>, e: Event, prefix: &str, ip: IpAddr) 
         .evidence(&format!("{prefix}_asn"), json!(g.asn))
 }
 
-/// The inside end a finding about `flow` is about: the responder when it is inside (a
-/// host being reached), else the originator when it is, else none.
+/// The inside end a finding about `flow` is about (`flow_stage::flow_host`), and whether
+/// it is the originator.
 pub(crate) fn inside_end(scope: &Scope<'_>, flow: &Flow) -> Option<(IpAddr, bool)> {
-    if scope.network.is_inside(flow.resp.0) {
-        Some((flow.resp.0, false))
-    } else if scope.network.is_inside(flow.orig.0) {
-        Some((flow.orig.0, true))
-    } else {
-        None
-    }
+    let host = crate::flow_stage::flow_host(scope.network, flow)?;
+    Some((host, host != flow.resp.0))
 }
 
 /// An address the VPN assigns to accounts, or one an account is known to use at `ts`:
 /// findings about it are about a person, not a server.
 pub(crate) fn is_account_host(scope: &Scope<'_>, ip: IpAddr, ts: Timestamp) -> bool {
-    scope.network.vpn_pool.iter().any(|n| n.contains(&ip))
-        || scope.identity.account_at(ip, ts).is_some()
+    scope.network.is_pooled(ip) || scope.identity.account_at(ip, ts).is_some()
 }
 
 pub(crate) fn round2(x: f64) -> f64 {
@@ -635,9 +629,10 @@ pub(crate) mod testkit {
                     inside: vec![
                         "10.8.0.0/16".parse().unwrap(),
                         "10.20.0.0/16".parse().unwrap(),
-                    ],
-                    vpn_pool: vec!["10.8.0.0/16".parse().unwrap()],
-                    concentrators: Vec::new(),
+                    ]
+                    .into(),
+                    vpn_pool: vec!["10.8.0.0/16".parse().unwrap()].into(),
+                    ..Default::default()
                 },
                 identity: Identity::new(Arc::new(Inventory::default())),
                 geo,

@@ -381,11 +381,7 @@ impl RttSplit {
         let sides = measure(flow);
         let names = ["responder", "originator"];
         let ends = [flow.resp.0, flow.orig.0];
-        // The host a finding is about: the inside end, the originator when both are.
-        let Some(host) = [flow.orig.0, flow.resp.0]
-            .into_iter()
-            .find(|ip| scope.network.is_inside(*ip))
-        else {
+        let Some(host) = crate::flow_stage::flow_host(scope.network, flow) else {
             return;
         };
         let tls = flow.details.as_ref().and_then(|d| d.tls.as_deref());

@@ -207,6 +207,8 @@ impl SteppingStone {
             return;
         }
         let delta = self.config.delta.as_nanos() as u64;
+        // Both inside ends, not only the flow's host: a flow between two inside hosts is
+        // one's outbound leg and the other's inbound (seen where both meet a partition).
         for (host, inbound) in [(flow.resp.0, true), (flow.orig.0, false)] {
             if !scope.network.is_inside(host) {
                 continue;

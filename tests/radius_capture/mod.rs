@@ -81,12 +81,20 @@ pub fn host_apart_from_radius() -> Ipv4Addr {
     let config = Config::load(Some(Path::new(CONFIG))).expect("the scenarios' config");
     let nas: SocketAddr = NAS.parse().unwrap();
     let server: SocketAddr = RADIUS_SERVER.parse().unwrap();
-    let radius = partition_of(&config.network, nas.ip(), server.ip());
-    let outside: IpAddr = TUNNEL_END.parse::<SocketAddr>().unwrap().ip();
+    let radius = partition_of(
+        &config.network,
+        (nas.ip(), nas.port()),
+        (server.ip(), server.port()),
+    );
+    let outside: SocketAddr = TUNNEL_END.parse().unwrap();
     (1..=254u8)
         .map(|h| Ipv4Addr::new(10, 8, 3, h))
         .find(|h| {
-            let p = partition_of(&config.network, IpAddr::V4(*h), outside);
+            let p = partition_of(
+                &config.network,
+                (IpAddr::V4(*h), 41000),
+                (outside.ip(), outside.port()),
+            );
             (2..=4).all(|n| p % n != radius % n)
         })
         .expect("some host lands apart")
