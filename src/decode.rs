@@ -300,7 +300,15 @@ impl Piece {
 /// Reads what [`Peek`] holds. A frame the decoder would reject may still peek fine: its
 /// worker counts the error.
 pub fn peek(pkt: Packet<'_>) -> Result<Peek<'_>, DecodeError> {
+    if let Some(peek) = peek_plain(pkt) {
+        return Ok(peek);
+    }
     let (net, _) = innermost(pkt)?;
+    Ok(peek_net(net))
+}
+
+/// [`Peek`] from the innermost packet [`innermost`] found.
+fn peek_net(net: Net<'_>) -> Peek<'_> {
     let fragment = net.fragment.map(|f| Piece {
         datagram: FragKey::of(&net, f),
         offset: u32::from(f.offset.byte_offset()),
@@ -318,7 +326,7 @@ pub fn peek(pkt: Packet<'_>) -> Result<Peek<'_>, DecodeError> {
         fragment,
     };
     if fragment.is_some_and(|f| !f.is_first()) {
-        return Ok(peek);
+        return peek;
     }
     let (proto, ports) = match net.proto {
         IpNumber::TCP => (Proto::Tcp, p.get(..4)),
@@ -328,7 +336,7 @@ pub fn peek(pkt: Packet<'_>) -> Result<Peek<'_>, DecodeError> {
         }
         IpNumber::ICMP => (Proto::Icmp, p.get(..2)),
         IpNumber::IPV6_ICMP => (Proto::Icmpv6, p.get(..2)),
-        _ => return Ok(peek),
+        _ => return peek,
     };
     peek.proto = Some(proto);
     match ports {
@@ -339,7 +347,84 @@ pub fn peek(pkt: Packet<'_>) -> Result<Peek<'_>, DecodeError> {
         Some(&[ty, code]) => (peek.src_port, peek.dst_port) = (ty.into(), code.into()),
         _ => {}
     }
-    Ok(peek)
+    peek
+}
+
+/// [`peek`] for the common frame, read in place: untagged Ethernet with IPv4 or IPv6
+/// carrying TCP, UDP or ICMP straight after the fixed header, unfragmented, no tunnel port.
+/// The headers are read as etherparse reads them for [`Decoder::decode`] (a unit test holds
+/// the two ways to the same answer); anything else, and anything odd, takes the general way.
+fn peek_plain(pkt: Packet<'_>) -> Option<Peek<'_>> {
+    if pkt.link != LinkType::ETHERNET {
+        return None;
+    }
+    let ip = pkt.data.get(14..)?;
+    let (src, dst, proto, payload): (IpAddr, IpAddr, u8, &[u8]) =
+        match (be16(pkt.data, 12)?, *ip.first()?) {
+            (ETH_IPV4, first) if first >> 4 == 4 => {
+                let header_len = usize::from(first & 0x0f) * 4;
+                let total_len = usize::from(be16(ip, 2)?);
+                let fragmenting = be16(ip, 6)? & 0x3fff != 0;
+                if header_len < 20 || total_len < header_len || ip.len() < header_len || fragmenting
+                {
+                    return None;
+                }
+                let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+                let dst: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+                let end = total_len.min(ip.len());
+                (src.into(), dst.into(), ip[9], &ip[header_len..end])
+            }
+            (ETH_IPV6, first) if first >> 4 == 6 && ip.len() >= 40 => {
+                let src: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+                let dst: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+                let end = (40 + usize::from(be16(ip, 4)?)).min(ip.len());
+                (src.into(), dst.into(), ip[6], &ip[40..end])
+            }
+            _ => return None,
+        };
+    let mut peek = Peek {
+        src,
+        dst,
+        proto: None,
+        src_port: 0,
+        dst_port: 0,
+        udp_payload: &[],
+        fragment: None,
+    };
+    match (IpNumber(proto), payload) {
+        (IpNumber::TCP, [s0, s1, d0, d1, ..]) => {
+            peek.proto = Some(Proto::Tcp);
+            (peek.src_port, peek.dst_port) = (
+                u16::from_be_bytes([*s0, *s1]),
+                u16::from_be_bytes([*d0, *d1]),
+            );
+        }
+        (IpNumber::UDP, [s0, s1, d0, d1, ..]) => {
+            let (sport, dport) = (
+                u16::from_be_bytes([*s0, *s1]),
+                u16::from_be_bytes([*d0, *d1]),
+            );
+            let tunnel_port = matches!(dport, VXLAN_PORT | GENEVE_PORT)
+                || matches!(sport, TEREDO_PORT | AYIYA_PORT)
+                || matches!(dport, TEREDO_PORT | AYIYA_PORT);
+            if tunnel_port {
+                return None;
+            }
+            peek.proto = Some(Proto::Udp);
+            (peek.src_port, peek.dst_port) = (sport, dport);
+            peek.udp_payload = payload.get(8..).unwrap_or_default();
+        }
+        (IpNumber::ICMP | IpNumber::IPV6_ICMP, [ty, code, ..]) => {
+            peek.proto = Some(if proto == IpNumber::ICMP.0 {
+                Proto::Icmp
+            } else {
+                Proto::Icmpv6
+            });
+            (peek.src_port, peek.dst_port) = (u16::from(*ty), u16::from(*code));
+        }
+        _ => return None,
+    }
+    Some(peek)
 }
 
 fn link_layer(link: LinkType, data: &[u8]) -> Result<Layer<'_>, DecodeError> {
@@ -1038,6 +1123,90 @@ mod tests {
             }
         }
         assert!(cases > 30_000);
+    }
+
+    /// The in-place reading of common frames answers as the general one, for frames of
+    /// every kind cut at every length and with each of their first bytes overwritten.
+    #[test]
+    fn plain_frames_peek_as_the_general_way_reads_them() {
+        let frame = |ip: PacketBuilderStep<etherparse::IpHeaders>, udp: Option<u16>| {
+            let mut v = Vec::new();
+            match udp {
+                Some(port) => ip.udp(40000, port).write(&mut v, &[9u8; 30]).unwrap(),
+                None => ip
+                    .tcp(40000, 443, 1, 1024)
+                    .write(&mut v, &[9u8; 30])
+                    .unwrap(),
+            }
+            let mut eth = vec![2; 12];
+            eth.extend_from_slice(&[0x08, 0x00]);
+            if v[0] >> 4 == 6 {
+                eth[13] = 0xdd;
+                eth[12] = 0x86;
+            }
+            eth.extend_from_slice(&v);
+            eth
+        };
+        let v4 = || PacketBuilder::ipv4([10, 0, 0, 1], [192, 0, 2, 2], 64);
+        let v6 = || PacketBuilder::ipv6([0xfd; 16], [0x20; 16], 64);
+        let mut icmp = frame(v4(), Some(53));
+        icmp[14 + 9] = 1;
+        let bases = [
+            frame(v4(), None),
+            frame(v4(), Some(53)),
+            frame(v4(), Some(VXLAN_PORT)),
+            frame(v6(), None),
+            frame(v6(), Some(TEREDO_PORT)),
+            icmp,
+            tcp_frame(b"hello"),
+        ];
+        fn general(pkt: Packet<'_>) -> Option<Peek<'_>> {
+            let (net, _) = innermost(pkt).ok()?;
+            Some(peek_net(net))
+        }
+        let mut fast = 0;
+        for base in &bases {
+            for at in 0..64.min(base.len()) {
+                for value in [
+                    None,
+                    Some(0x00),
+                    Some(0x01),
+                    Some(0x06),
+                    Some(0x11),
+                    Some(0x1c),
+                    Some(0x30),
+                    Some(0x3a),
+                    Some(0x45),
+                    Some(0x60),
+                    Some(0xff),
+                ] {
+                    let mut data = base.clone();
+                    if let Some(value) = value {
+                        data[at] = value;
+                    }
+                    for len in 0..=data.len() {
+                        let pkt = Packet {
+                            ts: Timestamp::ZERO,
+                            link: LinkType::ETHERNET,
+                            orig_len: len as u32,
+                            data: &data[..len],
+                        };
+                        let Some(quick) = peek_plain(pkt) else {
+                            continue;
+                        };
+                        fast += 1;
+                        let slow = general(pkt).expect("the general way reads it too");
+                        assert_eq!(
+                            format!("{quick:?}"),
+                            format!("{slow:?}"),
+                            "{:02x?}",
+                            &data[..len]
+                        );
+                    }
+                }
+            }
+        }
+        assert!(fast > 10_000, "{fast}");
     }
 
     #[test]
