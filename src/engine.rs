@@ -544,22 +544,17 @@ impl Threads {
     /// The partition of a packet; none for a fragment held until its datagram's first
     /// piece says where the datagram goes (then the held pieces go ahead of it).
     fn place(&mut self, peek: &Peek<'_>, pkt: Packet<'_>, clock: Timestamp) -> Option<usize> {
+        // A protocol the flow table does not track has no ports to read, as ICMP.
+        let [a, b] = ends(
+            peek.proto.unwrap_or(Proto::Icmp),
+            (peek.src, peek.src_port),
+            (peek.dst, peek.dst_port),
+        );
+        let partition = partition_of(&self.network, a, b);
         let Some(piece) = peek.fragment else {
-            let [a, b] = ends(
-                peek.proto.unwrap_or(Proto::Icmp),
-                (peek.src, peek.src_port),
-                (peek.dst, peek.dst_port),
-            );
-            return Some(partition_of(&self.network, a, b));
+            return Some(partition);
         };
-        let first = piece.is_first().then(|| {
-            let [a, b] = ends(
-                peek.proto.unwrap_or(Proto::Icmp),
-                (peek.src, peek.src_port),
-                (peek.dst, peek.dst_port),
-            );
-            partition_of(&self.network, a, b)
-        });
+        let first = piece.is_first().then_some(partition);
         let (placed, unplaced) = self.routes.piece(&piece, first, pkt, clock);
         for (key, held, partition) in unplaced {
             self.send_held(key, held, partition, clock);
