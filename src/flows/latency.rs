@@ -490,7 +490,7 @@ mod tests {
     /// The server end of `segment` (198.51.100.7) is the inside host.
     fn network() -> NetworkConfig {
         NetworkConfig {
-            inside: vec!["198.51.100.7/32".parse().unwrap()],
+            inside: vec!["198.51.100.7/32".parse().unwrap()].into(),
             ..NetworkConfig::default()
         }
     }
@@ -543,7 +543,7 @@ mod tests {
         l.identified(&key, &labelled(&outbound, App::Ssh), &network());
         assert_eq!(l.sessions.len(), 1);
         let concentrator = NetworkConfig {
-            inside: Vec::new(),
+            inside: Default::default(),
             concentrators: vec![IpAddr::from([198, 51, 100, 7])],
             ..NetworkConfig::default()
         };
