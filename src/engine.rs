@@ -878,3 +878,73 @@ impl Routes {
         stats
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A piece of UDP datagram `id` from 10.0.0.1 to 10.0.0.2: 16 bytes at `offset`.
+    fn piece(id: u16, offset: u16, more: bool) -> Vec<u8> {
+        let mut ip = vec![
+            0x45, 0, 0, 36, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        ip[4..6].copy_from_slice(&id.to_be_bytes());
+        let flags = (offset / 8) | if more { 0x2000 } else { 0 };
+        ip[6..8].copy_from_slice(&flags.to_be_bytes());
+        ip.extend_from_slice(&[7; 16]);
+        ip
+    }
+
+    /// Hands `data` to `routes` at second `at`, as the reader does (partition 5 for a first
+    /// piece).
+    fn hand(routes: &mut Routes, data: &[u8], at: u64) -> (Option<usize>, Vec<Release>) {
+        let pkt = Packet {
+            ts: Timestamp::from_secs(at),
+            link: LinkType::RAW,
+            orig_len: data.len() as u32,
+            data,
+        };
+        let p = decode::peek(pkt)
+            .expect("a fragment")
+            .fragment
+            .expect("a piece");
+        routes.piece(&p, p.is_first().then_some(5), pkt, pkt.ts)
+    }
+
+    #[test]
+    fn pieces_follow_their_first_and_wait_for_it() {
+        let mut routes = Routes::default();
+        // In order: the route lives until every byte was seen.
+        assert_eq!(hand(&mut routes, &piece(1, 0, true), 1).0, Some(5));
+        assert_eq!(hand(&mut routes, &piece(1, 16, false), 1).0, Some(5));
+        assert!(routes.routes.is_empty());
+        // Last piece first: held, then released ahead of the first, to its partition.
+        let (placed, released) = hand(&mut routes, &piece(2, 16, false), 2);
+        assert_eq!((placed, released.len()), (None, 0));
+        let (placed, released) = hand(&mut routes, &piece(2, 0, true), 2);
+        assert_eq!(placed, Some(5));
+        assert_eq!(released.len(), 1);
+        assert_eq!((released[0].1.len(), released[0].2), (1, Some(5)));
+        assert!(routes.routes.is_empty());
+        // A piece whose first never comes is given up after the timeout, when the next
+        // datagram starts, to where its addresses alone would go.
+        hand(&mut routes, &piece(3, 16, false), 3);
+        let (_, released) = hand(&mut routes, &piece(4, 0, true), 3 + 30);
+        assert_eq!((released.len(), released[0].2), (1, None));
+        assert_eq!(routes.evicted, 0);
+    }
+
+    #[test]
+    fn at_the_limit_the_eighth_seen_longest_ago_goes_and_is_counted() {
+        let mut routes = Routes::default();
+        for id in 0..MAX_ROUTES as u16 {
+            hand(&mut routes, &piece(id, 16, false), 1 + u64::from(id) / 1000);
+        }
+        let (_, released) = hand(&mut routes, &piece(u16::MAX, 16, false), 5);
+        assert_eq!(released.len(), MAX_ROUTES / 8);
+        assert!(released.iter().all(|r| r.1.len() == 1 && r.2.is_none()));
+        assert_eq!(routes.evicted, (MAX_ROUTES / 8) as u64);
+        assert_eq!(routes.routes.len(), MAX_ROUTES - MAX_ROUTES / 8 + 1);
+        assert_eq!(routes.stats().state_evicted["fragment_routes"], 512);
+    }
+}
