@@ -3,7 +3,11 @@
 //! accounts: identity (inventory, session feed, RADIUS from the wire), per-account geo,
 //! farm clusters, travel, working hours and the score. The scorer sees every finding
 //! before any sink does, so an alert leaves with the findings behind it.
+//!
+//! Everything it learns can be saved and restored ([`StageState`]), for the correlator's
+//! checkpoints; its config, inventory and outputs are not part of that state.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use crate::app::App;
 use crate::config::{Config, NetworkConfig};
 use crate::detect::score::Scorer;
 use crate::detect::severity::SeverityPolicy;
-use crate::detect::{Detectors, Moment, Scope, Stage};
+use crate::detect::{Detectors, Moment, SavedDetector, Scope, Stage};
 use crate::event::Event;
 use crate::flow_stage::{Item, Reload, Stamped, record_host};
 use crate::flows::record::FlowRecord;
@@ -97,6 +101,18 @@ impl Sinks {
     }
 }
 
+/// What the account stage learned, borrowed to be saved or owned once read back: identity's
+/// session ranges, every detector's state, the scores, and what waits for packet time.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct StageState<'a> {
+    identity: Cow<'a, Identity>,
+    detectors: Vec<SavedDetector>,
+    scorer: Cow<'a, Scorer>,
+    ticked: u64,
+    expired: u64,
+    observations: Cow<'a, [PublicIpObservation]>,
+}
+
 pub struct AccountStage {
     context: Context,
     network: NetworkConfig,
@@ -163,6 +179,30 @@ impl AccountStage {
                 report.errors_total, report.lines, e.message
             );
         }
+    }
+
+    /// Its state, between two items (no finding waits to be written).
+    pub fn save(&self) -> Result<StageState<'_>, String> {
+        Ok(StageState {
+            identity: Cow::Borrowed(&self.context.identity),
+            detectors: self.detectors.save()?,
+            scorer: Cow::Borrowed(&self.scorer),
+            ticked: self.ticked,
+            expired: self.expired,
+            observations: Cow::Borrowed(&self.observations),
+        })
+    }
+
+    /// Takes back a saved state in place of what it learned so far (a fresh stage's, or
+    /// the session feed read again at start: the state already holds it).
+    pub fn restore(&mut self, saved: StageState<'_>) -> Result<(), String> {
+        self.context.identity.restore(saved.identity.into_owned())?;
+        self.detectors.restore(&saved.detectors)?;
+        self.scorer.restore(saved.scorer.into_owned())?;
+        self.ticked = saved.ticked;
+        self.expired = saved.expired;
+        self.observations = saved.observations.into_owned();
+        Ok(())
     }
 
     /// Who is behind an address and where it is, as the stage used it.

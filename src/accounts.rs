@@ -24,7 +24,10 @@ use crate::event::{Event, Kind, Severity};
 use crate::geo::is_country;
 use crate::timestamp::Timestamp;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum AccountKind {
     Contractor,
     Employee,
@@ -55,7 +58,7 @@ impl FromStr for AccountKind {
 
 /// An account as identity hands it out: cheap to clone. `kind` is None for an account
 /// that a session feed or RADIUS names but the inventory does not list.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, Deserialize)]
 pub struct AccountRef {
     pub id: Arc<str>,
     pub kind: Option<AccountKind>,

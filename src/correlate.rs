@@ -14,6 +14,7 @@
 //! stores an `alert.<id>` once within the stream's duplicate window). Messages are
 //! acknowledged once applied, so the consumer's lag says how far behind the stage is.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::io::{BufRead, Seek, SeekFrom};
 use std::net::SocketAddr;
@@ -27,17 +28,19 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::routing::get;
+use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
-use crate::account_stage::{AccountStage, Context, Sinks};
+use crate::account_stage::{AccountStage, Context, Sinks, StageState};
 use crate::config::Config;
 use crate::flow_stage::{Item, Stamped};
-use crate::jetstream::{CorrelateSource, Delivery, Record, StreamSetup};
+use crate::jetstream::{CorrelateSource, Delivery, Record, STATE_BUCKET, StreamSetup};
 use crate::metrics::{CorrelateFigures, Metrics, Stats};
 use crate::observation::Observation;
 use crate::replay::Failure;
 use crate::sink::{JsonLines, Target};
+use crate::state;
 use crate::timestamp::Timestamp;
 
 /// The `correlate` command line, validated.
@@ -68,7 +71,6 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
         .map_err(Failure::Usage)?;
     let listener = std::net::TcpListener::bind(args.listen)
         .map_err(|e| Failure::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
-    let (mut events, mut written) = open_events(&args.events).map_err(Failure::Usage)?;
     let mut source =
         CorrelateSource::open(&servers, &config.correlate, &config.stream).map_err(|e| {
             if e.is_transient() {
@@ -82,6 +84,28 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
             eprintln!("farmwatch: {d}");
         }
     }
+    let mut stage = AccountStage::new(&config, Sinks::default(), context);
+    stage.emitted = Some(Vec::new());
+    let mut merge = Merge::new(&config, source.producers().keys());
+    let mut written = HashSet::new();
+    let mut events_from = 0;
+    let resumed = source.take_checkpoint();
+    if let Some((seq, bytes)) = &resumed {
+        let refused = |e: String| {
+            Failure::Usage(format!(
+                "checkpoint {} in {STATE_BUCKET} (sequence {seq}): {e}; delete that key or \
+                 name another [correlate] consumer to read the stream from its start",
+                config.correlate.consumer
+            ))
+        };
+        let checkpoint: Checkpoint = state::load(bytes).map_err(refused)?;
+        stage.restore(checkpoint.stage).map_err(refused)?;
+        merge.restore(checkpoint.merge).map_err(refused)?;
+        written = checkpoint.written.into_owned();
+        events_from = checkpoint.events_len;
+    }
+    let mut events =
+        open_events(&args.events, events_from, &mut written).map_err(Failure::Usage)?;
     let shared = Arc::new(Shared {
         metrics: Metrics::new(),
         stop: AtomicBool::new(false),
@@ -90,22 +114,28 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
     let http = serve(listener, shared.clone())
         .map_err(|e| Failure::Runtime(format!("cannot start the HTTP endpoint: {e}")))?;
     eprintln!(
-        "farmwatch: correlate started consumer={} listen={}",
-        config.correlate.consumer, http.local_addr
+        "farmwatch: correlate started consumer={} listen={} resumed={}",
+        config.correlate.consumer,
+        http.local_addr,
+        resumed.map_or(0, |(seq, _)| seq)
     );
 
-    let mut stage = AccountStage::new(&config, Sinks::default(), context);
-    stage.emitted = Some(Vec::new());
-    let mut merge = Merge::new(&config, source.producers().keys());
     let mut figures = CorrelateFigures::default();
     let mut last_arrival = Instant::now();
     let mut refreshed = Instant::now();
+    let mut saved = Saved {
+        at: Instant::now(),
+        position: source.position(),
+        observations: 0,
+    };
     let mut failures = Vec::new();
     loop {
-        if shared.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let batch = source.next_batch(PULL_WAIT);
+        let stop = shared.stop.load(Ordering::Relaxed);
+        let batch = if stop {
+            Vec::new()
+        } else {
+            source.next_batch(PULL_WAIT)
+        };
         if !batch.is_empty() {
             last_arrival = Instant::now();
         }
@@ -139,16 +169,31 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
                 Err(e) => *lock(&shared.last_error) = Some(e.to_string()),
             }
         }
-        if idle || refreshed.elapsed() >= REFRESH_EVERY {
+        let last = stop || idle;
+        if saved.due(&source, &config, last) {
+            let begun = Instant::now();
+            match checkpoint(&mut source, &stage, &merge, &written, &mut events) {
+                Ok(()) => {
+                    saved = Saved {
+                        at: Instant::now(),
+                        position: source.position(),
+                        observations: source.stats().observations,
+                    };
+                    figures.checkpoint_duration = begun.elapsed();
+                }
+                Err(Problem::Events(e)) => {
+                    failures.push(e);
+                    break;
+                }
+                Err(Problem::Store(e)) => *lock(&shared.last_error) = Some(e),
+            }
+        }
+        if last || refreshed.elapsed() >= REFRESH_EVERY {
             if events.flush().is_err()
                 && let Some(e) = &events.first_error
             {
                 failures.push(format!("{:?}: {e}", events.target()));
                 break;
-            }
-            let through = merge.applied_through(source.position());
-            if let Err(e) = source.ack_through(through) {
-                *lock(&shared.last_error) = Some(e.to_string());
             }
             figures.source = source.stats();
             if let Ok(lag) = source.lag() {
@@ -160,7 +205,7 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
             shared.publish(&mut stage, figures, merge.applied);
             refreshed = Instant::now();
         }
-        if idle {
+        if last {
             break;
         }
     }
@@ -169,9 +214,15 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
         failures.push(format!("{:?}: {e}", events.target()));
     }
     http.shutdown();
+    let read = source.stats();
     eprintln!(
-        "farmwatch: correlate stopped applied={} late={} undecodable={} events={}",
-        figures.applied, figures.late, figures.undecodable, events.written
+        "farmwatch: correlate stopped read={} applied={} late={} undecodable={} events={} checkpoint={}",
+        read.observations,
+        figures.applied,
+        figures.late,
+        figures.undecodable,
+        events.written,
+        read.checkpoint_seq
     );
     failures.dedup();
     if failures.is_empty() {
@@ -181,28 +232,105 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
     }
 }
 
+/// The correlator's checkpoint: the account stage, the lanes with what waits in them, and
+/// the events written, as of the stream sequence it is stored with.
+#[derive(Serialize, Deserialize)]
+struct Checkpoint<'a> {
+    stage: StageState<'a>,
+    merge: SavedMerge,
+    /// Ids of the events written, so that none is written twice.
+    written: Cow<'a, HashSet<String>>,
+    /// The length of `--events` then: the ids written after it are read back at start.
+    events_len: u64,
+}
+
+/// When the last checkpoint was stored, and how far the stream had been read.
+struct Saved {
+    at: Instant,
+    position: u64,
+    /// Observations delivered, as counted by the source.
+    observations: u64,
+}
+
+impl Saved {
+    /// After `[correlate] checkpoint_observations` observations or `checkpoint_interval`,
+    /// or on the way out; never when nothing new was read.
+    fn due(&self, source: &CorrelateSource, config: &Config, last: bool) -> bool {
+        let c = &config.correlate;
+        let observed = source.stats().observations - self.observations;
+        source.position() > self.position
+            && (last
+                || observed >= c.checkpoint_observations
+                || self.at.elapsed() >= c.checkpoint_interval)
+    }
+}
+
+/// Why a checkpoint was not stored: the events could not be written (the correlator stops),
+/// or the store failed (retried at the next one).
+enum Problem {
+    Events(String),
+    Store(String),
+}
+
+/// Stores the state as of everything read so far, and acknowledges up to it. The events
+/// derived so far reach `--events` first: the state says they were written.
+fn checkpoint(
+    source: &mut CorrelateSource,
+    stage: &AccountStage,
+    merge: &Merge,
+    written: &HashSet<String>,
+    events: &mut JsonLines,
+) -> Result<(), Problem> {
+    let target = events.target().clone();
+    let failed = |e: &dyn std::fmt::Display| Problem::Events(format!("{target:?}: {e}"));
+    events.flush().map_err(|e| failed(&e))?;
+    let events_len = match &target {
+        Target::File(path) => std::fs::metadata(path).map_err(|e| failed(&e))?.len(),
+        _ => 0,
+    };
+    let state = Checkpoint {
+        stage: stage.save().map_err(Problem::Store)?,
+        merge: merge.save().map_err(Problem::Store)?,
+        written: Cow::Borrowed(written),
+        events_len,
+    };
+    source
+        .save_checkpoint(source.position(), &state::save(&state))
+        .map_err(|e| Problem::Store(e.to_string()))
+}
+
 /// Opens `--events` for appending: a torn last line (a crash mid-write) is cut first, and the
-/// ids already written are returned, so an event derived again is not written twice.
-fn open_events(target: &Target) -> Result<(JsonLines, HashSet<String>), String> {
-    let mut ids = HashSet::new();
+/// ids of the lines from byte `from` on (those written after the checkpoint) are added to
+/// `written`, so an event derived again is not written twice.
+fn open_events(
+    target: &Target,
+    from: u64,
+    written: &mut HashSet<String>,
+) -> Result<JsonLines, String> {
     if let Target::File(path) = target
         && path.exists()
     {
-        ids = read_ids(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let ids = read_ids(path, from).map_err(|e| format!("{}: {e}", path.display()))?;
+        written.extend(ids);
     }
-    let sink =
-        JsonLines::open(target.clone()).map_err(|e| format!("cannot open events output: {e}"))?;
-    Ok((sink, ids))
+    JsonLines::open(target.clone()).map_err(|e| format!("cannot open events output: {e}"))
 }
 
-/// The `id` of every whole line of an events file, after cutting a torn last line.
-fn read_ids(path: &Path) -> std::io::Result<HashSet<String>> {
+/// The `id` of every whole line of an events file from byte `from` (from its start when it
+/// is shorter: another file), after cutting a torn last line.
+fn read_ids(path: &Path, from: u64) -> std::io::Result<HashSet<String>> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)?;
+    let from = if file.metadata()?.len() >= from {
+        from
+    } else {
+        0
+    };
+    file.seek(SeekFrom::Start(from))?;
     let mut ids = HashSet::new();
-    let mut whole = 0u64;
+    let mut whole = from;
     let mut reader = std::io::BufReader::new(&mut file);
     let mut line = Vec::new();
     loop {
@@ -357,17 +485,98 @@ impl Merge {
         }
     }
 
-    /// The highest stream sequence up to which every message read was applied (or read
-    /// past), given that `position` is the highest read.
-    fn applied_through(&self, position: u64) -> u64 {
-        let waiting = self.lanes.values().filter_map(|l| l.queue.front());
-        waiting.map(|(seq, _)| seq - 1).min().unwrap_or(position)
+    /// The lanes and how far the stage got, for a checkpoint. Observations keep the JSON
+    /// they came in, which is how they travel.
+    fn save(&self) -> Result<SavedMerge, String> {
+        let mut lanes = Vec::with_capacity(self.lanes.len());
+        for (name, lane) in &self.lanes {
+            let mut queue = Vec::with_capacity(lane.queue.len());
+            for (seq, s) in &lane.queue {
+                let observation = match &s.item {
+                    Item::Observation(obs) => {
+                        Some(serde_json::to_vec(obs).map_err(|e| e.to_string())?)
+                    }
+                    _ => None,
+                };
+                queue.push(SavedItem {
+                    seq: *seq,
+                    at: s.at,
+                    observation,
+                });
+            }
+            lanes.push(SavedLane {
+                name: name.clone(),
+                mark: lane.mark,
+                ended: lane.ended,
+                queue,
+            });
+        }
+        Ok(SavedMerge {
+            lanes,
+            applied: self.applied,
+            started: self.started,
+        })
+    }
+
+    /// Takes back the lanes of a checkpoint. A restored producer counts as heard now: it
+    /// has `max_lag` to speak again before it stops holding the others back.
+    fn restore(&mut self, saved: SavedMerge) -> Result<(), String> {
+        for l in saved.lanes {
+            crate::jetstream::check_sensor_name(&l.name)
+                .map_err(|_| format!("bad sensor name {:?}", l.name))?;
+            let mut queue = VecDeque::with_capacity(l.queue.len());
+            for i in l.queue {
+                let item = match i.observation {
+                    Some(json) => Item::Observation(
+                        serde_json::from_slice(&json)
+                            .map_err(|e| format!("an observation waiting in {}: {e}", l.name))?,
+                    ),
+                    None => Item::Tick,
+                };
+                queue.push_back((i.seq, Stamped { at: i.at, item }));
+            }
+            let lane = Lane {
+                queue,
+                mark: l.mark,
+                ended: l.ended,
+                heard: Some(Instant::now()),
+                stalled: false,
+            };
+            self.lanes.insert(l.name, lane);
+        }
+        self.applied = saved.applied;
+        self.started = saved.started;
+        Ok(())
     }
 
     /// Every producer sent its end marker and everything it sent was applied.
     fn all_ended(&self) -> bool {
         !self.lanes.is_empty() && self.lanes.values().all(|l| l.ended && l.queue.is_empty())
     }
+}
+
+/// [`Merge`] in a checkpoint.
+#[derive(Serialize, Deserialize)]
+struct SavedMerge {
+    lanes: Vec<SavedLane>,
+    applied: Timestamp,
+    started: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedLane {
+    name: String,
+    mark: Timestamp,
+    ended: bool,
+    queue: Vec<SavedItem>,
+}
+
+/// An item waiting in a lane: an observation's JSON, or a clock tick (None).
+#[derive(Serialize, Deserialize)]
+struct SavedItem {
+    seq: u64,
+    at: Timestamp,
+    observation: Option<Vec<u8>>,
 }
 
 /// What the HTTP endpoint and the signal handlers share with the loop.
@@ -474,16 +683,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_torn_last_line_is_cut_and_ids_are_read() {
+    fn a_torn_last_line_is_cut_and_ids_are_read_from_the_checkpoint_on() {
         let path =
             std::env::temp_dir().join(format!("farmwatch-torn-{}.jsonl", std::process::id()));
-        std::fs::write(&path, "{\"id\":\"a1\"}\n{\"id\":\"b2\"}\n{\"id\":\"c").unwrap();
-        let ids = read_ids(&path).unwrap();
-        assert_eq!(ids, HashSet::from(["a1".to_string(), "b2".to_string()]));
+        let first = "{\"id\":\"a1\"}\n";
+        std::fs::write(&path, format!("{first}{{\"id\":\"b2\"}}\n{{\"id\":\"c")).unwrap();
+        let ids = read_ids(&path, first.len() as u64).unwrap();
+        assert_eq!(ids, HashSet::from(["b2".to_string()]));
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "{\"id\":\"a1\"}\n{\"id\":\"b2\"}\n"
         );
+        // A file shorter than the checkpoint says is another file: read whole.
+        let ids = read_ids(&path, 1 << 20).unwrap();
+        assert_eq!(ids, HashSet::from(["a1".to_string(), "b2".to_string()]));
         std::fs::remove_file(&path).unwrap();
     }
 }

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::accounts::{AccountRef, Inventory};
 use crate::timestamp::Timestamp;
@@ -49,7 +49,7 @@ pub enum SessionStatus {
     Interim,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ObservationSource {
     SessionFeed,
     Radius,
@@ -65,7 +65,7 @@ impl ObservationSource {
 }
 
 /// An account seen connecting from a public address at a time.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicIpObservation {
     pub ts: Timestamp,
     pub account: AccountRef,
@@ -92,7 +92,7 @@ pub struct FeedReport {
 }
 
 /// Counters for metrics and the replay summary.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityStats {
     /// Ranges dropped because an address had too many.
     pub ranges_evicted: u64,
@@ -105,7 +105,7 @@ pub struct IdentityStats {
 }
 
 /// One account holding one address from `start` until `end` (open while None).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Range {
     start: Timestamp,
     end: Option<Timestamp>,
@@ -113,21 +113,26 @@ struct Range {
 }
 
 /// The ranges of one address, and the packet time it was last named by a session event.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Held {
     ranges: VecDeque<Range>,
     seen: Timestamp,
 }
 
-#[derive(Clone)]
+/// What it learned (names, ranges, observations not yet handed on, counters) is saved in the
+/// correlator's checkpoints; the inventory and the retention come from the config.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Identity {
+    #[serde(skip)]
     inventory: Arc<Inventory>,
     /// AccountRefs of inventory accounts, by index, and of every account named so far.
     refs: HashMap<String, AccountRef>,
+    #[serde(skip)]
     static_refs: Vec<AccountRef>,
     /// Per address, ranges in order of start.
     ranges: BTreeMap<IpAddr, Held>,
     observations: Vec<PublicIpObservation>,
+    #[serde(skip)]
     retention: Duration,
     stats: IdentityStats,
 }
@@ -170,6 +175,42 @@ impl Identity {
         self.refs.extend(fresh.refs);
         self.static_refs = fresh.static_refs;
         self.inventory = fresh.inventory;
+    }
+
+    /// Takes the learned part of `saved` (a checkpoint's) in place of its own, which the
+    /// checkpoint already holds (a session feed read again at start is the same feed).
+    /// The inventory stays as loaded now, as after a reload. Refuses a state over a bound.
+    pub fn restore(&mut self, saved: Identity) -> Result<(), String> {
+        use crate::state::within;
+        within("identity addresses", saved.ranges.len(), MAX_ADDRESSES)?;
+        for held in saved.ranges.values() {
+            within("identity ranges", held.ranges.len(), MAX_RANGES_PER_ADDRESS)?;
+        }
+        let names = saved.refs.len().saturating_sub(self.static_refs.len());
+        within("identity names", names, MAX_NAMES)?;
+        self.refs = saved.refs;
+        self.refs.extend(
+            self.static_refs
+                .iter()
+                .map(|r| (r.id.to_string(), r.clone())),
+        );
+        // One copy of each name again, shared by its ranges, as before the checkpoint.
+        let refs = &self.refs;
+        let shared = |a: &mut AccountRef| {
+            if let Some(known) = refs.get(&*a.id).filter(|k| k.kind == a.kind) {
+                *a = known.clone();
+            }
+        };
+        self.ranges = saved.ranges;
+        for held in self.ranges.values_mut() {
+            held.ranges.iter_mut().for_each(|r| shared(&mut r.account));
+        }
+        self.observations = saved.observations;
+        self.observations
+            .iter_mut()
+            .for_each(|o| shared(&mut o.account));
+        self.stats = saved.stats;
+        Ok(())
     }
 
     pub fn with_retention(mut self, retention: Duration) -> Identity {

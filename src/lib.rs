@@ -30,4 +30,5 @@ pub mod replay;
 pub mod report;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod timestamp;

@@ -75,6 +75,8 @@ pub struct CorrelateFigures {
     pub undecodable: u64,
     /// Times a producer silent for `[correlate] max_lag` stopped holding the others back.
     pub stalled: u64,
+    /// How long the last checkpoint took to serialize and store.
+    pub checkpoint_duration: std::time::Duration,
 }
 
 impl Stats {
@@ -251,6 +253,10 @@ struct CorrelateFamilies {
     observations: IntCounterVec,
     fetch_errors: IntCounter,
     checkpoints: IntCounter,
+    /// The newest checkpoint: the sequence it reflects, its compressed size, its cost.
+    checkpoint_seq: Gauge,
+    checkpoint_bytes: Gauge,
+    checkpoint_seconds: Gauge,
     stalled: IntCounter,
 }
 
@@ -259,7 +265,7 @@ impl CorrelateFamilies {
         CorrelateFamilies {
             lag: unregistered(Gauge::new(
                 "farmwatch_correlate_consumer_lag",
-                "Stream messages not yet applied by the correlator (delivered or not).",
+                "Stream messages not yet held by a checkpoint of the correlator (delivered or not).",
             )),
             messages: unregistered(IntCounterVec::new(
                 Opts::new(
@@ -283,6 +289,18 @@ impl CorrelateFamilies {
                 "farmwatch_correlate_checkpoints_total",
                 "Checkpoints of the account stage stored.",
             )),
+            checkpoint_seq: unregistered(Gauge::new(
+                "farmwatch_correlate_checkpoint_sequence",
+                "The stream sequence the newest checkpoint reflects (stored or resumed from).",
+            )),
+            checkpoint_bytes: unregistered(Gauge::new(
+                "farmwatch_correlate_checkpoint_bytes",
+                "Compressed size of the newest checkpoint.",
+            )),
+            checkpoint_seconds: unregistered(Gauge::new(
+                "farmwatch_correlate_checkpoint_seconds",
+                "Time the last checkpoint took to serialize and store.",
+            )),
             stalled: unregistered(IntCounter::new(
                 "farmwatch_correlate_producers_stalled_total",
                 "Times a silent sensor stopped holding the watermark back.",
@@ -297,6 +315,9 @@ impl CorrelateFamilies {
             Box::new(self.observations.clone()),
             Box::new(self.fetch_errors.clone()),
             Box::new(self.checkpoints.clone()),
+            Box::new(self.checkpoint_seq.clone()),
+            Box::new(self.checkpoint_bytes.clone()),
+            Box::new(self.checkpoint_seconds.clone()),
             Box::new(self.stalled.clone()),
         ]
     }
@@ -321,6 +342,10 @@ impl CorrelateFamilies {
         }
         advance(&self.fetch_errors, n.fetch_errors, b.fetch_errors);
         advance(&self.checkpoints, n.checkpoints, b.checkpoints);
+        self.checkpoint_seq.set(n.checkpoint_seq as f64);
+        self.checkpoint_bytes.set(n.checkpoint_bytes as f64);
+        self.checkpoint_seconds
+            .set(now.checkpoint_duration.as_secs_f64());
         advance(&self.stalled, now.stalled, before.stalled);
         self.lag.set(now.lag as f64);
     }

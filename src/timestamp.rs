@@ -135,8 +135,13 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// RFC 3339 with microseconds in JSON; nanoseconds in binary formats (the correlator's
+/// checkpoints, [`crate::state`]), which must give back the exact time.
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            return s.serialize_u64(self.0);
+        }
         s.serialize_str(Rfc3339::of(*self).as_str())
     }
 }
@@ -144,6 +149,9 @@ impl serde::Serialize for Timestamp {
 /// Reads what `Serialize` writes (RFC 3339, microseconds), for the scale-out stream.
 impl<'de> serde::Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        if !d.is_human_readable() {
+            return u64::deserialize(d).map(Timestamp);
+        }
         let text = String::deserialize(d)?;
         let at = humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)?;
         let since = at

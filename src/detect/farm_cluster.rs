@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::accounts::AccountKind;
 use crate::detect::Scope;
@@ -91,7 +91,7 @@ fn ipv6_len<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
 }
 
 /// A contractor's latest session from a prefix.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Serialize, Deserialize)]
 struct Member {
     ts: Timestamp,
     ip: IpAddr,
@@ -104,7 +104,10 @@ struct Member {
 pub const MAX_PREFIXES: usize = 100_000;
 pub const MAX_REPORTED: usize = 100_000;
 
+/// Saved in checkpoints without its config.
+#[derive(Serialize, Deserialize)]
 pub struct FarmCluster {
+    #[serde(skip)]
     config: FarmClusterConfig,
     prefixes: BTreeMap<IpNet, BTreeMap<Arc<str>, Member>>,
     /// When each (prefix, account) was last reported.
@@ -268,6 +271,19 @@ impl Detector for FarmCluster {
 
     fn evictions(&self) -> Vec<(&'static str, u64)> {
         FarmCluster::evictions(self).to_vec()
+    }
+
+    fn save(&self) -> Option<Vec<u8>> {
+        Some(crate::state::encode(self))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let saved: FarmCluster = crate::state::decode(state)?;
+        crate::state::within("prefixes", saved.prefixes.len(), MAX_PREFIXES)?;
+        crate::state::within("reported", saved.reported.len(), MAX_REPORTED)?;
+        let config = std::mem::take(&mut self.config);
+        *self = FarmCluster { config, ..saved };
+        Ok(())
     }
 }
 

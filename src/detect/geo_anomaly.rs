@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::accounts::AccountKind;
 use crate::detect::Scope;
@@ -86,6 +86,7 @@ pub(crate) fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error>
 }
 
 /// Where an account was last seen.
+#[derive(Serialize, Deserialize)]
 struct Seen {
     ts: Timestamp,
     ip: IpAddr,
@@ -99,10 +100,14 @@ struct Seen {
 pub const MAX_ACCOUNTS: usize = 100_000;
 pub const MAX_REPORTED: usize = 100_000;
 
+/// Saved in checkpoints without its config.
+#[derive(Serialize, Deserialize)]
 pub struct GeoAnomaly {
+    #[serde(skip)]
     config: GeoAnomalyConfig,
     last: BTreeMap<Arc<str>, Seen>,
     /// When each (account, reason, subject) was last reported.
+    #[serde(with = "reported")]
     reported: BTreeMap<(Arc<str>, &'static str, String), Timestamp>,
     /// Entries dropped at [`MAX_ACCOUNTS`] and [`MAX_REPORTED`].
     evicted_accounts: u64,
@@ -272,6 +277,30 @@ impl GeoAnomaly {
     }
 }
 
+/// `reported` in a checkpoint: (account, reason, subject, when), the reason read back as
+/// the registry's name.
+mod reported {
+    use super::*;
+    use serde::Serializer;
+
+    type Map = BTreeMap<(Arc<str>, &'static str, String), Timestamp>;
+
+    pub fn serialize<S: Serializer>(map: &Map, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter().map(|((a, r, subject), at)| (a, r, subject, at)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map, D::Error> {
+        let list = Vec::<(Arc<str>, String, String, Timestamp)>::deserialize(d)?;
+        list.into_iter()
+            .map(|(a, r, subject, at)| {
+                let r = crate::state::reason::known(&r)
+                    .ok_or_else(|| serde::de::Error::custom(format!("unknown reason {r:?}")))?;
+                Ok(((a, r, subject), at))
+            })
+            .collect()
+    }
+}
+
 /// A finding about the account of `obs` at its public address, with what geo says.
 fn observed(
     obs: &PublicIpObservation,
@@ -354,6 +383,19 @@ impl Detector for GeoAnomaly {
 
     fn evictions(&self) -> Vec<(&'static str, u64)> {
         GeoAnomaly::evictions(self).to_vec()
+    }
+
+    fn save(&self) -> Option<Vec<u8>> {
+        Some(crate::state::encode(self))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let saved: GeoAnomaly = crate::state::decode(state)?;
+        crate::state::within("accounts", saved.last.len(), MAX_ACCOUNTS)?;
+        crate::state::within("reported", saved.reported.len(), MAX_REPORTED)?;
+        let config = std::mem::take(&mut self.config);
+        *self = GeoAnomaly { config, ..saved };
+        Ok(())
     }
 }
 

@@ -182,6 +182,12 @@ pub fn reasons() -> impl Iterator<Item = &'static Reason> {
         .chain(crate::accounts::REASONS.iter())
 }
 
+/// The reasons a detector raises, comma-separated: its name in a checkpoint.
+fn reason_names(r: &Registered) -> String {
+    let names: Vec<&str> = r.reasons.iter().map(|r| r.name).collect();
+    names.join(",")
+}
+
 /// What a detector is shown.
 pub enum Moment<'a> {
     /// Flow stage: one direction of `flow` became active after being idle; its previous
@@ -229,22 +235,73 @@ pub trait Detector: Send {
     fn sessions(&self) -> Option<&remote_desktop::RemoteDesktop> {
         None
     }
+
+    /// Its state for the correlator's checkpoint ([`crate::state::encode`]), without its
+    /// config. Every account-stage detector keeps state and saves it; flow-stage detectors
+    /// run on the sensors, which are not checkpointed, and keep this default.
+    fn save(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Takes back what [`save`](Self::save) gave, keeping its own config; refuses a state
+    /// that does not read or is over a bound.
+    fn restore(&mut self, _state: &[u8]) -> Result<(), String> {
+        Err("keeps no state to restore".to_string())
+    }
+}
+
+/// A detector's saved state, under the names of the reasons it raises (which name it in the
+/// registry: no two detectors raise one reason).
+#[derive(Debug, serde::Serialize, Deserialize)]
+pub struct SavedDetector {
+    pub reasons: String,
+    pub state: Vec<u8>,
 }
 
 /// The detectors of one stage (one partition of the flow stage, or the account stage).
 pub struct Detectors {
     list: Vec<Box<dyn Detector>>,
+    /// Each one's entry in [`DETECTORS`].
+    registered: Vec<&'static Registered>,
 }
 
 impl Detectors {
     pub fn new(config: &Config, stage: Stage) -> Detectors {
+        let registered: Vec<&'static Registered> =
+            DETECTORS.iter().filter(|d| d.stage == stage).collect();
         Detectors {
-            list: DETECTORS
-                .iter()
-                .filter(|d| d.stage == stage)
-                .map(|d| (d.new)(config))
-                .collect(),
+            list: registered.iter().map(|d| (d.new)(config)).collect(),
+            registered,
         }
+    }
+
+    /// Every detector's state, for a checkpoint; an error names a detector that keeps none.
+    pub fn save(&self) -> Result<Vec<SavedDetector>, String> {
+        let named = self.registered.iter().map(|r| reason_names(r));
+        (self.list.iter().zip(named))
+            .map(|(d, reasons)| match d.save() {
+                Some(state) => Ok(SavedDetector { reasons, state }),
+                None => Err(format!("the detector of {reasons} saves no state")),
+            })
+            .collect()
+    }
+
+    /// Takes back what [`save`](Self::save) gave: each detector its own state, all or none.
+    pub fn restore(&mut self, saved: &[SavedDetector]) -> Result<(), String> {
+        let named: Vec<String> = self.registered.iter().map(|r| reason_names(r)).collect();
+        let held: Vec<&str> = saved.iter().map(|s| s.reasons.as_str()).collect();
+        if held != named {
+            return Err(format!(
+                "holds the detectors of [{}], this farmwatch has [{}]",
+                held.join("; "),
+                named.join("; ")
+            ));
+        }
+        for ((d, s), reasons) in self.list.iter_mut().zip(saved).zip(&named) {
+            d.restore(&s.state)
+                .map_err(|e| format!("the detector of {reasons}: {e}"))?;
+        }
+        Ok(())
     }
 
     /// Shows every detector `moment`, in list order.

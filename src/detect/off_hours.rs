@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{Offset, TimeZone};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::accounts::AccountKind;
 use crate::detect::Scope;
@@ -98,13 +98,16 @@ fn share<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 }
 
 /// One account's active hours (hours since the epoch) and what was reported.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct Activity {
     slots: BTreeSet<u64>,
     reported: Option<i32>,
 }
 
+/// Saved in checkpoints without its config.
+#[derive(Serialize, Deserialize)]
 pub struct OffHours {
+    #[serde(skip)]
     config: OffHoursConfig,
     accounts: BTreeMap<Arc<str>, Activity>,
 }
@@ -321,6 +324,17 @@ impl Detector for OffHours {
             Moment::Hour(now) => self.expire(now),
             _ => {}
         }
+    }
+
+    fn save(&self) -> Option<Vec<u8>> {
+        Some(crate::state::encode(self))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let saved: OffHours = crate::state::decode(state)?;
+        let config = std::mem::take(&mut self.config);
+        *self = OffHours { config, ..saved };
+        Ok(())
     }
 }
 

@@ -70,7 +70,10 @@ impl OperatorLatencyConfig {
     }
 }
 
+/// Saved in checkpoints without its config.
+#[derive(serde::Serialize, Deserialize)]
 pub struct OperatorLatency {
+    #[serde(skip)]
     config: OperatorLatencyConfig,
     /// Per country, per outside address: its least handshake RTT and when last sampled.
     floors: BTreeMap<String, BTreeMap<IpAddr, (u64, Timestamp)>>,
@@ -246,6 +249,20 @@ impl Detector for OperatorLatency {
 
     fn evictions(&self) -> Vec<(&'static str, u64)> {
         vec![("operator_latency_addresses", self.evicted)]
+    }
+
+    fn save(&self) -> Option<Vec<u8>> {
+        Some(crate::state::encode(self))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let saved: OperatorLatency = crate::state::decode(state)?;
+        for floors in saved.floors.values() {
+            crate::state::within("addresses", floors.len(), MAX_ADDRESSES_PER_COUNTRY)?;
+        }
+        self.floors = saved.floors;
+        self.evicted = saved.evicted;
+        Ok(())
     }
 }
 

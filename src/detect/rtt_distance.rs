@@ -79,7 +79,7 @@ pub fn bounds(d_km: f64, radius_km: f64, stretch: f64, allowance_ms: f64) -> Bou
 }
 
 /// What is known about one client public address.
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Probe {
     min_rtt_ns: Option<u64>,
     /// Handshakes and in-session samples.
@@ -101,8 +101,12 @@ struct Probe {
 pub const MAX_ADDRESSES: usize = 100_000;
 pub const MAX_ACCOUNTS_PER_ADDRESS: usize = 1024;
 
+/// Saved in checkpoints without its config and position.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct RttDistance {
+    #[serde(skip)]
     config: GeoAnomalyConfig,
+    #[serde(skip)]
     sensor: Option<Location>,
     probes: BTreeMap<IpAddr, Probe>,
     /// Addresses and accounts dropped at [`MAX_ADDRESSES`] and [`MAX_ACCOUNTS_PER_ADDRESS`].
@@ -374,6 +378,21 @@ impl Detector for RttDistance {
 
     fn evictions(&self) -> Vec<(&'static str, u64)> {
         vec![RttDistance::evictions(self)]
+    }
+
+    fn save(&self) -> Option<Vec<u8>> {
+        Some(crate::state::encode(self))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let saved: RttDistance = crate::state::decode(state)?;
+        crate::state::within("addresses", saved.probes.len(), MAX_ADDRESSES)?;
+        for p in saved.probes.values() {
+            crate::state::within("accounts", p.accounts.len(), MAX_ACCOUNTS_PER_ADDRESS)?;
+        }
+        self.probes = saved.probes;
+        self.evicted = saved.evicted;
+        Ok(())
     }
 }
 

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::event::{Event, Kind, Severity};
 use crate::flows::humantime_serde;
@@ -82,15 +82,16 @@ fn weights<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::
 }
 
 /// The newest finding of one reason on one account.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Evidence {
     ts: Timestamp,
     id: String,
     weight: f64,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 struct Account {
+    #[serde(with = "latest")]
     latest: BTreeMap<&'static str, Evidence>,
     /// Tiers alerted and not decayed below since.
     alerted: usize,
@@ -100,7 +101,10 @@ struct Account {
 /// feed); past the limit those with the oldest evidence go, and are counted.
 pub const MAX_ACCOUNTS: usize = 100_000;
 
+/// Saved in checkpoints without its config.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Scorer {
+    #[serde(skip)]
     config: ScoreConfig,
     accounts: BTreeMap<String, Account>,
     /// Accounts dropped at [`MAX_ACCOUNTS`].
@@ -230,6 +234,14 @@ impl Scorer {
         Some(alert)
     }
 
+    /// Takes the accounts of `saved` (a checkpoint's), keeping its own config.
+    pub fn restore(&mut self, saved: Scorer) -> Result<(), String> {
+        crate::state::within("score accounts", saved.accounts.len(), MAX_ACCOUNTS)?;
+        self.accounts = saved.accounts;
+        self.evicted = saved.evicted;
+        Ok(())
+    }
+
     /// Every scored account's score at `now`.
     pub fn scores(&self, now: Timestamp) -> BTreeMap<String, f64> {
         self.accounts
@@ -248,6 +260,28 @@ impl Scorer {
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+/// `latest` in a checkpoint: (reason, evidence), the reason read back as the registry's.
+mod latest {
+    use super::*;
+
+    type Map = BTreeMap<&'static str, Evidence>;
+
+    pub fn serialize<S: Serializer>(map: &Map, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map, D::Error> {
+        let list = Vec::<(String, Evidence)>::deserialize(d)?;
+        list.into_iter()
+            .map(|(r, e)| {
+                crate::state::reason::known(&r)
+                    .map(|r| (r, e))
+                    .ok_or_else(|| serde::de::Error::custom(format!("unknown reason {r:?}")))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

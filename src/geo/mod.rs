@@ -98,13 +98,13 @@ impl Category {
 }
 
 /// Where a position comes from, which says how far to trust it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LocationSource {
     City,
     CountryCentroid,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Location {
     pub lat: f64,
     pub lon: f64,

@@ -78,6 +78,11 @@ pub struct CorrelateStats {
     pub fetch_errors: u64,
     /// Checkpoints stored (`farmwatch_correlate_checkpoints_total`).
     pub checkpoints: u64,
+    /// The stream sequence the newest checkpoint reflects, stored or resumed from
+    /// (`farmwatch_correlate_checkpoint_sequence`), and its compressed size
+    /// (`farmwatch_correlate_checkpoint_bytes`).
+    pub checkpoint_seq: u64,
+    pub checkpoint_bytes: u64,
 }
 
 /// Reads the stream for the one account stage; see the module documentation.
@@ -152,9 +157,13 @@ impl CorrelateSource {
             setup: a.setup,
             producers: a.producers,
             unacked: VecDeque::new(),
+            stats: CorrelateStats {
+                checkpoint_seq: a.manifest.as_ref().map_or(0, |m| m.seq),
+                checkpoint_bytes: a.manifest.as_ref().map_or(0, |m| m.bytes as u64),
+                ..CorrelateStats::default()
+            },
             manifest: a.manifest,
             resumed: a.resumed,
-            stats: CorrelateStats::default(),
             last_error: None,
         })
     }
@@ -301,10 +310,8 @@ impl CorrelateSource {
         }
     }
 
-    /// Acknowledges every delivered message up to `seq`. Call it only for what the account
-    /// stage holds for good: what a stored checkpoint holds
-    /// ([`save_checkpoint`](Self::save_checkpoint) does), or what was applied by a correlator
-    /// that reads the stream from its start on every start.
+    /// Acknowledges every delivered message up to `seq`. Call it only for what a stored
+    /// checkpoint holds ([`save_checkpoint`](Self::save_checkpoint) does).
     pub fn ack_through(&mut self, seq: u64) -> Result<(), Error> {
         let mut newest = None;
         while self.unacked.front().is_some_and(|(s, _)| *s <= seq) {
@@ -335,6 +342,8 @@ impl CorrelateSource {
             seq,
             state,
         ))?;
+        self.stats.checkpoint_seq = manifest.seq;
+        self.stats.checkpoint_bytes = manifest.bytes as u64;
         self.manifest = Some(manifest);
         self.stats.checkpoints += 1;
         self.ack_through(seq)
