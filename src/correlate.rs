@@ -8,11 +8,20 @@
 //! order the replay's merge uses ([`Item::order`]), so the account stage makes the same
 //! judgements as one `replay` of every sensor's input.
 //!
-//! **Restart.** The account stage's state is not checkpointed yet: the correlator reads the
-//! stream from its start each time it starts, derives every event again, and writes and
-//! publishes only those whose id is not already in `--events` (and `farmwatch.alerts`
-//! stores an `alert.<id>` once within the stream's duplicate window). Messages are
-//! acknowledged once applied, so the consumer's lag says how far behind the stage is.
+//! **Checkpoints.** Every `[correlate] checkpoint_observations` observations read or
+//! `checkpoint_interval`, and on the way out, the correlator stores its state in the
+//! key-value bucket `FARMWATCH_STATE` with the stream sequence it reflects (everything read
+//! so far): the account stage ([`StageState`]), the lanes with the items still waiting in
+//! them, and the ids of the events written. The events reach `--events` before the state
+//! that says they were written, and messages are acknowledged only once a checkpoint holds
+//! them, so the consumer's lag is what a restart would read again. On start it restores the
+//! newest checkpoint and reads from the sequence after it; without one, from the stream's
+//! start. A checkpoint that does not read (another format version, corrupt) is refused.
+//!
+//! **Restart.** What was derived after the last checkpoint is derived again, identically:
+//! the ids of the events written since (the lines of `--events` past the length the
+//! checkpoint noted) are read back, so none is written twice, and `farmwatch.alerts` stores
+//! an `alert.<id>` once within the stream's duplicate window.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
@@ -71,6 +80,7 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
         .map_err(Failure::Usage)?;
     let listener = std::net::TcpListener::bind(args.listen)
         .map_err(|e| Failure::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
+    let opening = Instant::now();
     let mut source =
         CorrelateSource::open(&servers, &config.correlate, &config.stream).map_err(|e| {
             if e.is_transient() {
@@ -89,8 +99,10 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
     let mut merge = Merge::new(&config, source.producers().keys());
     let mut written = HashSet::new();
     let mut events_from = 0;
+    let opened = opening.elapsed();
     let resumed = source.take_checkpoint();
     if let Some((seq, bytes)) = &resumed {
+        let restoring = Instant::now();
         let refused = |e: String| {
             Failure::Usage(format!(
                 "checkpoint {} in {STATE_BUCKET} (sequence {seq}): {e}; delete that key or \
@@ -103,6 +115,12 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
         merge.restore(checkpoint.merge).map_err(refused)?;
         written = checkpoint.written.into_owned();
         events_from = checkpoint.events_len;
+        eprintln!(
+            "farmwatch: checkpoint restored sequence={seq} state_bytes={} open_ms={} ms={}",
+            bytes.len(),
+            opened.as_millis(),
+            restoring.elapsed().as_millis()
+        );
     }
     let mut events =
         open_events(&args.events, events_from, &mut written).map_err(Failure::Usage)?;
@@ -128,6 +146,7 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
         position: source.position(),
         observations: 0,
     };
+    let mut state_bytes = 0;
     let mut failures = Vec::new();
     loop {
         let stop = shared.stop.load(Ordering::Relaxed);
@@ -173,7 +192,8 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
         if saved.due(&source, &config, last) {
             let begun = Instant::now();
             match checkpoint(&mut source, &stage, &merge, &written, &mut events) {
-                Ok(()) => {
+                Ok(len) => {
+                    state_bytes = len;
                     saved = Saved {
                         at: Instant::now(),
                         position: source.position(),
@@ -216,13 +236,16 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
     http.shutdown();
     let read = source.stats();
     eprintln!(
-        "farmwatch: correlate stopped read={} applied={} late={} undecodable={} events={} checkpoint={}",
+        "farmwatch: correlate stopped read={} applied={} late={} undecodable={} events={} \
+         checkpoint={} state_bytes={state_bytes} checkpoint_bytes={} checkpoint_ms={}",
         read.observations,
         figures.applied,
         figures.late,
         figures.undecodable,
         events.written,
-        read.checkpoint_seq
+        read.checkpoint_seq,
+        read.checkpoint_bytes,
+        figures.checkpoint_duration.as_millis()
     );
     failures.dedup();
     if failures.is_empty() {
@@ -272,15 +295,16 @@ enum Problem {
     Store(String),
 }
 
-/// Stores the state as of everything read so far, and acknowledges up to it. The events
-/// derived so far reach `--events` first: the state says they were written.
+/// Stores the state as of everything read so far, and acknowledges up to it; returns the
+/// state's length. The events derived so far reach `--events` first: the state says they
+/// were written.
 fn checkpoint(
     source: &mut CorrelateSource,
     stage: &AccountStage,
     merge: &Merge,
     written: &HashSet<String>,
     events: &mut JsonLines,
-) -> Result<(), Problem> {
+) -> Result<usize, Problem> {
     let target = events.target().clone();
     let failed = |e: &dyn std::fmt::Display| Problem::Events(format!("{target:?}: {e}"));
     events.flush().map_err(|e| failed(&e))?;
@@ -294,9 +318,11 @@ fn checkpoint(
         written: Cow::Borrowed(written),
         events_len,
     };
+    let bytes = state::save(&state);
     source
-        .save_checkpoint(source.position(), &state::save(&state))
-        .map_err(|e| Problem::Store(e.to_string()))
+        .save_checkpoint(source.position(), &bytes)
+        .map_err(|e| Problem::Store(e.to_string()))?;
+    Ok(bytes.len())
 }
 
 /// Opens `--events` for appending: a torn last line (a crash mid-write) is cut first, and the
