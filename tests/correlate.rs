@@ -3,8 +3,10 @@
 //! `--publish`, then `farmwatch correlate --until-idle`, writes the account-level events of
 //! one `replay` of both parts together — including the farm cluster of asmith and bwong,
 //! whose sessions only the two sensors together see. A correlator killed mid-way and
-//! started again writes no event twice and misses none. nats-server comes from Debian's
-//! `nats-server` package; without it (outside CI) the tests are skipped.
+//! started again resumes from its checkpoint: it writes no event twice, misses none, and
+//! does not read again what the checkpoint holds; a checkpoint it cannot read is refused.
+//! nats-server comes from Debian's `nats-server` package; without it (outside CI) the tests
+//! are skipped.
 
 mod nats_support;
 mod support;
@@ -12,9 +14,13 @@ mod support;
 use nats_support::{Server, free_port, have_server};
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use farmwatch::jetstream::{CorrelateConfig, CorrelateSource, StreamConfig};
 
 /// A fresh directory for one test's files and server state.
 fn scratch(name: &str) -> PathBuf {
@@ -235,6 +241,166 @@ fn two_sensors_through_jetstream_give_the_events_of_one_replay() {
     assert_eq!(identities(&events), split.expected);
 }
 
+/// The published acknowledged count of a replay's `--metrics-out`.
+fn acked(metrics: &Path) -> u64 {
+    metric(
+        &std::fs::read_to_string(metrics).unwrap(),
+        "farmwatch_publish_messages_total{result=\"acked\"}",
+    )
+    .unwrap() as u64
+}
+
+/// The value of the sample `name` (with its labels) in a Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits (bounded) until `done` holds; the bound is a hang guard, not a timing check.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "gave up waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A correlator running in the background, and where its `/metrics` are.
+struct Running {
+    child: Child,
+    listen: String,
+}
+
+impl Running {
+    fn start(mut cmd: Command) -> Running {
+        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("correlate started") {
+            line.clear();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "correlate ended");
+        }
+        let listen = line.split(" listen=").nth(1).unwrap();
+        let listen = listen.split_whitespace().next().unwrap().to_string();
+        // Keep reading, so the correlator never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Running { child, listen }
+    }
+
+    fn metrics(&self) -> String {
+        let mut conn = TcpStream::connect(&self.listen).unwrap();
+        write!(
+            conn,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// The value of `name=` in the stderr line that contains `line`.
+fn status(stderr: &str, line: &str, name: &str) -> u64 {
+    let found = stderr
+        .lines()
+        .find(|l| l.contains(line))
+        .unwrap_or_else(|| {
+            panic!("no {line:?} in {stderr}");
+        });
+    let value = found.split(&format!(" {name}=")).nth(1).unwrap();
+    value.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// The scenario's correlator config, checkpointing at least every 100 ms and waiting for
+/// both sites from the start.
+fn checkpointing(site: &Site) {
+    let mut text = std::fs::read_to_string(&site.config).unwrap();
+    text.push_str(
+        "\n[correlate]\nsensors = [\"site-a\", \"site-b\"]\ncheckpoint_interval = \"100ms\"\n\
+         checkpoint_observations = 20\n",
+    );
+    std::fs::write(&site.config, text).unwrap();
+}
+
+#[test]
+fn a_correlator_killed_resumes_from_its_checkpoint_and_reads_nothing_twice() {
+    if !have_server() {
+        return;
+    }
+    let dir = scratch("resume");
+    let server = standalone(&dir);
+    let whole = site(
+        &dir,
+        "correlator",
+        &["jdoe", "asmith", "bwong", "cdavis", "mkeller"],
+    );
+    checkpointing(&whole);
+    let a = site(&dir, "site-a", &["jdoe", "asmith", "mkeller"]);
+    let b = site(&dir, "site-b", &["bwong", "cdavis"]);
+    let (cap_a, cap_b) = (
+        fixture("detect-rdp-farm.pcap"),
+        fixture("detect-rdp-admin.pcap"),
+    );
+    replay(
+        &[cap_a.clone(), cap_b.clone()],
+        &whole,
+        &dir.join("all.jsonl"),
+        None,
+    );
+    let expected = identities(&dir.join("all.jsonl"));
+    let url = server.url();
+
+    // Site A publishes; the correlator reads all of it and, waiting for site B, holds it in
+    // its lane. Killed once a checkpoint holds everything A sent.
+    let prom = dir.join("a.prom");
+    replay(&[cap_a], &a, &dir.join("a.jsonl"), Some((&url, &prom)));
+    let sent_a = acked(&prom);
+    let events = dir.join("correlated.jsonl");
+    let first = Running::start(correlate(&server, &whole, &events));
+    let mut read_a = 0.0;
+    wait_until("a checkpoint of all site A sent", || {
+        let text = first.metrics();
+        read_a = metric(
+            &text,
+            "farmwatch_correlate_messages_total{kind=\"observation\"}",
+        )
+        .unwrap_or(0.0);
+        metric(&text, "farmwatch_correlate_checkpoint_sequence") == Some(sent_a as f64)
+    });
+    assert!(read_a > 0.0);
+    first.sigkill();
+
+    // Site B publishes; the restarted correlator takes site A's observations from the
+    // checkpoint and reads only what came after it.
+    replay(
+        &[cap_b],
+        &b,
+        &dir.join("b.jsonl"),
+        Some((&url, &dir.join("b.prom"))),
+    );
+    let out = correlate(&server, &whole, &events)
+        .args(["--until-idle", "2s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "correlate: {stderr}");
+    assert_eq!(status(&stderr, "checkpoint restored", "sequence"), sent_a);
+    let read_b = status(&stderr, "correlate stopped", "read");
+    let applied = status(&stderr, "correlate stopped", "applied");
+    assert!(read_b > 0, "{stderr}");
+    assert_eq!(applied, read_a as u64 + read_b, "{stderr}");
+    assert_eq!(identities(&events), expected);
+}
+
 #[test]
 fn a_correlator_killed_and_started_again_writes_each_event_once() {
     if !have_server() {
@@ -243,23 +409,17 @@ fn a_correlator_killed_and_started_again_writes_each_event_once() {
     let dir = scratch("restart");
     let server = standalone(&dir);
     let split = publish_split(&dir, &server);
+    checkpointing(&split.whole);
     let events = dir.join("correlated.jsonl");
 
-    // Killed once it has written something, with a line torn as a crash leaves it.
-    let mut first = correlate(&server, &split.whole, &events)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::fs::metadata(&events).map_or(0, |m| m.len()) == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the first correlator wrote nothing"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    first.kill().unwrap();
-    first.wait().unwrap();
+    // Killed once it has written something and stored a checkpoint, with a line torn as a
+    // crash leaves it.
+    let first = Running::start(correlate(&server, &split.whole, &events));
+    wait_until("an event and a checkpoint", || {
+        let checkpoint = metric(&first.metrics(), "farmwatch_correlate_checkpoint_sequence");
+        std::fs::metadata(&events).map_or(0, |m| m.len()) > 0 && checkpoint > Some(0.0)
+    });
+    first.sigkill();
     let mut text = std::fs::read(&events).unwrap();
     text.extend_from_slice(b"{\"ts\":\"2026-11-02T14:");
     std::fs::write(&events, text).unwrap();
@@ -268,12 +428,48 @@ fn a_correlator_killed_and_started_again_writes_each_event_once() {
         .args(["--until-idle", "2s"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "correlate: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "correlate: {stderr}");
+    assert!(status(&stderr, "checkpoint restored", "sequence") > 0);
     assert_eq!(identities(&events), split.expected);
+}
+
+#[test]
+fn a_checkpoint_of_another_version_or_damaged_is_refused() {
+    if !have_server() {
+        return;
+    }
+    let dir = scratch("foreign");
+    let server = standalone(&dir);
+    let whole = site(&dir, "correlator", &["jdoe"]);
+    let mut other = farmwatch::state::MAGIC.to_vec();
+    other.extend_from_slice(&(farmwatch::state::VERSION + 1).to_le_bytes());
+    other.extend_from_slice(b"a state this build cannot read");
+    for (state, says) in [
+        (other, "state format version"),
+        (b"{\"lanes\":[]}".to_vec(), "not a farmwatch state"),
+    ] {
+        let mut source = CorrelateSource::open(
+            &[server.url()],
+            &CorrelateConfig::default(),
+            &StreamConfig::default(),
+        )
+        .unwrap();
+        source.save_checkpoint(0, &state).unwrap();
+        drop(source);
+        let out = correlate(&server, &whole, &dir.join("events.jsonl"))
+            .args(["--until-idle", "1s"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("farmwatch: checkpoint farmwatch-correlate in FARMWATCH_STATE")
+                && stderr.contains(says),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
