@@ -286,7 +286,8 @@ impl Detectors {
             .collect()
     }
 
-    /// Takes back what [`save`](Self::save) gave: each detector its own state, all or none.
+    /// Takes back what [`save`](Self::save) gave, each detector its own state; a state made
+    /// for another list of detectors is refused.
     pub fn restore(&mut self, saved: &[SavedDetector]) -> Result<(), String> {
         let named: Vec<String> = self.registered.iter().map(|r| reason_names(r)).collect();
         let held: Vec<&str> = saved.iter().map(|s| s.reasons.as_str()).collect();
@@ -329,5 +330,30 @@ impl Detectors {
             .filter_map(|d| d.sessions())
             .flat_map(|s| s.active_sessions(now))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_account_detector_saves_its_state_under_its_reasons() {
+        let config = Config::default();
+        let saved = Detectors::new(&config, Stage::Account).save().unwrap();
+        let account = DETECTORS.iter().filter(|d| d.stage == Stage::Account);
+        assert_eq!(saved.len(), account.count());
+        assert!(saved.iter().any(|s| s.reasons == "shared_public_ip"));
+        Detectors::new(&config, Stage::Account)
+            .restore(&saved)
+            .unwrap();
+        // A checkpoint made for another list of detectors is refused, not read into the
+        // wrong ones.
+        let e = Detectors::new(&config, Stage::Account)
+            .restore(&saved[1..])
+            .unwrap_err();
+        assert!(e.starts_with("holds the detectors of ["), "{e}");
+        // The flow stage runs on the sensors and is not checkpointed.
+        assert!(Detectors::new(&config, Stage::Flow).save().is_err());
     }
 }
