@@ -141,11 +141,7 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
     let mut figures = CorrelateFigures::default();
     let mut last_arrival = Instant::now();
     let mut refreshed = Instant::now();
-    let mut saved = Saved {
-        at: Instant::now(),
-        position: source.position(),
-        observations: 0,
-    };
+    let mut saved = Saved::now(&source);
     let mut state_bytes = 0;
     let mut failures = Vec::new();
     loop {
@@ -168,6 +164,7 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
         if idle {
             // Every producer is done: what waits for packet time is due, as at a replay's end.
             stage.finish();
+            saved.finished_since = true;
         }
         for event in stage
             .emitted
@@ -194,18 +191,21 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
             match checkpoint(&mut source, &stage, &merge, &written, &mut events) {
                 Ok(len) => {
                     state_bytes = len;
-                    saved = Saved {
-                        at: Instant::now(),
-                        position: source.position(),
-                        observations: source.stats().observations,
-                    };
+                    saved = Saved::now(&source);
                     figures.checkpoint_duration = begun.elapsed();
                 }
                 Err(Problem::Events(e)) => {
                     failures.push(e);
                     break;
                 }
-                Err(Problem::Store(e)) => *lock(&shared.last_error) = Some(e),
+                Err(Problem::Store(e)) => {
+                    // Tried again after as many observations or as long.
+                    saved = Saved {
+                        position: saved.position,
+                        ..Saved::now(&source)
+                    };
+                    *lock(&shared.last_error) = Some(e);
+                }
             }
         }
         if last || refreshed.elapsed() >= REFRESH_EVERY {
@@ -267,21 +267,32 @@ struct Checkpoint<'a> {
     events_len: u64,
 }
 
-/// When the last checkpoint was stored, and how far the stream had been read.
+/// When the last checkpoint was stored, how far the stream had been read, and whether the
+/// stage finished (`--until-idle`) since.
 struct Saved {
     at: Instant,
     position: u64,
     /// Observations delivered, as counted by the source.
     observations: u64,
+    finished_since: bool,
 }
 
 impl Saved {
+    fn now(source: &CorrelateSource) -> Saved {
+        Saved {
+            at: Instant::now(),
+            position: source.position(),
+            observations: source.stats().observations,
+            finished_since: false,
+        }
+    }
+
     /// After `[correlate] checkpoint_observations` observations or `checkpoint_interval`,
-    /// or on the way out; never when nothing new was read.
+    /// or on the way out; never when the state did not change.
     fn due(&self, source: &CorrelateSource, config: &Config, last: bool) -> bool {
         let c = &config.correlate;
         let observed = source.stats().observations - self.observations;
-        source.position() > self.position
+        (source.position() > self.position || self.finished_since)
             && (last
                 || observed >= c.checkpoint_observations
                 || self.at.elapsed() >= c.checkpoint_interval)
