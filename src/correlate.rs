@@ -237,12 +237,13 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
     let read = source.stats();
     eprintln!(
         "farmwatch: correlate stopped read={} applied={} late={} undecodable={} events={} \
-         checkpoint={} state_bytes={state_bytes} checkpoint_bytes={} checkpoint_ms={}",
+         checkpoints={} checkpoint={} state_bytes={state_bytes} checkpoint_bytes={} checkpoint_ms={}",
         read.observations,
         figures.applied,
         figures.late,
         figures.undecodable,
         events.written,
+        read.checkpoints,
         read.checkpoint_seq,
         read.checkpoint_bytes,
         figures.checkpoint_duration.as_millis()
@@ -329,7 +330,7 @@ fn checkpoint(
         written: Cow::Borrowed(written),
         events_len,
     };
-    let bytes = state::save(&state);
+    let bytes = state::save(&state).map_err(Problem::Store)?;
     source
         .save_checkpoint(source.position(), &bytes)
         .map_err(|e| Problem::Store(e.to_string()))?;

@@ -16,14 +16,11 @@ pub const MAGIC: [u8; 4] = *b"FWst";
 pub const VERSION: u32 = 1;
 
 /// `value` with the header.
-pub fn save<T: Serialize>(value: &T) -> Vec<u8> {
+pub fn save<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(4096);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    postcard::to_extend(value, out).unwrap_or_else(|e| {
-        // Serializing plain data into a Vec cannot fail; a type that can is a bug here.
-        unreachable!("saving state: {e}")
-    })
+    postcard::to_extend(value, out).map_err(|e| format!("saving state: {e}"))
 }
 
 /// Reads what [`save`] wrote, refusing another format's or version's bytes.
@@ -43,8 +40,8 @@ pub fn load<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 }
 
 /// One part of a state (a detector's), without the header: the whole state carries it.
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_stdvec(value).unwrap_or_else(|e| unreachable!("saving state: {e}"))
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    postcard::to_stdvec(value).map_err(|e| format!("saving state: {e}"))
 }
 
 /// Reads what [`encode`] wrote; trailing bytes are an error too.
@@ -99,7 +96,7 @@ mod tests {
             crate::timestamp::Timestamp(1_762_092_191_123_456_789),
             "x".to_string(),
         );
-        let bytes = save(&value);
+        let bytes = save(&value).unwrap();
         assert_eq!(
             load::<(crate::timestamp::Timestamp, String)>(&bytes),
             Ok(value)

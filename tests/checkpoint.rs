@@ -165,12 +165,12 @@ fn a_stage_restored_anywhere_writes_the_events_of_one_run() {
             reasons(&expected)
         );
     }
-    let whole_state = state::save(&whole.save().unwrap());
+    let whole_state = state::save(&whole.save().unwrap()).unwrap();
 
     for cut in (1..count).step_by(count / 12) {
         let mut before = stage();
         let mut events = run(&mut before, items().into_iter().take(cut));
-        let bytes = state::save(&before.save().unwrap());
+        let bytes = state::save(&before.save().unwrap()).unwrap();
         drop(before);
         let mut after = stage();
         after
@@ -182,7 +182,7 @@ fn a_stage_restored_anywhere_writes_the_events_of_one_run() {
         assert_eq!(events, expected, "restored after item {cut}");
         // The same state: the same size (a map's order may differ, its contents not).
         assert_eq!(
-            state::save(&after.save().unwrap()).len(),
+            state::save(&after.save().unwrap()).unwrap().len(),
             whole_state.len(),
             "state after item {cut}"
         );
@@ -194,7 +194,7 @@ fn a_state_of_another_version_or_a_damaged_one_is_refused() {
     let half = items().len() / 2;
     let mut before = stage();
     run(&mut before, items().into_iter().take(half));
-    let bytes = state::save(&before.save().unwrap());
+    let bytes = state::save(&before.save().unwrap()).unwrap();
 
     let mut other = bytes.clone();
     other[4..8].copy_from_slice(&(state::VERSION + 1).to_le_bytes());

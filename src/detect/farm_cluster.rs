@@ -273,8 +273,8 @@ impl Detector for FarmCluster {
         FarmCluster::evictions(self).to_vec()
     }
 
-    fn save(&self) -> Option<Vec<u8>> {
-        Some(crate::state::encode(self))
+    fn save(&self) -> Result<Vec<u8>, String> {
+        crate::state::encode(self)
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {

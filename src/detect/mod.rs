@@ -239,8 +239,8 @@ pub trait Detector: Send {
     /// Its state for the correlator's checkpoint ([`crate::state::encode`]), without its
     /// config. Every account-stage detector keeps state and saves it; flow-stage detectors
     /// run on the sensors, which are not checkpointed, and keep this default.
-    fn save(&self) -> Option<Vec<u8>> {
-        None
+    fn save(&self) -> Result<Vec<u8>, String> {
+        Err("keeps no state to save".to_string())
     }
 
     /// Takes back what [`save`](Self::save) gave, keeping its own config; refuses a state
@@ -275,13 +275,13 @@ impl Detectors {
         }
     }
 
-    /// Every detector's state, for a checkpoint; an error names a detector that keeps none.
+    /// Every detector's state, for a checkpoint; an error names the detector.
     pub fn save(&self) -> Result<Vec<SavedDetector>, String> {
         let named = self.registered.iter().map(|r| reason_names(r));
         (self.list.iter().zip(named))
             .map(|(d, reasons)| match d.save() {
-                Some(state) => Ok(SavedDetector { reasons, state }),
-                None => Err(format!("the detector of {reasons} saves no state")),
+                Ok(state) => Ok(SavedDetector { reasons, state }),
+                Err(e) => Err(format!("the detector of {reasons}: {e}")),
             })
             .collect()
     }

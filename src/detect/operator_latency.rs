@@ -251,8 +251,8 @@ impl Detector for OperatorLatency {
         vec![("operator_latency_addresses", self.evicted)]
     }
 
-    fn save(&self) -> Option<Vec<u8>> {
-        Some(crate::state::encode(self))
+    fn save(&self) -> Result<Vec<u8>, String> {
+        crate::state::encode(self)
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {
