@@ -26,7 +26,7 @@ use crate::timestamp::Timestamp;
 use super::remote_desktop::{round2, with_place};
 
 /// One host's agreement that an address is a relay: its latest finding.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Agreement {
     at: Timestamp,
     account: String,
@@ -35,7 +35,7 @@ struct Agreement {
 }
 
 /// The hosts that agree on one relay, and the accounts already told.
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Relay {
     hosts: BTreeMap<IpAddr, Agreement>,
     reported: BTreeMap<String, Timestamp>,
@@ -47,7 +47,10 @@ impl Relay {
     }
 }
 
+/// Saved in checkpoints without its config.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct SharedRelay {
+    #[serde(skip)]
     config: RttSplitConfig,
     relays: BTreeMap<IpAddr, Relay>,
     /// Relays dropped at `max_relays` (the least recently agreed on go).
@@ -183,6 +186,18 @@ impl Detector for SharedRelay {
 
     fn evictions(&self) -> Vec<(&'static str, u64)> {
         vec![("shared_relay_relays", self.evicted)]
+    }
+
+    fn save(&self) -> Result<Vec<u8>, String> {
+        crate::state::encode(self)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let saved: SharedRelay = crate::state::decode(state)?;
+        crate::state::within("relays", saved.relays.len(), self.config.max_relays)?;
+        self.relays = saved.relays;
+        self.evicted = saved.evicted;
+        Ok(())
     }
 }
 
