@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use farmwatch::account_stage::{AccountStage, Context, Sinks, StageState};
 use farmwatch::config::Config;
-use farmwatch::event::FlowRef;
+use farmwatch::event::{Event, FlowRef, Kind, Severity};
 use farmwatch::flow_stage::{Item, Stamped};
 use farmwatch::identity::SessionStatus;
 use farmwatch::observation::Observation;
@@ -43,7 +43,8 @@ fn ip(s: &str) -> IpAddr {
 /// Five days of the demo's people, as the flow stage reports them, with a tick every
 /// minute: RADIUS logins (asmith and bwong from one home address, jdoe from Chicago and
 /// then London within the hour), bwong busy in Asian hours, handshake RTTs far too long
-/// for the addresses' countries.
+/// for the addresses' countries, and the hosts of jdoe and cdavis each finding a
+/// responder-side relay split toward one address (`rtt_split` from the flow stage).
 fn items() -> Vec<Stamped> {
     let day0 = 1_793_577_600; // Monday 2026-11-02 00:00 UTC
     let mut obs = Vec::new();
@@ -98,6 +99,9 @@ fn items() -> Vec<Stamped> {
                 });
             }
             obs.push(radius(login + 9 * 3600, home, SessionStatus::Stop));
+            if ["jdoe", "cdavis"].contains(user) {
+                obs.push(relay_split(login + 1800, ip(vpn)));
+            }
         }
     }
     obs.sort_by_key(Observation::ts);
@@ -120,6 +124,25 @@ fn items() -> Vec<Stamped> {
         });
     }
     items
+}
+
+/// A flow-stage `rtt_split` finding: `host`'s connections to a relay answered far later
+/// than the relay's TCP round trip.
+fn relay_split(ts: u64, host: IpAddr) -> Observation {
+    let mut e = Event::new(
+        Timestamp::from_secs(ts),
+        Kind::RelayChain,
+        "rtt_split",
+        Severity::Medium,
+        &format!("192.0.2.30|{ts}"),
+    )
+    .evidence("relay_side", "responder")
+    .evidence("relay", "192.0.2.30")
+    .evidence("connections", 4)
+    .evidence("low_quantile_extra_ms", 80.0)
+    .evidence("min_extra_ms", 50.0);
+    e.host = Some(host);
+    Observation::Finding { event: Box::new(e) }
 }
 
 /// Applies `items` and returns the events written, as JSON lines.
@@ -157,6 +180,7 @@ fn a_stage_restored_anywhere_writes_the_events_of_one_run() {
         "impossible_travel",
         "foreign_working_hours",
         "rtt_distance",
+        "shared_relay",
         "laptop_farm_suspected",
     ] {
         assert!(
@@ -167,7 +191,16 @@ fn a_stage_restored_anywhere_writes_the_events_of_one_run() {
     }
     let whole_state = state::save(&whole.save().unwrap()).unwrap();
 
-    for cut in (1..count).step_by(count / 12) {
+    // Evenly, and right after each relay finding (one host's agreement held, the other's
+    // to come).
+    let after_findings = items().into_iter().enumerate().filter_map(|(i, s)| {
+        matches!(s.item, Item::Observation(Observation::Finding { .. })).then_some(i + 1)
+    });
+    let cuts: Vec<usize> = (1..count)
+        .step_by(count / 12)
+        .chain(after_findings)
+        .collect();
+    for cut in cuts {
         let mut before = stage();
         let mut events = run(&mut before, items().into_iter().take(cut));
         let bytes = state::save(&before.save().unwrap()).unwrap();
