@@ -238,7 +238,8 @@ pub trait Detector: Send {
 
     /// Its state for the correlator's checkpoint ([`crate::state::encode`]), without its
     /// config. Every account-stage detector keeps state and saves it; flow-stage detectors
-    /// run on the sensors, which are not checkpointed, and keep this default.
+    /// run on the sensors, which are not checkpointed, and keep this default. A change to
+    /// the shape of what it saves must bump [`crate::state::VERSION`].
     fn save(&self) -> Result<Vec<u8>, String> {
         Err("keeps no state to save".to_string())
     }
