@@ -377,6 +377,13 @@ pub struct RttDistanceEvidence {
     pub city: Option<String>,
     pub asn: Option<u32>,
     pub as_org: Option<String>,
+    /// Samples taken inside long sessions (passive RTT of the outside leg), when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_session_samples: Option<u32>,
+    /// `in_session` or `handshake`: where `min_rtt_ms` came from, when in-session samples
+    /// were used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_rtt_source: Option<String>,
 }
 
 impl Evidence for RttDistanceEvidence {

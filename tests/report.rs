@@ -650,6 +650,8 @@ fn with_evidence(e: Event, i: u64) -> Event {
             city: None,
             asn: None,
             as_org: None,
+            in_session_samples: None,
+            min_rtt_source: None,
         }),
         "foreign_working_hours" => e.with(&OffHoursEvidence {
             declared_timezone: "America/Chicago".to_string(),

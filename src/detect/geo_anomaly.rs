@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::accounts::AccountKind;
 use crate::detect::Scope;
 use crate::detect::{Detector, Moment, Reason, Registered, Stage};
-use crate::event::{Event, Kind, Severity};
+use crate::event::{Event, Kind, Position, Severity};
 use crate::flows::humantime_serde;
 use crate::geo::{GeoInfo, Location, LocationSource};
 use crate::identity::PublicIpObservation;
@@ -235,8 +235,8 @@ impl GeoAnomaly {
                 .evidence("from_ip", before.ip.to_string())
                 .evidence("from_country", before.country.clone())
                 .evidence("from_ts", before.ts.rfc3339())
-                .evidence("from_position", position(&from))
-                .evidence("to_position", position(&to))
+                .evidence("from_position", serde_json::json!(position(&from)))
+                .evidence("to_position", serde_json::json!(position(&to)))
                 .evidence("distance_km", round1(km))
                 .evidence("hours", round1(hours))
                 .evidence("speed_kmh", speed)
@@ -329,17 +329,18 @@ pub(crate) fn with_geo(e: Event, info: &GeoInfo) -> Event {
         .evidence("as_org", info.as_org.clone())
 }
 
-/// `{lat, lon, radius_km, source}`.
-pub(crate) fn position(l: &Location) -> serde_json::Value {
-    serde_json::json!({
-        "lat": l.lat,
-        "lon": l.lon,
-        "radius_km": l.radius_km,
-        "source": match l.source {
+/// Where geo puts a place, as evidence gives it.
+pub(crate) fn position(l: &Location) -> Position {
+    Position {
+        lat: l.lat,
+        lon: l.lon,
+        radius_km: l.radius_km,
+        source: match l.source {
             LocationSource::City => "city",
             LocationSource::CountryCentroid => "country_centroid",
-        },
-    })
+        }
+        .to_string(),
+    }
 }
 
 pub(crate) fn round1(x: f64) -> f64 {

@@ -27,9 +27,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::detect::Scope;
-use crate::detect::geo_anomaly::{GeoAnomalyConfig, position, round1, with_geo};
+use crate::detect::geo_anomaly::{GeoAnomalyConfig, position, round1};
 use crate::detect::{Detector, Moment, Reason, Registered, Stage};
-use crate::event::{Event, FlowRef, Kind, Severity};
+use crate::event::{Event, FlowRef, Kind, RttDistanceEvidence, Severity};
 use crate::geo::{Location, LocationSource};
 use crate::identity::PublicIpObservation;
 use crate::observation::Observation;
@@ -273,36 +273,40 @@ impl RttDistance {
                     "Account {account}'s address {ip} answers in {rtt_ms:.1} ms, faster than light over the {d:.0} km to where geo places it: the geo data is wrong"
                 ),
             };
-            let mut e = with_geo(
-                Event::new(
-                    ts,
-                    Kind::GeoAnomaly,
-                    "rtt_distance",
-                    severity,
-                    &ip.to_string(),
-                ),
-                &info,
+            let in_session = p.session_samples > 0;
+            let evidence = RttDistanceEvidence {
+                verdict: verdict.as_str().to_string(),
+                public_ip: ip,
+                min_rtt_ms: round3(rtt_ms),
+                samples: u64::from(p.samples),
+                distance_km: round1(d),
+                position: position(&place),
+                sensor: position(&sensor),
+                vacuum_bound_ms: round3(b.vacuum_ms),
+                fibre_bound_ms: round3(b.fibre_ms),
+                ceiling_ms: round3(b.ceiling_ms),
+                country: info.country.clone(),
+                city: info.city.clone(),
+                asn: info.asn,
+                as_org: info.as_org.clone(),
+                in_session_samples: in_session.then_some(p.session_samples),
+                min_rtt_source: in_session.then(|| {
+                    if p.min_in_session {
+                        "in_session"
+                    } else {
+                        "handshake"
+                    }
+                    .to_string()
+                }),
+            };
+            let mut e = Event::new(
+                ts,
+                Kind::GeoAnomaly,
+                "rtt_distance",
+                severity,
+                &ip.to_string(),
             )
-            .evidence("verdict", verdict.as_str())
-            .evidence("public_ip", ip.to_string())
-            .evidence("min_rtt_ms", round3(rtt_ms))
-            .evidence("samples", p.samples)
-            .evidence("distance_km", round1(d))
-            .evidence("position", position(&place))
-            .evidence("sensor", position(&sensor))
-            .evidence("vacuum_bound_ms", round3(b.vacuum_ms))
-            .evidence("fibre_bound_ms", round3(b.fibre_ms))
-            .evidence("ceiling_ms", round3(b.ceiling_ms));
-            if p.session_samples > 0 {
-                let source = if p.min_in_session {
-                    "in_session"
-                } else {
-                    "handshake"
-                };
-                e = e
-                    .evidence("in_session_samples", p.session_samples)
-                    .evidence("min_rtt_source", source);
-            }
+            .with(&evidence);
             e.account = Some(account.to_string());
             e.host = *host;
             e.flow = p.flow.clone();
