@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::app::App;
 use crate::detect::{Detector, Moment, Reason, Registered, Scope, Stage};
-use crate::event::{Event, FlowRef, Kind, Severity};
+use crate::event::{Event, FlowRef, Kind, OperatorLatencyEvidence, Severity};
 use crate::observation::Observation;
 use crate::timestamp::Timestamp;
 
@@ -190,18 +190,18 @@ impl OperatorLatency {
             severity,
             &format!("{host} {viewer} {}", app.as_str()),
         )
-        .evidence("app", app.as_str())
-        .evidence("viewer", viewer.to_string())
-        .evidence("floor_ms", floor_ms)
-        .evidence("exchanges", exchanges)
-        .evidence("relay", relay)
-        .evidence("declared_country", country.as_str())
-        .evidence("domestic_ceiling_ms", (ceiling_ms * 1e3).round() / 1e3)
-        .evidence("ceiling_source", source.as_str())
-        .evidence("min_distance_km", min_km.round());
-        if let Some(leg) = leg_ms {
-            e = e.evidence("outside_leg_ms", leg);
-        }
+        .with(&OperatorLatencyEvidence {
+            app,
+            viewer,
+            floor_ms,
+            exchanges,
+            relay,
+            declared_country: country.clone(),
+            domestic_ceiling_ms: (ceiling_ms * 1e3).round() / 1e3,
+            ceiling_source: source.clone(),
+            min_distance_km: min_km.round(),
+            outside_leg_ms: leg_ms,
+        });
         e.account = Some(account.id.to_string());
         e.host = Some(host);
         e.app = Some(app);
