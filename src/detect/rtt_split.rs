@@ -50,12 +50,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::app::App;
 use crate::decode::Proto;
 use crate::detect::{Detector, Moment, Reason, Registered, Stage};
-use crate::event::{Event, Kind, Severity};
+use crate::event::{Event, Kind, Leg, RttSplitEvidence, Severity};
 use crate::flows::flow::{ORIG, RESP};
 use crate::flows::{Flow, FlowKey, FlowTable, humantime_serde};
 use crate::timestamp::Timestamp;
@@ -150,14 +149,17 @@ pub enum Side {
 }
 
 impl Side {
-    fn json(self) -> serde_json::Value {
+    /// The side as a finding's evidence gives it.
+    fn leg(self) -> Leg {
         match self {
-            Side::Measured { tcp_ns, app_ns } => json!({
-                "tcp_rtt_ms": round2(tcp_ns as f64 / 1e6),
-                "app_rtt_ms": round2(app_ns as f64 / 1e6),
-                "ratio": round2(app_ns as f64 / tcp_ns.max(1) as f64),
-            }),
-            Side::Skipped(why) => json!({ "skipped": why }),
+            Side::Measured { tcp_ns, app_ns } => Leg::Measured {
+                tcp_rtt_ms: round2(tcp_ns as f64 / 1e6),
+                app_rtt_ms: round2(app_ns as f64 / 1e6),
+                ratio: round2(app_ns as f64 / tcp_ns.max(1) as f64),
+            },
+            Side::Skipped(why) => Leg::Skipped {
+                skipped: why.to_string(),
+            },
         }
     }
 }
@@ -436,20 +438,22 @@ impl RttSplit {
                     names[i], ends[i]
                 )
             };
-            e = e
-                .evidence("relay_side", names[i])
-                .evidence("evidence", if repeated { "repeated" } else { "one_off" })
-                .evidence("connections", connections)
-                .evidence("extra_ms", round2(extra as f64 / 1e6))
-                .evidence("low_quantile_extra_ms", round2(low as f64 / 1e6))
-                .evidence("responder_side", sides[0].json())
-                .evidence("originator_side", sides[1].json())
-                .evidence("tls_version", tls_version.map(|v| format!("{v:#06x}")))
-                .evidence("certificate_in_clear", certificate)
-                .evidence("min_ratio", self.config.min_ratio)
-                .evidence("min_extra_ms", self.config.min_extra.as_millis() as u64)
-                .evidence("min_connections", self.config.min_connections)
-                .evidence("quantile", self.config.quantile);
+            e = e.with(&RttSplitEvidence {
+                relay_side: names[i].to_string(),
+                relay: ends[i],
+                evidence: if repeated { "repeated" } else { "one_off" }.to_string(),
+                connections: connections as u64,
+                extra_ms: round2(extra as f64 / 1e6),
+                low_quantile_extra_ms: round2(low as f64 / 1e6),
+                responder_side: sides[0].leg(),
+                originator_side: sides[1].leg(),
+                tls_version: tls_version.map(|v| format!("{v:#06x}")),
+                certificate_in_clear: certificate,
+                min_ratio: self.config.min_ratio,
+                min_extra_ms: self.config.min_extra.as_millis() as u64,
+                min_connections: self.config.min_connections as u64,
+                quantile: self.config.quantile,
+            });
             out.push(with_place(scope, e, "relay", ends[i]));
         }
     }
@@ -658,8 +662,8 @@ mod tests {
         let flow = wire.table.get(&key).unwrap();
         assert_eq!(measure(flow)[0], Side::Skipped("no_handshake"));
         assert_eq!(
-            Side::Skipped("no_handshake").json(),
-            json!({"skipped": "no_handshake"})
+            serde_json::to_value(Side::Skipped("no_handshake").leg()).unwrap(),
+            serde_json::json!({"skipped": "no_handshake"})
         );
 
         // The server spoke first (an SSH banner): nothing to time.
