@@ -482,6 +482,14 @@ impl Partition {
                         && !flow.dissected
                     {
                         identify_flow(flow, ctx, ts, false);
+                        let dtls_of = (flow.dissected && flow.app == Some(App::Anyconnect))
+                            .then_some((flow.proto, flow.orig.0, flow.resp));
+                        if let Some((Proto::Udp, client, gateway)) = dtls_of {
+                            cstp_companion(&mut self.flows, ctx, client, gateway);
+                        }
+                        let Some(flow) = self.flows.get_mut(&key) else {
+                            continue;
+                        };
                         if flow.dissected {
                             // Passive RTT: only sessions it times stay followed.
                             self.latency.identified(&key, flow, &ctx.scope.network);
@@ -641,6 +649,35 @@ fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool
         flow.follow = follow;
         let label = flow.app.map_or("unknown", App::as_str);
         *ctx.stats.flows_by_app.entry(label).or_default() += 1;
+    }
+}
+
+/// AnyConnect/OpenConnect runs two channels to its gateway: CSTP, HTTP inside TLS (its
+/// bytes are only `tls`), and the DTLS channel, whose ClientHello carries the session id
+/// that CSTP handed out. Once the DTLS channel is labelled, the TLS flow from the same
+/// client to the same gateway address and port that is still open is its CSTP channel and
+/// takes the label (the newest, when the client has several). Both flows have the client
+/// as their host, so they are in one partition, and the label is the same for any number
+/// of workers.
+fn cstp_companion(
+    flows: &mut FlowTable,
+    ctx: &mut Ctx<'_>,
+    client: IpAddr,
+    gateway: (IpAddr, u16),
+) {
+    let candidates = flows.find_all_mut(|f| {
+        f.proto == Proto::Tcp && f.app == Some(App::Tls) && f.orig.0 == client && f.resp == gateway
+    });
+    let Some(cstp) = candidates.into_iter().max_by_key(|f| (f.first, f.orig.1)) else {
+        return;
+    };
+    cstp.app = Some(App::Anyconnect);
+    if cstp.dissected {
+        *ctx.stats.flows_by_app.entry(App::Tls.as_str()).or_default() -= 1;
+        *ctx.stats
+            .flows_by_app
+            .entry(App::Anyconnect.as_str())
+            .or_default() += 1;
     }
 }
 

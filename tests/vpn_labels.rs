@@ -1,6 +1,7 @@
 //! SSL-VPN labels from real bytes: openconnect ↔ ocserv (`fixtures/lab/`) is labelled
 //! `anyconnect` from its DTLS ClientHello and reported as `relay_chain/tunnel`, unless the
-//! gateway is on `[detect.tunnel] allowed_endpoints`; a plain HTTPS session is not.
+//! gateway is on `[detect.tunnel] allowed_endpoints`; its CSTP channel (TLS to the same
+//! gateway address and port) takes the label from it; a plain HTTPS session is not.
 
 mod support;
 
@@ -48,6 +49,19 @@ fn openconnect_dtls_is_anyconnect_and_a_tunnel() {
     assert_eq!(found[0]["app"], "anyconnect");
     assert_eq!(found[0]["evidence"]["tunnel"], "anyconnect");
     assert_eq!(found[0]["host"], "10.8.0.12");
+}
+
+#[test]
+fn the_cstp_channel_is_labelled_from_its_dtls_companion() {
+    let (_, flows) = replay("openconnect-ocserv-25ms.pcap", "", "vpn-openconnect-cstp");
+    let cstp: Vec<&Value> = flows
+        .iter()
+        .filter(|f| f["proto"] == "tcp" && f["dst_port"] == 443)
+        .collect();
+    assert_eq!(cstp.len(), 1, "{flows:?}");
+    assert_eq!(cstp[0]["app"], "anyconnect", "{cstp:?}");
+    // Its TLS details stay: the label says what runs inside, the details what was seen.
+    assert!(cstp[0]["tls"].is_object(), "{cstp:?}");
 }
 
 #[test]

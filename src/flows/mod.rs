@@ -170,6 +170,17 @@ impl FlowTable {
         self.flows.get_mut(key)
     }
 
+    /// The open flows that `is` picks, in no particular order: for a rare look across
+    /// flows (a VPN's second channel), never per packet.
+    pub fn find_all_mut(&mut self, is: impl Fn(&Flow) -> bool) -> Vec<&mut Flow> {
+        self.flows
+            .table
+            .iter_mut()
+            .map(|f| &mut **f)
+            .filter(|f| is(f))
+            .collect()
+    }
+
     /// Accounts one packet to its flow. `wire_len` is the frame's original length.
     pub fn process(
         &mut self,
