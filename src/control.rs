@@ -17,6 +17,7 @@ use axum::routing::get;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::oneshot;
 
+use crate::health::Status;
 use crate::live::Sensor;
 
 /// The Prometheus text exposition format, version 0.0.4.
@@ -126,12 +127,14 @@ async fn metrics(
     )
 }
 
-/// 200 while the capture runs; 503 before it starts and while shutting down.
-async fn healthz(State(sensor): State<Arc<Sensor>>) -> (StatusCode, &'static str) {
-    if sensor.is_capturing() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not capturing\n")
+/// 200 `ok` while the capture runs; 200 `degraded: ...` while packets are being dropped
+/// before capture; 503 before capture starts, while shutting down, and while output writes
+/// fail ([`crate::health`]).
+async fn healthz(State(sensor): State<Arc<Sensor>>) -> (StatusCode, String) {
+    match sensor.health() {
+        Status::Ok => (StatusCode::OK, "ok\n".to_string()),
+        Status::Degraded(why) => (StatusCode::OK, format!("degraded: {why}\n")),
+        Status::Failing(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 
@@ -167,6 +170,16 @@ mod tests {
         sensor.set_capturing(true);
         let (code, _, body) = get(port, "/healthz");
         assert_eq!((code, body.as_str()), (200, "ok\n"));
+        // Records being lost: the sensor is failing, whatever its capture does.
+        let mut stats = crate::metrics::Stats::default();
+        stats.sink_errors.insert("events", 3);
+        sensor.publish_stats(stats);
+        let (code, _, body) = get(port, "/healthz");
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            body.starts_with("output writes failing: 3 failed"),
+            "{body}"
+        );
 
         let (code, head, body) = get(port, "/metrics");
         assert_eq!(code, 200);

@@ -20,6 +20,7 @@ pub mod event;
 pub mod flow_stage;
 pub mod flows;
 pub mod geo;
+pub mod health;
 pub mod identity;
 pub mod jetstream;
 pub mod live;

@@ -27,6 +27,7 @@ use crate::accounts::Inventory;
 use crate::config::{Config, NetworkConfig};
 use crate::engine::{Board, Engine};
 use crate::flow_stage::Reload;
+use crate::health::{Health, Status};
 use crate::metrics::{Metrics, Stats};
 use crate::publish::{self, Publish};
 use crate::replay::Failure;
@@ -96,6 +97,8 @@ pub struct Sensor {
     accounts_path: Option<PathBuf>,
     /// Sink errors last logged, and when.
     sink_log: Mutex<(u64, Option<Instant>)>,
+    /// What `/healthz` says, from the counters as published.
+    health: Mutex<Health>,
 }
 
 /// What a SIGHUP read: applied whole, or (when any part is invalid) not at all.
@@ -125,12 +128,19 @@ impl Sensor {
             config_path,
             accounts_path,
             sink_log: Mutex::new((0, None)),
+            health: Mutex::new(Health::default()),
         }
     }
 
     /// True while the capture loop runs (`/healthz`).
     pub fn is_capturing(&self) -> bool {
         self.capturing.load(Ordering::Relaxed)
+    }
+
+    /// `/healthz`: capturing, writing its outputs, and seeing every packet?
+    pub fn health(&self) -> Status {
+        let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        health.status(Instant::now(), self.is_capturing())
     }
 
     pub(crate) fn set_capturing(&self, on: bool) {
@@ -148,7 +158,7 @@ impl Sensor {
         self.publish_stats(self.board.snapshot());
     }
 
-    fn publish_stats(&self, mut total: Stats) {
+    pub(crate) fn publish_stats(&self, mut total: Stats) {
         total.capture_drops_kernel = self.drops_kernel.load(Ordering::Relaxed);
         total.capture_drops_interface = self.drops_interface.load(Ordering::Relaxed);
         let wall = SystemTime::now()
@@ -157,6 +167,16 @@ impl Sensor {
         self.metrics.publish(&total, wall);
 
         let errors: u64 = total.sink_errors.values().sum();
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .update(
+                Instant::now(),
+                errors,
+                total.capture_drops_kernel
+                    + total.capture_drops_interface
+                    + total.capture_drops_queue,
+            );
         let mut log = self.sink_log.lock().unwrap_or_else(PoisonError::into_inner);
         let due = log.1.is_none_or(|t| t.elapsed() >= SINK_LOG_EVERY);
         if errors > log.0 && due {
