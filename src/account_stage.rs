@@ -8,6 +8,7 @@
 //! checkpoints; its config, inventory and outputs are not part of that state.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use crate::event::Event;
 use crate::flow_stage::{Item, Reload, Stamped, record_host};
 use crate::flows::record::FlowRecord;
 use crate::geo::Geo;
-use crate::identity::{Identity, PublicIpObservation};
+use crate::identity::{Identity, PublicIpObservation, SessionEvent};
 use crate::metrics::Stats;
 use crate::observation::Observation;
 use crate::publish::Publish;
@@ -35,6 +36,9 @@ use crate::timestamp::Timestamp;
 pub struct Context {
     pub identity: Identity,
     pub geo: Arc<Geo>,
+    /// The session feed's records as loaded into `identity`, in time order: a sensor that
+    /// publishes hands them on as observations.
+    pub feed: Vec<SessionEvent>,
 }
 
 impl Context {
@@ -60,6 +64,7 @@ impl Context {
             None => Inventory::default(),
         };
         let mut identity = Identity::new(Arc::new(inventory));
+        let mut feed = Vec::new();
         if let Some(p) = sessions {
             let file =
                 std::fs::File::open(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))?;
@@ -74,10 +79,12 @@ impl Context {
                     e.message
                 );
             }
+            feed = report.sessions;
         }
         Ok(Context {
             identity,
             geo: Arc::new(geo),
+            feed,
         })
     }
 }
@@ -127,6 +134,12 @@ pub struct AccountStage {
     /// Public-address observations (session feed, RADIUS) not yet due by packet time,
     /// newest first.
     observations: Vec<PublicIpObservation>,
+    /// The session feed loaded at start, as observations, published at the first packet
+    /// when this stage publishes.
+    feed: Vec<Observation>,
+    /// Observation ids of that feed's records: a sensor publishing the same record
+    /// (`correlate --sessions` given the feed too) does not apply it twice.
+    feed_ids: HashSet<String>,
     /// Where events, flow records and observations go.
     outputs: Vec<Box<dyn Sink>>,
     /// Taken back by the replay at the end, for its report line and exit status.
@@ -141,7 +154,12 @@ pub struct AccountStage {
 }
 
 impl AccountStage {
-    pub fn new(config: &Config, mut sinks: Sinks, context: Context) -> AccountStage {
+    pub fn new(config: &Config, mut sinks: Sinks, mut context: Context) -> AccountStage {
+        let feed: Vec<Observation> = std::mem::take(&mut context.feed)
+            .into_iter()
+            .map(Observation::Session)
+            .collect();
+        let feed_ids = feed.iter().map(Observation::id).collect();
         AccountStage {
             context,
             network: config.network.clone(),
@@ -152,6 +170,8 @@ impl AccountStage {
             ticked: 0,
             expired: 0,
             observations: Vec::new(),
+            feed,
+            feed_ids,
             publish: sinks.publish.take(),
             outputs: sinks.into_outputs(),
             emitted: None,
@@ -170,14 +190,33 @@ impl AccountStage {
         self.network = network;
     }
 
-    /// More of the session feed (lines appended since it was last read).
-    pub fn load_sessions(&mut self, feed: impl std::io::BufRead) {
+    /// More of the session feed (lines appended since it was last read), learned at `now`
+    /// and published stamped so.
+    pub fn load_sessions(&mut self, now: Timestamp, feed: impl std::io::BufRead) {
         let report = self.context.identity.load_sessions(feed);
         if let Some(e) = report.errors.first() {
             eprintln!(
                 "farmwatch: session feed: {} of {} new lines skipped (first: {})",
                 report.errors_total, report.lines, e.message
             );
+        }
+        if let Some(p) = self.publish.as_mut() {
+            for session in report.sessions {
+                p.observation(now, &Observation::Session(session));
+            }
+        }
+    }
+
+    /// Publishes the session feed loaded at start, at the first packet `now`. A record
+    /// before it is stamped with its own time, so `correlate` applies it where one replay of
+    /// every sensor's input would have it; a later one is stamped `now`, as this sensor
+    /// knew it from the start (stamps must not run ahead of the clock it publishes).
+    fn publish_feed(&mut self, now: Timestamp) {
+        let feed = std::mem::take(&mut self.feed);
+        if let Some(p) = self.publish.as_mut() {
+            for obs in feed {
+                p.observation(obs.ts().min(now), &obs);
+            }
         }
     }
 
@@ -217,9 +256,10 @@ impl AccountStage {
             Item::Reload(r) => match &*r {
                 Reload::Inventory(inv) => self.reload_inventory(inv.clone()),
                 Reload::Network(n) => self.set_network(n.clone()),
-                Reload::Sessions(lines) => self.load_sessions(lines.as_bytes()),
+                Reload::Sessions(lines) => self.load_sessions(now, lines.as_bytes()),
             },
             Item::Start => {
+                self.publish_feed(now);
                 for event in accounts::inventory_events(self.context.identity.inventory(), now) {
                     self.emit(event);
                 }
@@ -255,6 +295,11 @@ impl AccountStage {
                 calling_station.as_deref(),
                 status,
             ),
+            Observation::Session(ref session) => {
+                if !self.feed_ids.contains(&obs.id()) {
+                    self.context.identity.apply_session(session);
+                }
+            }
             other => {
                 // A flow detector's finding goes out as it is; account detectors see it
                 // too (shared_relay judges rtt_split's across hosts), and theirs follow it.

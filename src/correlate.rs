@@ -507,14 +507,16 @@ impl Merge {
             return;
         }
         ready.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.item.order(&b.item)));
-        if !self.started {
-            self.started = true;
-            stage.apply(Stamped {
-                at: ready[0].at,
-                item: Item::Start,
-            });
-        }
         for s in ready {
+            // The input starts at the first packet, as in a replay: session records a sensor
+            // read from its feed may come before it.
+            if !self.started && !matches!(s.item, Item::Observation(Observation::Session(_))) {
+                self.started = true;
+                stage.apply(Stamped {
+                    at: s.at,
+                    item: Item::Start,
+                });
+            }
             if matches!(s.item, Item::Observation(_)) {
                 figures.applied += 1;
             }

@@ -89,6 +89,20 @@ pub struct FeedReport {
     pub errors_total: usize,
     /// The first [`MAX_FEED_ERRORS_KEPT`] errors.
     pub errors: Vec<FeedError>,
+    /// The accepted records in the order they were applied (time order), for a sensor to
+    /// publish as observations.
+    pub sessions: Vec<SessionEvent>,
+}
+
+/// One session start, stop or interim update from the session feed: who holds
+/// `assigned_ip` from `ts`, and from which public address.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionEvent {
+    pub ts: Timestamp,
+    pub account: String,
+    pub assigned_ip: IpAddr,
+    pub public_ip: Option<IpAddr>,
+    pub status: SessionStatus,
 }
 
 /// Counters for metrics and the replay summary.
@@ -345,17 +359,32 @@ impl Identity {
         }
         records.sort_by_key(|r| r.0);
         report.accepted = records.len();
-        for (ts, rec, status) in records {
-            self.observe_session(
+        report.sessions = records
+            .into_iter()
+            .map(|(ts, rec, status)| SessionEvent {
                 ts,
-                &rec.account,
-                rec.assigned_ip,
-                rec.public_ip,
+                account: rec.account,
+                assigned_ip: rec.assigned_ip,
+                public_ip: rec.public_ip,
                 status,
-                ObservationSource::SessionFeed,
-            );
+            })
+            .collect();
+        for session in &report.sessions {
+            self.apply_session(session);
         }
         report
+    }
+
+    /// One record of a session feed, read here or by another sensor.
+    pub fn apply_session(&mut self, s: &SessionEvent) {
+        self.observe_session(
+            s.ts,
+            &s.account,
+            s.assigned_ip,
+            s.public_ip,
+            s.status,
+            ObservationSource::SessionFeed,
+        );
     }
 
     /// Public-address observations since the last call, in arrival order.

@@ -13,7 +13,7 @@ use sha1::{Digest, Sha1};
 
 use crate::app::App;
 use crate::event::{Event, FlowRef};
-use crate::identity::SessionStatus;
+use crate::identity::{SessionEvent, SessionStatus};
 use crate::timestamp::Timestamp;
 
 /// One fact the flow stage saw, for the account stage.
@@ -69,6 +69,9 @@ pub enum Observation {
         relay: bool,
         flow: FlowRef,
     },
+    /// A record of the session feed (`--sessions`) the sensor read, so that `correlate`
+    /// learns identity from the sensors; stamped with its own `ts`.
+    Session(SessionEvent),
     /// A finding of a flow detector (its account is named by the account stage).
     Finding {
         #[serde(serialize_with = "finding_out", deserialize_with = "finding_in")]
@@ -114,6 +117,7 @@ impl Observation {
             | Observation::HandshakeRtt { ts, .. }
             | Observation::SessionRtt { ts, .. }
             | Observation::LatencyFloor { ts, .. } => *ts,
+            Observation::Session(s) => s.ts,
             Observation::Finding { event } => event.ts,
         }
     }
@@ -205,6 +209,13 @@ mod tests {
                     dst_port: 1194,
                 },
             },
+            Observation::Session(SessionEvent {
+                ts: Timestamp(1_700_000_002_000_001_000),
+                account: "alice".into(),
+                assigned_ip: "10.0.0.5".parse().unwrap(),
+                public_ip: Some("198.51.100.7".parse().unwrap()),
+                status: SessionStatus::Interim,
+            }),
             Observation::Finding {
                 event: Box::new(event),
             },
