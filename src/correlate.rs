@@ -43,7 +43,7 @@ use tokio::sync::oneshot;
 
 use crate::account_stage::{AccountStage, Context, Sinks, StageState};
 use crate::config::Config;
-use crate::flow_stage::{Item, Stamped};
+use crate::flow_stage::{Item, Stamped, sort_items};
 use crate::jetstream::{CorrelateSource, Delivery, Record, STATE_BUCKET, StreamSetup};
 use crate::metrics::{CorrelateFigures, Metrics, Stats};
 use crate::observation::Observation;
@@ -506,7 +506,7 @@ impl Merge {
         if ready.is_empty() {
             return;
         }
-        ready.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.item.order(&b.item)));
+        sort_items(&mut ready);
         for s in ready {
             // The input starts at the first packet, as in a replay: session records a sensor
             // read from its feed may come before it.
