@@ -12,7 +12,7 @@
 //! `checkpoint_interval`, and on the way out, the correlator stores its state in the
 //! key-value bucket `FARMWATCH_STATE` with the stream sequence it reflects (everything read
 //! so far): the account stage ([`StageState`]), the lanes with the items still waiting in
-//! them, and the ids of the events written. The events reach `--events` before the state
+//! them, and the length of `--events`. The events reach `--events` before the state
 //! that says they were written, and messages are acknowledged only once a checkpoint holds
 //! them, so the consumer's lag is what a restart would read again. On start it restores the
 //! newest checkpoint and reads from the sequence after it; without one, from the stream's
@@ -21,7 +21,9 @@
 //! **Restart.** What was derived after the last checkpoint is derived again, identically:
 //! the ids of the events written since (the lines of `--events` past the length the
 //! checkpoint noted) are read back, so none is written twice, and `farmwatch.alerts` stores
-//! an `alert.<id>` once within the stream's duplicate window.
+//! an `alert.<id>` once within the stream's duplicate window. What was derived before it is
+//! not derived again (the restored stage remembers what it reported), so the correlator
+//! keeps the ids of the events written since its last checkpoint only.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
@@ -188,8 +190,11 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
         let last = stop || idle;
         if saved.due(&source, &config, last) {
             let begun = Instant::now();
-            match checkpoint(&mut source, &stage, &merge, &written, &mut events) {
+            match checkpoint(&mut source, &stage, &merge, &mut events) {
                 Ok(len) => {
+                    // What was written before a stored checkpoint is never derived again:
+                    // the restored stage remembers what it reported.
+                    written.clear();
                     state_bytes = len;
                     saved = Saved::now(&source);
                     figures.checkpoint_duration = begun.elapsed();
@@ -262,7 +267,11 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
 struct Checkpoint<'a> {
     stage: StageState<'a>,
     merge: SavedMerge,
-    /// Ids of the events written, so that none is written twice.
+    /// Ids of events written that a restart must not write again. Always empty now: the
+    /// restored stage remembers what it reported before the checkpoint, and what it reports
+    /// after is read back from `--events` past `events_len`; so the correlator holds only
+    /// the ids written since its last checkpoint, not every id of its life. Kept in the
+    /// format so checkpoints of either kind read.
     written: Cow<'a, HashSet<String>>,
     /// The length of `--events` then: the ids written after it are read back at start.
     events_len: u64,
@@ -314,7 +323,6 @@ fn checkpoint(
     source: &mut CorrelateSource,
     stage: &AccountStage,
     merge: &Merge,
-    written: &HashSet<String>,
     events: &mut JsonLines,
 ) -> Result<usize, Problem> {
     let target = events.target().clone();
@@ -327,7 +335,7 @@ fn checkpoint(
     let state = Checkpoint {
         stage: stage.save().map_err(Problem::Store)?,
         merge: merge.save().map_err(Problem::Store)?,
-        written: Cow::Borrowed(written),
+        written: Cow::Owned(HashSet::new()),
         events_len,
     };
     let bytes = state::save(&state).map_err(Problem::Store)?;
