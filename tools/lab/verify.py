@@ -21,6 +21,8 @@ CHECKS = {
     "vnc": [("vnc", [], "vnc")],
     "rdp": [("rdp", [], "rdp"), ("tls.handshake", ["-d", "tcp.port==3389,tls"], "tls.handshake")],
     "openvpn": [("openvpn", [], "openvpn"), ("tls.handshake", [], "tls.handshake")],
+    # AnyConnect's CSTP channel is TLS; its DTLS channel is checked for "ssl-vpn" below.
+    "anyconnect": [("tls.handshake", [], "tls.handshake")],
 }
 
 

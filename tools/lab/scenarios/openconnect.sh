@@ -58,6 +58,6 @@ scenario_openconnect() {
 	stop openconnect
 	sensor_stop
 	manifest_add "$f" "openconnect from the host to ocserv, a ping and an HTTP request inside the tunnel" \
-		'{"tunnel": "ssl-vpn", "relay": false, "app": "tls", "tcp_rtt_resp_ms": 50, "tcp_rtt_orig_ms": 2}' 50 \
+		'{"tunnel": "ssl-vpn", "relay": false, "app": "anyconnect", "tcp_rtt_resp_ms": 50, "tcp_rtt_orig_ms": 2}' 50 \
 		"CSTP: TLS to 203.0.113.11:443 with an HTTP CONNECT /CSCOSSLC/tunnel inside; DTLS on 443/udp when it comes up" "$rtt"
 }
