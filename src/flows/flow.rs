@@ -94,6 +94,10 @@ const HISTORY_LETTERS: usize = 21;
 pub const MID_STREAM: u8 = b'~';
 
 impl History {
+    #[expect(
+        clippy::manual_contains,
+        reason = "contains on bytes calls memchr: a call per packet for 21 bytes at most"
+    )]
     pub fn push(&mut self, letter: u8, from_orig: bool) {
         let l = if from_orig {
             letter.to_ascii_uppercase()
@@ -101,7 +105,7 @@ impl History {
             letter.to_ascii_lowercase()
         };
         let now = &self.letters[..self.len as usize];
-        if now.contains(&l) || self.len as usize == self.letters.len() {
+        if now.iter().any(|&x| x == l) || self.len as usize == self.letters.len() {
             return;
         }
         self.letters[self.len as usize] = l;

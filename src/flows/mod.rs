@@ -16,8 +16,8 @@ pub mod json;
 pub mod latency;
 pub mod reassembly;
 pub mod record;
+pub mod wheel;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hashbrown::HashTable;
@@ -27,6 +27,7 @@ use crate::app::App;
 use crate::decode::{Decoded, Proto};
 use crate::timestamp::Timestamp;
 pub use flow::{EndReason, Flow, FlowKey, ORIG, RESP};
+use wheel::Wheel;
 
 /// `[flows]` in farmwatch.toml.
 #[derive(Clone, Debug, Deserialize)]
@@ -121,6 +122,8 @@ pub struct FlowTable {
     /// Packet time: the newest timestamp seen (captures are not always in order).
     now: Timestamp,
     next_seq: u64,
+    /// The wheel entries being checked, a list kept for its room.
+    due: Vec<Timer>,
     pub flows_total: u64,
     pub evicted_table_full: u64,
 }
@@ -137,7 +140,7 @@ impl FlowTable {
             schedule: Schedule {
                 timeouts: Timeouts::of(&config),
                 config,
-                wheel: BTreeMap::new(),
+                wheel: Wheel::new(),
             },
             flows: Slots {
                 table: HashTable::with_capacity(room),
@@ -145,6 +148,7 @@ impl FlowTable {
             },
             now: Timestamp::ZERO,
             next_seq: 0,
+            due: Vec::new(),
             flows_total: 0,
             evicted_table_full: 0,
         }
@@ -230,15 +234,19 @@ impl FlowTable {
         }
         self.now = ts;
         let now_slot = ts.secs();
-        while let Some(entry) = self.schedule.wheel.first_entry() {
-            if *entry.key() > now_slot {
-                break;
+        let mut next = self.schedule.wheel.first_due(now_slot);
+        if next.is_some() {
+            let mut timers = std::mem::take(&mut self.due);
+            while let Some(slot) = next {
+                self.schedule.wheel.take(slot, &mut timers);
+                for timer in timers.drain(..) {
+                    self.check(slot, timer, out);
+                }
+                next = self.schedule.wheel.first_due(now_slot);
             }
-            let (slot, timers) = entry.remove_entry();
-            for timer in timers {
-                self.check(slot, timer, out);
-            }
+            self.due = timers;
         }
+        self.schedule.wheel.pass(now_slot);
     }
 
     fn check(&mut self, slot: u64, timer: Timer, out: &mut Vec<FlowEvent>) {
@@ -272,21 +280,12 @@ impl FlowTable {
         let next = end.min(flow.next_interim(interval));
         let slot = (next.secs() + 1).max(now.secs() + 1);
         flow.timer_at = slot;
-        self.schedule.wheel.entry(slot).or_default().push(timer);
+        self.schedule.wheel.push(slot, timer);
     }
 
     /// Makes room by ending the flow that is next due in the wheel.
     fn evict_one(&mut self, out: &mut Vec<FlowEvent>) {
-        while let Some(mut entry) = self.schedule.wheel.first_entry() {
-            let slot = *entry.key();
-            let timers = entry.get_mut();
-            let Some(timer) = timers.pop() else {
-                entry.remove();
-                continue;
-            };
-            if timers.is_empty() {
-                entry.remove();
-            }
+        while let Some((slot, timer)) = self.schedule.wheel.pop_first() {
             if let Some(flow) = self.flows.remove(timer.hash, timer.is_due(slot)) {
                 self.evicted_table_full += 1;
                 out.push(FlowEvent::Ended {
@@ -368,7 +367,7 @@ struct Schedule {
     config: FlowConfig,
     timeouts: Timeouts,
     /// Slot (second) → the flows due in it, in the order they were scheduled.
-    wheel: BTreeMap<u64, Vec<Timer>>,
+    wheel: Wheel<Timer>,
 }
 
 /// A wheel entry: which flow, exactly. The hash finds the flow's probe sequence, and the
@@ -419,10 +418,7 @@ impl Schedule {
         let slot = due.secs() + 1;
         if slot < flow.timer_at {
             flow.timer_at = slot;
-            self.wheel
-                .entry(slot)
-                .or_default()
-                .push(Timer::of(hash, flow));
+            self.wheel.push(slot, Timer::of(hash, flow));
         }
         if let Some(resume) = up.resumed {
             out.push(FlowEvent::Resumed {
@@ -577,10 +573,10 @@ mod tests {
     /// Every flow in the table has the one wheel entry that picks it, at its `timer_at`.
     fn assert_every_flow_is_scheduled(t: &FlowTable) {
         for flow in t.flows.table.iter() {
-            let timers = t.schedule.wheel.get(&flow.timer_at);
-            let picks = timers
-                .into_iter()
-                .flatten()
+            let picks = t
+                .schedule
+                .wheel
+                .entries(flow.timer_at)
                 .filter(|timer| timer.is_due(flow.timer_at)(flow))
                 .count();
             assert_eq!(picks, 1, "flow {} has {picks} live timers", flow.seq);
@@ -601,7 +597,7 @@ mod tests {
         for _round in 0..24 {
             let mut t = FlowTable::new(config.clone());
             let tag = |port: u16| t.flows.hash(&FlowKey::of(&pkt(port, true, SYN, 1))) >> 57;
-            let mut seen = BTreeMap::new();
+            let mut seen = std::collections::BTreeMap::new();
             let pair = (1000..u16::MAX)
                 .find_map(|port| seen.insert(tag(port), port).map(|first| (first, port)))
                 .expect("two of 64k ports share a 7-bit tag");
@@ -640,6 +636,35 @@ mod tests {
             }
             assert_every_flow_is_scheduled(&t);
         }
+    }
+
+    /// Deadlines an hour away wait beyond the wheel's ring, deadlines of seconds in it;
+    /// across a jump in packet time longer than the ring, flows still end in deadline order.
+    #[test]
+    fn flows_end_in_deadline_order_near_and_far() {
+        let mut t = FlowTable::new(FlowConfig::default());
+        let mut out = Vec::new();
+        let handshake = |t: &mut FlowTable, port: u16, at: u64, out: &mut Vec<FlowEvent>| {
+            t.process(secs(at), &pkt(port, true, SYN, 1), 54, out);
+            t.process(secs(at), &pkt(port, false, SYN | ACK, 1), 54, out);
+            t.process(secs(at), &pkt(port, true, ACK, 2), 54, out);
+        };
+        // Established at 0 and 2000: due at 3600 and 5600; half-open at 3000: due at 3030.
+        handshake(&mut t, 1000, 0, &mut out);
+        handshake(&mut t, 1002, 2000, &mut out);
+        t.process(secs(3000), &pkt(1001, true, SYN, 1), 54, &mut out);
+        assert_every_flow_is_scheduled(&t);
+        assert!(ended(&out).is_empty());
+        t.advance(secs(100_000), &mut out);
+        assert_eq!(
+            ended(&out),
+            [
+                (1001, EndReason::Timeout),
+                (1000, EndReason::Timeout),
+                (1002, EndReason::Timeout)
+            ]
+        );
+        assert!(t.is_empty());
     }
 
     #[test]
