@@ -91,6 +91,24 @@ fn assert_rendered(dom: &str, log: &str) {
     }
 }
 
+/// The page at `html` as headless Chromium left it, checked to have rendered; `None` (a
+/// recorded skip) without Chromium.
+fn rendered(html: &Path) -> Option<String> {
+    if !chromium_available() {
+        return None;
+    }
+    let (dom, log) = load(html);
+    assert_rendered(&dom, &log);
+    Some(dom)
+}
+
+/// Writes `html` as `report.html` in a scratch directory named `tag`.
+fn page(html: &str, tag: &str) -> PathBuf {
+    let path = support::scratch(tag).join("report.html");
+    std::fs::write(&path, html).expect("write");
+    path
+}
+
 fn replay_report(files: &[&Path], extra: &[&str], tag: &str) -> (PathBuf, String) {
     let dir = support::scratch(tag);
     let html = dir.join("report.html");
@@ -576,11 +594,9 @@ fn five_thousand_findings_render() {
     );
     let path = dir.join("report.html");
     std::fs::write(&path, &html).expect("write");
-    if !chromium_available() {
+    let Some(dom) = rendered(&path) else {
         return;
-    }
-    let (dom, log) = load(&path);
-    assert_rendered(&dom, &log);
+    };
     assert_eq!(dom.matches("<tr id=\"e-").count(), 5000);
     // Charts for the 50 highest-ranked accounts, not for all 200.
     assert_eq!(dom.matches("class=\"timeline\"").count(), 50);
@@ -824,14 +840,9 @@ fn findings_link_to_the_flow_records_they_cite() {
     assert_eq!(starts, expected);
     assert_eq!(data["meta"]["limits"]["flows_not_kept"], 998);
 
-    if !chromium_available() {
+    let Some(dom) = rendered(&page(&html, "report-links")) else {
         return;
-    }
-    let dir = support::scratch("report-links");
-    let path = dir.join("report.html");
-    std::fs::write(&path, &html).expect("write");
-    let (dom, log) = load(&path);
-    assert_rendered(&dom, &log);
+    };
     let idx = data["events"][0]["flows"][0].as_u64().expect("index");
     assert!(dom.contains(&format!("href=\"#f-{idx}\"")));
     let row = dom
@@ -858,14 +869,9 @@ fn empty_report_renders() {
             last_ts: None,
         },
     );
-    if !chromium_available() {
+    let Some(dom) = rendered(&page(&html, "report-empty")) else {
         return;
-    }
-    let dir = support::scratch("report-empty");
-    let path = dir.join("report.html");
-    std::fs::write(&path, &html).expect("write");
-    let (dom, log) = load(&path);
-    assert_rendered(&dom, &log);
+    };
     assert!(dom.contains("no packets"));
     assert!(dom.contains("No findings."));
 }
@@ -1033,11 +1039,9 @@ fn the_report_shows_the_role_the_detector_gave_not_the_byte_count() {
     assert_eq!(o["viewer"], "198.51.100.20");
     assert_eq!(o["domestic_ceiling_ms"], 30.0);
 
-    if !chromium_available() {
+    let Some(dom) = rendered(&html) else {
         return;
-    }
-    let (dom, log) = load(&html);
-    assert_rendered(&dom, &log);
+    };
     let rd = dom.split("id=\"rd\"").nth(1).expect("rd section");
     let rd = rd.split("</section>").next().unwrap_or_default();
     assert!(rd.contains("<td class=\"\">undetermined</td>"), "{rd}");
@@ -1135,14 +1139,9 @@ fn a_flood_of_accounts_fills_the_report_tables_only_to_their_caps() {
     assert_eq!(done.stats.state_evicted.get("report_tallies"), Some(&800));
     assert!(done.stats.state_evicted["report_activity"] >= 900);
 
-    if !chromium_available() {
+    let Some(dom) = rendered(&page(&html, "report-flood")) else {
         return;
-    }
-    let dir = support::scratch("report-flood");
-    let path = dir.join("report.html");
-    std::fs::write(&path, &html).expect("write");
-    let (dom, log) = load(&path);
-    assert_rendered(&dom, &log);
+    };
     assert!(dom.contains("800 findings are in no account's tally"));
     assert!(dom.contains("900 flows are in no account's hourly activity"));
 }
@@ -1217,11 +1216,9 @@ fn relay_chains_show_the_legs_the_detectors_named() {
         assert_eq!(s["responder_leg"], expected.as_str());
     }
 
-    if !chromium_available() {
+    let Some(dom) = rendered(&html) else {
         return;
-    }
-    let (dom, log) = load(&html);
-    assert_rendered(&dom, &log);
+    };
     let relays = dom.split("id=\"relays\"").nth(1).expect("relays section");
     let relays = relays.split("</section>").next().unwrap_or_default();
     assert!(relays.contains("ms application"), "{relays}");
