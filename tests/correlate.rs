@@ -160,7 +160,16 @@ struct Split {
     b: BTreeSet<[String; 5]>,
 }
 
-fn publish_split(dir: &Path, server: &Server) -> Split {
+/// The split scenario's sites and captures; one replay of everything is in `all.jsonl`.
+struct Sites {
+    whole: Site,
+    a: Site,
+    b: Site,
+    cap_a: PathBuf,
+    cap_b: PathBuf,
+}
+
+fn sites(dir: &Path) -> Sites {
     let whole = site(
         dir,
         "correlator",
@@ -178,6 +187,23 @@ fn publish_split(dir: &Path, server: &Server) -> Split {
         &dir.join("all.jsonl"),
         None,
     );
+    Sites {
+        whole,
+        a,
+        b,
+        cap_a,
+        cap_b,
+    }
+}
+
+fn publish_split(dir: &Path, server: &Server) -> Split {
+    let Sites {
+        whole,
+        a,
+        b,
+        cap_a,
+        cap_b,
+    } = sites(dir);
     let url = server.url();
     for (site, cap, events) in [(&a, &cap_a, "a"), (&b, &cap_b, "b")] {
         let metrics = dir.join(format!("{events}.prom"));
@@ -364,24 +390,14 @@ fn a_correlator_killed_resumes_from_its_checkpoint_and_reads_nothing_twice() {
     }
     let dir = scratch("resume");
     let server = standalone(&dir);
-    let whole = site(
-        &dir,
-        "correlator",
-        &["jdoe", "asmith", "bwong", "cdavis", "mkeller"],
-    );
+    let Sites {
+        whole,
+        a,
+        b,
+        cap_a,
+        cap_b,
+    } = sites(&dir);
     checkpointing(&whole);
-    let a = site(&dir, "site-a", &["jdoe", "asmith", "mkeller"]);
-    let b = site(&dir, "site-b", &["bwong", "cdavis"]);
-    let (cap_a, cap_b) = (
-        fixture("detect-rdp-farm.pcap"),
-        fixture("detect-rdp-admin.pcap"),
-    );
-    replay(
-        &[cap_a.clone(), cap_b.clone()],
-        &whole,
-        &dir.join("all.jsonl"),
-        None,
-    );
     let expected = identities(&dir.join("all.jsonl"));
     let url = server.url();
 
