@@ -241,12 +241,14 @@ pub fn run(args: CorrelateArgs) -> Result<(), Failure> {
     http.shutdown();
     let read = source.stats();
     eprintln!(
-        "farmwatch: correlate stopped read={} applied={} late={} undecodable={} events={} \
-         checkpoints={} checkpoint={} state_bytes={state_bytes} checkpoint_bytes={} checkpoint_ms={}",
+        "farmwatch: correlate stopped read={} applied={} late={} undecodable={} repeated={} \
+         events={} checkpoints={} checkpoint={} state_bytes={state_bytes} checkpoint_bytes={} \
+         checkpoint_ms={}",
         read.observations,
         figures.applied,
         figures.late,
         figures.undecodable,
+        figures.repeated,
         events.written,
         read.checkpoints,
         read.checkpoint_seq,
@@ -425,9 +427,47 @@ impl Lane {
     }
 }
 
+/// How long the id of an applied observation is remembered, in packet time: the longest
+/// window an account detector judges over (a week of travel, RTT floors and working days,
+/// and a day to spare).
+const REPEAT_WINDOW: Duration = Duration::from_secs(8 * 24 * 3600);
+/// At most this many ids are remembered (16 bytes each); past it the eighth seen longest
+/// ago is forgotten, and counted.
+const MAX_REPEAT_IDS: usize = 4_000_000;
+
+/// Whether `obs` was taken before (counted), else remembers it in `seen`.
+fn repeated(
+    seen: &mut BTreeMap<u64, Timestamp>,
+    applied: Timestamp,
+    obs: &Observation,
+    ts: Timestamp,
+    figures: &mut CorrelateFigures,
+) -> bool {
+    let id = obs.id();
+    let Some(key) = id.get(..16).and_then(|h| u64::from_str_radix(h, 16).ok()) else {
+        return false;
+    };
+    if seen.contains_key(&key) {
+        figures.repeated += 1;
+        return true;
+    }
+    if seen.len() >= MAX_REPEAT_IDS {
+        let horizon = applied.0.saturating_sub(REPEAT_WINDOW.as_nanos() as u64);
+        seen.retain(|_, t| t.0 >= horizon);
+        figures.repeat_ids_evicted += crate::bounded::make_room(seen, MAX_REPEAT_IDS, |t| *t);
+    }
+    seen.insert(key, ts);
+    false
+}
+
 /// The producers' lanes, merged by packet time behind their watermarks.
 struct Merge {
     lanes: BTreeMap<String, Lane>,
+    /// Ids (the first 64 bits of [`Observation::id`]) of the observations taken in the last
+    /// [`REPEAT_WINDOW`], with their time: the server drops a message sent again only
+    /// within its duplicate window, so one sent again later (a replay published twice) is
+    /// recognised here.
+    seen: BTreeMap<u64, Timestamp>,
     max_lag: Duration,
     /// The moment of the last item applied.
     applied: Timestamp,
@@ -443,6 +483,7 @@ impl Merge {
                 .into_iter()
                 .map(|n| (n.clone(), Lane::new()))
                 .collect(),
+            seen: BTreeMap::new(),
             max_lag: config.correlate.max_lag,
             applied: Timestamp::ZERO,
             started: false,
@@ -461,6 +502,9 @@ impl Merge {
                     figures.undecodable += 1;
                     return;
                 };
+                if repeated(&mut self.seen, self.applied, &obs, ts, figures) {
+                    return;
+                }
                 let stamped = Stamped {
                     at: ts,
                     item: Item::Observation(obs),
@@ -563,6 +607,7 @@ impl Merge {
             lanes,
             applied: self.applied,
             started: self.started,
+            seen: self.seen.iter().map(|(id, t)| (*id, *t)).collect(),
         })
     }
 
@@ -594,6 +639,13 @@ impl Merge {
         }
         self.applied = saved.applied;
         self.started = saved.started;
+        if saved.seen.len() > MAX_REPEAT_IDS {
+            return Err(format!(
+                "{} observation ids, more than the {MAX_REPEAT_IDS} held",
+                saved.seen.len()
+            ));
+        }
+        self.seen = saved.seen.into_iter().collect();
         Ok(())
     }
 
@@ -609,6 +661,8 @@ struct SavedMerge {
     lanes: Vec<SavedLane>,
     applied: Timestamp,
     started: bool,
+    /// The ids of observations taken, with their time ([`Merge::seen`]).
+    seen: Vec<(u64, Timestamp)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -642,6 +696,9 @@ impl Shared {
     fn publish(&self, stage: &mut AccountStage, figures: CorrelateFigures, applied: Timestamp) {
         stage.sync_stats(applied, &[]);
         let mut stats: Stats = stage.stats.clone();
+        stats
+            .state_evicted
+            .insert("correlate_repeat_ids", figures.repeat_ids_evicted);
         stats.correlate = Some(figures);
         if applied > Timestamp::ZERO {
             stats.last_packet_ts = Some(applied.as_secs_f64());

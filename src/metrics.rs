@@ -73,6 +73,12 @@ pub struct CorrelateFigures {
     pub late: u64,
     /// Observations whose JSON did not read back (an unknown reason, a newer sensor).
     pub undecodable: u64,
+    /// Observations already applied, recognised by id (a replay published twice, beyond the
+    /// server's duplicate window): not applied again.
+    pub repeated: u64,
+    /// Ids of applied observations forgotten early because [`crate::correlate`] holds at
+    /// most so many (`farmwatch_state_evicted_total{structure="correlate_repeat_ids"}`).
+    pub repeat_ids_evicted: u64,
     /// Times a producer silent for `[correlate] max_lag` stopped holding the others back.
     pub stalled: u64,
     /// How long the last checkpoint took to serialize and store.
@@ -277,7 +283,7 @@ impl CorrelateFamilies {
             observations: unregistered(IntCounterVec::new(
                 Opts::new(
                     "farmwatch_correlate_observations_total",
-                    "Observations, by what became of them: applied in order, late (applied at once), undecodable.",
+                    "Observations, by what became of them: applied in order, late (applied at once), undecodable, repeated (already applied: not applied again).",
                 ),
                 &["result"],
             )),
@@ -337,6 +343,7 @@ impl CorrelateFamilies {
             ("applied", now.applied, before.applied),
             ("late", now.late, before.late),
             ("undecodable", now.undecodable, before.undecodable),
+            ("repeated", now.repeated, before.repeated),
         ] {
             advance(&self.observations.with_label_values(&[result]), now, before);
         }
@@ -376,7 +383,7 @@ const RELOAD_RESULTS: [&str; 2] = ["ok", "failed"];
 const SINKS: [&str; 2] = ["events", "flows"];
 /// Every bounded structure whose evictions are counted (`structure` of
 /// `farmwatch_state_evicted_total`), reported from the start so a rate alert has a series.
-pub const BOUNDED_STRUCTURES: [&str; 28] = [
+pub const BOUNDED_STRUCTURES: [&str; 29] = [
     "fragment_routes",
     "identity_addresses",
     "identity_ranges",
@@ -405,6 +412,7 @@ pub const BOUNDED_STRUCTURES: [&str; 28] = [
     "report_tallies",
     "report_activity",
     "report_rtt_addresses",
+    "correlate_repeat_ids",
 ];
 
 impl Metrics {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The first four bytes of every saved state.
 pub const MAGIC: [u8; 4] = *b"FWst";
 /// Bumped whenever a saved type changes shape.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// `value` with the header.
 pub fn save<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {

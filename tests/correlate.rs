@@ -476,6 +476,65 @@ fn a_correlator_killed_and_started_again_writes_each_event_once() {
     assert_eq!(identities(&events), split.expected);
 }
 
+/// DESIGN §7: a replay published twice, the second time after the server's duplicate
+/// window, reaches the stream twice; the correlator recognises the observations by id,
+/// counts them, and applies them once.
+#[test]
+fn a_replay_published_again_after_the_duplicate_window_is_applied_once() {
+    if !have_server() {
+        return;
+    }
+    let dir = scratch("repeat");
+    let server = standalone(&dir);
+    let Sites {
+        whole,
+        a,
+        b,
+        cap_a,
+        cap_b,
+    } = sites(&dir);
+    for site in [&whole, &a, &b] {
+        let mut text = std::fs::read_to_string(&site.config).unwrap();
+        text.push_str("\n[stream]\nduplicate_window = \"1s\"\n");
+        std::fs::write(&site.config, text).unwrap();
+    }
+    let expected = identities(&dir.join("all.jsonl"));
+    let url = server.url();
+    let publish = |site: &Site, cap: &PathBuf, tag: &str| {
+        let prom = dir.join(format!("{tag}.prom"));
+        replay(
+            std::slice::from_ref(cap),
+            site,
+            &dir.join(format!("{tag}.jsonl")),
+            Some((&url, &prom)),
+        );
+        acked(&prom)
+    };
+    let first = publish(&a, &cap_a, "a1");
+    publish(&b, &cap_b, "b");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Past the window the server stores every message again.
+    assert_eq!(publish(&a, &cap_a, "a2"), first);
+
+    let events = dir.join("correlated.jsonl");
+    let out = correlate(&server, &whole, &events)
+        .args(["--until-idle", "2s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "correlate: {stderr}");
+    assert_eq!(identities(&events), expected);
+    // Every observation read is applied once or recognised as a repeat.
+    let line = "correlate stopped";
+    let (read, applied, repeated) = (
+        status(&stderr, line, "read"),
+        status(&stderr, line, "applied"),
+        status(&stderr, line, "repeated"),
+    );
+    assert!(repeated > 0, "{stderr}");
+    assert_eq!(applied + repeated, read, "{stderr}");
+}
+
 #[test]
 fn a_checkpoint_of_another_version_or_damaged_is_refused() {
     if !have_server() {
