@@ -51,6 +51,12 @@ fn the_demo_scenario_finds_the_farm_with_embedded_geo_data() {
         !got.iter().any(|(a, _)| a == "mkeller"),
         "the control account fired: {got:?}"
     );
+    // The generated RDP session answers a minute apart: no round trip is that long, so no
+    // operator distance is claimed from it.
+    assert!(
+        !got.iter().any(|(_, r)| r == "operator_latency"),
+        "a minute-long \"round trip\" was judged: {got:?}"
+    );
     let critical = events.iter().any(|e| {
         e["account"] == "jdoe"
             && e["reason"] == "laptop_farm_suspected"

@@ -31,6 +31,11 @@ const FIBRE_KM_PER_RTT_MS: f64 = 100.0;
 /// sampled goes (counted).
 pub const MAX_ADDRESSES_PER_COUNTRY: usize = 4096;
 
+/// The longest round trip a network path gives, ms: half the Earth's circumference each way
+/// in fibre (about 200 ms) plus a geostationary satellite hop (about 550 ms), with room to
+/// spare. A floor above it is not judged.
+pub const MAX_ROUND_TRIP_MS: f64 = 1_000.0;
+
 /// `[detect.operator_latency]` in farmwatch.toml.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -150,7 +155,9 @@ impl OperatorLatency {
         flow: &FlowRef,
         out: &mut Vec<Event>,
     ) {
-        if exchanges < self.config.min_exchanges {
+        // A floor beyond any network path is not a round trip: the viewer answered
+        // something later (an idle session, a pause), and it says nothing about distance.
+        if exchanges < self.config.min_exchanges || floor_ms > MAX_ROUND_TRIP_MS {
             return;
         }
         let Some(account) = scope.identity.account_at(host, ts) else {
