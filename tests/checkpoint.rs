@@ -252,3 +252,50 @@ fn a_state_of_another_version_or_a_damaged_one_is_refused() {
         "not a farmwatch state"
     );
 }
+
+/// A state saved by an earlier build of this format version, committed: it must still read
+/// and carry on exactly. A saved type that changes shape without a new `state::VERSION`
+/// would read a running correlator's checkpoint as something else; here it stops the tests
+/// instead. After bumping the version, write the new version's file with
+/// `FARMWATCH_WRITE_STATE=1 cargo test --test checkpoint` and commit it.
+#[test]
+fn a_state_saved_by_an_earlier_build_of_this_version_reads_and_runs_on() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/checkpoint")
+        .join(format!("state-v{}.bin", state::VERSION));
+    let half = items().len() / 2;
+    let mut before = stage();
+    let mut events = run(&mut before, items().into_iter().take(half));
+    if std::env::var_os("FARMWATCH_WRITE_STATE").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, state::save(&before.save().unwrap()).unwrap()).unwrap();
+    }
+    let saved = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: a new state::VERSION needs its saved state (FARMWATCH_WRITE_STATE=1)",
+            path.display()
+        )
+    });
+    let restored = state::load::<StageState>(&saved).unwrap_or_else(|e| {
+        panic!(
+            "{} no longer reads ({e}): a saved type changed shape; bump state::VERSION",
+            path.display()
+        )
+    });
+    let mut after = stage();
+    after.restore(restored).unwrap();
+    events.extend(run(&mut after, items().into_iter().skip(half)));
+    after.finish();
+    events.extend(taken(&mut after));
+
+    let mut whole = stage();
+    let mut expected = run(&mut whole, items());
+    whole.finish();
+    expected.extend(taken(&mut whole));
+    assert_eq!(
+        events,
+        expected,
+        "{} reads, but runs on differently: bump state::VERSION",
+        path.display()
+    );
+}
