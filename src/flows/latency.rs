@@ -62,7 +62,9 @@ pub const STABLE_HELD: u32 = 8;
 /// sampling choice, like ePPing's one timestamp per flow, since the newer ones are timed.
 const TSVALS: usize = 4;
 /// Setup turns of an RDP connection that count as answers: X.224 confirm → ClientHello and
-/// the host's TLS flight → the viewer's next flight.
+/// the host's TLS flight → the viewer's next flight. The lockstep turns that follow (MCS
+/// attach, channel joins, Demand Active → Confirm Active) are not: FreeRDP 2 sends each on
+/// a 100 ms beat, not when the host's message arrives (README, Operator latency).
 const RDP_SETUP_TURNS: u32 = 2;
 /// TLS record sizes of RDP frame acknowledgements (REFERENCE-2 §4: EGFX 66/73 B, TS_FRAME
 /// ACKNOWLEDGE 58/65 B under TLS 1.3/1.2).

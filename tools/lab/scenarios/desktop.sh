@@ -2,6 +2,11 @@
 # the host, relaying to the same x11vnc through its VNC backend), each direct and through
 # a socat relay beyond the sensor; the viewer runs under Xvfb in the operator namespace and
 # is driven by xdotool.
+#
+# The viewer and the relay run at real-time priority, below the delay lines' (lab.sh): an
+# RDP floor comes from two setup turns only, and on the loaded lab machine a viewer or relay
+# waiting for a core stretched them by 5-10 ms (rdp-relay-25ms once read 64.3 ms for 58).
+RT=(chrt -f 10)
 
 HOST_DISPLAY=:71
 OP_DISPLAY=:72
@@ -29,14 +34,14 @@ viewer_session() {
 }
 
 viewer_vnc() {
-	spawn viewer-vnc op env DISPLAY="$OP_DISPLAY" xtightvncviewer -encodings "tight copyrect" "$1::5900"
+	spawn viewer-vnc op "${RT[@]}" env DISPLAY="$OP_DISPLAY" xtightvncviewer -encodings "tight copyrect" "$1::5900"
 }
 
 # desktop_captures APP PORT: the direct and relayed captures of one protocol.
 desktop_captures() {
 	local app=$1 port=$2
 	local d f rtt via peer
-	spawn "relay-$app" relay socat "TCP-LISTEN:$port,fork,reuseaddr" "TCP:$HOST_IP:$port"
+	spawn "relay-$app" relay "${RT[@]}" socat "TCP-LISTEN:$port,fork,reuseaddr" "TCP:$HOST_IP:$port"
 	for via in direct relay; do
 		for d in 5 25 60 120; do
 			delays host=1 op=$d relay=2 srv=0 far=0
@@ -67,7 +72,7 @@ scenario_vnc() {
 }
 
 viewer_rdp() {
-	spawn viewer-rdp op env DISPLAY="$OP_DISPLAY" xfreerdp "/v:$1" /u:operator /p:lab /cert:ignore \
+	spawn viewer-rdp op "${RT[@]}" env DISPLAY="$OP_DISPLAY" xfreerdp "/v:$1" /u:operator /p:lab /cert:ignore \
 		/size:800x600 /bpp:16 -decorations /log-level:ERROR
 }
 
