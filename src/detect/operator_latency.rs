@@ -5,11 +5,18 @@
 //! trip from the sensor to the person's screen or keyboard, through any relay. "Far" is
 //! against the *domestic ceiling* of the account's declared country, in this order:
 //! - configured: `[detect.operator_latency] ceilings = { US = 80 }`;
-//! - learned from this sensor's own traffic: the handshake RTTs of outside clients
-//!   (`HandshakeRtt`), least per address, grouped by the country geo places the address
-//!   in; once `learn_min_addresses` addresses of a country are known, its ceiling is their
-//!   90th percentile plus `learn_allowance_ms`;
+//! - learned from this sensor's own traffic: the RTTs of outside clients, from their TCP
+//!   handshakes (`HandshakeRtt`) and from inside their long sessions (`SessionRtt`: a VPN
+//!   or remote-desktop connection picked up mid-stream has no handshake), one floor per
+//!   address (the least of both), grouped by the country geo places the address in; once
+//!   `learn_min_addresses` addresses of a country are known, its ceiling is their 90th
+//!   percentile plus `learn_allowance_ms`;
 //! - otherwise `default_ceiling_ms` (80 ms: coast to coast in the US or across Europe).
+//!
+//! Handshakes this sensor's hosts open to public servers are not learned: a server geo
+//! places in a country is often a CDN or anycast address answered by the edge nearest the
+//! sensor, so their RTTs would set a ceiling far below the country's real paths and flag
+//! domestic people working from across it.
 //!
 //! Light in fibre covers about 200 km/ms, so a floor of `f` ms puts the person at least
 //! `f · 100` km from the sensor (round trip).
@@ -80,7 +87,8 @@ impl OperatorLatencyConfig {
 pub struct OperatorLatency {
     #[serde(skip)]
     config: OperatorLatencyConfig,
-    /// Per country, per outside address: its least handshake RTT and when last sampled.
+    /// Per country, per outside client address: its least RTT (handshake or in-session)
+    /// and when last sampled.
     floors: BTreeMap<String, BTreeMap<IpAddr, (u64, Timestamp)>>,
     evicted: u64,
 }
@@ -124,6 +132,8 @@ impl OperatorLatency {
         (self.config.default_ceiling_ms, "default".to_string())
     }
 
+    /// One RTT to an outside client, from its handshake or from inside its session: the
+    /// address keeps the least of all it gave.
     fn learn(&mut self, scope: &Scope<'_>, client: IpAddr, rtt_ns: u64, ts: Timestamp) {
         if scope.network.is_inside(client) {
             return;
@@ -224,9 +234,14 @@ impl OperatorLatency {
 impl Detector for OperatorLatency {
     fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>) {
         match *moment {
-            Moment::Observed(Observation::HandshakeRtt {
-                ts, client, rtt_ns, ..
-            }) => self.learn(scope, *client, *rtt_ns, *ts),
+            Moment::Observed(
+                Observation::HandshakeRtt {
+                    ts, client, rtt_ns, ..
+                }
+                | Observation::SessionRtt {
+                    ts, client, rtt_ns, ..
+                },
+            ) => self.learn(scope, *client, *rtt_ns, *ts),
             Moment::Observed(Observation::LatencyFloor {
                 ts,
                 host,
@@ -276,6 +291,63 @@ impl Detector for OperatorLatency {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::remote_desktop::testkit::{MS, World};
+
+    fn flow(client: IpAddr) -> FlowRef {
+        FlowRef {
+            proto: "tcp",
+            src_ip: client,
+            src_port: 40000,
+            dst_ip: IpAddr::from([10, 8, 0, 12]),
+            dst_port: 1194,
+        }
+    }
+
+    /// An address's handshake and in-session RTTs give it one floor, the least; an address
+    /// geo places nowhere teaches nothing.
+    #[test]
+    fn each_address_keeps_its_least_rtt_from_either_source() {
+        let world = World::new();
+        let mut d = OperatorLatency::new(&OperatorLatencyConfig {
+            learn_min_addresses: 2,
+            ..Default::default()
+        });
+        let us = |last: u8| IpAddr::from([192, 0, 2, last]);
+        let handshake = |client, ms| Observation::HandshakeRtt {
+            ts: Timestamp(0),
+            client,
+            rtt_ns: ms * MS,
+            flow: flow(client),
+        };
+        let session = |client, ms| Observation::SessionRtt {
+            ts: Timestamp(0),
+            client,
+            rtt_ns: ms * MS,
+            samples: 16,
+            data_ack_ns: Some(ms * MS),
+            ts_echo_ns: None,
+            flow: flow(client),
+        };
+        let seen = [
+            handshake(us(1), 30),
+            session(us(1), 12),
+            session(us(2), 8),
+            handshake(us(2), 20),
+            session(IpAddr::from([198, 51, 100, 20]), 1),
+        ];
+        let mut out = Vec::new();
+        for o in &seen {
+            d.on(&Moment::Observed(o), &world.scope(), &mut out);
+        }
+        let floors: Vec<u64> = d.floors["US"].values().map(|(ns, _)| ns / MS).collect();
+        assert_eq!(floors, [12, 8]);
+        assert_eq!(d.floors.len(), 1);
+        assert_eq!(
+            d.ceiling("US"),
+            (22.0, "learned from 2 addresses in US".into())
+        );
+        assert!(out.is_empty());
+    }
 
     #[test]
     fn configured_ceilings_win_then_learned_then_default() {
