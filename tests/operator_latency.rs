@@ -239,7 +239,7 @@ fn the_capture_suites_raise_no_operator_latency() {
 
 /// A long connection the sensor picked up mid-stream has no handshake; its in-session floor
 /// teaches the ceiling all the same. `openvpn-tcp-5ms.pcap` without its first 60 packets
-/// (SYN and TLS setup gone) is one OpenVPN session from 192.0.2.30 (US), 10 ms away: with
+/// (no TCP handshake) is one OpenVPN session from 192.0.2.30 (US), 10 ms away: with
 /// one address enough, the US ceiling becomes 20.1 ms, and the RDP operator 50 ms away, later
 /// (`rdp-direct-25ms.pcap`), is above it. Against the default 80 ms it would not be.
 #[test]
@@ -261,6 +261,7 @@ fn a_session_picked_up_mid_stream_teaches_the_ceiling() {
     // Recorded in this order: the tunnel's floor is learned before the desktop is judged.
     assert!(tunnel["end"].as_str() < desktop["ts"].as_str());
     assert!(tunnel["history"].as_str().unwrap().starts_with('~'));
+    assert!(tunnel["tcp_rtt_orig_ms"].is_null());
     assert!(tunnel["outside_rtt"]["samples"].as_u64().unwrap() >= 16);
     let found = operator_findings(&events);
     let [e] = found[..] else {
