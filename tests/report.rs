@@ -1038,10 +1038,26 @@ fn the_report_shows_the_role_the_detector_gave_not_the_byte_count() {
     }
     assert_eq!(o["viewer"], "198.51.100.20");
     assert_eq!(o["domestic_ceiling_ms"], 30.0);
+    // The account's chart: the session's round trip, above the ceiling the finding named.
+    let latency = account["latency"].as_array().expect("latency points");
+    assert_eq!(latency.len(), 1, "{latency:?}");
+    assert_eq!(latency[0]["floor_ms"], record["latency_floor_ms"]);
+    assert_eq!(latency[0]["peer"], "198.51.100.20");
+    assert!(latency[0]["floor_ms"].as_f64().expect("floor") > 30.0);
+    assert_eq!(account["ceiling"]["ms"], 30.0);
+    assert_eq!(account["ceiling"]["source"], "configured");
 
     let Some(dom) = rendered(&html) else {
         return;
     };
+    let chart = dom
+        .split("class=\"latency\"")
+        .nth(1)
+        .expect("latency chart");
+    let chart = chart.split("</svg>").next().unwrap_or_default();
+    assert!(chart.contains("class=\"ceiling\""), "{chart}");
+    assert_eq!(chart.matches("class=\"latpt\"").count(), 1, "{chart}");
+    assert!(chart.contains("fill=\"#c92a2a\""), "{chart}");
     let rd = dom.split("id=\"rd\"").nth(1).expect("rd section");
     let rd = rd.split("</section>").next().unwrap_or_default();
     assert!(rd.contains("<td class=\"\">undetermined</td>"), "{rd}");

@@ -327,6 +327,9 @@ struct AccountView {
     heat: Option<Heat>,
     sessions: Vec<SessionView>,
     rtt: Vec<RttPoint>,
+    /// Each kept session's operator round trip, and the ceiling it is held against.
+    latency: Vec<LatencyPoint>,
+    ceiling: Option<Ceiling>,
     rd: Vec<usize>,
     rd_flows: Vec<usize>,
     flows: u64,
@@ -350,6 +353,27 @@ struct RttPoint {
     distance_km: f64,
     rtt_ms: f64,
     bound_ms: f64,
+    source: String,
+}
+
+/// A session's operator round trip (`latency_floor_ms` of its flow record).
+#[derive(Serialize)]
+struct LatencyPoint {
+    /// The flow record (index into `flows`).
+    flow: usize,
+    ts: Timestamp,
+    floor_ms: f64,
+    app: Option<&'static str>,
+    /// The session's client: the viewer, or a relay in front of it.
+    peer: IpAddr,
+}
+
+/// The domestic ceiling an account's latest `operator_latency` finding named. Without a
+/// finding the report knows no ceiling: the detector names one only when it is exceeded.
+#[derive(Serialize)]
+struct Ceiling {
+    ms: f64,
+    country: String,
     source: String,
 }
 
@@ -526,6 +550,8 @@ fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
                 charted: false,
                 heat: None,
                 rtt: Vec::new(),
+                latency: Vec::new(),
+                ceiling: None,
                 rd: rd_of.get(id.as_str()).cloned().unwrap_or_default(),
                 rd_flows: rd_flows_of.get(id.as_str()).cloned().unwrap_or_default(),
                 sessions: Vec::new(),
@@ -561,6 +587,8 @@ fn build(c: &Collector, input: &ReportInput<'_>) -> Data {
         let declared = inventory.get(&a.id);
         a.heat = Some(heat(c, &a.id, declared.and_then(|d| d.timezone), &a.events));
         a.rtt = rtt_points(c, a, geo, sensor_location.as_ref());
+        let all_events = events_of.get(a.id.as_str()).map_or(&[][..], Vec::as_slice);
+        (a.latency, a.ceiling) = latency_points(c, &a.id, all_events);
     }
 
     let s = &input.config.sensor;
@@ -813,6 +841,40 @@ fn rd_sessions(c: &Collector, views: &[EventView]) -> Vec<RdSession> {
             })
         })
         .collect()
+}
+
+/// The operator round trips of `account`'s kept flow records, and the ceiling named by the
+/// latest of its findings (`events`, indices into `c.events`) that judged one.
+fn latency_points(
+    c: &Collector,
+    account: &str,
+    events: &[usize],
+) -> (Vec<LatencyPoint>, Option<Ceiling>) {
+    let points = c
+        .flows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.account.as_deref() == Some(account))
+        .filter_map(|(i, r)| {
+            Some(LatencyPoint {
+                flow: i,
+                ts: r.ts,
+                floor_ms: r.latency_floor_ms?,
+                app: r.app,
+                peer: r.src_ip,
+            })
+        })
+        .collect();
+    let ceiling = events
+        .iter()
+        .filter_map(|&i| c.events.get(i)?.read::<OperatorLatencyEvidence>())
+        .next_back()
+        .map(|e| Ceiling {
+            ms: e.domestic_ceiling_ms,
+            country: e.declared_country,
+            source: e.ceiling_source,
+        });
+    (points, ceiling)
 }
 
 /// Remote-desktop flow records among the kept ones that no session row cites.

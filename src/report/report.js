@@ -323,6 +323,52 @@
     return box;
   }
 
+  // Each session's operator round trip over time, against the declared country's ceiling.
+  function latencyChart(a) {
+    var pts = a.latency, ceil = a.ceiling;
+    var box = el("div", { class: "chart" }, el("h4", { text: "Operator round trip against the domestic ceiling" }));
+    if (!pts.length) {
+      box.appendChild(el("p", { class: "note", text: "No operator round trip among this account's kept flow records (inbound VNC, RDP or SSH sessions to its host)." }));
+      return box;
+    }
+    var W = 520, H = 260, L = 50, B = 36, R = 10, TOP = 10;
+    var first = pts[0], last = pts[0], maxR = ceil ? ceil.ms : 10;
+    pts.forEach(function (p) {
+      if (ms(p.ts) < ms(first.ts)) first = p;
+      if (ms(p.ts) > ms(last.ts)) last = p;
+      maxR = Math.max(maxR, p.floor_ms);
+    });
+    maxR *= 1.15;
+    var t0 = ms(first.ts), t1 = ms(last.ts), span = Math.max(t1 - t0, 1);
+    var xs = function (ts) { return L + (W - L - R) * (t1 === t0 ? 0.5 : (ms(ts) - t0) / span); };
+    var ys = function (r) { return H - B - (H - B - TOP) * r / maxR; };
+    var svgEl = s("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H, class: "latency", role: "img" });
+    svgEl.appendChild(s("title", {}, "Operator round trip of " + a.id));
+    svgEl.appendChild(s("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
+    svgEl.appendChild(s("line", { class: "axis", x1: L, x2: L, y1: TOP, y2: H - B }));
+    for (var i = 0; i <= 4; i++) {
+      svgEl.appendChild(s("text", { x: L - 4, y: ys(maxR * i / 4) + 4, "text-anchor": "end" }, (maxR * i / 4).toFixed(0)));
+    }
+    svgEl.appendChild(s("text", { x: L, y: H - B + 14, "text-anchor": "start" }, fmtTs(first.ts)));
+    if (t1 > t0) svgEl.appendChild(s("text", { x: W - R, y: H - B + 14, "text-anchor": "end" }, fmtTs(last.ts)));
+    svgEl.appendChild(s("text", { x: (L + W) / 2, y: H - 4, "text-anchor": "middle" }, "session start (UTC)"));
+    svgEl.appendChild(s("text", { x: 12, y: TOP + 100, transform: "rotate(-90 12 " + (TOP + 100) + ")", "text-anchor": "middle" }, "round trip (ms)"));
+    if (ceil) {
+      svgEl.appendChild(tip(s("line", { x1: L, y1: ys(ceil.ms), x2: W - R, y2: ys(ceil.ms), stroke: "#c92a2a", "stroke-dasharray": "5 3", class: "ceiling" }),
+        "domestic ceiling " + ceil.ms.toFixed(1) + " ms (" + ceil.country + ", " + ceil.source + ")"));
+    }
+    pts.forEach(function (p) {
+      var far = ceil && p.floor_ms > ceil.ms;
+      svgEl.appendChild(tip(s("circle", { cx: xs(p.ts), cy: ys(p.floor_ms), r: 5, fill: far ? "#c92a2a" : "#1d5fb3", class: "latpt" }),
+        (p.app || "?") + " from " + p.peer + ": " + p.floor_ms.toFixed(1) + " ms, at least " + Math.round(p.floor_ms * 100) + " km away"));
+    });
+    box.appendChild(svgEl);
+    box.appendChild(el("p", { class: "note", text: ceil
+      ? "Dashed: the domestic ceiling of " + ceil.country + " (" + ceil.ms.toFixed(1) + " ms, " + ceil.source + "), as the latest operator_latency finding named it. A point above it: the person at the session is farther away than the declared country allows (a floor of f ms is at least f·100 km, light in fibre)."
+      : "No operator_latency finding for this account, so every session's round trip stayed within its ceiling (or the account declares no country)." }));
+    return box;
+  }
+
   function rttChart(a) {
     var pts = a.rtt;
     var box = el("div", { class: "chart" }, el("h4", { text: "RTT against the speed-of-light bound" }));
@@ -496,6 +542,7 @@
     charts.appendChild(timeline(a));
     if (a.heat) charts.appendChild(heatmap(a));
     charts.appendChild(rttChart(a));
+    if (a.latency.length || a.ceiling) charts.appendChild(latencyChart(a));
     box.appendChild(charts);
     box.appendChild(addresses(a));
     if (a.rd.length) {
