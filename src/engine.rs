@@ -24,7 +24,9 @@ use crate::app::App;
 use crate::config::{Config, NetworkConfig};
 use crate::decode::{self, FragKey, Peek, Piece, Proto};
 use crate::dissect::dns;
-use crate::flow_stage::{FlowScope, FlowWorker, PARTITIONS, Reload, Stamped, ends, partition_of};
+use crate::flow_stage::{
+    END_CHUNK, FlowScope, FlowWorker, PARTITIONS, Reload, Stamped, ends, partition_of,
+};
 use crate::metrics::Stats;
 use crate::report::Collector;
 use crate::source::{LinkType, Packet};
@@ -312,7 +314,7 @@ impl Engine {
                 worker.finish(end);
                 merge.push(0, worker.out.drain(..));
                 merge.mark(0, Timestamp(u64::MAX));
-                merge.release(&mut account);
+                merge.finish(&mut account, |_| worker.end_records(END_CHUNK));
                 let remote = worker.active_remote_desktop(clock);
                 (*account, worker.stats.clone(), remote)
             }
@@ -332,6 +334,10 @@ impl Engine {
 }
 
 /// Puts the items of several workers back in one order: by moment, then by content.
+///
+/// The end of the input is one moment with a record per flow still open: a worker hands on
+/// what its flows' ends found (marking `u64::MAX`), then their records in order, a chunk at
+/// a time; [`Merge::finish`] merges those streams, so no more than a few chunks are held.
 struct Merge {
     queues: Vec<VecDeque<Stamped>>,
     /// How far each worker got: it will hand on nothing stamped before this.
@@ -359,9 +365,13 @@ impl Merge {
         self.marks[worker] = self.marks[worker].max(at);
     }
 
-    /// Applies every item whose moment every worker has passed.
+    /// Applies every item whose moment every worker has passed, short of the end: once every
+    /// worker has marked `u64::MAX` the rest is [`finish`](Self::finish)'s.
     fn release(&mut self, account: &mut AccountStage) {
         let bound = self.marks.iter().copied().min().unwrap_or_default();
+        if bound == Timestamp(u64::MAX) {
+            return;
+        }
         for q in &mut self.queues {
             while q.front().is_some_and(|s| s.at < bound) {
                 if let Some(s) = q.pop_front() {
@@ -372,11 +382,72 @@ impl Merge {
         if self.ready.is_empty() {
             return;
         }
-        self.ready
-            .sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.item.order(&b.item)));
+        self.ready.sort_by(in_order);
         for s in self.ready.drain(..) {
             self.applied = s.at;
             account.apply(s);
+        }
+    }
+
+    /// The input is over and every worker has handed on all but its end records: applies
+    /// everything left, with the workers' end records merged in as they come
+    /// (`records(worker)`: its next records, in order; None when it has no more).
+    fn finish(
+        &mut self,
+        account: &mut AccountStage,
+        records: impl FnMut(usize) -> Option<Vec<Stamped>>,
+    ) {
+        let mut rest: Vec<Stamped> = self.queues.iter_mut().flat_map(|q| q.drain(..)).collect();
+        rest.sort_by(in_order);
+        merge_sorted(rest, self.queues.len(), records, |s| {
+            self.applied = s.at;
+            account.apply(s);
+        });
+    }
+}
+
+/// The order the account stage applies items in: by moment, then by content.
+fn in_order(a: &Stamped, b: &Stamped) -> std::cmp::Ordering {
+    a.at.cmp(&b.at).then_with(|| a.item.order(&b.item))
+}
+
+/// Applies `sorted` and the streams `next(0..n)` (each in order, a chunk per call, None at
+/// its end) in one order, the least first: a stream is read only when its last chunk is
+/// used up.
+fn merge_sorted(
+    sorted: Vec<Stamped>,
+    n: usize,
+    mut next: impl FnMut(usize) -> Option<Vec<Stamped>>,
+    mut apply: impl FnMut(Stamped),
+) {
+    let mut sorted = VecDeque::from(sorted);
+    let mut streams: Vec<VecDeque<Stamped>> = (0..n).map(|_| VecDeque::new()).collect();
+    let mut open = vec![true; n];
+    loop {
+        for (w, stream) in streams.iter_mut().enumerate() {
+            while open[w] && stream.is_empty() {
+                match next(w) {
+                    Some(chunk) => *stream = VecDeque::from(chunk),
+                    None => open[w] = false,
+                }
+            }
+        }
+        // The stream whose next item is least (`n`: `sorted`); the first on ties.
+        let mut least: Option<(usize, &Stamped)> = sorted.front().map(|s| (n, s));
+        for (w, stream) in streams.iter().enumerate() {
+            if let Some(s) = stream.front()
+                && least.is_none_or(|(_, l)| in_order(s, l).is_lt())
+            {
+                least = Some((w, s));
+            }
+        }
+        let item = match least {
+            None => return,
+            Some((w, _)) if w == n => sorted.pop_front(),
+            Some((w, _)) => streams[w].pop_front(),
+        };
+        if let Some(item) = item {
+            apply(item);
         }
     }
 }
@@ -464,16 +535,28 @@ impl Threads {
         let (hand, handed) = sync_channel::<Handed>(n * QUEUED_BATCHES);
         let mut senders = Vec::new();
         let mut workers = Vec::new();
+        let mut ends = Vec::new();
         for index in 0..n {
             let (tx, rx) = sync_channel::<Batch>(QUEUED_BATCHES);
             senders.push(tx);
+            // The end records, a chunk at a time: one chunk waits while the merge uses one.
+            let (end_tx, end_rx) = sync_channel::<Vec<Stamped>>(1);
+            ends.push(end_rx);
             let worker = FlowWorker::new(config, scope.clone(), |p| p % n == index);
             let hand = hand.clone();
             let board = board.clone();
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("flow-{index}"))
-                    .spawn(move || work(index, worker, rx, hand, &board))
+                    .spawn(move || {
+                        let mut worker = work(index, worker, rx, hand, &board);
+                        while let Some(records) = worker.end_records(END_CHUNK) {
+                            if end_tx.send(records).is_err() {
+                                break;
+                            }
+                        }
+                        worker
+                    })
                     .expect("spawn a flow worker"),
             );
         }
@@ -481,7 +564,7 @@ impl Threads {
         let account_board = board.clone();
         let account = std::thread::Builder::new()
             .name("account".into())
-            .spawn(move || merge_and_apply(n, account, handed, &account_board))
+            .spawn(move || merge_and_apply(n, account, handed, ends, &account_board))
             .expect("spawn the account stage");
         Threads {
             network: config.network.clone(),
@@ -715,11 +798,13 @@ fn work(
     worker
 }
 
-/// The account stage's thread: merges the workers' items and applies them.
+/// The account stage's thread: merges the workers' items and applies them; once every
+/// worker is through its input, their end records from `ends`.
 fn merge_and_apply(
     n: usize,
     mut account: AccountStage,
     handed: Receiver<Handed>,
+    ends: Vec<Receiver<Vec<Stamped>>>,
     board: &Board,
 ) -> AccountStage {
     let mut merge = Merge::new(n);
@@ -742,6 +827,7 @@ fn merge_and_apply(
             flushed = Instant::now();
         }
     }
+    merge.finish(&mut account, |w| ends[w].recv().ok());
     account
 }
 

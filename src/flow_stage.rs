@@ -165,11 +165,52 @@ pub fn sort_items(items: &mut Vec<Stamped>) {
 
 /// Records of one moment in the order their flows started (the order flows leave at the end
 /// of the input), the interim record of a flow before its last.
-fn record_order(r: &FlowRecord) -> impl Ord + '_ {
+fn record_order(r: &FlowRecord) -> RecordOrder {
     (
         r.ts, r.proto, r.src_ip, r.src_port, r.dst_ip, r.dst_port, !r.interim, r.end,
     )
 }
+
+type RecordOrder = (
+    Timestamp,
+    &'static str,
+    IpAddr,
+    u16,
+    IpAddr,
+    u16,
+    bool,
+    Timestamp,
+);
+
+/// [`record_order`] of the last record of `flow`, from the flow itself (as
+/// [`FlowRecord::new`] fills the fields): the end of the input sorts its flows by it
+/// before any record is made.
+fn last_record_order(flow: &Flow) -> RecordOrder {
+    (
+        flow.first,
+        flow.proto.as_str(),
+        flow.orig.0,
+        flow.orig.1,
+        flow.resp.0,
+        flow.resp.1,
+        true,
+        flow.last,
+    )
+}
+
+/// Records the end of the input makes at a time: its flows wait as they are (smaller than
+/// their records) and leave a chunk at a time, so the end holds a chunk of records, not
+/// one per open flow.
+pub const END_CHUNK: usize = 512;
+
+/// A flow the input's end has ended, waiting for its record.
+struct Ending {
+    flow: Box<Flow>,
+    /// The floors operator latency wrote on its record ([`Latency::ended`]), if any.
+    floors: Option<Box<Floors>>,
+}
+
+type Floors = (Option<crate::flows::latency::OutsideRtt>, Option<f64>);
 
 /// The partition of a packet between ends `a` and `b`, as [`ends`] gives them: its host's
 /// ([`NetworkConfig::host`]), so both directions of a flow and every flow of a host meet
@@ -230,6 +271,10 @@ pub struct FlowWorker {
     partitions: Vec<Option<Partition>>,
     pub stats: Stats,
     pub out: Vec<Stamped>,
+    /// The flows the input's end ended, in reverse record order ([`FlowWorker::end_records`]).
+    ending: Vec<Ending>,
+    /// The end's moment.
+    ended_at: Timestamp,
 }
 
 /// One partition: a flow table and the flow detectors over it.
@@ -273,6 +318,8 @@ impl FlowWorker {
             partitions,
             stats: Stats::default(),
             out: Vec::new(),
+            ending: Vec::new(),
+            ended_at: Timestamp::ZERO,
         }
     }
 
@@ -384,19 +431,76 @@ impl FlowWorker {
         });
     }
 
-    /// The input is over: every flow ends.
+    /// The input is over: every flow ends. What the ends find leaves in `out`, as when a flow
+    /// ends earlier; their records follow from [`end_records`](Self::end_records), made a
+    /// chunk at a time in the order the account stage applies them (all of one moment, the
+    /// findings before the records), so they never pile up.
     pub fn finish(&mut self, clock: Timestamp) {
         let (partitions, mut ctx) = self.split(clock);
+        let open = partitions.iter().flatten().map(|p| p.flows.len()).sum();
+        let mut ending = Vec::with_capacity(open);
+        // Operator latency writes a session's floors on its record: a record to write them
+        // on, whose floors move to the flow's entry.
+        let mut scratch: Option<FlowRecord> = None;
         for p in partitions.iter_mut().flatten() {
-            for flow in p.flows.drain() {
-                p.pending.push(FlowEvent::Ended {
-                    flow,
-                    why: EndReason::Shutdown,
-                });
-                p.drain(&mut ctx);
+            for mut flow in p.flows.drain() {
+                let ts = flow.last;
+                p.end(&mut flow, &mut ctx);
+                let scratch =
+                    scratch.get_or_insert_with(|| FlowRecord::new(&flow, None, false, None));
+                scratch.outside_rtt = None;
+                scratch.latency_floor_ms = None;
+                p.latency.ended(&flow, ts, scratch, |obs| ctx.send(obs));
+                let floors = (scratch.outside_rtt.is_some() || scratch.latency_floor_ms.is_some())
+                    .then(|| {
+                        Box::new((scratch.outside_rtt.take(), scratch.latency_floor_ms.take()))
+                    });
+                p.send_findings(&mut ctx);
+                ending.push(Ending { flow, floors });
             }
         }
+        // Sorted backwards, so records leave from the end of the list.
+        ending.sort_by(|a, b| last_record_order(&b.flow).cmp(&last_record_order(&a.flow)));
+        self.ending = ending;
+        self.ended_at = clock;
         self.sync_stats();
+    }
+
+    /// The next at most `n` records of the flows the input's end ended ([`finish`](Self::finish)),
+    /// in record order, stamped with the end's moment; None when none are left.
+    pub fn end_records(&mut self, n: usize) -> Option<Vec<Stamped>> {
+        if self.ending.is_empty() {
+            self.ending = Vec::new();
+            return None;
+        }
+        let at = self.ended_at;
+        let ctx = Ctx {
+            names: &mut self.names,
+            shared: &mut self.shared,
+            stats: &mut self.stats,
+            scope: &self.scope,
+            out: &mut self.out,
+            clock: at,
+        };
+        let take = n.max(1).min(self.ending.len());
+        let mut records = Vec::with_capacity(take);
+        for _ in 0..take {
+            let Some(Ending { mut flow, floors }) = self.ending.pop() else {
+                break;
+            };
+            let details = flow.details.take();
+            let why = EndReason::Shutdown.as_str();
+            let mut record = flow_record(&flow, details, false, Some(why), &ctx);
+            if let Some(floors) = floors {
+                (record.outside_rtt, record.latency_floor_ms) = *floors;
+            }
+            debug_assert!(record_order(&record) == last_record_order(&flow));
+            records.push(Stamped {
+                at,
+                item: Item::Record(Box::new(record)),
+            });
+        }
+        Some(records)
     }
 
     /// The partitions, and what they borrow from the worker while they work at `clock`.
@@ -543,14 +647,7 @@ impl Partition {
                 }
                 FlowEvent::Ended { mut flow, why } => {
                     let ts = flow.last;
-                    if !flow.dissected {
-                        identify_flow(&mut flow, ctx, ts, true);
-                    }
-                    sample_rtt(&mut self.sampled, ctx, &flow, ts);
-                    self.sampled.remove(&flow.seq);
-                    let scope = ctx.detector_scope();
-                    let moment = Moment::Ended { flow: &flow, ts };
-                    self.detectors.on(&moment, &scope, &mut self.findings);
+                    self.end(&mut flow, ctx);
                     let details = flow.details.take();
                     let mut record = flow_record(&flow, details, false, Some(why.as_str()), ctx);
                     // Operator latency: the session's floor, on its record and for the account stage.
@@ -565,6 +662,20 @@ impl Partition {
         }
         self.pending = pending;
         self.send_findings(ctx);
+    }
+
+    /// `flow` ended: identified if it was not yet, its handshake RTT sampled, the flow
+    /// detectors told. Its record is the caller's to make.
+    fn end(&mut self, flow: &mut Flow, ctx: &mut Ctx<'_>) {
+        let ts = flow.last;
+        if !flow.dissected {
+            identify_flow(flow, ctx, ts, true);
+        }
+        sample_rtt(&mut self.sampled, ctx, flow, ts);
+        self.sampled.remove(&flow.seq);
+        let scope = ctx.detector_scope();
+        let moment = Moment::Ended { flow, ts };
+        self.detectors.on(&moment, &scope, &mut self.findings);
     }
 
     fn send_findings(&mut self, ctx: &mut Ctx<'_>) {
