@@ -968,6 +968,8 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow_stage::Item;
+    use crate::observation::Observation;
 
     /// A piece of UDP datagram `id` from 10.0.0.1 to 10.0.0.2: 16 bytes at `offset`.
     fn piece(id: u16, offset: u16, more: bool) -> Vec<u8> {
@@ -1032,5 +1034,74 @@ mod tests {
         assert_eq!(routes.evicted, (MAX_ROUTES / 8) as u64);
         assert_eq!(routes.routes.len(), MAX_ROUTES - MAX_ROUTES / 8 + 1);
         assert_eq!(routes.stats().state_evicted["fragment_routes"], 512);
+    }
+
+    /// Items of two moments, all different.
+    fn item(i: u64) -> Stamped {
+        Stamped {
+            at: Timestamp::from_secs(100 + i % 2),
+            item: Item::Observation(Observation::Activity {
+                ts: Timestamp::from_secs(90 + i % 5),
+                host: IpAddr::from([10, 9, 0, (i * 13 % 97) as u8]),
+            }),
+        }
+    }
+
+    fn id(s: &Stamped) -> (Timestamp, Option<String>) {
+        match &s.item {
+            Item::Observation(o) => (s.at, Some(o.id())),
+            _ => (s.at, None),
+        }
+    }
+
+    /// The end's streams, read a chunk at a time, and the items left over are applied in
+    /// the order one sort of them all gives, and a stream is read only when its chunk is
+    /// used up.
+    #[test]
+    fn end_streams_merge_in_the_order_of_one_sort() {
+        const CHUNK: usize = 4;
+        let mut expected: Vec<Stamped> = (0..90).map(item).collect();
+        expected.sort_by(in_order);
+        let expected: Vec<_> = expected.iter().map(id).collect();
+        // Three workers' sorted streams, and what was left over (sorted by the merge).
+        let sorted_part = |w: u64| {
+            let mut part: Vec<Stamped> = (0..90).filter(|i| i % 4 == w).map(item).collect();
+            part.sort_by(in_order);
+            part
+        };
+        let mut chunks: Vec<Vec<Vec<Stamped>>> = (0..3)
+            .map(|w| {
+                let mut part = sorted_part(w);
+                let mut chunks = Vec::new();
+                while !part.is_empty() {
+                    let rest = part.split_off(part.len().min(CHUNK));
+                    chunks.push(std::mem::replace(&mut part, rest));
+                }
+                chunks.reverse();
+                chunks
+            })
+            .collect();
+        let left_over: std::collections::HashSet<_> = sorted_part(3).iter().map(id).collect();
+        // Items read from the streams, and those applied.
+        let (pulled, applied) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+        let mut order = Vec::new();
+        merge_sorted(
+            sorted_part(3),
+            3,
+            |w| {
+                let chunk = chunks[w].pop()?;
+                pulled.set(pulled.get() + chunk.len());
+                assert!(pulled.get() - applied.get() <= 3 * CHUNK, "read ahead");
+                Some(chunk)
+            },
+            |s| {
+                if !left_over.contains(&id(&s)) {
+                    applied.set(applied.get() + 1);
+                }
+                order.push(id(&s));
+            },
+        );
+        assert_eq!(order, expected);
+        assert!(chunks.iter().all(Vec::is_empty));
     }
 }

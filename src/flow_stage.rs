@@ -10,7 +10,7 @@
 //! DNS answers are the one thing every partition needs from every other (a name learned
 //! from one host's lookup names another host's flow): every worker reads every answer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ use crate::event::Event;
 use crate::flows::flow::{MID_STREAM, ORIG, RESP};
 use crate::flows::latency::Latency;
 use crate::flows::record::FlowRecord;
-use crate::flows::{EndReason, Flow, FlowEvent, FlowTable, INITIAL_FLOWS};
+use crate::flows::{EndReason, Flow, FlowEvent, FlowKey, FlowTable, INITIAL_FLOWS};
 use crate::geo::Geo;
 use crate::identity::{Identity, SessionStatus};
 use crate::metrics::Stats;
@@ -203,13 +203,7 @@ fn last_record_order(flow: &Flow) -> RecordOrder {
 /// one per open flow.
 pub const END_CHUNK: usize = 512;
 
-/// A flow the input's end has ended, waiting for its record.
-struct Ending {
-    flow: Box<Flow>,
-    /// The floors operator latency wrote on its record ([`Latency::ended`]), if any.
-    floors: Option<Box<Floors>>,
-}
-
+/// The floors operator latency writes on a session's last record ([`Latency::ended`]).
 type Floors = (Option<crate::flows::latency::OutsideRtt>, Option<f64>);
 
 /// The partition of a packet between ends `a` and `b`, as [`ends`] gives them: its host's
@@ -271,8 +265,10 @@ pub struct FlowWorker {
     partitions: Vec<Option<Partition>>,
     pub stats: Stats,
     pub out: Vec<Stamped>,
-    /// The flows the input's end ended, in reverse record order ([`FlowWorker::end_records`]).
-    ending: Vec<Ending>,
+    /// The flows the input's end ended, in reverse record order ([`FlowWorker::end_records`]),
+    /// and the floors of the few that were sessions operator latency timed.
+    ending: Vec<Box<Flow>>,
+    floors: HashMap<FlowKey, Floors>,
     /// The end's moment.
     ended_at: Timestamp,
 }
@@ -319,6 +315,7 @@ impl FlowWorker {
             stats: Stats::default(),
             out: Vec::new(),
             ending: Vec::new(),
+            floors: HashMap::new(),
             ended_at: Timestamp::ZERO,
         }
     }
@@ -439,8 +436,9 @@ impl FlowWorker {
         let (partitions, mut ctx) = self.split(clock);
         let open = partitions.iter().flatten().map(|p| p.flows.len()).sum();
         let mut ending = Vec::with_capacity(open);
+        let mut floors = HashMap::new();
         // Operator latency writes a session's floors on its record: a record to write them
-        // on, whose floors move to the flow's entry.
+        // on, whose floors are kept for the flow's.
         let mut scratch: Option<FlowRecord> = None;
         for p in partitions.iter_mut().flatten() {
             for mut flow in p.flows.drain() {
@@ -451,17 +449,19 @@ impl FlowWorker {
                 scratch.outside_rtt = None;
                 scratch.latency_floor_ms = None;
                 p.latency.ended(&flow, ts, scratch, |obs| ctx.send(obs));
-                let floors = (scratch.outside_rtt.is_some() || scratch.latency_floor_ms.is_some())
-                    .then(|| {
-                        Box::new((scratch.outside_rtt.take(), scratch.latency_floor_ms.take()))
-                    });
+                if scratch.outside_rtt.is_some() || scratch.latency_floor_ms.is_some() {
+                    let kept = (scratch.outside_rtt.take(), scratch.latency_floor_ms.take());
+                    floors.insert(flow.key(), kept);
+                }
                 p.send_findings(&mut ctx);
-                ending.push(Ending { flow, floors });
+                ending.push(flow);
             }
         }
-        // Sorted backwards, so records leave from the end of the list.
-        ending.sort_by(|a, b| last_record_order(&b.flow).cmp(&last_record_order(&a.flow)));
+        // Backwards, so records leave from the end of the list. Open flows differ in their
+        // key, so no two are equal and the sort needs no room of its own.
+        ending.sort_unstable_by(|a, b| last_record_order(b).cmp(&last_record_order(a)));
         self.ending = ending;
+        self.floors = floors;
         self.ended_at = clock;
         self.sync_stats();
     }
@@ -485,14 +485,14 @@ impl FlowWorker {
         let take = n.max(1).min(self.ending.len());
         let mut records = Vec::with_capacity(take);
         for _ in 0..take {
-            let Some(Ending { mut flow, floors }) = self.ending.pop() else {
+            let Some(mut flow) = self.ending.pop() else {
                 break;
             };
             let details = flow.details.take();
             let why = EndReason::Shutdown.as_str();
             let mut record = flow_record(&flow, details, false, Some(why), &ctx);
-            if let Some(floors) = floors {
-                (record.outside_rtt, record.latency_floor_ms) = *floors;
+            if let Some(floors) = self.floors.remove(&flow.key()) {
+                (record.outside_rtt, record.latency_floor_ms) = floors;
             }
             debug_assert!(record_order(&record) == last_record_order(&flow));
             records.push(Stamped {
@@ -892,10 +892,10 @@ pub fn is_dns_answer(d: &Decoded<'_>) -> bool {
 mod tests {
     use super::*;
     use crate::accounts::Inventory;
-    use crate::decode::{ACK, PSH};
+    use crate::decode::{ACK, PSH, SYN};
     use crate::dissect::identify::Protocol;
+    use crate::flows::FlowConfig;
     use crate::flows::flow::segment;
-    use crate::flows::{FlowConfig, FlowKey};
 
     /// Items of two moments, observations of one time among them, in a scrambled order.
     fn mixed_items() -> Vec<Stamped> {
@@ -1010,6 +1010,50 @@ mod tests {
         assert!(Arc::ptr_eq(&details[0], &details[1]));
         assert!(!Arc::ptr_eq(&details[0], &details[2]));
         assert_eq!(shared.len(), (2, 0));
+    }
+
+    /// The flows open at the end of the input leave as records in record order, a chunk at a
+    /// time, across the partitions: not in the order they were opened.
+    #[test]
+    fn end_records_come_in_record_order_a_chunk_at_a_time() {
+        let mut worker = FlowWorker::new(&Config::default(), Arc::new(scope()), |_| true);
+        let mut events = Vec::new();
+        let mut partitions = HashSet::new();
+        for k in 0..40u8 {
+            let mut packet = segment(1000 + u16::from(k), 443, true, SYN, 0, b"");
+            packet.src = IpAddr::from([192, 0, 2, k % 8]);
+            let [a, b] = ends(
+                packet.proto,
+                (packet.src, packet.src_port),
+                (packet.dst, packet.dst_port),
+            );
+            let index = partition_of(&worker.partitioner, a, b);
+            partitions.insert(index);
+            let ts = Timestamp::from_secs(100 + u64::from(k) * 7 % 10);
+            let p = worker.partitions[index].as_mut().unwrap();
+            p.flows.process(ts, &packet, 60, &mut events);
+        }
+        assert!(partitions.len() > 1);
+        worker.finish(Timestamp::from_secs(200));
+        let mut records = Vec::new();
+        while let Some(chunk) = worker.end_records(3) {
+            assert!(!chunk.is_empty() && chunk.len() <= 3);
+            for s in chunk {
+                assert_eq!(s.at, Timestamp::from_secs(200));
+                let Item::Record(r) = s.item else {
+                    panic!("not a record")
+                };
+                records.push(r);
+            }
+        }
+        assert_eq!(records.len(), 40);
+        assert!(
+            records
+                .windows(2)
+                .all(|w| record_order(&w[0]) < record_order(&w[1]))
+        );
+        assert!(records.iter().all(|r| r.end_reason == Some("shutdown")));
+        assert!(worker.end_records(3).is_none());
     }
 
     /// Both directions of a flow, and an inside host's flows to anywhere outside, share a
