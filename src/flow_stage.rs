@@ -267,6 +267,10 @@ pub struct FlowWorker {
     pub out: Vec<Stamped>,
     /// The flows the input's end ended, in reverse record order ([`FlowWorker::end_records`]),
     /// and the floors of the few that were sessions operator latency timed.
+    #[expect(
+        clippy::vec_box,
+        reason = "the table's flows, as boxed as it held them: sorting moves pointers"
+    )]
     ending: Vec<Box<Flow>>,
     floors: HashMap<FlowKey, Floors>,
     /// The end's moment.
