@@ -43,6 +43,10 @@ pub fn icmp_counterpart(proto: Proto, ty: u16) -> Option<u16> {
 pub struct CommunityId([u8; 30]);
 
 impl CommunityId {
+    pub fn as_bytes(&self) -> &[u8; 30] {
+        &self.0
+    }
+
     pub fn as_str(&self) -> &str {
         // Base64 is ASCII, so always UTF-8.
         std::str::from_utf8(&self.0).unwrap_or_default()

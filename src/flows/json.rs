@@ -370,11 +370,12 @@ impl Json for Timestamp {
     }
 }
 
-/// Base64 and a prefix: nothing JSON escapes.
+/// Base64 and a prefix, nothing JSON escapes: the bytes are copied whole, without the
+/// UTF-8 check of `as_str`, which cost six times the copy.
 impl Json for CommunityId {
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let mut text = [b'"'; 32];
-        text[1..31].copy_from_slice(self.as_str().as_bytes());
+        text[1..31].copy_from_slice(self.as_bytes());
         out.extend_from_slice(&text);
         Ok(())
     }
