@@ -466,7 +466,7 @@ impl AccountStage {
         let evictions = (self.detectors.evictions().into_iter())
             .chain([self.scorer.evictions()])
             .chain(identity.evictions())
-            .chain([("geo_cache", self.context.geo.cache_evictions())])
+            .chain(self.context.geo.evictions())
             .chain(self.collector.iter().flat_map(Collector::evictions));
         self.stats.state_evicted.extend(evictions);
         for sink in &self.outputs {

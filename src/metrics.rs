@@ -383,12 +383,13 @@ const RELOAD_RESULTS: [&str; 2] = ["ok", "failed"];
 const SINKS: [&str; 2] = ["events", "flows"];
 /// Every bounded structure whose evictions are counted (`structure` of
 /// `farmwatch_state_evicted_total`), reported from the start so a rate alert has a series.
-pub const BOUNDED_STRUCTURES: [&str; 29] = [
+pub const BOUNDED_STRUCTURES: [&str; 30] = [
     "fragment_routes",
     "identity_addresses",
     "identity_ranges",
     "dns_names",
     "geo_cache",
+    "geo_records",
     "remote_desktop_sessions",
     "remote_desktop_turn",
     "stepping_stone",

@@ -1,9 +1,11 @@
 //! Community ID v1 (corelight/community-id-spec): a direction-free hash of the 5-tuple that
 //! Zeek and Suricata also write, so our flow records join with theirs.
 
+use std::fmt;
 use std::net::IpAddr;
 
 use base64::Engine;
+use serde::{Serialize, Serializer};
 use sha1::{Digest, Sha1};
 
 use crate::decode::Proto;
@@ -35,6 +37,40 @@ pub fn icmp_counterpart(proto: Proto, ty: u16) -> Option<u16> {
     })
 }
 
+/// A Community ID's text, `1:` and the 28 base64 characters of a SHA-1, held inline:
+/// every flow record carries one, and a `String` was an allocation per flow.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CommunityId([u8; 30]);
+
+impl CommunityId {
+    pub fn as_bytes(&self) -> &[u8; 30] {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Base64 is ASCII, so always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for CommunityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for CommunityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for CommunityId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// `1:<base64 sha1>` with seed 0. For ICMP, `src_port`/`dst_port` are type and code.
 pub fn community_id(
     proto: Proto,
@@ -42,7 +78,7 @@ pub fn community_id(
     src_port: u16,
     dst: IpAddr,
     dst_port: u16,
-) -> String {
+) -> CommunityId {
     // ICMP: the type stands for the source port and, for request/reply pairs, the
     // counterpart type for the destination port; unpaired types hash one-way with the code.
     let (sport, dport, one_way) = match proto {
@@ -73,15 +109,14 @@ pub fn community_id(
     h.update([proto.number(), 0]);
     h.update(ap.to_be_bytes());
     h.update(bp.to_be_bytes());
-    // "1:" and the 28 base64 characters of 20 bytes, encoded in place: one allocation of
-    // the exact size, without the string encoder's chunking.
+    // "1:" and the 28 base64 characters of 20 bytes, encoded in place, without the string
+    // encoder's chunking.
     let mut id = *b"1:0000000000000000000000000000";
     let written = base64::engine::general_purpose::STANDARD
         .encode_slice(h.finalize(), &mut id[2..])
         .unwrap_or_default();
     debug_assert_eq!(written, 28);
-    // Base64 is ASCII, so always UTF-8.
-    String::from_utf8(id.to_vec()).unwrap_or_default()
+    CommunityId(id)
 }
 
 fn to_v6(ip: IpAddr) -> [u8; 16] {
@@ -106,7 +141,8 @@ mod tests {
                 34855,
                 ip("66.35.250.204"),
                 80
-            ),
+            )
+            .as_str(),
             "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
         );
         // Direction-free.
@@ -117,7 +153,8 @@ mod tests {
                 80,
                 ip("128.232.110.120"),
                 34855
-            ),
+            )
+            .to_string(),
             "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
         );
     }

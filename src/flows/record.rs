@@ -11,7 +11,7 @@ use crate::decode::Tunnel;
 use crate::dissect::identify::{Details, Evidence, Protocol};
 use crate::dissect::tls::TlsDetails;
 use crate::flows::activity::{ActivitySummary, round2};
-use crate::flows::community_id::community_id;
+use crate::flows::community_id::{CommunityId, community_id};
 use crate::flows::flow::{Flow, History, ORIG, RESP};
 use crate::flows::json::{Object, key};
 use crate::geo::Country;
@@ -57,7 +57,7 @@ pub struct FlowRecord {
     pub orig_country: Option<Country>,
     pub orig_asn: Option<u32>,
     pub interim: bool,
-    pub community_id: String,
+    pub community_id: CommunityId,
     /// Why the record was written: closed, timeout, evicted, shutdown, reused (null on
     /// interim records).
     pub end_reason: Option<&'static str>,
@@ -117,6 +117,39 @@ macro_rules! present {
 fn activity(o: &mut Object<'_>, s: &ActivitySummary) -> serde_json::Result<()> {
     fields!(o, s: data_pkts, small_pkts, large_pkts, max_payload, mean_payload, resumes,
         active_s, mean_gap_ms);
+    Ok(())
+}
+
+/// The fields of [`TlsDetails`] as its `Serialize` writes them: TLS is on one flow in two,
+/// and serde_json took twice as long as the rest of the record. Every field is named, so a
+/// field added to `TlsDetails` does not compile until it is written here too.
+fn tls(o: &mut Object<'_>, t: &TlsDetails) -> serde_json::Result<()> {
+    let TlsDetails {
+        client_version,
+        version,
+        sni,
+        alpn,
+        ja4,
+        cipher,
+        server_alpn,
+        cert_subject,
+        cert_issuer,
+        cert_san,
+        dtls,
+    } = t;
+    o.field(key!(client_version), client_version)?;
+    o.field(key!(version), version)?;
+    o.field(key!(sni), sni)?;
+    o.field(key!(alpn), alpn)?;
+    o.field(key!(ja4), ja4)?;
+    o.field(key!(cipher), cipher)?;
+    o.field(key!(server_alpn), server_alpn)?;
+    o.field(key!(cert_subject), cert_subject)?;
+    o.field(key!(cert_issuer), cert_issuer)?;
+    o.field(key!(cert_san), cert_san)?;
+    if *dtls {
+        o.field(key!(dtls), dtls)?;
+    }
     Ok(())
 }
 
@@ -215,8 +248,8 @@ impl FlowRecord {
 
     /// Appends the record as one JSON object: the bytes `serde_json` writes for the derived
     /// `Serialize` (same names, order and values), but field names are copied rather than
-    /// escaped and plain values go through [`Json`]; protocol details still go through
-    /// serde_json. The test below holds the two encodings together.
+    /// escaped and plain values go through [`Json`]; protocol details without a writer of
+    /// their own still go through serde_json. The test below holds the two encodings together.
     pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let mut o = Object::new(out);
         fields!(o, self: ts, end, duration_s, proto, src_ip, src_port, dst_ip, dst_port, app,
@@ -230,7 +263,9 @@ impl FlowRecord {
         o.object(key!(activity_orig), |a| activity(a, &self.activity_orig))?;
         o.object(key!(activity_resp), |a| activity(a, &self.activity_resp))?;
         o.field(key!(dns_name), &self.dns_name)?;
-        present!(o, self: tls);
+        if let Some(t) = &self.tls {
+            o.object(key!(tls), |o| tls(o, t))?;
+        }
         if let Some(p) = &self.protocol {
             p.write_json(&mut o)?;
         }
@@ -247,6 +282,7 @@ impl FlowRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::Proto;
     use crate::dissect::dns::{DnsAnswer, DnsDetails};
 
     fn summary(seed: u64) -> ActivitySummary {
@@ -301,7 +337,13 @@ mod tests {
             orig_country: Country::new("US"),
             orig_asn: Some(u32::MAX),
             interim: true,
-            community_id: "1:SS+JDSrSQJ70sQNrcQmekG7Pqlc=".to_string(),
+            community_id: community_id(
+                Proto::Tcp,
+                "10.0.0.1".parse().unwrap(),
+                49724,
+                "2001:db8::1".parse().unwrap(),
+                443,
+            ),
             end_reason: Some("closed"),
             tunnel: Some("gre"),
             retransmissions_orig: 1,
@@ -379,7 +421,29 @@ mod tests {
             protocol: Some(p),
             ..full()
         });
-        for record in [full(), bare()].into_iter().chain(each_protocol) {
+        let text = |s: &str| Some(format!("{s} \"quoted\"\\n\u{1}é"));
+        let every_tls_field = FlowRecord {
+            tls: Some(Arc::new(TlsDetails {
+                client_version: Some(0x0303),
+                version: Some(0x0304),
+                sni: text("sni"),
+                alpn: vec!["h2".into(), "http/1.1".into()],
+                ja4: text("ja4"),
+                cipher: Some(0x1301),
+                server_alpn: text("alpn"),
+                cert_subject: text("subject"),
+                cert_issuer: text("issuer"),
+                cert_san: vec!["a.example".into(), text("san").unwrap()],
+                dtls: false,
+            })),
+            ..full()
+        };
+        let default_tls = FlowRecord {
+            tls: Some(Arc::default()),
+            ..bare()
+        };
+        let records = [full(), bare(), every_tls_field, default_tls];
+        for record in records.into_iter().chain(each_protocol) {
             let mut ours = Vec::new();
             record.write_json(&mut ours).unwrap();
             let theirs = serde_json::to_vec(&record).unwrap();

@@ -12,10 +12,11 @@ pub mod writer;
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::hash::Hash;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -31,6 +32,12 @@ static HOSTING_ASNS: &str = include_str!("../../geoip/hosting-asns.csv");
 /// Distinct addresses whose answers are kept. 65,536 entries of ~100 bytes: a few MB,
 /// and more distinct public addresses than a concentrator sees in a day.
 pub const CACHE_CAPACITY: usize = 65_536;
+
+/// Database records whose decoded answers are kept. Addresses share records (every address
+/// of a country in a country database, of an AS in an ASN database), and decoding one cost
+/// twice the walk down the tree to it: most first lookups of an address find their records
+/// decoded. A City database has millions of records, hence the bound.
+pub const RECORD_CACHE_CAPACITY: usize = 16_384;
 
 /// The `[geoip]` section of farmwatch.toml. Every key is optional.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -233,11 +240,78 @@ pub fn is_country(cc: &str) -> bool {
     CENTROID_TABLE.contains_key(cc)
 }
 
-struct Cache {
-    map: HashMap<IpAddr, GeoInfo, ahash::RandomState>,
-    /// Insertion order: the oldest entry goes first (FIFO), which is deterministic.
-    order: VecDeque<IpAddr>,
+/// A map of at most `capacity` entries: at the limit the oldest entry goes first (FIFO),
+/// which is deterministic, and is counted.
+struct Fifo<K, V> {
+    map: HashMap<K, V, ahash::RandomState>,
+    /// Insertion order.
+    order: VecDeque<K>,
+    capacity: usize,
     evictions: u64,
+}
+
+impl<K: Copy + Eq + Hash, V> Fifo<K, V> {
+    fn new(capacity: usize) -> Fifo<K, V> {
+        Fifo {
+            map: HashMap::default(),
+            order: VecDeque::new(),
+            capacity,
+            evictions: 0,
+        }
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        if self.map.len() >= self.capacity
+            && let Some(old) = self.order.pop_front()
+        {
+            self.map.remove(&old);
+            self.evictions += 1;
+        }
+        if self.map.insert(key, value).is_none() {
+            self.order.push_back(key);
+        }
+    }
+}
+
+/// What one database record says, in the fields farmwatch reads.
+#[derive(Debug, Default, PartialEq)]
+struct Answer {
+    country: Option<Country>,
+    city: Option<String>,
+    location: Option<Location>,
+    asn: Option<u32>,
+    as_org: Option<String>,
+}
+
+impl Answer {
+    fn of(rec: Record<'_>) -> Answer {
+        let country = rec
+            .country
+            .and_then(|c| c.iso_code)
+            .or(rec.country_code)
+            .or(rec.registered_country.and_then(|c| c.iso_code));
+        let location = rec
+            .location
+            .and_then(|loc| match (loc.latitude, loc.longitude) {
+                (Some(lat), Some(lon)) => Some(Location {
+                    lat,
+                    lon,
+                    radius_km: f64::from(loc.accuracy_radius.unwrap_or(0)),
+                    source: LocationSource::City,
+                }),
+                _ => None,
+            });
+        Answer {
+            // A value that is not a country code counts as no answer.
+            country: country.and_then(Country::new),
+            city: rec
+                .city
+                .and_then(|c| c.names.get("en").map(|s| s.to_string())),
+            location,
+            asn: rec.autonomous_system_number,
+            as_org: rec.autonomous_system_organization.map(str::to_string),
+        }
+    }
 }
 
 /// The opened databases and lists. Lookups go through a bounded cache.
@@ -247,7 +321,9 @@ pub struct Geo {
     readers: Vec<(Reader, bool)>,
     hosting: HashMap<u32, Category>,
     high_risk: Vec<String>,
-    cache: Mutex<Cache>,
+    cache: Mutex<Fifo<IpAddr, GeoInfo>>,
+    /// Decoded records by (database, offset of the record in it).
+    records: Mutex<Fifo<(usize, usize), Arc<Answer>>>,
 }
 
 impl Geo {
@@ -285,11 +361,8 @@ impl Geo {
             readers,
             hosting,
             high_risk: cfg.high_risk_countries.clone(),
-            cache: Mutex::new(Cache {
-                map: HashMap::default(),
-                order: VecDeque::new(),
-                evictions: 0,
-            }),
+            cache: Mutex::new(Fifo::new(CACHE_CAPACITY)),
+            records: Mutex::new(Fifo::new(RECORD_CACHE_CAPACITY)),
         })
     }
 
@@ -331,15 +404,7 @@ impl Geo {
         let info = self.lookup_uncached(ip);
         let answer = f(&info);
         if let Ok(mut cache) = self.cache.lock() {
-            if cache.map.len() >= CACHE_CAPACITY
-                && let Some(old) = cache.order.pop_front()
-            {
-                cache.map.remove(&old);
-                cache.evictions += 1;
-            }
-            if cache.map.insert(ip, info).is_none() {
-                cache.order.push_back(ip);
-            }
+            cache.insert(ip, info);
         }
         answer
     }
@@ -356,53 +421,55 @@ impl Geo {
     fn lookup_uncached(&self, ip: IpAddr) -> GeoInfo {
         let mut info = GeoInfo::default();
         let documentation = is_documentation(ip);
-        for (reader, embedded) in &self.readers {
+        for (db, (reader, embedded)) in self.readers.iter().enumerate() {
             if documentation && *embedded {
                 continue;
             }
             let Ok(result) = reader.lookup(ip) else {
                 continue;
             };
-            // A record this code cannot read counts as no answer from that database.
-            let Ok(Some(rec)) = result.decode::<Record>() else {
+            let Some(answer) = self.answer(db, &result) else {
                 continue;
             };
-            let country = rec
-                .country
-                .and_then(|c| c.iso_code)
-                .or(rec.country_code)
-                .or(rec.registered_country.and_then(|c| c.iso_code));
-            // A value that is not a country code counts as no answer.
             if info.country.is_none() {
-                info.country = country
-                    .and_then(Country::new)
-                    .map(|c| c.as_str().to_string());
+                info.country = answer.country.map(|c| c.as_str().to_string());
             }
             if info.city.is_none() {
-                info.city = rec
-                    .city
-                    .and_then(|c| c.names.get("en").map(|s| s.to_string()));
+                info.city.clone_from(&answer.city);
             }
-            if info.location.is_none()
-                && let Some(loc) = rec.location
-                && let (Some(lat), Some(lon)) = (loc.latitude, loc.longitude)
-            {
-                info.location = Some(Location {
-                    lat,
-                    lon,
-                    radius_km: f64::from(loc.accuracy_radius.unwrap_or(0)),
-                    source: LocationSource::City,
-                });
+            if info.location.is_none() {
+                info.location = answer.location;
             }
             if info.asn.is_none() {
-                info.asn = rec.autonomous_system_number;
-                info.as_org = rec.autonomous_system_organization.map(str::to_string);
+                info.asn = answer.asn;
+                info.as_org.clone_from(&answer.as_org);
             }
         }
         if info.location.is_none() {
             info.location = info.country.as_deref().and_then(|c| self.centroid(c));
         }
         info
+    }
+
+    /// What the record `result` of database `db` found says, decoded once while it stays
+    /// in the record cache. None when the database has no record for the address, or one
+    /// this code cannot read (which counts as no answer from that database).
+    fn answer(
+        &self,
+        db: usize,
+        result: &maxminddb::LookupResult<'_, Cow<'static, [u8]>>,
+    ) -> Option<Arc<Answer>> {
+        let key = (db, result.offset()?);
+        if let Ok(records) = self.records.lock()
+            && let Some(hit) = records.map.get(&key)
+        {
+            return Some(Arc::clone(hit));
+        }
+        let answer = Arc::new(Answer::of(result.decode::<Record>().ok()??));
+        if let Ok(mut records) = self.records.lock() {
+            records.insert(key, Arc::clone(&answer));
+        }
+        Some(answer)
     }
 
     /// The country's representative point with a radius that covers its mainland.
@@ -433,6 +500,16 @@ impl Geo {
     /// Cache entries dropped to stay within [`CACHE_CAPACITY`].
     pub fn cache_evictions(&self) -> u64 {
         self.cache.lock().map(|c| c.evictions).unwrap_or(0)
+    }
+
+    /// Each cache's evictions, named as `farmwatch_state_evicted_total` names them: the
+    /// addresses' answers and the decoded records within [`RECORD_CACHE_CAPACITY`].
+    pub fn evictions(&self) -> [(&'static str, u64); 2] {
+        let records = self.records.lock().map(|r| r.evictions).unwrap_or(0);
+        [
+            ("geo_cache", self.cache_evictions()),
+            ("geo_records", records),
+        ]
     }
 
     /// Database types and build dates, for the `geoip` subcommand's header.
@@ -631,6 +708,37 @@ mod tests {
         assert_eq!(country.map(|c| c.as_str().to_string()), info.country);
         assert_eq!((country.is_some(), asn), (true, Some(15169)));
         assert_eq!(cached(), 1);
+    }
+
+    /// Addresses of one network share its records: they are decoded once, and answer as a
+    /// fresh decode does.
+    #[test]
+    fn records_are_decoded_once_for_the_addresses_they_answer() {
+        let geo = Geo::embedded().unwrap();
+        let records = || geo.records.lock().unwrap().map.len();
+        let a = geo.lookup("8.8.8.8".parse().unwrap());
+        let decoded = records();
+        assert!(decoded > 0);
+        let b = geo.lookup("8.8.4.4".parse().unwrap());
+        assert_eq!(records(), decoded);
+        assert_eq!((a.country.as_deref(), a.asn), (Some("US"), Some(15169)));
+        assert_eq!(a, b);
+        for (db, (reader, _)) in geo.readers.iter().enumerate() {
+            let result = reader.lookup("8.8.4.4".parse().unwrap()).unwrap();
+            let fresh = Answer::of(result.decode::<Record>().unwrap().unwrap());
+            assert_eq!(*geo.answer(db, &result).unwrap(), fresh);
+        }
+    }
+
+    #[test]
+    fn caches_keep_their_newest_entries_and_count_the_rest() {
+        let mut fifo = Fifo::new(2);
+        for key in [1, 2, 2, 3, 4] {
+            fifo.insert(key, key * 10);
+        }
+        assert_eq!(fifo.map.get(&3), Some(&30));
+        assert_eq!(fifo.map.get(&4), Some(&40));
+        assert_eq!((fifo.map.len(), fifo.evictions), (2, 2));
     }
 
     #[test]
