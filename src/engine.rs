@@ -40,8 +40,14 @@ const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Entries per batch handed to a worker: few enough to keep the workers' queues short,
 /// enough that the hand-over costs little per packet.
 const BATCH: usize = 512;
-/// Batches queued per worker before the reader waits.
-const QUEUED_BATCHES: usize = 64;
+/// Batches queued per worker before the reader waits: enough to even out the workers'
+/// pace, few enough that the batches going round stay few (every one is memory the
+/// kernel zeroes once; 64 made a fifth of the run's fresh pages).
+const QUEUED_BATCHES: usize = 16;
+/// The fewest bytes a new batch has room for: it starts with the room the last one needed
+/// (growing packet by packet reallocated and copied its bytes over and over), and keeps it
+/// when it comes back to be filled again.
+const BATCH_BYTES: usize = BATCH * 128;
 
 /// How often the account stage pushes its buffered output out, in wall time (live).
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -71,7 +77,7 @@ enum Run {
         merge: Merge,
         flushed: Instant,
     },
-    Threads(Threads),
+    Threads(Box<Threads>),
 }
 
 /// A worker's counters and its open remote-desktop sessions (inside host, tool).
@@ -183,13 +189,13 @@ impl Engine {
                 flushed: Instant::now(),
             }
         } else {
-            Run::Threads(Threads::start(
+            Run::Threads(Box::new(Threads::start(
                 config,
                 scope.clone(),
                 account,
                 workers,
                 board.clone(),
-            ))
+            )))
         };
         Engine {
             clock: Timestamp::ZERO,
@@ -482,7 +488,11 @@ struct Entry {
 }
 
 /// Entries for one worker and the bytes they point into.
-#[derive(Default)]
+///
+/// Batches and the workers' item lists go round and come back emptied (a worker returns
+/// its batches to the reader, the account stage the item lists to their worker): a fresh
+/// buffer for each batch is fresh pages for the kernel to zero, on the reader's thread,
+/// which is the one that limits how fast several workers go.
 struct Batch {
     entries: Vec<Entry>,
     data: Vec<u8>,
@@ -490,6 +500,21 @@ struct Batch {
 }
 
 impl Batch {
+    fn new(bytes: usize) -> Batch {
+        Batch {
+            entries: Vec::with_capacity(BATCH),
+            data: Vec::with_capacity(bytes.max(BATCH_BYTES)),
+            reloads: Vec::new(),
+        }
+    }
+
+    /// Empty, keeping its room.
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.data.clear();
+        self.reloads.clear();
+    }
+
     fn add(&mut self, work: Work, ts: Timestamp, clock: Timestamp, bytes: &[u8]) {
         let start = self.data.len();
         self.data.extend_from_slice(bytes);
@@ -519,6 +544,8 @@ struct Threads {
     routes: Routes,
     batches: Vec<Batch>,
     senders: Vec<SyncSender<Batch>>,
+    /// Batches the workers are done with, to fill again.
+    emptied: Receiver<Batch>,
     workers: Vec<JoinHandle<FlowWorker>>,
     account: JoinHandle<AccountStage>,
     board: Arc<Board>,
@@ -533,7 +560,10 @@ impl Threads {
         board: Arc<Board>,
     ) -> Threads {
         let (hand, handed) = sync_channel::<Handed>(n * QUEUED_BATCHES);
+        // Room for every batch there can be, so that giving one back never waits.
+        let (give_back, emptied) = sync_channel::<Batch>(n * (QUEUED_BATCHES + 2));
         let mut senders = Vec::new();
+        let mut item_returns = Vec::new();
         let mut workers = Vec::new();
         let mut ends = Vec::new();
         for index in 0..n {
@@ -542,14 +572,22 @@ impl Threads {
             // The end records, a chunk at a time: one chunk waits while the merge uses one.
             let (end_tx, end_rx) = sync_channel::<Vec<Stamped>>(1);
             ends.push(end_rx);
-            let worker = FlowWorker::new(config, scope.clone(), |p| p % n == index);
-            let hand = hand.clone();
-            let board = board.clone();
+            let (items_back, items) = sync_channel::<Vec<Stamped>>(QUEUED_BATCHES + 2);
+            item_returns.push(items_back);
+            let lanes = Lanes {
+                batches: rx,
+                give_back: give_back.clone(),
+                hand: hand.clone(),
+                items,
+            };
+            let (config, scope, board) = (config.clone(), scope.clone(), board.clone());
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("flow-{index}"))
+                    // Made on its own thread, which then owns the memory of its flow tables.
                     .spawn(move || {
-                        let mut worker = work(index, worker, rx, hand, &board);
+                        let worker = FlowWorker::new(&config, scope, |p| p % n == index);
+                        let mut worker = work(index, worker, lanes, &board);
                         while let Some(records) = worker.end_records(END_CHUNK) {
                             if end_tx.send(records).is_err() {
                                 break;
@@ -564,13 +602,14 @@ impl Threads {
         let account_board = board.clone();
         let account = std::thread::Builder::new()
             .name("account".into())
-            .spawn(move || merge_and_apply(n, account, handed, ends, &account_board))
+            .spawn(move || merge_and_apply(n, account, handed, item_returns, ends, &account_board))
             .expect("spawn the account stage");
         Threads {
             network: config.network.clone(),
             routes: Routes::default(),
-            batches: (0..n).map(|_| Batch::default()).collect(),
+            batches: (0..n).map(|_| Batch::new(0)).collect(),
             senders,
+            emptied,
             workers,
             account,
             board,
@@ -685,13 +724,8 @@ impl Threads {
     }
 
     fn send(&mut self, i: usize) {
-        // The next batch starts with the room this one needed: growing it packet by packet
-        // reallocated and copied its bytes over and over (a third of the reader's work).
-        let room = Batch {
-            entries: Vec::with_capacity(BATCH),
-            data: Vec::with_capacity(self.batches[i].data.len().max(BATCH * 128)),
-            reloads: Vec::new(),
-        };
+        let used = self.batches[i].data.len();
+        let room = self.emptied.try_recv().unwrap_or_else(|_| Batch::new(used));
         let batch = std::mem::replace(&mut self.batches[i], room);
         // A worker that is gone has panicked; its join reports it.
         let _ = self.senders[i].send(batch);
@@ -732,16 +766,18 @@ impl Threads {
     }
 }
 
-/// A worker thread: its batches in order, handing on what each produced.
-fn work(
-    index: usize,
-    mut worker: FlowWorker,
-    rx: Receiver<Batch>,
+/// A worker's channels: its batches in and back, its items out and back.
+struct Lanes {
+    batches: Receiver<Batch>,
+    give_back: SyncSender<Batch>,
     hand: SyncSender<Handed>,
-    board: &Board,
-) -> FlowWorker {
+    items: Receiver<Vec<Stamped>>,
+}
+
+/// A worker thread: its batches in order, handing on what each produced.
+fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> FlowWorker {
     let mut mark = Timestamp::ZERO;
-    for batch in rx {
+    for mut batch in lanes.batches {
         for e in &batch.entries {
             let bytes = &batch.data[e.start..e.end];
             match e.work {
@@ -786,12 +822,15 @@ fn work(
             .entries
             .last()
             .is_some_and(|e| matches!(e.work, Work::Finish));
+        batch.clear();
+        let _ = lanes.give_back.try_send(batch);
+        let room = lanes.items.try_recv().unwrap_or_default();
         let handed = Handed {
             worker: index,
-            items: std::mem::take(&mut worker.out),
+            items: std::mem::replace(&mut worker.out, room),
             mark: if finished { Timestamp(u64::MAX) } else { mark },
         };
-        if hand.send(handed).is_err() {
+        if lanes.hand.send(handed).is_err() {
             break;
         }
     }
@@ -804,6 +843,7 @@ fn merge_and_apply(
     n: usize,
     mut account: AccountStage,
     handed: Receiver<Handed>,
+    item_returns: Vec<SyncSender<Vec<Stamped>>>,
     ends: Vec<Receiver<Vec<Stamped>>>,
     board: &Board,
 ) -> AccountStage {
@@ -811,8 +851,9 @@ fn merge_and_apply(
     let mut flushed = Instant::now();
     loop {
         match handed.recv_timeout(FLUSH_EVERY) {
-            Ok(h) => {
-                merge.push(h.worker, h.items);
+            Ok(mut h) => {
+                merge.push(h.worker, h.items.drain(..));
+                let _ = item_returns[h.worker].try_send(h.items);
                 merge.mark(h.worker, h.mark);
                 merge.release(&mut account);
             }
