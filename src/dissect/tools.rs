@@ -6,6 +6,9 @@
 //! with random names, so no fixed byte or name trait identifies it from one flow's bytes;
 //! Tor is left to relay-list (address) lookups elsewhere.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
 use crate::app::App;
 use serde::Serialize;
 
@@ -251,7 +254,8 @@ pub struct Match {
 }
 
 /// True when `name` equals `pattern` or ends with `.pattern` (ASCII case-insensitive).
-/// `name` comes without its trailing dot.
+/// `name` comes without its trailing dot. The definition [`Names`] answers faster.
+#[cfg(test)]
 fn domain_match(name: &str, pattern: &str) -> bool {
     let (n, p) = (name.len(), pattern.len());
     n >= p
@@ -261,36 +265,106 @@ fn domain_match(name: &str, pattern: &str) -> bool {
         && (n == p || name.as_bytes().get(n - p - 1) == Some(&b'.'))
 }
 
-/// Looks a name up in the table; the highest-confidence row wins. Every TLS, HTTP and
-/// DNS flow asks, usually about a name no row has: a row whose last character differs is
-/// passed over before any comparison of the tails.
+/// Whether a name row applies to a name seen as `kind`.
+fn applies(evidence: &Evidence, kind: NameKind) -> bool {
+    matches!(
+        (evidence, kind),
+        (
+            Evidence::Host(_),
+            NameKind::Sni | NameKind::DnsName | NameKind::CertName
+        ) | (Evidence::Sni(_), NameKind::Sni)
+            | (Evidence::DnsName(_), NameKind::DnsName)
+            | (Evidence::CertName(_), NameKind::CertName)
+    )
+}
+
+/// The longest name pattern a lookup can find: a name's suffixes beyond it are not looked
+/// up (a test keeps every row's pattern within it).
+const LONGEST: usize = 64;
+
+/// The name rows by lower-case pattern, built once. Every TLS, HTTP and DNS flow asks about
+/// a name, usually one no row has: looking up the name's few suffixes on label boundaries
+/// replaces comparing its tail with every row's pattern.
+struct Names {
+    rows: HashMap<Box<[u8]>, Vec<usize>, ahash::RandomState>,
+    /// Bit `n` is set when some pattern is `n` bytes long: most suffixes are not looked up.
+    lengths: u128,
+}
+
+static NAMES: LazyLock<Names> = LazyLock::new(|| {
+    let mut names = Names {
+        rows: HashMap::default(),
+        lengths: 0,
+    };
+    for (i, r) in RULES.iter().enumerate() {
+        if let Evidence::Host(p) | Evidence::Sni(p) | Evidence::DnsName(p) | Evidence::CertName(p) =
+            r.evidence
+            && p.len() <= LONGEST
+        {
+            names.lengths |= 1 << p.len();
+            (names.rows)
+                .entry(p.to_ascii_lowercase().into_bytes().into())
+                .or_default()
+                .push(i);
+        }
+    }
+    names
+});
+
+impl Names {
+    /// The index of the row `name` (without its trailing dot) matches as `kind`: the
+    /// highest confidence, then the first in [`RULES`].
+    fn find(&self, kind: NameKind, name: &[u8]) -> Option<usize> {
+        let start = name.len().saturating_sub(LONGEST);
+        let mut buffer = [0u8; LONGEST];
+        let tail = &mut buffer[..name.len() - start];
+        for (t, b) in tail.iter_mut().zip(&name[start..]) {
+            *t = b.to_ascii_lowercase();
+        }
+        // The suffixes after each dot, and the whole name when it fits.
+        let whole = (start == 0).then_some(0);
+        let after_dots = memchr::memchr_iter(b'.', tail).map(|dot| dot + 1);
+        let mut best: Option<usize> = None;
+        for i in whole.into_iter().chain(after_dots) {
+            let suffix = &tail[i..];
+            if self.lengths & (1 << suffix.len()) == 0 {
+                continue;
+            }
+            for &r in self.rows.get(suffix).into_iter().flatten() {
+                let rank = |r: usize| (RULES[r].confidence, r);
+                if applies(&RULES[r].evidence, kind) && best.is_none_or(|b| rank(r) < rank(b)) {
+                    best = Some(r);
+                }
+            }
+        }
+        best
+    }
+}
+
+/// Looks a name up in the table; the highest-confidence row wins. Names match on label
+/// boundaries (see [`Names`]), ALPN ids by prefix.
 pub fn match_name(kind: NameKind, name: &str) -> Option<Match> {
-    let (alpn, name) = (name, name.strip_suffix('.').unwrap_or(name));
-    let last = name.as_bytes().last().map(u8::to_ascii_lowercase);
-    let ends_alike = |p: &str| p.as_bytes().last().map(u8::to_ascii_lowercase) == last;
-    RULES
-        .iter()
-        .filter(|r| match (r.evidence, kind) {
-            (Evidence::Host(p), NameKind::Sni | NameKind::DnsName | NameKind::CertName) => {
-                ends_alike(p) && domain_match(name, p)
-            }
-            (Evidence::Sni(p), NameKind::Sni) | (Evidence::DnsName(p), NameKind::DnsName) => {
-                ends_alike(p) && domain_match(name, p)
-            }
-            (Evidence::CertName(p), NameKind::CertName) => ends_alike(p) && domain_match(name, p),
-            (Evidence::AlpnPrefix(p), NameKind::Alpn) => {
-                alpn.len() > p.len()
-                    && alpn
-                        .get(..p.len())
-                        .is_some_and(|h| h.eq_ignore_ascii_case(p))
-            }
-            _ => false,
-        })
-        .min_by_key(|r| r.confidence)
-        .map(|r| Match {
-            app: r.app,
-            relay: r.relay,
-        })
+    let row = if kind == NameKind::Alpn {
+        RULES
+            .iter()
+            .filter(|r| match r.evidence {
+                Evidence::AlpnPrefix(p) => {
+                    name.len() > p.len()
+                        && name
+                            .get(..p.len())
+                            .is_some_and(|h| h.eq_ignore_ascii_case(p))
+                }
+                _ => false,
+            })
+            .min_by_key(|r| r.confidence)
+    } else {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        NAMES.find(kind, name.as_bytes()).map(|i| &RULES[i])
+    };
+    row.map(|r| Match {
+        app: r.app,
+        relay: r.relay,
+    })
 }
 
 /// Looks the first payload of one direction up in the table's byte rules.
@@ -437,6 +511,70 @@ mod tests {
             })
         );
         assert_eq!(match_name(NameKind::Alpn, "h2"), None);
+    }
+
+    /// The lookup by suffix answers as a scan of every row with [`domain_match`] does.
+    #[test]
+    fn names_match_as_a_scan_of_the_table_would() {
+        let scan = |kind: NameKind, name: &str| {
+            let name = name.strip_suffix('.').unwrap_or(name);
+            RULES
+                .iter()
+                .filter(|r| match r.evidence {
+                    Evidence::Host(p)
+                    | Evidence::Sni(p)
+                    | Evidence::DnsName(p)
+                    | Evidence::CertName(p) => applies(&r.evidence, kind) && domain_match(name, p),
+                    _ => false,
+                })
+                .min_by_key(|r| r.confidence)
+                .map(|r| Match {
+                    app: r.app,
+                    relay: r.relay,
+                })
+        };
+        let long = format!("{}.teamviewer.com", "a".repeat(70));
+        let longest = format!("{}.remotedesktop-pa.googleapis.com", "b".repeat(40));
+        let mut names = vec![
+            "",
+            ".",
+            "com",
+            "..",
+            long.as_str(),
+            longest.as_str(),
+            "x.Teamviewer.COM.",
+            "é.teamviewer.com",
+            "teamviewer.com.",
+            "xteamviewer.com",
+            "a..teamviewer.com",
+            "anydesk client",
+            "AnyDesk Client.",
+            "x.anydesk client",
+            "rs-ny.rustdesk.com",
+        ];
+        let mut made = Vec::new();
+        for r in RULES {
+            if let Evidence::Host(p) | Evidence::CertName(p) = r.evidence {
+                assert!(p.len() <= LONGEST, "{p} is longer than a lookup reads");
+                made.extend([
+                    p.to_string(),
+                    p.to_ascii_uppercase(),
+                    format!("relay.{p}"),
+                    format!("relay{p}"),
+                    format!("{p}."),
+                    p[1..].to_string(),
+                    format!("{}.{p}", "c".repeat(LONGEST - p.len())),
+                    format!("{}.{p}", "c".repeat(LONGEST + 1 - p.len())),
+                    format!("{}{p}", "c".repeat(LONGEST - p.len())),
+                ]);
+            }
+        }
+        names.extend(made.iter().map(String::as_str));
+        for name in names {
+            for kind in [NameKind::Sni, NameKind::DnsName, NameKind::CertName] {
+                assert_eq!(match_name(kind, name), scan(kind, name), "{kind:?} {name}");
+            }
+        }
     }
 
     #[test]
