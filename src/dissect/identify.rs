@@ -362,63 +362,69 @@ fn probe(input: &Input<'_>, id: &mut Identification) -> bool {
 /// Names that point at a remote-access tool relabel the flow: a TLS session to AnyDesk is
 /// AnyDesk. The strongest evidence wins: handshake names, then the DNS name.
 fn names(input: &Input<'_>, id: &mut Identification) {
-    let d = &id.details;
+    if let Some((m, what, peer_cert)) = named(input, &id.details) {
+        id.app = Some(m.app);
+        id.details.relay = m.relay && !peer_cert;
+        id.details.tool_evidence = Some(what);
+    }
+}
+
+/// The tool the strongest name points at, what named it, and whether a certificate of the
+/// peer itself came too.
+fn named(input: &Input<'_>, d: &Details) -> Option<(tools::Match, Evidence, bool)> {
     let tls = d.tls.as_ref();
     let (quic, http) = match &d.other {
         Some(Protocol::Quic(q)) => (Some(q), None),
         Some(Protocol::Http(h)) => (None, Some(h)),
         _ => (None, None),
     };
-    let mut candidates: Vec<(NameKind, &str, Evidence)> = Vec::new();
-    for sni in [
+    // In order of strength, walked without collecting them: every pass of every flow asks.
+    let sni = [
         tls.and_then(|t| t.sni.as_deref()),
         quic.and_then(|q| q.sni.as_deref()),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        candidates.push((NameKind::Sni, sni, Evidence::Sni));
-    }
-    for alpn in tls.map(|t| t.alpn.as_slice()).unwrap_or_default() {
-        candidates.push((NameKind::Alpn, alpn, Evidence::Alpn));
-    }
-    if let Some(t) = tls {
-        for name in t.cert_subject.iter().chain(t.cert_san.iter()) {
-            candidates.push((NameKind::CertName, name, Evidence::CertName));
-        }
-    }
-    if let Some(h) = http.and_then(|h| h.host.as_deref()) {
-        candidates.push((
+    ];
+    let sni = sni
+        .into_iter()
+        .flatten()
+        .map(|n| (NameKind::Sni, n, Evidence::Sni));
+    let alpn = tls.map(|t| t.alpn.as_slice()).unwrap_or_default();
+    let alpn = alpn
+        .iter()
+        .map(|a| (NameKind::Alpn, a.as_str(), Evidence::Alpn));
+    let certs = tls
+        .into_iter()
+        .flat_map(|t| t.cert_subject.iter().chain(&t.cert_san));
+    let certs = certs.map(|n| (NameKind::CertName, n.as_str(), Evidence::CertName));
+    let host = http.and_then(|h| h.host.as_deref()).map(|h| {
+        (
             NameKind::Sni,
             h.split(':').next().unwrap_or(h),
             Evidence::HttpHost,
-        ));
-    }
-    if let Some(n) = input.dns_name {
-        candidates.push((NameKind::DnsName, n, Evidence::DnsName));
-    }
-    let hit = candidates.iter().find_map(|(kind, name, what)| {
+        )
+    });
+    let dns = input
+        .dns_name
+        .map(|n| (NameKind::DnsName, n, Evidence::DnsName));
+    let mut candidates = sni.chain(alpn).chain(certs.clone()).chain(host).chain(dns);
+    let hit = candidates.find_map(|(kind, name, what)| {
         // A certificate subject is a DN: try its CN and O values.
-        if *kind == NameKind::CertName && name.contains('=') {
+        if kind == NameKind::CertName && name.contains('=') {
             name.split(',').find_map(|part| {
                 let (_, v) = part.split_once('=')?;
-                tools::match_name(*kind, v.trim()).map(|m| (m, *what))
+                tools::match_name(kind, v.trim()).map(|m| (m, what))
             })
         } else {
-            tools::match_name(*kind, name).map(|m| (m, *what))
+            tools::match_name(kind, name).map(|m| (m, what))
         }
     });
-    if let Some((m, what)) = hit {
-        // A peer's own certificate (AnyDesk's "AnyDesk Client") says the flow reached the
-        // peer, whatever the ClientHello offered to a relay.
-        let peer_cert = candidates.iter().any(|(kind, name, _)| {
-            *kind == NameKind::CertName
-                && tools::match_name(*kind, name).is_some_and(|c| c.app == m.app && !c.relay)
-        });
-        id.app = Some(m.app);
-        id.details.relay = m.relay && !peer_cert;
-        id.details.tool_evidence = Some(what);
-    }
+    // A peer's own certificate (AnyDesk's "AnyDesk Client") says the flow reached the
+    // peer, whatever the ClientHello offered to a relay.
+    let peer_cert = |m: tools::Match| {
+        certs.clone().any(|(kind, name, _)| {
+            tools::match_name(kind, name).is_some_and(|c| c.app == m.app && !c.relay)
+        })
+    };
+    hit.map(|(m, what)| (m, what, peer_cert(m)))
 }
 
 #[cfg(test)]
