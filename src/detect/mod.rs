@@ -231,7 +231,8 @@ pub trait Detector: Send {
         Vec::new()
     }
 
-    /// The remote-desktop sessions it tracks, for the detectors that ask (one does).
+    /// The remote-desktop sessions it tracks, for the detectors that ask (one does). A
+    /// detector that tracks them answers from its creation on.
     fn sessions(&self) -> Option<&remote_desktop::RemoteDesktop> {
         None
     }
@@ -264,15 +265,23 @@ pub struct Detectors {
     list: Vec<Box<dyn Detector>>,
     /// Each one's entry in [`DETECTORS`].
     registered: Vec<&'static Registered>,
+    /// Those that track remote-desktop sessions, found once: every moment goes to every
+    /// detector, and asking all the others each time was a call per pair of detectors.
+    with_sessions: Vec<usize>,
 }
 
 impl Detectors {
     pub fn new(config: &Config, stage: Stage) -> Detectors {
         let registered: Vec<&'static Registered> =
             DETECTORS.iter().filter(|d| d.stage == stage).collect();
+        let list: Vec<Box<dyn Detector>> = registered.iter().map(|d| (d.new)(config)).collect();
+        let with_sessions = (0..list.len())
+            .filter(|&i| list[i].sessions().is_some())
+            .collect();
         Detectors {
-            list: registered.iter().map(|d| (d.new)(config)).collect(),
+            list,
             registered,
+            with_sessions,
         }
     }
 
@@ -306,14 +315,19 @@ impl Detectors {
         Ok(())
     }
 
-    /// Shows every detector `moment`, in list order.
+    /// Shows every detector `moment`, in list order, with the sessions of the first other
+    /// detector that tracks them.
     pub fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>) {
         for i in 0..self.list.len() {
             let (before, rest) = self.list.split_at_mut(i);
             let Some((current, after)) = rest.split_first_mut() else {
                 break;
             };
-            let sessions = before.iter().chain(after.iter()).find_map(|d| d.sessions());
+            let sessions = match self.with_sessions.iter().find(|&&j| j != i) {
+                Some(&j) if j < i => before[j].sessions(),
+                Some(&j) => after[j - i - 1].sessions(),
+                None => None,
+            };
             let scope = Scope { sessions, ..*scope };
             current.on(moment, &scope, out);
         }
