@@ -52,13 +52,22 @@ fn endpoint_order((ip, port): (IpAddr, u16)) -> (bool, u128, u16) {
     }
 }
 
-/// Hashes the key as three words: every packet looks its flow up, and the derived hash
-/// feeds each enum tag and address byte to the hasher separately.
+/// Hashes the key as few words: every packet looks its flow up, and the derived hash
+/// feeds each enum tag and address byte to the hasher separately. An IPv4 key (both ends
+/// of a packet have one IP version) is one 128-bit word, an IPv6 key three.
 impl Hash for FlowKey {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_u128(address_bits(self.lo.0));
-        h.write_u128(address_bits(self.hi.0));
-        h.write_u64(u64::from(self.lo.1) << 24 | u64::from(self.hi.1) << 8 | self.proto as u64);
+        let ports = u64::from(self.lo.1) << 24 | u64::from(self.hi.1) << 8 | self.proto as u64;
+        match (self.lo.0, self.hi.0) {
+            (IpAddr::V4(lo), IpAddr::V4(hi)) => h.write_u128(
+                u128::from(lo.to_bits()) << 96 | u128::from(hi.to_bits()) << 64 | u128::from(ports),
+            ),
+            (lo, hi) => {
+                h.write_u128(address_bits(lo));
+                h.write_u128(address_bits(hi));
+                h.write_u64(ports);
+            }
+        }
     }
 }
 
