@@ -594,11 +594,12 @@ impl Partition {
             match ev {
                 FlowEvent::Resumed {
                     key,
+                    at,
                     from_orig,
                     ts,
                     prev,
                 } => {
-                    let Some(flow) = self.flows.get(&key) else {
+                    let Some(flow) = self.flows.at(at) else {
                         continue;
                     };
                     sample_rtt(&mut self.sampled, ctx, flow, ts);
@@ -613,8 +614,8 @@ impl Partition {
                     };
                     self.detectors.on(&moment, &scope, &mut self.findings);
                 }
-                FlowEvent::NewBytes { key, ts } => {
-                    if let Some(flow) = self.flows.get_mut(&key)
+                FlowEvent::NewBytes { key, at, ts } => {
+                    if let Some(flow) = self.flows.at_mut(at)
                         && !flow.dissected
                     {
                         identify_flow(flow, ctx, ts, false);
@@ -623,7 +624,7 @@ impl Partition {
                         if let Some((Proto::Udp, client, gateway)) = dtls_of {
                             cstp_companion(&mut self.flows, ctx, client, gateway);
                         }
-                        let Some(flow) = self.flows.get_mut(&key) else {
+                        let Some(flow) = self.flows.at_mut(at) else {
                             continue;
                         };
                         if flow.dissected {

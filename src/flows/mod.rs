@@ -89,13 +89,18 @@ pub enum FlowEvent {
     /// One direction became active after being idle (an ON period starts).
     Resumed {
         key: FlowKey,
+        at: Handle,
         from_orig: bool,
         ts: Timestamp,
         /// When this direction's previous ON period started.
         prev: Option<Timestamp>,
     },
     /// New in-order bytes (TCP) or a new datagram (UDP) for the dissectors.
-    NewBytes { key: FlowKey, ts: Timestamp },
+    NewBytes {
+        key: FlowKey,
+        at: Handle,
+        ts: Timestamp,
+    },
     /// A datagram of a flow whose every message matters (DNS, RADIUS).
     Datagram {
         key: FlowKey,
@@ -109,6 +114,17 @@ pub enum FlowEvent {
     Interim { key: FlowKey, ts: Timestamp },
     /// The flow is over and out of the table.
     Ended { flow: Box<Flow>, why: EndReason },
+}
+
+/// Where a flow sits in its table, to find it again while its packet's events are handled
+/// without hashing and comparing its key: its bucket, and its start sequence number. Only
+/// the packet's own flow gets one, after the packet's new flow (if any) is in the table, and
+/// the table grows only when a flow is added, so a handle holds until the next packet; one
+/// kept longer finds nothing, or its own flow, never another.
+#[derive(Clone, Copy, Debug)]
+pub struct Handle {
+    bucket: usize,
+    seq: u64,
 }
 
 /// Room made at the start (about 1 MB), shared by the tables of a sensor. Growing a table
@@ -174,6 +190,17 @@ impl FlowTable {
         self.flows.get_mut(key)
     }
 
+    /// The flow a `Resumed` or `NewBytes` event of the current packet names.
+    pub fn at(&self, at: Handle) -> Option<&Flow> {
+        let flow = self.flows.table.get_bucket(at.bucket)?;
+        (flow.seq == at.seq).then_some(&**flow)
+    }
+
+    pub fn at_mut(&mut self, at: Handle) -> Option<&mut Flow> {
+        let flow = self.flows.table.get_bucket_mut(at.bucket)?;
+        (flow.seq == at.seq).then_some(&mut **flow)
+    }
+
     /// The open flows that `is` picks, in no particular order: for a rare look across
     /// flows (a VPN's second channel), never per packet.
     pub fn find_all_mut(&mut self, is: impl Fn(&Flow) -> bool) -> Vec<&mut Flow> {
@@ -199,15 +226,19 @@ impl FlowTable {
         // A SYN on a finished connection starts a new one (port reuse).
         let syn_only = d.tcp.is_some_and(|t| t.flags & 0x12 == 0x02);
         // The common case, a packet of a known flow, costs one lookup.
-        if let Some(flow) = self.flows.find_mut(hash, |f| f.has_key(&key))
-            && !(syn_only && flow.is_closed())
-        {
-            self.schedule.account(key, hash, flow, d, ts, wire_len, out);
-            return;
-        }
-        if let Some(old) = self.flows.remove(hash, |f| f.has_key(&key)) {
+        if let Ok(entry) = self.flows.table.find_entry(hash, |f| f.has_key(&key)) {
+            if !(syn_only && entry.get().is_closed()) {
+                let at = Handle {
+                    bucket: entry.bucket_index(),
+                    seq: entry.get().seq,
+                };
+                let flow = entry.into_mut();
+                self.schedule
+                    .account(key, hash, at, flow, d, ts, wire_len, out);
+                return;
+            }
             out.push(FlowEvent::Ended {
-                flow: old,
+                flow: entry.remove().0,
                 why: EndReason::Reused,
             });
         }
@@ -223,8 +254,9 @@ impl FlowTable {
         self.next_seq += 1;
         self.flows_total += 1;
         flow.timer_at = u64::MAX;
-        let flow = self.flows.insert(hash, flow);
-        self.schedule.account(key, hash, flow, d, ts, wire_len, out);
+        let (at, flow) = self.flows.insert(hash, flow);
+        self.schedule
+            .account(key, hash, at, flow, d, ts, wire_len, out);
     }
 
     /// Moves packet time forward, ending flows whose deadline passed.
@@ -252,22 +284,24 @@ impl FlowTable {
     fn check(&mut self, slot: u64, timer: Timer, out: &mut Vec<FlowEvent>) {
         // None: a stale entry (the flow ended, or moved to an earlier slot since).
         let due = timer.is_due(slot);
-        let Some(flow) = self.flows.find_mut(timer.hash, due) else {
+        let Ok(entry) = self.flows.table.find_entry(timer.hash, |f| due(f)) else {
             return;
         };
         let now = self.now;
-        let end = self.schedule.deadline(flow);
+        let end = self.schedule.deadline(entry.get());
         if end <= now {
-            let why = if flow.is_closed() {
+            let why = if entry.get().is_closed() {
                 EndReason::Closed
             } else {
                 EndReason::Timeout
             };
-            if let Some(flow) = self.flows.remove(timer.hash, due) {
-                out.push(FlowEvent::Ended { flow, why });
-            }
+            out.push(FlowEvent::Ended {
+                flow: entry.remove().0,
+                why,
+            });
             return;
         }
+        let flow = entry.into_mut();
         let interval = self.schedule.timeouts.interim;
         let interim = flow.next_interim(interval);
         if interim <= now {
@@ -353,12 +387,16 @@ impl Slots {
     }
 
     /// Adds a flow whose key is not in the table yet; `hash` is its key's.
-    fn insert(&mut self, hash: u64, flow: Box<Flow>) -> &mut Flow {
+    fn insert(&mut self, hash: u64, flow: Box<Flow>) -> (Handle, &mut Flow) {
         let hasher = &self.hasher;
         let slot = self
             .table
             .insert_unique(hash, flow, |f| hasher.hash_one(f.key()));
-        slot.into_mut()
+        let at = Handle {
+            bucket: slot.bucket_index(),
+            seq: slot.get().seq,
+        };
+        (at, slot.into_mut())
     }
 }
 
@@ -403,6 +441,7 @@ impl Schedule {
         &mut self,
         key: FlowKey,
         hash: u64,
+        at: Handle,
         flow: &mut Flow,
         d: &Decoded<'_>,
         ts: Timestamp,
@@ -423,13 +462,14 @@ impl Schedule {
         if let Some(resume) = up.resumed {
             out.push(FlowEvent::Resumed {
                 key,
+                at,
                 from_orig,
                 ts,
                 prev: resume.prev,
             });
         }
         if up.new_bytes {
-            out.push(FlowEvent::NewBytes { key, ts });
+            out.push(FlowEvent::NewBytes { key, at, ts });
         }
         if up.follow {
             out.push(FlowEvent::Datagram {
