@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use etherparse::defrag::IpDefragBuf;
 use etherparse::{
     IpFragOffset, IpNumber, Ipv6HeaderSlice, LaxIpPayloadSlice, LaxIpv4Slice, LaxIpv6Slice,
-    TcpHeaderSlice,
+    TcpHeaderSlice, TcpOptionElement, TcpOptionsIterator,
 };
 
 use crate::source::{LinkType, Packet};
@@ -796,10 +796,7 @@ fn transport<'a>(
                 seq: h.sequence_number(),
                 ack: h.acknowledgment_number(),
                 window: h.window_size(),
-                ts: h.options_iterator().find_map(|o| match o {
-                    Ok(etherparse::TcpOptionElement::Timestamp(val, ecr)) => Some((val, ecr)),
-                    _ => None,
-                }),
+                ts: timestamps(h.options()),
             };
             let header_len = h.slice().len();
             (
@@ -845,6 +842,23 @@ fn transport<'a>(
         tunnel,
         reassembled: false,
     }))
+}
+
+/// The timestamp option (RFC 7323 §3) of a TCP header's options. Most segments that carry
+/// it carry it alone after two NOPs (RFC 7323 Appendix A), read here in place; any other
+/// layout is walked by etherparse.
+fn timestamps(options: &[u8]) -> Option<(u32, u32)> {
+    match *options {
+        [] => None,
+        [1, 1, 8, 10, v0, v1, v2, v3, e0, e1, e2, e3, ..] => Some((
+            u32::from_be_bytes([v0, v1, v2, v3]),
+            u32::from_be_bytes([e0, e1, e2, e3]),
+        )),
+        _ => TcpOptionsIterator::from_slice(options).find_map(|o| match o {
+            Ok(TcpOptionElement::Timestamp(val, ecr)) => Some((val, ecr)),
+            _ => None,
+        }),
+    }
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -974,6 +988,36 @@ mod tests {
         assert_eq!(got.tcp.unwrap().flags & SYN, SYN);
         assert_eq!(got.payload, b"hello");
         assert_eq!(got.ip_len, 20 + 20 + 5);
+    }
+
+    /// The timestamp option read in place is the one etherparse's walk finds, and a layout
+    /// the fast path does not know (the option after others, cut, or missing) is walked.
+    #[test]
+    fn tcp_timestamps_read_as_etherparse_walks_them() {
+        let walked = |options: &[u8]| {
+            TcpOptionsIterator::from_slice(options).find_map(|o| match o {
+                Ok(TcpOptionElement::Timestamp(val, ecr)) => Some((val, ecr)),
+                _ => None,
+            })
+        };
+        let ts = [8, 10, 0, 0, 1, 2, 0xff, 0, 0, 9];
+        let layouts: [&[u8]; 7] = [
+            &[],
+            &[1, 1, 8, 10, 0, 0, 1, 2, 0xff, 0, 0, 9],
+            &[1, 1, 8, 10, 0, 0, 1, 2, 0xff, 0, 0],
+            &[1, 1, 8, 9, 0, 0, 1, 2, 0xff, 0, 0, 9],
+            &[
+                2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 1, 2, 0xff, 0, 0, 9, 1, 3, 3, 7,
+            ],
+            &[1, 1, 5, 10, 0, 0, 0, 1, 0, 0, 0, 2],
+            &[0, 1, 1, 1],
+        ];
+        for options in layouts {
+            assert_eq!(timestamps(options), walked(options), "{options:?}");
+        }
+        let with_ts = [&[1, 1][..], &ts].concat();
+        assert_eq!(timestamps(&with_ts), Some((0x0102, 0xff00_0009)));
+        assert_eq!(timestamps(layouts[4]), Some((0x0102, 0xff00_0009)));
     }
 
     #[test]
