@@ -217,12 +217,9 @@ impl Decoder {
                 ..net
             };
         }
-        // Called once, here, with the packet that was found: the record is built in place.
-        let mut decoded = transport(&net, tunnel)?;
-        if let Some(d) = decoded.as_mut() {
-            d.reassembled = reassembled;
-        }
-        Ok(decoded)
+        // Called once, here, with the packet that was found: the record is built in place,
+        // in the caller's result.
+        transport(&net, tunnel, reassembled)
     }
 }
 
@@ -782,6 +779,7 @@ fn ayiya(body: &[u8]) -> Option<(Tunnel, Layer<'_>)> {
 fn transport<'a>(
     net: &Net<'a>,
     tunnel: Option<Tunnel>,
+    reassembled: bool,
 ) -> Result<Option<Decoded<'a>>, DecodeError> {
     let p = net.payload;
     // The payload is what follows the transport header; the record is built once, below.
@@ -840,7 +838,7 @@ fn transport<'a>(
         ip_len: net.ip_len,
         ttl: net.ttl,
         tunnel,
-        reassembled: false,
+        reassembled,
     }))
 }
 
