@@ -317,10 +317,15 @@ impl Latency {
         let Some(tcp) = d.tcp.as_ref().filter(|_| d.proto == Proto::Tcp) else {
             return;
         };
+        let opening = tcp.flags & (SYN | ACK) == SYN;
+        // Every TCP packet comes here: with no session followed, only a SYN needs its key.
+        if self.sessions.is_empty() && !opening {
+            return;
+        }
         let key = FlowKey::of(d);
-        if !self.sessions.contains_key(&key) {
+        let Some(s) = self.sessions.get_mut(&key) else {
             // An outside peer opening a connection to an inside host or a concentrator.
-            if tcp.flags & (SYN | ACK) != SYN || !inbound(network, d.src, d.dst) {
+            if !opening || !inbound(network, d.src, d.dst) {
                 return;
             }
             self.evicted += crate::bounded::make_room(&mut self.sessions, MAX_SESSIONS, |s| s.last);
@@ -328,9 +333,6 @@ impl Latency {
                 key,
                 Session::new((d.src, d.src_port), (d.dst, d.dst_port), ts),
             );
-            return;
-        }
-        let Some(s) = self.sessions.get_mut(&key) else {
             return;
         };
         s.last = ts;
