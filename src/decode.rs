@@ -1269,95 +1269,9 @@ mod tests {
         assert!(cases > 30_000);
     }
 
-    /// The in-place reading of common frames answers as the general one, for frames of
-    /// every kind cut at every length and with each of their first bytes overwritten.
-    #[test]
-    fn plain_frames_peek_as_the_general_way_reads_them() {
-        let frame = |ip: PacketBuilderStep<etherparse::IpHeaders>, udp: Option<u16>| {
-            let mut v = Vec::new();
-            match udp {
-                Some(port) => ip.udp(40000, port).write(&mut v, &[9u8; 30]).unwrap(),
-                None => ip
-                    .tcp(40000, 443, 1, 1024)
-                    .write(&mut v, &[9u8; 30])
-                    .unwrap(),
-            }
-            let mut eth = vec![2; 12];
-            eth.extend_from_slice(&[0x08, 0x00]);
-            if v[0] >> 4 == 6 {
-                eth[13] = 0xdd;
-                eth[12] = 0x86;
-            }
-            eth.extend_from_slice(&v);
-            eth
-        };
-        let v4 = || PacketBuilder::ipv4([10, 0, 0, 1], [192, 0, 2, 2], 64);
-        let v6 = || PacketBuilder::ipv6([0xfd; 16], [0x20; 16], 64);
-        let mut icmp = frame(v4(), Some(53));
-        icmp[14 + 9] = 1;
-        let bases = [
-            frame(v4(), None),
-            frame(v4(), Some(53)),
-            frame(v4(), Some(VXLAN_PORT)),
-            frame(v6(), None),
-            frame(v6(), Some(TEREDO_PORT)),
-            icmp,
-            tcp_frame(b"hello"),
-        ];
-        fn general(pkt: Packet<'_>) -> Option<Peek<'_>> {
-            let (net, _) = innermost(pkt).ok()?;
-            Some(peek_net(net))
-        }
-        let mut fast = 0;
-        for base in &bases {
-            for at in 0..64.min(base.len()) {
-                for value in [
-                    None,
-                    Some(0x00),
-                    Some(0x01),
-                    Some(0x06),
-                    Some(0x11),
-                    Some(0x1c),
-                    Some(0x30),
-                    Some(0x3a),
-                    Some(0x45),
-                    Some(0x60),
-                    Some(0xff),
-                ] {
-                    let mut data = base.clone();
-                    if let Some(value) = value {
-                        data[at] = value;
-                    }
-                    for len in 0..=data.len() {
-                        let pkt = Packet {
-                            ts: Timestamp::ZERO,
-                            link: LinkType::ETHERNET,
-                            orig_len: len as u32,
-                            data: &data[..len],
-                        };
-                        let Some(quick) = peek_plain(pkt) else {
-                            continue;
-                        };
-                        fast += 1;
-                        let slow = general(pkt).expect("the general way reads it too");
-                        assert_eq!(
-                            format!("{quick:?}"),
-                            format!("{slow:?}"),
-                            "{:02x?}",
-                            &data[..len]
-                        );
-                    }
-                }
-            }
-        }
-        assert!(fast > 10_000, "{fast}");
-    }
-
-    /// [`decode_plain`] reads what the general way reads, or leaves the frame to it: every
-    /// kind of plain frame (and some that are not), on Ethernet and raw, cut at every length
-    /// and with each of their first bytes overwritten.
-    #[test]
-    fn plain_frames_decode_as_the_general_way_reads_them() {
+    /// Frames the in-place readers take (TCP with and without the timestamp option, UDP,
+    /// ICMP, over IPv4 and IPv6) and some they leave to the general way (tunnel ports).
+    fn plain_frames() -> Vec<Vec<u8>> {
         use etherparse::TcpOptionElement::{Noop, Timestamp as Ts};
         let frame = |ip: PacketBuilderStep<etherparse::IpHeaders>, kind: u16| {
             let mut v = Vec::new();
@@ -1388,7 +1302,7 @@ mod tests {
         let v6 = || PacketBuilder::ipv6([0xfd; 16], [0x20; 16], 64);
         let mut icmp = frame(v4(), 53);
         icmp[14 + 9] = 1;
-        let bases = [
+        vec![
             frame(v4(), 0),
             frame(v4(), 1),
             frame(v4(), 53),
@@ -1398,16 +1312,21 @@ mod tests {
             frame(v6(), TEREDO_PORT),
             icmp,
             tcp_frame(b"hello"),
-        ];
-        fn general(pkt: Packet<'_>) -> Option<Decoded<'_>> {
-            let (net, tunnel) = innermost(pkt).ok()?;
-            if net.fragment.is_some() {
-                return None;
-            }
-            transport(&net, tunnel, false).ok()?
-        }
-        let mut fast = 0;
-        for base in &bases {
+        ]
+    }
+
+    /// Runs `quick` on every frame of `bases` with each of its first 64 bytes overwritten by
+    /// telling values (protocol numbers, versions, lengths), cut at every length, on each
+    /// of `links` (raw: the frame without its Ethernet header). `quick` gives its answer and
+    /// the general way's, as text, when it took the frame: they must agree. Returns how
+    /// many frames it took.
+    fn quick_takes(
+        bases: &[Vec<u8>],
+        links: &[LinkType],
+        mut quick: impl FnMut(Packet<'_>) -> Option<(String, String)>,
+    ) -> usize {
+        let mut taken = 0;
+        for base in bases {
             for at in 0..64.min(base.len()) {
                 for value in [
                     None,
@@ -1426,10 +1345,12 @@ mod tests {
                     if let Some(value) = value {
                         data[at] = value;
                     }
-                    for (link, data) in [
-                        (LinkType::ETHERNET, &data[..]),
-                        (LinkType::RAW, &data[14..]),
-                    ] {
+                    for &link in links {
+                        let data = if link == LinkType::RAW {
+                            &data[14..]
+                        } else {
+                            &data[..]
+                        };
                         for len in 0..=data.len() {
                             let pkt = Packet {
                                 ts: Timestamp::ZERO,
@@ -1437,22 +1358,54 @@ mod tests {
                                 orig_len: len as u32,
                                 data: &data[..len],
                             };
-                            let Some(quick) = decode_plain(pkt) else {
-                                continue;
-                            };
-                            fast += 1;
-                            let slow = general(pkt).expect("the general way reads it too");
-                            assert_eq!(
-                                format!("{quick:?}"),
-                                format!("{slow:?}"),
-                                "{:02x?}",
-                                &data[..len]
-                            );
+                            if let Some((quick, slow)) = quick(pkt) {
+                                assert_eq!(quick, slow, "{:02x?}", &data[..len]);
+                                taken += 1;
+                            }
                         }
                     }
                 }
             }
         }
+        taken
+    }
+
+    /// The in-place reading of common frames answers as the general one, for frames of
+    /// every kind cut at every length and with each of their first bytes overwritten.
+    #[test]
+    fn plain_frames_peek_as_the_general_way_reads_them() {
+        let bases = plain_frames();
+        fn general(pkt: Packet<'_>) -> Option<Peek<'_>> {
+            let (net, _) = innermost(pkt).ok()?;
+            Some(peek_net(net))
+        }
+        let fast = quick_takes(&bases, &[LinkType::ETHERNET], |pkt| {
+            let quick = peek_plain(pkt)?;
+            let slow = general(pkt).expect("the general way reads it too");
+            Some((format!("{quick:?}"), format!("{slow:?}")))
+        });
+        assert!(fast > 10_000, "{fast}");
+    }
+
+    /// [`decode_plain`] reads what the general way reads, or leaves the frame to it: every
+    /// kind of plain frame (and some that are not), on Ethernet and raw, cut at every length
+    /// and with each of their first bytes overwritten.
+    #[test]
+    fn plain_frames_decode_as_the_general_way_reads_them() {
+        let bases = plain_frames();
+        fn general(pkt: Packet<'_>) -> Option<Decoded<'_>> {
+            let (net, tunnel) = innermost(pkt).ok()?;
+            if net.fragment.is_some() {
+                return None;
+            }
+            transport(&net, tunnel, false).ok()?
+        }
+        let links = [LinkType::ETHERNET, LinkType::RAW];
+        let fast = quick_takes(&bases, &links, |pkt| {
+            let quick = decode_plain(pkt)?;
+            let slow = general(pkt).expect("the general way reads it too");
+            Some((format!("{quick:?}"), format!("{slow:?}")))
+        });
         assert!(fast > 10_000, "{fast}");
     }
 
