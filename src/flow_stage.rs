@@ -203,9 +203,6 @@ fn last_record_order(flow: &Flow) -> RecordOrder {
 /// one per open flow.
 pub const END_CHUNK: usize = 512;
 
-/// The floors operator latency writes on a session's last record ([`Latency::ended`]).
-type Floors = (Option<crate::flows::latency::OutsideRtt>, Option<f64>);
-
 /// The partition of a packet between ends `a` and `b`, as [`ends`] gives them: its host's
 /// ([`NetworkConfig::host`]), so both directions of a flow and every flow of a host meet
 /// in one partition; a flow with no inside end goes by the address pair, either way round.
@@ -272,7 +269,7 @@ pub struct FlowWorker {
         reason = "the table's flows, as boxed as it held them: sorting moves pointers"
     )]
     ending: Vec<Box<Flow>>,
-    floors: HashMap<FlowKey, Floors>,
+    floors: HashMap<FlowKey, crate::flows::latency::Floors>,
     /// The end's moment.
     ended_at: Timestamp,
 }
@@ -443,20 +440,12 @@ impl FlowWorker {
         let open = partitions.iter().flatten().map(|p| p.flows.len()).sum();
         let mut ending = Vec::with_capacity(open);
         let mut floors = HashMap::new();
-        // Operator latency writes a session's floors on its record: a record to write them
-        // on, whose floors are kept for the flow's.
-        let mut scratch: Option<FlowRecord> = None;
         for p in partitions.iter_mut().flatten() {
             for mut flow in p.flows.drain() {
                 let ts = flow.last;
                 p.end(&mut flow, &mut ctx);
-                let scratch =
-                    scratch.get_or_insert_with(|| FlowRecord::new(&flow, None, false, None));
-                scratch.outside_rtt = None;
-                scratch.latency_floor_ms = None;
-                p.latency.ended(&flow, ts, scratch, |obs| ctx.send(obs));
-                if scratch.outside_rtt.is_some() || scratch.latency_floor_ms.is_some() {
-                    let kept = (scratch.outside_rtt.take(), scratch.latency_floor_ms.take());
+                let kept = p.latency.ended(&flow, ts, |obs| ctx.send(obs));
+                if !kept.is_empty() {
                     floors.insert(flow.key(), kept);
                 }
                 p.send_findings(&mut ctx);
@@ -498,7 +487,7 @@ impl FlowWorker {
             let why = EndReason::Shutdown.as_str();
             let mut record = flow_record(&flow, details, false, Some(why), &ctx);
             if let Some(floors) = self.floors.remove(&flow.key()) {
-                (record.outside_rtt, record.latency_floor_ms) = floors;
+                floors.write(&mut record);
             }
             debug_assert!(record_order(&record) == last_record_order(&flow));
             records.push(Stamped {
@@ -659,7 +648,8 @@ impl Partition {
                     let mut record = flow_record(&flow, details, false, Some(why.as_str()), ctx);
                     // Operator latency: the session's floor, on its record and for the account stage.
                     self.latency
-                        .ended(&flow, ts, &mut record, |obs| ctx.send(obs));
+                        .ended(&flow, ts, |obs| ctx.send(obs))
+                        .write(&mut record);
                     ctx.out.push(Stamped {
                         at: ctx.clock,
                         item: Item::Record(Box::new(record)),

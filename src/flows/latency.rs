@@ -404,19 +404,18 @@ impl Latency {
         }
     }
 
-    /// `flow` ended: its operator floor, unless sent already, goes to `send`; the floors go
-    /// on its flow record.
+    /// `flow` ended: its operator floor, unless sent already, goes to `send`; the floors it
+    /// returns go on its flow record.
     pub fn ended(
         &mut self,
         flow: &Flow,
         ts: Timestamp,
-        record: &mut FlowRecord,
         mut send: impl FnMut(Observation),
-    ) {
+    ) -> Floors {
         let Some(s) = self.sessions.remove(&flow.key()).filter(|s| s.kept) else {
-            return;
+            return Floors::default();
         };
-        record.outside_rtt = s.leg.both.ns.map(|floor| OutsideRtt {
+        let outside_rtt = s.leg.both.ns.map(|floor| OutsideRtt {
             floor_ms: ms(floor),
             samples: s.leg.both.samples,
             data_ack_ms: s.leg.data_ack.ns.map(ms),
@@ -425,12 +424,38 @@ impl Latency {
             ts_echo_samples: s.leg.ts_echo.samples,
         });
         let Some((floor_ns, _)) = s.operator_floor() else {
-            return;
+            return Floors {
+                outside_rtt,
+                latency_floor_ms: None,
+            };
         };
-        record.latency_floor_ms = Some(ms(floor_ns));
         if !s.floor_sent {
             s.latency_floor(ts).map(&mut send);
         }
+        Floors {
+            outside_rtt,
+            latency_floor_ms: Some(ms(floor_ns)),
+        }
+    }
+}
+
+/// What a followed session's record carries at its end: the outside leg and the operator's
+/// round trip.
+#[derive(Clone, Debug, Default)]
+pub struct Floors {
+    pub outside_rtt: Option<OutsideRtt>,
+    pub latency_floor_ms: Option<f64>,
+}
+
+impl Floors {
+    pub fn is_empty(&self) -> bool {
+        self.outside_rtt.is_none() && self.latency_floor_ms.is_none()
+    }
+
+    /// Writes them on the session's record.
+    pub fn write(self, record: &mut FlowRecord) {
+        record.outside_rtt = self.outside_rtt;
+        record.latency_floor_ms = self.latency_floor_ms;
     }
 }
 
@@ -583,7 +608,8 @@ mod tests {
         }
         assert!(sent.is_empty());
         let mut record = FlowRecord::new(&flow, None, false, None);
-        l.ended(&flow, Timestamp(3000 * MS), &mut record, |o| sent.push(o));
+        l.ended(&flow, Timestamp(3000 * MS), |o| sent.push(o))
+            .write(&mut record);
         assert_eq!(record.latency_floor_ms, Some(48.0));
         match &sent[..] {
             [
@@ -692,7 +718,8 @@ mod tests {
         }
         sent.clear();
         let mut record = FlowRecord::new(&flow, None, false, None);
-        l.ended(&flow, Timestamp(30_000 * MS), &mut record, |o| sent.push(o));
+        l.ended(&flow, Timestamp(30_000 * MS), |o| sent.push(o))
+            .write(&mut record);
         assert!(sent.is_empty());
         assert_eq!(record.latency_floor_ms, Some(50.0));
         let leg = record.outside_rtt.unwrap();
