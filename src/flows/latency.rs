@@ -36,9 +36,11 @@
 //!
 //! State lives in a side table per partition, only for TCP sessions an outside peer opens to
 //! an inside host or a concentrator, kept past their label when they are remote-desktop or interactive sessions, VPN
-//! tunnels, or reach a concentrator; bounded with counted evictions.
+//! tunnels, or reach a concentrator; bounded with counted evictions. Every TCP packet of a
+//! partition that follows a session looks its own up, so the table is a hash map; nothing
+//! is read from it in hash order.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use serde::Serialize;
@@ -296,7 +298,7 @@ pub struct OutsideRtt {
 /// The latency side table of one partition.
 #[derive(Default)]
 pub struct Latency {
-    sessions: BTreeMap<FlowKey, Session>,
+    sessions: HashMap<FlowKey, Session, ahash::RandomState>,
     evicted: u64,
 }
 
@@ -304,6 +306,22 @@ impl Latency {
     /// Sessions dropped at [`MAX_SESSIONS`].
     pub fn evictions(&self) -> (&'static str, u64) {
         ("latency_sessions", self.evicted)
+    }
+
+    /// Room for one more session: at [`MAX_SESSIONS`] the eighth seen longest ago goes, ties
+    /// in key order, as [`crate::bounded::make_room`] chooses.
+    fn make_room(&mut self) {
+        if self.sessions.len() < MAX_SESSIONS {
+            return;
+        }
+        let quota = MAX_SESSIONS / 8;
+        let mut seen: Vec<(Timestamp, FlowKey)> =
+            self.sessions.iter().map(|(k, s)| (s.last, *k)).collect();
+        seen.select_nth_unstable(quota - 1);
+        for (_, key) in &seen[..quota] {
+            self.sessions.remove(key);
+        }
+        self.evicted += quota as u64;
     }
 
     /// One TCP packet. A floor that became stable with it goes to `send`.
@@ -328,7 +346,7 @@ impl Latency {
             if !opening || !inbound(network, d.src, d.dst) {
                 return;
             }
-            self.evicted += crate::bounded::make_room(&mut self.sessions, MAX_SESSIONS, |s| s.last);
+            self.make_room();
             self.sessions.insert(
                 key,
                 Session::new((d.src, d.src_port), (d.dst, d.dst_port), ts),
@@ -394,7 +412,7 @@ impl Latency {
             if flow.proto != Proto::Tcp || !inbound(network, flow.orig.0, flow.resp.0) {
                 return;
             }
-            self.evicted += crate::bounded::make_room(&mut self.sessions, MAX_SESSIONS, |s| s.last);
+            self.make_room();
             self.sessions
                 .insert(*key, Session::new(flow.orig, flow.resp, flow.last));
         }
