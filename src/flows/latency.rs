@@ -47,7 +47,7 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::config::NetworkConfig;
-use crate::decode::{ACK, Decoded, FIN, Proto, SYN};
+use crate::decode::{ACK, Decoded, FIN, Proto, SYN, Tcp};
 use crate::event::FlowRef;
 use crate::flows::record::FlowRecord;
 use crate::flows::{Flow, FlowKey};
@@ -324,22 +324,40 @@ impl Latency {
         self.evicted += quota as u64;
     }
 
-    /// One TCP packet. A floor that became stable with it goes to `send`.
+    /// One packet, of `flow`. A floor that became stable with it goes to `send`.
+    ///
+    /// Every packet comes here, so what it passes by is decided in line: not TCP; no
+    /// session followed, unless a SYN opens one; a labelled flow that is not followed (its
+    /// label ended its session) and opens none.
+    #[inline]
     pub fn packet(
         &mut self,
         ts: Timestamp,
         d: &Decoded<'_>,
+        flow: &Flow,
         network: &NetworkConfig,
-        mut send: impl FnMut(Observation),
+        send: impl FnMut(Observation),
     ) {
         let Some(tcp) = d.tcp.as_ref().filter(|_| d.proto == Proto::Tcp) else {
             return;
         };
         let opening = tcp.flags & (SYN | ACK) == SYN;
-        // Every TCP packet comes here: with no session followed, only a SYN needs its key.
-        if self.sessions.is_empty() && !opening {
+        if self.sessions.is_empty() && !opening || flow.dissected && !followed(flow, network) {
             return;
         }
+        self.session_packet(ts, d, tcp, network, send);
+    }
+
+    /// A TCP packet of a flow that may have a session.
+    fn session_packet(
+        &mut self,
+        ts: Timestamp,
+        d: &Decoded<'_>,
+        tcp: &Tcp,
+        network: &NetworkConfig,
+        mut send: impl FnMut(Observation),
+    ) {
+        let opening = tcp.flags & (SYN | ACK) == SYN;
         let key = FlowKey::of(d);
         let Some(s) = self.sessions.get_mut(&key) else {
             // An outside peer opening a connection to an inside host or a concentrator.
@@ -392,20 +410,10 @@ impl Latency {
     /// sensor started during it) is followed from here when an outside originator reaches
     /// an inside responder or a concentrator.
     pub fn identified(&mut self, key: &FlowKey, flow: &Flow, network: &NetworkConfig) {
-        let operator = matches!(flow.app, Some(App::Vnc | App::Rdp | App::Ssh));
-        let tunnel = matches!(
-            flow.app,
-            Some(
-                App::Openvpn
-                    | App::Anyconnect
-                    | App::FortinetSslvpn
-                    | App::Globalprotect
-                    | App::PulseSecure
-                    | App::Softether
-            )
-        );
-        if !operator && !tunnel && !network.concentrators.contains(&flow.resp.0) {
-            self.sessions.remove(key);
+        if !followed(flow, network) {
+            if !self.sessions.is_empty() {
+                self.sessions.remove(key);
+            }
             return;
         }
         if !self.sessions.contains_key(key) {
@@ -430,6 +438,10 @@ impl Latency {
         ts: Timestamp,
         mut send: impl FnMut(Observation),
     ) -> Floors {
+        // Most partitions follow no session: an ending flow's key needs no hash.
+        if self.sessions.is_empty() {
+            return Floors::default();
+        }
         let Some(s) = self.sessions.remove(&flow.key()).filter(|s| s.kept) else {
             return Floors::default();
         };
@@ -475,6 +487,24 @@ impl Floors {
         record.outside_rtt = self.outside_rtt;
         record.latency_floor_ms = self.latency_floor_ms;
     }
+}
+
+/// Whether a labelled flow's session stays followed: a remote-desktop or interactive
+/// session, a VPN tunnel, or a session to a concentrator.
+fn followed(flow: &Flow, network: &NetworkConfig) -> bool {
+    let operator = matches!(flow.app, Some(App::Vnc | App::Rdp | App::Ssh));
+    let tunnel = matches!(
+        flow.app,
+        Some(
+            App::Openvpn
+                | App::Anyconnect
+                | App::FortinetSslvpn
+                | App::Globalprotect
+                | App::PulseSecure
+                | App::Softether
+        )
+    );
+    operator || tunnel || network.concentrators.contains(&flow.resp.0)
 }
 
 /// An outside peer reaching an inside host or a concentrator.
@@ -542,16 +572,22 @@ mod tests {
         }
     }
 
+    /// The flow of `first`, not labelled yet.
+    fn fresh(first: &Decoded<'_>) -> Flow {
+        Flow::new(0, first, Timestamp(0), 0)
+    }
+
     fn labelled(first: &Decoded<'_>, app: App) -> Flow {
-        let mut flow = Flow::new(0, first, Timestamp(0), 0);
+        let mut flow = fresh(first);
         flow.app = Some(app);
+        flow.dissected = true;
         flow
     }
 
     /// A followed session of `app` opened by the outside client at time 0.
     fn opened(l: &mut Latency, port: u16, app: App) -> Flow {
         let syn = segment(40000, port, true, SYN, 0, b"");
-        l.packet(Timestamp(0), &syn, &network(), |_| {});
+        l.packet(Timestamp(0), &syn, &fresh(&syn), &network(), |_| {});
         let flow = labelled(&syn, app);
         l.identified(&FlowKey::of(&syn), &flow, &network());
         flow
@@ -614,15 +650,21 @@ mod tests {
             let update = [0u8, 0, 0, 1];
             let seq = 100 + 4 * i as u32;
             let host = segment(40000, 5900, false, ACK | PSH, seq, &update);
-            l.packet(Timestamp(start * MS), &host, &network(), |o| sent.push(o));
-            let early = segment(40000, 5900, true, ACK | PSH, 1, &key_event);
-            l.packet(Timestamp((start + 1) * MS), &early, &network(), |o| {
+            l.packet(Timestamp(start * MS), &host, &flow, &network(), |o| {
                 sent.push(o)
             });
+            let early = segment(40000, 5900, true, ACK | PSH, 1, &key_event);
+            l.packet(
+                Timestamp((start + 1) * MS),
+                &early,
+                &flow,
+                &network(),
+                |o| sent.push(o),
+            );
             let mut answer = segment(40000, 5900, true, ACK | PSH, 9, &request);
             answer.tcp.as_mut().unwrap().ack = seq + 4;
             let at = Timestamp((start + 48 + i as u64) * MS);
-            l.packet(at, &answer, &network(), |o| sent.push(o));
+            l.packet(at, &answer, &flow, &network(), |o| sent.push(o));
         }
         assert!(sent.is_empty());
         let mut record = FlowRecord::new(&flow, None, false, None);
@@ -669,7 +711,7 @@ mod tests {
             (80_000, stamped(22, true, 1, 104, (92, 502), b"k")),
         ];
         for (us, d) in &packets {
-            l.packet(Timestamp(us * 1000), d, &n, |_| {});
+            l.packet(Timestamp(us * 1000), d, &flow, &n, |_| {});
         }
         let s = &l.sessions[&flow.key()];
         assert_eq!(
@@ -700,9 +742,9 @@ mod tests {
             };
             let seq = 100 + 2 * i;
             let host = stamped(22, false, seq, 1, (1000 + i, 7), b"ab");
-            l.packet(Timestamp(start * MS), &host, &n, |o| sent.push(o));
+            l.packet(Timestamp(start * MS), &host, &flow, &n, |o| sent.push(o));
             let ack = stamped(22, true, 1, seq + 2, (7, 1000 + i), b"");
-            l.packet(Timestamp((start + rtt) * MS), &ack, &n, |o| {
+            l.packet(Timestamp((start + rtt) * MS), &ack, &flow, &n, |o| {
                 at.push(i);
                 sent.push(o)
             });
@@ -753,13 +795,35 @@ mod tests {
         let mut l = Latency::default();
         for port in 0..(MAX_SESSIONS as u16 + 76) {
             let syn = segment(10000 + port, 5900, true, SYN, 0, b"");
-            l.packet(Timestamp(u64::from(port)), &syn, &network(), |_| {});
+            l.packet(
+                Timestamp(u64::from(port)),
+                &syn,
+                &fresh(&syn),
+                &network(),
+                |_| {},
+            );
         }
         assert_eq!(l.evictions(), ("latency_sessions", MAX_SESSIONS as u64 / 8));
         let syn = segment(10000 + MAX_SESSIONS as u16, 5900, true, SYN, 0, b"");
         let before = l.sessions.len();
         l.identified(&FlowKey::of(&syn), &labelled(&syn, App::Http), &network());
         assert_eq!(l.sessions.len(), before - 1);
+    }
+
+    /// A flow labelled as nothing followed leaves at its label, and none of its packets, a
+    /// late SYN either, opens its session again.
+    #[test]
+    fn a_flow_labelled_otherwise_is_not_followed_again() {
+        let mut l = Latency::default();
+        let n = network();
+        let syn = segment(40000, 80, true, SYN, 0, b"");
+        l.packet(Timestamp(0), &syn, &fresh(&syn), &n, |_| {});
+        assert_eq!(l.sessions.len(), 1);
+        let http = labelled(&syn, App::Http);
+        l.identified(&FlowKey::of(&syn), &http, &n);
+        assert!(l.sessions.is_empty());
+        l.packet(Timestamp(MS), &syn, &http, &n, |_| {});
+        assert!(l.sessions.is_empty());
     }
 
     #[test]
