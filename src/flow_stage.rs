@@ -625,7 +625,7 @@ impl Partition {
                         };
                         if flow.dissected {
                             // Passive RTT: only sessions it times stay followed.
-                            self.latency.identified(&key, flow, &ctx.scope.network);
+                            self.latency.identified(flow, &ctx.scope.network);
                             let scope = ctx.detector_scope();
                             let moment = Moment::Identified {
                                 key: &key,

@@ -37,8 +37,8 @@
 //! State lives in a side table per partition, only for TCP sessions an outside peer opens to
 //! an inside host or a concentrator, kept past their label when they are remote-desktop or interactive sessions, VPN
 //! tunnels, or reach a concentrator; bounded with counted evictions. Every TCP packet of a
-//! partition that follows a session looks its own up, so the table is a hash map; nothing
-//! is read from it in hash order.
+//! followed flow looks its session up, so the table is a hash map by the flow's sequence
+//! number; nothing is read from it in hash order.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -298,7 +298,8 @@ pub struct OutsideRtt {
 /// The latency side table of one partition.
 #[derive(Default)]
 pub struct Latency {
-    sessions: HashMap<FlowKey, Session, ahash::RandomState>,
+    /// By the flow's sequence number.
+    sessions: HashMap<u64, Session, ahash::RandomState>,
     evicted: u64,
 }
 
@@ -315,11 +316,14 @@ impl Latency {
             return;
         }
         let quota = MAX_SESSIONS / 8;
-        let mut seen: Vec<(Timestamp, FlowKey)> =
-            self.sessions.iter().map(|(k, s)| (s.last, *k)).collect();
+        let mut seen: Vec<(Timestamp, FlowKey, u64)> = self
+            .sessions
+            .iter()
+            .map(|(seq, s)| (s.last, FlowKey::new(Proto::Tcp, s.viewer, s.host), *seq))
+            .collect();
         seen.select_nth_unstable(quota - 1);
-        for (_, key) in &seen[..quota] {
-            self.sessions.remove(key);
+        for (_, _, seq) in &seen[..quota] {
+            self.sessions.remove(seq);
         }
         self.evicted += quota as u64;
     }
@@ -345,28 +349,28 @@ impl Latency {
         if self.sessions.is_empty() && !opening || flow.dissected && !followed(flow, network) {
             return;
         }
-        self.session_packet(ts, d, tcp, network, send);
+        self.session_packet(ts, d, tcp, flow.seq, network, send);
     }
 
-    /// A TCP packet of a flow that may have a session.
+    /// A TCP packet of flow `seq`, which may have a session.
     fn session_packet(
         &mut self,
         ts: Timestamp,
         d: &Decoded<'_>,
         tcp: &Tcp,
+        seq: u64,
         network: &NetworkConfig,
         mut send: impl FnMut(Observation),
     ) {
         let opening = tcp.flags & (SYN | ACK) == SYN;
-        let key = FlowKey::of(d);
-        let Some(s) = self.sessions.get_mut(&key) else {
+        let Some(s) = self.sessions.get_mut(&seq) else {
             // An outside peer opening a connection to an inside host or a concentrator.
             if !opening || !inbound(network, d.src, d.dst) {
                 return;
             }
             self.make_room();
             self.sessions.insert(
-                key,
+                seq,
                 Session::new((d.src, d.src_port), (d.dst, d.dst_port), ts),
             );
             return;
@@ -409,22 +413,20 @@ impl Latency {
     /// tunnels and sessions to a concentrator stay followed. One whose SYN was not seen (the
     /// sensor started during it) is followed from here when an outside originator reaches
     /// an inside responder or a concentrator.
-    pub fn identified(&mut self, key: &FlowKey, flow: &Flow, network: &NetworkConfig) {
+    pub fn identified(&mut self, flow: &Flow, network: &NetworkConfig) {
         if !followed(flow, network) {
-            if !self.sessions.is_empty() {
-                self.sessions.remove(key);
-            }
+            self.sessions.remove(&flow.seq);
             return;
         }
-        if !self.sessions.contains_key(key) {
+        if !self.sessions.contains_key(&flow.seq) {
             if flow.proto != Proto::Tcp || !inbound(network, flow.orig.0, flow.resp.0) {
                 return;
             }
             self.make_room();
             self.sessions
-                .insert(*key, Session::new(flow.orig, flow.resp, flow.last));
+                .insert(flow.seq, Session::new(flow.orig, flow.resp, flow.last));
         }
-        if let Some(s) = self.sessions.get_mut(key) {
+        if let Some(s) = self.sessions.get_mut(&flow.seq) {
             s.app = flow.app;
             s.kept = true;
         }
@@ -438,11 +440,7 @@ impl Latency {
         ts: Timestamp,
         mut send: impl FnMut(Observation),
     ) -> Floors {
-        // Most partitions follow no session: an ending flow's key needs no hash.
-        if self.sessions.is_empty() {
-            return Floors::default();
-        }
-        let Some(s) = self.sessions.remove(&flow.key()).filter(|s| s.kept) else {
+        let Some(s) = self.sessions.remove(&flow.seq).filter(|s| s.kept) else {
             return Floors::default();
         };
         let outside_rtt = s.leg.both.ns.map(|floor| OutsideRtt {
@@ -572,9 +570,14 @@ mod tests {
         }
     }
 
-    /// The flow of `first`, not labelled yet.
+    /// The flow of `first`, not labelled yet; the client's port tells test flows apart.
     fn fresh(first: &Decoded<'_>) -> Flow {
-        Flow::new(0, first, Timestamp(0), 0)
+        let client = if first.src_port >= 10000 {
+            first.src_port
+        } else {
+            first.dst_port
+        };
+        Flow::new(u64::from(client), first, Timestamp(0), 0)
     }
 
     fn labelled(first: &Decoded<'_>, app: App) -> Flow {
@@ -589,7 +592,7 @@ mod tests {
         let syn = segment(40000, port, true, SYN, 0, b"");
         l.packet(Timestamp(0), &syn, &fresh(&syn), &network(), |_| {});
         let flow = labelled(&syn, app);
-        l.identified(&FlowKey::of(&syn), &flow, &network());
+        l.identified(&flow, &network());
         flow
     }
 
@@ -615,15 +618,10 @@ mod tests {
     fn sessions_are_picked_up_at_their_label() {
         let mut l = Latency::default();
         let midway = segment(40001, 22, true, ACK | PSH, 7, b"x");
-        l.identified(
-            &FlowKey::of(&midway),
-            &labelled(&midway, App::Ssh),
-            &network(),
-        );
+        l.identified(&labelled(&midway, App::Ssh), &network());
         assert_eq!(l.sessions.len(), 1);
         let outbound = segment(40002, 22, false, ACK | PSH, 7, b"x");
-        let key = FlowKey::of(&outbound);
-        l.identified(&key, &labelled(&outbound, App::Ssh), &network());
+        l.identified(&labelled(&outbound, App::Ssh), &network());
         assert_eq!(l.sessions.len(), 1);
         let concentrator = NetworkConfig {
             inside: Default::default(),
@@ -631,7 +629,7 @@ mod tests {
             ..NetworkConfig::default()
         };
         let tls = segment(40003, 443, true, ACK | PSH, 7, b"x");
-        l.identified(&FlowKey::of(&tls), &labelled(&tls, App::Tls), &concentrator);
+        l.identified(&labelled(&tls, App::Tls), &concentrator);
         assert_eq!(l.sessions.len(), 2);
     }
 
@@ -713,7 +711,7 @@ mod tests {
         for (us, d) in &packets {
             l.packet(Timestamp(us * 1000), d, &flow, &n, |_| {});
         }
-        let s = &l.sessions[&flow.key()];
+        let s = &l.sessions[&flow.seq];
         assert_eq!(
             (s.leg.ts_echo.ns, s.leg.ts_echo.samples),
             (Some(30 * MS), 1)
@@ -806,7 +804,7 @@ mod tests {
         assert_eq!(l.evictions(), ("latency_sessions", MAX_SESSIONS as u64 / 8));
         let syn = segment(10000 + MAX_SESSIONS as u16, 5900, true, SYN, 0, b"");
         let before = l.sessions.len();
-        l.identified(&FlowKey::of(&syn), &labelled(&syn, App::Http), &network());
+        l.identified(&labelled(&syn, App::Http), &network());
         assert_eq!(l.sessions.len(), before - 1);
     }
 
@@ -820,7 +818,7 @@ mod tests {
         l.packet(Timestamp(0), &syn, &fresh(&syn), &n, |_| {});
         assert_eq!(l.sessions.len(), 1);
         let http = labelled(&syn, App::Http);
-        l.identified(&FlowKey::of(&syn), &http, &n);
+        l.identified(&http, &n);
         assert!(l.sessions.is_empty());
         l.packet(Timestamp(MS), &syn, &http, &n, |_| {});
         assert!(l.sessions.is_empty());
