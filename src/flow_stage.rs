@@ -374,12 +374,17 @@ impl FlowWorker {
                 .or_default() += 1;
             return;
         };
-        p.flows
+        let at = p
+            .flows
             .process(pkt.ts, decoded, pkt.orig_len, &mut p.pending);
         p.drain(&mut ctx);
         // Operator latency: after the drain, so a flow identified by this packet has its label.
-        p.latency
-            .packet(pkt.ts, decoded, &self.scope.network, |obs| ctx.send(obs));
+        if let Some(flow) = p.flows.at(at) {
+            p.latency
+                .packet(pkt.ts, decoded, flow, &self.scope.network, |obs| {
+                    ctx.send(obs)
+                });
+        }
     }
 
     /// A whole second of packet time passed: every partition's flows and detectors catch
@@ -620,7 +625,7 @@ impl Partition {
                         };
                         if flow.dissected {
                             // Passive RTT: only sessions it times stay followed.
-                            self.latency.identified(&key, flow, &ctx.scope.network);
+                            self.latency.identified(flow, &ctx.scope.network);
                             let scope = ctx.detector_scope();
                             let moment = Moment::Identified {
                                 key: &key,

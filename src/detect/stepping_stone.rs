@@ -16,9 +16,11 @@
 //! State is the resumes of the last `delta` per host and the pairs, both bounded (a resume
 //! at a full table is dropped and counted); a resume carries the time of its direction's
 //! previous one, so nothing is kept per flow. A worker thread that owns a host's flows owns
-//! all its state.
+//! all its state. Every resume and every ending flow looks its host, pairs or flow up, so
+//! the tables are hash maps; nothing is read from them in hash order.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -144,13 +146,15 @@ struct Pair {
 /// Resumes kept per host; more inside one `delta` are dropped.
 const MAX_RECENT: usize = 64;
 
+type Map<K, V> = HashMap<K, V, ahash::RandomState>;
+
 pub struct SteppingStone {
     config: SteppingStoneConfig,
-    recent: BTreeMap<IpAddr, VecDeque<Recent>>,
+    recent: Map<IpAddr, VecDeque<Recent>>,
     /// (inbound flow, outbound flow) → counters.
-    pairs: BTreeMap<(FlowKey, FlowKey), Pair>,
+    pairs: Map<(FlowKey, FlowKey), Pair>,
     /// Pairs each flow is in, so an ending flow takes its pairs along.
-    paired: BTreeMap<FlowKey, u32>,
+    paired: Map<FlowKey, u32>,
     /// Resumes and pairs not followed because the tables were full.
     pub dropped: u64,
 }
@@ -166,9 +170,9 @@ impl SteppingStone {
     pub fn new(config: &SteppingStoneConfig) -> SteppingStone {
         SteppingStone {
             config: config.clone(),
-            recent: BTreeMap::new(),
-            pairs: BTreeMap::new(),
-            paired: BTreeMap::new(),
+            recent: Map::default(),
+            pairs: Map::default(),
+            paired: Map::default(),
             dropped: 0,
         }
     }
@@ -291,17 +295,20 @@ impl SteppingStone {
             _ => false,
         };
         let min_resumes = a.resumes.min(b.resumes);
-        let keys = (a.key, b.key);
-        if !self.pairs.contains_key(&keys) {
-            if self.pairs.len() >= self.config.max_pairs {
+        let full = self.pairs.len() >= self.config.max_pairs;
+        let p = match self.pairs.entry((a.key, b.key)) {
+            Entry::Occupied(p) => p.into_mut(),
+            Entry::Vacant(_) if full => {
                 self.dropped += 1;
                 return;
             }
-            for k in [a.key, b.key] {
-                *self.paired.entry(k).or_default() += 1;
+            Entry::Vacant(p) => {
+                for k in [a.key, b.key] {
+                    *self.paired.entry(k).or_default() += 1;
+                }
+                p.insert(Pair::default())
             }
-        }
-        let p = self.pairs.entry(keys).or_default();
+        };
         p.hits = p.hits.saturating_add(1);
         if in_row {
             p.consecutive = p.consecutive.saturating_add(1);
@@ -362,6 +369,10 @@ impl SteppingStone {
     }
 
     pub fn on_end(&mut self, flow: &Flow) {
+        // Most partitions pair no flows: an ending flow's key needs no hash.
+        if self.paired.is_empty() {
+            return;
+        }
         let key = flow.key();
         if self.paired.remove(&key).is_none() {
             return;

@@ -5,6 +5,7 @@ use super::identify::{Identification, Input, Probe, Protocol, Summary};
 use super::{Error, Result};
 use crate::app::App;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// RFC 4253 §4.2: a banner line is at most 255 bytes including CR LF.
@@ -121,6 +122,23 @@ const KEXINIT_LISTS: usize = 17;
 
 /// Parses the first binary packet after the banner, which must be KEXINIT (RFC 4253 §7.1).
 pub fn parse_kexinit(after_banner: &[u8]) -> Result<KexInit> {
+    let lists = kexinit_lists(after_banner)?;
+    let list = |i: usize| names(&text(lists[i])).map(str::to_owned).collect();
+    Ok(KexInit {
+        kex: list(0),
+        host_key: list(1),
+        enc_c2s: list(2),
+        enc_s2c: list(3),
+        mac_c2s: list(4),
+        mac_s2c: list(5),
+        comp_c2s: list(6),
+        comp_s2c: list(7),
+    })
+}
+
+/// The eight algorithm name-lists of the KEXINIT after the banner, as they lie in the
+/// packet, each cut at [`MAX_NAME_LIST`] bytes.
+fn kexinit_lists(after_banner: &[u8]) -> Result<[&[u8]; 8]> {
     let len = be32(after_banner, packet::LENGTH.start).ok_or(Error::Incomplete)? as usize;
     if !(12..=MAX_PACKET).contains(&len) {
         return Err(Error::Invalid("ssh packet length"));
@@ -140,30 +158,31 @@ pub fn parse_kexinit(after_banner: &[u8]) -> Result<KexInit> {
     let payload = whole
         .get(packet::PAYLOAD..end - padding)
         .ok_or(Error::Invalid("ssh padding length"))?;
+    let mut lists: [&[u8]; 8] = [&[]; 8];
     let mut at = KEXINIT_LISTS;
-    let mut next = || -> Result<Vec<String>> {
+    for list in &mut lists {
         let n = be32(payload, at).ok_or(Error::Invalid("ssh kexinit truncated"))? as usize;
-        let list = payload
+        let whole = payload
             .get(at + 4..(at + 4).saturating_add(n))
             .ok_or(Error::Invalid("ssh name-list length"))?;
         at += 4 + n;
-        let list = &list[..list.len().min(MAX_NAME_LIST)];
-        Ok(String::from_utf8_lossy(list)
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect())
-    };
-    Ok(KexInit {
-        kex: next()?,
-        host_key: next()?,
-        enc_c2s: next()?,
-        enc_s2c: next()?,
-        mac_c2s: next()?,
-        mac_s2c: next()?,
-        comp_c2s: next()?,
-        comp_s2c: next()?,
-    })
+        *list = &whole[..whole.len().min(MAX_NAME_LIST)];
+    }
+    Ok(lists)
+}
+
+/// A name-list as text, bytes that are not UTF-8 replaced.
+fn text(list: &[u8]) -> Cow<'_, str> {
+    // Lists are ASCII: the lossy conversion would read them a character at a time.
+    match std::str::from_utf8(list) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(list),
+    }
+}
+
+/// The names of a name-list, empty ones left out.
+fn names(text: &str) -> impl Iterator<Item = &str> {
+    text.split(',').filter(|s| !s.is_empty())
 }
 
 /// Salesforce HASSH: the algorithm string (client `kex;enc_c2s;mac_c2s;comp_c2s`, server
@@ -175,9 +194,32 @@ pub fn hassh(k: &KexInit, client: bool) -> (String, String) {
         (&k.enc_s2c, &k.mac_s2c, &k.comp_s2c)
     };
     let s = [&k.kex, enc, mac, comp].map(|l| l.join(",")).join(";");
-    let digest = <md5::Md5 as md5::Digest>::digest(s.as_bytes());
-    let hex = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = md5_hex(&s);
     (s, hex)
+}
+
+/// [`hassh`]'s hash straight from a KEXINIT's lists: each probe of an SSH flow computes it
+/// again until both sides' KEXINIT arrived, so it builds no lists of names.
+fn hassh_of(lists: &[&[u8]; 8], client: bool) -> String {
+    let side = usize::from(!client);
+    let lists = [0, 2 + side, 4 + side, 6 + side].map(|i| lists[i]);
+    let mut s = String::with_capacity(lists.iter().map(|l| l.len() + 1).sum());
+    for (i, list) in lists.into_iter().enumerate() {
+        if i > 0 {
+            s.push(';');
+        }
+        for (j, name) in names(&text(list)).enumerate() {
+            if j > 0 {
+                s.push(',');
+            }
+            s.push_str(name);
+        }
+    }
+    md5_hex(&s)
+}
+
+fn md5_hex(s: &str) -> String {
+    format!("{:x}", <md5::Md5 as md5::Digest>::digest(s.as_bytes()))
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u32> {
@@ -222,20 +264,20 @@ pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
     let ck = cb
         .as_ref()
         .ok()
-        .map(|b| parse_kexinit(c.get(b.len..).unwrap_or_default()));
+        .map(|b| kexinit_lists(c.get(b.len..).unwrap_or_default()));
     let sk = sb
         .as_ref()
         .ok()
-        .map(|b| parse_kexinit(s.get(b.len..).unwrap_or_default()));
-    if let Some(Ok(k)) = &ck {
-        d.hassh = Some(hassh(k, true).1.into());
-        d.kex = k.kex.first().map(|k| k.as_str().into());
+        .map(|b| kexinit_lists(s.get(b.len..).unwrap_or_default()));
+    if let Some(Ok(lists)) = &ck {
+        d.hassh = Some(hassh_of(lists, true).into());
+        d.kex = names(&text(lists[0])).next().map(Into::into);
     }
-    if let Some(Ok(k)) = &sk {
-        d.hassh_server = Some(hassh(k, false).1.into());
+    if let Some(Ok(lists)) = &sk {
+        d.hassh_server = Some(hassh_of(lists, false).into());
     }
     id.details.other = Some(Protocol::Ssh(Arc::new(d)));
-    let settled = |k: &Option<Result<KexInit>>, closed: bool| match k {
+    let settled = |k: &Option<Result<[&[u8]; 8]>>, closed: bool| match k {
         Some(r) => Probe::of(r, closed) != Probe::More,
         None => closed,
     };
@@ -330,6 +372,36 @@ mod tests {
         let mut bad = p.clone();
         bad[5] = 21;
         assert!(matches!(parse_kexinit(&bad), Err(Error::Invalid(_))));
+    }
+
+    /// The hash a probe computes from the lists is HASSH's, with empty names and bytes that
+    /// are not UTF-8 in the lists.
+    #[test]
+    fn hassh_from_the_lists_is_hassh() {
+        let p = kexinit_packet([
+            ",curve25519-sha256,,diffie-hellman-group14-sha256,",
+            "ssh-ed25519",
+            "aes128-ctr,aes\u{e9}-gcm",
+            "aes256-ctr",
+            "hmac-sha2-256",
+            "",
+            "none",
+            "none,zlib",
+            "",
+            "",
+        ]);
+        let mut bad = p.clone();
+        let at = bad
+            .windows(2)
+            .position(|w| w == "\u{e9}".as_bytes())
+            .unwrap();
+        bad[at] = 0xff;
+        for p in [p, bad] {
+            let (k, lists) = (parse_kexinit(&p).unwrap(), kexinit_lists(&p).unwrap());
+            for client in [true, false] {
+                assert_eq!(hassh_of(&lists, client), hassh(&k, client).1);
+            }
+        }
     }
 
     #[test]

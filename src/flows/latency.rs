@@ -36,16 +36,18 @@
 //!
 //! State lives in a side table per partition, only for TCP sessions an outside peer opens to
 //! an inside host or a concentrator, kept past their label when they are remote-desktop or interactive sessions, VPN
-//! tunnels, or reach a concentrator; bounded with counted evictions.
+//! tunnels, or reach a concentrator; bounded with counted evictions. Every TCP packet of a
+//! followed flow looks its session up, so the table is a hash map by the flow's sequence
+//! number; nothing is read from it in hash order.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use serde::Serialize;
 
 use crate::app::App;
 use crate::config::NetworkConfig;
-use crate::decode::{ACK, Decoded, FIN, Proto, SYN};
+use crate::decode::{ACK, Decoded, FIN, Proto, SYN, Tcp};
 use crate::event::FlowRef;
 use crate::flows::record::FlowRecord;
 use crate::flows::{Flow, FlowKey};
@@ -296,7 +298,8 @@ pub struct OutsideRtt {
 /// The latency side table of one partition.
 #[derive(Default)]
 pub struct Latency {
-    sessions: BTreeMap<FlowKey, Session>,
+    /// By the flow's sequence number.
+    sessions: HashMap<u64, Session, ahash::RandomState>,
     evicted: u64,
 }
 
@@ -306,31 +309,68 @@ impl Latency {
         ("latency_sessions", self.evicted)
     }
 
-    /// One TCP packet. A floor that became stable with it goes to `send`.
+    /// Room for one more session: at [`MAX_SESSIONS`] the eighth seen longest ago goes, ties
+    /// in key order, as [`crate::bounded::make_room`] chooses.
+    fn make_room(&mut self) {
+        if self.sessions.len() < MAX_SESSIONS {
+            return;
+        }
+        let quota = MAX_SESSIONS / 8;
+        let mut seen: Vec<(Timestamp, FlowKey, u64)> = self
+            .sessions
+            .iter()
+            .map(|(seq, s)| (s.last, FlowKey::new(Proto::Tcp, s.viewer, s.host), *seq))
+            .collect();
+        seen.select_nth_unstable(quota - 1);
+        for (_, _, seq) in &seen[..quota] {
+            self.sessions.remove(seq);
+        }
+        self.evicted += quota as u64;
+    }
+
+    /// One packet, of `flow`. A floor that became stable with it goes to `send`.
+    ///
+    /// Every packet comes here, so what it passes by is decided in line: not TCP; no
+    /// session followed, unless a SYN opens one; a labelled flow that is not followed (its
+    /// label ended its session) and opens none.
+    #[inline]
     pub fn packet(
         &mut self,
         ts: Timestamp,
         d: &Decoded<'_>,
+        flow: &Flow,
         network: &NetworkConfig,
-        mut send: impl FnMut(Observation),
+        send: impl FnMut(Observation),
     ) {
         let Some(tcp) = d.tcp.as_ref().filter(|_| d.proto == Proto::Tcp) else {
             return;
         };
         let opening = tcp.flags & (SYN | ACK) == SYN;
-        // Every TCP packet comes here: with no session followed, only a SYN needs its key.
-        if self.sessions.is_empty() && !opening {
+        if self.sessions.is_empty() && !opening || flow.dissected && !followed(flow, network) {
             return;
         }
-        let key = FlowKey::of(d);
-        let Some(s) = self.sessions.get_mut(&key) else {
+        self.session_packet(ts, d, tcp, flow.seq, network, send);
+    }
+
+    /// A TCP packet of flow `seq`, which may have a session.
+    fn session_packet(
+        &mut self,
+        ts: Timestamp,
+        d: &Decoded<'_>,
+        tcp: &Tcp,
+        seq: u64,
+        network: &NetworkConfig,
+        mut send: impl FnMut(Observation),
+    ) {
+        let opening = tcp.flags & (SYN | ACK) == SYN;
+        let Some(s) = self.sessions.get_mut(&seq) else {
             // An outside peer opening a connection to an inside host or a concentrator.
             if !opening || !inbound(network, d.src, d.dst) {
                 return;
             }
-            self.evicted += crate::bounded::make_room(&mut self.sessions, MAX_SESSIONS, |s| s.last);
+            self.make_room();
             self.sessions.insert(
-                key,
+                seq,
                 Session::new((d.src, d.src_port), (d.dst, d.dst_port), ts),
             );
             return;
@@ -373,32 +413,20 @@ impl Latency {
     /// tunnels and sessions to a concentrator stay followed. One whose SYN was not seen (the
     /// sensor started during it) is followed from here when an outside originator reaches
     /// an inside responder or a concentrator.
-    pub fn identified(&mut self, key: &FlowKey, flow: &Flow, network: &NetworkConfig) {
-        let operator = matches!(flow.app, Some(App::Vnc | App::Rdp | App::Ssh));
-        let tunnel = matches!(
-            flow.app,
-            Some(
-                App::Openvpn
-                    | App::Anyconnect
-                    | App::FortinetSslvpn
-                    | App::Globalprotect
-                    | App::PulseSecure
-                    | App::Softether
-            )
-        );
-        if !operator && !tunnel && !network.concentrators.contains(&flow.resp.0) {
-            self.sessions.remove(key);
+    pub fn identified(&mut self, flow: &Flow, network: &NetworkConfig) {
+        if !followed(flow, network) {
+            self.sessions.remove(&flow.seq);
             return;
         }
-        if !self.sessions.contains_key(key) {
+        if !self.sessions.contains_key(&flow.seq) {
             if flow.proto != Proto::Tcp || !inbound(network, flow.orig.0, flow.resp.0) {
                 return;
             }
-            self.evicted += crate::bounded::make_room(&mut self.sessions, MAX_SESSIONS, |s| s.last);
+            self.make_room();
             self.sessions
-                .insert(*key, Session::new(flow.orig, flow.resp, flow.last));
+                .insert(flow.seq, Session::new(flow.orig, flow.resp, flow.last));
         }
-        if let Some(s) = self.sessions.get_mut(key) {
+        if let Some(s) = self.sessions.get_mut(&flow.seq) {
             s.app = flow.app;
             s.kept = true;
         }
@@ -412,7 +440,7 @@ impl Latency {
         ts: Timestamp,
         mut send: impl FnMut(Observation),
     ) -> Floors {
-        let Some(s) = self.sessions.remove(&flow.key()).filter(|s| s.kept) else {
+        let Some(s) = self.sessions.remove(&flow.seq).filter(|s| s.kept) else {
             return Floors::default();
         };
         let outside_rtt = s.leg.both.ns.map(|floor| OutsideRtt {
@@ -457,6 +485,24 @@ impl Floors {
         record.outside_rtt = self.outside_rtt;
         record.latency_floor_ms = self.latency_floor_ms;
     }
+}
+
+/// Whether a labelled flow's session stays followed: a remote-desktop or interactive
+/// session, a VPN tunnel, or a session to a concentrator.
+fn followed(flow: &Flow, network: &NetworkConfig) -> bool {
+    let operator = matches!(flow.app, Some(App::Vnc | App::Rdp | App::Ssh));
+    let tunnel = matches!(
+        flow.app,
+        Some(
+            App::Openvpn
+                | App::Anyconnect
+                | App::FortinetSslvpn
+                | App::Globalprotect
+                | App::PulseSecure
+                | App::Softether
+        )
+    );
+    operator || tunnel || network.concentrators.contains(&flow.resp.0)
 }
 
 /// An outside peer reaching an inside host or a concentrator.
@@ -524,18 +570,29 @@ mod tests {
         }
     }
 
+    /// The flow of `first`, not labelled yet; the client's port tells test flows apart.
+    fn fresh(first: &Decoded<'_>) -> Flow {
+        let client = if first.src_port >= 10000 {
+            first.src_port
+        } else {
+            first.dst_port
+        };
+        Flow::new(u64::from(client), first, Timestamp(0), 0)
+    }
+
     fn labelled(first: &Decoded<'_>, app: App) -> Flow {
-        let mut flow = Flow::new(0, first, Timestamp(0), 0);
+        let mut flow = fresh(first);
         flow.app = Some(app);
+        flow.dissected = true;
         flow
     }
 
     /// A followed session of `app` opened by the outside client at time 0.
     fn opened(l: &mut Latency, port: u16, app: App) -> Flow {
         let syn = segment(40000, port, true, SYN, 0, b"");
-        l.packet(Timestamp(0), &syn, &network(), |_| {});
+        l.packet(Timestamp(0), &syn, &fresh(&syn), &network(), |_| {});
         let flow = labelled(&syn, app);
-        l.identified(&FlowKey::of(&syn), &flow, &network());
+        l.identified(&flow, &network());
         flow
     }
 
@@ -561,15 +618,10 @@ mod tests {
     fn sessions_are_picked_up_at_their_label() {
         let mut l = Latency::default();
         let midway = segment(40001, 22, true, ACK | PSH, 7, b"x");
-        l.identified(
-            &FlowKey::of(&midway),
-            &labelled(&midway, App::Ssh),
-            &network(),
-        );
+        l.identified(&labelled(&midway, App::Ssh), &network());
         assert_eq!(l.sessions.len(), 1);
         let outbound = segment(40002, 22, false, ACK | PSH, 7, b"x");
-        let key = FlowKey::of(&outbound);
-        l.identified(&key, &labelled(&outbound, App::Ssh), &network());
+        l.identified(&labelled(&outbound, App::Ssh), &network());
         assert_eq!(l.sessions.len(), 1);
         let concentrator = NetworkConfig {
             inside: Default::default(),
@@ -577,7 +629,7 @@ mod tests {
             ..NetworkConfig::default()
         };
         let tls = segment(40003, 443, true, ACK | PSH, 7, b"x");
-        l.identified(&FlowKey::of(&tls), &labelled(&tls, App::Tls), &concentrator);
+        l.identified(&labelled(&tls, App::Tls), &concentrator);
         assert_eq!(l.sessions.len(), 2);
     }
 
@@ -596,15 +648,21 @@ mod tests {
             let update = [0u8, 0, 0, 1];
             let seq = 100 + 4 * i as u32;
             let host = segment(40000, 5900, false, ACK | PSH, seq, &update);
-            l.packet(Timestamp(start * MS), &host, &network(), |o| sent.push(o));
-            let early = segment(40000, 5900, true, ACK | PSH, 1, &key_event);
-            l.packet(Timestamp((start + 1) * MS), &early, &network(), |o| {
+            l.packet(Timestamp(start * MS), &host, &flow, &network(), |o| {
                 sent.push(o)
             });
+            let early = segment(40000, 5900, true, ACK | PSH, 1, &key_event);
+            l.packet(
+                Timestamp((start + 1) * MS),
+                &early,
+                &flow,
+                &network(),
+                |o| sent.push(o),
+            );
             let mut answer = segment(40000, 5900, true, ACK | PSH, 9, &request);
             answer.tcp.as_mut().unwrap().ack = seq + 4;
             let at = Timestamp((start + 48 + i as u64) * MS);
-            l.packet(at, &answer, &network(), |o| sent.push(o));
+            l.packet(at, &answer, &flow, &network(), |o| sent.push(o));
         }
         assert!(sent.is_empty());
         let mut record = FlowRecord::new(&flow, None, false, None);
@@ -651,9 +709,9 @@ mod tests {
             (80_000, stamped(22, true, 1, 104, (92, 502), b"k")),
         ];
         for (us, d) in &packets {
-            l.packet(Timestamp(us * 1000), d, &n, |_| {});
+            l.packet(Timestamp(us * 1000), d, &flow, &n, |_| {});
         }
-        let s = &l.sessions[&flow.key()];
+        let s = &l.sessions[&flow.seq];
         assert_eq!(
             (s.leg.ts_echo.ns, s.leg.ts_echo.samples),
             (Some(30 * MS), 1)
@@ -682,9 +740,9 @@ mod tests {
             };
             let seq = 100 + 2 * i;
             let host = stamped(22, false, seq, 1, (1000 + i, 7), b"ab");
-            l.packet(Timestamp(start * MS), &host, &n, |o| sent.push(o));
+            l.packet(Timestamp(start * MS), &host, &flow, &n, |o| sent.push(o));
             let ack = stamped(22, true, 1, seq + 2, (7, 1000 + i), b"");
-            l.packet(Timestamp((start + rtt) * MS), &ack, &n, |o| {
+            l.packet(Timestamp((start + rtt) * MS), &ack, &flow, &n, |o| {
                 at.push(i);
                 sent.push(o)
             });
@@ -735,13 +793,35 @@ mod tests {
         let mut l = Latency::default();
         for port in 0..(MAX_SESSIONS as u16 + 76) {
             let syn = segment(10000 + port, 5900, true, SYN, 0, b"");
-            l.packet(Timestamp(u64::from(port)), &syn, &network(), |_| {});
+            l.packet(
+                Timestamp(u64::from(port)),
+                &syn,
+                &fresh(&syn),
+                &network(),
+                |_| {},
+            );
         }
         assert_eq!(l.evictions(), ("latency_sessions", MAX_SESSIONS as u64 / 8));
         let syn = segment(10000 + MAX_SESSIONS as u16, 5900, true, SYN, 0, b"");
         let before = l.sessions.len();
-        l.identified(&FlowKey::of(&syn), &labelled(&syn, App::Http), &network());
+        l.identified(&labelled(&syn, App::Http), &network());
         assert_eq!(l.sessions.len(), before - 1);
+    }
+
+    /// A flow labelled as nothing followed leaves at its label, and none of its packets, a
+    /// late SYN either, opens its session again.
+    #[test]
+    fn a_flow_labelled_otherwise_is_not_followed_again() {
+        let mut l = Latency::default();
+        let n = network();
+        let syn = segment(40000, 80, true, SYN, 0, b"");
+        l.packet(Timestamp(0), &syn, &fresh(&syn), &n, |_| {});
+        assert_eq!(l.sessions.len(), 1);
+        let http = labelled(&syn, App::Http);
+        l.identified(&http, &n);
+        assert!(l.sessions.is_empty());
+        l.packet(Timestamp(MS), &syn, &http, &n, |_| {});
+        assert!(l.sessions.is_empty());
     }
 
     #[test]

@@ -212,14 +212,15 @@ impl FlowTable {
             .collect()
     }
 
-    /// Accounts one packet to its flow. `wire_len` is the frame's original length.
+    /// Accounts one packet to its flow. `wire_len` is the frame's original length. Returns
+    /// the flow's handle, for side tables that follow some flows packet by packet.
     pub fn process(
         &mut self,
         ts: Timestamp,
         d: &Decoded<'_>,
         wire_len: u32,
         out: &mut Vec<FlowEvent>,
-    ) {
+    ) -> Handle {
         self.advance(ts, out);
         let key = FlowKey::of(d);
         let hash = self.flows.hash(&key);
@@ -235,7 +236,7 @@ impl FlowTable {
                 let flow = entry.into_mut();
                 self.schedule
                     .account(key, hash, at, flow, d, ts, wire_len, out);
-                return;
+                return at;
             }
             out.push(FlowEvent::Ended {
                 flow: entry.remove().0,
@@ -257,6 +258,7 @@ impl FlowTable {
         let (at, flow) = self.flows.insert(hash, flow);
         self.schedule
             .account(key, hash, at, flow, d, ts, wire_len, out);
+        at
     }
 
     /// Moves packet time forward, ending flows whose deadline passed.
