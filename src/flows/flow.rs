@@ -1,5 +1,6 @@
 //! One flow: who started it, what each side sent, the TCP handshake and state.
 
+use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
@@ -12,8 +13,9 @@ use crate::flows::reassembly::{Segment, Stream};
 use crate::timestamp::Timestamp;
 
 /// Direction-free flow identity: the lower (address, port) endpoint comes first, so both
-/// directions of a conversation find the same entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// directions of a conversation find the same entry. Ordered as the tuple of its fields
+/// (see the `Ord` impl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowKey {
     pub proto: Proto,
     pub lo: (IpAddr, u16),
@@ -40,6 +42,40 @@ impl FlowKey {
         };
         FlowKey { proto, lo, hi }
     }
+}
+
+/// As the tuple `(proto, lo, hi)` orders, in integers: the detectors' and operator
+/// latency's maps keyed by flow search on every packet, and the derived order compares
+/// each address as an enum and its bytes with `memcmp`.
+impl Ord for FlowKey {
+    fn cmp(&self, other: &FlowKey) -> Ordering {
+        (self.proto as u8)
+            .cmp(&(other.proto as u8))
+            .then_with(|| endpoint_cmp(self.lo, other.lo))
+            .then_with(|| endpoint_cmp(self.hi, other.hi))
+    }
+}
+
+impl PartialOrd for FlowKey {
+    fn partial_cmp(&self, other: &FlowKey) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Orders two endpoints as `(IpAddr, u16)` does; two IPv4 ones (most) as one 48-bit
+/// integer each.
+#[inline]
+fn endpoint_cmp(a: (IpAddr, u16), b: (IpAddr, u16)) -> Ordering {
+    match (a.0, b.0) {
+        (IpAddr::V4(x), IpAddr::V4(y)) => v4_endpoint(x, a.1).cmp(&v4_endpoint(y, b.1)),
+        _ => endpoint_order(a).cmp(&endpoint_order(b)),
+    }
+}
+
+/// An IPv4 endpoint as an integer that orders as `(Ipv4Addr, u16)` does.
+#[inline]
+fn v4_endpoint(ip: std::net::Ipv4Addr, port: u16) -> u64 {
+    u64::from(ip.to_bits()) << 16 | u64::from(port)
 }
 
 /// An endpoint as plain integers that order as `(IpAddr, u16)` does (IPv4 before IPv6, then
@@ -776,6 +812,45 @@ mod tests {
                     a.cmp(&b),
                     "{a:?} {b:?}"
                 );
+            }
+        }
+    }
+
+    /// The detectors' maps keyed by flow are read in key order: the integer comparison
+    /// must order keys as their fields' tuple does, IPv4 and IPv6, every protocol.
+    #[test]
+    fn keys_order_as_their_tuples_do() {
+        let ips = [
+            "0.0.0.0",
+            "10.0.0.1",
+            "10.0.0.2",
+            "255.255.255.255",
+            "::",
+            "::1",
+        ];
+        let mut keys = Vec::new();
+        for proto in [Proto::Tcp, Proto::Udp, Proto::Icmp, Proto::Icmpv6] {
+            for a in ips {
+                for b in ips {
+                    for (pa, pb) in [(0, 80), (80, 0), (65535, 1), (7, 7)] {
+                        let a = (a.parse::<IpAddr>().unwrap(), pa);
+                        let b = (b.parse::<IpAddr>().unwrap(), pb);
+                        keys.push(FlowKey::new(proto, a, b));
+                        // Mixed families, as no packet has, still order as tuples.
+                        keys.push(FlowKey {
+                            proto,
+                            lo: a,
+                            hi: b,
+                        });
+                    }
+                }
+            }
+        }
+        for x in &keys {
+            for y in &keys {
+                let tuple = (x.proto, x.lo, x.hi).cmp(&(y.proto, y.lo, y.hi));
+                assert_eq!(x.cmp(y), tuple, "{x:?} {y:?}");
+                assert_eq!(x == y, tuple.is_eq());
             }
         }
     }
