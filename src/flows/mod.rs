@@ -225,8 +225,11 @@ impl FlowTable {
         let hash = self.flows.hash(&key);
         // A SYN on a finished connection starts a new one (port reuse).
         let syn_only = d.tcp.is_some_and(|t| t.flags & 0x12 == 0x02);
-        // The common case, a packet of a known flow, costs one lookup.
-        if let Ok(entry) = self.flows.table.find_entry(hash, |f| f.has_key(&key)) {
+        // The common case, a packet of a known flow, costs one lookup, which also says
+        // which side sent it.
+        let mut from_orig = false;
+        let mut probe = |f: &Flow| f.side_of(d).map(|side| from_orig = side).is_some();
+        if let Ok(entry) = self.flows.table.find_entry(hash, |f| probe(f)) {
             if !(syn_only && entry.get().is_closed()) {
                 let at = Handle {
                     bucket: entry.bucket_index(),
@@ -234,7 +237,7 @@ impl FlowTable {
                 };
                 let flow = entry.into_mut();
                 self.schedule
-                    .account(key, hash, at, flow, d, ts, wire_len, out);
+                    .account(key, hash, at, flow, from_orig, d, ts, wire_len, out);
                 return;
             }
             out.push(FlowEvent::Ended {
@@ -255,8 +258,9 @@ impl FlowTable {
         self.flows_total += 1;
         flow.timer_at = u64::MAX;
         let (at, flow) = self.flows.insert(hash, flow);
+        let from_orig = flow.is_from_orig(d);
         self.schedule
-            .account(key, hash, at, flow, d, ts, wire_len, out);
+            .account(key, hash, at, flow, from_orig, d, ts, wire_len, out);
     }
 
     /// Moves packet time forward, ending flows whose deadline passed.
@@ -443,14 +447,14 @@ impl Schedule {
         hash: u64,
         at: Handle,
         flow: &mut Flow,
+        from_orig: bool,
         d: &Decoded<'_>,
         ts: Timestamp,
         wire_len: u32,
         out: &mut Vec<FlowEvent>,
     ) {
         let t = &self.timeouts;
-        let up = flow.observe(d, ts, wire_len, t.idle);
-        let from_orig = up.from_orig;
+        let up = flow.observe_from(from_orig, d, ts, wire_len, t.idle);
         let due = self.deadline(flow).min(flow.next_interim(t.interim));
         // Only move the flow to an earlier slot; a later deadline is found lazily when the
         // current slot comes due.
