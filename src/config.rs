@@ -112,17 +112,37 @@ impl NetworkConfig {
     /// ports (ICMP, NTP 123 to 123) leave the lower address. Either way round, the same
     /// answer.
     pub fn host(&self, a: (IpAddr, u16), b: (IpAddr, u16)) -> Option<IpAddr> {
-        match (self.is_inside(a.0), self.is_inside(b.0)) {
+        host_by(a, b, |ip| self.is_inside(ip), |ip| self.is_pooled(ip))
+    }
+
+    /// [`host`](Self::host) of two IPv4 ends, as integers: every packet's partition asks
+    /// (most are IPv4), and an `IpAddr` travels and compares as an enum.
+    #[inline]
+    pub fn host_v4(&self, a: (u32, u16), b: (u32, u16)) -> Option<u32> {
+        let inside = |x| self.inside.contains_v4(x);
+        host_by(a, b, inside, |x| self.vpn_pool.contains_v4(x))
+    }
+}
+
+/// The host rule of [`NetworkConfig::host`] over any address that orders as `IpAddr` does,
+/// with `inside` and `pooled` saying where an address is.
+#[inline]
+fn host_by<A: Copy + Ord>(
+    a: (A, u16),
+    b: (A, u16),
+    inside: impl Fn(A) -> bool,
+    pooled: impl Fn(A) -> bool,
+) -> Option<A> {
+    match (inside(a.0), inside(b.0)) {
+        (true, false) => Some(a.0),
+        (false, true) => Some(b.0),
+        (false, false) => None,
+        (true, true) => match (pooled(a.0), pooled(b.0)) {
             (true, false) => Some(a.0),
             (false, true) => Some(b.0),
-            (false, false) => None,
-            (true, true) => match (self.is_pooled(a.0), self.is_pooled(b.0)) {
-                (true, false) => Some(a.0),
-                (false, true) => Some(b.0),
-                _ if a.1 != b.1 => Some(if a.1 > b.1 { a.0 } else { b.0 }),
-                _ => Some(a.0.min(b.0)),
-            },
-        }
+            _ if a.1 != b.1 => Some(if a.1 > b.1 { a.0 } else { b.0 }),
+            _ => Some(a.0.min(b.0)),
+        },
     }
 }
 
@@ -253,15 +273,18 @@ impl Nets {
     #[inline]
     pub fn contains(&self, ip: IpAddr) -> bool {
         match ip {
-            IpAddr::V4(a) => {
-                let x = a.to_bits();
-                match self.v4_prefix.coverage(x) {
-                    Coverage::None => false,
-                    Coverage::All => true,
-                    Coverage::Some => within(&self.v4, x),
-                }
-            }
+            IpAddr::V4(a) => self.contains_v4(a.to_bits()),
             IpAddr::V6(a) => within(&self.v6, a.to_bits()),
+        }
+    }
+
+    /// [`contains`](Self::contains) of an IPv4 address, as its integer.
+    #[inline]
+    pub fn contains_v4(&self, x: u32) -> bool {
+        match self.v4_prefix.coverage(x) {
+            Coverage::None => false,
+            Coverage::All => true,
+            Coverage::Some => within(&self.v4, x),
         }
     }
 }
@@ -508,6 +531,13 @@ mod tests {
             let (a, b) = ((ip(a), pa), (ip(b), pb));
             assert_eq!(network.host(a, b), want.map(ip), "{a:?} {b:?}");
             assert_eq!(network.host(b, a), want.map(ip), "{b:?} {a:?}");
+            // The integer form of the rule, which places most packets, answers the same.
+            if let (IpAddr::V4(x), IpAddr::V4(y)) = (a.0, b.0) {
+                let (x, y) = ((x.to_bits(), a.1), (y.to_bits(), b.1));
+                let v4 = |h: Option<u32>| h.map(|h| IpAddr::from(std::net::Ipv4Addr::from_bits(h)));
+                assert_eq!(v4(network.host_v4(x, y)), want.map(ip), "{a:?} {b:?}");
+                assert_eq!(v4(network.host_v4(y, x)), want.map(ip), "{b:?} {a:?}");
+            }
         }
     }
 
