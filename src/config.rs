@@ -86,11 +86,13 @@ impl Default for NetworkConfig {
 }
 
 impl NetworkConfig {
+    #[inline]
     pub fn is_inside(&self, ip: IpAddr) -> bool {
         self.inside.contains(ip)
     }
 
     /// In `vpn_pool`: an address the VPN gives an account, so a person's, not a server's.
+    #[inline]
     pub fn is_pooled(&self, ip: IpAddr) -> bool {
         self.vpn_pool.contains(ip)
     }
@@ -110,38 +112,68 @@ impl NetworkConfig {
     /// ports (ICMP, NTP 123 to 123) leave the lower address. Either way round, the same
     /// answer.
     pub fn host(&self, a: (IpAddr, u16), b: (IpAddr, u16)) -> Option<IpAddr> {
-        match (self.is_inside(a.0), self.is_inside(b.0)) {
+        host_by(a, b, |ip| self.is_inside(ip), |ip| self.is_pooled(ip))
+    }
+
+    /// [`host`](Self::host) of two IPv4 ends, as integers: every packet's partition asks
+    /// (most are IPv4), and an `IpAddr` travels and compares as an enum.
+    #[inline]
+    pub fn host_v4(&self, a: (u32, u16), b: (u32, u16)) -> Option<u32> {
+        let inside = |x| self.inside.contains_v4(x);
+        host_by(a, b, inside, |x| self.vpn_pool.contains_v4(x))
+    }
+}
+
+/// The host rule of [`NetworkConfig::host`] over any address that orders as `IpAddr` does,
+/// with `inside` and `pooled` saying where an address is.
+#[inline]
+fn host_by<A: Copy + Ord>(
+    a: (A, u16),
+    b: (A, u16),
+    inside: impl Fn(A) -> bool,
+    pooled: impl Fn(A) -> bool,
+) -> Option<A> {
+    match (inside(a.0), inside(b.0)) {
+        (true, false) => Some(a.0),
+        (false, true) => Some(b.0),
+        (false, false) => None,
+        (true, true) => match (pooled(a.0), pooled(b.0)) {
             (true, false) => Some(a.0),
             (false, true) => Some(b.0),
-            (false, false) => None,
-            (true, true) => match (self.is_pooled(a.0), self.is_pooled(b.0)) {
-                (true, false) => Some(a.0),
-                (false, true) => Some(b.0),
-                _ if a.1 != b.1 => Some(if a.1 > b.1 { a.0 } else { b.0 }),
-                _ => Some(a.0.min(b.0)),
-            },
-        }
+            _ if a.1 != b.1 => Some(if a.1 > b.1 { a.0 } else { b.0 }),
+            _ => Some(a.0.min(b.0)),
+        },
     }
 }
 
 /// A list of networks, as written, and as sorted, merged ranges per address family: a
 /// lookup (several per packet) is a binary search over integers instead of a mask per
-/// network. Most IPv4 addresses are answered by their first byte alone ([`ByFirstByte`]).
+/// network. Most IPv4 addresses are answered by their first two bytes alone ([`ByPrefix`]).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(from = "Vec<IpNet>")]
 pub struct Nets {
     nets: Vec<IpNet>,
     v4: Vec<(u32, u32)>,
     v6: Vec<(u128, u128)>,
-    v4_first: ByFirstByte,
+    v4_prefix: ByPrefix,
 }
 
-/// Per first byte of an IPv4 address, whether the ranges hold all of the addresses that
-/// start with it, none, or some (then they are searched). A search's branches go one way
-/// or the other by the address, which the processor cannot foresee; this is one load.
+/// Per first byte of an IPv4 address, and where that is not enough per first two bytes,
+/// whether the ranges hold all of the addresses that start with them, none, or some (then
+/// they are searched). A search's branches go one way or the other by the address, which
+/// the processor cannot foresee; this is one or two loads. Private space is split below
+/// its first byte (172.16/12, 192.168/16, 100.64/10), and 192 starts most test and
+/// documentation addresses too, so one byte left most packets to the search.
 /// Boxed: a `NetworkConfig` travels in reloads and should stay small.
 #[derive(Clone, Debug)]
-struct ByFirstByte(Box<[Coverage; 256]>);
+struct ByPrefix(Box<Prefixes>);
+
+#[derive(Clone, Debug)]
+struct Prefixes {
+    first: [Block; 256],
+    /// The second bytes of each first byte that is [`Block::Split`].
+    second: Vec<[Coverage; 256]>,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Coverage {
@@ -150,19 +182,54 @@ enum Coverage {
     All,
 }
 
-impl ByFirstByte {
-    /// Over sorted, disjoint `ranges`: a block of addresses wholly inside is inside one.
-    fn of(ranges: &[(u32, u32)]) -> ByFirstByte {
-        ByFirstByte(Box::new(std::array::from_fn(|first| {
-            let (lo, hi) = ((first as u32) << 24, ((first as u32) << 24) | 0x00ff_ffff);
-            if ranges.iter().any(|r| r.0 <= lo && hi <= r.1) {
-                Coverage::All
-            } else if ranges.iter().any(|r| r.0 <= hi && lo <= r.1) {
-                Coverage::Some
-            } else {
-                Coverage::None
+/// A first byte's block: all, none, or split (by second byte, in `ByPrefix::second`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Block {
+    None,
+    All,
+    Split(u8),
+}
+
+impl ByPrefix {
+    /// Over sorted, disjoint `ranges`.
+    fn of(ranges: &[(u32, u32)]) -> ByPrefix {
+        let mut second = Vec::new();
+        let first = std::array::from_fn(|a| {
+            let a = (a as u32) << 24;
+            match coverage(ranges, a, a | 0x00ff_ffff) {
+                Coverage::None => Block::None,
+                Coverage::All => Block::All,
+                Coverage::Some => {
+                    second.push(std::array::from_fn(|b| {
+                        let b = a | (b as u32) << 16;
+                        coverage(ranges, b, b | 0xffff)
+                    }));
+                    Block::Split((second.len() - 1) as u8)
+                }
             }
-        })))
+        });
+        ByPrefix(Box::new(Prefixes { first, second }))
+    }
+
+    /// How much of the addresses that start as `x` does are in the ranges.
+    #[inline]
+    fn coverage(&self, x: u32) -> Coverage {
+        let p = &self.0;
+        match p.first[(x >> 24) as usize] {
+            Block::None => Coverage::None,
+            Block::All => Coverage::All,
+            Block::Split(i) => p.second[i as usize][(x >> 16 & 0xff) as usize],
+        }
+    }
+}
+
+/// How much of the block `lo..=hi` the sorted, disjoint `ranges` hold: the first range
+/// that ends in or after the block holds all of it, some, or (starting after it) none.
+fn coverage(ranges: &[(u32, u32)], lo: u32, hi: u32) -> Coverage {
+    match ranges.get(ranges.partition_point(|r| r.1 < lo)) {
+        Some(r) if r.0 <= lo && hi <= r.1 => Coverage::All,
+        Some(r) if r.0 <= hi => Coverage::Some,
+        _ => Coverage::None,
     }
 }
 
@@ -183,12 +250,12 @@ impl From<Vec<IpNet>> for Nets {
         }
         merge(&mut v4);
         merge(&mut v6);
-        let v4_first = ByFirstByte::of(&v4);
+        let v4_prefix = ByPrefix::of(&v4);
         Nets {
             nets,
             v4,
             v6,
-            v4_first,
+            v4_prefix,
         }
     }
 }
@@ -203,17 +270,21 @@ impl std::ops::Deref for Nets {
 }
 
 impl Nets {
+    #[inline]
     pub fn contains(&self, ip: IpAddr) -> bool {
         match ip {
-            IpAddr::V4(a) => {
-                let x = a.to_bits();
-                match self.v4_first.0[(x >> 24) as usize] {
-                    Coverage::None => false,
-                    Coverage::All => true,
-                    Coverage::Some => within(&self.v4, x),
-                }
-            }
+            IpAddr::V4(a) => self.contains_v4(a.to_bits()),
             IpAddr::V6(a) => within(&self.v6, a.to_bits()),
+        }
+    }
+
+    /// [`contains`](Self::contains) of an IPv4 address, as its integer.
+    #[inline]
+    pub fn contains_v4(&self, x: u32) -> bool {
+        match self.v4_prefix.coverage(x) {
+            Coverage::None => false,
+            Coverage::All => true,
+            Coverage::Some => within(&self.v4, x),
         }
     }
 }
@@ -460,11 +531,19 @@ mod tests {
             let (a, b) = ((ip(a), pa), (ip(b), pb));
             assert_eq!(network.host(a, b), want.map(ip), "{a:?} {b:?}");
             assert_eq!(network.host(b, a), want.map(ip), "{b:?} {a:?}");
+            // The integer form of the rule, which places most packets, answers the same.
+            if let (IpAddr::V4(x), IpAddr::V4(y)) = (a.0, b.0) {
+                let (x, y) = ((x.to_bits(), a.1), (y.to_bits(), b.1));
+                let v4 = |h: Option<u32>| h.map(|h| IpAddr::from(std::net::Ipv4Addr::from_bits(h)));
+                assert_eq!(v4(network.host_v4(x, y)), want.map(ip), "{a:?} {b:?}");
+                assert_eq!(v4(network.host_v4(y, x)), want.map(ip), "{b:?} {a:?}");
+            }
         }
     }
 
     /// The sorted ranges answer as the networks do, at every edge, overlapping or not, and
-    /// at the edges of every first byte (where the lookup by first byte decides alone).
+    /// at the edges of every first byte and of every second byte of the split ones (where
+    /// the lookup by prefix decides alone).
     #[test]
     fn inside_ranges_agree_with_the_networks() {
         let nets = [
@@ -473,6 +552,7 @@ mod tests {
             "11.0.0.0/7",
             "172.16.0.0/12",
             "192.0.2.128/25",
+            "100.64.0.0/10",
             "0.0.0.0/32",
             "255.255.255.255/32",
         ];
@@ -489,8 +569,16 @@ mod tests {
             IpNet::V6(_) => vec![],
         });
         let firsts = (0..=255u32).flat_map(|b| [b << 24, (b << 24) | 0x00ff_ffff]);
+        let seconds = [0u32, 10, 11, 100, 172, 192, 255]
+            .into_iter()
+            .flat_map(|a| {
+                (0..=255u32).flat_map(move |b| {
+                    let block = a << 24 | b << 16;
+                    [block, block | 0xffff]
+                })
+            });
         let mut inside = 0;
-        for edge in edges.chain(firsts) {
+        for edge in edges.chain(firsts).chain(seconds) {
             for x in [edge.wrapping_sub(1), edge, edge.wrapping_add(1)] {
                 let ip = IpAddr::from(std::net::Ipv4Addr::from_bits(x));
                 let by_nets = network.inside.iter().any(|n| n.contains(&ip));

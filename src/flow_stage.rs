@@ -210,13 +210,22 @@ pub const END_CHUNK: usize = 512;
 /// running flow. A fragment's later pieces carry no ports: the reader sends them after
 /// their first piece (`engine.rs`), the worker places the datagram once it is whole.
 pub fn partition_of(network: &NetworkConfig, a: (IpAddr, u16), b: (IpAddr, u16)) -> usize {
-    let (x, y) = match network.host(a, b) {
-        Some(host) => (host, host),
-        None => (a.0.min(b.0), a.0.max(b.0)),
+    // Most packets are IPv4: their addresses as integers (`fold` of an IPv4 address).
+    let (x, y) = if let (IpAddr::V4(v4a), IpAddr::V4(v4b)) = (a.0, b.0) {
+        let (a4, b4) = ((v4a.to_bits(), a.1), (v4b.to_bits(), b.1));
+        match network.host_v4(a4, b4) {
+            Some(host) => (u64::from(host), u64::from(host)),
+            None => (u64::from(a4.0.min(b4.0)), u64::from(a4.0.max(b4.0))),
+        }
+    } else {
+        match network.host(a, b) {
+            Some(host) => (fold(host), fold(host)),
+            None => (fold(a.0.min(b.0)), fold(a.0.max(b.0))),
+        }
     };
     // A fixed multiplicative hash: the same in every run, and cheap, as it runs for every
     // packet (SipHash cost more than the flow lookup).
-    let h = fold(x).wrapping_mul(GOLDEN).rotate_left(29) ^ fold(y);
+    let h = x.wrapping_mul(GOLDEN).rotate_left(29) ^ y;
     ((h.wrapping_mul(GOLDEN) >> 32) % PARTITIONS as u64) as usize
 }
 

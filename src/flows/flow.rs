@@ -1,5 +1,6 @@
 //! One flow: who started it, what each side sent, the TCP handshake and state.
 
+use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
@@ -12,8 +13,9 @@ use crate::flows::reassembly::{Segment, Stream};
 use crate::timestamp::Timestamp;
 
 /// Direction-free flow identity: the lower (address, port) endpoint comes first, so both
-/// directions of a conversation find the same entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// directions of a conversation find the same entry. Ordered as the tuple of its fields
+/// (see the `Ord` impl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowKey {
     pub proto: Proto,
     pub lo: (IpAddr, u16),
@@ -40,6 +42,40 @@ impl FlowKey {
         };
         FlowKey { proto, lo, hi }
     }
+}
+
+/// As the tuple `(proto, lo, hi)` orders, in integers: the detectors' and operator
+/// latency's maps keyed by flow search on every packet, and the derived order compares
+/// each address as an enum and its bytes with `memcmp`.
+impl Ord for FlowKey {
+    fn cmp(&self, other: &FlowKey) -> Ordering {
+        (self.proto as u8)
+            .cmp(&(other.proto as u8))
+            .then_with(|| endpoint_cmp(self.lo, other.lo))
+            .then_with(|| endpoint_cmp(self.hi, other.hi))
+    }
+}
+
+impl PartialOrd for FlowKey {
+    fn partial_cmp(&self, other: &FlowKey) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Orders two endpoints as `(IpAddr, u16)` does; two IPv4 ones (most) as one 48-bit
+/// integer each.
+#[inline]
+fn endpoint_cmp(a: (IpAddr, u16), b: (IpAddr, u16)) -> Ordering {
+    match (a.0, b.0) {
+        (IpAddr::V4(x), IpAddr::V4(y)) => v4_endpoint(x, a.1).cmp(&v4_endpoint(y, b.1)),
+        _ => endpoint_order(a).cmp(&endpoint_order(b)),
+    }
+}
+
+/// An IPv4 endpoint as an integer that orders as `(Ipv4Addr, u16)` does.
+#[inline]
+fn v4_endpoint(ip: std::net::Ipv4Addr, port: u16) -> u64 {
+    u64::from(ip.to_bits()) << 16 | u64::from(port)
 }
 
 /// An endpoint as plain integers that order as `(IpAddr, u16)` does (IPv4 before IPv6, then
@@ -314,7 +350,6 @@ pub struct Update {
     pub new_bytes: bool,
     /// A datagram of a followed flow.
     pub follow: bool,
-    pub closing: bool,
 }
 
 impl Flow {
@@ -388,6 +423,27 @@ impl Flow {
             || (matches!(self.proto, Proto::Icmp | Proto::Icmpv6) && d.src == self.orig.0)
     }
 
+    /// Whether packet `d` is this flow's ([`has_key`](Self::has_key) of its key), and then
+    /// whether it came from the originator ([`is_from_orig`](Self::is_from_orig)): the
+    /// table's probe answers both with one comparison of the ends.
+    #[inline]
+    pub fn side_of(&self, d: &Decoded<'_>) -> Option<bool> {
+        if self.proto != d.proto {
+            return None;
+        }
+        // ICMP: the addresses alone (the flow's "ports" are a type and its reply type).
+        let icmp = matches!(self.proto, Proto::Icmp | Proto::Icmpv6);
+        let ends = |x: (IpAddr, u16), y: (IpAddr, u16)| x.0 == y.0 && (icmp || x.1 == y.1);
+        let (src, dst) = ((d.src, d.src_port), (d.dst, d.dst_port));
+        if ends(src, self.orig) && ends(dst, self.resp) {
+            Some(true)
+        } else if ends(src, self.resp) && ends(dst, self.orig) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
     /// When the next interim record is due: every `interval_ns` after the first packet.
     pub fn next_interim(&self, interval_ns: u64) -> Timestamp {
         let n = u64::from(self.interim_records) + 1;
@@ -411,7 +467,18 @@ impl Flow {
         wire_len: u32,
         idle_ns: u64,
     ) -> Update {
-        let from_orig = self.is_from_orig(d);
+        self.observe_from(self.is_from_orig(d), d, ts, wire_len, idle_ns)
+    }
+
+    /// [`observe`](Self::observe) a packet whose direction is known ([`Flow::side_of`]).
+    pub fn observe_from(
+        &mut self,
+        from_orig: bool,
+        d: &Decoded<'_>,
+        ts: Timestamp,
+        wire_len: u32,
+        idle_ns: u64,
+    ) -> Update {
         let side = if from_orig { ORIG } else { RESP };
         self.last = self.last.max(ts);
         let mut up = Update {
@@ -454,7 +521,6 @@ impl Flow {
         up: &mut Update,
     ) {
         let from_orig = side == ORIG;
-        let was_closed = self.is_closed();
         self.tcp.flags[side] |= t.flags;
         let syn = t.flags & SYN != 0;
         let ack = t.flags & ACK != 0;
@@ -515,7 +581,6 @@ impl Flow {
                 up.new_bytes = stream.add(t.seq, d.payload, d.payload_len) == Segment::Appended;
             }
         }
-        up.closing = !was_closed && self.is_closed();
     }
 
     /// Zeek's conn_state, from the flags each side sent.
@@ -649,8 +714,9 @@ mod tests {
         );
         f.observe(&seg(true, ACK | PSH, 112, b"more"), ms(100), 58, idle);
         f.observe(&seg(true, FIN | ACK, 116, b""), ms(200), 54, idle);
-        let up = f.observe(&seg(false, FIN | ACK, 912, b""), ms(210), 54, idle);
-        assert!(up.closing);
+        assert!(!f.is_closed());
+        f.observe(&seg(false, FIN | ACK, 912, b""), ms(210), 54, idle);
+        assert!(f.is_closed());
         assert_eq!(f.tcp.rtt_resp_ns(), Some(30_000_000));
         assert_eq!(f.tcp.rtt_orig_ns(), Some(2_000_000));
         assert_eq!(f.history.as_str(), "ShADTdFf");
@@ -737,6 +803,20 @@ mod tests {
             ..syn
         };
         assert!(!tcp.has_key(&FlowKey::of(&other_port)));
+        // The table's probe: the same answer, and the side the packet came from.
+        let from_server = seg(false, ACK, 1, b"");
+        assert_eq!(flow.side_of(&echo), Some(true));
+        assert_eq!(flow.side_of(&reply), Some(false));
+        assert_eq!(tcp.side_of(&syn), Some(true));
+        assert_eq!(tcp.side_of(&from_server), Some(false));
+        assert_eq!(tcp.side_of(&echo), None);
+        assert_eq!(tcp.side_of(&other_port), None);
+        for d in [echo, reply] {
+            assert_eq!(flow.side_of(&d), Some(flow.is_from_orig(&d)));
+        }
+        for d in [syn, from_server] {
+            assert_eq!(tcp.side_of(&d), Some(tcp.is_from_orig(&d)));
+        }
     }
 
     /// Every letter of both sides, each twice: all of them once, in order, none lost.
@@ -776,6 +856,45 @@ mod tests {
                     a.cmp(&b),
                     "{a:?} {b:?}"
                 );
+            }
+        }
+    }
+
+    /// The detectors' maps keyed by flow are read in key order: the integer comparison
+    /// must order keys as their fields' tuple does, IPv4 and IPv6, every protocol.
+    #[test]
+    fn keys_order_as_their_tuples_do() {
+        let ips = [
+            "0.0.0.0",
+            "10.0.0.1",
+            "10.0.0.2",
+            "255.255.255.255",
+            "::",
+            "::1",
+        ];
+        let mut keys = Vec::new();
+        for proto in [Proto::Tcp, Proto::Udp, Proto::Icmp, Proto::Icmpv6] {
+            for a in ips {
+                for b in ips {
+                    for (pa, pb) in [(0, 80), (80, 0), (65535, 1), (7, 7)] {
+                        let a = (a.parse::<IpAddr>().unwrap(), pa);
+                        let b = (b.parse::<IpAddr>().unwrap(), pb);
+                        keys.push(FlowKey::new(proto, a, b));
+                        // Mixed families, as no packet has, still order as tuples.
+                        keys.push(FlowKey {
+                            proto,
+                            lo: a,
+                            hi: b,
+                        });
+                    }
+                }
+            }
+        }
+        for x in &keys {
+            for y in &keys {
+                let tuple = (x.proto, x.lo, x.hi).cmp(&(y.proto, y.lo, y.hi));
+                assert_eq!(x.cmp(y), tuple, "{x:?} {y:?}");
+                assert_eq!(x == y, tuple.is_eq());
             }
         }
     }

@@ -226,8 +226,11 @@ impl FlowTable {
         let hash = self.flows.hash(&key);
         // A SYN on a finished connection starts a new one (port reuse).
         let syn_only = d.tcp.is_some_and(|t| t.flags & 0x12 == 0x02);
-        // The common case, a packet of a known flow, costs one lookup.
-        if let Ok(entry) = self.flows.table.find_entry(hash, |f| f.has_key(&key)) {
+        // The common case, a packet of a known flow, costs one lookup, which also says
+        // which side sent it.
+        let mut from_orig = false;
+        let mut probe = |f: &Flow| f.side_of(d).map(|side| from_orig = side).is_some();
+        if let Ok(entry) = self.flows.table.find_entry(hash, |f| probe(f)) {
             if !(syn_only && entry.get().is_closed()) {
                 let at = Handle {
                     bucket: entry.bucket_index(),
@@ -235,7 +238,7 @@ impl FlowTable {
                 };
                 let flow = entry.into_mut();
                 self.schedule
-                    .account(key, hash, at, flow, d, ts, wire_len, out);
+                    .account(key, hash, at, flow, from_orig, d, ts, wire_len, out);
                 return at;
             }
             out.push(FlowEvent::Ended {
@@ -256,18 +259,30 @@ impl FlowTable {
         self.flows_total += 1;
         flow.timer_at = u64::MAX;
         let (at, flow) = self.flows.insert(hash, flow);
+        let from_orig = flow.is_from_orig(d);
         self.schedule
-            .account(key, hash, at, flow, d, ts, wire_len, out);
+            .account(key, hash, at, flow, from_orig, d, ts, wire_len, out);
         at
     }
 
-    /// Moves packet time forward, ending flows whose deadline passed.
+    /// Moves packet time forward, ending flows whose deadline passed. Runs for every packet,
+    /// and for most nothing is due: that answer is inlined, the checks are not.
+    #[inline]
     pub fn advance(&mut self, ts: Timestamp, out: &mut Vec<FlowEvent>) {
         if ts <= self.now {
             return;
         }
         self.now = ts;
         let now_slot = ts.secs();
+        if self.schedule.wheel.may_be_due(now_slot) {
+            self.expire(now_slot, out);
+        }
+        self.schedule.wheel.pass(now_slot);
+    }
+
+    /// Checks the flows due by `now_slot`, slot by slot.
+    #[inline(never)]
+    fn expire(&mut self, now_slot: u64, out: &mut Vec<FlowEvent>) {
         let mut next = self.schedule.wheel.first_due(now_slot);
         if next.is_some() {
             let mut timers = std::mem::take(&mut self.due);
@@ -280,7 +295,6 @@ impl FlowTable {
             }
             self.due = timers;
         }
-        self.schedule.wheel.pass(now_slot);
     }
 
     fn check(&mut self, slot: u64, timer: Timer, out: &mut Vec<FlowEvent>) {
@@ -445,14 +459,14 @@ impl Schedule {
         hash: u64,
         at: Handle,
         flow: &mut Flow,
+        from_orig: bool,
         d: &Decoded<'_>,
         ts: Timestamp,
         wire_len: u32,
         out: &mut Vec<FlowEvent>,
     ) {
         let t = &self.timeouts;
-        let up = flow.observe(d, ts, wire_len, t.idle);
-        let from_orig = up.from_orig;
+        let up = flow.observe_from(from_orig, d, ts, wire_len, t.idle);
         let due = self.deadline(flow).min(flow.next_interim(t.interim));
         // Only move the flow to an earlier slot; a later deadline is found lazily when the
         // current slot comes due.

@@ -74,9 +74,16 @@ impl<T> Wheel<T> {
         }
     }
 
+    /// Whether an entry may be due by `until`: false for most packets, which then need not
+    /// look further ([`first_due`](Self::first_due) answers exactly).
+    #[inline]
+    pub fn may_be_due(&self, until: u64) -> bool {
+        until >= self.earliest
+    }
+
     /// The earliest slot that has entries, if it is not after `until`.
     pub fn first_due(&mut self, until: u64) -> Option<u64> {
-        if until < self.earliest {
+        if !self.may_be_due(until) {
             return None;
         }
         let first = self.first();
@@ -126,6 +133,7 @@ impl<T> Wheel<T> {
     }
 
     /// Every slot up to `slot` has been taken out: the ring moves on.
+    #[inline]
     pub fn pass(&mut self, slot: u64) {
         debug_assert!(self.first().is_none_or(|first| first > slot));
         self.done = self.done.max(slot);
