@@ -1357,6 +1357,7 @@ mod tests {
                                 link,
                                 orig_len: len as u32,
                                 data: &data[..len],
+                                shared: None,
                             };
                             if let Some((quick, slow)) = quick(pkt) {
                                 assert_eq!(quick, slow, "{:02x?}", &data[..len]);

@@ -27,6 +27,7 @@ use crate::dissect::dns;
 use crate::flow_stage::{
     END_CHUNK, FlowScope, FlowWorker, PARTITIONS, Reload, Stamped, ends, partition_of,
 };
+use crate::mapped::Shared;
 use crate::metrics::Stats;
 use crate::report::Collector;
 use crate::source::{LinkType, Packet};
@@ -483,11 +484,18 @@ struct Entry {
     work: Work,
     ts: Timestamp,
     clock: Timestamp,
+    /// Where its bytes are: the batch's `data` (None) or one of its `maps`, at
+    /// `start..end`.
+    map: Option<u32>,
     start: usize,
     end: usize,
 }
 
 /// Entries for one worker and the bytes they point into.
+///
+/// A packet of a mapped file stays where it is: the batch holds the mapping (once, not
+/// per packet) and the entry its place there. Other bytes (standard input, .gz files,
+/// live capture, held fragments) are copied into `data`.
 ///
 /// Batches and the workers' item lists go round and come back emptied (a worker returns
 /// its batches to the reader, the account stage the item lists to their worker): a fresh
@@ -496,6 +504,8 @@ struct Entry {
 struct Batch {
     entries: Vec<Entry>,
     data: Vec<u8>,
+    /// The mapped files entries point into (several files replayed at once interleave).
+    maps: Vec<Shared>,
     reloads: Vec<(Arc<FlowScope>, Arc<Reload>)>,
 }
 
@@ -504,6 +514,7 @@ impl Batch {
         Batch {
             entries: Vec::with_capacity(BATCH),
             data: Vec::with_capacity(bytes.max(BATCH_BYTES)),
+            maps: Vec::new(),
             reloads: Vec::new(),
         }
     }
@@ -512,19 +523,69 @@ impl Batch {
     fn clear(&mut self) {
         self.entries.clear();
         self.data.clear();
+        self.maps.clear();
         self.reloads.clear();
     }
 
-    fn add(&mut self, work: Work, ts: Timestamp, clock: Timestamp, bytes: &[u8]) {
-        let start = self.data.len();
-        self.data.extend_from_slice(bytes);
+    /// An entry without bytes.
+    fn mark(&mut self, work: Work, ts: Timestamp, clock: Timestamp) {
+        self.add(work, ts, clock, &[], None);
+    }
+
+    /// An entry with `bytes`, which lie in `shared` when it is given.
+    fn add(
+        &mut self,
+        work: Work,
+        ts: Timestamp,
+        clock: Timestamp,
+        bytes: &[u8],
+        shared: Option<&Shared>,
+    ) {
+        let (map, start) = match shared.and_then(|m| self.place(m, bytes)) {
+            Some((map, start)) => (Some(map), start),
+            None => {
+                let start = self.data.len();
+                self.data.extend_from_slice(bytes);
+                (None, start)
+            }
+        };
         self.entries.push(Entry {
             work,
             ts,
             clock,
+            map,
             start,
-            end: self.data.len(),
+            end: start + bytes.len(),
         });
+    }
+
+    /// Where `bytes` are in mapping `shared`: its index in `maps` (added on its first
+    /// packet) and their offset. None if they are not in it.
+    fn place(&mut self, shared: &Shared, bytes: &[u8]) -> Option<(u32, usize)> {
+        let all = shared.bytes();
+        let start = (bytes.as_ptr() as usize).checked_sub(all.as_ptr() as usize)?;
+        if start + bytes.len() > all.len() {
+            return None;
+        }
+        let index = match self.maps.iter().position(|m| Arc::ptr_eq(m, shared)) {
+            Some(i) => i,
+            None => {
+                self.maps.push(shared.clone());
+                self.maps.len() - 1
+            }
+        };
+        Some((index as u32, start))
+    }
+
+    /// The bytes of `e`, and the mapping they lie in.
+    fn bytes(&self, e: &Entry) -> (&[u8], Option<&Shared>) {
+        match e.map {
+            None => (&self.data[e.start..e.end], None),
+            Some(i) => {
+                let map = &self.maps[i as usize];
+                (&map.bytes()[e.start..e.end], Some(map))
+            }
+        }
     }
 }
 
@@ -621,7 +682,7 @@ impl Threads {
     fn dispatch(&mut self, pkt: Packet<'_>, clock: Timestamp, start: bool, tick: bool) {
         let n = self.batches.len();
         if start {
-            self.batches[0].add(Work::Start, pkt.ts, clock, &[]);
+            self.batches[0].mark(Work::Start, pkt.ts, clock);
         }
         // A frame that peeks badly decodes badly: any worker counts the error.
         let peeked = decode::peek(pkt).ok();
@@ -637,18 +698,18 @@ impl Threads {
                 orig_len: pkt.orig_len,
                 partition: p,
             };
-            self.batches[p % n].add(work, pkt.ts, clock, pkt.data);
+            self.batches[p % n].add(work, pkt.ts, clock, pkt.data, pkt.shared);
         }
         if let Some(payload) = dns {
             for (i, b) in self.batches.iter_mut().enumerate() {
                 if Some(i) != owner {
-                    b.add(Work::DnsAnswer, pkt.ts, clock, payload);
+                    b.add(Work::DnsAnswer, pkt.ts, clock, payload, pkt.shared);
                 }
             }
         }
         if tick {
             for b in &mut self.batches {
-                b.add(Work::Tick, pkt.ts, clock, &[]);
+                b.mark(Work::Tick, pkt.ts, clock);
             }
             if self.board.is_watched() {
                 self.board.put_reader(&self.routes);
@@ -704,7 +765,7 @@ impl Threads {
                 orig_len: h.orig_len,
                 partition,
             };
-            self.batches[partition % n].add(work, h.ts, clock, &h.data);
+            self.batches[partition % n].add(work, h.ts, clock, &h.data, None);
         }
     }
 
@@ -712,13 +773,13 @@ impl Threads {
         for b in &mut self.batches {
             b.reloads.push((scope.clone(), reload.clone()));
             let index = b.reloads.len() - 1;
-            b.add(Work::Reload(index), clock, clock, &[]);
+            b.mark(Work::Reload(index), clock, clock);
         }
     }
 
     fn idle(&mut self, clock: Timestamp) {
         for i in 0..self.batches.len() {
-            self.batches[i].add(Work::Idle, clock, clock, &[]);
+            self.batches[i].mark(Work::Idle, clock, clock);
             self.send(i);
         }
     }
@@ -743,7 +804,7 @@ impl Threads {
             self.send_held(key, held, None, end);
         }
         for i in 0..self.batches.len() {
-            self.batches[i].add(Work::Finish, end, end, &[]);
+            self.batches[i].mark(Work::Finish, end, end);
             self.send(i);
         }
         self.senders.clear();
@@ -779,7 +840,7 @@ fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> Fl
     let mut mark = Timestamp::ZERO;
     for mut batch in lanes.batches {
         for e in &batch.entries {
-            let bytes = &batch.data[e.start..e.end];
+            let (bytes, shared) = batch.bytes(e);
             match e.work {
                 Work::Packet {
                     link,
@@ -791,6 +852,7 @@ fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> Fl
                         link,
                         orig_len,
                         data: bytes,
+                        shared,
                     },
                     e.clock,
                     Some(partition),
@@ -908,7 +970,8 @@ struct Route {
 /// Held pieces to send on now: their datagram, and its partition when it is known.
 type Release = (FragKey, Vec<Held>, Option<usize>);
 
-/// A piece that came before its datagram's first.
+/// A piece that came before its datagram's first, with a copy of its bytes (a mapped
+/// file's too: it may wait long).
 struct Held {
     ts: Timestamp,
     link: LinkType,
@@ -1032,6 +1095,7 @@ mod tests {
             link: LinkType::RAW,
             orig_len: data.len() as u32,
             data,
+            shared: None,
         };
         let p = decode::peek(pkt)
             .expect("a fragment")

@@ -24,6 +24,7 @@ pub mod health;
 pub mod identity;
 pub mod jetstream;
 pub mod live;
+pub mod mapped;
 pub mod metrics;
 pub mod observation;
 pub mod publish;

@@ -518,6 +518,7 @@ fn capture_loop(
                     link,
                     orig_len: p.header.len,
                     data: p.data,
+                    shared: None,
                 });
             }
             // The ring is empty: sleep until the kernel hands over a block, or a while.

@@ -2,7 +2,8 @@
 //! and interfaces), optionally gzip-compressed, read in pure Rust. Several files are
 //! merged into one stream in timestamp order, so a replay of a rotated capture set sees
 //! packets as the sensor did. Each input, `-` (stdin) and pipes included, is read once
-//! from front to back.
+//! from front to back: a regular file mapped into memory ([`crate::mapped`]), everything
+//! else a buffer at a time.
 //!
 //! Nothing is lost silently (README, "Replay limits"): a length that cannot be right
 //! stops its file with the byte offset, checked before the record is waited for; only a
@@ -14,6 +15,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use pcap_parser::PcapError;
 use pcap_parser::nom::{self, IResult};
@@ -27,6 +29,7 @@ use pcap_parser::pcapng::{
     parse_simplepacketblock_le,
 };
 
+use crate::mapped::{Mapping, Shared};
 use crate::metrics::Stats;
 use crate::timestamp::Timestamp;
 
@@ -45,15 +48,30 @@ impl LinkType {
     pub const LINUX_SLL2: LinkType = LinkType(276);
 }
 
-/// One captured frame, borrowed from the reader's buffer: replay hands every packet on
-/// without copying it. `data` may be shorter than `orig_len` when the capture's snaplen
-/// cut it.
-#[derive(Clone, Copy, Debug)]
+/// One captured frame, borrowed from the reader's buffer or mapping: replay hands every
+/// packet on without copying it. `data` may be shorter than `orig_len` when the capture's
+/// snaplen cut it.
+#[derive(Clone, Copy)]
 pub struct Packet<'a> {
     pub ts: Timestamp,
     pub link: LinkType,
     pub orig_len: u32,
     pub data: &'a [u8],
+    /// The mapped file `data` lies in, which other threads may share instead of copying
+    /// the bytes; None for bytes read into a buffer, live capture and tests.
+    pub shared: Option<&'a Shared>,
+}
+
+impl fmt::Debug for Packet<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Packet")
+            .field("ts", &self.ts)
+            .field("link", &self.link)
+            .field("orig_len", &self.orig_len)
+            .field("data", &self.data)
+            .field("mapped", &self.shared.is_some())
+            .finish()
+    }
 }
 
 /// A frame that owns its bytes, for queues between threads (live capture) and tests.
@@ -72,6 +90,7 @@ impl OwnedPacket {
             link: self.link,
             orig_len: self.orig_len,
             data: &self.data,
+            shared: None,
         }
     }
 }
@@ -259,36 +278,87 @@ fn u32_at(data: &[u8], at: usize, big_endian: bool) -> Option<u32> {
     })
 }
 
-/// The part of a file read but not parsed yet.
+/// The part of a file not parsed yet: `bytes()[start..end]`.
 struct Buffered {
-    input: Box<dyn Read + Send>,
-    buf: Vec<u8>,
+    bytes: Bytes,
     start: usize,
     end: usize,
     eof: bool,
+    /// Mapped files: the pages before this offset were handed back.
+    dropped: usize,
 }
 
+/// Where a file's bytes are.
+enum Bytes {
+    /// The whole file, mapped: nothing more to read.
+    Mapped(Shared),
+    /// Read a buffer at a time (standard input, pipes, .gz files, and files that cannot
+    /// be mapped).
+    Read {
+        input: Box<dyn Read + Send>,
+        buf: Vec<u8>,
+    },
+}
+
+/// Mapped files: the reader hands back the pages this far behind it, this many bytes at
+/// a time, so that a file read front to back keeps a few MiB resident, not all of it. The
+/// workers may still read a packet behind the reader (their batches point into the
+/// mapping): its page comes back from the page cache, with the same bytes.
+const KEEP_BEHIND: usize = 2 << 20;
+const DROP_EVERY: usize = 2 << 20;
+
 impl Buffered {
+    fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            Bytes::Mapped(map) => map.bytes(),
+            Bytes::Read { buf, .. } => buf,
+        }
+    }
+
     fn data(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
+        &self.bytes()[self.start..self.end]
+    }
+
+    fn shared(&self) -> Option<&Shared> {
+        match &self.bytes {
+            Bytes::Mapped(map) => Some(map),
+            Bytes::Read { .. } => None,
+        }
+    }
+
+    /// Moves past `len` parsed bytes.
+    fn consume(&mut self, len: usize) {
+        self.start += len;
+        if let Bytes::Mapped(map) = &self.bytes
+            && self.start >= self.dropped + KEEP_BEHIND + DROP_EVERY
+        {
+            let to = self.start - KEEP_BEHIND;
+            map.drop_range(self.dropped..to);
+            self.dropped = to;
+        }
     }
 
     /// Reads more of the file behind what is left; a buffer full of one unfinished record
     /// doubles (up to [`MAX_BUFFER`]). Ok(false) when the record cannot fit.
     fn fill(&mut self) -> io::Result<bool> {
+        let Bytes::Read { input, buf } = &mut self.bytes else {
+            // A mapping holds the whole file.
+            self.eof = true;
+            return Ok(true);
+        };
         if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
+            buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        if self.end == self.buf.len() {
-            if self.buf.len() >= MAX_BUFFER {
+        if self.end == buf.len() {
+            if buf.len() >= MAX_BUFFER {
                 return Ok(false);
             }
-            self.buf.resize(self.buf.len() * 2, 0);
+            buf.resize(buf.len() * 2, 0);
         }
         let n = loop {
-            match self.input.read(&mut self.buf[self.end..]) {
+            match input.read(&mut buf[self.end..]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 read => break read?,
             }
@@ -300,8 +370,8 @@ impl Buffered {
 }
 
 /// Reads one capture file, record by record, with pcap-parser's record and block parsers.
-/// The current packet stays in the buffer until the next [`FileReader::advance`], so it
-/// is never copied.
+/// The current packet stays in the buffer until the next [`FileReader::advance`] (in the
+/// mapping for as long as the mapping lives), so it is never copied.
 pub struct FileReader {
     path: PathBuf,
     /// Whether the file is gzip-compressed (offsets are then into the decompressed data).
@@ -349,20 +419,33 @@ const HEADER: usize = 24;
 impl FileReader {
     /// Opens a capture file, or standard input for `-`. Its first bytes are read once and
     /// handed on in front of the rest: a pipe, FIFO or `<(...)` can be neither re-opened
-    /// nor sought, so gzip is told by its magic.
+    /// nor sought, so gzip is told by its magic. A regular file that is not gzip is mapped
+    /// (read as a stream when it cannot be).
     pub fn open(path: &Path) -> Result<FileReader, SourceError> {
         let failed = |e| SourceError::Open(path.to_path_buf(), e);
-        let mut input: Box<dyn Read + Send> = if path == Path::new(STDIN) {
-            Box::new(io::stdin())
+        let file = if path == Path::new(STDIN) {
+            None
         } else {
-            Box::new(File::open(path).map_err(failed)?)
+            Some(File::open(path).map_err(failed)?)
         };
         let mut magic = Vec::with_capacity(2);
-        (&mut input)
-            .take(2)
-            .read_to_end(&mut magic)
-            .map_err(failed)?;
+        match &file {
+            Some(f) => f.take(2).read_to_end(&mut magic),
+            None => io::stdin().take(2).read_to_end(&mut magic),
+        }
+        .map_err(failed)?;
         let gz = magic == [0x1f, 0x8b];
+        if !gz
+            && let Some(map) = file
+                .as_ref()
+                .and_then(|f| Mapping::new(f, &display_name(path)))
+        {
+            return FileReader::from_mapping(path, Arc::new(map));
+        }
+        let input: Box<dyn Read + Send> = match file {
+            Some(f) => Box::new(f),
+            None => Box::new(io::stdin()),
+        };
         let input = io::Cursor::new(magic).chain(input);
         let input: Box<dyn Read + Send> = if gz {
             Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(input)))
@@ -374,16 +457,32 @@ impl FileReader {
         Ok(reader)
     }
 
+    /// Reads a capture from `input`, a buffer at a time.
     pub fn from_reader(
         path: &Path,
         input: Box<dyn Read + Send>,
     ) -> Result<FileReader, SourceError> {
-        let mut input = Buffered {
+        let bytes = Bytes::Read {
             input,
             buf: vec![0; BUFFER],
+        };
+        FileReader::new(path, bytes, 0)
+    }
+
+    /// Reads a capture from its mapping.
+    pub fn from_mapping(path: &Path, map: Shared) -> Result<FileReader, SourceError> {
+        let len = map.bytes().len();
+        FileReader::new(path, Bytes::Mapped(map), len)
+    }
+
+    /// `end`: how many bytes `bytes` holds already.
+    fn new(path: &Path, bytes: Bytes, end: usize) -> Result<FileReader, SourceError> {
+        let mut input = Buffered {
+            eof: matches!(bytes, Bytes::Mapped(_)),
+            bytes,
             start: 0,
-            end: 0,
-            eof: false,
+            end,
+            dropped: 0,
         };
         while input.end < HEADER && !input.eof {
             input.fill().map_err(|e| {
@@ -489,7 +588,7 @@ impl FileReader {
     }
 
     fn consume(&mut self, len: usize) {
-        self.input.start += len;
+        self.input.consume(len);
         self.consumed += len as u64;
     }
 
@@ -518,15 +617,19 @@ impl FileReader {
         }
     }
 
-    /// The packet [`FileReader::advance`] moved to, borrowed from the buffer.
+    /// The packet [`FileReader::advance`] moved to, borrowed from the buffer or mapping.
     pub fn packet(&self) -> Option<Packet<'_>> {
         let c = self.current?;
-        let data = self.input.buf.get(c.start..c.start.checked_add(c.len)?)?;
+        let data = self
+            .input
+            .bytes()
+            .get(c.start..c.start.checked_add(c.len)?)?;
         Some(Packet {
             ts: c.ts,
             link: c.link,
             orig_len: c.orig_len,
             data,
+            shared: self.input.shared(),
         })
     }
 
@@ -962,6 +1065,72 @@ mod tests {
         assert!(!r.advance().unwrap());
         assert!(!r.advance().unwrap());
         assert_eq!(r.truncated, 1);
+    }
+
+    /// A file of this test process's own in the temporary directory, removed on drop.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, bytes: &[u8]) -> TempFile {
+            let path = std::env::temp_dir().join(format!("fw-{}-{name}", std::process::id()));
+            std::fs::write(&path, bytes).unwrap();
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// Every packet of `r`, whether it was mapped, and what was cut off.
+    fn drain(mut r: FileReader) -> (Vec<OwnedPacket>, bool, u64, u64) {
+        let mut out = Vec::new();
+        let mut mapped = true;
+        while r.advance().unwrap() {
+            let p = r.packet().unwrap();
+            mapped &= p.shared.is_some();
+            out.push(OwnedPacket::from(p));
+        }
+        (out, mapped, r.truncated, r.consumed)
+    }
+
+    /// A regular file is mapped, and reads as the same bytes read as a stream do: records
+    /// far beyond the pages handed back behind the reader, one larger than the read
+    /// buffer, and a last one cut off.
+    #[test]
+    fn a_mapped_file_reads_as_the_stream_does() {
+        let mut lens = vec![1500; 2 * (KEEP_BEHIND + DROP_EVERY) / 1500];
+        lens.extend([60, BUFFER * 3 + 7, 0, 40]);
+        let bytes = pcap_of(&lens);
+        for cut in [0, 30] {
+            let bytes = &bytes[..bytes.len() - cut];
+            let file = TempFile::new(&format!("mapped-{cut}.pcap"), bytes);
+            let (mapped, is_mapped, truncated, consumed) =
+                drain(FileReader::open(&file.0).unwrap());
+            let input = Box::new(io::Cursor::new(bytes.to_vec()));
+            let (read, is_read_mapped, ..) =
+                drain(FileReader::from_reader(&file.0, input).unwrap());
+            assert!(is_mapped && !is_read_mapped);
+            assert_eq!(mapped, read);
+            assert_eq!(mapped.len(), lens.len() - usize::from(cut > 0));
+            assert_eq!(truncated, u64::from(cut > 0));
+            assert_eq!(
+                consumed,
+                (bytes.len() - if cut > 0 { 40 + 16 - cut } else { 0 }) as u64
+            );
+        }
+    }
+
+    /// A .gz file is read as a stream (its offsets are into the decompressed data).
+    #[test]
+    fn a_gz_file_is_read_not_mapped() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &pcap_of(&[60, 70])).unwrap();
+        let file = TempFile::new("read.pcap.gz", &gz.finish().unwrap());
+        let (pkts, mapped, truncated, _) = drain(FileReader::open(&file.0).unwrap());
+        assert_eq!((pkts.len(), mapped, truncated), (2, false, 0));
     }
 
     #[test]
