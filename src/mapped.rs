@@ -65,7 +65,7 @@ impl Mapping {
     /// them faults them in again, with the same bytes): a file read front to back keeps a
     /// few pages resident, not the whole file.
     pub fn drop_range(&self, range: std::ops::Range<usize>) {
-        let Some(len) = range.end.checked_sub(range.start) else {
+        let Some(len) = range.end.checked_sub(range.start).filter(|&len| len > 0) else {
             return;
         };
         // SAFETY: MADV_DONTNEED on a shared read-only file mapping only unmaps the pages:
@@ -76,6 +76,14 @@ impl Mapping {
             self.map
                 .unchecked_advise_range(UncheckedAdvice::DontNeed, range.start, len)
         };
+    }
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapping")
+            .field("len", &self.map.len())
+            .finish()
     }
 }
 
