@@ -766,6 +766,7 @@ fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool
         dns_name: ctx.names.lookup(ts, flow.resp.0),
         midstream: flow.history.picked_up_mid_stream(),
         tls: flow.details.as_deref().and_then(|d| d.tls.as_deref()),
+        ja4: Some(&ctx.shared.ja4),
     };
     let id = identify::identify(&input);
     let follow = flow.proto == Proto::Udp && id.app == Some(App::Radius);

@@ -19,6 +19,7 @@ use serde::ser::{SerializeMap, Serializer};
 
 use crate::app::App;
 use crate::decode::Proto;
+use crate::dissect::ja4::Memo as Ja4Memo;
 use crate::dissect::tls::TlsDetails;
 use crate::dissect::tools::{self, NameKind};
 use crate::dissect::{
@@ -49,6 +50,8 @@ pub struct Input<'a> {
     /// The TLS details an earlier pass found: a ClientHello parsed once is not parsed (nor
     /// its JA4 computed) again when the server's flight arrives.
     pub tls: Option<&'a TlsDetails>,
+    /// The worker's JA4 hashes already worked out (none: hashed every time).
+    pub ja4: Option<&'a Ja4Memo>,
 }
 
 impl<'a> Input<'a> {
@@ -452,6 +455,7 @@ mod tests {
             dns_name,
             midstream: false,
             tls: None,
+            ja4: None,
         }
     }
 

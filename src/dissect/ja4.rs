@@ -6,6 +6,9 @@
 //! SHA-256 of the sorted extension list (without SNI and ALPN), then `_` and the signature
 //! algorithms in wire order. GREASE values (RFC 8701) are ignored everywhere.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use super::tls::ClientHello;
 use sha2::{Digest, Sha256};
 
@@ -23,13 +26,28 @@ const ALPN: u16 = 0x0010;
 /// Hash part for an empty list: the spec prints twelve zeros rather than hashing nothing.
 const EMPTY_HASH: &str = "000000000000";
 
-/// The JA4 fingerprint of `hello`. Every TLS flow computes it (twice when the server's
-/// flight arrives after the hello), so it is written into one string: no list is formatted
-/// and joined, and the hashed lists go through one scratch buffer.
+/// The JA4 fingerprint of `hello`. Every TLS flow computes it, so it is written into one
+/// string: no list is formatted and joined, and the hashed lists go through one scratch
+/// buffer.
 pub fn ja4(hello: &ClientHello, transport: Transport) -> String {
+    ja4_with(hello, transport, None)
+}
+
+/// [`ja4`], its hashed parts taken from `memo` when the same lists were hashed before.
+pub fn ja4_with(hello: &ClientHello, transport: Transport, memo: Option<&Memo>) -> String {
     let p = Parts::of(hello, transport);
     let mut out = String::with_capacity(36);
     out.push_str(p.a());
+    match memo {
+        Some(memo) => memo.hashes(&p, &mut out),
+        None => hashes(&p, &mut out),
+    }
+    out
+}
+
+/// Appends `_b_c`: the truncated hashes of the sorted ciphers, and of the sorted
+/// extensions with the signature algorithms.
+fn hashes(p: &Parts, out: &mut String) {
     let mut scratch = Vec::with_capacity(5 * p.ciphers.len().max(p.extensions.len()) + 128);
     for (list, sigs) in [
         (&p.ciphers, &[][..]),
@@ -51,7 +69,69 @@ pub fn ja4(hello: &ClientHello, transport: Transport) -> String {
             out.push(HEX[usize::from(b & 0x0f)] as char);
         }
     }
-    out
+}
+
+/// Distinct hashed parts a [`Memo`] keeps; past it a new one is hashed every time.
+pub const MEMO_ENTRIES: usize = 4096;
+
+/// JA4 hashes already worked out, by the lists they hash. A fleet's clients send a handful
+/// of distinct cipher, extension and signature lists (GREASE left out), and the two
+/// SHA-256 of each ClientHello were most of the instructions of dissecting a TLS flow. Bounded like the
+/// shared details (`super::shared`): past [`MEMO_ENTRIES`] a new fingerprint is not kept,
+/// only hashed, so nothing is lost and nothing evicted. A worker's probes share one
+/// through [`super::identify::Input`], which they read through `&`.
+#[derive(Default)]
+pub struct Memo {
+    known: RefCell<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    /// `_b_c` by [`Memo::key`].
+    hashes: HashMap<Box<[u16]>, String, ahash::RandomState>,
+    /// The key being looked up, built here rather than in a new Vec each time.
+    key: Vec<u16>,
+}
+
+impl Memo {
+    /// [`hashes`] of `p`, from the memo when its lists were hashed before.
+    fn hashes(&self, p: &Parts, out: &mut String) {
+        let Ok(mut known) = self.known.try_borrow_mut() else {
+            return hashes(p, out);
+        };
+        let Known { hashes: map, key } = &mut *known;
+        Memo::key(p, key);
+        if let Some(tail) = map.get(key.as_slice()) {
+            out.push_str(tail);
+            return;
+        }
+        let start = out.len();
+        hashes(p, out);
+        if map.len() < MEMO_ENTRIES {
+            map.insert(key.as_slice().into(), out[start..].to_string());
+        }
+    }
+
+    /// The lists `p` hashes in one: the ciphers' count and the ciphers, the extensions'
+    /// count and the extensions, then the signature algorithms (the counts keep the lists
+    /// apart).
+    fn key(p: &Parts, key: &mut Vec<u16>) {
+        key.clear();
+        for list in [&p.ciphers, &p.extensions] {
+            key.push(list.len() as u16);
+            key.extend_from_slice(list);
+        }
+        key.extend_from_slice(&p.signature_algorithms);
+    }
+
+    /// Distinct hashed parts kept.
+    pub fn len(&self) -> usize {
+        self.known.borrow().hashes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// JA4_r, the raw form: the sorted lists unhashed. Nothing writes it out, so it is
@@ -227,6 +307,49 @@ mod tests {
              0005,000a,000b,000d,0012,0015,0017,001b,0023,002b,002d,0033,4469,ff01_\
              0403,0804,0401,0503,0805,0501,0806,0601"
         );
+    }
+
+    /// The memo answers what hashing answers: the same lists (GREASE aside) hit it, other
+    /// lists do not, and past its limit fingerprints are still right.
+    #[test]
+    fn memo_gives_the_hashed_fingerprint() {
+        let memo = Memo::default();
+        let mut greased = spec_example();
+        greased.ciphers[0] = 0x3a3a;
+        greased.extensions[0] = 0xdada;
+        let mut no_sigs = spec_example();
+        no_sigs.signature_algorithms.clear();
+        let mut sigs_as_extension = spec_example();
+        // The same u16 values, one moved from the extensions to the signature algorithms:
+        // the key keeps the lists apart.
+        let last = sigs_as_extension.extensions.pop().unwrap();
+        sigs_as_extension.signature_algorithms.insert(0, last);
+        for (hello, transport, kept) in [
+            (spec_example(), Transport::Tcp, 1),
+            (spec_example(), Transport::Quic, 1),
+            (greased, Transport::Tcp, 1),
+            (no_sigs, Transport::Tcp, 2),
+            (sigs_as_extension, Transport::Tcp, 3),
+        ] {
+            assert_eq!(
+                ja4_with(&hello, transport, Some(&memo)),
+                ja4(&hello, transport)
+            );
+            assert_eq!(memo.len(), kept);
+        }
+        assert!(ja4_with(&spec_example(), Transport::Tcp, Some(&memo)).ends_with("_e5627efa2ab1"));
+        let full = Memo::default();
+        for cipher in 0..MEMO_ENTRIES as u16 + 2 {
+            let hello = ClientHello {
+                ciphers: vec![cipher],
+                ..spec_example()
+            };
+            assert_eq!(
+                ja4_with(&hello, Transport::Tcp, Some(&full)),
+                ja4(&hello, Transport::Tcp)
+            );
+        }
+        assert_eq!(full.len(), MEMO_ENTRIES);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use super::identify::{Details, Protocol};
+use super::ja4::Memo as Ja4Memo;
 use super::ssh::SshDetails;
 use super::tls::TlsDetails;
 
@@ -18,6 +19,8 @@ use super::tls::TlsDetails;
 pub struct SharedDetails {
     ssh: Shared<SshDetails>,
     tls: Shared<TlsDetails>,
+    /// JA4 hashes by the lists they hash: the fingerprints of the fleet's TLS clients.
+    pub ja4: Ja4Memo,
 }
 
 impl SharedDetails {

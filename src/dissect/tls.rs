@@ -98,6 +98,11 @@ pub struct Certificate {
 
 /// Parses the ClientHello at the start of a client's TLS-over-TCP byte stream.
 pub fn parse_client_hello(stream: &[u8]) -> Result<ClientHello> {
+    parse_client_hello_with(stream, None)
+}
+
+/// [`parse_client_hello`], its JA4 hashes taken from `memo` when they were worked out before.
+pub fn parse_client_hello_with(stream: &[u8], memo: Option<&ja4::Memo>) -> Result<ClientHello> {
     let flight = Flight::read(stream)?;
     let mut messages = Reader::new(&flight.bytes);
     let (kind, body) = flight.complete(next_message(&mut messages))?;
@@ -106,7 +111,7 @@ pub fn parse_client_hello(stream: &[u8]) -> Result<ClientHello> {
             "first handshake message is not a ClientHello",
         ));
     }
-    client_hello_body(body, false, Transport::Tcp)
+    client_hello_body(body, false, Transport::Tcp, memo)
 }
 
 /// Parses a ClientHello handshake message (type, length, body; RFC 8446 §4) carried
@@ -122,7 +127,7 @@ pub(crate) fn parse_client_hello_message(
             "first handshake message is not a ClientHello",
         ));
     }
-    client_hello_body(body, false, transport)
+    client_hello_body(body, false, transport, None)
 }
 
 /// DTLSPlaintext header (RFC 6347 §4.1): type(1) version(2) epoch(2) sequence_number(6)
@@ -179,7 +184,9 @@ pub fn parse_dtls_client_hello(datagram: &[u8]) -> Result<ClientHello> {
         }
     }
     match length {
-        Some(total) if message.len() == total => client_hello_body(&message, true, Transport::Dtls),
+        Some(total) if message.len() == total => {
+            client_hello_body(&message, true, Transport::Dtls, None)
+        }
         _ => Err(Error::Incomplete),
     }
 }
@@ -320,12 +327,17 @@ fn overrun<T>(result: Result<T>, what: &'static str) -> Result<T> {
     })
 }
 
-fn client_hello_body(body: &[u8], dtls: bool, transport: Transport) -> Result<ClientHello> {
+fn client_hello_body(
+    body: &[u8],
+    dtls: bool,
+    transport: Transport,
+    memo: Option<&ja4::Memo>,
+) -> Result<ClientHello> {
     let mut hello = overrun(
         client_hello_fields(body, dtls),
         "ClientHello fields overrun the message",
     )?;
-    hello.ja4 = ja4::ja4(&hello, transport);
+    hello.ja4 = ja4::ja4_with(&hello, transport, memo);
     Ok(hello)
 }
 
@@ -526,7 +538,7 @@ pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
             ..TlsDetails::default()
         },
         None => {
-            let hello = parse_client_hello(c);
+            let hello = parse_client_hello_with(c, input.ja4);
             let Ok(hello) = hello else {
                 return Probe::of(&hello, input.client_closed);
             };
