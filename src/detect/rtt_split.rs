@@ -396,12 +396,12 @@ impl RttSplit {
         let Some(host) = crate::flow_stage::flow_host(scope.network, flow) else {
             return;
         };
-        let tls = flow.details.as_ref().and_then(|d| d.tls.as_deref());
-        let tls_version = tls.and_then(|t| t.version);
+        // Read only for a connection that may be reported (few are): the flow's details
+        // are cold by the time its second flight is judged, and the identity costs a lookup.
+        let tls = || flow.details.as_ref().and_then(|d| d.tls.as_deref());
         // A certificate in clear (TLS 1.2) is one the client verifies before answering.
-        let certificate = tls.is_some_and(|t| t.cert_subject.is_some());
+        let certificate = || tls().is_some_and(|t| t.cert_subject.is_some());
         let min_extra = self.config.min_extra.as_nanos() as u64;
-        let from_account_host = is_account_host(scope, flow.orig.0, ts);
         for i in 0..2 {
             let Some(extra) = self.extra(sides[i]) else {
                 continue;
@@ -423,12 +423,12 @@ impl RttSplit {
                 if let Some(r) = self.relays.get_mut(&candidate) {
                     r.reported = Some(ts);
                 }
-                if from_account_host {
+                if is_account_host(scope, flow.orig.0, ts) {
                     Severity::Medium
                 } else {
                     Severity::Low
                 }
-            } else if extra >= min_extra && !(i == 1 && certificate) {
+            } else if extra >= min_extra && !(i == 1 && certificate()) {
                 Severity::Low
             } else {
                 continue;
@@ -457,8 +457,8 @@ impl RttSplit {
                 low_quantile_extra_ms: round2(low as f64 / 1e6),
                 responder_side: sides[0].leg(),
                 originator_side: sides[1].leg(),
-                tls_version: tls_version.map(|v| format!("{v:#06x}")),
-                certificate_in_clear: certificate,
+                tls_version: tls().and_then(|t| t.version).map(|v| format!("{v:#06x}")),
+                certificate_in_clear: certificate(),
                 min_ratio: self.config.min_ratio,
                 min_extra_ms: self.config.min_extra.as_millis() as u64,
                 min_connections: self.config.min_connections as u64,
