@@ -8,6 +8,8 @@
 //! This module also holds the small byte cursor and string helper the sibling dissectors
 //! (QUIC, DNS, HTTP) share.
 
+use std::borrow::Cow;
+
 use super::identify::{Evidence, Identification, Input, Probe, tls_details};
 use super::ja4::{self, Transport};
 use super::sslvpn;
@@ -193,7 +195,11 @@ pub fn parse_dtls_client_hello(datagram: &[u8]) -> Result<ClientHello> {
 
 /// Parses the ServerHello at the start of a server's TLS-over-TCP byte stream.
 pub fn parse_server_hello(stream: &[u8]) -> Result<ServerHello> {
-    let flight = Flight::read(stream)?;
+    server_hello_in(&Flight::read(stream)?)
+}
+
+/// [`parse_server_hello`] of a flight already read.
+fn server_hello_in(flight: &Flight<'_>) -> Result<ServerHello> {
     let mut messages = Reader::new(&flight.bytes);
     let (kind, body) = flight.complete(next_message(&mut messages))?;
     if kind != handshake::SERVER_HELLO {
@@ -209,7 +215,11 @@ pub fn parse_server_hello(stream: &[u8]) -> Result<ServerHello> {
 /// resumed session (ChangeCipherSpec before any Certificate), an anonymous or PSK suite
 /// (ServerKeyExchange/ServerHelloDone first), an empty list, or an alert.
 pub fn parse_server_certificate(stream: &[u8]) -> Result<Option<Certificate>> {
-    let flight = Flight::read(stream)?;
+    certificate_in(&Flight::read(stream)?)
+}
+
+/// [`parse_server_certificate`] of a flight already read.
+fn certificate_in(flight: &Flight<'_>) -> Result<Option<Certificate>> {
     let mut messages = Reader::new(&flight.bytes);
     let mut first = true;
     loop {
@@ -247,14 +257,15 @@ enum End {
 }
 
 /// The handshake bytes of the leading handshake records of one direction, joined
-/// (a handshake message may span records, RFC 8446 §5.1).
-struct Flight {
-    bytes: Vec<u8>,
+/// (a handshake message may span records, RFC 8446 §5.1). Borrowed from the stream while
+/// they lie in one record (most ClientHellos): joined, they are a copy.
+struct Flight<'a> {
+    bytes: Cow<'a, [u8]>,
     end: End,
 }
 
-impl Flight {
-    fn read(stream: &[u8]) -> Result<Flight> {
+impl<'a> Flight<'a> {
+    fn read(stream: &'a [u8]) -> Result<Flight<'a>> {
         // Reject other protocols from the first bytes rather than waiting for a record.
         if stream
             .get(record::TYPE)
@@ -265,7 +276,7 @@ impl Flight {
         if stream.get(record::VERSION_MAJOR).is_some_and(|&v| v != 3) {
             return Err(Error::Invalid("not a TLS record version"));
         }
-        let mut bytes = Vec::new();
+        let mut bytes = Cow::Borrowed(&[][..]);
         let mut rest = stream;
         let end = loop {
             let Some(header) = rest.get(..record::HEADER_LEN) else {
@@ -289,7 +300,17 @@ impl Flight {
             let Some(fragment) = rest.get(record::HEADER_LEN..record::HEADER_LEN + len) else {
                 break End::More;
             };
-            bytes.extend_from_slice(fragment);
+            match &mut bytes {
+                Cow::Borrowed([]) => bytes = Cow::Borrowed(fragment),
+                Cow::Borrowed(first) => {
+                    // Room for the rest of the stream at once: it holds the records to come.
+                    let mut joined = Vec::with_capacity(first.len() + rest.len());
+                    joined.extend_from_slice(first);
+                    joined.extend_from_slice(fragment);
+                    bytes = Cow::Owned(joined);
+                }
+                Cow::Owned(joined) => joined.extend_from_slice(fragment),
+            }
             rest = &rest[record::HEADER_LEN + len..];
             if bytes.len() > MAX_HANDSHAKE_LEN {
                 break End::Other;
@@ -546,13 +567,15 @@ pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
         }
     };
     id.app = Some(App::Tls);
-    let server = parse_server_hello(s);
+    // The server's flight, read once for its hello and its certificate.
+    let flight = Flight::read(s);
+    let server = flight.as_ref().map_err(|e| *e).and_then(server_hello_in);
     if let Ok(sh) = &server {
         d.version = Some(sh.version);
         d.cipher = Some(sh.cipher);
         d.server_alpn = sh.alpn.clone();
     }
-    let cert = parse_server_certificate(s);
+    let cert = flight.as_ref().map_err(|e| *e).and_then(certificate_in);
     if let Ok(Some(cert)) = &cert {
         d.cert_subject = Some(cert.subject.clone());
         d.cert_issuer = Some(cert.issuer.clone());
