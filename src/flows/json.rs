@@ -205,6 +205,18 @@ fn uint(out: &mut Vec<u8>, n: u64) {
     }
 }
 
+/// The decimal digits of 0 to 99, two by two.
+const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+    20212223242526272829303132333435363738394041424344454647484950515253545556575859\
+    60616263646566676869707172737475767778798081828384858687888990919293949596979899";
+
+/// `n % 100` as its two digits.
+#[inline(always)]
+fn pair(n: u64) -> [u8; 2] {
+    let i = (n % 100) as usize * 2;
+    [PAIRS[i], PAIRS[i + 1]]
+}
+
 /// Out of line, so that the short numbers' path stays small.
 #[inline(never)]
 fn long_uint(out: &mut Vec<u8>, n: u64) {
@@ -260,10 +272,9 @@ impl Json for f64 {
                 return Ok(());
             }
             let mut text = *b".000000";
-            let mut rest = fraction;
-            for digit in text[1..].iter_mut().rev() {
-                *digit = b'0' + (rest % 10) as u8;
-                rest /= 10;
+            let rest = u64::from(fraction);
+            for (at, part) in [(1, rest / 10_000), (3, rest / 100), (5, rest)] {
+                text[at..at + 2].copy_from_slice(&pair(part));
             }
             // All seven bytes in one copy of a known size, then the trailing zeros cut
             // (there is a digit that is not zero: the fraction is not).
@@ -472,7 +483,10 @@ mod tests {
             1 << 32,
             u64::MAX,
         ];
-        for n in (0..1000u64).chain(edges) {
+        // Each count of digits, at its ends.
+        let powers = (0..20).map(|k| 10u64.pow(k));
+        let around = powers.flat_map(|p| [p - 1, p, p + 1, p.saturating_mul(10) - 1]);
+        for n in (0..1000u64).chain(edges).chain(around) {
             assert_eq!(ours(&n), theirs(&n));
         }
         assert_eq!(ours(&0u8), "0");
