@@ -5,9 +5,9 @@
 //! session points at one shared copy instead of carrying its own strings. Each set is
 //! bounded; past the limit a new value is simply not shared, and the flow keeps its own.
 
-use std::collections::HashSet;
-use std::hash::Hash;
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use super::identify::{Details, Protocol};
 use super::ja4::Memo as Ja4Memo;
@@ -44,25 +44,48 @@ impl SharedDetails {
 /// Distinct values shared at most; generous for software fingerprints.
 const LIMIT: usize = 4096;
 
-struct Shared<T> {
-    set: HashSet<Arc<T>, ahash::RandomState>,
+/// What a shared value is hashed by: a part of it that equal values have alike, enough to
+/// tell a fleet's software apart. Every TLS flow is looked up, and hashing the whole of its
+/// details (the certificate's issuer and names) cost more than the rest of the lookup.
+pub(crate) trait Fingerprint {
+    fn fingerprint(&self, hasher: &ahash::RandomState) -> u64;
 }
 
-impl<T: Eq + Hash> Shared<T> {
+impl Fingerprint for TlsDetails {
+    fn fingerprint(&self, hasher: &ahash::RandomState) -> u64 {
+        hasher.hash_one((self.version, &self.sni, &self.ja4, &self.cert_subject))
+    }
+}
+
+impl Fingerprint for SshDetails {
+    fn fingerprint(&self, hasher: &ahash::RandomState) -> u64 {
+        hasher.hash_one(self)
+    }
+}
+
+struct Shared<T> {
+    table: HashTable<Arc<T>>,
+    hasher: ahash::RandomState,
+}
+
+impl<T: Eq + Fingerprint> Shared<T> {
     /// The shared copy equal to `value`, which becomes the shared one if there is none.
     fn share(&mut self, value: Arc<T>) -> Arc<T> {
-        if let Some(known) = self.set.get(&value) {
+        let hash = value.fingerprint(&self.hasher);
+        if let Some(known) = self.table.find(hash, |k| **k == *value) {
             return Arc::clone(known);
         }
-        if self.set.len() < LIMIT {
-            self.set.insert(Arc::clone(&value));
+        if self.table.len() < LIMIT {
+            let hasher = &self.hasher;
+            self.table
+                .insert_unique(hash, Arc::clone(&value), |k| k.fingerprint(hasher));
         }
         value
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.set.len()
+        self.table.len()
     }
 }
 
@@ -70,7 +93,8 @@ impl<T: Eq + Hash> Shared<T> {
 impl<T> Default for Shared<T> {
     fn default() -> Shared<T> {
         Shared {
-            set: HashSet::default(),
+            table: HashTable::new(),
+            hasher: ahash::RandomState::default(),
         }
     }
 }
@@ -78,6 +102,41 @@ impl<T> Default for Shared<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Fingerprint for String {
+        fn fingerprint(&self, hasher: &ahash::RandomState) -> u64 {
+            hasher.hash_one(self)
+        }
+    }
+
+    impl Fingerprint for usize {
+        fn fingerprint(&self, hasher: &ahash::RandomState) -> u64 {
+            hasher.hash_one(self)
+        }
+    }
+
+    /// TLS details that differ only where the fingerprint does not look (the issuer, the
+    /// names) are not taken for one another.
+    #[test]
+    fn tls_details_alike_in_their_fingerprint_stay_apart() {
+        let mut shared = Shared::default();
+        let one = TlsDetails {
+            sni: Some("a.example".into()),
+            cert_issuer: Some("CN=one".into()),
+            ..TlsDetails::default()
+        };
+        let other = TlsDetails {
+            cert_issuer: Some("CN=other".into()),
+            cert_san: vec!["b.example".into()],
+            ..one.clone()
+        };
+        let a = shared.share(Arc::new(one.clone()));
+        let b = shared.share(Arc::new(other.clone()));
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!((*a == one, *b == other), (true, true));
+        assert!(Arc::ptr_eq(&shared.share(Arc::new(other)), &b));
+        assert_eq!(shared.len(), 2);
+    }
 
     #[test]
     fn equal_values_share_one_copy() {
