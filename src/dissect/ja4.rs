@@ -30,29 +30,26 @@ const EMPTY_HASH: &str = "000000000000";
 /// string: no list is formatted and joined, and the hashed lists go through one scratch
 /// buffer.
 pub fn ja4(hello: &ClientHello, transport: Transport) -> String {
-    ja4_with(hello, transport, None)
+    let p = Parts::of(hello, transport);
+    let mut out = String::with_capacity(36);
+    out.push_str(a_str(&p.a));
+    hashes(&Lists::of(&p.lists), &mut out);
+    out
 }
 
 /// [`ja4`], its hashed parts taken from `memo` when the same lists were hashed before.
 pub fn ja4_with(hello: &ClientHello, transport: Transport, memo: Option<&Memo>) -> String {
-    let p = Parts::of(hello, transport);
-    let mut out = String::with_capacity(36);
-    out.push_str(p.a());
     match memo {
-        Some(memo) => memo.hashes(&p, &mut out),
-        None => hashes(&p, &mut out),
+        Some(memo) => memo.ja4(hello, transport),
+        None => ja4(hello, transport),
     }
-    out
 }
 
 /// Appends `_b_c`: the truncated hashes of the sorted ciphers, and of the sorted
 /// extensions with the signature algorithms.
-fn hashes(p: &Parts, out: &mut String) {
-    let mut scratch = Vec::with_capacity(5 * p.ciphers.len().max(p.extensions.len()) + 128);
-    for (list, sigs) in [
-        (&p.ciphers, &[][..]),
-        (&p.extensions, &p.signature_algorithms[..]),
-    ] {
+fn hashes(l: &Lists<'_>, out: &mut String) {
+    let mut scratch = Vec::with_capacity(5 * l.ciphers.len().max(l.extensions.len()) + 128);
+    for (list, sigs) in [(l.ciphers, &[][..]), (l.extensions, l.signature_algorithms)] {
         out.push('_');
         if list.is_empty() {
             out.push_str(EMPTY_HASH);
@@ -76,10 +73,11 @@ pub const MEMO_ENTRIES: usize = 4096;
 
 /// JA4 hashes already worked out, by the lists they hash. A fleet's clients send a handful
 /// of distinct cipher, extension and signature lists (GREASE left out), and the two
-/// SHA-256 of each ClientHello were most of the instructions of dissecting a TLS flow. Bounded like the
-/// shared details (`super::shared`): past [`MEMO_ENTRIES`] a new fingerprint is not kept,
-/// only hashed, so nothing is lost and nothing evicted. A worker's probes share one
-/// through [`super::identify::Input`], which they read through `&`.
+/// SHA-256 of each ClientHello were most of the instructions of dissecting a TLS flow.
+/// Bounded like the shared details (`super::shared`): past [`MEMO_ENTRIES`] a new
+/// fingerprint is not kept, only hashed, so nothing is lost and nothing evicted. A
+/// worker's probes share one through [`super::identify::Input`], which they read
+/// through `&`.
 #[derive(Default)]
 pub struct Memo {
     known: RefCell<Known>,
@@ -87,41 +85,33 @@ pub struct Memo {
 
 #[derive(Default)]
 struct Known {
-    /// `_b_c` by [`Memo::key`].
+    /// `_b_c` by the lists they hash, laid out as [`Parts::lists`].
     hashes: HashMap<Box<[u16]>, String, ahash::RandomState>,
-    /// The key being looked up, built here rather than in a new Vec each time.
+    /// The lists of the hello being looked up, put together here rather than in new
+    /// Vecs each time.
     key: Vec<u16>,
 }
 
 impl Memo {
-    /// [`hashes`] of `p`, from the memo when its lists were hashed before.
-    fn hashes(&self, p: &Parts, out: &mut String) {
+    /// [`ja4`] of `hello`, its hashes from the memo when its lists were hashed before.
+    fn ja4(&self, hello: &ClientHello, transport: Transport) -> String {
         let Ok(mut known) = self.known.try_borrow_mut() else {
-            return hashes(p, out);
+            return ja4(hello, transport);
         };
         let Known { hashes: map, key } = &mut *known;
-        Memo::key(p, key);
+        let a = Parts::fill(hello, transport, key);
+        let mut out = String::with_capacity(36);
+        out.push_str(a_str(&a));
         if let Some(tail) = map.get(key.as_slice()) {
             out.push_str(tail);
-            return;
+            return out;
         }
         let start = out.len();
-        hashes(p, out);
+        hashes(&Lists::of(key), &mut out);
         if map.len() < MEMO_ENTRIES {
             map.insert(key.as_slice().into(), out[start..].to_string());
         }
-    }
-
-    /// The lists `p` hashes in one: the ciphers' count and the ciphers, the extensions'
-    /// count and the extensions, then the signature algorithms (the counts keep the lists
-    /// apart).
-    fn key(p: &Parts, key: &mut Vec<u16>) {
-        key.clear();
-        for list in [&p.ciphers, &p.extensions] {
-            key.push(list.len() as u16);
-            key.extend_from_slice(list);
-        }
-        key.extend_from_slice(&p.signature_algorithms);
+        out
     }
 
     /// Distinct hashed parts kept.
@@ -138,32 +128,58 @@ impl Memo {
 /// computed only on demand.
 pub fn ja4_r(hello: &ClientHello, transport: Transport) -> String {
     let p = Parts::of(hello, transport);
-    let mut out = p.a().as_bytes().to_vec();
+    let l = Lists::of(&p.lists);
+    let mut out = a_str(&p.a).as_bytes().to_vec();
     out.push(b'_');
-    hex_list(&mut out, &p.ciphers);
+    hex_list(&mut out, l.ciphers);
     out.push(b'_');
-    hex_list(&mut out, &p.extensions);
-    if !p.signature_algorithms.is_empty() {
+    hex_list(&mut out, l.extensions);
+    if !l.signature_algorithms.is_empty() {
         out.push(b'_');
-        hex_list(&mut out, &p.signature_algorithms);
+        hex_list(&mut out, l.signature_algorithms);
     }
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// What JA4 and JA4_r are made of: `a` (always 10 ASCII bytes), the sorted cipher and
-/// extension lists (without GREASE; extensions without SNI and ALPN) and the signature
-/// algorithms in wire order.
+/// What JA4 and JA4_r are made of: `a` (always 10 ASCII bytes), and `lists`: the sorted
+/// cipher list after its length, the sorted extension list (extensions without SNI and
+/// ALPN) after its length, then the signature algorithms in wire order, all without
+/// GREASE. The lengths keep the lists apart, so `lists` is also a [`Memo`]'s key.
 struct Parts {
     a: [u8; 10],
-    ciphers: Vec<u16>,
-    extensions: Vec<u16>,
-    signature_algorithms: Vec<u16>,
+    lists: Vec<u16>,
 }
 
 impl Parts {
     fn of(hello: &ClientHello, transport: Transport) -> Parts {
-        let mut ciphers = without_grease(&hello.ciphers);
-        let extensions = without_grease(&hello.extensions);
+        let mut lists = Vec::new();
+        let a = Parts::fill(hello, transport, &mut lists);
+        Parts { a, lists }
+    }
+
+    /// Puts the lists of `hello` into `lists` (what was there goes) and returns `a`.
+    fn fill(hello: &ClientHello, transport: Transport, lists: &mut Vec<u16>) -> [u8; 10] {
+        let real = |v: &&u16| !is_grease(**v);
+        lists.clear();
+        lists.push(0);
+        lists.extend(hello.ciphers.iter().filter(real));
+        let ciphers = lists.len() - 1;
+        let at = lists.len();
+        lists.push(0);
+        let (mut extensions, mut sni) = (0, false);
+        for &e in hello.extensions.iter().filter(real) {
+            extensions += 1;
+            sni |= e == SNI;
+            if e != SNI && e != ALPN {
+                lists.push(e);
+            }
+        }
+        // A hello's lists are shorter than 2^16 entries: their lengths in bytes are u16s.
+        lists[0] = ciphers as u16;
+        lists[at] = (lists.len() - at - 1) as u16;
+        lists[1..at].sort_unstable();
+        lists[at + 1..].sort_unstable();
+        lists.extend(hello.signature_algorithms.iter().filter(real));
         let mut a = [0u8; 10];
         a[0] = match transport {
             Transport::Tcp => b't',
@@ -171,32 +187,44 @@ impl Parts {
             Transport::Dtls => b'd',
         };
         a[1..3].copy_from_slice(version_code(version(hello)).as_bytes());
-        a[3] = if extensions.contains(&SNI) {
-            b'd'
-        } else {
-            b'i'
-        };
-        a[4..6].copy_from_slice(&two_digits(ciphers.len()));
-        a[6..8].copy_from_slice(&two_digits(extensions.len()));
+        a[3] = if sni { b'd' } else { b'i' };
+        a[4..6].copy_from_slice(&two_digits(ciphers));
+        a[6..8].copy_from_slice(&two_digits(extensions));
         a[8..10].copy_from_slice(&alpn_code(&hello.alpn_first_raw));
-        ciphers.sort_unstable();
-        let mut extensions: Vec<u16> = extensions
-            .into_iter()
-            .filter(|&e| e != SNI && e != ALPN)
-            .collect();
-        extensions.sort_unstable();
-        Parts {
-            a,
+        a
+    }
+}
+
+/// The three lists of [`Parts::lists`], apart.
+struct Lists<'a> {
+    ciphers: &'a [u16],
+    extensions: &'a [u16],
+    signature_algorithms: &'a [u16],
+}
+
+impl Lists<'_> {
+    fn of(lists: &[u16]) -> Lists<'_> {
+        let (ciphers, rest) = counted(lists);
+        let (extensions, signature_algorithms) = counted(rest);
+        Lists {
             ciphers,
             extensions,
-            signature_algorithms: without_grease(&hello.signature_algorithms),
+            signature_algorithms,
         }
     }
+}
 
-    fn a(&self) -> &str {
-        // Only ASCII bytes are ever written into `a`.
-        std::str::from_utf8(&self.a).unwrap_or("")
-    }
+/// The list after its length at the start of `lists`, and what follows it.
+fn counted(lists: &[u16]) -> (&[u16], &[u16]) {
+    let Some((&len, rest)) = lists.split_first() else {
+        return (&[], &[]);
+    };
+    rest.split_at(usize::from(len).min(rest.len()))
+}
+
+/// `a` as text: only ASCII bytes are ever written into it.
+fn a_str(a: &[u8; 10]) -> &str {
+    std::str::from_utf8(a).unwrap_or("")
 }
 
 /// `n` as two decimal digits, 99 at most.
@@ -212,16 +240,12 @@ pub fn is_grease(value: u16) -> bool {
     value & 0x0f0f == 0x0a0a && value >> 8 == value & 0xff
 }
 
-fn without_grease(values: &[u16]) -> Vec<u16> {
-    values.iter().copied().filter(|&v| !is_grease(v)).collect()
-}
-
 /// The highest supported_versions entry, else the hello's legacy_version. DTLS numbers
 /// count down (0xfefc is DTLS 1.3), so "highest" compares protocol order, not raw values.
 fn version(hello: &ClientHello) -> u16 {
     let order = |v: u16| if v >> 8 == 0xfe { 0xffff - v } else { v };
-    without_grease(&hello.versions)
-        .into_iter()
+    (hello.versions.iter().copied())
+        .filter(|&v| !is_grease(v))
         .max_by_key(|&v| order(v))
         .unwrap_or(hello.legacy_version)
 }
