@@ -832,19 +832,21 @@ mod tests {
         assert_eq!(h.as_str(), "^QSHADFRWTGqshadfrwtg");
     }
 
+    /// Addresses at the edges of both families, for the ordering tests.
+    const EDGES: [&str; 7] = [
+        "0.0.0.0",
+        "10.0.0.1",
+        "10.0.0.2",
+        "255.255.255.255",
+        "::",
+        "::1",
+        "2001:db8::1",
+    ];
+
     #[test]
     fn endpoints_order_as_their_tuples_do() {
-        let ips = [
-            "0.0.0.0",
-            "10.0.0.1",
-            "10.0.0.2",
-            "255.255.255.255",
-            "::",
-            "::1",
-            "2001:db8::1",
-        ];
         let mut endpoints = Vec::new();
-        for ip in ips {
+        for ip in EDGES {
             for port in [0, 80, 65535] {
                 endpoints.push((ip.parse::<IpAddr>().unwrap(), port));
             }
@@ -864,18 +866,10 @@ mod tests {
     /// must order keys as their fields' tuple does, IPv4 and IPv6, every protocol.
     #[test]
     fn keys_order_as_their_tuples_do() {
-        let ips = [
-            "0.0.0.0",
-            "10.0.0.1",
-            "10.0.0.2",
-            "255.255.255.255",
-            "::",
-            "::1",
-        ];
         let mut keys = Vec::new();
         for proto in [Proto::Tcp, Proto::Udp, Proto::Icmp, Proto::Icmpv6] {
-            for a in ips {
-                for b in ips {
+            for a in EDGES {
+                for b in EDGES {
                     for (pa, pb) in [(0, 80), (80, 0), (65535, 1), (7, 7)] {
                         let a = (a.parse::<IpAddr>().unwrap(), pa);
                         let b = (b.parse::<IpAddr>().unwrap(), pb);
