@@ -48,12 +48,16 @@ impl Mapping {
         let map = unsafe { Mmap::map(file) }.ok()?;
         // Read front to back: the kernel reads ahead further and drops pages read sooner.
         let _ = map.advise(Advice::Sequential);
-        let line = format!("farmwatch: {name}: stopped at byte offset ").into_bytes();
+        // Boxed before it is registered: making a box of a Vec may move its bytes, and the
+        // handler must find them where the slot says.
+        let line = format!("farmwatch: {name}: stopped at byte offset ")
+            .into_bytes()
+            .into_boxed_slice();
         let slot = register(map.as_ptr() as usize, map.len(), &line)?;
         Some(Mapping {
             map,
             slot,
-            _line: line.into_boxed_slice(),
+            _line: line,
         })
     }
 
