@@ -509,25 +509,18 @@ impl FlowWorker {
             return None;
         }
         let at = self.ended_at;
-        let ctx = Ctx {
-            names: &mut self.names,
-            shared: &mut self.shared,
-            stats: &mut self.stats,
-            scope: &self.scope,
-            out: &mut self.out,
-            clock: at,
-        };
+        // The list is sorted backwards: its last flows are the next ones.
         let take = n.max(1).min(self.ending.len());
+        let chunk = self.ending.split_off(self.ending.len() - take);
+        let mut floors = std::mem::take(&mut self.floors);
+        let (_, ctx) = self.split(at);
         let mut records = Vec::with_capacity(take);
-        for _ in 0..take {
-            let Some(mut flow) = self.ending.pop() else {
-                break;
-            };
+        for mut flow in chunk.into_iter().rev() {
             let details = flow.details.take();
             let why = EndReason::Shutdown.as_str();
             let mut record = flow_record(&flow, details, false, Some(why), &ctx);
-            if let Some(floors) = self.floors.remove(&flow.key()) {
-                floors.write(&mut record);
+            if let Some(kept) = floors.remove(&flow.key()) {
+                kept.write(&mut record);
             }
             debug_assert!(record_order(&record) == last_record_order(&flow));
             records.push(Stamped {
@@ -535,6 +528,7 @@ impl FlowWorker {
                 item: Item::Record(Box::new(record)),
             });
         }
+        self.floors = floors;
         Some(records)
     }
 
