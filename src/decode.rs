@@ -226,6 +226,16 @@ impl Decoder {
     }
 }
 
+/// A UDP header's ports, from its first four bytes; None when either port is one the
+/// general way looks into for a tunnel (VXLAN, GENEVE, Teredo, AYIYA).
+fn plain_udp_ports([s0, s1, d0, d1]: [u8; 4]) -> Option<(u16, u16)> {
+    let (sport, dport) = (u16::from_be_bytes([s0, s1]), u16::from_be_bytes([d0, d1]));
+    let tunnel_port = matches!(dport, VXLAN_PORT | GENEVE_PORT)
+        || matches!(sport, TEREDO_PORT | AYIYA_PORT)
+        || matches!(dport, TEREDO_PORT | AYIYA_PORT);
+    (!tunnel_port).then_some((sport, dport))
+}
+
 /// [`Decoder::decode`] for the common frame, read in place: untagged Ethernet or raw IP,
 /// IPv4 or IPv6 carrying TCP, UDP or ICMP straight after the fixed header, whole, no tunnel
 /// port. Every packet is decoded, and the general way costs several times this. The fields
@@ -291,16 +301,7 @@ fn decode_plain(pkt: Packet<'_>) -> Option<Decoded<'_>> {
             (Proto::Tcp, ports.0, ports.1, Some(tcp), header_len)
         }
         (IpNumber::UDP, [s0, s1, d0, d1, _, _, _, _, ..]) => {
-            let (sport, dport) = (
-                u16::from_be_bytes([*s0, *s1]),
-                u16::from_be_bytes([*d0, *d1]),
-            );
-            let tunnel_port = matches!(dport, VXLAN_PORT | GENEVE_PORT)
-                || matches!(sport, TEREDO_PORT | AYIYA_PORT)
-                || matches!(dport, TEREDO_PORT | AYIYA_PORT);
-            if tunnel_port {
-                return None;
-            }
+            let (sport, dport) = plain_udp_ports([*s0, *s1, *d0, *d1])?;
             (Proto::Udp, sport, dport, None, 8)
         }
         (IpNumber::ICMP, [ty, code, ..]) => (Proto::Icmp, (*ty).into(), (*code).into(), None, 8),
@@ -499,16 +500,7 @@ fn peek_plain(pkt: Packet<'_>) -> Option<Peek<'_>> {
             );
         }
         (IpNumber::UDP, [s0, s1, d0, d1, ..]) => {
-            let (sport, dport) = (
-                u16::from_be_bytes([*s0, *s1]),
-                u16::from_be_bytes([*d0, *d1]),
-            );
-            let tunnel_port = matches!(dport, VXLAN_PORT | GENEVE_PORT)
-                || matches!(sport, TEREDO_PORT | AYIYA_PORT)
-                || matches!(dport, TEREDO_PORT | AYIYA_PORT);
-            if tunnel_port {
-                return None;
-            }
+            let (sport, dport) = plain_udp_ports([*s0, *s1, *d0, *d1])?;
             peek.proto = Some(Proto::Udp);
             (peek.src_port, peek.dst_port) = (sport, dport);
             peek.udp_payload = payload.get(8..).unwrap_or_default();
