@@ -115,12 +115,9 @@ impl Memo {
     }
 
     /// Distinct hashed parts kept.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.known.borrow().hashes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
