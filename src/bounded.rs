@@ -40,6 +40,19 @@ pub fn make_room<K: Ord, V>(
     quota as u64
 }
 
+/// The `quota` (at least one) of `entries` seen longest ago, ties in the order of their
+/// `O`: what [`make_room`] drops, for a map that is not ordered by key (its entries given
+/// as `(seen, key order, what to remove)`).
+pub fn oldest<O: Ord>(mut entries: Vec<(Timestamp, O)>, quota: usize) -> Vec<O> {
+    if entries.is_empty() {
+        return Vec::new();
+    }
+    let quota = quota.clamp(1, entries.len());
+    entries.select_nth_unstable(quota - 1);
+    entries.truncate(quota);
+    entries.into_iter().map(|(_, o)| o).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +71,27 @@ mod tests {
         let mut small: BTreeMap<u32, Timestamp> = [(1, Timestamp::from_secs(5))].into();
         assert_eq!(make_room(&mut small, 1, |t| *t), 1);
         assert!(small.is_empty());
+    }
+
+    /// A map not ordered by key lets go of what a map ordered by it would.
+    #[test]
+    fn oldest_chooses_as_make_room_does() {
+        let map: BTreeMap<u32, Timestamp> = (0..64)
+            .map(|k| (k, Timestamp::from_secs(u64::from((k * 7) % 5))))
+            .collect();
+        for max in [1, 8, 16, 40, 64] {
+            let mut kept = map.clone();
+            let dropped = make_room(&mut kept, max, |t| *t);
+            let mut gone = oldest(map.iter().map(|(k, t)| (*t, *k)).rev().collect(), max / 8);
+            gone.sort();
+            let expected: Vec<u32> = map
+                .keys()
+                .filter(|k| !kept.contains_key(k))
+                .copied()
+                .collect();
+            assert_eq!(gone, expected, "max {max}");
+            assert_eq!(dropped, gone.len() as u64);
+        }
+        assert!(oldest::<u32>(Vec::new(), 4).is_empty());
     }
 }

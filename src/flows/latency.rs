@@ -310,22 +310,20 @@ impl Latency {
     }
 
     /// Room for one more session: at [`MAX_SESSIONS`] the eighth seen longest ago goes, ties
-    /// in key order, as [`crate::bounded::make_room`] chooses.
+    /// in key order ([`crate::bounded::oldest`]).
     fn make_room(&mut self) {
         if self.sessions.len() < MAX_SESSIONS {
             return;
         }
-        let quota = MAX_SESSIONS / 8;
-        let mut seen: Vec<(Timestamp, FlowKey, u64)> = self
-            .sessions
-            .iter()
-            .map(|(seq, s)| (s.last, FlowKey::new(Proto::Tcp, s.viewer, s.host), *seq))
-            .collect();
-        seen.select_nth_unstable(quota - 1);
-        for (_, _, seq) in &seen[..quota] {
+        let seen = self.sessions.iter().map(|(seq, s)| {
+            let key = FlowKey::new(Proto::Tcp, s.viewer, s.host);
+            (s.last, (key, *seq))
+        });
+        let gone = crate::bounded::oldest(seen.collect(), MAX_SESSIONS / 8);
+        for (_, seq) in &gone {
             self.sessions.remove(seq);
         }
-        self.evicted += quota as u64;
+        self.evicted += gone.len() as u64;
     }
 
     /// One packet, of `flow`. A floor that became stable with it goes to `send`.
