@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use crate::timestamp::Timestamp;
 
 /// Makes room for one more entry in `map`, which holds at most `max`: when full, drops the
-/// `max / 8` (at least one) entries whose `seen` is oldest. Returns how many it dropped.
-pub fn make_room<K: Ord, V>(
+/// `max / 8` (at least one) entries whose `seen` is oldest, as [`oldest`] chooses them.
+/// Returns how many it dropped.
+pub fn make_room<K: Ord + Clone, V>(
     map: &mut BTreeMap<K, V>,
     max: usize,
     seen: impl Fn(&V) -> Timestamp,
@@ -18,31 +19,16 @@ pub fn make_room<K: Ord, V>(
     if map.len() < max || map.is_empty() {
         return 0;
     }
-    let quota = (max / 8).clamp(1, map.len());
-    let mut times: Vec<Timestamp> = map.values().map(&seen).collect();
-    let (_, cutoff, _) = times.select_nth_unstable(quota - 1);
-    let cutoff = *cutoff;
-    // Everything older than the cutoff goes, then entries at the cutoff in key order until
-    // the quota is met.
-    let older = times.iter().filter(|t| **t < cutoff).count();
-    let mut at_cutoff = quota - older;
-    map.retain(|_, v| {
-        let t = seen(v);
-        if t < cutoff {
-            return false;
-        }
-        if t == cutoff && at_cutoff > 0 {
-            at_cutoff -= 1;
-            return false;
-        }
-        true
-    });
-    quota as u64
+    let entries = map.iter().map(|(k, v)| (seen(v), k.clone())).collect();
+    let gone = oldest(entries, max / 8);
+    for key in &gone {
+        map.remove(key);
+    }
+    gone.len() as u64
 }
 
 /// The `quota` (at least one) of `entries` seen longest ago, ties in the order of their
-/// `O`: what [`make_room`] drops, for a map that is not ordered by key (its entries given
-/// as `(seen, key order, what to remove)`).
+/// `O` (for a map not ordered by key, `O` is its key order and then what to remove).
 pub fn oldest<O: Ord>(mut entries: Vec<(Timestamp, O)>, quota: usize) -> Vec<O> {
     if entries.is_empty() {
         return Vec::new();
@@ -73,9 +59,10 @@ mod tests {
         assert!(small.is_empty());
     }
 
-    /// A map not ordered by key lets go of what a map ordered by it would.
+    /// A map not ordered by key (its entries in any order) lets go of what a map ordered by
+    /// it would.
     #[test]
-    fn oldest_chooses_as_make_room_does() {
+    fn oldest_chooses_alike_in_any_order() {
         let map: BTreeMap<u32, Timestamp> = (0..64)
             .map(|k| (k, Timestamp::from_secs(u64::from((k * 7) % 5))))
             .collect();
