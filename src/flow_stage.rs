@@ -139,7 +139,10 @@ impl Item {
             (Item::Observation(a), Item::Observation(b)) => {
                 a.ts().cmp(&b.ts()).then_with(|| ids(a, b))
             }
-            (Item::Record(a), Item::Record(b)) => record_order(a).cmp(&record_order(b)),
+            // By start first, which nearly always differs: the rest is read only on a tie.
+            (Item::Record(a), Item::Record(b)) => {
+                (a.ts.cmp(&b.ts)).then_with(|| record_order(a).cmp(&record_order(b)))
+            }
             _ => Ordering::Equal,
         }
     }
@@ -494,7 +497,9 @@ impl FlowWorker {
         // key, so no two are equal and the sort needs no room of its own: the end is when
         // the most flows are held, and a key per flow (sort_by_cached_key) cost 100 bytes
         // of peak memory per open flow.
-        ending.sort_unstable_by_key(|f| std::cmp::Reverse(last_record_order(f)));
+        ending.sort_unstable_by(|a, b| {
+            (b.first.cmp(&a.first)).then_with(|| last_record_order(b).cmp(&last_record_order(a)))
+        });
         self.ending = ending;
         self.floors = floors;
         self.ended_at = clock;
