@@ -117,7 +117,7 @@ fn head(stream: &[u8]) -> Result<(&[u8], Vec<Field<'_>>)> {
     let mut lines = Vec::new();
     let mut rest = window;
     loop {
-        let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+        let Some(end) = memchr::memchr(b'\n', rest) else {
             return Err(if stream.len() >= MAX_HEAD {
                 Error::Invalid("HTTP head too long")
             } else {

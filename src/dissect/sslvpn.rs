@@ -80,12 +80,10 @@ pub fn is_fortinet_dtls_hello(datagram: &[u8]) -> bool {
 
 /// The SSL-VPN a cleartext client request opens, from its request line and headers.
 pub fn tunnel_request(client: &[u8]) -> Option<App> {
-    let head_end = client
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(client.len());
+    // Searched with memchr: every cleartext HTTP request comes here.
+    let head_end = memchr::memmem::find(client, b"\r\n\r\n").unwrap_or(client.len());
     let head = client.get(..head_end.min(4096))?;
-    let line_end = head.iter().position(|&b| b == b'\r').unwrap_or(head.len());
+    let line_end = memchr::memchr(b'\r', head).unwrap_or(head.len());
     let line = head.get(..line_end)?;
     let has_header = |name: &[u8], value: &[u8]| {
         head.split(|&b| b == b'\n').any(|h| {
