@@ -270,7 +270,7 @@ impl AccountStage {
                 }
                 self.observe(obs)
             }
-            Item::Record(record) => self.record(*record),
+            Item::Record(record) => self.record(record),
             Item::Tick => {
                 if let Some(p) = self.publish.as_mut() {
                     p.clock(now);
@@ -317,7 +317,8 @@ impl AccountStage {
     }
 
     /// A flow record: the account behind its inside end is named, then it is written.
-    fn record(&mut self, mut record: FlowRecord) {
+    /// Kept in its box: a record is some 700 bytes, which moving it out copied each time.
+    fn record(&mut self, mut record: Box<FlowRecord>) {
         record.account = record_host(&self.network, &record)
             .and_then(|h| self.context.identity.account_at(h, record.ts))
             .map(|a| a.id.to_string());
