@@ -8,6 +8,7 @@ use crate::app::App;
 use crate::flows::json::{Json, Key, Object, key};
 use crate::timestamp::Timestamp;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -301,6 +302,9 @@ pub struct NameCache {
     /// (expiry, address) of every entry, in eviction order.
     by_expiry: BTreeSet<(Timestamp, IpAddr)>,
     evictions: u64,
+    /// The last response read, as its bytes and the message they parsed to: the DNS flow
+    /// it answers is dissected right after, and takes it rather than parsing it again.
+    last: (Vec<u8>, Option<Message>),
 }
 
 impl NameCache {
@@ -310,6 +314,7 @@ impl NameCache {
             entries: HashMap::default(),
             by_expiry: BTreeSet::new(),
             evictions: 0,
+            last: (Vec::new(), None),
         }
     }
 
@@ -319,7 +324,17 @@ impl NameCache {
             && let Ok(msg) = parse_message(datagram)
         {
             self.insert(now, &msg);
+            let (bytes, parsed) = &mut self.last;
+            bytes.clear();
+            bytes.extend_from_slice(datagram);
+            *parsed = Some(msg);
         }
+    }
+
+    /// `datagram` as [`parse_message`] reads it, when it is the last response read.
+    pub fn parsed(&self, datagram: &[u8]) -> Option<&Message> {
+        let (bytes, parsed) = &self.last;
+        parsed.as_ref().filter(|_| bytes.as_slice() == datagram)
     }
 
     /// Records the A/AAAA answers of a successful response, each under the queried name.
@@ -504,7 +519,7 @@ pub fn tcp_probe(input: &Input<'_>, id: &mut Identification) -> Probe {
 }
 
 /// DNS, mDNS, LLMNR and NetBIOS name service over UDP: settled with the answer, so the
-/// record carries it (and the name cache is fed from it).
+/// record carries it. The answer comes parsed when the name cache read it just before.
 pub fn udp_probe(input: &Input<'_>, id: &mut Identification) -> Probe {
     if !input.on_port(&[53, 137, 5353, 5355]) {
         return Probe::No;
@@ -516,10 +531,15 @@ pub fn udp_probe(input: &Input<'_>, id: &mut Identification) -> Probe {
     let answer = input
         .server_datagrams
         .first()
-        .and_then(|d| parse_message(d).ok());
-    id.details.other = protocol(Protocol::Dns, DnsDetails::of(Some(query), answer.as_ref()));
-    id.dns_answer = answer;
-    Probe::done_if(id.dns_answer.is_some())
+        .and_then(|d| match input.dns_answer {
+            Some(parsed) => Some(Cow::Borrowed(parsed)),
+            None => parse_message(d).ok().map(Cow::Owned),
+        });
+    id.details.other = protocol(
+        Protocol::Dns,
+        DnsDetails::of(Some(query), answer.as_deref()),
+    );
+    Probe::done_if(answer.is_some())
 }
 
 #[cfg(test)]
@@ -784,6 +804,57 @@ pub(crate) mod tests {
         let mut empty = NameCache::new(4);
         empty.insert(t0, &query);
         assert!(empty.is_empty());
+    }
+
+    /// The response the name cache read last is lent parsed, for its own bytes only, and
+    /// the DNS flow's details are the same whether it takes it or parses the datagram.
+    #[test]
+    fn the_last_response_read_is_lent_parsed() {
+        let response = hex(RESPONSE);
+        // The same question as a query: QR clear, no answers.
+        let query = [&hex("1234 0100 0001 0000 0000 0000")[..], &response[12..33]].concat();
+        let t0 = Timestamp::from_secs(1_000);
+        let mut cache = NameCache::new(4);
+        assert_eq!(cache.parsed(&response), None);
+        cache.insert_answer(t0, &query);
+        assert_eq!(cache.parsed(&query), None);
+        cache.insert_answer(t0, &response);
+        assert_eq!(
+            cache.parsed(&response),
+            parse_message(&response).ok().as_ref()
+        );
+        let mut other = response.clone();
+        other[1] ^= 1;
+        assert_eq!(cache.parsed(&other), None);
+
+        let (client, server) = ([query], [response.clone()]);
+        let input = Input {
+            proto: crate::decode::Proto::Udp,
+            orig_port: 40000,
+            resp_port: 53,
+            client: b"",
+            server: b"",
+            client_closed: false,
+            server_closed: false,
+            client_datagrams: &client,
+            server_datagrams: &server,
+            dns_name: None,
+            midstream: false,
+            tls: None,
+            ja4: None,
+            dns_answer: None,
+        };
+        let (mut own, mut lent) = (Identification::default(), Identification::default());
+        let own_probe = udp_probe(&input, &mut own);
+        let lent_input = Input {
+            dns_answer: cache.parsed(&response),
+            ..input
+        };
+        assert_eq!(udp_probe(&lent_input, &mut lent), own_probe);
+        assert_eq!(own_probe, Probe::Done);
+        let details = format!("{:?}", own.details.other);
+        assert!(details.contains("93.184.216.34"), "{details}");
+        assert_eq!(format!("{:?}", lent.details.other), details);
     }
 
     fn answer(name: &str, addr: &str, ttl: u32) -> Message {

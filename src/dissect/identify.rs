@@ -52,6 +52,9 @@ pub struct Input<'a> {
     pub tls: Option<&'a TlsDetails>,
     /// The worker's JA4 hashes already worked out (none: hashed every time).
     pub ja4: Option<&'a Ja4Memo>,
+    /// The first server datagram as the name cache parsed it (`NameCache::parsed`), when
+    /// it was the last response the worker read.
+    pub dns_answer: Option<&'a dns::Message>,
 }
 
 impl<'a> Input<'a> {
@@ -266,9 +269,6 @@ pub struct Identification {
     pub details: Details,
     /// Every parser that applies has its answer: the buffers can go.
     pub done: bool,
-    /// The first server datagram as the DNS message it parsed to, so that the name cache
-    /// is fed without parsing it a second time.
-    pub dns_answer: Option<dns::Message>,
     /// The label came from data packets alone (a UDP tunnel whose handshake came before the
     /// capture): the flow's history gets `~`, as a TCP flow without its SYN does.
     pub picked_up_mid_stream: bool,
@@ -456,6 +456,7 @@ mod tests {
             midstream: false,
             tls: None,
             ja4: None,
+            dns_answer: None,
         }
     }
 
