@@ -793,6 +793,7 @@ fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool
         tls: flow.details.as_deref().and_then(|d| d.tls.as_deref()),
         ja4: Some(&ctx.shared.ja4),
         dns_answer: (streams.datagrams[RESP].first()).and_then(|d| ctx.names.parsed(d)),
+        dns: flow.details.as_deref().and_then(Details::dns),
     };
     let id = identify::identify(&input);
     let follow = flow.proto == Proto::Udp && id.app == Some(App::Radius);

@@ -453,11 +453,9 @@ pub enum DnsAnswer {
 }
 
 impl DnsDetails {
-    /// The query is taken by value: its first question's name moves into the details,
-    /// where a copy would cost an allocation on every pass over a DNS flow. The response is
-    /// borrowed, as the name cache is fed from it afterwards.
-    fn of(q: Option<Message>, r: Option<&Message>) -> DnsDetails {
-        let question = q.and_then(|m| m.questions.into_iter().next());
+    /// The query's first question is taken by value: its name moves into the details. The
+    /// response is borrowed, from the name cache when it read it.
+    fn of(question: Option<Question>, r: Option<&Message>) -> DnsDetails {
         DnsDetails {
             qtype: question.as_ref().map(|q| q.qtype),
             query: question.map(|q| q.name),
@@ -477,6 +475,17 @@ impl DnsDetails {
                 .unwrap_or_default(),
         }
     }
+
+    /// The first question of the query, as [`of`](Self::of) took it.
+    fn question(&self) -> Option<Question> {
+        let (name, qtype) = self.query.clone().zip(self.qtype)?;
+        Some(Question { name, qtype })
+    }
+}
+
+/// The first question of a message.
+fn first_question(m: Message) -> Option<Question> {
+    m.questions.into_iter().next()
 }
 
 /// Written field by field, not through serde_json: DNS is on one flow in two.
@@ -514,19 +523,29 @@ pub fn tcp_probe(input: &Input<'_>, id: &mut Identification) -> Probe {
     id.app = Some(App::Dns);
     let resp = parse_tcp_stream(input.server).ok();
     let answer = resp.as_ref().and_then(|r| r.first());
-    id.details.other = protocol(Protocol::Dns, DnsDetails::of(Some(query), answer));
+    id.details.other = protocol(Protocol::Dns, DnsDetails::of(first_question(query), answer));
     Probe::done_if(answer.is_some() || input.server_closed)
 }
 
 /// DNS, mDNS, LLMNR and NetBIOS name service over UDP: settled with the answer, so the
-/// record carries it. The answer comes parsed when the name cache read it just before.
+/// record carries it. The answer comes parsed when the name cache read it just before, the
+/// query when an earlier pass read it.
 pub fn udp_probe(input: &Input<'_>, id: &mut Identification) -> Probe {
     if !input.on_port(&[53, 137, 5353, 5355]) {
         return Probe::No;
     }
-    let Ok(query) = parse_message(input.first_datagram()) else {
-        return Probe::No;
+    // A pass leaves details for a next one only when it awaits the answer: the query it
+    // read was the first client datagram, which stays the first, and is not read again.
+    let question = match input.dns {
+        Some(earlier) => earlier.question(),
+        None => match parse_message(input.first_datagram()) {
+            Ok(query) => first_question(query),
+            Err(_) => return Probe::No,
+        },
     };
+    debug_assert!(input.dns.is_none_or(|_| {
+        parse_message(input.first_datagram()).map(first_question) == Ok(question.clone())
+    }));
     id.app = Some(App::Dns);
     let answer = input
         .server_datagrams
@@ -535,10 +554,7 @@ pub fn udp_probe(input: &Input<'_>, id: &mut Identification) -> Probe {
             Some(parsed) => Some(Cow::Borrowed(parsed)),
             None => parse_message(d).ok().map(Cow::Owned),
         });
-    id.details.other = protocol(
-        Protocol::Dns,
-        DnsDetails::of(Some(query), answer.as_deref()),
-    );
+    id.details.other = protocol(Protocol::Dns, DnsDetails::of(question, answer.as_deref()));
     Probe::done_if(answer.is_some())
 }
 
@@ -806,13 +822,41 @@ pub(crate) mod tests {
         assert!(empty.is_empty());
     }
 
+    /// A query with the question of [`RESPONSE`]: QR clear, no answers.
+    fn query() -> Vec<u8> {
+        [
+            &hex("1234 0100 0001 0000 0000 0000")[..],
+            &hex(RESPONSE)[12..33],
+        ]
+        .concat()
+    }
+
+    /// A DNS flow's input on port 53 with these datagrams.
+    fn udp_input<'a>(client: &'a [Vec<u8>], server: &'a [Vec<u8>]) -> Input<'a> {
+        Input {
+            proto: crate::decode::Proto::Udp,
+            orig_port: 40000,
+            resp_port: 53,
+            client: b"",
+            server: b"",
+            client_closed: false,
+            server_closed: false,
+            client_datagrams: client,
+            server_datagrams: server,
+            dns_name: None,
+            midstream: false,
+            tls: None,
+            ja4: None,
+            dns_answer: None,
+            dns: None,
+        }
+    }
+
     /// The response the name cache read last is lent parsed, for its own bytes only, and
     /// the DNS flow's details are the same whether it takes it or parses the datagram.
     #[test]
     fn the_last_response_read_is_lent_parsed() {
-        let response = hex(RESPONSE);
-        // The same question as a query: QR clear, no answers.
-        let query = [&hex("1234 0100 0001 0000 0000 0000")[..], &response[12..33]].concat();
+        let (query, response) = (query(), hex(RESPONSE));
         let t0 = Timestamp::from_secs(1_000);
         let mut cache = NameCache::new(4);
         assert_eq!(cache.parsed(&response), None);
@@ -828,22 +872,7 @@ pub(crate) mod tests {
         assert_eq!(cache.parsed(&other), None);
 
         let (client, server) = ([query], [response.clone()]);
-        let input = Input {
-            proto: crate::decode::Proto::Udp,
-            orig_port: 40000,
-            resp_port: 53,
-            client: b"",
-            server: b"",
-            client_closed: false,
-            server_closed: false,
-            client_datagrams: &client,
-            server_datagrams: &server,
-            dns_name: None,
-            midstream: false,
-            tls: None,
-            ja4: None,
-            dns_answer: None,
-        };
+        let input = udp_input(&client, &server);
         let (mut own, mut lent) = (Identification::default(), Identification::default());
         let own_probe = udp_probe(&input, &mut own);
         let lent_input = Input {
@@ -855,6 +884,36 @@ pub(crate) mod tests {
         let details = format!("{:?}", own.details.other);
         assert!(details.contains("93.184.216.34"), "{details}");
         assert_eq!(format!("{:?}", lent.details.other), details);
+    }
+
+    /// The query an earlier pass read (it awaited the answer) is taken from its details
+    /// when the answer arrives: the details are those of reading both datagrams again.
+    #[test]
+    fn the_query_an_earlier_pass_read_is_not_read_again() {
+        let (client, server) = ([query()], [hex(RESPONSE)]);
+        let mut waiting = Identification::default();
+        assert_eq!(
+            udp_probe(&udp_input(&client, &[]), &mut waiting),
+            Probe::More
+        );
+        let earlier = waiting.details.dns();
+        assert_eq!(
+            earlier.and_then(|d| d.query.as_deref()),
+            Some("www.example.com")
+        );
+        let (mut again, mut taken) = (Identification::default(), Identification::default());
+        assert_eq!(
+            udp_probe(&udp_input(&client, &server), &mut again),
+            Probe::Done
+        );
+        let answered = Input {
+            dns: earlier,
+            ..udp_input(&client, &server)
+        };
+        assert_eq!(udp_probe(&answered, &mut taken), Probe::Done);
+        let details = format!("{:?}", again.details.other);
+        assert!(details.contains("93.184.216.34"), "{details}");
+        assert_eq!(format!("{:?}", taken.details.other), details);
     }
 
     fn answer(name: &str, addr: &str, ttl: u32) -> Message {

@@ -55,6 +55,9 @@ pub struct Input<'a> {
     /// The first server datagram as the name cache parsed it (`NameCache::parsed`), when
     /// it was the last response the worker read.
     pub dns_answer: Option<&'a dns::Message>,
+    /// The DNS details an earlier pass found: its query, the first client datagram, is not
+    /// parsed again when the answer arrives.
+    pub dns: Option<&'a dns::DnsDetails>,
 }
 
 impl<'a> Input<'a> {
@@ -293,6 +296,14 @@ impl Details {
             _ => None,
         }
     }
+
+    /// The DNS exchange, when the flow is one.
+    pub fn dns(&self) -> Option<&dns::DnsDetails> {
+        match &self.other {
+            Some(Protocol::Dns(d)) => Some(d),
+            _ => None,
+        }
+    }
 }
 
 pub fn identify(input: &Input<'_>) -> Identification {
@@ -457,6 +468,7 @@ mod tests {
             tls: None,
             ja4: None,
             dns_answer: None,
+            dns: None,
         }
     }
 
