@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -30,7 +30,7 @@ use crate::flow_stage::{
 use crate::mapped::Shared;
 use crate::metrics::Stats;
 use crate::report::Collector;
-use crate::source::{LinkType, Packet};
+use crate::source::{LinkType, Packet, Replay};
 use crate::timestamp::Timestamp;
 
 /// Fragmented datagrams the reader follows at once, and how long one may wait for its next
@@ -52,6 +52,10 @@ const BATCH_BYTES: usize = BATCH * 128;
 
 /// How often the account stage pushes its buffered output out, in wall time (live).
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How often a replay reports its progress: every this many packets, or this often while
+/// the workers walk the input.
+const PROGRESS_PACKETS: u64 = 65_536;
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// The flow-stage workers to run by default: one per core.
 pub fn default_workers() -> usize {
@@ -59,15 +63,41 @@ pub fn default_workers() -> usize {
 }
 
 pub struct Engine {
-    clock: Timestamp,
-    ticked: u64,
-    started: bool,
+    clock: Clock,
     /// The flow stage's view of the world, as of the newest reload.
     scope: Arc<FlowScope>,
     board: Arc<Board>,
     run: Run,
-    pub first_ts: Option<Timestamp>,
-    pub last_ts: Option<Timestamp>,
+}
+
+/// The packet clock: the newest timestamp seen, and the moments it passes.
+#[derive(Clone, Copy, Default)]
+struct Clock {
+    now: Timestamp,
+    /// The last whole second handed on as a tick.
+    ticked: u64,
+    first: Option<Timestamp>,
+}
+
+impl Clock {
+    /// Moves on to a packet of time `ts`: the clock then, whether it is the input's first
+    /// packet, and whether a whole second of packet time passed.
+    #[inline]
+    fn packet(&mut self, ts: Timestamp) -> (Timestamp, bool, bool) {
+        let start = self.first.is_none();
+        self.first.get_or_insert(ts);
+        self.now = self.now.max(ts);
+        let tick = self.now.secs() > self.ticked;
+        if tick {
+            self.ticked = self.now.secs();
+        }
+        (self.now, start, tick)
+    }
+
+    /// The clock as of the last packet, if there was one.
+    fn last(&self) -> Option<Timestamp> {
+        self.first.map(|_| self.now)
+    }
 }
 
 enum Run {
@@ -199,28 +229,37 @@ impl Engine {
             )))
         };
         Engine {
-            clock: Timestamp::ZERO,
-            ticked: 0,
-            started: false,
+            clock: Clock::default(),
             scope,
             board,
             run,
-            first_ts: None,
-            last_ts: None,
+        }
+    }
+
+    /// Replays `replay` to its end, calling `progress(packets, bytes)` now and then. With
+    /// several workers and every file mapped, no thread reads for the workers: each walks
+    /// the files itself, over the same mappings, and does what is its own ([`walk`]).
+    pub fn replay(&mut self, replay: &mut Replay, mut progress: impl FnMut(u64, u64)) {
+        if let Run::Threads(t) = &mut self.run
+            && self.clock.first.is_none()
+            && let Some((walked, clock)) = t.walk(replay, &mut progress)
+        {
+            self.clock = clock;
+            replay.take_over(walked);
+            return;
+        }
+        let mut n: u64 = 0;
+        while let Some(pkt) = replay.next_packet() {
+            self.packet(pkt);
+            n += 1;
+            if n.is_multiple_of(PROGRESS_PACKETS) {
+                progress(n, replay.consumed());
+            }
         }
     }
 
     pub fn packet(&mut self, pkt: Packet<'_>) {
-        self.clock = self.clock.max(pkt.ts);
-        let clock = self.clock;
-        self.first_ts.get_or_insert(pkt.ts);
-        self.last_ts = Some(clock);
-        let start = !self.started;
-        self.started = true;
-        let tick = clock.secs() > self.ticked;
-        if tick {
-            self.ticked = clock.secs();
-        }
+        let (clock, start, tick) = self.clock.packet(pkt.ts);
         match &mut self.run {
             Run::Inline {
                 worker,
@@ -260,7 +299,7 @@ impl Engine {
     pub fn reload(&mut self, reload: Reload) {
         let reload = Arc::new(reload);
         self.scope = Arc::new(self.scope.with(&reload));
-        let clock = self.clock;
+        let clock = self.clock.now;
         match &mut self.run {
             Run::Inline {
                 worker,
@@ -280,7 +319,8 @@ impl Engine {
     /// applied and written out. A packet later stamped with the very same clock would
     /// follow items already written; packet time moving on is what a live link does.
     pub fn idle(&mut self) {
-        let clock = Timestamp(self.clock.0.saturating_add(1));
+        let now = self.clock.now;
+        let clock = Timestamp(now.0.saturating_add(1));
         match &mut self.run {
             Run::Inline {
                 worker,
@@ -292,8 +332,8 @@ impl Engine {
                 merge.mark(0, clock);
                 merge.release(account);
                 if self.board.is_watched() {
-                    self.board.put_worker(0, worker, self.clock);
-                    self.board.put_account(account, self.clock);
+                    self.board.put_worker(0, worker, now);
+                    self.board.put_account(account, now);
                 }
                 if flushed.elapsed() >= FLUSH_EVERY {
                     account.flush_sinks();
@@ -309,7 +349,7 @@ impl Engine {
     /// last packet's moment ([`Engine::idle`]), and what the end hands on must be ordered
     /// alike however many workers hand it on, and whether or not the input idled first.
     pub fn finish(self) -> Finished {
-        let clock = self.clock;
+        let clock = self.clock.now;
         let end = Timestamp(clock.0.saturating_add(1));
         let (mut account, mut stats, remote) = match self.run {
             Run::Inline {
@@ -330,12 +370,13 @@ impl Engine {
         account.finish();
         account.sync_stats(clock, &remote);
         stats.merge(&account.stats);
-        stats.last_packet_ts = self.last_ts.map(|t| t.as_secs_f64());
+        let last_ts = self.clock.last();
+        stats.last_packet_ts = last_ts.map(|t| t.as_secs_f64());
         Finished {
             account,
             stats,
-            first_ts: self.first_ts,
-            last_ts: self.last_ts,
+            first_ts: self.clock.first,
+            last_ts,
         }
     }
 }
@@ -479,6 +520,93 @@ enum Work {
     Finish,
 }
 
+/// A piece of work and the bytes it reads, which lie in `shared` when it is given.
+#[derive(Clone, Copy)]
+struct Task<'a> {
+    work: Work,
+    ts: Timestamp,
+    bytes: &'a [u8],
+    shared: Option<&'a Shared>,
+}
+
+impl Task<'_> {
+    /// Work without bytes.
+    fn mark(work: Work, ts: Timestamp) -> Task<'static> {
+        Task {
+            work,
+            ts,
+            bytes: &[],
+            shared: None,
+        }
+    }
+}
+
+/// Which workers a task is for.
+#[derive(Clone, Copy)]
+enum To {
+    One(usize),
+    /// Every worker but this one, if any.
+    AllBut(Option<usize>),
+}
+
+impl To {
+    fn includes(self, worker: usize) -> bool {
+        match self {
+            To::One(w) => w == worker,
+            To::AllBut(w) => w != Some(worker),
+        }
+    }
+}
+
+/// Does `task` on `worker` (the `index`th) at `clock`.
+fn perform(
+    index: usize,
+    worker: &mut FlowWorker,
+    task: Task<'_>,
+    clock: Timestamp,
+    reloads: &[(Arc<FlowScope>, Arc<Reload>)],
+    board: &Board,
+) {
+    match task.work {
+        Work::Packet {
+            link,
+            orig_len,
+            partition,
+        } => worker.packet(
+            Packet {
+                ts: task.ts,
+                link,
+                orig_len,
+                data: task.bytes,
+                shared: task.shared,
+            },
+            clock,
+            Some(partition),
+        ),
+        Work::DnsAnswer => worker.dns_answer(task.ts, task.bytes),
+        Work::Tick => {
+            worker.tick(clock, index == 0);
+            if board.is_watched() {
+                board.put_worker(index, worker, clock);
+            }
+        }
+        Work::Start => worker.start(clock),
+        Work::Reload(i) => {
+            if let Some((scope, reload)) = reloads.get(i) {
+                worker.reload(scope.clone(), reload.clone(), clock, index == 0);
+            }
+        }
+        Work::Idle | Work::Finish => {
+            if matches!(task.work, Work::Finish) {
+                worker.finish(clock);
+            }
+            if board.is_watched() {
+                board.put_worker(index, worker, clock);
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Entry {
     work: Work,
@@ -527,21 +655,10 @@ impl Batch {
         self.reloads.clear();
     }
 
-    /// An entry without bytes.
-    fn mark(&mut self, work: Work, ts: Timestamp, clock: Timestamp) {
-        self.add(work, ts, clock, &[], None);
-    }
-
-    /// An entry with `bytes`, which lie in `shared` when it is given.
-    fn add(
-        &mut self,
-        work: Work,
-        ts: Timestamp,
-        clock: Timestamp,
-        bytes: &[u8],
-        shared: Option<&Shared>,
-    ) {
-        let (map, start) = match shared.and_then(|m| self.place(m, bytes)) {
+    /// An entry for `task` at `clock`.
+    fn add(&mut self, task: Task<'_>, clock: Timestamp) {
+        let bytes = task.bytes;
+        let (map, start) = match task.shared.and_then(|m| self.place(m, bytes)) {
             Some((map, start)) => (Some(map), start),
             None => {
                 let start = self.data.len();
@@ -550,8 +667,8 @@ impl Batch {
             }
         };
         self.entries.push(Entry {
-            work,
-            ts,
+            work: task.work,
+            ts: task.ts,
             clock,
             map,
             start,
@@ -577,13 +694,33 @@ impl Batch {
         Some((index as u32, start))
     }
 
-    /// The bytes of `e`, and the mapping they lie in.
-    fn bytes(&self, e: &Entry) -> (&[u8], Option<&Shared>) {
-        match e.map {
+    /// The task of `e`, its bytes borrowed from the batch or its mapping.
+    fn task(&self, e: &Entry) -> Task<'_> {
+        let (bytes, shared) = match e.map {
             None => (&self.data[e.start..e.end], None),
             Some(i) => {
                 let map = &self.maps[i as usize];
                 (&map.bytes()[e.start..e.end], Some(map))
+            }
+        };
+        Task {
+            work: e.work,
+            ts: e.ts,
+            bytes,
+            shared,
+        }
+    }
+}
+
+/// Adds `task` at `clock` to the batches of the workers it is for.
+fn add_to(batches: &mut [Batch], to: To, task: Task<'_>, clock: Timestamp) {
+    match to {
+        To::One(w) => batches[w].add(task, clock),
+        To::AllBut(_) => {
+            for (i, b) in batches.iter_mut().enumerate() {
+                if to.includes(i) {
+                    b.add(task, clock);
+                }
             }
         }
     }
@@ -596,20 +733,27 @@ struct Handed {
     mark: Timestamp,
 }
 
-/// The threaded engine: the caller's thread reads and shares packets out, each worker
-/// runs its partitions, one more thread runs the merge and the account stage.
+/// What a worker thread is given: batches of work from the reader, or the input to walk
+/// itself.
+enum Order {
+    Batch(Batch),
+    Walk(Box<Walk>),
+}
+
+/// The threaded engine: each worker runs its partitions, one more thread runs the merge
+/// and the account stage. The caller's thread reads and shares packets out ([`Router`]),
+/// unless the workers walk the input themselves ([`Threads::walk`]).
 struct Threads {
-    /// The network the sensor started with, which shares packets out.
-    network: NetworkConfig,
-    /// Where the pieces of fragmented datagrams go.
-    routes: Routes,
+    router: Router,
     batches: Vec<Batch>,
-    senders: Vec<SyncSender<Batch>>,
+    senders: Vec<SyncSender<Order>>,
     /// Batches the workers are done with, to fill again.
     emptied: Receiver<Batch>,
     workers: Vec<JoinHandle<FlowWorker>>,
     account: JoinHandle<AccountStage>,
     board: Arc<Board>,
+    /// The workers walked the input and finished it.
+    walked: bool,
 }
 
 impl Threads {
@@ -628,7 +772,7 @@ impl Threads {
         let mut workers = Vec::new();
         let mut ends = Vec::new();
         for index in 0..n {
-            let (tx, rx) = sync_channel::<Batch>(QUEUED_BATCHES);
+            let (tx, rx) = sync_channel::<Order>(QUEUED_BATCHES);
             senders.push(tx);
             // The end records, a chunk at a time: one chunk waits while the merge uses one.
             let (end_tx, end_rx) = sync_channel::<Vec<Stamped>>(1);
@@ -636,7 +780,7 @@ impl Threads {
             let (items_back, items) = sync_channel::<Vec<Stamped>>(QUEUED_BATCHES + 2);
             item_returns.push(items_back);
             let lanes = Lanes {
-                batches: rx,
+                orders: rx,
                 give_back: give_back.clone(),
                 hand: hand.clone(),
                 items,
@@ -666,56 +810,28 @@ impl Threads {
             .spawn(move || merge_and_apply(n, account, handed, item_returns, ends, &account_board))
             .expect("spawn the account stage");
         Threads {
-            network: config.network.clone(),
-            routes: Routes::default(),
+            router: Router::new(config.network.clone(), n),
             batches: (0..n).map(|_| Batch::new(0)).collect(),
             senders,
             emptied,
             workers,
             account,
             board,
+            walked: false,
         }
     }
 
-    /// Shares a packet out from what [`decode::peek`] reads, not a full decode: its
-    /// worker decodes it.
+    /// Shares a packet out as the [`Router`] says.
     fn dispatch(&mut self, pkt: Packet<'_>, clock: Timestamp, start: bool, tick: bool) {
-        let n = self.batches.len();
-        if start {
-            self.batches[0].mark(Work::Start, pkt.ts, clock);
+        let batches = &mut self.batches;
+        self.router
+            .packet(pkt, clock, start, tick, &mut |to, task| {
+                add_to(batches, to, task, clock);
+            });
+        if tick && self.board.is_watched() {
+            self.board.put_reader(&self.router.routes);
         }
-        // A frame that peeks badly decodes badly: any worker counts the error.
-        let peeked = decode::peek(pkt).ok();
-        let placed = match &peeked {
-            Some(peek) => self.place(peek, pkt, clock),
-            None => Some(0),
-        };
-        let dns = peeked.as_ref().and_then(dns_answer);
-        let owner = placed.map(|p| p % n);
-        if let Some(p) = placed {
-            let work = Work::Packet {
-                link: pkt.link,
-                orig_len: pkt.orig_len,
-                partition: p,
-            };
-            self.batches[p % n].add(work, pkt.ts, clock, pkt.data, pkt.shared);
-        }
-        if let Some(payload) = dns {
-            for (i, b) in self.batches.iter_mut().enumerate() {
-                if Some(i) != owner {
-                    b.add(Work::DnsAnswer, pkt.ts, clock, payload, pkt.shared);
-                }
-            }
-        }
-        if tick {
-            for b in &mut self.batches {
-                b.mark(Work::Tick, pkt.ts, clock);
-            }
-            if self.board.is_watched() {
-                self.board.put_reader(&self.routes);
-            }
-        }
-        for i in 0..n {
+        for i in 0..self.batches.len() {
             if self.batches[i].entries.len() >= BATCH
                 || (tick && !self.batches[i].entries.is_empty())
             {
@@ -724,48 +840,47 @@ impl Threads {
         }
     }
 
-    /// The partition of a packet; none for a fragment held until its datagram's first
-    /// piece says where the datagram goes (then the held pieces go ahead of it).
-    fn place(&mut self, peek: &Peek<'_>, pkt: Packet<'_>, clock: Timestamp) -> Option<usize> {
-        // A protocol the flow table does not track has no ports to read, as ICMP.
-        let [a, b] = ends(
-            peek.proto.unwrap_or(Proto::Icmp),
-            (peek.src, peek.src_port),
-            (peek.dst, peek.dst_port),
-        );
-        let partition = partition_of(&self.network, a, b);
-        let Some(piece) = peek.fragment else {
-            return Some(partition);
-        };
-        let first = piece.is_first().then_some(partition);
-        let (placed, unplaced) = self.routes.piece(&piece, first, pkt, clock);
-        for (key, held, partition) in unplaced {
-            self.send_held(key, held, partition, clock);
-        }
-        placed
-    }
-
-    /// Pieces held back, to `partition`, or where their addresses alone would go when
-    /// their datagram was given up; stamped `clock`, the moment they are handed on.
-    fn send_held(
+    /// Has every worker walk `replay` ([`walk`]) and waits until they are through it,
+    /// calling `progress` now and then. None, and nothing done, unless every file of the
+    /// replay is mapped.
+    fn walk(
         &mut self,
-        key: FragKey,
-        held: Vec<Held>,
-        partition: Option<usize>,
-        clock: Timestamp,
-    ) {
-        let partition = partition.unwrap_or_else(|| {
-            let (a, b) = key.addresses();
-            partition_of(&self.network, (a, 0), (b, 0))
-        });
-        let n = self.batches.len();
-        for h in held {
-            let work = Work::Packet {
-                link: h.link,
-                orig_len: h.orig_len,
-                partition,
+        replay: &Replay,
+        progress: &mut impl FnMut(u64, u64),
+    ) -> Option<(Replay, Clock)> {
+        let n = self.senders.len();
+        let pace = Arc::new(Pace::new(n));
+        // Walker 0 hands the pages back, behind the slowest walker.
+        let mut walkers = vec![replay.walker(Some(2 * WINDOW as usize))?];
+        for _ in 1..n {
+            walkers.push(replay.walker(None)?);
+        }
+        let (back, walked) = sync_channel::<Walked>(1);
+        for (index, replay) in walkers.into_iter().enumerate() {
+            let walk = Walk {
+                replay,
+                router: Router::new(self.router.network.clone(), n),
+                pace: pace.clone(),
+                back: (index == 0).then(|| back.clone()),
             };
-            self.batches[partition % n].add(work, h.ts, clock, &h.data, None);
+            // A worker that is gone has panicked; its join reports it.
+            let _ = self.senders[index].send(Order::Walk(Box::new(walk)));
+        }
+        drop(back);
+        self.walked = true;
+        loop {
+            match walked.recv_timeout(PROGRESS_EVERY) {
+                Ok(w) => {
+                    self.router = w.router;
+                    return Some((w.replay, w.clock));
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let (packets, bytes) = pace.of(0);
+                    progress(packets, bytes);
+                }
+                // Walker 0 panicked: the finish reports it.
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
         }
     }
 
@@ -773,13 +888,13 @@ impl Threads {
         for b in &mut self.batches {
             b.reloads.push((scope.clone(), reload.clone()));
             let index = b.reloads.len() - 1;
-            b.mark(Work::Reload(index), clock, clock);
+            b.add(Task::mark(Work::Reload(index), clock), clock);
         }
     }
 
     fn idle(&mut self, clock: Timestamp) {
         for i in 0..self.batches.len() {
-            self.batches[i].mark(Work::Idle, clock, clock);
+            self.batches[i].add(Task::mark(Work::Idle, clock), clock);
             self.send(i);
         }
     }
@@ -789,23 +904,25 @@ impl Threads {
         let room = self.emptied.try_recv().unwrap_or_else(|_| Batch::new(used));
         let batch = std::mem::replace(&mut self.batches[i], room);
         // A worker that is gone has panicked; its join reports it.
-        let _ = self.senders[i].send(batch);
+        let _ = self.senders[i].send(Order::Batch(batch));
     }
 
-    /// Ends every worker at moment `end`; `clock` is the last packet's.
+    /// Ends every worker at moment `end` (walkers ended themselves); `clock` is the last
+    /// packet's.
     fn finish(
         mut self,
         clock: Timestamp,
         end: Timestamp,
     ) -> (AccountStage, Stats, Vec<(IpAddr, crate::app::App)>) {
-        // Pieces still held are counted by a worker, whose reassembly gives them up.
-        let mut stats = self.routes.stats();
-        for (key, held) in std::mem::take(&mut self.routes).drain() {
-            self.send_held(key, held, None, end);
-        }
-        for i in 0..self.batches.len() {
-            self.batches[i].mark(Work::Finish, end, end);
-            self.send(i);
+        let mut stats = self.router.routes.stats();
+        if !self.walked {
+            let batches = &mut self.batches;
+            self.router
+                .finish(&mut |to, task| add_to(batches, to, task, end));
+            for i in 0..self.batches.len() {
+                self.batches[i].add(Task::mark(Work::Finish, end), end);
+                self.send(i);
+            }
         }
         self.senders.clear();
         let mut remote = Vec::new();
@@ -827,57 +944,49 @@ impl Threads {
     }
 }
 
-/// A worker's channels: its batches in and back, its items out and back.
+/// A worker's channels: its orders in and batches back, its items out and back.
 struct Lanes {
-    batches: Receiver<Batch>,
+    orders: Receiver<Order>,
     give_back: SyncSender<Batch>,
     hand: SyncSender<Handed>,
     items: Receiver<Vec<Stamped>>,
 }
 
-/// A worker thread: its batches in order, handing on what each produced.
+impl Lanes {
+    /// Hands on what `worker` (the `index`th) produced, with how far it got. False once the
+    /// account stage is gone.
+    fn hand(&self, index: usize, worker: &mut FlowWorker, mark: Timestamp) -> bool {
+        let room = self.items.try_recv().unwrap_or_default();
+        let handed = Handed {
+            worker: index,
+            items: std::mem::replace(&mut worker.out, room),
+            mark,
+        };
+        self.hand.send(handed).is_ok()
+    }
+}
+
+/// A worker thread: its batches in order, handing on what each produced; or the input,
+/// walked.
 fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> FlowWorker {
     let mut mark = Timestamp::ZERO;
-    for mut batch in lanes.batches {
-        for e in &batch.entries {
-            let (bytes, shared) = batch.bytes(e);
-            match e.work {
-                Work::Packet {
-                    link,
-                    orig_len,
-                    partition,
-                } => worker.packet(
-                    Packet {
-                        ts: e.ts,
-                        link,
-                        orig_len,
-                        data: bytes,
-                        shared,
-                    },
-                    e.clock,
-                    Some(partition),
-                ),
-                Work::DnsAnswer => worker.dns_answer(e.ts, bytes),
-                Work::Tick => {
-                    worker.tick(e.clock, index == 0);
-                    if board.is_watched() {
-                        board.put_worker(index, &mut worker, e.clock);
-                    }
-                }
-                Work::Start => worker.start(e.clock),
-                Work::Reload(i) => {
-                    let (scope, reload) = &batch.reloads[i];
-                    worker.reload(scope.clone(), reload.clone(), e.clock, index == 0);
-                }
-                Work::Idle | Work::Finish => {
-                    if matches!(e.work, Work::Finish) {
-                        worker.finish(e.clock);
-                    }
-                    if board.is_watched() {
-                        board.put_worker(index, &mut worker, e.clock);
-                    }
-                }
+    for order in lanes.orders.iter() {
+        let mut batch = match order {
+            Order::Batch(batch) => batch,
+            Order::Walk(w) => {
+                walk(index, &mut worker, *w, &lanes, board);
+                break;
             }
+        };
+        for e in &batch.entries {
+            perform(
+                index,
+                &mut worker,
+                batch.task(e),
+                e.clock,
+                &batch.reloads,
+                board,
+            );
             mark = e.clock;
         }
         let finished = batch
@@ -886,17 +995,164 @@ fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> Fl
             .is_some_and(|e| matches!(e.work, Work::Finish));
         batch.clear();
         let _ = lanes.give_back.try_send(batch);
-        let room = lanes.items.try_recv().unwrap_or_default();
-        let handed = Handed {
-            worker: index,
-            items: std::mem::replace(&mut worker.out, room),
-            mark: if finished { Timestamp(u64::MAX) } else { mark },
-        };
-        if lanes.hand.send(handed).is_err() {
+        let mark = if finished { Timestamp(u64::MAX) } else { mark };
+        if !lanes.hand(index, &mut worker, mark) {
             break;
         }
     }
     worker
+}
+
+/// How far ahead of the slowest walker another may run, in bytes of input: close enough
+/// that it reads what the one ahead just read from the cache they share, and that the
+/// pages handed back behind the one ahead are behind the slowest too.
+const WINDOW: u64 = 2 << 20;
+/// Packets a walker walks between looks at the others' progress; and before it hands on
+/// its items, at least (times the workers, as many as a worker fed batches gets).
+const PACE_EVERY: u64 = 64;
+/// Looks a walker that is too far ahead spins for before it sleeps, and how long it sleeps.
+const SPINS: u32 = 64;
+const NAP: Duration = Duration::from_micros(50);
+
+/// A worker's walk of a mapped replay.
+struct Walk {
+    /// Its own replay, over the mappings every walker shares.
+    replay: Replay,
+    router: Router,
+    pace: Arc<Pace>,
+    /// Walker 0's: where it gives back what the reader would have left (see [`Walked`]).
+    back: Option<SyncSender<Walked>>,
+}
+
+/// What walker 0 gives back at the end of the input, where a reader thread would have
+/// left it: its replay (the files' counters and errors), the clock, the router (the
+/// fragment routes' counters).
+struct Walked {
+    replay: Replay,
+    clock: Clock,
+    router: Router,
+}
+
+/// The workers walk a mapped replay, each on its own: every one reads every record and
+/// makes every decision the reader would ([`Router`]), the same ones, since they depend
+/// on the packets alone, and does what the reader would have sent it; the rest it passes
+/// by. So no packet is handed from one thread to another, and each worker's packets are
+/// in its own cache when it decodes them. Reader-level counters are walker 0's. It ends
+/// the input itself, as [`Threads::finish`] ends a fed worker's.
+fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board: &Board) {
+    let Walk {
+        mut replay,
+        mut router,
+        pace,
+        back,
+    } = walk;
+    let hand_every = PACE_EVERY.max(BATCH as u64 * router.workers as u64);
+    let mut clock = Clock::default();
+    let (mut walked, mut handed) = (0u64, 0u64);
+    while let Some(pkt) = replay.next_packet() {
+        let (now, start, tick) = clock.packet(pkt.ts);
+        router.packet(pkt, now, start, tick, &mut |to, task| {
+            if to.includes(index) {
+                perform(index, worker, task, now, &[], board);
+            }
+        });
+        if tick && index == 0 && board.is_watched() {
+            board.put_reader(&router.routes);
+        }
+        walked += 1;
+        if walked.is_multiple_of(PACE_EVERY) {
+            pace.keep_up(index, replay.consumed(), walked);
+            if walked - handed >= hand_every {
+                handed = walked;
+                if !lanes.hand(index, worker, now) {
+                    return;
+                }
+            }
+        }
+    }
+    pace.done(index);
+    let end = Timestamp(clock.now.0.saturating_add(1));
+    router.finish(&mut |to, task| {
+        if to.includes(index) {
+            perform(index, worker, task, end, &[], board);
+        }
+    });
+    perform(
+        index,
+        worker,
+        Task::mark(Work::Finish, end),
+        end,
+        &[],
+        board,
+    );
+    lanes.hand(index, worker, Timestamp(u64::MAX));
+    if let Some(back) = back {
+        let _ = back.send(Walked {
+            replay,
+            clock,
+            router,
+        });
+    }
+}
+
+/// How far each walker got, so that none runs more than [`WINDOW`] ahead of the slowest.
+struct Pace {
+    walkers: Box<[Progress]>,
+}
+
+/// A walker's progress, on cache lines of its own (the others read it while it writes).
+#[derive(Default)]
+#[repr(align(128))]
+struct Progress {
+    bytes: AtomicU64,
+    packets: AtomicU64,
+}
+
+impl Pace {
+    fn new(walkers: usize) -> Pace {
+        Pace {
+            walkers: (0..walkers).map(|_| Progress::default()).collect(),
+        }
+    }
+
+    /// Walker `index` got `bytes` into the input, `packets` packets: it waits while it is
+    /// more than [`WINDOW`] ahead of the slowest.
+    fn keep_up(&self, index: usize, bytes: u64, packets: u64) {
+        let me = &self.walkers[index];
+        me.bytes.store(bytes, Ordering::Relaxed);
+        me.packets.store(packets, Ordering::Relaxed);
+        let mut looks = 0;
+        while bytes > self.slowest().saturating_add(WINDOW) {
+            if looks < SPINS {
+                std::hint::spin_loop();
+                looks += 1;
+            } else {
+                std::thread::sleep(NAP);
+            }
+        }
+    }
+
+    /// Walker `index` is through the input: it holds nobody back.
+    fn done(&self, index: usize) {
+        self.walkers[index].bytes.store(u64::MAX, Ordering::Relaxed);
+    }
+
+    fn slowest(&self) -> u64 {
+        self.walkers
+            .iter()
+            .map(|w| w.bytes.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// How far walker `index` got: packets and bytes.
+    fn of(&self, index: usize) -> (u64, u64) {
+        let w = &self.walkers[index];
+        (
+            w.packets.load(Ordering::Relaxed),
+            w.bytes.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// The account stage's thread: merges the workers' items and applies them; once every
@@ -942,6 +1198,150 @@ fn dns_answer<'a>(peek: &Peek<'a>) -> Option<&'a [u8]> {
         && matches!(peek.src_port, 53 | 137 | 5353 | 5355)
         && dns::is_response(peek.udp_payload))
     .then_some(peek.udp_payload)
+}
+
+/// What the reader decides: which worker does what for each packet. Every decision
+/// depends on the packets alone, in their order, so workers that walk the input each
+/// with a router of their own decide alike.
+struct Router {
+    /// The network the sensor started with, which shares packets out.
+    network: NetworkConfig,
+    routes: Routes,
+    workers: usize,
+    /// The worker of each partition (a division per packet cost more than the lookup).
+    owners: [u8; PARTITIONS],
+}
+
+impl Router {
+    fn new(network: NetworkConfig, workers: usize) -> Router {
+        Router {
+            network,
+            routes: Routes::default(),
+            workers,
+            owners: std::array::from_fn(|p| (p % workers) as u8),
+        }
+    }
+
+    fn owner(&self, partition: usize) -> usize {
+        usize::from(self.owners[partition % PARTITIONS])
+    }
+
+    /// What `pkt` asks of the workers at `clock`, in the order they are to do it, through
+    /// `task` (`start`: it is the input's first; `tick`: a whole second of packet time
+    /// passed). From what [`decode::peek`] reads, not a full decode: its worker decodes it.
+    #[inline]
+    fn packet(
+        &mut self,
+        pkt: Packet<'_>,
+        clock: Timestamp,
+        start: bool,
+        tick: bool,
+        task: &mut impl FnMut(To, Task<'_>),
+    ) {
+        if start {
+            task(To::One(0), Task::mark(Work::Start, pkt.ts));
+        }
+        // A frame that peeks badly decodes badly: any worker counts the error. (Read where
+        // it lies: a copy of the peek costs a stall per packet.)
+        let peeked = decode::peek(pkt);
+        let placed = match &peeked {
+            Ok(peek) => self.place(peek, pkt, clock, task),
+            Err(_) => Some(0),
+        };
+        let owner = placed.map(|p| self.owner(p));
+        if let (Some(p), Some(owner)) = (placed, owner) {
+            let work = Work::Packet {
+                link: pkt.link,
+                orig_len: pkt.orig_len,
+                partition: p,
+            };
+            task(
+                To::One(owner),
+                Task {
+                    work,
+                    ts: pkt.ts,
+                    bytes: pkt.data,
+                    shared: pkt.shared,
+                },
+            );
+        }
+        if let Some(payload) = peeked.as_ref().ok().and_then(dns_answer) {
+            let task_of = Task {
+                work: Work::DnsAnswer,
+                ts: pkt.ts,
+                bytes: payload,
+                shared: pkt.shared,
+            };
+            task(To::AllBut(owner), task_of);
+        }
+        if tick {
+            task(To::AllBut(None), Task::mark(Work::Tick, pkt.ts));
+        }
+    }
+
+    /// The partition of a packet; none for a fragment held until its datagram's first
+    /// piece says where the datagram goes (then the held pieces go ahead of it).
+    fn place(
+        &mut self,
+        peek: &Peek<'_>,
+        pkt: Packet<'_>,
+        clock: Timestamp,
+        task: &mut impl FnMut(To, Task<'_>),
+    ) -> Option<usize> {
+        // A protocol the flow table does not track has no ports to read, as ICMP.
+        let [a, b] = ends(
+            peek.proto.unwrap_or(Proto::Icmp),
+            (peek.src, peek.src_port),
+            (peek.dst, peek.dst_port),
+        );
+        let partition = partition_of(&self.network, a, b);
+        let Some(piece) = peek.fragment else {
+            return Some(partition);
+        };
+        let first = piece.is_first().then_some(partition);
+        let (placed, unplaced) = self.routes.piece(&piece, first, pkt, clock);
+        for (key, held, partition) in unplaced {
+            self.send_held(key, held, partition, task);
+        }
+        placed
+    }
+
+    /// Pieces held back, to `partition`, or where their addresses alone would go when
+    /// their datagram was given up.
+    fn send_held(
+        &self,
+        key: FragKey,
+        held: Vec<Held>,
+        partition: Option<usize>,
+        task: &mut impl FnMut(To, Task<'_>),
+    ) {
+        let partition = partition.unwrap_or_else(|| {
+            let (a, b) = key.addresses();
+            partition_of(&self.network, (a, 0), (b, 0))
+        });
+        for h in held {
+            let work = Work::Packet {
+                link: h.link,
+                orig_len: h.orig_len,
+                partition,
+            };
+            let piece = Task {
+                work,
+                ts: h.ts,
+                bytes: &h.data,
+                shared: None,
+            };
+            task(To::One(self.owner(partition)), piece);
+        }
+    }
+
+    /// The input is over: pieces still held go where their addresses alone would, for
+    /// their worker's reassembly to give them up and count them.
+    fn finish(&mut self, task: &mut impl FnMut(To, Task<'_>)) {
+        for (key, held) in self.routes.take_held() {
+            self.send_held(key, held, None, task);
+        }
+    }
 }
 
 /// Where the reader sends the pieces of fragmented datagrams. Only the first piece has the
@@ -1057,9 +1457,11 @@ impl Routes {
         }
     }
 
-    /// Every piece still held, by datagram.
-    fn drain(self) -> impl Iterator<Item = (FragKey, Vec<Held>)> {
-        self.routes.into_iter().map(|(k, r)| (k, r.held))
+    /// Every piece still held, by datagram; the counters stay.
+    fn take_held(&mut self) -> impl Iterator<Item = (FragKey, Vec<Held>)> + use<> {
+        std::mem::take(&mut self.routes)
+            .into_iter()
+            .map(|(k, r)| (k, r.held))
     }
 
     fn stats(&self) -> Stats {

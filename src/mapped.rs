@@ -126,6 +126,9 @@ impl Slot {
 
 static SLOTS: [Slot; SLOTS_MAX] = [const { Slot::new() }; SLOTS_MAX];
 static HANDLER: Once = Once::new();
+/// Set by the first thread to fault in a mapping: several threads read the same pages
+/// (workers that walk a replay), and the line is said once.
+static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// Registers `len` bytes at `start` with the line naming their file. None when every
 /// slot is taken.
@@ -178,9 +181,9 @@ fn install_handler() {
 /// After the offset in the handler's line.
 const SHRANK: &[u8] = b": the file shrank while it was being read\n";
 
-/// SIGBUS: in a registered mapping, one line and exit 1; elsewhere the default action.
-/// Async-signal-safe only: atomics, write(2), _exit(2), sigaction(2), raise(3); no
-/// allocation, no lock.
+/// SIGBUS: in a registered mapping, one line and exit 1 (once, whichever threads fault);
+/// elsewhere the default action. Async-signal-safe only: atomics, write(2), _exit(2),
+/// pause(2), sigaction(2), raise(3); no allocation, no lock.
 extern "C" fn on_sigbus(
     signal: libc::c_int,
     info: *mut libc::siginfo_t,
@@ -191,6 +194,13 @@ extern "C" fn on_sigbus(
     // address touched; a signal sent by a process (si_code <= 0) carries no address.
     let fault = unsafe { ((*info).si_code > 0).then(|| (*info).si_addr() as usize) };
     if let Some((line, line_len, offset)) = fault.and_then(owner_of) {
+        if STOPPING.swap(true, Ordering::AcqRel) {
+            // Another thread is saying it and ending the process: wait for that.
+            loop {
+                // SAFETY: pause(2) is async-signal-safe.
+                unsafe { libc::pause() };
+            }
+        }
         let mut digits = [0u8; 20];
         let decimal = decimal(offset as u64, &mut digits);
         // SAFETY: `line` points to `line_len` bytes owned by the mapping, which lives:

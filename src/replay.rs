@@ -101,17 +101,12 @@ pub fn run(args: ReplayArgs) -> Result<(), Failure> {
         );
         bar
     });
-    let mut n: u64 = 0;
-    while let Some(pkt) = replay.next_packet() {
-        engine.packet(pkt);
-        n += 1;
-        if n.is_multiple_of(65_536)
-            && let Some(bar) = &progress
-        {
-            bar.set_position(replay.consumed().min(total));
-            bar.set_message(format!("{n} packets"));
+    engine.replay(&mut replay, |packets, bytes| {
+        if let Some(bar) = &progress {
+            bar.set_position(bytes.min(total));
+            bar.set_message(format!("{packets} packets"));
         }
-    }
+    });
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }

@@ -272,8 +272,12 @@ struct Buffered {
     start: usize,
     end: usize,
     eof: bool,
-    /// Mapped files: the pages before this offset were handed back.
+    /// Mapped files: the pages before this offset were handed back, and the offset at
+    /// which more are (never, for a reader that leaves it to another).
     dropped: usize,
+    drop_at: usize,
+    /// How far behind the reader pages are handed back.
+    keep_behind: usize,
 }
 
 /// Where a file's bytes are.
@@ -323,22 +327,24 @@ impl Buffered {
     #[inline]
     fn consume(&mut self, len: usize) {
         self.start += len;
-        if self.start >= self.dropped + KEEP_BEHIND + DROP_EVERY {
+        if self.start >= self.drop_at {
             self.hand_back();
         }
     }
 
-    /// Mapped files: hands back the pages [`KEEP_BEHIND`] and [`DROP_AGAIN`] behind. (A
-    /// read buffer gets this far only for records of several MiB; it has nothing to drop.)
+    /// Mapped files: hands back the pages `keep_behind` ([`KEEP_BEHIND`]) and
+    /// [`DROP_AGAIN`] behind. (A read buffer gets this far only for records of several
+    /// MiB; it has nothing to drop.)
     #[cold]
     fn hand_back(&mut self) {
-        let to = self.start - KEEP_BEHIND;
+        let to = self.start - self.keep_behind;
         if let Bytes::Mapped(map) = &self.bytes {
             map.drop_range(self.dropped..to);
             let again = |at: usize| at.saturating_sub(DROP_AGAIN - KEEP_BEHIND);
             map.drop_range(again(self.dropped)..again(to));
         }
         self.dropped = to;
+        self.drop_at = self.start + DROP_EVERY;
     }
 
     /// Reads more of the file behind what is left; a buffer full of one unfinished record
@@ -478,6 +484,30 @@ impl FileReader {
         FileReader::new(path, Bytes::Mapped(map), len)
     }
 
+    /// A reader of the same mapped file at the same record, with its counters so far, for
+    /// another thread to read on beside others. `lag`: how far behind it the others may
+    /// be; it hands back the pages [`KEEP_BEHIND`] behind that (None: it hands none back,
+    /// another reader does). None when the file is not mapped.
+    pub fn walker(&self, lag: Option<usize>) -> Option<FileReader> {
+        let Bytes::Mapped(map) = &self.input.bytes else {
+            return None;
+        };
+        let input = Buffered {
+            bytes: Bytes::Mapped(map.clone()),
+            drop_at: lag.map_or(usize::MAX, |lag| {
+                self.input.dropped + KEEP_BEHIND + lag + DROP_EVERY
+            }),
+            keep_behind: KEEP_BEHIND + lag.unwrap_or(0),
+            ..self.input
+        };
+        Some(FileReader {
+            path: self.path.clone(),
+            input,
+            interfaces: self.interfaces.clone(),
+            ..*self
+        })
+    }
+
     /// `end`: how many bytes `bytes` holds already.
     fn new(path: &Path, bytes: Bytes, end: usize) -> Result<FileReader, SourceError> {
         let mut input = Buffered {
@@ -486,6 +516,8 @@ impl FileReader {
             start: 0,
             end,
             dropped: 0,
+            drop_at: KEEP_BEHIND + DROP_EVERY,
+            keep_behind: KEEP_BEHIND,
         };
         while input.end < HEADER && !input.eof {
             input.fill().map_err(|e| {
@@ -621,6 +653,7 @@ impl FileReader {
     }
 
     /// The packet [`FileReader::advance`] moved to, borrowed from the buffer or mapping.
+    #[inline]
     pub fn packet(&self) -> Option<Packet<'_>> {
         let c = self.current?;
         let data = self
@@ -930,6 +963,7 @@ impl Replay {
     }
 
     /// The next packet in time order, or None when every file is done.
+    #[inline]
     pub fn next_packet(&mut self) -> Option<Packet<'_>> {
         if let Some(i) = self.pending.take() {
             if self.readers.len() == 1 {
@@ -966,6 +1000,32 @@ impl Replay {
             stats.capture_unread_blocks += r.unread_blocks;
         }
         stats.capture_corrupt_files += self.errors.len() as u64;
+    }
+
+    /// The same replay at the same packet, over the same mapped files, for a thread of its
+    /// own to read on (see [`FileReader::walker`]); the errors so far stay here. None unless
+    /// every file is mapped.
+    pub fn walker(&self, lag: Option<usize>) -> Option<Replay> {
+        let readers = self
+            .readers
+            .iter()
+            .map(|r| r.walker(lag))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Replay {
+            readers,
+            heap: self.heap.clone(),
+            pending: self.pending,
+            errors: Vec::new(),
+        })
+    }
+
+    /// Takes over where `walker` (made by [`Replay::walker`]) got to: its files, and the
+    /// errors it met after this one's.
+    pub fn take_over(&mut self, walker: Replay) {
+        self.readers = walker.readers;
+        self.heap = walker.heap;
+        self.pending = walker.pending;
+        self.errors.extend(walker.errors);
     }
 
     /// Bytes consumed across all files, for the progress bar.
