@@ -591,6 +591,12 @@ impl FileReader {
             let base = data.as_ptr() as usize;
             match parsed {
                 Ok(Some((len, Record::Packet(f)))) => {
+                    // The next record's header, asked for now, is in the cache once this
+                    // packet was worked on: waiting for its first load was most of the
+                    // time a mapped file's reading took.
+                    let next = data.get(len..).unwrap_or_default();
+                    prefetch(next);
+                    prefetch(next.get(64..).unwrap_or_default());
                     let ts = f.ts.unwrap_or(self.last_ts);
                     self.current = Some(Current {
                         ts,
@@ -678,6 +684,18 @@ impl FileReader {
             gz: self.gz,
             what,
         }
+    }
+}
+
+/// Asks the CPU to bring the first bytes of `bytes` into its cache, without waiting.
+#[inline]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(first) = bytes.first() {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: a prefetch reads nothing the program sees and never faults; the address
+        // is a byte of a live slice.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(first).cast()) };
     }
 }
 
