@@ -1,8 +1,9 @@
-//! With several workers, a replay of regular files has every worker walk the files itself
-//! over the same mappings, deciding as the reader thread would (`engine.rs`, `walk`); an
-//! input through a pipe still goes through the reader thread. Both write, byte for byte,
-//! what one worker writes: events, flow records, the summary and the metrics, whose
-//! reader-level counters (records cut off, fragment routes) are counted once.
+//! With several workers (no more than the cores), a replay of regular files has every
+//! worker walk the files itself over the same mappings, deciding as the reader thread would
+//! (`engine.rs`, `walk`); an input through a pipe, or more workers than cores, still goes
+//! through the reader thread. Both write, byte for byte, what one worker writes: events,
+//! flow records, the summary and the metrics, whose reader-level counters (records cut
+//! off, fragment routes) are counted once.
 
 mod support;
 
@@ -10,6 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use support::{bin, scratch};
+
+/// Workers that walk: as many as there are cores, 3 at most (2 at least, to be several).
+fn walkers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 3))
+}
 
 /// What a replay wrote: exit status, events, flow records, summary (stderr) and metrics.
 #[derive(Debug, PartialEq)]
@@ -55,7 +61,7 @@ fn replay(files: &[PathBuf], stdin: Option<&Path>, workers: usize, dir: &Path) -
 
 /// Several files merged by time — fragments of IPv4 and IPv6 datagrams held out of order,
 /// remote-desktop and VPN sessions, a file cut off inside its last record — give the same
-/// output with one worker and with three walking them.
+/// output with one worker, with workers walking them, and with more workers than cores.
 #[test]
 fn workers_walking_several_files_write_what_one_worker_writes() {
     let dir = scratch("replay-walk-files");
@@ -80,7 +86,7 @@ fn workers_walking_several_files_write_what_one_worker_writes() {
         "{}",
         one.summary
     );
-    for workers in [2, 3] {
+    for workers in [walkers(), 4] {
         assert_eq!(
             replay(&files, None, workers, &dir),
             one,
@@ -89,8 +95,8 @@ fn workers_walking_several_files_write_what_one_worker_writes() {
     }
 }
 
-/// A fragmented datagram, last piece first, and a file cut off: three workers walking the
-/// mapped file, three fed by the reader thread from a pipe, and one worker write the same.
+/// A fragmented datagram, last piece first, and a file cut off: workers walking the mapped
+/// file, as many fed by the reader thread from a pipe, and one worker write the same.
 #[test]
 fn walking_workers_and_the_reader_thread_decide_alike() {
     let dir = scratch("replay-walk-reader");
@@ -106,9 +112,9 @@ fn walking_workers_and_the_reader_thread_decide_alike() {
     ] {
         let file = dir.join(name);
         std::fs::write(&file, bytes.expect("read a fixture")).expect("write the capture");
-        let walked = replay(std::slice::from_ref(&file), None, 3, &dir);
+        let walked = replay(std::slice::from_ref(&file), None, walkers(), &dir);
         assert_eq!(walked.code, Some(0), "{}", walked.summary);
-        let fed = replay(&[], Some(&file), 3, &dir);
+        let fed = replay(&[], Some(&file), walkers(), &dir);
         let one = replay(&[], Some(&file), 1, &dir);
         let walked = Output {
             summary: walked.summary.replace(&file.display().to_string(), "FILE"),
