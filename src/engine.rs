@@ -1013,9 +1013,11 @@ fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> Fl
 /// that it reads what the one ahead just read from the cache they share, and that the
 /// pages handed back behind the one ahead are behind the slowest too.
 const WINDOW: u64 = 2 << 20;
-/// Packets a walker walks between looks at the others' progress; and before it hands on
-/// its items, at least (times the workers, as many as a worker fed batches gets).
+/// Packets a walker walks between looks at the others' progress.
 const PACE_EVERY: u64 = 64;
+/// Packets a walker walks between hand-ons of its items (a multiple of [`PACE_EVERY`]):
+/// each may wake the account stage's thread, and a walker has items for a few of them.
+const HAND_EVERY: u64 = 64 * PACE_EVERY;
 /// Looks a walker that is too far ahead spins for before it sleeps, and how long it sleeps.
 const SPINS: u32 = 64;
 const NAP: Duration = Duration::from_micros(50);
@@ -1052,7 +1054,6 @@ fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board:
         pace,
         back,
     } = walk;
-    let hand_every = PACE_EVERY.max(BATCH as u64 * router.workers as u64);
     let mut clock = Clock::default();
     let (mut walked, mut handed) = (0u64, 0u64);
     while let Some(pkt) = replay.next_packet() {
@@ -1068,7 +1069,7 @@ fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board:
         walked += 1;
         if walked.is_multiple_of(PACE_EVERY) {
             pace.keep_up(index, replay.consumed(), walked);
-            if walked - handed >= hand_every {
+            if walked - handed >= HAND_EVERY {
                 handed = walked;
                 if !lanes.hand(index, worker, now) {
                     return;
@@ -1213,7 +1214,6 @@ struct Router {
     /// The network the sensor started with, which shares packets out.
     network: NetworkConfig,
     routes: Routes,
-    workers: usize,
     /// The worker of each partition (a division per packet cost more than the lookup).
     owners: [u8; PARTITIONS],
 }
@@ -1223,7 +1223,6 @@ impl Router {
         Router {
             network,
             routes: Routes::default(),
-            workers,
             owners: std::array::from_fn(|p| (p % workers) as u8),
         }
     }
