@@ -243,10 +243,13 @@ impl Engine {
     pub fn replay(&mut self, replay: &mut Replay, mut progress: impl FnMut(u64, u64)) {
         if let Run::Threads(t) = &mut self.run
             && self.clock.first.is_none()
-            && let Some((walked, clock)) = t.walk(replay, &mut progress)
+            && let Some(walked) = t.walk(replay, &mut progress)
         {
-            self.clock = clock;
-            replay.take_over(walked);
+            // None: walker 0 panicked, which the finish reports.
+            if let Some((walked, clock)) = walked {
+                self.clock = clock;
+                replay.take_over(walked);
+            }
             return;
         }
         let mut n: u64 = 0;
@@ -842,7 +845,8 @@ impl Threads {
     }
 
     /// Has every worker walk `replay` ([`walk`]) and waits until they are through it,
-    /// calling `progress` now and then. None, and nothing done, unless every file of the
+    /// calling `progress` now and then; then walker 0's replay and clock (None if it
+    /// panicked). None, and nothing done, unless every file of the
     /// replay is mapped and every worker can have a core: each walker reads all of the
     /// input, which pays only when the walkers run side by side (3 walkers on 2 cores took
     /// a third more CPU than a reader thread feeding 3 workers).
@@ -850,7 +854,7 @@ impl Threads {
         &mut self,
         replay: &Replay,
         progress: &mut impl FnMut(u64, u64),
-    ) -> Option<(Replay, Clock)> {
+    ) -> Option<Option<(Replay, Clock)>> {
         let n = self.senders.len();
         if n > default_workers() {
             return None;
@@ -878,14 +882,14 @@ impl Threads {
             match walked.recv_timeout(PROGRESS_EVERY) {
                 Ok(w) => {
                     self.router = w.router;
-                    return Some((w.replay, w.clock));
+                    return Some(Some((w.replay, w.clock)));
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let (packets, bytes) = pace.of(0);
                     progress(packets, bytes);
                 }
                 // Walker 0 panicked: the finish reports it.
-                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Disconnected) => return Some(None),
             }
         }
     }
@@ -1056,6 +1060,8 @@ fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board:
     } = walk;
     let mut clock = Clock::default();
     let (mut walked, mut handed) = (0u64, 0u64);
+    // However the walk ends (a panic too), this walker holds the others back no more.
+    let leaving = Leaving(&pace, index);
     while let Some(pkt) = replay.next_packet() {
         let (now, start, tick) = clock.packet(pkt.ts);
         router.packet(pkt, now, start, tick, &mut |to, task| {
@@ -1077,7 +1083,7 @@ fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board:
             }
         }
     }
-    pace.done(index);
+    drop(leaving);
     let end = Timestamp(clock.now.0.saturating_add(1));
     router.finish(&mut |to, task| {
         if to.includes(index) {
@@ -1099,6 +1105,15 @@ fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board:
             clock,
             router,
         });
+    }
+}
+
+/// Marks walker `.1` done with the input when dropped.
+struct Leaving<'a>(&'a Pace, usize);
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        self.0.done(self.1);
     }
 }
 
