@@ -272,9 +272,9 @@ struct Buffered {
     start: usize,
     end: usize,
     eof: bool,
-    /// Mapped files: the pages before this offset were handed back, and the offset at
-    /// which more are (never, for a reader that leaves it to another).
+    /// Mapped files: the pages before this offset were handed back.
     dropped: usize,
+    /// The offset at which more are (never, for a reader that leaves it to another).
     drop_at: usize,
     /// How far behind the reader pages are handed back.
     keep_behind: usize,
@@ -1212,6 +1212,43 @@ mod tests {
         let file = TempFile::new("read.pcap.gz", &gz.finish().unwrap());
         let (pkts, mapped, truncated, _) = drain(FileReader::open(&file.0).unwrap());
         assert_eq!((pkts.len(), mapped, truncated), (2, false, 0));
+    }
+
+    /// Every packet of `replay` from where it is, and the records cut off.
+    fn replay_all(mut replay: Replay) -> (Vec<OwnedPacket>, u64) {
+        let mut out = Vec::new();
+        while let Some(p) = replay.next_packet() {
+            out.push(OwnedPacket::from(p));
+        }
+        let mut stats = Stats::default();
+        replay.count_into(&mut stats);
+        (out, stats.truncated_records)
+    }
+
+    /// Walkers of a replay of mapped files, handing pages back or not, read what the replay
+    /// reads, files merged alike and a cut-off record counted alike; a replay with a file
+    /// read as a stream has none.
+    #[test]
+    fn walkers_of_mapped_files_read_what_the_replay_reads() {
+        let mut lens = vec![1500; 2 * (KEEP_BEHIND + DROP_EVERY) / 1500];
+        lens.extend([60, 40]);
+        let big = pcap_of(&lens);
+        let small = pcap_of(&[70, 80, 90]);
+        let a = TempFile::new("walk-a.pcap", &big[..big.len() - 10]);
+        let b = TempFile::new("walk-b.pcap", &small);
+        let replay = Replay::open(&[a.0.clone(), b.0.clone()]).unwrap();
+        let lead = replay.walker(Some(1 << 20)).unwrap();
+        let follower = replay.walker(None).unwrap();
+        let expected = replay_all(replay);
+        assert_eq!(expected.0.len(), lens.len() - 1 + 3);
+        assert_eq!(expected.1, 1);
+        assert_eq!(replay_all(lead), expected);
+        assert_eq!(replay_all(follower), expected);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &small).unwrap();
+        let c = TempFile::new("walk-c.pcap.gz", &gz.finish().unwrap());
+        let mixed = Replay::open(&[a.0.clone(), c.0.clone()]).unwrap();
+        assert!(mixed.walker(None).is_none());
     }
 
     #[test]
