@@ -241,15 +241,18 @@ pub fn hassh(k: &KexInit, client: bool) -> (String, String) {
     (s, hex)
 }
 
-/// HASSH values a thread remembers; past it a new list is hashed every time.
-const HASSH_MEMO_ENTRIES: usize = 4096;
+/// HASSH values a thread remembers, and the longest lists (all four, as a key) it
+/// remembers one for: a few MiB at most, however crafted the lists (real ones are a few
+/// hundred bytes each). Past either a list is hashed every time.
+const HASSH_MEMO_ENTRIES: usize = 1024;
+const HASSH_MEMO_KEY: usize = 4096;
 
 thread_local! {
     /// HASSH by the name-lists it hashes, per thread (a flow worker is one). A fleet's SSH
     /// software sends a handful of distinct lists, each probe of a flow hashed them again
     /// until both sides' KEXINIT were in, and the MD5 was most of dissecting SSH. Bounded
     /// like the JA4 memo (`super::ja4::Memo`): past [`HASSH_MEMO_ENTRIES`] nothing is kept,
-    /// nothing is lost.
+    /// nothing is lost, nothing is evicted.
     static HASSH_MEMO: RefCell<HasshMemo> = RefCell::new(HasshMemo::default());
 }
 
@@ -287,7 +290,7 @@ fn hassh_of(lists: &[&[u8]; 8], client: bool) -> Box<str> {
             return hash.clone();
         }
         let hash = hassh_of_lists(&lists);
-        if known.len() < HASSH_MEMO_ENTRIES {
+        if known.len() < HASSH_MEMO_ENTRIES && key.len() <= HASSH_MEMO_KEY {
             known.insert(key.into(), hash.clone());
         }
         hash
@@ -568,6 +571,17 @@ mod tests {
         assert_eq!(known(), before + 1, "hashed once");
         assert_eq!(*first, hassh(&k, true).1);
         assert_eq!(*hassh_of(&lists, false), hassh(&k, false).1);
+        // Lists longer than a key may be are hashed, not remembered.
+        let long = "x,".repeat(HASSH_MEMO_KEY / 2);
+        let mut lists = lists;
+        lists[0] = long.as_bytes();
+        let before = known();
+        let hash = hassh_of(&lists, true);
+        assert_eq!(known(), before);
+        assert_eq!(
+            hash,
+            hassh_of_lists(&[lists[0], lists[2], lists[4], lists[6]])
+        );
     }
 
     #[test]
