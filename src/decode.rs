@@ -240,7 +240,10 @@ fn plain_udp_ports([s0, s1, d0, d1]: [u8; 4]) -> Option<(u16, u16)> {
 /// IPv4 or IPv6 carrying TCP, UDP or ICMP straight after the fixed header, whole, no tunnel
 /// port. Every packet is decoded, and the general way costs several times this. The fields
 /// are read as etherparse reads them for the general way (a unit test holds the two ways
-/// to the same answer); anything else, and anything odd, takes the general way.
+/// to the same answer); anything else, and anything odd, takes the general way. Inlined,
+/// so the record is written once, in the caller's result, not copied there (read back wider
+/// than it was written, the copy waited on the stores).
+#[inline(always)]
 fn decode_plain(pkt: Packet<'_>) -> Option<Decoded<'_>> {
     let ip = match pkt.link {
         LinkType::ETHERNET => {
@@ -937,8 +940,9 @@ fn transport<'a>(
 }
 
 /// The timestamp option (RFC 7323 §3) of a TCP header's options. Most segments that carry
-/// it carry it alone after two NOPs (RFC 7323 Appendix A), read here in place; any other
-/// layout is walked by etherparse.
+/// it carry it alone after two NOPs (RFC 7323 Appendix A), read here in place, in line;
+/// any other layout is walked by etherparse.
+#[inline]
 fn timestamps(options: &[u8]) -> Option<(u32, u32)> {
     match *options {
         [] => None,
@@ -946,11 +950,17 @@ fn timestamps(options: &[u8]) -> Option<(u32, u32)> {
             u32::from_be_bytes([v0, v1, v2, v3]),
             u32::from_be_bytes([e0, e1, e2, e3]),
         )),
-        _ => TcpOptionsIterator::from_slice(options).find_map(|o| match o {
-            Ok(TcpOptionElement::Timestamp(val, ecr)) => Some((val, ecr)),
-            _ => None,
-        }),
+        _ => walked_timestamps(options),
     }
+}
+
+/// [`timestamps`] of options in any other layout.
+#[inline(never)]
+fn walked_timestamps(options: &[u8]) -> Option<(u32, u32)> {
+    TcpOptionsIterator::from_slice(options).find_map(|o| match o {
+        Ok(TcpOptionElement::Timestamp(val, ecr)) => Some((val, ecr)),
+        _ => None,
+    })
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {

@@ -238,20 +238,45 @@ pub const END_CHUNK: usize = 512;
 /// their first piece (`engine.rs`), the worker places the datagram once it is whole.
 pub fn partition_of(network: &NetworkConfig, a: (IpAddr, u16), b: (IpAddr, u16)) -> usize {
     // Most packets are IPv4: their addresses as integers (`fold` of an IPv4 address).
-    let (x, y) = if let (IpAddr::V4(v4a), IpAddr::V4(v4b)) = (a.0, b.0) {
-        let (a4, b4) = ((v4a.to_bits(), a.1), (v4b.to_bits(), b.1));
-        match network.host_v4(a4, b4) {
-            Some(host) => (u64::from(host), u64::from(host)),
-            None => (u64::from(a4.0.min(b4.0)), u64::from(a4.0.max(b4.0))),
-        }
-    } else {
-        match network.host(a, b) {
-            Some(host) => (fold(host), fold(host)),
-            None => (fold(a.0.min(b.0)), fold(a.0.max(b.0))),
-        }
-    };
-    // A fixed multiplicative hash: the same in every run, and cheap, as it runs for every
-    // packet (SipHash cost more than the flow lookup).
+    if let (IpAddr::V4(v4a), IpAddr::V4(v4b)) = (a.0, b.0) {
+        return partition_v4(network, (v4a.to_bits(), a.1), (v4b.to_bits(), b.1));
+    }
+    match network.host(a, b) {
+        Some(host) => mix(fold(host), fold(host)),
+        None => mix(fold(a.0.min(b.0)), fold(a.0.max(b.0))),
+    }
+}
+
+/// [`partition_of`] of a decoded packet ([`ends`] of its own), read from the packet where
+/// it lies: copied out as `IpAddr`s, its addresses were read back wider than the decoder
+/// wrote them, and the load waited for the stores (every packet asks).
+#[inline]
+fn packet_partition(network: &NetworkConfig, d: &Decoded<'_>) -> usize {
+    if let (IpAddr::V4(src), IpAddr::V4(dst)) = (&d.src, &d.dst) {
+        let (sp, dp) = match d.proto {
+            Proto::Tcp | Proto::Udp => (d.src_port, d.dst_port),
+            Proto::Icmp | Proto::Icmpv6 => (0, 0),
+        };
+        return partition_v4(network, (src.to_bits(), sp), (dst.to_bits(), dp));
+    }
+    let [a, b] = ends(d.proto, (d.src, d.src_port), (d.dst, d.dst_port));
+    partition_of(network, a, b)
+}
+
+/// [`partition_of`] of two IPv4 ends, as integers.
+#[inline]
+fn partition_v4(network: &NetworkConfig, a: (u32, u16), b: (u32, u16)) -> usize {
+    match network.host_v4(a, b) {
+        Some(host) => mix(u64::from(host), u64::from(host)),
+        None => mix(u64::from(a.0.min(b.0)), u64::from(a.0.max(b.0))),
+    }
+}
+
+/// The partition of the two words [`partition_of`] keeps of a packet's ends. A fixed
+/// multiplicative hash: the same in every run, and cheap, as it runs for every packet
+/// (SipHash cost more than the flow lookup).
+#[inline]
+fn mix(x: u64, y: u64) -> usize {
     let h = x.wrapping_mul(GOLDEN).rotate_left(29) ^ y;
     ((h.wrapping_mul(GOLDEN) >> 32) % PARTITIONS as u64) as usize
 }
@@ -383,14 +408,7 @@ impl FlowWorker {
         }
         let index = match partition {
             Some(p) if !decoded.reassembled => p,
-            _ => {
-                let [a, b] = ends(
-                    decoded.proto,
-                    (decoded.src, decoded.src_port),
-                    (decoded.dst, decoded.dst_port),
-                );
-                partition_of(&self.partitioner, a, b)
-            }
+            _ => packet_partition(&self.partitioner, decoded),
         };
         // The decoded packet borrows the decoder: the other fields are lent one by one.
         let mut ctx = Ctx {
@@ -1165,5 +1183,46 @@ mod tests {
             "{} partitions used",
             used.len()
         );
+    }
+
+    /// A packet's partition, read from the decoded packet, is its ends' (`ends`), for
+    /// IPv4 and IPv6, TCP, UDP and ICMP (whose type and code are no ports).
+    #[test]
+    fn a_packets_partition_is_its_ends() {
+        let network = NetworkConfig {
+            vpn_pool: vec!["10.8.0.0/16".parse().unwrap()].into(),
+            ..Default::default()
+        };
+        let hosts = [
+            "10.8.0.12",
+            "10.20.0.7",
+            "198.51.100.1",
+            "2001:db8::1",
+            "fd00::2",
+        ];
+        let v6 = |s: &str| s.contains(':');
+        for a in hosts {
+            for b in hosts.iter().filter(|b| v6(b) == v6(a)) {
+                for (proto, ports) in [
+                    (Proto::Tcp, (50_000, 22)),
+                    (Proto::Udp, (53, 40_000)),
+                    (Proto::Icmp, (8, 0)),
+                    (Proto::Icmpv6, (0, 129)),
+                ] {
+                    let d = Decoded {
+                        src: a.parse().unwrap(),
+                        dst: b.parse().unwrap(),
+                        proto,
+                        src_port: ports.0,
+                        dst_port: ports.1,
+                        tcp: None,
+                        ..segment(1, 2, true, 0, 0, b"")
+                    };
+                    let [x, y] = ends(proto, (d.src, d.src_port), (d.dst, d.dst_port));
+                    let want = partition_of(&network, x, y);
+                    assert_eq!(packet_partition(&network, &d), want, "{a} {b} {proto:?}");
+                }
+            }
+        }
     }
 }

@@ -226,7 +226,11 @@ impl SteppingStone {
                 resumes: flow.dir[0].resumes.saturating_add(flow.dir[1].resumes),
                 inbound,
             };
-            let mut queue = match self.recent.remove(&host) {
+            // Taken out of its place while it is paired (`coincide` borrows the detector), and
+            // put back there: removed from the map and added again, it cost a reshuffle of
+            // the map on every resume.
+            let kept = self.recent.get_mut(&host).map(std::mem::take);
+            let mut queue = match kept {
                 Some(queue) => queue,
                 None if self.room_for_a_host(ts) => VecDeque::new(),
                 None => {

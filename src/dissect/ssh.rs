@@ -6,6 +6,8 @@ use super::{Error, Result};
 use crate::app::App;
 use serde::Serialize;
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// RFC 4253 §4.2: a banner line is at most 255 bytes including CR LF.
@@ -40,6 +42,36 @@ pub struct Banner {
 /// caller should require `skipped == 0`. On a text stream without a banner this returns
 /// Incomplete until 8 KiB have been seen.
 pub fn parse_banner(stream: &[u8]) -> Result<Banner> {
+    let line = banner_line(stream)?;
+    let Fields {
+        proto,
+        software,
+        comments,
+    } = banner_fields(line.text)?;
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    Ok(Banner {
+        raw: lossy(line.text),
+        proto: lossy(proto),
+        software: lossy(software),
+        comments: comments.map(lossy),
+        len: line.len,
+        skipped: line.skipped,
+    })
+}
+
+/// The banner line of a stream as it lies there, not yet checked ([`banner_fields`]).
+struct Line<'a> {
+    /// From `SSH-`, without CR LF.
+    text: &'a [u8],
+    /// Bytes consumed from the start of the stream, pre-banner lines and CR LF included.
+    len: usize,
+    /// Bytes of other lines before the banner.
+    skipped: usize,
+}
+
+/// Finds the banner line: [`parse_banner`] without building its strings (the probe runs
+/// again each time a flow's stream grows, until both KEXINITs are in).
+fn banner_line(stream: &[u8]) -> Result<Line<'_>> {
     let mut start = 0;
     loop {
         let rest = stream.get(start..).unwrap_or_default();
@@ -63,7 +95,11 @@ pub fn parse_banner(stream: &[u8]) -> Result<Banner> {
             if nl + 1 > MAX_LINE {
                 return Err(Error::Invalid("ssh banner too long"));
             }
-            return banner_from_line(line, len, start);
+            return Ok(Line {
+                text: line,
+                len,
+                skipped: start,
+            });
         }
         if line.contains(&0) {
             return Err(Error::Invalid("not ssh"));
@@ -75,26 +111,33 @@ pub fn parse_banner(stream: &[u8]) -> Result<Banner> {
     }
 }
 
-fn banner_from_line(line: &[u8], len: usize, skipped: usize) -> Result<Banner> {
-    let raw = String::from_utf8_lossy(line).into_owned();
-    let body = raw.get(4..).ok_or(Error::Invalid("ssh banner"))?;
-    let (proto, rest) = body
-        .split_once('-')
+/// The parts of a banner line ([`Banner`] has them as text).
+struct Fields<'a> {
+    proto: &'a [u8],
+    software: &'a [u8],
+    comments: Option<&'a [u8]>,
+}
+
+/// A banner line's protocol version, software version and comments, checked. Split at
+/// ASCII bytes, so each part reads as the same part of the whole line read as text.
+fn banner_fields(line: &[u8]) -> Result<Fields<'_>> {
+    let body = line.get(4..).ok_or(Error::Invalid("ssh banner"))?;
+    let dash = body
+        .iter()
+        .position(|&b| b == b'-')
         .ok_or(Error::Invalid("ssh banner without software"))?;
-    if proto.is_empty() || !proto.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+    let (proto, rest) = (&body[..dash], &body[dash + 1..]);
+    if proto.is_empty() || !proto.iter().all(|&b| b.is_ascii_digit() || b == b'.') {
         return Err(Error::Invalid("ssh protocol version"));
     }
-    let (software, comments) = match rest.split_once(' ') {
-        Some((s, c)) => (s, Some(c.to_owned())),
+    let (software, comments) = match rest.iter().position(|&b| b == b' ') {
+        Some(sp) => (&rest[..sp], Some(&rest[sp + 1..])),
         None => (rest, None),
     };
-    Ok(Banner {
-        proto: proto.to_owned(),
-        software: software.to_owned(),
+    Ok(Fields {
+        proto,
+        software,
         comments,
-        len,
-        skipped,
-        raw,
     })
 }
 
@@ -198,13 +241,66 @@ pub fn hassh(k: &KexInit, client: bool) -> (String, String) {
     (s, hex)
 }
 
-/// [`hassh`]'s hash straight from a KEXINIT's lists: each probe of an SSH flow computes it
-/// again until both sides' KEXINIT arrived, so it builds no lists of names.
-fn hassh_of(lists: &[&[u8]; 8], client: bool) -> String {
+/// HASSH values a thread remembers, and the longest lists (all four, as a key) it
+/// remembers one for: a few MiB at most, however crafted the lists (real ones are a few
+/// hundred bytes each). Past either a list is hashed every time.
+const HASSH_MEMO_ENTRIES: usize = 1024;
+const HASSH_MEMO_KEY: usize = 4096;
+
+thread_local! {
+    /// HASSH by the name-lists it hashes, per thread (a flow worker is one). A fleet's SSH
+    /// software sends a handful of distinct lists, each probe of a flow hashed them again
+    /// until both sides' KEXINIT were in, and the MD5 was most of dissecting SSH. Bounded
+    /// like the JA4 memo (`super::ja4::Memo`): past [`HASSH_MEMO_ENTRIES`] nothing is kept,
+    /// nothing is lost, nothing is evicted.
+    static HASSH_MEMO: RefCell<HasshMemo> = RefCell::new(HasshMemo::default());
+}
+
+#[derive(Default)]
+struct HasshMemo {
+    /// The hash by the lists it hashes, laid out as [`memo_key`] lays them.
+    known: HashMap<Box<[u8]>, Box<str>, ahash::RandomState>,
+    /// The lists being looked up, put together here rather than in a new Vec each time.
+    key: Vec<u8>,
+}
+
+/// The four lists HASSH hashes, each after its length, as one key in `key`.
+fn memo_key<'k>(key: &'k mut Vec<u8>, lists: &[&[u8]; 4]) -> &'k [u8] {
+    key.clear();
+    for list in lists {
+        key.extend((list.len() as u32).to_le_bytes());
+        key.extend_from_slice(list);
+    }
+    key
+}
+
+/// [`hassh`]'s hash straight from a KEXINIT's lists, remembered by the lists
+/// ([`HASSH_MEMO`]): it builds no lists of names, and a list hashed before is not hashed
+/// again.
+fn hassh_of(lists: &[&[u8]; 8], client: bool) -> Box<str> {
     let side = usize::from(!client);
     let lists = [0, 2 + side, 4 + side, 6 + side].map(|i| lists[i]);
+    HASSH_MEMO.with(|memo| {
+        let Ok(mut memo) = memo.try_borrow_mut() else {
+            return hassh_of_lists(&lists);
+        };
+        let HasshMemo { known, key } = &mut *memo;
+        let key = memo_key(key, &lists);
+        if let Some(hash) = known.get(key) {
+            return hash.clone();
+        }
+        let hash = hassh_of_lists(&lists);
+        if known.len() < HASSH_MEMO_ENTRIES && key.len() <= HASSH_MEMO_KEY {
+            known.insert(key.into(), hash.clone());
+        }
+        hash
+    })
+}
+
+/// HASSH's hash of the four lists it hashes, as they lie in the KEXINIT.
+fn hassh_of_lists(lists: &[&[u8]; 4]) -> Box<str> {
     let mut s = String::with_capacity(lists.iter().map(|l| l.len() + 1).sum());
-    for (i, list) in lists.into_iter().enumerate() {
+    for (i, list) in lists.iter().enumerate() {
         if i > 0 {
             s.push(';');
         }
@@ -215,7 +311,7 @@ fn hassh_of(lists: &[&[u8]; 8], client: bool) -> String {
             s.push_str(name);
         }
     }
-    md5_hex(&s)
+    md5_hex(&s).into()
 }
 
 fn md5_hex(s: &str) -> String {
@@ -250,15 +346,22 @@ pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
     if !c.starts_with(b"SSH-") && !s.starts_with(b"SSH-") {
         return Probe::No;
     }
-    let cb = parse_banner(c);
-    let sb = parse_banner(s);
+    // As parse_banner checks a banner, without its strings: a probe runs per segment.
+    let banner = |stream| banner_line(stream).and_then(|l| banner_fields(l.text).map(|_| l));
+    let cb = banner(c);
+    let sb = banner(s);
     if cb.is_err() && sb.is_err() {
         return Probe::done_if(Probe::of(&cb, cc) == Probe::No && Probe::of(&sb, sc) == Probe::No);
     }
     id.app = Some(App::Ssh);
+    let raw = |b: &Result<Line<'_>>| {
+        b.as_ref()
+            .ok()
+            .map(|b| String::from_utf8_lossy(b.text).into())
+    };
     let mut d = SshDetails {
-        client: cb.as_ref().ok().map(|b| b.raw.as_str().into()),
-        server: sb.as_ref().ok().map(|b| b.raw.as_str().into()),
+        client: raw(&cb),
+        server: raw(&sb),
         ..SshDetails::default()
     };
     let ck = cb
@@ -270,11 +373,11 @@ pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
         .ok()
         .map(|b| kexinit_lists(s.get(b.len..).unwrap_or_default()));
     if let Some(Ok(lists)) = &ck {
-        d.hassh = Some(hassh_of(lists, true).into());
+        d.hassh = Some(hassh_of(lists, true));
         d.kex = names(&text(lists[0])).next().map(Into::into);
     }
     if let Some(Ok(lists)) = &sk {
-        d.hassh_server = Some(hassh_of(lists, false).into());
+        d.hassh_server = Some(hassh_of(lists, false));
     }
     id.details.other = Some(Protocol::Ssh(Arc::new(d)));
     let settled = |k: &Option<Result<[&[u8]; 8]>>, closed: bool| match k {
@@ -399,9 +502,86 @@ mod tests {
         for p in [p, bad] {
             let (k, lists) = (parse_kexinit(&p).unwrap(), kexinit_lists(&p).unwrap());
             for client in [true, false] {
-                assert_eq!(hassh_of(&lists, client), hassh(&k, client).1);
+                assert_eq!(*hassh_of(&lists, client), hassh(&k, client).1);
             }
         }
+    }
+
+    /// The probe checks a banner as `parse_banner` does, and reads its line as the same
+    /// text, bytes that are not UTF-8 included.
+    #[test]
+    fn the_probe_reads_a_banner_as_parse_banner_does() {
+        let streams: [&[u8]; 10] = [
+            b"SSH-2.0-OpenSSH_9.6 Ubuntu-3\r\n\0\0",
+            b"Welcome\r\nSSH-1.99-Cisco-1.25\n",
+            b"SSH-2.0-soft\xffware c\xe2\x82-x\r\n",
+            b"SSH-2.\xff0-x\r\n",
+            b"SSH-2.0\r\n",
+            b"SSH--x\r\n",
+            b"SSH-2.0-Open",
+            b"\x16\x03\x01\x00\x00",
+            b"hello\0\n",
+            b"SSH-2.0-\r\n",
+        ];
+        for stream in streams {
+            let whole = parse_banner(stream);
+            let line = banner_line(stream).and_then(|l| banner_fields(l.text).map(|_| l));
+            match (&whole, &line) {
+                (Ok(b), Ok(l)) => {
+                    assert_eq!(b.raw, String::from_utf8_lossy(l.text));
+                    assert_eq!((b.len, b.skipped), (l.len, l.skipped));
+                    let Fields {
+                        proto,
+                        software,
+                        comments,
+                    } = banner_fields(l.text).unwrap();
+                    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                    let rest = b.raw.split_once('-').unwrap().1.split_once('-').unwrap().1;
+                    assert_eq!(lossy(proto), b.raw[4..].split_once('-').unwrap().0);
+                    assert_eq!(lossy(software), rest.split_once(' ').map_or(rest, |s| s.0));
+                    assert_eq!(comments.map(lossy), b.comments);
+                }
+                (Err(a), Err(b)) => assert_eq!(a, b),
+                _ => panic!("{stream:?}: {whole:?} against {:?}", line.map(|l| l.len)),
+            }
+        }
+    }
+
+    /// A list hashed before is answered from the memo, with the hash it had.
+    #[test]
+    fn a_remembered_hassh_is_the_hash_of_its_lists() {
+        let p = kexinit_packet([
+            "curve25519-sha256",
+            "ssh-ed25519",
+            "aes128-ctr",
+            "aes256-ctr",
+            "hmac-sha2-256",
+            "hmac-sha1",
+            "none",
+            "none,zlib",
+            "",
+            "",
+        ]);
+        let (k, lists) = (parse_kexinit(&p).unwrap(), kexinit_lists(&p).unwrap());
+        let known = || HASSH_MEMO.with(|m| m.borrow().known.len());
+        let before = known();
+        let first = hassh_of(&lists, true);
+        assert_eq!(known(), before + 1);
+        assert_eq!(hassh_of(&lists, true), first);
+        assert_eq!(known(), before + 1, "hashed once");
+        assert_eq!(*first, hassh(&k, true).1);
+        assert_eq!(*hassh_of(&lists, false), hassh(&k, false).1);
+        // Lists longer than a key may be are hashed, not remembered.
+        let long = "x,".repeat(HASSH_MEMO_KEY / 2);
+        let mut lists = lists;
+        lists[0] = long.as_bytes();
+        let before = known();
+        let hash = hassh_of(&lists, true);
+        assert_eq!(known(), before);
+        assert_eq!(
+            hash,
+            hassh_of_lists(&[lists[0], lists[2], lists[4], lists[6]])
+        );
     }
 
     #[test]

@@ -432,12 +432,15 @@ impl Flow {
             return None;
         }
         // ICMP: the addresses alone (the flow's "ports" are a type and its reply type).
+        // Compared where they lie: copied out into pairs first, the packet's addresses
+        // were read back wider than the decoder wrote them.
         let icmp = matches!(self.proto, Proto::Icmp | Proto::Icmpv6);
-        let ends = |x: (IpAddr, u16), y: (IpAddr, u16)| x.0 == y.0 && (icmp || x.1 == y.1);
-        let (src, dst) = ((d.src, d.src_port), (d.dst, d.dst_port));
-        if ends(src, self.orig) && ends(dst, self.resp) {
+        let at =
+            |ip: &IpAddr, port: u16, end: &(IpAddr, u16)| *ip == end.0 && (icmp || port == end.1);
+        let (src, dst) = ((&d.src, d.src_port), (&d.dst, d.dst_port));
+        if at(src.0, src.1, &self.orig) && at(dst.0, dst.1, &self.resp) {
             Some(true)
-        } else if ends(src, self.resp) && ends(dst, self.orig) {
+        } else if at(src.0, src.1, &self.resp) && at(dst.0, dst.1, &self.orig) {
             Some(false)
         } else {
             None

@@ -140,6 +140,10 @@ pub struct FlowTable {
     next_seq: u64,
     /// The wheel entries being checked, a list kept for its room.
     due: Vec<Timer>,
+    /// The flow of the latest packet. A flow's segments come in runs, and a packet of that
+    /// flow finds it here: no key hashed, no probe of the table, whose lines are long out
+    /// of the cache.
+    last: Option<Handle>,
     pub flows_total: u64,
     pub evicted_table_full: u64,
 }
@@ -165,6 +169,7 @@ impl FlowTable {
             now: Timestamp::ZERO,
             next_seq: 0,
             due: Vec::new(),
+            last: None,
             flows_total: 0,
             evicted_table_full: 0,
         }
@@ -222,10 +227,35 @@ impl FlowTable {
         out: &mut Vec<FlowEvent>,
     ) -> Handle {
         self.advance(ts, out);
-        let key = FlowKey::of(d);
-        let hash = self.flows.hash(&key);
         // A SYN on a finished connection starts a new one (port reuse).
         let syn_only = d.tcp.is_some_and(|t| t.flags & 0x12 == 0x02);
+        if let Some(at) = self.last
+            && let Some(flow) = self.flows.table.get_bucket_mut(at.bucket)
+            && flow.seq == at.seq
+            && let Some(from_orig) = flow.side_of(d)
+            && !(syn_only && flow.is_closed())
+        {
+            let hash = || self.flows.hasher.hash_one(FlowKey::of(d));
+            self.schedule
+                .account(at, flow, from_orig, d, ts, wire_len, hash, out);
+            return at;
+        }
+        let at = self.find_or_add(ts, d, syn_only, wire_len, out);
+        self.last = Some(at);
+        at
+    }
+
+    /// [`process`](Self::process) of a packet of a flow other than the latest packet's.
+    fn find_or_add(
+        &mut self,
+        ts: Timestamp,
+        d: &Decoded<'_>,
+        syn_only: bool,
+        wire_len: u32,
+        out: &mut Vec<FlowEvent>,
+    ) -> Handle {
+        let key = FlowKey::of(d);
+        let hash = self.flows.hash(&key);
         // The common case, a packet of a known flow, costs one lookup, which also says
         // which side sent it.
         let mut from_orig = false;
@@ -238,7 +268,7 @@ impl FlowTable {
                 };
                 let flow = entry.into_mut();
                 self.schedule
-                    .account(key, hash, at, flow, from_orig, d, ts, wire_len, out);
+                    .account(at, flow, from_orig, d, ts, wire_len, || hash, out);
                 return at;
             }
             out.push(FlowEvent::Ended {
@@ -261,7 +291,7 @@ impl FlowTable {
         let (at, flow) = self.flows.insert(hash, flow);
         let from_orig = flow.is_from_orig(d);
         self.schedule
-            .account(key, hash, at, flow, from_orig, d, ts, wire_len, out);
+            .account(at, flow, from_orig, d, ts, wire_len, || hash, out);
         at
     }
 
@@ -353,6 +383,7 @@ impl FlowTable {
     pub fn drain(&mut self) -> Vec<Box<Flow>> {
         let mut flows: Vec<Box<Flow>> = self.flows.table.drain().collect();
         self.flows.table = HashTable::new();
+        self.last = None;
         self.schedule.wheel.clear();
         flows.sort_unstable_by_key(|f| f.seq);
         flows
@@ -451,18 +482,18 @@ impl Timer {
 
 impl Schedule {
     /// One packet into its flow: counters and state, the flow's place in the wheel, and what
-    /// the stages after the table must hear about.
+    /// the stages after the table must hear about. `hash` is the flow's key hash, asked for
+    /// only when the flow moves in the wheel.
     #[allow(clippy::too_many_arguments)]
     fn account(
         &mut self,
-        key: FlowKey,
-        hash: u64,
         at: Handle,
         flow: &mut Flow,
         from_orig: bool,
         d: &Decoded<'_>,
         ts: Timestamp,
         wire_len: u32,
+        hash: impl FnOnce() -> u64,
         out: &mut Vec<FlowEvent>,
     ) {
         let t = &self.timeouts;
@@ -473,11 +504,11 @@ impl Schedule {
         let slot = due.secs() + 1;
         if slot < flow.timer_at {
             flow.timer_at = slot;
-            self.wheel.push(slot, Timer::of(hash, flow));
+            self.wheel.push(slot, Timer::of(hash(), flow));
         }
         if let Some(resume) = up.resumed {
             out.push(FlowEvent::Resumed {
-                key,
+                key: FlowKey::of(d),
                 at,
                 from_orig,
                 ts,
@@ -485,11 +516,15 @@ impl Schedule {
             });
         }
         if up.new_bytes {
-            out.push(FlowEvent::NewBytes { key, at, ts });
+            out.push(FlowEvent::NewBytes {
+                key: FlowKey::of(d),
+                at,
+                ts,
+            });
         }
         if up.follow {
             out.push(FlowEvent::Datagram {
-                key,
+                key: FlowKey::of(d),
                 app: flow.app,
                 from_orig,
                 ts,
@@ -721,6 +756,34 @@ mod tests {
             ]
         );
         assert!(t.is_empty());
+    }
+
+    /// The latest packet's flow is found first: each packet still counts to its own flow,
+    /// in runs or interleaved, and a flow that ended since is not found again.
+    #[test]
+    fn every_packet_counts_to_its_own_flow_in_runs_or_not() {
+        let mut t = FlowTable::new(FlowConfig::default());
+        let mut out = Vec::new();
+        let order = [1000, 1000, 1000, 1001, 1000, 1001, 1001, 1002, 1000];
+        for (i, port) in order.into_iter().enumerate() {
+            let from_client = i % 3 != 1;
+            t.process(secs(1), &pkt(port, from_client, ACK, 2), 54, &mut out);
+        }
+        for port in [1000, 1001, 1002] {
+            let flow = t.get(&FlowKey::of(&pkt(port, true, ACK, 2))).unwrap();
+            let sent = order.iter().filter(|&&p| p == port).count() as u64;
+            assert_eq!(
+                flow.dir[ORIG].pkts + flow.dir[RESP].pkts,
+                sent,
+                "port {port}"
+            );
+        }
+        // The latest flow times out; its next packet starts a new flow.
+        t.advance(secs(10_000), &mut out);
+        assert!(t.is_empty());
+        t.process(secs(10_000), &pkt(1000, true, ACK, 2), 54, &mut out);
+        assert_eq!((t.len(), t.flows_total), (1, 4));
+        assert_eq!(t.drain()[0].first, secs(10_000));
     }
 
     #[test]
