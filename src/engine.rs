@@ -25,7 +25,7 @@ use crate::config::{Config, NetworkConfig};
 use crate::decode::{self, FragKey, Peek, Piece, Proto};
 use crate::dissect::dns;
 use crate::flow_stage::{
-    END_CHUNK, FlowScope, FlowWorker, PARTITIONS, Reload, Stamped, ends, partition_of,
+    END_CHUNK, FlowScope, FlowWorker, PARTITIONS, Reload, Stamped, ends, partition_of, sort_items,
 };
 use crate::mapped::Shared;
 use crate::metrics::Stats;
@@ -434,7 +434,7 @@ impl Merge {
         if self.ready.is_empty() {
             return;
         }
-        self.ready.sort_by(in_order);
+        sort_items(&mut self.ready);
         for s in self.ready.drain(..) {
             self.applied = s.at;
             account.apply(s);
@@ -450,7 +450,7 @@ impl Merge {
         records: impl FnMut(usize) -> Option<Vec<Stamped>>,
     ) {
         let mut rest: Vec<Stamped> = self.queues.iter_mut().flat_map(|q| q.drain(..)).collect();
-        rest.sort_by(in_order);
+        sort_items(&mut rest);
         merge_sorted(rest, self.queues.len(), records, |s| {
             self.applied = s.at;
             account.apply(s);
@@ -458,7 +458,8 @@ impl Merge {
     }
 }
 
-/// The order the account stage applies items in: by moment, then by content.
+/// The order the account stage applies items in: by moment, then by content
+/// ([`sort_items`] sorts in it, hashing each observation's id once).
 fn in_order(a: &Stamped, b: &Stamped) -> std::cmp::Ordering {
     a.at.cmp(&b.at).then_with(|| a.item.order(&b.item))
 }
