@@ -84,9 +84,16 @@ pub fn tls_records(a: &[u8], b: &[u8]) -> bool {
         || tls_chain_anywhere(b)
 }
 
-/// A chain of [`MIN_CHAIN`] records with application data, from some offset.
+/// A chain of [`MIN_CHAIN`] records with application data, from some offset. A record's
+/// second byte is its version's major, 3, so only the offsets before a 3 are tried (found
+/// with memchr): a flow picked up mid-stream is searched again as each segment comes, and
+/// trying every offset of the reach made this search half of a mid-stream replay's time.
 fn tls_chain_anywhere(stream: &[u8]) -> bool {
-    (0..stream.len().min(TLS_SEARCH)).any(|start| {
+    let reach = stream.len().min(TLS_SEARCH);
+    let majors = stream
+        .get(1..(reach + 1).min(stream.len()))
+        .unwrap_or_default();
+    memchr::memchr_iter(3, majors).any(|start| {
         let mut at = start;
         let mut app_data = false;
         for _ in 0..MIN_CHAIN {
@@ -342,6 +349,53 @@ mod tests {
         r.extend_from_slice(&(len as u16).to_be_bytes());
         r.resize(5 + len, 0xa5);
         r
+    }
+
+    /// The search tries only the offsets before a 3, and finds what trying every offset of
+    /// the reach finds.
+    #[test]
+    fn tls_chain_anywhere_finds_what_every_offset_finds() {
+        let every = |stream: &[u8]| {
+            (0..stream.len().min(TLS_SEARCH)).any(|start| {
+                let mut at = start;
+                let mut app_data = false;
+                for _ in 0..MIN_CHAIN {
+                    let Some(next) = tls_record(stream, at) else {
+                        return false;
+                    };
+                    app_data |= stream[at] == 23;
+                    at = next;
+                }
+                app_data
+            })
+        };
+        let chain = [tls(23, 40), tls(23, 100), tls(21, 7)].concat();
+        let mut streams: Vec<Vec<u8>> = vec![vec![], vec![3], vec![23, 3], chain.clone()];
+        for skip in [1, 5, 300, TLS_SEARCH - 2, TLS_SEARCH, TLS_SEARCH + 1] {
+            streams.push([vec![3u8; skip], chain.clone()].concat());
+            streams.push([vec![0x17u8; skip], chain.clone()].concat());
+        }
+        // Bytes of every value, 3s and record types among them.
+        let mut x = 0x9e37_79b9u32;
+        streams.push(
+            (0..40_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    [3, 23, 0, 0x40, (x >> 8) as u8][(x % 5) as usize]
+                })
+                .collect(),
+        );
+        for stream in &streams {
+            assert_eq!(
+                tls_chain_anywhere(stream),
+                every(stream),
+                "{} bytes",
+                stream.len()
+            );
+        }
+        assert!(tls_chain_anywhere(&streams[5]));
     }
 
     #[test]
