@@ -263,16 +263,12 @@ fn replay_bytes(pcap: &Path, dir: &Path) -> (Vec<u8>, Vec<u8>, Option<f64>) {
         dir.join("flows.jsonl"),
         dir.join("replay.prom"),
     );
-    let out = Command::new(support::bin())
+    let mut replay = Command::new(support::bin());
+    replay
         .arg("replay")
         .arg(pcap)
-        .args(["--config", radius_capture::CONFIG, "--workers", "1"])
-        .arg("--events")
-        .arg(&events)
-        .arg("--flows")
-        .arg(&flows)
-        .arg("--metrics-out")
-        .arg(&metrics)
+        .args(["--config", radius_capture::CONFIG, "--workers", "1"]);
+    let out = support::outputs(&mut replay, &events, &flows, &metrics)
         .output()
         .expect("run farmwatch replay");
     assert!(

@@ -38,15 +38,9 @@ fn replay(files: &[PathBuf], stdin: Option<&Path>, workers: usize, dir: &Path) -
             std::fs::File::open(path).expect("open capture"),
         ));
     }
-    let run = cmd
-        .args(["--config", "fixtures/detect.toml", "--workers"])
-        .arg(workers.to_string())
-        .arg("--events")
-        .arg(&events)
-        .arg("--flows")
-        .arg(&flows)
-        .arg("--metrics-out")
-        .arg(&metrics)
+    cmd.args(["--config", "fixtures/detect.toml", "--workers"])
+        .arg(workers.to_string());
+    let run = support::outputs(&mut cmd, &events, &flows, &metrics)
         .output()
         .expect("run farmwatch");
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();

@@ -143,6 +143,21 @@ pub fn run(args: &[&str]) -> Output {
         .expect("run farmwatch")
 }
 
+/// `cmd` writing its events, flow records and metrics to these files.
+pub fn outputs<'a>(
+    cmd: &'a mut Command,
+    events: &Path,
+    flows: &Path,
+    metrics: &Path,
+) -> &'a mut Command {
+    cmd.arg("--events")
+        .arg(events)
+        .arg("--flows")
+        .arg(flows)
+        .arg("--metrics-out")
+        .arg(metrics)
+}
+
 /// Replays `files` and returns (events, flow records) as JSON values.
 pub fn replay(
     files: &[&Path],
