@@ -601,10 +601,13 @@ fn perform(
                 worker.reload(scope.clone(), reload.clone(), clock, index == 0);
             }
         }
-        Work::Idle | Work::Finish => {
-            if matches!(task.work, Work::Finish) {
-                worker.finish(clock);
+        Work::Finish => {
+            worker.finish(clock);
+            if board.is_watched() {
+                board.put_worker(index, worker, clock);
             }
+        }
+        Work::Idle => {
             if board.is_watched() {
                 board.put_worker(index, worker, clock);
             }
