@@ -433,7 +433,7 @@ impl FlowWorker {
             .process(pkt.ts, decoded, pkt.orig_len, &mut p.pending);
         p.drain(&mut ctx);
         // Operator latency: after the drain, so a flow identified by this packet has its label.
-        if let Some(flow) = p.flows.at(at) {
+        if let Some(flow) = p.flows.at_mut(at) {
             p.latency
                 .packet(pkt.ts, decoded, flow, &self.scope.network, |obs| {
                     ctx.send(obs)

@@ -176,7 +176,8 @@ impl History {
 pub struct TcpTrack {
     /// SYN, SYN/ACK, the originator's handshake-completing ACK, and its second flight.
     times: [Timestamp; 4],
-    /// Bits 0–3: `times` seen; bits 4–5: `seq_end` known, per side.
+    /// Bits 0–3: `times` seen; bits 4–5: `seq_end` known, per side; bit 6: operator
+    /// latency holds a session of the connection ([`TcpTrack::latency_session`]).
     seen: u8,
     /// How long each side's opening flight lasted, in units of 10 µs from its first
     /// payload (`u16::MAX`: longer than that can say): the originator's until the
@@ -197,6 +198,7 @@ const SYNACK_TIME: usize = 1;
 const ACK_TIME: usize = 2;
 const SECOND_FLIGHT_TIME: usize = 3;
 const SEQ_END_SEEN: u8 = 1 << 4;
+const LATENCY_SESSION: u8 = 1 << 6;
 /// The unit of [`TcpTrack::flight`], ns.
 const FLIGHT_UNIT_NS: u64 = 10_000;
 
@@ -270,6 +272,21 @@ impl TcpTrack {
 
     pub fn established(&self) -> bool {
         self.syn().is_some() && self.synack().is_some()
+    }
+
+    /// Operator latency may hold a session of this connection ([`crate::flows::latency`]):
+    /// a packet of one without looks nothing up there. A bit of a byte every flow has
+    /// anyway, where a field would cost a flow its size class.
+    pub fn latency_session(&self) -> bool {
+        self.seen & LATENCY_SESSION != 0
+    }
+
+    pub fn set_latency_session(&mut self, on: bool) {
+        if on {
+            self.seen |= LATENCY_SESSION;
+        } else {
+            self.seen &= !LATENCY_SESSION;
+        }
     }
 }
 

@@ -37,8 +37,10 @@
 //! State lives in a side table per partition, only for TCP sessions an outside peer opens to
 //! an inside host or a concentrator, kept past their label when they are remote-desktop or interactive sessions, VPN
 //! tunnels, or reach a concentrator; bounded with counted evictions. Every TCP packet of a
-//! followed flow looks its session up, so the table is a hash map by the flow's sequence
-//! number; nothing is read from it in hash order.
+//! flow that has a session looks it up, so the table is a hash map by the flow's sequence
+//! number; nothing is read from it in hash order. The flow says whether it has one
+//! ([`TcpTrack::latency_session`]): most packets of a mix with sessions are of flows
+//! without.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -49,6 +51,8 @@ use crate::app::App;
 use crate::config::NetworkConfig;
 use crate::decode::{ACK, Decoded, FIN, Proto, SYN, Tcp};
 use crate::event::FlowRef;
+#[cfg(doc)]
+use crate::flows::flow::TcpTrack;
 use crate::flows::record::FlowRecord;
 use crate::flows::{Flow, FlowKey};
 use crate::observation::Observation;
@@ -328,15 +332,15 @@ impl Latency {
 
     /// One packet, of `flow`. A floor that became stable with it goes to `send`.
     ///
-    /// Every packet comes here, so what it passes by is decided in line: not TCP; no
-    /// session followed, unless a SYN opens one; a labelled flow that is not followed (its
-    /// label ended its session) and opens none.
+    /// Every packet comes here, so what it passes by is decided in line: not TCP; a flow
+    /// without a session ([`TcpTrack::latency_session`]), unless a SYN opens one; a
+    /// labelled flow that is not followed (its label ended its session) and opens none.
     #[inline]
     pub fn packet(
         &mut self,
         ts: Timestamp,
         d: &Decoded<'_>,
-        flow: &Flow,
+        flow: &mut Flow,
         network: &NetworkConfig,
         send: impl FnMut(Observation),
     ) {
@@ -344,33 +348,34 @@ impl Latency {
             return;
         };
         let opening = tcp.flags & (SYN | ACK) == SYN;
-        if self.sessions.is_empty() && !opening || flow.dissected && !followed(flow, network) {
+        if !flow.tcp.latency_session() && !opening || flow.dissected && !followed(flow, network) {
             return;
         }
-        self.session_packet(ts, d, tcp, flow.seq, network, send);
+        self.session_packet(ts, d, tcp, flow, network, send);
     }
 
-    /// A TCP packet of flow `seq`, which may have a session.
+    /// A TCP packet of `flow`, which may have a session.
     fn session_packet(
         &mut self,
         ts: Timestamp,
         d: &Decoded<'_>,
         tcp: &Tcp,
-        seq: u64,
+        flow: &mut Flow,
         network: &NetworkConfig,
         mut send: impl FnMut(Observation),
     ) {
         let opening = tcp.flags & (SYN | ACK) == SYN;
-        let Some(s) = self.sessions.get_mut(&seq) else {
+        let Some(s) = self.sessions.get_mut(&flow.seq) else {
             // An outside peer opening a connection to an inside host or a concentrator.
             if !opening || !inbound(network, d.src, d.dst) {
                 return;
             }
             self.make_room();
             self.sessions.insert(
-                seq,
+                flow.seq,
                 Session::new((d.src, d.src_port), (d.dst, d.dst_port), ts),
             );
+            flow.tcp.set_latency_session(true);
             return;
         };
         s.last = ts;
@@ -411,9 +416,10 @@ impl Latency {
     /// tunnels and sessions to a concentrator stay followed. One whose SYN was not seen (the
     /// sensor started during it) is followed from here when an outside originator reaches
     /// an inside responder or a concentrator.
-    pub fn identified(&mut self, flow: &Flow, network: &NetworkConfig) {
+    pub fn identified(&mut self, flow: &mut Flow, network: &NetworkConfig) {
         if !followed(flow, network) {
             self.sessions.remove(&flow.seq);
+            flow.tcp.set_latency_session(false);
             return;
         }
         if !self.sessions.contains_key(&flow.seq) {
@@ -427,6 +433,7 @@ impl Latency {
         if let Some(s) = self.sessions.get_mut(&flow.seq) {
             s.app = flow.app;
             s.kept = true;
+            flow.tcp.set_latency_session(true);
         }
     }
 
@@ -588,9 +595,10 @@ mod tests {
     /// A followed session of `app` opened by the outside client at time 0.
     fn opened(l: &mut Latency, port: u16, app: App) -> Flow {
         let syn = segment(40000, port, true, SYN, 0, b"");
-        l.packet(Timestamp(0), &syn, &fresh(&syn), &network(), |_| {});
-        let flow = labelled(&syn, app);
-        l.identified(&flow, &network());
+        l.packet(Timestamp(0), &syn, &mut fresh(&syn), &network(), |_| {});
+        let mut flow = labelled(&syn, app);
+        l.identified(&mut flow, &network());
+        assert!(flow.tcp.latency_session());
         flow
     }
 
@@ -616,10 +624,10 @@ mod tests {
     fn sessions_are_picked_up_at_their_label() {
         let mut l = Latency::default();
         let midway = segment(40001, 22, true, ACK | PSH, 7, b"x");
-        l.identified(&labelled(&midway, App::Ssh), &network());
+        l.identified(&mut labelled(&midway, App::Ssh), &network());
         assert_eq!(l.sessions.len(), 1);
         let outbound = segment(40002, 22, false, ACK | PSH, 7, b"x");
-        l.identified(&labelled(&outbound, App::Ssh), &network());
+        l.identified(&mut labelled(&outbound, App::Ssh), &network());
         assert_eq!(l.sessions.len(), 1);
         let concentrator = NetworkConfig {
             inside: Default::default(),
@@ -627,7 +635,7 @@ mod tests {
             ..NetworkConfig::default()
         };
         let tls = segment(40003, 443, true, ACK | PSH, 7, b"x");
-        l.identified(&labelled(&tls, App::Tls), &concentrator);
+        l.identified(&mut labelled(&tls, App::Tls), &concentrator);
         assert_eq!(l.sessions.len(), 2);
     }
 
@@ -638,7 +646,7 @@ mod tests {
     #[test]
     fn vnc_floor_counts_update_requests_only() {
         let mut l = Latency::default();
-        let flow = opened(&mut l, 5900, App::Vnc);
+        let mut flow = opened(&mut l, 5900, App::Vnc);
         let request = [3, 1, 0, 0, 0, 0, 4, 0, 3, 0];
         let key_event = [4, 1, 0, 0, 0, 0, 0, 0x61];
         let mut sent = Vec::new();
@@ -646,21 +654,21 @@ mod tests {
             let update = [0u8, 0, 0, 1];
             let seq = 100 + 4 * i as u32;
             let host = segment(40000, 5900, false, ACK | PSH, seq, &update);
-            l.packet(Timestamp(start * MS), &host, &flow, &network(), |o| {
+            l.packet(Timestamp(start * MS), &host, &mut flow, &network(), |o| {
                 sent.push(o)
             });
             let early = segment(40000, 5900, true, ACK | PSH, 1, &key_event);
             l.packet(
                 Timestamp((start + 1) * MS),
                 &early,
-                &flow,
+                &mut flow,
                 &network(),
                 |o| sent.push(o),
             );
             let mut answer = segment(40000, 5900, true, ACK | PSH, 9, &request);
             answer.tcp.as_mut().unwrap().ack = seq + 4;
             let at = Timestamp((start + 48 + i as u64) * MS);
-            l.packet(at, &answer, &flow, &network(), |o| sent.push(o));
+            l.packet(at, &answer, &mut flow, &network(), |o| sent.push(o));
         }
         assert!(sent.is_empty());
         let mut record = FlowRecord::new(&flow, None, false, None);
@@ -694,7 +702,7 @@ mod tests {
     #[test]
     fn the_timestamp_echo_times_what_data_to_ack_cannot() {
         let mut l = Latency::default();
-        let flow = opened(&mut l, 22, App::Ssh);
+        let mut flow = opened(&mut l, 22, App::Ssh);
         let n = network();
         let packets = [
             (10_000, stamped(22, false, 100, 1, (500, 90), b"ab")),
@@ -707,7 +715,7 @@ mod tests {
             (80_000, stamped(22, true, 1, 104, (92, 502), b"k")),
         ];
         for (us, d) in &packets {
-            l.packet(Timestamp(us * 1000), d, &flow, &n, |_| {});
+            l.packet(Timestamp(us * 1000), d, &mut flow, &n, |_| {});
         }
         let s = &l.sessions[&flow.seq];
         assert_eq!(
@@ -725,7 +733,7 @@ mod tests {
     #[test]
     fn a_stable_floor_is_sent_during_the_session() {
         let mut l = Latency::default();
-        let flow = opened(&mut l, 22, App::Ssh);
+        let mut flow = opened(&mut l, 22, App::Ssh);
         let n = network();
         let mut sent = Vec::new();
         let mut at = Vec::new();
@@ -738,9 +746,11 @@ mod tests {
             };
             let seq = 100 + 2 * i;
             let host = stamped(22, false, seq, 1, (1000 + i, 7), b"ab");
-            l.packet(Timestamp(start * MS), &host, &flow, &n, |o| sent.push(o));
+            l.packet(Timestamp(start * MS), &host, &mut flow, &n, |o| {
+                sent.push(o)
+            });
             let ack = stamped(22, true, 1, seq + 2, (7, 1000 + i), b"");
-            l.packet(Timestamp((start + rtt) * MS), &ack, &flow, &n, |o| {
+            l.packet(Timestamp((start + rtt) * MS), &ack, &mut flow, &n, |o| {
                 at.push(i);
                 sent.push(o)
             });
@@ -794,7 +804,7 @@ mod tests {
             l.packet(
                 Timestamp(u64::from(port)),
                 &syn,
-                &fresh(&syn),
+                &mut fresh(&syn),
                 &network(),
                 |_| {},
             );
@@ -802,7 +812,7 @@ mod tests {
         assert_eq!(l.evictions(), ("latency_sessions", MAX_SESSIONS as u64 / 8));
         let syn = segment(10000 + MAX_SESSIONS as u16, 5900, true, SYN, 0, b"");
         let before = l.sessions.len();
-        l.identified(&labelled(&syn, App::Http), &network());
+        l.identified(&mut labelled(&syn, App::Http), &network());
         assert_eq!(l.sessions.len(), before - 1);
     }
 
@@ -813,12 +823,12 @@ mod tests {
         let mut l = Latency::default();
         let n = network();
         let syn = segment(40000, 80, true, SYN, 0, b"");
-        l.packet(Timestamp(0), &syn, &fresh(&syn), &n, |_| {});
+        l.packet(Timestamp(0), &syn, &mut fresh(&syn), &n, |_| {});
         assert_eq!(l.sessions.len(), 1);
-        let http = labelled(&syn, App::Http);
-        l.identified(&http, &n);
-        assert!(l.sessions.is_empty());
-        l.packet(Timestamp(MS), &syn, &http, &n, |_| {});
+        let mut http = labelled(&syn, App::Http);
+        l.identified(&mut http, &n);
+        assert!(l.sessions.is_empty() && !http.tcp.latency_session());
+        l.packet(Timestamp(MS), &syn, &mut http, &n, |_| {});
         assert!(l.sessions.is_empty());
     }
 
