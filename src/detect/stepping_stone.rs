@@ -157,6 +157,8 @@ pub struct SteppingStone {
     paired: Map<FlowKey, u32>,
     /// Resumes and pairs not followed because the tables were full.
     pub dropped: u64,
+    /// The resumes a new one pairs with, a list kept for its room.
+    partners: Vec<Recent>,
 }
 
 impl SteppingStone {
@@ -174,6 +176,7 @@ impl SteppingStone {
             pairs: Map::default(),
             paired: Map::default(),
             dropped: 0,
+            partners: Vec::new(),
         }
     }
 
@@ -226,36 +229,38 @@ impl SteppingStone {
                 resumes: flow.dir[0].resumes.saturating_add(flow.dir[1].resumes),
                 inbound,
             };
-            // Taken out of its place while it is paired (`coincide` borrows the detector), and
-            // put back there: removed from the map and added again, it cost a reshuffle of
-            // the map on every resume.
-            let kept = self.recent.get_mut(&host).map(std::mem::take);
-            let mut queue = match kept {
-                Some(queue) => queue,
-                None if self.room_for_a_host(ts) => VecDeque::new(),
-                None => {
-                    self.dropped += 1;
-                    continue;
-                }
-            };
+            // A new host needs room; most resumes are at a known host, found with one lookup.
+            if self.recent.len() >= self.config.max_flows
+                && !self.recent.contains_key(&host)
+                && !self.room_for_a_host(ts)
+            {
+                self.dropped += 1;
+                continue;
+            }
+            let queue = self.recent.entry(host).or_default();
             while queue
                 .front()
                 .is_some_and(|r| ts.0.saturating_sub(r.ts.0) > delta)
             {
                 queue.pop_front();
             }
-            for r in &queue {
-                if r.key == *key || r.inbound == inbound {
-                    continue;
-                }
-                self.coincide(scope, host, r, &now, out);
-            }
+            // The partners are copied out (`coincide` borrows the detector), not the queue
+            // taken out of the map and put back: that cost a second lookup per resume.
+            let mut partners = std::mem::take(&mut self.partners);
+            partners.extend(
+                queue
+                    .iter()
+                    .filter(|r| r.key != *key && r.inbound != inbound),
+            );
             if queue.len() >= MAX_RECENT {
                 queue.pop_front();
                 self.dropped += 1;
             }
             queue.push_back(now);
-            self.recent.insert(host, queue);
+            for r in partners.drain(..) {
+                self.coincide(scope, host, &r, &now, out);
+            }
+            self.partners = partners;
         }
     }
 
