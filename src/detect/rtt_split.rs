@@ -45,7 +45,7 @@
 //! connections from an account host is medium; a single connection (before the host has
 //! that many) is low, and is reported only when no certificate was there to verify.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -230,11 +230,14 @@ const SAMPLES: usize = 16;
 
 pub struct RttSplit {
     config: RttSplitConfig,
-    /// Flows identified before the client's second flight, by identification time.
-    pending: VecDeque<(Timestamp, FlowKey)>,
+    /// Flows identified before the client's second flight, by identification time, with
+    /// their start sequence numbers.
+    pending: VecDeque<(Timestamp, FlowKey, u64)>,
     /// B-trees, though nothing walks them in order: hash tables cut a few hundred
-    /// instructions per timed flow but held ~10 MB more at the office mix's peak.
-    waiting: BTreeMap<FlowKey, Timestamp>,
+    /// instructions per timed flow but held ~10 MB more at the office mix's peak. Waiting
+    /// flows by start sequence number, not key: every flow's end asks, and a number
+    /// compares in one instruction where a key compared two addresses.
+    waiting: BTreeSet<u64>,
     relays: BTreeMap<Candidate, Relay>,
     /// The minute of packet time relays were last let go at.
     expired: u64,
@@ -249,7 +252,7 @@ impl RttSplit {
         RttSplit {
             config: config.clone(),
             pending: VecDeque::new(),
-            waiting: BTreeMap::new(),
+            waiting: BTreeSet::new(),
             relays: BTreeMap::new(),
             expired: 0,
             evicted: 0,
@@ -281,13 +284,13 @@ impl RttSplit {
             return;
         }
         if self.waiting.len() >= self.config.max_pending
-            && let Some((_, old)) = self.pending.pop_front()
-            && self.waiting.remove(&old).is_some()
+            && let Some((_, _, old)) = self.pending.pop_front()
+            && self.waiting.remove(&old)
         {
             self.evicted += 1;
         }
-        self.pending.push_back((ts, *key));
-        self.waiting.insert(*key, ts);
+        self.pending.push_back((ts, *key, flow.seq));
+        self.waiting.insert(flow.seq);
     }
 
     pub fn on_tick(
@@ -299,22 +302,22 @@ impl RttSplit {
     ) {
         // Kept in place, in order: a queue taken out for the walk, not a new one each second.
         let mut pending = std::mem::take(&mut self.pending);
-        pending.retain(|&(since, key)| {
-            if !self.waiting.contains_key(&key) {
+        pending.retain(|&(since, key, seq)| {
+            if !self.waiting.contains(&seq) {
                 return false;
             }
-            match flows.get(&key) {
+            match flows.get(&key).filter(|f| f.seq == seq) {
                 Some(f)
                     if f.tcp.orig_second_flight().is_some()
                         || now.since(since) >= self.config.wait =>
                 {
-                    self.waiting.remove(&key);
+                    self.waiting.remove(&seq);
                     self.judge(scope, f, now, out);
                     false
                 }
                 Some(_) => true,
                 None => {
-                    self.waiting.remove(&key);
+                    self.waiting.remove(&seq);
                     false
                 }
             }
@@ -327,7 +330,7 @@ impl RttSplit {
     }
 
     pub fn on_end(&mut self, scope: &Scope<'_>, flow: &Flow, ts: Timestamp, out: &mut Vec<Event>) {
-        if self.waiting.remove(&flow.key()).is_some() {
+        if self.waiting.remove(&flow.seq) {
             self.judge(scope, flow, ts, out);
         }
     }
