@@ -796,6 +796,8 @@ fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool
     let Some(streams) = flow.streams.as_deref() else {
         return;
     };
+    // The details are found anew below; the TLS probe takes the earlier ones' client part.
+    let earlier_tls = flow.details.as_mut().and_then(|d| d.tls.take());
     let input = Input {
         proto: flow.proto,
         orig_port: flow.orig.1,
@@ -808,7 +810,7 @@ fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool
         server_datagrams: &streams.datagrams[RESP],
         dns_name: ctx.names.lookup(ts, flow.resp.0),
         midstream: flow.history.picked_up_mid_stream(),
-        tls: flow.details.as_deref().and_then(|d| d.tls.as_deref()),
+        tls: std::cell::Cell::new(earlier_tls),
         ja4: Some(&ctx.shared.ja4),
         dns_answer: (streams.datagrams[RESP].first()).and_then(|d| ctx.names.parsed(d)),
         dns: flow.details.as_deref().and_then(Details::dns),

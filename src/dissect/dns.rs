@@ -845,7 +845,7 @@ pub(crate) mod tests {
             server_datagrams: server,
             dns_name: None,
             midstream: false,
-            tls: None,
+            tls: std::cell::Cell::new(None),
             ja4: None,
             dns_answer: None,
             dns: None,

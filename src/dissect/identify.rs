@@ -12,6 +12,7 @@
 //! bytes arrive (the prefix is a few KB, so this is cheap) until every parser that applies
 //! has an answer; then the flow's buffers are freed and it costs only counters.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -48,8 +49,9 @@ pub struct Input<'a> {
     /// handshake will come: the framing decides (see [`midstream`]).
     pub midstream: bool,
     /// The TLS details an earlier pass found: a ClientHello parsed once is not parsed (nor
-    /// its JA4 computed) again when the server's flight arrives.
-    pub tls: Option<&'a TlsDetails>,
+    /// its JA4 computed) again when the server's flight arrives. Lent for the TLS probe to
+    /// take: its client part stays where it is, no string of it copied.
+    pub tls: Cell<Option<Arc<TlsDetails>>>,
     /// The worker's JA4 hashes already worked out (none: hashed every time).
     pub ja4: Option<&'a Ja4Memo>,
     /// The first server datagram as the name cache parsed it (`NameCache::parsed`), when
@@ -465,7 +467,7 @@ mod tests {
             server_datagrams: &[],
             dns_name,
             midstream: false,
-            tls: None,
+            tls: Cell::new(None),
             ja4: None,
             dns_answer: None,
             dns: None,

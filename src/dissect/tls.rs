@@ -9,6 +9,7 @@
 //! (QUIC, DNS, HTTP) share.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use super::identify::{Evidence, Identification, Input, Probe, tls_details};
 use super::ja4::{self, Transport};
@@ -549,23 +550,29 @@ pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
     if c.first() != Some(&record::HANDSHAKE) {
         return Probe::No;
     }
-    let mut d = match input.tls.filter(|k| k.ja4.is_some() && !k.dtls) {
-        // The client's part of an earlier pass: the ClientHello was whole then.
-        Some(k) => TlsDetails {
-            client_version: k.client_version,
-            sni: k.sni.clone(),
-            alpn: k.alpn.clone(),
-            ja4: k.ja4.clone(),
-            ..TlsDetails::default()
-        },
+    let mut details = match input.tls.take().filter(|k| k.ja4.is_some() && !k.dtls) {
+        // The client's part of an earlier pass (the ClientHello was whole then), kept where
+        // it is: the server's part is read again below.
+        Some(mut earlier) => {
+            let k = Arc::make_mut(&mut earlier);
+            *k = TlsDetails {
+                client_version: k.client_version,
+                sni: k.sni.take(),
+                alpn: std::mem::take(&mut k.alpn),
+                ja4: k.ja4.take(),
+                ..TlsDetails::default()
+            };
+            earlier
+        }
         None => {
             let hello = parse_client_hello_with(c, input.ja4);
             let Ok(hello) = hello else {
                 return Probe::of(&hello, input.client_closed);
             };
-            TlsDetails::client(hello)
+            Arc::new(TlsDetails::client(hello))
         }
     };
+    let d = Arc::make_mut(&mut details);
     id.app = Some(App::Tls);
     // The server's flight, read once for its hello and its certificate.
     let flight = Flight::read(s);
@@ -582,7 +589,7 @@ pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
         d.cert_san = cert.san_dns.iter().take(8).cloned().collect();
         d.cert_san.extend(cert.subject_cn.clone());
     }
-    id.details.tls = tls_details(d);
+    id.details.tls = Some(details);
     let sc = input.server_closed;
     Probe::done_if(Probe::of(&server, sc) != Probe::More && Probe::of(&cert, sc) != Probe::More)
 }
