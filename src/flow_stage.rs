@@ -19,7 +19,7 @@ use crate::config::{Config, NetworkConfig};
 use crate::decode::{Decoded, Decoder, Proto};
 use crate::detect::{Detectors, Moment, Scope, Stage};
 use crate::dissect::dns::{self, NameCache};
-use crate::dissect::identify::{self, Details, Input};
+use crate::dissect::identify::{self, Details, Input, Protocol};
 use crate::dissect::shared::SharedDetails;
 use crate::event::Event;
 use crate::flows::flow::{MID_STREAM, ORIG, RESP};
@@ -796,8 +796,15 @@ fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool
     let Some(streams) = flow.streams.as_deref() else {
         return;
     };
-    // The details are found anew below; the TLS probe takes the earlier ones' client part.
-    let earlier_tls = flow.details.as_mut().and_then(|d| d.tls.take());
+    // The details are found anew below; the TLS and HTTP probes take what of the earlier
+    // ones the client sent.
+    let (earlier_tls, earlier_http) = match flow.details.as_deref_mut() {
+        Some(d) => match d.other.take_if(|o| matches!(o, Protocol::Http(_))) {
+            Some(Protocol::Http(http)) => (d.tls.take(), Some(http)),
+            _ => (d.tls.take(), None),
+        },
+        None => (None, None),
+    };
     let input = Input {
         proto: flow.proto,
         orig_port: flow.orig.1,
@@ -811,6 +818,7 @@ fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool
         dns_name: ctx.names.lookup(ts, flow.resp.0),
         midstream: flow.history.picked_up_mid_stream(),
         tls: std::cell::Cell::new(earlier_tls),
+        http: std::cell::Cell::new(earlier_http),
         ja4: Some(&ctx.shared.ja4),
         dns_answer: (streams.datagrams[RESP].first()).and_then(|d| ctx.names.parsed(d)),
         dns: flow.details.as_deref().and_then(Details::dns),

@@ -846,6 +846,7 @@ pub(crate) mod tests {
             dns_name: None,
             midstream: false,
             tls: std::cell::Cell::new(None),
+            http: std::cell::Cell::new(None),
             ja4: None,
             dns_answer: None,
             dns: None,

@@ -1,7 +1,7 @@
 //! HTTP/1.x message-head dissector (RFC 9112): the request or status line and the few
 //! headers that name the client, the server and the destination.
 
-use super::identify::{Identification, Input, Probe, Protocol, Summary, protocol};
+use super::identify::{Identification, Input, Probe, Protocol, Summary};
 use super::sslvpn;
 use super::wire::wire_string;
 use super::{Error, Result};
@@ -181,25 +181,35 @@ pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
     if !c.first().is_some_and(u8::is_ascii_uppercase) {
         return Probe::No;
     }
-    let req = parse_request(c);
-    let Ok(req) = req else {
-        return Probe::of(&req, input.client_closed);
+    // The request an earlier pass read was whole then, and the client's bytes only grow:
+    // it is kept where it is, and only the response is read again.
+    let mut details = match input.http.take() {
+        Some(earlier) => earlier,
+        None => {
+            let req = parse_request(c);
+            let Ok(req) = req else {
+                return Probe::of(&req, input.client_closed);
+            };
+            Box::new(HttpDetails {
+                connect: req.method.eq_ignore_ascii_case("CONNECT"),
+                method: req.method,
+                target: req.target,
+                host: req.host,
+                user_agent: req.user_agent,
+                status: None,
+            })
+        }
     };
-    let status = parse_response(input.server).ok().map(|r| r.status);
+    debug_assert!(parse_request(c).is_ok_and(|r| r.method == details.method
+        && r.target == details.target
+        && r.host == details.host
+        && r.user_agent == details.user_agent));
+    details.status = parse_response(input.server).ok().map(|r| r.status);
     // A vendor SSL-VPN's tunnel request, when the HTTP is in clear.
     id.app = Some(sslvpn::tunnel_request(c).unwrap_or(App::Http));
-    id.details.other = protocol(
-        Protocol::Http,
-        HttpDetails {
-            connect: req.method.eq_ignore_ascii_case("CONNECT"),
-            method: req.method,
-            target: req.target,
-            host: req.host,
-            user_agent: req.user_agent,
-            status,
-        },
-    );
-    Probe::done_if(status.is_some() || input.server_closed)
+    let settled = details.status.is_some() || input.server_closed;
+    id.details.other = Some(Protocol::Http(details));
+    Probe::done_if(settled)
 }
 
 #[cfg(test)]

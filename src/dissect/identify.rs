@@ -52,6 +52,9 @@ pub struct Input<'a> {
     /// its JA4 computed) again when the server's flight arrives. Lent for the TLS probe to
     /// take: its client part stays where it is, no string of it copied.
     pub tls: Cell<Option<Arc<TlsDetails>>>,
+    /// The HTTP request an earlier pass read, lent as the TLS details are: a request head
+    /// is not read (nor its strings copied) again when the response arrives.
+    pub http: Cell<Option<Box<http::HttpDetails>>>,
     /// The worker's JA4 hashes already worked out (none: hashed every time).
     pub ja4: Option<&'a Ja4Memo>,
     /// The first server datagram as the name cache parsed it (`NameCache::parsed`), when
@@ -468,6 +471,7 @@ mod tests {
             dns_name,
             midstream: false,
             tls: Cell::new(None),
+            http: Cell::new(None),
             ja4: None,
             dns_answer: None,
             dns: None,
