@@ -341,8 +341,9 @@ struct Partition {
     detectors: Detectors,
     pending: Vec<FlowEvent>,
     findings: Vec<Event>,
-    /// Flows (by sequence number) whose handshake RTT was sent on.
-    sampled: HashSet<u64>,
+    /// Flows (by sequence number) whose handshake RTT was sent on. Hashed with aHash, as
+    /// every flow's end asks (nothing reads the set in order).
+    sampled: HashSet<u64, ahash::RandomState>,
     active: Active,
     /// Operator latency of inbound remote-desktop and SSH sessions (`flows::latency`).
     latency: Latency,
@@ -361,7 +362,7 @@ impl FlowWorker {
                     detectors: Detectors::new(config, Stage::Flow),
                     pending: Vec::new(),
                     findings: Vec::new(),
-                    sampled: HashSet::new(),
+                    sampled: HashSet::default(),
                     active: Active::default(),
                     latency: Latency::default(),
                 })
@@ -542,7 +543,10 @@ impl FlowWorker {
             let details = flow.details.take();
             let why = EndReason::Shutdown.as_str();
             let mut record = flow_record(&flow, details, false, Some(why), &ctx);
-            if let Some(kept) = floors.remove(&flow.key()) {
+            // Most ends time no session: no key built and hashed for an empty map.
+            if !floors.is_empty()
+                && let Some(kept) = floors.remove(&flow.key())
+            {
                 kept.write(&mut record);
             }
             debug_assert!(record_order(&record) == last_record_order(&flow));
@@ -726,7 +730,9 @@ impl Partition {
             identify_flow(flow, ctx, ts, true);
         }
         sample_rtt(&mut self.sampled, ctx, flow, ts);
-        self.sampled.remove(&flow.seq);
+        if !self.sampled.is_empty() {
+            self.sampled.remove(&flow.seq);
+        }
         let scope = ctx.detector_scope();
         let moment = Moment::Ended { flow, ts };
         self.detectors.on(&moment, &scope, &mut self.findings);
@@ -742,7 +748,12 @@ impl Partition {
 }
 
 /// The handshake RTT of a connection an outside client opened, once per flow.
-fn sample_rtt(sampled: &mut HashSet<u64>, ctx: &mut Ctx<'_>, flow: &Flow, ts: Timestamp) {
+fn sample_rtt(
+    sampled: &mut HashSet<u64, ahash::RandomState>,
+    ctx: &mut Ctx<'_>,
+    flow: &Flow,
+    ts: Timestamp,
+) {
     if flow.proto != Proto::Tcp
         || ctx.scope.network.is_inside(flow.orig.0)
         || sampled.contains(&flow.seq)
@@ -764,7 +775,8 @@ fn sample_rtt(sampled: &mut HashSet<u64>, ctx: &mut Ctx<'_>, flow: &Flow, ts: Ti
 /// Inside hosts already reported active in the current hour of packet time.
 #[derive(Default)]
 struct Active {
-    hosts: HashSet<IpAddr>,
+    /// Asked at every resumption: hashed with aHash (nothing reads the set in order).
+    hosts: HashSet<IpAddr, ahash::RandomState>,
     hour: u64,
 }
 
