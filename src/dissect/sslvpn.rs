@@ -12,6 +12,8 @@
 //! `openssl-dtls.c`, `fortinet.c`, `gpst.c`, `pulse.c`; ocserv `worker-vpn.c`; SoftEther
 //! `Protocol.c`).
 
+use std::sync::LazyLock;
+
 use crate::app::App;
 use crate::dissect::identify::{Evidence, Identification, Input, Probe};
 use crate::dissect::tls::ClientHello;
@@ -78,15 +80,32 @@ pub fn is_fortinet_dtls_hello(datagram: &[u8]) -> bool {
             || body.starts_with(b"GFtype\0svrhello\0"))
 }
 
+/// The end of a message head, searched with memchr: every cleartext HTTP request comes
+/// to [`tunnel_request`]. Built once: building the searcher cost more than the search.
+static HEAD_END: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+
 /// The SSL-VPN a cleartext client request opens, from its request line and headers.
 pub fn tunnel_request(client: &[u8]) -> Option<App> {
-    // Searched with memchr: every cleartext HTTP request comes here.
-    let head_end = memchr::memmem::find(client, b"\r\n\r\n").unwrap_or(client.len());
+    let head_end = HEAD_END.find(client).unwrap_or(client.len());
     let head = client.get(..head_end.min(4096))?;
     let line_end = memchr::memchr(b'\r', head).unwrap_or(head.len());
     let line = head.get(..line_end)?;
+    // Lines found with memchr, not byte by byte: every request is searched for a header.
+    let lines = || {
+        let mut rest = Some(head);
+        std::iter::from_fn(move || {
+            let r = rest?;
+            let Some(end) = memchr::memchr(b'\n', r) else {
+                rest = None;
+                return Some(r);
+            };
+            rest = Some(&r[end + 1..]);
+            Some(&r[..end])
+        })
+    };
     let has_header = |name: &[u8], value: &[u8]| {
-        head.split(|&b| b == b'\n').any(|h| {
+        lines().any(|h| {
             let h = h.strip_suffix(b"\r").unwrap_or(h);
             h.len() >= name.len()
                 && h[..name.len()].eq_ignore_ascii_case(name)
@@ -131,10 +150,20 @@ mod tests {
 
     #[test]
     fn tunnel_requests_name_their_vpn() {
-        let cases: [(&[u8], Option<App>); 6] = [
+        let cases: [(&[u8], Option<App>); 8] = [
             (
                 b"CONNECT /CSCOSSLC/tunnel HTTP/1.1\r\nHost: vpn\r\nX-CSTP-Version: 1\r\n\r\n",
                 Some(App::Anyconnect),
+            ),
+            // By the header alone, on a line of its own and on the last line of a head
+            // still coming.
+            (
+                b"POST /tunnel HTTP/1.1\r\nx-cstp-version: 1\r\nHost: vpn\r\n\r\n",
+                Some(App::Anyconnect),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: vpn\r\nUpgrade: IF-T/TLS 1.0",
+                Some(App::PulseSecure),
             ),
             (
                 b"GET /remote/sslvpn-tunnel HTTP/1.1\r\nHost: vpn\r\nUser-Agent: Mozilla/5.0 SV1\r\n\r\n",
