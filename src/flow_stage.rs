@@ -827,7 +827,7 @@ fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool
         server_closed: ending || streams.dir[RESP].is_closed(),
         client_datagrams: &streams.datagrams[ORIG],
         server_datagrams: &streams.datagrams[RESP],
-        dns_name: ctx.names.lookup(ts, flow.resp.0),
+        dns_tool: (ctx.names.lookup_entry(ts, flow.resp.0)).and_then(|e| e.tool),
         midstream: flow.history.picked_up_mid_stream(),
         tls: std::cell::Cell::new(earlier_tls),
         http: std::cell::Cell::new(earlier_http),

@@ -2,6 +2,7 @@
 //! address can be labelled with the name its client resolved just before.
 
 use super::identify::{Identification, Input, Probe, Protocol, Summary, protocol};
+use super::tools::{self, NameKind};
 use super::wire::Reader;
 use super::{Error, Result};
 use crate::app::App;
@@ -289,6 +290,10 @@ pub struct CacheEntry {
     /// (empty without a chain).
     pub cnames: Vec<String>,
     pub expires: Timestamp,
+    /// The remote-access tool `name` points at ([`tools::match_name`] as a DNS name),
+    /// matched once here: every flow to the address asks at each identification pass, and
+    /// reading the name there was a visit to memory long out of the cache.
+    pub tool: Option<tools::Match>,
 }
 
 /// A bounded address→name cache fed by DNS responses seen on the wire, with packet time
@@ -378,6 +383,7 @@ impl NameCache {
             cnames.reverse();
             let ttl = Duration::from_secs(u64::from(ttl)).clamp(MIN_TTL, MAX_TTL);
             let entry = CacheEntry {
+                tool: tools::match_name(NameKind::DnsName, name),
                 name: name.to_string(),
                 cnames,
                 expires: now.plus(ttl),
@@ -843,7 +849,7 @@ pub(crate) mod tests {
             server_closed: false,
             client_datagrams: client,
             server_datagrams: server,
-            dns_name: None,
+            dns_tool: None,
             midstream: false,
             tls: std::cell::Cell::new(None),
             http: std::cell::Cell::new(None),

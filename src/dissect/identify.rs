@@ -43,8 +43,10 @@ pub struct Input<'a> {
     /// UDP: the first datagrams of each direction.
     pub client_datagrams: &'a [Vec<u8>],
     pub server_datagrams: &'a [Vec<u8>],
-    /// The name a DNS answer gave the responder's address, if one was seen.
-    pub dns_name: Option<&'a str>,
+    /// The remote-access tool the name a DNS answer gave the responder's address points
+    /// at, if one was seen and it points at one: matched once, when the answer was read
+    /// (`dns::CacheEntry::tool`), not at every pass of every flow to the address.
+    pub dns_tool: Option<tools::Match>,
     /// TCP: the connection was open before the capture saw it (no SYN came first), so no
     /// handshake will come: the framing decides (see [`midstream`]).
     pub midstream: bool,
@@ -421,11 +423,8 @@ fn named(input: &Input<'_>, d: &Details) -> Option<(tools::Match, Evidence, bool
             Evidence::HttpHost,
         )
     });
-    let dns = input
-        .dns_name
-        .map(|n| (NameKind::DnsName, n, Evidence::DnsName));
-    let mut candidates = sni.chain(alpn).chain(certs.clone()).chain(host).chain(dns);
-    let hit = candidates.find_map(|(kind, name, what)| {
+    let mut candidates = sni.chain(alpn).chain(certs.clone()).chain(host);
+    let by_handshake = candidates.find_map(|(kind, name, what)| {
         // A certificate subject is a DN: try its CN and O values.
         if kind == NameKind::CertName && name.contains('=') {
             name.split(',').find_map(|part| {
@@ -436,6 +435,7 @@ fn named(input: &Input<'_>, d: &Details) -> Option<(tools::Match, Evidence, bool
             tools::match_name(kind, name).map(|m| (m, what))
         }
     });
+    let hit = by_handshake.or(input.dns_tool.map(|m| (m, Evidence::DnsName)));
     // A peer's own certificate (AnyDesk's "AnyDesk Client") says the flow reached the
     // peer, whatever the ClientHello offered to a relay.
     let peer_cert = |m: tools::Match| {
@@ -457,7 +457,7 @@ mod tests {
         assert!(std::mem::size_of::<Details>() <= 32);
     }
 
-    fn input<'a>(dns_name: Option<&'a str>) -> Input<'a> {
+    fn input<'a>(dns_name: Option<&str>) -> Input<'a> {
         Input {
             proto: Proto::Tcp,
             orig_port: 50000,
@@ -468,7 +468,7 @@ mod tests {
             server_closed: false,
             client_datagrams: &[],
             server_datagrams: &[],
-            dns_name,
+            dns_tool: dns_name.and_then(|n| tools::match_name(NameKind::DnsName, n)),
             midstream: false,
             tls: Cell::new(None),
             http: Cell::new(None),
