@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -32,6 +32,10 @@ use crate::metrics::Stats;
 use crate::report::Collector;
 use crate::source::{LinkType, Packet, Replay};
 use crate::timestamp::Timestamp;
+
+mod index;
+
+use index::{CHUNK, Index};
 
 /// Fragmented datagrams the reader follows at once, and how long one may wait for its next
 /// piece: as the workers' reassembly (`flow_stage.rs`).
@@ -849,9 +853,9 @@ impl Threads {
     }
 
     /// Has every worker walk `replay` ([`walk`]) and waits until they are through it,
-    /// calling `progress` now and then; then walker 0's replay and clock (None if it
-    /// panicked). None, and nothing done, unless every file of the
-    /// replay is mapped and every worker can have a core: each walker reads all of the
+    /// calling `progress` now and then; then the replay, read to its end, and walker 0's
+    /// clock (None if walker 0 panicked). None, and nothing done, unless every file of the
+    /// replay is mapped and every worker can have a core: each walker follows all of the
     /// input, which pays only when the walkers run side by side (3 walkers on 2 cores took
     /// a third more CPU than a reader thread feeding 3 workers).
     fn walk(
@@ -863,22 +867,17 @@ impl Threads {
         if n > default_workers() {
             return None;
         }
-        let pace = Arc::new(Pace::new(n));
-        // Walker 0 hands the pages back, behind the slowest walker.
-        let mut walkers = vec![replay.walker(Some(2 * WINDOW as usize))?];
-        for _ in 1..n {
-            walkers.push(replay.walker(None)?);
-        }
+        let index = Index::new(replay.walker()?, self.router.network.clone(), n, CHUNK)?;
+        let index = Arc::new(index);
         let (back, walked) = sync_channel::<Walked>(1);
-        for (index, replay) in walkers.into_iter().enumerate() {
+        for i in 0..n {
             let walk = Walk {
-                replay,
+                index: index.clone(),
                 router: Router::new(self.router.network.clone(), n),
-                pace: pace.clone(),
-                back: (index == 0).then(|| back.clone()),
+                back: (i == 0).then(|| back.clone()),
             };
             // A worker that is gone has panicked; its join reports it.
-            let _ = self.senders[index].send(Order::Walk(Box::new(walk)));
+            let _ = self.senders[i].send(Order::Walk(Box::new(walk)));
         }
         drop(back);
         self.walked = true;
@@ -886,10 +885,10 @@ impl Threads {
             match walked.recv_timeout(PROGRESS_EVERY) {
                 Ok(w) => {
                     self.router = w.router;
-                    return Some(Some((w.replay, w.clock)));
+                    return Some(index.take_replay().map(|replay| (replay, w.clock)));
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    let (packets, bytes) = pace.of(0);
+                    let (packets, bytes) = index.progress(0);
                     progress(packets, bytes);
                 }
                 // Walker 0 panicked: the finish reports it.
@@ -1017,77 +1016,65 @@ fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> Fl
     worker
 }
 
-/// How far ahead of the slowest walker another may run, in bytes of input: close enough
-/// that it reads what the one ahead just read from the cache they share, and that the
-/// pages handed back behind the one ahead are behind the slowest too.
-const WINDOW: u64 = 2 << 20;
-/// Packets a walker walks between looks at the others' progress.
-const PACE_EVERY: u64 = 64;
-/// Packets a walker walks between hand-ons of its items (a multiple of [`PACE_EVERY`]):
-/// each may wake the account stage's thread, and a walker has items for a few of them.
-const HAND_EVERY: u64 = 64 * PACE_EVERY;
-/// Looks a walker that is too far ahead spins for before it sleeps, and how long it sleeps.
-const SPINS: u32 = 64;
-const NAP: Duration = Duration::from_micros(50);
+/// Packets a walker walks between hand-ons of its items: each may wake the account stage's
+/// thread, and a walker has items for a few of them.
+const HAND_EVERY: u64 = 4096;
 
 /// A worker's walk of a mapped replay.
 struct Walk {
-    /// Its own replay, over the mappings every walker shares.
-    replay: Replay,
+    /// The index every walker follows.
+    index: Arc<Index>,
     router: Router,
-    pace: Arc<Pace>,
     /// Walker 0's: where it gives back what the reader would have left (see [`Walked`]).
     back: Option<SyncSender<Walked>>,
 }
 
 /// What walker 0 gives back at the end of the input, where a reader thread would have
-/// left it: its replay (the files' counters and errors), the clock, the router (the
-/// fragment routes' counters).
+/// left it: the clock, the router (the fragment routes' counters).
 struct Walked {
-    replay: Replay,
     clock: Clock,
     router: Router,
 }
 
-/// The workers walk a mapped replay, each on its own: every one reads every record and
-/// makes every decision the reader would ([`Router`]), the same ones, since they depend
-/// on the packets alone, and does what the reader would have sent it; the rest it passes
-/// by. So no packet is handed from one thread to another, and each worker's packets are
-/// in its own cache when it decodes them. Reader-level counters are walker 0's. It ends
-/// the input itself, as [`Threads::finish`] ends a fed worker's.
+/// The workers walk a mapped replay, each on its own, following one index of it
+/// ([`Index`]): each makes every decision the reader would ([`Router`]), the same ones,
+/// since they depend on the packets alone, and does what the reader would have sent it;
+/// the rest it passes by. The index has placed most packets already, once for every
+/// walker; a packet whose place depends on what came before (a fragment) or that several
+/// workers read (a DNS answer) each walker places itself, as the reader would. So no packet
+/// is handed from one thread to another, and each worker's packets are in its own cache
+/// when it decodes them. Reader-level counters are the index's reader's and walker 0's
+/// router's. It ends the input itself, as [`Threads::finish`] ends a fed worker's.
 fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board: &Board) {
     let Walk {
-        mut replay,
+        index: input,
         mut router,
-        pace,
         back,
     } = walk;
     let mut clock = Clock::default();
-    let (mut walked, mut handed) = (0u64, 0u64);
-    // However the walk ends (a panic too), this walker holds the others back no more.
-    let leaving = Leaving(&pace, index);
-    while let Some(pkt) = replay.next_packet() {
+    let mut walked = 0u64;
+    let owners = router.owners;
+    let mine = |partition: usize| usize::from(owners[partition % PARTITIONS]) == index;
+    let through = input.follow(index, mine, |pkt, partition| {
         let (now, start, tick) = clock.packet(pkt.ts);
-        router.packet(pkt, now, start, tick, &mut |to, task| {
+        let task = &mut |to: To, task: Task<'_>| {
             if to.includes(index) {
                 perform(index, worker, task, now, &[], board);
             }
-        });
+        };
+        match partition {
+            Some(partition) => router.placed(pkt, partition, start, tick, task),
+            None => router.packet(pkt, now, start, tick, task),
+        }
         if tick && index == 0 && board.is_watched() {
             board.put_reader(&router.routes);
         }
         walked += 1;
-        if walked.is_multiple_of(PACE_EVERY) {
-            pace.keep_up(index, replay.consumed(), walked);
-            if walked - handed >= HAND_EVERY {
-                handed = walked;
-                if !lanes.hand(index, worker, now) {
-                    return;
-                }
-            }
-        }
+        !walked.is_multiple_of(HAND_EVERY) || lanes.hand(index, worker, now)
+    });
+    if !through {
+        return;
     }
-    drop(leaving);
     let end = Timestamp(clock.now.0.saturating_add(1));
     router.finish(&mut |to, task| {
         if to.includes(index) {
@@ -1104,80 +1091,7 @@ fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board:
     );
     lanes.hand(index, worker, Timestamp(u64::MAX));
     if let Some(back) = back {
-        let _ = back.send(Walked {
-            replay,
-            clock,
-            router,
-        });
-    }
-}
-
-/// Marks walker `.1` done with the input when dropped.
-struct Leaving<'a>(&'a Pace, usize);
-
-impl Drop for Leaving<'_> {
-    fn drop(&mut self) {
-        self.0.done(self.1);
-    }
-}
-
-/// How far each walker got, so that none runs more than [`WINDOW`] ahead of the slowest.
-struct Pace {
-    walkers: Box<[Progress]>,
-}
-
-/// A walker's progress, on cache lines of its own (the others read it while it writes).
-#[derive(Default)]
-#[repr(align(128))]
-struct Progress {
-    bytes: AtomicU64,
-    packets: AtomicU64,
-}
-
-impl Pace {
-    fn new(walkers: usize) -> Pace {
-        Pace {
-            walkers: (0..walkers).map(|_| Progress::default()).collect(),
-        }
-    }
-
-    /// Walker `index` got `bytes` into the input, `packets` packets: it waits while it is
-    /// more than [`WINDOW`] ahead of the slowest.
-    fn keep_up(&self, index: usize, bytes: u64, packets: u64) {
-        let me = &self.walkers[index];
-        me.bytes.store(bytes, Ordering::Relaxed);
-        me.packets.store(packets, Ordering::Relaxed);
-        let mut looks = 0;
-        while bytes > self.slowest().saturating_add(WINDOW) {
-            if looks < SPINS {
-                std::hint::spin_loop();
-                looks += 1;
-            } else {
-                std::thread::sleep(NAP);
-            }
-        }
-    }
-
-    /// Walker `index` is through the input: it holds nobody back.
-    fn done(&self, index: usize) {
-        self.walkers[index].bytes.store(u64::MAX, Ordering::Relaxed);
-    }
-
-    fn slowest(&self) -> u64 {
-        self.walkers
-            .iter()
-            .map(|w| w.bytes.load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(u64::MAX)
-    }
-
-    /// How far walker `index` got: packets and bytes.
-    fn of(&self, index: usize) -> (u64, u64) {
-        let w = &self.walkers[index];
-        (
-            w.packets.load(Ordering::Relaxed),
-            w.bytes.load(Ordering::Relaxed),
-        )
+        let _ = back.send(Walked { clock, router });
     }
 }
 
@@ -1224,6 +1138,28 @@ fn dns_answer<'a>(peek: &Peek<'a>) -> Option<&'a [u8]> {
         && matches!(peek.src_port, 53 | 137 | 5353 | 5355)
         && dns::is_response(peek.udp_payload))
     .then_some(peek.udp_payload)
+}
+
+/// The partition of the packet `peek` read, by its addresses and ports.
+fn partition_of_peek(network: &NetworkConfig, peek: &Peek<'_>) -> usize {
+    // A protocol the flow table does not track has no ports to read, as ICMP.
+    let [a, b] = ends(
+        peek.proto.unwrap_or(Proto::Icmp),
+        (peek.src, peek.src_port),
+        (peek.dst, peek.dst_port),
+    );
+    partition_of(network, a, b)
+}
+
+/// The partition of `pkt` when [`Router::packet`] would place it alone, from the packet
+/// alone ([`Router::placed`] then asks what it would): None for a fragment (its route
+/// depends on the pieces before it) and for a DNS answer (every worker reads it).
+fn place_of(network: &NetworkConfig, pkt: Packet<'_>) -> Option<usize> {
+    match decode::peek(pkt) {
+        Err(_) => Some(0),
+        Ok(peek) if peek.fragment.is_some() || dns_answer(&peek).is_some() => None,
+        Ok(peek) => Some(partition_of_peek(network, &peek)),
+    }
 }
 
 /// What the reader decides: which worker does what for each packet. Every decision
@@ -1303,6 +1239,39 @@ impl Router {
         }
     }
 
+    /// What [`Router::packet`] asks for `pkt` when [`place_of`] found its `partition`.
+    #[inline]
+    fn placed(
+        &self,
+        pkt: Packet<'_>,
+        partition: usize,
+        start: bool,
+        tick: bool,
+        task: &mut impl FnMut(To, Task<'_>),
+    ) {
+        if start {
+            task(To::One(0), Task::mark(Work::Start, pkt.ts));
+        }
+        let work = Work::Packet {
+            link: pkt.link,
+            orig_len: pkt.orig_len,
+            partition,
+        };
+        let owner = self.owner(partition);
+        task(
+            To::One(owner),
+            Task {
+                work,
+                ts: pkt.ts,
+                bytes: pkt.data,
+                shared: pkt.shared,
+            },
+        );
+        if tick {
+            task(To::AllBut(None), Task::mark(Work::Tick, pkt.ts));
+        }
+    }
+
     /// The partition of a packet; none for a fragment held until its datagram's first
     /// piece says where the datagram goes (then the held pieces go ahead of it).
     fn place(
@@ -1312,13 +1281,7 @@ impl Router {
         clock: Timestamp,
         task: &mut impl FnMut(To, Task<'_>),
     ) -> Option<usize> {
-        // A protocol the flow table does not track has no ports to read, as ICMP.
-        let [a, b] = ends(
-            peek.proto.unwrap_or(Proto::Icmp),
-            (peek.src, peek.src_port),
-            (peek.dst, peek.dst_port),
-        );
-        let partition = partition_of(&self.network, a, b);
+        let partition = partition_of_peek(&self.network, peek);
         let Some(piece) = peek.fragment else {
             return Some(partition);
         };

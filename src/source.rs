@@ -276,8 +276,6 @@ struct Buffered {
     dropped: usize,
     /// The offset at which more are (never, for a reader that leaves it to another).
     drop_at: usize,
-    /// How far behind the reader pages are handed back.
-    keep_behind: usize,
 }
 
 /// Where a file's bytes are.
@@ -297,6 +295,8 @@ enum Bytes {
 /// (one worker reads each packet before the next is parsed).
 const KEEP_BEHIND: usize = 2 << 20;
 const DROP_EVERY: usize = 2 << 20;
+/// Pages are handed back whole: a page partly before an offset is still needed.
+const PAGE: usize = 4096;
 /// Several workers read packets behind the reader (their queued batches point into the
 /// mapping): a page handed back comes back from the page cache for them, with the same
 /// bytes, and is handed back again once the reader is this far past it, beyond what the
@@ -332,12 +332,12 @@ impl Buffered {
         }
     }
 
-    /// Mapped files: hands back the pages `keep_behind` ([`KEEP_BEHIND`]) and
+    /// Mapped files: hands back the pages [`KEEP_BEHIND`] and
     /// [`DROP_AGAIN`] behind. (A read buffer gets this far only for records of several
     /// MiB; it has nothing to drop.)
     #[cold]
     fn hand_back(&mut self) {
-        let to = self.start - self.keep_behind;
+        let to = self.start - KEEP_BEHIND;
         if let Bytes::Mapped(map) = &self.bytes {
             map.drop_range(self.dropped..to);
             let again = |at: usize| at.saturating_sub(DROP_AGAIN - KEEP_BEHIND);
@@ -345,6 +345,19 @@ impl Buffered {
         }
         self.dropped = to;
         self.drop_at = self.start + DROP_EVERY;
+    }
+
+    /// Mapped files: hands back the pages before offset `to` (no further than what is
+    /// parsed), once that is [`DROP_EVERY`] past the last hand-back.
+    fn hand_back_before(&mut self, to: usize) {
+        let to = to.min(self.start) & !(PAGE - 1);
+        if to < self.dropped.saturating_add(DROP_EVERY) {
+            return;
+        }
+        if let Bytes::Mapped(map) = &self.bytes {
+            map.drop_range(self.dropped..to);
+        }
+        self.dropped = to;
     }
 
     /// Reads more of the file behind what is left; a buffer full of one unfinished record
@@ -485,19 +498,15 @@ impl FileReader {
     }
 
     /// A reader of the same mapped file at the same record, with its counters so far, for
-    /// another thread to read on beside others. `lag`: how far behind it the others may
-    /// be; it hands back the pages [`KEEP_BEHIND`] behind that (None: it hands none back,
-    /// another reader does). None when the file is not mapped.
-    pub fn walker(&self, lag: Option<usize>) -> Option<FileReader> {
+    /// another thread to read on. It hands no pages back on its own: whoever follows what
+    /// it reads says when ([`Replay::hand_back_before`]). None when the file is not mapped.
+    pub fn walker(&self) -> Option<FileReader> {
         let Bytes::Mapped(map) = &self.input.bytes else {
             return None;
         };
         let input = Buffered {
             bytes: Bytes::Mapped(map.clone()),
-            drop_at: lag.map_or(usize::MAX, |lag| {
-                self.input.dropped + KEEP_BEHIND + lag + DROP_EVERY
-            }),
-            keep_behind: KEEP_BEHIND + lag.unwrap_or(0),
+            drop_at: usize::MAX,
             ..self.input
         };
         Some(FileReader {
@@ -517,7 +526,6 @@ impl FileReader {
             end,
             dropped: 0,
             drop_at: KEEP_BEHIND + DROP_EVERY,
-            keep_behind: KEEP_BEHIND,
         };
         while input.end < HEADER && !input.eof {
             input.fill().map_err(|e| {
@@ -551,6 +559,11 @@ impl FileReader {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file's mapping, if it is mapped.
+    pub fn mapping(&self) -> Option<&Shared> {
+        self.input.shared()
     }
 
     /// One line for the replay summary when records of this file were cut off or skipped.
@@ -689,7 +702,7 @@ impl FileReader {
 
 /// Asks the CPU to bring the first bytes of `bytes` into its cache, without waiting.
 #[inline]
-fn prefetch(bytes: &[u8]) {
+pub fn prefetch(bytes: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     if let Some(first) = bytes.first() {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
@@ -1023,11 +1036,11 @@ impl Replay {
     /// The same replay at the same packet, over the same mapped files, for a thread of its
     /// own to read on (see [`FileReader::walker`]); the errors so far stay here. None unless
     /// every file is mapped.
-    pub fn walker(&self, lag: Option<usize>) -> Option<Replay> {
+    pub fn walker(&self) -> Option<Replay> {
         let readers = self
             .readers
             .iter()
-            .map(|r| r.walker(lag))
+            .map(FileReader::walker)
             .collect::<Option<Vec<_>>>()?;
         Some(Replay {
             readers,
@@ -1035,6 +1048,20 @@ impl Replay {
             pending: self.pending,
             errors: Vec::new(),
         })
+    }
+
+    /// How far each file is read: an offset per file before which none of its packets is
+    /// still to come (the packet handed out last, and each file's next, lie after it).
+    pub fn read_to(&self) -> Vec<usize> {
+        self.readers.iter().map(|r| r.input.start).collect()
+    }
+
+    /// Mapped files: hands back each file's pages before `to` (as [`Replay::read_to`] gave
+    /// it), a few MiB at a time: whoever works on this replay's packets is past them.
+    pub fn hand_back_before(&mut self, to: &[usize]) {
+        for (reader, &to) in self.readers.iter_mut().zip(to) {
+            reader.input.hand_back_before(to);
+        }
     }
 
     /// Takes over where `walker` (made by [`Replay::walker`]) got to: its files, and the
@@ -1237,8 +1264,8 @@ mod tests {
         let a = TempFile::new("walk-a.pcap", &big[..big.len() - 10]);
         let b = TempFile::new("walk-b.pcap", &small);
         let replay = Replay::open(&[a.0.clone(), b.0.clone()]).unwrap();
-        let lead = replay.walker(Some(1 << 20)).unwrap();
-        let follower = replay.walker(None).unwrap();
+        let lead = replay.walker().unwrap();
+        let follower = replay.walker().unwrap();
         let expected = replay_all(replay);
         assert_eq!(expected.0.len(), lens.len() - 1 + 3);
         assert_eq!(expected.1, 1);
@@ -1248,7 +1275,7 @@ mod tests {
         std::io::Write::write_all(&mut gz, &small).unwrap();
         let c = TempFile::new("walk-c.pcap.gz", &gz.finish().unwrap());
         let mixed = Replay::open(&[a.0.clone(), c.0.clone()]).unwrap();
-        assert!(mixed.walker(None).is_none());
+        assert!(mixed.walker().is_none());
     }
 
     #[test]

@@ -1,0 +1,417 @@
+//! The index of a mapped replay that walking workers share ([`super::walk`]): each stretch
+//! of the input is read once, record header by record header, and peeked once, by
+//! whichever walker needs it first; every walker then follows the index.
+//!
+//! Reading a record's header is what a walk waits on (its start is known only from the
+//! header before it, and its first load misses the cache), so the input is read in chunks
+//! of records: the walker that needs a chunk not indexed yet holds the one reader while it
+//! reads the chunk's records, peeks their packets and notes, for each, its place (where
+//! every packet of its partition goes) or that each walker is to place it itself (a
+//! fragment, whose route depends on the pieces before it; a DNS answer every worker
+//! reads). A walker that is ahead indexes more, so the reading shares itself out. A ring of
+//! [`RING`] chunks bounds how far ahead the index, and so any walker, runs of the slowest
+//! walker; the pages of the files are handed back behind it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crate::config::NetworkConfig;
+use crate::mapped::Shared;
+use crate::source::{LinkType, Packet, Replay, prefetch};
+use crate::timestamp::Timestamp;
+
+use super::place_of;
+
+/// Records per chunk: enough that taking a chunk costs little per record, few enough that
+/// the packets of a chunk are still in the cache when their walker decodes them.
+pub const CHUNK: usize = 4096;
+/// How many packets ahead a walker asks for the bytes of its own.
+const AHEAD: usize = 8;
+/// Chunks indexed and not yet passed by every walker, at most.
+const RING: u64 = 8;
+/// Looks a walker that waits for room in the ring spins for before it sleeps, and how
+/// long it sleeps.
+const SPINS: u32 = 64;
+const NAP: Duration = Duration::from_micros(50);
+
+/// A record as the index holds it: where its packet lies, and where it goes.
+#[derive(Clone, Copy)]
+struct Indexed {
+    ts: Timestamp,
+    /// Its bytes: `start..start + len` of file `file`'s mapping.
+    start: usize,
+    len: u32,
+    file: u16,
+    /// Its partition, or [`ROUTE`].
+    place: u8,
+    link: LinkType,
+    orig_len: u32,
+}
+
+/// [`Indexed::place`] of a packet each walker places itself.
+const ROUTE: u8 = u8::MAX;
+
+impl Indexed {
+    /// Its partition; None when each walker is to place it itself.
+    fn partition(&self) -> Option<usize> {
+        (self.place != ROUTE).then_some(usize::from(self.place))
+    }
+}
+
+/// Consecutive records of the input.
+#[derive(Default)]
+struct Chunk {
+    entries: Vec<Indexed>,
+    /// The input ends with this chunk.
+    last: bool,
+    /// Bytes of input read once it was indexed (for progress).
+    consumed: u64,
+    /// How far each file was read once it was indexed: no later chunk reads before.
+    read_to: Vec<usize>,
+}
+
+/// Marks walker `.1` gone when dropped: it holds nobody back.
+struct Leaving<'a>(&'a Index, usize);
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        self.0.walkers[self.1]
+            .chunks
+            .store(u64::MAX, Ordering::Release);
+    }
+}
+
+/// The index walkers share: the one reader, and the ring of chunks.
+pub struct Index {
+    reader: Mutex<Reader>,
+    /// Chunk `k` is in slot `k % RING` once `published` is past `k`.
+    slots: Box<[Mutex<Arc<Chunk>>]>,
+    published: AtomicU64,
+    walkers: Box<[Progress]>,
+    /// The mapping of each file, in the replay's order.
+    maps: Box<[Shared]>,
+    chunk: usize,
+}
+
+/// The reader of the input, held by the walker that indexes.
+struct Reader {
+    /// None once taken back at the end ([`Index::take_replay`]).
+    replay: Option<Replay>,
+    network: NetworkConfig,
+    /// The chunk to index next.
+    next: u64,
+}
+
+/// How far a walker got, on cache lines of its own (the others read it while it writes).
+#[derive(Default)]
+#[repr(align(128))]
+struct Progress {
+    /// Chunks it is through (`u64::MAX` once it is gone).
+    chunks: AtomicU64,
+    packets: AtomicU64,
+    bytes: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Index {
+    /// An index of `replay` (a walker of it, [`Replay::walker`]) for `walkers` walkers, in
+    /// chunks of `chunk` records. None unless every file is mapped.
+    pub fn new(
+        replay: Replay,
+        network: NetworkConfig,
+        walkers: usize,
+        chunk: usize,
+    ) -> Option<Index> {
+        let maps = replay
+            .readers()
+            .iter()
+            .map(|r| r.mapping().cloned())
+            .collect::<Option<Box<[Shared]>>>()?;
+        // A file beyond what a record can name is read by a reader thread instead.
+        if maps.len() > usize::from(u16::MAX) {
+            return None;
+        }
+        Some(Index {
+            reader: Mutex::new(Reader {
+                replay: Some(replay),
+                network,
+                next: 0,
+            }),
+            slots: (0..RING).map(|_| Mutex::default()).collect(),
+            published: AtomicU64::new(0),
+            walkers: (0..walkers).map(|_| Progress::default()).collect(),
+            maps,
+            chunk: chunk.max(1),
+        })
+    }
+
+    /// Follows the index to its end as walker `walker`: `each(packet, partition)` for every
+    /// packet in order, the partition as [`super::place_of`] found it. Stops early, and
+    /// false, once `each` says false. However it ends (a panic too), the walker then
+    /// holds the others back no more. The first bytes of the packets of the partitions
+    /// that are `mine`, and of those without one, are asked for a few packets ahead: most
+    /// were last read on the core of the walker that indexed them.
+    pub fn follow(
+        &self,
+        walker: usize,
+        mine: impl Fn(usize) -> bool,
+        mut each: impl FnMut(Packet<'_>, Option<usize>) -> bool,
+    ) -> bool {
+        let _leaving = Leaving(self, walker);
+        let mut packets = 0u64;
+        for k in 0.. {
+            let chunk = self.chunk(k);
+            let entries = &chunk.entries;
+            for (i, e) in entries.iter().enumerate() {
+                if let Some(ahead) = entries.get(i + AHEAD)
+                    && ahead.partition().is_none_or(&mine)
+                    && let Some(pkt) = self.packet(ahead)
+                {
+                    prefetch(pkt.data);
+                    prefetch(pkt.data.get(64..).unwrap_or_default());
+                }
+                let Some(pkt) = self.packet(e) else {
+                    continue;
+                };
+                packets += 1;
+                if !each(pkt, e.partition()) {
+                    return false;
+                }
+            }
+            let (last, bytes) = (chunk.last, chunk.consumed);
+            drop(chunk);
+            self.through(walker, k, bytes, packets);
+            if last {
+                break;
+            }
+        }
+        true
+    }
+
+    /// Chunk `k`, for a walker through the chunks before it: indexed now if nobody has
+    /// yet. While the ring is full the walker waits, holding nothing: the reader is held
+    /// only while a chunk is read, so a walker behind is never kept from chunks indexed.
+    fn chunk(&self, k: u64) -> Arc<Chunk> {
+        loop {
+            if self.published.load(Ordering::Acquire) > k {
+                return lock(&self.slots[(k % RING) as usize]).clone();
+            }
+            if let Some(freed) = (k + 1).checked_sub(RING) {
+                self.wait_through(freed);
+            }
+            let mut reader = lock(&self.reader);
+            if reader.next == k {
+                self.index(&mut reader, k);
+            }
+        }
+    }
+
+    /// Indexes chunk `k` into its slot (every walker is through the chunk there).
+    fn index(&self, reader: &mut Reader, k: u64) {
+        let slot = &self.slots[(k % RING) as usize];
+        let old = std::mem::take(&mut *lock(slot));
+        // Its room again, unless a walker that is gone still holds it.
+        let mut chunk = Arc::try_unwrap(old).unwrap_or_default();
+        let Reader {
+            replay, network, ..
+        } = reader;
+        if let Some(replay) = replay {
+            // Every walker is past the chunk that was here.
+            replay.hand_back_before(&chunk.read_to);
+            chunk.entries.clear();
+            chunk.last = false;
+            while chunk.entries.len() < self.chunk {
+                let Some(pkt) = replay.next_packet() else {
+                    chunk.last = true;
+                    break;
+                };
+                if let Some(e) = self.entry(pkt, network) {
+                    chunk.entries.push(e);
+                }
+            }
+            chunk.consumed = replay.consumed();
+            chunk.read_to = replay.read_to();
+        } else {
+            chunk.last = true;
+        }
+        *lock(slot) = Arc::new(chunk);
+        reader.next = k + 1;
+        self.published.store(k + 1, Ordering::Release);
+    }
+
+    /// The index entry of `pkt`; None if its bytes are not in a file's mapping, which the
+    /// packets of a replay of mapped files always are.
+    fn entry(&self, pkt: Packet<'_>, network: &NetworkConfig) -> Option<Indexed> {
+        let shared = pkt.shared?;
+        let file = self.maps.iter().position(|m| Arc::ptr_eq(m, shared))?;
+        let start = (pkt.data.as_ptr() as usize).checked_sub(shared.bytes().as_ptr() as usize)?;
+        Some(Indexed {
+            ts: pkt.ts,
+            start,
+            len: u32::try_from(pkt.data.len()).ok()?,
+            file: u16::try_from(file).ok()?,
+            place: place_of(network, pkt).map_or(ROUTE, |p| p as u8),
+            link: pkt.link,
+            orig_len: pkt.orig_len,
+        })
+    }
+
+    /// The packet of `e`, borrowed from its file's mapping.
+    #[inline]
+    fn packet(&self, e: &Indexed) -> Option<Packet<'_>> {
+        let map = self.maps.get(usize::from(e.file))?;
+        let data = map
+            .bytes()
+            .get(e.start..e.start.checked_add(e.len as usize)?)?;
+        Some(Packet {
+            ts: e.ts,
+            link: e.link,
+            orig_len: e.orig_len,
+            data,
+            shared: Some(map),
+        })
+    }
+
+    /// Walker `walker` is through chunk `k` (and no longer holds it): `packets` packets in
+    /// all, `bytes` of input (the chunk's [`Chunk::consumed`]).
+    fn through(&self, walker: usize, k: u64, bytes: u64, packets: u64) {
+        let w = &self.walkers[walker];
+        w.packets.store(packets, Ordering::Relaxed);
+        w.bytes.store(bytes, Ordering::Relaxed);
+        w.chunks.store(k + 1, Ordering::Release);
+    }
+
+    /// Waits until every walker is through `chunks` chunks.
+    fn wait_through(&self, chunks: u64) {
+        let mut looks = 0;
+        while self
+            .walkers
+            .iter()
+            .any(|w| w.chunks.load(Ordering::Acquire) < chunks)
+        {
+            if looks < SPINS {
+                std::hint::spin_loop();
+                looks += 1;
+            } else {
+                std::thread::sleep(NAP);
+            }
+        }
+    }
+
+    /// How far walker `walker` got: packets and bytes.
+    pub fn progress(&self, walker: usize) -> (u64, u64) {
+        let w = &self.walkers[walker];
+        (
+            w.packets.load(Ordering::Relaxed),
+            w.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The replay, read to its end, once the last chunk is indexed.
+    pub fn take_replay(&self) -> Option<Replay> {
+        lock(&self.reader).replay.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// What following the index gives, or reading the replay itself: every packet's time,
+    /// bytes and partition, in order.
+    type Seen = Vec<(Timestamp, Vec<u8>, Option<usize>)>;
+
+    fn files() -> Vec<PathBuf> {
+        // Merged by time: fragments held out of order, DNS, tunnels, a cut-off record.
+        [
+            "fixtures/detect-tunnels.pcap",
+            "fixtures/ipv4-fragments.pcap",
+            "fixtures/pcap-le-us.pcap",
+            "fixtures/truncated.pcap",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect()
+    }
+
+    fn read(replay: &mut Replay, network: &NetworkConfig) -> Seen {
+        let mut seen = Vec::new();
+        while let Some(pkt) = replay.next_packet() {
+            seen.push((pkt.ts, pkt.data.to_vec(), place_of(network, pkt)));
+        }
+        seen
+    }
+
+    /// Chunks of any size, the input's end inside a chunk or right after one, and a ring
+    /// that fills up: every walker, side by side, sees every record once, in order, and the
+    /// replay given back has counted what the files lost, once.
+    #[test]
+    fn every_walker_sees_every_record_once_across_chunk_boundaries() {
+        let network = NetworkConfig::default();
+        let mut whole = Replay::open(&files()).unwrap();
+        let expected = read(&mut whole, &network);
+        let mut counted = crate::metrics::Stats::default();
+        whole.count_into(&mut counted);
+        let records = expected.len();
+        assert!(records > 3 * RING as usize, "{records} records");
+        assert!(expected.iter().any(|(_, _, p)| p.is_none()));
+        assert!(counted.truncated_records > 0);
+        for chunk in [1, 2, 3, 7, records - 1, records, records + 1, CHUNK] {
+            let replay = Replay::open(&files()).unwrap();
+            let index = Index::new(replay.walker().unwrap(), network.clone(), 3, chunk).unwrap();
+            let seen: Vec<Seen> = std::thread::scope(|s| {
+                let walkers: Vec<_> = (0..3)
+                    .map(|w| {
+                        let index = &index;
+                        s.spawn(move || {
+                            let mut seen = Seen::new();
+                            let through = index.follow(
+                                w,
+                                |_| true,
+                                |pkt, partition| {
+                                    seen.push((pkt.ts, pkt.data.to_vec(), partition));
+                                    true
+                                },
+                            );
+                            assert!(through);
+                            seen
+                        })
+                    })
+                    .collect();
+                walkers.into_iter().map(|w| w.join().unwrap()).collect()
+            });
+            for (w, seen) in seen.iter().enumerate() {
+                assert_eq!(seen.len(), records, "chunks of {chunk}, walker {w}");
+                assert!(*seen == expected, "chunks of {chunk}, walker {w}");
+            }
+            let mut stats = crate::metrics::Stats::default();
+            index.take_replay().unwrap().count_into(&mut stats);
+            assert_eq!(stats.truncated_records, counted.truncated_records);
+        }
+    }
+
+    /// A walker that stops early (or panics) holds the others back no more: they go on to
+    /// the end past a full ring.
+    #[test]
+    fn a_walker_gone_holds_nobody_back() {
+        let network = NetworkConfig::default();
+        let replay = Replay::open(&files()).unwrap();
+        let index = Index::new(replay.walker().unwrap(), network, 2, 1).unwrap();
+        assert!(!index.follow(0, |_| false, |_, _| false));
+        let mut n = 0;
+        assert!(index.follow(
+            1,
+            |_| false,
+            |_, _| {
+                n += 1;
+                true
+            }
+        ));
+        assert!(n > RING as usize);
+    }
+}
