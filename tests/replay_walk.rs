@@ -1,7 +1,8 @@
 //! With several workers (no more than the cores), a replay of regular files has every
-//! worker walk the files itself over the same mappings, deciding as the reader thread would
-//! (`engine.rs`, `walk`); an input through a pipe, or more workers than cores, still goes
-//! through the reader thread. Both write, byte for byte, what one worker writes: events,
+//! worker walk the files itself over the same mappings, following one index of them that
+//! the walkers fill chunk by chunk, and deciding as the reader thread would (`engine.rs`,
+//! `walk`; `engine/index.rs`); an input through a pipe, or more workers than cores, still
+//! goes through the reader thread. Both write, byte for byte, what one worker writes: events,
 //! flow records, the summary and the metrics, whose reader-level counters (records cut
 //! off, fragment routes) are counted once.
 
@@ -117,4 +118,44 @@ fn walking_workers_and_the_reader_thread_decide_alike() {
         assert_eq!(fed, walked, "{name}: reader thread and walkers");
         assert_eq!(one, walked, "{name}: one worker and walkers");
     }
+}
+
+/// The records of a pcap file (little-endian, microseconds) `copies` times over, each copy
+/// an hour after the one before, and the last record cut 20 bytes short.
+fn repeated(pcap: &[u8], copies: u32) -> Vec<u8> {
+    let mut out = pcap[..24].to_vec();
+    for copy in 0..copies {
+        let mut at = 24;
+        while at + 16 <= pcap.len() {
+            let word = |i: usize| u32::from_le_bytes(pcap[at + i..at + i + 4].try_into().unwrap());
+            let len = 16 + word(8) as usize;
+            let mut record = pcap[at..at + len].to_vec();
+            record[..4].copy_from_slice(&(word(0) + 3600 * copy).to_le_bytes());
+            out.extend_from_slice(&record);
+            at += len;
+        }
+    }
+    out.truncate(out.len() - 20);
+    out
+}
+
+/// A capture of many of the index's chunks (4,096 records), whose record count is not a
+/// multiple of one, cut off inside its last record: walkers write what one worker writes.
+#[test]
+fn walkers_over_many_chunks_write_what_one_worker_writes() {
+    let dir = scratch("replay-walk-chunks");
+    let lab =
+        std::fs::read("fixtures/lab/ssh-domestic-then-operator-5ms.pcap").expect("read a fixture");
+    let file = dir.join("repeated.pcap");
+    std::fs::write(&file, repeated(&lab, 7)).expect("write the capture");
+    let files = [file];
+    let one = replay(&files, None, 1, &dir);
+    assert_eq!(one.code, Some(0), "{}", one.summary);
+    assert!(one.flows.lines().count() > 7, "{}", one.flows);
+    assert!(
+        one.summary.contains("1 record(s) cut off"),
+        "{}",
+        one.summary
+    );
+    assert_eq!(replay(&files, None, walkers(), &dir), one);
 }

@@ -51,6 +51,7 @@ struct Indexed {
 
 /// [`Indexed::place`] of a packet each walker places itself.
 const ROUTE: u8 = u8::MAX;
+const _: () = assert!(super::PARTITIONS < ROUTE as usize);
 
 impl Indexed {
     /// Its partition; None when each walker is to place it itself.
