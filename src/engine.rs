@@ -1042,9 +1042,8 @@ struct Walked {
 /// the rest it passes by. The index has placed most packets already, once for every
 /// walker; a packet whose place depends on what came before (a fragment) or that several
 /// workers read (a DNS answer) each walker places itself, as the reader would. So no packet
-/// is handed from one thread to another, and each worker's packets are in its own cache
-/// when it decodes them. Reader-level counters are the index's reader's and walker 0's
-/// router's. It ends the input itself, as [`Threads::finish`] ends a fed worker's.
+/// is handed from one thread to another, and each record is read once. Reader-level
+/// counters are the index's reader's and walker 0's router's. It ends the input itself, as [`Threads::finish`] ends a fed worker's.
 fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board: &Board) {
     let Walk {
         index: input,

@@ -102,6 +102,8 @@ struct Reader {
     network: NetworkConfig,
     /// The chunk to index next.
     next: u64,
+    /// The last chunk is indexed.
+    ended: bool,
 }
 
 /// How far a walker got, on cache lines of its own (the others read it while it writes).
@@ -141,6 +143,7 @@ impl Index {
                 replay: Some(replay),
                 network,
                 next: 0,
+                ended: false,
             }),
             slots: (0..RING).map(|_| Mutex::default()).collect(),
             published: AtomicU64::new(0),
@@ -207,12 +210,21 @@ impl Index {
             let mut reader = lock(&self.reader);
             if reader.next == k {
                 self.index(&mut reader, k);
+            } else if reader.next == k + 1 && self.has_room(k + 1) {
+                // It waited while another walker indexed chunk k: it indexes the next, or
+                // the one that indexed would go on indexing every chunk (its packets are
+                // the ones in its cache, so it is through a chunk first), and the other wait.
+                self.index(&mut reader, k + 1);
             }
         }
     }
 
-    /// Indexes chunk `k` into its slot (every walker is through the chunk there).
+    /// Indexes chunk `k` into its slot (every walker is through the chunk there), unless
+    /// the input ended before it.
     fn index(&self, reader: &mut Reader, k: u64) {
+        if reader.ended {
+            return;
+        }
         let slot = &self.slots[(k % RING) as usize];
         let old = std::mem::take(&mut *lock(slot));
         // Its room again, unless a walker that is gone still holds it.
@@ -239,6 +251,7 @@ impl Index {
         } else {
             chunk.last = true;
         }
+        reader.ended = chunk.last;
         *lock(slot) = Arc::new(chunk);
         reader.next = k + 1;
         self.published.store(k + 1, Ordering::Release);
@@ -284,6 +297,14 @@ impl Index {
         w.packets.store(packets, Ordering::Relaxed);
         w.bytes.store(bytes, Ordering::Relaxed);
         w.chunks.store(k + 1, Ordering::Release);
+    }
+
+    /// Whether chunk `k` has a slot: every walker is through the chunk there.
+    fn has_room(&self, k: u64) -> bool {
+        let freed = (k + 1).saturating_sub(RING);
+        self.walkers
+            .iter()
+            .all(|w| w.chunks.load(Ordering::Acquire) >= freed)
     }
 
     /// Waits until every walker is through `chunks` chunks.
