@@ -26,6 +26,9 @@ use super::place_of;
 /// Records per chunk: enough that taking a chunk costs little per record, few enough that
 /// the packets of a chunk are still in the cache when their walker decodes them.
 pub const CHUNK: usize = 4096;
+/// Packet bytes per chunk, at most (give or take a packet): what the ring holds resident
+/// of the files is then bounded however large the packets are.
+const CHUNK_BYTES: usize = 1 << 20;
 /// How many packets ahead a walker asks for the bytes of its own.
 const AHEAD: usize = 8;
 /// Chunks indexed and not yet passed by every walker, at most.
@@ -237,11 +240,13 @@ impl Index {
             replay.hand_back_before(&chunk.read_to);
             chunk.entries.clear();
             chunk.last = false;
-            while chunk.entries.len() < self.chunk {
+            let mut bytes = 0;
+            while chunk.entries.len() < self.chunk && bytes < CHUNK_BYTES {
                 let Some(pkt) = replay.next_packet() else {
                     chunk.last = true;
                     break;
                 };
+                bytes += pkt.data.len();
                 if let Some(e) = self.entry(pkt, network) {
                     chunk.entries.push(e);
                 }
