@@ -8,9 +8,10 @@
 //! reads the chunk's records, peeks their packets and notes, for each, its place (where
 //! every packet of its partition goes) or that each walker is to place it itself (a
 //! fragment, whose route depends on the pieces before it; a DNS answer every worker
-//! reads). A walker that is ahead indexes more, so the reading shares itself out. A ring of
-//! [`RING`] chunks bounds how far ahead the index, and so any walker, runs of the slowest
-//! walker; the pages of the files are handed back behind it.
+//! reads). A walker that waited while another indexed a chunk indexes the next, so the
+//! reading shares itself out. A ring of [`RING`] chunks bounds how far ahead the index, and
+//! so any walker, runs of the slowest walker; the pages of the files are handed back
+//! behind it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
