@@ -139,15 +139,28 @@ fn repeated(pcap: &[u8], copies: u32) -> Vec<u8> {
     out
 }
 
+/// The byte offset of record `n` of a pcap file (little-endian).
+fn record_offset(pcap: &[u8], n: usize) -> usize {
+    let mut at = 24;
+    for _ in 0..n {
+        at += 16 + u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+    }
+    at
+}
+
 /// A capture of many of the index's chunks (4,096 records), whose record count is not a
 /// multiple of one, cut off inside its last record: walkers write what one worker writes.
+/// The same capture with a corrupt record header midway stops there for every number of
+/// workers: one line naming the file and the record's offset, exit 1, and what came
+/// before it written alike.
 #[test]
 fn walkers_over_many_chunks_write_what_one_worker_writes() {
     let dir = scratch("replay-walk-chunks");
     let lab =
         std::fs::read("fixtures/lab/ssh-domestic-then-operator-5ms.pcap").expect("read a fixture");
+    let whole = repeated(&lab, 7);
     let file = dir.join("repeated.pcap");
-    std::fs::write(&file, repeated(&lab, 7)).expect("write the capture");
+    std::fs::write(&file, &whole).expect("write the capture");
     let files = [file];
     let one = replay(&files, None, 1, &dir);
     assert_eq!(one.code, Some(0), "{}", one.summary);
@@ -157,5 +170,18 @@ fn walkers_over_many_chunks_write_what_one_worker_writes() {
         "{}",
         one.summary
     );
+    assert_eq!(replay(&files, None, walkers(), &dir), one);
+
+    let mut corrupt = whole;
+    let at = record_offset(&corrupt, 6_000);
+    corrupt[at + 8..at + 12].copy_from_slice(&u32::MAX.to_le_bytes());
+    let file = dir.join("corrupt.pcap");
+    std::fs::write(&file, &corrupt).expect("write the capture");
+    let files = [file];
+    let one = replay(&files, None, 1, &dir);
+    assert_eq!(one.code, Some(1), "{}", one.summary);
+    let line = format!("corrupt.pcap: corrupt capture at byte {at}: ");
+    assert_eq!(one.summary.matches(&line).count(), 1, "{}", one.summary);
+    assert!(one.flows.lines().count() > 3, "{}", one.flows);
     assert_eq!(replay(&files, None, walkers(), &dir), one);
 }
