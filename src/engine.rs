@@ -1207,23 +1207,7 @@ impl Router {
             Ok(peek) => self.place(peek, pkt, clock, task),
             Err(_) => Some(0),
         };
-        let owner = placed.map(|p| self.owner(p));
-        if let (Some(p), Some(owner)) = (placed, owner) {
-            let work = Work::Packet {
-                link: pkt.link,
-                orig_len: pkt.orig_len,
-                partition: p,
-            };
-            task(
-                To::One(owner),
-                Task {
-                    work,
-                    ts: pkt.ts,
-                    bytes: pkt.data,
-                    shared: pkt.shared,
-                },
-            );
-        }
+        let owner = placed.map(|p| self.send(pkt, p, task));
         if let Some(payload) = peeked.as_ref().ok().and_then(dns_answer) {
             let task_of = Task {
                 work: Work::DnsAnswer,
@@ -1251,24 +1235,34 @@ impl Router {
         if start {
             task(To::One(0), Task::mark(Work::Start, pkt.ts));
         }
+        self.send(pkt, partition, task);
+        if tick {
+            task(To::AllBut(None), Task::mark(Work::Tick, pkt.ts));
+        }
+    }
+
+    /// Sends `pkt` to the worker of `partition`, and says which that is.
+    #[inline]
+    fn send(
+        &self,
+        pkt: Packet<'_>,
+        partition: usize,
+        task: &mut impl FnMut(To, Task<'_>),
+    ) -> usize {
+        let owner = self.owner(partition);
         let work = Work::Packet {
             link: pkt.link,
             orig_len: pkt.orig_len,
             partition,
         };
-        let owner = self.owner(partition);
-        task(
-            To::One(owner),
-            Task {
-                work,
-                ts: pkt.ts,
-                bytes: pkt.data,
-                shared: pkt.shared,
-            },
-        );
-        if tick {
-            task(To::AllBut(None), Task::mark(Work::Tick, pkt.ts));
-        }
+        let packet = Task {
+            work,
+            ts: pkt.ts,
+            bytes: pkt.data,
+            shared: pkt.shared,
+        };
+        task(To::One(owner), packet);
+        owner
     }
 
     /// The partition of a packet; none for a fragment held until its datagram's first
