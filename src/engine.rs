@@ -766,6 +766,8 @@ struct Threads {
     board: Arc<Board>,
     /// The workers walked the input and finished it.
     walked: bool,
+    /// Records the walkers left out ([`Index::missed`]).
+    unindexed: u64,
 }
 
 impl Threads {
@@ -830,6 +832,7 @@ impl Threads {
             account,
             board,
             walked: false,
+            unindexed: 0,
         }
     }
 
@@ -885,6 +888,7 @@ impl Threads {
             match walked.recv_timeout(PROGRESS_EVERY) {
                 Ok(w) => {
                     self.router = w.router;
+                    self.unindexed = index.missed();
                     return Some(index.take_replay().map(|replay| (replay, w.clock)));
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -928,6 +932,7 @@ impl Threads {
         end: Timestamp,
     ) -> (AccountStage, Stats, Vec<(IpAddr, crate::app::App)>) {
         let mut stats = self.router.routes.stats();
+        stats.capture_unindexed_records = self.unindexed;
         if !self.walked {
             let batches = &mut self.batches;
             self.router

@@ -52,6 +52,9 @@ pub struct Stats {
     pub capture_unread_blocks: u64,
     /// Capture files stopped early at a corrupt record or a failed read.
     pub capture_corrupt_files: u64,
+    /// Records the replay's walkers left out: their bytes were not where the index of the
+    /// input said (none unless the index is wrong).
+    pub capture_unindexed_records: u64,
     /// Bounded state: entries each structure dropped, or did not admit, at its limit (the
     /// README's "Limits" table names every structure). Counted, never silent.
     pub state_evicted: BTreeMap<&'static str, u64>,
@@ -110,6 +113,7 @@ impl Stats {
             capture_skipped_records,
             capture_unread_blocks,
             capture_corrupt_files,
+            capture_unindexed_records,
             state_evicted,
             publish,
             correlate,
@@ -125,6 +129,7 @@ impl Stats {
         self.capture_skipped_records += capture_skipped_records;
         self.capture_unread_blocks += capture_unread_blocks;
         self.capture_corrupt_files += capture_corrupt_files;
+        self.capture_unindexed_records += capture_unindexed_records;
         add_each(&mut self.decode_errors, decode_errors);
         add_each(&mut self.flows_evicted, flows_evicted);
         add_each(&mut self.flows_by_app, flows_by_app);
@@ -163,6 +168,7 @@ pub struct Metrics {
     truncated_records: IntCounter,
     capture_skipped_records: IntCounter,
     capture_unread_blocks: IntCounter,
+    capture_unindexed_records: IntCounter,
     capture_corrupt_files: IntCounter,
     flows_active: Gauge,
     flows_total: IntCounter,
@@ -477,6 +483,13 @@ impl Metrics {
                     "Capture files stopped early at a corrupt record or a failed read.",
                 ),
             ),
+            capture_unindexed_records: register(
+                r,
+                IntCounter::new(
+                    "farmwatch_capture_unindexed_records_total",
+                    "Records replay walkers left out: not where the index of the input said.",
+                ),
+            ),
             flows_active: register(
                 r,
                 Gauge::new("farmwatch_flows_active", "Flows currently tracked."),
@@ -657,6 +670,11 @@ impl Metrics {
             &self.capture_corrupt_files,
             stats.capture_corrupt_files,
             before.capture_corrupt_files,
+        );
+        advance(
+            &self.capture_unindexed_records,
+            stats.capture_unindexed_records,
+            before.capture_unindexed_records,
         );
         advance(&self.flows_total, stats.flows_total, before.flows_total);
         advance_each(

@@ -179,6 +179,13 @@ fn print_summary(replay: &Replay, p: &Finished) {
     for line in replay.readers().iter().filter_map(FileReader::summary) {
         let _ = writeln!(err, "{line}");
     }
+    if s.capture_unindexed_records > 0 {
+        let _ = writeln!(
+            err,
+            "{} record(s) left out: not where the walkers' index of the input said",
+            s.capture_unindexed_records
+        );
+    }
     let total: u64 = s.events.values().sum();
     let _ = writeln!(err, "events: {total}");
     for ((kind, reason, severity), n) in &s.events {

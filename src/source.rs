@@ -426,7 +426,8 @@ struct Current {
     link: LinkType,
     orig_len: u32,
     start: usize,
-    len: usize,
+    /// At most [`MAX_RECORD`]: checked once, as the record is read.
+    len: u32,
 }
 
 /// Read size: small enough that what the kernel copies in is still in the CPU's cache
@@ -613,13 +614,21 @@ impl FileReader {
                     prefetch(next.get(64..).unwrap_or_default());
                     prefetch(next.get(128..).unwrap_or_default());
                     let ts = f.ts.unwrap_or(self.last_ts);
+                    // The frame's bytes lie inside the data the record came from.
+                    let start = self.input.start + (f.data.as_ptr() as usize - base);
+                    let (link, orig_len, bytes) = (f.link, f.orig_len, f.data.len());
+                    // The parsers take no record beyond MAX_RECORD: this never stops a file.
+                    let Some(caplen) = u32::try_from(bytes).ok().filter(|&n| n <= MAX_RECORD)
+                    else {
+                        let what = format!("a packet of {bytes} bytes, above {MAX_RECORD}");
+                        return Err(self.corrupt(what));
+                    };
                     self.current = Some(Current {
                         ts,
-                        link: f.link,
-                        orig_len: f.orig_len,
-                        // The frame's bytes lie inside the data the record came from.
-                        start: self.input.start + (f.data.as_ptr() as usize - base),
-                        len: f.data.len(),
+                        link,
+                        orig_len,
+                        start,
+                        len: caplen,
                     });
                     self.last_ts = ts;
                     self.pending_consume = len;
@@ -680,7 +689,7 @@ impl FileReader {
         let data = self
             .input
             .bytes()
-            .get(c.start..c.start.checked_add(c.len)?)?;
+            .get(c.start..c.start.checked_add(c.len as usize)?)?;
         Some(Packet {
             ts: c.ts,
             link: c.link,
@@ -951,6 +960,16 @@ fn ng_time(raw: u64, iface: &Interface) -> Timestamp {
     )
 }
 
+/// Where a replay's packet lies: bytes `offset..offset + len` of file `file` (an index
+/// into [`Replay::readers`]), of its mapping when the file is mapped. A record is at most
+/// [`MAX_RECORD`] bytes, so its length is a u32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spot {
+    pub file: usize,
+    pub offset: usize,
+    pub len: u32,
+}
+
 /// Several capture files merged into one stream in timestamp order (ties keep file order).
 pub struct Replay {
     readers: Vec<FileReader>,
@@ -998,27 +1017,45 @@ impl Replay {
     /// The next packet in time order, or None when every file is done.
     #[inline]
     pub fn next_packet(&mut self) -> Option<Packet<'_>> {
+        self.next_packet_at().map(|(pkt, _)| pkt)
+    }
+
+    /// The next packet in time order and where it lies, or None when every file is done.
+    #[inline]
+    pub fn next_packet_at(&mut self) -> Option<(Packet<'_>, Spot)> {
         if let Some(i) = self.pending.take() {
             if self.readers.len() == 1 {
                 // One file: its next packet is the next one, nothing to merge.
-                let reader = self.readers.get_mut(i)?;
-                return match reader.advance() {
+                match self.readers.get_mut(i)?.advance() {
                     Ok(true) => {
                         self.pending = Some(i);
-                        reader.packet()
+                        return self.at(i);
                     }
-                    Ok(false) => None,
+                    Ok(false) => return None,
                     Err(e) => {
                         self.errors.push(e);
-                        None
+                        return None;
                     }
-                };
+                }
             }
             self.advance(i);
         }
         let std::cmp::Reverse((_, i)) = self.heap.pop()?;
         self.pending = Some(i);
-        self.readers.get(i)?.packet()
+        self.at(i)
+    }
+
+    /// The current packet of file `i`, and where it lies.
+    #[inline]
+    fn at(&self, i: usize) -> Option<(Packet<'_>, Spot)> {
+        let reader = self.readers.get(i)?;
+        let c = reader.current?;
+        let spot = Spot {
+            file: i,
+            offset: c.start,
+            len: c.len,
+        };
+        Some((reader.packet()?, spot))
     }
 
     pub fn readers(&self) -> &[FileReader] {

@@ -89,6 +89,7 @@ fn exports_the_contract_names() {
         "farmwatch_capture_corrupt_files_total",
         "farmwatch_capture_unread_blocks_total",
         "farmwatch_capture_skipped_records_total",
+        "farmwatch_capture_unindexed_records_total",
         "farmwatch_flows_active",
         "farmwatch_flows_total",
         "farmwatch_flows_evicted_total",

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::config::NetworkConfig;
 use crate::mapped::Shared;
-use crate::source::{LinkType, Packet, Replay, prefetch};
+use crate::source::{LinkType, Packet, Replay, Spot, prefetch};
 use crate::timestamp::Timestamp;
 
 use super::place_of;
@@ -97,6 +97,9 @@ pub struct Index {
     /// The mapping of each file, in the replay's order.
     maps: Box<[Shared]>,
     chunk: usize,
+    /// Entries whose bytes were not where they said, left out by every walker and counted
+    /// by walker 0 (as reader-level counters are): none unless the index is wrong.
+    missed: AtomicU64,
 }
 
 /// The reader of the input, held by the walker that indexes.
@@ -138,7 +141,8 @@ impl Index {
             .iter()
             .map(|r| r.mapping().cloned())
             .collect::<Option<Box<[Shared]>>>()?;
-        // A file beyond what a record can name is read by a reader thread instead.
+        // A file beyond what an entry can name ([`Indexed::file`]) is read by a reader
+        // thread instead.
         if maps.len() > usize::from(u16::MAX) {
             return None;
         }
@@ -154,6 +158,7 @@ impl Index {
             walkers: (0..walkers).map(|_| Progress::default()).collect(),
             maps,
             chunk: chunk.max(1),
+            missed: AtomicU64::new(0),
         })
     }
 
@@ -183,6 +188,9 @@ impl Index {
                     prefetch(pkt.data.get(64..).unwrap_or_default());
                 }
                 let Some(pkt) = self.packet(e) else {
+                    if walker == 0 {
+                        self.missed.fetch_add(1, Ordering::Relaxed);
+                    }
                     continue;
                 };
                 packets += 1;
@@ -243,14 +251,12 @@ impl Index {
             chunk.last = false;
             let mut bytes = 0;
             while chunk.entries.len() < self.chunk && bytes < CHUNK_BYTES {
-                let Some(pkt) = replay.next_packet() else {
+                let Some((pkt, spot)) = replay.next_packet_at() else {
                     chunk.last = true;
                     break;
                 };
                 bytes += pkt.data.len();
-                if let Some(e) = self.entry(pkt, network) {
-                    chunk.entries.push(e);
-                }
+                chunk.entries.push(entry(pkt, spot, network));
             }
             chunk.consumed = replay.consumed();
             chunk.read_to = replay.read_to();
@@ -263,24 +269,8 @@ impl Index {
         self.published.store(k + 1, Ordering::Release);
     }
 
-    /// The index entry of `pkt`; None if its bytes are not in a file's mapping, which the
-    /// packets of a replay of mapped files always are.
-    fn entry(&self, pkt: Packet<'_>, network: &NetworkConfig) -> Option<Indexed> {
-        let shared = pkt.shared?;
-        let file = self.maps.iter().position(|m| Arc::ptr_eq(m, shared))?;
-        let start = (pkt.data.as_ptr() as usize).checked_sub(shared.bytes().as_ptr() as usize)?;
-        Some(Indexed {
-            ts: pkt.ts,
-            start,
-            len: u32::try_from(pkt.data.len()).ok()?,
-            file: u16::try_from(file).ok()?,
-            place: place_of(network, pkt).map_or(ROUTE, |p| p as u8),
-            link: pkt.link,
-            orig_len: pkt.orig_len,
-        })
-    }
-
-    /// The packet of `e`, borrowed from its file's mapping.
+    /// The packet of `e`, borrowed from its file's mapping; None (which [`Index::follow`]
+    /// counts) if it is not there, which an entry made by [`entry`] always is.
     #[inline]
     fn packet(&self, e: &Indexed) -> Option<Packet<'_>> {
         let map = self.maps.get(usize::from(e.file))?;
@@ -342,6 +332,25 @@ impl Index {
     /// The replay, read to its end, once the last chunk is indexed.
     pub fn take_replay(&self) -> Option<Replay> {
         lock(&self.reader).replay.take()
+    }
+
+    /// Entries left out because their bytes were not where they said.
+    pub fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
+    }
+}
+
+/// The index entry of `pkt`, which lies at `spot` of the replay of the index's files.
+fn entry(pkt: Packet<'_>, spot: Spot, network: &NetworkConfig) -> Indexed {
+    Indexed {
+        ts: pkt.ts,
+        start: spot.offset,
+        len: spot.len,
+        // Index::new takes no more files than an entry names.
+        file: spot.file as u16,
+        place: place_of(network, pkt).map_or(ROUTE, |p| p as u8),
+        link: pkt.link,
+        orig_len: pkt.orig_len,
     }
 }
 
@@ -421,6 +430,79 @@ mod tests {
             index.take_replay().unwrap().count_into(&mut stats);
             assert_eq!(stats.truncated_records, counted.truncated_records);
         }
+    }
+
+    /// Each packet a walker follows lies where the replay read it: in the same file's
+    /// mapping (the files interleave), at the same offset; and an entry whose bytes are not
+    /// where it says is left out by every walker and counted once.
+    #[test]
+    fn entries_name_the_file_and_offset_their_packets_were_read_at() {
+        let network = NetworkConfig::default();
+        let mut whole = Replay::open(&files()).unwrap();
+        let maps: Vec<Shared> = (whole.readers().iter())
+            .map(|r| r.mapping().unwrap().clone())
+            .collect();
+        let mut spots = Vec::new();
+        while let Some((pkt, spot)) = whole.next_packet_at() {
+            let end = spot.offset + spot.len as usize;
+            let bytes = &maps[spot.file].bytes()[spot.offset..end];
+            assert!(std::ptr::eq(pkt.data, bytes));
+            spots.push(spot);
+        }
+        let switches = spots.windows(2).filter(|w| w[0].file != w[1].file).count();
+        assert!(switches > 3, "files interleave {switches} times");
+        let replay = Replay::open(&files()).unwrap();
+        let index = Index::new(replay.walker().unwrap(), network, 2, 7).unwrap();
+        // A walker's packet, as a spot of the index's files.
+        let spot_of = |pkt: Packet<'_>| {
+            let file = index
+                .maps
+                .iter()
+                .position(|m| Arc::ptr_eq(m, pkt.shared.unwrap()))
+                .unwrap();
+            let offset = pkt.data.as_ptr() as usize - index.maps[file].bytes().as_ptr() as usize;
+            let len = pkt.data.len() as u32;
+            Spot { file, offset, len }
+        };
+        // Chunk 1's first entry points past its file's end.
+        drop(index.chunk(0));
+        let chunk = index.chunk(1);
+        let mut broken = Chunk {
+            entries: chunk.entries.clone(),
+            last: chunk.last,
+            consumed: chunk.consumed,
+            read_to: chunk.read_to.clone(),
+        };
+        drop(chunk);
+        broken.entries[0].start = index.maps[usize::from(broken.entries[0].file)]
+            .bytes()
+            .len();
+        *lock(&index.slots[1]) = Arc::new(broken);
+        let followed: Vec<Vec<Spot>> = std::thread::scope(|s| {
+            let walkers: Vec<_> = (0..2)
+                .map(|w| {
+                    let (index, spot_of) = (&index, &spot_of);
+                    s.spawn(move || {
+                        let mut seen = Vec::new();
+                        assert!(index.follow(
+                            w,
+                            |_| true,
+                            |pkt, _| {
+                                seen.push(spot_of(pkt));
+                                true
+                            }
+                        ));
+                        seen
+                    })
+                })
+                .collect();
+            walkers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        spots.remove(7);
+        for seen in followed {
+            assert_eq!(seen, spots);
+        }
+        assert_eq!(index.missed(), 1);
     }
 
     /// A walker that stops early (or panics) holds the others back no more: they go on to
