@@ -1017,32 +1017,41 @@ impl Replay {
     /// The next packet in time order, or None when every file is done.
     #[inline]
     pub fn next_packet(&mut self) -> Option<Packet<'_>> {
-        self.next_packet_at().map(|(pkt, _)| pkt)
+        let i = self.step()?;
+        self.readers.get(i)?.packet()
     }
 
     /// The next packet in time order and where it lies, or None when every file is done.
     #[inline]
     pub fn next_packet_at(&mut self) -> Option<(Packet<'_>, Spot)> {
+        let i = self.step()?;
+        self.at(i)
+    }
+
+    /// Moves on to the next packet in time order: the file it is in, or None when every
+    /// file is done.
+    #[inline]
+    fn step(&mut self) -> Option<usize> {
         if let Some(i) = self.pending.take() {
             if self.readers.len() == 1 {
                 // One file: its next packet is the next one, nothing to merge.
-                match self.readers.get_mut(i)?.advance() {
+                return match self.readers.get_mut(i)?.advance() {
                     Ok(true) => {
                         self.pending = Some(i);
-                        return self.at(i);
+                        Some(i)
                     }
-                    Ok(false) => return None,
+                    Ok(false) => None,
                     Err(e) => {
                         self.errors.push(e);
-                        return None;
+                        None
                     }
-                }
+                };
             }
             self.advance(i);
         }
         let std::cmp::Reverse((_, i)) = self.heap.pop()?;
         self.pending = Some(i);
-        self.at(i)
+        Some(i)
     }
 
     /// The current packet of file `i`, and where it lies.
