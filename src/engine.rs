@@ -870,7 +870,8 @@ impl Threads {
         if n > default_workers() {
             return None;
         }
-        let index = Index::new(replay.walker()?, self.router.network.clone(), n, CHUNK)?;
+        let network = self.router.network.clone();
+        let index = Index::new(replay.walker()?, network, self.router.owners, CHUNK)?;
         let index = Arc::new(index);
         let (back, walked) = sync_channel::<Walked>(1);
         for i in 0..n {
@@ -1021,8 +1022,9 @@ fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> Fl
     worker
 }
 
-/// Packets a walker walks between hand-ons of its items: each may wake the account stage's
-/// thread, and a walker has items for a few of them.
+/// Packets a walker works on between hand-ons of its items (its own, and those every
+/// walker sees): each may wake the account stage's thread, and a walker has items for a
+/// few of them.
 const HAND_EVERY: u64 = 4096;
 
 /// A worker's walk of a mapped replay.
@@ -1043,24 +1045,22 @@ struct Walked {
 
 /// The workers walk a mapped replay, each on its own, following one index of it
 /// ([`Index`]): each makes every decision the reader would ([`Router`]), the same ones,
-/// since they depend on the packets alone, and does what the reader would have sent it;
-/// the rest it passes by. The index has placed most packets already, once for every
-/// walker; a packet whose place depends on what came before (a fragment) or that several
-/// workers read (a DNS answer) each walker places itself, as the reader would. So no packet
-/// is handed from one thread to another, and each record is read once. Reader-level
-/// counters are the index's reader's and walker 0's router's. It ends the input itself, as [`Threads::finish`] ends a fed worker's.
+/// since they depend on the packets alone, and does what the reader would have sent it.
+/// The index has placed most packets already, once, and lists for each walker only its
+/// own, with the packet clock; a packet whose place depends on what came before (a
+/// fragment) or that several workers read (a DNS answer) each walker places itself, as the
+/// reader would, and the packets a moment passes at every walker sees. So no packet is
+/// handed from one thread to another, and each record is read once. Reader-level counters
+/// are the index's reader's and walker 0's router's. It ends the input itself, as
+/// [`Threads::finish`] ends a fed worker's.
 fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board: &Board) {
     let Walk {
         index: input,
         mut router,
         back,
     } = walk;
-    let mut clock = Clock::default();
     let mut walked = 0u64;
-    let owners = router.owners;
-    let mine = |partition: usize| usize::from(owners[partition % PARTITIONS]) == index;
-    let through = input.follow(index, mine, |pkt, partition| {
-        let (now, start, tick) = clock.packet(pkt.ts);
+    let through = input.follow(index, |pkt, partition, (now, start, tick)| {
         let task = &mut |to: To, task: Task<'_>| {
             if to.includes(index) {
                 perform(index, worker, task, now, &[], board);
@@ -1079,6 +1079,7 @@ fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board:
     if !through {
         return;
     }
+    let clock = input.clock();
     let end = Timestamp(clock.now.0.saturating_add(1));
     router.finish(&mut |to, task| {
         if to.includes(index) {
