@@ -24,7 +24,7 @@ use crate::dissect::shared::SharedDetails;
 use crate::event::Event;
 use crate::flows::flow::{MID_STREAM, ORIG, RESP};
 use crate::flows::latency::Latency;
-use crate::flows::record::FlowRecord;
+use crate::flows::record::{FlowRecord, prefetch};
 use crate::flows::{EndReason, Flow, FlowEvent, FlowKey, FlowTable, INITIAL_FLOWS};
 use crate::geo::Geo;
 use crate::identity::{Identity, SessionStatus};
@@ -617,29 +617,16 @@ impl FlowWorker {
 /// in the cache instead of stalling on each in turn.
 fn prefetch_ahead(next: &[Box<Flow>]) {
     if let Some(flow) = next.get(2) {
-        let at = std::ptr::from_ref::<Flow>(flow).cast::<u8>();
-        for line in 0..std::mem::size_of::<Flow>().div_ceil(64) {
-            prefetch(at.wrapping_add(line * 64));
-        }
+        prefetch::<Flow>(flow);
     }
     if let Some(details) = next.get(1).and_then(|f| f.details.as_deref()) {
-        prefetch(std::ptr::from_ref(details).cast());
+        prefetch(details);
     }
-    let tls = next.first().and_then(|f| f.details.as_ref()?.tls.as_ref());
+    let tls = next
+        .first()
+        .and_then(|f| f.details.as_ref()?.tls.as_deref());
     if let Some(tls) = tls {
-        prefetch(Arc::as_ptr(tls).cast());
-    }
-}
-
-/// Asks the CPU to bring the cache line at `at` in, without waiting.
-#[inline]
-fn prefetch(at: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: a prefetch reads nothing the program sees and never faults, whatever
-        // the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(at.cast()) };
+        prefetch(tls);
     }
 }
 

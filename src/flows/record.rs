@@ -15,7 +15,6 @@ use crate::flows::community_id::{CommunityId, community_id};
 use crate::flows::flow::{Flow, History, ORIG, RESP};
 use crate::flows::json::{Object, key};
 use crate::geo::Country;
-use crate::source::prefetch;
 use crate::timestamp::Timestamp;
 
 /// One flow record. The `--flows` sink writes it with [`FlowRecord::write_json`], the
@@ -247,20 +246,24 @@ impl FlowRecord {
         }
     }
 
-    /// Asks the CPU for the bytes of the record's strings, which lie elsewhere and have
+    /// Asks the CPU for the record's strings and TLS details, which lie elsewhere and have
     /// gone cold since the record was made (it waited in the merge of the workers' items):
     /// they arrive while the fields before them are written, instead of stalling each.
     fn prefetch_text(&self) {
-        let tls = self.tls.as_deref();
-        let strings = [
-            &self.sni,
-            &self.ja4,
-            &self.dns_name,
-            tls.map_or(&None, |t| &t.sni),
-            tls.map_or(&None, |t| &t.ja4),
-        ];
-        for s in strings.into_iter().flatten() {
-            prefetch(s.as_bytes());
+        for s in [&self.sni, &self.ja4, &self.dns_name].into_iter().flatten() {
+            crate::source::prefetch(s.as_bytes());
+        }
+        if let Some(tls) = &self.tls {
+            prefetch(&**tls);
+        }
+    }
+
+    /// The TLS details' strings, once the details themselves are in the cache (asked for
+    /// by [`prefetch_text`](Self::prefetch_text)).
+    fn prefetch_tls_text(&self) {
+        let Some(tls) = &self.tls else { return };
+        for s in [&tls.sni, &tls.ja4].into_iter().flatten() {
+            crate::source::prefetch(s.as_bytes());
         }
     }
 
@@ -279,6 +282,7 @@ impl FlowRecord {
         fields!(o, self: conn_state, account, resp_country, resp_asn, orig_country, orig_asn,
             interim, community_id, end_reason, tunnel, retransmissions_orig,
             retransmissions_resp, missed_bytes, ttl_orig, ttl_resp);
+        self.prefetch_tls_text();
         o.object(key!(activity_orig), |a| activity(a, &self.activity_orig))?;
         o.object(key!(activity_resp), |a| activity(a, &self.activity_resp))?;
         o.field(key!(dns_name), &self.dns_name)?;
@@ -295,6 +299,21 @@ impl FlowRecord {
         present!(o, self: latency_floor_ms, outside_rtt);
         o.end();
         Ok(())
+    }
+}
+
+/// Asks the CPU to bring `value` into its cache, without waiting: for what is read soon
+/// and has likely gone cold (a flow at the end of the input, a record's details).
+pub fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let at = std::ptr::from_ref(value).cast::<i8>();
+        for line in 0..std::mem::size_of::<T>().div_ceil(64) {
+            // SAFETY: a prefetch reads nothing the program sees and never faults; the
+            // addresses are within `value`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line * 64)) };
+        }
     }
 }
 
