@@ -685,6 +685,7 @@ impl Partition {
                             let scope = ctx.detector_scope();
                             let moment = Moment::Identified {
                                 key: &key,
+                                at,
                                 flow,
                                 ts,
                             };

@@ -27,7 +27,7 @@ use serde::Deserialize;
 use crate::app::App;
 use crate::config::{Config, NetworkConfig};
 use crate::event::Event;
-use crate::flows::{Flow, FlowKey, FlowTable};
+use crate::flows::{Flow, FlowKey, FlowTable, Handle};
 use crate::geo::Geo;
 use crate::identity::{Identity, PublicIpObservation};
 use crate::observation::Observation;
@@ -198,9 +198,11 @@ pub enum Moment<'a> {
         ts: Timestamp,
         prev: Option<Timestamp>,
     },
-    /// Flow stage: `flow` got its application label.
+    /// Flow stage: `flow` got its application label; `at` finds it in the partition's
+    /// table while it holds (see [`find`]).
     Identified {
         key: &'a FlowKey,
+        at: Handle,
         flow: &'a Flow,
         ts: Timestamp,
     },
@@ -220,6 +222,16 @@ pub enum Moment<'a> {
     /// Account stage: an hour of packet time passed; state older than a detector's window
     /// can go.
     Hour(Timestamp),
+}
+
+/// The open flow that `key` names, found by its handle `at` while the handle holds (no
+/// key hashed or compared: a detector that follows flows looks them up every second), by
+/// its key once the table has grown.
+pub fn find<'a>(flows: &'a FlowTable, at: Option<Handle>, key: &FlowKey) -> Option<&'a Flow> {
+    match at.and_then(|at| flows.at(at)) {
+        Some(flow) => Some(flow),
+        None => flows.get(key),
+    }
 }
 
 /// A detector: shown moments, it pushes findings to `out`.

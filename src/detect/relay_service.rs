@@ -227,7 +227,7 @@ impl Detector for RelayService {
             return;
         };
         match *moment {
-            Moment::Identified { key, flow, ts } => {
+            Moment::Identified { key, flow, ts, .. } => {
                 self.on_identified(scope, key, flow, ts, rd, out)
             }
             Moment::Tick { now, flows } => self.on_tick(scope, now, flows, rd, out),
@@ -314,7 +314,7 @@ mod tests {
         // A remote-desktop flow at the same host starts: the TURN flow is its relay.
         let rdp = wire.udp(T0 + 2 * SEC, "10.8.0.19:50200", "192.0.2.75:3389", 40);
         label(&mut wire, &rdp, App::Rdp, Details::default());
-        rd.on_identified(&scope, &rdp, wire.table.get(&rdp).unwrap());
+        rd.on_identified(&scope, &rdp, None, wire.table.get(&rdp).unwrap());
         rs.on_tick(&scope, Timestamp(T0 + 3 * SEC), &wire.table, &rd, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].evidence["via"], "turn");
