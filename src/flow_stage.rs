@@ -637,10 +637,16 @@ impl Ctx<'_> {
 }
 
 impl Partition {
+    /// Handles the flow events the packet queued. Most packets queue none: the test is
+    /// inlined where it is asked, not a call that saves and restores registers first.
+    #[inline]
     fn drain(&mut self, ctx: &mut Ctx<'_>) {
-        if self.pending.is_empty() {
-            return;
+        if !self.pending.is_empty() {
+            self.drain_pending(ctx);
         }
+    }
+
+    fn drain_pending(&mut self, ctx: &mut Ctx<'_>) {
         let mut pending = std::mem::take(&mut self.pending);
         for ev in pending.drain(..) {
             match ev {
