@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use crate::app::App;
-use crate::detect::{Detector, Moment, Reason, Registered, Stage};
+use crate::detect::{Detector, Moment, Reason, Registered, Stage, moments};
 use crate::dissect::identify::{Details, Evidence};
 use crate::event::{Event, Kind, Severity};
 use crate::flows::{Flow, FlowKey, FlowTable};
@@ -234,6 +234,10 @@ impl Detector for RelayService {
             Moment::Ended { flow, .. } => self.on_end(flow),
             _ => {}
         }
+    }
+
+    fn moments(&self) -> u8 {
+        moments::IDENTIFIED | moments::TICK | moments::ENDED
     }
 
     fn evictions(&self) -> Vec<(&'static str, u64)> {

@@ -37,7 +37,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
 use crate::app::App;
-use crate::detect::{Detector, Moment, Reason, Registered, Stage};
+use crate::detect::{Detector, Moment, Reason, Registered, Stage, moments};
 use crate::dissect::identify::Details;
 use crate::event::{Event, FlowRef, Kind, Role, SessionEvidence, Severity, Via};
 use crate::flows::flow::{ORIG, RESP};
@@ -770,6 +770,10 @@ impl Detector for RemoteDesktop {
             Moment::Ended { flow, .. } => self.on_end(scope, flow),
             _ => {}
         }
+    }
+
+    fn moments(&self) -> u8 {
+        moments::IDENTIFIED | moments::TICK | moments::ENDED
     }
 
     fn evictions(&self) -> Vec<(&'static str, u64)> {

@@ -53,14 +53,14 @@ use serde::Deserialize;
 
 use crate::app::App;
 use crate::decode::Proto;
-use crate::detect::{Detector, Moment, Reason, Registered, Stage};
+use crate::detect::{Detector, Moment, Reason, Registered, Stage, moments};
 use crate::event::{Event, Kind, Leg, RttSplitEvidence, Severity};
 use crate::flows::flow::{ORIG, RESP};
 use crate::flows::{Flow, FlowKey, FlowTable, Handle, humantime_serde};
 use crate::timestamp::Timestamp;
 
-use super::{Scope, find};
 use super::remote_desktop::{flow_ref, is_account_host, round2, with_place};
+use super::{Scope, find};
 
 /// `[detect.rtt_split]`.
 #[derive(Clone, Debug, Deserialize)]
@@ -495,6 +495,10 @@ impl Detector for RttSplit {
         }
     }
 
+    fn moments(&self) -> u8 {
+        moments::IDENTIFIED | moments::TICK | moments::ENDED
+    }
+
     fn evictions(&self) -> Vec<(&'static str, u64)> {
         RttSplit::evictions(self)
     }
@@ -550,7 +554,14 @@ mod tests {
         let mut r = RttSplit::new(&RttSplitConfig::default());
         let mut out = Vec::new();
         let flow = wire.table.get(key).unwrap();
-        r.on_identified(&world.scope(), key, None, flow, Timestamp(T0 + SEC), &mut out);
+        r.on_identified(
+            &world.scope(),
+            key,
+            None,
+            flow,
+            Timestamp(T0 + SEC),
+            &mut out,
+        );
         out
     }
 
@@ -566,7 +577,14 @@ mod tests {
             let c = format!("10.8.0.18:{}", 50000 + i);
             let key = opening_at(&mut wire, t0, &c, 10 * MS, 10 * MS, 12 * MS, *second, *cert);
             let flow = wire.table.get(&key).unwrap();
-            r.on_identified(&world.scope(), &key, None, flow, Timestamp(t0 + SEC), &mut out);
+            r.on_identified(
+                &world.scope(),
+                &key,
+                None,
+                flow,
+                Timestamp(t0 + SEC),
+                &mut out,
+            );
         }
         out
     }
@@ -655,7 +673,14 @@ mod tests {
             let c = format!("10.8.0.{}:50000", 20 + i);
             let key = opening_at(&mut wire, T0, &c, 10 * MS, 10 * MS, 12 * MS, 12 * MS, false);
             let flow = wire.table.get(&key).unwrap();
-            r.on_identified(&world.scope(), &key, None, flow, Timestamp(T0 + SEC), &mut out);
+            r.on_identified(
+                &world.scope(),
+                &key,
+                None,
+                flow,
+                Timestamp(T0 + SEC),
+                &mut out,
+            );
         }
         // Each connection is a candidate on each side: six, two kept.
         assert_eq!(r.relays.len(), 2);
