@@ -839,6 +839,7 @@ fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool
         tls: std::cell::Cell::new(earlier_tls),
         http: std::cell::Cell::new(earlier_http),
         ja4: Some(&ctx.shared.ja4),
+        certs: Some(&ctx.shared.certs),
         dns_answer: (streams.datagrams[RESP].first()).and_then(|d| ctx.names.parsed(d)),
         dns: flow.details.as_deref().and_then(Details::dns),
     };

@@ -860,6 +860,7 @@ pub(crate) mod tests {
             tls: std::cell::Cell::new(None),
             http: std::cell::Cell::new(None),
             ja4: None,
+            certs: None,
             dns_answer: None,
             dns: None,
         }
