@@ -659,10 +659,16 @@ impl Ctx<'_> {
 }
 
 impl Partition {
+    /// Handles the flow events the packet queued. Most packets queue none: the test is
+    /// inlined where it is asked, not a call that saves and restores registers first.
+    #[inline]
     fn drain(&mut self, ctx: &mut Ctx<'_>) {
-        if self.pending.is_empty() {
-            return;
+        if !self.pending.is_empty() {
+            self.drain_pending(ctx);
         }
+    }
+
+    fn drain_pending(&mut self, ctx: &mut Ctx<'_>) {
         let mut pending = std::mem::take(&mut self.pending);
         for ev in pending.drain(..) {
             match ev {
@@ -707,6 +713,7 @@ impl Partition {
                             let scope = ctx.detector_scope();
                             let moment = Moment::Identified {
                                 key: &key,
+                                at,
                                 flow,
                                 ts,
                             };
@@ -854,6 +861,7 @@ fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool
         tls: std::cell::Cell::new(earlier_tls),
         http: std::cell::Cell::new(earlier_http),
         ja4: Some(&ctx.shared.ja4),
+        certs: Some(&ctx.shared.certs),
         dns_answer: (streams.datagrams[RESP].first()).and_then(|d| ctx.names.parsed(d)),
         dns: flow.details.as_deref().and_then(Details::dns),
     };

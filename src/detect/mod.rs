@@ -27,7 +27,7 @@ use serde::Deserialize;
 use crate::app::App;
 use crate::config::{Config, NetworkConfig};
 use crate::event::Event;
-use crate::flows::{Flow, FlowKey, FlowTable};
+use crate::flows::{Flow, FlowKey, FlowTable, Handle};
 use crate::geo::Geo;
 use crate::identity::{Identity, PublicIpObservation};
 use crate::observation::Observation;
@@ -198,9 +198,11 @@ pub enum Moment<'a> {
         ts: Timestamp,
         prev: Option<Timestamp>,
     },
-    /// Flow stage: `flow` got its application label.
+    /// Flow stage: `flow` got its application label; `at` finds it in the partition's
+    /// table while it holds (see [`find`]).
     Identified {
         key: &'a FlowKey,
+        at: Handle,
         flow: &'a Flow,
         ts: Timestamp,
     },
@@ -222,9 +224,53 @@ pub enum Moment<'a> {
     Hour(Timestamp),
 }
 
+/// The open flow that `key` names, found by its handle `at` while the handle holds (no
+/// key hashed or compared: a detector that follows flows looks them up every second), by
+/// its key once the table has grown.
+pub fn find<'a>(flows: &'a FlowTable, at: Option<Handle>, key: &FlowKey) -> Option<&'a Flow> {
+    match at.and_then(|at| flows.at(at)) {
+        Some(flow) => Some(flow),
+        None => flows.get(key),
+    }
+}
+
+impl Moment<'_> {
+    /// The moment's kind: one bit of [`Detector::moments`].
+    pub fn kind(&self) -> u8 {
+        match self {
+            Moment::Resumed { .. } => moments::RESUMED,
+            Moment::Identified { .. } => moments::IDENTIFIED,
+            Moment::Tick { .. } => moments::TICK,
+            Moment::Ended { .. } => moments::ENDED,
+            Moment::PublicIp(_) => moments::PUBLIC_IP,
+            Moment::Observed(_) => moments::OBSERVED,
+            Moment::Hour(_) => moments::HOUR,
+        }
+    }
+}
+
+/// The kinds of [`Moment`], as bits, for [`Detector::moments`].
+pub mod moments {
+    pub const RESUMED: u8 = 1;
+    pub const IDENTIFIED: u8 = 1 << 1;
+    pub const TICK: u8 = 1 << 2;
+    pub const ENDED: u8 = 1 << 3;
+    pub const PUBLIC_IP: u8 = 1 << 4;
+    pub const OBSERVED: u8 = 1 << 5;
+    pub const HOUR: u8 = 1 << 6;
+    pub const ALL: u8 = u8::MAX;
+}
+
 /// A detector: shown moments, it pushes findings to `out`.
 pub trait Detector: Send {
     fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>);
+
+    /// The kinds of moment it acts on ([`moments`] bits); it is not shown the others.
+    /// Every flow is three or four moments and most detectors act on one or two of them:
+    /// a call to say nothing, per detector and moment, was a tenth of the flow's end.
+    fn moments(&self) -> u8 {
+        moments::ALL
+    }
 
     /// Entries its bounded state dropped at a limit, by structure (for the metrics).
     fn evictions(&self) -> Vec<(&'static str, u64)> {
@@ -265,9 +311,11 @@ pub struct Detectors {
     list: Vec<Box<dyn Detector>>,
     /// Each one's entry in [`DETECTORS`].
     registered: Vec<&'static Registered>,
-    /// Those that track remote-desktop sessions, found once: every moment goes to every
-    /// detector, and asking all the others each time was a call per pair of detectors.
-    with_sessions: Vec<usize>,
+    /// Each one's [`Detector::moments`].
+    moments: Vec<u8>,
+    /// For each, the first other detector that tracks remote-desktop sessions, found
+    /// once: asking all the others at every moment was a call per pair of detectors.
+    sessions_from: Vec<Option<usize>>,
 }
 
 impl Detectors {
@@ -275,13 +323,17 @@ impl Detectors {
         let registered: Vec<&'static Registered> =
             DETECTORS.iter().filter(|d| d.stage == stage).collect();
         let list: Vec<Box<dyn Detector>> = registered.iter().map(|d| (d.new)(config)).collect();
-        let with_sessions = (0..list.len())
+        let with_sessions: Vec<usize> = (0..list.len())
             .filter(|&i| list[i].sessions().is_some())
             .collect();
+        let sessions_from = (0..list.len())
+            .map(|i| with_sessions.iter().copied().find(|&j| j != i))
+            .collect();
         Detectors {
+            moments: list.iter().map(|d| d.moments()).collect(),
             list,
             registered,
-            with_sessions,
+            sessions_from,
         }
     }
 
@@ -315,17 +367,21 @@ impl Detectors {
         Ok(())
     }
 
-    /// Shows every detector `moment`, in list order, with the sessions of the first other
-    /// detector that tracks them.
+    /// Shows `moment` to every detector that acts on its kind, in list order, with the
+    /// sessions of the first other detector that tracks them.
     pub fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>) {
+        let kind = moment.kind();
         for i in 0..self.list.len() {
+            if self.moments[i] & kind == 0 {
+                continue;
+            }
             let (before, rest) = self.list.split_at_mut(i);
             let Some((current, after)) = rest.split_first_mut() else {
                 break;
             };
-            let sessions = match self.with_sessions.iter().find(|&&j| j != i) {
-                Some(&j) if j < i => before[j].sessions(),
-                Some(&j) => after[j - i - 1].sessions(),
+            let sessions = match self.sessions_from[i] {
+                Some(j) if j < i => before[j].sessions(),
+                Some(j) => after[j - i - 1].sessions(),
                 None => None,
             };
             let scope = Scope { sessions, ..*scope };

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use crate::app::App;
-use crate::detect::{Detector, Moment, Reason, Registered, Stage};
+use crate::detect::{Detector, Moment, Reason, Registered, Stage, moments};
 use crate::dissect::identify::{Details, Evidence};
 use crate::event::{Event, Kind, Severity};
 use crate::flows::{Flow, FlowKey, FlowTable};
@@ -227,13 +227,17 @@ impl Detector for RelayService {
             return;
         };
         match *moment {
-            Moment::Identified { key, flow, ts } => {
+            Moment::Identified { key, flow, ts, .. } => {
                 self.on_identified(scope, key, flow, ts, rd, out)
             }
             Moment::Tick { now, flows } => self.on_tick(scope, now, flows, rd, out),
             Moment::Ended { flow, .. } => self.on_end(flow),
             _ => {}
         }
+    }
+
+    fn moments(&self) -> u8 {
+        moments::IDENTIFIED | moments::TICK | moments::ENDED
     }
 
     fn evictions(&self) -> Vec<(&'static str, u64)> {
@@ -314,7 +318,7 @@ mod tests {
         // A remote-desktop flow at the same host starts: the TURN flow is its relay.
         let rdp = wire.udp(T0 + 2 * SEC, "10.8.0.19:50200", "192.0.2.75:3389", 40);
         label(&mut wire, &rdp, App::Rdp, Details::default());
-        rd.on_identified(&scope, &rdp, wire.table.get(&rdp).unwrap());
+        rd.on_identified(&scope, &rdp, None, wire.table.get(&rdp).unwrap());
         rs.on_tick(&scope, Timestamp(T0 + 3 * SEC), &wire.table, &rd, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].evidence["via"], "turn");

@@ -37,11 +37,11 @@ use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
 use crate::app::App;
-use crate::detect::{Detector, Moment, Reason, Registered, Stage};
+use crate::detect::{Detector, Moment, Reason, Registered, Stage, moments};
 use crate::dissect::identify::Details;
 use crate::event::{Event, FlowRef, Kind, Role, SessionEvidence, Severity, Via};
 use crate::flows::flow::{ORIG, RESP};
-use crate::flows::{Flow, FlowKey, FlowTable, humantime_serde};
+use crate::flows::{Flow, FlowKey, FlowTable, Handle, humantime_serde};
 use crate::timestamp::Timestamp;
 
 use super::Scope;
@@ -195,6 +195,9 @@ impl Figures {
 /// One flow of a session while it is in the table.
 #[derive(Clone, Debug)]
 struct Member {
+    /// Where the flow sat in the table when it was identified: each second's refresh finds
+    /// it there, not by its key, while that holds.
+    at: Option<Handle>,
     host_is_orig: bool,
     flow: FlowRef,
     peer: IpAddr,
@@ -343,7 +346,13 @@ impl RemoteDesktop {
             .map(|((_, app), _)| *app)
     }
 
-    pub fn on_identified(&mut self, scope: &Scope<'_>, key: &FlowKey, flow: &Flow) {
+    pub fn on_identified(
+        &mut self,
+        scope: &Scope<'_>,
+        key: &FlowKey,
+        at: Option<Handle>,
+        flow: &Flow,
+    ) {
         if flow.app == Some(App::Stun)
             && let Some((host, _)) = inside_end(scope, flow)
             && flow.details.as_deref().is_some_and(Details::turn_relayed)
@@ -369,6 +378,7 @@ impl RemoteDesktop {
         };
         let details = flow.details.as_deref();
         let mut member = Member {
+            at,
             host_is_orig,
             flow: flow_ref(flow),
             peer,
@@ -433,7 +443,7 @@ impl RemoteDesktop {
         self.sessions.retain(|_, s| {
             let mut latest = s.last_data;
             for (key, m) in s.live.iter_mut() {
-                if let Some(f) = flows.get(key) {
+                if let Some(f) = super::find(flows, m.at, key) {
                     m.refresh(f);
                 }
                 latest = latest.max(m.last_data);
@@ -753,11 +763,17 @@ pub const REGISTERED: Registered = Registered {
 impl Detector for RemoteDesktop {
     fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>) {
         match *moment {
-            Moment::Identified { key, flow, .. } => self.on_identified(scope, key, flow),
+            Moment::Identified { key, at, flow, .. } => {
+                self.on_identified(scope, key, Some(at), flow)
+            }
             Moment::Tick { now, flows } => self.on_tick(scope, now, flows, out),
             Moment::Ended { flow, .. } => self.on_end(scope, flow),
             _ => {}
         }
+    }
+
+    fn moments(&self) -> u8 {
+        moments::IDENTIFIED | moments::TICK | moments::ENDED
     }
 
     fn evictions(&self) -> Vec<(&'static str, u64)> {
@@ -843,7 +859,7 @@ mod tests {
             if identified.insert(key) {
                 let f = wire.table.get_mut(&key).unwrap();
                 f.app = Some(App::Rdp);
-                rd.on_identified(&scope, &key, wire.table.get(&key).unwrap());
+                rd.on_identified(&scope, &key, None, wire.table.get(&key).unwrap());
             }
             rd.on_tick(&scope, Timestamp(t + SEC), &wire.table, &mut out);
         }
@@ -886,7 +902,7 @@ mod tests {
             let key = wire.udp(t, "192.0.2.70:50000", "10.8.0.12:3389", 40);
             if minute == 0 {
                 wire.table.get_mut(&key).unwrap().app = Some(App::Rdp);
-                rd.on_identified(&scope, &key, wire.table.get(&key).unwrap());
+                rd.on_identified(&scope, &key, None, wire.table.get(&key).unwrap());
             }
             rd.on_tick(&scope, Timestamp(t + SEC), &wire.table, &mut out);
         }
@@ -907,7 +923,7 @@ mod tests {
             let key = wire.udp(t, "10.20.0.5:50000", "10.20.0.9:3389", 40);
             if minute == 0 {
                 wire.table.get_mut(&key).unwrap().app = Some(App::Rdp);
-                rd.on_identified(&scope, &key, wire.table.get(&key).unwrap());
+                rd.on_identified(&scope, &key, None, wire.table.get(&key).unwrap());
             }
             rd.on_tick(&scope, Timestamp(t + SEC), &wire.table, &mut out);
         }
@@ -929,13 +945,13 @@ mod tests {
         let f = wire.table.get_mut(&stun).unwrap();
         f.app = Some(App::Stun);
         f.details = Some(Box::new(turn_details()));
-        rd.on_identified(&scope, &stun, wire.table.get(&stun).unwrap());
+        rd.on_identified(&scope, &stun, None, wire.table.get(&stun).unwrap());
         for minute in 0..16 {
             let t = T0 + 10 * SEC + minute * MIN;
             let key = wire.udp(t, "10.8.0.19:50200", "192.0.2.75:443", 40);
             if minute == 0 {
                 wire.table.get_mut(&key).unwrap().app = Some(App::ChromeRemoteDesktop);
-                rd.on_identified(&scope, &key, wire.table.get(&key).unwrap());
+                rd.on_identified(&scope, &key, None, wire.table.get(&key).unwrap());
             }
             rd.on_tick(&scope, Timestamp(t + SEC), &wire.table, &mut out);
         }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::decode::Proto;
-use crate::detect::{Detector, Moment, Reason, Registered, Stage};
+use crate::detect::{Detector, Moment, Reason, Registered, Stage, moments};
 use crate::event::{Event, Kind, Severity};
 use crate::flows::flow::{ORIG, RESP};
 use crate::flows::{Flow, humantime_serde};
@@ -282,6 +282,10 @@ impl Detector for ReverseSession {
             Moment::Ended { flow, .. } => self.on_end(flow),
             _ => {}
         }
+    }
+
+    fn moments(&self) -> u8 {
+        moments::RESUMED | moments::ENDED
     }
 
     fn evictions(&self) -> Vec<(&'static str, u64)> {

@@ -53,14 +53,14 @@ use serde::Deserialize;
 
 use crate::app::App;
 use crate::decode::Proto;
-use crate::detect::{Detector, Moment, Reason, Registered, Stage};
+use crate::detect::{Detector, Moment, Reason, Registered, Stage, moments};
 use crate::event::{Event, Kind, Leg, RttSplitEvidence, Severity};
 use crate::flows::flow::{ORIG, RESP};
-use crate::flows::{Flow, FlowKey, FlowTable, humantime_serde};
+use crate::flows::{Flow, FlowKey, FlowTable, Handle, humantime_serde};
 use crate::timestamp::Timestamp;
 
-use super::Scope;
 use super::remote_desktop::{flow_ref, is_account_host, round2, with_place};
+use super::{Scope, find};
 
 /// `[detect.rtt_split]`.
 #[derive(Clone, Debug, Deserialize)]
@@ -231,8 +231,8 @@ const SAMPLES: usize = 16;
 pub struct RttSplit {
     config: RttSplitConfig,
     /// Flows identified before the client's second flight, by identification time, with
-    /// their start sequence numbers.
-    pending: VecDeque<(Timestamp, FlowKey, u64)>,
+    /// their start sequence numbers and where they sat in the table then.
+    pending: VecDeque<(Timestamp, FlowKey, u64, Option<Handle>)>,
     /// B-trees, though nothing walks them in order: hash tables cut a few hundred
     /// instructions per timed flow but held ~10 MB more at the office mix's peak. Waiting
     /// flows by start sequence number, not key: every flow's end asks, and a number
@@ -272,6 +272,7 @@ impl RttSplit {
         &mut self,
         scope: &Scope<'_>,
         key: &FlowKey,
+        at: Option<Handle>,
         flow: &Flow,
         ts: Timestamp,
         out: &mut Vec<Event>,
@@ -284,12 +285,12 @@ impl RttSplit {
             return;
         }
         if self.waiting.len() >= self.config.max_pending
-            && let Some((_, _, old)) = self.pending.pop_front()
+            && let Some((_, _, old, _)) = self.pending.pop_front()
             && self.waiting.remove(&old)
         {
             self.evicted += 1;
         }
-        self.pending.push_back((ts, *key, flow.seq));
+        self.pending.push_back((ts, *key, flow.seq, at));
         self.waiting.insert(flow.seq);
     }
 
@@ -302,11 +303,11 @@ impl RttSplit {
     ) {
         // Kept in place, in order: a queue taken out for the walk, not a new one each second.
         let mut pending = std::mem::take(&mut self.pending);
-        pending.retain(|&(since, key, seq)| {
+        pending.retain(|&(since, key, seq, at)| {
             if !self.waiting.contains(&seq) {
                 return false;
             }
-            match flows.get(&key).filter(|f| f.seq == seq) {
+            match find(flows, at, &key).filter(|f| f.seq == seq) {
                 Some(f)
                     if f.tcp.orig_second_flight().is_some()
                         || now.since(since) >= self.config.wait =>
@@ -485,11 +486,17 @@ pub const REGISTERED: Registered = Registered {
 impl Detector for RttSplit {
     fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>) {
         match *moment {
-            Moment::Identified { key, flow, ts } => self.on_identified(scope, key, flow, ts, out),
+            Moment::Identified { key, at, flow, ts } => {
+                self.on_identified(scope, key, Some(at), flow, ts, out)
+            }
             Moment::Tick { now, flows } => self.on_tick(scope, now, flows, out),
             Moment::Ended { flow, ts } => self.on_end(scope, flow, ts, out),
             _ => {}
         }
+    }
+
+    fn moments(&self) -> u8 {
+        moments::IDENTIFIED | moments::TICK | moments::ENDED
     }
 
     fn evictions(&self) -> Vec<(&'static str, u64)> {
@@ -547,7 +554,14 @@ mod tests {
         let mut r = RttSplit::new(&RttSplitConfig::default());
         let mut out = Vec::new();
         let flow = wire.table.get(key).unwrap();
-        r.on_identified(&world.scope(), key, flow, Timestamp(T0 + SEC), &mut out);
+        r.on_identified(
+            &world.scope(),
+            key,
+            None,
+            flow,
+            Timestamp(T0 + SEC),
+            &mut out,
+        );
         out
     }
 
@@ -563,7 +577,14 @@ mod tests {
             let c = format!("10.8.0.18:{}", 50000 + i);
             let key = opening_at(&mut wire, t0, &c, 10 * MS, 10 * MS, 12 * MS, *second, *cert);
             let flow = wire.table.get(&key).unwrap();
-            r.on_identified(&world.scope(), &key, flow, Timestamp(t0 + SEC), &mut out);
+            r.on_identified(
+                &world.scope(),
+                &key,
+                None,
+                flow,
+                Timestamp(t0 + SEC),
+                &mut out,
+            );
         }
         out
     }
@@ -652,7 +673,14 @@ mod tests {
             let c = format!("10.8.0.{}:50000", 20 + i);
             let key = opening_at(&mut wire, T0, &c, 10 * MS, 10 * MS, 12 * MS, 12 * MS, false);
             let flow = wire.table.get(&key).unwrap();
-            r.on_identified(&world.scope(), &key, flow, Timestamp(T0 + SEC), &mut out);
+            r.on_identified(
+                &world.scope(),
+                &key,
+                None,
+                flow,
+                Timestamp(T0 + SEC),
+                &mut out,
+            );
         }
         // Each connection is a candidate on each side: six, two kept.
         assert_eq!(r.relays.len(), 2);
@@ -705,6 +733,7 @@ mod tests {
         r.on_identified(
             &scope,
             &key,
+            None,
             wire.table.get(&key).unwrap(),
             Timestamp(T0 + 33 * MS),
             &mut out,

@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::app::App;
-use crate::detect::{Detector, Moment, Reason, Registered, Stage};
+use crate::detect::{Detector, Moment, Reason, Registered, Stage, moments};
 use crate::dissect::identify::Protocol;
 use crate::event::{Event, Kind, Severity};
 use crate::flows::Flow;
@@ -163,6 +163,10 @@ impl Detector for Tunnel {
         if let Moment::Identified { flow, ts, .. } = *moment {
             self.on_identified(scope, flow, ts, out);
         }
+    }
+
+    fn moments(&self) -> u8 {
+        moments::IDENTIFIED
     }
 
     fn evictions(&self) -> Vec<(&'static str, u64)> {

@@ -382,8 +382,14 @@ impl NameCache {
             }
             cnames.reverse();
             let ttl = Duration::from_secs(u64::from(ttl)).clamp(MIN_TTL, MAX_TTL);
+            // An address answered again under the same name (the usual case) keeps the
+            // tool matched the first time.
+            let tool = match self.entries.get(&addr) {
+                Some(e) if e.name == name => e.tool,
+                _ => tools::match_name(NameKind::DnsName, name),
+            };
             let entry = CacheEntry {
-                tool: tools::match_name(NameKind::DnsName, name),
+                tool,
                 name: name.to_string(),
                 cnames,
                 expires: now.plus(ttl),
@@ -854,6 +860,7 @@ pub(crate) mod tests {
             tls: std::cell::Cell::new(None),
             http: std::cell::Cell::new(None),
             ja4: None,
+            certs: None,
             dns_answer: None,
             dns: None,
         }

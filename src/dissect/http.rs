@@ -37,8 +37,8 @@ pub struct Response {
 /// Parses the request head at the start of a client's byte stream.
 pub fn parse_request(stream: &[u8]) -> Result<Request> {
     check_method_prefix(stream)?;
-    let (start, headers) = head(stream)?;
-    let mut parts = start.split(|&b| b == b' ');
+    let head = head(stream)?;
+    let mut parts = head.start.split(|&b| b == b' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -51,20 +51,32 @@ pub fn parse_request(stream: &[u8]) -> Result<Request> {
         method: wire_string(method),
         target: wire_string(target),
         version: wire_string(version),
-        host: header(&headers, b"host"),
-        user_agent: header(&headers, b"user-agent"),
+        host: head.header(b"host"),
+        user_agent: head.header(b"user-agent"),
     })
 }
 
 /// Parses the response head at the start of a server's byte stream.
 pub fn parse_response(stream: &[u8]) -> Result<Response> {
+    let (version, status, head) = response_head(stream)?;
+    Ok(Response {
+        version: wire_string(version),
+        status,
+        server: head.header(b"server"),
+    })
+}
+
+/// The version and status code of the response head at the start of a server's byte
+/// stream, and the head: what [`parse_response`] reads, no string of it copied (a probe
+/// wants only the status).
+fn response_head(stream: &[u8]) -> Result<(&[u8], u16, Head<'_>)> {
     const PREFIX: &[u8] = b"HTTP/";
     let n = stream.len().min(PREFIX.len());
     if stream[..n] != PREFIX[..n] {
         return Err(Error::Invalid("not an HTTP status line"));
     }
-    let (start, headers) = head(stream)?;
-    let mut parts = start.splitn(3, |&b| b == b' ');
+    let head = head(stream)?;
+    let mut parts = head.start.splitn(3, |&b| b == b' ');
     let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
         return Err(Error::Invalid("HTTP status line is too short"));
     };
@@ -78,11 +90,7 @@ pub fn parse_response(stream: &[u8]) -> Result<Response> {
     if !is_version(version) {
         return Err(Error::Invalid("HTTP version malformed"));
     }
-    Ok(Response {
-        version: wire_string(version),
-        status,
-        server: header(&headers, b"server"),
-    })
+    Ok((version, status, head))
 }
 
 /// Rejects non-HTTP clients from their first bytes: a method is a token (RFC 9110 §9.1,
@@ -107,14 +115,34 @@ fn is_version(v: &[u8]) -> bool {
         if major.is_ascii_digit() && minor.is_ascii_digit())
 }
 
-/// A header field's name and value (RFC 9112 §5).
-type Field<'a> = (&'a [u8], &'a [u8]);
+/// A message head (RFC 9112 §2.1): its start line, and its header section up to the empty
+/// line, every field in it checked to have a name. Read in place: the lines and fields
+/// are walked again where asked for, not collected.
+struct Head<'a> {
+    start: &'a [u8],
+    /// The header lines, each ending in its LF.
+    section: &'a [u8],
+}
 
-/// Splits a message head into its start line and header fields (RFC 9112 §2.1). Lines end
-/// in CRLF; a bare LF is accepted as §2.2 allows. `Incomplete` until the empty line.
-fn head(stream: &[u8]) -> Result<(&[u8], Vec<Field<'_>>)> {
+/// The lines of `bytes` that end in LF, without their line ending (CRLF, or a bare LF as
+/// §2.2 allows).
+fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        let end = memchr::memchr(b'\n', rest)?;
+        let line = &rest[..end];
+        rest = &rest[end + 1..];
+        Some(line.strip_suffix(b"\r").unwrap_or(line))
+    })
+}
+
+/// Splits a message head into its start line and header section (RFC 9112 §2.1).
+/// `Incomplete` until the empty line.
+fn head(stream: &[u8]) -> Result<Head<'_>> {
     let window = stream.get(..MAX_HEAD).unwrap_or(stream);
-    let mut lines = Vec::new();
+    let mut start = None;
+    let mut section = 0..0;
+    let mut count = 0;
     let mut rest = window;
     loop {
         let Some(end) = memchr::memchr(b'\n', rest) else {
@@ -125,39 +153,56 @@ fn head(stream: &[u8]) -> Result<(&[u8], Vec<Field<'_>>)> {
             });
         };
         let line = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
+        let at = window.len() - rest.len();
         rest = &rest[end + 1..];
         if line.is_empty() {
+            section.end = at;
             break;
         }
-        lines.push(line);
-        if lines.len() > MAX_HEADERS + 1 {
+        count += 1;
+        if count == 1 {
+            start = Some(line);
+            section.start = window.len() - rest.len();
+        }
+        if count > MAX_HEADERS + 1 {
             return Err(Error::Invalid("too many HTTP header fields"));
         }
     }
-    let (&start, fields) = lines
-        .split_first()
-        .ok_or(Error::Invalid("HTTP head without a start line"))?;
-    let mut headers = Vec::new();
-    for line in fields {
-        // obs-fold continuation lines (§5.2) carry no field we read: skip them.
-        if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
-            continue;
+    let start = start.ok_or(Error::Invalid("HTTP head without a start line"))?;
+    let head = Head {
+        start,
+        section: &window[section],
+    };
+    for line in lines(head.section) {
+        if !is_continuation(line) && !line.contains(&b':') {
+            return Err(Error::Invalid("HTTP header field without a colon"));
         }
-        let colon = line
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or(Error::Invalid("HTTP header field without a colon"))?;
-        headers.push((&line[..colon], line[colon + 1..].trim_ascii()));
     }
-    Ok((start, headers))
+    Ok(head)
 }
 
-/// The first value of a header field, by case-insensitive name (RFC 9110 §5.1).
-fn header(headers: &[Field<'_>], name: &[u8]) -> Option<String> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| wire_string(v))
+/// An obs-fold continuation line (§5.2): it carries no field we read.
+fn is_continuation(line: &[u8]) -> bool {
+    line.first().is_some_and(|&b| b == b' ' || b == b'\t')
+}
+
+impl Head<'_> {
+    /// The header fields (RFC 9112 §5), as (name, value).
+    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        lines(self.section)
+            .filter(|line| !is_continuation(line))
+            .filter_map(|line| {
+                let colon = line.iter().position(|&b| b == b':')?;
+                Some((&line[..colon], line[colon + 1..].trim_ascii()))
+            })
+    }
+
+    /// The first value of a header field, by case-insensitive name (RFC 9110 §5.1).
+    fn header(&self, name: &[u8]) -> Option<String> {
+        self.fields()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| wire_string(v))
+    }
 }
 
 /// What a flow record says of an HTTP/1.x exchange.
@@ -204,7 +249,9 @@ pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
         && r.target == details.target
         && r.host == details.host
         && r.user_agent == details.user_agent));
-    details.status = parse_response(input.server).ok().map(|r| r.status);
+    details.status = response_head(input.server)
+        .ok()
+        .map(|(_, status, _)| status);
     // A vendor SSL-VPN's tunnel request, when the HTTP is in clear.
     id.app = Some(sslvpn::tunnel_request(c).unwrap_or(App::Http));
     let settled = details.status.is_some() || input.server_closed;
@@ -238,6 +285,23 @@ pub(crate) mod tests {
                 "{cut}"
             );
         }
+    }
+
+    #[test]
+    fn a_field_without_a_colon_is_refused_once_the_head_is_whole() {
+        let partial = b"GET / HTTP/1.1\r\nno colon here\r\n";
+        assert_eq!(parse_request(partial), Err(Error::Incomplete));
+        let whole = b"GET / HTTP/1.1\r\nno colon here\r\n\r\n";
+        assert_eq!(
+            parse_request(whole),
+            Err(Error::Invalid("HTTP header field without a colon"))
+        );
+        // A continuation line (obs-fold) is no field, colon or not; the first Host counts.
+        let folded = b"GET / HTTP/1.1\nHost: a.example\n  folded\nHOST: b.example\n\n";
+        assert_eq!(
+            parse_request(folded).unwrap().host.as_deref(),
+            Some("a.example")
+        );
     }
 
     #[test]

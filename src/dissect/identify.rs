@@ -59,6 +59,8 @@ pub struct Input<'a> {
     pub http: Cell<Option<Box<http::HttpDetails>>>,
     /// The worker's JA4 hashes already worked out (none: hashed every time).
     pub ja4: Option<&'a Ja4Memo>,
+    /// The worker's server certificates already read (none: read every time).
+    pub certs: Option<&'a tls::CertMemo>,
     /// The first server datagram as the name cache parsed it (`NameCache::parsed`), when
     /// it was the last response the worker read.
     pub dns_answer: Option<&'a dns::Message>,
@@ -473,6 +475,7 @@ mod tests {
             tls: Cell::new(None),
             http: Cell::new(None),
             ja4: None,
+            certs: None,
             dns_answer: None,
             dns: None,
         }

@@ -370,12 +370,20 @@ pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
     let Ok(initial) = parse_initial(first) else {
         return Probe::No;
     };
+    let version = initial.version;
     let cd = input.client_datagrams;
-    let initials: Vec<Initial> = cd.iter().filter_map(|d| parse_initial(d).ok()).collect();
+    // The first datagram is the client's first when the client has sent one: decrypted
+    // once, above, not again with the rest (each decryption derives its keys anew).
+    let initials: Vec<Initial> = match cd.split_first() {
+        Some((_, rest)) => std::iter::once(initial)
+            .chain(rest.iter().filter_map(|d| parse_initial(d).ok()))
+            .collect(),
+        None => Vec::new(),
+    };
     let hello = client_hello(&initials);
     id.app = Some(App::Quic);
     let mut d = QuicDetails {
-        version: initial.version,
+        version,
         ..QuicDetails::default()
     };
     let settled = hello.is_ok() || cd.len() >= 3;

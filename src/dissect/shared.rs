@@ -12,7 +12,7 @@ use hashbrown::HashTable;
 use super::identify::{Details, Protocol};
 use super::ja4::Memo as Ja4Memo;
 use super::ssh::SshDetails;
-use super::tls::TlsDetails;
+use super::tls::{CertMemo, TlsDetails};
 
 /// The details that describe software rather than a session, shared.
 #[derive(Default)]
@@ -21,6 +21,8 @@ pub struct SharedDetails {
     tls: Shared<TlsDetails>,
     /// JA4 hashes by the lists they hash: the fingerprints of the fleet's TLS clients.
     pub ja4: Ja4Memo,
+    /// The certificates of the fleet's TLS servers, read.
+    pub certs: CertMemo,
 }
 
 impl SharedDetails {

@@ -216,11 +216,12 @@ fn server_hello_in(flight: &Flight<'_>) -> Result<ServerHello> {
 /// resumed session (ChangeCipherSpec before any Certificate), an anonymous or PSK suite
 /// (ServerKeyExchange/ServerHelloDone first), an empty list, or an alert.
 pub fn parse_server_certificate(stream: &[u8]) -> Result<Option<Certificate>> {
-    certificate_in(&Flight::read(stream)?)
+    certificate_in(&Flight::read(stream)?, None)
 }
 
 /// [`parse_server_certificate`] of a flight already read.
-fn certificate_in(flight: &Flight<'_>) -> Result<Option<Certificate>> {
+/// Certificates already read are taken from `memo`.
+fn certificate_in(flight: &Flight<'_>, memo: Option<&CertMemo>) -> Result<Option<Certificate>> {
     let mut messages = Reader::new(&flight.bytes);
     let mut first = true;
     loop {
@@ -238,7 +239,7 @@ fn certificate_in(flight: &Flight<'_>) -> Result<Option<Certificate>> {
                     "first server handshake message is not a ServerHello",
                 ));
             }
-            handshake::CERTIFICATE => return leaf_certificate(body),
+            handshake::CERTIFICATE => return leaf_certificate(body, memo),
             handshake::SERVER_KEY_EXCHANGE | handshake::SERVER_HELLO_DONE => return Ok(None),
             _ => {}
         }
@@ -463,14 +464,56 @@ fn server_hello_fields(body: &[u8]) -> Result<ServerHello> {
 
 /// Certificate body (RFC 5246 §7.4.2): certificate_list<0..2^24-1> of ASN.1Cert<1..2^24-1>,
 /// the sender's own certificate first.
-fn leaf_certificate(body: &[u8]) -> Result<Option<Certificate>> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+fn leaf_certificate(body: &[u8], memo: Option<&CertMemo>) -> Result<Option<Certificate>> {
     let mut r = Reader::new(body);
     let mut list = Reader::new(overrun(r.vec24(), "Certificate list overruns the message")?);
     if list.remaining() == 0 {
         return Ok(None);
     }
     let der = overrun(list.vec24(), "certificate overruns the list")?;
+    match memo {
+        Some(memo) => memo.read(der),
+        None => read_certificate(der),
+    }
+    .map(Some)
+}
+
+/// Distinct certificates kept by a [`CertMemo`]: about a megabyte and a half of DER.
+pub const CERT_MEMO_ENTRIES: usize = 1024;
+
+/// Leaf certificates already read, by their DER bytes: a fleet's clients reach the same
+/// servers, which send the same certificates, and decoding one was most of the
+/// instructions of dissecting a TLS 1.2 flow. Bounded like the JA4 memo: past
+/// [`CERT_MEMO_ENTRIES`] a new certificate is only read, so nothing is lost or evicted.
+/// A worker's probes share one through [`Input`], which they read through `&`.
+#[derive(Default)]
+pub struct CertMemo {
+    known: std::cell::RefCell<CertsRead>,
+}
+
+/// Certificates by their DER bytes.
+type CertsRead = std::collections::HashMap<Box<[u8]>, Certificate, ahash::RandomState>;
+
+impl CertMemo {
+    /// [`read_certificate`] of `der`, from the memo when it was read before.
+    fn read(&self, der: &[u8]) -> Result<Certificate> {
+        let Ok(mut known) = self.known.try_borrow_mut() else {
+            return read_certificate(der);
+        };
+        if let Some(cert) = known.get(der) {
+            return Ok(cert.clone());
+        }
+        let cert = read_certificate(der)?;
+        if known.len() < CERT_MEMO_ENTRIES {
+            known.insert(der.into(), cert.clone());
+        }
+        Ok(cert)
+    }
+}
+
+/// What a flow record takes of a DER X.509 certificate.
+fn read_certificate(der: &[u8]) -> Result<Certificate> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let (_, cert) = X509Certificate::from_der(der)
         .map_err(|_| Error::Invalid("certificate is not DER X.509"))?;
     let subject = cert.subject();
@@ -485,13 +528,13 @@ fn leaf_certificate(body: &[u8]) -> Result<Option<Certificate>> {
             }
         }
     }
-    Ok(Some(Certificate {
+    Ok(Certificate {
         subject: wire_string(subject.to_string().as_bytes()),
         issuer: wire_string(cert.issuer().to_string().as_bytes()),
         subject_cn: first_value(subject.iter_common_name()),
         subject_org: first_value(subject.iter_organization()),
         san_dns,
-    }))
+    })
 }
 
 /// The first attribute value that is a string, e.g. the subject's CN.
@@ -582,7 +625,7 @@ pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
         d.cipher = Some(sh.cipher);
         d.server_alpn = sh.alpn.clone();
     }
-    let cert = flight.as_ref().map_err(|e| *e).and_then(certificate_in);
+    let cert = (flight.as_ref().map_err(|e| *e)).and_then(|f| certificate_in(f, input.certs));
     if let Ok(Some(cert)) = &cert {
         d.cert_subject = Some(cert.subject.clone());
         d.cert_issuer = Some(cert.issuer.clone());
@@ -869,6 +912,19 @@ pub(crate) mod tests {
         24aca51443327fceb9a2b2609f9b8c5b3189dbf5f9378145683ff6ceb86ea39e
         c1ec3a3216d11b00817d194a28e775974a60552d5e7b3a43f0a0821193a69223
         e5e7ccc98a37a4880e02fc16030300040e000000";
+
+    #[test]
+    fn the_memo_reads_a_certificate_as_a_first_reading_does() {
+        let flight = hex(TLS12_SERVER_FLIGHT);
+        let want = parse_server_certificate(&flight).unwrap();
+        assert!(want.is_some());
+        let memo = CertMemo::default();
+        let read = Flight::read(&flight).unwrap();
+        for _ in 0..2 {
+            assert_eq!(certificate_in(&read, Some(&memo)), Ok(want.clone()));
+        }
+        assert_eq!(memo.known.borrow().len(), 1);
+    }
 
     #[test]
     fn tls12_server_flight_certificate() {

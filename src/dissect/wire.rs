@@ -9,7 +9,13 @@ pub(crate) const MAX_STRING: usize = 256;
 /// A string from the wire: lossily decoded UTF-8, cut to `MAX_STRING` bytes on a character
 /// boundary, so a hostile peer cannot make records huge or invalid.
 pub(crate) fn wire_string(bytes: &[u8]) -> String {
-    let mut s = String::from_utf8_lossy(bytes.get(..MAX_STRING * 3).unwrap_or(bytes)).into_owned();
+    let bytes = bytes.get(..MAX_STRING * 3).unwrap_or(bytes);
+    // Valid UTF-8 (nearly every name) is checked by the fast validator and copied once;
+    // the lossy decoder, which walks chunk by chunk, only replaces what is not.
+    let mut s = match std::str::from_utf8(bytes) {
+        Ok(valid) => valid.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    };
     if s.len() > MAX_STRING {
         let mut cut = MAX_STRING;
         while !s.is_char_boundary(cut) {

@@ -230,14 +230,23 @@ struct RecordLocation {
 }
 
 /// Country centroids: (lat, lon, radius_km).
-type Centroids = HashMap<String, (f64, f64, f64)>;
+/// By the code's two bytes, hashed with aHash: every address a database places is given
+/// its country's centroid when no city is known, and hashing a `String` key with SipHash
+/// was most of that.
+type Centroids = HashMap<[u8; 2], (f64, f64, f64), ahash::RandomState>;
+
+/// The centroid row of the country `cc`, matched exactly (`"us"` is no country).
+fn centroid_of(cc: &str) -> Option<&'static (f64, f64, f64)> {
+    let code: [u8; 2] = cc.as_bytes().try_into().ok()?;
+    CENTROID_TABLE.get(&code)
+}
 
 static CENTROID_TABLE: LazyLock<Centroids> = LazyLock::new(|| parse_centroids(CENTROIDS));
 
 /// Whether `cc` is an ISO 3166-1 alpha-2 country code (the 249 assigned codes plus XK,
 /// Kosovo's user-assigned code, as listed in `geoip/country-centroids.csv`).
 pub fn is_country(cc: &str) -> bool {
-    CENTROID_TABLE.contains_key(cc)
+    centroid_of(cc).is_some()
 }
 
 /// A map of at most `capacity` entries: at the limit the oldest entry goes first (FIFO),
@@ -474,14 +483,12 @@ impl Geo {
 
     /// The country's representative point with a radius that covers its mainland.
     pub fn centroid(&self, country: &str) -> Option<Location> {
-        CENTROID_TABLE
-            .get(country)
-            .map(|&(lat, lon, radius_km)| Location {
-                lat,
-                lon,
-                radius_km,
-                source: LocationSource::CountryCentroid,
-            })
+        centroid_of(country).map(|&(lat, lon, radius_km)| Location {
+            lat,
+            lon,
+            radius_km,
+            source: LocationSource::CountryCentroid,
+        })
     }
 
     /// Whether the ASN is a hosting, VPN or proxy network (shipped list plus config).
@@ -606,7 +613,7 @@ fn parse_centroids(text: &str) -> Centroids {
         .skip(1)
         .filter_map(|line| {
             let mut cols = line.splitn(5, ',');
-            let cc = cols.next()?.to_string();
+            let cc = cols.next()?.as_bytes().try_into().ok()?;
             let lat = cols.next()?.parse().ok()?;
             let lon = cols.next()?.parse().ok()?;
             let r = cols.next()?.parse().ok()?;
@@ -771,7 +778,7 @@ mod tests {
     #[test]
     fn neighbouring_countries_overlap() {
         let at = |cc: &str| {
-            let (lat, lon, radius_km) = CENTROID_TABLE[cc];
+            let (lat, lon, radius_km) = *centroid_of(cc).unwrap();
             Location {
                 lat,
                 lon,
@@ -789,7 +796,7 @@ mod tests {
     fn centroid_table_covers_countries() {
         let c = parse_centroids(CENTROIDS);
         assert!(c.len() > 240);
-        let (lat, lon, r) = c["DE"];
+        let (lat, lon, r) = c[b"DE"];
         assert_eq!((lat, lon, r), (51.0, 9.0, 490.0));
     }
 }
