@@ -24,12 +24,13 @@ use crate::dissect::shared::SharedDetails;
 use crate::event::Event;
 use crate::flows::flow::{MID_STREAM, ORIG, RESP};
 use crate::flows::latency::Latency;
-use crate::flows::record::{FlowRecord, prefetch};
+use crate::flows::record::FlowRecord;
 use crate::flows::{EndReason, Flow, FlowEvent, FlowKey, FlowTable, INITIAL_FLOWS};
 use crate::geo::Geo;
 use crate::identity::{Identity, SessionStatus};
 use crate::metrics::Stats;
 use crate::observation::Observation;
+use crate::prefetch;
 use crate::source::Packet;
 use crate::timestamp::Timestamp;
 
@@ -617,16 +618,16 @@ impl FlowWorker {
 /// in the cache instead of stalling on each in turn.
 fn prefetch_ahead(next: &[Box<Flow>]) {
     if let Some(flow) = next.get(2) {
-        prefetch::<Flow>(flow);
+        prefetch::value::<Flow>(flow);
     }
     if let Some(details) = next.get(1).and_then(|f| f.details.as_deref()) {
-        prefetch(details);
+        prefetch::value(details);
     }
     let tls = next
         .first()
         .and_then(|f| f.details.as_ref()?.tls.as_deref());
     if let Some(tls) = tls {
-        prefetch(tls);
+        prefetch::value(tls);
     }
 }
 

@@ -27,6 +27,7 @@ pub mod live;
 pub mod mapped;
 pub mod metrics;
 pub mod observation;
+pub mod prefetch;
 pub mod publish;
 pub mod replay;
 pub mod report;

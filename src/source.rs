@@ -610,9 +610,7 @@ impl FileReader {
                     // time a mapped file's reading took. Three lines: a tunnelled packet's
                     // TCP options lie past the second (the decoder waited there for them).
                     let next = data.get(len..).unwrap_or_default();
-                    prefetch(next);
-                    prefetch(next.get(64..).unwrap_or_default());
-                    prefetch(next.get(128..).unwrap_or_default());
+                    crate::prefetch::bytes(next, 3);
                     let ts = f.ts.unwrap_or(self.last_ts);
                     // The frame's bytes lie inside the data the record came from.
                     let start = self.input.start + (f.data.as_ptr() as usize - base);
@@ -708,18 +706,6 @@ impl FileReader {
             gz: self.gz,
             what,
         }
-    }
-}
-
-/// Asks the CPU to bring the first bytes of `bytes` into its cache, without waiting.
-#[inline]
-pub fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(first) = bytes.first() {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: a prefetch reads nothing the program sees and never faults; the address
-        // is a byte of a live slice.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(first).cast()) };
     }
 }
 

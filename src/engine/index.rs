@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use crate::config::NetworkConfig;
 use crate::mapped::Shared;
-use crate::source::{LinkType, Packet, Replay, Spot, prefetch};
+use crate::prefetch;
+use crate::source::{LinkType, Packet, Replay, Spot};
 use crate::timestamp::Timestamp;
 
 use super::{Clock, PARTITIONS, place_of};
@@ -229,8 +230,7 @@ impl Index {
                     && mine(ahead)
                     && let Some(pkt) = self.packet(ahead)
                 {
-                    prefetch(pkt.data);
-                    prefetch(pkt.data.get(64..).unwrap_or_default());
+                    prefetch::bytes(pkt.data, 2);
                 }
                 let Some(pkt) = self.packet(e) else {
                     // Counted once: by its walker, or by walker 0 when every walker sees it.

@@ -251,10 +251,10 @@ impl FlowRecord {
     /// they arrive while the fields before them are written, instead of stalling each.
     fn prefetch_text(&self) {
         for s in [&self.sni, &self.ja4, &self.dns_name].into_iter().flatten() {
-            crate::source::prefetch(s.as_bytes());
+            crate::prefetch::bytes(s.as_bytes(), 1);
         }
         if let Some(tls) = &self.tls {
-            prefetch(&**tls);
+            crate::prefetch::value(&**tls);
         }
     }
 
@@ -263,7 +263,7 @@ impl FlowRecord {
     fn prefetch_tls_text(&self) {
         let Some(tls) = &self.tls else { return };
         for s in [&tls.sni, &tls.ja4].into_iter().flatten() {
-            crate::source::prefetch(s.as_bytes());
+            crate::prefetch::bytes(s.as_bytes(), 1);
         }
     }
 
@@ -299,21 +299,6 @@ impl FlowRecord {
         present!(o, self: latency_floor_ms, outside_rtt);
         o.end();
         Ok(())
-    }
-}
-
-/// Asks the CPU to bring `value` into its cache, without waiting: for what is read soon
-/// and has likely gone cold (a flow at the end of the input, a record's details).
-pub fn prefetch<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let at = std::ptr::from_ref(value).cast::<i8>();
-        for line in 0..std::mem::size_of::<T>().div_ceil(64) {
-            // SAFETY: a prefetch reads nothing the program sees and never faults; the
-            // addresses are within `value`.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line * 64)) };
-        }
     }
 }
 
