@@ -17,6 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 
+/// Mapped at once when a file is mapped: the reader's first window, up to its first
+/// hand-back (which maps the next).
+const FIRST: usize = 4 << 20;
+
 /// A mapping shared by the reader and the batches that point into it.
 pub type Shared = Arc<Mapping>;
 
@@ -54,15 +58,31 @@ impl Mapping {
             .into_bytes()
             .into_boxed_slice();
         let slot = register(map.as_ptr() as usize, map.len(), &line)?;
-        Some(Mapping {
+        let mapping = Mapping {
             map,
             slot,
             _line: line,
-        })
+        };
+        mapping.populate(0..FIRST);
+        Some(mapping)
     }
 
     pub fn bytes(&self) -> &[u8] {
         &self.map
+    }
+
+    /// Maps the pages of `range` (clamped to the file) in one call, ahead of the reader:
+    /// touched one by one, each 64 KiB would stall on a page fault (software prefetches
+    /// are dropped on unmapped pages). A kernel without MADV_POPULATE_READ (before 5.14)
+    /// refuses it and the pages fault in as they are touched; a file that shrank fails
+    /// here without a signal and faults (SIGBUS) where it is read.
+    pub fn populate(&self, range: std::ops::Range<usize>) {
+        let end = range.end.min(self.map.len());
+        if let Some(len) = end.checked_sub(range.start).filter(|&len| len > 0) {
+            let _ = self
+                .map
+                .advise_range(Advice::PopulateRead, range.start, len);
+        }
     }
 
     /// Hands the pages of `range` back (file pages stay in the page cache; a later read of
@@ -280,6 +300,10 @@ mod tests {
         assert!(owner_of(start + 10_000).is_none());
         // Dropped pages read the same bytes again.
         map.drop_range(0..8192);
+        assert_eq!(map.bytes(), &[7u8; 10_000][..]);
+        // Populating is clamped to the file, past its end included.
+        map.populate(4096..usize::MAX);
+        map.populate(20_000..30_000);
         assert_eq!(map.bytes(), &[7u8; 10_000][..]);
         let slot = map.slot;
         drop(map);

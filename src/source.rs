@@ -291,8 +291,9 @@ enum Bytes {
 }
 
 /// Mapped files: the reader hands back the pages this far behind it, this many bytes at
-/// a time, so that a file read front to back keeps a few MiB resident, not all of it
-/// (one worker reads each packet before the next is parsed).
+/// a time, and maps as many ahead of it, so that a file read front to back keeps a few
+/// MiB resident, not all of it (one worker reads each packet before the next is parsed).
+/// Windows of 1 and 2 MiB cost the same CPU; 4 MiB cost more.
 const KEEP_BEHIND: usize = 2 << 20;
 const DROP_EVERY: usize = 2 << 20;
 /// Pages are handed back whole: a page partly before an offset is still needed.
@@ -342,6 +343,9 @@ impl Buffered {
             map.drop_range(self.dropped..to);
             let again = |at: usize| at.saturating_sub(DROP_AGAIN - KEEP_BEHIND);
             map.drop_range(again(self.dropped)..again(to));
+            // The pages up to the next hand-back, in one call rather than a fault each
+            // 64 KiB (real mix, 1 worker: 9,400 page faults -> 950).
+            map.populate(self.start..self.start + DROP_EVERY);
         }
         self.dropped = to;
         self.drop_at = self.start + DROP_EVERY;
