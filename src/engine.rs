@@ -35,7 +35,7 @@ use crate::timestamp::Timestamp;
 
 mod index;
 
-use index::{CHUNK, Index};
+use index::{CHUNK, Index, Step};
 
 /// Fragmented datagrams the reader follows at once, and how long one may wait for its next
 /// piece: as the workers' reassembly (`flow_stage.rs`).
@@ -1022,9 +1022,9 @@ fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> Fl
     worker
 }
 
-/// Packets a walker works on between hand-ons of its items (its own, and those every
-/// walker sees): each may wake the account stage's thread, and a walker has items for a
-/// few of them.
+/// Records of the input a walker passes between hand-ons of its items (checked at the
+/// end of each chunk of the index): each may wake the account stage's thread, and a
+/// walker has items for a few of them.
 const HAND_EVERY: u64 = 4096;
 
 /// A worker's walk of a mapped replay.
@@ -1059,8 +1059,22 @@ fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board:
         mut router,
         back,
     } = walk;
-    let mut walked = 0u64;
-    let through = input.follow(index, |pkt, partition, (now, start, tick)| {
+    let mut passed = 0u64;
+    let through = input.follow(index, |step| {
+        let (pkt, partition, (now, start, tick)) = match step {
+            Step::Packet(pkt, partition, clock) => (pkt, partition, clock),
+            // Handed on by records passed, not packets seen: a walker with few packets of
+            // its own still says how far it got, or the account stage would hold every
+            // item of the others until the end.
+            Step::Passed { records, now } => {
+                passed += records;
+                if passed < HAND_EVERY {
+                    return true;
+                }
+                passed = 0;
+                return lanes.hand(index, worker, now);
+            }
+        };
         let task = &mut |to: To, task: Task<'_>| {
             if to.includes(index) {
                 perform(index, worker, task, now, &[], board);
@@ -1073,8 +1087,7 @@ fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board:
         if tick && index == 0 && board.is_watched() {
             board.put_reader(&router.routes);
         }
-        walked += 1;
-        !walked.is_multiple_of(HAND_EVERY) || lanes.hand(index, worker, now)
+        true
     });
     if !through {
         return;

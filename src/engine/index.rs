@@ -100,12 +100,26 @@ struct Chunk {
     lists: Vec<Vec<Indexed>>,
     /// How many records it holds.
     records: u64,
+    /// The packet clock at its last record.
+    now: Timestamp,
     /// The input ends with this chunk.
     last: bool,
     /// Bytes of input read once it was indexed (for progress).
     consumed: u64,
     /// How far each file was read once it was indexed: no later chunk reads before.
     read_to: Vec<usize>,
+}
+
+/// What a walker meets as it follows the index ([`Index::follow`]).
+pub enum Step<'a> {
+    /// A packet it sees: its partition as [`super::place_of`] found it (None: the walker
+    /// places it itself), and the clock at it as [`Clock::packet`] gives it.
+    Packet(Packet<'a>, Option<usize>, (Timestamp, bool, bool)),
+    /// It is through a chunk: `records` more records of the input, however few of them
+    /// were its own, behind it, the clock at the last being `now`. So a walker with little
+    /// of its own still says how far it got (the account stage releases nothing past the
+    /// slowest word).
+    Passed { records: u64, now: Timestamp },
 }
 
 /// Marks walker `.1` gone when dropped: it holds nobody back.
@@ -206,19 +220,14 @@ impl Index {
         })
     }
 
-    /// Follows the index to its end as walker `walker`: `each(packet, partition, clock)`
-    /// in order for every packet of its partitions, and every packet every walker sees (one
-    /// each walker places itself, and one a moment passes at), the partition as
-    /// [`super::place_of`] found it and the clock as [`Clock::packet`] gives it. Stops
-    /// early, and false, once `each` says false. However it ends (a panic too), the walker
+    /// Follows the index to its end as walker `walker`: `each` in order, with
+    /// [`Step::Packet`] for every packet of its partitions and every packet every walker
+    /// sees (one each walker places itself, and one a moment passes at), and
+    /// [`Step::Passed`] after each chunk. Stops early, and false, once `each` says false. However it ends (a panic too), the walker
     /// then holds the others back no more. The first bytes of its own packets, and of those
     /// without a partition, are asked for a few packets ahead: most were last read on the
     /// core of the walker that indexed them.
-    pub fn follow(
-        &self,
-        walker: usize,
-        mut each: impl FnMut(Packet<'_>, Option<usize>, (Timestamp, bool, bool)) -> bool,
-    ) -> bool {
+    pub fn follow(&self, walker: usize, mut each: impl FnMut(Step<'_>) -> bool) -> bool {
         let _leaving = Leaving(self, walker);
         let mut packets = 0u64;
         let mine = |e: &Indexed| e.partition().is_none_or(|p| self.owner(p) == walker);
@@ -239,14 +248,18 @@ impl Index {
                     }
                     continue;
                 };
-                if !each(pkt, e.partition(), e.clock()) {
+                if !each(Step::Packet(pkt, e.partition(), e.clock())) {
                     return false;
                 }
             }
             packets += chunk.records;
-            let (last, bytes) = (chunk.last, chunk.consumed);
+            let (last, bytes, records, now) =
+                (chunk.last, chunk.consumed, chunk.records, chunk.now);
             drop(chunk);
             self.through(walker, k, bytes, packets);
+            if !each(Step::Passed { records, now }) {
+                return false;
+            }
             if last {
                 break;
             }
@@ -314,6 +327,7 @@ impl Index {
                     _ => chunk.lists.iter_mut().for_each(|l| l.push(e)),
                 }
             }
+            chunk.now = clock.now;
             chunk.consumed = replay.consumed();
             chunk.read_to = replay.read_to();
         } else {
@@ -473,19 +487,26 @@ mod tests {
         all.iter().filter(|s| mine(s)).cloned().collect()
     }
 
-    /// Follows `index` with `n` walkers side by side: what each saw.
-    fn follow_all(index: &Index, n: usize) -> Vec<Seen> {
+    /// Follows `index` with `n` walkers side by side: what each saw, and each chunk it
+    /// passed (records, clock).
+    fn follow_all(index: &Index, n: usize) -> Vec<(Seen, Vec<(u64, Timestamp)>)> {
         std::thread::scope(|s| {
             let walkers: Vec<_> = (0..n)
                 .map(|w| {
                     s.spawn(move || {
                         let mut seen = Seen::new();
-                        let through = index.follow(w, |pkt, partition, clock| {
-                            seen.push((pkt.ts, pkt.data.to_vec(), partition, clock));
+                        let mut passed = Vec::new();
+                        let through = index.follow(w, |step| {
+                            match step {
+                                Step::Packet(pkt, partition, clock) => {
+                                    seen.push((pkt.ts, pkt.data.to_vec(), partition, clock));
+                                }
+                                Step::Passed { records, now } => passed.push((records, now)),
+                            }
                             true
                         });
                         assert!(through);
-                        seen
+                        (seen, passed)
                     })
                 })
                 .collect();
@@ -520,11 +541,21 @@ mod tests {
             let index = Index::new(replay.walker().unwrap(), network.clone(), owners(3), chunk);
             let index = index.unwrap();
             let seen = follow_all(&index, 3);
-            for (w, seen) in seen.iter().enumerate() {
+            for (w, (seen, passed)) in seen.iter().enumerate() {
                 let mine = of_walker(&expected, w, 3);
                 assert!(mine.len() < records && !mine.is_empty());
                 assert_eq!(seen.len(), mine.len(), "chunks of {chunk}, walker {w}");
                 assert!(*seen == mine, "chunks of {chunk}, walker {w}");
+                // Every walker passes every record, its own or not, each chunk with the
+                // clock at its last record.
+                let mut behind = 0;
+                for &(n, now) in passed {
+                    behind += n as usize;
+                    if n > 0 {
+                        assert_eq!(now, expected[behind - 1].3.0, "chunks of {chunk}");
+                    }
+                }
+                assert_eq!(behind, records, "chunks of {chunk}, walker {w}");
             }
             let end = expected.last().map(|s| s.3.0);
             assert_eq!(Some(index.clock().now), end);
@@ -577,12 +608,13 @@ mod tests {
                 e.start = past;
             }
         }
-        let (records, last, consumed) = (chunk.records, chunk.last, chunk.consumed);
+        let (records, now, last, consumed) = (chunk.records, chunk.now, chunk.last, chunk.consumed);
         let read_to = chunk.read_to.clone();
         drop(chunk);
         let chunk = Chunk {
             lists,
             records,
+            now,
             last,
             consumed,
             read_to,
@@ -594,7 +626,10 @@ mod tests {
                     let (index, spot_of, spots) = (&index, &spot_of, &spots);
                     s.spawn(move || {
                         let mut seen = Vec::new();
-                        assert!(index.follow(w, |pkt, _, _| {
+                        assert!(index.follow(w, |step| {
+                            let Step::Packet(pkt, _, _) = step else {
+                                return true;
+                            };
                             let spot = spot_of(pkt);
                             seen.push(spots.iter().position(|s| *s == spot).unwrap());
                             true
@@ -628,10 +663,10 @@ mod tests {
         let network = NetworkConfig::default();
         let replay = Replay::open(&files()).unwrap();
         let index = Index::new(replay.walker().unwrap(), network, owners(2), 1).unwrap();
-        assert!(!index.follow(0, |_, _, _| false));
+        assert!(!index.follow(0, |_| false));
         let mut n = 0;
-        assert!(index.follow(1, |_, _, _| {
-            n += 1;
+        assert!(index.follow(1, |step| {
+            n += usize::from(matches!(step, Step::Packet(..)));
             true
         }));
         assert!(n > RING as usize);
