@@ -295,14 +295,7 @@ impl Json for IpAddr {
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         out.push(b'"');
         match self {
-            IpAddr::V4(v4) => {
-                // The closing quote goes where the dot after the last octet is.
-                let (text, end) = dotted(*v4);
-                let text = text & !(0xff << (8 * end)) | u128::from(b'"') << (8 * end);
-                let at = out.len();
-                out.extend_from_slice(&text.to_le_bytes());
-                out.truncate(at + end + 1);
-            }
+            IpAddr::V4(v4) => ipv4(out, *v4, true),
             IpAddr::V6(v6) => {
                 ipv6(out, *v6);
                 out.push(b'"');
@@ -346,12 +339,17 @@ fn dotted(ip: Ipv4Addr) -> (u128, usize) {
     (text, end - 1)
 }
 
-/// Dotted decimal, appended in one copy of a known size, then cut to its length.
-fn ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
-    let (text, end) = dotted(ip);
+/// Dotted decimal, and a closing quote after it if `quoted`, appended in one copy of a
+/// known size, then cut to its length.
+fn ipv4(out: &mut Vec<u8>, ip: Ipv4Addr, quoted: bool) {
+    let (mut text, end) = dotted(ip);
+    if quoted {
+        // The closing quote goes where the dot after the last octet is.
+        text = text & !(0xff << (8 * end)) | u128::from(b'"') << (8 * end);
+    }
     let at = out.len();
     out.extend_from_slice(&text.to_le_bytes());
-    out.truncate(at + end);
+    out.truncate(at + end + usize::from(quoted));
 }
 
 /// RFC 5952 text as `Ipv6Addr`'s `Display` writes it: lower-case hex groups without
@@ -360,7 +358,7 @@ fn ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
 fn ipv6(out: &mut Vec<u8>, ip: Ipv6Addr) {
     if let Some(v4) = ip.to_ipv4_mapped() {
         out.extend_from_slice(b"::ffff:");
-        return ipv4(out, v4);
+        return ipv4(out, v4, false);
     }
     let groups = ip.segments();
     // (start, length) of the first longest zero run.
