@@ -420,6 +420,7 @@ impl FlowWorker {
             scope: &self.scope,
             out: &mut self.out,
             clock,
+            payload: decoded.payload,
         };
         let Some(p) = self.partitions[index].as_mut() else {
             // A reassembled datagram whose first piece the reader could not place (cut
@@ -434,8 +435,12 @@ impl FlowWorker {
             .flows
             .process(pkt.ts, decoded, pkt.orig_len, &mut p.pending);
         p.drain(&mut ctx);
-        // Operator latency: after the drain, so a flow identified by this packet has its label.
         if let Some(flow) = p.flows.at_mut(at) {
+            // Not identified by this packet: the bytes it lent its stream are wanted later.
+            if let Some(streams) = flow.streams.as_deref_mut() {
+                streams.keep(decoded.payload);
+            }
+            // Operator latency: after the drain, so a flow identified by this packet has its label.
             p.latency
                 .packet(pkt.ts, decoded, flow, &self.scope.network, |obs| {
                     ctx.send(obs)
@@ -572,6 +577,7 @@ impl FlowWorker {
             scope: &self.scope,
             out: &mut self.out,
             clock,
+            payload: &[],
         };
         (&mut self.partitions, ctx)
     }
@@ -639,6 +645,9 @@ struct Ctx<'a> {
     scope: &'a FlowScope,
     out: &'a mut Vec<Stamped>,
     clock: Timestamp,
+    /// The payload of the packet being handled, whose bytes its flow's stream may hold in
+    /// place ([`Segment::Lent`](crate::flows::reassembly::Segment::Lent)); empty between packets.
+    payload: &'a [u8],
 }
 
 impl Ctx<'_> {
@@ -838,6 +847,7 @@ fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool
     let Some(streams) = flow.streams.as_deref() else {
         return;
     };
+    let payload = ctx.payload;
     // The details are found anew below; the TLS and HTTP probes take what of the earlier
     // ones the client sent.
     let (earlier_tls, earlier_http) = match flow.details.as_deref_mut() {
@@ -851,8 +861,8 @@ fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool
         proto: flow.proto,
         orig_port: flow.orig.1,
         resp_port: flow.resp.1,
-        client: streams.dir[ORIG].bytes(),
-        server: streams.dir[RESP].bytes(),
+        client: streams.dir[ORIG].view(payload),
+        server: streams.dir[RESP].view(payload),
         client_closed: ending || streams.dir[ORIG].is_closed(),
         server_closed: ending || streams.dir[RESP].is_closed(),
         client_datagrams: &streams.datagrams[ORIG],
@@ -1097,7 +1107,11 @@ mod tests {
                 (false, 22, &[0x42; 36][..]),
             ] {
                 let packet = segment(port, 22, from_client, data, seq, bytes);
-                table.process(ts, &packet, 100, &mut events);
+                let at = table.process(ts, &packet, 100, &mut events);
+                // Not identified packet by packet: each keeps the bytes it lent.
+                if let Some(streams) = table.at_mut(at).and_then(|f| f.streams.as_deref_mut()) {
+                    streams.keep(bytes);
+                }
             }
             let key = FlowKey::of(&segment(port, 22, true, data, 0, b""));
             let flow = table.get_mut(&key).unwrap();
@@ -1108,6 +1122,7 @@ mod tests {
                 scope: &scope,
                 out: &mut out,
                 clock: ts,
+                payload: &[],
             };
             identify_flow(flow, &mut ctx, ts, false);
             assert!(flow.dissected);

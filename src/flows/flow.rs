@@ -298,6 +298,13 @@ pub struct Streams {
     pub datagrams: [Vec<Vec<u8>>; 2],
 }
 
+impl Streams {
+    /// The packet was not enough: the bytes it lent a stream in place are kept ([`Stream::keep`]).
+    pub fn keep(&mut self, payload: &[u8]) {
+        self.dir.iter_mut().for_each(|s| s.keep(payload));
+    }
+}
+
 pub const MAX_DATAGRAMS: usize = 8;
 
 /// Why a flow record was written.
@@ -598,7 +605,8 @@ impl Flow {
             if syn {
                 stream.start(t.seq);
             } else if d.payload_len > 0 {
-                up.new_bytes = stream.add(t.seq, d.payload, d.payload_len) == Segment::Appended;
+                let added = stream.add(t.seq, d.payload, d.payload_len);
+                up.new_bytes = matches!(added, Segment::Appended | Segment::Lent);
             }
         }
     }
@@ -711,31 +719,36 @@ mod tests {
         let syn = seg(true, SYN, 100, b"");
         let mut f = Flow::new(1, &syn, ms(0), 1024);
         let idle = 500_000_000;
-        f.observe(&syn, ms(0), 54, idle);
-        f.observe(&seg(false, SYN | ACK, 900, b""), ms(30), 54, idle);
-        f.observe(&seg(true, ACK, 101, b""), ms(32), 54, idle);
-        f.observe(
+        // As the flow stage does when a packet does not settle its flow.
+        let observe = |f: &mut Flow, d: &Decoded<'_>, ts, wire_len| {
+            f.observe(d, ts, wire_len, idle);
+            f.streams.as_deref_mut().unwrap().keep(d.payload);
+        };
+        observe(&mut f, &syn, ms(0), 54);
+        observe(&mut f, &seg(false, SYN | ACK, 900, b""), ms(30), 54);
+        observe(&mut f, &seg(true, ACK, 101, b""), ms(32), 54);
+        observe(
+            &mut f,
             &seg(true, ACK | PSH, 101, b"SSH-2.0-x\r\n"),
             ms(33),
             65,
-            idle,
         );
-        f.observe(
+        observe(
+            &mut f,
             &seg(true, ACK | PSH, 101, b"SSH-2.0-x\r\n"),
             ms(40),
             65,
-            idle,
         );
-        f.observe(
+        observe(
+            &mut f,
             &seg(false, ACK | PSH, 901, b"SSH-2.0-y\r\n"),
             ms(70),
             65,
-            idle,
         );
-        f.observe(&seg(true, ACK | PSH, 112, b"more"), ms(100), 58, idle);
-        f.observe(&seg(true, FIN | ACK, 116, b""), ms(200), 54, idle);
+        observe(&mut f, &seg(true, ACK | PSH, 112, b"more"), ms(100), 58);
+        observe(&mut f, &seg(true, FIN | ACK, 116, b""), ms(200), 54);
         assert!(!f.is_closed());
-        f.observe(&seg(false, FIN | ACK, 912, b""), ms(210), 54, idle);
+        observe(&mut f, &seg(false, FIN | ACK, 912, b""), ms(210), 54);
         assert!(f.is_closed());
         assert_eq!(f.tcp.rtt_resp_ns(), Some(30_000_000));
         assert_eq!(f.tcp.rtt_orig_ns(), Some(2_000_000));
@@ -765,7 +778,10 @@ mod tests {
         f.observe(&data, ms(0), 61, 1);
         assert_eq!(f.history.as_str(), "~D");
         assert!(f.history.picked_up_mid_stream());
-        assert_eq!(f.streams.as_ref().unwrap().dir[ORIG].bytes().len(), 7);
+        // Read where it lies in the packet: nothing was copied yet.
+        let stream = &f.streams.as_ref().unwrap().dir[ORIG];
+        assert!(stream.bytes().is_empty());
+        assert_eq!(stream.view(data.payload).len(), 7);
         let syn = seg(true, SYN, 1, b"");
         assert!(!Flow::new(1, &syn, ms(0), 0).history.picked_up_mid_stream());
     }
