@@ -159,7 +159,7 @@ impl Stream {
         self.advance(bytes.len(), self.data.len());
     }
 
-    /// `len` more bytes of the stream went by, `held` of them are the stream's prefix.
+    /// `len` more bytes of the stream went by; the prefix read so far is `held` bytes long.
     fn advance(&mut self, len: usize, held: usize) {
         if let Some(n) = self.next_seq.as_mut() {
             *n = n.wrapping_add(len as u32);
