@@ -435,12 +435,8 @@ impl FlowWorker {
             .flows
             .process(pkt.ts, decoded, pkt.orig_len, &mut p.pending);
         p.drain(&mut ctx);
+        // Operator latency: after the drain, so a flow identified by this packet has its label.
         if let Some(flow) = p.flows.at_mut(at) {
-            // Not identified by this packet: the bytes it lent its stream are wanted later.
-            if let Some(streams) = flow.streams.as_deref_mut() {
-                streams.keep(decoded.payload);
-            }
-            // Operator latency: after the drain, so a flow identified by this packet has its label.
             p.latency
                 .packet(pkt.ts, decoded, flow, &self.scope.network, |obs| {
                     ctx.send(obs)
@@ -646,7 +642,8 @@ struct Ctx<'a> {
     out: &'a mut Vec<Stamped>,
     clock: Timestamp,
     /// The payload of the packet being handled, whose bytes its flow's stream may hold in
-    /// place ([`Segment::Lent`](crate::flows::reassembly::Segment::Lent)); empty between packets.
+    /// place ([`Segment::Lent`](crate::flows::reassembly::Segment::Lent)) until the
+    /// identification this packet runs keeps them; empty between packets.
     payload: &'a [u8],
 }
 
@@ -842,7 +839,8 @@ impl Active {
 
 /// Identifies `flow` from its reassembled prefixes; once settled (or `ending`), frees the
 /// buffers, shares its SSH and TLS details with flows of the same software and counts the
-/// label. RADIUS accounting seen on the way goes to the account stage.
+/// label; not settled, it keeps the bytes the packet lent ([`Ctx::payload`]). RADIUS
+/// accounting seen on the way goes to the account stage.
 fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool) {
     let Some(streams) = flow.streams.as_deref() else {
         return;
@@ -908,6 +906,9 @@ fn identify_flow(flow: &mut Flow, ctx: &mut Ctx<'_>, ts: Timestamp, ending: bool
         flow.follow = follow;
         let label = flow.app.map_or("unknown", App::as_str);
         *ctx.stats.flows_by_app.entry(label).or_default() += 1;
+    } else if let Some(streams) = flow.streams.as_deref_mut() {
+        // Not settled by this packet: the bytes it lent a stream in place are wanted later.
+        streams.keep(payload);
     }
 }
 
