@@ -25,7 +25,8 @@ use crate::config::{Config, NetworkConfig};
 use crate::decode::{self, FragKey, Peek, Piece, Proto};
 use crate::dissect::dns;
 use crate::flow_stage::{
-    END_CHUNK, FlowScope, FlowWorker, PARTITIONS, Reload, Stamped, ends, partition_of, sort_items,
+    END_CHUNK, FlowScope, FlowWorker, ItemSorter, PARTITIONS, Reload, Stamped, ends, partition_of,
+    sort_items,
 };
 use crate::mapped::Shared;
 use crate::metrics::Stats;
@@ -399,6 +400,7 @@ struct Merge {
     /// How far each worker got: it will hand on nothing stamped before this.
     marks: Vec<Timestamp>,
     ready: Vec<Stamped>,
+    sorter: ItemSorter,
     /// The moment of the last item applied.
     applied: Timestamp,
 }
@@ -409,6 +411,7 @@ impl Merge {
             queues: (0..workers).map(|_| VecDeque::new()).collect(),
             marks: vec![Timestamp::ZERO; workers],
             ready: Vec::new(),
+            sorter: ItemSorter::default(),
             applied: Timestamp::ZERO,
         }
     }
@@ -438,7 +441,7 @@ impl Merge {
         if self.ready.is_empty() {
             return;
         }
-        sort_items(&mut self.ready);
+        self.sorter.sort(&mut self.ready);
         for s in self.ready.drain(..) {
             self.applied = s.at;
             account.apply(s);
