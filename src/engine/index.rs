@@ -39,6 +39,10 @@ const CHUNK_BYTES: usize = 1 << 20;
 const AHEAD: usize = 8;
 /// Chunks indexed and not yet passed by every walker, at most.
 const RING: u64 = 8;
+/// Bytes of a file the indexer asks for ahead of the record it reads, line by line: it
+/// does little with a record but peek it, so the next header's first load, asked for
+/// only one record ahead, still found it waiting on memory.
+const READ_AHEAD: usize = 2048;
 /// Chunks indexed ahead of the one a walker takes: a walker that takes a chunk with fewer
 /// ahead indexes the next, so the other seldom waits for one being indexed (indexing a
 /// chunk only once a walker needed it, with the walkers in step, had each wait for the
@@ -344,11 +348,23 @@ impl Index {
             chunk.records = 0;
             chunk.last = false;
             let mut bytes = 0;
+            // The file and offset asked for up to ([`READ_AHEAD`]).
+            let mut asked = (usize::MAX, 0);
             while (chunk.records as usize) < self.chunk && bytes < CHUNK_BYTES {
                 let Some((pkt, spot)) = replay.next_packet_at() else {
                     chunk.last = true;
                     break;
                 };
+                let end = spot.offset + spot.len as usize;
+                if asked.0 != spot.file || asked.1 < end {
+                    asked = (spot.file, end);
+                }
+                if let Some(map) = self.maps.get(spot.file) {
+                    while asked.1 < end + READ_AHEAD {
+                        prefetch::bytes(map.bytes().get(asked.1..).unwrap_or_default(), 1);
+                        asked.1 += 64;
+                    }
+                }
                 bytes += pkt.data.len();
                 chunk.records += 1;
                 let e = entry(pkt, spot, clock.packet(pkt.ts), network);
