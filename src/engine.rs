@@ -1026,9 +1026,10 @@ fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> Fl
 }
 
 /// Records of the input a walker passes between hand-ons of its items (checked at the
-/// end of each chunk of the index): each may wake the account stage's thread, and a
-/// walker has items for a few of them.
-const HAND_EVERY: u64 = 4096;
+/// end of each chunk of the index): each may wake the account stage's thread, which then
+/// takes a core from a walker (there is one core per walker), and a walker has items for
+/// a few of them.
+const HAND_EVERY: u64 = 8192;
 
 /// A worker's walk of a mapped replay.
 struct Walk {
