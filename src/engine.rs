@@ -25,7 +25,8 @@ use crate::config::{Config, NetworkConfig};
 use crate::decode::{self, FragKey, Peek, Piece, Proto};
 use crate::dissect::dns;
 use crate::flow_stage::{
-    END_CHUNK, FlowScope, FlowWorker, PARTITIONS, Reload, Stamped, ends, partition_of, sort_items,
+    END_CHUNK, FlowScope, FlowWorker, ItemSorter, PARTITIONS, Reload, Stamped, ends, partition_of,
+    sort_items,
 };
 use crate::mapped::Shared;
 use crate::metrics::Stats;
@@ -399,6 +400,7 @@ struct Merge {
     /// How far each worker got: it will hand on nothing stamped before this.
     marks: Vec<Timestamp>,
     ready: Vec<Stamped>,
+    sorter: ItemSorter,
     /// The moment of the last item applied.
     applied: Timestamp,
 }
@@ -409,6 +411,7 @@ impl Merge {
             queues: (0..workers).map(|_| VecDeque::new()).collect(),
             marks: vec![Timestamp::ZERO; workers],
             ready: Vec::new(),
+            sorter: ItemSorter::default(),
             applied: Timestamp::ZERO,
         }
     }
@@ -438,7 +441,7 @@ impl Merge {
         if self.ready.is_empty() {
             return;
         }
-        sort_items(&mut self.ready);
+        self.sorter.sort(&mut self.ready);
         for s in self.ready.drain(..) {
             self.applied = s.at;
             account.apply(s);
@@ -1023,9 +1026,10 @@ fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> Fl
 }
 
 /// Records of the input a walker passes between hand-ons of its items (checked at the
-/// end of each chunk of the index): each may wake the account stage's thread, and a
-/// walker has items for a few of them.
-const HAND_EVERY: u64 = 4096;
+/// end of each chunk of the index): each may wake the account stage's thread, which then
+/// takes a core from a walker (there is one core per walker), and a walker has items for
+/// a few of them.
+const HAND_EVERY: u64 = 8192;
 
 /// A worker's walk of a mapped replay.
 struct Walk {

@@ -153,18 +153,28 @@ impl Item {
 /// instead of at every comparison: `correlate` sorts thousands of one moment (a sensor's
 /// session feed, every sensor's observations of one second).
 pub fn sort_items(items: &mut Vec<Stamped>) {
-    let mut keyed: Vec<(std::cell::OnceCell<String>, Stamped)> = items
-        .drain(..)
-        .map(|s| (std::cell::OnceCell::new(), s))
-        .collect();
-    keyed.sort_by(|(x, a), (y, b)| {
-        a.at.cmp(&b.at).then_with(|| {
-            a.item.order_by(&b.item, |p, q| {
-                x.get_or_init(|| p.id()).cmp(y.get_or_init(|| q.id()))
+    ItemSorter::default().sort(items);
+}
+
+/// Sorts as [`sort_items`] does, keeping its room from one sort to the next: the account
+/// stage sorts what each hand-on releases, and a buffer allocated for each sort was, when
+/// large, fresh pages for the kernel to zero on the account stage's thread.
+#[derive(Default)]
+pub struct ItemSorter(Vec<(std::cell::OnceCell<String>, Stamped)>);
+
+impl ItemSorter {
+    pub fn sort(&mut self, items: &mut Vec<Stamped>) {
+        let keyed = &mut self.0;
+        keyed.extend(items.drain(..).map(|s| (std::cell::OnceCell::new(), s)));
+        keyed.sort_by(|(x, a), (y, b)| {
+            a.at.cmp(&b.at).then_with(|| {
+                a.item.order_by(&b.item, |p, q| {
+                    x.get_or_init(|| p.id()).cmp(y.get_or_init(|| q.id()))
+                })
             })
-        })
-    });
-    items.extend(keyed.into_iter().map(|(_, s)| s));
+        });
+        items.extend(keyed.drain(..).map(|(_, s)| s));
+    }
 }
 
 /// Records of one moment in the order their flows started (the order flows leave at the end

@@ -10,13 +10,15 @@
 //! fragment, whose route depends on the pieces before it; a DNS answer every worker
 //! reads), and the packet clock. Each walker has a list of its own in each chunk: the
 //! packets of its partitions, and those every walker sees (placed by each walker, or a
-//! moment of the clock passing at them). A walker that waited while another indexed a chunk indexes the next, so the
-//! reading shares itself out. A ring of [`RING`] chunks bounds how far ahead the index, and
-//! so any walker, runs of the slowest walker; the pages of the files are handed back
-//! behind it.
+//! moment of the clock passing at them). A walker that takes a chunk with fewer than
+//! [`LEAD`] indexed beyond it indexes the next, if nobody else is indexing: so the reading
+//! shares itself out (the walker ahead does more of it), and the index keeps ahead of the
+//! walkers instead of each waiting at every chunk for the other to index it. A ring of
+//! [`RING`] chunks bounds how far ahead the index, and so any walker, runs of the slowest
+//! walker; the pages of the files are handed back behind it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use crate::config::NetworkConfig;
@@ -37,6 +39,15 @@ const CHUNK_BYTES: usize = 1 << 20;
 const AHEAD: usize = 8;
 /// Chunks indexed and not yet passed by every walker, at most.
 const RING: u64 = 8;
+/// Bytes of a file the indexer asks for ahead of the record it reads, line by line: it
+/// does little with a record but peek it, so the next header's first load, asked for
+/// only one record ahead, still found it waiting on memory.
+const READ_AHEAD: usize = 2048;
+/// Chunks indexed ahead of the one a walker takes: a walker that takes a chunk with fewer
+/// ahead indexes the next, so the other seldom waits for one being indexed (indexing a
+/// chunk only once a walker needed it, with the walkers in step, had each wait for the
+/// other's indexing at every chunk).
+const LEAD: u64 = 2;
 /// Looks a walker that waits for room in the ring spins for before it sleeps, and how
 /// long it sleeps.
 const SPINS: u32 = 64;
@@ -235,6 +246,10 @@ impl Index {
             let chunk = self.chunk(k);
             let list = chunk.lists.get(walker).map_or(&[][..], Vec::as_slice);
             for (i, e) in list.iter().enumerate() {
+                // The list itself was written on the core that indexed the chunk.
+                if let Some(far) = list.get(i + 4 * AHEAD) {
+                    prefetch::value(far);
+                }
                 if let Some(ahead) = list.get(i + AHEAD)
                     && mine(ahead)
                     && let Some(pkt) = self.packet(ahead)
@@ -272,7 +287,11 @@ impl Index {
     /// only while a chunk is read, so a walker behind is never kept from chunks indexed.
     fn chunk(&self, k: u64) -> Arc<Chunk> {
         loop {
-            if self.published.load(Ordering::Acquire) > k {
+            let published = self.published.load(Ordering::Acquire);
+            if published > k {
+                if published <= k + LEAD {
+                    self.index_ahead();
+                }
                 return lock(&self.slots[(k % RING) as usize]).clone();
             }
             if let Some(freed) = (k + 1).checked_sub(RING) {
@@ -287,6 +306,21 @@ impl Index {
                 // the ones in its cache, so it is through a chunk first), and the other wait.
                 self.index(&mut reader, k + 1);
             }
+        }
+    }
+
+    /// Indexes the next chunk if nobody is indexing one and it has a slot: so the index
+    /// keeps [`LEAD`] chunks ahead of the walkers, indexed by whichever takes a chunk while
+    /// it is short, and a walker waits for a chunk being indexed only when it caught up.
+    fn index_ahead(&self) {
+        let mut reader = match self.reader.try_lock() {
+            Ok(reader) => reader,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        let next = reader.next;
+        if self.has_room(next) {
+            self.index(&mut reader, next);
         }
     }
 
@@ -314,11 +348,23 @@ impl Index {
             chunk.records = 0;
             chunk.last = false;
             let mut bytes = 0;
+            // The file and offset asked for up to ([`READ_AHEAD`]).
+            let mut asked = (usize::MAX, 0);
             while (chunk.records as usize) < self.chunk && bytes < CHUNK_BYTES {
                 let Some((pkt, spot)) = replay.next_packet_at() else {
                     chunk.last = true;
                     break;
                 };
+                let end = spot.offset + spot.len as usize;
+                if asked.0 != spot.file || asked.1 < end {
+                    asked = (spot.file, end);
+                }
+                if let Some(map) = self.maps.get(spot.file) {
+                    while asked.1 < end + READ_AHEAD {
+                        prefetch::bytes(map.bytes().get(asked.1..).unwrap_or_default(), 1);
+                        asked.1 += 64;
+                    }
+                }
                 bytes += pkt.data.len();
                 chunk.records += 1;
                 let e = entry(pkt, spot, clock.packet(pkt.ts), network);
@@ -664,11 +710,12 @@ mod tests {
         let replay = Replay::open(&files()).unwrap();
         let index = Index::new(replay.walker().unwrap(), network, owners(2), 1).unwrap();
         assert!(!index.follow(0, |_| false));
-        let mut n = 0;
+        // Chunks of one record: the chunks it passes are the records.
+        let mut chunks = 0;
         assert!(index.follow(1, |step| {
-            n += usize::from(matches!(step, Step::Packet(..)));
+            chunks += usize::from(matches!(step, Step::Passed { .. }));
             true
         }));
-        assert!(n > RING as usize);
+        assert!(chunks > RING as usize);
     }
 }
