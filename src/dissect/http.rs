@@ -216,9 +216,10 @@ pub struct HttpDetails {
     /// An explicit proxy request (RFC 9110 §9.3.6).
     pub connect: bool,
     /// What [`sslvpn::tunnel_request`] made of the client's first `.0` bytes: asked again
-    /// only when more came, not at every pass (it walks the head header by header).
+    /// only when more came, not at every pass (it walks the head header by header). A
+    /// `u32` keeps the box in the allocator class it had without it (memory per flow).
     #[serde(skip)]
-    pub(crate) tunnel: (usize, Option<App>),
+    pub(crate) tunnel: (u32, Option<App>),
 }
 
 impl Summary for HttpDetails {}
@@ -259,8 +260,9 @@ pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
         .map(|(_, status, _)| status);
     // A vendor SSL-VPN's tunnel request, when the HTTP is in clear. The client's bytes only
     // grow: as many as before are the same bytes.
-    if details.tunnel.0 != c.len() {
-        details.tunnel = (c.len(), sslvpn::tunnel_request(c));
+    let read = u32::try_from(c.len()).ok();
+    if read != Some(details.tunnel.0) {
+        details.tunnel = (read.unwrap_or(0), sslvpn::tunnel_request(c));
     }
     debug_assert_eq!(details.tunnel.1, sslvpn::tunnel_request(c));
     id.app = Some(details.tunnel.1.unwrap_or(App::Http));
@@ -374,6 +376,13 @@ pub(crate) mod tests {
         ]
         .concat();
         assert_eq!(parse_request(&ua).unwrap().user_agent.unwrap().len(), 256);
+    }
+
+    /// Every HTTP flow keeps its boxed details until it ends: 112 bytes is the allocator
+    /// class they took before the tunnel was kept in them.
+    #[test]
+    fn details_fit_their_budget() {
+        assert!(std::mem::size_of::<HttpDetails>() <= 112);
     }
 
     /// A pass after the first takes the request, and the SSL-VPN it opens, from the earlier
