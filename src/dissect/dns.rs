@@ -382,30 +382,57 @@ impl NameCache {
             }
             cnames.reverse();
             let ttl = Duration::from_secs(u64::from(ttl)).clamp(MIN_TTL, MAX_TTL);
-            // An address answered again under the same name (the usual case) keeps the
-            // tool matched the first time.
-            let tool = match self.entries.get(&addr) {
-                Some(e) if e.name == name => e.tool,
-                _ => tools::match_name(NameKind::DnsName, name),
-            };
-            let entry = CacheEntry {
-                tool,
-                name: name.to_string(),
-                cnames,
-                expires: now.plus(ttl),
-            };
-            self.put(now, addr, entry);
+            self.put(now, addr, name, cnames, now.plus(ttl));
         }
     }
 
-    fn put(&mut self, now: Timestamp, addr: IpAddr, entry: CacheEntry) {
-        // An address answered again (the usual case) stays in `entries`, its entry replaced
-        // at the end, rather than removed and inserted: it counts only if it is new.
-        let previous = self.entries.get(&addr).map(|e| e.expires);
-        if let Some(expires) = previous {
-            self.by_expiry.remove(&(expires, addr));
+    /// Records that `addr` is `name` (reached through `cnames`) until `expires`.
+    fn put(
+        &mut self,
+        now: Timestamp,
+        addr: IpAddr,
+        name: &str,
+        cnames: Vec<String>,
+        expires: Timestamp,
+    ) {
+        // An address answered again (the usual case) has its entry updated where it is,
+        // found by one hash: under the same name it keeps the name's text and the tool
+        // matched the first time, and it does not count against the capacity.
+        if let Some(e) = self.entries.get_mut(&addr) {
+            if e.expires != expires {
+                self.by_expiry.remove(&(e.expires, addr));
+                self.by_expiry.insert((expires, addr));
+                e.expires = expires;
+            }
+            if e.name != name {
+                e.name.clear();
+                e.name.push_str(name);
+                e.tool = tools::match_name(NameKind::DnsName, name);
+            }
+            e.cnames = cnames;
+            // Its expiry is later than now: it stays while expired entries go.
+            self.drop_expired(now);
+            return;
         }
-        // Dropping expired entries is housekeeping, not eviction.
+        self.drop_expired(now);
+        if self.entries.len() >= self.capacity
+            && let Some((_, old)) = self.by_expiry.pop_first()
+        {
+            self.entries.remove(&old);
+            self.evictions += 1;
+        }
+        let entry = CacheEntry {
+            tool: tools::match_name(NameKind::DnsName, name),
+            name: name.to_string(),
+            cnames,
+            expires,
+        };
+        self.by_expiry.insert((expires, addr));
+        self.entries.insert(addr, entry);
+    }
+
+    /// Drops the entries expired by `now`: housekeeping, not eviction.
+    fn drop_expired(&mut self, now: Timestamp) {
         while let Some(&(expires, old)) = self.by_expiry.first() {
             if expires > now {
                 break;
@@ -413,14 +440,6 @@ impl NameCache {
             self.by_expiry.pop_first();
             self.entries.remove(&old);
         }
-        if self.entries.len() - usize::from(previous.is_some()) >= self.capacity
-            && let Some((_, old)) = self.by_expiry.pop_first()
-        {
-            self.entries.remove(&old);
-            self.evictions += 1;
-        }
-        self.by_expiry.insert((entry.expires, addr));
-        self.entries.insert(addr, entry);
     }
 
     /// The name a client resolved to reach `addr`, while the answer is still valid.
@@ -652,6 +671,10 @@ pub(crate) mod tests {
         let msg = hex("0000 0000 0001 0000 0000 0000 03 412e20 02 c3a9 00 0001 0001");
         let name = &parse_message(&msg).unwrap().questions[0].name;
         assert_eq!(name, "a\\046\\032.\\195\\169");
+        // Plain labels are lower-cased too (RFC 4343 §2: names compare case-insensitively).
+        let msg = hex("0000 0000 0001 0000 0000 0000 03 577757 07 4578616d706c65 00 0001 0001");
+        let name = &parse_message(&msg).unwrap().questions[0].name;
+        assert_eq!(name, "www.example");
     }
 
     /// A message of `questions` (each name as wire bytes, type A) and `answers` (owner

@@ -215,6 +215,11 @@ pub struct HttpDetails {
     pub status: Option<u16>,
     /// An explicit proxy request (RFC 9110 §9.3.6).
     pub connect: bool,
+    /// What [`sslvpn::tunnel_request`] made of the client's first `.0` bytes: asked again
+    /// only when more came, not at every pass (it walks the head header by header). A
+    /// `u32` keeps the box in the allocator class it had without it (memory per flow).
+    #[serde(skip)]
+    pub(crate) tunnel: (u32, Option<App>),
 }
 
 impl Summary for HttpDetails {}
@@ -242,6 +247,7 @@ pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
                 host: req.host,
                 user_agent: req.user_agent,
                 status: None,
+                tunnel: (0, None),
             })
         }
     };
@@ -252,8 +258,14 @@ pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
     details.status = response_head(input.server)
         .ok()
         .map(|(_, status, _)| status);
-    // A vendor SSL-VPN's tunnel request, when the HTTP is in clear.
-    id.app = Some(sslvpn::tunnel_request(c).unwrap_or(App::Http));
+    // A vendor SSL-VPN's tunnel request, when the HTTP is in clear. The client's bytes only
+    // grow: as many as before are the same bytes.
+    let read = u32::try_from(c.len()).ok();
+    if read != Some(details.tunnel.0) {
+        details.tunnel = (read.unwrap_or(0), sslvpn::tunnel_request(c));
+    }
+    debug_assert_eq!(details.tunnel.1, sslvpn::tunnel_request(c));
+    id.app = Some(details.tunnel.1.unwrap_or(App::Http));
     let settled = details.status.is_some() || input.server_closed;
     id.details.other = Some(Protocol::Http(details));
     Probe::done_if(settled)
@@ -364,5 +376,58 @@ pub(crate) mod tests {
         ]
         .concat();
         assert_eq!(parse_request(&ua).unwrap().user_agent.unwrap().len(), 256);
+    }
+
+    /// Every HTTP flow keeps its boxed details until it ends: 112 bytes is the allocator
+    /// class they took before the tunnel was kept in them.
+    #[test]
+    fn details_fit_their_budget() {
+        assert!(std::mem::size_of::<HttpDetails>() <= 112);
+    }
+
+    /// A pass after the first takes the request, and the SSL-VPN it opens, from the earlier
+    /// one; the tunnel is asked again once the client sent more.
+    #[test]
+    fn a_later_pass_keeps_the_request_and_its_tunnel() {
+        let pass = |client: &[u8], server: &[u8], earlier| {
+            let input = Input {
+                proto: crate::decode::Proto::Tcp,
+                orig_port: 50000,
+                resp_port: 443,
+                client,
+                server,
+                client_closed: false,
+                server_closed: false,
+                client_datagrams: &[],
+                server_datagrams: &[],
+                dns_tool: None,
+                midstream: false,
+                tls: std::cell::Cell::new(None),
+                http: std::cell::Cell::new(earlier),
+                ja4: None,
+                certs: None,
+                dns_answer: None,
+                dns: None,
+            };
+            let mut id = Identification::default();
+            let probe = probe(&input, &mut id);
+            let Some(Protocol::Http(details)) = id.details.other else {
+                panic!("no HTTP details");
+            };
+            (probe, id.app, details)
+        };
+        // An OpenConnect CSTP request (ocserv's worker-http.c reads X-CSTP-Version).
+        let cstp = b"CONNECT /CSCOSSLC/tunnel HTTP/1.1\r\nHost: vpn.example\r\n\r\n";
+        let (first, app, details) = pass(cstp, b"", None);
+        assert_eq!((first, app), (Probe::More, Some(App::Anyconnect)));
+        let (second, app, _) = pass(cstp, b"HTTP/1.1 200 OK\r\n\r\n", Some(details));
+        assert_eq!((second, app), (Probe::Done, Some(App::Anyconnect)));
+        // A head ended by bare LFs: the tunnel looks at what follows it too.
+        let plain = b"GET / HTTP/1.1\nHost: vpn.example\n\n";
+        let (_, app, details) = pass(plain, b"", None);
+        assert_eq!(app, Some(App::Http));
+        let grown = [plain.as_slice(), b"X-CSTP-Version: 1\r\n"].concat();
+        let (_, app, _) = pass(&grown, b"", Some(details));
+        assert_eq!(app, Some(App::Anyconnect));
     }
 }

@@ -216,12 +216,17 @@ fn server_hello_in(flight: &Flight<'_>) -> Result<ServerHello> {
 /// resumed session (ChangeCipherSpec before any Certificate), an anonymous or PSK suite
 /// (ServerKeyExchange/ServerHelloDone first), an empty list, or an alert.
 pub fn parse_server_certificate(stream: &[u8]) -> Result<Option<Certificate>> {
-    certificate_in(&Flight::read(stream)?, None)
+    certificate_in(&Flight::read(stream)?, None, None)
 }
 
-/// [`parse_server_certificate`] of a flight already read.
+/// [`parse_server_certificate`] of a flight already read, whose first message, when it is
+/// a ServerHello, `hello` may hold already read ([`server_hello_in`]).
 /// Certificates already read are taken from `memo`.
-fn certificate_in(flight: &Flight<'_>, memo: Option<&CertMemo>) -> Result<Option<Certificate>> {
+fn certificate_in(
+    flight: &Flight<'_>,
+    hello: Option<&ServerHello>,
+    memo: Option<&CertMemo>,
+) -> Result<Option<Certificate>> {
     let mut messages = Reader::new(&flight.bytes);
     let mut first = true;
     loop {
@@ -229,8 +234,12 @@ fn certificate_in(flight: &Flight<'_>, memo: Option<&CertMemo>) -> Result<Option
             Err(Error::Incomplete) if flight.end != End::More => return Ok(None),
             other => other?,
         };
+        let version = |body| match hello.filter(|_| first) {
+            Some(hello) => Ok(hello.version),
+            None => server_hello_body(body).map(|h| h.version),
+        };
         match kind {
-            handshake::SERVER_HELLO if server_hello_body(body)?.version == TLS13 => {
+            handshake::SERVER_HELLO if version(body)? == TLS13 => {
                 return Ok(None);
             }
             handshake::SERVER_HELLO => {}
@@ -625,7 +634,8 @@ pub fn probe(input: &Input<'_>, id: &mut Identification) -> Probe {
         d.cipher = Some(sh.cipher);
         d.server_alpn = sh.alpn.clone();
     }
-    let cert = (flight.as_ref().map_err(|e| *e)).and_then(|f| certificate_in(f, input.certs));
+    let cert = (flight.as_ref().map_err(|e| *e))
+        .and_then(|f| certificate_in(f, server.as_ref().ok(), input.certs));
     if let Ok(Some(cert)) = &cert {
         d.cert_subject = Some(cert.subject.clone());
         d.cert_issuer = Some(cert.issuer.clone());
@@ -921,9 +931,26 @@ pub(crate) mod tests {
         let memo = CertMemo::default();
         let read = Flight::read(&flight).unwrap();
         for _ in 0..2 {
-            assert_eq!(certificate_in(&read, Some(&memo)), Ok(want.clone()));
+            assert_eq!(certificate_in(&read, None, Some(&memo)), Ok(want.clone()));
         }
         assert_eq!(memo.known.borrow().len(), 1);
+    }
+
+    /// The probe lends the ServerHello it read: the certificate is looked for as when the
+    /// hello is read again (TLS 1.2: found; TLS 1.3: encrypted, none).
+    #[test]
+    fn a_server_hello_read_once_finds_the_certificate_alike() {
+        for flight in [
+            hex(TLS12_SERVER_FLIGHT),
+            records(&hex(RFC8448_SERVER_HELLO), 1 << 14),
+        ] {
+            let read = Flight::read(&flight).unwrap();
+            let hello = server_hello_in(&read).unwrap();
+            assert_eq!(
+                certificate_in(&read, Some(&hello), None),
+                parse_server_certificate(&flight)
+            );
+        }
     }
 
     #[test]

@@ -289,12 +289,16 @@ struct Names {
     rows: HashMap<Box<[u8]>, Vec<usize>, ahash::RandomState>,
     /// Bit `n` is set when some pattern is `n` bytes long: most suffixes are not looked up.
     lengths: u128,
+    /// The last labels of the patterns (`com`, `eu`, ...): a name ending in another one
+    /// matches no row, and none of its suffixes is hashed.
+    last_labels: Vec<Box<[u8]>>,
 }
 
 static NAMES: LazyLock<Names> = LazyLock::new(|| {
     let mut names = Names {
         rows: HashMap::default(),
         lengths: 0,
+        last_labels: Vec::new(),
     };
     for (i, r) in RULES.iter().enumerate() {
         if let Evidence::Host(p) | Evidence::Sni(p) | Evidence::DnsName(p) | Evidence::CertName(p) =
@@ -302,6 +306,10 @@ static NAMES: LazyLock<Names> = LazyLock::new(|| {
             && p.len() <= LONGEST
         {
             names.lengths |= 1 << p.len();
+            let last = p.rsplit('.').next().unwrap_or(p).to_ascii_lowercase();
+            if !names.last_labels.iter().any(|l| **l == *last.as_bytes()) {
+                names.last_labels.push(last.into_bytes().into());
+            }
             (names.rows)
                 .entry(p.to_ascii_lowercase().into_bytes().into())
                 .or_default()
@@ -315,6 +323,16 @@ impl Names {
     /// The index of the row `name` (without its trailing dot) matches as `kind`: the
     /// highest confidence, then the first in [`RULES`].
     fn find(&self, kind: NameKind, name: &[u8]) -> Option<usize> {
+        // Every suffix looked up below ends with the name's last label, as the pattern it
+        // would equal does: most names are turned away by their last few bytes.
+        let last = name.rsplit(|&b| b == b'.').next().unwrap_or(name);
+        if !self
+            .last_labels
+            .iter()
+            .any(|l| l.eq_ignore_ascii_case(last))
+        {
+            return None;
+        }
         let start = name.len().saturating_sub(LONGEST);
         let mut buffer = [0u8; LONGEST];
         let tail = &mut buffer[..name.len() - start];
@@ -551,6 +569,10 @@ mod tests {
             "AnyDesk Client.",
             "x.anydesk client",
             "rs-ny.rustdesk.com",
+            "net.anydesk.com.example",
+            "teamviewer.co",
+            "x.teamviewer.comx",
+            "x.splashtop.EU",
         ];
         let mut made = Vec::new();
         for r in RULES {

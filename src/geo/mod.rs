@@ -29,8 +29,9 @@ static CENTROIDS: &str = include_str!("../../geoip/country-centroids.csv");
 /// The curated hosting/VPN/proxy ASN list.
 static HOSTING_ASNS: &str = include_str!("../../geoip/hosting-asns.csv");
 
-/// Distinct addresses whose answers are kept. 65,536 entries of ~100 bytes: a few MB,
-/// and more distinct public addresses than a concentrator sees in a day.
+/// Distinct addresses whose answers are kept. 65,536 entries of a few dozen bytes (the
+/// records are shared): a few MB, and more distinct public addresses than a concentrator
+/// sees in a day.
 pub const CACHE_CAPACITY: usize = 65_536;
 
 /// Database records whose decoded answers are kept. Addresses share records (every address
@@ -323,14 +324,23 @@ impl Answer {
     }
 }
 
+/// The databases [`Geo::open`] opens: city (when configured), country, ASN.
+const MAX_READERS: usize = 3;
+
+/// Each database's record for one address, in precedence order (none where it has none or
+/// was not asked): what the address cache keeps, three pointers to shared records rather
+/// than the strings of a [`GeoInfo`], put together only when [`Geo::lookup`] asks.
+#[derive(Default)]
+struct Found([Option<Arc<Answer>>; MAX_READERS]);
+
 /// The opened databases and lists. Lookups go through a bounded cache.
 pub struct Geo {
-    /// In precedence order: city, country, asn. The first database that answers a field
-    /// wins. The flag marks the embedded databases.
+    /// In precedence order: city, country, asn (at most [`MAX_READERS`]). The first
+    /// database that answers a field wins. The flag marks the embedded databases.
     readers: Vec<(Reader, bool)>,
     hosting: HashMap<u32, Category>,
     high_risk: Vec<String>,
-    cache: Mutex<Fifo<IpAddr, GeoInfo>>,
+    cache: Mutex<Fifo<IpAddr, Found>>,
     /// Decoded records by (database, offset of the record in it).
     records: Mutex<Fifo<(usize, usize), Arc<Answer>>>,
 }
@@ -386,34 +396,36 @@ impl Geo {
     /// maps them; the embedded whois data places 2001:db8::/32 in JP, its registry).
     /// IPv4-mapped IPv6 addresses are looked up as IPv4.
     pub fn lookup(&self, ip: IpAddr) -> GeoInfo {
-        self.with_info(ip, GeoInfo::clone)
+        self.with_found(ip, |found| self.info(found))
     }
 
-    /// The country and ASN of `ip`, as [`Geo::lookup`] has them, without copying the rest:
-    /// what every flow record carries.
+    /// The country and ASN of `ip`, as [`Geo::lookup`] has them, read from the records
+    /// without putting the rest together: what every flow record carries.
     pub fn country_asn(&self, ip: IpAddr) -> (Option<Country>, Option<u32>) {
-        self.with_info(ip, |info| {
-            (info.country.as_deref().and_then(Country::new), info.asn)
+        self.with_found(ip, |found| {
+            let mut answers = found.0.iter().flatten();
+            let country = answers.clone().find_map(|a| a.country);
+            (country, answers.find_map(|a| a.asn))
         })
     }
 
-    /// `f` of what the databases say about `ip`, from the cache when it is there. Addresses
-    /// no database is asked about skip the cache: answering them costs less than a cache
-    /// probe, and they would push out answers that cost a database lookup.
-    fn with_info<T>(&self, ip: IpAddr, f: impl FnOnce(&GeoInfo) -> T) -> T {
+    /// `f` of the records the databases have for `ip`, from the cache when it is there.
+    /// Addresses no database is asked about skip the cache: answering them costs less than
+    /// a cache probe, and they would push out answers that cost a database lookup.
+    fn with_found<T>(&self, ip: IpAddr, f: impl FnOnce(&Found) -> T) -> T {
         let ip = ip.to_canonical();
         if !self.asks_about(ip) {
-            return f(&GeoInfo::default());
+            return f(&Found::default());
         }
         if let Ok(cache) = self.cache.lock()
             && let Some(hit) = cache.map.get(&ip)
         {
             return f(hit);
         }
-        let info = self.lookup_uncached(ip);
-        let answer = f(&info);
+        let found = self.find(ip);
+        let answer = f(&found);
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(ip, info);
+            cache.insert(ip, found);
         }
         answer
     }
@@ -427,19 +439,26 @@ impl Geo {
         !is_documentation(ip) || self.readers.iter().any(|(_, embedded)| !embedded)
     }
 
-    fn lookup_uncached(&self, ip: IpAddr) -> GeoInfo {
-        let mut info = GeoInfo::default();
+    /// Each database's record for `ip`, walked down to and decoded (or taken decoded).
+    fn find(&self, ip: IpAddr) -> Found {
+        let mut found = Found::default();
         let documentation = is_documentation(ip);
-        for (db, (reader, embedded)) in self.readers.iter().enumerate() {
+        let readers = self.readers.iter().enumerate();
+        for ((db, (reader, embedded)), slot) in readers.zip(&mut found.0) {
             if documentation && *embedded {
                 continue;
             }
-            let Ok(result) = reader.lookup(ip) else {
-                continue;
-            };
-            let Some(answer) = self.answer(db, &result) else {
-                continue;
-            };
+            if let Ok(result) = reader.lookup(ip) {
+                *slot = self.answer(db, &result);
+            }
+        }
+        found
+    }
+
+    /// What the records say, each field from the first database that answers it.
+    fn info(&self, found: &Found) -> GeoInfo {
+        let mut info = GeoInfo::default();
+        for answer in found.0.iter().flatten() {
             if info.country.is_none() {
                 info.country = answer.country.map(|c| c.as_str().to_string());
             }
@@ -734,6 +753,27 @@ mod tests {
             let result = reader.lookup("8.8.4.4".parse().unwrap()).unwrap();
             let fresh = Answer::of(result.decode::<Record>().unwrap().unwrap());
             assert_eq!(*geo.answer(db, &result).unwrap(), fresh);
+        }
+    }
+
+    /// A flow record's country and ASN, read from the records, are the lookup's, from the
+    /// cache or not.
+    #[test]
+    fn country_and_asn_are_the_lookups() {
+        let geo = Geo::embedded().unwrap();
+        for ip in ["8.8.8.8", "1.1.1.1", "2001:4860:4860::8888", "81.20.14.213"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let uncached = Geo::embedded().unwrap().country_asn(ip);
+            let info = geo.lookup(ip);
+            let (country, asn) = geo.country_asn(ip);
+            assert_eq!(
+                country.map(|c| c.as_str().to_string()),
+                info.country,
+                "{ip}"
+            );
+            assert_eq!(asn, info.asn, "{ip}");
+            assert_eq!(uncached, (country, asn), "{ip}");
+            assert!(info.asn.is_some() && info.location.is_some(), "{ip}");
         }
     }
 
