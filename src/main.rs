@@ -17,7 +17,10 @@ use farmwatch::sink::{self, Target};
 
 /// mimalloc: a sensor allocates and frees small objects per flow all day (records, protocol
 /// details, reassembly buffers); glibc's allocator spent about a tenth of replay time on
-/// them and returned pages to the kernel only to fault them back in.
+/// them and returned pages to the kernel only to fault them back in. Built without
+/// transparent huge pages (`no_thp` in Cargo.toml): a 2 MiB page is zeroed and resident
+/// whole for the few flows that touch it (open flows: 506 -> 479 bytes each; office mix
+/// peak RSS 69 -> 54 MB, CPU unchanged).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
