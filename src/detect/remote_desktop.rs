@@ -226,7 +226,10 @@ impl Member {
 struct Session {
     start: Timestamp,
     last_data: Timestamp,
-    live: BTreeMap<FlowKey, Member>,
+    /// The session's flows in the table, in key order (the busiest on a tie is the first
+    /// noted). A list, not a B-tree: a session has a few and every second walks them; a
+    /// B-tree's walk and its retain cost twice the refresh itself.
+    live: Vec<(FlowKey, Member)>,
     /// Flows of the session that ended, summed.
     ended: Figures,
     flows: u32,
@@ -242,7 +245,7 @@ impl Session {
         Session {
             start,
             last_data: start,
-            live: BTreeMap::new(),
+            live: Vec::new(),
             ended: Figures::default(),
             flows: 0,
             relay: false,
@@ -255,7 +258,7 @@ impl Session {
     /// starts at `at` with the flows that are still open.
     fn restart(&mut self, at: Timestamp) {
         let mut live = std::mem::take(&mut self.live);
-        for m in live.values_mut() {
+        for (_, m) in &mut live {
             m.base = m.figures;
         }
         *self = Session::new(at);
@@ -265,7 +268,7 @@ impl Session {
 
     fn figures(&self) -> Figures {
         let mut f = self.ended;
-        for m in self.live.values() {
+        for (_, m) in &self.live {
             f.add(&m.share());
         }
         f
@@ -279,6 +282,20 @@ impl Session {
         }
         self.relay |= m.relay;
         self.last_data = self.last_data.max(m.last_data);
+    }
+
+    /// Notes every flow in the table, in key order.
+    fn note_live(&mut self) {
+        let live = std::mem::take(&mut self.live);
+        for (_, m) in &live {
+            self.note(m);
+        }
+        self.live = live;
+    }
+
+    /// The flow `key` among those in the table.
+    fn member(&self, key: &FlowKey) -> Result<usize, usize> {
+        self.live.binary_search_by(|(k, _)| k.cmp(key))
     }
 }
 
@@ -407,7 +424,10 @@ impl RemoteDesktop {
             s.start = s.start.min(member.first);
             s.flows += 1;
             s.note(&member);
-            s.live.insert(*key, member);
+            match s.member(key) {
+                Ok(i) => s.live[i].1 = member,
+                Err(i) => s.live.insert(i, (*key, member)),
+            }
         }
     }
 
@@ -420,8 +440,9 @@ impl RemoteDesktop {
         };
         let key = flow.key();
         if let Some(s) = self.sessions.get_mut(&(host, app))
-            && let Some(mut m) = s.live.remove(&key)
+            && let Ok(i) = s.member(&key)
         {
+            let (_, mut m) = s.live.remove(i);
             m.refresh(flow);
             s.note(&m);
             s.ended.add(&m.share());
@@ -440,28 +461,33 @@ impl RemoteDesktop {
             return;
         }
         let gap = self.config.reconnect_gap;
-        self.sessions.retain(|_, s| {
+        // Times compared in ns: a `Duration` between two timestamps is a division, and
+        // every session takes four each second.
+        let gap_ns = gap.as_nanos();
+        let since = |a: Timestamp, b: Timestamp| u128::from(a.0.saturating_sub(b.0));
+        // One walk, in key order: a session's update and its reports need nothing of the
+        // others. Sessions that ended go after it (few do; a B-tree's retain cost as much
+        // as the walk).
+        let mut ended = Vec::new();
+        for ((host, app), s) in self.sessions.iter_mut() {
             let mut latest = s.last_data;
-            for (key, m) in s.live.iter_mut() {
+            for (key, m) in &mut s.live {
                 if let Some(f) = super::find(flows, m.at, key) {
                     m.refresh(f);
                 }
                 latest = latest.max(m.last_data);
             }
-            if latest.since(s.last_data) > gap {
+            if since(latest, s.last_data) > gap_ns {
                 s.restart(latest);
             }
-            let live = std::mem::take(&mut s.live);
-            for m in live.values() {
-                s.note(m);
+            s.note_live();
+            if s.live.is_empty() && since(now, s.last_data) > gap_ns {
+                ended.push((*host, *app));
+                continue;
             }
-            s.live = live;
-            !s.live.is_empty() || now.since(s.last_data) <= gap
-        });
-        for ((host, app), s) in self.sessions.iter_mut() {
-            let span = s.last_data.since(s.start);
+            let span = since(s.last_data, s.start);
             while let Some(point) = self.points.get(s.reported).copied()
-                && span >= point
+                && span >= point.as_nanos()
             {
                 // A TURN relay at the host during the session, or just before it.
                 let turn = self
@@ -479,6 +505,9 @@ impl RemoteDesktop {
                 ));
                 s.reported += 1;
             }
+        }
+        for key in ended {
+            self.sessions.remove(&key);
         }
     }
 }
@@ -906,6 +935,39 @@ mod tests {
             }
             rd.on_tick(&scope, Timestamp(t + SEC), &wire.table, &mut out);
         }
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    /// A session whose flows ended is let go once the reconnect gap has passed.
+    #[test]
+    fn an_ended_session_goes_after_the_gap() {
+        use testkit::*;
+        let world = World::new();
+        let scope = world.scope();
+        let mut wire = Wire::new();
+        let mut rd = RemoteDesktop::new(&RemoteDesktopConfig::default());
+        let mut out = Vec::new();
+        let mut key = None;
+        for minute in 0..10 {
+            let t = T0 + minute * MIN;
+            let k = wire.udp(t, "192.0.2.70:50000", "10.8.0.12:3389", 40);
+            if minute == 0 {
+                wire.table.get_mut(&k).unwrap().app = Some(App::Rdp);
+                rd.on_identified(&scope, &k, None, wire.table.get(&k).unwrap());
+            }
+            rd.on_tick(&scope, Timestamp(t + SEC), &wire.table, &mut out);
+            key = Some(k);
+        }
+        rd.on_end(&scope, wire.table.get(&key.unwrap()).unwrap());
+        let host = "10.8.0.12".parse().unwrap();
+        // The last activity was at minute 9: still running at 12, gone at 15.
+        rd.on_tick(&scope, Timestamp(T0 + 12 * MIN), &wire.table, &mut out);
+        assert_eq!(
+            rd.active_app(host, Timestamp(T0 + 12 * MIN)),
+            Some(App::Rdp)
+        );
+        rd.on_tick(&scope, Timestamp(T0 + 15 * MIN), &wire.table, &mut out);
+        assert!(rd.sessions.is_empty());
         assert!(out.is_empty(), "{out:?}");
     }
 

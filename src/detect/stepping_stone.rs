@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use crate::app::App;
 use crate::decode::Proto;
-use crate::detect::{Detector, Moment, Reason, Registered, Stage};
+use crate::detect::{Detector, Moment, Reason, Registered, Stage, moments};
 use crate::event::{Event, FlowRef, Kind, Severity, SteppingStoneEvidence};
 use crate::flows::{Flow, FlowKey, humantime_serde};
 use crate::timestamp::Timestamp;
@@ -426,6 +426,10 @@ impl Detector for SteppingStone {
             Moment::Ended { flow, .. } => self.on_end(flow),
             _ => {}
         }
+    }
+
+    fn moments(&self) -> u8 {
+        moments::RESUMED | moments::ENDED
     }
 
     fn evictions(&self) -> Vec<(&'static str, u64)> {
