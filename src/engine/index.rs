@@ -360,10 +360,11 @@ impl Index {
                     asked = (spot.file, end);
                 }
                 if let Some(map) = self.maps.get(spot.file) {
-                    while asked.1 < end + READ_AHEAD {
-                        prefetch::bytes(map.bytes().get(asked.1..).unwrap_or_default(), 1);
-                        asked.1 += 64;
+                    let want = end + READ_AHEAD;
+                    if let Some(ahead) = map.bytes().get(asked.1..want.min(map.bytes().len())) {
+                        prefetch::bytes(ahead, ahead.len().div_ceil(64));
                     }
+                    asked.1 = asked.1.max(want);
                 }
                 bytes += pkt.data.len();
                 chunk.records += 1;
