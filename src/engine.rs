@@ -257,6 +257,10 @@ impl Engine {
             }
             return;
         }
+        // Asking for the next packet's flow while this one is worked on (the packet after
+        // it peeked, its flow's box prefetched from a table of the addresses last found)
+        // cost more than the stalls it saved: 13 % more instructions (a peek per packet),
+        // CPU 0.64 -> 0.67 s on the real mix, 0.40 -> 0.41 s on the office mix.
         let mut n: u64 = 0;
         while let Some(pkt) = replay.next_packet() {
             self.packet(pkt);

@@ -613,6 +613,9 @@ impl FileReader {
                     // packet was worked on: waiting for its first load was most of the
                     // time a mapped file's reading took. Three lines: a tunnelled packet's
                     // TCP options lie past the second (the decoder waited there for them).
+                    // Asking for the record after the next one instead (its start read from
+                    // the next header) paid nothing: the stall moved to that read (real
+                    // mix, 1 worker: CPU 0.62 -> 0.64 s; office 0.40 -> 0.40 s).
                     let next = data.get(len..).unwrap_or_default();
                     crate::prefetch::bytes(next, 3);
                     let ts = f.ts.unwrap_or(self.last_ts);
