@@ -13,32 +13,40 @@ pub const SMALL_PAYLOAD: u32 = 100;
 /// Payload sizes at or above this are bulk-sized (screen updates, file data).
 pub const LARGE_PAYLOAD: u32 = 1000;
 
+/// `repr(C)`, in the order a packet touches the fields, 8-byte slots: a packet's own
+/// counters first (slots 0–3: what a pure ACK writes), then a data packet's (4–7), then
+/// the sometimes and once (8–11). [`crate::flows::Flow`] starts the originator's at a cache
+/// line and the responder's half-way through the next, so either side's ACKs touch one
+/// line and its data segments one or two.
 #[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
 pub struct Activity {
     pub pkts: u64,
-    /// Transport payload bytes (what Zeek calls orig_bytes/resp_bytes).
-    pub bytes: u64,
     /// IP-layer bytes.
     pub ip_bytes: u64,
     /// Frame bytes on the wire, link header included (what tshark's conversations count).
     pub wire_bytes: u64,
-    pub data_pkts: u64,
-    pub small_pkts: u64,
-    pub large_pkts: u64,
     /// Largest payload, saturating at 65,535 (an IP datagram's limit; only a jumbogram is
     /// larger): two bytes less per direction of every flow.
     pub max_payload: u16,
+    pub min_ttl: u8,
     /// Idle→active transitions.
     pub resumes: u32,
-    /// First and latest data packet, and the start of the current ON period; meaningful
-    /// once `data_pkts > 0` (see the accessors).
-    first_data_ts: Timestamp,
+    /// Transport payload bytes (what Zeek calls orig_bytes/resp_bytes).
+    pub bytes: u64,
+    pub data_pkts: u64,
+    /// Latest data packet (like `first_data_ts` and `on_since`, meaningful once
+    /// `data_pkts > 0`: see the accessors).
     last_data_ts: Timestamp,
-    on_since: Timestamp,
     /// Time spent inside ON periods: the sum of the gaps between data packets inside them,
     /// so the mean gap is `active_ns / gap_count()` and needs no running statistic.
     pub active_ns: u64,
-    pub min_ttl: u8,
+    pub small_pkts: u64,
+    pub large_pkts: u64,
+    /// First data packet.
+    first_data_ts: Timestamp,
+    /// Start of the current ON period.
+    on_since: Timestamp,
 }
 
 /// A data packet after at least `idle` of silence: an ON period starts.
@@ -60,7 +68,6 @@ impl Activity {
         idle_ns: u64,
     ) -> Option<Resume> {
         self.pkts += 1;
-        self.bytes += payload_len as u64;
         self.ip_bytes += ip_len as u64;
         self.wire_bytes += wire_len as u64;
         self.min_ttl = if self.pkts == 1 {
@@ -71,6 +78,9 @@ impl Activity {
         if payload_len == 0 {
             return None;
         }
+        // Payload bytes after the early return: an ACK adds none, and leaves the data
+        // packet's slots alone.
+        self.bytes += payload_len as u64;
         self.data_pkts += 1;
         let clamped = u16::try_from(payload_len).unwrap_or(u16::MAX);
         self.max_payload = self.max_payload.max(clamped);

@@ -172,13 +172,15 @@ impl History {
 /// The times happen at most once each; they are kept as plain timestamps with a bit each
 /// for "seen" (an `Option<Timestamp>` costs 16 bytes, this 8 and a bit: every tracked flow
 /// carries them).
+///
+/// `repr(C)`, in this order: the fields every segment reads or writes (sequence ends,
+/// flights, flags, bits) are the first 16 bytes, which [`Flow`] places at the end of a hot
+/// cache line; the retransmission counts and the handshake times follow in the next.
 #[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
 pub struct TcpTrack {
-    /// SYN, SYN/ACK, the originator's handshake-completing ACK, and its second flight.
-    times: [Timestamp; 4],
-    /// Bits 0–3: `times` seen; bits 4–5: `seq_end` known, per side; bit 6: operator
-    /// latency holds a session of the connection ([`TcpTrack::latency_session`]).
-    seen: u8,
+    /// Highest sequence number (end of data) each side has sent, for retransmissions.
+    seq_end: [u32; 2],
     /// How long each side's opening flight lasted, in units of 10 µs from its first
     /// payload (`u16::MAX`: longer than that can say): the originator's until the
     /// responder's first payload, the responder's until the originator's second flight.
@@ -186,11 +188,14 @@ pub struct TcpTrack {
     flight: [u16; 2],
     /// OR of the TCP flags each side has sent.
     pub flags: [u8; 2],
-    /// Highest sequence number (end of data) each side has sent, for retransmissions.
-    seq_end: [u32; 2],
+    /// Bits 0–3: `times` seen; bits 4–5: `seq_end` known, per side; bit 6: operator
+    /// latency holds a session of the connection ([`TcpTrack::latency_session`]).
+    seen: u8,
     pub retransmissions: [u32; 2],
     /// Payload bytes of each direction that were never seen (holes in the sequence space).
     pub missed_bytes: u64,
+    /// SYN, SYN/ACK, the originator's handshake-completing ACK, and its second flight.
+    times: [Timestamp; 4],
 }
 
 const SYN_TIME: usize = 0;
@@ -334,34 +339,51 @@ impl EndReason {
     }
 }
 
+/// One tracked flow, boxed in the table.
+///
+/// `repr(C)`, its fields in the order a packet touches them: a flow's box is 376 bytes,
+/// six cache lines (mimalloc's 384-byte class starts every block on a 128-byte boundary),
+/// and a packet of a flow long out of the cache waits for each line it touches.
+/// - Line 0: what the table's probe compares (`seq`, `proto`, the ends) and the flags
+///   and counts every packet reads (`last`, `dissected`, `interim_records`...).
+/// - Lines 1–3: `dir`, each direction's counters ([`Activity`] puts a packet's own first,
+///   then a data packet's): the originator's in line 1, the responder's per-packet ones in
+///   line 2 and its data ones in line 3.
+/// - Line 4: the wheel's slot, the reassembly, the history and the TCP state a segment
+///   reads ([`TcpTrack`] puts those first).
+/// - Line 5: what a flow's first packets or its record read: handshake times,
+///   retransmission counts, the details.
+///
+/// A pure ACK touches three lines, a data segment three or four.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Flow {
     /// Sequence number of the flow in the input, for deterministic ordering.
     pub seq: u64,
-    pub proto: Proto,
+    pub last: Timestamp,
     pub orig: (IpAddr, u16),
     pub resp: (IpAddr, u16),
-    pub first: Timestamp,
-    pub last: Timestamp,
-    pub dir: [Activity; 2],
-    pub tcp: TcpTrack,
-    pub history: History,
-    pub streams: Option<Box<Streams>>,
-    pub tunnel: Option<Tunnel>,
-    /// Interim records written so far; the next is due `interim_interval` after the last
-    /// (see [`Flow::next_interim`]).
-    pub interim_records: u32,
-    /// The second (of packet time) at which the table next looks at this flow.
-    pub(super) timer_at: u64,
-    /// The application label, from evidence in the bytes.
-    pub app: Option<App>,
-    /// A port-only hint, when the bytes said nothing.
-    pub guess: Option<App>,
-    pub details: Option<Box<Details>>,
+    pub proto: Proto,
     /// Identification is over: the reassembly buffers are gone.
     pub dissected: bool,
     /// Every later datagram is handed on too (DNS answers, RADIUS accounting).
     pub follow: bool,
+    /// The application label, from evidence in the bytes.
+    pub app: Option<App>,
+    /// Interim records written so far; the next is due `interim_interval` after the last
+    /// (see [`Flow::next_interim`]).
+    pub interim_records: u32,
+    pub dir: [Activity; 2],
+    /// The second (of packet time) at which the table next looks at this flow.
+    pub(super) timer_at: u64,
+    pub first: Timestamp,
+    pub streams: Option<Box<Streams>>,
+    pub history: History,
+    /// A port-only hint, when the bytes said nothing.
+    pub guess: Option<App>,
+    pub tunnel: Option<Tunnel>,
+    pub tcp: TcpTrack,
+    pub details: Option<Box<Details>>,
 }
 
 /// What a packet did to its flow, for the table's bookkeeping.
@@ -805,6 +827,37 @@ mod tests {
         // for 376 bytes and its 8-byte header.)
         let size = std::mem::size_of::<Flow>();
         assert!(size <= 376, "Flow is {size} bytes");
+    }
+
+    /// The lines of [`Flow`]'s layout: what a packet of a known flow touches sits in few of
+    /// them (the box starts on a line: mimalloc's 384-byte blocks are 128-byte aligned).
+    #[test]
+    fn a_packet_touches_few_lines() {
+        use std::mem::offset_of;
+        let line = |offset: usize| offset / 64;
+        let in_line = |n: usize, from: usize, to: usize| line(from) == n && line(to - 1) == n;
+        // The probe and the per-packet flags and counts.
+        assert!(in_line(
+            0,
+            offset_of!(Flow, seq),
+            offset_of!(Flow, interim_records) + 4
+        ));
+        // Each direction: its ACK counters in one line, its data counters in one line.
+        let dir = |side: usize| offset_of!(Flow, dir) + side * size_of::<Activity>();
+        let acks = offset_of!(Activity, min_ttl) + 1;
+        let data = offset_of!(Activity, active_ns) + 8;
+        assert!(acks <= 32 && offset_of!(Activity, bytes) == 32 && data == 64);
+        assert!(in_line(1, dir(ORIG), dir(ORIG) + data));
+        assert!(in_line(2, dir(RESP), dir(RESP) + acks));
+        assert!(in_line(3, dir(RESP) + 32, dir(RESP) + data));
+        // A segment's state: the wheel's slot, reassembly, history, TCP sequence and flags.
+        let tcp = offset_of!(Flow, tcp);
+        assert!(in_line(
+            4,
+            offset_of!(Flow, timer_at),
+            tcp + offset_of!(TcpTrack, seen) + 1
+        ));
+        assert!(offset_of!(Flow, first) < tcp && offset_of!(Flow, history) < tcp);
     }
 
     /// The table finds a flow by the key it computes from the flow itself: it must be the
