@@ -9,7 +9,8 @@
 //! what it hands on with the clock of the moment that produced it, and reports how far it
 //! got (its watermark); the merge applies an item once every worker has passed its moment,
 //! items of one moment in the order of their content. So the account stage sees one
-//! sequence, the same for every number of workers.
+//! sequence, the same for every number of workers, whichever worker applies it (it has no
+//! thread of its own: [`Account`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
@@ -679,10 +680,10 @@ struct Entry {
 /// per packet) and the entry its place there. Other bytes (standard input, .gz files,
 /// live capture, held fragments) are copied into `data`.
 ///
-/// Batches and the workers' item lists go round and come back emptied (a worker returns
-/// its batches to the reader, the account stage the item lists to their worker): a fresh
-/// buffer for each batch is fresh pages for the kernel to zero, on the reader's thread,
-/// which is the one that limits how fast several workers go.
+/// Batches go round and come back emptied (a worker returns its batches to the reader; its
+/// item list keeps its room, the items moved into the merge): a fresh buffer for each
+/// batch is fresh pages for the kernel to zero, on the reader's thread, which is the one
+/// that limits how fast several workers go.
 struct Batch {
     entries: Vec<Entry>,
     data: Vec<u8>,
@@ -1119,9 +1120,8 @@ fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> Fl
 }
 
 /// Records of the input a walker passes between hand-ons of its items (checked at the
-/// end of each chunk of the index): each may wake the account stage's thread, which then
-/// takes a core from a walker (there is one core per walker), and a walker has items for
-/// a few of them.
+/// end of each chunk of the index): the other walkers' items wait in the merge until it
+/// hands on, and each hand-on takes the merge's lock and may apply a batch.
 const HAND_EVERY: u64 = 8192;
 
 /// A worker's walk of a mapped replay.
