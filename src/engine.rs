@@ -9,13 +9,14 @@
 //! what it hands on with the clock of the moment that produced it, and reports how far it
 //! got (its watermark); the merge applies an item once every worker has passed its moment,
 //! items of one moment in the order of their content. So the account stage sees one
-//! sequence, the same for every number of workers.
+//! sequence, the same for every number of workers, whichever worker applies it (it has no
+//! thread of its own: [`Account`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -109,9 +110,8 @@ enum Run {
     /// One worker, on the caller's thread, and the account stage after it.
     Inline {
         worker: Box<FlowWorker>,
-        account: Box<AccountStage>,
         merge: Merge,
-        flushed: Instant,
+        stage: Box<Stage>,
     },
     Threads(Box<Threads>),
 }
@@ -220,9 +220,8 @@ impl Engine {
         let run = if workers == 1 {
             Run::Inline {
                 worker: Box::new(FlowWorker::new(config, scope.clone(), |_| true)),
-                account: Box::new(account),
                 merge: Merge::new(1),
-                flushed: Instant::now(),
+                stage: Box::new(Stage::new(account)),
             }
         } else {
             Run::Threads(Box::new(Threads::start(
@@ -276,9 +275,8 @@ impl Engine {
         match &mut self.run {
             Run::Inline {
                 worker,
-                account,
                 merge,
-                ..
+                stage,
             } => {
                 if start {
                     worker.start(clock);
@@ -291,10 +289,10 @@ impl Engine {
                     merge.push(0, worker.out.drain(..));
                 }
                 merge.mark(0, clock);
-                merge.release(account);
+                stage.release(merge);
                 if tick && self.board.is_watched() {
                     self.board.put_worker(0, worker, clock);
-                    self.board.put_account(account, clock);
+                    self.board.put_account(&mut stage.account, clock);
                 }
             }
             Run::Threads(t) => t.dispatch(pkt, clock, start, tick),
@@ -316,13 +314,12 @@ impl Engine {
         match &mut self.run {
             Run::Inline {
                 worker,
-                account,
                 merge,
-                ..
+                stage,
             } => {
                 worker.reload(self.scope.clone(), reload, clock, true);
                 merge.push(0, worker.out.drain(..));
-                merge.release(account);
+                stage.release(merge);
             }
             Run::Threads(t) => t.reload(self.scope.clone(), reload, clock),
         }
@@ -337,21 +334,17 @@ impl Engine {
         match &mut self.run {
             Run::Inline {
                 worker,
-                account,
                 merge,
-                flushed,
+                stage,
             } => {
                 merge.push(0, worker.out.drain(..));
                 merge.mark(0, clock);
-                merge.release(account);
+                stage.release(merge);
                 if self.board.is_watched() {
                     self.board.put_worker(0, worker, now);
-                    self.board.put_account(account, now);
+                    self.board.put_account(&mut stage.account, now);
                 }
-                if flushed.elapsed() >= FLUSH_EVERY {
-                    account.flush_sinks();
-                    *flushed = Instant::now();
-                }
+                stage.flush_due(None);
             }
             Run::Threads(t) => t.idle(clock),
         }
@@ -367,16 +360,15 @@ impl Engine {
         let (mut account, mut stats, remote) = match self.run {
             Run::Inline {
                 mut worker,
-                mut account,
                 mut merge,
-                ..
+                mut stage,
             } => {
                 worker.finish(end);
                 merge.push(0, worker.out.drain(..));
                 merge.mark(0, Timestamp(u64::MAX));
-                merge.finish(&mut account, |_| worker.end_records(END_CHUNK));
+                stage.finish(&mut merge, |_| worker.end_records(END_CHUNK));
                 let remote = worker.active_remote_desktop(clock);
-                (*account, worker.stats.clone(), remote)
+                (stage.account, worker.stats.clone(), remote)
             }
             Run::Threads(t) => t.finish(clock, end),
         };
@@ -398,15 +390,11 @@ impl Engine {
 ///
 /// The end of the input is one moment with a record per flow still open: a worker hands on
 /// what its flows' ends found (marking `u64::MAX`), then their records in order, a chunk at
-/// a time; [`Merge::finish`] merges those streams, so no more than a few chunks are held.
+/// a time; [`Stage::finish`] merges those streams, so no more than a few chunks are held.
 struct Merge {
     queues: Vec<VecDeque<Stamped>>,
     /// How far each worker got: it will hand on nothing stamped before this.
     marks: Vec<Timestamp>,
-    ready: Vec<Stamped>,
-    sorter: ItemSorter,
-    /// The moment of the last item applied.
-    applied: Timestamp,
 }
 
 impl Merge {
@@ -414,9 +402,6 @@ impl Merge {
         Merge {
             queues: (0..workers).map(|_| VecDeque::new()).collect(),
             marks: vec![Timestamp::ZERO; workers],
-            ready: Vec::new(),
-            sorter: ItemSorter::default(),
-            applied: Timestamp::ZERO,
         }
     }
 
@@ -428,43 +413,98 @@ impl Merge {
         self.marks[worker] = self.marks[worker].max(at);
     }
 
-    /// Applies every item whose moment every worker has passed, short of the end: once every
-    /// worker has marked `u64::MAX` the rest is [`finish`](Self::finish)'s.
-    fn release(&mut self, account: &mut AccountStage) {
+    /// The moment every worker has passed, short of the end: once every worker has marked
+    /// `u64::MAX` the rest is [`Stage::finish`]'s.
+    fn bound(&self) -> Option<Timestamp> {
         let bound = self.marks.iter().copied().min().unwrap_or_default();
-        if bound == Timestamp(u64::MAX) {
+        (bound != Timestamp(u64::MAX)).then_some(bound)
+    }
+
+    /// Moves every item whose moment every worker has passed into `ready`, unsorted.
+    fn release_into(&mut self, ready: &mut Vec<Stamped>) {
+        let Some(bound) = self.bound() else {
             return;
-        }
+        };
         for q in &mut self.queues {
             while q.front().is_some_and(|s| s.at < bound) {
                 if let Some(s) = q.pop_front() {
-                    self.ready.push(s);
+                    ready.push(s);
                 }
             }
         }
+    }
+
+    /// Whether [`release_into`](Self::release_into) would move anything.
+    fn has_released(&self) -> bool {
+        self.bound().is_some_and(|bound| {
+            (self.queues.iter()).any(|q| q.front().is_some_and(|s| s.at < bound))
+        })
+    }
+}
+
+/// The account stage behind the merge, and what applying in order needs.
+struct Stage {
+    account: AccountStage,
+    /// Items released, to sort and apply (kept for its room).
+    ready: Vec<Stamped>,
+    sorter: ItemSorter,
+    /// The moment of the last item applied.
+    applied: Timestamp,
+    /// When the sinks were last flushed.
+    flushed: Instant,
+}
+
+impl Stage {
+    fn new(account: AccountStage) -> Stage {
+        Stage {
+            account,
+            ready: Vec::new(),
+            sorter: ItemSorter::default(),
+            applied: Timestamp::ZERO,
+            flushed: Instant::now(),
+        }
+    }
+
+    /// Applies every item of `merge` whose moment every worker has passed.
+    fn release(&mut self, merge: &mut Merge) {
+        merge.release_into(&mut self.ready);
+        self.apply_ready();
+    }
+
+    /// Applies the items released, in order.
+    fn apply_ready(&mut self) {
         if self.ready.is_empty() {
             return;
         }
         self.sorter.sort(&mut self.ready);
         for s in self.ready.drain(..) {
             self.applied = s.at;
-            account.apply(s);
+            self.account.apply(s);
         }
     }
 
+    /// Pushes the buffered output out if it was last [`FLUSH_EVERY`] ago (live), and puts
+    /// the account stage's counters on `board` then if it is watched.
+    fn flush_due(&mut self, board: Option<&Board>) {
+        if self.flushed.elapsed() < FLUSH_EVERY {
+            return;
+        }
+        self.account.flush_sinks();
+        if let Some(board) = board.filter(|b| b.is_watched()) {
+            board.put_account(&mut self.account, self.applied);
+        }
+        self.flushed = Instant::now();
+    }
+
     /// The input is over and every worker has handed on all but its end records: applies
-    /// everything left, with the workers' end records merged in as they come
+    /// everything left in `merge`, with the workers' end records merged in as they come
     /// (`records(worker)`: its next records, in order; None when it has no more).
-    fn finish(
-        &mut self,
-        account: &mut AccountStage,
-        records: impl FnMut(usize) -> Option<Vec<Stamped>>,
-    ) {
-        let mut rest: Vec<Stamped> = self.queues.iter_mut().flat_map(|q| q.drain(..)).collect();
+    fn finish(&mut self, merge: &mut Merge, records: impl FnMut(usize) -> Option<Vec<Stamped>>) {
+        let mut rest: Vec<Stamped> = merge.queues.iter_mut().flat_map(|q| q.drain(..)).collect();
         sort_items(&mut rest);
-        merge_sorted(rest, self.queues.len(), records, |s| {
+        merge_sorted(rest, merge.queues.len(), records, |s| {
             self.applied = s.at;
-            account.apply(s);
+            self.account.apply(s);
         });
     }
 }
@@ -644,10 +684,10 @@ struct Entry {
 /// per packet) and the entry its place there. Other bytes (standard input, .gz files,
 /// live capture, held fragments) are copied into `data`.
 ///
-/// Batches and the workers' item lists go round and come back emptied (a worker returns
-/// its batches to the reader, the account stage the item lists to their worker): a fresh
-/// buffer for each batch is fresh pages for the kernel to zero, on the reader's thread,
-/// which is the one that limits how fast several workers go.
+/// Batches go round and come back emptied (a worker returns its batches to the reader; its
+/// item list keeps its room, the items moved into the merge): a fresh buffer for each
+/// batch is fresh pages for the kernel to zero, on the reader's thread, which is the one
+/// that limits how fast several workers go.
 struct Batch {
     entries: Vec<Entry>,
     data: Vec<u8>,
@@ -745,11 +785,65 @@ fn add_to(batches: &mut [Batch], to: To, task: Task<'_>, clock: Timestamp) {
     }
 }
 
-/// A worker's items and watermark, for the merge.
-struct Handed {
-    worker: usize,
-    items: Vec<Stamped>,
-    mark: Timestamp,
+/// The merge and the account stage behind it, which the workers share (several workers):
+/// no thread of its own, which would take a core from a worker at each hand-on. A worker
+/// hands its items and how far it got into the merge, then applies what every worker has
+/// passed, unless another worker is applying: that one looks again once it is through. The
+/// order of application is the merge's, whoever applies.
+struct Account {
+    merge: Mutex<Merge>,
+    stage: Mutex<Stage>,
+}
+
+impl Account {
+    fn new(workers: usize, account: AccountStage) -> Account {
+        Account {
+            merge: Mutex::new(Merge::new(workers)),
+            stage: Mutex::new(Stage::new(account)),
+        }
+    }
+
+    /// Hands on `worker`'s items, stamped before `mark` no more, and applies what it can.
+    /// False once the account stage is broken (a worker panicked applying).
+    fn hand(
+        &self,
+        worker: usize,
+        items: impl IntoIterator<Item = Stamped>,
+        mark: Timestamp,
+        board: &Board,
+    ) -> bool {
+        {
+            let mut merge = lock(&self.merge);
+            merge.push(worker, items);
+            merge.mark(worker, mark);
+        }
+        self.apply(board)
+    }
+
+    /// Applies what every worker has passed and flushes when due, unless another thread
+    /// holds the stage. The holder looks at the merge again after letting the stage go, so
+    /// what was handed on meanwhile (by a worker that found the stage held) is applied now,
+    /// by it or by whoever then holds the stage, not at some later hand-on.
+    fn apply(&self, board: &Board) -> bool {
+        loop {
+            let mut stage = match self.stage.try_lock() {
+                Ok(stage) => stage,
+                Err(TryLockError::WouldBlock) => return true,
+                Err(TryLockError::Poisoned(_)) => return false,
+            };
+            lock(&self.merge).release_into(&mut stage.ready);
+            stage.apply_ready();
+            stage.flush_due(Some(board));
+            drop(stage);
+            if !lock(&self.merge).has_released() {
+                return true;
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What a worker thread is given: batches of work from the reader, or the input to walk
@@ -759,9 +853,10 @@ enum Order {
     Walk(Box<Walk>),
 }
 
-/// The threaded engine: each worker runs its partitions, one more thread runs the merge
-/// and the account stage. The caller's thread reads and shares packets out ([`Router`]),
-/// unless the workers walk the input themselves ([`Threads::walk`]).
+/// The threaded engine: each worker runs its partitions and, as it hands on, the merge and
+/// the account stage ([`Account`]). The caller's thread reads and shares packets out
+/// ([`Router`]), unless the workers walk the input themselves ([`Threads::walk`]); at the
+/// end it merges in the workers' end records.
 struct Threads {
     router: Router,
     batches: Vec<Batch>,
@@ -769,7 +864,9 @@ struct Threads {
     /// Batches the workers are done with, to fill again.
     emptied: Receiver<Batch>,
     workers: Vec<JoinHandle<FlowWorker>>,
-    account: JoinHandle<AccountStage>,
+    account: Arc<Account>,
+    /// Each worker's end records, a chunk at a time, once it has handed on all else.
+    ends: Vec<Receiver<Vec<Stamped>>>,
     board: Arc<Board>,
     /// The workers walked the input and finished it.
     walked: bool,
@@ -785,11 +882,10 @@ impl Threads {
         n: usize,
         board: Arc<Board>,
     ) -> Threads {
-        let (hand, handed) = sync_channel::<Handed>(n * QUEUED_BATCHES);
+        let shared = Arc::new(Account::new(n, account));
         // Room for every batch there can be, so that giving one back never waits.
         let (give_back, emptied) = sync_channel::<Batch>(n * (QUEUED_BATCHES + 2));
         let mut senders = Vec::new();
-        let mut item_returns = Vec::new();
         let mut workers = Vec::new();
         let mut ends = Vec::new();
         for index in 0..n {
@@ -798,13 +894,10 @@ impl Threads {
             // The end records, a chunk at a time: one chunk waits while the merge uses one.
             let (end_tx, end_rx) = sync_channel::<Vec<Stamped>>(1);
             ends.push(end_rx);
-            let (items_back, items) = sync_channel::<Vec<Stamped>>(QUEUED_BATCHES + 2);
-            item_returns.push(items_back);
             let lanes = Lanes {
                 orders: rx,
                 give_back: give_back.clone(),
-                hand: hand.clone(),
-                items,
+                account: shared.clone(),
             };
             let (config, scope, board) = (config.clone(), scope.clone(), board.clone());
             workers.push(
@@ -824,19 +917,14 @@ impl Threads {
                     .expect("spawn a flow worker"),
             );
         }
-        drop(hand);
-        let account_board = board.clone();
-        let account = std::thread::Builder::new()
-            .name("account".into())
-            .spawn(move || merge_and_apply(n, account, handed, item_returns, ends, &account_board))
-            .expect("spawn the account stage");
         Threads {
             router: Router::new(config.network.clone(), n),
             batches: (0..n).map(|_| Batch::new(0)).collect(),
             senders,
             emptied,
             workers,
-            account,
+            account: shared,
+            ends,
             board,
             walked: false,
             unindexed: 0,
@@ -951,6 +1039,17 @@ impl Threads {
             }
         }
         self.senders.clear();
+        // A worker's first end chunk (or none) comes once it has handed on all else.
+        let mut firsts: Vec<Option<Vec<Stamped>>> =
+            self.ends.iter().map(|e| e.recv().ok()).collect();
+        // Poisoned: a worker panicked applying, which its join reports.
+        if let Ok(mut stage) = self.account.stage.lock() {
+            let merge = &mut *lock(&self.account.merge);
+            stage.finish(merge, |w| {
+                firsts[w].take().or_else(|| self.ends[w].recv().ok())
+            });
+        }
+        drop(self.ends);
         let mut remote = Vec::new();
         for w in self.workers {
             match w.join() {
@@ -961,34 +1060,29 @@ impl Threads {
                 Err(e) => std::panic::resume_unwind(e),
             }
         }
-        let account = match self.account.join() {
-            Ok(a) => a,
-            Err(e) => std::panic::resume_unwind(e),
-        };
+        let account = Arc::into_inner(self.account)
+            .expect("the workers are joined: the account stage is the engine's alone");
+        let stage = account
+            .stage
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
         remote.sort();
-        (account, stats, remote)
+        (stage.account, stats, remote)
     }
 }
 
-/// A worker's channels: its orders in and batches back, its items out and back.
+/// A worker's channels: its orders in and batches back; and where its items go.
 struct Lanes {
     orders: Receiver<Order>,
     give_back: SyncSender<Batch>,
-    hand: SyncSender<Handed>,
-    items: Receiver<Vec<Stamped>>,
+    account: Arc<Account>,
 }
 
 impl Lanes {
     /// Hands on what `worker` (the `index`th) produced, with how far it got. False once the
-    /// account stage is gone.
-    fn hand(&self, index: usize, worker: &mut FlowWorker, mark: Timestamp) -> bool {
-        let room = self.items.try_recv().unwrap_or_default();
-        let handed = Handed {
-            worker: index,
-            items: std::mem::replace(&mut worker.out, room),
-            mark,
-        };
-        self.hand.send(handed).is_ok()
+    /// account stage is broken.
+    fn hand(&self, index: usize, worker: &mut FlowWorker, mark: Timestamp, board: &Board) -> bool {
+        self.account.hand(index, worker.out.drain(..), mark, board)
     }
 }
 
@@ -1022,7 +1116,7 @@ fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> Fl
         batch.clear();
         let _ = lanes.give_back.try_send(batch);
         let mark = if finished { Timestamp(u64::MAX) } else { mark };
-        if !lanes.hand(index, &mut worker, mark) {
+        if !lanes.hand(index, &mut worker, mark, board) {
             break;
         }
     }
@@ -1030,9 +1124,8 @@ fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> Fl
 }
 
 /// Records of the input a walker passes between hand-ons of its items (checked at the
-/// end of each chunk of the index): each may wake the account stage's thread, which then
-/// takes a core from a walker (there is one core per walker), and a walker has items for
-/// a few of them.
+/// end of each chunk of the index): the other walkers' items wait in the merge until it
+/// hands on, and each hand-on takes the merge's lock and may apply a batch.
 const HAND_EVERY: u64 = 8192;
 
 /// A worker's walk of a mapped replay.
@@ -1080,7 +1173,7 @@ fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board:
                     return true;
                 }
                 passed = 0;
-                return lanes.hand(index, worker, now);
+                return lanes.hand(index, worker, now, board);
             }
         };
         let task = &mut |to: To, task: Task<'_>| {
@@ -1115,45 +1208,10 @@ fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board:
         &[],
         board,
     );
-    lanes.hand(index, worker, Timestamp(u64::MAX));
+    lanes.hand(index, worker, Timestamp(u64::MAX), board);
     if let Some(back) = back {
         let _ = back.send(Walked { clock, router });
     }
-}
-
-/// The account stage's thread: merges the workers' items and applies them; once every
-/// worker is through its input, their end records from `ends`.
-fn merge_and_apply(
-    n: usize,
-    mut account: AccountStage,
-    handed: Receiver<Handed>,
-    item_returns: Vec<SyncSender<Vec<Stamped>>>,
-    ends: Vec<Receiver<Vec<Stamped>>>,
-    board: &Board,
-) -> AccountStage {
-    let mut merge = Merge::new(n);
-    let mut flushed = Instant::now();
-    loop {
-        match handed.recv_timeout(FLUSH_EVERY) {
-            Ok(mut h) => {
-                merge.push(h.worker, h.items.drain(..));
-                let _ = item_returns[h.worker].try_send(h.items);
-                merge.mark(h.worker, h.mark);
-                merge.release(&mut account);
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if flushed.elapsed() >= FLUSH_EVERY {
-            account.flush_sinks();
-            if board.is_watched() {
-                board.put_account(&mut account, merge.applied);
-            }
-            flushed = Instant::now();
-        }
-    }
-    merge.finish(&mut account, |w| ends[w].recv().ok());
-    account
 }
 
 /// A DNS answer every worker must read (as `flow_stage::is_dns_answer`). A fragmented
@@ -1548,6 +1606,96 @@ mod tests {
         assert_eq!(routes.evicted, (MAX_ROUTES / 8) as u64);
         assert_eq!(routes.routes.len(), MAX_ROUTES - MAX_ROUTES / 8 + 1);
         assert_eq!(routes.stats().state_evicted["fragment_routes"], 512);
+    }
+
+    /// The shared account stage of `workers` workers, with the default configuration.
+    fn account(workers: usize) -> Account {
+        let config = Config::default();
+        let context = Context::load(&config, None, None).expect("the embedded geo data");
+        Account::new(
+            workers,
+            AccountStage::new(&config, Sinks::default(), context),
+        )
+    }
+
+    fn tick(secs: u64) -> Stamped {
+        Stamped {
+            at: Timestamp::from_secs(secs),
+            item: Item::Tick,
+        }
+    }
+
+    /// A hand-on that finds the stage held leaves its items in the merge, to whoever holds
+    /// the stage next; nothing is applied past the slowest worker's mark.
+    #[test]
+    fn a_hand_on_that_finds_the_stage_held_leaves_its_items_to_the_holder() {
+        let (account, board) = (account(2), Board::new(2));
+        assert!(account.hand(0, [tick(1), tick(2)], Timestamp::from_secs(3), &board));
+        assert!(
+            lock(&account.merge).queues[0].len() == 2,
+            "worker 1 is at 0"
+        );
+        let held = lock(&account.stage);
+        assert!(account.hand(1, [tick(1)], Timestamp::from_secs(2), &board));
+        assert!(lock(&account.merge).has_released());
+        drop(held);
+        assert!(account.apply(&board));
+        let merge = lock(&account.merge);
+        assert!(!merge.has_released());
+        assert_eq!(merge.queues[0].len(), 1, "the item at 2 waits for worker 1");
+        assert_eq!(lock(&account.stage).applied, Timestamp::from_secs(1));
+    }
+
+    /// A worker whose hand-on finds the stage held by the other, which is applying what
+    /// the other's own hand-on released, leaves nothing released unapplied once both
+    /// hand-ons returned: the holder looks again. Each round, worker 0 (the slower so far)
+    /// hands on items that take a while to apply and gets ahead, and worker 1, a little
+    /// later each round, releases its own item: sooner or later while worker 0 applies.
+    #[test]
+    fn once_every_hand_on_returned_nothing_released_is_left() {
+        const ROUNDS: u64 = 300;
+        let (account, board) = (account(2), Board::new(2));
+        let secs = Timestamp::from_secs;
+        assert!(account.hand(0, [], secs(2), &board));
+        assert!(account.hand(1, [], secs(3), &board));
+        let together = std::sync::Barrier::new(2);
+        let left = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for w in 0..2 {
+                let (account, board, together, left) = (&account, &board, &together, &left);
+                s.spawn(move || {
+                    for r in 1..=ROUNDS {
+                        let (items, mark) = match w {
+                            0 => ((0..300).map(|i| activity(2 * r, i)).collect(), 2 * r + 2),
+                            _ => (vec![tick(2 * r + 1)], 2 * r + 3),
+                        };
+                        together.wait();
+                        let start = Instant::now();
+                        let late = Duration::from_micros(w as u64 * (r % 32) * 10);
+                        while start.elapsed() < late {
+                            std::hint::spin_loop();
+                        }
+                        assert!(account.hand(w, items, secs(mark), board));
+                        together.wait();
+                        if w == 0 && lock(&account.merge).has_released() {
+                            left.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(left.load(Ordering::Relaxed), 0, "rounds with items left");
+        assert_eq!(lock(&account.stage).applied, secs(2 * ROUNDS + 1));
+    }
+
+    /// Activity of host `i` at second `secs`.
+    fn activity(secs: u64, i: u64) -> Stamped {
+        let ts = Timestamp::from_secs(secs);
+        let host = IpAddr::from([10, 9, (i >> 8) as u8, i as u8]);
+        Stamped {
+            at: ts,
+            item: Item::Observation(Observation::Activity { ts, host }),
+        }
     }
 
     /// Items of two moments, all different.
