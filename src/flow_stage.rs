@@ -158,7 +158,7 @@ pub fn sort_items(items: &mut Vec<Stamped>) {
 
 /// Sorts as [`sort_items`] does, keeping its room from one sort to the next: the account
 /// stage sorts what each hand-on releases, and a buffer allocated for each sort was, when
-/// large, fresh pages for the kernel to zero on the account stage's thread.
+/// large, fresh pages for the kernel to zero on the thread that applied them.
 #[derive(Default)]
 pub struct ItemSorter(Vec<(std::cell::OnceCell<String>, Stamped)>);
 
