@@ -685,6 +685,9 @@ impl Partition {
         }
     }
 
+    /// Kept out of line: inlined, it made [`drain`](Self::drain) too big to inline in
+    /// turn, and every packet paid a call that saved and restored registers.
+    #[inline(never)]
     fn drain_pending(&mut self, ctx: &mut Ctx<'_>) {
         let mut pending = std::mem::take(&mut self.pending);
         for ev in pending.drain(..) {
