@@ -313,7 +313,8 @@ pub struct Detectors {
     registered: Vec<&'static Registered>,
     /// For each kind of moment (by the bit's position in [`moments`]), the detectors that
     /// act on it, in list order: a moment walks those, not every detector to test its bits
-    /// (twenty flow-stage moments per flow, a dozen detectors each).
+    /// (a flow is three moments or more, and each kind concerns two to five of the six
+    /// flow-stage detectors).
     acting: [Vec<usize>; 8],
     /// For each, the first other detector that tracks remote-desktop sessions, found
     /// once: asking all the others at every moment was a call per pair of detectors.
