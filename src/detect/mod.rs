@@ -311,8 +311,11 @@ pub struct Detectors {
     list: Vec<Box<dyn Detector>>,
     /// Each one's entry in [`DETECTORS`].
     registered: Vec<&'static Registered>,
-    /// Each one's [`Detector::moments`].
-    moments: Vec<u8>,
+    /// For each kind of moment (by the bit's position in [`moments`]), the detectors that
+    /// act on it, in list order: a moment walks those, not every detector to test its bits
+    /// (a flow is three moments or more, and each kind concerns two to five of the six
+    /// flow-stage detectors).
+    acting: [Vec<usize>; 8],
     /// For each, the first other detector that tracks remote-desktop sessions, found
     /// once: asking all the others at every moment was a call per pair of detectors.
     sessions_from: Vec<Option<usize>>,
@@ -329,8 +332,13 @@ impl Detectors {
         let sessions_from = (0..list.len())
             .map(|i| with_sessions.iter().copied().find(|&j| j != i))
             .collect();
+        let acting = std::array::from_fn(|bit| {
+            (0..list.len())
+                .filter(|&i| list[i].moments() & (1 << bit) != 0)
+                .collect()
+        });
         Detectors {
-            moments: list.iter().map(|d| d.moments()).collect(),
+            acting,
             list,
             registered,
             sessions_from,
@@ -370,11 +378,8 @@ impl Detectors {
     /// Shows `moment` to every detector that acts on its kind, in list order, with the
     /// sessions of the first other detector that tracks them.
     pub fn on(&mut self, moment: &Moment<'_>, scope: &Scope<'_>, out: &mut Vec<Event>) {
-        let kind = moment.kind();
-        for i in 0..self.list.len() {
-            if self.moments[i] & kind == 0 {
-                continue;
-            }
+        let acting = &self.acting[moment.kind().trailing_zeros() as usize];
+        for &i in acting {
             let (before, rest) = self.list.split_at_mut(i);
             let Some((current, after)) = rest.split_first_mut() else {
                 break;

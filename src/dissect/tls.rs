@@ -394,6 +394,9 @@ fn client_hello_fields(body: &[u8], dtls: bool) -> Result<ClientHello> {
         return Ok(hello);
     }
     let mut exts = Reader::new(r.vec16()?);
+    // Room for them all at once (an extension takes 4 bytes at least), not grown by
+    // doubling: a browser's hello has a dozen or more.
+    hello.extensions = Vec::with_capacity(exts.remaining() / 4);
     while exts.remaining() > 0 {
         let kind = exts.u16()?;
         let mut data = Reader::new(exts.vec16()?);
