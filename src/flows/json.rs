@@ -317,19 +317,21 @@ impl Json for f64 {
                 out.extend_from_slice(b".0");
                 return Ok(());
             }
-            const ZEROS: [u8; 8] = *b".000000\0";
-            let mut text = ZEROS;
+            // The point and six digits, put together in a register (the first byte lowest,
+            // as it goes to memory): built in memory, they were read back at once, and the
+            // read stalled on the stores.
             let rest = u64::from(fraction);
+            let mut text = u64::from(b'.');
             for (at, part) in [(1, rest / 10_000), (3, rest / 100), (5, rest)] {
-                text[at..at + 2].copy_from_slice(&pair(part));
+                text |= u64::from(u16::from_le_bytes(pair(part))) << (8 * at);
             }
             // The bytes up to the last digit that is not zero (there is one: the fraction
-            // is not zero) are those up to the last that differs from ZEROS. All eight go
-            // in one copy of a known size, then the rest is cut.
-            let differ = u64::from_le_bytes(text) ^ u64::from_le_bytes(ZEROS);
+            // is not zero) are those up to the last that differs from ".000000". All eight
+            // go in one store of a known size, then the rest is cut.
+            let differ = text ^ u64::from_le_bytes(*b".000000\0");
             let len = 8 - differ.leading_zeros() as usize / 8;
             let at = out.len();
-            out.extend_from_slice(&text);
+            out.extend_from_slice(&text.to_le_bytes());
             out.truncate(at + len);
         } else if x.is_finite() {
             digits(out, zmij::Buffer::new().format_finite(x));
