@@ -60,14 +60,9 @@ struct Rfc3339([u8; 27]);
 
 impl Rfc3339 {
     fn of(t: Timestamp) -> Rfc3339 {
-        let secs = t.0 / 1_000_000_000;
         let micros = (t.0 % 1_000_000_000 / 1_000) as u32;
-        let sod = (secs % 86_400) as u32;
         let mut b = *b"0000-00-00T00:00:00.000000Z";
-        b[..10].copy_from_slice(&date(secs / 86_400));
-        two_digits(&mut b[11..], sod / 3600);
-        two_digits(&mut b[14..], sod / 60 % 60);
-        two_digits(&mut b[17..], sod % 60);
+        b[..19].copy_from_slice(&to_the_second(t.0 / 1_000_000_000));
         two_digits(&mut b[20..], micros / 10_000);
         two_digits(&mut b[22..], micros / 100 % 100);
         two_digits(&mut b[24..], micros % 100);
@@ -81,26 +76,34 @@ impl Rfc3339 {
 }
 
 thread_local! {
-    /// The day last written and its `YYYY-MM-DD`: the calendar arithmetic is the dearer
-    /// part of a timestamp, and records come in time order, nearly all on the same day.
-    static LAST_DATE: Cell<(u64, [u8; 10])> = const { Cell::new((u64::MAX, [0; 10])) };
+    /// The second last written and its `YYYY-MM-DDTHH:MM:SS`: records come in time order,
+    /// a flow record's start and end are often in one second, and nearly all are on one
+    /// day, whose date (the dearer part, calendar arithmetic) the text already holds.
+    static LAST_SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
 }
 
-/// `YYYY-MM-DD` of the day `days` after 1970-01-01.
-fn date(days: u64) -> [u8; 10] {
-    LAST_DATE.with(|last| {
-        let (day, text) = last.get();
-        if day == days {
+/// `YYYY-MM-DDTHH:MM:SS` of `secs` after the epoch.
+fn to_the_second(secs: u64) -> [u8; 19] {
+    LAST_SECOND.with(|last| {
+        let (second, mut text) = last.get();
+        if second == secs {
             return text;
         }
-        let (y, m, d) = civil_from_days(days as i64);
-        let mut text = *b"0000-00-00";
-        let year = y as u32;
-        two_digits(&mut text[0..], year / 100);
-        two_digits(&mut text[2..], year % 100);
-        two_digits(&mut text[5..], m);
-        two_digits(&mut text[8..], d);
-        last.set((days, text));
+        let day = secs / 86_400;
+        if day != second / 86_400 {
+            text = *b"0000-00-00T00:00:00";
+            let (y, m, d) = civil_from_days(day as i64);
+            let year = y as u32;
+            two_digits(&mut text[0..], year / 100);
+            two_digits(&mut text[2..], year % 100);
+            two_digits(&mut text[5..], m);
+            two_digits(&mut text[8..], d);
+        }
+        let sod = (secs % 86_400) as u32;
+        two_digits(&mut text[11..], sod / 3600);
+        two_digits(&mut text[14..], sod / 60 % 60);
+        two_digits(&mut text[17..], sod % 60);
+        last.set((secs, text));
         text
     })
 }
@@ -197,6 +200,24 @@ mod tests {
         for secs in [day - 1, day, day - 1, 0, 20_394 * day, 20_395 * day, 0] {
             let ours = Timestamp::from_secs(secs).rfc3339();
             let theirs = chrono::DateTime::from_timestamp(secs as i64, 0)
+                .unwrap()
+                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string();
+            assert_eq!(ours, theirs);
+        }
+    }
+
+    /// Times in one second, the next, the one before, the same second of another day.
+    #[test]
+    fn seconds_change_back_and_forth() {
+        let day = 86_400;
+        let one_day = [100, 100, 101, 100, 59, 60, 3_599, 3_600, 3_599];
+        let midnight = 20_395 * day;
+        let two_days = [100 + day, 100, midnight - 1, midnight, midnight - 1];
+        for (i, secs) in one_day.into_iter().chain(two_days).enumerate() {
+            let nanos = (i as u32 * 123_456_789) % 1_000_000_000;
+            let ours = Timestamp(secs * 1_000_000_000 + u64::from(nanos)).rfc3339();
+            let theirs = chrono::DateTime::from_timestamp(secs as i64, nanos)
                 .unwrap()
                 .format("%Y-%m-%dT%H:%M:%S%.6fZ")
                 .to_string();
