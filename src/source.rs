@@ -380,7 +380,8 @@ impl Buffered {
     }
 }
 
-/// Reads one capture file, record by record, with pcap-parser's record and block parsers.
+/// Reads one capture file, record by record: pcap records from their header, pcapng blocks
+/// with pcap-parser's block parsers.
 /// The current packet stays in the buffer until the next [`FileReader::advance`] (in the
 /// mapping for as long as the mapping lives), so it is never copied.
 pub struct FileReader {
@@ -1179,8 +1180,8 @@ mod tests {
         assert_eq!(ns[0].ts.0, 1_700_000_000_000_250_000);
     }
 
-    /// The record headers are read in the file's byte order, and the modified variant's
-    /// longer ones skipped, as pcap-parser's record parsers read them before.
+    /// A record header is read in the file's byte order, and the modified variant's 8 bytes
+    /// more are skipped.
     #[test]
     fn reads_big_endian_and_modified_pcap() {
         let file = |magic: u32, big_endian: bool, extra: usize| {
@@ -1192,7 +1193,11 @@ mod tests {
                 }
             };
             let mut f = word(magic).to_vec();
-            f.extend_from_slice(&if big_endian { [0, 2, 0, 4] } else { [2, 0, 4, 0] });
+            f.extend_from_slice(&if big_endian {
+                [0, 2, 0, 4]
+            } else {
+                [2, 0, 4, 0]
+            });
             for v in [0, 0, 65535, 101, 1_700_000_000, 999_999, 3, 60] {
                 f.extend_from_slice(&word(v));
             }
@@ -1204,7 +1209,10 @@ mod tests {
             let (pkts, truncated) = read_all(file(magic, big_endian, extra)).unwrap();
             assert_eq!(truncated, 0);
             assert_eq!(pkts.len(), 1);
-            assert_eq!((pkts[0].ts.0, pkts[0].orig_len), (1_700_000_000_999_999_000, 60));
+            assert_eq!(
+                (pkts[0].ts.0, pkts[0].orig_len),
+                (1_700_000_000_999_999_000, 60)
+            );
             assert_eq!(&pkts[0].data[..], [0x45, 0, 0]);
         }
     }
