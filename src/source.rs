@@ -17,12 +17,7 @@ use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use pcap_parser::PcapError;
-use pcap_parser::nom::{self, IResult};
-use pcap_parser::pcap::{
-    LegacyPcapBlock, parse_pcap_frame, parse_pcap_frame_be, parse_pcap_frame_modified,
-    parse_pcap_header,
-};
+use pcap_parser::pcap::parse_pcap_header;
 use pcap_parser::pcapng::{
     parse_enhancedpacketblock_be, parse_enhancedpacketblock_le, parse_interfacedescriptionblock_be,
     parse_interfacedescriptionblock_le, parse_sectionheaderblock, parse_simplepacketblock_be,
@@ -175,9 +170,6 @@ struct Interface {
     offset_secs: i64,
 }
 
-/// One of pcap-parser's pcap record parsers.
-type RecordParser = fn(&[u8]) -> IResult<&[u8], LegacyPcapBlock<'_>, PcapError<&[u8]>>;
-
 /// How a file's records are parsed, as its first bytes say.
 #[derive(Clone, Copy)]
 enum Format {
@@ -190,8 +182,8 @@ enum Format {
 /// What a pcap file header says about the records after it.
 #[derive(Clone, Copy)]
 struct PcapFormat {
-    /// The parser that fits the header's byte order and variant.
-    parse: RecordParser,
+    /// Bytes before a record's data: 16, or 24 in the "modified" (Kuznetzov) variant.
+    header_len: usize,
     big_endian: bool,
     link: LinkType,
     nanos: bool,
@@ -228,15 +220,8 @@ impl Format {
             return Some((Format::PcapNg { big_endian }, 0));
         }
         let (rest, h) = parse_pcap_header(start).ok()?;
-        let parse = if h.is_modified_format() {
-            parse_pcap_frame_modified
-        } else if h.is_bigendian() {
-            parse_pcap_frame_be
-        } else {
-            parse_pcap_frame
-        };
         let format = PcapFormat {
-            parse,
+            header_len: if h.is_modified_format() { 24 } else { 16 },
             big_endian: h.is_bigendian(),
             link: LinkType(h.network.0 as u32),
             nanos: h.is_nanosecond_precision(),
@@ -395,7 +380,8 @@ impl Buffered {
     }
 }
 
-/// Reads one capture file, record by record, with pcap-parser's record and block parsers.
+/// Reads one capture file, record by record: pcap records from their header, pcapng blocks
+/// with pcap-parser's block parsers.
 /// The current packet stays in the buffer until the next [`FileReader::advance`] (in the
 /// mapping for as long as the mapping lives), so it is never copied.
 pub struct FileReader {
@@ -603,24 +589,17 @@ impl FileReader {
         while !self.done {
             let data = self.input.data();
             let parsed = match self.format {
-                Format::Pcap(pcap) => pcap_record(data, &pcap),
+                // Every pcap record is a packet: held straight away.
+                Format::Pcap(pcap) => match pcap_record(data, &pcap) {
+                    Ok(Some((len, packet))) => return Ok(self.hold(len, packet)),
+                    Ok(None) => Ok(None),
+                    Err(what) => Err(what),
+                },
                 Format::PcapNg { big_endian } => ng_block(data, big_endian, &mut self.interfaces),
             };
             let base = data.as_ptr() as usize;
             match parsed {
                 Ok(Some((len, Record::Packet(f)))) => {
-                    // The next record's header, asked for now, is in the cache once this
-                    // packet was worked on: waiting for its first load was most of the
-                    // time a mapped file's reading took. Three lines: a tunnelled packet's
-                    // TCP options lie past the second (the decoder waited there for them).
-                    // Asking for the record after the next one instead (its start read from
-                    // the next header) paid nothing: the stall moved to that read (real
-                    // mix, 1 worker: CPU 0.62 -> 0.64 s; office 0.40 -> 0.40 s).
-                    let next = data.get(len..).unwrap_or_default();
-                    crate::prefetch::bytes(next, 3);
-                    let ts = f.ts.unwrap_or(self.last_ts);
-                    // The frame's bytes lie inside the data the record came from.
-                    let start = self.input.start + (f.data.as_ptr() as usize - base);
                     let (link, orig_len, bytes) = (f.link, f.orig_len, f.data.len());
                     // The parsers take no record beyond MAX_RECORD: this never stops a file.
                     let Some(caplen) = u32::try_from(bytes).ok().filter(|&n| n <= MAX_RECORD)
@@ -628,16 +607,15 @@ impl FileReader {
                         let what = format!("a packet of {bytes} bytes, above {MAX_RECORD}");
                         return Err(self.corrupt(what));
                     };
-                    self.current = Some(Current {
-                        ts,
+                    let packet = Current {
+                        ts: f.ts.unwrap_or(self.last_ts),
                         link,
                         orig_len,
-                        start,
+                        // The frame's bytes lie inside the data the record came from.
+                        start: f.data.as_ptr() as usize - base,
                         len: caplen,
-                    });
-                    self.last_ts = ts;
-                    self.pending_consume = len;
-                    return Ok(true);
+                    };
+                    return Ok(self.hold(len, packet));
                 }
                 Ok(Some((len, other))) => {
                     match other {
@@ -655,6 +633,25 @@ impl FileReader {
             }
         }
         Ok(false)
+    }
+
+    /// Makes `packet` the current one (its `start` counted from the front of what is
+    /// buffered, where its record of `len` bytes starts): true.
+    #[inline]
+    fn hold(&mut self, len: usize, mut packet: Current) -> bool {
+        packet.start += self.input.start;
+        // The next record's header, asked for now, is in the cache once this packet was
+        // worked on: waiting for its first load was most of the time a mapped file's
+        // reading took. Three lines: a tunnelled packet's TCP options lie past the second
+        // (the decoder waited there for them). Asking for the record after the next one
+        // instead (its start read from the next header) paid nothing: the stall moved to
+        // that read (real mix, 1 worker: CPU 0.62 -> 0.64 s; office 0.40 -> 0.40 s).
+        let next = self.input.data().get(len..).unwrap_or_default();
+        crate::prefetch::bytes(next, 3);
+        self.current = Some(packet);
+        self.last_ts = packet.ts;
+        self.pending_consume = len;
+        true
     }
 
     fn consume(&mut self, len: usize) {
@@ -742,26 +739,60 @@ struct Frame<'a> {
 /// no whole record yet, Err with a short description when the record cannot be right.
 type Parsed<'a> = Result<Option<(usize, Record<'a>)>, String>;
 
-/// One pcap record (draft-ietf-opsawg-pcap §5). Its captured length is checked before the
-/// record is waited for, so a corrupt length mid-file is reported as such instead of
-/// swallowing the rest of the file as one record cut off at the end.
-fn pcap_record<'a>(data: &'a [u8], f: &PcapFormat) -> Parsed<'a> {
-    let Some(caplen) = u32_at(data, 8, f.big_endian) else {
-        return Ok(None);
+/// One pcap record (draft-ietf-opsawg-pcap §5), read straight from its header: seconds,
+/// fraction, captured and original length, in the file's byte order (the modified variant,
+/// little-endian only, has 8 bytes more after them): the record's length and its packet,
+/// placed from the record's start; Ok(None) and Err as for [`Parsed`]. Its captured length
+/// is checked before the record is waited for, so a corrupt length mid-file is reported as
+/// such instead of swallowing the rest of the file as one record cut off at the end.
+#[inline]
+fn pcap_record(data: &[u8], f: &PcapFormat) -> Result<Option<(usize, Current)>, String> {
+    let Some(header) = data.first_chunk::<16>() else {
+        // Not a whole header yet; its captured length is checked once it is there.
+        return match u32_at(data, 8, f.big_endian) {
+            Some(caplen) if caplen > f.max_caplen => Err(f.too_long(caplen)),
+            _ => Ok(None),
+        };
     };
+    let word = |at: usize| {
+        let bytes = [header[at], header[at + 1], header[at + 2], header[at + 3]];
+        if f.big_endian {
+            u32::from_be_bytes(bytes)
+        } else {
+            u32::from_le_bytes(bytes)
+        }
+    };
+    let caplen = word(8);
     if caplen > f.max_caplen {
-        return Err(format!(
-            "record of {caplen} captured bytes, above the limit of {} (file snaplen {})",
-            f.max_caplen, f.snaplen
-        ));
+        return Err(f.too_long(caplen));
     }
-    match (f.parse)(data) {
-        Ok((rest, b)) => Ok(Some((
-            data.len() - rest.len(),
-            Record::Packet(legacy_frame(b, f.link, f.nanos)),
-        ))),
-        Err(nom::Err::Incomplete(_)) => Ok(None),
-        Err(_) => Err("unreadable record header".to_string()),
+    // No overflow: caplen is at most MAX_RECORD.
+    let len = f.header_len + caplen as usize;
+    if data.len() < len {
+        return Ok(None);
+    }
+    let frac = u64::from(word(4)) * if f.nanos { 1 } else { 1_000 };
+    let ts = u64::from(word(0)) * 1_000_000_000 + frac.min(999_999_999);
+    Ok(Some((
+        len,
+        Current {
+            ts: Timestamp(ts),
+            link: f.link,
+            orig_len: word(12),
+            start: f.header_len,
+            len: caplen,
+        },
+    )))
+}
+
+impl PcapFormat {
+    /// Why a record of `caplen` captured bytes stops the file.
+    #[cold]
+    fn too_long(&self, caplen: u32) -> String {
+        format!(
+            "record of {caplen} captured bytes, above the limit of {} (file snaplen {})",
+            self.max_caplen, self.snaplen
+        )
     }
 }
 
@@ -915,22 +946,6 @@ fn obsolete_packet(block: &[u8], big_endian: bool) -> Option<ObsoletePacket<'_>>
         orig_len: word(24)?,
         data,
     })
-}
-
-fn legacy_frame(b: LegacyPcapBlock<'_>, link: LinkType, nanos: bool) -> Frame<'_> {
-    let frac = if nanos {
-        b.ts_usec as u64
-    } else {
-        b.ts_usec as u64 * 1_000
-    };
-    Frame {
-        ts: Some(Timestamp(
-            (b.ts_sec as u64) * 1_000_000_000 + frac.min(999_999_999),
-        )),
-        link,
-        orig_len: b.origlen,
-        data: captured(b.data, b.caplen),
-    }
 }
 
 /// The captured part of a record's data (the rest is padding).
@@ -1165,6 +1180,43 @@ mod tests {
         assert_eq!(ns[0].ts.0, 1_700_000_000_000_250_000);
     }
 
+    /// A record header is read in the file's byte order, and the modified variant's 8 bytes
+    /// more are skipped.
+    #[test]
+    fn reads_big_endian_and_modified_pcap() {
+        let file = |magic: u32, big_endian: bool, extra: usize| {
+            let word = |v: u32| {
+                if big_endian {
+                    v.to_be_bytes()
+                } else {
+                    v.to_le_bytes()
+                }
+            };
+            let mut f = word(magic).to_vec();
+            f.extend_from_slice(&if big_endian {
+                [0, 2, 0, 4]
+            } else {
+                [2, 0, 4, 0]
+            });
+            for v in [0, 0, 65535, 101, 1_700_000_000, 999_999, 3, 60] {
+                f.extend_from_slice(&word(v));
+            }
+            f.extend(std::iter::repeat_n(0xee, extra));
+            f.extend_from_slice(&[0x45, 0, 0]);
+            f
+        };
+        for (magic, big_endian, extra) in [(0xa1b2c3d4, true, 0), (0xa1b2cd34, false, 8)] {
+            let (pkts, truncated) = read_all(file(magic, big_endian, extra)).unwrap();
+            assert_eq!(truncated, 0);
+            assert_eq!(pkts.len(), 1);
+            assert_eq!(
+                (pkts[0].ts.0, pkts[0].orig_len),
+                (1_700_000_000_999_999_000, 60)
+            );
+            assert_eq!(&pkts[0].data[..], [0x45, 0, 0]);
+        }
+    }
+
     /// A reader that hands out at most `step` bytes a call, like a pipe or a gzip stream.
     struct Trickle(io::Cursor<Vec<u8>>, usize);
 
@@ -1341,7 +1393,7 @@ mod tests {
         let mut bytes = pcap_of(&[60, 60, 60]);
         let second = 24 + 16 + 60;
         bytes[second + 8..second + 12].copy_from_slice(&(300u32 << 20).to_le_bytes());
-        let input = Box::new(io::Cursor::new(bytes));
+        let input = Box::new(io::Cursor::new(bytes.clone()));
         let mut r = FileReader::from_reader(Path::new("t.pcap"), input).unwrap();
         assert!(r.advance().unwrap());
         let err = r.advance().unwrap_err();
@@ -1351,6 +1403,12 @@ mod tests {
         );
         assert!(!r.advance().unwrap());
         assert_eq!(r.truncated, 0);
+        // A header cut after its captured length is judged by that length too.
+        let err = read_all(bytes[..second + 12].to_vec()).unwrap_err();
+        assert!(
+            matches!(err, SourceError::Corrupt { offset, .. } if offset == second as u64),
+            "{err}"
+        );
         // Within the limit, a record cut by the end of the file is still a truncation.
         let (_, truncated) = read_all(pcap_of(&[60, 70_000])[..200].to_vec()).unwrap();
         assert_eq!(truncated, 1);
