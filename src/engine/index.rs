@@ -43,6 +43,10 @@ const RING: u64 = 8;
 /// does little with a record but peek it, so the next header's first load, asked for
 /// only one record ahead, still found it waiting on memory.
 const READ_AHEAD: usize = 2048;
+/// Bytes of each file mapped ahead of where the indexer reads, in one call once fewer
+/// than a chunk's are left: touched one by one, the pages of a file fault in 64 KiB at a
+/// time, each fault stalling the indexer (and a walker waiting for its chunk).
+const POPULATE: usize = 4 * CHUNK_BYTES;
 /// Chunks indexed ahead of the one a walker takes: a walker that takes a chunk with fewer
 /// ahead indexes the next, so the other seldom waits for one being indexed (indexing a
 /// chunk only once a walker needed it, with the walkers in step, had each wait for the
@@ -172,6 +176,23 @@ struct Reader {
     next: u64,
     /// The last chunk is indexed.
     ended: bool,
+    /// How far each file's pages are mapped ahead ([`POPULATE`]).
+    populated: Vec<usize>,
+}
+
+impl Reader {
+    /// Maps the pages of each file a chunk may read ([`POPULATE`] ahead), if not yet.
+    fn populate(&mut self, maps: &[Shared]) {
+        let Some(replay) = &self.replay else { return };
+        let read_to = replay.read_to();
+        self.populated.resize(read_to.len(), 0);
+        for ((map, &at), populated) in maps.iter().zip(&read_to).zip(&mut self.populated) {
+            if *populated < at + CHUNK_BYTES && at < map.bytes().len() {
+                map.populate((*populated).max(at)..at + POPULATE);
+                *populated = at + POPULATE;
+            }
+        }
+    }
 }
 
 /// How far a walker got, on cache lines of its own (the others read it while it writes).
@@ -220,6 +241,7 @@ impl Index {
                 clock: Clock::default(),
                 next: 0,
                 ended: false,
+                populated: Vec::new(),
             }),
             slots: (0..RING).map(|_| Mutex::default()).collect(),
             published: AtomicU64::new(0),
@@ -334,6 +356,7 @@ impl Index {
         let old = std::mem::take(&mut *lock(slot));
         // Its room again, unless a walker that is gone still holds it.
         let mut chunk = Arc::try_unwrap(old).unwrap_or_default();
+        reader.populate(&self.maps);
         let Reader {
             replay,
             network,
