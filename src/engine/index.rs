@@ -35,13 +35,19 @@ pub const CHUNK: usize = 4096;
 /// Packet bytes per chunk, at most (give or take a packet): what the ring holds resident
 /// of the files is then bounded however large the packets are.
 const CHUNK_BYTES: usize = 1 << 20;
-/// How many packets ahead a walker asks for the bytes of its own.
+/// How many packets ahead a walker asks for the bytes of its own. (Measured on the real
+/// mix, 2 workers, 15 alternating runs each: 16 ahead changed nothing; no such request
+/// at all cost wall +0.03-0.04 s and CPU +0.06-0.07 s, so it pays despite its samples.)
 const AHEAD: usize = 8;
 /// Chunks indexed and not yet passed by every walker, at most.
 const RING: u64 = 8;
 /// Bytes of a file the indexer asks for ahead of the record it reads, line by line: it
 /// does little with a record but peek it, so the next header's first load, asked for
-/// only one record ahead, still found it waiting on memory.
+/// only one record ahead, still found it waiting on memory. (Measured and not kept:
+/// mapping each file 4 MiB ahead of the indexer in one `MADV_POPULATE_READ` once less
+/// than a chunk's bytes were left halved a 2-worker run's page faults on the real mix,
+/// 15.6 k -> 7.2 k, and changed neither wall nor CPU time in five sets of alternating
+/// runs: the kernel's cost is per page mapped, not per fault.)
 const READ_AHEAD: usize = 2048;
 /// Chunks indexed ahead of the one a walker takes: a walker that takes a chunk with fewer
 /// ahead indexes the next, so the other seldom waits for one being indexed (indexing a
