@@ -143,9 +143,8 @@ pub(crate) fn is_account_host(scope: &Scope<'_>, ip: IpAddr, ts: Timestamp) -> b
     scope.network.is_pooled(ip) || scope.identity.account_at(ip, ts).is_some()
 }
 
-pub(crate) fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
+/// Figures in evidence are rounded as in flow records: to two decimals.
+pub(crate) use crate::flows::activity::round2;
 
 /// Counters of one flow seen from the session's host: `[from host, to host]`.
 #[derive(Clone, Copy, Debug, Default)]

@@ -164,6 +164,7 @@ fn mean(sum: f64, n: u64) -> f64 {
     if n == 0 { 0.0 } else { sum / n as f64 }
 }
 
+/// `x` to two decimals, as records and evidence print their figures.
 pub fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
