@@ -401,7 +401,10 @@ impl Piece {
 }
 
 /// Reads what [`Peek`] holds. A frame the decoder would reject may still peek fine: its
-/// worker counts the error.
+/// worker counts the error. Inlined with its common way, so the caller reads the fields
+/// where they were made (returned through memory, they were written narrow and read back
+/// wide, a store-forwarding stall per packet).
+#[inline(always)]
 pub fn peek(pkt: Packet<'_>) -> Result<Peek<'_>, DecodeError> {
     if let Some(peek) = peek_plain(pkt) {
         return Ok(peek);
@@ -457,6 +460,7 @@ fn peek_net(net: Net<'_>) -> Peek<'_> {
 /// carrying TCP, UDP or ICMP straight after the fixed header, unfragmented, no tunnel port.
 /// The headers are read as etherparse reads them for [`Decoder::decode`] (a unit test holds
 /// the two ways to the same answer); anything else, and anything odd, takes the general way.
+#[inline(always)]
 fn peek_plain(pkt: Packet<'_>) -> Option<Peek<'_>> {
     if pkt.link != LinkType::ETHERNET {
         return None;

@@ -1216,6 +1216,7 @@ fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board:
 
 /// A DNS answer every worker must read (as `flow_stage::is_dns_answer`). A fragmented
 /// answer is read only by its own worker, once whole.
+#[inline]
 fn dns_answer<'a>(peek: &Peek<'a>) -> Option<&'a [u8]> {
     (peek.proto == Some(Proto::Udp)
         && peek.fragment.is_none()
@@ -1225,6 +1226,7 @@ fn dns_answer<'a>(peek: &Peek<'a>) -> Option<&'a [u8]> {
 }
 
 /// The partition of the packet `peek` read, by its addresses and ports.
+#[inline]
 fn partition_of_peek(network: &NetworkConfig, peek: &Peek<'_>) -> usize {
     // A protocol the flow table does not track has no ports to read, as ICMP.
     let [a, b] = ends(
@@ -1238,6 +1240,7 @@ fn partition_of_peek(network: &NetworkConfig, peek: &Peek<'_>) -> usize {
 /// The partition of `pkt` when [`Router::packet`] would place it alone, from the packet
 /// alone ([`Router::placed`] then asks what it would): None for a fragment (its route
 /// depends on the pieces before it) and for a DNS answer (every worker reads it).
+#[inline(always)]
 fn place_of(network: &NetworkConfig, pkt: Packet<'_>) -> Option<usize> {
     match decode::peek(pkt) {
         Err(_) => Some(0),

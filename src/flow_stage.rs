@@ -247,11 +247,19 @@ pub const END_CHUNK: usize = 512;
 /// `network` is the one the sensor started with: a partition never changes under a
 /// running flow. A fragment's later pieces carry no ports: the reader sends them after
 /// their first piece (`engine.rs`), the worker places the datagram once it is whole.
+/// Inlined: most packets are IPv4, whose addresses then go by as integers, not as `IpAddr`s
+/// written to memory for a call and read back wider than they were written.
+#[inline(always)]
 pub fn partition_of(network: &NetworkConfig, a: (IpAddr, u16), b: (IpAddr, u16)) -> usize {
     // Most packets are IPv4: their addresses as integers (`fold` of an IPv4 address).
     if let (IpAddr::V4(v4a), IpAddr::V4(v4b)) = (a.0, b.0) {
         return partition_v4(network, (v4a.to_bits(), a.1), (v4b.to_bits(), b.1));
     }
+    partition_v6(network, a, b)
+}
+
+/// [`partition_of`] of ends not both IPv4.
+fn partition_v6(network: &NetworkConfig, a: (IpAddr, u16), b: (IpAddr, u16)) -> usize {
     match network.host(a, b) {
         Some(host) => mix(fold(host), fold(host)),
         None => mix(fold(a.0.min(b.0)), fold(a.0.max(b.0))),

@@ -47,7 +47,13 @@ const RING: u64 = 8;
 /// mapping each file 4 MiB ahead of the indexer in one `MADV_POPULATE_READ` once less
 /// than a chunk's bytes were left halved a 2-worker run's page faults on the real mix,
 /// 15.6 k -> 7.2 k, and changed neither wall nor CPU time in five sets of alternating
-/// runs: the kernel's cost is per page mapped, not per fault.)
+/// runs: the kernel's cost is per page mapped, not per fault. Measured again with 2 workers
+/// on the real mix, alternating runs, wall and CPU within the noise of 2048: none, 1 KiB,
+/// 4 KiB, every second or fourth line only; worse: 8 KiB, a `prefetchnta` hint (CPU +0.03 s),
+/// and the walkers asking for the next chunk's bytes 4 to 16 lines per packet they follow,
+/// to find them cached when indexing (CPU +0.03-0.05 s: the lines then come from the other
+/// core's cache, and the walkers stall on the requests). The indexer is bound by the file's
+/// bytes coming from memory, however it asks for them.)
 const READ_AHEAD: usize = 2048;
 /// Chunks indexed ahead of the one a walker takes: a walker that takes a chunk with fewer
 /// ahead indexes the next, so the other seldom waits for one being indexed (indexing a
@@ -60,31 +66,58 @@ const SPINS: u32 = 64;
 const NAP: Duration = Duration::from_micros(50);
 
 /// A record as the index holds it: where its packet lies, where it goes, and the packet
-/// clock as it passes.
+/// clock as it passes. Half a cache line: the lists are written on one core and read on
+/// the others, once per packet.
 #[derive(Clone, Copy)]
 struct Indexed {
     ts: Timestamp,
-    /// The clock at this packet ([`Clock::packet`]).
-    now: Timestamp,
     /// Its bytes: `start..start + len` of file `file`'s mapping.
     start: usize,
     len: u32,
+    orig_len: u32,
+    link: LinkType,
     file: u16,
     /// Its partition, or [`ROUTE`].
     place: u8,
-    /// [`START`] and [`TICK`]: the moments it passes, which every walker sees.
+    /// [`START`] and [`TICK`]: the moments it passes, which every walker sees; [`LATE`].
     moments: u8,
-    link: LinkType,
-    orig_len: u32,
 }
 
 /// [`Indexed::moments`]: the input's first packet, and a whole second of packet time passed.
 const START: u8 = 1;
 const TICK: u8 = 2;
+/// [`Indexed::moments`]: its time is before the clock's (a file out of order), the clock at
+/// it being its list's next [`List::late`]; the clock at any other packet is its own time.
+const LATE: u8 = 4;
 
 /// [`Indexed::place`] of a packet each walker places itself.
 const ROUTE: u8 = u8::MAX;
 const _: () = assert!(super::PARTITIONS < ROUTE as usize);
+const _: () = assert!(std::mem::size_of::<Indexed>() == 32);
+
+/// What one walker is to see of a chunk.
+#[derive(Clone, Default)]
+struct List {
+    entries: Vec<Indexed>,
+    /// The clock at each of its [`LATE`] entries, in order.
+    late: Vec<Timestamp>,
+}
+
+impl List {
+    /// (Measured and not kept: asking for each list's line four entries ahead for writing,
+    /// `prefetchw`, as the other walker read it last: no change in wall or CPU time.)
+    fn push(&mut self, e: Indexed, now: Timestamp) {
+        if e.moments & LATE != 0 {
+            self.late.push(now);
+        }
+        self.entries.push(e);
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.late.clear();
+    }
+}
 
 impl Indexed {
     /// Its partition; None when each walker is to place it itself.
@@ -94,16 +127,18 @@ impl Indexed {
 
     /// Whether every walker sees it, not its partition's walker alone.
     fn for_all(&self) -> bool {
-        self.place == ROUTE || self.moments != 0
+        self.place == ROUTE || self.moments & (START | TICK) != 0
     }
 
-    /// The clock at it, as [`Clock::packet`] gives it.
-    fn clock(&self) -> (Timestamp, bool, bool) {
-        (
-            self.now,
-            self.moments & START != 0,
-            self.moments & TICK != 0,
-        )
+    /// The clock at it, as [`Clock::packet`] gives it, `late` holding the clock at each
+    /// [`LATE`] entry from here on.
+    fn clock(&self, late: &mut impl Iterator<Item = Timestamp>) -> (Timestamp, bool, bool) {
+        let now = if self.moments & LATE != 0 {
+            late.next().unwrap_or(self.ts)
+        } else {
+            self.ts
+        };
+        (now, self.moments & START != 0, self.moments & TICK != 0)
     }
 }
 
@@ -114,7 +149,7 @@ struct Chunk {
     /// those every walker sees. (One list per walker, not one list each walker skips
     /// through: reading every entry, written on another core, was a fifth of a walker's
     /// time.)
-    lists: Vec<Vec<Indexed>>,
+    lists: Vec<List>,
     /// How many records it holds.
     records: u64,
     /// The packet clock at its last record.
@@ -250,7 +285,11 @@ impl Index {
         let mine = |e: &Indexed| e.partition().is_none_or(|p| self.owner(p) == walker);
         for k in 0.. {
             let chunk = self.chunk(k);
-            let list = chunk.lists.get(walker).map_or(&[][..], Vec::as_slice);
+            let (list, late) = chunk
+                .lists
+                .get(walker)
+                .map_or((&[][..], &[][..]), |l| (&l.entries[..], &l.late[..]));
+            let mut late = late.iter().copied();
             for (i, e) in list.iter().enumerate() {
                 // The list itself was written on the core that indexed the chunk.
                 if let Some(far) = list.get(i + 4 * AHEAD) {
@@ -262,6 +301,7 @@ impl Index {
                 {
                     prefetch::bytes(pkt.data, 2);
                 }
+                let clock = e.clock(&mut late);
                 let Some(pkt) = self.packet(e) else {
                     // Counted once: by its walker, or by walker 0 when every walker sees it.
                     if walker == 0 || !e.for_all() {
@@ -269,7 +309,7 @@ impl Index {
                     }
                     continue;
                 };
-                if !each(Step::Packet(pkt, e.partition(), e.clock())) {
+                if !each(Step::Packet(pkt, e.partition(), clock)) {
                     return false;
                 }
             }
@@ -349,8 +389,8 @@ impl Index {
         if let Some(replay) = replay {
             // Every walker is past the chunk that was here.
             replay.hand_back_before(&chunk.read_to);
-            chunk.lists.resize_with(self.walkers.len(), Vec::new);
-            chunk.lists.iter_mut().for_each(Vec::clear);
+            chunk.lists.resize_with(self.walkers.len(), List::default);
+            chunk.lists.iter_mut().for_each(List::clear);
             chunk.records = 0;
             chunk.last = false;
             let mut bytes = 0;
@@ -374,10 +414,11 @@ impl Index {
                 }
                 bytes += pkt.data.len();
                 chunk.records += 1;
-                let e = entry(pkt, spot, clock.packet(pkt.ts), network);
+                let now = clock.packet(pkt.ts);
+                let e = entry(pkt, spot, now, network);
                 match e.partition() {
-                    Some(p) if !e.for_all() => chunk.lists[self.owner(p)].push(e),
-                    _ => chunk.lists.iter_mut().for_each(|l| l.push(e)),
+                    Some(p) if !e.for_all() => chunk.lists[self.owner(p)].push(e, now.0),
+                    _ => chunk.lists.iter_mut().for_each(|l| l.push(e, now.0)),
                 }
             }
             chunk.now = clock.now;
@@ -483,8 +524,9 @@ fn entry(
 ) -> Indexed {
     Indexed {
         ts: pkt.ts,
-        now,
-        moments: if start { START } else { 0 } | if tick { TICK } else { 0 },
+        moments: if start { START } else { 0 }
+            | if tick { TICK } else { 0 }
+            | if now != pkt.ts { LATE } else { 0 },
         start: spot.offset,
         len: spot.len,
         // Index::new takes no more files than an entry names.
@@ -652,11 +694,11 @@ mod tests {
         // holds it).
         drop(index.chunk(0));
         let chunk = index.chunk(1);
-        let first = chunk.lists[0][0];
+        let first = chunk.lists[0].entries[0];
         let broken = (first.file, first.start);
         let mut lists = chunk.lists.clone();
         let past = index.maps[usize::from(first.file)].bytes().len();
-        for e in lists.iter_mut().flatten() {
+        for e in lists.iter_mut().flat_map(|l| l.entries.iter_mut()) {
             if (e.file, e.start) == broken {
                 e.start = past;
             }
