@@ -10,7 +10,7 @@ use crate::app::App;
 use crate::decode::Tunnel;
 use crate::dissect::identify::{Details, Evidence, Protocol};
 use crate::dissect::tls::TlsDetails;
-use crate::flows::activity::{ActivitySummary, round2};
+use crate::flows::activity::{ActivitySummary, round, round2};
 use crate::flows::community_id::{CommunityId, community_id};
 use crate::flows::flow::{Flow, History, ORIG, RESP};
 use crate::flows::json::{Object, key};
@@ -181,7 +181,7 @@ impl FlowRecord {
         FlowRecord {
             ts: flow.first,
             end: flow.last,
-            duration_s: (flow.duration_ns() as f64 / 1e3).round() / 1e6,
+            duration_s: round(flow.duration_ns() as f64 / 1e3) / 1e6,
             proto: flow.proto.as_str(),
             src_ip: flow.orig.0,
             src_port: flow.orig.1,
