@@ -139,22 +139,17 @@ fn needs_escape(s: &str) -> bool {
     }
 }
 
+// Tried: serde_json's escaping apart in a cold function, as the rare paths of numbers are:
+// the same instructions to the last (the compiler had set it apart already).
 impl Json for str {
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         if needs_escape(self) {
-            return escaped(out, self);
+            serde_json::to_writer(out, self)
+        } else {
+            quoted(out, self.as_bytes());
+            Ok(())
         }
-        quoted(out, self.as_bytes());
-        Ok(())
     }
-}
-
-/// A string with something to escape, rare: serde_json writes it. Apart, so that the
-/// common path saves none of the registers serde_json's writer needs.
-#[cold]
-#[inline(never)]
-fn escaped(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
-    serde_json::to_writer(out, s)
 }
 
 impl Json for String {
@@ -262,6 +257,23 @@ fn put8(out: &mut Vec<u8>, text: u64, len: usize) {
     out.truncate(at + len);
 }
 
+/// Whether `out` has no room for `n` more bytes. A writer that asks first and leaves the
+/// rare case to [`grown`] appends its `n` with a test that the compiler knows to pass: it
+/// calls nothing, and saves no registers for a call (a tenth of its instructions).
+#[inline(always)]
+fn no_room(out: &Vec<u8>, n: usize) -> bool {
+    out.capacity() - out.len() < n
+}
+
+/// `write` of `value` once `out` has room for `n` more bytes: the rare path of the
+/// writers that ask [`no_room`] first.
+#[cold]
+#[inline(never)]
+fn grown<T>(out: &mut Vec<u8>, n: usize, value: T, write: fn(&mut Vec<u8>, T)) {
+    out.reserve(n);
+    write(out, value);
+}
+
 /// Out of line, so that the short numbers' path stays small. Eight digits at a time
 /// ([`digit_values`]) without their leading zeros: the pairs of digits from a table, two
 /// at a time from the last, took half as many instructions more. `n` is not zero.
@@ -269,6 +281,9 @@ fn put8(out: &mut Vec<u8>, text: u64, len: usize) {
 fn long_uint(out: &mut Vec<u8>, n: u64) {
     if n >= 100_000_000 {
         return huge_uint(out, n);
+    }
+    if no_room(out, 8) {
+        return grown(out, 8, n, long_uint);
     }
     let digits = digit_values(n as u32);
     let zeros = digits.trailing_zeros() as usize / 8;
@@ -313,7 +328,7 @@ fn millionths(x: f64) -> Option<u64> {
     (n as f64 / 1e6 == x).then_some(n as u64)
 }
 
-/// `x` as a whole number of hundredths, below 10^8 (`x` below a million), when it is the
+/// `x` as a whole number of hundredths, below 10^7 (`x` below 100,000), when it is the
 /// double closest to that decimal: as with [`millionths`], its digits are then the
 /// shortest that round-trip. Most of a record's figures are rounded to two places (means,
 /// active times, round trips). The candidate is `x * 100` rounded by adding 2^52, which
@@ -321,30 +336,29 @@ fn millionths(x: f64) -> Option<u64> {
 #[inline(always)]
 fn hundredths(x: f64) -> Option<u32> {
     const TWO_52: f64 = 4_503_599_627_370_496.0;
-    if !(0.01..1e6).contains(&x) {
+    if !(0.01..1e5).contains(&x) {
         return None;
     }
     let sum = x * 100.0 + TWO_52;
     ((sum - TWO_52) / 100.0 == x).then_some((sum.to_bits() - TWO_52.to_bits()) as u32)
 }
 
-/// `h` hundredths as zmij writes their number: the whole part without leading zeros, the
-/// point, and one or two decimals. The eight digits of `h` are six of the whole part and
-/// two of the fraction: the point goes in between in a register, the last decimal is
-/// added when it is not zero.
+/// `h` hundredths (below 10^7) as zmij writes their number: the whole part without
+/// leading zeros, the point, and one or two decimals, at most eight bytes. The eight
+/// digits of `h` are six of the whole part (the first a zero) and two of the fraction:
+/// the point goes in between in a register, and the last decimal after them when it is
+/// not zero.
 #[inline(always)]
 fn put_hundredths(out: &mut Vec<u8>, h: u32) {
     let digits = digit_values(h);
-    // Leading zeros of the whole part, all but its last digit (`h` is not zero).
-    let zeros = (digits.trailing_zeros() as usize / 8).min(5);
+    // Leading zeros of the whole part, all but its last digit: one at least.
+    let zeros = (digits.trailing_zeros() as usize / 8).clamp(1, 5);
     let text = digits | ZEROS;
-    let tenths = text >> 48 & 0xff;
-    let point = text & 0x0000_ffff_ffff_ffff | u64::from(b'.') << 48 | tenths << 56;
-    put8(out, point >> (8 * zeros), 8 - zeros);
-    let last = (digits >> 56) as u8;
-    if last != 0 {
-        out.push(b'0' + last);
-    }
+    let point = text & 0x0000_ffff_ffff_ffff | u64::from(b'.') << 48 | (text >> 48 & 0xff) << 56;
+    let last = digits >> 56;
+    let len = 8 - zeros;
+    let text = point >> (8 * zeros) | (last | u64::from(b'0')) << (8 * len);
+    put8(out, text, len + usize::from(last != 0));
 }
 
 impl Json for f64 {
@@ -368,8 +382,17 @@ impl Json for f64 {
 #[inline(never)]
 fn decimal(out: &mut Vec<u8>, x: f64) {
     if let Some(h) = hundredths(x) {
+        if no_room(out, 8) {
+            return grown(out, 8, x, decimal);
+        }
         return put_hundredths(out, h);
     }
+    other_decimal(out, x);
+}
+
+/// Numbers not of hundredths: the records' durations (of microseconds), and the rest.
+#[inline(never)]
+fn other_decimal(out: &mut Vec<u8>, x: f64) {
     let Some(n) = millionths(x) else {
         return unusual(out, x);
     };
@@ -390,7 +413,7 @@ fn decimal(out: &mut Vec<u8>, x: f64) {
 }
 
 /// Numbers of other shapes (exponents, many digits), NaN and infinities: rare, apart so
-/// that [`decimal`] saves none of the registers zmij needs.
+/// that [`other_decimal`] saves none of the registers zmij needs.
 #[cold]
 #[inline(never)]
 fn unusual(out: &mut Vec<u8>, x: f64) {
@@ -403,17 +426,27 @@ fn unusual(out: &mut Vec<u8>, x: f64) {
 
 impl Json for IpAddr {
     /// The `Display` form, as serde writes addresses, without `fmt`.
+    #[inline]
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        out.push(b'"');
         match self {
-            IpAddr::V4(v4) => ipv4(out, *v4, true),
+            IpAddr::V4(v4) => quoted_ipv4(out, *v4),
             IpAddr::V6(v6) => {
+                out.push(b'"');
                 ipv6(out, *v6);
                 out.push(b'"');
             }
         }
         Ok(())
     }
+}
+
+/// An IPv4 address between quotes, at most 17 bytes.
+#[inline(never)]
+fn quoted_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
+    if no_room(out, 17) {
+        return grown(out, 17, ip, quoted_ipv4);
+    }
+    ipv4(out, ip, true);
 }
 
 /// Each octet's decimal digits and a dot, padded to four bytes, and how many of the four
@@ -437,18 +470,20 @@ const OCTETS: [([u8; 4], u8); 256] = {
     table
 };
 
-/// Dotted decimal, and a closing quote after it if `quoted`, written where it goes: room
-/// for the longest appended, each octet's four bytes of [`OCTETS`] stored at its place
-/// (the next octet's overwrite its padding), then the text cut to its length. Put together
-/// in a `u128` and appended in one copy, it took twice the instructions (the shifts of
-/// two-word integers); put together in a buffer and then copied, the copy stalled on the
-/// stores it read back at once, which this never reads.
+/// Dotted decimal, between quotes if `quoted`, written where it goes: room for the
+/// longest appended (quotes first), each octet's four bytes of [`OCTETS`] stored at its
+/// place (the next octet's overwrite its padding), then the text cut to its length. Put
+/// together in a `u128` and appended in one copy, it took twice the instructions (the
+/// shifts of two-word integers); put together in a buffer and then copied, the copy
+/// stalled on the stores it read back at once, which this never reads.
+#[inline(always)]
 fn ipv4(out: &mut Vec<u8>, ip: Ipv4Addr, quoted: bool) {
     let at = out.len();
-    out.extend_from_slice(&[0; 16]);
+    out.extend_from_slice(&[b'"'; 17]);
     let text = &mut out[at..];
-    let mut end = 0;
-    // At most 4 + 4 + 4 before the last octet's four bytes: within the sixteen.
+    // After the opening quote; at most 1 + 4 + 4 + 4 before the last octet's four bytes:
+    // within the seventeen.
+    let mut end = usize::from(quoted);
     for n in ip.octets() {
         let (digits, len) = OCTETS[usize::from(n)];
         text[end..end + 4].copy_from_slice(&digits);
@@ -678,12 +713,13 @@ mod tests {
         assert!(checked > 1_000_000);
     }
 
-    /// Every number of hundredths below a million, those at the limit of 10^8, and their
-    /// neighbours.
+    /// Every number of hundredths below a million, those around the fast path's limit of
+    /// 10^7 and around 10^8, and their neighbours.
     #[test]
     fn hundredths_as_serde_json_writes_them() {
         let next = |x: f64, by: u64| f64::from_bits(x.to_bits().wrapping_add(by));
-        for h in (0..1_000_000u64).chain(99_999_000..100_001_000) {
+        let limits = (9_999_000..10_001_000).chain(99_999_000..100_001_000);
+        for h in (0..1_000_000u64).chain(limits) {
             let x = h as f64 / 100.0;
             for x in [x, next(x, 1), next(x, u64::MAX)] {
                 assert_eq!(ours(&x), theirs(&x), "{x}");
