@@ -1003,11 +1003,16 @@ fn flow_record(
     why: Option<&'static str>,
     ctx: &Ctx<'_>,
 ) -> FlowRecord {
-    let mut record = FlowRecord::new(flow, details, interim, why);
-    record.dns_name = ctx.names.lookup(flow.last, flow.resp.0).map(str::to_string);
+    // The name and places first, the record last: set after it was made, they were set
+    // in a copy on the stack, then its 688 bytes copied out.
+    let dns_name = ctx.names.lookup(flow.last, flow.resp.0).map(str::to_string);
     let geo = &ctx.scope.geo;
-    (record.resp_country, record.resp_asn) = geo.country_asn(flow.resp.0);
-    (record.orig_country, record.orig_asn) = geo.country_asn(flow.orig.0);
+    let (resp_country, resp_asn) = geo.country_asn(flow.resp.0);
+    let (orig_country, orig_asn) = geo.country_asn(flow.orig.0);
+    let mut record = FlowRecord::new(flow, details, interim, why);
+    record.dns_name = dns_name;
+    (record.resp_country, record.resp_asn) = (resp_country, resp_asn);
+    (record.orig_country, record.orig_asn) = (orig_country, orig_asn);
     record
 }
 

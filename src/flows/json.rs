@@ -139,6 +139,8 @@ fn needs_escape(s: &str) -> bool {
     }
 }
 
+// Tried: serde_json's escaping apart in a cold function, as the rare paths of numbers are:
+// the same instructions to the last (the compiler had set it apart already).
 impl Json for str {
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         if needs_escape(self) {
@@ -162,6 +164,18 @@ impl Json for &'static str {
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         debug_assert!(!needs_escape(self), "{self:?}");
         quoted(out, self.as_bytes());
+        Ok(())
+    }
+}
+
+/// Text the program puts together from its own letters (a flow's history), which holds
+/// nothing JSON escapes: copied without the escape test, as the `&'static str` names are.
+pub struct Plain<'a>(pub &'a str);
+
+impl Json for Plain<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        debug_assert!(!needs_escape(self.0), "{:?}", self.0);
+        quoted(out, self.0.as_bytes());
         Ok(())
     }
 }
@@ -217,56 +231,72 @@ fn uint(out: &mut Vec<u8>, n: u64) {
     }
 }
 
-/// The decimal digits of 0 to 99, two by two.
-const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-    20212223242526272829303132333435363738394041424344454647484950515253545556575859\
-    60616263646566676869707172737475767778798081828384858687888990919293949596979899";
-
-/// `n % 100` as its two digits.
+/// `n` below 10^8 as eight decimal digits, leading zeros included, one digit value (0 to
+/// 9) a byte, the first digit lowest (as it goes to memory). SWAR: two halves of four
+/// digits, split in pairs, then in digits, each step one multiply for every lane at once
+/// (`* 10486 >> 20` is `/ 100` below 43,699; `* 103 >> 10` is `/ 10` below 179).
 #[inline(always)]
-fn pair(n: u64) -> [u8; 2] {
-    let i = (n % 100) as usize * 2;
-    [PAIRS[i], PAIRS[i + 1]]
+fn digit_values(n: u32) -> u64 {
+    debug_assert!(n < 100_000_000);
+    let x = u64::from(n / 10_000) | u64::from(n % 10_000) << 32;
+    let hundreds = (x * 10_486 >> 20) & 0x0000_007f_0000_007f;
+    let x = hundreds | (x - hundreds * 100) << 16;
+    let tens = (x * 103 >> 10) & 0x000f_000f_000f_000f;
+    tens | (x - tens * 10) << 8
 }
 
-/// Out of line, so that the short numbers' path stays small. The digits are put together
-/// two by two, from the last, in a buffer as long as the longest number, which is appended
-/// in one copy of a known size and then cut to the number's length: the byte-by-byte
-/// append of `itoa`'s text took three times as long.
-#[inline(never)]
-fn long_uint(out: &mut Vec<u8>, n: u64) {
-    let len = decimal_len(n);
-    let mut text = [b'0'; 20];
-    let (mut rest, mut end) = (n, len);
-    while end >= 2 {
-        text[end - 2..end].copy_from_slice(&pair(rest));
-        rest /= 100;
-        end -= 2;
-    }
-    if end == 1 {
-        text[0] = b'0' + rest as u8;
-    }
+/// The ASCII `0` in every byte: digit values to their text.
+const ZEROS: u64 = u64::from_le_bytes(*b"00000000");
+
+/// Appends the eight bytes of `text` (the first byte lowest) and keeps `len` of them: one
+/// store of a known size and a shorter length, instead of a copy of a length not known.
+#[inline(always)]
+fn put8(out: &mut Vec<u8>, text: u64, len: usize) {
     let at = out.len();
-    out.extend_from_slice(&text);
+    out.extend_from_slice(&text.to_le_bytes());
     out.truncate(at + len);
 }
 
-/// How many decimal digits `n` has: the count that its bits allow, less one when `n` is
-/// below the power of ten of that count. `ilog10` took four times the instructions.
-fn decimal_len(n: u64) -> usize {
-    const POWERS: [u64; 20] = {
-        let mut powers = [1; 20];
-        let mut i = 1;
-        while i < 20 {
-            powers[i] = powers[i - 1] * 10;
-            i += 1;
-        }
-        powers
-    };
-    let bits = 64 - (n | 1).leading_zeros() as usize;
-    // 1233 / 4096 is log10(2) from below, close enough for 64 bits: digits of 2^bits - 1.
-    let most = (bits * 1233) >> 12;
-    (most + usize::from(n >= POWERS[most])).max(1)
+/// Whether `out` has no room for `n` more bytes. A writer that asks first and leaves the
+/// rare case to [`grown`] appends its `n` with a test that the compiler knows to pass: it
+/// calls nothing, and saves no registers for a call (a tenth of its instructions).
+#[inline(always)]
+fn no_room(out: &Vec<u8>, n: usize) -> bool {
+    out.capacity() - out.len() < n
+}
+
+/// `write` of `value` once `out` has room for `n` more bytes: the rare path of the
+/// writers that ask [`no_room`] first.
+#[cold]
+#[inline(never)]
+fn grown<T>(out: &mut Vec<u8>, n: usize, value: T, write: fn(&mut Vec<u8>, T)) {
+    out.reserve(n);
+    write(out, value);
+}
+
+/// Out of line, so that the short numbers' path stays small. Eight digits at a time
+/// ([`digit_values`]) without their leading zeros: the pairs of digits from a table, two
+/// at a time from the last, took half as many instructions more. `n` is not zero.
+#[inline(never)]
+fn long_uint(out: &mut Vec<u8>, n: u64) {
+    if n >= 100_000_000 {
+        return huge_uint(out, n);
+    }
+    if no_room(out, 8) {
+        return grown(out, 8, n, long_uint);
+    }
+    let digits = digit_values(n as u32);
+    let zeros = digits.trailing_zeros() as usize / 8;
+    put8(out, (digits | ZEROS) >> (8 * zeros), 8 - zeros);
+}
+
+/// Nine digits and more, rare (a flow's bytes past 100 MB): the leading part, then eight
+/// digits. Apart, so that [`long_uint`] calls nothing and saves no registers.
+#[cold]
+#[inline(never)]
+fn huge_uint(out: &mut Vec<u8>, n: u64) {
+    long_uint(out, n / 100_000_000);
+    put8(out, digit_values((n % 100_000_000) as u32) | ZEROS, 8);
 }
 
 macro_rules! integers {
@@ -298,63 +328,125 @@ fn millionths(x: f64) -> Option<u64> {
     (n as f64 / 1e6 == x).then_some(n as u64)
 }
 
+/// `x` as a whole number of hundredths, below 10^7 (`x` below 100,000), when it is the
+/// double closest to that decimal: as with [`millionths`], its digits are then the
+/// shortest that round-trip. Most of a record's figures are rounded to two places (means,
+/// active times, round trips). The candidate is `x * 100` rounded by adding 2^52, which
+/// leaves the sum no fraction bits: its bits less those of 2^52 are the whole number.
+#[inline(always)]
+fn hundredths(x: f64) -> Option<u32> {
+    const TWO_52: f64 = 4_503_599_627_370_496.0;
+    if !(0.01..1e5).contains(&x) {
+        return None;
+    }
+    let sum = x * 100.0 + TWO_52;
+    ((sum - TWO_52) / 100.0 == x).then_some((sum.to_bits() - TWO_52.to_bits()) as u32)
+}
+
+/// `h` hundredths (below 10^7) as zmij writes their number: the whole part without
+/// leading zeros, the point, and one or two decimals, at most eight bytes. The eight
+/// digits of `h` are six of the whole part (the first a zero) and two of the fraction:
+/// the point goes in between in a register, and the last decimal after them when it is
+/// not zero.
+#[inline(always)]
+fn put_hundredths(out: &mut Vec<u8>, h: u32) {
+    let digits = digit_values(h);
+    // Leading zeros of the whole part, all but its last digit: one at least.
+    let zeros = (digits.trailing_zeros() as usize / 8).clamp(1, 5);
+    let text = digits | ZEROS;
+    let point = text & 0x0000_ffff_ffff_ffff | u64::from(b'.') << 48 | (text >> 48 & 0xff) << 56;
+    let last = digits >> 56;
+    let len = 8 - zeros;
+    let text = point >> (8 * zeros) | (last | u64::from(b'0')) << (8 * len);
+    put8(out, text, len + usize::from(last != 0));
+}
+
 impl Json for f64 {
     /// Finite numbers as `zmij` writes them for serde_json, NaN and infinities as null.
-    /// Two in three of a record's numbers are whole (29.0, 80.0), most others have a few
-    /// decimals (0.065, 1406.33): `zmij` writes those as their digits around a point,
-    /// which integer arithmetic does in a fraction of the time.
-    #[inline]
+    /// A third of a record's numbers are zero (the idle times of short flows): written
+    /// where they are, without a call; -0.0 is left to zmij for its sign.
+    #[inline(always)]
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        let x = *self;
-        // A third of them are zero (the idle times of short flows); -0.0 is left to zmij
-        // for its sign.
-        if x.to_bits() == 0 {
+        if self.to_bits() == 0 {
             out.extend_from_slice(b"0.0");
-        } else if let Some(n) = millionths(x) {
-            uint(out, n / 1_000_000);
-            let fraction = (n % 1_000_000) as u32;
-            if fraction == 0 {
-                out.extend_from_slice(b".0");
-                return Ok(());
-            }
-            // The point and six digits, put together in a register (the first byte lowest,
-            // as it goes to memory): built in memory, they were read back at once, and the
-            // read stalled on the stores.
-            let rest = u64::from(fraction);
-            let mut text = u64::from(b'.');
-            for (at, part) in [(1, rest / 10_000), (3, rest / 100), (5, rest)] {
-                text |= u64::from(u16::from_le_bytes(pair(part))) << (8 * at);
-            }
-            // The bytes up to the last digit that is not zero (there is one: the fraction
-            // is not zero) are those up to the last that differs from ".000000". All eight
-            // go in one store of a known size, then the rest is cut.
-            let differ = text ^ u64::from_le_bytes(*b".000000\0");
-            let len = 8 - differ.leading_zeros() as usize / 8;
-            let at = out.len();
-            out.extend_from_slice(&text.to_le_bytes());
-            out.truncate(at + len);
-        } else if x.is_finite() {
-            digits(out, zmij::Buffer::new().format_finite(x));
         } else {
-            out.extend_from_slice(b"null");
+            decimal(out, *self);
         }
         Ok(())
     }
 }
 
+/// Two in three of a record's numbers are whole (29.0, 80.0), most others have a few
+/// decimals (0.065, 1406.33): `zmij` writes those as their digits around a point, which
+/// integer arithmetic does in a fraction of the time.
+#[inline(never)]
+fn decimal(out: &mut Vec<u8>, x: f64) {
+    if let Some(h) = hundredths(x) {
+        if no_room(out, 8) {
+            return grown(out, 8, x, decimal);
+        }
+        return put_hundredths(out, h);
+    }
+    other_decimal(out, x);
+}
+
+/// Numbers not of hundredths: the records' durations (of microseconds), and the rest.
+#[inline(never)]
+fn other_decimal(out: &mut Vec<u8>, x: f64) {
+    let Some(n) = millionths(x) else {
+        return unusual(out, x);
+    };
+    uint(out, n / 1_000_000);
+    let fraction = (n % 1_000_000) as u32;
+    if fraction == 0 {
+        return out.extend_from_slice(b".0");
+    }
+    // The point and six digits, put together in a register (the first byte lowest, as it
+    // goes to memory): built in memory, they were read back at once, and the read stalled
+    // on the stores. The six are the eight digits but their two leading zeros, whose bytes
+    // are now the highest two; kept up to the last that is not zero (there is one: the
+    // fraction is not zero): the point and six digits, less the zero bytes above the last
+    // that is not zero, but the two.
+    let digits = digit_values(fraction) >> 16;
+    let len = 9 - digits.leading_zeros() as usize / 8;
+    put8(out, u64::from(b'.') | (digits | ZEROS) << 8, len);
+}
+
+/// Numbers of other shapes (exponents, many digits), NaN and infinities: rare, apart so
+/// that [`other_decimal`] saves none of the registers zmij needs.
+#[cold]
+#[inline(never)]
+fn unusual(out: &mut Vec<u8>, x: f64) {
+    if x.is_finite() {
+        digits(out, zmij::Buffer::new().format_finite(x));
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
 impl Json for IpAddr {
     /// The `Display` form, as serde writes addresses, without `fmt`.
+    #[inline]
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        out.push(b'"');
         match self {
-            IpAddr::V4(v4) => ipv4(out, *v4, true),
+            IpAddr::V4(v4) => quoted_ipv4(out, *v4),
             IpAddr::V6(v6) => {
+                out.push(b'"');
                 ipv6(out, *v6);
                 out.push(b'"');
             }
         }
         Ok(())
     }
+}
+
+/// An IPv4 address between quotes, at most 17 bytes.
+#[inline(never)]
+fn quoted_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
+    if no_room(out, 17) {
+        return grown(out, 17, ip, quoted_ipv4);
+    }
+    ipv4(out, ip, true);
 }
 
 /// Each octet's decimal digits and a dot, padded to four bytes, and how many of the four
@@ -378,30 +470,30 @@ const OCTETS: [([u8; 4], u8); 256] = {
     table
 };
 
-/// `ip` in dotted decimal and a dot after it, at most 16 bytes, in a register (the first
-/// byte lowest, as it goes to memory), and where that last dot is. Built in memory octet by
-/// octet, the copy of the whole stalled on the stores it read back at once.
-fn dotted(ip: Ipv4Addr) -> (u128, usize) {
-    let (mut text, mut end) = (0u128, 0);
+/// Dotted decimal, between quotes if `quoted`, written where it goes: room for the
+/// longest appended (quotes first), each octet's four bytes of [`OCTETS`] stored at its
+/// place (the next octet's overwrite its padding), then the text cut to its length. Put
+/// together in a `u128` and appended in one copy, it took twice the instructions (the
+/// shifts of two-word integers); put together in a buffer and then copied, the copy
+/// stalled on the stores it read back at once, which this never reads.
+#[inline(always)]
+fn ipv4(out: &mut Vec<u8>, ip: Ipv4Addr, quoted: bool) {
+    let at = out.len();
+    out.extend_from_slice(&[b'"'; 17]);
+    let text = &mut out[at..];
+    // After the opening quote; at most 1 + 4 + 4 + 4 before the last octet's four bytes:
+    // within the seventeen.
+    let mut end = usize::from(quoted);
     for n in ip.octets() {
         let (digits, len) = OCTETS[usize::from(n)];
-        text |= u128::from(u32::from_le_bytes(digits)) << (8 * end);
+        text[end..end + 4].copy_from_slice(&digits);
         end += usize::from(len);
     }
-    (text, end - 1)
-}
-
-/// Dotted decimal, and a closing quote after it if `quoted`, appended in one copy of a
-/// known size, then cut to its length.
-fn ipv4(out: &mut Vec<u8>, ip: Ipv4Addr, quoted: bool) {
-    let (mut text, end) = dotted(ip);
+    // The dot after the last octet: the closing quote, or cut.
     if quoted {
-        // The closing quote goes where the dot after the last octet is.
-        text = text & !(0xff << (8 * end)) | u128::from(b'"') << (8 * end);
+        text[end - 1] = b'"';
     }
-    let at = out.len();
-    out.extend_from_slice(&text.to_le_bytes());
-    out.truncate(at + end + usize::from(quoted));
+    out.truncate(at + end - usize::from(!quoted));
 }
 
 /// RFC 5952 text as `Ipv6Addr`'s `Display` writes it: lower-case hex groups without
@@ -446,10 +538,15 @@ fn ipv6(out: &mut Vec<u8>, ip: Ipv6Addr) {
 }
 
 impl Json for Timestamp {
+    /// RFC 3339 as [`Timestamp`]'s `Display` writes it: the text to the second (from the
+    /// cache of the last second), then `.ffffffZ`, eight bytes put together in a register,
+    /// and the quotes, all in one copy of a known size.
     fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        // Quotes and text in one copy of a known size.
+        let micros = (self.0 % 1_000_000_000 / 1_000) as u32;
+        let fraction = u64::from(b'.') | ((digit_values(micros) | ZEROS) >> 16) << 8;
         let mut text = [b'"'; 29];
-        text[1..28].copy_from_slice(&self.rfc3339_bytes());
+        text[1..20].copy_from_slice(&self.to_the_second());
+        text[20..28].copy_from_slice(&(fraction | u64::from(b'Z') << 56).to_le_bytes());
         out.extend_from_slice(&text);
         Ok(())
     }
@@ -574,16 +671,17 @@ mod tests {
         assert_eq!(ours(&false), "false");
     }
 
+    /// Each half of four digits at every value, with the other half at its edges (the
+    /// halves' lanes do not touch), and every number below two million.
     #[test]
-    fn decimal_lengths_at_every_power_of_two_and_ten() {
-        let twos = (0..64).map(|k| 1u64 << k);
-        let tens = (0..20).map(|k| 10u64.pow(k));
-        for p in twos.chain(tens) {
-            for n in [p - 1, p, p + 1] {
-                assert_eq!(decimal_len(n), n.to_string().len(), "{n}");
-            }
+    fn digit_values_are_the_eight_digits() {
+        let halves = (0..10_000u32).flat_map(|a| {
+            [0, 1, 5_000, 9_999].into_iter().flat_map(move |b| [a * 10_000 + b, b * 10_000 + a])
+        });
+        for n in halves.chain(0..2_000_000).chain([99_999_999]) {
+            let text = (digit_values(n) | ZEROS).to_le_bytes();
+            assert_eq!(text, *format!("{n:08}").as_bytes(), "{n}");
         }
-        assert_eq!(decimal_len(u64::MAX), 20);
     }
 
     /// The shapes of the records' rounded figures, at every scale, and their neighbours.
@@ -613,6 +711,20 @@ mod tests {
             }
         }
         assert!(checked > 1_000_000);
+    }
+
+    /// Every number of hundredths below a million, those around the fast path's limit of
+    /// 10^7 and around 10^8, and their neighbours.
+    #[test]
+    fn hundredths_as_serde_json_writes_them() {
+        let next = |x: f64, by: u64| f64::from_bits(x.to_bits().wrapping_add(by));
+        let limits = (9_999_000..10_001_000).chain(99_999_000..100_001_000);
+        for h in (0..1_000_000u64).chain(limits) {
+            let x = h as f64 / 100.0;
+            for x in [x, next(x, 1), next(x, u64::MAX)] {
+                assert_eq!(ours(&x), theirs(&x), "{x}");
+            }
+        }
     }
 
     #[test]

@@ -10,10 +10,10 @@ use crate::app::App;
 use crate::decode::Tunnel;
 use crate::dissect::identify::{Details, Evidence, Protocol};
 use crate::dissect::tls::TlsDetails;
-use crate::flows::activity::{ActivitySummary, round2};
+use crate::flows::activity::{ActivitySummary, round, round2};
 use crate::flows::community_id::{CommunityId, community_id};
 use crate::flows::flow::{Flow, History, ORIG, RESP};
-use crate::flows::json::{Object, key};
+use crate::flows::json::{Object, Plain, key};
 use crate::geo::Country;
 use crate::timestamp::Timestamp;
 
@@ -181,7 +181,7 @@ impl FlowRecord {
         FlowRecord {
             ts: flow.first,
             end: flow.last,
-            duration_s: (flow.duration_ns() as f64 / 1e3).round() / 1e6,
+            duration_s: round(flow.duration_ns() as f64 / 1e3) / 1e6,
             proto: flow.proto.as_str(),
             src_ip: flow.orig.0,
             src_port: flow.orig.1,
@@ -278,7 +278,7 @@ impl FlowRecord {
             guess, sni, ja4, bytes_orig, bytes_resp, pkts_orig, pkts_resp, ip_bytes_orig,
             ip_bytes_resp, wire_bytes_orig, wire_bytes_resp, tcp_rtt_ms, tcp_rtt_resp_ms,
             tcp_rtt_orig_ms);
-        o.field(key!(history), self.history.as_str())?;
+        o.field(key!(history), &Plain(self.history.as_str()))?;
         fields!(o, self: conn_state, account, resp_country, resp_asn, orig_country, orig_asn,
             interim, community_id, end_reason, tunnel, retransmissions_orig,
             retransmissions_resp, missed_bytes, ttl_orig, ttl_resp);
