@@ -317,6 +317,8 @@ pub struct CacheEntry {
 pub struct NameCache {
     capacity: usize,
     /// Looked up for every new flow: hashed with aHash (the order of entries never shows).
+    /// Keyed by a wrapper hashed as one integer instead (`IpAddr`'s hash takes three steps),
+    /// lookups cost 0.05 M instructions less over the office mix, 0.01 %: not kept.
     entries: HashMap<IpAddr, CacheEntry, ahash::RandomState>,
     /// (expiry, address) of every entry, in eviction order.
     by_expiry: BTreeSet<(Timestamp, IpAddr)>,
