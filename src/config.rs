@@ -1,7 +1,7 @@
 //! `farmwatch.toml`: every key optional, every default documented in the README, unknown
 //! keys are errors (a typo must not silently fall back to a default).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use ipnet::IpNet;
@@ -112,6 +112,13 @@ impl NetworkConfig {
     /// ports (ICMP, NTP 123 to 123) leave the lower address. Either way round, the same
     /// answer.
     pub fn host(&self, a: (IpAddr, u16), b: (IpAddr, u16)) -> Option<IpAddr> {
+        // Two IPv4 ends (most flows) as integers, as `host_v4` reads them: as `IpAddr`s,
+        // each of the four lookups was a call that matched on the family (~87
+        // instructions a host, office mix).
+        if let (IpAddr::V4(x), IpAddr::V4(y)) = (a.0, b.0) {
+            let host = self.host_v4((x.to_bits(), a.1), (y.to_bits(), b.1));
+            return host.map(|h| IpAddr::V4(Ipv4Addr::from_bits(h)));
+        }
         host_by(a, b, |ip| self.is_inside(ip), |ip| self.is_pooled(ip))
     }
 
@@ -125,8 +132,10 @@ impl NetworkConfig {
 }
 
 /// The host rule of [`NetworkConfig::host`] over any address that orders as `IpAddr` does,
-/// with `inside` and `pooled` saying where an address is.
-#[inline]
+/// with `inside` and `pooled` saying where an address is. Always inlined: every packet's
+/// partition asks through [`NetworkConfig::host_v4`], and once `host` asked through it too,
+/// the rule was left a call of its own: 0.6 M instructions more over the office mix.
+#[inline(always)]
 fn host_by<A: Copy + Ord>(
     a: (A, u16),
     b: (A, u16),

@@ -221,7 +221,7 @@ fn counted(lists: &[u16]) -> (&[u16], &[u16]) {
 
 /// `a` as text: only ASCII bytes are ever written into it.
 fn a_str(a: &[u8; 10]) -> &str {
-    std::str::from_utf8(a).unwrap_or("")
+    super::wire::ascii_str(a).unwrap_or("")
 }
 
 /// `n` as two decimal digits, 99 at most.

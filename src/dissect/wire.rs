@@ -10,11 +10,11 @@ pub(crate) const MAX_STRING: usize = 256;
 /// boundary, so a hostile peer cannot make records huge or invalid.
 pub(crate) fn wire_string(bytes: &[u8]) -> String {
     let bytes = bytes.get(..MAX_STRING * 3).unwrap_or(bytes);
-    // Valid UTF-8 (nearly every name) is checked by the fast validator and copied once;
-    // the lossy decoder, which walks chunk by chunk, only replaces what is not.
-    let mut s = match std::str::from_utf8(bytes) {
-        Ok(valid) => valid.to_owned(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    // ASCII (nearly every name) is checked a word at a time and copied once; the lossy
+    // decoder, which walks chunk by chunk, only replaces what is not valid UTF-8.
+    let mut s = match ascii_str(bytes) {
+        Some(ascii) => ascii.to_owned(),
+        None => String::from_utf8_lossy(bytes).into_owned(),
     };
     if s.len() > MAX_STRING {
         let mut cut = MAX_STRING;
@@ -24,6 +24,24 @@ pub(crate) fn wire_string(bytes: &[u8]) -> String {
         s.truncate(cut);
     }
     s
+}
+
+/// `bytes` as text when they are all ASCII. The check goes a word at a time, where
+/// `std::str::from_utf8` went byte by byte over a short string (~100 instructions for 10
+/// to 30 bytes): the dissectors' strings (SNI, DNS names, JA4) are nearly always ASCII.
+pub(crate) fn ascii_str(bytes: &[u8]) -> Option<&str> {
+    // SAFETY: ASCII is valid UTF-8.
+    bytes
+        .is_ascii()
+        .then(|| unsafe { std::str::from_utf8_unchecked(bytes) })
+}
+
+/// [`ascii_str`] of a buffer of its own, made a `String` in place.
+pub(crate) fn ascii_string(bytes: Vec<u8>) -> Option<String> {
+    // SAFETY: ASCII is valid UTF-8.
+    bytes
+        .is_ascii()
+        .then(|| unsafe { String::from_utf8_unchecked(bytes) })
 }
 
 /// A bounds-checked cursor over big-endian wire data. Running out of bytes is
