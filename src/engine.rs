@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -390,11 +390,21 @@ impl Engine {
 ///
 /// The end of the input is one moment with a record per flow still open: a worker hands on
 /// what its flows' ends found (marking `u64::MAX`), then their records in order, a chunk at
-/// a time; [`Stage::finish`] merges those streams, so no more than a few chunks are held.
+/// a time ([`Merge::push_end`]); once every worker has marked the end, the items left and
+/// those streams are merged ([`Merge::release_end`]), so no more than a few chunks are
+/// held.
 struct Merge {
     queues: Vec<VecDeque<Stamped>>,
     /// How far each worker got: it will hand on nothing stamped before this.
     marks: Vec<Timestamp>,
+    /// Once every worker has marked the end: what the queues held then, sorted.
+    rest: Option<VecDeque<Stamped>>,
+    /// Each worker's end records not yet released, in order, and whether it handed on
+    /// its last.
+    ends: Vec<VecDeque<Stamped>>,
+    closed: Vec<bool>,
+    /// A worker panicked: nobody waits for the end any more.
+    broken: bool,
 }
 
 impl Merge {
@@ -402,6 +412,10 @@ impl Merge {
         Merge {
             queues: (0..workers).map(|_| VecDeque::new()).collect(),
             marks: vec![Timestamp::ZERO; workers],
+            rest: None,
+            ends: (0..workers).map(|_| VecDeque::new()).collect(),
+            closed: vec![false; workers],
+            broken: false,
         }
     }
 
@@ -414,7 +428,7 @@ impl Merge {
     }
 
     /// The moment every worker has passed, short of the end: once every worker has marked
-    /// `u64::MAX` the rest is [`Stage::finish`]'s.
+    /// `u64::MAX` the rest is [`release_end`](Self::release_end)'s.
     fn bound(&self) -> Option<Timestamp> {
         let bound = self.marks.iter().copied().min().unwrap_or_default();
         (bound != Timestamp(u64::MAX)).then_some(bound)
@@ -434,11 +448,91 @@ impl Merge {
         }
     }
 
-    /// Whether [`release_into`](Self::release_into) would move anything.
+    /// Whether [`release_into`](Self::release_into) or
+    /// [`release_end`](Self::release_end) would move anything.
     fn has_released(&self) -> bool {
-        self.bound().is_some_and(|bound| {
-            (self.queues.iter()).any(|q| q.front().is_some_and(|s| s.at < bound))
-        })
+        let Some(bound) = self.bound() else {
+            return self.end_comparable() && self.end_left();
+        };
+        (self.queues.iter()).any(|q| q.front().is_some_and(|s| s.at < bound))
+    }
+
+    /// `worker`'s next end records, in order (None: it has no more).
+    fn push_end(&mut self, worker: usize, records: Option<Vec<Stamped>>) {
+        let stream = &mut self.ends[worker];
+        match records {
+            // Taken as it is when the stream is empty (mostly): its items are not moved.
+            Some(records) if stream.is_empty() => *stream = records.into(),
+            Some(records) => stream.extend(records),
+            None => self.closed[worker] = true,
+        }
+    }
+
+    /// Whether `worker`'s end records are wanted now: it has none waiting and may have more.
+    fn wants_end(&self, worker: usize) -> bool {
+        !self.closed[worker] && self.ends[worker].is_empty()
+    }
+
+    /// Every worker has marked the end, and every stream that may have more has one
+    /// waiting: the least item left is known.
+    fn end_comparable(&self) -> bool {
+        self.bound().is_none() && (0..self.ends.len()).all(|w| !self.wants_end(w))
+    }
+
+    /// Whether any item is left for the end to release.
+    fn end_left(&self) -> bool {
+        let rest = match &self.rest {
+            Some(rest) => !rest.is_empty(),
+            None => self.queues.iter().any(|q| !q.is_empty()),
+        };
+        rest || self.ends.iter().any(|e| !e.is_empty())
+    }
+
+    /// Once every worker has marked the end: hands the items left and the end records to
+    /// `each`, in the order they are applied in, for as long as every stream that may have
+    /// more has one to compare (a stream is read only when its last chunk is used up).
+    /// Returns how many it handed.
+    fn release_end(&mut self, mut each: impl FnMut(Stamped)) -> usize {
+        if self.bound().is_some() {
+            return 0;
+        }
+        let Merge {
+            queues,
+            rest,
+            ends,
+            closed,
+            ..
+        } = self;
+        let rest = rest.get_or_insert_with(|| {
+            let mut rest: Vec<Stamped> = queues.iter_mut().flat_map(|q| q.drain(..)).collect();
+            sort_items(&mut rest);
+            rest.into()
+        });
+        let n = ends.len();
+        let mut released = 0;
+        loop {
+            if (0..n).any(|w| !closed[w] && ends[w].is_empty()) {
+                return released;
+            }
+            // The stream whose next item is least (`n`: the rest); the first on ties.
+            let mut least: Option<(usize, &Stamped)> = rest.front().map(|s| (n, s));
+            for (w, stream) in ends.iter().enumerate() {
+                if let Some(s) = stream.front()
+                    && least.is_none_or(|(_, l)| in_order(s, l).is_lt())
+                {
+                    least = Some((w, s));
+                }
+            }
+            let item = match least {
+                None => return released,
+                Some((w, _)) if w == n => rest.pop_front(),
+                Some((w, _)) => ends[w].pop_front(),
+            };
+            if let Some(item) = item {
+                each(item);
+                released += 1;
+            }
+        }
     }
 }
 
@@ -477,6 +571,11 @@ impl Stage {
             return;
         }
         self.sorter.sort(&mut self.ready);
+        self.apply_sorted();
+    }
+
+    /// Applies the items released, in the order they are in.
+    fn apply_sorted(&mut self) {
         for s in self.ready.drain(..) {
             self.applied = s.at;
             self.account.apply(s);
@@ -499,13 +598,25 @@ impl Stage {
     /// The input is over and every worker has handed on all but its end records: applies
     /// everything left in `merge`, with the workers' end records merged in as they come
     /// (`records(worker)`: its next records, in order; None when it has no more).
-    fn finish(&mut self, merge: &mut Merge, records: impl FnMut(usize) -> Option<Vec<Stamped>>) {
-        let mut rest: Vec<Stamped> = merge.queues.iter_mut().flat_map(|q| q.drain(..)).collect();
-        sort_items(&mut rest);
-        merge_sorted(rest, merge.queues.len(), records, |s| {
-            self.applied = s.at;
-            self.account.apply(s);
-        });
+    fn finish(
+        &mut self,
+        merge: &mut Merge,
+        mut records: impl FnMut(usize) -> Option<Vec<Stamped>>,
+    ) {
+        loop {
+            for w in 0..merge.ends.len() {
+                while merge.wants_end(w) {
+                    merge.push_end(w, records(w));
+                }
+            }
+            let applied = merge.release_end(|s| {
+                self.applied = s.at;
+                self.account.apply(s);
+            });
+            if applied == 0 {
+                return;
+            }
+        }
     }
 }
 
@@ -513,47 +624,6 @@ impl Stage {
 /// ([`sort_items`] sorts in it, hashing each observation's id once).
 fn in_order(a: &Stamped, b: &Stamped) -> std::cmp::Ordering {
     a.at.cmp(&b.at).then_with(|| a.item.order(&b.item))
-}
-
-/// Applies `sorted` and the streams `next(0..n)` (each in order, a chunk per call, None at
-/// its end) in one order, the least first: a stream is read only when its last chunk is
-/// used up.
-fn merge_sorted(
-    sorted: Vec<Stamped>,
-    n: usize,
-    mut next: impl FnMut(usize) -> Option<Vec<Stamped>>,
-    mut apply: impl FnMut(Stamped),
-) {
-    let mut sorted = VecDeque::from(sorted);
-    let mut streams: Vec<VecDeque<Stamped>> = (0..n).map(|_| VecDeque::new()).collect();
-    let mut open = vec![true; n];
-    loop {
-        for (w, stream) in streams.iter_mut().enumerate() {
-            while open[w] && stream.is_empty() {
-                match next(w) {
-                    Some(chunk) => *stream = VecDeque::from(chunk),
-                    None => open[w] = false,
-                }
-            }
-        }
-        // The stream whose next item is least (`n`: `sorted`); the first on ties.
-        let mut least: Option<(usize, &Stamped)> = sorted.front().map(|s| (n, s));
-        for (w, stream) in streams.iter().enumerate() {
-            if let Some(s) = stream.front()
-                && least.is_none_or(|(_, l)| in_order(s, l).is_lt())
-            {
-                least = Some((w, s));
-            }
-        }
-        let item = match least {
-            None => return,
-            Some((w, _)) if w == n => sorted.pop_front(),
-            Some((w, _)) => streams[w].pop_front(),
-        };
-        if let Some(item) = item {
-            apply(item);
-        }
-    }
 }
 
 /// What a worker is told, in order.
@@ -789,10 +859,15 @@ fn add_to(batches: &mut [Batch], to: To, task: Task<'_>, clock: Timestamp) {
 /// no thread of its own, which would take a core from a worker at each hand-on. A worker
 /// hands its items and how far it got into the merge, then applies what every worker has
 /// passed, unless another worker is applying: that one looks again once it is through. The
-/// order of application is the merge's, whoever applies.
+/// order of application is the merge's, whoever applies. The end's records too
+/// ([`Account::end`]): merged by the engine's thread, they woke a third thread on the
+/// workers' cores for every chunk, and every record was freed on a thread that had not
+/// made it.
 struct Account {
     merge: Mutex<Merge>,
     stage: Mutex<Stage>,
+    /// Told when end records leave the merge: a worker with a chunk waiting may make its next.
+    room: Condvar,
 }
 
 impl Account {
@@ -800,6 +875,7 @@ impl Account {
         Account {
             merge: Mutex::new(Merge::new(workers)),
             stage: Mutex::new(Stage::new(account)),
+            room: Condvar::new(),
         }
     }
 
@@ -831,13 +907,71 @@ impl Account {
                 Err(TryLockError::WouldBlock) => return true,
                 Err(TryLockError::Poisoned(_)) => return false,
             };
-            lock(&self.merge).release_into(&mut stage.ready);
-            stage.apply_ready();
+            let ended = {
+                let mut merge = lock(&self.merge);
+                merge.release_into(&mut stage.ready);
+                if stage.ready.is_empty() {
+                    merge.release_end(|s| stage.ready.push(s)) > 0
+                } else {
+                    false
+                }
+            };
+            if ended {
+                self.room.notify_all();
+                stage.apply_sorted();
+            } else {
+                stage.apply_ready();
+            }
             stage.flush_due(Some(board));
             drop(stage);
             if !lock(&self.merge).has_released() {
                 return true;
             }
+        }
+    }
+
+    /// Once `worker` has handed on all else (marking the end): hands on the records of the
+    /// flows the end ended ([`FlowWorker::end_records`]), a chunk at a time while fewer than
+    /// a chunk of its own wait in the merge, applying what it can after each.
+    ///
+    /// (Tried and not kept: sharing the applying out, a worker leaving a quarter chunk of
+    /// its own in the merge for the other to apply while it made its next, so that no
+    /// worker made records while nobody applied. Both workers were then busy at the end
+    /// instead of one and a third, and the end took as long, 23 ms on the office mix of
+    /// 46,500 flows, as with one thread applying: writing the records out is the end's
+    /// length.)
+    fn end(&self, index: usize, worker: &mut FlowWorker, board: &Board) {
+        loop {
+            {
+                let mut merge = lock(&self.merge);
+                while merge.ends[index].len() >= END_CHUNK && !merge.broken {
+                    merge = self
+                        .room
+                        .wait(merge)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                if merge.broken {
+                    return;
+                }
+            }
+            let records = worker.end_records(END_CHUNK);
+            let last = records.is_none();
+            lock(&self.merge).push_end(index, records);
+            if !self.apply(board) || last {
+                return;
+            }
+        }
+    }
+}
+
+/// Unblocks the other workers' ends if its worker's thread panics: its end never comes.
+struct Gone<'a>(&'a Account);
+
+impl Drop for Gone<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            lock(&self.0.merge).broken = true;
+            self.0.room.notify_all();
         }
     }
 }
@@ -863,10 +997,9 @@ struct Threads {
     senders: Vec<SyncSender<Order>>,
     /// Batches the workers are done with, to fill again.
     emptied: Receiver<Batch>,
-    workers: Vec<JoinHandle<FlowWorker>>,
+    /// Each worker's counters and open remote-desktop sessions, once it is through.
+    workers: Vec<JoinHandle<WorkerReport>>,
     account: Arc<Account>,
-    /// Each worker's end records, a chunk at a time, once it has handed on all else.
-    ends: Vec<Receiver<Vec<Stamped>>>,
     board: Arc<Board>,
     /// The workers walked the input and finished it.
     walked: bool,
@@ -887,13 +1020,9 @@ impl Threads {
         let (give_back, emptied) = sync_channel::<Batch>(n * (QUEUED_BATCHES + 2));
         let mut senders = Vec::new();
         let mut workers = Vec::new();
-        let mut ends = Vec::new();
         for index in 0..n {
             let (tx, rx) = sync_channel::<Order>(QUEUED_BATCHES);
             senders.push(tx);
-            // The end records, a chunk at a time: one chunk waits while the merge uses one.
-            let (end_tx, end_rx) = sync_channel::<Vec<Stamped>>(1);
-            ends.push(end_rx);
             let lanes = Lanes {
                 orders: rx,
                 give_back: give_back.clone(),
@@ -903,16 +1032,18 @@ impl Threads {
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("flow-{index}"))
-                    // Made on its own thread, which then owns the memory of its flow tables.
+                    // Made on its own thread, which then owns the memory of its flow tables,
+                    // and ended there: its end records applied, and its memory let go where
+                    // it was taken (dropped on the engine's thread, after the others were
+                    // joined, every block was a free from another thread: 2.9 M
+                    // instructions at the very end on the office mix of 5,000 flows).
                     .spawn(move || {
+                        let _gone = Gone(&lanes.account);
                         let worker = FlowWorker::new(&config, scope, |p| p % n == index);
-                        let mut worker = work(index, worker, lanes, &board);
-                        while let Some(records) = worker.end_records(END_CHUNK) {
-                            if end_tx.send(records).is_err() {
-                                break;
-                            }
-                        }
-                        worker
+                        let (mut worker, clock) = work(index, worker, &lanes, &board);
+                        lanes.account.end(index, &mut worker, &board);
+                        let remote = worker.active_remote_desktop(clock);
+                        (std::mem::take(&mut worker.stats), remote)
                     })
                     .expect("spawn a flow worker"),
             );
@@ -924,7 +1055,6 @@ impl Threads {
             emptied,
             workers,
             account: shared,
-            ends,
             board,
             walked: false,
             unindexed: 0,
@@ -1021,7 +1151,7 @@ impl Threads {
     }
 
     /// Ends every worker at moment `end` (walkers ended themselves); `clock` is the last
-    /// packet's.
+    /// packet's. The workers apply the end themselves ([`Account::end`]).
     fn finish(
         mut self,
         clock: Timestamp,
@@ -1034,34 +1164,28 @@ impl Threads {
             self.router
                 .finish(&mut |to, task| add_to(batches, to, task, end));
             for i in 0..self.batches.len() {
-                self.batches[i].add(Task::mark(Work::Finish, end), end);
+                self.batches[i].add(Task::mark(Work::Finish, clock), end);
                 self.send(i);
             }
         }
         self.senders.clear();
-        // A worker's first end chunk (or none) comes once it has handed on all else.
-        let mut firsts: Vec<Option<Vec<Stamped>>> =
-            self.ends.iter().map(|e| e.recv().ok()).collect();
-        // Poisoned: a worker panicked applying, which its join reports.
-        if let Ok(mut stage) = self.account.stage.lock() {
-            let merge = &mut *lock(&self.account.merge);
-            stage.finish(merge, |w| {
-                firsts[w].take().or_else(|| self.ends[w].recv().ok())
-            });
-        }
-        drop(self.ends);
         let mut remote = Vec::new();
         for w in self.workers {
             match w.join() {
-                Ok(worker) => {
-                    stats.merge(&worker.stats);
-                    remote.extend(worker.active_remote_desktop(clock));
+                Ok((worker, open)) => {
+                    stats.merge(&worker);
+                    remote.extend(open);
                 }
                 Err(e) => std::panic::resume_unwind(e),
             }
         }
         let account = Arc::into_inner(self.account)
             .expect("the workers are joined: the account stage is the engine's alone");
+        let merge = account
+            .merge
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        debug_assert!(!merge.end_left(), "the workers applied everything");
         let stage = account
             .stage
             .into_inner()
@@ -1087,14 +1211,20 @@ impl Lanes {
 }
 
 /// A worker thread: its batches in order, handing on what each produced; or the input,
-/// walked.
-fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> FlowWorker {
+/// walked. Returns the worker and the last packet's clock (as the finish said).
+fn work(
+    index: usize,
+    mut worker: FlowWorker,
+    lanes: &Lanes,
+    board: &Board,
+) -> (FlowWorker, Timestamp) {
     let mut mark = Timestamp::ZERO;
+    let mut last = Timestamp::ZERO;
     for order in lanes.orders.iter() {
         let mut batch = match order {
             Order::Batch(batch) => batch,
             Order::Walk(w) => {
-                walk(index, &mut worker, *w, &lanes, board);
+                last = walk(index, &mut worker, *w, lanes, board).unwrap_or(last);
                 break;
             }
         };
@@ -1112,7 +1242,11 @@ fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> Fl
         let finished = batch
             .entries
             .last()
-            .is_some_and(|e| matches!(e.work, Work::Finish));
+            .filter(|e| matches!(e.work, Work::Finish));
+        if let Some(e) = finished {
+            last = e.ts;
+        }
+        let finished = finished.is_some();
         batch.clear();
         let _ = lanes.give_back.try_send(batch);
         let mark = if finished { Timestamp(u64::MAX) } else { mark };
@@ -1120,7 +1254,7 @@ fn work(index: usize, mut worker: FlowWorker, lanes: Lanes, board: &Board) -> Fl
             break;
         }
     }
-    worker
+    (worker, last)
 }
 
 /// Records of the input a walker passes between hand-ons of its items (checked at the
@@ -1153,8 +1287,15 @@ struct Walked {
 /// reader would, and the packets a moment passes at every walker sees. So no packet is
 /// handed from one thread to another, and each record is read once. Reader-level counters
 /// are the index's reader's and walker 0's router's. It ends the input itself, as
-/// [`Threads::finish`] ends a fed worker's.
-fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board: &Board) {
+/// [`Threads::finish`] ends a fed worker's. Returns the last packet's clock, unless it
+/// stopped short (the account stage broke).
+fn walk(
+    index: usize,
+    worker: &mut FlowWorker,
+    walk: Walk,
+    lanes: &Lanes,
+    board: &Board,
+) -> Option<Timestamp> {
     let Walk {
         index: input,
         mut router,
@@ -1191,7 +1332,7 @@ fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board:
         true
     });
     if !through {
-        return;
+        return None;
     }
     let clock = input.clock();
     let end = Timestamp(clock.now.0.saturating_add(1));
@@ -1203,7 +1344,7 @@ fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board:
     perform(
         index,
         worker,
-        Task::mark(Work::Finish, end),
+        Task::mark(Work::Finish, clock.now),
         end,
         &[],
         board,
@@ -1212,6 +1353,7 @@ fn walk(index: usize, worker: &mut FlowWorker, walk: Walk, lanes: &Lanes, board:
     if let Some(back) = back {
         let _ = back.send(Walked { clock, router });
     }
+    Some(clock.now)
 }
 
 /// A DNS answer every worker must read (as `flow_stage::is_dns_answer`). A fragmented
@@ -1719,16 +1861,16 @@ mod tests {
         }
     }
 
-    /// The end's streams, read a chunk at a time, and the items left over are applied in
-    /// the order one sort of them all gives, and a stream is read only when its chunk is
-    /// used up.
+    /// The end's streams, read a chunk at a time, and the items left over (in the queues,
+    /// out of order) are released in the order one sort of them all gives, and a stream is
+    /// read only when its chunk is used up.
     #[test]
     fn end_streams_merge_in_the_order_of_one_sort() {
         const CHUNK: usize = 4;
         let mut expected: Vec<Stamped> = (0..90).map(item).collect();
         expected.sort_by(in_order);
         let expected: Vec<_> = expected.iter().map(id).collect();
-        // Three workers' sorted streams, and what was left over (sorted by the merge).
+        // Three workers' sorted streams, and what was left over in the queues.
         let sorted_part = |w: u64| {
             let mut part: Vec<Stamped> = (0..90).filter(|i| i % 4 == w).map(item).collect();
             part.sort_by(in_order);
@@ -1747,25 +1889,40 @@ mod tests {
             })
             .collect();
         let left_over: std::collections::HashSet<_> = sorted_part(3).iter().map(id).collect();
-        // Items read from the streams, and those applied.
-        let (pulled, applied) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+        let mut merge = Merge::new(3);
+        for (i, s) in sorted_part(3).into_iter().rev().enumerate() {
+            merge.push(i % 3, [s]);
+        }
+        let mut ready = Vec::new();
+        merge.release_end(|s| ready.push(s));
+        assert!(ready.is_empty(), "before every worker marked the end");
+        for w in 0..3 {
+            merge.mark(w, Timestamp(u64::MAX));
+        }
+        // Items read from the streams, and those released.
+        let (mut pulled, mut applied) = (0, 0);
         let mut order = Vec::new();
-        merge_sorted(
-            sorted_part(3),
-            3,
-            |w| {
-                let chunk = chunks[w].pop()?;
-                pulled.set(pulled.get() + chunk.len());
-                assert!(pulled.get() - applied.get() <= 3 * CHUNK, "read ahead");
-                Some(chunk)
-            },
-            |s| {
+        loop {
+            for (w, chunks) in chunks.iter_mut().enumerate() {
+                while merge.wants_end(w) {
+                    let chunk = chunks.pop();
+                    pulled += chunk.as_ref().map_or(0, Vec::len);
+                    assert!(pulled - applied <= 3 * CHUNK, "read ahead");
+                    merge.push_end(w, chunk);
+                }
+            }
+            assert_eq!(merge.has_released(), merge.end_left());
+            merge.release_end(|s| ready.push(s));
+            if ready.is_empty() {
+                break;
+            }
+            for s in ready.drain(..) {
                 if !left_over.contains(&id(&s)) {
-                    applied.set(applied.get() + 1);
+                    applied += 1;
                 }
                 order.push(id(&s));
-            },
-        );
+            }
+        }
         assert_eq!(order, expected);
         assert!(chunks.iter().all(Vec::is_empty));
     }
