@@ -243,13 +243,8 @@ mod tests {
             two_52,
             two_52 + 1.0,
             two_52 * 2.0 + 2.0,
-            1e300,
-            f64::MIN_POSITIVE,
-            f64::MAX,
-            f64::NAN,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
         ];
+        values.extend(crate::flows::json::EXTREME_F64);
         for n in (0..2_000_000u64).step_by(3) {
             let half = n as f64 + 0.5;
             for x in [n as f64, half, n as f64 / 100.0, n as f64 * 1e6 + 0.5] {

@@ -574,6 +574,17 @@ impl Json for Country {
     }
 }
 
+/// The far ends of f64 (and not numbers at all), for the tests of what writes them.
+#[cfg(test)]
+pub(crate) const EXTREME_F64: [f64; 6] = [
+    1e300,
+    f64::MIN_POSITIVE,
+    f64::MAX,
+    f64::NAN,
+    f64::INFINITY,
+    f64::NEG_INFINITY,
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -640,13 +651,10 @@ mod tests {
             1406.33,
             1e-7,
             1e21,
-            1e300,
-            f64::MIN_POSITIVE,
-            f64::MAX,
-            f64::NAN,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-        ] {
+        ]
+        .into_iter()
+        .chain(EXTREME_F64)
+        {
             assert_eq!(ours(&f), theirs(&f), "{f}");
         }
         assert_eq!(ours(&u64::MAX), theirs(&u64::MAX));
