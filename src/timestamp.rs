@@ -222,7 +222,9 @@ mod tests {
     fn every_second_of_the_day_like_chrono() {
         let day = 1_762_041_600u64;
         let far = [0u64, 951_782_400, 4_107_542_400, 16_725_225_600];
-        let edges = far.into_iter().flat_map(|d| [d, d + 1, d + 86_399, d + 86_400]);
+        let edges = far
+            .into_iter()
+            .flat_map(|d| [d, d + 1, d + 86_399, d + 86_400]);
         for (n, secs) in (day..day + 86_400).chain(edges).enumerate() {
             let nanos = (n as u64 * 7_919_993 % 1_000_000_000) as u32;
             let ours = Timestamp(secs * 1_000_000_000 + u64::from(nanos)).rfc3339();

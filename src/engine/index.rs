@@ -687,13 +687,19 @@ mod tests {
         let files = [path.clone()];
         let network = NetworkConfig::default();
         let expected = read(&mut Replay::open(&files).unwrap(), &network);
-        let late = expected.iter().filter(|(ts, _, _, (now, ..))| now != ts).count();
+        let late = expected
+            .iter()
+            .filter(|(ts, _, _, (now, ..))| now != ts)
+            .count();
         assert!(late > 2, "{late} packets before the clock");
         for chunk in [1, 5, CHUNK] {
             let replay = Replay::open(&files).unwrap();
             let index = Index::new(replay.walker().unwrap(), network.clone(), owners(2), chunk);
             for (w, (seen, _)) in follow_all(&index.unwrap(), 2).iter().enumerate() {
-                assert!(*seen == of_walker(&expected, w, 2), "chunks of {chunk}, walker {w}");
+                assert!(
+                    *seen == of_walker(&expected, w, 2),
+                    "chunks of {chunk}, walker {w}"
+                );
             }
         }
         std::fs::remove_file(&path).unwrap();

@@ -183,7 +183,11 @@ pub fn round(y: f64) -> f64 {
         return y.round();
     }
     let nearest = (y + TWO_52) - TWO_52;
-    if y - nearest == 0.5 { nearest + 1.0 } else { nearest }
+    if y - nearest == 0.5 {
+        nearest + 1.0
+    } else {
+        nearest
+    }
 }
 
 #[cfg(test)]
@@ -258,7 +262,9 @@ mod tests {
             seed ^= seed >> 7;
             seed ^= seed << 17;
             values.push(f64::from_bits(seed));
-            values.push((seed >> 11) as f64 / (1u64 << 53) as f64 * 10f64.powi((seed % 40) as i32 - 10));
+            values.push(
+                (seed >> 11) as f64 / (1u64 << 53) as f64 * 10f64.powi((seed % 40) as i32 - 10),
+            );
         }
         for y in values {
             assert_eq!(round(y).to_bits(), y.round().to_bits(), "{y:e}");

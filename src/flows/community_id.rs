@@ -171,7 +171,13 @@ mod tests {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let cases = [
             (Proto::Udp, ip("192.168.1.52"), 54585, ip("8.8.8.8"), 53),
-            (Proto::Tcp, ip("2001:db8::1"), 443, ip("fe80::1:0:0:1"), 60000),
+            (
+                Proto::Tcp,
+                ip("2001:db8::1"),
+                443,
+                ip("fe80::1:0:0:1"),
+                60000,
+            ),
             (Proto::Tcp, ip("10.0.0.1"), 1, ip("2001:db8::1"), 2),
             (Proto::Icmp, ip("10.0.0.1"), 8, ip("10.0.0.2"), 0),
             (Proto::Icmpv6, ip("2001:db8::2"), 1, ip("2001:db8::1"), 4),
@@ -204,7 +210,9 @@ mod tests {
                 None => [(src, sp, dst, dp), (dst, dp, src, sp)],
             };
             assert!(
-                sport_dport.into_iter().any(|ends| parts(ends) == *id.as_bytes()),
+                sport_dport
+                    .into_iter()
+                    .any(|ends| parts(ends) == *id.as_bytes()),
                 "{id}"
             );
         }

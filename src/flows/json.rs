@@ -684,7 +684,9 @@ mod tests {
     #[test]
     fn digit_values_are_the_eight_digits() {
         let halves = (0..10_000u32).flat_map(|a| {
-            [0, 1, 5_000, 9_999].into_iter().flat_map(move |b| [a * 10_000 + b, b * 10_000 + a])
+            [0, 1, 5_000, 9_999]
+                .into_iter()
+                .flat_map(move |b| [a * 10_000 + b, b * 10_000 + a])
         });
         for n in halves.chain(0..2_000_000).chain([99_999_999]) {
             let text = (digit_values(n) | ZEROS).to_le_bytes();
