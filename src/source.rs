@@ -763,7 +763,10 @@ type Parsed<'a> = Result<Option<(usize, Record<'a>)>, String>;
 /// little-endian only, has 8 bytes more after them): the record's length and its packet,
 /// placed from the record's start; Ok(None) and Err as for [`Parsed`]. Its captured length
 /// is checked before the record is waited for, so a corrupt length mid-file is reported as
-/// such instead of swallowing the rest of the file as one record cut off at the end.
+/// such instead of swallowing the rest of the file as one record cut off at the end. The
+/// byte order is asked of each word (a conditional move each); reading the record by a
+/// const generic order, decided once per record, cost more (callgrind office-5000, 1
+/// worker: the replay's step 10.02 M -> 11.37 M Ir).
 #[inline]
 fn pcap_record(data: &[u8], f: &PcapFormat) -> Result<Option<(usize, Current)>, String> {
     let Some(header) = data.first_chunk::<16>() else {
