@@ -242,7 +242,11 @@ fn plain_udp_ports([s0, s1, d0, d1]: [u8; 4]) -> Option<(u16, u16)> {
 /// are read as etherparse reads them for the general way (a unit test holds the two ways
 /// to the same answer); anything else, and anything odd, takes the general way. Inlined,
 /// so the record is written once, in the caller's result, not copied there (read back wider
-/// than it was written, the copy waited on the stores).
+/// than it was written, the copy waited on the stores). The IPv6 address bytes are carried
+/// (spilled, copied) through an IPv4 packet's decoding too; taking the transport part into
+/// each version's arm did not stop it (the two ways were merged again at the result) and
+/// put the TCP header's `be32` out of line: callgrind office-5000, 1 worker, the decoding
+/// +2.1 M Ir.
 #[inline(always)]
 fn decode_plain(pkt: Packet<'_>) -> Option<Decoded<'_>> {
     let ip = match pkt.link {
@@ -945,7 +949,8 @@ fn transport<'a>(
 
 /// The timestamp option (RFC 7323 §3) of a TCP header's options. Most segments that carry
 /// it carry it alone after two NOPs (RFC 7323 Appendix A), read here in place, in line;
-/// any other layout is walked by etherparse.
+/// any other layout is walked by etherparse. Left a call by `#[inline]`: `#[inline(always)]`
+/// measured the same (callgrind office-5000, 1 worker: the engine's packet -0.001 M Ir).
 #[inline]
 fn timestamps(options: &[u8]) -> Option<(u32, u32)> {
     match *options {
