@@ -123,7 +123,7 @@ fn new_day(last: &Cell<(u64, u128)>, day: u64) -> u128 {
 fn clock(second_of_day: u32) -> u64 {
     let (h, rest) = (second_of_day / 3600, second_of_day % 3600);
     let x = u64::from(h) | u64::from(rest / 60) << 24 | u64::from(rest % 60) << 48;
-    let tens = (x * 103 >> 10) & 0x000f_0000_0f00_000f;
+    let tens = ((x * 103) >> 10) & 0x000f_0000_0f00_000f;
     tens | (x - tens * 10) << 8 | u64::from_le_bytes(*b"00:00:00")
 }
 

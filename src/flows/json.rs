@@ -239,9 +239,9 @@ fn uint(out: &mut Vec<u8>, n: u64) {
 fn digit_values(n: u32) -> u64 {
     debug_assert!(n < 100_000_000);
     let x = u64::from(n / 10_000) | u64::from(n % 10_000) << 32;
-    let hundreds = (x * 10_486 >> 20) & 0x0000_007f_0000_007f;
+    let hundreds = ((x * 10_486) >> 20) & 0x0000_007f_0000_007f;
     let x = hundreds | (x - hundreds * 100) << 16;
-    let tens = (x * 103 >> 10) & 0x000f_000f_000f_000f;
+    let tens = ((x * 103) >> 10) & 0x000f_000f_000f_000f;
     tens | (x - tens * 10) << 8
 }
 
