@@ -990,7 +990,7 @@ enum Order {
 /// The threaded engine: each worker runs its partitions and, as it hands on, the merge and
 /// the account stage ([`Account`]). The caller's thread reads and shares packets out
 /// ([`Router`]), unless the workers walk the input themselves ([`Threads::walk`]); at the
-/// end it merges in the workers' end records.
+/// end it waits for the workers, which apply their end records themselves.
 struct Threads {
     router: Router,
     batches: Vec<Batch>,
@@ -1181,15 +1181,18 @@ impl Threads {
         }
         let account = Arc::into_inner(self.account)
             .expect("the workers are joined: the account stage is the engine's alone");
-        let merge = account
+        let mut merge = account
             .merge
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner);
-        debug_assert!(!merge.end_left(), "the workers applied everything");
-        let stage = account
+        let mut stage = account
             .stage
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner);
+        // The workers applied everything; were anything left (every worker has closed its
+        // end stream), it is applied here in the same order rather than dropped unwritten.
+        debug_assert!(!merge.end_left(), "the workers applied everything");
+        stage.finish(&mut merge, |_| None);
         remote.sort();
         (stage.account, stats, remote)
     }
