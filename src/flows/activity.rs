@@ -169,6 +169,10 @@ pub fn round2(x: f64) -> f64 {
     round(x * 100.0) / 100.0
 }
 
+/// 2^52: a non-negative double below it plus this has no fraction bits left, so the sum
+/// is the double rounded to a whole number (ties to even) with no conversion to an integer.
+pub(crate) const TWO_52: f64 = 4_503_599_627_370_496.0;
+
 /// `y.round()` (half away from zero), without a call: the target has no rounding
 /// instruction (x86-64 before SSE4.1), so `f64::round` called libm's, eight times a flow
 /// record. For `y` from +0 to 2^52 (bits below 2^52's: no sign, no NaN), `y + 2^52` has
@@ -178,7 +182,6 @@ pub fn round2(x: f64) -> f64 {
 /// (the whole part, then the fraction against one half) took twice the instructions.
 #[inline]
 pub fn round(y: f64) -> f64 {
-    const TWO_52: f64 = 4_503_599_627_370_496.0;
     if y.to_bits() >= TWO_52.to_bits() {
         return y.round();
     }
@@ -232,7 +235,7 @@ mod tests {
     /// The same result as `f64::round`, bit for bit, at the edges and around every half.
     #[test]
     fn round_is_f64_round() {
-        let two_52 = 4_503_599_627_370_496.0f64;
+        let two_52 = TWO_52;
         let mut values = vec![
             0.0,
             -0.0,

@@ -335,7 +335,7 @@ fn millionths(x: f64) -> Option<u64> {
 /// leaves the sum no fraction bits: its bits less those of 2^52 are the whole number.
 #[inline(always)]
 fn hundredths(x: f64) -> Option<u32> {
-    const TWO_52: f64 = 4_503_599_627_370_496.0;
+    use crate::flows::activity::TWO_52;
     if !(0.01..1e5).contains(&x) {
         return None;
     }
